@@ -1,0 +1,7 @@
+"""The beoboot agent: runs inside the node images (standard library plus `requests`).
+
+It never imports the builder. Its only contract with the builder is `agent.config`, the schema of the
+in-image config file that the builder writes and the agent reads.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,48 @@
+"""The in-image config: the one schema shared by the builder (which writes it) and the agent (which reads it).
+
+Written into every stage image as JSON at AGENT_CONFIG_PATH. Standard library only: this module runs
+inside the node images.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+AGENT_CONFIG_PATH = "/etc/beoboot/agent.json"
+
+
+@dataclass(frozen=True)
+class NicAlias:
+    """One PCI modalias pattern (fnmatch style, as in modules.alias) and the driver that claims it."""
+
+    pattern: str
+    module: str
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    version: str  # beoboot version that built the image
+    stage: str  # "stage1", "stage2", "stage3"
+    role: str  # "booster", "pxe", "supervisor"
+    kernel_version: str
+    # PCI NIC table, most specific patterns first is not required: the agent tries every match.
+    nic_table: tuple[NicAlias, ...] = ()
+    # module name -> archive paths of the .ko files to load, dependencies first, the module itself last.
+    module_load_order: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # modules to load unconditionally at start (not NIC drivers): names, keys of module_load_order
+    modules_at_start: tuple[str, ...] = ()
+    master_url: str | None = None
+    # Issue-2 smoke mode: print the "agent up" marker and power off instead of doing the stage's work.
+    power_off_when_up: bool = False
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> AgentConfig:
+        raw = json.loads(text)
+        raw["nic_table"] = tuple(NicAlias(**row) for row in raw.get("nic_table", ()))
+        raw["module_load_order"] = {k: tuple(v) for k, v in raw.get("module_load_order", {}).items()}
+        raw["modules_at_start"] = tuple(raw.get("modules_at_start", ()))
+        return cls(**raw)

@@ -1,0 +1,5 @@
+import sys
+
+from beoboot.cli import main
+
+sys.exit(main())
