@@ -64,3 +64,7 @@ class BudgetError(BeobootError):
 
 class ToolError(BeobootError):
     """An external program (compressor, QEMU) that is missing or failed."""
+
+
+class ImageError(BeobootError):
+    """An image file that is not a readable (optionally compressed) newc cpio archive."""

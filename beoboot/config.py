@@ -1,0 +1,247 @@
+"""The build config: a table of settings drives the TOML file, validation, defaults and `beoboot-build config`.
+
+A finished Config is frozen and round-trips through JSON (a test proves it). What changes during a build
+lives in beoboot.builder, never here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from typing import Any
+
+from beoboot.compress import Compression
+from beoboot.errors import ConfigError
+
+IMAGE_NAMES = ("stage1", "stage2", "stage3", "envroot")
+DEFAULT_CONFIG_NAME = "<embedded default config>"
+
+
+# -- value parsers: each takes the raw TOML value and returns the typed value, or raises ValueError
+#    with a sentence that says what is allowed.
+
+
+def parse_str(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError("a non-empty string")
+    return value
+
+
+def parse_epoch(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError("a whole number of seconds since 1970, 0 or more")
+    return value
+
+
+def parse_url(value: Any) -> str:
+    value = parse_str(value)
+    if not value.startswith(("http://", "https://")):
+        raise ValueError("an http:// or https:// URL")
+    return value if value.endswith("/") else value + "/"
+
+
+def parse_names(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ValueError("a list of non-empty strings")
+    return tuple(value)
+
+
+def parse_drivers(value: Any) -> tuple[str, ...]:
+    """"all" (every PCI ethernet driver of the kernel) or a list of module names / glob patterns."""
+    if value == "all":
+        return ("all",)
+    try:
+        return parse_names(value)
+    except ValueError:
+        raise ValueError('"all" or a list of module names or glob patterns') from None
+
+
+def parse_compression(value: Any) -> Compression:
+    try:
+        return Compression(value)
+    except ValueError:
+        raise ValueError("one of " + ", ".join(c.value for c in Compression)) from None
+
+
+SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
+
+
+def parse_size(value: Any) -> int:
+    """A byte count: 5000000, "48M", "512K", "1G"."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    if isinstance(value, str):
+        number, unit = value[:-1], value[-1:].upper()
+        if unit not in SIZE_UNITS or not unit:
+            number, unit = value, ""
+        if number.isdigit() and int(number) > 0:
+            return int(number) * SIZE_UNITS[unit]
+    raise ValueError('a size in bytes, or with a unit: "512K", "48M", "1G"')
+
+
+@dataclass(frozen=True)
+class Setting:
+    section: str  # "build", or "images" for a key every [images.NAME] table has
+    key: str
+    parse: Callable[[Any], Any]
+    help: str
+
+
+SETTINGS = (
+    Setting("build", "sysroot", parse_str, "the reference install the images are built from"),
+    Setting("build", "kernel", parse_str, 'kernel version in SYSROOT/lib/modules, or "auto"'),
+    Setting("build", "source_date_epoch", parse_epoch, "mtime of every file in every image"),
+    Setting("build", "master_url", parse_url, "where nodes find the master"),
+    Setting("build", "dlopen", parse_names, "libraries loaded with dlopen(), added with their closure"),
+    Setting("build", "python_modules", parse_names, "extra stdlib modules for the agent runtime"),
+    Setting("images", "compression", parse_compression, "how the cpio image is compressed"),
+    Setting("images", "budget", parse_size, "largest allowed compressed size"),
+    Setting("images", "drivers", parse_drivers, 'NIC drivers: "all", or names / glob patterns'),
+    Setting("images", "modules", parse_names, "more kernel modules (names or aliases)"),
+)
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    compression: Compression
+    budget: int
+    drivers: tuple[str, ...]
+    modules: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Config:
+    sysroot: str
+    kernel: str
+    source_date_epoch: int
+    master_url: str
+    dlopen: tuple[str, ...]
+    python_modules: tuple[str, ...]
+    images: dict[str, ImageConfig] = field(default_factory=dict)
+    origin: str = DEFAULT_CONFIG_NAME  # which file(s) the values came from, for messages
+
+    def image(self, name: str) -> ImageConfig:
+        return self.images[name]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> Config:
+        raw = json.loads(text)
+        images = {
+            name: ImageConfig(
+                compression=Compression(img["compression"]),
+                budget=img["budget"],
+                drivers=tuple(img["drivers"]),
+                modules=tuple(img["modules"]),
+            )
+            for name, img in raw.pop("images").items()
+        }
+        tuples = {k: tuple(raw[k]) for k in ("dlopen", "python_modules")}
+        return cls(**{**raw, **tuples, "images": images})
+
+
+def default_toml() -> str:
+    return resources.files("beoboot").joinpath("default.toml").read_text()
+
+
+def load(path: str | os.PathLike[str] | None = None, environ: dict[str, str] | None = None) -> Config:
+    """The embedded default, overridden by the file at `path`, then by SOURCE_DATE_EPOCH in the environment."""
+    environ = dict(os.environ) if environ is None else environ
+    values = _validated(tomllib.loads(default_toml()), DEFAULT_CONFIG_NAME)
+    origin = DEFAULT_CONFIG_NAME
+    if path is not None:
+        try:
+            with open(path, "rb") as fh:
+                user = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist", hint="check the -c argument") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        _merge(values, _validated(user, str(path)))
+        origin = str(path)
+    if "SOURCE_DATE_EPOCH" in environ:
+        text = environ["SOURCE_DATE_EPOCH"]
+        if not text.isdigit():
+            raise ConfigError(f"SOURCE_DATE_EPOCH={text!r} in the environment is not a whole number of seconds")
+        values["build"]["source_date_epoch"] = int(text)
+    build = values["build"]
+    return Config(
+        **build,
+        images={name: ImageConfig(**values["images"][name]) for name in IMAGE_NAMES},
+        origin=origin,
+    )
+
+
+def _validated(raw: dict[str, Any], origin: str) -> dict[str, Any]:
+    """Check every section, key and value against SETTINGS; return {"build": {...}, "images": {name: {...}}}."""
+    allowed_sections = ["build", "images"]
+    out: dict[str, Any] = {"build": {}, "images": {}}
+    for section, table in raw.items():
+        if section not in allowed_sections or not isinstance(table, dict):
+            raise ConfigError(
+                f"{origin}: unknown section [{section}]",
+                hint="allowed sections: [build], " + ", ".join(f"[images.{n}]" for n in IMAGE_NAMES),
+            )
+        if section == "build":
+            out["build"] = _validated_table(table, "build", "[build]", origin)
+            continue
+        for name, image_table in table.items():
+            if name not in IMAGE_NAMES or not isinstance(image_table, dict):
+                raise ConfigError(
+                    f"{origin}: unknown image [images.{name}]", hint="allowed images: " + ", ".join(IMAGE_NAMES)
+                )
+            out["images"][name] = _validated_table(image_table, "images", f"[images.{name}]", origin)
+    return out
+
+
+def _validated_table(table: dict[str, Any], section: str, label: str, origin: str) -> dict[str, Any]:
+    settings = {s.key: s for s in SETTINGS if s.section == section}
+    values = {}
+    for key, value in table.items():
+        setting = settings.get(key)
+        if setting is None:
+            raise ConfigError(f"{origin}: unknown key {key!r} in {label}", hint="allowed keys: " + ", ".join(settings))
+        try:
+            values[key] = setting.parse(value)
+        except ValueError as exc:
+            raise ConfigError(f"{origin}: {label} {key} = {value!r} is not allowed: expected {exc}") from None
+    return values
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> None:
+    base["build"].update(override["build"])
+    for name, table in override["images"].items():
+        base["images"][name].update(table)
+
+
+def render_toml(config: Config) -> str:
+    """The effective config as TOML, with each setting's help (for `beoboot-build config`)."""
+    helps = {(s.section, s.key): s.help for s in SETTINGS}
+    lines = [f"# effective config, from {config.origin}", "", "[build]"]
+    for key in ("sysroot", "kernel", "source_date_epoch", "master_url", "dlopen", "python_modules"):
+        lines.append(f"{key} = {_toml_value(getattr(config, key))}  # {helps['build', key]}")
+    for name in IMAGE_NAMES:
+        lines += ["", f"[images.{name}]"]
+        image = config.images[name]
+        for key in ("compression", "budget", "drivers", "modules"):
+            value = getattr(image, key)
+            if key == "drivers" and value == ("all",):
+                value = "all"
+            lines.append(f"{key} = {_toml_value(value)}  # {helps['images', key]}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, (tuple, list)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(str(value))

@@ -1,0 +1,97 @@
+#!/usr/bin/env python3
+"""Set-up and entry point on a fresh machine.
+
+    python3 build.py demo   # install what is missing, build every image, boot each stage in QEMU
+    python3 build.py test   # install what is missing, run the whole test suite (QEMU tests included)
+
+Everything the project needs is installed here (Debian packages, a kernel, QEMU, a virtualenv with the
+project), never by hand, so CI on a bare machine and a new developer get the same thing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+VENV_PYTHON = VENV / "bin" / "python"
+
+# Debian packages: the kernel the images boot, QEMU to boot them, the bootloaders and servers of the
+# boot artifacts, the compressors the kernel's initramfs decoders read, and the references tests compare
+# against (ldd, modprobe, dracut, cpio, bsdtar).
+APT_PACKAGES = [
+    "linux-image-amd64", "kmod", "qemu-system-x86", "ipxe-qemu", "ovmf",
+    "isolinux", "syslinux", "syslinux-common", "pxelinux", "ipxe", "grub-efi-amd64-bin",
+    "mtools", "xorriso", "dosfstools", "libarchive13", "libarchive-tools", "cpio",
+    "xz-utils", "zstd", "lz4", "gzip",
+    "dnsmasq-base", "nginx-light", "iproute2", "dracut-core", "pciutils",
+    "python3", "python3-venv", "python3-requests", "gcc", "libc6-dev",
+]  # fmt: skip
+
+
+def missing_packages() -> list[str]:
+    out = subprocess.run(
+        ["dpkg-query", "-W", "-f", "${Package} ${db:Status-Status}\n", *APT_PACKAGES],
+        capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    installed = {line.split()[0] for line in out.splitlines() if line.endswith(" installed")}
+    return [p for p in APT_PACKAGES if p not in installed]
+
+
+def install_packages() -> None:
+    missing = missing_packages()
+    if not missing:
+        return
+    print(f"build.py: installing Debian packages: {' '.join(missing)}", flush=True)
+    sudo = [] if os.geteuid() == 0 else ["sudo"]
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run([*sudo, "apt-get", "update", "-q"], check=True, env=env)
+    subprocess.run([*sudo, "apt-get", "install", "-y", "-q", "--no-install-recommends", *missing], check=True, env=env)
+
+
+def install_venv() -> None:
+    stamp = VENV / ".beoboot-installed"
+    project = (ROOT / "pyproject.toml").read_bytes()
+    if stamp.exists() and stamp.read_bytes() == project:
+        return
+    print("build.py: creating the virtualenv .venv with the project", flush=True)
+    if not VENV_PYTHON.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+    subprocess.run([str(VENV_PYTHON), "-m", "pip", "install", "-q", "-e", f"{ROOT}[test]"], check=True)
+    stamp.write_bytes(project)
+
+
+def setup() -> None:
+    install_packages()
+    install_venv()
+
+
+def demo() -> int:
+    setup()
+    return subprocess.run([str(VENV_PYTHON), "-m", "beoboot.demo"], cwd=ROOT).returncode
+
+
+def test(extra: list[str]) -> int:
+    setup()
+    return subprocess.run([str(VENV_PYTHON), "-m", "pytest", "-q", *extra], cwd=ROOT).returncode
+
+
+def main(argv: list[str]) -> int:
+    command = argv[0] if argv else "help"
+    if command == "setup":
+        setup()
+        return 0
+    if command == "demo":
+        return demo()
+    if command == "test":
+        return test(argv[1:])
+    print(__doc__.strip())
+    return 0 if command in ("help", "-h", "--help") else 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

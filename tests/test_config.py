@@ -1,0 +1,68 @@
+import pytest
+
+from beoboot import config
+from beoboot.compress import Compression
+from beoboot.errors import ConfigError
+
+
+def write(tmp_path, text):
+    path = tmp_path / "site.toml"
+    path.write_text(text)
+    return path
+
+
+def test_embedded_default_loads_and_round_trips_through_json():
+    cfg = config.load(environ={})
+    assert cfg.sysroot == "/"
+    assert set(cfg.images) == set(config.IMAGE_NAMES)
+    assert config.Config.from_json(cfg.to_json()) == cfg
+
+
+def test_site_file_overrides_one_key_and_keeps_the_rest(tmp_path):
+    cfg = config.load(write(tmp_path, '[images.stage2]\ncompression = "gzip"\ndrivers = ["e1000*"]\n'), environ={})
+    assert cfg.image("stage2").compression == Compression.GZIP
+    assert cfg.image("stage2").drivers == ("e1000*",)
+    assert cfg.image("stage1").compression == config.load(environ={}).image("stage1").compression
+    assert config.Config.from_json(cfg.to_json()) == cfg
+
+
+def test_source_date_epoch_from_environment_wins():
+    assert config.load(environ={"SOURCE_DATE_EPOCH": "12345"}).source_date_epoch == 12345
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("[build]\nsysroto = '/'\n", ["site.toml", "sysroto", "allowed keys", "sysroot"]),
+        ("[images.stage9]\nbudget = 1\n", ["site.toml", "stage9", "stage1"]),
+        ("[images.stage1]\ncompression = 'bzip3'\n", ["site.toml", "compression", "bzip3", "gzip, xz, zstd"]),
+        ("[images.stage1]\nbudget = 'lots'\n", ["site.toml", "budget", "'lots'", "48M"]),
+        ("[images.stage1]\ndrivers = 'some'\n", ["drivers", '"all"']),
+        ("[build]\nmaster_url = 'ftp://x'\n", ["master_url", "http://"]),
+        ("[nonsense]\n", ["[nonsense]", "allowed sections"]),
+        ("[build\n", ["not valid TOML"]),
+    ],
+)
+def test_bad_config_names_file_key_and_what_is_allowed(tmp_path, text, expected):
+    with pytest.raises(ConfigError) as err:
+        config.load(write(tmp_path, text), environ={})
+    for word in expected:
+        assert word in str(err.value)
+
+
+def test_missing_config_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        config.load(tmp_path / "nope.toml", environ={})
+
+
+@pytest.mark.parametrize("value, size", [(100, 100), ("512K", 512 * 1024), ("48M", 48 * 2**20), ("1G", 2**30)])
+def test_sizes(value, size):
+    assert config.parse_size(value) == size
+
+
+def test_rendered_toml_is_a_valid_config_that_loads_back_the_same(tmp_path):
+    cfg = config.load(environ={})
+    again = config.load(write(tmp_path, config.render_toml(cfg)), environ={})
+    assert again.to_json().replace(str(tmp_path / "site.toml"), "X") == cfg.to_json().replace(
+        config.DEFAULT_CONFIG_NAME, "X"
+    )
