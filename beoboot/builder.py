@@ -4,7 +4,9 @@ cache keyed on input content."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,13 +67,24 @@ def build(config: Config, outdir: Path) -> BuildResult:
         shutil.copyfile(kernel_source, staging.path / KERNEL_NAME)
         manifest.artifacts.append(_artifact("kernel", "kernel", staging.path / KERNEL_NAME, None))
         inputs.add(str(kernel_source))
+        planned = []
         for spec in all_stages():
-            image = config.image(spec.stage)
             with step(f"assemble {spec.stage}"):
-                files = assemble(spec, image, ctx)
+                planned.append((spec, config.image(spec.stage), assemble(spec, config.image(spec.stage), ctx)))
+        # Writing is cpio packing in libarchive and a compressor process: both run outside the GIL, so
+        # the images are written side by side, one per core.
+        with step("write images"), ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            writes = [
+                pool.submit(
+                    write_image, files, staging.path / image_file_name(spec.stage, image.compression),
+                    image.compression, config.source_date_epoch,
+                )  # fmt: skip
+                for spec, image, files in planned
+            ]
+            for write in writes:
+                write.result()
+        for spec, image, files in planned:
             name = image_file_name(spec.stage, image.compression)
-            with step(f"write {name}"):
-                write_image(files, staging.path / name, image.compression, config.source_date_epoch)
             artifact = _artifact("image", spec.stage, staging.path / name, image.compression)
             if artifact.size > image.budget:
                 raise _over_budget(spec.stage, artifact.size, image.budget, files)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 
 from beoboot import __version__, log
@@ -30,8 +31,14 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    # SIGTERM unwinds like Ctrl-C, so a killed build removes its staging directory and no partial file.
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
     log.setup(quiet=args.quiet, debug=args.debug)
     try:
         return int(args.func(args) or 0)

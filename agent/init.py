@@ -1,0 +1,164 @@
+"""The agent as PID 1: mount the kernel file systems, read the config, say it is up, do the stage's work.
+
+PID 1 must never exit: the kernel panics when init dies, and the panic hides the reason. Every failure is
+printed on the console, then the node powers off (or, if even that fails, sleeps forever).
+
+Mount and reboot system calls are made only by a real PID 1 and never in a dry run
+(BEOBOOT_DRY_RUN=1 or --dry-run), so the agent can run on a build host, where a stray reboot(2) as root
+would power off the build host itself.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+import agent
+from agent import cmdline, console, mounts, syscalls
+from agent.config import AGENT_CONFIG_PATH, AgentConfig
+
+DRY_RUN_ENV = "BEOBOOT_DRY_RUN"
+SYSRQ_TRIGGER = "/proc/sysrq-trigger"
+
+
+class AgentError(Exception):
+    """A failure the agent can explain: what went wrong and what to do about it."""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        return text if not self.hint else f"{text} (hint: {self.hint})"
+
+
+@dataclass(frozen=True)
+class Options:
+    dry_run: bool = False
+    config_path: str = AGENT_CONFIG_PATH
+
+
+def parse_options(argv: list[str], environ: dict[str, str] | os._Environ[str]) -> Options:
+    """Our flags from init's argv; anything else the kernel passes on its command line is ignored."""
+    dry_run = environ.get(DRY_RUN_ENV, "") not in ("", "0")
+    config_path = AGENT_CONFIG_PATH
+    args = iter(argv)
+    for arg in args:
+        if arg == "--dry-run":
+            dry_run = True
+        elif arg == "--config":
+            config_path = next(args, "")
+            if not config_path:
+                raise AgentError("--config needs a path", hint=f"pass --config {AGENT_CONFIG_PATH}")
+        elif arg.startswith("--config="):
+            config_path = arg.partition("=")[2]
+    return Options(dry_run=dry_run, config_path=config_path)
+
+
+def stage_number(stage: str) -> int:
+    """1, 2 or 3 from config.stage ("stage1", "stage2", "stage3")."""
+    digits = stage.removeprefix("stage")
+    if digits in ("1", "2", "3"):
+        return int(digits)
+    raise AgentError(f"unknown stage {stage!r} in the agent config", hint="expected stage1, stage2 or stage3")
+
+
+def read_config(path: str) -> AgentConfig:
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as exc:
+        raise AgentError(f"cannot read agent config {path}: {exc.strerror}", hint="rebuild the image") from None
+    try:
+        return AgentConfig.from_json(text)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise AgentError(f"agent config {path} is not valid: {exc}", hint="rebuild the image") from None
+
+
+def boot(options: Options) -> int:
+    dry_run = options.dry_run or os.getpid() != 1
+    if dry_run:
+        console.say("beoboot: dry run: no mount or reboot system calls")
+    _try_attach_console()  # before mounting, so a failed mount can be reported if the console exists
+    for call in mounts.mount_pseudo_filesystems(dry_run=dry_run):
+        if dry_run:
+            console.say(f"beoboot: dry run: would {call}")
+    _try_attach_console()  # /dev/console now exists on devtmpfs even if the initramfs lacked it
+
+    config = read_config(options.config_path)
+    console.say(f"beoboot: stage {stage_number(config.stage)} agent up")
+    console.say(f"beoboot: agent version {agent.__version__}")
+    # beoboot.smoke on the kernel command line: a boot test of the image itself, nothing more
+    if config.power_off_when_up or "smoke" in cmdline.read():
+        power_off(dry_run=dry_run)
+        return 0
+    return run_stage(config, dry_run=dry_run)
+
+
+def run_stage(config: AgentConfig, *, dry_run: bool) -> int:
+    """The stage's own work (NIC drivers, DHCP, kexec) plugs in here in later issues."""
+    console.say(f"beoboot: {config.stage} ({config.role}) has no work defined yet")
+    if not dry_run:
+        sleep_forever()
+    return 0
+
+
+def power_off(*, dry_run: bool) -> None:
+    """sync + reboot(2) power-off, then the sysrq 'o' fallback; if both fail, sleep forever."""
+    console.say("beoboot: powering off")
+    if dry_run:
+        console.say(f"beoboot: dry run: would {syscalls.sync(dry_run=True)}")
+        console.say(f"beoboot: dry run: would {syscalls.power_off(dry_run=True)}")
+        return
+    syscalls.sync(dry_run=False)
+    try:
+        syscalls.power_off(dry_run=False)
+    except OSError as exc:
+        console.say(f"beoboot: {exc}; trying {SYSRQ_TRIGGER}")
+    try:
+        with open(SYSRQ_TRIGGER, "w") as f:
+            f.write("o")
+    except OSError as exc:
+        console.say(f"beoboot: cannot write {SYSRQ_TRIGGER}: {exc}")
+    sleep_forever()
+
+
+def sleep_forever() -> None:
+    while True:
+        time.sleep(3600)
+
+
+def _try_attach_console() -> None:
+    try:
+        console.attach_to_console()
+    except OSError:
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of /init and of `python -m agent`. Returns only when not PID 1 or in a dry run."""
+    is_init = os.getpid() == 1
+    dry_run = True
+    try:
+        options = parse_options(sys.argv[1:] if argv is None else argv, os.environ)
+        dry_run = options.dry_run or not is_init
+        return boot(options)
+    except BaseException as exc:  # noqa: BLE001 -- PID 1 must report everything, even SystemExit
+        if isinstance(exc, AgentError):
+            console.say(f"beoboot: agent failed: {exc}")
+        else:
+            import traceback
+
+            console.say("beoboot: agent failed with an unexpected error:")
+            for line in traceback.format_exception(exc):
+                console.say(line.rstrip("\n"))
+        if not is_init:
+            return 1
+        try:
+            power_off(dry_run=dry_run)
+        finally:
+            sleep_forever()
+    return 1  # unreachable: power_off() or sleep_forever() never return for a real PID 1

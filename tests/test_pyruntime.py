@@ -1,0 +1,350 @@
+"""The in-image Python runtime (beoboot.pyruntime) and the minimal agent entry (agent/).
+
+Fast tests: the parsers and the agent's dry run on the build host. The integration test builds the
+runtime from sysroot `/`, lays it out with the interpreter's ELF closure (from `ldd`, test only) in a
+tmp dir, and runs the agent and a real `requests.get` inside a chroot of it.
+"""
+
+from __future__ import annotations
+
+import http.server
+import io
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from agent import console, init, mounts
+from agent.config import AgentConfig
+from beoboot import pyruntime
+from beoboot.errors import SysrootError
+from beoboot.sysroot import Sysroot
+
+ROOT = Path(__file__).resolve().parent.parent
+AGENT_DIR = ROOT / "agent"
+CHROOT = shutil.which("chroot") or "/usr/sbin/chroot"
+
+
+# -- parsers -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("python3.11", (3, 11)),
+        ("python3.9", (3, 9)),
+        ("python3", None),
+        ("python3.11-config", None),
+        ("python311.zip", None),
+    ],
+)
+def test_parse_python_dir_name(name, expected):
+    assert pyruntime.parse_python_dir_name(name) == expected
+
+
+@pytest.mark.parametrize(
+    ("source", "module", "is_package", "expected"),
+    [
+        ("import os, a.b", "m", False, [("os", True), ("a.b", True)]),
+        ("from a import b", "m", False, [("a", True), ("a.b", False)]),
+        ("from . import x", "p.q", False, [("p.x", True)]),
+        ("from . import x", "p", True, [("p.x", True)]),
+        ("from .mod import y", "p.q", False, [("p.mod", True), ("p.mod.y", False)]),
+        ("from ..up import z", "p.q.r", False, [("p.up", True), ("p.up.z", False)]),
+        ("from x import *", "m", False, [("x", True)]),
+        ("def f():\n    import late\n", "m", False, [("late", True)]),
+    ],
+)
+def test_imports_of(source, module, is_package, expected):
+    assert pyruntime.imports_of(source, module, is_package) == expected
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [("six.moves", "six"), ("six.moves.http_client", "http.client"), ("six.moves.urllib.parse", "urllib.parse"), ("six.moves.xrange", "")],
+)
+def test_six_moves_alias(name, expected):
+    assert pyruntime._six_moves_alias(name) == expected
+
+
+def test_excludes_cover_submodules():
+    assert pyruntime.is_excluded("email.mime.text", {"email.mime": ""})
+    assert not pyruntime.is_excluded("email.mimetypes", {"email.mime": ""})
+
+
+def test_write_zip_is_deterministic_and_sorted():
+    members = {"b.pyc": b"2", "a/__init__.pyc": b"1"}
+    first = pyruntime.write_zip(members)
+    assert first == pyruntime.write_zip(dict(reversed(list(members.items()))))
+    infos = zipfile.ZipFile(io.BytesIO(first)).infolist()
+    assert [i.filename for i in infos] == ["a/__init__.pyc", "b.pyc"]
+    assert {i.date_time for i in infos} == {pyruntime.ZIP_DATE_TIME}
+
+
+def test_init_script_sets_hash_seed_and_no_site():
+    text = pyruntime.render_init("/usr/bin/python3.11").decode()
+    assert text.startswith("#!/usr/bin/python3.11 -S\n")
+    assert "PYTHONHASHSEED" in text and "-I" not in text and "-E" not in text
+    compile(text, "/init", "exec")
+
+
+def test_find_sysroot_python_in_empty_tree_says_what_to_install(tmp_path):
+    with pytest.raises(SysrootError, match="python3"):
+        pyruntime.find_sysroot_python(Sysroot(tmp_path))
+
+
+def test_find_sysroot_python_reads_layout_of_fake_tree(tmp_path):
+    (tmp_path / "usr/lib/python3.11/lib-dynload").mkdir(parents=True)
+    (tmp_path / "usr/lib/python3.11/os.py").write_text("")
+    (tmp_path / "usr/bin").mkdir(parents=True)
+    shutil.copy("/usr/bin/python3.11", tmp_path / "usr/bin/python3.11")  # any ELF with PyInit_ symbols
+    (tmp_path / "usr/bin/python3").symlink_to("python3.11")
+    python = pyruntime.find_sysroot_python(Sysroot(tmp_path))
+    assert python.version == (3, 11)
+    assert python.interpreter == "/usr/bin/python3.11"
+    assert python.interpreter_links == ("/usr/bin/python3",)
+    assert python.zip_path == "/usr/lib/python311.zip"
+    assert {"posix", "_socket", "sys"} <= python.builtins
+
+
+# -- the agent -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "expected"),
+    [
+        ([], {}, init.Options()),
+        (["--dry-run"], {}, init.Options(dry_run=True)),
+        ([], {"BEOBOOT_DRY_RUN": "1"}, init.Options(dry_run=True)),
+        ([], {"BEOBOOT_DRY_RUN": "0"}, init.Options()),
+        (["--config", "/x.json", "single"], {}, init.Options(config_path="/x.json")),
+        (["--config=/y.json"], {}, init.Options(config_path="/y.json")),
+    ],
+)
+def test_parse_options(argv, env, expected):
+    assert init.parse_options(argv, env) == expected
+
+
+@pytest.mark.parametrize(("stage", "number"), [("stage1", 1), ("stage2", 2), ("stage3", 3)])
+def test_stage_number(stage, number):
+    assert init.stage_number(stage) == number
+
+
+def test_stage_number_rejects_unknown_stage():
+    with pytest.raises(init.AgentError, match="'stage9'"):
+        init.stage_number("stage9")
+
+
+def test_parse_mount_targets():
+    text = "proc /proc proc rw 0 0\nsysfs /sys sysfs rw 0 0\n/dev/sda1 /mnt/with\\040space ext4 rw 0 0\n\n"
+    assert mounts.parse_mount_targets(text) == {"/proc", "/sys", "/mnt/with space"}
+
+
+def write_config(path: Path, stage: str = "stage2", power_off: bool = True) -> Path:
+    config = AgentConfig(version="9.9", stage=stage, role="pxe", kernel_version="6.1", power_off_when_up=power_off)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(config.to_json())
+    return path
+
+
+def test_agent_dry_run_prints_markers_and_makes_no_syscalls(tmp_path, capfd, monkeypatch):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a dry run must not call libc")
+
+    monkeypatch.setattr("agent.syscalls.libc", forbidden)
+    config = write_config(tmp_path / "agent.json", stage="stage3")
+    assert init.main(["--dry-run", "--config", str(config)]) == 0
+    out = capfd.readouterr().out
+    assert "beoboot: stage 3 agent up\n" in out
+    assert f"beoboot: agent version {init.agent.__version__}\n" in out
+    assert "would reboot(LINUX_REBOOT_CMD_POWER_OFF)" in out
+
+
+def test_agent_reports_missing_config_and_returns_when_not_pid1(tmp_path, capfd):
+    assert init.main(["--dry-run", "--config", str(tmp_path / "missing.json")]) == 1
+    assert f"cannot read agent config {tmp_path / 'missing.json'}" in capfd.readouterr().out
+
+
+def test_console_say_survives_closed_fd(monkeypatch):
+    monkeypatch.setattr(console, "_fd", 987)
+    console.say("nobody hears this")  # must not raise
+
+
+# -- the runtime in a chroot -------------------------------------------------------------------------
+
+# Runs inside the chroot: everything the agent and requests import at run time, plus a real request.
+CHECK_SCRIPT = r"""
+import os, sys, importlib
+port, module_list = int(sys.argv[1]), sys.argv[2]
+print("prefix", sys.prefix, sys.exec_prefix)
+print("path", sys.path)
+assert os.environ.get("PYTHONHASHSEED") == "0", os.environ
+import agent.init, agent.console, agent.mounts, agent.syscalls, agent.config
+import ctypes
+assert ctypes.CDLL(None, use_errno=True).getpid() == os.getpid()
+import requests
+response = requests.get(f"http://127.0.0.1:{port}/hello", timeout=10)
+assert response.status_code == 200 and response.text == "hello from the build host", response.text
+print("GET OK", response.headers.get("Server"))
+for name, module in sorted(sys.modules.items()):
+    spec = getattr(module, "__spec__", None)
+    # frozen modules carry a __file__ in the stdlib directory that need not exist
+    frozen = spec is not None and spec.origin in ("frozen", "built-in")
+    where = "built-in/frozen" if frozen else getattr(module, "__file__", None) or "built-in/frozen"
+    if name == "__main__":
+        continue
+    print("loaded", name, where)
+failures = 0
+for name in open(module_list).read().split():
+    try:
+        importlib.import_module(name)
+    except Exception as exc:
+        failures += 1
+        print("IMPORTFAIL", name, type(exc).__name__, exc)
+print("CHECK DONE", failures)
+"""
+
+
+class HelloHandler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):  # noqa: N802 -- the name http.server calls
+        body = b"hello from the build host"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def ldd_closure(paths: list[str]) -> set[str]:
+    """Test-only ELF closure via the host's ldd (the image builder reads ELF itself)."""
+    libs: set[str] = set()
+    for path in paths:
+        out = subprocess.run(["ldd", path], capture_output=True, text=True, check=True).stdout
+        for match in re.finditer(r"(/\S+) \(0x", out):
+            libs.add(match.group(1))
+    return libs
+
+
+def lay_out(runtime: pyruntime.PythonRuntime, root: Path) -> None:
+    def copy(path: str) -> None:
+        target = root / path.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(os.path.realpath(path), target)
+
+    copy(runtime.interpreter)
+    for link in runtime.interpreter_links:
+        (root / link.lstrip("/")).symlink_to(os.path.basename(runtime.interpreter))
+    extension_paths = [path for path, _ in runtime.extensions]
+    for path in extension_paths:
+        copy(path)
+    for lib in ldd_closure([runtime.interpreter, *extension_paths]):
+        copy(lib)
+    (root / runtime.zip_path.lstrip("/")).write_bytes(runtime.zip_bytes)
+    init_file = root / runtime.init_path.lstrip("/")
+    init_file.write_bytes(runtime.init_bytes)
+    init_file.chmod(0o755)
+
+
+@pytest.fixture(scope="module")
+def runtime():
+    return pyruntime.build_runtime(Sysroot("/"), AGENT_DIR)
+
+
+needs_root_chroot = pytest.mark.skipif(
+    os.geteuid() != 0 or not os.path.exists(CHROOT) or not Path("/usr/bin/python3.11").exists(),
+    reason="needs root, chroot and the sysroot python3.11",
+)
+
+
+@pytest.mark.integration
+@needs_root_chroot
+def test_runtime_is_deterministic(runtime):
+    again = pyruntime.build_runtime(Sysroot("/"), AGENT_DIR)
+    assert again.zip_bytes == runtime.zip_bytes
+    assert again == runtime
+    # ... and in another process, which has imported other things than pytest has (marshal's output
+    # depends on the compiling process's state; beoboot compiles in a clean child to avoid that)
+    other_process = subprocess.run(
+        [sys.executable, "-c", "import sys; from pathlib import Path; from beoboot.sysroot import Sysroot; "
+         "from beoboot.pyruntime import build_runtime; "
+         f"sys.stdout.buffer.write(build_runtime(Sysroot('/'), Path({str(AGENT_DIR)!r})).zip_bytes)"],
+        capture_output=True, check=True, cwd=ROOT,
+    )  # fmt: skip
+    assert other_process.stdout == runtime.zip_bytes
+    names = zipfile.ZipFile(io.BytesIO(runtime.zip_bytes)).namelist()
+    assert names == sorted(names)
+    assert "agent/init.pyc" in names and "requests/__init__.pyc" in names and "encodings/utf_8.pyc" in names
+    assert not any(name.startswith(("ssl.", "urllib3/contrib/pyopenssl")) for name in names)
+    extensions = [os.path.basename(path) for path, _ in runtime.extensions]
+    assert any(name.startswith("_ctypes.") for name in extensions)
+    assert not any(name.startswith(("_ssl.", "_hashlib.")) for name in extensions)
+    print(f"\nzip {len(runtime.zip_bytes)} bytes, {len(runtime.modules)} modules; extensions: {extensions}")
+
+
+@pytest.mark.integration
+@needs_root_chroot
+def test_runtime_runs_agent_and_requests_in_chroot(runtime, tmp_path):
+    root = tmp_path / "root"
+    lay_out(runtime, root)
+    write_config(root / "etc/beoboot/agent.json", stage="stage1")
+    (root / "check.py").write_text(CHECK_SCRIPT)
+    (root / "modules.txt").write_text("\n".join(runtime.modules))
+    # No PYTHONHOME/PYTHONPATH and no PYTHONHASHSEED: /init must find its stdlib and set the seed itself.
+    clean_env = {"PATH": "/usr/bin"}
+
+    agent_run = subprocess.run(
+        [CHROOT, str(root), "/init", "--dry-run"], capture_output=True, text=True, env=clean_env, timeout=60
+    )
+    assert agent_run.returncode == 0, agent_run.stdout + agent_run.stderr
+    assert "beoboot: stage 1 agent up\n" in agent_run.stdout
+    assert "beoboot: agent version " in agent_run.stdout
+    assert "Could not find platform" not in agent_run.stderr, agent_run.stderr
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), HelloHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        check = subprocess.run(
+            [CHROOT, str(root), runtime.interpreter, "-S", "/check.py", str(server.server_port), "/modules.txt"],
+            capture_output=True, text=True, env={**clean_env, "PYTHONHASHSEED": "0"}, timeout=120,
+        )  # fmt: skip
+    finally:
+        server.shutdown()
+    output = check.stdout + check.stderr
+    assert check.returncode == 0, output
+    assert "GET OK" in check.stdout, output
+    assert "Could not find platform" not in check.stderr, check.stderr
+    assert "prefix /usr /usr" in check.stdout
+    # Everything the run loaded came from the zip, lib-dynload or the interpreter itself.
+    for line in check.stdout.splitlines():
+        if line.startswith("loaded "):
+            _, name, where = line.split(" ", 2)
+            assert where == "built-in/frozen" or where.startswith((runtime.zip_path, "/usr/lib/python3.11/lib-dynload/")), line
+    # A module in the zip may fail to import only because of a module left out on purpose.
+    failures = [line for line in check.stdout.splitlines() if line.startswith("IMPORTFAIL")]
+    for line in failures:
+        assert any(f"'{ex}'" in line for ex in pyruntime.DEFAULT_EXCLUDES), line
+    print(f"\nimport failures caused by left-out modules: {len(failures)}")
+    for line in failures:
+        print(" ", line)
+
+
+@pytest.mark.integration
+@needs_root_chroot
+def test_ssl_is_an_extra_module():
+    with_ssl = pyruntime.build_runtime(Sysroot("/"), AGENT_DIR, extra_modules=("ssl",))
+    assert "ssl" in with_ssl.modules
+    assert any(os.path.basename(path).startswith("_ssl.") for path, _ in with_ssl.extensions)
+
+
+def test_unknown_extra_module_is_an_error(tmp_path):
+    with pytest.raises(SysrootError, match="'no_such_module_xyz'"):
+        pyruntime.build_runtime(Sysroot("/"), AGENT_DIR, extra_modules=("no_such_module_xyz",))
