@@ -28,6 +28,11 @@ def make_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.register(sub)
+    # -q and --debug work before or after the sub-command; SUPPRESS keeps a sub-command's default from
+    # overwriting a value given before it.
+    for subparser in sub.choices.values():
+        subparser.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        subparser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
 
 

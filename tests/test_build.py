@@ -42,7 +42,24 @@ def test_every_file_in_every_image_has_a_source_and_a_reason(built):
     reasons = {r["reason"] for r in stage1.values()}
     assert "agent stdlib" in reasons
     assert any(r.startswith("needed by /usr/bin/python3") for r in reasons)
-    assert any(r.startswith("NIC driver for pci:v00008086d0000100E") for r in reasons), "e1000's alias"
+    e1000 = next(r for p, r in stage1.items() if p.endswith("/e1000.ko"))
+    assert e1000["reason"].startswith("NIC driver for pci:v00008086d0000"), e1000
+
+
+def test_agent_config_carries_the_nic_table_and_load_order(built):
+    from agent.config import AgentConfig
+    from beoboot.archive import extract_file
+
+    m = manifest(built)
+    image = built / next(a["path"] for a in m["artifacts"] if a["name"] == "stage2")
+    cfg = AgentConfig.from_json(extract_file(image, "/etc/beoboot/agent.json").decode())
+    assert cfg.stage == "stage2" and cfg.role == "pxe"
+    patterns = {row.pattern: row.module for row in cfg.nic_table}
+    assert patterns["pci:v00008086d0000100Esv*sd*bc*sc*i*"] == "e1000"
+    assert cfg.module_load_order["e1000e"][-1].endswith("/e1000e.ko")
+    in_image = {r["path"] for r in m["images"]["stage2"]}
+    for paths in cfg.module_load_order.values():
+        assert set(paths) <= in_image
 
 
 def test_image_contents_match_the_manifest_by_an_independent_tool(built):
@@ -52,7 +69,7 @@ def test_image_contents_match_the_manifest_by_an_independent_tool(built):
             continue
         listing = subprocess.run(["bsdtar", "-tf", built / art["path"]], capture_output=True, text=True, check=True)
         listed = {"/" + line.rstrip("/").removeprefix("./").lstrip("/") for line in listing.stdout.splitlines()}
-        listed.discard("/.")
+        listed = {"/" if p == "/." else p for p in listed}
         recorded = {r["path"] for r in m["images"][art["name"]]}
         assert listed == recorded, art["name"]
 
@@ -132,8 +149,8 @@ def test_interrupted_build_keeps_previous_outputs(tmp_path, built):
     site = tmp_path / "site.toml"
     site.write_text('[images.stage1]\ncompression = "gzip"\n')  # a different build, so the cache does not skip it
     proc = subprocess.Popen([*BEOBOOT, "build", "-c", site, "-o", outdir], cwd=ROOT, stderr=subprocess.PIPE, text=True)
-    for line in proc.stderr:  # interrupt in the middle: stage 1 is written, stage 2 is being written
-        if "write stage2" in line:
+    for line in proc.stderr:  # interrupt in the middle: the images are being written
+        if "write images" in line:
             break
     proc.send_signal(signal.SIGTERM)
     proc.stderr.read()

@@ -1,0 +1,109 @@
+"""The network-boot tree (one directory served both by TFTP and by HTTP) and the configs of the servers
+that hand it out (dnsmasq for DHCP/proxy DHCP + TFTP, nginx for HTTP).
+
+Tree:
+    pxelinux.0, ldlinux.c32, pxelinux.cfg/default   BIOS PXE: pxelinux loads the payload over TFTP
+    grubnetx64.efi, grub/grub.cfg                   UEFI PXE: GRUB loads the payload over TFTP
+    boot.ipxe                                       iPXE (NIC ROM, booster floppy): payload over HTTP
+    ipxe.efi, undionly.kpxe                         iPXE itself, for firmware that should chain to it
+    vmlinuz, initrd.img                             the payload
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+from tempfile import TemporaryDirectory
+
+from beoboot.artifacts import (
+    IPXE_EFI, LDLINUX_C32, PXELINUX_0, UNDIONLY_KPXE, BootPayload, copy_file, render, write_text,
+)  # fmt: skip
+from beoboot.artifacts.esp import GRUB_COMMON_MODULES, GRUB_NET_MODULES, write_grub_efi
+from beoboot.artifacts.floppy import BOOT_SCRIPT
+from beoboot.errors import ConfigError
+
+KERNEL = "vmlinuz"
+INITRD = "initrd.img"
+GRUB_NET_EFI = "grubnetx64.efi"
+GRUB_DIR = "grub"
+
+
+def write_pxe_tree(payload: BootPayload, outdir: Path, *, master_url: str, mtime: int) -> list[Path]:
+    """Write the tree into `outdir`; returns the files written, sorted."""
+    outdir = Path(outdir)
+    base_url = master_url.rstrip("/")
+    written = [
+        copy_file(PXELINUX_0.require(), outdir / "pxelinux.0", mtime=mtime),
+        copy_file(LDLINUX_C32.require(), outdir / "ldlinux.c32", mtime=mtime),
+        copy_file(IPXE_EFI.require(), outdir / "ipxe.efi", mtime=mtime),
+        copy_file(UNDIONLY_KPXE.require(), outdir / "undionly.kpxe", mtime=mtime),
+        copy_file(Path(payload.kernel), outdir / KERNEL, mtime=mtime),
+        copy_file(Path(payload.initrd), outdir / INITRD, mtime=mtime),
+    ]
+    texts = {
+        "pxelinux.cfg/default": render("pxelinux-default.j2", kernel=KERNEL, initrd=INITRD, append=payload.append),
+        BOOT_SCRIPT: render("boot.ipxe.j2", base_url=base_url, kernel=KERNEL, initrd=INITRD, append=payload.append),
+        f"{GRUB_DIR}/grub.cfg": render("grub-net.cfg.j2", kernel=KERNEL, initrd=INITRD, append=payload.append),
+    }
+    written += [write_text(outdir / name, text, mtime=mtime) for name, text in texts.items()]
+    with TemporaryDirectory(prefix="beoboot-pxe-") as scratch:
+        grub = write_grub_efi(
+            Path(scratch) / GRUB_NET_EFI, embedded_config=render("grub-net-early.cfg.j2", grub_dir=GRUB_DIR),
+            prefix=f"(tftp)/{GRUB_DIR}", modules=(*GRUB_COMMON_MODULES, *GRUB_NET_MODULES),
+        )  # fmt: skip
+        written.append(copy_file(grub, outdir / GRUB_NET_EFI, mtime=mtime))
+    return sorted(written)
+
+
+@dataclass(frozen=True)
+class NodeRange:
+    """The addresses the nodes get: first..last inside `network`."""
+
+    first: ipaddress.IPv4Address
+    last: ipaddress.IPv4Address
+    network: ipaddress.IPv4Network
+
+
+def parse_node_range(text: str, *, default_prefix: int = 24) -> NodeRange:
+    """Parse "FIRST-LAST" or "FIRST-LAST/PREFIX", e.g. "10.54.0.10-10.54.0.250/24"."""
+    spec, _, prefix_text = text.strip().partition("/")
+    first_text, dash, last_text = spec.partition("-")
+    if not dash:
+        raise ConfigError(f"node range {text!r} has no '-'", hint='write it as FIRST-LAST[/PREFIX], e.g. "10.54.0.10-10.54.0.250/24"')
+    try:
+        first = ipaddress.IPv4Address(first_text.strip())
+        last = ipaddress.IPv4Address(last_text.strip())
+        prefix = int(prefix_text) if prefix_text else default_prefix
+        network = ipaddress.IPv4Network(f"{first}/{prefix}", strict=False)
+    except ValueError as err:
+        raise ConfigError(f"node range {text!r}: {err}", hint='write it as FIRST-LAST[/PREFIX], e.g. "10.54.0.10-10.54.0.250/24"') from None
+    if last < first:
+        raise ConfigError(f"node range {text!r} ends before it starts", hint="put the lower address first")
+    if last not in network:
+        raise ConfigError(f"node range {text!r}: {last} is outside {network}", hint="give a prefix that holds both ends")
+    if first == network.network_address or last == network.broadcast_address:
+        raise ConfigError(f"node range {text!r} includes the network or broadcast address of {network}",
+                          hint="start after the network address and end before the broadcast address")  # fmt: skip
+    return NodeRange(first, last, network)
+
+
+def write_server_configs(
+    outdir: Path, *, node_range: NodeRange, proxy_dhcp: bool, http_root: Path, master_url: str, mtime: int,
+    interface: str = "eth0", tftp_root: Path | None = None, http_listen: str = "80", state_dir: Path | None = None,
+    lease: str = "12h",
+) -> list[Path]:  # fmt: skip
+    """dnsmasq.conf and nginx.conf in `outdir`. `state_dir` holds nginx's pid, logs and temp files."""
+    outdir = Path(outdir).absolute()
+    state_dir = Path(state_dir or outdir / "nginx-state").absolute()
+    dnsmasq_conf, nginx_conf = outdir / "dnsmasq.conf", outdir / "nginx.conf"
+    dnsmasq = render(
+        "dnsmasq.conf.j2", conf_path=dnsmasq_conf, proxy_dhcp=proxy_dhcp, interface=interface,
+        network=node_range.network.network_address, netmask=node_range.network.netmask,
+        start=node_range.first, end=node_range.last, lease=lease,
+        tftp_root=Path(tftp_root or http_root).absolute(), master_url=master_url,
+        script_url=f"{master_url.rstrip('/')}/{BOOT_SCRIPT}",
+    )  # fmt: skip
+    nginx = render("nginx.conf.j2", conf_path=nginx_conf, http_root=Path(http_root).absolute(), listen=http_listen,
+                   state_dir=state_dir)  # fmt: skip
+    return [write_text(dnsmasq_conf, dnsmasq, mtime=mtime), write_text(nginx_conf, nginx, mtime=mtime)]
