@@ -17,7 +17,7 @@ from beoboot.config import Config, ImageConfig
 from beoboot.filelist import FileList, Reason
 from beoboot.kmod import KernelModules, ModuleNeed
 from beoboot.ldso import LibraryResolver
-from beoboot.nics import nic_table, select_drivers
+from beoboot.nics import TRANSPORTS, nic_table, select_drivers
 from beoboot.pyruntime import PythonRuntime, build_runtime
 from beoboot.stages import PROJECT_ROOT, TEMPLATES_DIR, StageSpec
 from beoboot.sysroot import Sysroot
@@ -67,6 +67,9 @@ def assemble(spec: StageSpec, image: ImageConfig, ctx: BuildContext) -> FileList
     if spec.agent_role:
         _add_runtime(files, ctx.runtime, ctx.sysroot, elf_roots)
     drivers = select_drivers(ctx.kernel, list(image.drivers)) if spec.nic_drivers and image.drivers else []
+    # A transport (virtio_pci for virtio_net) claims the PCI function: without it the driver never binds.
+    known = set(ctx.kernel.module_names())
+    drivers += [t.module for t in TRANSPORTS if t.carries in drivers and t.module in known and t.module not in drivers]
     if drivers:
         _add_modules(files, ctx, drivers, load_order, nic_reason=_nic_reasons(ctx.nic_table))
     if image.modules:

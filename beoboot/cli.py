@@ -44,6 +44,7 @@ def _interrupt(signum: int, frame: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `beoboot-build nics | head` ends quietly, as cat would
     log.setup(quiet=args.quiet, debug=args.debug)
     try:
         return int(args.func(args) or 0)

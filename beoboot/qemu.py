@@ -94,3 +94,13 @@ def run(cmd: list[str], expect: str | Sequence[str] = (), timeout: float = 180.0
 def boot(kernel: Path, initrd: Path, expect: str | Sequence[str] = (), *, append: str = DEFAULT_APPEND,
          timeout: float = 180.0, memory_mib: int = 1024, extra: Sequence[str] = ()) -> BootResult:
     return run(qemu_command(kernel, initrd, append, memory_mib=memory_mib, extra=extra), expect, timeout)
+
+
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE.fd")
+
+
+def uefi_firmware() -> list[str]:
+    """QEMU arguments that boot UEFI (OVMF, package ovmf) instead of SeaBIOS; no variable store is kept."""
+    if not OVMF_CODE.is_file():
+        raise ToolError(f"{OVMF_CODE} not found", hint="apt-get install ovmf")
+    return ["-drive", f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}"]

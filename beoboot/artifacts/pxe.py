@@ -91,11 +91,13 @@ def parse_node_range(text: str, *, default_prefix: int = 24) -> NodeRange:
 def write_server_configs(
     outdir: Path, *, node_range: NodeRange, proxy_dhcp: bool, http_root: Path, master_url: str, mtime: int,
     interface: str = "eth0", tftp_root: Path | None = None, http_listen: str = "80", state_dir: Path | None = None,
-    lease: str = "12h",
+    lease: str = "12h", nginx_user: str | None = None,
 ) -> list[Path]:  # fmt: skip
-    """dnsmasq.conf and nginx.conf in `outdir`. `state_dir` holds nginx's pid, logs and temp files."""
+    """dnsmasq.conf and nginx.conf in `outdir`. `state_dir` holds nginx's pid, logs and temp files;
+    `nginx_user` is the user nginx's workers run as when started by root (nginx's default: nobody)."""
     outdir = Path(outdir).absolute()
     state_dir = Path(state_dir or outdir / "nginx-state").absolute()
+    state_dir.mkdir(parents=True, exist_ok=True)
     dnsmasq_conf, nginx_conf = outdir / "dnsmasq.conf", outdir / "nginx.conf"
     dnsmasq = render(
         "dnsmasq.conf.j2", conf_path=dnsmasq_conf, proxy_dhcp=proxy_dhcp, interface=interface,
@@ -105,5 +107,5 @@ def write_server_configs(
         script_url=f"{master_url.rstrip('/')}/{BOOT_SCRIPT}",
     )  # fmt: skip
     nginx = render("nginx.conf.j2", conf_path=nginx_conf, http_root=Path(http_root).absolute(), listen=http_listen,
-                   state_dir=state_dir)  # fmt: skip
+                   state_dir=state_dir, user=nginx_user)  # fmt: skip
     return [write_text(dnsmasq_conf, dnsmasq, mtime=mtime), write_text(nginx_conf, nginx, mtime=mtime)]

@@ -1,0 +1,122 @@
+"""Download a file from the master over HTTP: retries with backoff and jitter, resume of an interrupted
+transfer (Range + If-Range, RFC 9110 13.1.5), and a sha256 check before the file is used.
+
+The file is written as NAME.part and renamed only after the hash matched, so a half or corrupt download
+is never taken for a good one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import requests
+
+CHUNK = 1 << 20
+
+
+class DownloadError(Exception):
+    """The master could not be reached or did not serve the file."""
+
+
+class IntegrityError(DownloadError):
+    """The file arrived, but its content is not the one pinned: it is refused."""
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential backoff with full jitter around each step, capped."""
+
+    first: float = 1.0
+    factor: float = 2.0
+    cap: float = 30.0
+    jitter: float = 0.25  # +- this fraction of the delay
+
+    def delay(self, attempt: int, rand: Callable[[], float] = random.random) -> float:
+        base = min(self.cap, self.first * self.factor**attempt)
+        return max(0.0, base * (1 + self.jitter * (2 * rand() - 1)))
+
+
+def sha256_of(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def fetch_once(session: requests.Session, url: str, dest: str, timeout: float = 20.0) -> None:
+    """One attempt; resumes DEST.part when the server still has the same version (If-Range)."""
+    part = dest + ".part"
+    validator_file = part + ".validator"
+    headers = {}
+    have = os.path.getsize(part) if os.path.exists(part) else 0
+    if have and os.path.exists(validator_file):
+        with open(validator_file) as f:
+            validator = f.read().strip()
+        if validator:
+            headers = {"Range": f"bytes={have}-", "If-Range": validator}
+    with session.get(url, headers=headers, stream=True, timeout=timeout) as response:
+        if response.status_code == 206:
+            mode = "ab"
+        elif response.status_code == 200:
+            mode, have = "wb", 0  # a new version, or no resume: start over
+        else:
+            raise DownloadError(f"{url}: HTTP {response.status_code}")
+        validator = response.headers.get("ETag") or response.headers.get("Last-Modified") or ""
+        with open(validator_file, "w") as f:
+            f.write(validator)
+        with open(part, mode) as out:
+            for chunk in response.iter_content(CHUNK):
+                out.write(chunk)
+
+
+def fetch(
+    url: str,
+    dest: str,
+    sha256: str | None,
+    *,
+    log: Callable[[str], None] = print,
+    attempts: int | None = None,
+    backoff: Backoff = Backoff(),
+    sleep: Callable[[float], None] = time.sleep,
+    session: requests.Session | None = None,
+) -> str:
+    """Fetch URL to DEST and check it against `sha256` (when given). Retries forever unless `attempts`
+    is set: a node has nothing better to do than wait for its master. Returns the file's sha256."""
+    session = session or requests.Session()
+    attempt = 0
+    while True:
+        try:
+            fetch_once(session, url, dest)
+            got = sha256_of(dest + ".part")
+            if sha256 and got != sha256:
+                _discard(dest)
+                raise IntegrityError(f"{url}: sha256 {got} does not match the pinned {sha256}; refused")
+            os.replace(dest + ".part", dest)
+            _discard(dest)
+            return got
+        except (requests.RequestException, DownloadError, OSError) as exc:
+            attempt += 1
+            if attempts is not None and attempt >= attempts:
+                raise exc if isinstance(exc, DownloadError) else DownloadError(f"{url}: {exc}") from exc
+            wait = backoff.delay(attempt - 1)
+            log(f"beoboot: download {url} failed ({_short(exc)}); retry {attempt} in {wait:.1f}s")
+            sleep(wait)
+
+
+def _discard(dest: str) -> None:
+    for leftover in (dest + ".part", dest + ".part.validator"):
+        try:
+            os.unlink(leftover)
+        except FileNotFoundError:
+            pass
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc)
+    return text if len(text) < 160 else text[:157] + "..."

@@ -1,0 +1,306 @@
+"""Boot artifacts: parsers and plans table-tested; writers checked for reproducible bytes and with
+independent tools (xorriso, mdir, dnsmasq --test, nginx -t); QEMU boots of every medium (integration)."""
+
+import contextlib
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from beoboot.artifacts import BootPayload, parse_node_range, write_floppy, write_iso, write_pxe_tree, write_server_configs
+from beoboot.artifacts.esp import FatGeometry, fat_directories, free_bytes, parse_fat_geometry
+from beoboot.artifacts.floppy import FloppyItem, FloppyKind, FloppyMode, plan_floppy
+from beoboot.errors import BudgetError, ConfigError, ImageError
+from beoboot.qemu import qemu_command, run, uefi_firmware
+
+MTIME = 1700000000  # 2023-11-14 22:13:20 UTC
+KERNEL = Path("/boot/vmlinuz-6.1.0-56-amd64")
+INITRD = Path("/boot/initrd.img-6.1.0-56-amd64")
+APPEND = "console=ttyS0 panic=-1"
+BOOTED = r"Run /init as init process"
+
+needs_media_tools = pytest.mark.skipif(
+    not all(shutil.which(t) for t in ("mformat", "mcopy", "syslinux", "grub-mkimage")),
+    reason="needs mtools, syslinux and grub-common (python3 build.py setup)",
+)
+
+
+@pytest.fixture
+def tiny_payload(tmp_path):
+    kernel, initrd = tmp_path / "vmlinuz", tmp_path / "initrd.img"
+    kernel.write_bytes(b"K" * 5000)
+    initrd.write_bytes(b"I" * 7000)
+    return BootPayload(kernel, initrd, APPEND)
+
+
+# --- parsers and plans ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, first, last, network", [
+    ("10.54.0.10-10.54.0.250", "10.54.0.10", "10.54.0.250", "10.54.0.0/24"),
+    ("10.54.0.10-10.54.3.250/22", "10.54.0.10", "10.54.3.250", "10.54.0.0/22"),
+    (" 192.168.1.2 - 192.168.1.9 ", "192.168.1.2", "192.168.1.9", "192.168.1.0/24"),
+])  # fmt: skip
+def test_parse_node_range(text, first, last, network):
+    parsed = parse_node_range(text)
+    assert (str(parsed.first), str(parsed.last), str(parsed.network)) == (first, last, network)
+
+
+@pytest.mark.parametrize("text, says", [
+    ("10.54.0.10", "no '-'"),
+    ("10.54.0.300-10.54.0.4", "10.54.0.300"),
+    ("10.54.0.20-10.54.0.10", "ends before it starts"),
+    ("10.54.0.10-10.54.1.10", "outside 10.54.0.0/24"),
+    ("10.54.0.0-10.54.0.10", "network or broadcast"),
+    ("10.54.0.1-10.54.0.9/x", "10.54.0.1-10.54.0.9/x"),
+])  # fmt: skip
+def test_parse_node_range_rejects(text, says):
+    with pytest.raises(ConfigError, match=None) as err:
+        parse_node_range(text)
+    assert says in str(err.value) and text.strip() in str(err.value)
+
+
+def _boot_sector(bps=512, spc=1, reserved=1, fats=2, root=224, total=2880, fat_sectors=9):
+    sector = bytearray(512)
+    struct.pack_into("<HBHBHHBHHHII", sector, 11, bps, spc, reserved, fats, root, total, 0xF0, fat_sectors, 18, 2, 0, 0)
+    sector[510:512] = b"\x55\xaa"
+    return bytes(sector)
+
+
+@pytest.mark.parametrize("kwargs, clusters, cluster_bytes", [
+    ({}, 2847, 512),  # 1.44 MB floppy: 2880 - 1 - 18 - 14 sectors
+    ({"spc": 2, "root": 240, "total": 5760}, 2863, 1024),  # 2.88 MB floppy: (5760 - 1 - 18 - 15) / 2
+    ({"total": 0, "spc": 4}, 0, 2048),
+])  # fmt: skip
+def test_parse_fat_geometry(kwargs, clusters, cluster_bytes):
+    geometry = parse_fat_geometry(_boot_sector(**kwargs))
+    assert (geometry.data_clusters, geometry.cluster_bytes) == (clusters, cluster_bytes)
+
+
+@pytest.mark.parametrize("sector", [b"", b"\0" * 512, _boot_sector(bps=0)])
+def test_parse_fat_geometry_rejects(sector):
+    with pytest.raises(ImageError):
+        parse_fat_geometry(sector)
+
+
+def test_fat_directories_parents_first():
+    assert fat_directories(["EFI/BOOT/BOOTX64.EFI", "a.txt", "EFI/x"]) == ["EFI", "EFI/BOOT"]
+
+
+FLOPPY = FatGeometry(512, 1, 2847, 512)
+ITEMS = [FloppyItem("vmlinuz", 600_000), FloppyItem("initrd.img", 500_000)]
+
+
+@pytest.mark.parametrize("mode, free, kind", [
+    (FloppyMode.NETWORK, 1_277_440, FloppyKind.NETWORK),
+    (FloppyMode.AUTO, 1_277_440, FloppyKind.KERNEL),
+    (FloppyMode.KERNEL, 1_277_440, FloppyKind.KERNEL),
+    (FloppyMode.AUTO, 900_000, FloppyKind.NETWORK),
+])  # fmt: skip
+def test_plan_floppy(mode, free, kind):
+    assert plan_floppy(mode, FLOPPY, free, ITEMS, 1440).kind is kind
+
+
+def test_plan_floppy_kernel_mode_too_big_lists_sizes_and_what_fits():
+    with pytest.raises(BudgetError) as err:
+        plan_floppy(FloppyMode.KERNEL, FLOPPY, 900_000, ITEMS, 1440)
+    text = str(err.value)
+    assert "vmlinuz 600,000 B" in text and "initrd.img 500,000 B" in text
+    assert "only vmlinuz, initrd.img would fit alone" in text and "network" in text
+
+
+def test_payload_rejects_line_break_in_command_line(tiny_payload):
+    with pytest.raises(ConfigError, match="line break"):
+        BootPayload(tiny_payload.kernel, tiny_payload.initrd, "console=ttyS0\nDEFAULT evil")
+
+
+# --- writers: reproducible bytes, checked with independent tools -----------------------------------------
+
+@needs_media_tools
+def test_iso_is_reproducible_in_any_time_zone(tiny_payload, tmp_path):
+    write_iso(tiny_payload, tmp_path / "a.iso", mtime=MTIME)
+    old_tz = os.environ.get("TZ")
+    try:
+        os.environ["TZ"] = "America/New_York"
+        time.tzset()
+        write_iso(tiny_payload, tmp_path / "b.iso", mtime=MTIME)
+    finally:
+        os.environ.pop("TZ") if old_tz is None else os.environ.__setitem__("TZ", old_tz)
+        time.tzset()
+    data = (tmp_path / "a.iso").read_bytes()
+    assert data == (tmp_path / "b.iso").read_bytes()
+    # Primary volume descriptor (sector 16), creation date at byte 813 (ECMA-119 8.4.26): the pinned mtime, UTC.
+    assert data[16 * 2048 + 813 : 16 * 2048 + 813 + 17] == b"2023111422132000\x00"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+@needs_media_tools
+@pytest.mark.skipif(not shutil.which("xorriso"), reason="needs xorriso")
+def test_iso_el_torito_bios_and_uefi(tiny_payload, tmp_path):
+    write_iso(tiny_payload, tmp_path / "x.iso", mtime=MTIME)
+    # xorriso prints the "Boot record" summary on stderr, the El Torito table on stdout.
+    done = subprocess.run(["xorriso", "-indev", str(tmp_path / "x.iso"), "-report_el_torito", "plain"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    report = done.stdout + done.stderr
+    assert "MBR isohybrid" in report and "GPT" in report
+    assert "/isolinux/isolinux.bin" in report and "/EFI/BOOT/efiboot.img" in report
+    assert "  BIOS  y   none" in report and "  UEFI  y   none" in report
+
+
+@needs_media_tools
+def test_floppy_kernel_mode_holds_payload_and_is_reproducible(tiny_payload, tmp_path):
+    results = [write_floppy(tiny_payload, tmp_path / f"{n}.img", mode="kernel", master_url="http://m", mtime=MTIME)
+               for n in "ab"]  # fmt: skip
+    assert results[0].kind is FloppyKind.KERNEL
+    assert (tmp_path / "a.img").read_bytes() == (tmp_path / "b.img").read_bytes()
+    listing = subprocess.run(["mdir", "-a", "-i", str(tmp_path / "a.img"), "::"], capture_output=True, text=True).stdout
+    for name in ("ldlinux  sys", "vmlinuz", "initrd   img", "syslinux cfg", "2023-11-14"):
+        assert name in listing
+    assert free_bytes((tmp_path / "a.img").read_bytes()) < 1_457_664 - 12_000
+
+
+@needs_media_tools
+def test_floppy_auto_makes_network_booster_when_payload_too_big(tmp_path):
+    big = tmp_path / "big"
+    big.write_bytes(b"\0" * 2_000_000)
+    payload = BootPayload(big, big, APPEND)
+    result = write_floppy(payload, tmp_path / "f.img", master_url="http://10.0.0.1:8080/", mtime=MTIME)
+    assert result.kind is FloppyKind.NETWORK and "do not fit" in result.why
+    script = subprocess.run(["mtype", "-i", str(tmp_path / "f.img"), "::booster.ipx"], capture_output=True, text=True).stdout
+    assert script.startswith("#!ipxe") and "chain http://10.0.0.1:8080/boot.ipxe" in script
+    with pytest.raises(BudgetError):
+        write_floppy(payload, tmp_path / "k.img", mode="kernel", master_url="http://m", mtime=MTIME)
+    assert not (tmp_path / "k.img").exists()
+
+
+@needs_media_tools
+def test_pxe_tree_is_complete_and_reproducible(tiny_payload, tmp_path):
+    a = write_pxe_tree(tiny_payload, tmp_path / "a", master_url="http://10.0.0.1/", mtime=MTIME)
+    b = write_pxe_tree(tiny_payload, tmp_path / "b", master_url="http://10.0.0.1/", mtime=MTIME)
+    names = sorted(str(p.relative_to(tmp_path / "a")) for p in a)
+    assert names == sorted(["boot.ipxe", "grub/grub.cfg", "grubnetx64.efi", "initrd.img", "ipxe.efi", "ldlinux.c32",
+                            "pxelinux.0", "pxelinux.cfg/default", "undionly.kpxe", "vmlinuz"])  # fmt: skip
+    for pa, pb in zip(a, b, strict=True):
+        assert pa.read_bytes() == pb.read_bytes() and pa.stat().st_mtime == MTIME, pa
+    script = (tmp_path / "a/boot.ipxe").read_text()
+    assert "kernel http://10.0.0.1/vmlinuz initrd=initrd.img console=ttyS0 panic=-1" in script
+    assert "APPEND console=ttyS0 panic=-1" in (tmp_path / "a/pxelinux.cfg/default").read_text()
+
+
+@pytest.mark.parametrize("proxy", [False, True])
+def test_server_configs_pass_the_servers_own_checks(tmp_path, proxy):
+    dnsmasq, nginx = write_server_configs(
+        tmp_path, node_range=parse_node_range("10.54.0.10-10.54.0.250"), proxy_dhcp=proxy,
+        http_root=tmp_path / "tree", master_url="http://10.54.0.1", mtime=MTIME, http_listen="127.0.0.1:8080",
+    )  # fmt: skip
+    text = dnsmasq.read_text()
+    assert ("dhcp-range=10.54.0.0,proxy,255.255.255.0" in text) is proxy
+    assert ("dhcp-range=10.54.0.10,10.54.0.250,255.255.255.0,12h" in text) is not proxy
+    assert "dhcp-boot=tag:ipxe,http://10.54.0.1/boot.ipxe" in text
+    if shutil.which("dnsmasq"):
+        subprocess.run(["dnsmasq", "--test", "-C", str(dnsmasq)], check=True, capture_output=True)
+    if shutil.which("nginx"):
+        subprocess.run(["nginx", "-t", "-c", str(nginx)], check=True, capture_output=True)
+
+
+# --- QEMU boots (integration) ----------------------------------------------------------------------------
+
+have_payload = pytest.mark.skipif(
+    not (KERNEL.is_file() and INITRD.is_file() and shutil.which("qemu-system-x86_64")),
+    reason=f"needs {KERNEL}, {INITRD} and QEMU",
+)
+MASTER_HOST = "10.0.2.2"  # QEMU user networking's name for the host's 127.0.0.1
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    if not (KERNEL.is_file() and INITRD.is_file()):
+        pytest.skip(f"needs {KERNEL} and {INITRD}")
+    out = tmp_path_factory.mktemp("media")
+    port = _free_port()
+    url = f"http://{MASTER_HOST}:{port}"
+    payload = BootPayload(KERNEL, INITRD, APPEND)
+    write_iso(payload, out / "beoboot.iso", mtime=MTIME)
+    floppy = write_floppy(payload, out / "floppy.img", master_url=url, mtime=MTIME)
+    write_pxe_tree(payload, out / "tree", master_url=url, mtime=MTIME)
+    _, nginx_conf = write_server_configs(
+        out / "conf", node_range=parse_node_range("10.0.2.15-10.0.2.30"), proxy_dhcp=False, http_root=out / "tree",
+        master_url=url, mtime=MTIME, http_listen=f"127.0.0.1:{port}", nginx_user="root",
+    )  # fmt: skip
+    return {"dir": out, "floppy": floppy, "nginx_conf": nginx_conf, "url": url}
+
+
+@pytest.fixture(scope="module")
+def http_master(media):
+    """nginx with the generated nginx.conf, serving the PXE tree on 127.0.0.1."""
+    if not shutil.which("nginx"):
+        pytest.skip("needs nginx (apt-get install nginx-light)")
+    conf = media["nginx_conf"]
+    subprocess.run(["nginx", "-c", str(conf)], check=True)
+    pid_file = conf.parent / "nginx-state" / "nginx.pid"
+    try:
+        yield conf.parent / "nginx-state" / "access.log"
+    finally:
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError, ValueError):
+            os.kill(int(pid_file.read_text()), 15)
+
+
+def _boot(extra, timeout=120.0):
+    result = run(qemu_command(extra=extra), BOOTED, timeout=timeout)
+    print(f"booted in {result.seconds:.1f} s" if result.matched else result.console[-3000:])
+    return result
+
+
+ISO_WAYS = {
+    "cdrom-bios": lambda iso: ["-cdrom", str(iso)],
+    "cdrom-uefi": lambda iso: [*uefi_firmware(), "-cdrom", str(iso)],
+    "usb-disk-bios": lambda iso: ["-drive", f"file={iso},format=raw,snapshot=on"],
+    "usb-disk-uefi": lambda iso: [*uefi_firmware(), "-drive", f"file={iso},format=raw,snapshot=on"],
+}
+
+
+@pytest.mark.integration
+@have_payload
+@pytest.mark.parametrize("way", ISO_WAYS)
+def test_iso_boots(media, way):
+    assert _boot(ISO_WAYS[way](media["dir"] / "beoboot.iso")).matched
+
+
+@pytest.mark.integration
+@have_payload
+def test_network_floppy_boots_payload_over_http(media, http_master):
+    assert media["floppy"].kind is FloppyKind.NETWORK  # the distribution kernel is far larger than a floppy
+    assert _boot(["-fda", str(media["dir"] / "floppy.img"), "-boot", "a", "-nic", "user,model=e1000"]).matched
+    log = http_master.read_text()
+    assert "GET /boot.ipxe" in log and "GET /initrd.img" in log
+
+
+@pytest.mark.integration
+@have_payload
+def test_pxelinux_boots_over_tftp(media):
+    assert _boot(["-boot", "n", "-nic", f"user,tftp={media['dir'] / 'tree'},bootfile=pxelinux.0"]).matched
+
+
+@pytest.mark.integration
+@have_payload
+def test_grub_uefi_pxe_boots_over_tftp(media):
+    extra = [*uefi_firmware(), "-boot", "n", "-nic", f"user,tftp={media['dir'] / 'tree'},bootfile=grubnetx64.efi"]
+    assert _boot(extra, timeout=150).matched
+
+
+@pytest.mark.integration
+@have_payload
+@pytest.mark.parametrize("uefi", [False, True], ids=["bios", "uefi"])
+def test_ipxe_rom_boots_script_over_http(media, http_master, uefi):
+    extra = [*(uefi_firmware() if uefi else []), "-boot", "n", "-nic", f"user,bootfile={media['url']}/boot.ipxe"]
+    assert _boot(extra).matched
