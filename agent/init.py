@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 
 import agent
-from agent import cmdline, console, mounts, syscalls
+from agent import cmdline, console, mounts, network, syscalls
 from agent.config import AGENT_CONFIG_PATH, AgentConfig
 
 DRY_RUN_ENV = "BEOBOOT_DRY_RUN"
@@ -91,19 +91,32 @@ def boot(options: Options) -> int:
     config = read_config(options.config_path)
     console.say(f"beoboot: stage {stage_number(config.stage)} agent up")
     console.say(f"beoboot: agent version {agent.__version__}")
-    # beoboot.smoke on the kernel command line: a boot test of the image itself, nothing more
-    if config.power_off_when_up or "smoke" in cmdline.read():
+    # beoboot.smoke on the kernel command line: a boot test of the image itself, nothing more;
+    # beoboot.smoke=network: get on the network first (stages 1 and 2), then power off.
+    smoke = cmdline.read().get("smoke")
+    if smoke == "network" and stage_number(config.stage) in (1, 2):
+        bring_up_network(config, dry_run=dry_run)
+    if config.power_off_when_up or smoke is not None:
         power_off(dry_run=dry_run)
         return 0
     return run_stage(config, dry_run=dry_run)
 
 
 def run_stage(config: AgentConfig, *, dry_run: bool) -> int:
-    """The stage's own work (NIC drivers, DHCP, kexec) plugs in here in later issues."""
+    """The stage's own work: stages 1 and 2 get on the network first; what follows (kexec) comes later."""
+    if stage_number(config.stage) in (1, 2):
+        bring_up_network(config, dry_run=dry_run)
     console.say(f"beoboot: {config.stage} ({config.role}) has no work defined yet")
     if not dry_run:
         sleep_forever()
     return 0
+
+
+def bring_up_network(config: AgentConfig, *, dry_run: bool) -> network.NetworkState | None:
+    try:
+        return network.bring_up(config, dry_run=dry_run, cmdline_options=cmdline.read(), say=console.say)
+    except network.NetworkError as exc:
+        raise AgentError(exc.message, hint=exc.hint) from None
 
 
 def power_off(*, dry_run: bool) -> None:

@@ -55,7 +55,7 @@ def finit_module(path: str, params: str = "") -> bool:
 
 
 def load_chain(paths: Iterable[str], *, dry_run: bool, loaded: set[str] | None = None,
-               loader: Callable[[str], bool] = finit_module) -> list[str]:
+               loader: Callable[[str], bool] | None = None) -> list[str]:
     """Load the .ko files in order, skipping those in `loaded` (and adding to it). Returns what was done."""
     done = []
     seen = loaded if loaded is not None else set()
@@ -66,6 +66,6 @@ def load_chain(paths: Iterable[str], *, dry_run: bool, loaded: set[str] | None =
         if dry_run:
             done.append(f"finit_module({path})")
             continue
-        if loader(path):
+        if (loader or finit_module)(path):
             done.append(f"finit_module({path})")
     return done

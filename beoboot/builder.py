@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from beoboot import __version__
+from beoboot import __version__, media
 from beoboot.archive import write_image
 from beoboot.assemble import BuildContext, assemble
 from beoboot.cache import inputs_key
@@ -92,6 +92,11 @@ def build(config: Config, outdir: Path) -> BuildResult:
             manifest.artifacts.append(artifact)
             manifest.images[spec.stage] = file_records(files, sysroot)
             inputs.update(_sysroot_sources(files))
+        with step("write boot artifacts"):
+            images = {a.name: staging.path / a.path for a in manifest.artifacts}
+            hashes = {a.name: a.sha256 for a in manifest.artifacts}
+            for written in media.write_all(config, staging.path, images, hashes):
+                manifest.artifacts.append(_artifact(written.kind, written.path, staging.path / written.path, None))
         inputs.update(_index_inputs(ctx))
         manifest.inputs = sorted(inputs)
         manifest.inputs_key = inputs_key(config_key, manifest.inputs)
@@ -105,11 +110,19 @@ def _artifact(kind: str, name: str, path: Path, compression: Compression | None)
     return Artifact(
         kind=kind,
         name=name,
-        path=path.name,
+        path=str(path.relative_to(path.parent if kind in ("kernel", "image") else _staging_root(path, name))),
         size=path.stat().st_size,
         sha256=sha256_file(path),
         compression=compression.value if compression else None,
     )
+
+
+def _staging_root(path: Path, name: str) -> Path:
+    """The build directory of an artifact whose name is its path relative to it (pxe/vmlinuz)."""
+    root = path
+    for _ in Path(name).parts:
+        root = root.parent
+    return root
 
 
 def _up_to_date(previous: Manifest, outdir: Path, config_key: str) -> bool:

@@ -67,6 +67,44 @@ def parse_compression(value: Any) -> Compression:
         raise ValueError("one of " + ", ".join(c.value for c in Compression)) from None
 
 
+def parse_bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("true or false")
+    return value
+
+
+def choice(*allowed: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        if value not in allowed:
+            raise ValueError("one of " + ", ".join(allowed))
+        return value
+
+    return parse
+
+
+def parse_floppy_kib(value: Any) -> int:
+    if value not in (1440, 2880):
+        raise ValueError("1440 or 2880 (KiB)")
+    return value
+
+
+def parse_node_range(value: Any) -> str:
+    from beoboot.artifacts.pxe import parse_node_range as parse
+
+    text = parse_str(value)
+    try:
+        parse(text)
+    except Exception:  # noqa: BLE001 -- any parse failure is the same wrong value to the user
+        raise ValueError('an address range "FIRST-LAST/PREFIX", e.g. "10.0.2.100-10.0.2.199/24"') from None
+    return text
+
+
+def parse_words(value: Any) -> str:
+    if not isinstance(value, str) or "\n" in value:
+        raise ValueError("kernel command-line words on one line")
+    return value
+
+
 SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
 
 
@@ -98,6 +136,14 @@ SETTINGS = (
     Setting("build", "master_url", parse_url, "where nodes find the master"),
     Setting("build", "dlopen", parse_names, "libraries loaded with dlopen(), added with their closure"),
     Setting("build", "python_modules", parse_names, "extra stdlib modules for the agent runtime"),
+    Setting("artifacts", "iso_stage", choice("stage1", "stage2"), "which stage the ISO boots"),
+    Setting("artifacts", "floppy_kib", parse_floppy_kib, "floppy size: 1440 or 2880 KiB"),
+    Setting("artifacts", "floppy_mode", choice("auto", "kernel", "network"), "kernel+ramdisk floppy or iPXE booster"),
+    Setting("artifacts", "node_range", parse_node_range, "DHCP range of the nodes, for dnsmasq.conf"),
+    Setting("artifacts", "proxy_dhcp", parse_bool, "dnsmasq as proxy-DHCP beside an existing DHCP server"),
+    Setting("artifacts", "interface", parse_str, "the master's interface on the cluster network"),
+    Setting("artifacts", "console", parse_str, "serial console of the nodes, e.g. ttyS0,115200"),
+    Setting("artifacts", "append", parse_words, "more kernel command-line words for every node kernel"),
     Setting("images", "compression", parse_compression, "how the cpio image is compressed"),
     Setting("images", "budget", parse_size, "largest allowed compressed size"),
     Setting("images", "drivers", parse_drivers, 'NIC drivers: "all", or names / glob patterns'),
@@ -114,6 +160,18 @@ class ImageConfig:
 
 
 @dataclass(frozen=True)
+class ArtifactsConfig:
+    iso_stage: str
+    floppy_kib: int
+    floppy_mode: str
+    node_range: str
+    proxy_dhcp: bool
+    interface: str
+    console: str
+    append: str
+
+
+@dataclass(frozen=True)
 class Config:
     sysroot: str
     kernel: str
@@ -122,6 +180,7 @@ class Config:
     dlopen: tuple[str, ...]
     python_modules: tuple[str, ...]
     images: dict[str, ImageConfig] = field(default_factory=dict)
+    artifacts: ArtifactsConfig | None = None
     origin: str = DEFAULT_CONFIG_NAME  # which file(s) the values came from, for messages
 
     def image(self, name: str) -> ImageConfig:
@@ -143,7 +202,8 @@ class Config:
             for name, img in raw.pop("images").items()
         }
         tuples = {k: tuple(raw[k]) for k in ("dlopen", "python_modules")}
-        return cls(**{**raw, **tuples, "images": images})
+        artifacts = ArtifactsConfig(**raw.pop("artifacts"))
+        return cls(**{**raw, **tuples, "images": images, "artifacts": artifacts})
 
 
 def default_toml() -> str:
@@ -170,26 +230,45 @@ def load(path: str | os.PathLike[str] | None = None, environ: dict[str, str] | N
         if not text.isdigit():
             raise ConfigError(f"SOURCE_DATE_EPOCH={text!r} in the environment is not a whole number of seconds")
         values["build"]["source_date_epoch"] = int(text)
+    _check_agent_unpackable(values["images"], origin)
     build = values["build"]
     return Config(
         **build,
         images={name: ImageConfig(**values["images"][name]) for name in IMAGE_NAMES},
+        artifacts=ArtifactsConfig(**values["artifacts"]),
         origin=origin,
     )
 
 
+# Images that an agent downloads and unpacks itself (not the kernel): Python's standard library in the
+# image reads gzip (zlib is built into the interpreter) and plain cpio, not zstd, lz4 or (without _lzma) xz.
+AGENT_UNPACKED = {"stage3": "stage 2", "envroot": "stage 3"}
+AGENT_COMPRESSIONS = (Compression.GZIP, Compression.NONE)
+
+
+def _check_agent_unpackable(images: dict[str, Any], origin: str) -> None:
+    for name, unpacker in AGENT_UNPACKED.items():
+        compression = images[name]["compression"]
+        if compression not in AGENT_COMPRESSIONS:
+            raise ConfigError(
+                f"{origin}: [images.{name}] compression = {compression.value!r} is not allowed: {unpacker}'s agent "
+                "unpacks this image itself and reads only gzip or none",
+                hint=f'set [images.{name}] compression = "gzip"',
+            )
+
+
 def _validated(raw: dict[str, Any], origin: str) -> dict[str, Any]:
     """Check every section, key and value against SETTINGS; return {"build": {...}, "images": {name: {...}}}."""
-    allowed_sections = ["build", "images"]
-    out: dict[str, Any] = {"build": {}, "images": {}}
+    allowed_sections = ["build", "artifacts", "images"]
+    out: dict[str, Any] = {"build": {}, "artifacts": {}, "images": {}}
     for section, table in raw.items():
         if section not in allowed_sections or not isinstance(table, dict):
             raise ConfigError(
                 f"{origin}: unknown section [{section}]",
-                hint="allowed sections: [build], " + ", ".join(f"[images.{n}]" for n in IMAGE_NAMES),
+                hint="allowed sections: [build], [artifacts], " + ", ".join(f"[images.{n}]" for n in IMAGE_NAMES),
             )
-        if section == "build":
-            out["build"] = _validated_table(table, "build", "[build]", origin)
+        if section in ("build", "artifacts"):
+            out[section] = _validated_table(table, section, f"[{section}]", origin)
             continue
         for name, image_table in table.items():
             if name not in IMAGE_NAMES or not isinstance(image_table, dict):
@@ -216,6 +295,7 @@ def _validated_table(table: dict[str, Any], section: str, label: str, origin: st
 
 def _merge(base: dict[str, Any], override: dict[str, Any]) -> None:
     base["build"].update(override["build"])
+    base["artifacts"].update(override["artifacts"])
     for name, table in override["images"].items():
         base["images"][name].update(table)
 
@@ -226,6 +306,11 @@ def render_toml(config: Config) -> str:
     lines = [f"# effective config, from {config.origin}", "", "[build]"]
     for key in ("sysroot", "kernel", "source_date_epoch", "master_url", "dlopen", "python_modules"):
         lines.append(f"{key} = {_toml_value(getattr(config, key))}  # {helps['build', key]}")
+    lines += ["", "[artifacts]"]
+    assert config.artifacts is not None
+    for setting in (s for s in SETTINGS if s.section == "artifacts"):
+        value = getattr(config.artifacts, setting.key)
+        lines.append(f"{setting.key} = {_toml_value(value)}  # {setting.help}")
     for name in IMAGE_NAMES:
         lines += ["", f"[images.{name}]"]
         image = config.images[name]

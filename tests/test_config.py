@@ -40,6 +40,10 @@ def test_source_date_epoch_from_environment_wins():
         ("[images.stage1]\ndrivers = 'some'\n", ["drivers", '"all"']),
         ("[build]\nmaster_url = 'ftp://x'\n", ["master_url", "http://"]),
         ("[nonsense]\n", ["[nonsense]", "allowed sections"]),
+        ("[images.stage3]\ncompression = 'zstd'\n", ["site.toml", "stage3", "gzip or none"]),
+        ("[artifacts]\nfloppy_kib = 720\n", ["floppy_kib", "1440 or 2880"]),
+        ("[artifacts]\niso_stage = 'stage3'\n", ["iso_stage", "stage1, stage2"]),
+        ("[artifacts]\nnode_range = '10.0.2.9'\n", ["node_range", "FIRST-LAST"]),
         ("[build\n", ["not valid TOML"]),
     ],
 )

@@ -36,10 +36,10 @@ PLATFORM_EFI = 0xEF
 
 def medium_id(payload: BootPayload, mtime: int) -> str:
     """Names the marker file: GRUB must find *this* medium, not another beoboot disk in the same node."""
-    digest = hashlib.sha256(f"{payload.append}\0{mtime}".encode())
+    digest = hashlib.sha256(f"{payload.append}\0{mtime}\0".encode())
     for path in (payload.kernel, payload.initrd):
-        digest.update(Path(path).stat().st_size.to_bytes(8, "little"))
-        digest.update(Path(path).name.encode())
+        with open(path, "rb") as handle:
+            digest.update(hashlib.file_digest(handle, "sha256").digest())
     return digest.hexdigest()[:8].upper()
 
 
@@ -80,7 +80,8 @@ def write_iso(payload: BootPayload, out: Path, *, mtime: int, volume_id: str = V
                 iso.add_directory(iso_path, rr_name=rr_name)
             for iso_path, rr_name, source in files:
                 handle = files_open.enter_context(open(source, "rb"))
-                iso.add_fp(handle, source.stat().st_size, iso_path, rr_name=rr_name)
+                # an explicit mode: otherwise Rock Ridge records the scratch file's mode, i.e. the umask
+                iso.add_fp(handle, source.stat().st_size, iso_path, rr_name=rr_name, file_mode=0o100444)
             # isolinux.bin patches the boot info table (El Torito "-boot-info-table") to find itself.
             iso.add_eltorito(ISOLINUX_BIN_PATH, bootcatfile="/ISOLINUX/BOOT.CAT;1", rr_bootcatname="boot.cat",
                              boot_load_size=4, boot_info_table=True)  # fmt: skip

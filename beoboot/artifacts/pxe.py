@@ -91,21 +91,25 @@ def parse_node_range(text: str, *, default_prefix: int = 24) -> NodeRange:
 def write_server_configs(
     outdir: Path, *, node_range: NodeRange, proxy_dhcp: bool, http_root: Path, master_url: str, mtime: int,
     interface: str = "eth0", tftp_root: Path | None = None, http_listen: str = "80", state_dir: Path | None = None,
-    lease: str = "12h", nginx_user: str | None = None,
+    lease: str = "12h", nginx_user: str | None = None, installed_dir: Path | None = None,
 ) -> list[Path]:  # fmt: skip
     """dnsmasq.conf and nginx.conf in `outdir`. `state_dir` holds nginx's pid, logs and temp files;
     `nginx_user` is the user nginx's workers run as when started by root (nginx's default: nobody)."""
     outdir = Path(outdir).absolute()
-    state_dir = Path(state_dir or outdir / "nginx-state").absolute()
-    state_dir.mkdir(parents=True, exist_ok=True)
+    if state_dir is None:  # beside the configs; a state_dir given elsewhere is the server host's business
+        state_dir = outdir / "nginx-state"
+        state_dir.mkdir(parents=True, exist_ok=True)
+    state_dir = Path(state_dir).absolute()
     dnsmasq_conf, nginx_conf = outdir / "dnsmasq.conf", outdir / "nginx.conf"
+    # the "Run:" lines name where the configs will be used from, which may not be where they are written
+    named_dir = Path(installed_dir) if installed_dir else outdir
     dnsmasq = render(
-        "dnsmasq.conf.j2", conf_path=dnsmasq_conf, proxy_dhcp=proxy_dhcp, interface=interface,
+        "dnsmasq.conf.j2", conf_path=named_dir / dnsmasq_conf.name, proxy_dhcp=proxy_dhcp, interface=interface,
         network=node_range.network.network_address, netmask=node_range.network.netmask,
         start=node_range.first, end=node_range.last, lease=lease,
         tftp_root=Path(tftp_root or http_root).absolute(), master_url=master_url,
         script_url=f"{master_url.rstrip('/')}/{BOOT_SCRIPT}",
     )  # fmt: skip
-    nginx = render("nginx.conf.j2", conf_path=nginx_conf, http_root=Path(http_root).absolute(), listen=http_listen,
+    nginx = render("nginx.conf.j2", conf_path=named_dir / nginx_conf.name, http_root=Path(http_root).absolute(), listen=http_listen,
                    state_dir=state_dir, user=nginx_user)  # fmt: skip
     return [write_text(dnsmasq_conf, dnsmasq, mtime=mtime), write_text(nginx_conf, nginx, mtime=mtime)]

@@ -1,0 +1,311 @@
+"""The agent's client for the master (`beoserv`): register, heartbeat, stage events, log shipping, downloads.
+
+Nodes open every connection. The master may be unreachable (not up yet, restarting, the network not
+configured yet in stage 1): registration and downloads retry with exponential backoff and jitter, so a
+thousand nodes that lost the master together do not come back in one synchronised wave; events and log
+lines are buffered (bounded) and sent when the master answers again. Nothing here blocks for longer than
+one request timeout unless the caller asked to wait (register, download).
+
+Standard library plus `requests`; never imports beoboot.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import requests
+
+from agent import __version__, protocol as p
+
+T = TypeVar("T")
+
+# urllib3 logs every connection attempt; shipping those lines would post about posting, without end
+QUIET_LOGGERS = ("urllib3", "requests")
+
+
+class MasterLinkError(Exception):
+    """The master refused a message or could not be reached within the allowed attempts."""
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential backoff with equal jitter: attempt k waits between d/2 and d, d = min(cap, base * factor**k)."""
+
+    base: float = 0.5
+    factor: float = 2.0
+    cap: float = 30.0
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        ceiling = min(self.cap, self.base * self.factor ** min(attempt, 32))
+        return ceiling / 2 + rng.uniform(0, ceiling / 2)
+
+
+class MasterLink:
+    def __init__(
+        self,
+        base_url: str,
+        mac: str,
+        stage: p.Stage | str,
+        *,
+        timeout: float = 5.0,
+        backoff: Backoff = Backoff(),
+        session: requests.Session | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: random.Random | None = None,
+        max_buffered_lines: int = 5000,
+        batch_lines: int = 200,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.mac = p.normalise_mac(mac)
+        self.stage = p.Stage(stage)
+        self.timeout = timeout
+        self.backoff = backoff
+        self.session = session or requests.Session()
+        self.clock = clock
+        self.sleep = sleep
+        self.rng = rng or random.Random()
+        self.max_buffered_lines = max_buffered_lines
+        self.batch_lines = batch_lines
+        self.registration: p.RegisterReply | None = None
+        self.hardware = p.Hardware()
+        self.dropped_lines = 0
+        self._events: list[p.StageEvent] = []
+        self._lines: list[p.LogLine] = []
+        self._queue_lock = threading.Lock()  # held only to touch the buffers, never across the network
+        self._http_lock = threading.Lock()  # one request at a time on the session
+        self._failures = 0
+        self._next_attempt = 0.0  # clock() before which buffered items are not retried
+        self._stop = threading.Event()
+
+    # --- plumbing ----------------------------------------------------------------------------------------
+
+    def _post(self, path: str, message: Any, reply: type[T] | None) -> T | None:
+        with self._http_lock:
+            response = self.session.post(
+                self.base_url + path, data=p.to_json(message), timeout=self.timeout,
+                headers={"Content-Type": "application/json"},
+            )  # fmt: skip
+        if response.status_code == p.UNKNOWN_NODE_STATUS and path != p.REGISTER_PATH:
+            raise _Unregistered(response.text)
+        if response.status_code >= 400:
+            raise MasterLinkError(f"master refused {path}: HTTP {response.status_code}: {response.text.strip()}")
+        return p.from_json(reply, response.content) if reply else None
+
+    def _with_retry(self, what: str, call: Callable[[], T], attempts: int | None) -> T:
+        attempt = 0
+        while True:
+            try:
+                return call()
+            except requests.RequestException as exc:
+                attempt += 1
+                if attempts is not None and attempt >= attempts:
+                    raise MasterLinkError(f"{what}: master {self.base_url} unreachable after {attempt} tries: {exc}")
+                self.sleep(self.backoff.delay(attempt - 1, self.rng))
+
+    def _note_failure(self) -> None:
+        self._next_attempt = self.clock() + self.backoff.delay(self._failures, self.rng)
+        self._failures += 1
+
+    def _note_success(self) -> None:
+        self._failures = 0
+        self._next_attempt = 0.0
+
+    # --- register and heartbeat --------------------------------------------------------------------------
+
+    def register(self, hardware: p.Hardware | None = None, *, attempts: int | None = None) -> p.RegisterReply:
+        """Register (or re-register) this node; retries while the master is unreachable (for ever by
+        default: a node without its master has nothing else to do). Then sends anything buffered."""
+        if hardware is not None:
+            self.hardware = hardware
+        request = p.RegisterRequest(self.mac, self.stage, self.hardware, __version__)
+        reply = self._with_retry("register", lambda: self._post(p.REGISTER_PATH, request, p.RegisterReply), attempts)
+        assert reply is not None
+        self.registration = reply
+        self._note_success()
+        self.flush()
+        return reply
+
+    def heartbeat(self, uptime: float | None = None) -> p.HeartbeatReply | None:
+        """One heartbeat; None if the master did not answer. A master that forgot us gets a new registration."""
+        message = p.Heartbeat(self.mac, self.stage, uptime)
+        try:
+            try:
+                reply = self._post(p.HEARTBEAT_PATH, message, p.HeartbeatReply)
+            except _Unregistered:
+                self.register(attempts=1)
+                reply = self._post(p.HEARTBEAT_PATH, message, p.HeartbeatReply)
+        except (requests.RequestException, MasterLinkError, _Unregistered):
+            self._note_failure()
+            return None
+        self._note_success()
+        return reply
+
+    def run_heartbeats(self, uptime: Callable[[], float | None] = lambda: None) -> threading.Thread:
+        """Heartbeat and flush buffers in a daemon thread every heartbeat_interval until stop()."""
+        thread = threading.Thread(target=self._heartbeat_loop, args=(uptime,), name="heartbeat", daemon=True)
+        thread.start()
+        return thread
+
+    def _heartbeat_loop(self, uptime: Callable[[], float | None]) -> None:
+        while not self._stop.is_set():
+            self.heartbeat(uptime())
+            self.flush()
+            interval = self.registration.heartbeat_interval if self.registration else 5.0
+            # while the master is away, wait out the backoff rather than the interval
+            wait = max(interval if self._failures == 0 else self._next_attempt - self.clock(), 0.05)
+            self._stop.wait(wait)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    # --- events and logs ---------------------------------------------------------------------------------
+
+    def event(self, name: str | p.BootEvent, detail: str = "") -> None:
+        """Record a stage transition now; it is sent at once if the master answers, else later."""
+        item = p.StageEvent(p.check_event_name(str(name)), self.clock(), self.stage, detail)
+        with self._queue_lock:
+            self._events.append(item)
+        self.flush()
+
+    def queue_log(self, level: str, message: str) -> None:
+        line = p.LogLine(self.clock(), self.stage, level, message)
+        with self._queue_lock:
+            self._lines.append(line)
+            self._trim_lines()
+            full = len(self._lines) >= self.batch_lines
+        if full:
+            self.flush()
+
+    def _trim_lines(self) -> None:
+        excess = len(self._lines) - self.max_buffered_lines
+        if excess > 0:
+            del self._lines[:excess]  # the oldest go: the newest lines say why the node is in trouble
+            self.dropped_lines += excess
+
+    def pending(self) -> tuple[int, int]:
+        """(buffered events, buffered log lines)."""
+        with self._queue_lock:
+            return len(self._events), len(self._lines)
+
+    def flush(self, *, force: bool = False) -> bool:
+        """Send buffered events, then log lines. True if nothing is left. Never waits for another thread's
+        request or, unless `force`, for a backoff to pass: the caller goes on, the items stay buffered."""
+        if self.registration is None or (not force and self.clock() < self._next_attempt):
+            return not any(self.pending())
+        if not self._http_lock.acquire(blocking=force):
+            return False
+        self._http_lock.release()  # _post takes it per request; this only avoided queueing behind another
+        try:
+            while True:
+                with self._queue_lock:
+                    events, self._events = self._events, []
+                if not events:
+                    break
+                try:
+                    self._post(p.EVENTS_PATH, p.EventBatch(self.mac, self.clock(), tuple(events)), p.Accepted)
+                except BaseException:
+                    with self._queue_lock:
+                        self._events[:0] = events
+                    raise
+            while True:
+                with self._queue_lock:
+                    lines, self._lines = self._lines[: self.batch_lines], self._lines[self.batch_lines :]
+                    dropped, self.dropped_lines = self.dropped_lines, 0
+                if not lines and not dropped:
+                    break
+                try:
+                    self._post(p.LOGS_PATH, p.LogBatch(self.mac, self.clock(), tuple(lines), dropped), p.Accepted)
+                except BaseException:
+                    with self._queue_lock:
+                        self._lines[:0] = lines
+                        self.dropped_lines += dropped
+                        self._trim_lines()
+                    raise
+        except _Unregistered:
+            self.registration = None  # the next register() sends them
+            return False
+        except (requests.RequestException, MasterLinkError):
+            self._note_failure()
+            return False
+        self._note_success()
+        return True
+
+    def log_handler(self, level: int = logging.INFO) -> MasterLogHandler:
+        return MasterLogHandler(self, level)
+
+    # --- boot files --------------------------------------------------------------------------------------
+
+    def download(self, path: str, dest: Path, *, attempts: int | None = None, chunk: int = 1 << 20) -> Path:
+        """GET BOOT_PREFIX + path into dest, resuming after a broken connection with Range + If-Range (the
+        ETag): if the file was rebuilt meanwhile the master sends it whole and we start over."""
+        url = self.base_url + p.BOOT_PREFIX + path.lstrip("/")
+        part = dest.with_name(dest.name + ".part")
+        part.unlink(missing_ok=True)
+        etag: str | None = None
+        attempt = 0
+        while True:
+            try:
+                etag = self._download_once(url, part, etag, chunk)
+                part.replace(dest)
+                return dest
+            except requests.HTTPError as exc:
+                raise MasterLinkError(f"download {url}: {exc}") from None
+            except requests.RequestException as exc:
+                attempt += 1
+                if attempts is not None and attempt >= attempts:
+                    raise MasterLinkError(f"download {url}: gave up after {attempt} tries: {exc}") from None
+                etag = getattr(exc, "etag", None) or etag
+                self.sleep(self.backoff.delay(attempt - 1, self.rng))
+
+    def _download_once(self, url: str, part: Path, etag: str | None, chunk: int) -> str | None:
+        have = part.stat().st_size if part.exists() and etag else 0
+        headers = {"Accept-Encoding": "identity"}
+        if have:
+            headers.update({"Range": f"bytes={have}-", "If-Range": etag or ""})
+        with self.session.get(url, headers=headers, stream=True, timeout=self.timeout) as response:
+            if response.status_code == 416 and have:
+                return etag  # we already hold every byte
+            response.raise_for_status()
+            served = response.headers.get("ETag")
+            resuming = response.status_code == 206 and served == etag
+            try:
+                with open(part, "ab" if resuming else "wb") as f:
+                    for block in response.iter_content(chunk):
+                        f.write(block)
+            except requests.RequestException as exc:
+                exc.etag = served  # type: ignore[attr-defined]  # resume against what we got
+                raise
+            return served
+
+
+class _Unregistered(Exception):
+    """The master answered 404 for our MAC: it lost its registry, or we never registered."""
+
+
+class MasterLogHandler(logging.Handler):
+    """A logging.Handler that buffers records and ships them in batches, tagged with MAC and stage."""
+
+    def __init__(self, link: MasterLink, level: int = logging.INFO) -> None:
+        super().__init__(level)
+        self.link = link
+        self.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.name.startswith(QUIET_LOGGERS) and super().filter(record)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.link.queue_log(record.levelname, self.format(record))
+        except Exception:  # a log call must never take the agent down
+            self.handleError(record)
+
+    def flush(self) -> None:
+        self.link.flush()

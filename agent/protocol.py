@@ -1,0 +1,328 @@
+"""The one contract between the nodes and the master (`beoserv`): URL paths and JSON message shapes.
+
+Standard library only: the agent imports this inside the node images, the master imports it on the host.
+Nodes open every connection; nothing listens on a node.
+
+Time: node clocks are not trusted (a diskless node may have no synchronised clock, and kexec restarts the
+monotonic clock). Every message that carries timed items sends `sent_mono`, the node's time.monotonic()
+when it posted, and each item carries `mono`, the node's time.monotonic() when it happened. The master
+stamps an item at `receipt time - (sent_mono - mono)`: right to within one network delay, whatever the
+node's wall clock says, even for items buffered while the master was unreachable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+API = "/api/v1"
+REGISTER_PATH = f"{API}/register"  # POST RegisterRequest -> RegisterReply
+HEARTBEAT_PATH = f"{API}/heartbeat"  # POST Heartbeat -> HeartbeatReply
+EVENTS_PATH = f"{API}/events"  # POST EventBatch -> Accepted
+LOGS_PATH = f"{API}/logs"  # POST LogBatch -> Accepted
+NODES_PATH = f"{API}/nodes"  # GET -> NodeList
+TIMELINE_PATH = f"{API}/nodes/{{node}}/timeline"  # GET -> Timeline; node: 3, ".3", "n3" or a MAC
+STATUS_PATH = f"{API}/status"  # GET -> ServerStatus
+BOOT_PREFIX = "/boot/"  # GET/HEAD the builder's output tree (images, kernel, manifest.json); Range, If-Range
+
+# A node the master does not know (its registry was lost) gets 404 on heartbeat/events/logs: register again.
+UNKNOWN_NODE_STATUS = 404
+
+
+class Stage(enum.StrEnum):
+    """Which image the agent runs in; the order is the boot order."""
+
+    BOOSTER = "stage1"
+    PXE = "stage2"
+    SUPERVISOR = "stage3"
+
+    @property
+    def order(self) -> int:
+        return int(self.value[-1])
+
+
+class NodeState(enum.StrEnum):
+    BOOTING = "booting"  # registered, stage 3 not ready yet
+    UP = "up"  # stage3_ready posted in this boot
+    DOWN = "down"  # missed heartbeats for heartbeat_timeout seconds
+
+
+class BootEvent(enum.StrEnum):
+    """The stage transitions the agent posts, in boot order. Other names matching EVENT_NAME are accepted."""
+
+    STAGE1_START = "stage1_start"
+    KEXEC = "kexec"  # stage 1 is about to kexec into stage 2
+    STAGE2_START = "stage2_start"
+    DHCP = "dhcp"  # stage 2 starts DHCP
+    DOWNLOAD = "download"  # stage 2 starts fetching the stage 3 image
+    SWITCH = "switch"  # stage 2 switches root into stage 3
+    STAGE3_READY = "stage3_ready"  # the node is up: the master marks it UP
+    FAILED = "failed"  # the agent gave up; `detail` says why
+
+
+# The master records this one itself when a node misses its heartbeats.
+HEARTBEAT_LOST = "heartbeat_lost"
+
+EVENT_NAME = re.compile(r"[a-z][a-z0-9_]{0,39}")
+MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
+
+
+class ProtocolError(ValueError):
+    """A message that does not fit its shape; the text names the field."""
+
+
+def normalise_mac(text: str) -> str:
+    """'52-54-00-AB-CD-EF' or '52:54:00:ab:cd:ef' -> '52:54:00:ab:cd:ef'."""
+    mac = text.strip().lower().replace("-", ":")
+    if not MAC.fullmatch(mac):
+        raise ProtocolError(f"not a MAC address: {text!r} (expected six hex pairs, e.g. 52:54:00:12:34:56)")
+    return mac
+
+
+def node_name(number: int) -> str:
+    """The BeoNSS name of node N: '.N' (node 0 is '.0')."""
+    return f".{number}"
+
+
+def node_hostname(number: int, prefix: str = "n") -> str:
+    """The hostname of node N: 'nN'. A hostname may not begin with '.', so BeoNSS '.N' is an alias."""
+    return f"{prefix}{number}"
+
+
+# --- message shapes --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PciDevice:
+    slot: str  # "0000:00:03.0"
+    vendor: str  # "0x8086"
+    device: str  # "0x100e"
+    pci_class: str  # "0x020000"
+    driver: str | None = None
+
+
+@dataclass(frozen=True)
+class Disk:
+    name: str  # "vda"
+    size_bytes: int
+    model: str | None = None
+
+
+@dataclass(frozen=True)
+class Hardware:
+    cpu_model: str = ""
+    cpus: int = 0
+    memory_kib: int = 0
+    pci: tuple[PciDevice, ...] = ()
+    disks: tuple[Disk, ...] = ()
+
+
+@dataclass(frozen=True)
+class RegisterRequest:
+    mac: str
+    stage: Stage
+    hardware: Hardware = field(default_factory=Hardware)
+    agent_version: str = ""
+
+
+@dataclass(frozen=True)
+class RegisterReply:
+    number: int  # assigned in order on first registration, kept for ever
+    name: str  # BeoNSS name ".N"
+    hostname: str  # "nN"
+    address: str | None  # first_node_address + N, or None when the master has no address plan
+    boot: int  # how many boots the master has seen for this node (1 on the first)
+    heartbeat_interval: float  # seconds between heartbeats
+    heartbeat_timeout: float  # the master marks the node down after this long without one
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    mac: str
+    stage: Stage
+    uptime: float | None = None  # /proc/uptime of the node, seconds
+
+
+@dataclass(frozen=True)
+class HeartbeatReply:
+    number: int
+    state: NodeState
+    heartbeat_interval: float
+
+
+@dataclass(frozen=True)
+class StageEvent:
+    name: str  # a BootEvent value, or any name matching EVENT_NAME
+    mono: float  # node time.monotonic() when it happened
+    stage: Stage
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class EventBatch:
+    mac: str
+    sent_mono: float
+    events: tuple[StageEvent, ...]
+
+
+@dataclass(frozen=True)
+class LogLine:
+    mono: float
+    stage: Stage
+    level: str  # "INFO", "WARNING", ...
+    message: str
+
+
+@dataclass(frozen=True)
+class LogBatch:
+    mac: str
+    sent_mono: float
+    lines: tuple[LogLine, ...]
+    dropped: int = 0  # lines the node threw away because its buffer was full
+
+
+@dataclass(frozen=True)
+class Accepted:
+    accepted: int
+
+
+@dataclass(frozen=True)
+class NodeRow:
+    number: int
+    mac: str
+    name: str
+    hostname: str
+    address: str | None
+    state: NodeState
+    stage: Stage
+    boot: int
+    last_seen: float  # master wall-clock time (epoch seconds)
+    uptime: float | None  # node uptime as of the master's reply time, when the node reported one
+    hardware: Hardware = field(default_factory=Hardware)
+
+
+@dataclass(frozen=True)
+class NodeList:
+    server_time: float
+    nodes: tuple[NodeRow, ...]
+
+
+@dataclass(frozen=True)
+class TimelineEntry:
+    t: float  # master wall-clock time (epoch seconds)
+    event: str
+    stage: Stage
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Timeline:
+    number: int
+    mac: str
+    boot: int
+    entries: tuple[TimelineEntry, ...]
+
+
+@dataclass(frozen=True)
+class ServerStatus:
+    pid: int
+    uptime: float
+    nodes: int
+    states: dict[str, int]  # NodeState value -> count
+    open_fds: int
+    rss_kib: int
+    requests: int
+    config_loads: int
+
+
+# --- JSON round trip -------------------------------------------------------------------------------------
+
+T = TypeVar("T")
+
+
+def to_json(message: Any) -> str:
+    return json.dumps(dataclasses.asdict(message), sort_keys=True)
+
+
+def from_json(cls: type[T], text: str | bytes) -> T:
+    try:
+        raw = json.loads(text)
+    except ValueError as exc:
+        raise ProtocolError(f"{cls.__name__}: not JSON: {exc}") from None
+    return from_dict(cls, raw)
+
+
+def from_dict(cls: type[T], raw: Any, where: str = "") -> T:
+    """Build dataclass `cls` from decoded JSON, checking every field's type; errors name the field."""
+    where = where or cls.__name__
+    if not isinstance(raw, dict):
+        raise ProtocolError(f"{where}: expected an object, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = set(raw) - names
+    if unknown:
+        raise ProtocolError(f"{where}: unknown fields {sorted(unknown)}")
+    values = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name not in raw:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ProtocolError(f"{where}: missing field {f.name!r}")
+            continue
+        values[f.name] = _convert(hints[f.name], raw[f.name], f"{where}.{f.name}")
+    return cls(**values)
+
+
+def _convert(hint: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (types.UnionType, typing.Union):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        (inner,) = [o for o in options if o is not type(None)]
+        return _convert(inner, value, where)
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise ProtocolError(f"{where}: expected a list, got {type(value).__name__}")
+        item = typing.get_args(hint)[0]
+        return tuple(_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        key, val = typing.get_args(hint)
+        if not isinstance(value, dict):
+            raise ProtocolError(f"{where}: expected an object, got {type(value).__name__}")
+        return {_convert(key, k, where): _convert(val, v, f"{where}[{k!r}]") for k, v in value.items()}
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, where)
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        try:
+            return hint(value)
+        except ValueError:
+            allowed = ", ".join(str(m.value) for m in hint)
+            raise ProtocolError(f"{where}: {value!r} is not one of {allowed}") from None
+    if hint is float:
+        # bool is an int; JSON has no separate integer type for floats, so ints are fine here
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint in (str, bool):
+        if isinstance(value, hint):
+            return value
+    else:
+        raise TypeError(f"{where}: no JSON conversion for {hint!r}")
+    raise ProtocolError(f"{where}: expected {hint.__name__}, got {type(value).__name__} {value!r}")
+
+
+def check_event_name(name: str) -> str:
+    if not EVENT_NAME.fullmatch(name):
+        raise ProtocolError(
+            f"event name {name!r} is not allowed (lower-case letters, digits, '_', at most 40)",
+            # so the timeline stays printable and the SVG needs no escaping of names
+        )
+    return name

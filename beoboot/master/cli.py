@@ -1,0 +1,147 @@
+"""Console commands: `beoserv` (run the master server) and `bpstat` (show the nodes, ask the server)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import requests
+
+from agent import protocol as p
+from beoboot.errors import BeobootError, UsageError
+from beoboot.master import timeline as tl
+from beoboot.master.config import load_config
+from beoboot.master.server import ServerOptions, parse_listen, serve, setup_logging
+
+DEFAULT_MASTER = "http://127.0.0.1:8080"
+
+
+def _run(prog: str, body, args: argparse.Namespace) -> int:
+    try:
+        return int(body(args) or 0)
+    except BeobootError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+# --- beoserv ---------------------------------------------------------------------------------------------
+
+
+def beoserv_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="beoserv", description="The cluster master: boot files, node registry.")
+    parser.add_argument("--root", type=Path, required=True, help="boot tree to serve (the builder's OUTDIR)")
+    parser.add_argument("--listen", default="0.0.0.0:8080", help="HOST:PORT (default %(default)s; port 0: any)")
+    parser.add_argument("--db", type=Path, required=True, help="node registry (SQLite file, created if missing)")
+    parser.add_argument("--config", type=Path, help="beoserv TOML config; re-read on SIGHUP")
+    return parser
+
+
+def _beoserv(args: argparse.Namespace) -> int:
+    if not args.root.is_dir():
+        raise UsageError(f"--root {args.root} is not a directory", hint="pass the builder's output directory")
+    host, port = parse_listen(args.listen)
+    config = load_config(args.config)
+    setup_logging()
+    options = ServerOptions(root=args.root.resolve(), host=host, port=port, db=args.db, config_path=args.config)
+    asyncio.run(serve(options, config))
+    return 0
+
+
+def beoserv_main(argv: list[str] | None = None) -> int:
+    return _run("beoserv", _beoserv, beoserv_parser().parse_args(argv))
+
+
+# --- bpstat ----------------------------------------------------------------------------------------------
+
+
+def bpstat_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bpstat", description="Show the cluster's nodes as the master sees them.")
+    parser.add_argument(
+        "--master", default=os.environ.get("BEOSERV_URL", DEFAULT_MASTER),
+        help="beoserv URL (default $BEOSERV_URL or %(default)s)",
+    )  # fmt: skip
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--timeline", metavar="NODE", help="the stage transitions of NODE (3, .3, n3 or MAC)")
+    parser.add_argument("--boot", type=int, help="with --timeline: which boot (default: the latest)")
+    parser.add_argument("--svg", type=Path, metavar="FILE", help="with --timeline: draw a waterfall SVG to FILE")
+    return parser
+
+
+def _get(master: str, path: str, params: dict[str, str] | None = None) -> bytes:
+    url = master.rstrip("/") + path
+    try:
+        response = requests.get(url, params=params, timeout=10)
+    except requests.RequestException as exc:
+        raise BeobootError(f"cannot reach beoserv at {master}: {exc}", hint="is beoserv running? see --master") from None
+    if response.status_code >= 400:
+        try:
+            message = response.json().get("error", response.text)
+        except ValueError:
+            message = response.text
+        raise BeobootError(f"beoserv at {master}: {message}")
+    return response.content
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    days, s = divmod(s, 86400)
+    hours, s = divmod(s, 3600)
+    minutes, s = divmod(s, 60)
+    return (f"{days}d" if days else "") + f"{hours:02d}:{minutes:02d}:{s:02d}"
+
+
+def format_nodes(nodes: p.NodeList) -> str:
+    header = ("node", "mac", "address", "state", "stage", "last seen", "uptime")
+    rows = [header]
+    for n in nodes.nodes:
+        ago = max(0.0, nodes.server_time - n.last_seen)
+        rows.append(
+            (n.name, n.mac, n.address or "-", str(n.state), str(n.stage), f"{ago:.0f}s ago", format_duration(n.uptime))
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows) + "\n"
+
+
+def _bpstat(args: argparse.Namespace) -> int:
+    if args.svg and not args.timeline:
+        raise UsageError("--svg needs --timeline NODE")
+    if args.timeline:
+        params = {"boot": str(args.boot)} if args.boot is not None else None
+        raw = _get(args.master, p.TIMELINE_PATH.format(node=args.timeline), params)
+        timeline = p.from_json(p.Timeline, raw)
+        if args.svg:
+            args.svg.write_text(tl.render_svg(timeline), encoding="utf-8")
+            print(f"bpstat: wrote {args.svg}", file=sys.stderr)
+        if args.json:
+            print(json.dumps(asdict(timeline), indent=1))
+        elif not args.svg:
+            sys.stdout.write(tl.format_text(timeline))
+        return 0
+    nodes = p.from_json(p.NodeList, _get(args.master, p.NODES_PATH))
+    if args.json:
+        print(json.dumps([asdict(n) for n in nodes.nodes], indent=1))
+    else:
+        sys.stdout.write(format_nodes(nodes))
+    return 0
+
+
+def bpstat_main(argv: list[str] | None = None) -> int:
+    return _run("bpstat", _bpstat, bpstat_parser().parse_args(argv))
+
+
+if __name__ == "__main__":  # python -m beoboot.master.cli {beoserv|bpstat} ...
+    command = sys.argv[1] if len(sys.argv) > 1 else ""
+    mains = {"beoserv": beoserv_main, "bpstat": bpstat_main}
+    if command not in mains:
+        print("usage: python -m beoboot.master.cli {beoserv|bpstat} ...", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(mains[command](sys.argv[2:]))

@@ -1,0 +1,278 @@
+"""The node registry in SQLite: MAC -> node number, state, last seen, hardware, and every boot's timeline.
+
+Numbers are handed out in order of first registration (0, 1, 2, ...) and never reused or changed, so a
+node keeps its number, and with it its BeoNSS name and address, across reboots and master restarts.
+
+Calls are synchronous and made from the server's event loop: with WAL and synchronous=NORMAL a statement
+on a local file costs tens of microseconds and a commit does not wait for the disk, which is cheaper than
+handing every heartbeat to a thread.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from agent.protocol import (
+    HEARTBEAT_LOST,
+    BootEvent,
+    Hardware,
+    LogLine,
+    NodeState,
+    ProtocolError,
+    Stage,
+    StageEvent,
+    from_dict,
+    normalise_mac,
+)
+from beoboot.errors import BeobootError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS nodes (
+    number INTEGER PRIMARY KEY,
+    mac TEXT NOT NULL UNIQUE,
+    state TEXT NOT NULL,
+    stage TEXT NOT NULL,
+    boot INTEGER NOT NULL,
+    ready INTEGER NOT NULL DEFAULT 0,     -- stage3_ready seen in the current boot
+    first_seen REAL NOT NULL,
+    last_seen REAL NOT NULL,
+    uptime REAL,                          -- node-reported uptime ...
+    uptime_at REAL,                       -- ... as of this master time
+    hardware TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    number INTEGER NOT NULL REFERENCES nodes(number),
+    boot INTEGER NOT NULL,
+    t REAL NOT NULL,
+    event TEXT NOT NULL,
+    stage TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS events_by_boot ON events(number, boot, t);
+CREATE TABLE IF NOT EXISTS logs (
+    id INTEGER PRIMARY KEY,
+    number INTEGER NOT NULL REFERENCES nodes(number),
+    boot INTEGER NOT NULL,
+    t REAL NOT NULL,
+    stage TEXT NOT NULL,
+    level TEXT NOT NULL,
+    message TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS logs_by_node ON logs(number, t);
+"""
+
+
+class RegistryError(BeobootError):
+    """The registry database cannot be opened or a node reference names no node."""
+
+
+@dataclass(frozen=True)
+class NodeRecord:
+    number: int
+    mac: str
+    state: NodeState
+    stage: Stage
+    boot: int
+    last_seen: float
+    uptime: float | None
+    uptime_at: float | None
+    hardware: Hardware
+
+    def uptime_now(self, now: float) -> float | None:
+        if self.uptime is None or self.uptime_at is None:
+            return None
+        # a down node's clock is not known to be running; freeze it at the last report
+        until = self.last_seen if self.state is NodeState.DOWN else now
+        return self.uptime + max(0.0, until - self.uptime_at)
+
+
+@dataclass(frozen=True)
+class TimelineRecord:
+    t: float
+    event: str
+    stage: Stage
+    detail: str
+
+
+def _alive_state(ready: int) -> NodeState:
+    return NodeState.UP if ready else NodeState.BOOTING
+
+
+class Registry:
+    def __init__(self, path: Path | str) -> None:
+        try:
+            self._db = sqlite3.connect(str(path), isolation_level=None)  # explicit BEGIN/COMMIT below
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(SCHEMA)
+        except sqlite3.Error as exc:
+            raise RegistryError(f"cannot open node registry {path}: {exc}", hint="check the --db path") from None
+        self._db.row_factory = sqlite3.Row
+        self.path = Path(path)
+
+    def close(self) -> None:
+        self._db.close()
+
+    # --- writes ------------------------------------------------------------------------------------------
+
+    def register(self, mac: str, stage: Stage, hardware: Hardware, now: float) -> NodeRecord:
+        """Known MAC: same number. A registration at a stage not later than the node's last one is a new
+        boot (stage 1 after stage 3, or stage 2 again when there is no stage 1); a later stage continues
+        the boot (stage 1 -> kexec -> stage 2 -> stage 3 each register once)."""
+        mac = normalise_mac(mac)
+        hw = json.dumps(asdict(hardware), sort_keys=True)
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            row = self._db.execute("SELECT number, stage, boot FROM nodes WHERE mac = ?", (mac,)).fetchone()
+            if row is None:
+                (number,) = self._db.execute("SELECT COALESCE(MAX(number) + 1, 0) FROM nodes").fetchone()
+                self._db.execute(
+                    "INSERT INTO nodes (number, mac, state, stage, boot, ready, first_seen, last_seen, hardware)"
+                    " VALUES (?, ?, ?, ?, 1, 0, ?, ?, ?)",
+                    (number, mac, NodeState.BOOTING, stage, now, now, hw),
+                )
+            else:
+                new_boot = stage.order <= Stage(row["stage"]).order
+                self._db.execute(
+                    "UPDATE nodes SET stage = ?, boot = boot + ?, state = CASE WHEN ? THEN ? ELSE "
+                    " (CASE WHEN ready THEN ? ELSE ? END) END, ready = CASE WHEN ? THEN 0 ELSE ready END,"
+                    " last_seen = ?, uptime = NULL, uptime_at = NULL, hardware = ? WHERE mac = ?",
+                    (stage, int(new_boot), new_boot, NodeState.BOOTING, NodeState.UP, NodeState.BOOTING,
+                     new_boot, now, hw, mac),
+                )  # fmt: skip
+        record = self.node_by_mac(mac)
+        assert record is not None
+        return record
+
+    def heartbeat(self, mac: str, stage: Stage, uptime: float | None, now: float) -> NodeRecord | None:
+        """None: the MAC is not registered (the node must register again)."""
+        mac = normalise_mac(mac)
+        with self._db:
+            cursor = self._db.execute(
+                "UPDATE nodes SET last_seen = ?, stage = ?, uptime = ?, uptime_at = ?,"
+                " state = CASE WHEN ready THEN ? ELSE ? END WHERE mac = ?",
+                (now, stage, uptime, now if uptime is not None else None, NodeState.UP, NodeState.BOOTING, mac),
+            )
+        if cursor.rowcount == 0:
+            return None
+        return self.node_by_mac(mac)
+
+    def record_events(self, mac: str, events: Iterable[tuple[float, StageEvent]], now: float) -> int | None:
+        """Store events (t = master time) in the node's current boot. stage3_ready marks the node UP."""
+        mac = normalise_mac(mac)
+        with self._db:
+            self._db.execute("BEGIN")
+            row = self._db.execute("SELECT number, boot FROM nodes WHERE mac = ?", (mac,)).fetchone()
+            if row is None:
+                return None
+            number, boot = row
+            events = list(events)
+            self._db.executemany(
+                "INSERT INTO events (number, boot, t, event, stage, detail) VALUES (?, ?, ?, ?, ?, ?)",
+                [(number, boot, t, e.name, e.stage, e.detail) for t, e in events],
+            )
+            ready = any(e.name == BootEvent.STAGE3_READY for _, e in events)
+            self._db.execute(
+                "UPDATE nodes SET last_seen = ?, ready = MAX(ready, ?),"
+                " state = CASE WHEN MAX(ready, ?) THEN ? ELSE ? END WHERE number = ?",
+                (now, int(ready), int(ready), NodeState.UP, NodeState.BOOTING, number),
+            )
+        return number
+
+    def record_logs(self, mac: str, lines: Iterable[tuple[float, LogLine]], now: float) -> int | None:
+        mac = normalise_mac(mac)
+        with self._db:
+            self._db.execute("BEGIN")
+            row = self._db.execute("SELECT number, boot FROM nodes WHERE mac = ?", (mac,)).fetchone()
+            if row is None:
+                return None
+            number, boot = row
+            self._db.executemany(
+                "INSERT INTO logs (number, boot, t, stage, level, message) VALUES (?, ?, ?, ?, ?, ?)",
+                [(number, boot, t, line.stage, line.level, line.message) for t, line in lines],
+            )
+            self._db.execute("UPDATE nodes SET last_seen = MAX(last_seen, ?) WHERE number = ?", (now, number))
+        return number
+
+    def mark_silent_down(self, cutoff: float, now: float) -> list[NodeRecord]:
+        """Nodes not heard from since `cutoff` go DOWN; a heartbeat_lost event records when."""
+        with self._db:
+            self._db.execute("BEGIN")
+            rows = self._db.execute(
+                "SELECT number, boot, stage FROM nodes WHERE state != ? AND last_seen < ?", (NodeState.DOWN, cutoff)
+            ).fetchall()
+            for row in rows:
+                self._db.execute("UPDATE nodes SET state = ? WHERE number = ?", (NodeState.DOWN, row["number"]))
+                self._db.execute(
+                    "INSERT INTO events (number, boot, t, event, stage, detail) VALUES (?, ?, ?, ?, ?, ?)",
+                    (row["number"], row["boot"], now, HEARTBEAT_LOST, row["stage"], f"silent since before {cutoff:.3f}"),
+                )
+        return [r for r in (self.node_by_number(row["number"]) for row in rows) if r is not None]
+
+    # --- reads -------------------------------------------------------------------------------------------
+
+    def _record(self, row: sqlite3.Row) -> NodeRecord:
+        try:
+            hardware = from_dict(Hardware, json.loads(row["hardware"]))
+        except (ProtocolError, ValueError):
+            hardware = Hardware()  # written by an older master; the node sends it again when it registers
+        return NodeRecord(
+            number=row["number"], mac=row["mac"], state=NodeState(row["state"]), stage=Stage(row["stage"]),
+            boot=row["boot"], last_seen=row["last_seen"], uptime=row["uptime"], uptime_at=row["uptime_at"],
+            hardware=hardware,
+        )  # fmt: skip
+
+    def node_by_mac(self, mac: str) -> NodeRecord | None:
+        row = self._db.execute("SELECT * FROM nodes WHERE mac = ?", (normalise_mac(mac),)).fetchone()
+        return self._record(row) if row else None
+
+    def node_by_number(self, number: int) -> NodeRecord | None:
+        row = self._db.execute("SELECT * FROM nodes WHERE number = ?", (number,)).fetchone()
+        return self._record(row) if row else None
+
+    def nodes(self) -> list[NodeRecord]:
+        return [self._record(row) for row in self._db.execute("SELECT * FROM nodes ORDER BY number")]
+
+    def find(self, ref: str) -> NodeRecord:
+        """A node by number ('3'), BeoNSS name ('.3'), hostname ('n3') or MAC."""
+        text = ref.strip()
+        digits = text.lstrip(".").lstrip("abcdefghijklmnopqrstuvwxyz") if ":" not in text else ""
+        record = None
+        if digits.isdigit():
+            record = self.node_by_number(int(digits))
+        elif ":" in text or "-" in text:
+            try:
+                record = self.node_by_mac(text)
+            except ProtocolError:
+                record = None
+        if record is None:
+            raise RegistryError(f"no node {ref!r}", hint="name a node by number (3), '.3', 'n3' or MAC; see bpstat")
+        return record
+
+    def timeline(self, number: int, boot: int | None = None) -> tuple[int, list[TimelineRecord]]:
+        """The events of one boot (default: the current one), in time order."""
+        if boot is None:
+            record = self.node_by_number(number)
+            boot = record.boot if record else 0
+        rows = self._db.execute(
+            "SELECT t, event, stage, detail FROM events WHERE number = ? AND boot = ? ORDER BY t, id", (number, boot)
+        ).fetchall()
+        return boot, [TimelineRecord(r["t"], r["event"], Stage(r["stage"]), r["detail"]) for r in rows]
+
+    def state_counts(self) -> dict[str, int]:
+        counts = {state.value: 0 for state in NodeState}
+        for state, count in self._db.execute("SELECT state, COUNT(*) FROM nodes GROUP BY state"):
+            counts[state] = count
+        return counts
+
+    def logs(self, number: int, limit: int = 1000) -> list[tuple[float, str, str, str]]:
+        rows = self._db.execute(
+            "SELECT t, stage, level, message FROM logs WHERE number = ? ORDER BY t DESC, id DESC LIMIT ?",
+            (number, limit),
+        ).fetchall()
+        return [tuple(r) for r in reversed(rows)]

@@ -1,0 +1,333 @@
+"""`beoserv`: one continuously running aiohttp server for every node of the cluster.
+
+It serves the boot tree (the builder's output directory) with Range and If-Range so nodes resume broken
+downloads, registers nodes, takes heartbeats, events and log lines (agent.protocol is the contract), and
+marks silent nodes down. SIGHUP re-reads the config; SIGUSR1 writes the server's state to the log.
+
+One process for a thousand nodes (Becker: "forking a thousand makes 1 seem like a much better idea"), so
+it must not leak: files are opened per request and closed by aiohttp, connections are aiohttp's, and the
+registry keeps one SQLite connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from aiohttp import web
+
+from agent import protocol as p
+from beoboot.errors import BeobootError, ConfigError
+from beoboot.master.config import MasterConfig, load_config
+from beoboot.master.registry import NodeRecord, Registry, RegistryError
+
+log = logging.getLogger("beoserv")
+node_log = logging.getLogger("beoserv.node")
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    root: Path
+    host: str
+    port: int
+    db: Path
+    config_path: Path | None = None
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """'0.0.0.0:8080' -> ('0.0.0.0', 8080); port 0 picks a free port (printed when listening)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise BeobootError(f"--listen {text!r} is not HOST:PORT", hint="e.g. --listen 0.0.0.0:8080")
+    return host.strip("[]"), int(port)
+
+
+def process_figures() -> tuple[int, int]:
+    """(open file descriptors, resident set size in KiB) of this process, from /proc."""
+    fds = len(os.listdir("/proc/self/fd")) - 1  # minus the one listdir itself holds open
+    rss = 0
+    with open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                rss = int(line.split()[1])
+    return fds, rss
+
+
+def iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t)) + f".{int(t % 1 * 1000):03d}"
+
+
+def master_time(now: float, sent_mono: float, mono: float) -> float:
+    """When something happened on the node, in master time (see agent.protocol): never in the future."""
+    return now - max(0.0, sent_mono - mono)
+
+
+def resolve_boot_path(root: Path, relative: str) -> Path:
+    """A file under the boot tree, or HTTPNotFound: no '..', no symlink out of the tree, no directories."""
+    parts = PurePosixPath(relative).parts
+    if not parts or any(part in ("..", "/") for part in parts):
+        raise web.HTTPNotFound(text=f"no such boot file: {relative}\n")
+    path = (root / PurePosixPath(*parts)).resolve()
+    if not path.is_relative_to(root.resolve()) or not path.is_file():
+        raise web.HTTPNotFound(text=f"no such boot file: {relative}\n")
+    return path
+
+
+def strong_etag(st: os.stat_result) -> str:
+    # the same validator aiohttp's FileResponse puts in its ETag header
+    return f'"{st.st_mtime_ns:x}-{st.st_size:x}"'
+
+
+def json_response(message: Any, status: int = 200) -> web.Response:
+    return web.Response(text=p.to_json(message), status=status, content_type="application/json")
+
+
+def error_response(status: int, message: str, **extra: Any) -> web.Response:
+    return web.Response(
+        text=json.dumps({"error": message, **extra}), status=status, content_type="application/json"
+    )
+
+
+class Beoserv:
+    def __init__(self, options: ServerOptions, config: MasterConfig) -> None:
+        self.options = options
+        self.config = config
+        self.registry = Registry(options.db)
+        self.started = time.time()
+        self.requests = 0
+        self.config_loads = 1
+        self._reaper: asyncio.Task[None] | None = None
+
+    # --- application -------------------------------------------------------------------------------------
+
+    def make_app(self) -> web.Application:
+        app = web.Application(middlewares=[self._middleware])
+        app.router.add_post(p.REGISTER_PATH, self.register)
+        app.router.add_post(p.HEARTBEAT_PATH, self.heartbeat)
+        app.router.add_post(p.EVENTS_PATH, self.events)
+        app.router.add_post(p.LOGS_PATH, self.logs)
+        app.router.add_get(p.NODES_PATH, self.nodes)
+        app.router.add_get(p.TIMELINE_PATH, self.timeline)
+        app.router.add_get(p.STATUS_PATH, self.status)
+        app.router.add_get(p.BOOT_PREFIX + "{path:.+}", self.boot_file)
+        app.on_startup.append(self._start_reaper)
+        app.on_cleanup.append(self._stop)
+        return app
+
+    @web.middleware
+    async def _middleware(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        self.requests += 1
+        try:
+            return await handler(request)
+        except p.ProtocolError as exc:
+            log.warning("bad message from %s to %s: %s", request.remote, request.path, exc)
+            return error_response(400, str(exc))
+        except RegistryError as exc:
+            return error_response(404, str(exc))
+
+    async def _start_reaper(self, app: web.Application) -> None:
+        self._reaper = asyncio.create_task(self._reap_forever())
+
+    async def _stop(self, app: web.Application) -> None:
+        if self._reaper:
+            self._reaper.cancel()
+        self.registry.close()
+
+    async def _reap_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.effective_reap_interval)
+            self.reap()
+
+    def reap(self) -> None:
+        now = time.time()
+        for node in self.registry.mark_silent_down(now - self.config.heartbeat_timeout, now):
+            log.warning(
+                "node %d (%s) down: no heartbeat for %.1fs", node.number, node.mac, self.config.heartbeat_timeout
+            )
+
+    # --- signals -----------------------------------------------------------------------------------------
+
+    def reload(self) -> None:
+        """SIGHUP: a bad config file is reported and the running config kept, so a typo never stops the master."""
+        try:
+            config = load_config(self.options.config_path)
+        except ConfigError as exc:
+            log.error("config not reloaded, keeping the running one: %s", exc)
+            return
+        self.config = config
+        self.config_loads += 1
+        log.info("config reloaded from %s: %s", self.options.config_path, config)
+
+    def server_status(self) -> p.ServerStatus:
+        fds, rss = process_figures()
+        counts = self.registry.state_counts()
+        return p.ServerStatus(
+            pid=os.getpid(), uptime=time.time() - self.started, nodes=sum(counts.values()), states=counts,
+            open_fds=fds, rss_kib=rss, requests=self.requests, config_loads=self.config_loads,
+        )  # fmt: skip
+
+    def dump_state(self) -> None:
+        """SIGUSR1: the server's figures, then one line per node."""
+        s = self.server_status()
+        states = " ".join(f"{k}={v}" for k, v in s.states.items())
+        log.info(
+            "state: pid=%d uptime=%.0fs nodes=%d (%s) open_fds=%d rss_kib=%d requests=%d config_loads=%d",
+            s.pid, s.uptime, s.nodes, states, s.open_fds, s.rss_kib, s.requests, s.config_loads,
+        )  # fmt: skip
+        now = time.time()
+        for node in self.registry.nodes():
+            log.info(
+                "state: node %d %s %s %s boot=%d last_seen=%.1fs ago",
+                node.number, node.mac, node.state, node.stage, node.boot, now - node.last_seen,
+            )  # fmt: skip
+
+    # --- node API ----------------------------------------------------------------------------------------
+
+    def _row(self, node: NodeRecord, now: float) -> p.NodeRow:
+        return p.NodeRow(
+            number=node.number, mac=node.mac, name=p.node_name(node.number),
+            hostname=p.node_hostname(node.number, self.config.hostname_prefix),
+            address=self.config.node_address(node.number), state=node.state, stage=node.stage, boot=node.boot,
+            last_seen=node.last_seen, uptime=node.uptime_now(now), hardware=node.hardware,
+        )  # fmt: skip
+
+    async def register(self, request: web.Request) -> web.Response:
+        msg = p.from_json(p.RegisterRequest, await request.read())
+        node = self.registry.register(msg.mac, msg.stage, msg.hardware, time.time())
+        log.info(
+            "node %d (%s) registered at %s, boot %d, from %s", node.number, node.mac, msg.stage, node.boot,
+            request.remote,
+        )  # fmt: skip
+        return json_response(
+            p.RegisterReply(
+                number=node.number, name=p.node_name(node.number),
+                hostname=p.node_hostname(node.number, self.config.hostname_prefix),
+                address=self.config.node_address(node.number), boot=node.boot,
+                heartbeat_interval=self.config.heartbeat_interval, heartbeat_timeout=self.config.heartbeat_timeout,
+            )  # fmt: skip
+        )
+
+    def _unknown(self, mac: str) -> web.Response:
+        return error_response(p.UNKNOWN_NODE_STATUS, f"node {mac} is not registered", register=True)
+
+    async def heartbeat(self, request: web.Request) -> web.Response:
+        msg = p.from_json(p.Heartbeat, await request.read())
+        node = self.registry.heartbeat(msg.mac, msg.stage, msg.uptime, time.time())
+        if node is None:
+            return self._unknown(msg.mac)
+        return json_response(p.HeartbeatReply(node.number, node.state, self.config.heartbeat_interval))
+
+    async def events(self, request: web.Request) -> web.Response:
+        msg = p.from_json(p.EventBatch, await request.read())
+        for event in msg.events:
+            p.check_event_name(event.name)
+        now = time.time()
+        timed = [(master_time(now, msg.sent_mono, e.mono), e) for e in msg.events]
+        number = self.registry.record_events(msg.mac, timed, now)
+        if number is None:
+            return self._unknown(msg.mac)
+        for t, e in timed:
+            log.info("node %d (%s) %s %s %s", number, msg.mac, e.stage, e.name, e.detail or "")
+        return json_response(p.Accepted(len(timed)))
+
+    async def logs(self, request: web.Request) -> web.Response:
+        msg = p.from_json(p.LogBatch, await request.read())
+        now = time.time()
+        timed = [(master_time(now, msg.sent_mono, line.mono), line) for line in msg.lines]
+        number = self.registry.record_logs(msg.mac, timed, now)
+        if number is None:
+            return self._unknown(msg.mac)
+        for t, line in timed:
+            node_log.info("%s %s %s %s %s", iso(t), msg.mac, line.stage, line.level, line.message)
+        if msg.dropped:
+            node_log.warning("%s %s node dropped %d log lines (buffer full)", iso(now), msg.mac, msg.dropped)
+        return json_response(p.Accepted(len(timed)))
+
+    async def nodes(self, request: web.Request) -> web.Response:
+        now = time.time()
+        return json_response(p.NodeList(now, tuple(self._row(n, now) for n in self.registry.nodes())))
+
+    async def timeline(self, request: web.Request) -> web.Response:
+        node = self.registry.find(request.match_info["node"])
+        boot_arg = request.query.get("boot")
+        if boot_arg is not None and not boot_arg.isdigit():
+            raise p.ProtocolError(f"boot={boot_arg!r} must be a boot number")
+        boot, entries = self.registry.timeline(node.number, int(boot_arg) if boot_arg else None)
+        rows = tuple(p.TimelineEntry(e.t, e.event, e.stage, e.detail) for e in entries)
+        return json_response(p.Timeline(node.number, node.mac, boot, rows))
+
+    async def status(self, request: web.Request) -> web.Response:
+        return json_response(self.server_status())
+
+    # --- boot tree ---------------------------------------------------------------------------------------
+
+    async def boot_file(self, request: web.Request) -> web.StreamResponse:
+        """aiohttp's FileResponse does Range and date-form If-Range; the ETag form of If-Range (the strong
+        validator a resuming node should send) is decided here: a mismatch means the file was rebuilt, so
+        the whole new file is sent (200) instead of a piece of it spliced onto the old one."""
+        path = resolve_boot_path(self.options.root, request.match_info["path"])
+        headers = request.headers.copy()
+        # A precompressed sibling (x.gz) would be served for Accept-Encoding: gzip; nodes want the exact bytes.
+        headers.popall("Accept-Encoding", None)
+        if_range = headers.get("If-Range", "")
+        if if_range.startswith(('"', "W/")):
+            del headers["If-Range"]
+            if if_range != strong_etag(path.stat()):
+                headers.popall("Range", None)
+        return _EditedRequestFileResponse(path, headers)
+
+
+class _EditedRequestFileResponse(web.FileResponse):
+    """A FileResponse that answers as if the request had carried `request_headers` instead of its own."""
+
+    def __init__(self, path: Path, request_headers: Any) -> None:
+        super().__init__(path)
+        self._request_headers = request_headers
+
+    async def prepare(self, request: web.BaseRequest) -> Any:
+        return await super().prepare(request.clone(headers=self._request_headers))
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s beoserv: %(levelname)s %(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(level)
+    log.propagate = False
+    # node lines carry their own time, MAC and stage
+    node_handler = logging.StreamHandler()
+    node_handler.setFormatter(logging.Formatter("node: %(message)s"))
+    node_log.handlers[:] = [node_handler]
+    node_log.setLevel(level)
+    node_log.propagate = False
+
+
+async def serve(options: ServerOptions, config: MasterConfig, stop: asyncio.Event | None = None) -> None:
+    server = Beoserv(options, config)
+    runner = web.AppRunner(server.make_app(), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, options.host, options.port)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    log.info("listening on http://%s:%d/ serving %s, registry %s", host, port, options.root, options.db)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGHUP, server.reload)
+    loop.add_signal_handler(signal.SIGUSR1, server.dump_state)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        log.info("stopping")
+        await runner.cleanup()

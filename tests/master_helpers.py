@@ -1,0 +1,69 @@
+"""Run the real beoserv in a child process on a free loopback port, as the tests' "master"."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+LISTENING = re.compile(r"listening on (http://127\.0\.0\.1:\d+)/")
+
+
+class MasterProcess:
+    def __init__(self, root: Path, db: Path, log: Path, config: Path | None = None) -> None:
+        self.root, self.db, self.log_path, self.config = root, db, log, config
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = ""
+
+    def start(self, timeout: float = 10.0) -> MasterProcess:
+        args = [sys.executable, "-m", "beoboot.master.cli", "beoserv", "--root", str(self.root),
+                "--listen", "127.0.0.1:0", "--db", str(self.db)]  # fmt: skip
+        if self.config:
+            args += ["--config", str(self.config)]
+        # stderr to a file, not a pipe: an undrained pipe would block the server once 64 KiB of log piled up
+        self._log_file = open(self.log_path, "ab")
+        self._offset = self.log_path.stat().st_size
+        self.proc = subprocess.Popen(args, stdout=self._log_file, stderr=self._log_file, env={**os.environ})
+        found = self.wait_for_log(LISTENING, timeout)
+        self.url = found.group(1)
+        return self
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")[self._offset :]
+
+    def wait_for_log(self, pattern: re.Pattern[str] | str, timeout: float = 5.0, after: int = 0) -> re.Match[str]:
+        pattern = re.compile(pattern) if isinstance(pattern, str) else pattern
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = pattern.search(self.log_text(), after)
+            if found:
+                return found
+            if self.proc and self.proc.poll() is not None:
+                raise AssertionError(f"beoserv exited ({self.proc.returncode}):\n{self.log_text()}")
+            time.sleep(0.02)
+        raise AssertionError(f"no {pattern.pattern!r} in the beoserv log within {timeout}s:\n{self.log_text()}")
+
+    def signal(self, signum: int) -> None:
+        assert self.proc
+        self.proc.send_signal(signum)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log_file.close()
+
+    def fds_and_rss(self) -> tuple[int, int]:
+        assert self.proc
+        fds = len(os.listdir(f"/proc/{self.proc.pid}/fd"))
+        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        rss = int(re.search(r"VmRSS:\s+(\d+)", status).group(1))
+        return fds, rss

@@ -1,0 +1,33 @@
+import pytest
+
+from beoboot.errors import ConfigError
+from beoboot.master.config import MasterConfig, parse_config
+
+
+def test_defaults():
+    config = parse_config("")
+    assert config == MasterConfig() and config.node_address(3) is None
+
+
+def test_beonss_addresses():
+    config = parse_config('first_node_address = "10.54.0.10"\nheartbeat_interval = 1\nheartbeat_timeout = 6')
+    assert [config.node_address(n) for n in (0, 1, 246)] == ["10.54.0.10", "10.54.0.11", "10.54.1.0"]
+    assert config.heartbeat_interval == 1.0 and isinstance(config.heartbeat_interval, float)
+
+
+@pytest.mark.parametrize(
+    "text, complaint",
+    [
+        ("colour = 1", "unknown keys"),
+        ('heartbeat_timeout = "soon"', "must be int or float"),
+        ("heartbeat_interval = 10\nheartbeat_timeout = 5", "must exceed"),
+        ("heartbeat_interval = 0", "must be > 0"),
+        ('first_node_address = "10.0.0.300"', "not an IPv4 address"),
+        ('hostname_prefix = "n-"', "letters only"),
+        ("heartbeat_timeout = true", "must be int or float"),
+        ("= 1", "not valid TOML"),
+    ],
+)
+def test_bad_config_names_the_key(text, complaint):
+    with pytest.raises(ConfigError, match=complaint):
+        parse_config(text, "beoserv.toml")

@@ -1,0 +1,64 @@
+import pytest
+
+from agent import protocol as p
+
+
+def test_register_request_round_trips():
+    hw = p.Hardware("QEMU Virtual CPU", 2, 1048576, (p.PciDevice("0000:00:03.0", "0x8086", "0x100e", "0x020000", "e1000"),),
+                    (p.Disk("vda", 10 << 30, None),))  # fmt: skip
+    request = p.RegisterRequest("52:54:00:12:34:56", p.Stage.PXE, hw, "0.1.0")
+    assert p.from_json(p.RegisterRequest, p.to_json(request)) == request
+
+
+def test_defaults_fill_missing_optional_fields():
+    msg = p.from_json(p.Heartbeat, '{"mac": "52:54:00:12:34:56", "stage": "stage3"}')
+    assert msg.uptime is None and msg.stage is p.Stage.SUPERVISOR
+
+
+@pytest.mark.parametrize(
+    "text, complaint",
+    [
+        ('{"stage": "stage1"}', "missing field 'mac'"),
+        ('{"mac": "x", "stage": "stage9"}', "'stage9' is not one of stage1, stage2, stage3"),
+        ('{"mac": "x", "stage": "stage1", "uptime": "long"}', "Heartbeat.uptime: expected float"),
+        ('{"mac": "x", "stage": "stage1", "colour": 1}', "unknown fields ['colour']"),
+        ("[1]", "expected an object"),
+        ("{", "not JSON"),
+    ],
+)
+def test_bad_messages_name_the_field(text, complaint):
+    with pytest.raises(p.ProtocolError, match=complaint.replace("[", r"\[").replace("(", r"\(")):
+        p.from_json(p.Heartbeat, text)
+
+
+def test_nested_errors_name_the_path():
+    text = '{"mac": "m", "stage": "stage1", "hardware": {"pci": [{"slot": 1}]}}'
+    with pytest.raises(p.ProtocolError, match=r"RegisterRequest.hardware.pci\[0\]"):
+        p.from_json(p.RegisterRequest, text)
+
+
+@pytest.mark.parametrize(
+    "text, mac",
+    [("52:54:00:AB:CD:EF", "52:54:00:ab:cd:ef"), ("52-54-00-ab-cd-ef", "52:54:00:ab:cd:ef"), (" 52:54:00:00:00:01 ", "52:54:00:00:00:01")],
+)
+def test_normalise_mac(text, mac):
+    assert p.normalise_mac(text) == mac
+
+
+@pytest.mark.parametrize("text", ["", "52:54:00:ab:cd", "zz:54:00:ab:cd:ef", "5254.00ab.cdef"])
+def test_bad_mac(text):
+    with pytest.raises(p.ProtocolError, match="not a MAC address"):
+        p.normalise_mac(text)
+
+
+def test_names():
+    assert (p.node_name(0), p.node_hostname(0), p.node_hostname(12, "node")) == (".0", "n0", "node12")
+
+
+@pytest.mark.parametrize("name, ok", [("dhcp", True), ("stage3_ready", True), ("Bad", False), ("a b", False), ("x" * 41, False)])
+def test_event_names(name, ok):
+    if ok:
+        assert p.check_event_name(name) == name
+    else:
+        with pytest.raises(p.ProtocolError):
+            p.check_event_name(name)

@@ -1,0 +1,76 @@
+import pytest
+
+from agent.protocol import Hardware, LogLine, NodeState, Stage, StageEvent
+from beoboot.master.registry import Registry, RegistryError
+
+A, B = "52:54:00:00:00:0a", "52:54:00:00:00:0b"
+
+
+@pytest.fixture
+def reg(tmp_path):
+    registry = Registry(tmp_path / "nodes.db")
+    yield registry
+    registry.close()
+
+
+def test_numbers_in_order_and_kept(reg, tmp_path):
+    assert reg.register(A, Stage.BOOSTER, Hardware(), 1.0).number == 0
+    assert reg.register(B, Stage.BOOSTER, Hardware(), 2.0).number == 1
+    assert reg.register(A.upper(), Stage.BOOSTER, Hardware(), 3.0).number == 0
+    reg.close()
+    again = Registry(tmp_path / "nodes.db")
+    assert again.register(B, Stage.PXE, Hardware(), 4.0).number == 1
+    assert again.register("52:54:00:00:00:0c", Stage.PXE, Hardware(), 5.0).number == 2
+    again.close()
+
+
+@pytest.mark.parametrize(
+    "stages, boots",
+    [
+        (["stage1", "stage2", "stage3"], 1),  # one boot, three agents
+        (["stage1", "stage2", "stage3", "stage1"], 2),  # rebooted
+        (["stage2", "stage3", "stage2"], 2),  # PXE straight into stage 2, twice
+        (["stage3", "stage3"], 2),  # the supervisor restarted: counted as a new boot
+    ],
+)
+def test_boot_counting(reg, stages, boots):
+    for stage in stages:
+        node = reg.register(A, Stage(stage), Hardware(), 1.0)
+    assert node.boot == boots
+
+
+def test_ready_marks_up_silence_marks_down_heartbeat_revives(reg):
+    reg.register(A, Stage.SUPERVISOR, Hardware(), 10.0)
+    assert reg.node_by_mac(A).state is NodeState.BOOTING
+    reg.record_events(A, [(10.5, StageEvent("stage3_ready", 0.0, Stage.SUPERVISOR))], 10.5)
+    assert reg.node_by_mac(A).state is NodeState.UP
+    assert [n.number for n in reg.mark_silent_down(cutoff=20.0, now=50.0)] == [0]
+    assert reg.node_by_mac(A).state is NodeState.DOWN
+    assert reg.mark_silent_down(cutoff=60.0, now=70.0) == []  # already down: no second event
+    assert reg.heartbeat(A, Stage.SUPERVISOR, 100.0, 80.0).state is NodeState.UP
+    boot, events = reg.timeline(0)
+    assert [e.event for e in events] == ["stage3_ready", "heartbeat_lost"]
+
+
+def test_unknown_mac(reg):
+    assert reg.heartbeat(A, Stage.PXE, None, 1.0) is None
+    assert reg.record_events(A, [], 1.0) is None
+    assert reg.record_logs(A, [(1.0, LogLine(0.0, Stage.PXE, "INFO", "x"))], 1.0) is None
+
+
+def test_find(reg):
+    reg.register(A, Stage.BOOSTER, Hardware(), 1.0)
+    reg.register(B, Stage.BOOSTER, Hardware(), 1.0)
+    assert {reg.find(r).mac for r in ("1", ".1", "n1", B, B.replace(":", "-"))} == {B}
+    with pytest.raises(RegistryError, match="no node '7'"):
+        reg.find("7")
+    with pytest.raises(RegistryError):
+        reg.find("52:54:00:00:00:ff")
+
+
+def test_uptime_advances_while_alive_and_freezes_when_down(reg):
+    reg.register(A, Stage.SUPERVISOR, Hardware(), 0.0)
+    node = reg.heartbeat(A, Stage.SUPERVISOR, 100.0, 10.0)
+    assert node.uptime_now(15.0) == 105.0
+    reg.mark_silent_down(cutoff=20.0, now=40.0)
+    assert reg.node_by_mac(A).uptime_now(1000.0) == 100.0
