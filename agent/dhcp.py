@@ -397,7 +397,8 @@ class DhcpClient:
     def _exchange(self, build: Callable[[], bytes], xid: int, wanted: Sequence[MsgType], what: str) -> Message:
         """Send, wait for a matching reply, retransmit (rebuilt: `secs` grows) until the schedule runs out."""
         waited = 0.0
-        for wait in backoff_schedule(self.rng.uniform):
+        schedule = backoff_schedule(self.rng.uniform)
+        for attempt, wait in enumerate(schedule, 1):
             self.transport.send(encode_frame(self.mac, build()))
             deadline = self.clock() + wait
             while (left := deadline - self.clock()) > 0:
@@ -415,7 +416,8 @@ class DhcpClient:
                 if is_reply_for(msg, xid, self.mac, wanted):
                     return msg
             waited += wait
-            self.log(f"beoboot: dhcp {self.interface}: no answer to {what} after {waited:.0f} s, retrying")
+            if attempt < len(schedule):
+                self.log(f"beoboot: dhcp {self.interface}: no answer to {what} after {waited:.0f} s, retrying")
         raise DhcpError(
             f"no DHCP server answered the {what} on {self.interface} in {waited:.0f} s "
             f"({BACKOFF_STEPS} tries, RFC 2131 backoff)"

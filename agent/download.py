@@ -53,14 +53,16 @@ def fetch_once(session: requests.Session, url: str, dest: str, timeout: float = 
     """One attempt; resumes DEST.part when the server still has the same version (If-Range)."""
     part = dest + ".part"
     validator_file = part + ".validator"
-    headers = {}
+    headers = {"Accept-Encoding": "identity"}  # the bytes as stored: the pin is of those
     have = os.path.getsize(part) if os.path.exists(part) else 0
     if have and os.path.exists(validator_file):
         with open(validator_file) as f:
             validator = f.read().strip()
         if validator:
-            headers = {"Range": f"bytes={have}-", "If-Range": validator}
+            headers.update({"Range": f"bytes={have}-", "If-Range": validator})
     with session.get(url, headers=headers, stream=True, timeout=timeout) as response:
+        if response.status_code == 416 and have:
+            return  # every byte is here already
         if response.status_code == 206:
             mode = "ab"
         elif response.status_code == 200:

@@ -1,4 +1,5 @@
-"""The agent's client for the master (`beoserv`): register, heartbeat, stage events, log shipping, downloads.
+"""The agent's client for the master (`beoserv`): register, heartbeat, stage events, log shipping.
+(Boot files come through agent.download, which checks them against their pins.)
 
 Nodes open every connection. The master may be unreachable (not up yet, restarting, the network not
 configured yet in stage 1): registration and downloads retry with exponential backoff and jitter, so a
@@ -17,7 +18,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
 import requests
@@ -240,50 +240,6 @@ class MasterLink:
 
     def log_handler(self, level: int = logging.INFO) -> MasterLogHandler:
         return MasterLogHandler(self, level)
-
-    # --- boot files --------------------------------------------------------------------------------------
-
-    def download(self, path: str, dest: Path, *, attempts: int | None = None, chunk: int = 1 << 20) -> Path:
-        """GET BOOT_PREFIX + path into dest, resuming after a broken connection with Range + If-Range (the
-        ETag): if the file was rebuilt meanwhile the master sends it whole and we start over."""
-        url = self.base_url + p.BOOT_PREFIX + path.lstrip("/")
-        part = dest.with_name(dest.name + ".part")
-        part.unlink(missing_ok=True)
-        etag: str | None = None
-        attempt = 0
-        while True:
-            try:
-                etag = self._download_once(url, part, etag, chunk)
-                part.replace(dest)
-                return dest
-            except requests.HTTPError as exc:
-                raise MasterLinkError(f"download {url}: {exc}") from None
-            except requests.RequestException as exc:
-                attempt += 1
-                if attempts is not None and attempt >= attempts:
-                    raise MasterLinkError(f"download {url}: gave up after {attempt} tries: {exc}") from None
-                etag = getattr(exc, "etag", None) or etag
-                self.sleep(self.backoff.delay(attempt - 1, self.rng))
-
-    def _download_once(self, url: str, part: Path, etag: str | None, chunk: int) -> str | None:
-        have = part.stat().st_size if part.exists() and etag else 0
-        headers = {"Accept-Encoding": "identity"}
-        if have:
-            headers.update({"Range": f"bytes={have}-", "If-Range": etag or ""})
-        with self.session.get(url, headers=headers, stream=True, timeout=self.timeout) as response:
-            if response.status_code == 416 and have:
-                return etag  # we already hold every byte
-            response.raise_for_status()
-            served = response.headers.get("ETag")
-            resuming = response.status_code == 206 and served == etag
-            try:
-                with open(part, "ab" if resuming else "wb") as f:
-                    for block in response.iter_content(chunk):
-                        f.write(block)
-            except requests.RequestException as exc:
-                exc.etag = served  # type: ignore[attr-defined]  # resume against what we got
-                raise
-            return served
 
 
 class _Unregistered(Exception):

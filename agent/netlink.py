@@ -62,7 +62,8 @@ def nlmsg(msg_type: int, flags: int, seq: int, body: bytes) -> bytes:
 
 
 def link_up_message(index: int, seq: int) -> bytes:
-    return nlmsg(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK, seq, _IFINFOMSG.pack(socket.AF_UNSPEC, 0, index, IFF_UP, IFF_UP))
+    body = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, index, IFF_UP, IFF_UP)  # change mask: touch IFF_UP only
+    return nlmsg(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK, seq, body)
 
 
 def add_address_message(index: int, address: str, prefix_len: int, seq: int) -> bytes:

@@ -115,7 +115,8 @@ def bring_up(config: AgentConfig, *, dry_run: bool, cmdline_options: dict[str, s
     with_carrier = [i for i in interfaces if nicdetect.carrier(i, sysfs)]
     if not with_carrier:
         raise NetworkError(
-            f"no link on {', '.join(interfaces)} after {CARRIER_TIMEOUT:.0f} s", hint="check the cable and the switch port"
+            f"no link on {', '.join(interfaces)} after {CARRIER_TIMEOUT:.0f} s",
+            hint="check the cable and the switch port",
         )
     say(f"beoboot: link up on {', '.join(with_carrier)}")
     failures = []

@@ -29,7 +29,7 @@ LOGS_PATH = f"{API}/logs"  # POST LogBatch -> Accepted
 NODES_PATH = f"{API}/nodes"  # GET -> NodeList
 TIMELINE_PATH = f"{API}/nodes/{{node}}/timeline"  # GET -> Timeline; node: 3, ".3", "n3" or a MAC
 STATUS_PATH = f"{API}/status"  # GET -> ServerStatus
-BOOT_PREFIX = "/boot/"  # GET/HEAD the builder's output tree (images, kernel, manifest.json); Range, If-Range
+BOOT_PREFIX = "/"  # GET/HEAD the builder's output tree, at the root as nginx serves it (images, kernel, manifest.json); Range, If-Range
 
 # A node the master does not know (its registry was lost) gets 404 on heartbeat/events/logs: register again.
 UNKNOWN_NODE_STATUS = 404

@@ -89,7 +89,8 @@ def test_request_without_server_id_is_an_error():
 def test_message_round_trip_and_overloaded_file_field():
     msg = _offer()
     again = dhcp.decode_message(dhcp.encode_message(msg))
-    assert (again.yiaddr, again.siaddr, again.file, again.options) == ("10.0.2.15", "10.0.2.2", "pxelinux.0", msg.options)
+    assert (again.yiaddr, again.siaddr, again.file) == ("10.0.2.15", "10.0.2.2", "pxelinux.0")
+    assert again.options == msg.options
     raw = bytearray(dhcp.encode_message(_offer({Opt.OVERLOAD: b"\x01"})))
     raw[108:236] = dhcp.encode_options([(Opt.HOSTNAME, b"node7")]).ljust(128, b"\0")
     moved = dhcp.decode_message(bytes(raw))

@@ -84,7 +84,7 @@ SERVER_IP = "10.199.0.1"
 MASTER = "http://10.199.0.1:8080/"
 
 CLIENT_SCRIPT = """
-import json, sys, time
+import json, sys
 from dataclasses import asdict
 from agent import netlink, network, nicdetect
 interface, resolv = sys.argv[1], sys.argv[2]

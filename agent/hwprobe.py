@@ -1,0 +1,84 @@
+"""What a node tells the master about itself when it registers: CPU, memory, PCI devices, disks.
+
+Parsers take text (table-tested on a build host); `probe()` reads /proc and /sys. Standard library only.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from agent.protocol import Disk, Hardware, PciDevice
+
+# Block devices that are not disks: nothing to report to the master about them.
+VIRTUAL_BLOCK_PREFIXES = ("loop", "ram", "zram", "dm-", "md", "sr", "nbd")
+
+
+def parse_cpuinfo(text: str) -> tuple[str, int]:
+    """(model name, logical CPU count) from /proc/cpuinfo."""
+    model, count = "", 0
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "processor":
+            count += 1
+        elif key == "model name" and not model:
+            model = value.strip()
+    return model, count
+
+
+def parse_meminfo(text: str) -> int:
+    """MemTotal in KiB from /proc/meminfo; 0 if absent."""
+    for line in text.splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1])
+    return 0
+
+
+def parse_uptime(text: str) -> float:
+    return float(text.split()[0])
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="ascii", errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def pci_devices(sys_root: Path = Path("/sys")) -> tuple[PciDevice, ...]:
+    devices = []
+    base = sys_root / "bus/pci/devices"
+    for slot in sorted(os.listdir(base)) if base.is_dir() else ():
+        dev = base / slot
+        driver = dev / "driver"
+        devices.append(PciDevice(
+            slot=slot, vendor=_read(dev / "vendor"), device=_read(dev / "device"), pci_class=_read(dev / "class"),
+            driver=os.path.basename(os.readlink(driver)) if driver.is_symlink() else None,
+        ))  # fmt: skip
+    return tuple(devices)
+
+
+def disks(sys_root: Path = Path("/sys")) -> tuple[Disk, ...]:
+    out = []
+    base = sys_root / "block"
+    for name in sorted(os.listdir(base)) if base.is_dir() else ():
+        if name.startswith(VIRTUAL_BLOCK_PREFIXES):
+            continue
+        sectors = _read(base / name / "size")  # always in 512-byte units, whatever the logical block size
+        model = _read(base / name / "device/model") or None
+        out.append(Disk(name, int(sectors) * 512 if sectors.isdigit() else 0, model))
+    return tuple(out)
+
+
+def probe(proc_root: Path = Path("/proc"), sys_root: Path = Path("/sys")) -> Hardware:
+    model, cpus = parse_cpuinfo(_read(proc_root / "cpuinfo"))
+    return Hardware(
+        cpu_model=model, cpus=cpus, memory_kib=parse_meminfo(_read(proc_root / "meminfo")),
+        pci=pci_devices(sys_root), disks=disks(sys_root),
+    )  # fmt: skip
+
+
+def uptime(proc_root: Path = Path("/proc")) -> float | None:
+    text = _read(proc_root / "uptime")
+    return parse_uptime(text) if text else None
