@@ -33,6 +33,8 @@ class AgentConfig:
     # modules to load unconditionally at start (not NIC drivers): names, keys of module_load_order
     modules_at_start: tuple[str, ...] = ()
     master_url: str | None = None
+    # Stage 3 reboots the node when the master has not answered for this long (Scyld: 30 s).
+    master_timeout: float = 30.0
     # Issue-2 smoke mode: print the "agent up" marker and power off instead of doing the stage's work.
     power_off_when_up: bool = False
 

@@ -16,7 +16,9 @@ import time
 from dataclasses import dataclass
 
 import agent
-from agent import cmdline, console, mounts, network, syscalls
+from agent import booster, cmdline, console, mounts, network, pxe, supervisor, syscalls
+from agent.download import Backoff
+from agent.report import say
 from agent.config import AGENT_CONFIG_PATH, AgentConfig
 
 DRY_RUN_ENV = "BEOBOOT_DRY_RUN"
@@ -89,8 +91,8 @@ def boot(options: Options) -> int:
     _try_attach_console()  # /dev/console now exists on devtmpfs even if the initramfs lacked it
 
     config = read_config(options.config_path)
-    console.say(f"beoboot: stage {stage_number(config.stage)} agent up")
-    console.say(f"beoboot: agent version {agent.__version__}")
+    say(f"beoboot: stage {stage_number(config.stage)} agent up")
+    say(f"beoboot: agent version {agent.__version__}")
     # beoboot.smoke on the kernel command line: a boot test of the image itself, nothing more;
     # beoboot.smoke=network: get on the network first (stages 1 and 2), then power off.
     smoke = cmdline.read().get("smoke")
@@ -103,18 +105,43 @@ def boot(options: Options) -> int:
 
 
 def run_stage(config: AgentConfig, *, dry_run: bool) -> int:
-    """The stage's own work: stages 1 and 2 get on the network first; what follows (kexec) comes later."""
-    if stage_number(config.stage) in (1, 2):
-        bring_up_network(config, dry_run=dry_run)
-    console.say(f"beoboot: {config.stage} ({config.role}) has no work defined yet")
-    if not dry_run:
-        sleep_forever()
+    """The stage's own work. Stages 1 and 2 get on the network first, retrying until they can."""
+    number = stage_number(config.stage)
+    if number == 3:
+        supervisor.run(config, dry_run=dry_run)
+        return 0
+    dhcp_started = time.monotonic()
+    net = bring_up_network_until_it_works(config, dry_run=dry_run)
+    if net is None:  # dry run: nothing was configured, so nothing can be fetched
+        return 0
+    if number == 1:
+        booster.run(config, net, dry_run=dry_run)
+    else:
+        pxe.run(config, net, dhcp_started=dhcp_started, dry_run=dry_run)
     return 0
+
+
+NETWORK_RETRY = Backoff(first=5.0, cap=60.0)
+
+
+def bring_up_network_until_it_works(config: AgentConfig, *, dry_run: bool) -> network.NetworkState | None:
+    """A node without network has nothing else to do: say why, once per try, and try again (never hang
+    silently; a driver can appear once its cable is plugged or the switch port comes up)."""
+    attempt = 0
+    while True:
+        try:
+            return network.bring_up(config, dry_run=dry_run, cmdline_options=cmdline.read(), say=say)
+        except network.NetworkError as exc:
+            wait = NETWORK_RETRY.delay(attempt)
+            hint = f" ({exc.hint})" if exc.hint else ""
+            say(f"beoboot: cannot get on the network: {exc.message}{hint}; retrying in {wait:.0f} s", "error")
+            attempt += 1
+            time.sleep(wait)
 
 
 def bring_up_network(config: AgentConfig, *, dry_run: bool) -> network.NetworkState | None:
     try:
-        return network.bring_up(config, dry_run=dry_run, cmdline_options=cmdline.read(), say=console.say)
+        return network.bring_up(config, dry_run=dry_run, cmdline_options=cmdline.read(), say=say)
     except network.NetworkError as exc:
         raise AgentError(exc.message, hint=exc.hint) from None
 

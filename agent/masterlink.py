@@ -168,9 +168,10 @@ class MasterLink:
 
     # --- events and logs ---------------------------------------------------------------------------------
 
-    def event(self, name: str | p.BootEvent, detail: str = "") -> None:
-        """Record a stage transition now; it is sent at once if the master answers, else later."""
-        item = p.StageEvent(p.check_event_name(str(name)), self.clock(), self.stage, detail)
+    def event(self, name: str | p.BootEvent, detail: str = "", *, at: float | None = None) -> None:
+        """Record a stage transition (now, or at the clock() time `at` for one that happened before the
+        link existed); it is sent at once if the master answers, else later."""
+        item = p.StageEvent(p.check_event_name(str(name)), self.clock() if at is None else at, self.stage, detail)
         with self._queue_lock:
             self._events.append(item)
         self.flush()

@@ -210,3 +210,8 @@ def carrier(interface: str, sysfs: str = "/sys") -> bool:
 def mac_address(interface: str, sysfs: str = "/sys") -> bytes:
     text = _read(os.path.join(sysfs, "class/net", interface, "address")) or ""
     return bytes.fromhex(text.replace(":", ""))
+
+
+def mac_text(interface: str, sysfs: str = "/sys") -> str:
+    """The interface's MAC as the master knows nodes by it: "52:54:00:12:34:56"."""
+    return ":".join(f"{b:02x}" for b in mac_address(interface, sysfs))

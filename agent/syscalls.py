@@ -62,3 +62,15 @@ def power_off(*, dry_run: bool) -> str:
         # glibc's reboot() takes the command as a signed int; the constant does not fit a positive one.
         _check(libc().reboot(ctypes.c_int(LINUX_REBOOT_CMD_POWER_OFF).value), call)
     return call
+
+
+LINUX_REBOOT_CMD_RESTART = 0x01234567
+
+
+def restart(*, dry_run: bool) -> str:
+    """reboot(LINUX_REBOOT_CMD_RESTART): the node boots again from the network; returns only on refusal."""
+    call = "reboot(LINUX_REBOOT_CMD_RESTART)"
+    if not dry_run:
+        libc().sync()
+        _check(libc().reboot(ctypes.c_int(LINUX_REBOOT_CMD_RESTART).value), call)
+    return call

@@ -90,6 +90,7 @@ def assemble(spec: StageSpec, image: ImageConfig, ctx: BuildContext) -> FileList
             module_load_order=load_order,
             modules_at_start=tuple(modules_at_start),
             master_url=ctx.config.master_url,
+            master_timeout=ctx.config.master_timeout,
         )
         files.add_bytes(AGENT_CONFIG_PATH, agent_config.to_json().encode(), Reason("agent config"))
     if spec.overlay is not None and spec.overlay.is_dir():

@@ -11,7 +11,7 @@ from beoboot import __version__, log
 from beoboot.errors import BeobootError
 
 # Each module has register(subparsers) -> None and sets `func` on its parser via set_defaults(func=run).
-COMMAND_MODULES = ("build", "config", "deps", "modules", "nics", "inspect", "why")
+COMMAND_MODULES = ("build", "config", "deps", "modules", "nics", "inspect", "why", "boot")
 
 
 def make_parser() -> argparse.ArgumentParser:

@@ -37,6 +37,12 @@ def parse_epoch(value: Any) -> int:
     return value
 
 
+def parse_seconds(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ValueError("a number of seconds greater than 0")
+    return float(value)
+
+
 def parse_url(value: Any) -> str:
     value = parse_str(value)
     if not value.startswith(("http://", "https://")):
@@ -134,6 +140,7 @@ SETTINGS = (
     Setting("build", "kernel", parse_str, 'kernel version in SYSROOT/lib/modules, or "auto"'),
     Setting("build", "source_date_epoch", parse_epoch, "mtime of every file in every image"),
     Setting("build", "master_url", parse_url, "where nodes find the master"),
+    Setting("build", "master_timeout", parse_seconds, "seconds without the master before a node reboots"),
     Setting("build", "dlopen", parse_names, "libraries loaded with dlopen(), added with their closure"),
     Setting("build", "python_modules", parse_names, "extra stdlib modules for the agent runtime"),
     Setting("artifacts", "iso_stage", choice("stage1", "stage2"), "which stage the ISO boots"),
@@ -177,6 +184,7 @@ class Config:
     kernel: str
     source_date_epoch: int
     master_url: str
+    master_timeout: float
     dlopen: tuple[str, ...]
     python_modules: tuple[str, ...]
     images: dict[str, ImageConfig] = field(default_factory=dict)
@@ -304,7 +312,7 @@ def render_toml(config: Config) -> str:
     """The effective config as TOML, with each setting's help (for `beoboot-build config`)."""
     helps = {(s.section, s.key): s.help for s in SETTINGS}
     lines = [f"# effective config, from {config.origin}", "", "[build]"]
-    for key in ("sysroot", "kernel", "source_date_epoch", "master_url", "dlopen", "python_modules"):
+    for key in ("sysroot", "kernel", "source_date_epoch", "master_url", "master_timeout", "dlopen", "python_modules"):
         lines.append(f"{key} = {_toml_value(getattr(config, key))}  # {helps['build', key]}")
     lines += ["", "[artifacts]"]
     assert config.artifacts is not None
@@ -325,7 +333,7 @@ def render_toml(config: Config) -> str:
 def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, int):
+    if isinstance(value, (int, float)):
         return str(value)
     if isinstance(value, (tuple, list)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"

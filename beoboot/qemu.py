@@ -9,7 +9,7 @@ import selectors
 import shutil
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +19,10 @@ QEMU = "qemu-system-x86_64"
 # The kernel passes unknown key=value words to init as environment variables: PYTHONHASHSEED keeps
 # Python from asking getrandom() for a hash seed before the RNG is ready.
 DEFAULT_APPEND = "console=ttyS0 panic=-1 loglevel=4 PYTHONHASHSEED=0"
+
+
+# Called with each chunk of console output as it arrives (e.g. to show it on the terminal).
+Echo = Callable[[bytes], None]
 
 
 @dataclass(frozen=True)
@@ -53,7 +57,7 @@ def qemu_command(
     return cmd + list(extra)
 
 
-def run(cmd: list[str], expect: str | Sequence[str] = (), timeout: float = 180.0) -> BootResult:
+def run(cmd: list[str], expect: str | Sequence[str] = (), timeout: float = 180.0, echo: Echo | None = None) -> BootResult:
     """Run QEMU until every `expect` pattern (regular expressions) has been seen, it exits, or time is up."""
     patterns = [re.compile(p) for p in ([expect] if isinstance(expect, str) else expect)]
     start = time.monotonic()
@@ -70,6 +74,8 @@ def run(cmd: list[str], expect: str | Sequence[str] = (), timeout: float = 180.0
                 chunk = proc.stdout.read()
                 if chunk:
                     output += chunk
+                    if echo is not None:
+                        echo(chunk)
             text = output.decode(errors="replace")
             if patterns and all(p.search(text) for p in patterns):
                 matched = True
@@ -78,6 +84,8 @@ def run(cmd: list[str], expect: str | Sequence[str] = (), timeout: float = 180.0
                 rest = proc.stdout.read()
                 if rest:
                     output += rest
+                    if echo is not None:
+                        echo(rest)
                 break
     finally:
         exit_code = proc.poll()

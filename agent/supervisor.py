@@ -1,0 +1,142 @@
+"""Stage 3, the supervisor: the real root while the node runs (applications never see it).
+
+It registers with the master, takes its node number and name, builds the environment root that jobs see,
+heartbeats, reaps orphans as PID 1, and reboots the node when the master has been gone for too long.
+It listens on no port: every connection is one it opens to the master.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import signal
+import socket
+import time
+
+from agent import bootfiles, cmdline, cpio, hwprobe, syscalls
+from agent import protocol as p
+from agent.config import AgentConfig
+from agent.handoff import HANDOFF_PATH, Handoff
+from agent.masterlink import MasterLink
+from agent.report import reporter, say
+
+ENV_ROOT = "/env"
+MEMORY_REPORT = "/run/beoboot/stage2-memory.json"
+TCP_LISTEN = "0A"  # st column of /proc/net/tcp: TCP_LISTEN
+
+
+class SupervisorError(Exception):
+    pass
+
+
+def listening_sockets(proc: str = "/proc") -> list[str]:
+    """Local addresses of TCP sockets in LISTEN state (IPv4 and IPv6), from /proc/net/tcp*."""
+    found = []
+    for table in ("tcp", "tcp6"):
+        try:
+            with open(f"{proc}/net/{table}") as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        found += [row.split()[1] for row in rows if len(row.split()) > 3 and row.split()[3] == TCP_LISTEN]
+    return found
+
+
+def reap_children(signum: int = 0, frame: object = None) -> None:
+    """PID 1 inherits every orphan: collect their exit statuses so no zombie stays."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def read_handoff(path: str = HANDOFF_PATH) -> Handoff:
+    try:
+        with open(path) as f:
+            return Handoff.from_json(f.read())
+    except OSError:
+        raise SupervisorError(f"{path} is missing: stage 3 is started by stage 2, which writes it") from None
+
+
+def set_identity(reply: p.RegisterReply, address: str, *, dry_run: bool) -> None:
+    if not dry_run:
+        socket.sethostname(reply.hostname)
+    os.makedirs("/etc", exist_ok=True)
+    with open("/etc/hostname", "w") as f:
+        f.write(reply.hostname + "\n")
+    with open("/etc/hosts", "w") as f:
+        f.write(f"127.0.0.1 localhost\n{address.split('/')[0]} {reply.hostname} {reply.name}\n")
+
+
+def build_env_root(master: str, pins: dict[str, str], *, dry_run: bool) -> None:
+    """The environment root: the envroot image unpacked into its own tmpfs, with /dev, /proc, /sys, /tmp."""
+    manifest = bootfiles.fetch_manifest(master, "/run/beoboot/manifest.json", say)
+    image = bootfiles.fetch(master, manifest, "envroot", "/run/beoboot/envroot.img", pins, say)
+    syscalls.mount("tmpfs", ENV_ROOT, "tmpfs", 0, "mode=0755", dry_run=dry_run)
+    with open(image, "rb") as raw:
+        compressed = raw.read(2) == b"\x1f\x8b"
+    with (gzip.open if compressed else open)(image, "rb") as stream:
+        count = cpio.extract(stream, ENV_ROOT)
+    os.unlink(image)
+    for source, target, fstype, data in (
+        ("devtmpfs", "/dev", "devtmpfs", ""),
+        ("proc", "/proc", "proc", ""),
+        ("sysfs", "/sys", "sysfs", ""),
+        ("tmpfs", "/tmp", "tmpfs", "mode=1777"),
+    ):
+        os.makedirs(ENV_ROOT + target, exist_ok=True)
+        syscalls.mount(source, ENV_ROOT + target, fstype, 0, data, dry_run=dry_run)
+    say(f"beoboot: environment root ready at {ENV_ROOT}: {count} entries, no programs until a job brings them")
+
+
+def master_timeout(config: AgentConfig) -> float:
+    text = cmdline.read().get("master_timeout", "")
+    try:
+        return float(text) if text else config.master_timeout
+    except ValueError:
+        say(f"beoboot: beoboot.master_timeout={text!r} is not a number of seconds; using {config.master_timeout}")
+        return config.master_timeout
+
+
+def run(config: AgentConfig, *, dry_run: bool) -> None:
+    signal.signal(signal.SIGCHLD, reap_children)
+    handoff = read_handoff()
+    link = MasterLink(handoff.master_url, handoff.mac, p.Stage.SUPERVISOR)
+    reporter.attach(link)
+    try:
+        with open(MEMORY_REPORT) as f:
+            memory = json.load(f)
+        say(
+            f"beoboot: stage 2 ramdisk freed: {memory['freed_kib']} KiB; MemAvailable "
+            f"{memory['mem_available_before_kib']} kB before, {memory['mem_available_after_kib']} kB after"
+        )
+    except (OSError, ValueError, KeyError):
+        pass
+    reply = link.register(hwprobe.probe())
+    set_identity(reply, handoff.address, dry_run=dry_run)
+    say(f"beoboot: node {reply.number} ({reply.name}), hostname {reply.hostname}, boot {reply.boot}")
+    build_env_root(handoff.master_url, handoff.pins, dry_run=dry_run)
+    listeners = listening_sockets()
+    say(f"beoboot: listening sockets: {', '.join(listeners) if listeners else 'none'}")
+    link.event(p.BootEvent.STAGE3_READY)
+    say(f"beoboot: stage 3 ready: node {reply.number} up")
+    supervise(link, master_timeout(config), dry_run=dry_run)
+
+
+def supervise(link: MasterLink, timeout: float, *, dry_run: bool) -> None:
+    """Heartbeat; reboot when the master has not answered for `timeout` seconds."""
+    last_answer = time.monotonic()
+    while True:
+        interval = link.registration.heartbeat_interval if link.registration else 5.0
+        if link.heartbeat(hwprobe.uptime()) is not None:
+            last_answer = time.monotonic()
+            link.flush()
+        elif time.monotonic() - last_answer > timeout:
+            say(f"beoboot: master {link.base_url} lost for {timeout:.0f} s: rebooting", "error")
+            say(f"beoboot: {syscalls.restart(dry_run=dry_run)}")
+            return
+        time.sleep(min(interval, max(timeout / 4, 0.5)))
