@@ -12,8 +12,9 @@ from agent.masterlink import MasterLink
 from agent.network import NetworkState
 from agent.report import reporter, say
 
-# What stage 1 itself used up; stage 2 gets the rest of the command line (console, master, stage-3 pins).
-CONSUMED_WORDS = ("beoboot.pin.kernel=", "beoboot.pin.stage2=")
+# What stage 1 itself used up, and the boot loader's own words about stage 1's files; stage 2 gets the
+# rest of the command line (console, master, the pins of what it and stage 3 fetch).
+CONSUMED_WORDS = ("beoboot.pin.kernel=", "beoboot.pin.stage2=", "BOOT_IMAGE=", "initrd=")
 
 
 def next_cmdline(own: str, master: str) -> str:
@@ -24,7 +25,7 @@ def next_cmdline(own: str, master: str) -> str:
 def run(config: AgentConfig, net: NetworkState, *, dry_run: bool) -> None:
     started = time.monotonic()
     master = net.master_url or ""
-    link = MasterLink(master, nicdetect.mac_text(net.interface), p.Stage.BOOSTER)
+    link = MasterLink(master, nicdetect.mac_text(net.interface), p.Stage.BOOSTER, log=say)
     reporter.attach(link)
     link.register(hwprobe.probe())
     link.event(p.BootEvent.STAGE1_START, at=started)

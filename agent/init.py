@@ -93,6 +93,8 @@ def boot(options: Options) -> int:
     config = read_config(options.config_path)
     say(f"beoboot: stage {stage_number(config.stage)} agent up")
     say(f"beoboot: agent version {agent.__version__}")
+    # the kernel's own uptime tells a fresh kernel (after kexec) from the one that was already running
+    say(f"beoboot: kernel {os.uname().release}, up {_uptime():.1f} s")
     # beoboot.smoke on the kernel command line: a boot test of the image itself, nothing more;
     # beoboot.smoke=network: get on the network first (stages 1 and 2), then power off.
     smoke = cmdline.read().get("smoke")
@@ -102,6 +104,14 @@ def boot(options: Options) -> int:
         power_off(dry_run=dry_run)
         return 0
     return run_stage(config, dry_run=dry_run)
+
+
+def _uptime() -> float:
+    try:
+        with open("/proc/uptime") as f:
+            return float(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return -1.0
 
 
 def run_stage(config: AgentConfig, *, dry_run: bool) -> int:

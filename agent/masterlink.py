@@ -62,6 +62,7 @@ class MasterLink:
         rng: random.Random | None = None,
         max_buffered_lines: int = 5000,
         batch_lines: int = 200,
+        log: Callable[[str], None] | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.mac = p.normalise_mac(mac)
@@ -74,6 +75,7 @@ class MasterLink:
         self.rng = rng or random.Random()
         self.max_buffered_lines = max_buffered_lines
         self.batch_lines = batch_lines
+        self.log = log  # told about each retry, so a node waiting for its master says so
         self.registration: p.RegisterReply | None = None
         self.hardware = p.Hardware()
         self.dropped_lines = 0
@@ -108,7 +110,10 @@ class MasterLink:
                 attempt += 1
                 if attempts is not None and attempt >= attempts:
                     raise MasterLinkError(f"{what}: master {self.base_url} unreachable after {attempt} tries: {exc}")
-                self.sleep(self.backoff.delay(attempt - 1, self.rng))
+                wait = self.backoff.delay(attempt - 1, self.rng)
+                if self.log is not None:
+                    self.log(f"beoboot: {what}: master {self.base_url} unreachable; retry {attempt} in {wait:.1f} s")
+                self.sleep(wait)
 
     def _note_failure(self) -> None:
         self._next_attempt = self.clock() + self.backoff.delay(self._failures, self.rng)

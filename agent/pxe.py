@@ -32,7 +32,7 @@ def unpack(image: str, root: str) -> int:
 def run(config: AgentConfig, net: NetworkState, *, dhcp_started: float, dry_run: bool) -> None:
     master = net.master_url or ""
     mac = nicdetect.mac_text(net.interface)
-    link = MasterLink(master, mac, p.Stage.PXE)
+    link = MasterLink(master, mac, p.Stage.PXE, log=say)
     link.event(p.BootEvent.STAGE2_START, at=dhcp_started)
     link.event(p.BootEvent.DHCP, f"{net.interface} {net.lease.cidr}", at=dhcp_started)
     reporter.attach(link)  # from here on every line also goes to the master

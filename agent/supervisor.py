@@ -105,7 +105,7 @@ def master_timeout(config: AgentConfig) -> float:
 def run(config: AgentConfig, *, dry_run: bool) -> None:
     signal.signal(signal.SIGCHLD, reap_children)
     handoff = read_handoff()
-    link = MasterLink(handoff.master_url, handoff.mac, p.Stage.SUPERVISOR)
+    link = MasterLink(handoff.master_url, handoff.mac, p.Stage.SUPERVISOR, log=say)
     reporter.attach(link)
     try:
         with open(MEMORY_REPORT) as f:

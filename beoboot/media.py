@@ -24,7 +24,11 @@ FLOPPY_NAME = "floppy.img"
 PXE_DIR = "pxe"
 SERVER_DIR = "server"
 # What each stage fetches next, and so must find pinned on its command line.
-PINNED_BY = {"stage1": ("kernel", "stage2", "stage3"), "stage2": ("stage3", "envroot"), "stage3": ("envroot",)}
+PINNED_BY = {
+    "stage1": ("kernel", "stage2", "stage3", "envroot"),  # stage 1 hands the last two on to stage 2
+    "stage2": ("stage3", "envroot"),  # stage 2 hands envroot on to stage 3
+    "stage3": ("envroot",),
+}
 
 
 @dataclass(frozen=True)

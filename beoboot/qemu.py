@@ -40,14 +40,17 @@ def qemu_command(
     *,
     memory_mib: int = 1024,
     extra: Sequence[str] = (),
+    reboot: bool = False,
 ) -> list[str]:
     if shutil.which(QEMU) is None:
         raise ToolError(f"{QEMU} not found", hint="apt-get install qemu-system-x86 (python3 build.py setup does it)")
     cmd = [
         QEMU, "-machine", "q35,accel=tcg", "-cpu", "max", "-m", str(memory_mib), "-smp", "1",
-        "-display", "none", "-vga", "none", "-serial", "stdio", "-monitor", "none", "-no-reboot",
+        "-display", "none", "-vga", "none", "-serial", "stdio", "-monitor", "none",
         "-device", "virtio-rng-pci",
     ]  # fmt: skip
+    if not reboot:
+        cmd.append("-no-reboot")  # a guest reboot ends QEMU, so a test sees it instead of a boot loop
     if kernel is not None:
         cmd += ["-kernel", str(kernel), "-append", append]
     if initrd is not None:

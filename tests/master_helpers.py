@@ -14,14 +14,14 @@ LISTENING = re.compile(r"listening on (http://127\.0\.0\.1:\d+)/")
 
 
 class MasterProcess:
-    def __init__(self, root: Path, db: Path, log: Path, config: Path | None = None) -> None:
-        self.root, self.db, self.log_path, self.config = root, db, log, config
+    def __init__(self, root: Path, db: Path, log: Path, config: Path | None = None, port: int = 0) -> None:
+        self.root, self.db, self.log_path, self.config, self.port = root, db, log, config, port
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
 
     def start(self, timeout: float = 10.0) -> MasterProcess:
         args = [sys.executable, "-m", "beoboot.master.cli", "beoserv", "--root", str(self.root),
-                "--listen", "127.0.0.1:0", "--db", str(self.db)]  # fmt: skip
+                "--listen", f"127.0.0.1:{self.port}", "--db", str(self.db)]  # fmt: skip
         if self.config:
             args += ["--config", str(self.config)]
         # stderr to a file, not a pipe: an undrained pipe would block the server once 64 KiB of log piled up

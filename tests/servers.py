@@ -42,11 +42,12 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def nginx(root: Path, workdir: Path, rate: str = "0") -> Iterator[str]:
-    """Serve `root` at the returned base URL with the real nginx; `rate` throttles (e.g. "200k")."""
+def nginx(root: Path, workdir: Path, rate: str = "0", port: int = 0) -> Iterator[str]:
+    """Serve `root` at the returned base URL with the real nginx; `rate` throttles (e.g. "200k"); `port` 0:
+    a free one (give one when a build already names it in its master_url)."""
     if shutil.which("nginx") is None:
         pytest.skip("needs nginx: run `python3 build.py setup`")
-    port = free_port()
+    port = port or free_port()
     (workdir / "tmp").mkdir(parents=True, exist_ok=True)
     conf = workdir / "nginx.conf"
     conf.write_text(NGINX_CONF.format(prefix=workdir, port=port, root=root, rate=rate))
