@@ -326,3 +326,151 @@ def check_event_name(name: str) -> str:
             # so the timeline stays printable and the SVG needs no escaping of names
         )
     return name
+
+
+# --- jobs: libcache objects and remote execution (issue 5) -----------------------------------------------
+#
+# The node keeps one WebSocket open to the master (JOBS_LINK_PATH, opened by the node: nodes listen on
+# nothing); `bpsh` opens another (BPSH_PATH). Control messages are text frames holding one JSON Frame;
+# job input and output are binary frames: IO_HEADER (stream, job id) followed by the bytes. An empty stdin
+# frame is end of input.
+
+JOBS_LINK_PATH = f"{API}/jobs/link"  # GET WebSocket; query mac=...; the node's end of every job
+BPSH_PATH = f"{API}/jobs/run"  # GET WebSocket; bpsh sends a JobRequest, then stdin and signals
+JOBS_PATH = f"{API}/jobs"  # GET -> JobList
+OBJECTS_PATH = "/objects/sha256/{digest}"  # GET a libcache object by the sha256 of its content
+
+IO_HEADER = "!BI"  # struct format: stream number, job id
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+class Stream(enum.IntEnum):
+    STDIN = 0
+    STDOUT = 1
+    STDERR = 2
+
+
+class JobState(enum.StrEnum):
+    STARTING = "starting"  # manifest sent; the node is fetching objects
+    RUNNING = "running"
+    EXITED = "exited"
+    FAILED = "failed"  # the node could not start it (fetch, exec); `error` says why
+
+
+@dataclass(frozen=True)
+class JobFile:
+    """One path the job needs in the environment root: a regular file (sha256 of its content) or a symlink."""
+
+    path: str  # absolute, inside the environment root
+    mode: int  # permission bits (st_mode & 0o7777)
+    sha256: str = ""  # regular files
+    size: int = 0
+    link: str = ""  # symlinks: the target as stored
+
+
+@dataclass(frozen=True)
+class JobManifest:
+    argv: tuple[str, ...]
+    executable: str  # absolute path of argv[0] as the master resolved it
+    env: dict[str, str]
+    cwd: str
+    uid: int
+    gid: int
+    files: tuple[JobFile, ...]
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """bpsh -> master: what to run where. `nodes` is '0', '0,3' or 'all'."""
+
+    nodes: str
+    argv: tuple[str, ...]
+    env: dict[str, str]
+    cwd: str
+    uid: int
+    gid: int
+    cache: tuple[str, ...] = ()  # extra files or directories to bring (--cache)
+    stdin: bool = True  # forward bpsh's stdin (False: the job reads end of file at once)
+
+
+@dataclass(frozen=True)
+class JobStart:
+    """master -> node."""
+
+    job: int
+    manifest: JobManifest
+
+
+@dataclass(frozen=True)
+class JobStarted:
+    """node -> master -> bpsh: the objects are cached, the job runs as `pid` on node `node`."""
+
+    job: int
+    pid: int
+    node: int = -1
+    fetched: int = 0  # objects the node had to fetch for this job
+
+
+@dataclass(frozen=True)
+class JobExit:
+    """node -> master -> bpsh. `status` is a shell's $?: the exit code, or 128+N for signal N."""
+
+    job: int
+    status: int
+    signal: int = 0
+    node: int = -1
+    error: str = ""  # set when the job never ran (status 127) or the node was lost (status 255)
+
+
+@dataclass(frozen=True)
+class JobSignal:
+    """bpsh -> master -> node: send `signum` to the job's process group; job 0 means every job of the bpsh."""
+
+    job: int
+    signum: int
+
+
+@dataclass(frozen=True)
+class JobRow:
+    job: int
+    node: int
+    pid: int
+    command: str
+    state: JobState
+    started: float  # master wall-clock time
+    status: int | None = None
+
+
+@dataclass(frozen=True)
+class JobList:
+    jobs: tuple[JobRow, ...]
+
+
+FRAME_TYPES: dict[str, type] = {
+    cls.__name__: cls for cls in (JobRequest, JobStart, JobStarted, JobExit, JobSignal)
+}
+
+
+def encode_frame(message: Any) -> str:
+    """A control message as the text of one WebSocket frame: {"type": class name, "body": fields}."""
+    return json.dumps({"type": type(message).__name__, "body": dataclasses.asdict(message)})
+
+
+def decode_frame(text: str | bytes) -> Any:
+    try:
+        raw = json.loads(text)
+        cls = FRAME_TYPES[raw["type"]]
+        body = raw["body"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ProtocolError(f"not a job frame ({exc}): {str(text)[:80]!r}") from None
+    return from_dict(cls, body)
+
+
+def shell_status(wait_status: int) -> tuple[int, int]:
+    """os.waitpid status -> (shell-style status, signal number or 0): exit code, or 128+N for signal N."""
+    import os
+
+    if os.WIFSIGNALED(wait_status):
+        signum = os.WTERMSIG(wait_status)
+        return 128 + signum, signum
+    return os.waitstatus_to_exitcode(wait_status), 0

@@ -1,10 +1,8 @@
 """Boot artifacts: parsers and plans table-tested; writers checked for reproducible bytes and with
-independent tools (xorriso, mdir, dnsmasq --test, nginx -t); QEMU boots of every medium (integration)."""
+independent tools (xorriso, mdir, dnsmasq --test, nginx -t). QEMU boots: test_media_boot.py.
 
-import contextlib
 import os
 import shutil
-import socket
 import struct
 import subprocess
 import time
@@ -16,13 +14,9 @@ from beoboot.artifacts import BootPayload, parse_node_range, write_floppy, write
 from beoboot.artifacts.esp import FatGeometry, fat_directories, free_bytes, parse_fat_geometry
 from beoboot.artifacts.floppy import FloppyItem, FloppyKind, FloppyMode, plan_floppy
 from beoboot.errors import BudgetError, ConfigError, ImageError
-from beoboot.qemu import qemu_command, run, uefi_firmware
 
 MTIME = 1700000000  # 2023-11-14 22:13:20 UTC
-KERNEL = Path("/boot/vmlinuz-6.1.0-56-amd64")
-INITRD = Path("/boot/initrd.img-6.1.0-56-amd64")
 APPEND = "console=ttyS0 panic=-1"
-BOOTED = r"Run /init as init process"
 
 needs_media_tools = pytest.mark.skipif(
     not all(shutil.which(t) for t in ("mformat", "mcopy", "syslinux", "grub-mkimage")),
@@ -207,100 +201,6 @@ def test_server_configs_pass_the_servers_own_checks(tmp_path, proxy):
         subprocess.run(["nginx", "-t", "-c", str(nginx)], check=True, capture_output=True)
 
 
-# --- QEMU boots (integration) ----------------------------------------------------------------------------
-
-have_payload = pytest.mark.skipif(
-    not (KERNEL.is_file() and INITRD.is_file() and shutil.which("qemu-system-x86_64")),
-    reason=f"needs {KERNEL}, {INITRD} and QEMU",
-)
-MASTER_HOST = "10.0.2.2"  # QEMU user networking's name for the host's 127.0.0.1
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def media(tmp_path_factory):
-    if not (KERNEL.is_file() and INITRD.is_file()):
-        pytest.skip(f"needs {KERNEL} and {INITRD}")
-    out = tmp_path_factory.mktemp("media")
-    port = _free_port()
-    url = f"http://{MASTER_HOST}:{port}"
-    payload = BootPayload(KERNEL, INITRD, APPEND)
-    write_iso(payload, out / "beoboot.iso", mtime=MTIME)
-    floppy = write_floppy(payload, out / "floppy.img", master_url=url, mtime=MTIME)
-    write_pxe_tree(payload, out / "tree", master_url=url, mtime=MTIME)
-    _, nginx_conf = write_server_configs(
-        out / "conf", node_range=parse_node_range("10.0.2.15-10.0.2.30"), proxy_dhcp=False, http_root=out / "tree",
-        master_url=url, mtime=MTIME, http_listen=f"127.0.0.1:{port}", nginx_user="root",
-    )  # fmt: skip
-    return {"dir": out, "floppy": floppy, "nginx_conf": nginx_conf, "url": url}
-
-
-@pytest.fixture(scope="module")
-def http_master(media):
-    """nginx with the generated nginx.conf, serving the PXE tree on 127.0.0.1."""
-    if not shutil.which("nginx"):
-        pytest.skip("needs nginx (apt-get install nginx-light)")
-    conf = media["nginx_conf"]
-    subprocess.run(["nginx", "-c", str(conf)], check=True)
-    pid_file = conf.parent / "nginx-state" / "nginx.pid"
-    try:
-        yield conf.parent / "nginx-state" / "access.log"
-    finally:
-        with contextlib.suppress(FileNotFoundError, ProcessLookupError, ValueError):
-            os.kill(int(pid_file.read_text()), 15)
-
-
-def _boot(extra, timeout=120.0):
-    result = run(qemu_command(extra=extra), BOOTED, timeout=timeout)
-    print(f"booted in {result.seconds:.1f} s" if result.matched else result.console[-3000:])
-    return result
-
-
-ISO_WAYS = {
-    "cdrom-bios": lambda iso: ["-cdrom", str(iso)],
-    "cdrom-uefi": lambda iso: [*uefi_firmware(), "-cdrom", str(iso)],
-    "usb-disk-bios": lambda iso: ["-drive", f"file={iso},format=raw,snapshot=on"],
-    "usb-disk-uefi": lambda iso: [*uefi_firmware(), "-drive", f"file={iso},format=raw,snapshot=on"],
-}
-
-
-@pytest.mark.integration
-@have_payload
-@pytest.mark.parametrize("way", ISO_WAYS)
-def test_iso_boots(media, way):
-    assert _boot(ISO_WAYS[way](media["dir"] / "beoboot.iso")).matched
-
-
-@pytest.mark.integration
-@have_payload
-def test_network_floppy_boots_payload_over_http(media, http_master):
-    assert media["floppy"].kind is FloppyKind.NETWORK  # the distribution kernel is far larger than a floppy
-    assert _boot(["-fda", str(media["dir"] / "floppy.img"), "-boot", "a", "-nic", "user,model=e1000"]).matched
-    log = http_master.read_text()
-    assert "GET /boot.ipxe" in log and "GET /initrd.img" in log
-
-
-@pytest.mark.integration
-@have_payload
-def test_pxelinux_boots_over_tftp(media):
-    assert _boot(["-boot", "n", "-nic", f"user,tftp={media['dir'] / 'tree'},bootfile=pxelinux.0"]).matched
-
-
-@pytest.mark.integration
-@have_payload
-def test_grub_uefi_pxe_boots_over_tftp(media):
-    extra = [*uefi_firmware(), "-boot", "n", "-nic", f"user,tftp={media['dir'] / 'tree'},bootfile=grubnetx64.efi"]
-    assert _boot(extra, timeout=150).matched
-
-
-@pytest.mark.integration
-@have_payload
-@pytest.mark.parametrize("uefi", [False, True], ids=["bios", "uefi"])
-def test_ipxe_rom_boots_script_over_http(media, http_master, uefi):
-    extra = [*(uefi_firmware() if uefi else []), "-boot", "n", "-nic", f"user,bootfile={media['url']}/boot.ipxe"]
-    assert _boot(extra).matched
+# --- QEMU boots ------------------------------------------------------------------------------------------
+# The media boot tests live in test_media_boot.py (every artifact of a real build, through the same
+# beoboot/bootvm.py options `beoboot-build boot` uses) and test_dnsmasq_netns.py (real dnsmasq + nginx).

@@ -19,7 +19,7 @@ from servers import access_log_statuses, free_port, nginx
 STAGE1_UP = "beoboot: stage 1 agent up"
 STAGE2_UP = "beoboot: stage 2 agent up"
 TIMEOUT = 180.0
-NIC_LINE = re.compile(r"beoboot: nic \S+ \S+ -> (.+)")
+NIC_LINE = re.compile(r"beoboot: nic \S+ \S+ -> (\S+)")  # then maybe "(via virtio_pci)"
 
 
 # --- parsers and plans (fast) --------------------------------------------------------------------------

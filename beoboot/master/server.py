@@ -317,7 +317,14 @@ async def serve(options: ServerOptions, config: MasterConfig, stop: asyncio.Even
     runner = web.AppRunner(server.make_app(), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, options.host, options.port)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise BeobootError(
+            f"cannot listen on {options.host}:{options.port}: {exc.strerror}",
+            hint="another beoserv or web server has that port: stop it, or pass --listen HOST:OTHERPORT",
+        ) from None
     host, port = runner.addresses[0][:2]
     log.info("listening on http://%s:%d/ serving %s, registry %s", host, port, options.root, options.db)
     stop = stop or asyncio.Event()
