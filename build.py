@@ -29,7 +29,7 @@ APT_PACKAGES = [
     "grub-common", "mtools", "xorriso", "dosfstools", "openssh-server", "openssh-client", "libarchive13", "libarchive-tools", "cpio",
     "xz-utils", "zstd", "lz4", "gzip",
     "dnsmasq-base", "nginx-light", "iproute2", "dracut-core", "pciutils",
-    "python3", "python3-venv", "python3-requests", "gcc", "libc6-dev",
+    "python3", "python3-venv", "python3-requests", "gcc", "libc6-dev", "busybox",
 ]  # fmt: skip
 
 

@@ -14,6 +14,7 @@ from agent.config import AGENT_CONFIG_PATH, AgentConfig, NicAlias
 from beoboot import __version__
 from beoboot.compress import decompress
 from beoboot.config import Config, ImageConfig
+from beoboot.errors import ConfigError
 from beoboot.filelist import FileList, Reason
 from beoboot.kmod import KernelModules, ModuleNeed
 from beoboot.ldso import LibraryResolver
@@ -74,6 +75,8 @@ def assemble(spec: StageSpec, image: ImageConfig, ctx: BuildContext) -> FileList
         _add_modules(files, ctx, drivers, load_order, nic_reason=_nic_reasons(ctx.nic_table))
     if image.modules:
         modules_at_start = _add_modules(files, ctx, list(image.modules), load_order, nic_reason={})
+    if spec.agent_role and ctx.config.debug_shell:
+        _add_debug_shell(files, ctx, elf_roots)
     for binary in spec.binaries:
         elf_roots[files.add_from_sysroot(ctx.sysroot, binary, Reason(f"{spec.stage.value} program"))] = Reason(
             f"{spec.stage.value} program"
@@ -112,6 +115,24 @@ def _add_runtime(files: FileList, runtime: PythonRuntime, sysroot: Sysroot, elf_
         reason = Reason(f"agent extension module: {why}")
         elf_roots[files.add_from_sysroot(sysroot, path, reason)] = reason
     files.add_bytes(runtime.init_path, runtime.init_bytes, Reason("agent entry (init)"), mode=0o755)
+
+
+DEBUG_SHELL = "/bin/busybox"
+
+
+def _add_debug_shell(files: FileList, ctx: BuildContext, elf_roots: dict[str, Reason]) -> None:
+    """busybox as /bin/sh, only when [build] debug_shell asks: nodes carry no shell by default."""
+    if not ctx.sysroot.exists(DEBUG_SHELL):
+        raise ConfigError(
+            f"[build] debug_shell = true, but sysroot {ctx.sysroot.root} has no {DEBUG_SHELL}",
+            hint="install busybox in the sysroot (apt-get install busybox), or set debug_shell = false",
+        )
+    reason = Reason("debug shell ([build] debug_shell)")
+    elf_roots[files.add_from_sysroot(ctx.sysroot, DEBUG_SHELL, reason)] = reason
+    # in the real directory: on a merged-/usr sysroot /bin is itself a link (to usr/bin)
+    shell = ctx.sysroot.resolve("/bin").real + "/sh"
+    if shell not in files:
+        files.add_symlink(shell, "busybox", Reason("debug shell ([build] debug_shell)", cause=DEBUG_SHELL))
 
 
 def _add_elf_closure(files: FileList, ctx: BuildContext, roots: dict[str, Reason]) -> None:

@@ -141,6 +141,7 @@ SETTINGS = (
     Setting("build", "source_date_epoch", parse_epoch, "mtime of every file in every image"),
     Setting("build", "master_url", parse_url, "where nodes find the master"),
     Setting("build", "master_timeout", parse_seconds, "seconds without the master before a node reboots"),
+    Setting("build", "debug_shell", parse_bool, "add the sysroot's busybox and /bin/sh to the stage images"),
     Setting("build", "dlopen", parse_names, "libraries loaded with dlopen(), added with their closure"),
     Setting("build", "python_modules", parse_names, "extra stdlib modules for the agent runtime"),
     Setting("artifacts", "iso_stage", choice("stage1", "stage2"), "which stage the ISO boots"),
@@ -185,6 +186,7 @@ class Config:
     source_date_epoch: int
     master_url: str
     master_timeout: float
+    debug_shell: bool
     dlopen: tuple[str, ...]
     python_modules: tuple[str, ...]
     images: dict[str, ImageConfig] = field(default_factory=dict)
@@ -312,7 +314,7 @@ def render_toml(config: Config) -> str:
     """The effective config as TOML, with each setting's help (for `beoboot-build config`)."""
     helps = {(s.section, s.key): s.help for s in SETTINGS}
     lines = [f"# effective config, from {config.origin}", "", "[build]"]
-    for key in ("sysroot", "kernel", "source_date_epoch", "master_url", "master_timeout", "dlopen", "python_modules"):
+    for key in ("sysroot", "kernel", "source_date_epoch", "master_url", "master_timeout", "debug_shell", "dlopen", "python_modules"):
         lines.append(f"{key} = {_toml_value(getattr(config, key))}  # {helps['build', key]}")
     lines += ["", "[artifacts]"]
     assert config.artifacts is not None

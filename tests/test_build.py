@@ -161,3 +161,18 @@ def test_interrupted_build_keeps_previous_outputs(tmp_path, built):
     proc.wait(timeout=60)
     assert digests(outdir) == before
     assert sorted(str(p.relative_to(outdir)) for p in outdir.rglob("*") if p.is_file()) == sorted(before)
+
+
+def test_nodes_carry_no_shell_unless_debug_shell_asks(built, tmp_path):
+    m = manifest(built)
+    for stage in ("stage1", "stage2", "stage3"):
+        paths = {r["path"] for r in m["images"][stage]}
+        assert not {"/bin/sh", "/bin/busybox", "/usr/bin/busybox"} & paths
+    site = tmp_path / "site.toml"
+    site.write_text("[build]\ndebug_shell = true\n")
+    outdir = tmp_path / "out"
+    run_beoboot("build", "-q", "-c", site, "-o", outdir)
+    stage2 = {r["path"]: r for r in manifest(outdir)["images"]["stage2"]}
+    assert stage2["/usr/bin/sh"]["target"] == "busybox"  # reached as /bin/sh through the /bin link
+    shell = run_beoboot("why", outdir / "stage2.cpio.zst", "/bin/sh").stdout
+    assert "debug shell" in shell

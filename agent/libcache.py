@@ -1,0 +1,293 @@
+"""The libcache: a content-addressed store of the master's executables and libraries, and the environment root
+they are linked into.
+
+Where it lives: inside the environment root's own tmpfs, at ENV_ROOT/.libcache (mode 0700). A job's files
+are HARD LINKS to the cached objects, so a library used by many jobs is stored once; link(2) only works
+within one mount (it fails with EXDEV even across a bind mount of the same tmpfs), so the cache must be on
+the very mount the jobs' paths are created on. A separate tmpfs bound into place would hide the cache from
+jobs, but the links would have to be made through the unbound path; the hidden directory is simpler and
+the cost is that a root job can see it.
+
+Objects: OBJECTS/<sha256>.<mode in octal>. The mode is part of the name because a hard link shares its
+inode's mode: the same bytes wanted as 0755 and 0644 are two objects. Write bits are dropped so a job
+cannot edit a library in place under every other job that shares it. An object is written to TMP under a
+unique name, its hash checked, then renamed into OBJECTS: a reader sees a whole, verified object or none;
+a mismatch is thrown away and fetched again.
+
+Eviction: least recently used objects that no running job holds go when the total passes `max_bytes`;
+their links in the environment root go with them (else the memory would stay in use).
+
+Standard library plus requests: runs in the node image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import requests
+
+from agent import protocol as p
+
+CHUNK = 1 << 20
+FETCH_ATTEMPTS = 3
+FETCH_WORKERS = 8  # parallel object downloads per job: enough to hide latency, few enough for a busy master
+
+
+class LibCacheError(Exception):
+    """An object could not be fetched or verified, or a path could not be materialised."""
+
+
+@dataclass
+class CachedObject:
+    name: str  # file name in OBJECTS
+    size: int
+    last_used: float
+    holds: int = 0  # running jobs using it
+    links: set[str] = field(default_factory=set)  # environment-root paths linked to it
+
+
+def object_name(entry: p.JobFile) -> str:
+    return f"{entry.sha256}.{entry.mode & 0o7777:o}"
+
+
+def object_mode(mode: int) -> int:
+    return mode & 0o7555
+
+
+class LibCache:
+    def __init__(
+        self,
+        cache_dir: str,
+        env_root: str,
+        master_url: str,
+        *,
+        max_bytes: int = 512 << 20,
+        session: requests.Session | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.cache_dir = cache_dir
+        self.objects_dir = os.path.join(cache_dir, "objects")
+        self.tmp_dir = os.path.join(cache_dir, "tmp")
+        self.env_root = env_root.rstrip("/") or "/"
+        self.master_url = master_url.rstrip("/")
+        self.max_bytes = max_bytes
+        self.session = session or requests.Session()
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._objects: dict[str, CachedObject] = {}
+        self._fetching: dict[str, threading.Event] = {}
+        self.fetched = 0  # objects fetched since start
+        os.makedirs(self.objects_dir, mode=0o700, exist_ok=True)
+        os.makedirs(self.tmp_dir, mode=0o700, exist_ok=True)
+        os.chmod(cache_dir, 0o700)
+        for leftover in os.listdir(self.tmp_dir):  # a crash mid-download: never renamed, never seen
+            os.unlink(os.path.join(self.tmp_dir, leftover))
+        for name in os.listdir(self.objects_dir):
+            st = os.stat(os.path.join(self.objects_dir, name))
+            self._objects[name] = CachedObject(name, st.st_size, st.st_mtime)
+
+    # --- queries ------------------------------------------------------------------------------------------
+
+    def total_bytes(self) -> int:
+        with self._lock:
+            return sum(o.size for o in self._objects.values())
+
+    def names(self) -> set[str]:
+        with self._lock:
+            return set(self._objects)
+
+    def missing(self, files: Iterable[p.JobFile]) -> list[p.JobFile]:
+        with self._lock:
+            wanted = {object_name(f): f for f in files if not f.link}
+            return [f for name, f in wanted.items() if name not in self._objects]
+
+    # --- fetch --------------------------------------------------------------------------------------------
+
+    def ensure(self, files: Iterable[p.JobFile]) -> int:
+        """Fetch every object these files need that is not cached yet, in parallel; the number fetched."""
+        missing = self.missing(files)
+        if not missing:
+            return 0
+        if len(missing) == 1:
+            self._fetch_once(missing[0])
+            return 1
+        with ThreadPoolExecutor(max_workers=min(FETCH_WORKERS, len(missing))) as pool:
+            list(pool.map(self._fetch_once, missing))  # list(): re-raise the first failure
+        return len(missing)
+
+    def _fetch_once(self, entry: p.JobFile) -> None:
+        """Fetch one object, or wait for the thread already fetching it (two jobs wanting the same library)."""
+        name = object_name(entry)
+        with self._lock:
+            if name in self._objects:
+                return
+            busy = self._fetching.get(name)
+            if busy is None:
+                self._fetching[name] = threading.Event()
+        if busy is not None:
+            busy.wait()
+            if name not in self._objects:
+                raise LibCacheError(f"object {name} for {entry.path}: the other fetch of it failed")
+            return
+        try:
+            self._fetch(entry, name)
+        finally:
+            with self._lock:
+                self._fetching.pop(name).set()
+
+    def _fetch(self, entry: p.JobFile, name: str) -> None:
+        url = self.master_url + p.OBJECTS_PATH.format(digest=entry.sha256)
+        problem = ""
+        for _ in range(FETCH_ATTEMPTS):
+            tmp = os.path.join(self.tmp_dir, f"{name}.{threading.get_ident()}")
+            try:
+                digest, size = self._download(url, tmp)
+            except (requests.RequestException, OSError) as exc:
+                problem = f"download failed: {exc}"
+                _unlink(tmp)
+                continue
+            if digest != entry.sha256:
+                problem = f"content hash {digest} does not match the manifest"
+                _unlink(tmp)
+                continue
+            os.chmod(tmp, object_mode(entry.mode))
+            os.rename(tmp, os.path.join(self.objects_dir, name))
+            with self._lock:
+                self._objects[name] = CachedObject(name, size, self.clock())
+                self.fetched += 1
+            return
+        raise LibCacheError(f"cannot cache {entry.path} (sha256 {entry.sha256}) from {url}: {problem}")
+
+    def _download(self, url: str, tmp: str) -> tuple[str, int]:
+        digest = hashlib.sha256()
+        size = 0
+        with self.session.get(url, stream=True, timeout=30) as response:
+            if response.status_code != 200:
+                raise requests.RequestException(f"HTTP {response.status_code}: {response.text.strip()[:200]}")
+            with open(tmp, "xb") as out:
+                for chunk in response.iter_content(CHUNK):
+                    digest.update(chunk)
+                    out.write(chunk)
+                    size += len(chunk)
+                out.flush()
+                os.fsync(out.fileno())  # on a disk cache: the rename must not land before the bytes
+        return digest.hexdigest(), size
+
+    # --- holds and the environment root -------------------------------------------------------------------
+
+    def hold(self, files: Iterable[p.JobFile]) -> list[str]:
+        """Pin these files' objects for a running job (eviction skips them); give the list to release()."""
+        now = self.clock()
+        held = []
+        with self._lock:
+            for name in {object_name(f) for f in files if not f.link}:
+                obj = self._objects.get(name)
+                if obj is None:
+                    raise LibCacheError(f"object {name} is not cached: call ensure() first")
+                obj.holds += 1
+                obj.last_used = now
+                held.append(name)
+        return held
+
+    def release(self, held: Iterable[str]) -> None:
+        with self._lock:
+            for name in held:
+                obj = self._objects.get(name)
+                if obj is not None:
+                    obj.holds = max(0, obj.holds - 1)
+        self.evict()
+
+    def host_path(self, path: str) -> str:
+        relative = os.path.normpath("/" + path).lstrip("/")
+        if relative.startswith(".libcache") or not relative:
+            raise LibCacheError(f"job path {path!r} is not allowed: it names the environment root or its cache")
+        return os.path.join(self.env_root, relative)
+
+    def materialise(self, files: Iterable[p.JobFile]) -> None:
+        """Create every file of the manifest in the environment root: symlinks as given, regular files as
+        hard links to their objects. A path that already links the right object is left alone; one that holds
+        an older version is replaced by rename, so a job starting meanwhile sees the old or the new file."""
+        with self._lock:
+            for entry in files:
+                target = self.host_path(entry.path)
+                if entry.link:
+                    self._make_symlink(target, entry.link)
+                    continue
+                name = object_name(entry)
+                source = os.path.join(self.objects_dir, name)
+                try:
+                    if os.path.samestat(os.lstat(target), os.stat(source)):
+                        continue
+                except FileNotFoundError:
+                    pass
+                self._make_parent(target)
+                tmp = f"{target}.beoboot-{threading.get_ident()}"
+                _unlink(tmp)
+                os.link(source, tmp)
+                try:
+                    os.rename(tmp, target)
+                except OSError as exc:
+                    _unlink(tmp)
+                    raise LibCacheError(f"cannot place {entry.path} in the environment root: {exc}") from None
+                self._objects[name].links.add(target)
+
+    def _make_parent(self, target: str) -> None:
+        parent = os.path.dirname(target)
+        if not os.path.isdir(parent):
+            os.makedirs(parent, mode=0o755, exist_ok=True)
+
+    def _make_symlink(self, target: str, link: str) -> None:
+        try:
+            if os.path.islink(target) and os.readlink(target) == link:
+                return
+            if os.path.lexists(target) and not os.path.islink(target):
+                return  # a real directory where the master has a link (/lib -> usr/lib): paths still resolve
+        except OSError:
+            pass
+        self._make_parent(target)
+        tmp = f"{target}.beoboot-{threading.get_ident()}"
+        _unlink(tmp)
+        os.symlink(link, tmp)
+        os.rename(tmp, target)
+
+    # --- eviction -----------------------------------------------------------------------------------------
+
+    def evict(self) -> list[str]:
+        """Drop least recently used, unheld objects (and their links) until the cache fits max_bytes."""
+        dropped = []
+        with self._lock:
+            total = sum(o.size for o in self._objects.values())
+            for obj in sorted(self._objects.values(), key=lambda o: o.last_used):
+                if total <= self.max_bytes:
+                    break
+                if obj.holds:
+                    continue
+                source = os.path.join(self.objects_dir, obj.name)
+                try:
+                    st = os.stat(source)
+                except FileNotFoundError:
+                    st = None
+                for link in obj.links:
+                    try:
+                        if st is not None and os.path.samestat(os.lstat(link), st):
+                            os.unlink(link)
+                    except OSError:
+                        pass
+                _unlink(source)
+                del self._objects[obj.name]
+                total -= obj.size
+                dropped.append(obj.name)
+        return dropped
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
