@@ -35,6 +35,8 @@ class AgentConfig:
     master_url: str | None = None
     # Stage 3 reboots the node when the master has not answered for this long (Scyld: 30 s).
     master_timeout: float = 30.0
+    # Stage 3's libcache: least recently used objects no running job holds are evicted past this size.
+    libcache_max_bytes: int = 512 << 20
     # Issue-2 smoke mode: print the "agent up" marker and power off instead of doing the stage's work.
     power_off_when_up: bool = False
 

@@ -27,7 +27,6 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import requests
@@ -74,7 +73,7 @@ class LibCache:
         self.cache_dir = cache_dir
         self.objects_dir = os.path.join(cache_dir, "objects")
         self.tmp_dir = os.path.join(cache_dir, "tmp")
-        self.env_root = env_root.rstrip("/") or "/"
+        self.env_root = os.path.realpath(env_root)
         self.master_url = master_url.rstrip("/")
         self.max_bytes = max_bytes
         self.session = session or requests.Session()
@@ -104,7 +103,7 @@ class LibCache:
 
     def missing(self, files: Iterable[p.JobFile]) -> list[p.JobFile]:
         with self._lock:
-            wanted = {object_name(f): f for f in files if not f.link}
+            wanted = {object_name(f): f for f in files if f.sha256}
             return [f for name, f in wanted.items() if name not in self._objects]
 
     # --- fetch --------------------------------------------------------------------------------------------
@@ -117,8 +116,30 @@ class LibCache:
         if len(missing) == 1:
             self._fetch_once(missing[0])
             return 1
-        with ThreadPoolExecutor(max_workers=min(FETCH_WORKERS, len(missing))) as pool:
-            list(pool.map(self._fetch_once, missing))  # list(): re-raise the first failure
+        # plain threads, not concurrent.futures: that would pull multiprocessing into the node image
+        todo = list(missing)
+        errors: list[LibCacheError] = []
+        lock = threading.Lock()
+
+        def worker() -> None:
+            while True:
+                with lock:
+                    if not todo or errors:
+                        return
+                    entry = todo.pop()
+                try:
+                    self._fetch_once(entry)
+                except (LibCacheError, OSError) as exc:
+                    with lock:
+                        errors.append(LibCacheError(f"{entry.path}: {exc}"))
+
+        workers = [threading.Thread(target=worker, daemon=True) for _ in range(min(FETCH_WORKERS, len(todo)))]
+        for thread in workers:
+            thread.start()
+        for thread in workers:
+            thread.join()
+        if errors:
+            raise errors[0]
         return len(missing)
 
     def _fetch_once(self, entry: p.JobFile) -> None:
@@ -186,7 +207,7 @@ class LibCache:
         now = self.clock()
         held = []
         with self._lock:
-            for name in {object_name(f) for f in files if not f.link}:
+            for name in {object_name(f) for f in files if f.sha256}:
                 obj = self._objects.get(name)
                 if obj is None:
                     raise LibCacheError(f"object {name} is not cached: call ensure() first")
@@ -219,6 +240,11 @@ class LibCache:
                 if entry.link:
                     self._make_symlink(target, entry.link)
                     continue
+                if not entry.sha256:
+                    if not os.path.isdir(target):
+                        self._make_parent(target)
+                        os.makedirs(target, mode=entry.mode & 0o7777 or 0o755, exist_ok=True)
+                    continue
                 name = object_name(entry)
                 source = os.path.join(self.objects_dir, name)
                 try:
@@ -238,7 +264,13 @@ class LibCache:
                 self._objects[name].links.add(target)
 
     def _make_parent(self, target: str) -> None:
+        """Create the directories above `target`, refusing a path that leaves the environment root: the links
+        a job brought are absolute (/usr/lib64/ld-linux-x86-64.so.2 -> /lib/...), and followed from outside
+        the chroot they would point at the supervisor's own files."""
         parent = os.path.dirname(target)
+        real = os.path.realpath(parent)
+        if real != self.env_root and not real.startswith(self.env_root + "/"):
+            raise LibCacheError(f"{target} would be written outside the environment root (via {real})")
         if not os.path.isdir(parent):
             os.makedirs(parent, mode=0o755, exist_ok=True)
 

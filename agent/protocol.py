@@ -359,7 +359,8 @@ class JobState(enum.StrEnum):
 
 @dataclass(frozen=True)
 class JobFile:
-    """One path the job needs in the environment root: a regular file (sha256 of its content) or a symlink."""
+    """One path the job needs in the environment root: a regular file (sha256 of its content), a symlink
+    (`link`), or a directory (neither)."""
 
     path: str  # absolute, inside the environment root
     mode: int  # permission bits (st_mode & 0o7777)

@@ -14,7 +14,7 @@ import signal
 import socket
 import time
 
-from agent import bootfiles, cmdline, cpio, hwprobe, syscalls
+from agent import bootfiles, cmdline, cpio, hwprobe, jobs, syscalls
 from agent import protocol as p
 from agent.config import AgentConfig
 from agent.handoff import HANDOFF_PATH, Handoff
@@ -120,6 +120,7 @@ def run(config: AgentConfig, *, dry_run: bool) -> None:
     set_identity(reply, handoff.address, dry_run=dry_run)
     say(f"beoboot: node {reply.number} ({reply.name}), hostname {reply.hostname}, boot {reply.boot}")
     build_env_root(handoff.master_url, handoff.pins, dry_run=dry_run)
+    jobs.start_runner(handoff.master_url, handoff.mac, ENV_ROOT, config.libcache_max_bytes, say)
     listeners = listening_sockets()
     say(f"beoboot: listening sockets: {', '.join(listeners) if listeners else 'none'}")
     link.event(p.BootEvent.STAGE3_READY)

@@ -27,6 +27,7 @@ from aiohttp import web
 from agent import protocol as p
 from beoboot.errors import BeobootError, ConfigError
 from beoboot.master.config import MasterConfig, load_config
+from beoboot.master.jobs import JobHub
 from beoboot.master.registry import NodeRecord, Registry, RegistryError
 
 log = logging.getLogger("beoserv")
@@ -101,6 +102,7 @@ class Beoserv:
         self.options = options
         self.config = config
         self.registry = Registry(options.db)
+        self.jobs = JobHub(self.registry)
         self.started = time.time()
         self.requests = 0
         self.config_loads = 1
@@ -117,6 +119,7 @@ class Beoserv:
         app.router.add_get(p.NODES_PATH, self.nodes)
         app.router.add_get(p.TIMELINE_PATH, self.timeline)
         app.router.add_get(p.STATUS_PATH, self.status)
+        self.jobs.add_routes(app)  # before the boot tree's catch-all
         app.router.add_get(p.BOOT_PREFIX + "{path:.+}", self.boot_file)
         app.on_startup.append(self._start_reaper)
         app.on_cleanup.append(self._stop)

@@ -1,0 +1,244 @@
+"""The node's job runner: takes jobs from the master, caches their files, runs them in the environment root.
+
+The node opens one WebSocket to the master (agent.protocol.JOBS_LINK_PATH) and keeps it open, reconnecting
+with backoff; the master pushes JobStart frames down it, with stdin and signals, and the node sends output,
+JobStarted and JobExit back. Nothing listens on the node.
+
+Per job: fetch the missing objects (agent.libcache), hold them, link the job's paths into the environment
+root, and have agent.launcher start it: its own session (so a signal reaches the whole job, `sh -c` and its
+children), chrooted into the environment root, with the job's gid and uid. This side pumps stdout and
+stderr to the master until both close, then sends the exit status the launcher collected. The jobs are the
+launcher's children, so PID 1's SIGCHLD reaper never takes a job's status.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import random
+import selectors
+import struct
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from urllib.parse import quote
+
+from agent import protocol as p
+from agent.launcher import Launcher, LaunchError
+from agent.libcache import LibCache, LibCacheError
+from agent.wsclient import OP_TEXT, WebSocket, WebSocketError
+
+EXEC_FAILED = 127  # what a shell answers for a command it could not run
+READ_SIZE = 65536
+
+
+
+
+@dataclass
+class JobSlot:
+    job: int
+    stdin: queue.Queue[bytes] = field(default_factory=queue.Queue)
+    pid: int = 0
+
+
+def io_frame(stream: p.Stream, job: int, data: bytes) -> bytes:
+    return struct.pack(p.IO_HEADER, stream, job) + data
+
+
+class JobRunner:
+    def __init__(
+        self,
+        master_url: str,
+        mac: str,
+        env_root: str,
+        cache: LibCache,
+        *,
+        log: Callable[[str], None] = lambda message: None,
+        launcher: Launcher | None = None,
+    ) -> None:
+        self.master_url = master_url.rstrip("/")
+        self.mac = p.normalise_mac(mac)
+        self.env_root = env_root
+        self.cache = cache
+        self.log = log
+        self.launcher = launcher
+        self._slots: dict[int, JobSlot] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._ws: WebSocket | None = None
+        self.connected = threading.Event()
+
+    # --- the link -----------------------------------------------------------------------------------------
+
+    def start(self) -> threading.Thread:
+        thread = threading.Thread(target=self._link_forever, name="jobs", daemon=True)
+        thread.start()
+        return thread
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._ws is not None:
+            self._ws.close()
+
+    def _link_forever(self) -> None:
+        url = f"{self.master_url}{p.JOBS_LINK_PATH}?mac={quote(self.mac)}"
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                self._ws = WebSocket.connect(url)
+            except WebSocketError as exc:
+                failures += 1
+                wait = min(30.0, 0.25 * 2 ** min(failures, 8)) * random.uniform(0.5, 1.0)
+                if failures in (1, 5) or failures % 20 == 0:
+                    self.log(f"beoboot: job link to {self.master_url}: {exc}; retrying")
+                self._stop.wait(wait)
+                continue
+            failures = 0
+            self.connected.set()
+            try:
+                self._serve(self._ws)
+            except WebSocketError:
+                pass
+            self.connected.clear()
+            self._hang_up()
+            if not self._stop.is_set():
+                self.log(f"beoboot: job link to {self.master_url} lost; reconnecting")
+                self._stop.wait(0.2)
+
+    def _serve(self, ws: WebSocket) -> None:
+        while True:
+            opcode, payload = ws.recv()
+            if opcode == OP_TEXT:
+                self._control(ws, p.decode_frame(payload))
+                continue
+            stream, job = struct.unpack_from(p.IO_HEADER, payload)
+            slot = self._slots.get(job)
+            if slot is not None and stream == p.Stream.STDIN:
+                slot.stdin.put(payload[struct.calcsize(p.IO_HEADER) :])
+
+    def _control(self, ws: WebSocket, message: object) -> None:
+        if isinstance(message, p.JobStart):
+            slot = JobSlot(message.job)
+            with self._lock:
+                self._slots[message.job] = slot
+            threading.Thread(target=self._run, args=(ws, slot, message.manifest), daemon=True).start()
+        elif isinstance(message, p.JobSignal):
+            slot = self._slots.get(message.job)
+            if slot is not None and slot.pid:
+                _killpg(slot.pid, message.signum)
+
+    def _hang_up(self) -> None:
+        """The link is gone, and with it every job's bpsh: the jobs get SIGHUP, as a terminal's would."""
+        with self._lock:
+            slots = list(self._slots.values())
+        for slot in slots:
+            if slot.pid:
+                _killpg(slot.pid, 1)
+            slot.stdin.put(b"")
+
+    # --- one job ------------------------------------------------------------------------------------------
+
+    def _run(self, ws: WebSocket, slot: JobSlot, manifest: p.JobManifest) -> None:
+        held: list[str] = []
+        try:
+            try:
+                fetched = self.cache.ensure(manifest.files)
+                held = self.cache.hold(manifest.files)
+                self.cache.materialise(manifest.files)
+            except (LibCacheError, OSError) as exc:
+                self._send_exit(ws, p.JobExit(slot.job, EXEC_FAILED, error=f"cannot cache the job's files: {exc}"))
+                return
+            self._execute(ws, slot, manifest, fetched)
+        finally:
+            with self._lock:
+                self._slots.pop(slot.job, None)
+            slot.stdin.put(b"")
+            if held:
+                self.cache.release(held)
+
+    def _execute(self, ws: WebSocket, slot: JobSlot, manifest: p.JobManifest, fetched: int) -> None:
+        launcher = self.launcher or Launcher.shared()
+        stdin_r, stdin_w = os.pipe()
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        spec = {"root": self.env_root, "executable": manifest.executable, "argv": list(manifest.argv),
+                "env": manifest.env, "cwd": manifest.cwd, "uid": manifest.uid, "gid": manifest.gid}  # fmt: skip
+        try:
+            pid = launcher.spawn(slot.job, spec, (stdin_r, out_w, err_w))
+        except LaunchError as exc:
+            for fd in (stdin_r, stdin_w, out_r, out_w, err_r, err_w):
+                os.close(fd)
+            self._send_exit(ws, p.JobExit(slot.job, EXEC_FAILED, error=str(exc)))
+            return
+        for fd in (stdin_r, out_w, err_w):
+            os.close(fd)
+        slot.pid = pid
+        self._send(ws, p.JobStarted(slot.job, pid, fetched=fetched))
+        threading.Thread(target=_feed_stdin, args=(slot.stdin, stdin_w), daemon=True).start()
+        self._pump(ws, slot.job, out_r, err_r)
+        status, signum = p.shell_status(launcher.wait(slot.job))
+        slot.pid = 0
+        self._send_exit(ws, p.JobExit(slot.job, status, signum))
+
+    def _pump(self, ws: WebSocket, job: int, out_r: int, err_r: int) -> None:
+        streams = {out_r: p.Stream.STDOUT, err_r: p.Stream.STDERR}
+        with selectors.DefaultSelector() as selector:
+            for fd in streams:
+                selector.register(fd, selectors.EVENT_READ)
+            while streams:
+                for key, _ in selector.select():
+                    data = os.read(key.fd, READ_SIZE)
+                    if not data:
+                        selector.unregister(key.fd)
+                        os.close(key.fd)
+                        del streams[key.fd]
+                        continue
+                    try:
+                        ws.send_binary(io_frame(streams[key.fd], job, data))
+                    except WebSocketError:
+                        pass  # the link broke: keep draining so the job is not blocked on a full pipe
+
+    def _send(self, ws: WebSocket, message: object) -> None:
+        try:
+            ws.send_text(p.encode_frame(message))
+        except WebSocketError:
+            pass
+
+    def _send_exit(self, ws: WebSocket, message: p.JobExit) -> None:
+        if message.error:
+            self.log(f"beoboot: job {message.job}: {message.error}")
+        self._send(ws, message)
+
+
+def _feed_stdin(chunks: queue.Queue[bytes], fd: int) -> None:
+    try:
+        while chunk := chunks.get():
+            _write_all(fd, chunk)
+    except OSError:
+        pass  # the job closed its stdin or ended
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _killpg(pgid: int, signum: int) -> None:
+    try:
+        os.killpg(pgid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def start_runner(
+    master_url: str, mac: str, env_root: str, max_bytes: int, log: Callable[[str], None]
+) -> JobRunner:
+    """Stage 3: the libcache at ENV_ROOT/.libcache (on the environment root's own tmpfs, so its objects can
+    be hard-linked into the root; see agent.libcache), and the runner's link to the master."""
+    cache = LibCache(os.path.join(env_root, ".libcache"), env_root, master_url, max_bytes=max_bytes)
+    runner = JobRunner(master_url, mac, env_root, cache, log=log)
+    runner.start()
+    return runner

@@ -1,0 +1,115 @@
+"""A simulated node: stage 3's job path as a plain process on the master host (`python -m agent.simnode`).
+
+Same code as a booted node from registration on (MasterLink, heartbeats, agent.jobs, agent.libcache),
+without a kernel of its own: each node's environment root is a directory under --dir, its libcache the
+hidden directory inside it, and the mounts a booted node makes are left out, except /proc (see below).
+One process can run many nodes (--count), each with its own MAC, link and cache, for the benchmarks.
+
+Jobs run chrooted, so this must run as root. When it does, it enters a private mount namespace first and
+mounts /proc into each environment root (`uptime` and `ps` need it); the namespace goes away with the
+process, so a killed simnode leaves no mounts behind. unshare(CLONE_NEWNS) must come before any thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import signal
+import sys
+import threading
+
+from agent import jobs, protocol as p
+from agent.libcache import LibCache
+from agent.masterlink import MasterLink
+
+CLONE_NEWNS = 0x00020000
+MS_REC, MS_PRIVATE = 0x4000, 0x40000
+SKELETON_FILES = {
+    "etc/passwd": "root:x:0:0:root:/:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
+    "etc/group": "root:x:0:\nnogroup:x:65534:\n",
+}
+
+
+def private_mounts() -> bool:
+    """Enter a mount namespace of our own, with / private so nothing propagates back. False if not allowed."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(CLONE_NEWNS) != 0:
+        return False
+    return libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) == 0
+
+
+def mount_proc(target: str) -> bool:
+    libc = ctypes.CDLL(None, use_errno=True)
+    return libc.mount(b"proc", target.encode(), b"proc", 0, None) == 0
+
+
+def make_env_root(root: str, *, proc: bool) -> None:
+    """The skeleton a booted node's envroot image gives: /dev, /proc, /sys, /tmp, /etc/passwd, /etc/group."""
+    for name, mode in (("dev", 0o755), ("proc", 0o555), ("sys", 0o555), ("tmp", 0o1777), ("etc", 0o755)):
+        os.makedirs(os.path.join(root, name), exist_ok=True)
+        os.chmod(os.path.join(root, name), mode)
+    for name, text in SKELETON_FILES.items():
+        with open(os.path.join(root, name), "w") as f:
+            f.write(text)
+    null = os.path.join(root, "dev/null")
+    if os.getuid() == 0 and not os.path.exists(null):
+        os.mknod(null, 0o666 | 0o020000, os.makedev(1, 3))
+        os.chmod(null, 0o666)
+    if proc:
+        mount_proc(os.path.join(root, "proc"))
+
+
+def simulated_mac(index: int, prefix: str = "02:be:0b") -> str:
+    """Locally administered MACs (bit 1 of the first octet), so they can never clash with real NICs."""
+    return f"{prefix}:{(index >> 16) & 0xFF:02x}:{(index >> 8) & 0xFF:02x}:{index & 0xFF:02x}"
+
+
+class SimNode:
+    def __init__(self, master: str, directory: str, index: int, *, max_bytes: int, proc: bool) -> None:
+        self.mac = simulated_mac(index)
+        self.env_root = os.path.join(directory, f"node{index}", "env")
+        os.makedirs(self.env_root, exist_ok=True)
+        make_env_root(self.env_root, proc=proc)
+        self.link = MasterLink(master, self.mac, p.Stage.SUPERVISOR, timeout=10)
+        self.cache = LibCache(os.path.join(self.env_root, ".libcache"), self.env_root, master, max_bytes=max_bytes)
+        self.runner = jobs.JobRunner(master, self.mac, self.env_root, self.cache, log=print)
+
+    def start(self) -> int:
+        reply = self.link.register(p.Hardware(cpu_model="simulated", cpus=1), attempts=20)
+        self.link.event(p.BootEvent.STAGE3_READY)
+        self.link.run_heartbeats()
+        self.runner.start()
+        return reply.number
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m agent.simnode", description=__doc__.split("\n")[0])
+    parser.add_argument("--master", required=True, help="beoserv URL, e.g. http://127.0.0.1:8080")
+    parser.add_argument("--dir", required=True, help="scratch directory for the nodes' environment roots")
+    parser.add_argument("--count", type=int, default=1, help="how many nodes this process simulates")
+    parser.add_argument("--first", type=int, default=0, help="index of the first node's MAC")
+    parser.add_argument("--libcache-max-bytes", type=int, default=512 << 20)
+    args = parser.parse_args(argv)
+    proc = os.getuid() == 0 and private_mounts()
+    nodes = [
+        SimNode(args.master, os.path.abspath(args.dir), args.first + i, max_bytes=args.libcache_max_bytes, proc=proc)
+        for i in range(args.count)
+    ]
+    numbers = [node.start() for node in nodes]
+    for node in nodes:
+        node.runner.connected.wait(30)
+    print(f"simnode: {len(nodes)} nodes up: {','.join(map(str, numbers))}", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    while not stop.wait(1):
+        pass
+    for node in nodes:
+        node.runner.stop()
+        node.link.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""bpsh on simulated nodes against `ssh localhost`, side by side in one run.
+
+    .venv/bin/python benchmarks/bpsh_vs_ssh.py [--runs 200] [--ssh-runs 30] [--nodes 64]
+
+Starts its own beoserv (loopback, free port), `python -m agent.simnode` nodes, and an OpenSSH sshd on a
+loopback port with a generated host key and an authorized key (Debian's openssh-server), and stops them
+all at the end. Needs root (simulated nodes chroot their jobs). Figures:
+  * a cached /bin/true: bpsh as a library call (the job's own cost: connect, manifest, node, exit status)
+    and as the `bpsh` command (plus a Python interpreter's start), against `ssh 127.0.0.1 /bin/true`;
+  * the first run of a job on a node with a cold cache (/bin/true, then python3);
+  * `bpsh -a uptime` on --nodes simulated nodes (cold, then cached).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from beoboot.master.bpsh import Bpsh, parse_args
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(path: Path, text: str, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in path.read_text(errors="replace"):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"{proc.args[:3]} did not say {text!r}:\n{path.read_text(errors='replace')}")
+        time.sleep(0.05)
+
+
+def start_master(work: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    (work / "boot").mkdir()
+    log = work / "beoserv.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "beoboot.master.cli", "beoserv", "--root", str(work / "boot"),
+         "--listen", f"127.0.0.1:{port}", "--db", str(work / "nodes.db")],
+        stdout=open(log, "wb"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    wait_for(log, "listening on", proc)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def start_simnodes(work: Path, url: str, count: int, first: int) -> subprocess.Popen:
+    log = work / f"simnode-{first}.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent.simnode", "--master", url, "--dir", str(work / "nodes"),
+         "--count", str(count), "--first", str(first)],
+        stdout=open(log, "wb"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    wait_for(log, f"simnode: {count} nodes up", proc, timeout=120)
+    return proc
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def time_library(url: str, args: list[str], runs: int) -> list[float]:
+    null = os.open(os.devnull, os.O_RDWR)
+    options = parse_args(["--master", url, "-n", *args])
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        status = Bpsh(options, stdin=null, stdout=null).run()
+        times.append(time.perf_counter() - start)
+        if status != 0:
+            raise SystemExit(f"bpsh {' '.join(args)} exited {status}")
+    os.close(null)
+    return times
+
+
+def time_command(argv: list[str], runs: int) -> list[float]:
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, check=True)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def start_sshd(work: Path) -> tuple[subprocess.Popen, list[str]]:
+    sshd = shutil.which("sshd") or "/usr/sbin/sshd"
+    if not os.path.exists(sshd):
+        raise SystemExit("needs OpenSSH: apt-get install openssh-server openssh-client")
+    keys = work / "ssh"
+    keys.mkdir(mode=0o700)
+    for name in ("host", "user"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / name)], check=True)
+    shutil.copy(keys / "user.pub", keys / "authorized_keys")
+    port = free_port()
+    config = keys / "sshd_config"
+    config.write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {keys / 'host'}\nAuthorizedKeysFile {keys / 'authorized_keys'}\n"
+        "PermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+        "UsePAM no\nStrictModes no\nPidFile none\nPrintMotd no\nLogLevel ERROR\n"
+    )
+    os.makedirs("/run/sshd", exist_ok=True)  # sshd's privilege separation directory
+    proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(config)], stderr=open(keys / "sshd.log", "wb"))
+    client = ["ssh", "-q", "-i", str(keys / "user"), "-p", str(port), "-o", "BatchMode=yes",
+              "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "root@127.0.0.1"]  # fmt: skip
+    deadline = time.monotonic() + 10
+    while subprocess.run([*client, "/bin/true"], capture_output=True).returncode != 0:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"sshd did not accept the key: {(keys / 'sshd.log').read_text()}")
+        time.sleep(0.1)
+    return proc, client
+
+
+def ms(values: list[float]) -> str:
+    return f"{statistics.median(values) * 1000:8.2f} ms median  (min {min(values) * 1000:.2f}, n={len(values)})"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--ssh-runs", type=int, default=30)
+    parser.add_argument("--nodes", type=int, default=64)
+    args = parser.parse_args()
+    if os.getuid() != 0:
+        raise SystemExit("run as root: simulated nodes chroot their jobs")
+    bpsh = [sys.executable, "-m", "beoboot.master.bpsh"]
+    with tempfile.TemporaryDirectory(prefix="bpsh-bench-") as tmp:
+        work = Path(tmp)
+        master, url = start_master(work)
+        procs = [master]
+        try:
+            one = start_simnodes(work, url, 1, 0)
+            procs.append(one)
+            cold_true = time_library(url, ["0", "/bin/true"], 1)
+            cold_python = time_library(url, ["0", "/usr/bin/python3", "-c", "pass"], 1)
+            cached = time_library(url, ["0", "/bin/true"], args.runs)
+            cached_cli = time_command([*bpsh, "--master", url, "-n", "0", "/bin/true"], args.ssh_runs)
+            sshd, client = start_sshd(work)
+            procs.append(sshd)
+            ssh = time_command([*client, "/bin/true"], args.ssh_runs)
+            stop(one)
+            many = start_simnodes(work, url, args.nodes, 1000)
+            procs.append(many)
+            fan_cold = time_library(url, ["-a", "uptime"], 1)
+            fan = time_library(url, ["-a", "uptime"], 20)
+        finally:
+            for proc in reversed(procs):
+                stop(proc)
+    ratio = statistics.median(ssh) / statistics.median(cached)
+    ratio_cli = statistics.median(ssh) / statistics.median(cached_cli)
+    print(f"cached /bin/true, bpsh job (library call) {ms(cached)}")
+    print(f"cached /bin/true, `bpsh` command           {ms(cached_cli)}")
+    print(f"ssh 127.0.0.1 /bin/true (OpenSSH)          {ms(ssh)}")
+    print(f"ssh / bpsh job: {ratio:.1f}x    ssh / `bpsh` command: {ratio_cli:.1f}x   (targets: < 10 ms, >= 20x)")
+    print(f"cold cache, first /bin/true                {cold_true[0] * 1000:8.2f} ms")
+    print(f"cold cache, first python3 -c pass          {cold_python[0] * 1000:8.2f} ms")
+    print(f"bpsh -a uptime on {args.nodes} nodes, cold      {fan_cold[0] * 1000:8.2f} ms")
+    print(f"bpsh -a uptime on {args.nodes} nodes, cached    {ms(fan)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""What a job needs on a node: the master's exact files for COMMAND, as an agent.protocol.JobManifest.
+
+COMMAND is found on the request's PATH (on the master: the master's install is the reference). The files
+are the program, its ELF closure as glibc's ld.so would load it (beoboot.ldso, the builder's resolver), the
+`#!` interpreter of a script with that interpreter's closure (scripts may chain), run-time files a known
+interpreter cannot start without (RUNTIME_RULES), and `--cache` extras (a file or a whole directory; ELF
+files in them bring their closures too). Every symbolic link met on the way is listed as a link, so the
+node's tree has the master's shape (/lib -> usr/lib) and files sit at their real paths.
+
+Closures are cached per program and re-checked by stat key on every job; hashes come from the
+ObjectStore's cache. A cached job therefore costs a few stat() calls per file, not a read.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import re
+import stat
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from agent import protocol as p
+from beoboot.errors import BeobootError
+from beoboot.ldso import LibraryResolver, is_elf
+from beoboot.master.objects import ObjectStore, StatKey, stat_key
+from beoboot.sysroot import Sysroot
+
+DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"
+MAX_SHEBANG_DEPTH = 4  # a script whose interpreter is a script... as the kernel allows (BINPRM_MAX_RECURSION)
+MAX_EXTRA_FILES = 20000
+
+
+class JobError(BeobootError):
+    """A job that cannot be described: command not found, unreadable file, bad --cache path."""
+
+
+def parse_shebang(head: bytes) -> tuple[str, ...] | None:
+    """b'#!/bin/sh -e\\n...' -> ('/bin/sh', '-e'); None when there is no '#!' line. As the kernel does
+    (binfmt_script): everything after the first word is one argument."""
+    if not head.startswith(b"#!"):
+        return None
+    line = head[2:].split(b"\n", 1)[0].strip().decode(errors="replace")
+    if not line:
+        return None
+    interpreter, _, argument = line.partition(" ")
+    argument = argument.strip()
+    return (interpreter, argument) if argument else (interpreter,)
+
+
+def python_runtime(real_program: str) -> list[str]:
+    """Python 3 needs its `encodings` package to start (the codec of stdio), os.py as the landmark of its
+    prefix and lib-dynload as the landmark of its exec prefix (Modules/getpath.py)."""
+    version = re.fullmatch(r"python(3\.\d+)", posixpath.basename(real_program))
+    if not version:
+        return []
+    lib = posixpath.join(posixpath.dirname(posixpath.dirname(real_program)), "lib", f"python{version.group(1)}")
+    return [f"{lib}/encodings", f"{lib}/os.py", f"{lib}/lib-dynload/"]
+
+
+# interpreter -> the run-time files it needs beyond its ELF closure (a trailing '/' means: the directory only)
+RUNTIME_RULES: tuple[Callable[[str], list[str]], ...] = (python_runtime,)
+
+
+def find_command(command: str, path_env: str, cwd: str) -> str:
+    """COMMAND as execvp would find it on the master: a name with a '/' is a path, else searched on PATH."""
+    if "/" in command:
+        path = posixpath.normpath(posixpath.join(cwd, command))
+        if not os.access(path, os.X_OK) or os.path.isdir(path):
+            raise JobError(f"{command}: not an executable file on the master ({path})")
+        return path
+    for directory in (path_env or DEFAULT_PATH).split(":"):
+        candidate = posixpath.join(directory or cwd, command)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return posixpath.normpath(candidate)
+    raise JobError(f"{command}: command not found on the master's PATH", hint=f"PATH is {path_env or DEFAULT_PATH}")
+
+
+@dataclass(frozen=True)
+class _Closure:
+    paths: tuple[str, ...]  # every file and link the program needs (as found, before resolving links)
+    keys: tuple[tuple[str, StatKey], ...]  # (real path, stat key) of every regular file, to re-check
+
+
+class ManifestBuilder:
+    def __init__(self, store: ObjectStore, root: str = "/") -> None:
+        self.store = store
+        self.root = root
+        self._closures: dict[str, _Closure] = {}
+        self._lock = threading.Lock()
+
+    # --- public -------------------------------------------------------------------------------------------
+
+    def build(self, request: p.JobRequest) -> p.JobManifest:
+        if not request.argv:
+            raise JobError("no command given", hint="bpsh NODE COMMAND [ARGS...]")
+        executable = find_command(request.argv[0], request.env.get("PATH", DEFAULT_PATH), request.cwd)
+        paths = list(self.closure(executable))
+        for extra in request.cache:
+            paths += self.extra(posixpath.normpath(posixpath.join(request.cwd, extra)))
+        return p.JobManifest(
+            argv=request.argv, executable=executable, env=request.env, cwd=request.cwd,
+            uid=request.uid, gid=request.gid, files=self.describe(paths),
+        )  # fmt: skip
+
+    def closure(self, program: str) -> tuple[str, ...]:
+        """Every path `program` needs, from cache when none of its files changed since it was computed."""
+        with self._lock:
+            cached = self._closures.get(program)
+        if cached is not None and all(_key_of(real) == key for real, key in cached.keys):
+            return cached.paths
+        computed = self._compute(program)
+        with self._lock:
+            self._closures[program] = computed
+        return computed.paths
+
+    def extra(self, path: str) -> list[str]:
+        """A --cache file, or a directory and everything under it; ELF files bring their closures."""
+        if not os.path.lexists(path):
+            raise JobError(f"--cache {path}: no such file or directory on the master")
+        found: list[str] = []
+        if os.path.isdir(path) and not os.path.islink(path):
+            for top, dirs, files in os.walk(path):
+                found.append(top + "/")
+                found += [posixpath.join(top, name) for name in sorted(files)]
+                found += [posixpath.join(top, d) for d in dirs if os.path.islink(posixpath.join(top, d))]
+                if len(found) > MAX_EXTRA_FILES:
+                    raise JobError(f"--cache {path}: more than {MAX_EXTRA_FILES} files", hint="name a smaller tree")
+        else:
+            found.append(path)
+        more: list[str] = []
+        for name in found:
+            if not name.endswith("/") and os.path.isfile(name) and is_elf(Sysroot(self.root), name):
+                more += self.closure(name)
+        return found + more
+
+    def describe(self, paths: Iterable[str]) -> tuple[p.JobFile, ...]:
+        """JobFiles for these paths, links resolved into link entries; directories first, then links, then
+        files, each once."""
+        sysroot = Sysroot(self.root)
+        dirs: dict[str, p.JobFile] = {}
+        links: dict[str, p.JobFile] = {}
+        files: dict[str, p.JobFile] = {}
+        for path in paths:
+            directory = path.endswith("/") and path != "/"
+            try:
+                resolved = sysroot.resolve(path.rstrip("/") or "/")
+            except BeobootError as exc:
+                raise JobError(f"{path}: {exc.message}") from None
+            for link, target in resolved.links:
+                links.setdefault(link, p.JobFile(link, 0o777, link=target))
+            st = os.stat(sysroot.host(resolved.real))
+            if stat.S_ISDIR(st.st_mode):
+                if directory or resolved.real != "/":
+                    dirs.setdefault(resolved.real, p.JobFile(resolved.real, st.st_mode & 0o7777))
+            elif stat.S_ISREG(st.st_mode) and resolved.real not in files:
+                digest = self.store.digest(str(sysroot.host(resolved.real)))
+                files[resolved.real] = p.JobFile(resolved.real, digest.mode, digest.sha256, digest.size)
+        ordered = sorted(dirs.values(), key=lambda f: f.path)
+        return tuple(ordered + list(links.values()) + list(files.values()))
+
+    # --- internals ----------------------------------------------------------------------------------------
+
+    def _compute(self, program: str) -> _Closure:
+        sysroot = Sysroot(self.root)
+        resolver = LibraryResolver(sysroot)
+        paths: list[str] = []
+        current = program
+        for _ in range(MAX_SHEBANG_DEPTH + 1):
+            paths.append(current)
+            if is_elf(sysroot, current):
+                try:
+                    paths += [n.path for n in resolver.closure([current])]
+                except BeobootError as exc:
+                    raise JobError(f"{program}: {exc.message}", hint=exc.hint) from None
+                break
+            try:
+                with open(sysroot.host(sysroot.resolve(current).real), "rb") as f:
+                    shebang = parse_shebang(f.read(256))
+            except (OSError, BeobootError) as exc:
+                raise JobError(f"{current}: cannot read it on the master: {exc}") from None
+            if shebang is None:
+                raise JobError(f"{current}: neither an ELF program nor a '#!' script", hint="name a program")
+            current = shebang[0]
+        else:
+            raise JobError(f"{program}: more than {MAX_SHEBANG_DEPTH} nested '#!' interpreters")
+        for rule in RUNTIME_RULES:
+            for needed in [path for path in paths if not path.endswith("/")]:
+                real = sysroot.resolve(needed).real
+                for item in rule(real):
+                    if os.path.isdir(item.rstrip("/")) and not item.endswith("/"):
+                        paths += self.extra(item)
+                    elif os.path.lexists(item.rstrip("/")):
+                        paths.append(item)
+        unique = tuple(dict.fromkeys(paths))
+        keys = []
+        for path in unique:
+            if not path.endswith("/"):
+                real = str(sysroot.host(sysroot.resolve(path).real))
+                if os.path.isfile(real):
+                    keys.append((real, stat_key(os.stat(real))))
+        return _Closure(unique, tuple(keys))
+
+
+def _key_of(path: str) -> StatKey | None:
+    try:
+        return stat_key(os.stat(path))
+    except OSError:
+        return None

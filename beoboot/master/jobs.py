@@ -1,0 +1,241 @@
+"""The master's job hub: node links, bpsh sessions, the job table, and the libcache objects.
+
+Every node keeps one WebSocket open to the master (the node opens it; nodes listen on nothing). `bpsh`
+opens another and sends a JobRequest; the hub builds the manifest once (beoboot.jobmanifest), pushes a
+JobStart to each node, and from then on relays: stdin and signals from bpsh to the jobs, output, JobStarted
+and JobExit from the jobs to bpsh. A bpsh that goes away takes its jobs with it (SIGHUP, as a terminal
+would); a node link that drops ends its jobs with status 255 (as ssh does for a lost connection).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import struct
+import time
+from dataclasses import dataclass, field, replace
+
+from aiohttp import WSMsgType, web
+
+from agent import protocol as p
+from beoboot.errors import BeobootError
+from beoboot.jobmanifest import JobError, ManifestBuilder
+from beoboot.master.objects import ObjectStore
+from beoboot.master.registry import Registry, RegistryError
+
+log = logging.getLogger("beoserv")
+
+LINK_LOST = 255
+SIGHUP = 1
+FINISHED_KEPT = 200  # finished jobs kept in the listing
+
+
+@dataclass
+class Session:
+    """One bpsh connection."""
+
+    ws: web.WebSocketResponse
+    jobs: set[int] = field(default_factory=set)
+
+
+@dataclass
+class Job:
+    row: p.JobRow
+    session: Session
+    link: NodeLink
+
+
+@dataclass
+class NodeLink:
+    number: int
+    mac: str
+    ws: web.WebSocketResponse
+    jobs: set[int] = field(default_factory=set)
+
+
+def parse_nodes(text: str) -> list[int] | None:
+    """'0', '0,3', '2-4' -> node numbers; 'all' or '-a' -> None (every linked node)."""
+    if text in ("all", "-a"):
+        return None
+    numbers: list[int] = []
+    for part in text.split(","):
+        part = part.strip().lstrip(".n")
+        low, dash, high = part.partition("-")
+        if not low.isdigit() or (dash and not high.isdigit()):
+            raise JobError(f"node list {text!r}: {part!r} is not a node number", hint="e.g. 0 or 0,3 or 2-5 or -a")
+        numbers += range(int(low), int(high) + 1) if dash else [int(low)]
+    return list(dict.fromkeys(numbers))
+
+
+class JobHub:
+    def __init__(self, registry: Registry, root: str = "/") -> None:
+        self.registry = registry
+        self.objects = ObjectStore()
+        self.manifests = ManifestBuilder(self.objects, root)
+        self.links: dict[int, NodeLink] = {}
+        self.jobs: dict[int, Job] = {}
+        self.finished: list[p.JobRow] = []
+        self._ids = itertools.count(1)
+
+    def add_routes(self, app: web.Application) -> None:
+        """Before the boot tree's catch-all GET route."""
+        app.router.add_get(p.JOBS_LINK_PATH, self.node_link)
+        app.router.add_get(p.BPSH_PATH, self.bpsh)
+        app.router.add_get(p.JOBS_PATH, self.list_jobs)
+        app.router.add_get(p.OBJECTS_PATH.replace("{digest}", "{digest:[0-9a-f]{64}}"), self.object)
+        app.on_shutdown.append(self.close_all)
+
+    async def close_all(self, app: web.Application) -> None:
+        """Close every link and session at shutdown: aiohttp would otherwise wait for these long-lived
+        handlers for its whole shutdown timeout."""
+        sessions = {id(job.session): job.session for job in self.jobs.values()}
+        for ws in [link.ws for link in self.links.values()] + [s.ws for s in sessions.values()]:
+            await ws.close()
+
+    # --- objects ------------------------------------------------------------------------------------------
+
+    async def object(self, request: web.Request) -> web.StreamResponse:
+        path = self.objects.lookup(request.match_info["digest"])
+        if path is None:
+            raise web.HTTPNotFound(text="no such object: it was never in a manifest, or the file changed since\n")
+        return web.FileResponse(path, headers={"Content-Type": "application/octet-stream"})
+
+    # --- listing ------------------------------------------------------------------------------------------
+
+    def rows(self) -> tuple[p.JobRow, ...]:
+        return tuple(self.finished) + tuple(job.row for job in self.jobs.values())
+
+    async def list_jobs(self, request: web.Request) -> web.Response:
+        return web.Response(text=p.to_json(p.JobList(self.rows())), content_type="application/json")
+
+    # --- node side ----------------------------------------------------------------------------------------
+
+    async def node_link(self, request: web.Request) -> web.StreamResponse:
+        mac = p.normalise_mac(request.query.get("mac", ""))
+        node = next((n for n in self.registry.nodes() if n.mac == mac), None)
+        if node is None:
+            raise web.HTTPNotFound(text=f"node {mac} is not registered: register first\n")
+        ws = web.WebSocketResponse(max_msg_size=0)
+        await ws.prepare(request)
+        old = self.links.get(node.number)
+        link = NodeLink(node.number, mac, ws)
+        self.links[node.number] = link
+        if old is not None:
+            await old.ws.close()
+        log.info("node %d (%s) job link up from %s", node.number, mac, request.remote)
+        try:
+            async for msg in ws:
+                if msg.type == WSMsgType.TEXT:
+                    await self._from_node(link, p.decode_frame(msg.data))
+                elif msg.type == WSMsgType.BINARY:
+                    _, job_id = struct.unpack_from(p.IO_HEADER, msg.data)
+                    job = self.jobs.get(job_id)
+                    if job is not None and not job.session.ws.closed:
+                        await job.session.ws.send_bytes(msg.data)
+        finally:
+            if self.links.get(node.number) is link:
+                del self.links[node.number]
+            for job_id in list(link.jobs):
+                error = f"node {node.number} job link lost"
+                await self._finish(job_id, p.JobExit(job_id, LINK_LOST, node=node.number, error=error))
+            log.info("node %d (%s) job link down", node.number, mac)
+        return ws
+
+    async def _from_node(self, link: NodeLink, message: object) -> None:
+        if isinstance(message, p.JobStarted):
+            job = self.jobs.get(message.job)
+            if job is not None:
+                job.row = replace(job.row, pid=message.pid, state=p.JobState.RUNNING)
+                await _send(job.session.ws, replace(message, node=link.number))
+        elif isinstance(message, p.JobExit):
+            await self._finish(message.job, replace(message, node=link.number))
+
+    async def _finish(self, job_id: int, message: p.JobExit) -> None:
+        job = self.jobs.pop(job_id, None)
+        if job is None:
+            return
+        job.link.jobs.discard(job_id)
+        job.session.jobs.discard(job_id)
+        state = p.JobState.FAILED if message.error and message.status in (127, LINK_LOST) else p.JobState.EXITED
+        self.finished.append(replace(job.row, state=state, status=message.status))
+        del self.finished[:-FINISHED_KEPT]
+        await _send(job.session.ws, message)
+        if not job.session.jobs:
+            await job.session.ws.close()
+
+    # --- bpsh side ----------------------------------------------------------------------------------------
+
+    async def bpsh(self, request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse(max_msg_size=0)
+        await ws.prepare(request)
+        session = Session(ws)
+        try:
+            first = await ws.receive()
+            if first.type != WSMsgType.TEXT:
+                return ws
+            message = p.decode_frame(first.data)
+            if not isinstance(message, p.JobRequest):
+                raise p.ProtocolError(f"bpsh must begin with a JobRequest, not {type(message).__name__}")
+            try:
+                await self._start(session, message)
+            except (BeobootError, p.ProtocolError) as exc:
+                await _send(ws, p.JobExit(0, 127, error=str(exc)))
+                await ws.close()
+                return ws
+            async for msg in ws:
+                if msg.type == WSMsgType.BINARY:
+                    for job_id in list(session.jobs):
+                        job = self.jobs.get(job_id)
+                        if job is not None:
+                            await job.link.ws.send_bytes(struct.pack(p.IO_HEADER, p.Stream.STDIN, job_id) + msg.data[5:])
+                elif msg.type == WSMsgType.TEXT:
+                    signal = p.decode_frame(msg.data)
+                    if isinstance(signal, p.JobSignal):
+                        await self._signal(session, signal.signum)
+        except p.ProtocolError as exc:
+            log.warning("bad bpsh message from %s: %s", request.remote, exc)
+        finally:
+            if session.jobs:  # bpsh went away first
+                await self._signal(session, SIGHUP)
+        return ws
+
+    async def _start(self, session: Session, request: p.JobRequest) -> None:
+        wanted = parse_nodes(request.nodes)
+        numbers = sorted(self.links) if wanted is None else wanted
+        if not numbers:
+            raise JobError("no node is up with a job link", hint="bpstat shows the nodes")
+        down = [n for n in numbers if n not in self.links]
+        if down:
+            raise JobError(f"node {', '.join(map(str, down))} is not up (no job link)", hint="bpstat shows the nodes")
+        loop = asyncio.get_running_loop()
+        manifest = await loop.run_in_executor(None, self.manifests.build, request)  # pyelftools blocks on a cold build
+        command = " ".join(request.argv)
+        now = time.time()
+        for number in numbers:
+            link = self.links[number]
+            job_id = next(self._ids)
+            row = p.JobRow(job_id, number, 0, command, p.JobState.STARTING, now)
+            self.jobs[job_id] = Job(row, session, link)
+            session.jobs.add(job_id)
+            link.jobs.add(job_id)
+            await _send(link.ws, p.JobStart(job_id, manifest))
+            if not request.stdin:
+                await link.ws.send_bytes(struct.pack(p.IO_HEADER, p.Stream.STDIN, job_id))
+
+    async def _signal(self, session: Session, signum: int) -> None:
+        for job_id in list(session.jobs):
+            job = self.jobs.get(job_id)
+            if job is not None and not job.link.ws.closed:
+                await _send(job.link.ws, p.JobSignal(job_id, signum))
+
+
+async def _send(ws: web.WebSocketResponse, message: object) -> None:
+    if not ws.closed:
+        try:
+            await ws.send_str(p.encode_frame(message))
+        except ConnectionError:
+            pass
+
+
+__all__ = ["JobHub", "parse_nodes", "RegistryError"]

@@ -1,0 +1,96 @@
+"""bpsh against a node booted in QEMU (TCG) with the real master: the node runs the master's exact programs
+out of its libcache, chrooted in its environment root. The node reaches the master at 10.0.2.2."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from beoboot import builder, config
+from master_helpers import MasterProcess
+from servers import free_port
+from test_boot_chain import stage2_node
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def port():
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory, port):
+    if not list(Path("/boot").glob("vmlinuz-*")):
+        pytest.skip("needs a kernel: python3 build.py setup")
+    site = tmp_path_factory.mktemp("site") / "site.toml"
+    site.write_text(f'[build]\nmaster_url = "http://10.0.2.2:{port}/"\n')
+    outdir = tmp_path_factory.mktemp("out")
+    builder.build(config.load(site), outdir)
+    return outdir
+
+
+@pytest.fixture(scope="module")
+def node(out, port, tmp_path_factory):
+    work = tmp_path_factory.mktemp("qemu-bpsh")
+    master = MasterProcess(out, work / "nodes.db", work / "beoserv.log", port=port).start()
+    vm = stage2_node(out, work)
+    with vm:
+        vm.wait_for("beoboot: stage 3 ready: node 0 up")
+        master.wait_for_log(r"node 0 \(\S+\) job link up", timeout=60)
+        yield master.url
+    master.stop()
+
+
+def bpsh(url, *args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "beoboot.master.bpsh", "--master", url, *args],
+                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+
+
+def test_first_job_sees_only_what_jobs_brought(node):
+    result = bpsh(node, "0", "ls", "-a", "/")
+    assert result.returncode == 0, result.stderr
+    listed = set(result.stdout.split()) - {".", "..", ".libcache"}
+    assert "usr" in listed and "lib" in listed
+    assert not listed & {"sbin", "var", "opt", "home", "root"}  # nothing a job did not bring
+
+
+def test_python_prints_42(node):
+    result = bpsh(node, "0", "/usr/bin/python3", "-c", "print(6*7)")
+    assert (result.returncode, result.stdout) == (0, "42\n"), result.stderr
+
+
+def test_exit_status_of_a_shell(node):
+    assert bpsh(node, "0", "sh", "-c", "exit 3").returncode == 3
+
+
+@pytest.mark.skipif(not shutil.which("gcc"), reason="needs gcc on the master")
+def test_c_program_with_its_own_library(node, tmp_path):
+    (tmp_path / "greet.c").write_text('const char *greet(void) { return "built on the master"; }\n')
+    (tmp_path / "main.c").write_text('#include <stdio.h>\nconst char *greet(void);\n'
+                                     'int main(void) { puts(greet()); return 0; }\n')  # fmt: skip
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(tmp_path / "libgreet.so"), str(tmp_path / "greet.c")],
+                   check=True)  # fmt: skip
+    subprocess.run(["gcc", "-o", str(tmp_path / "hello"), str(tmp_path / "main.c"), f"-L{tmp_path}", "-lgreet",
+                    f"-Wl,-rpath,{tmp_path}"], check=True)  # fmt: skip
+    result = bpsh(node, "0", str(tmp_path / "hello"))
+    assert (result.returncode, result.stdout) == (0, "built on the master\n"), result.stderr
+
+
+def test_sigint_through_bpsh_ends_the_job_with_130(node):
+    assert bpsh(node, "0", "/bin/true").returncode == 0  # sleep's libraries are cached by now; warm the path
+    job = subprocess.Popen([sys.executable, "-m", "beoboot.master.bpsh", "--master", node, "0", "sleep", "100"])
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        listing = subprocess.run([sys.executable, "-c", "from beoboot.master.bpsh import bps_main; bps_main()",
+                                  "--master", node], capture_output=True, text=True).stdout  # fmt: skip
+        if "sleep 100" in listing and "running" in listing:
+            break
+        time.sleep(0.2)
+    job.send_signal(signal.SIGINT)
+    assert job.wait(60) == 130

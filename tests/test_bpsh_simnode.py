@@ -1,0 +1,133 @@
+"""bpsh end to end on simulated nodes: the real beoserv, `python -m agent.simnode` (two nodes in one process,
+environment roots in a scratch directory, jobs chrooted), and the real `bpsh` command line."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from master_helpers import MasterProcess
+
+pytestmark = pytest.mark.skipif(os.getuid() != 0, reason="simulated nodes chroot their jobs: needs root")
+
+SKELETON = {"dev", "proc", "sys", "tmp", "etc"}
+BROUGHT_BY_LS = {"usr", "bin", "lib", "lib64"}  # /usr/bin/ls and its libraries, and the master's /bin, /lib links
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    work = tmp_path_factory.mktemp("cluster")
+    (work / "boot").mkdir()
+    master = MasterProcess(work / "boot", work / "nodes.db", work / "beoserv.log").start()
+    log = open(work / "simnode.log", "wb")
+    sim = subprocess.Popen(
+        [sys.executable, "-m", "agent.simnode", "--master", master.url, "--dir", str(work / "nodes"), "--count", "2"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    deadline = time.monotonic() + 20
+    while b"simnode: 2 nodes up" not in (work / "simnode.log").read_bytes():
+        assert sim.poll() is None and time.monotonic() < deadline, (work / "simnode.log").read_text()
+        time.sleep(0.05)
+    yield master.url, work / "nodes"
+    sim.send_signal(signal.SIGTERM)
+    sim.wait(10)
+    log.close()
+    master.stop()
+
+
+def bpsh(url, *args, **kwargs):
+    return subprocess.run([sys.executable, "-m", "beoboot.master.bpsh", "--master", url, *args],
+                          capture_output=True, text=True, timeout=60, **kwargs)  # fmt: skip
+
+
+def test_env_root_starts_empty_and_ls_shows_only_what_jobs_brought(cluster):
+    url, nodes = cluster
+    env = nodes / "node1" / "env"
+    assert set(os.listdir(env)) == SKELETON | {".libcache"}
+    result = bpsh(url, "1", "ls", "/")
+    assert result.returncode == 0, result.stderr
+    listed = set(result.stdout.split())
+    assert SKELETON <= listed and "usr" in listed and listed - SKELETON <= BROUGHT_BY_LS
+
+
+def test_exit_status_stdout_and_stderr(cluster):
+    url, _ = cluster
+    assert bpsh(url, "0", "/bin/true").returncode == 0
+    result = bpsh(url, "0", "sh", "-c", "echo out; echo err >&2; exit 3")
+    assert (result.returncode, result.stdout, result.stderr) == (3, "out\n", "err\n")
+
+
+def test_stdin_is_forwarded(cluster):
+    url, _ = cluster
+    result = bpsh(url, "0", "cat", input="hello\nworld\n")
+    assert result.stdout == "hello\nworld\n"
+
+
+def test_python_runs_from_the_masters_install(cluster):
+    url, _ = cluster
+    result = bpsh(url, "0", "/usr/bin/python3", "-c", "print(6*7)")
+    assert (result.returncode, result.stdout) == (0, "42\n"), result.stderr
+
+
+def test_sigint_reaches_the_job_and_bps_lists_it(cluster):
+    url, _ = cluster
+    job = subprocess.Popen([sys.executable, "-m", "beoboot.master.bpsh", "--master", url, "0", "sleep", "100"])
+    deadline = time.monotonic() + 10
+    while True:
+        with urllib.request.urlopen(url + "/api/v1/jobs") as response:
+            rows = [j for j in json.load(response)["jobs"] if j["command"] == "sleep 100" and j["state"] == "running"]
+        if rows or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert rows and rows[0]["node"] == 0 and rows[0]["pid"] > 0
+    listing = subprocess.run([sys.executable, "-c", "from beoboot.master.bpsh import bps_main; bps_main()",
+                              "--master", url], capture_output=True, text=True).stdout  # fmt: skip
+    assert "sleep 100" in listing and "running" in listing and ".0" in listing
+    job.send_signal(signal.SIGINT)
+    assert job.wait(10) == 130
+
+
+def test_every_node_runs_it(cluster):
+    url, _ = cluster
+    result = bpsh(url, "-a", "uptime")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("load average") == 2
+
+
+def test_unknown_node_and_command(cluster):
+    url, _ = cluster
+    assert bpsh(url, "7", "true").returncode == 127
+    result = bpsh(url, "0", "no-such-command-here")
+    assert result.returncode == 127 and "not found on the master's PATH" in result.stderr
+
+
+@pytest.mark.skipif(not shutil.which("gcc"), reason="needs gcc on the master")
+def test_own_library_by_rpath_and_a_changed_library_is_used_at_once(cluster, tmp_path):
+    url, nodes = cluster
+
+    def build_library(text):
+        (tmp_path / "greet.c").write_text(f'const char *greet(void) {{ return "{text}"; }}\n')
+        subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(tmp_path / "libgreet.so"), str(tmp_path / "greet.c")],
+                       check=True)  # fmt: skip
+
+    build_library("hello from v1")
+    (tmp_path / "main.c").write_text(
+        '#include <stdio.h>\nconst char *greet(void);\nint main(void) { puts(greet()); return 0; }\n'
+    )
+    subprocess.run(["gcc", "-o", str(tmp_path / "hello"), str(tmp_path / "main.c"), f"-L{tmp_path}", "-lgreet",
+                    f"-Wl,-rpath,{tmp_path}"], check=True)  # fmt: skip
+    assert bpsh(url, "0", str(tmp_path / "hello")).stdout == "hello from v1\n"
+    on_node = nodes / "node0" / "env" / str(tmp_path / "libgreet.so").lstrip("/")
+    old = os.stat(on_node)
+    time.sleep(0.01)
+    build_library("hello from v2")
+    assert bpsh(url, "0", str(tmp_path / "hello")).stdout == "hello from v2\n"
+    assert not os.path.samestat(old, os.stat(on_node))
+    assert old.st_nlink == 2 and os.stat(on_node).st_nlink == 2  # object + the one link to it

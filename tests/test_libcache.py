@@ -1,0 +1,250 @@
+"""The libcache (fetch, verify, link, evict), the job manifest and the small parsers of issue 5. No master
+process, no root needed: objects come from a tiny HTTP server in a thread."""
+
+import hashlib
+import http.server
+import os
+import stat
+import threading
+from pathlib import Path
+
+import pytest
+
+from agent import protocol as p
+from agent.libcache import LibCache, LibCacheError, object_name
+from agent.wsclient import mask
+from beoboot.jobmanifest import JobError, ManifestBuilder, find_command, parse_shebang, python_runtime
+from beoboot.master.bpsh import BpshOptions, BpshUsageError, parse_args
+from beoboot.master.jobs import parse_nodes
+from beoboot.master.objects import ObjectStore
+
+
+class ObjectServer:
+    """Serves /objects/sha256/<hex> from a dict; `lie` maps a digest to wrong bytes to serve instead."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, bytes] = {}
+        self.lie: dict[str, bytes] = {}
+        self.requests = 0
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                outer.requests += 1
+                digest = self.path.rsplit("/", 1)[-1]
+                body = outer.lie.get(digest, outer.objects.get(digest))
+                if body is None:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def add(self, path: str, content: bytes, mode: int = 0o755) -> p.JobFile:
+        digest = hashlib.sha256(content).hexdigest()
+        self.objects[digest] = content
+        return p.JobFile(path, mode, digest, len(content))
+
+
+@pytest.fixture
+def server():
+    s = ObjectServer()
+    yield s
+    s.server.shutdown()
+
+
+@pytest.fixture
+def env_root(tmp_path):
+    root = tmp_path / "env"
+    (root / "tmp").mkdir(parents=True)
+    return root
+
+
+def cache_for(env_root: Path, server: ObjectServer, **kw) -> LibCache:
+    return LibCache(str(env_root / ".libcache"), str(env_root), server.url, **kw)
+
+
+def test_objects_are_fetched_once_verified_and_hard_linked(server, env_root):
+    files = [server.add("/usr/bin/prog", b"program"), server.add("/usr/lib/libx.so.1", b"library", 0o644),
+             p.JobFile("/lib", 0o777, link="usr/lib"), p.JobFile("/usr/share/empty", 0o755)]  # fmt: skip
+    cache = cache_for(env_root, server)
+    assert cache.ensure(files) == 2
+    cache.materialise(files)
+    linked = os.stat(env_root / "usr/lib/libx.so.1")
+    obj = os.stat(env_root / ".libcache/objects" / object_name(files[1]))
+    assert os.path.samestat(linked, obj) and linked.st_nlink == 2
+    assert stat.S_IMODE(linked.st_mode) == 0o444  # write bits dropped: shared by every job
+    assert (env_root / "usr/bin/prog").read_bytes() == b"program"
+    assert os.readlink(env_root / "lib") == "usr/lib" and (env_root / "usr/share/empty").is_dir()
+    before = server.requests
+    assert cache.ensure(files) == 0 and server.requests == before
+    # a second cache over the same directory finds the objects already there (agent restart)
+    assert cache_for(env_root, server).missing(files) == []
+
+
+def test_a_corrupt_object_is_refused_and_never_visible(server, env_root):
+    entry = server.add("/bin/x", b"the real bytes")
+    server.lie[entry.sha256] = b"something else"
+    cache = cache_for(env_root, server)
+    with pytest.raises(LibCacheError, match="does not match"):
+        cache.ensure([entry])
+    assert os.listdir(env_root / ".libcache/objects") == [] and os.listdir(env_root / ".libcache/tmp") == []
+    del server.lie[entry.sha256]  # the master serves it right again: fetched afresh
+    assert cache.ensure([entry]) == 1
+
+
+def test_a_half_written_object_left_by_a_crash_is_discarded(server, env_root):
+    (env_root / ".libcache/tmp").mkdir(parents=True)
+    (env_root / ".libcache/tmp/abc.755.1").write_bytes(b"half")
+    cache_for(env_root, server)
+    assert os.listdir(env_root / ".libcache/tmp") == []
+
+
+def test_a_changed_library_replaces_the_old_link(server, env_root):
+    cache = cache_for(env_root, server)
+    old = server.add("/usr/lib/libv.so", b"version 1", 0o644)
+    new = server.add("/usr/lib/libv.so", b"version 2", 0o644)
+    for entry in (old, new):
+        cache.ensure([entry])
+        cache.materialise([entry])
+    assert (env_root / "usr/lib/libv.so").read_bytes() == b"version 2"
+
+
+def test_lru_eviction_spares_held_objects_and_drops_links(server, env_root):
+    clock = iter(range(1000))
+    cache = cache_for(env_root, server, max_bytes=25, clock=lambda: float(next(clock)))
+    a, b, c = (server.add(f"/bin/{n}", n.encode() * 10) for n in "abc")
+    for entry in (a, b):
+        cache.ensure([entry])
+        cache.materialise([entry])
+    held = cache.hold([a])  # a is older than b, but a running job holds it
+    cache.ensure([c])
+    cache.materialise([c])
+    assert cache.evict() == [object_name(b)]
+    assert not (env_root / "bin/b").exists() and (env_root / "bin/a").exists()
+    cache.max_bytes = 15
+    cache.release(held)  # a is no longer held, and the least recently used
+    assert cache.names() == {object_name(c)}
+
+
+def test_paths_that_leave_the_environment_root_are_refused(server, env_root, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    cache = cache_for(env_root, server)
+    evil = [p.JobFile("/usr", 0o777, link=str(outside)), server.add("/usr/bin/x", b"x")]
+    cache.ensure(evil)
+    with pytest.raises(LibCacheError, match="outside the environment root"):
+        cache.materialise(evil)
+    assert os.listdir(outside) == []
+    with pytest.raises(LibCacheError):
+        cache.host_path("/.libcache/objects/x")
+
+
+# --- manifests -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "head, expected",
+    [
+        (b"#!/bin/sh\necho", ("/bin/sh",)),
+        (b"#! /usr/bin/env python3 \n", ("/usr/bin/env", "python3")),
+        (b"#!/bin/sh -e -x\n", ("/bin/sh", "-e -x")),  # the kernel passes one argument
+        (b"\x7fELF", None),
+        (b"#!\n", None),
+    ],
+)
+def test_parse_shebang(head, expected):
+    assert parse_shebang(head) == expected
+
+
+def test_find_command(tmp_path):
+    tool = tmp_path / "tool"
+    tool.write_text("#!/bin/sh\n")
+    tool.chmod(0o755)
+    assert find_command("tool", f"/nonexistent:{tmp_path}", "/") == str(tool)
+    assert find_command("./tool", "", str(tmp_path)) == str(tool)
+    with pytest.raises(JobError, match="not found on the master's PATH"):
+        find_command("no-such-tool", str(tmp_path), "/")
+
+
+def test_python_runtime_rule():
+    assert python_runtime("/usr/bin/python3.11") == [
+        "/usr/lib/python3.11/encodings", "/usr/lib/python3.11/os.py", "/usr/lib/python3.11/lib-dynload/"]  # fmt: skip
+    assert python_runtime("/usr/bin/perl") == []
+
+
+def test_manifest_of_a_script_brings_its_interpreter_and_hashes_are_cached(tmp_path):
+    script = tmp_path / "hello"
+    script.write_text("#!/bin/sh\necho hello\n")
+    script.chmod(0o755)
+    store = ObjectStore()
+    builder = ManifestBuilder(store)
+    request = p.JobRequest("0", (str(script),), {"PATH": "/usr/bin:/bin"}, "/", 0, 0)
+    manifest = builder.build(request)
+    paths = {f.path for f in manifest.files}
+    real_sh = os.path.realpath("/bin/sh")
+    assert str(script) in paths and real_sh in paths and any("libc.so" in path for path in paths)
+    hashed = store.hashed
+    builder.build(request)
+    assert store.hashed == hashed  # nothing re-read
+    script.write_text("#!/bin/sh\necho changed\n")
+    changed = {f.path: f.sha256 for f in builder.build(request).files}
+    assert changed[str(script)] == hashlib.sha256(b"#!/bin/sh\necho changed\n").hexdigest()
+    assert store.lookup(changed[str(script)]) == str(script)
+
+
+# --- small parsers ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [("0", [0]), ("0,3", [0, 3]), ("2-4", [2, 3, 4]), (".1,n2", [1, 2]), ("all", None), ("1,1", [1])],
+)
+def test_parse_nodes(text, expected):
+    assert parse_nodes(text) == expected
+
+
+def test_parse_nodes_rejects_junk():
+    with pytest.raises(JobError, match="'x' is not a node number"):
+        parse_nodes("0,x")
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["0", "ls", "-l"], BpshOptions("http://m", "0", ("ls", "-l"))),
+        (["-a", "uptime"], BpshOptions("http://m", "all", ("uptime",))),
+        (["--master", "http://x", "-n", "1,2", "sh", "-c", "exit 3"],
+         BpshOptions("http://x", "1,2", ("sh", "-c", "exit 3"), (), True)),
+        (["--cache=/opt/lib", "0", "prog", "--cache", "y"], BpshOptions("http://m", "0", ("prog", "--cache", "y"), ("/opt/lib",))),
+    ],
+)  # fmt: skip
+def test_bpsh_arguments(argv, expected):
+    assert parse_args(argv, {"BEOSERV_URL": "http://m"}) == expected
+
+
+@pytest.mark.parametrize("argv, message", [([], "no node"), (["0"], "no command"), (["-x", "0", "a"], "unknown option")])
+def test_bpsh_argument_errors(argv, message):
+    with pytest.raises(BpshUsageError, match=message):
+        parse_args(argv, {})
+
+
+def test_websocket_mask_round_trips():
+    data = os.urandom(1001)
+    assert mask(mask(data, b"abcd"), b"abcd") == data and mask(b"", b"abcd") == b""
+
+
+def test_job_frames_round_trip():
+    manifest = p.JobManifest(("a",), "/a", {"X": "1"}, "/", 0, 0, (p.JobFile("/a", 0o755, "ab" * 32, 3),))
+    for message in (p.JobStart(1, manifest), p.JobExit(2, 130, 2, node=0), p.JobSignal(0, 2)):
+        assert p.decode_frame(p.encode_frame(message)) == message
+    with pytest.raises(p.ProtocolError):
+        p.decode_frame('{"type": "Nope", "body": {}}')
