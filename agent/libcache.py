@@ -6,7 +6,8 @@ are HARD LINKS to the cached objects, so a library used by many jobs is stored o
 within one mount (it fails with EXDEV even across a bind mount of the same tmpfs), so the cache must be on
 the very mount the jobs' paths are created on. A separate tmpfs bound into place would hide the cache from
 jobs, but the links would have to be made through the unbound path; the hidden directory is simpler and
-the cost is that a root job can see it.
+the cost is that a root job can see it. A job path under another mount of the environment root (/tmp is
+its own tmpfs) cannot be a link: it gets a copy, put in place the same way.
 
 Objects: OBJECTS/<sha256>.<mode in octal>. The mode is part of the name because a hard link shares its
 inode's mode: the same bytes wanted as 0755 and 0644 are two objects. Write bits are dropped so a job
@@ -22,8 +23,10 @@ Standard library plus requests: runs in the node image.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -255,7 +258,15 @@ class LibCache:
                 self._make_parent(target)
                 tmp = f"{target}.beoboot-{threading.get_ident()}"
                 _unlink(tmp)
-                os.link(source, tmp)
+                try:
+                    os.link(source, tmp)
+                except OSError as exc:
+                    if exc.errno != errno.EXDEV:
+                        raise
+                    # the path is under another mount of the environment root (/tmp is its own tmpfs):
+                    # a copy, renamed into place the same way
+                    shutil.copyfile(source, tmp)
+                    os.chmod(tmp, object_mode(entry.mode))
                 try:
                     os.rename(tmp, target)
                 except OSError as exc:

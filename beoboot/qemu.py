@@ -55,7 +55,7 @@ def qemu_command(
         cmd += ["-kernel", str(kernel), "-append", append]
     if initrd is not None:
         cmd += ["-initrd", str(initrd)]
-    if not any(arg.startswith("-net") for arg in extra):
+    if not any(arg in ("-nic", "-netdev", "-net") for arg in extra):  # no NIC unless asked for
         cmd += ["-nic", "none"]
     return cmd + list(extra)
 

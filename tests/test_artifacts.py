@@ -1,5 +1,6 @@
 """Boot artifacts: parsers and plans table-tested; writers checked for reproducible bytes and with
 independent tools (xorriso, mdir, dnsmasq --test, nginx -t). QEMU boots: test_media_boot.py.
+"""
 
 import os
 import shutil
