@@ -5,9 +5,11 @@ import json
 import pytest
 
 from beoboot import qemu
-from beoboot.demo import SMOKE_APPEND
 
 pytestmark = pytest.mark.integration
+
+# `beoboot.smoke`: the agent prints its marker and powers off instead of doing the stage's work
+SMOKE_APPEND = qemu.DEFAULT_APPEND + " beoboot.smoke"
 
 
 @pytest.mark.parametrize("stage, number", [("stage1", 1), ("stage2", 2), ("stage3", 3)])
