@@ -35,7 +35,7 @@ def run(config: AgentConfig, net: NetworkState, *, dry_run: bool) -> None:
     initrd = bootfiles.fetch(master, manifest, "stage2", "/tmp/stage2.img", pins, say)
     with open(cmdline.PROC_CMDLINE) as f:
         command_line = next_cmdline(f.read(), master)
-    say(f"beoboot: kexec into the stage 2 kernel: {command_line}")
+    say(f"beoboot: kexec into the stage 2 kernel at uptime {hwprobe.uptime() or 0:.1f} s: {command_line}")
     say(f"beoboot: {kexec.load(kernel, initrd, command_line, dry_run=dry_run)}")
     link.event(p.BootEvent.KEXEC)
     link.flush(force=True)

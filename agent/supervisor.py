@@ -19,6 +19,7 @@ from agent import protocol as p
 from agent.config import AgentConfig
 from agent.handoff import HANDOFF_PATH, Handoff
 from agent.masterlink import MasterLink
+from agent.netlink import Netlink
 from agent.report import reporter, say
 
 ENV_ROOT = "/env"
@@ -72,6 +73,18 @@ def set_identity(reply: p.RegisterReply, address: str, *, dry_run: bool) -> None
         f.write(f"127.0.0.1 localhost\n{address.split('/')[0]} {reply.hostname} {reply.name}\n")
 
 
+def take_permanent_address(reply: p.RegisterReply, handoff: Handoff, *, dry_run: bool) -> None:
+    """BeoNSS: node N's permanent address is the master's first node address + N. The DHCP address was
+    the temporary one every booting node gets; the permanent one is added beside it, same prefix."""
+    temporary, _, prefix = handoff.address.partition("/")
+    if not reply.address or reply.address == temporary:
+        return
+    if not dry_run:
+        with Netlink() as nl:
+            nl.add_address(handoff.interface, reply.address, int(prefix or 24))
+    say(f"beoboot: permanent address {reply.address}/{prefix} on {handoff.interface} (node {reply.number})")
+
+
 def build_env_root(master: str, pins: dict[str, str], *, dry_run: bool) -> None:
     """The environment root: the envroot image unpacked into its own tmpfs, with /dev, /proc, /sys, /tmp."""
     manifest = bootfiles.fetch_manifest(master, "/run/beoboot/manifest.json", say)
@@ -117,7 +130,8 @@ def run(config: AgentConfig, *, dry_run: bool) -> None:
     except (OSError, ValueError, KeyError):
         pass
     reply = link.register(hwprobe.probe())
-    set_identity(reply, handoff.address, dry_run=dry_run)
+    take_permanent_address(reply, handoff, dry_run=dry_run)
+    set_identity(reply, reply.address or handoff.address, dry_run=dry_run)
     say(f"beoboot: node {reply.number} ({reply.name}), hostname {reply.hostname}, boot {reply.boot}")
     build_env_root(handoff.master_url, handoff.pins, dry_run=dry_run)
     jobs.start_runner(handoff.master_url, handoff.mac, ENV_ROOT, config.libcache_max_bytes, say)
