@@ -43,7 +43,7 @@ class Compression(enum.StrEnum):
 LEVELS: dict[Compression, tuple[int, int, int]] = {
     Compression.GZIP: (1, 9, 6),
     Compression.XZ: (0, 9, 6),
-    Compression.ZSTD: (1, 19, 10),
+    Compression.ZSTD: (1, 19, 7),  # 7: half the time of 10 for 2.5% more bytes on a stage image
     Compression.LZ4: (1, 12, 9),
 }
 

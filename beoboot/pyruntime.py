@@ -497,7 +497,9 @@ def write_zip(members: dict[str, bytes]) -> bytes:
             info.compress_type = zipfile.ZIP_DEFLATED
             info.create_system = 3  # Unix, whatever the build host is
             info.external_attr = 0o100644 << 16
-            archive.writestr(info, members[name], compresslevel=9)
+            # level 1: the image around the zip is compressed again anyway, and level 9 cost 0.6 s of
+            # every cold build for 12% of the zip's size
+            archive.writestr(info, members[name], compresslevel=1)
     return buffer.getvalue()
 
 
