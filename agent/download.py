@@ -29,7 +29,8 @@ class IntegrityError(DownloadError):
 
 @dataclass(frozen=True)
 class Backoff:
-    """Exponential backoff with full jitter around each step, capped."""
+    """Exponential backoff, capped, with +-`jitter` around each step so nodes that lost the master
+    together do not come back in one wave. Shared by every retry loop of the agent."""
 
     first: float = 1.0
     factor: float = 2.0
@@ -37,7 +38,7 @@ class Backoff:
     jitter: float = 0.25  # +- this fraction of the delay
 
     def delay(self, attempt: int, rand: Callable[[], float] = random.random) -> float:
-        base = min(self.cap, self.first * self.factor**attempt)
+        base = min(self.cap, self.first * self.factor ** min(attempt, 64))  # a node may retry for days
         return max(0.0, base * (1 + self.jitter * (2 * rand() - 1)))
 
 

@@ -17,12 +17,12 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import requests
 
 from agent import __version__, protocol as p
+from agent.download import Backoff
 
 T = TypeVar("T")
 
@@ -34,19 +34,6 @@ class MasterLinkError(Exception):
     """The master refused a message or could not be reached within the allowed attempts."""
 
 
-@dataclass(frozen=True)
-class Backoff:
-    """Exponential backoff with equal jitter: attempt k waits between d/2 and d, d = min(cap, base * factor**k)."""
-
-    base: float = 0.5
-    factor: float = 2.0
-    cap: float = 30.0
-
-    def delay(self, attempt: int, rng: random.Random) -> float:
-        ceiling = min(self.cap, self.base * self.factor ** min(attempt, 32))
-        return ceiling / 2 + rng.uniform(0, ceiling / 2)
-
-
 class MasterLink:
     def __init__(
         self,
@@ -55,7 +42,7 @@ class MasterLink:
         stage: p.Stage | str,
         *,
         timeout: float = 5.0,
-        backoff: Backoff = Backoff(),
+        backoff: Backoff = Backoff(first=0.5),
         session: requests.Session | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
@@ -110,13 +97,13 @@ class MasterLink:
                 attempt += 1
                 if attempts is not None and attempt >= attempts:
                     raise MasterLinkError(f"{what}: master {self.base_url} unreachable after {attempt} tries: {exc}")
-                wait = self.backoff.delay(attempt - 1, self.rng)
+                wait = self.backoff.delay(attempt - 1, self.rng.random)
                 if self.log is not None:
                     self.log(f"beoboot: {what}: master {self.base_url} unreachable; retry {attempt} in {wait:.1f} s")
                 self.sleep(wait)
 
     def _note_failure(self) -> None:
-        self._next_attempt = self.clock() + self.backoff.delay(self._failures, self.rng)
+        self._next_attempt = self.clock() + self.backoff.delay(self._failures, self.rng.random)
         self._failures += 1
 
     def _note_success(self) -> None:
