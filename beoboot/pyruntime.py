@@ -286,8 +286,8 @@ def _statements(tree: ast.AST) -> list[ast.AST]:
     while stack:
         node = stack.pop()
         found.append(node)
-        for field in _NESTED_BODIES:
-            children = getattr(node, field, None)
+        for body in _NESTED_BODIES:
+            children = getattr(node, body, None)
             if children:
                 stack.extend(children)
     return found

@@ -67,3 +67,18 @@ class MasterProcess:
         status = Path(f"/proc/{self.proc.pid}/status").read_text()
         rss = int(re.search(r"VmRSS:\s+(\d+)", status).group(1))
         return fds, rss
+
+
+def build_for_master(tmp_path_factory, port: int, build_settings: str = "") -> Path:
+    """A build whose nodes look for their master at the host's 127.0.0.1:PORT (10.0.2.2 from QEMU)."""
+    import pytest
+
+    from beoboot import builder, config
+
+    if not list(Path("/boot").glob("vmlinuz-*")):
+        pytest.skip("needs a kernel: python3 build.py setup")
+    site = tmp_path_factory.mktemp("site") / "site.toml"
+    site.write_text(f'[build]\nmaster_url = "http://10.0.2.2:{port}/"\n{build_settings}')
+    outdir = tmp_path_factory.mktemp("out")
+    builder.build(config.load(site), outdir)
+    return outdir

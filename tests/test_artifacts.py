@@ -7,7 +7,6 @@ import shutil
 import struct
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 

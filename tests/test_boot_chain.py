@@ -9,12 +9,11 @@ import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
-from pathlib import Path
 
 import pytest
 
-from beoboot import builder, config, media, qemu
-from master_helpers import MasterProcess
+from beoboot import config, media, qemu
+from master_helpers import MasterProcess, build_for_master
 from servers import free_port
 from vm import BackgroundVM
 
@@ -30,13 +29,7 @@ def port():
 
 @pytest.fixture(scope="module")
 def out(tmp_path_factory, port):
-    if not list(Path("/boot").glob("vmlinuz-*")):
-        pytest.skip("needs a kernel: python3 build.py setup")
-    site = tmp_path_factory.mktemp("site") / "site.toml"
-    site.write_text(f'[build]\nmaster_url = "http://10.0.2.2:{port}/"\nmaster_timeout = {MASTER_TIMEOUT}\n')
-    outdir = tmp_path_factory.mktemp("out")
-    builder.build(config.load(site), outdir)
-    return outdir
+    return build_for_master(tmp_path_factory, port, f"master_timeout = {MASTER_TIMEOUT}\n")
 
 
 @pytest.fixture

@@ -1,7 +1,6 @@
 """bpsh against a node booted in QEMU (TCG) with the real master: the node runs the master's exact programs
 out of its libcache, chrooted in its environment root. The node reaches the master at 10.0.2.2."""
 
-import os
 import shutil
 import signal
 import subprocess
@@ -11,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from beoboot import builder, config
-from master_helpers import MasterProcess
+from master_helpers import MasterProcess, build_for_master
 from servers import free_port
 from test_boot_chain import stage2_node
 
@@ -26,13 +24,7 @@ def port():
 
 @pytest.fixture(scope="module")
 def out(tmp_path_factory, port):
-    if not list(Path("/boot").glob("vmlinuz-*")):
-        pytest.skip("needs a kernel: python3 build.py setup")
-    site = tmp_path_factory.mktemp("site") / "site.toml"
-    site.write_text(f'[build]\nmaster_url = "http://10.0.2.2:{port}/"\n')
-    outdir = tmp_path_factory.mktemp("out")
-    builder.build(config.load(site), outdir)
-    return outdir
+    return build_for_master(tmp_path_factory, port)
 
 
 @pytest.fixture(scope="module")
