@@ -8,10 +8,11 @@ read every library every time: hashes are cached per (device, inode, size, mtime
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 from dataclasses import dataclass
+
+from beoboot.manifest import sha256_file
 
 StatKey = tuple[int, int, int, int]  # st_dev, st_ino, st_size, st_mtime_ns
 
@@ -43,7 +44,7 @@ class ObjectStore:
         with self._lock:
             known = self._by_key.get(key)
         if known is None:
-            known = hash_file(path)
+            known = sha256_file(path)
             # a file rewritten while it was read would be stored under a key that no longer matches it
             if stat_key(os.stat(path)) != key:
                 return self.digest(path)
@@ -69,11 +70,3 @@ class ObjectStore:
         with self._lock:
             self._by_hash.pop(sha256, None)
         return None
-
-
-def hash_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
