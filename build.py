@@ -62,7 +62,19 @@ def install_venv() -> None:
     if not VENV_PYTHON.exists():
         subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
     subprocess.run([str(VENV_PYTHON), "-m", "pip", "install", "-q", "-e", f"{ROOT}[test]"], check=True)
+    install_fast_bpsh()
     stamp.write_bytes(project)
+
+
+def install_fast_bpsh() -> None:
+    """pip's wrapper for `bpsh` starts the venv's Python with site and the editable-install finder: 20 ms
+    before bpsh runs, for a job that takes 3. The client needs nothing outside the interpreter, so
+    .venv/bin/bpsh is the client file itself (it runs as python3 -IS)."""
+    wrapper = VENV / "bin" / "bpsh"
+    tmp = wrapper.with_name("bpsh.beoboot-tmp")
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(ROOT / "beoboot" / "master" / "bpsh.py")
+    tmp.replace(wrapper)
 
 
 def setup() -> None:

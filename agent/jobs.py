@@ -157,7 +157,7 @@ class JobRunner:
                 self.cache.release(held)
 
     def _execute(self, ws: WebSocket, slot: JobSlot, manifest: p.JobManifest, fetched: int) -> None:
-        launcher = self.launcher or Launcher.shared()
+        launcher = self.launcher or Launcher.shared(self.env_root)
         stdin_r, stdin_w = os.pipe()
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
@@ -176,9 +176,10 @@ class JobRunner:
         self._send(ws, p.JobStarted(slot.job, pid, fetched=fetched))
         threading.Thread(target=_feed_stdin, args=(slot.stdin, stdin_w), daemon=True).start()
         self._pump(ws, slot.job, out_r, err_r)
-        status, signum = p.shell_status(launcher.wait(slot.job))
+        wait_status, error = launcher.wait(slot.job)
+        status, signum = p.shell_status(wait_status)
         slot.pid = 0
-        self._send_exit(ws, p.JobExit(slot.job, status, signum))
+        self._send_exit(ws, p.JobExit(slot.job, status, signum, error=error))
 
     def _pump(self, ws: WebSocket, job: int, out_r: int, err_r: int) -> None:
         streams = {out_r: p.Stream.STDOUT, err_r: p.Stream.STDERR}

@@ -11,7 +11,7 @@ It also settles who reaps a job: the jobs are the launcher's children, not PID 1
 SIGCHLD reaper can never take a job's status first.
 
 Messages, launcher side: {"job", "spec"} + 3 fds -> {"job", "pid"} or {"job", "error"}; later
-{"job", "status"} (the raw wait status) when the job ends.
+{"job", "status"} (the raw wait status) when the job ends, with "error" when its exec failed.
 """
 
 from __future__ import annotations
@@ -24,11 +24,13 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
 from queue import Queue
 
 MAX_MESSAGE = 1 << 20
 EXEC_FAILED = 127
+# ignored in this Python process (SIGPIPE by the interpreter itself) and inherited through exec unless reset:
+# `yes | head` in a job must end by SIGPIPE, as it would at a shell
+RESTORED_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
 
 
 class LaunchError(Exception):
@@ -46,7 +48,8 @@ def exec_job(spec: dict, fds: list[int], report: int) -> None:
             os.dup2(fd, target)
         for fd in set(fds) - {0, 1, 2}:  # received by SCM_RIGHTS without close-on-exec
             os.close(fd)
-        os.chroot(spec["root"])
+        for signum in RESTORED_SIGNALS:
+            signal.signal(signum, signal.SIG_DFL)
         try:
             os.chdir(spec["cwd"] or "/")
         except OSError:
@@ -62,18 +65,103 @@ def exec_job(spec: dict, fds: list[int], report: int) -> None:
             os._exit(EXEC_FAILED)
 
 
-def serve(sock: socket.socket) -> None:
+def spawn_as_root(spec: dict, fds: list[int]) -> int:
+    """A root job without fork(): posix_spawn (vfork underneath) saves copying this process's page tables,
+    half a millisecond of a cached job. It can set the session and the descriptors but not the user, so
+    only jobs of uid 0 come this way; the working directory is this single-threaded process's own for
+    the moment of the spawn. An exec failure raises OSError here."""
+    try:
+        os.chdir(spec["cwd"] or "/")
+    except OSError:
+        os.chdir("/")
+    actions = [(os.POSIX_SPAWN_DUP2, fd, target) for target, fd in enumerate(fds)]
+    actions += [(os.POSIX_SPAWN_CLOSE, fd) for fd in set(fds) - {0, 1, 2}]
+    try:
+        return os.posix_spawn(spec["executable"], spec["argv"], spec["env"], file_actions=actions,
+                              setsid=True, setsigdef=RESTORED_SIGNALS)  # fmt: skip
+    finally:
+        os.chdir("/")
+
+
+class Helper:
+    """The helper process's state: jobs running, exec reports not yet read."""
+
+    def __init__(self, sock: socket.socket, selector: selectors.BaseSelector) -> None:
+        self.sock, self.selector = sock, selector
+        self.running: dict[int, int] = {}  # pid -> job
+        self.reports: dict[int, int] = {}  # pid -> read end of its exec report pipe
+        self.failures: dict[int, str] = {}  # pid -> why its exec failed
+
+    def send(self, message: dict) -> None:
+        self.sock.send(json.dumps(message).encode())
+
+    def start(self, request: dict, fds: list[int]) -> None:
+        spec, job = request["spec"], request["job"]
+        if spec["uid"] == 0 and spec["gid"] == 0:
+            try:
+                pid = spawn_as_root(spec, fds)
+            except OSError as exc:
+                self.send({"job": job, "error": f"{spec['executable']}: {exc}"})
+                return
+            finally:
+                for fd in fds:
+                    os.close(fd)
+            self.running[pid] = job
+            self.send({"job": job, "pid": pid})
+            return
+        report_r, report_w = os.pipe()  # close-on-exec: EOF at exec, a message if the child failed
+        pid = os.fork()
+        if pid == 0:
+            os.close(report_r)
+            exec_job(spec, fds, report_w)
+        os.close(report_w)
+        for fd in fds:
+            os.close(fd)
+        # the pid goes back now, not after the exec: waiting for it would cost the job a round trip; a
+        # failure comes with the exit status instead
+        self.running[pid] = job
+        self.reports[pid] = report_r
+        self.selector.register(report_r, selectors.EVENT_READ, pid)
+        self.send({"job": job, "pid": pid})
+
+    def read_report(self, pid: int) -> None:
+        fd = self.reports.pop(pid, None)
+        if fd is None:
+            return
+        self.selector.unregister(fd)
+        with os.fdopen(fd, "rb") as report:  # the child exec'd or died: this does not block
+            failure = report.read()
+        if failure:
+            self.failures[pid] = failure.decode(errors="replace")
+
+    def reap(self) -> None:
+        while self.running:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            job = self.running.pop(pid, None)
+            self.read_report(pid)
+            failure = self.failures.pop(pid, None)
+            if job is not None:
+                self.send({"job": job, "status": status, **({"error": failure} if failure else {})})
+
+
+def serve(sock: socket.socket, root: str) -> None:
+    # the helper lives in the environment root, so a root job needs no chroot of its own (see
+    # spawn_as_root); it has no supplementary groups to pass on either
+    os.chroot(root)
+    os.chdir("/")
+    os.setgroups([])
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
     os.set_blocking(wake_r, False)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
-    running: dict[int, int] = {}  # pid -> job
-
-    def send(message: dict) -> None:
-        sock.send(json.dumps(message).encode())
-
     with selectors.DefaultSelector() as selector:
+        helper = Helper(sock, selector)
         selector.register(sock, selectors.EVENT_READ, "request")
         selector.register(wake_r, selectors.EVENT_READ, "child")
         while True:
@@ -84,66 +172,46 @@ def serve(sock: socket.socket) -> None:
                             pass
                     except BlockingIOError:
                         pass
-                    while running:
-                        try:
-                            pid, status = os.waitpid(-1, os.WNOHANG)
-                        except ChildProcessError:
-                            break
-                        if pid == 0:
-                            break
-                        job = running.pop(pid, None)
-                        if job is not None:
-                            send({"job": job, "status": status})
-                    continue
-                data, fds, _, _ = socket.recv_fds(sock, MAX_MESSAGE, 3)
-                if not data:
-                    return  # the agent is gone
-                request = json.loads(data)
-                report_r, report_w = os.pipe()  # close-on-exec: EOF at exec, a message if the child failed
-                pid = os.fork()
-                if pid == 0:
-                    os.close(report_r)
-                    exec_job(request["spec"], fds, report_w)
-                os.close(report_w)
-                for fd in fds:
-                    os.close(fd)
-                with os.fdopen(report_r, "rb") as report:
-                    failure = report.read()
-                if failure:
-                    os.waitpid(pid, 0)
-                    send({"job": request["job"], "error": failure.decode(errors="replace")})
+                    helper.reap()
+                elif key.data == "request":
+                    data, fds, _, _ = socket.recv_fds(sock, MAX_MESSAGE, 3)
+                    if not data:
+                        return  # the agent is gone
+                    helper.start(json.loads(data), fds)
                 else:
-                    running[pid] = request["job"]
-                    send({"job": request["job"], "pid": pid})
+                    helper.read_report(key.data)
 
 
 def main() -> None:
     fd = int(sys.argv[1])
     os.set_inheritable(fd, False)  # pass_fds made it inheritable: the jobs must not get the control socket
-    serve(socket.socket(fileno=fd))
+    serve(socket.socket(fileno=fd), sys.argv[2])
 
 
 # --- the agent's handle on it ---------------------------------------------------------------------------
 
 
 class Launcher:
-    """Start jobs through the helper process; one per agent process, shared by every node it simulates."""
+    """Start jobs through a helper process living in the environment root `root`; one per root (a simnode
+    process simulating several nodes has one per node)."""
 
-    _shared: Launcher | None = None
+    _shared: dict[str, Launcher] = {}
     _shared_lock = threading.Lock()
 
     @classmethod
-    def shared(cls) -> Launcher:
+    def shared(cls, root: str) -> Launcher:
         with cls._shared_lock:
-            if cls._shared is None or not cls._shared.alive():
-                cls._shared = cls()
-            return cls._shared
+            launcher = cls._shared.get(root)
+            if launcher is None or not launcher.alive():
+                launcher = cls._shared[root] = cls(root)
+            return launcher
 
-    def __init__(self, log: Callable[[str], None] = lambda message: None) -> None:
+    def __init__(self, root: str) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         boot = f"import sys; sys.path.insert(0, {package_parent!r}); from agent.launcher import main; main()"
-        self.process = subprocess.Popen([sys.executable, "-S", "-c", boot, str(theirs.fileno())], pass_fds=[theirs.fileno()])
+        self.process = subprocess.Popen([sys.executable, "-S", "-c", boot, str(theirs.fileno()), root],
+                                        pass_fds=[theirs.fileno()])  # fmt: skip
         theirs.close()
         self.sock = ours
         self._replies: dict[int, Queue[dict]] = {}
@@ -185,13 +253,13 @@ class Launcher:
             raise LaunchError(reply["error"])
         return int(reply["pid"])
 
-    def wait(self, job: int) -> int:
-        """The raw wait status of a job spawn() started."""
+    def wait(self, job: int) -> tuple[int, str]:
+        """The raw wait status of a job spawn() started, and why it could not exec (or "")."""
         with self._lock:
             replies = self._replies[job]
         reply = replies.get()
         self.forget(job)
-        return int(reply["status"])
+        return int(reply["status"]), reply.get("error", "")
 
     def forget(self, job: int) -> None:
         with self._lock:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import json
 import re
 import types
@@ -263,19 +264,29 @@ def from_dict(cls: type[T], raw: Any, where: str = "") -> T:
     where = where or cls.__name__
     if not isinstance(raw, dict):
         raise ProtocolError(f"{where}: expected an object, got {type(raw).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = set(raw) - names
-    if unknown:
-        raise ProtocolError(f"{where}: unknown fields {sorted(unknown)}")
+    fields, names = _fields_of(cls)
+    if not names.issuperset(raw):
+        raise ProtocolError(f"{where}: unknown fields {sorted(set(raw) - names)}")
     values = {}
-    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-        if f.name not in raw:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise ProtocolError(f"{where}: missing field {f.name!r}")
+    for name, hint, required in fields:
+        if name not in raw:
+            if required:
+                raise ProtocolError(f"{where}: missing field {name!r}")
             continue
-        values[f.name] = _convert(hints[f.name], raw[f.name], f"{where}.{f.name}")
+        values[name] = _convert(hint, raw[name], f"{where}.{name}")
     return cls(**values)
+
+
+@functools.cache
+def _fields_of(cls: type) -> tuple[tuple[tuple[str, Any, bool], ...], frozenset[str]]:
+    """(name, type, required) of each field, and the names. Cached: get_type_hints evaluates every
+    annotation's text, which cost a job manifest's decoding most of its time."""
+    hints = typing.get_type_hints(cls)
+    fields = tuple(
+        (f.name, hints[f.name], f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+        for f in dataclasses.fields(cls)
+    )
+    return fields, frozenset(name for name, _, _ in fields)
 
 
 def _convert(hint: Any, value: Any, where: str) -> Any:
@@ -331,12 +342,11 @@ def check_event_name(name: str) -> str:
 # --- jobs: libcache objects and remote execution (issue 5) -----------------------------------------------
 #
 # The node keeps one WebSocket open to the master (JOBS_LINK_PATH, opened by the node: nodes listen on
-# nothing); `bpsh` opens another (BPSH_PATH). Control messages are text frames holding one JSON Frame;
+# nothing); `bpsh` talks to beoserv on a local socket (beoboot.master.bpsh). Control messages are text frames holding one JSON Frame;
 # job input and output are binary frames: IO_HEADER (stream, job id) followed by the bytes. An empty stdin
 # frame is end of input.
 
 JOBS_LINK_PATH = f"{API}/jobs/link"  # GET WebSocket; query mac=...; the node's end of every job
-BPSH_PATH = f"{API}/jobs/run"  # GET WebSocket; bpsh sends a JobRequest, then stdin and signals
 JOBS_PATH = f"{API}/jobs"  # GET -> JobList
 OBJECTS_PATH = "/objects/sha256/{digest}"  # GET a libcache object by the sha256 of its content
 

@@ -104,6 +104,19 @@ class ManifestBuilder:
             uid=request.uid, gid=request.gid, files=self.describe(paths),
         )  # fmt: skip
 
+    def is_cached(self, request: p.JobRequest) -> bool:
+        """Whether build() would only stat files (no ELF parsing, no hashing): then it is cheap enough to run
+        on beoserv's event loop instead of a worker thread."""
+        if request.cache or not request.argv:
+            return False
+        try:
+            program = find_command(request.argv[0], request.env.get("PATH", DEFAULT_PATH), request.cwd)
+        except JobError:
+            return True  # the error is cheap too
+        with self._lock:
+            cached = self._closures.get(program)
+        return cached is not None and all(_key_of(real) == key for real, key in cached.keys)
+
     def closure(self, program: str) -> tuple[str, ...]:
         """Every path `program` needs, from cache when none of its files changed since it was computed."""
         with self._lock:

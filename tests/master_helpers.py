@@ -11,17 +11,24 @@ import time
 from pathlib import Path
 
 LISTENING = re.compile(r"listening on (http://127\.0\.0\.1:\d+)/")
+BPSH_SCRIPT = str(Path(__file__).resolve().parent.parent / "beoboot" / "master" / "bpsh.py")
+
+
+def bpsh_argv(socket: Path | str, *args: str) -> list[str]:
+    """The bpsh command as users run it: the client file under `python -IS`, at this master's socket."""
+    return [sys.executable, "-IS", BPSH_SCRIPT, "--socket", str(socket), *args]
 
 
 class MasterProcess:
     def __init__(self, root: Path, db: Path, log: Path, config: Path | None = None, port: int = 0) -> None:
         self.root, self.db, self.log_path, self.config, self.port = root, db, log, config, port
+        self.bpsh_socket = log.parent / "bpsh.sock"  # each test master its own, never /run/beoserv
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
 
     def start(self, timeout: float = 10.0) -> MasterProcess:
         args = [sys.executable, "-m", "beoboot.master.cli", "beoserv", "--root", str(self.root),
-                "--listen", f"127.0.0.1:{self.port}", "--db", str(self.db)]  # fmt: skip
+                "--listen", f"127.0.0.1:{self.port}", "--db", str(self.db), "--bpsh-socket", str(self.bpsh_socket)]  # fmt: skip
         if self.config:
             args += ["--config", str(self.config)]
         # stderr to a file, not a pipe: an undrained pipe would block the server once 64 KiB of log piled up

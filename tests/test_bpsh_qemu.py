@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from master_helpers import MasterProcess, build_for_master
+from master_helpers import MasterProcess, bpsh_argv, build_for_master
 from servers import free_port
 from test_boot_chain import stage2_node
 
@@ -35,13 +35,12 @@ def node(out, port, tmp_path_factory):
     with vm:
         vm.wait_for("beoboot: stage 3 ready: node 0 up")
         master.wait_for_log(r"node 0 \(\S+\) job link up", timeout=60)
-        yield master.url
+        yield master
     master.stop()
 
 
-def bpsh(url, *args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "beoboot.master.bpsh", "--master", url, *args],
-                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+def bpsh(master, *args, timeout=300):
+    return subprocess.run(bpsh_argv(master.bpsh_socket, *args), capture_output=True, text=True, timeout=timeout)
 
 
 def envroot_skeleton(out: Path) -> set[str]:
@@ -84,11 +83,11 @@ def test_c_program_with_its_own_library(node, tmp_path):
 
 def test_sigint_through_bpsh_ends_the_job_with_130(node):
     assert bpsh(node, "0", "/bin/true").returncode == 0  # sleep's libraries are cached by now; warm the path
-    job = subprocess.Popen([sys.executable, "-m", "beoboot.master.bpsh", "--master", node, "0", "sleep", "100"])
+    job = subprocess.Popen(bpsh_argv(node.bpsh_socket, "0", "sleep", "100"))
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        listing = subprocess.run([sys.executable, "-c", "from beoboot.master.bpsh import bps_main; bps_main()",
-                                  "--master", node], capture_output=True, text=True).stdout  # fmt: skip
+        listing = subprocess.run([sys.executable, "-m", "beoboot.master.cli", "bps", "--master", node.url],
+                                 capture_output=True, text=True).stdout  # fmt: skip
         if "sleep 100" in listing and "running" in listing:
             break
         time.sleep(0.2)

@@ -12,7 +12,7 @@ import urllib.request
 
 import pytest
 
-from master_helpers import MasterProcess
+from master_helpers import MasterProcess, bpsh_argv
 
 pytestmark = pytest.mark.skipif(os.getuid() != 0, reason="simulated nodes chroot their jobs: needs root")
 
@@ -34,50 +34,49 @@ def cluster(tmp_path_factory):
     while b"simnode: 2 nodes up" not in (work / "simnode.log").read_bytes():
         assert sim.poll() is None and time.monotonic() < deadline, (work / "simnode.log").read_text()
         time.sleep(0.05)
-    yield master.url, work / "nodes"
+    yield master.url, master.bpsh_socket, work / "nodes"
     sim.send_signal(signal.SIGTERM)
     sim.wait(10)
     log.close()
     master.stop()
 
 
-def bpsh(url, *args, **kwargs):
-    return subprocess.run([sys.executable, "-m", "beoboot.master.bpsh", "--master", url, *args],
-                          capture_output=True, text=True, timeout=60, **kwargs)  # fmt: skip
+def bpsh(socket, *args, **kwargs):
+    return subprocess.run(bpsh_argv(socket, *args), capture_output=True, text=True, timeout=60, **kwargs)
 
 
 def test_env_root_starts_empty_and_ls_shows_only_what_jobs_brought(cluster):
-    url, nodes = cluster
+    _, sock, nodes = cluster
     env = nodes / "node1" / "env"
     assert set(os.listdir(env)) == SKELETON | {".libcache"}
-    result = bpsh(url, "1", "ls", "/")
+    result = bpsh(sock, "1", "ls", "/")
     assert result.returncode == 0, result.stderr
     listed = set(result.stdout.split())
     assert SKELETON <= listed and "usr" in listed and listed - SKELETON <= BROUGHT_BY_LS
 
 
 def test_exit_status_stdout_and_stderr(cluster):
-    url, _ = cluster
-    assert bpsh(url, "0", "/bin/true").returncode == 0
-    result = bpsh(url, "0", "sh", "-c", "echo out; echo err >&2; exit 3")
+    url, sock, _ = cluster
+    assert bpsh(sock, "0", "/bin/true").returncode == 0
+    result = bpsh(sock, "0", "sh", "-c", "echo out; echo err >&2; exit 3")
     assert (result.returncode, result.stdout, result.stderr) == (3, "out\n", "err\n")
 
 
 def test_stdin_is_forwarded(cluster):
-    url, _ = cluster
-    result = bpsh(url, "0", "cat", input="hello\nworld\n")
+    url, sock, _ = cluster
+    result = bpsh(sock, "0", "cat", input="hello\nworld\n")
     assert result.stdout == "hello\nworld\n"
 
 
 def test_python_runs_from_the_masters_install(cluster):
-    url, _ = cluster
-    result = bpsh(url, "0", "/usr/bin/python3", "-c", "print(6*7)")
+    url, sock, _ = cluster
+    result = bpsh(sock, "0", "/usr/bin/python3", "-c", "print(6*7)")
     assert (result.returncode, result.stdout) == (0, "42\n"), result.stderr
 
 
 def test_sigint_reaches_the_job_and_bps_lists_it(cluster):
-    url, _ = cluster
-    job = subprocess.Popen([sys.executable, "-m", "beoboot.master.bpsh", "--master", url, "0", "sleep", "100"])
+    url, sock, _ = cluster
+    job = subprocess.Popen(bpsh_argv(sock, "0", "sleep", "100"))
     deadline = time.monotonic() + 10
     while True:
         with urllib.request.urlopen(url + "/api/v1/jobs") as response:
@@ -86,30 +85,31 @@ def test_sigint_reaches_the_job_and_bps_lists_it(cluster):
             break
         time.sleep(0.05)
     assert rows and rows[0]["node"] == 0 and rows[0]["pid"] > 0
-    listing = subprocess.run([sys.executable, "-c", "from beoboot.master.bpsh import bps_main; bps_main()",
-                              "--master", url], capture_output=True, text=True).stdout  # fmt: skip
-    assert "sleep 100" in listing and "running" in listing and ".0" in listing
+    for command in ("bps", "bpstat --jobs"):
+        listing = subprocess.run([sys.executable, "-m", "beoboot.master.cli", *command.split(), "--master", url],
+                                 capture_output=True, text=True).stdout  # fmt: skip
+        assert "sleep 100" in listing and "running" in listing and ".0" in listing, command
     job.send_signal(signal.SIGINT)
     assert job.wait(10) == 130
 
 
 def test_every_node_runs_it(cluster):
-    url, _ = cluster
-    result = bpsh(url, "-a", "uptime")
+    url, sock, _ = cluster
+    result = bpsh(sock, "-a", "uptime")
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("load average") == 2
 
 
 def test_unknown_node_and_command(cluster):
-    url, _ = cluster
-    assert bpsh(url, "7", "true").returncode == 127
-    result = bpsh(url, "0", "no-such-command-here")
+    url, sock, _ = cluster
+    assert bpsh(sock, "7", "true").returncode == 127
+    result = bpsh(sock, "0", "no-such-command-here")
     assert result.returncode == 127 and "not found on the master's PATH" in result.stderr
 
 
 @pytest.mark.skipif(not shutil.which("gcc"), reason="needs gcc on the master")
 def test_own_library_by_rpath_and_a_changed_library_is_used_at_once(cluster, tmp_path):
-    url, nodes = cluster
+    _, sock, nodes = cluster
 
     def build_library(text):
         (tmp_path / "greet.c").write_text(f'const char *greet(void) {{ return "{text}"; }}\n')
@@ -122,11 +122,56 @@ def test_own_library_by_rpath_and_a_changed_library_is_used_at_once(cluster, tmp
     )
     subprocess.run(["gcc", "-o", str(tmp_path / "hello"), str(tmp_path / "main.c"), f"-L{tmp_path}", "-lgreet",
                     f"-Wl,-rpath,{tmp_path}"], check=True)  # fmt: skip
-    assert bpsh(url, "0", str(tmp_path / "hello")).stdout == "hello from v1\n"
+    assert bpsh(sock, "0", str(tmp_path / "hello")).stdout == "hello from v1\n"
     on_node = nodes / "node0" / "env" / str(tmp_path / "libgreet.so").lstrip("/")
     old = os.stat(on_node)
     time.sleep(0.01)
     build_library("hello from v2")
-    assert bpsh(url, "0", str(tmp_path / "hello")).stdout == "hello from v2\n"
+    assert bpsh(sock, "0", str(tmp_path / "hello")).stdout == "hello from v2\n"
     assert not os.path.samestat(old, os.stat(on_node))
     assert old.st_nlink == 2 and os.stat(on_node).st_nlink == 2  # object + the one link to it
+
+
+def test_stdin_goes_to_every_node(cluster):
+    url, sock, _ = cluster
+    result = bpsh(sock, "-a", "cat", input="to all\n")
+    assert (result.returncode, result.stdout) == (0, "to all\n" * 2), result.stderr
+    assert bpsh(sock, "-n", "0", "cat", input="not read\n").stdout == ""
+
+
+def test_the_job_runs_as_the_user_the_kernel_names_not_one_bpsh_claims(cluster):
+    """beoserv takes uid and gid from SO_PEERCRED: nobody's bpsh runs nobody's job, whatever it sends."""
+    url, sock, _ = cluster
+    for parent in [sock.parent, *sock.parent.parents]:
+        if str(parent) in ("/", "/tmp"):
+            break
+        os.chmod(parent, os.stat(parent).st_mode | 0o011)  # let nobody reach the socket
+    argv = ["/usr/bin/python3", *bpsh_argv(sock, "0", "id", "-u")[1:]]  # the venv's may be under /root
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=60,
+                            user=65534, group=65534, cwd="/")  # fmt: skip
+    assert (result.returncode, result.stdout) == (0, "65534\n"), result.stderr
+    assert bpsh(sock, "0", "id", "-u").stdout == "0\n"
+
+
+def test_no_beoserv_is_a_clear_error(tmp_path):
+    result = bpsh(tmp_path / "nothing.sock", "0", "true")
+    assert result.returncode == 255
+    assert "cannot reach beoserv" in result.stderr and "--socket" in result.stderr
+
+
+def test_a_job_gets_sigpipe_as_at_a_shell(cluster):
+    """beoserv and the launcher are Python, which ignores SIGPIPE; a job must not inherit that."""
+    url, sock, _ = cluster
+    result = bpsh(sock, "--cache", "/usr/bin/yes", "--cache", "/usr/bin/head", "0", "sh", "-c", "yes | head -n 1")
+    assert (result.returncode, result.stdout, result.stderr) == (0, "y\n", "")
+
+
+def test_an_exec_failure_on_the_node_says_why(cluster, tmp_path):
+    url, sock, _ = cluster
+    program = tmp_path / "private"
+    program.write_text("#!/bin/sh\necho should not run\n")
+    program.chmod(0o700)  # the master (root) may run it; nobody may not, on the node either
+    argv = ["/usr/bin/python3", *bpsh_argv(sock, "0", str(program))[1:]]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=60, user=65534, group=65534, cwd="/")
+    assert result.returncode == 127 and "Permission denied" in result.stderr and "node 0" in result.stderr
+    assert result.stdout == ""

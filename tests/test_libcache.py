@@ -14,7 +14,8 @@ from agent import protocol as p
 from agent.libcache import LibCache, LibCacheError, object_name
 from agent.wsclient import mask
 from beoboot.jobmanifest import JobError, ManifestBuilder, find_command, parse_shebang, python_runtime
-from beoboot.master.bpsh import BpshOptions, BpshUsageError, parse_args
+from beoboot.master.bpsh_client import BpshOptions, BpshUsageError, encode_request, parse_args
+from beoboot.master.localjobs import RequestError, decode_request
 from beoboot.master.jobs import parse_nodes
 from beoboot.master.objects import ObjectStore
 
@@ -220,15 +221,34 @@ def test_parse_nodes_rejects_junk():
 @pytest.mark.parametrize(
     "argv, expected",
     [
-        (["0", "ls", "-l"], BpshOptions("http://m", "0", ("ls", "-l"))),
-        (["-a", "uptime"], BpshOptions("http://m", "all", ("uptime",))),
-        (["--master", "http://x", "-n", "1,2", "sh", "-c", "exit 3"],
-         BpshOptions("http://x", "1,2", ("sh", "-c", "exit 3"), (), True)),
-        (["--cache=/opt/lib", "0", "prog", "--cache", "y"], BpshOptions("http://m", "0", ("prog", "--cache", "y"), ("/opt/lib",))),
+        (["0", "ls", "-l"], BpshOptions("/m.sock", "0", ("ls", "-l"))),
+        (["-a", "uptime"], BpshOptions("/m.sock", "all", ("uptime",))),
+        (["--socket", "/x.sock", "-n", "1,2", "sh", "-c", "exit 3"],
+         BpshOptions("/x.sock", "1,2", ("sh", "-c", "exit 3"), (), True)),
+        (["--cache=/opt/lib", "0", "prog", "--cache", "y"], BpshOptions("/m.sock", "0", ("prog", "--cache", "y"), ("/opt/lib",))),
     ],
 )  # fmt: skip
 def test_bpsh_arguments(argv, expected):
-    assert parse_args(argv, {"BEOSERV_URL": "http://m"}) == expected
+    assert parse_args(argv, {"BEOSERV_SOCKET": "/m.sock"}) == expected
+
+
+def test_bpsh_default_socket():
+    assert parse_args(["0", "true"], {}).socket == "/run/beoserv/bpsh.sock"
+
+
+def test_bpsh_request_round_trips_with_any_bytes_and_the_kernels_user():
+    options = parse_args(["--cache", "/opt/x", "-n", "2-3", "printf", "%s\\n", "caf\udcc3"], {})
+    environ = {b"PATH": b"/usr/bin", b"ODD": b"a=b\xff"}
+    request, no_stdin = decode_request(encode_request(options, b"/home/u", environ), uid=1000, gid=100)
+    assert (request.nodes, request.argv, request.cache, request.cwd) == ("2-3", ("printf", "%s\\n", "caf\udcc3"), ("/opt/x",), "/home/u")
+    assert request.env == {"PATH": "/usr/bin", "ODD": "a=b\udcff"} and (request.uid, request.gid) == (1000, 100)
+    assert no_stdin and not request.stdin
+
+
+@pytest.mark.parametrize("data", [b"", b"GET / HTTP/1.1", b"bpsh1\x000\x00/\x00\x005\x00ls", b"bpsh1\x000\x00/\x00\x00x\x00a\x000"])
+def test_bad_bpsh_requests_are_refused(data):
+    with pytest.raises(RequestError):
+        decode_request(data, 0, 0)
 
 
 @pytest.mark.parametrize("argv, message", [([], "no node"), (["0"], "no command"), (["-x", "0", "a"], "unknown option")])

@@ -1,4 +1,4 @@
-"""Console commands: `beoserv` (run the master server) and `bpstat` (show the nodes, ask the server)."""
+"""Console commands: `beoserv` (run the master server), `bpstat` (show the nodes) and `bps` (the jobs)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import requests
 
 from agent import protocol as p
 from beoboot.errors import BeobootError, UsageError
+from beoboot.master import bpsh_client as bpsh
 from beoboot.master import timeline as tl
 from beoboot.master.config import load_config
 from beoboot.master.server import ServerOptions, parse_listen, serve, setup_logging
@@ -40,6 +41,10 @@ def beoserv_parser() -> argparse.ArgumentParser:
     parser.add_argument("--listen", default="0.0.0.0:8080", help="HOST:PORT (default %(default)s; port 0: any)")
     parser.add_argument("--db", type=Path, required=True, help="node registry (SQLite file, created if missing)")
     parser.add_argument("--config", type=Path, help="beoserv TOML config; re-read on SIGHUP")
+    parser.add_argument(
+        "--bpsh-socket", default=bpsh.DEFAULT_SOCKET, metavar="PATH",
+        help="local socket bpsh connects to (default %(default)s; 'none': no bpsh)",
+    )  # fmt: skip
     return parser
 
 
@@ -49,7 +54,9 @@ def _beoserv(args: argparse.Namespace) -> int:
     host, port = parse_listen(args.listen)
     config = load_config(args.config)
     setup_logging()
-    options = ServerOptions(root=args.root.resolve(), host=host, port=port, db=args.db, config_path=args.config)
+    socket = None if args.bpsh_socket == "none" else Path(args.bpsh_socket).absolute()
+    options = ServerOptions(root=args.root.resolve(), host=host, port=port, db=args.db, config_path=args.config,
+                            bpsh_socket=socket)  # fmt: skip
     asyncio.run(serve(options, config))
     return 0
 
@@ -71,6 +78,8 @@ def bpstat_parser() -> argparse.ArgumentParser:
     parser.add_argument("--timeline", metavar="NODE", help="the stage transitions of NODE (3, .3, n3 or MAC)")
     parser.add_argument("--boot", type=int, help="with --timeline: which boot (default: the latest)")
     parser.add_argument("--svg", type=Path, metavar="FILE", help="with --timeline: draw a waterfall SVG to FILE")
+    parser.add_argument("--jobs", action="store_true", help="the bpsh jobs running on the nodes (as bps)")
+    parser.add_argument("--all", action="store_true", help="with --jobs: recently ended jobs too")
     return parser
 
 
@@ -111,7 +120,31 @@ def format_nodes(nodes: p.NodeList) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows) + "\n"
 
 
+def format_jobs(jobs: p.JobList) -> str:
+    rows = [("job", "node", "pid", "state", "status", "command")]
+    for j in jobs.jobs:
+        rows.append((str(j.job), p.node_name(j.node), str(j.pid or "-"), str(j.state),
+                     "-" if j.status is None else str(j.status), j.command))  # fmt: skip
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    return "".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1] + "\n" for r in rows)
+
+
+def _jobs(args: argparse.Namespace) -> int:
+    jobs = p.from_json(p.JobList, _get(args.master, p.JOBS_PATH))
+    if not args.all:
+        jobs = p.JobList(tuple(j for j in jobs.jobs if j.state in (p.JobState.STARTING, p.JobState.RUNNING)))
+    if args.json:
+        print(json.dumps([asdict(j) for j in jobs.jobs], indent=1))
+    else:
+        sys.stdout.write(format_jobs(jobs))
+    return 0
+
+
 def _bpstat(args: argparse.Namespace) -> int:
+    if args.jobs:
+        return _jobs(args)
+    if args.all:
+        raise UsageError("--all goes with --jobs")
     if args.svg and not args.timeline:
         raise UsageError("--svg needs --timeline NODE")
     if args.timeline:
@@ -138,10 +171,19 @@ def bpstat_main(argv: list[str] | None = None) -> int:
     return _run("bpstat", _bpstat, bpstat_parser().parse_args(argv))
 
 
-if __name__ == "__main__":  # python -m beoboot.master.cli {beoserv|bpstat} ...
+def bps_main(argv: list[str] | None = None) -> int:
+    """`bps [--master URL] [--json] [--all]`: the jobs on the nodes, node, pid, state and command."""
+    parser = argparse.ArgumentParser(prog="bps", description="The bpsh jobs running on the nodes.")
+    parser.add_argument("--master", default=os.environ.get("BEOSERV_URL", DEFAULT_MASTER), help="beoserv URL")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--all", action="store_true", help="recently ended jobs too")
+    return _run("bps", _jobs, parser.parse_args(argv))
+
+
+if __name__ == "__main__":  # python -m beoboot.master.cli {beoserv|bpstat|bps} ...
     command = sys.argv[1] if len(sys.argv) > 1 else ""
-    mains = {"beoserv": beoserv_main, "bpstat": bpstat_main}
+    mains = {"beoserv": beoserv_main, "bpstat": bpstat_main, "bps": bps_main}
     if command not in mains:
-        print("usage: python -m beoboot.master.cli {beoserv|bpstat} ...", file=sys.stderr)
+        print("usage: python -m beoboot.master.cli {beoserv|bpstat|bps} ...", file=sys.stderr)
         sys.exit(2)
     sys.exit(mains[command](sys.argv[2:]))

@@ -1,10 +1,11 @@
 """The master's job hub: node links, bpsh sessions, the job table, and the libcache objects.
 
 Every node keeps one WebSocket open to the master (the node opens it; nodes listen on nothing). `bpsh`
-opens another and sends a JobRequest; the hub builds the manifest once (beoboot.jobmanifest), pushes a
-JobStart to each node, and from then on relays: stdin and signals from bpsh to the jobs, output, JobStarted
-and JobExit from the jobs to bpsh. A bpsh that goes away takes its jobs with it (SIGHUP, as a terminal
-would); a node link that drops ends its jobs with status 255 (as ssh does for a lost connection).
+comes in on beoserv's local socket (beoboot.master.localjobs) as a Session with a JobRequest; the hub builds
+the manifest once (beoboot.jobmanifest), pushes a JobStart to each node, and from then on relays: stdin
+and signals from the session to the jobs, output, JobStarted and JobExit from the jobs to the session. A
+bpsh that goes away takes its jobs with it (SIGHUP, as a terminal would); a node link that drops ends its
+jobs with status 255 (as ssh does for a lost connection).
 """
 
 from __future__ import annotations
@@ -27,16 +28,30 @@ from beoboot.master.registry import Registry, RegistryError
 log = logging.getLogger("beoserv")
 
 LINK_LOST = 255
+IO_HEADER_SIZE = struct.calcsize(p.IO_HEADER)
 SIGHUP = 1
 FINISHED_KEPT = 200  # finished jobs kept in the listing
 
 
-@dataclass
 class Session:
-    """One bpsh connection."""
+    """One bpsh run as the hub sees it: where the jobs' output, start and end go. beoboot.master.localjobs
+    has the one kind there is (bpsh on beoserv's local socket)."""
 
-    ws: web.WebSocketResponse
-    jobs: set[int] = field(default_factory=set)
+    def __init__(self) -> None:
+        self.jobs: set[int] = set()
+
+    def job_started(self, message: p.JobStarted) -> None:
+        pass
+
+    def output(self, stream: int, data: bytes) -> None:
+        raise NotImplementedError
+
+    def job_exit(self, message: p.JobExit) -> None:
+        raise NotImplementedError
+
+    def all_ended(self) -> None:
+        """Every job of the session has ended (or none could start)."""
+        raise NotImplementedError
 
 
 @dataclass
@@ -81,7 +96,6 @@ class JobHub:
     def add_routes(self, app: web.Application) -> None:
         """Before the boot tree's catch-all GET route."""
         app.router.add_get(p.JOBS_LINK_PATH, self.node_link)
-        app.router.add_get(p.BPSH_PATH, self.bpsh)
         app.router.add_get(p.JOBS_PATH, self.list_jobs)
         app.router.add_get(p.OBJECTS_PATH.replace("{digest}", "{digest:[0-9a-f]{64}}"), self.object)
         app.on_shutdown.append(self.close_all)
@@ -89,9 +103,8 @@ class JobHub:
     async def close_all(self, app: web.Application) -> None:
         """Close every link and session at shutdown: aiohttp would otherwise wait for these long-lived
         handlers for its whole shutdown timeout."""
-        sessions = {id(job.session): job.session for job in self.jobs.values()}
-        for ws in [link.ws for link in self.links.values()] + [s.ws for s in sessions.values()]:
-            await ws.close()
+        for link in list(self.links.values()):
+            await link.ws.close()
 
     # --- objects ------------------------------------------------------------------------------------------
 
@@ -131,8 +144,9 @@ class JobHub:
                 elif msg.type == WSMsgType.BINARY:
                     _, job_id = struct.unpack_from(p.IO_HEADER, msg.data)
                     job = self.jobs.get(job_id)
-                    if job is not None and not job.session.ws.closed:
-                        await job.session.ws.send_bytes(msg.data)
+                    if job is not None:
+                        stream, _ = struct.unpack_from(p.IO_HEADER, msg.data)
+                        job.session.output(stream, msg.data[IO_HEADER_SIZE:])
         finally:
             if self.links.get(node.number) is link:
                 del self.links[node.number]
@@ -147,7 +161,7 @@ class JobHub:
             job = self.jobs.get(message.job)
             if job is not None:
                 job.row = replace(job.row, pid=message.pid, state=p.JobState.RUNNING)
-                await _send(job.session.ws, replace(message, node=link.number))
+                job.session.job_started(replace(message, node=link.number))
         elif isinstance(message, p.JobExit):
             await self._finish(message.job, replace(message, node=link.number))
 
@@ -160,45 +174,35 @@ class JobHub:
         state = p.JobState.FAILED if message.error and message.status in (127, LINK_LOST) else p.JobState.EXITED
         self.finished.append(replace(job.row, state=state, status=message.status))
         del self.finished[:-FINISHED_KEPT]
-        await _send(job.session.ws, message)
+        job.session.job_exit(message)
         if not job.session.jobs:
-            await job.session.ws.close()
+            job.session.all_ended()
 
     # --- bpsh side ----------------------------------------------------------------------------------------
 
-    async def bpsh(self, request: web.Request) -> web.StreamResponse:
-        ws = web.WebSocketResponse(max_msg_size=0)
-        await ws.prepare(request)
-        session = Session(ws)
+    async def run(self, session: Session, request: p.JobRequest) -> None:
+        """Start the request's jobs for this session; a request that cannot run ends the session with 127
+        and the reason (command not found, node not up, ...)."""
         try:
-            first = await ws.receive()
-            if first.type != WSMsgType.TEXT:
-                return ws
-            message = p.decode_frame(first.data)
-            if not isinstance(message, p.JobRequest):
-                raise p.ProtocolError(f"bpsh must begin with a JobRequest, not {type(message).__name__}")
-            try:
-                await self._start(session, message)
-            except (BeobootError, p.ProtocolError) as exc:
-                await _send(ws, p.JobExit(0, 127, error=str(exc)))
-                await ws.close()
-                return ws
-            async for msg in ws:
-                if msg.type == WSMsgType.BINARY:
-                    for job_id in list(session.jobs):
-                        job = self.jobs.get(job_id)
-                        if job is not None:
-                            await job.link.ws.send_bytes(struct.pack(p.IO_HEADER, p.Stream.STDIN, job_id) + msg.data[5:])
-                elif msg.type == WSMsgType.TEXT:
-                    signal = p.decode_frame(msg.data)
-                    if isinstance(signal, p.JobSignal):
-                        await self._signal(session, signal.signum)
-        except p.ProtocolError as exc:
-            log.warning("bad bpsh message from %s: %s", request.remote, exc)
-        finally:
-            if session.jobs:  # bpsh went away first
-                await self._signal(session, SIGHUP)
-        return ws
+            await self._start(session, request)
+        except (BeobootError, p.ProtocolError) as exc:
+            session.job_exit(p.JobExit(0, 127, error=str(exc)))
+            session.all_ended()
+
+    async def stdin(self, session: Session, data: bytes) -> None:
+        """Input for every job of the session (each node gets the same bytes); b"" is end of file."""
+        for job_id in list(session.jobs):
+            job = self.jobs.get(job_id)
+            if job is not None and not job.link.ws.closed:
+                try:
+                    await job.link.ws.send_bytes(struct.pack(p.IO_HEADER, p.Stream.STDIN, job_id) + data)
+                except ConnectionError:
+                    pass
+
+    async def hang_up(self, session: Session) -> None:
+        """bpsh went away while its jobs ran: they get SIGHUP, as a closed terminal's jobs would."""
+        if session.jobs:
+            await self.signal(session, SIGHUP)
 
     async def _start(self, session: Session, request: p.JobRequest) -> None:
         wanted = parse_nodes(request.nodes)
@@ -208,8 +212,10 @@ class JobHub:
         down = [n for n in numbers if n not in self.links]
         if down:
             raise JobError(f"node {', '.join(map(str, down))} is not up (no job link)", hint="bpstat shows the nodes")
-        loop = asyncio.get_running_loop()
-        manifest = await loop.run_in_executor(None, self.manifests.build, request)  # pyelftools blocks on a cold build
+        if self.manifests.is_cached(request):
+            manifest = self.manifests.build(request)  # a few stat() calls: a thread hand-off would cost more
+        else:  # pyelftools and hashing would block the event loop
+            manifest = await asyncio.get_running_loop().run_in_executor(None, self.manifests.build, request)
         command = " ".join(request.argv)
         now = time.time()
         for number in numbers:
@@ -223,7 +229,7 @@ class JobHub:
             if not request.stdin:
                 await link.ws.send_bytes(struct.pack(p.IO_HEADER, p.Stream.STDIN, job_id))
 
-    async def _signal(self, session: Session, signum: int) -> None:
+    async def signal(self, session: Session, signum: int) -> None:
         for job_id in list(session.jobs):
             job = self.jobs.get(job_id)
             if job is not None and not job.link.ws.closed:

@@ -28,6 +28,7 @@ from agent import protocol as p
 from beoboot.errors import BeobootError, ConfigError
 from beoboot.master.config import MasterConfig, load_config
 from beoboot.master.jobs import JobHub
+from beoboot.master.localjobs import LocalListener
 from beoboot.master.registry import NodeRecord, Registry, RegistryError
 
 log = logging.getLogger("beoserv")
@@ -41,6 +42,7 @@ class ServerOptions:
     port: int
     db: Path
     config_path: Path | None = None
+    bpsh_socket: Path | None = None  # where bpsh connects (beoboot.master.localjobs); None: no bpsh
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -328,6 +330,14 @@ async def serve(options: ServerOptions, config: MasterConfig, stop: asyncio.Even
             f"cannot listen on {options.host}:{options.port}: {exc.strerror}",
             hint="another beoserv or web server has that port: stop it, or pass --listen HOST:OTHERPORT",
         ) from None
+    listener = None
+    if options.bpsh_socket is not None:
+        listener = LocalListener(server.jobs, options.bpsh_socket)
+        try:
+            listener.start()
+        except BeobootError:
+            await runner.cleanup()
+            raise
     host, port = runner.addresses[0][:2]
     log.info("listening on http://%s:%d/ serving %s, registry %s", host, port, options.root, options.db)
     stop = stop or asyncio.Event()
@@ -336,8 +346,14 @@ async def serve(options: ServerOptions, config: MasterConfig, stop: asyncio.Even
     loop.add_signal_handler(signal.SIGUSR1, server.dump_state)
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
+    # bpsh hands beoserv its terminal: reading or writing it from the background of that terminal (a
+    # beoserv started from the same shell) must give EIO or just write, not stop the whole server
+    signal.signal(signal.SIGTTIN, signal.SIG_IGN)
+    signal.signal(signal.SIGTTOU, signal.SIG_IGN)
     try:
         await stop.wait()
     finally:
         log.info("stopping")
+        if listener is not None:
+            listener.close()
         await runner.cleanup()

@@ -1,0 +1,197 @@
+"""`bpsh NODE[,NODE...|-a] COMMAND [ARGS...]`: run the master's COMMAND on nodes, as if it ran here.
+
+This is the whole client (beoboot/master/bpsh.py is the executable that loads it), kept tiny on purpose: a cached job runs on a node in a few
+milliseconds, so the client's own start-up is most of what a user waits for. It runs as `python3 -IS`
+(no site, no venv, no environment) and imports only modules built into the interpreter or loaded by its
+start-up anyway (_socket, _signal, posix, sys): no json, no enum, no dataclasses, which would each cost
+more than the job. Everything else, finding the command, its closure and hashes, the nodes, the relay,
+is done by beoserv, which is already running and has it all cached.
+
+The client connects to beoserv's local socket (SOCK_SEQPACKET, $BEOSERV_SOCKET or DEFAULT_SOCKET) and
+sends one request together with its own stdin, stdout and stderr (SCM_RIGHTS): beoserv writes the jobs'
+output straight to this terminal or pipe and reads stdin from it (forwarded to every node the job runs
+on; -n: none). beoserv takes the user and group from the socket (SO_PEERCRED), not from anything the
+client says, so a user can run jobs only as themself. Then the client waits for one message, the exit
+status: a job's exit code, 128+N for a job killed by signal N (as a shell says), the highest when several
+nodes ran it, 255 when beoserv went away first (as ssh does for a lost connection).
+
+Signals: SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 sent to bpsh are forwarded to the jobs'
+process groups. Ctrl-Z stops the remote jobs and then bpsh; `fg`/`bg` (SIGCONT) continues both. A plain
+SIGSTOP cannot be caught, so it stops only bpsh; the SIGCONT that resumes it is forwarded.
+
+Wire format (one SEQPACKET record each way): the request is NUL-separated fields, REQUEST_MAGIC, nodes,
+cwd, flags, the number of argv entries, argv, the number of --cache paths, the paths, then the
+environment as NAME=VALUE; later records from the client are b"S" + signal number. beoserv answers
+b"X" + status.
+"""
+
+import _signal
+import _socket
+import posix
+import sys
+
+REQUEST_MAGIC = b"bpsh1"
+SOCKET_ENV = "BEOSERV_SOCKET"
+DEFAULT_SOCKET = "/run/beoserv/bpsh.sock"
+NO_EXIT = 255  # beoserv went away before the status came back (ssh answers 255 likewise)
+MAX_REQUEST = 1 << 20
+SIGINT, SIGQUIT, SIGHUP, SIGTERM, SIGUSR1, SIGUSR2 = 2, 3, 1, 15, 10, 12
+SIGSTOP, SIGTSTP, SIGCONT = 19, 20, 18
+FORWARDED_SIGNALS = (SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2)
+USAGE = """usage: bpsh [--socket PATH] [-n] [--cache PATH]... NODE[,NODE...] COMMAND [ARGS...]
+       bpsh [--socket PATH] [-n] [--cache PATH]... -a COMMAND [ARGS...]
+  NODE: 0, .0 or n0; lists 0,3 and ranges 2-5; -a: every node that is up
+  -n: the jobs read end of file, not bpsh's stdin; --cache PATH: also bring PATH (a file or a tree)"""
+
+
+class BpshUsageError(Exception):
+    pass
+
+
+class BpshOptions:
+    """What the command line asked for; `nodes` is '0', '0,3', '2-5' or 'all'."""
+
+    __slots__ = ("socket", "nodes", "argv", "cache", "no_stdin")
+
+    def __init__(self, socket, nodes, argv, cache=(), no_stdin=False):
+        self.socket, self.nodes, self.argv, self.cache, self.no_stdin = socket, nodes, tuple(argv), tuple(cache), no_stdin
+
+    def __eq__(self, other):
+        return isinstance(other, BpshOptions) and all(getattr(self, n) == getattr(other, n) for n in self.__slots__)
+
+    def __repr__(self):
+        return "BpshOptions(" + ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__) + ")"
+
+
+def parse_args(args, environ=None):
+    """Options first, then the node list (or -a), then the command and its arguments, untouched."""
+    environ = posix.environ if environ is None else environ
+    socket = environ.get(SOCKET_ENV.encode()) if environ is posix.environ else environ.get(SOCKET_ENV)
+    socket = (socket.decode() if isinstance(socket, bytes) else socket) or DEFAULT_SOCKET
+    cache = []
+    no_stdin = every = False
+    rest = list(args)
+    while rest and rest[0].startswith("-"):
+        option = rest.pop(0)
+        name, equals, value = option.partition("=")
+        if name in ("--socket", "--cache"):
+            if not equals:
+                if not rest:
+                    raise BpshUsageError(f"{option} needs a value")
+                value = rest.pop(0)
+            if name == "--socket":
+                socket = value
+            else:
+                cache.append(value)
+        elif option == "-n":
+            no_stdin = True
+        elif option in ("-a", "--all"):
+            every = True
+        elif option == "--":
+            break
+        else:
+            raise BpshUsageError(f"unknown option {option!r}")
+    if every:
+        nodes = "all"
+    elif rest:
+        nodes = rest.pop(0)
+    else:
+        raise BpshUsageError("no node given")
+    if not rest:
+        raise BpshUsageError("no command given")
+    return BpshOptions(socket, nodes, rest, cache, no_stdin)
+
+
+def encode_request(options, cwd, environ):
+    """The request record; `environ` maps bytes to bytes (posix.environ)."""
+    def b(text):
+        return text.encode("utf-8", "surrogateescape")
+
+    fields = [REQUEST_MAGIC, b(options.nodes), cwd, b"n" if options.no_stdin else b"",
+              b"%d" % len(options.argv), *map(b, options.argv), b"%d" % len(options.cache), *map(b, options.cache)]
+    fields += [name + b"=" + value for name, value in environ.items()]
+    if any(b"\0" in field for field in fields):
+        raise BpshUsageError("an argument contains a NUL byte")
+    return b"\0".join(fields)
+
+
+class Client:
+    def __init__(self, options, fds=(0, 1, 2)):
+        self.options = options
+        self.fds = fds
+        self.sock = None
+
+    def run(self, signals=False):
+        """Send the request, wait for the status; the exit status bpsh should have."""
+        sock = self.sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
+        try:
+            sock.connect(self.options.socket)
+        except OSError as exc:
+            self._say(f"bpsh: cannot reach beoserv at {self.options.socket}: {exc.strerror}\n"
+                      f"  hint: is beoserv running? its socket is --bpsh-socket; here --socket or ${SOCKET_ENV}\n")
+            sock.close()
+            return NO_EXIT
+        try:
+            fds = b"".join(fd.to_bytes(4, sys.byteorder) for fd in self.fds)
+            request = encode_request(self.options, posix.getcwdb(), posix.environ)
+            if len(request) > MAX_REQUEST:
+                self._say(f"bpsh: the request is {len(request)} bytes (arguments and environment); at most {MAX_REQUEST}\n")
+                return NO_EXIT
+            sock.sendmsg([request], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)])
+            if signals:
+                self._install_signals()
+            while True:
+                reply = sock.recv(4096)
+                if reply[:1] == b"X":
+                    return int(reply[1:])
+                if not reply:
+                    self._say("bpsh: beoserv closed the connection before the job ended\n")
+                    return NO_EXIT
+        except OSError as exc:
+            self._say(f"bpsh: talking to beoserv at {self.options.socket}: {exc}\n")
+            return NO_EXIT
+        finally:
+            if signals:
+                for signum in (*FORWARDED_SIGNALS, SIGTSTP, SIGCONT):
+                    _signal.signal(signum, _signal.SIG_DFL)
+            sock.close()
+
+    def _say(self, text):
+        try:
+            posix.write(self.fds[2], text.encode(errors="replace"))
+        except OSError:
+            pass
+
+    def _install_signals(self):
+        for signum in FORWARDED_SIGNALS:
+            _signal.signal(signum, self._forward)
+        _signal.signal(SIGTSTP, self._stop)
+        _signal.signal(SIGCONT, self._forward)
+
+    def _send_signal(self, signum):
+        try:
+            self.sock.send(b"S%d" % signum)
+        except OSError:
+            pass
+
+    def _forward(self, signum, frame):
+        self._send_signal(signum)
+
+    def _stop(self, signum, frame):
+        """Ctrl-Z: stop the jobs, then stop here as the shell expects; SIGCONT (fg/bg) continues both."""
+        self._send_signal(SIGSTOP)
+        _signal.signal(SIGTSTP, _signal.SIG_DFL)
+        posix.kill(posix.getpid(), SIGTSTP)
+        _signal.signal(SIGTSTP, self._stop)
+
+
+def main(argv=None):
+    try:
+        options = parse_args(sys.argv[1:] if argv is None else argv)
+    except BpshUsageError as exc:
+        posix.write(2, f"bpsh: {exc}\n{USAGE}\n".encode())
+        return 2
+    return Client(options).run(signals=True)
+
+
+bpsh_main = main  # the console-script entry point

@@ -1,0 +1,341 @@
+"""beoserv's local socket for `bpsh` (beoboot.master.bpsh is the client; its docstring has the wire format).
+
+Why a local socket and not the HTTP port: the kernel tells beoserv who is asking (SO_PEERCRED), so a job
+runs as the user who typed bpsh and nobody can claim another user's identity or reach it from a node;
+and the client can hand over its own stdin, stdout and stderr (SCM_RIGHTS), which keeps the client
+small enough to start in a few milliseconds, because beoserv writes the jobs' output straight to them.
+
+Writes to the client's stdout and stderr may block (a pipe to a slow reader, a terminal stopped with
+Ctrl-S), so they are done by a writer thread per session, started on the first output; the event loop
+never writes to them. stdin is read on the loop when the kernel can poll it (a terminal, a pipe, a
+socket), by a thread when it cannot (a regular file), and not at all when it is /dev/null.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import queue
+import socket
+import stat
+import struct
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+from agent import protocol as p
+from beoboot.errors import BeobootError
+from beoboot.master import bpsh_client as bpsh
+from beoboot.master.jobs import JobHub, Session
+
+log = logging.getLogger("beoserv")
+
+SIGSTOP, SIGCONT = 19, 18
+USAGE_STATUS = 2
+READ_SIZE = 65536
+PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+DEV_NULL = os.makedev(1, 3)
+
+
+class RequestError(Exception):
+    pass
+
+
+def decode_request(data: bytes, uid: int, gid: int) -> tuple[p.JobRequest, bool]:
+    """A bpsh request record -> (JobRequest as user uid:gid, whether -n was given)."""
+    fields = data.split(b"\0")
+    if len(fields) < 6 or fields[0] != bpsh.REQUEST_MAGIC:
+        raise RequestError("not a bpsh request (another version of bpsh?)")
+
+    def text(field: bytes) -> str:
+        return field.decode("utf-8", "surrogateescape")
+
+    try:
+        nodes, cwd, flags = text(fields[1]), text(fields[2]), fields[3]
+        argc = int(fields[4])
+        argv = tuple(map(text, fields[5 : 5 + argc]))
+        ncache = int(fields[5 + argc])
+        cache = tuple(map(text, fields[6 + argc : 6 + argc + ncache]))
+        environ = fields[6 + argc + ncache :]
+    except (ValueError, IndexError):
+        raise RequestError("a malformed bpsh request") from None
+    if len(argv) != argc or len(cache) != ncache:
+        raise RequestError("a truncated bpsh request")
+    env: dict[str, str] = {}
+    for entry in environ:
+        name, equals, value = entry.partition(b"=")
+        if equals and name:
+            env[text(name)] = text(value)
+    no_stdin = flags == b"n"
+    request = p.JobRequest(nodes=nodes, argv=argv, env=env, cwd=cwd, uid=uid, gid=gid, cache=cache, stdin=not no_stdin)
+    return request, no_stdin
+
+
+class LocalSession(Session):
+    """One bpsh client: its socket and its three file descriptors."""
+
+    def __init__(self, hub: JobHub, loop: asyncio.AbstractEventLoop, conn: socket.socket, fds: list[int]) -> None:
+        super().__init__()
+        self.hub, self.loop, self.conn = hub, loop, conn
+        self.stdin_fd, self.stdout_fd, self.stderr_fd = fds
+        self.statuses: list[int] = []
+        self._writes: queue.SimpleQueue[tuple[int, bytes] | None] | None = None
+        self._stdin_chunks: asyncio.Queue[bytes] = asyncio.Queue()
+        self._stdin_polled = self._stdin_paused = self._stdin_done = False
+        self._client_gone = self._closed = False
+
+    # --- from the hub -------------------------------------------------------------------------------------
+
+    def output(self, stream: int, data: bytes) -> None:
+        self._write(self.stderr_fd if stream == p.Stream.STDERR else self.stdout_fd, data)
+
+    def job_exit(self, message: p.JobExit) -> None:
+        self.statuses.append(message.status)
+        if message.error:
+            where = f"node {message.node}: " if message.node >= 0 else ""
+            self._write(self.stderr_fd, f"bpsh: {where}{message.error}\n".encode(errors="replace"))
+
+    def all_ended(self) -> None:
+        self._stop_stdin()
+        self._stdin_chunks.put_nowait(b"")  # wakes forward_stdin, if it waits
+        status = max(self.statuses) if self.statuses else bpsh.NO_EXIT
+        if self._writes is None:
+            self._send_status(status)
+        else:
+            self._writes.put((-1, str(status).encode()))  # after the output: the client exits on it
+            self._writes.put(None)
+
+    # --- output -------------------------------------------------------------------------------------------
+
+    def _write(self, fd: int, data: bytes) -> None:
+        if self._writes is None:
+            self._writes = queue.SimpleQueue()
+            threading.Thread(target=self._writer, name="bpsh-output", daemon=True).start()
+        self._writes.put((fd, data))
+
+    def _writer(self) -> None:
+        assert self._writes is not None
+        broken: set[int] = set()
+        while (item := self._writes.get()) is not None:
+            fd, data = item
+            if fd < 0:
+                self.loop.call_soon_threadsafe(self._send_status, int(data))
+                continue
+            if fd in broken:
+                continue
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+            except OSError:
+                broken.add(fd)  # the reader went away (EPIPE): drop the rest, the job keeps running
+        self.loop.call_soon_threadsafe(self._close_output)
+
+    def _send_status(self, status: int) -> None:
+        try:
+            self.conn.send(b"X%d" % status)
+        except OSError:
+            pass
+        if self._writes is None:
+            self._close_output()
+
+    def _close_output(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.loop.remove_reader(self.conn.fileno())
+        self.conn.close()
+        for fd in (self.stdout_fd, self.stderr_fd, self.stdin_fd):
+            os.close(fd)
+
+    # --- from the client ----------------------------------------------------------------------------------
+
+    def listen(self) -> None:
+        self.loop.add_reader(self.conn.fileno(), self._from_client)
+
+    def _from_client(self) -> None:
+        try:
+            data = self.conn.recv(64)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:  # bpsh was killed, or its user closed the terminal
+            self.loop.remove_reader(self.conn.fileno())
+            self._client_gone = True
+            self._stop_stdin()
+            asyncio.ensure_future(self.hub.hang_up(self))
+            return
+        if data[:1] == b"S" and data[1:].isdigit():
+            signum = int(data[1:])
+            if signum == SIGSTOP:  # Ctrl-Z: a stopped bpsh reads nothing, so neither does beoserv for it
+                self._pause_stdin(True)
+            elif signum == SIGCONT:
+                self._pause_stdin(False)
+            asyncio.ensure_future(self.hub.signal(self, signum))
+
+    # --- stdin --------------------------------------------------------------------------------------------
+
+    async def forward_stdin(self) -> None:
+        """After the jobs started: read stdin and give every chunk to every job, until end of file."""
+        try:
+            self.loop.add_reader(self.stdin_fd, self._stdin_readable)
+            self._stdin_polled = True
+        except PermissionError:  # epoll refuses regular files: they never block, a thread reads them
+            threading.Thread(target=self._read_file_stdin, name="bpsh-stdin", daemon=True).start()
+        while self.jobs:
+            chunk = await self._stdin_chunks.get()
+            await self.hub.stdin(self, chunk)
+            if not chunk:
+                break
+
+    def _stdin_readable(self) -> None:
+        try:
+            chunk = os.read(self.stdin_fd, READ_SIZE)  # readable: one read does not block
+        except BlockingIOError:
+            return
+        except OSError:  # EIO: a terminal beoserv may not read (it is in the background of that terminal)
+            chunk = b""
+        if not chunk:
+            self._stop_stdin()
+        self._stdin_chunks.put_nowait(chunk)
+
+    def _read_file_stdin(self) -> None:
+        while not self._stdin_done:
+            try:
+                chunk = os.read(self.stdin_fd, READ_SIZE)
+            except OSError:
+                chunk = b""
+            self.loop.call_soon_threadsafe(self._stdin_chunks.put_nowait, chunk)
+            if not chunk:
+                break
+
+    def _pause_stdin(self, pause: bool) -> None:
+        if not self._stdin_polled or self._stdin_done or pause == self._stdin_paused:
+            return
+        self._stdin_paused = pause
+        if pause:
+            self.loop.remove_reader(self.stdin_fd)
+        else:
+            self.loop.add_reader(self.stdin_fd, self._stdin_readable)
+
+    def _stop_stdin(self) -> None:
+        if self._stdin_polled and not self._stdin_done and not self._stdin_paused:
+            # before anything closes the fd: epoll watches the open file, which bpsh still has open
+            self.loop.remove_reader(self.stdin_fd)
+        self._stdin_done = True
+
+
+class LocalListener:
+    """The listening socket (SOCK_SEQPACKET, mode 0666: the kernel says who connects)."""
+
+    def __init__(self, hub: JobHub, path: Path) -> None:
+        self.hub, self.path = hub, path
+        self.sock: socket.socket | None = None
+        self._inode = 0
+
+    def start(self) -> None:
+        self.path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        if self.path.exists() or self.path.is_symlink():
+            if _someone_listens(self.path):
+                raise BeobootError(f"another beoserv listens on {self.path}",
+                                   hint="stop it, or give this one --bpsh-socket OTHER_PATH")  # fmt: skip
+            self.path.unlink()  # left by a beoserv that was killed
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            sock.bind(str(self.path))
+        except OSError as exc:
+            sock.close()
+            raise BeobootError(f"cannot create the bpsh socket {self.path}: {exc.strerror}",
+                               hint="pass --bpsh-socket PATH in a writable directory") from None  # fmt: skip
+        os.chmod(self.path, 0o666)
+        self._inode = os.stat(self.path).st_ino
+        sock.listen(128)
+        sock.setblocking(False)
+        self.sock = sock
+        asyncio.get_running_loop().add_reader(sock.fileno(), self._accept)
+        log.info("bpsh socket %s", self.path)
+
+    def close(self) -> None:
+        if self.sock is None:
+            return
+        asyncio.get_running_loop().remove_reader(self.sock.fileno())
+        self.sock.close()
+        self.sock = None
+        try:
+            if os.stat(self.path).st_ino == self._inode:  # not a newer beoserv's
+                self.path.unlink()
+        except OSError:
+            pass
+
+    def _accept(self) -> None:
+        assert self.sock is not None
+        try:
+            conn, _ = self.sock.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE):
+                log.warning("bpsh connection refused: %s", exc)
+            return
+        conn.setblocking(False)
+        asyncio.get_running_loop().add_reader(conn.fileno(), self._first_message, conn)
+
+    def _first_message(self, conn: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            data, fds, flags, _ = socket.recv_fds(conn, bpsh.MAX_REQUEST, 3)
+        except BlockingIOError:
+            return
+        except OSError:
+            data, fds, flags = b"", [], 0
+        loop.remove_reader(conn.fileno())
+        if len(fds) != 3 or flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+            for fd in fds:
+                os.close(fd)
+            conn.close()
+            return
+        _, uid, gid = PEERCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, PEERCRED.size))
+        try:
+            request, _ = decode_request(data, uid, gid)
+        except RequestError as exc:
+            _say(fds[2], f"bpsh: {exc}\n")
+            try:
+                conn.send(b"X%d" % USAGE_STATUS)
+            except OSError:
+                pass
+            for fd in fds:
+                os.close(fd)
+            conn.close()
+            return
+        st = os.fstat(fds[0])
+        if stat.S_ISCHR(st.st_mode) and st.st_rdev == DEV_NULL:
+            request = replace(request, stdin=False)  # the jobs get end of file at once, no reading needed
+        session = LocalSession(self.hub, loop, conn, fds)
+        session.listen()
+        asyncio.ensure_future(self._run(session, request))
+
+    async def _run(self, session: LocalSession, request: p.JobRequest) -> None:
+        await self.hub.run(session, request)
+        if request.stdin and session.jobs:
+            await session.forward_stdin()
+
+
+def _someone_listens(path: Path) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        probe.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+
+
+def _say(fd: int, text: str) -> None:
+    try:
+        os.write(fd, text.encode(errors="replace"))
+    except OSError:
+        pass
