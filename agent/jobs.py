@@ -81,6 +81,8 @@ class JobRunner:
             self._ws.close()
 
     def _link_forever(self) -> None:
+        if self.launcher is None:
+            self.launcher = Launcher.shared(self.env_root)  # now, not at the first job, which would wait for it
         url = f"{self.master_url}{p.JOBS_LINK_PATH}?mac={quote(self.mac)}"
         failures = 0
         while not self._stop.is_set():

@@ -52,6 +52,7 @@ class CachedObject:
     last_used: float
     holds: int = 0  # running jobs using it
     links: set[str] = field(default_factory=set)  # environment-root paths linked to it
+    copies: dict[str, tuple[int, int]] = field(default_factory=dict)  # paths on other mounts -> (dev, inode)
 
 
 def object_name(entry: p.JobFile) -> str:
@@ -251,8 +252,11 @@ class LibCache:
                 name = object_name(entry)
                 source = os.path.join(self.objects_dir, name)
                 try:
-                    if os.path.samestat(os.lstat(target), os.stat(source)):
+                    present = os.lstat(target)
+                    if os.path.samestat(present, os.stat(source)):
                         continue
+                    if self._objects[name].copies.get(target) == (present.st_dev, present.st_ino):
+                        continue  # our copy of this very object, on another mount
                 except FileNotFoundError:
                     pass
                 self._make_parent(target)
@@ -272,7 +276,11 @@ class LibCache:
                 except OSError as exc:
                     _unlink(tmp)
                     raise LibCacheError(f"cannot place {entry.path} in the environment root: {exc}") from None
-                self._objects[name].links.add(target)
+                placed = os.lstat(target)
+                if os.path.samestat(placed, os.stat(source)):
+                    self._objects[name].links.add(target)
+                else:
+                    self._objects[name].copies[target] = (placed.st_dev, placed.st_ino)
 
     def _make_parent(self, target: str) -> None:
         """Create the directories above `target`, refusing a path that leaves the environment root: the links
@@ -302,7 +310,8 @@ class LibCache:
     # --- eviction -----------------------------------------------------------------------------------------
 
     def evict(self) -> list[str]:
-        """Drop least recently used, unheld objects (and their links) until the cache fits max_bytes."""
+        """Drop least recently used, unheld objects (and their links and copies) until the cache fits
+        max_bytes."""
         dropped = []
         with self._lock:
             total = sum(o.size for o in self._objects.values())
@@ -320,6 +329,13 @@ class LibCache:
                     try:
                         if st is not None and os.path.samestat(os.lstat(link), st):
                             os.unlink(link)
+                    except OSError:
+                        pass
+                for copy, (dev, inode) in obj.copies.items():
+                    try:
+                        present = os.lstat(copy)
+                        if (present.st_dev, present.st_ino) == (dev, inode):  # not replaced since
+                            os.unlink(copy)
                     except OSError:
                         pass
                 _unlink(source)

@@ -98,6 +98,8 @@ def test_every_node_runs_it(cluster):
     result = bpsh(sock, "-a", "uptime")
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("load average") == 2
+    result = bpsh(sock, "-p", "-a", "sh", "-c", "echo one; printf two")
+    assert sorted(result.stdout.splitlines()) == ["0: one", "0: two", "1: one", "1: two"]
 
 
 def test_unknown_node_and_command(cluster):
@@ -175,3 +177,38 @@ def test_an_exec_failure_on_the_node_says_why(cluster, tmp_path):
     result = subprocess.run(argv, capture_output=True, text=True, timeout=60, user=65534, group=65534, cwd="/")
     assert result.returncode == 127 and "Permission denied" in result.stderr and "node 0" in result.stderr
     assert result.stdout == ""
+
+
+def process_state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+def test_ctrl_z_stops_the_remote_job_and_bg_continues_it(cluster, tmp_path):
+    url, sock, _ = cluster
+    out = tmp_path / "out"
+    counter = "i=0; while [ $i -lt 600 ]; do echo $i; i=$((i+1)); sleep 0.05; done"
+    with open(out, "wb") as stdout:
+        # its own process group, as a shell's job: a stop signal is not discarded as for an orphaned group
+        job = subprocess.Popen(bpsh_argv(sock, "--cache", "/usr/bin/sleep", "0", "sh", "-c", counter),
+                               stdout=stdout, process_group=0)  # fmt: skip
+
+    def lines_after(seconds: float) -> int:
+        time.sleep(seconds)
+        return len(out.read_bytes().splitlines())
+
+    try:
+        deadline = time.monotonic() + 20
+        while lines_after(0.1) < 3:
+            assert time.monotonic() < deadline and job.poll() is None
+        job.send_signal(signal.SIGTSTP)  # what the terminal sends on Ctrl-Z
+        time.sleep(0.3)
+        assert process_state(job.pid) == "T"
+        stopped_at = lines_after(0)
+        assert lines_after(0.6) == stopped_at  # the remote counter is stopped too
+        job.send_signal(signal.SIGCONT)  # `bg`
+        assert lines_after(0.6) > stopped_at + 3
+        job.send_signal(signal.SIGTERM)
+        assert job.wait(10) == 128 + signal.SIGTERM
+    finally:
+        job.kill()

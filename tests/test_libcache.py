@@ -4,6 +4,7 @@ process, no root needed: objects come from a tiny HTTP server in a thread."""
 import hashlib
 import http.server
 import os
+import subprocess
 import stat
 import threading
 from pathlib import Path
@@ -136,6 +137,31 @@ def test_lru_eviction_spares_held_objects_and_drops_links(server, env_root):
     assert cache.names() == {object_name(c)}
 
 
+@pytest.mark.skipif(os.getuid() != 0, reason="mounts a tmpfs: needs root")
+def test_copies_on_another_mount_are_kept_once_and_go_with_their_object(server, env_root):
+    """/tmp in the environment root is its own tmpfs: a job file there is a copy, not a link. It is not
+    copied again for every job, and eviction removes it as it removes links."""
+    (env_root / "tmp").mkdir(exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "beoboot-test", str(env_root / "tmp")], check=True)
+    try:
+        clock = iter(range(1000))
+        cache = cache_for(env_root, server, max_bytes=15, clock=lambda: float(next(clock)))
+        a = server.add("/tmp/job/a.py", b"a" * 10)
+        cache.ensure([a])
+        cache.materialise([a])
+        copy = os.stat(env_root / "tmp/job/a.py")
+        assert copy.st_nlink == 1 and (env_root / "tmp/job/a.py").read_bytes() == b"a" * 10
+        cache.materialise([a])
+        assert os.path.samestat(copy, os.stat(env_root / "tmp/job/a.py"))  # kept, not copied again
+        b = server.add("/bin/b", b"b" * 10)
+        cache.ensure([b])
+        cache.materialise([b])
+        assert cache.evict() == [object_name(a)]
+        assert not (env_root / "tmp/job/a.py").exists()
+    finally:
+        subprocess.run(["umount", str(env_root / "tmp")], check=True)
+
+
 def test_paths_that_leave_the_environment_root_are_refused(server, env_root, tmp_path):
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -239,10 +265,10 @@ def test_bpsh_default_socket():
 def test_bpsh_request_round_trips_with_any_bytes_and_the_kernels_user():
     options = parse_args(["--cache", "/opt/x", "-n", "2-3", "printf", "%s\\n", "caf\udcc3"], {})
     environ = {b"PATH": b"/usr/bin", b"ODD": b"a=b\xff"}
-    request, no_stdin = decode_request(encode_request(options, b"/home/u", environ), uid=1000, gid=100)
+    request, letters = decode_request(encode_request(options, b"/home/u", environ), uid=1000, gid=100)
     assert (request.nodes, request.argv, request.cache, request.cwd) == ("2-3", ("printf", "%s\\n", "caf\udcc3"), ("/opt/x",), "/home/u")
     assert request.env == {"PATH": "/usr/bin", "ODD": "a=b\udcff"} and (request.uid, request.gid) == (1000, 100)
-    assert no_stdin and not request.stdin
+    assert letters == "n" and not request.stdin
 
 
 @pytest.mark.parametrize("data", [b"", b"GET / HTTP/1.1", b"bpsh1\x000\x00/\x00\x005\x00ls", b"bpsh1\x000\x00/\x00\x00x\x00a\x000"])
@@ -268,3 +294,14 @@ def test_job_frames_round_trip():
         assert p.decode_frame(p.encode_frame(message)) == message
     with pytest.raises(p.ProtocolError):
         p.decode_frame('{"type": "Nope", "body": {}}')
+
+
+def test_line_prefixes_keep_lines_whole_per_node_and_stream():
+    from beoboot.master.localjobs import LinePrefixer
+
+    lines = LinePrefixer()
+    assert lines.lines(3, 1, b"hel") == b""
+    assert lines.lines(12, 1, b"a\nb") == b"12: a\n"
+    assert lines.lines(3, 2, b"err\n") == b"3: err\n"
+    assert lines.lines(3, 1, b"lo\nwor") == b"3: hello\n"
+    assert (lines.rest(3, 1), lines.rest(12, 1), lines.rest(3, 2)) == (b"3: wor\n", b"12: b\n", b"")

@@ -20,7 +20,7 @@ process groups. Ctrl-Z stops the remote jobs and then bpsh; `fg`/`bg` (SIGCONT) 
 SIGSTOP cannot be caught, so it stops only bpsh; the SIGCONT that resumes it is forwarded.
 
 Wire format (one SEQPACKET record each way): the request is NUL-separated fields, REQUEST_MAGIC, nodes,
-cwd, flags, the number of argv entries, argv, the number of --cache paths, the paths, then the
+cwd, flags (letters: n for -n, p for -p), the number of argv entries, argv, the number of --cache paths, the paths, then the
 environment as NAME=VALUE; later records from the client are b"S" + signal number. beoserv answers
 b"X" + status.
 """
@@ -38,10 +38,11 @@ MAX_REQUEST = 1 << 20
 SIGINT, SIGQUIT, SIGHUP, SIGTERM, SIGUSR1, SIGUSR2 = 2, 3, 1, 15, 10, 12
 SIGSTOP, SIGTSTP, SIGCONT = 19, 20, 18
 FORWARDED_SIGNALS = (SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2)
-USAGE = """usage: bpsh [--socket PATH] [-n] [--cache PATH]... NODE[,NODE...] COMMAND [ARGS...]
-       bpsh [--socket PATH] [-n] [--cache PATH]... -a COMMAND [ARGS...]
+USAGE = """usage: bpsh [--socket PATH] [-n] [-p] [--cache PATH]... NODE[,NODE...] COMMAND [ARGS...]
+       bpsh [--socket PATH] [-n] [-p] [--cache PATH]... -a COMMAND [ARGS...]
   NODE: 0, .0 or n0; lists 0,3 and ranges 2-5; -a: every node that is up
-  -n: the jobs read end of file, not bpsh's stdin; --cache PATH: also bring PATH (a file or a tree)"""
+  -n: the jobs read end of file, not bpsh's stdin; -p: each output line starts with its node's number
+  --cache PATH: also bring PATH (a file or a tree)"""
 
 
 class BpshUsageError(Exception):
@@ -51,10 +52,11 @@ class BpshUsageError(Exception):
 class BpshOptions:
     """What the command line asked for; `nodes` is '0', '0,3', '2-5' or 'all'."""
 
-    __slots__ = ("socket", "nodes", "argv", "cache", "no_stdin")
+    __slots__ = ("socket", "nodes", "argv", "cache", "no_stdin", "prefix")
 
-    def __init__(self, socket, nodes, argv, cache=(), no_stdin=False):
-        self.socket, self.nodes, self.argv, self.cache, self.no_stdin = socket, nodes, tuple(argv), tuple(cache), no_stdin
+    def __init__(self, socket, nodes, argv, cache=(), no_stdin=False, prefix=False):
+        self.socket, self.nodes, self.argv, self.cache = socket, nodes, tuple(argv), tuple(cache)
+        self.no_stdin, self.prefix = no_stdin, prefix
 
     def __eq__(self, other):
         return isinstance(other, BpshOptions) and all(getattr(self, n) == getattr(other, n) for n in self.__slots__)
@@ -69,7 +71,7 @@ def parse_args(args, environ=None):
     socket = environ.get(SOCKET_ENV.encode()) if environ is posix.environ else environ.get(SOCKET_ENV)
     socket = (socket.decode() if isinstance(socket, bytes) else socket) or DEFAULT_SOCKET
     cache = []
-    no_stdin = every = False
+    no_stdin = every = prefix = False
     rest = list(args)
     while rest and rest[0].startswith("-"):
         option = rest.pop(0)
@@ -85,6 +87,8 @@ def parse_args(args, environ=None):
                 cache.append(value)
         elif option == "-n":
             no_stdin = True
+        elif option == "-p":
+            prefix = True
         elif option in ("-a", "--all"):
             every = True
         elif option == "--":
@@ -99,7 +103,7 @@ def parse_args(args, environ=None):
         raise BpshUsageError("no node given")
     if not rest:
         raise BpshUsageError("no command given")
-    return BpshOptions(socket, nodes, rest, cache, no_stdin)
+    return BpshOptions(socket, nodes, rest, cache, no_stdin, prefix)
 
 
 def encode_request(options, cwd, environ):
@@ -107,7 +111,7 @@ def encode_request(options, cwd, environ):
     def b(text):
         return text.encode("utf-8", "surrogateescape")
 
-    fields = [REQUEST_MAGIC, b(options.nodes), cwd, b"n" if options.no_stdin else b"",
+    fields = [REQUEST_MAGIC, b(options.nodes), cwd, (b"n" if options.no_stdin else b"") + (b"p" if options.prefix else b""),
               b"%d" % len(options.argv), *map(b, options.argv), b"%d" % len(options.cache), *map(b, options.cache)]
     fields += [name + b"=" + value for name, value in environ.items()]
     if any(b"\0" in field for field in fields):

@@ -43,7 +43,7 @@ class Session:
     def job_started(self, message: p.JobStarted) -> None:
         pass
 
-    def output(self, stream: int, data: bytes) -> None:
+    def output(self, stream: int, data: bytes, node: int) -> None:
         raise NotImplementedError
 
     def job_exit(self, message: p.JobExit) -> None:
@@ -146,7 +146,7 @@ class JobHub:
                     job = self.jobs.get(job_id)
                     if job is not None:
                         stream, _ = struct.unpack_from(p.IO_HEADER, msg.data)
-                        job.session.output(stream, msg.data[IO_HEADER_SIZE:])
+                        job.session.output(stream, msg.data[IO_HEADER_SIZE:], link.number)
         finally:
             if self.links.get(node.number) is link:
                 del self.links[node.number]

@@ -43,8 +43,8 @@ class RequestError(Exception):
     pass
 
 
-def decode_request(data: bytes, uid: int, gid: int) -> tuple[p.JobRequest, bool]:
-    """A bpsh request record -> (JobRequest as user uid:gid, whether -n was given)."""
+def decode_request(data: bytes, uid: int, gid: int) -> tuple[p.JobRequest, str]:
+    """A bpsh request record -> (JobRequest as user uid:gid, the option letters: n for -n, p for -p)."""
     fields = data.split(b"\0")
     if len(fields) < 6 or fields[0] != bpsh.REQUEST_MAGIC:
         raise RequestError("not a bpsh request (another version of bpsh?)")
@@ -68,17 +68,43 @@ def decode_request(data: bytes, uid: int, gid: int) -> tuple[p.JobRequest, bool]
         name, equals, value = entry.partition(b"=")
         if equals and name:
             env[text(name)] = text(value)
-    no_stdin = flags == b"n"
-    request = p.JobRequest(nodes=nodes, argv=argv, env=env, cwd=cwd, uid=uid, gid=gid, cache=cache, stdin=not no_stdin)
-    return request, no_stdin
+    letters = flags.decode("ascii", "replace")
+    request = p.JobRequest(nodes=nodes, argv=argv, env=env, cwd=cwd, uid=uid, gid=gid, cache=cache, stdin="n" not in letters)
+    return request, letters
+
+
+class LinePrefixer:
+    """bpsh -p: whole lines only, each led by its node's number, so the output of many nodes interleaves
+    by line and says where it came from."""
+
+    def __init__(self) -> None:
+        self._partial: dict[tuple[int, int], bytes] = {}
+
+    def lines(self, node: int, stream: int, data: bytes) -> bytes:
+        text = self._partial.pop((node, stream), b"") + data
+        complete, newline, partial = text.rpartition(b"\n")
+        if partial:
+            self._partial[(node, stream)] = partial
+        if not newline:
+            return b""
+        lead = b"%d: " % node
+        return b"".join(lead + line + b"\n" for line in complete.split(b"\n"))
+
+    def rest(self, node: int, stream: int) -> bytes:
+        """The last line of a job that ended without a newline."""
+        partial = self._partial.pop((node, stream), b"")
+        return b"%d: %s\n" % (node, partial) if partial else b""
 
 
 class LocalSession(Session):
     """One bpsh client: its socket and its three file descriptors."""
 
-    def __init__(self, hub: JobHub, loop: asyncio.AbstractEventLoop, conn: socket.socket, fds: list[int]) -> None:
+    def __init__(
+        self, hub: JobHub, loop: asyncio.AbstractEventLoop, conn: socket.socket, fds: list[int], *, prefix: bool = False
+    ) -> None:
         super().__init__()
         self.hub, self.loop, self.conn = hub, loop, conn
+        self.prefixes = LinePrefixer() if prefix else None
         self.stdin_fd, self.stdout_fd, self.stderr_fd = fds
         self.statuses: list[int] = []
         self._writes: queue.SimpleQueue[tuple[int, bytes] | None] | None = None
@@ -88,11 +114,18 @@ class LocalSession(Session):
 
     # --- from the hub -------------------------------------------------------------------------------------
 
-    def output(self, stream: int, data: bytes) -> None:
-        self._write(self.stderr_fd if stream == p.Stream.STDERR else self.stdout_fd, data)
+    def output(self, stream: int, data: bytes, node: int) -> None:
+        if self.prefixes is not None:
+            data = self.prefixes.lines(node, stream, data)
+        if data:
+            self._write(self.stderr_fd if stream == p.Stream.STDERR else self.stdout_fd, data)
 
     def job_exit(self, message: p.JobExit) -> None:
         self.statuses.append(message.status)
+        if self.prefixes is not None:
+            for stream in (p.Stream.STDOUT, p.Stream.STDERR):
+                if rest := self.prefixes.rest(message.node, stream):
+                    self._write(self.stderr_fd if stream == p.Stream.STDERR else self.stdout_fd, rest)
         if message.error:
             where = f"node {message.node}: " if message.node >= 0 else ""
             self._write(self.stderr_fd, f"bpsh: {where}{message.error}\n".encode(errors="replace"))
@@ -299,7 +332,7 @@ class LocalListener:
             return
         _, uid, gid = PEERCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, PEERCRED.size))
         try:
-            request, _ = decode_request(data, uid, gid)
+            request, letters = decode_request(data, uid, gid)
         except RequestError as exc:
             _say(fds[2], f"bpsh: {exc}\n")
             try:
@@ -313,7 +346,7 @@ class LocalListener:
         st = os.fstat(fds[0])
         if stat.S_ISCHR(st.st_mode) and st.st_rdev == DEV_NULL:
             request = replace(request, stdin=False)  # the jobs get end of file at once, no reading needed
-        session = LocalSession(self.hub, loop, conn, fds)
+        session = LocalSession(self.hub, loop, conn, fds, prefix="p" in letters)
         session.listen()
         asyncio.ensure_future(self._run(session, request))
 
