@@ -212,3 +212,35 @@ def test_ctrl_z_stops_the_remote_job_and_bg_continues_it(cluster, tmp_path):
         assert job.wait(10) == 128 + signal.SIGTERM
     finally:
         job.kill()
+
+
+def running_jobs(url: str, command: str) -> list[dict]:
+    with urllib.request.urlopen(url + "/api/v1/jobs") as response:
+        return [j for j in json.load(response)["jobs"] if j["command"] == command and j["state"] == "running"]
+
+
+def wait_until(predicate, timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_a_reader_that_goes_away_ends_the_job_by_sigpipe(cluster):
+    url, sock, _ = cluster
+    bpsh_proc = subprocess.Popen(bpsh_argv(sock, "--cache", "/usr/bin/yes", "0", "yes"), stdout=subprocess.PIPE)
+    assert bpsh_proc.stdout.read(4) == b"y\ny\n"
+    bpsh_proc.stdout.close()  # as `| head` does
+    assert bpsh_proc.wait(10) == 128 + signal.SIGPIPE
+    assert wait_until(lambda: not running_jobs(url, "yes"))
+
+
+def test_a_killed_bpsh_hangs_up_its_jobs(cluster):
+    url, sock, _ = cluster
+    bpsh_proc = subprocess.Popen(bpsh_argv(sock, "0", "sleep", "101"))
+    assert wait_until(lambda: running_jobs(url, "sleep 101"))
+    bpsh_proc.kill()
+    bpsh_proc.wait()
+    assert wait_until(lambda: not running_jobs(url, "sleep 101"))  # SIGHUP, as a closed terminal's jobs get

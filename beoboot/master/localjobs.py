@@ -32,7 +32,7 @@ from beoboot.master.jobs import JobHub, Session
 
 log = logging.getLogger("beoserv")
 
-SIGSTOP, SIGCONT = 19, 18
+SIGSTOP, SIGCONT, SIGPIPE = 19, 18, 13
 USAGE_STATUS = 2
 READ_SIZE = 65536
 PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
@@ -162,8 +162,10 @@ class LocalSession(Session):
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view) :]
-            except OSError:
-                broken.add(fd)  # the reader went away (EPIPE): drop the rest, the job keeps running
+            except OSError as exc:
+                broken.add(fd)  # drop the rest
+                if exc.errno == errno.EPIPE:  # `bpsh 0 cat big | head`: the job gets SIGPIPE, as at a shell
+                    self.loop.call_soon_threadsafe(self._signal_jobs, SIGPIPE)
         self.loop.call_soon_threadsafe(self._close_output)
 
     def _send_status(self, status: int) -> None:
@@ -182,6 +184,9 @@ class LocalSession(Session):
         self.conn.close()
         for fd in (self.stdout_fd, self.stderr_fd, self.stdin_fd):
             os.close(fd)
+
+    def _signal_jobs(self, signum: int) -> None:
+        asyncio.ensure_future(self.hub.signal(self, signum))
 
     # --- from the client ----------------------------------------------------------------------------------
 
@@ -207,7 +212,7 @@ class LocalSession(Session):
                 self._pause_stdin(True)
             elif signum == SIGCONT:
                 self._pause_stdin(False)
-            asyncio.ensure_future(self.hub.signal(self, signum))
+            self._signal_jobs(signum)
 
     # --- stdin --------------------------------------------------------------------------------------------
 
