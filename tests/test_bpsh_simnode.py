@@ -244,3 +244,27 @@ def test_a_killed_bpsh_hangs_up_its_jobs(cluster):
     bpsh_proc.kill()
     bpsh_proc.wait()
     assert wait_until(lambda: not running_jobs(url, "sleep 101"))  # SIGHUP, as a closed terminal's jobs get
+
+
+def beoserv_rss_kib(url: str) -> int:
+    port = url.rsplit(":", 1)[1]
+    for line in subprocess.run(["ss", "-ltnpH", f"sport = :{port}"], capture_output=True, text=True).stdout.splitlines():
+        pid = line.split("pid=")[1].split(",")[0]
+        with open(f"/proc/{pid}/status") as f:
+            return next(int(x.split()[1]) for x in f if x.startswith("VmRSS:"))
+    raise AssertionError("beoserv not found")
+
+
+def test_a_slow_reader_holds_the_job_back_not_beoserv_memory(cluster):
+    url, sock, _ = cluster
+    size = 64 << 20
+    before = beoserv_rss_kib(url)
+    proc = subprocess.Popen(bpsh_argv(sock, "--cache", "/usr/bin/yes", "--cache", "/usr/bin/head", "0", "sh", "-c",
+                                      f"yes | head -c {size}"), stdout=subprocess.PIPE)  # fmt: skip
+    time.sleep(3)  # nobody reads: the job must be held back, not its output piled up in beoserv
+    grown = beoserv_rss_kib(url) - before
+    received = 0
+    while chunk := proc.stdout.read(1 << 20):
+        received += len(chunk)
+    assert proc.wait(30) == 0 and received == size
+    assert grown < 32 << 10, f"beoserv grew by {grown} KiB while the reader slept"

@@ -46,6 +46,9 @@ class Session:
     def output(self, stream: int, data: bytes, node: int) -> None:
         raise NotImplementedError
 
+    async def backpressure(self) -> None:
+        """Return when the session can take more output."""
+
     def job_exit(self, message: p.JobExit) -> None:
         raise NotImplementedError
 
@@ -147,6 +150,7 @@ class JobHub:
                     if job is not None:
                         stream, _ = struct.unpack_from(p.IO_HEADER, msg.data)
                         job.session.output(stream, msg.data[IO_HEADER_SIZE:], link.number)
+                        await job.session.backpressure()
         finally:
             if self.links.get(node.number) is link:
                 del self.links[node.number]

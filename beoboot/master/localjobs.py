@@ -35,6 +35,7 @@ log = logging.getLogger("beoserv")
 SIGSTOP, SIGCONT, SIGPIPE = 19, 18, 13
 USAGE_STATUS = 2
 READ_SIZE = 65536
+QUEUE_HIGH, QUEUE_LOW = 8 << 20, 2 << 20  # output waiting for a slow bpsh reader: stop reading the node at HIGH
 PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 DEV_NULL = os.makedev(1, 3)
 
@@ -108,6 +109,9 @@ class LocalSession(Session):
         self.stdin_fd, self.stdout_fd, self.stderr_fd = fds
         self.statuses: list[int] = []
         self._writes: queue.SimpleQueue[tuple[int, bytes] | None] | None = None
+        self._queued = 0  # output bytes handed to the writer and not yet written
+        self._queued_lock = threading.Lock()
+        self._drained: asyncio.Event | None = None  # set when the writer got below QUEUE_LOW
         self._stdin_chunks: asyncio.Queue[bytes] = asyncio.Queue()
         self._stdin_polled = self._stdin_paused = self._stdin_done = False
         self._client_gone = self._closed = False
@@ -142,11 +146,31 @@ class LocalSession(Session):
 
     # --- output -------------------------------------------------------------------------------------------
 
+    async def backpressure(self) -> None:
+        """Wait while more than QUEUE_HIGH bytes of output wait for a slow reader (`bpsh 0 cat big | less`):
+        the node link is not read meanwhile, so TCP stops the node and the job blocks on its pipe, instead
+        of beoserv holding the whole output in memory."""
+        with self._queued_lock:
+            if self._queued <= QUEUE_HIGH:
+                return
+            self._drained = asyncio.Event()
+        await self._drained.wait()
+
     def _write(self, fd: int, data: bytes) -> None:
         if self._writes is None:
             self._writes = queue.SimpleQueue()
             threading.Thread(target=self._writer, name="bpsh-output", daemon=True).start()
+        with self._queued_lock:
+            self._queued += len(data)
         self._writes.put((fd, data))
+
+    def _written(self, size: int) -> None:
+        """In the writer thread."""
+        with self._queued_lock:
+            self._queued -= size
+            if self._drained is not None and self._queued < QUEUE_LOW:
+                self.loop.call_soon_threadsafe(self._drained.set)
+                self._drained = None
 
     def _writer(self) -> None:
         assert self._writes is not None
@@ -156,16 +180,15 @@ class LocalSession(Session):
             if fd < 0:
                 self.loop.call_soon_threadsafe(self._send_status, int(data))
                 continue
-            if fd in broken:
-                continue
             try:
                 view = memoryview(data)
-                while view:
+                while view and fd not in broken:
                     view = view[os.write(fd, view) :]
             except OSError as exc:
                 broken.add(fd)  # drop the rest
                 if exc.errno == errno.EPIPE:  # `bpsh 0 cat big | head`: the job gets SIGPIPE, as at a shell
                     self.loop.call_soon_threadsafe(self._signal_jobs, SIGPIPE)
+            self._written(len(data))
         self.loop.call_soon_threadsafe(self._close_output)
 
     def _send_status(self, status: int) -> None:
