@@ -41,6 +41,34 @@ class JobSlot:
     pid: int = 0
 
 
+class Workers:
+    """Threads for jobs, kept when idle: starting a thread per job cost a cached job a tenth of a
+    millisecond. Unbounded, like the jobs: a job holds its worker for as long as it runs."""
+
+    def __init__(self) -> None:
+        self._tasks: queue.SimpleQueue[tuple[Callable[..., None], tuple]] = queue.SimpleQueue()
+        self._idle = 0
+        self._lock = threading.Lock()
+
+    def submit(self, function: Callable[..., None], *args: object) -> None:
+        with self._lock:
+            spawn = self._idle == 0
+            if not spawn:
+                self._idle -= 1
+        self._tasks.put((function, args))
+        if spawn:
+            threading.Thread(target=self._work, name="job", daemon=True).start()
+
+    def _work(self) -> None:
+        while True:
+            function, args = self._tasks.get()
+            try:
+                function(*args)
+            finally:
+                with self._lock:
+                    self._idle += 1
+
+
 def io_frame(stream: p.Stream, job: int, data: bytes) -> bytes:
     return struct.pack(p.IO_HEADER, stream, job) + data
 
@@ -67,6 +95,7 @@ class JobRunner:
         self._stop = threading.Event()
         self._ws: WebSocket | None = None
         self.connected = threading.Event()
+        self._workers = Workers()
 
     # --- the link -----------------------------------------------------------------------------------------
 
@@ -123,7 +152,7 @@ class JobRunner:
             slot = JobSlot(message.job)
             with self._lock:
                 self._slots[message.job] = slot
-            threading.Thread(target=self._run, args=(ws, slot, message.manifest), daemon=True).start()
+            self._workers.submit(self._run, ws, slot, message.manifest)
         elif isinstance(message, p.JobSignal):
             slot = self._slots.get(message.job)
             if slot is not None and slot.pid:
@@ -165,8 +194,13 @@ class JobRunner:
         err_r, err_w = os.pipe()
         spec = {"root": self.env_root, "executable": manifest.executable, "argv": list(manifest.argv),
                 "env": manifest.env, "cwd": manifest.cwd, "uid": manifest.uid, "gid": manifest.gid}  # fmt: skip
+
+        def started(pid: int) -> None:  # in the launcher's reply thread
+            slot.pid = pid
+            self._send(ws, p.JobStarted(slot.job, pid, fetched=fetched))
+
         try:
-            pid = launcher.spawn(slot.job, spec, (stdin_r, out_w, err_w))
+            launcher.start(slot.job, spec, (stdin_r, out_w, err_w), started)
         except LaunchError as exc:
             for fd in (stdin_r, stdin_w, out_r, out_w, err_r, err_w):
                 os.close(fd)
@@ -174,9 +208,7 @@ class JobRunner:
             return
         for fd in (stdin_r, out_w, err_w):
             os.close(fd)
-        slot.pid = pid
-        self._send(ws, p.JobStarted(slot.job, pid, fetched=fetched))
-        threading.Thread(target=_feed_stdin, args=(slot.stdin, stdin_w), daemon=True).start()
+        _start_stdin(slot.stdin, stdin_w)
         self._pump(ws, slot.job, out_r, err_r)
         wait_status, error = launcher.wait(slot.job)
         status, signum = p.shell_status(wait_status)
@@ -211,6 +243,19 @@ class JobRunner:
         if message.error:
             self.log(f"beoboot: job {message.job}: {message.error}")
         self._send(ws, message)
+
+
+def _start_stdin(chunks: queue.Queue[bytes], fd: int) -> None:
+    """Feed the job's stdin from the master's frames; a job with no input (bpsh -n, or </dev/null: the
+    end of file is usually queued by now) needs no thread for it."""
+    with chunks.mutex:
+        at_end = len(chunks.queue) == 1 and chunks.queue[0] == b""
+        if at_end:
+            chunks.queue.popleft()
+    if at_end:
+        os.close(fd)
+        return
+    threading.Thread(target=_feed_stdin, args=(chunks, fd), daemon=True).start()
 
 
 def _feed_stdin(chunks: queue.Queue[bytes], fd: int) -> None:

@@ -464,7 +464,19 @@ FRAME_TYPES: dict[str, type] = {
 
 def encode_frame(message: Any) -> str:
     """A control message as the text of one WebSocket frame: {"type": class name, "body": fields}."""
-    return json.dumps({"type": type(message).__name__, "body": dataclasses.asdict(message)})
+    return json.dumps({"type": type(message).__name__, "body": plain(message)})
+
+
+def plain(value: Any) -> Any:
+    """dataclasses.asdict for the frames' types, without its deep copy of every value: a job manifest is
+    encoded on every job."""
+    if hasattr(type(value), "__dataclass_fields__"):
+        return {name: plain(getattr(value, name)) for name in type(value).__dataclass_fields__}
+    if isinstance(value, (tuple, list)):
+        return [plain(item) for item in value]
+    if isinstance(value, dict):
+        return {key: plain(item) for key, item in value.items()}
+    return value
 
 
 def decode_frame(text: str | bytes) -> Any:

@@ -83,11 +83,23 @@ class _Closure:
     keys: tuple[tuple[str, StatKey], ...]  # (real path, stat key) of every regular file, to re-check
 
 
+@dataclass(frozen=True)
+class _Described:
+    """A closure's JobFiles, kept for as long as no file and no link on the way changed."""
+
+    files: tuple[p.JobFile, ...]
+    keys: tuple[tuple[str, StatKey | None], ...]  # (path, lstat key) of every link met and file described
+
+    def current(self) -> bool:
+        return all(_lkey_of(path) == key for path, key in self.keys)
+
+
 class ManifestBuilder:
     def __init__(self, store: ObjectStore, root: str = "/") -> None:
         self.store = store
         self.root = root
         self._closures: dict[str, _Closure] = {}
+        self._described: dict[str, _Described] = {}  # program -> its closure, described
         self._lock = threading.Lock()
 
     # --- public -------------------------------------------------------------------------------------------
@@ -96,13 +108,31 @@ class ManifestBuilder:
         if not request.argv:
             raise JobError("no command given", hint="bpsh NODE COMMAND [ARGS...]")
         executable = find_command(request.argv[0], request.env.get("PATH", DEFAULT_PATH), request.cwd)
-        paths = list(self.closure(executable))
-        for extra in request.cache:
-            paths += self.extra(posixpath.normpath(posixpath.join(request.cwd, extra)))
+        if request.cache:
+            paths = list(self.closure(executable))
+            for extra in request.cache:
+                paths += self.extra(posixpath.normpath(posixpath.join(request.cwd, extra)))
+            files = self.describe(paths)
+        else:
+            files = self.described_closure(executable)
         return p.JobManifest(
             argv=request.argv, executable=executable, env=request.env, cwd=request.cwd,
-            uid=request.uid, gid=request.gid, files=self.describe(paths),
+            uid=request.uid, gid=request.gid, files=files,
         )  # fmt: skip
+
+    def described_closure(self, program: str) -> tuple[p.JobFile, ...]:
+        """describe(closure(program)), from cache while every file and link it met is unchanged (lstat):
+        a cached job's manifest then costs one lstat per path instead of a walk of every path."""
+        with self._lock:
+            cached = self._described.get(program)
+        if cached is not None and cached.current():
+            return cached.files
+        files = self.describe(self.closure(program))
+        watched = sorted({program, *(f.path for f in files)})
+        described = _Described(files, tuple((path, _lkey_of(path)) for path in watched))
+        with self._lock:
+            self._described[program] = described
+        return files
 
     def is_cached(self, request: p.JobRequest) -> bool:
         """Whether build() would only stat files (no ELF parsing, no hashing): then it is cheap enough to run
@@ -114,8 +144,8 @@ class ManifestBuilder:
         except JobError:
             return True  # the error is cheap too
         with self._lock:
-            cached = self._closures.get(program)
-        return cached is not None and all(_key_of(real) == key for real, key in cached.keys)
+            cached = self._described.get(program)
+        return cached is not None and cached.current()
 
     def closure(self, program: str) -> tuple[str, ...]:
         """Every path `program` needs, from cache when none of its files changed since it was computed."""
@@ -214,6 +244,14 @@ class ManifestBuilder:
                 if os.path.isfile(real):
                     keys.append((real, stat_key(os.stat(real))))
         return _Closure(unique, tuple(keys))
+
+
+def _lkey_of(path: str) -> StatKey | None:
+    """The stat key of the path itself (a link's own inode and mtime: a link pointed elsewhere changes it)."""
+    try:
+        return stat_key(os.lstat(path))
+    except OSError:
+        return None
 
 
 def _key_of(path: str) -> StatKey | None:

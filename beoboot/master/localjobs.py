@@ -342,17 +342,24 @@ class LocalListener:
                 log.warning("bpsh connection refused: %s", exc)
             return
         conn.setblocking(False)
-        asyncio.get_running_loop().add_reader(conn.fileno(), self._first_message, conn)
+        if not self._first_message(conn):  # the request usually came with the connection: no loop turn
+            asyncio.get_running_loop().add_reader(conn.fileno(), self._first_message, conn)
 
-    def _first_message(self, conn: socket.socket) -> None:
+    def _first_message(self, conn: socket.socket) -> bool:
+        """Take the request; False if it has not arrived yet."""
         loop = asyncio.get_running_loop()
         try:
             data, fds, flags, _ = socket.recv_fds(conn, bpsh.MAX_REQUEST, 3)
         except BlockingIOError:
-            return
+            return False
         except OSError:
             data, fds, flags = b"", [], 0
         loop.remove_reader(conn.fileno())
+        self._take(conn, data, fds, flags)
+        return True
+
+    def _take(self, conn: socket.socket, data: bytes, fds: list[int], flags: int) -> None:
+        loop = asyncio.get_running_loop()
         if len(fds) != 3 or flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
             for fd in fds:
                 os.close(fd)
