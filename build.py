@@ -11,7 +11,6 @@ project), never by hand, so CI on a bare machine and a new developer get the sam
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path

@@ -145,7 +145,7 @@ class JobRunner:
             stream, job = struct.unpack_from(p.IO_HEADER, payload)
             slot = self._slots.get(job)
             if slot is not None and stream == p.Stream.STDIN:
-                slot.stdin.put(payload[struct.calcsize(p.IO_HEADER) :])
+                slot.stdin.put(payload[p.IO_HEADER_SIZE :])
 
     def _control(self, ws: WebSocket, message: object) -> None:
         if isinstance(message, p.JobStart):
@@ -192,8 +192,8 @@ class JobRunner:
         stdin_r, stdin_w = os.pipe()
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
-        spec = {"root": self.env_root, "executable": manifest.executable, "argv": list(manifest.argv),
-                "env": manifest.env, "cwd": manifest.cwd, "uid": manifest.uid, "gid": manifest.gid}  # fmt: skip
+        spec = {"executable": manifest.executable, "argv": list(manifest.argv), "env": manifest.env,
+                "cwd": manifest.cwd, "uid": manifest.uid, "gid": manifest.gid}  # the launcher is in the root already
 
         def started(pid: int) -> None:  # in the launcher's reply thread
             slot.pid = pid

@@ -351,6 +351,7 @@ JOBS_PATH = f"{API}/jobs"  # GET -> JobList
 OBJECTS_PATH = "/objects/sha256/{digest}"  # GET a libcache object by the sha256 of its content
 
 IO_HEADER = "!BI"  # struct format: stream number, job id
+IO_HEADER_SIZE = 5  # struct.calcsize(IO_HEADER), without importing struct here
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 

@@ -115,10 +115,19 @@ class ManifestBuilder:
             files = self.describe(paths)
         else:
             files = self.described_closure(executable)
-        return p.JobManifest(
-            argv=request.argv, executable=executable, env=request.env, cwd=request.cwd,
-            uid=request.uid, gid=request.gid, files=files,
-        )  # fmt: skip
+        return _manifest(request, executable, files)
+
+    def build_cached(self, request: p.JobRequest) -> p.JobManifest | None:
+        """build(), when that costs only lstat() calls (no ELF parsing, no hashing), so beoserv may run it on
+        its event loop; None when it would cost more. JobError as build()."""
+        if request.cache or not request.argv:
+            return None
+        executable = find_command(request.argv[0], request.env.get("PATH", DEFAULT_PATH), request.cwd)
+        with self._lock:
+            cached = self._described.get(executable)
+        if cached is None or not cached.current():
+            return None
+        return _manifest(request, executable, cached.files)
 
     def described_closure(self, program: str) -> tuple[p.JobFile, ...]:
         """describe(closure(program)), from cache while every file and link it met is unchanged (lstat):
@@ -133,19 +142,6 @@ class ManifestBuilder:
         with self._lock:
             self._described[program] = described
         return files
-
-    def is_cached(self, request: p.JobRequest) -> bool:
-        """Whether build() would only stat files (no ELF parsing, no hashing): then it is cheap enough to run
-        on beoserv's event loop instead of a worker thread."""
-        if request.cache or not request.argv:
-            return False
-        try:
-            program = find_command(request.argv[0], request.env.get("PATH", DEFAULT_PATH), request.cwd)
-        except JobError:
-            return True  # the error is cheap too
-        with self._lock:
-            cached = self._described.get(program)
-        return cached is not None and cached.current()
 
     def closure(self, program: str) -> tuple[str, ...]:
         """Every path `program` needs, from cache when none of its files changed since it was computed."""
@@ -244,6 +240,13 @@ class ManifestBuilder:
                 if os.path.isfile(real):
                     keys.append((real, stat_key(os.stat(real))))
         return _Closure(unique, tuple(keys))
+
+
+def _manifest(request: p.JobRequest, executable: str, files: tuple[p.JobFile, ...]) -> p.JobManifest:
+    return p.JobManifest(
+        argv=request.argv, executable=executable, env=request.env, cwd=request.cwd,
+        uid=request.uid, gid=request.gid, files=files,
+    )  # fmt: skip
 
 
 def _lkey_of(path: str) -> StatKey | None:

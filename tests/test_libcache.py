@@ -305,3 +305,9 @@ def test_line_prefixes_keep_lines_whole_per_node_and_stream():
     assert lines.lines(3, 2, b"err\n") == b"3: err\n"
     assert lines.lines(3, 1, b"lo\nwor") == b"3: hello\n"
     assert (lines.rest(3, 1), lines.rest(12, 1), lines.rest(3, 2)) == (b"3: wor\n", b"12: b\n", b"")
+
+
+def test_io_header_size_matches_its_format():
+    import struct
+
+    assert struct.calcsize(p.IO_HEADER) == p.IO_HEADER_SIZE

@@ -28,7 +28,6 @@ from beoboot.master.registry import Registry, RegistryError
 log = logging.getLogger("beoserv")
 
 LINK_LOST = 255
-IO_HEADER_SIZE = struct.calcsize(p.IO_HEADER)
 SIGHUP = 1
 FINISHED_KEPT = 200  # finished jobs kept in the listing
 
@@ -39,9 +38,6 @@ class Session:
 
     def __init__(self) -> None:
         self.jobs: set[int] = set()
-
-    def job_started(self, message: p.JobStarted) -> None:
-        pass
 
     def output(self, stream: int, data: bytes, node: int) -> None:
         raise NotImplementedError
@@ -145,11 +141,10 @@ class JobHub:
                 if msg.type == WSMsgType.TEXT:
                     await self._from_node(link, p.decode_frame(msg.data))
                 elif msg.type == WSMsgType.BINARY:
-                    _, job_id = struct.unpack_from(p.IO_HEADER, msg.data)
+                    stream, job_id = struct.unpack_from(p.IO_HEADER, msg.data)
                     job = self.jobs.get(job_id)
                     if job is not None:
-                        stream, _ = struct.unpack_from(p.IO_HEADER, msg.data)
-                        job.session.output(stream, msg.data[IO_HEADER_SIZE:], link.number)
+                        job.session.output(stream, msg.data[p.IO_HEADER_SIZE :], link.number)
                         await job.session.backpressure()
         finally:
             if self.links.get(node.number) is link:
@@ -165,7 +160,6 @@ class JobHub:
             job = self.jobs.get(message.job)
             if job is not None:
                 job.row = replace(job.row, pid=message.pid, state=p.JobState.RUNNING)
-                job.session.job_started(replace(message, node=link.number))
         elif isinstance(message, p.JobExit):
             await self._finish(message.job, replace(message, node=link.number))
 
@@ -216,9 +210,10 @@ class JobHub:
         down = [n for n in numbers if n not in self.links]
         if down:
             raise JobError(f"node {', '.join(map(str, down))} is not up (no job link)", hint="bpstat shows the nodes")
-        if self.manifests.is_cached(request):
-            manifest = self.manifests.build(request)  # a few stat() calls: a thread hand-off would cost more
-        else:  # pyelftools and hashing would block the event loop
+        # a cached manifest is a few lstat() calls, less than a thread hand-off; a new one would block the
+        # event loop (pyelftools, hashing)
+        manifest = self.manifests.build_cached(request)
+        if manifest is None:
             manifest = await asyncio.get_running_loop().run_in_executor(None, self.manifests.build, request)
         command = " ".join(request.argv)
         now = time.time()

@@ -18,6 +18,7 @@ import errno
 import logging
 import os
 import queue
+import signal
 import socket
 import stat
 import struct
@@ -32,7 +33,6 @@ from beoboot.master.jobs import JobHub, Session
 
 log = logging.getLogger("beoserv")
 
-SIGSTOP, SIGCONT, SIGPIPE = 19, 18, 13
 USAGE_STATUS = 2
 READ_SIZE = 65536
 QUEUE_HIGH, QUEUE_LOW = 8 << 20, 2 << 20  # output waiting for a slow bpsh reader: stop reading the node at HIGH
@@ -114,7 +114,7 @@ class LocalSession(Session):
         self._drained: asyncio.Event | None = None  # set when the writer got below QUEUE_LOW
         self._stdin_chunks: asyncio.Queue[bytes] = asyncio.Queue()
         self._stdin_polled = self._stdin_paused = self._stdin_done = False
-        self._client_gone = self._closed = False
+        self._closed = False
 
     # --- from the hub -------------------------------------------------------------------------------------
 
@@ -122,17 +122,20 @@ class LocalSession(Session):
         if self.prefixes is not None:
             data = self.prefixes.lines(node, stream, data)
         if data:
-            self._write(self.stderr_fd if stream == p.Stream.STDERR else self.stdout_fd, data)
+            self._write(self._fd_for(stream), data)
 
     def job_exit(self, message: p.JobExit) -> None:
         self.statuses.append(message.status)
         if self.prefixes is not None:
             for stream in (p.Stream.STDOUT, p.Stream.STDERR):
                 if rest := self.prefixes.rest(message.node, stream):
-                    self._write(self.stderr_fd if stream == p.Stream.STDERR else self.stdout_fd, rest)
+                    self._write(self._fd_for(stream), rest)
         if message.error:
             where = f"node {message.node}: " if message.node >= 0 else ""
             self._write(self.stderr_fd, f"bpsh: {where}{message.error}\n".encode(errors="replace"))
+
+    def _fd_for(self, stream: int) -> int:
+        return self.stderr_fd if stream == p.Stream.STDERR else self.stdout_fd
 
     def all_ended(self) -> None:
         self._stop_stdin()
@@ -187,7 +190,7 @@ class LocalSession(Session):
             except OSError as exc:
                 broken.add(fd)  # drop the rest
                 if exc.errno == errno.EPIPE:  # `bpsh 0 cat big | head`: the job gets SIGPIPE, as at a shell
-                    self.loop.call_soon_threadsafe(self._signal_jobs, SIGPIPE)
+                    self.loop.call_soon_threadsafe(self._signal_jobs, signal.SIGPIPE)
             self._written(len(data))
         self.loop.call_soon_threadsafe(self._close_output)
 
@@ -225,15 +228,14 @@ class LocalSession(Session):
             data = b""
         if not data:  # bpsh was killed, or its user closed the terminal
             self.loop.remove_reader(self.conn.fileno())
-            self._client_gone = True
             self._stop_stdin()
             asyncio.ensure_future(self.hub.hang_up(self))
             return
         if data[:1] == b"S" and data[1:].isdigit():
             signum = int(data[1:])
-            if signum == SIGSTOP:  # Ctrl-Z: a stopped bpsh reads nothing, so neither does beoserv for it
+            if signum == signal.SIGSTOP:  # Ctrl-Z: a stopped bpsh reads nothing, so neither does beoserv for it
                 self._pause_stdin(True)
-            elif signum == SIGCONT:
+            elif signum == signal.SIGCONT:
                 self._pause_stdin(False)
             self._signal_jobs(signum)
 
