@@ -261,73 +261,146 @@ def from_json(cls: type[T], text: str | bytes) -> T:
 
 def from_dict(cls: type[T], raw: Any, where: str = "") -> T:
     """Build dataclass `cls` from decoded JSON, checking every field's type; errors name the field."""
-    where = where or cls.__name__
-    if not isinstance(raw, dict):
-        raise ProtocolError(f"{where}: expected an object, got {type(raw).__name__}")
-    fields, names = _fields_of(cls)
-    if not names.issuperset(raw):
-        raise ProtocolError(f"{where}: unknown fields {sorted(set(raw) - names)}")
-    values = {}
-    for name, hint, required in fields:
-        if name not in raw:
-            if required:
-                raise ProtocolError(f"{where}: missing field {name!r}")
-            continue
-        values[name] = _convert(hint, raw[name], f"{where}.{name}")
-    return cls(**values)
+    try:
+        return _converter(cls)(raw)
+    except _Mismatch as exc:
+        raise ProtocolError(f"{where or cls.__name__}{exc.path}: {exc.complaint}") from None
+
+
+class _Mismatch(Exception):
+    """A value that does not fit its type. `path` grows (".field", "[2]") as it unwinds to from_dict, so
+    the happy path builds no location strings: a job manifest is decoded on every job."""
+
+    def __init__(self, complaint: str) -> None:
+        self.complaint = complaint
+        self.path = ""
+
+    def within(self, step: str) -> _Mismatch:
+        self.path = step + self.path
+        return self
 
 
 @functools.cache
-def _fields_of(cls: type) -> tuple[tuple[tuple[str, Any, bool], ...], frozenset[str]]:
-    """(name, type, required) of each field, and the names. Cached: get_type_hints evaluates every
-    annotation's text, which cost a job manifest's decoding most of its time."""
-    hints = typing.get_type_hints(cls)
-    fields = tuple(
-        (f.name, hints[f.name], f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
-        for f in dataclasses.fields(cls)
-    )
-    return fields, frozenset(name for name, _, _ in fields)
-
-
-def _convert(hint: Any, value: Any, where: str) -> Any:
+def _converter(hint: Any) -> typing.Callable[[Any], Any]:
+    """A function that checks and converts decoded JSON into `hint`, built once per type: the type
+    inspection is done here, not for every value."""
     origin = typing.get_origin(hint)
     if origin in (types.UnionType, typing.Union):
         options = typing.get_args(hint)
-        if value is None and type(None) in options:
-            return None
         (inner,) = [o for o in options if o is not type(None)]
-        return _convert(inner, value, where)
+        return _optional(_converter(inner)) if type(None) in options else _converter(inner)
     if origin is tuple:
-        if not isinstance(value, list):
-            raise ProtocolError(f"{where}: expected a list, got {type(value).__name__}")
-        item = typing.get_args(hint)[0]
-        return tuple(_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value))
+        return _tuple_of(_converter(typing.get_args(hint)[0]))
     if origin is dict:
         key, val = typing.get_args(hint)
-        if not isinstance(value, dict):
-            raise ProtocolError(f"{where}: expected an object, got {type(value).__name__}")
-        return {_convert(key, k, where): _convert(val, v, f"{where}[{k!r}]") for k, v in value.items()}
+        return _dict_of(_converter(key), _converter(val))
     if dataclasses.is_dataclass(hint):
-        return from_dict(hint, value, where)
+        return _dataclass_converter(hint)
     if isinstance(hint, type) and issubclass(hint, enum.Enum):
-        try:
-            return hint(value)
-        except ValueError:
-            allowed = ", ".join(str(m.value) for m in hint)
-            raise ProtocolError(f"{where}: {value!r} is not one of {allowed}") from None
+        return _enum_converter(hint)
     if hint is float:
-        # bool is an int; JSON has no separate integer type for floats, so ints are fine here
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
+        return _float
+    if hint in (int, str, bool):
+        return _exactly(hint)
+    raise TypeError(f"no JSON conversion for {hint!r}")
+
+
+def _optional(inner: typing.Callable[[Any], Any]) -> typing.Callable[[Any], Any]:
+    return lambda value: None if value is None else inner(value)
+
+
+def _tuple_of(item: typing.Callable[[Any], Any]) -> typing.Callable[[Any], Any]:
+    def convert(value: Any) -> tuple[Any, ...]:
+        if type(value) is not list:
+            raise _Mismatch(f"expected a list, got {type(value).__name__}")
+        try:
+            return tuple(map(item, value))
+        except _Mismatch as exc:
+            index = next(i for i, v in enumerate(value) if not _fits(item, v))
+            raise exc.within(f"[{index}]") from None
+
+    return convert
+
+
+def _dict_of(key: typing.Callable[[Any], Any], val: typing.Callable[[Any], Any]) -> typing.Callable[[Any], Any]:
+    def convert(value: Any) -> dict[Any, Any]:
+        if type(value) is not dict:
+            raise _Mismatch(f"expected an object, got {type(value).__name__}")
+        converted = {}
+        for k, v in value.items():
+            try:
+                converted[key(k)] = val(v)
+            except _Mismatch as exc:
+                raise exc.within(f"[{k!r}]") from None
+        return converted
+
+    return convert
+
+
+def _fits(convert: typing.Callable[[Any], Any], value: Any) -> bool:
+    try:
+        convert(value)
+    except _Mismatch:
+        return False
+    return True
+
+
+def _dataclass_converter(cls: type) -> typing.Callable[[Any], Any]:
+    hints = typing.get_type_hints(cls)  # evaluates every annotation's text: once per class
+    fields = tuple(
+        (f.name, f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+        for f in dataclasses.fields(cls)
+    )
+    names = frozenset(name for name, _ in fields)
+    converters: dict[str, typing.Callable[[Any], Any]] = {}
+
+    def convert(raw: Any) -> Any:
+        if type(raw) is not dict:
+            raise _Mismatch(f"expected an object, got {type(raw).__name__}")
+        if not names.issuperset(raw):
+            raise _Mismatch(f"unknown fields {sorted(set(raw) - names)}")
+        if not converters:  # resolved at first use: a field's type may be the class itself, or later in the module
+            converters.update((name, _converter(hints[name])) for name, _ in fields)
+        values = {}
+        for name, required in fields:
+            if name in raw:
+                try:
+                    values[name] = converters[name](raw[name])
+                except _Mismatch as exc:
+                    raise exc.within(f".{name}") from None
+            elif required:
+                raise _Mismatch(f"missing field {name!r}")
+        return cls(**values)
+
+    return convert
+
+
+def _enum_converter(cls: type[enum.Enum]) -> typing.Callable[[Any], Any]:
+    def convert(value: Any) -> Any:
+        try:
+            return cls(value)
+        except ValueError:
+            allowed = ", ".join(str(m.value) for m in cls)
+            raise _Mismatch(f"{value!r} is not one of {allowed}") from None
+
+    return convert
+
+
+def _float(value: Any) -> float:
+    # bool is an int; JSON has no separate integer type for floats, so ints are fine here
+    if type(value) in (int, float):
+        return float(value)
+    raise _Mismatch(f"expected float, got {type(value).__name__} {value!r}")
+
+
+def _exactly(kind: type) -> typing.Callable[[Any], Any]:
+    # type(), not isinstance: bool is an int, and JSON gives plain ints, strs and bools
+    def convert(value: Any) -> Any:
+        if type(value) is kind:
             return value
-    elif hint in (str, bool):
-        if isinstance(value, hint):
-            return value
-    else:
-        raise TypeError(f"{where}: no JSON conversion for {hint!r}")
-    raise ProtocolError(f"{where}: expected {hint.__name__}, got {type(value).__name__} {value!r}")
+        raise _Mismatch(f"expected {kind.__name__}, got {type(value).__name__} {value!r}")
+
+    return convert
 
 
 def check_event_name(name: str) -> str:
@@ -465,19 +538,16 @@ FRAME_TYPES: dict[str, type] = {
 
 def encode_frame(message: Any) -> str:
     """A control message as the text of one WebSocket frame: {"type": class name, "body": fields}."""
-    return json.dumps({"type": type(message).__name__, "body": plain(message)})
+    return json.dumps({"type": type(message).__name__, "body": message}, default=_frame_fields)
 
 
-def plain(value: Any) -> Any:
-    """dataclasses.asdict for the frames' types, without its deep copy of every value: a job manifest is
-    encoded on every job."""
+def _frame_fields(value: Any) -> dict[str, Any]:
+    """json's hook for what it cannot encode itself: a frame's dataclasses, as their fields. json's C
+    encoder walks the rest (tuples, dicts, str and int enums), with none of dataclasses.asdict's deep
+    copying: a job manifest is encoded on every job."""
     if hasattr(type(value), "__dataclass_fields__"):
-        return {name: plain(getattr(value, name)) for name in type(value).__dataclass_fields__}
-    if isinstance(value, (tuple, list)):
-        return [plain(item) for item in value]
-    if isinstance(value, dict):
-        return {key: plain(item) for key, item in value.items()}
-    return value
+        return vars(value)
+    raise TypeError(f"a job frame cannot hold {type(value).__name__}: {value!r}")
 
 
 def decode_frame(text: str | bytes) -> Any:

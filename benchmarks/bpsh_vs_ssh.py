@@ -29,6 +29,7 @@ from pathlib import Path
 from beoboot.master.bpsh_client import Client, parse_args
 
 BPSH = Path(__file__).resolve().parent.parent / "beoboot" / "master" / "bpsh.py"  # as .venv/bin/bpsh is
+PYTHON = "/usr/bin/python3"  # bpsh's interpreter (its #! line)
 
 
 def free_port() -> int:
@@ -93,12 +94,23 @@ def time_library(socket: Path, args: list[str], runs: int) -> list[float]:
     return times
 
 
-def time_command(argv: list[str], runs: int) -> list[float]:
-    times = []
+def time_commands(argvs: list[list[str]], runs: int) -> list[list[float]]:
+    """Wall time of each command from spawning it to reaping it, stdin and stdout on /dev/null, the
+    commands taking turns so that a slow spell of this shared machine falls on all of them alike.
+    posix_spawn (a vfork, as a shell's) rather than subprocess.run, whose own bookkeeping would add half a
+    millisecond to every command measured here."""
+    null = os.open(os.devnull, os.O_RDWR)
+    actions = [(os.POSIX_SPAWN_DUP2, null, 0), (os.POSIX_SPAWN_DUP2, null, 1)]
+    times: list[list[float]] = [[] for _ in argvs]
     for _ in range(runs):
-        start = time.perf_counter()
-        subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, check=True)
-        times.append(time.perf_counter() - start)
+        for argv, spent in zip(argvs, times):
+            start = time.perf_counter()
+            pid = os.posix_spawnp(argv[0], argv, os.environ, file_actions=actions)
+            _, wait_status = os.waitpid(pid, 0)
+            spent.append(time.perf_counter() - start)
+            if wait_status != 0:
+                raise SystemExit(f"{' '.join(argv)} ended with wait status {wait_status}")
+    os.close(null)
     return times
 
 
@@ -153,10 +165,13 @@ def main() -> int:
             cold_true = time_library(sock, ["0", "/bin/true"], 1)
             cold_python = time_library(sock, ["0", "/usr/bin/python3", "-c", "pass"], 1)
             cached = time_library(sock, ["0", "/bin/true"], args.runs)
-            cached_cli = time_command([str(BPSH), "--socket", str(sock), "0", "/bin/true"], args.runs)
+            cached_cli, interpreter = time_commands(
+                [[str(BPSH), "--socket", str(sock), "0", "/bin/true"], [PYTHON, "-IS", "-c", "import posix; posix._exit(0)"]],
+                args.runs,
+            )
             sshd, client = start_sshd(work)
             procs.append(sshd)
-            ssh = time_command([*client, "/bin/true"], args.ssh_runs)
+            (ssh,) = time_commands([[*client, "/bin/true"]], args.ssh_runs)
             stop(one)
             many = start_simnodes(work, url, args.nodes, 1000)
             procs.append(many)
@@ -169,6 +184,7 @@ def main() -> int:
     ratio_cli = statistics.median(ssh) / statistics.median(cached_cli)
     print(f"cached /bin/true, `bpsh` command           {ms(cached_cli)}")
     print(f"  of which the job (client in-process)     {ms(cached)}")
+    print(f"  python3 -IS start and exit, nothing run  {ms(interpreter)}")
     print(f"ssh 127.0.0.1 /bin/true (OpenSSH)          {ms(ssh)}")
     print(f"ssh / `bpsh` command: {ratio_cli:.1f}x   (ssh / job alone: {ratio:.1f}x)   targets: < 10 ms, >= 20x")
     print(f"cold cache, first /bin/true                {cold_true[0] * 1000:8.2f} ms")

@@ -62,3 +62,18 @@ def test_event_names(name, ok):
     else:
         with pytest.raises(p.ProtocolError):
             p.check_event_name(name)
+
+
+def test_job_frame_round_trips_and_errors_name_the_item():
+    files = (p.JobFile("/usr/bin/true", 0o755, "ab" * 32, 10), p.JobFile("/lib64", 0o777, link="usr/lib64"))
+    start = p.JobStart(7, p.JobManifest(("true",), "/usr/bin/true", {"LANG": "C"}, "/", 0, 0, files))
+    text = p.encode_frame(start)
+    assert p.decode_frame(text) == start
+    bad_file = text.replace('"mode": 511', '"mode": "511"')
+    with pytest.raises(p.ProtocolError, match=r"JobStart.manifest.files\[1\].mode: expected int, got str"):
+        p.decode_frame(bad_file)
+    bad_env = text.replace('"LANG": "C"', '"LANG": 1')
+    with pytest.raises(p.ProtocolError, match=r"JobStart.manifest.env\['LANG'\]: expected str"):
+        p.decode_frame(bad_env)
+    with pytest.raises(TypeError, match="cannot hold"):
+        p.encode_frame(p.JobSignal(1, object()))  # type: ignore[arg-type]
