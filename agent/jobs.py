@@ -193,7 +193,8 @@ class JobRunner:
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         spec = {"executable": manifest.executable, "argv": list(manifest.argv), "env": manifest.env,
-                "cwd": manifest.cwd, "uid": manifest.uid, "gid": manifest.gid}  # the launcher is in the root already
+                "cwd": manifest.cwd, "uid": manifest.uid, "gid": manifest.gid,
+                "groups": list(manifest.groups)}  # the launcher is in the root already
 
         def started(pid: int) -> None:  # in the launcher's reply thread
             slot.pid = pid

@@ -462,6 +462,7 @@ class JobManifest:
     uid: int
     gid: int
     files: tuple[JobFile, ...]
+    groups: tuple[int, ...] = ()  # supplementary groups, as bpsh had them
 
 
 @dataclass(frozen=True)
@@ -476,6 +477,7 @@ class JobRequest:
     gid: int
     cache: tuple[str, ...] = ()  # extra files or directories to bring (--cache)
     stdin: bool = True  # forward bpsh's stdin (False: the job reads end of file at once)
+    groups: tuple[int, ...] = ()  # supplementary groups of the bpsh process (SO_PEERGROUPS)
 
 
 @dataclass(frozen=True)

@@ -245,7 +245,7 @@ class ManifestBuilder:
 def _manifest(request: p.JobRequest, executable: str, files: tuple[p.JobFile, ...]) -> p.JobManifest:
     return p.JobManifest(
         argv=request.argv, executable=executable, env=request.env, cwd=request.cwd,
-        uid=request.uid, gid=request.gid, files=files,
+        uid=request.uid, gid=request.gid, files=files, groups=request.groups,
     )  # fmt: skip
 
 

@@ -155,6 +155,24 @@ def test_the_job_runs_as_the_user_the_kernel_names_not_one_bpsh_claims(cluster):
     assert bpsh(sock, "0", "id", "-u").stdout == "0\n"
 
 
+def test_the_job_has_the_supplementary_groups_of_bpsh(cluster):
+    """From SO_PEERGROUPS: a project group that owns the data works on the node as here; more than the 256
+    groups getsockopt can return come from the client's /proc entry."""
+    url, sock, _ = cluster
+    for parent in [sock.parent, *sock.parent.parents]:
+        if str(parent) in ("/", "/tmp"):
+            break
+        os.chmod(parent, os.stat(parent).st_mode | 0o011)
+    argv = ["/usr/bin/python3", *bpsh_argv(sock, "0", "id", "-G")[1:]]
+    for groups in ([100, 4, 27], list(range(2000, 2300))):
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=60,
+                                user=65534, group=65534, extra_groups=groups, cwd="/")  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        primary, *supplementary = map(int, result.stdout.split())
+        assert (primary, sorted(supplementary)) == (65534, sorted(groups))
+    assert bpsh(sock, "0", "id", "-G").stdout == "0\n"  # root with no other group: the posix_spawn path
+
+
 def test_no_beoserv_is_a_clear_error(tmp_path):
     result = bpsh(tmp_path / "nothing.sock", "0", "true")
     assert result.returncode == 255

@@ -37,6 +37,8 @@ USAGE_STATUS = 2
 READ_SIZE = 65536
 QUEUE_HIGH, QUEUE_LOW = 8 << 20, 2 << 20  # output waiting for a slow bpsh reader: stop reading the node at HIGH
 PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux 4.13; Python 3.11's socket module lacks the name
+GETSOCKOPT_MAX = 1024  # the largest buffer Python's getsockopt takes: 256 groups
 DEV_NULL = os.makedev(1, 3)
 
 
@@ -44,8 +46,26 @@ class RequestError(Exception):
     pass
 
 
-def decode_request(data: bytes, uid: int, gid: int) -> tuple[p.JobRequest, str]:
-    """A bpsh request record -> (JobRequest as user uid:gid, the option letters: n for -n, p for -p)."""
+def peer_groups(conn: socket.socket, pid: int) -> tuple[int, ...]:
+    """The supplementary groups the bpsh process had when it connected, as the kernel recorded them: the
+    job gets the groups a command run here would have (a project group that owns the data, say), and a
+    user cannot claim a group they are not in."""
+    try:
+        raw = conn.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, GETSOCKOPT_MAX)
+    except OSError as exc:
+        if exc.errno != errno.ERANGE:
+            raise
+        # more than 256 groups: the client's own, read while it waits for this request's answer (it
+        # cannot have exited and left its pid to another process meanwhile: its socket is still open)
+        with open(f"/proc/{pid}/status") as status:
+            line = next(line for line in status if line.startswith("Groups:"))
+        return tuple(int(gid) for gid in line.split()[1:])
+    return struct.unpack(f"{len(raw) // 4}I", raw)  # gid_t: 32 bits
+
+
+def decode_request(data: bytes, uid: int, gid: int, groups: tuple[int, ...] = ()) -> tuple[p.JobRequest, str]:
+    """A bpsh request record -> (JobRequest as user uid:gid with those supplementary groups, the option
+    letters: n for -n, p for -p)."""
     fields = data.split(b"\0")
     if len(fields) < 6 or fields[0] != bpsh.REQUEST_MAGIC:
         raise RequestError("not a bpsh request (another version of bpsh?)")
@@ -70,7 +90,8 @@ def decode_request(data: bytes, uid: int, gid: int) -> tuple[p.JobRequest, str]:
         if equals and name:
             env[text(name)] = text(value)
     letters = flags.decode("ascii", "replace")
-    request = p.JobRequest(nodes=nodes, argv=argv, env=env, cwd=cwd, uid=uid, gid=gid, cache=cache, stdin="n" not in letters)
+    request = p.JobRequest(nodes=nodes, argv=argv, env=env, cwd=cwd, uid=uid, gid=gid, cache=cache,
+                           stdin="n" not in letters, groups=groups)  # fmt: skip
     return request, letters
 
 
@@ -367,9 +388,9 @@ class LocalListener:
                 os.close(fd)
             conn.close()
             return
-        _, uid, gid = PEERCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, PEERCRED.size))
+        pid, uid, gid = PEERCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, PEERCRED.size))
         try:
-            request, letters = decode_request(data, uid, gid)
+            request, letters = decode_request(data, uid, gid, peer_groups(conn, pid))
         except RequestError as exc:
             _say(fds[2], f"bpsh: {exc}\n")
             try:
