@@ -54,6 +54,11 @@ class CachedObject:
     links: set[str] = field(default_factory=set)  # environment-root paths linked to it
     copies: dict[str, tuple[int, int]] = field(default_factory=dict)  # paths on other mounts -> (dev, inode)
 
+    @property
+    def footprint(self) -> int:
+        """Bytes it takes: the object, and each copy on another mount (links cost nothing)."""
+        return self.size * (1 + len(self.copies))
+
 
 def object_name(entry: p.JobFile) -> str:
     return f"{entry.sha256}.{entry.mode & 0o7777:o}"
@@ -99,7 +104,7 @@ class LibCache:
 
     def total_bytes(self) -> int:
         with self._lock:
-            return sum(o.size for o in self._objects.values())
+            return sum(o.footprint for o in self._objects.values())
 
     def names(self) -> set[str]:
         with self._lock:
@@ -314,7 +319,7 @@ class LibCache:
         max_bytes."""
         dropped = []
         with self._lock:
-            total = sum(o.size for o in self._objects.values())
+            total = sum(o.footprint for o in self._objects.values())
             for obj in sorted(self._objects.values(), key=lambda o: o.last_used):
                 if total <= self.max_bytes:
                     break
@@ -340,7 +345,7 @@ class LibCache:
                         pass
                 _unlink(source)
                 del self._objects[obj.name]
-                total -= obj.size
+                total -= obj.footprint
                 dropped.append(obj.name)
         return dropped
 

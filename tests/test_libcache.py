@@ -140,12 +140,13 @@ def test_lru_eviction_spares_held_objects_and_drops_links(server, env_root):
 @pytest.mark.skipif(os.getuid() != 0, reason="mounts a tmpfs: needs root")
 def test_copies_on_another_mount_are_kept_once_and_go_with_their_object(server, env_root):
     """/tmp in the environment root is its own tmpfs: a job file there is a copy, not a link. It is not
-    copied again for every job, and eviction removes it as it removes links."""
+    copied again for every job, it counts towards the cache's size, and eviction removes it as it removes
+    links."""
     (env_root / "tmp").mkdir(exist_ok=True)
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "beoboot-test", str(env_root / "tmp")], check=True)
     try:
         clock = iter(range(1000))
-        cache = cache_for(env_root, server, max_bytes=15, clock=lambda: float(next(clock)))
+        cache = cache_for(env_root, server, max_bytes=25, clock=lambda: float(next(clock)))
         a = server.add("/tmp/job/a.py", b"a" * 10)
         cache.ensure([a])
         cache.materialise([a])
@@ -153,9 +154,11 @@ def test_copies_on_another_mount_are_kept_once_and_go_with_their_object(server, 
         assert copy.st_nlink == 1 and (env_root / "tmp/job/a.py").read_bytes() == b"a" * 10
         cache.materialise([a])
         assert os.path.samestat(copy, os.stat(env_root / "tmp/job/a.py"))  # kept, not copied again
+        assert cache.total_bytes() == 20  # the object and its copy
         b = server.add("/bin/b", b"b" * 10)
         cache.ensure([b])
         cache.materialise([b])
+        assert cache.total_bytes() == 30  # over 25 only because the copy counts
         assert cache.evict() == [object_name(a)]
         assert not (env_root / "tmp/job/a.py").exists()
     finally:
