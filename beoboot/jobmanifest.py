@@ -7,8 +7,9 @@ interpreter cannot start without (RUNTIME_RULES), and `--cache` extras (a file o
 files in them bring their closures too). Every symbolic link met on the way is listed as a link, so the
 node's tree has the master's shape (/lib -> usr/lib) and files sit at their real paths.
 
-Closures are cached per program and re-checked by stat key on every job; hashes come from the
-ObjectStore's cache. A cached job therefore costs a few stat() calls per file, not a read.
+Closures are cached per program and re-checked by stat key on every job, with the directories the library
+search looked in (a new library there may come first now); hashes come from the ObjectStore's cache. A
+cached job therefore costs a few stat() calls per file and directory, not a read.
 """
 
 from __future__ import annotations
@@ -77,10 +78,23 @@ def find_command(command: str, path_env: str, cwd: str) -> str:
     raise JobError(f"{command}: command not found on the master's PATH", hint=f"PATH is {path_env or DEFAULT_PATH}")
 
 
+# Besides the directories the search looked in, what decides which directories those are
+LD_SO_CONF_PATHS = ("/etc/ld.so.conf", "/etc/ld.so.conf.d")
+
+
 @dataclass(frozen=True)
 class _Closure:
     paths: tuple[str, ...]  # every file and link the program needs (as found, before resolving links)
     keys: tuple[tuple[str, StatKey], ...]  # (real path, stat key) of every regular file, to re-check
+    # (host path, lstat key) of every directory the library search looked in, and of ld.so.conf: a library
+    # installed where the search looks before the one found (/usr/local/lib) changes its directory's
+    # mtime, and the closure is computed again
+    searched: tuple[tuple[str, StatKey | None], ...] = ()
+
+    def current(self) -> bool:
+        return all(_key_of(real) == key for real, key in self.keys) and all(
+            _lkey_of(path) == key for path, key in self.searched
+        )
 
 
 @dataclass(frozen=True)
@@ -138,7 +152,9 @@ class ManifestBuilder:
             return cached.files
         files = self.describe(self.closure(program))
         watched = sorted({program, *(f.path for f in files)})
-        described = _Described(files, tuple((path, _lkey_of(path)) for path in watched))
+        with self._lock:
+            searched = self._closures[program].searched
+        described = _Described(files, tuple((path, _lkey_of(path)) for path in watched) + searched)
         with self._lock:
             self._described[program] = described
         return files
@@ -147,7 +163,7 @@ class ManifestBuilder:
         """Every path `program` needs, from cache when none of its files changed since it was computed."""
         with self._lock:
             cached = self._closures.get(program)
-        if cached is not None and all(_key_of(real) == key for real, key in cached.keys):
+        if cached is not None and cached.current():
             return cached.paths
         computed = self._compute(program)
         with self._lock:
@@ -239,7 +255,8 @@ class ManifestBuilder:
                 real = str(sysroot.host(sysroot.resolve(path).real))
                 if os.path.isfile(real):
                     keys.append((real, stat_key(os.stat(real))))
-        return _Closure(unique, tuple(keys))
+        searched = [str(sysroot.host(d)) for d in (*resolver.search_dirs, *LD_SO_CONF_PATHS)]
+        return _Closure(unique, tuple(keys), tuple((path, _lkey_of(path)) for path in dict.fromkeys(searched)))
 
 
 def _manifest(request: p.JobRequest, executable: str, files: tuple[p.JobFile, ...]) -> p.JobManifest:

@@ -134,6 +134,32 @@ def test_own_library_by_rpath_and_a_changed_library_is_used_at_once(cluster, tmp
     assert old.st_nlink == 2 and os.stat(on_node).st_nlink == 2  # object + the one link to it
 
 
+@pytest.mark.skipif(not shutil.which("gcc"), reason="needs gcc on the master")
+def test_a_new_library_earlier_in_the_search_path_is_used_at_once(cluster, tmp_path):
+    """The cached closure is checked against the directories the search looked in, not only the files it
+    found: a library installed where ld.so looks first shadows the old one on the node as on the master."""
+    _, sock, _ = cluster
+    first, second = tmp_path / "first", tmp_path / "second"
+
+    def build_library(where):
+        where.mkdir(exist_ok=True)
+        (where / "greet.c").write_text(f'const char *greet(void) {{ return "from {where.name}"; }}\n')
+        subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(where / "libgreet.so"), str(where / "greet.c")],
+                       check=True)  # fmt: skip
+
+    build_library(second)
+    (tmp_path / "main.c").write_text(
+        '#include <stdio.h>\nconst char *greet(void);\nint main(void) { puts(greet()); return 0; }\n'
+    )
+    subprocess.run(["gcc", "-o", str(tmp_path / "hello"), str(tmp_path / "main.c"), f"-L{second}", "-lgreet",
+                    f"-Wl,-rpath,{first}:{second}"], check=True)  # fmt: skip
+    assert bpsh(sock, "0", str(tmp_path / "hello")).stdout == "from second\n"
+    assert bpsh(sock, "0", str(tmp_path / "hello")).stdout == "from second\n"  # cached now
+    build_library(first)
+    assert subprocess.run([str(tmp_path / "hello")], capture_output=True, text=True).stdout == "from first\n"
+    assert bpsh(sock, "0", str(tmp_path / "hello")).stdout == "from first\n"
+
+
 def test_stdin_goes_to_every_node(cluster):
     url, sock, _ = cluster
     result = bpsh(sock, "-a", "cat", input="to all\n")
