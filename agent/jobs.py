@@ -83,9 +83,11 @@ class JobRunner:
         *,
         log: Callable[[str], None] = lambda message: None,
         launcher: Launcher | None = None,
+        token: Callable[[], str] = lambda: "",
     ) -> None:
         self.master_url = master_url.rstrip("/")
         self.mac = p.normalise_mac(mac)
+        self.token = token  # the link token of the node's latest registration, read at every (re)connect
         self.env_root = env_root
         self.cache = cache
         self.log = log
@@ -116,7 +118,7 @@ class JobRunner:
         failures = 0
         while not self._stop.is_set():
             try:
-                self._ws = WebSocket.connect(url)
+                self._ws = WebSocket.connect(url, headers={p.LINK_TOKEN_HEADER: self.token()})
             except WebSocketError as exc:
                 failures += 1
                 wait = min(30.0, 0.25 * 2 ** min(failures, 8)) * random.uniform(0.5, 1.0)
@@ -283,11 +285,12 @@ def _killpg(pgid: int, signum: int) -> None:
 
 
 def start_runner(
-    master_url: str, mac: str, env_root: str, max_bytes: int, log: Callable[[str], None]
+    master_url: str, mac: str, env_root: str, max_bytes: int, log: Callable[[str], None],
+    token: Callable[[], str] = lambda: "",
 ) -> JobRunner:
     """Stage 3: the libcache at ENV_ROOT/.libcache (on the environment root's own tmpfs, so its objects can
     be hard-linked into the root; see agent.libcache), and the runner's link to the master."""
     cache = LibCache(os.path.join(env_root, ".libcache"), env_root, master_url, max_bytes=max_bytes)
-    runner = JobRunner(master_url, mac, env_root, cache, log=log)
+    runner = JobRunner(master_url, mac, env_root, cache, log=log, token=token)
     runner.start()
     return runner

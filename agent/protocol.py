@@ -141,6 +141,9 @@ class RegisterReply:
     boot: int  # how many boots the master has seen for this node (1 on the first)
     heartbeat_interval: float  # seconds between heartbeats
     heartbeat_timeout: float  # the master marks the node down after this long without one
+    # the job link's credential (LINK_TOKEN_HEADER), new at every registration: only the machine that
+    # registered last as this node gets its jobs, not whoever knows its MAC
+    link_token: str = ""
 
 
 @dataclass(frozen=True)
@@ -420,6 +423,7 @@ def check_event_name(name: str) -> str:
 # frame is end of input.
 
 JOBS_LINK_PATH = f"{API}/jobs/link"  # GET WebSocket; query mac=...; the node's end of every job
+LINK_TOKEN_HEADER = "X-Beoboot-Link-Token"  # on the job link's handshake: RegisterReply.link_token
 JOBS_PATH = f"{API}/jobs"  # GET -> JobList
 OBJECTS_PATH = "/objects/sha256/{digest}"  # GET a libcache object by the sha256 of its content
 

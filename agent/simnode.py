@@ -73,7 +73,10 @@ class SimNode:
         make_env_root(self.env_root, proc=proc)
         self.link = MasterLink(master, self.mac, p.Stage.SUPERVISOR, timeout=10)
         self.cache = LibCache(os.path.join(self.env_root, ".libcache"), self.env_root, master, max_bytes=max_bytes)
-        self.runner = jobs.JobRunner(master, self.mac, self.env_root, self.cache, log=print)
+        self.runner = jobs.JobRunner(master, self.mac, self.env_root, self.cache, log=print, token=self._token)
+
+    def _token(self) -> str:
+        return self.link.registration.link_token if self.link.registration else ""
 
     def start(self) -> int:
         reply = self.link.register(p.Hardware(cpu_model="simulated", cpus=1), attempts=20)

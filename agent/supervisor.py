@@ -134,7 +134,8 @@ def run(config: AgentConfig, *, dry_run: bool) -> None:
     set_identity(reply, reply.address or handoff.address, dry_run=dry_run)
     say(f"beoboot: node {reply.number} ({reply.name}), hostname {reply.hostname}, boot {reply.boot}")
     build_env_root(handoff.master_url, handoff.pins, dry_run=dry_run)
-    jobs.start_runner(handoff.master_url, handoff.mac, ENV_ROOT, config.libcache_max_bytes, say)
+    jobs.start_runner(handoff.master_url, handoff.mac, ENV_ROOT, config.libcache_max_bytes, say,
+                      token=lambda: link.registration.link_token if link.registration else "")  # fmt: skip
     listeners = listening_sockets()
     say(f"beoboot: listening sockets: {', '.join(listeners) if listeners else 'none'}")
     link.event(p.BootEvent.STAGE3_READY)

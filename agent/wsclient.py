@@ -61,7 +61,9 @@ class WebSocket:
         self.closed = False
 
     @classmethod
-    def connect(cls, url: str, timeout: float = 10.0) -> WebSocket:
+    def connect(cls, url: str, timeout: float = 10.0, headers: dict[str, str] | None = None) -> WebSocket:
+        """`headers` go with the handshake (the job link's token: a header, so that no error message or
+        access log that prints the URL shows it)."""
         host, port, path = parse_http_url(url)
         try:
             sock = socket.create_connection((host, port), timeout=timeout)
@@ -72,7 +74,9 @@ class WebSocket:
         key = base64.b64encode(os.urandom(16)).decode()
         request = (
             f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+            + "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
+            + "\r\n"
         )
         try:
             sock.sendall(request.encode())
@@ -93,8 +97,8 @@ class WebSocket:
             body = rest.decode(errors="replace").strip()
             raise WebSocketError(f"{url}: refused: {lines[0]} {body}".strip())
         expected = base64.b64encode(hashlib.sha1((key + WS_GUID).encode()).digest()).decode()
-        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-        if headers.get("sec-websocket-accept") != expected:
+        answered = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+        if answered.get("sec-websocket-accept") != expected:
             sock.close()
             raise WebSocketError(f"{url}: bad Sec-WebSocket-Accept in the handshake")
         sock.settimeout(None)

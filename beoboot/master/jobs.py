@@ -11,6 +11,7 @@ jobs with status 255 (as ssh does for a lost connection).
 from __future__ import annotations
 
 import asyncio
+import hmac
 import itertools
 import logging
 import struct
@@ -123,11 +124,27 @@ class JobHub:
 
     # --- node side ----------------------------------------------------------------------------------------
 
+    async def drop_link(self, number: int, why: str) -> None:
+        """A registration issued the node a new link token: the link opened with the old one closes (its
+        jobs end with LINK_LOST), and only the machine that registered last can open it again."""
+        link = self.links.get(number)
+        if link is not None:
+            log.warning("node %d job link from before its registration closed: %s", number, why)
+            await link.ws.close()
+
     async def node_link(self, request: web.Request) -> web.StreamResponse:
         mac = p.normalise_mac(request.query.get("mac", ""))
-        node = next((n for n in self.registry.nodes() if n.mac == mac), None)
+        node = self.registry.node_by_mac(mac)
         if node is None:
             raise web.HTTPNotFound(text=f"node {mac} is not registered: register first\n")
+        token = request.headers.get(p.LINK_TOKEN_HEADER, "")
+        if not node.link_token or not hmac.compare_digest(token.encode(), node.link_token.encode()):
+            log.warning("node %d (%s) job link refused from %s: not the token of its last registration",
+                        node.number, mac, request.remote)  # fmt: skip
+            raise web.HTTPForbidden(
+                text=f"node {node.number} ({mac}): the job link needs the token of the node's last registration "
+                f"({p.LINK_TOKEN_HEADER}); register again\n"
+            )
         ws = web.WebSocketResponse(max_msg_size=0)
         await ws.prepare(request)
         old = self.links.get(node.number)

@@ -11,9 +11,11 @@ handing every heartbeat to a thread.
 from __future__ import annotations
 
 import json
+import os
+import secrets
 import sqlite3
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from agent.protocol import (
@@ -42,7 +44,8 @@ CREATE TABLE IF NOT EXISTS nodes (
     last_seen REAL NOT NULL,
     uptime REAL,                          -- node-reported uptime ...
     uptime_at REAL,                       -- ... as of this master time
-    hardware TEXT NOT NULL DEFAULT '{}'
+    hardware TEXT NOT NULL DEFAULT '{}',
+    link_token TEXT NOT NULL DEFAULT ''   -- the job link's credential, new at every registration
 );
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY,
@@ -65,6 +68,8 @@ CREATE TABLE IF NOT EXISTS logs (
 );
 CREATE INDEX IF NOT EXISTS logs_by_node ON logs(number, t);
 """
+# columns added since the first release: (table, column, definition), added to an older database on open
+ADDED_COLUMNS = (("nodes", "link_token", "TEXT NOT NULL DEFAULT ''"),)
 
 
 class RegistryError(BeobootError):
@@ -82,6 +87,7 @@ class NodeRecord:
     uptime: float | None
     uptime_at: float | None
     hardware: Hardware
+    link_token: str = field(default="", repr=False)
 
     def uptime_now(self, now: float) -> float | None:
         if self.uptime is None or self.uptime_at is None:
@@ -99,6 +105,15 @@ class TimelineRecord:
     detail: str
 
 
+def _make_private(path: str) -> None:
+    """Owner-only: the registry holds the nodes' job link tokens. SQLite gives its -wal and -shm files the
+    database's mode when it creates them; older ones are fixed here too."""
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for name in (path, path + "-wal", path + "-shm"):
+        if os.path.exists(name):
+            os.chmod(name, 0o600)
+
+
 def _alive_state(ready: int) -> NodeState:
     return NodeState.UP if ready else NodeState.BOOTING
 
@@ -106,11 +121,17 @@ def _alive_state(ready: int) -> NodeState:
 class Registry:
     def __init__(self, path: Path | str) -> None:
         try:
+            if str(path) != ":memory:":
+                _make_private(str(path))
             self._db = sqlite3.connect(str(path), isolation_level=None)  # explicit BEGIN/COMMIT below
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(SCHEMA)
-        except sqlite3.Error as exc:
+            for table, column, definition in ADDED_COLUMNS:
+                present = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+                if column not in present:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+        except (sqlite3.Error, OSError) as exc:
             raise RegistryError(f"cannot open node registry {path}: {exc}", hint="check the --db path") from None
         self._db.row_factory = sqlite3.Row
         self.path = Path(path)
@@ -126,24 +147,25 @@ class Registry:
         the boot (stage 1 -> kexec -> stage 2 -> stage 3 each register once)."""
         mac = normalise_mac(mac)
         hw = json.dumps(asdict(hardware), sort_keys=True)
+        token = secrets.token_urlsafe(24)
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
             row = self._db.execute("SELECT number, stage, boot FROM nodes WHERE mac = ?", (mac,)).fetchone()
             if row is None:
                 (number,) = self._db.execute("SELECT COALESCE(MAX(number) + 1, 0) FROM nodes").fetchone()
                 self._db.execute(
-                    "INSERT INTO nodes (number, mac, state, stage, boot, ready, first_seen, last_seen, hardware)"
-                    " VALUES (?, ?, ?, ?, 1, 0, ?, ?, ?)",
-                    (number, mac, NodeState.BOOTING, stage, now, now, hw),
+                    "INSERT INTO nodes (number, mac, state, stage, boot, ready, first_seen, last_seen, hardware,"
+                    " link_token) VALUES (?, ?, ?, ?, 1, 0, ?, ?, ?, ?)",
+                    (number, mac, NodeState.BOOTING, stage, now, now, hw, token),
                 )
             else:
                 new_boot = stage.order <= Stage(row["stage"]).order
                 self._db.execute(
                     "UPDATE nodes SET stage = ?, boot = boot + ?, state = CASE WHEN ? THEN ? ELSE "
                     " (CASE WHEN ready THEN ? ELSE ? END) END, ready = CASE WHEN ? THEN 0 ELSE ready END,"
-                    " last_seen = ?, uptime = NULL, uptime_at = NULL, hardware = ? WHERE mac = ?",
+                    " last_seen = ?, uptime = NULL, uptime_at = NULL, hardware = ?, link_token = ? WHERE mac = ?",
                     (stage, int(new_boot), new_boot, NodeState.BOOTING, NodeState.UP, NodeState.BOOTING,
-                     new_boot, now, hw, mac),
+                     new_boot, now, hw, token, mac),
                 )  # fmt: skip
         record = self.node_by_mac(mac)
         assert record is not None
@@ -224,7 +246,7 @@ class Registry:
         return NodeRecord(
             number=row["number"], mac=row["mac"], state=NodeState(row["state"]), stage=Stage(row["stage"]),
             boot=row["boot"], last_seen=row["last_seen"], uptime=row["uptime"], uptime_at=row["uptime_at"],
-            hardware=hardware,
+            hardware=hardware, link_token=row["link_token"],
         )  # fmt: skip
 
     def node_by_mac(self, mac: str) -> NodeRecord | None:

@@ -213,12 +213,14 @@ class Beoserv:
             "node %d (%s) registered at %s, boot %d, from %s", node.number, node.mac, msg.stage, node.boot,
             request.remote,
         )  # fmt: skip
+        await self.jobs.drop_link(node.number, f"node {node.number} registered again from {request.remote}")
         return json_response(
             p.RegisterReply(
                 number=node.number, name=p.node_name(node.number),
                 hostname=p.node_hostname(node.number, self.config.hostname_prefix),
                 address=self.config.node_address(node.number), boot=node.boot,
                 heartbeat_interval=self.config.heartbeat_interval, heartbeat_timeout=self.config.heartbeat_timeout,
+                link_token=node.link_token,
             )  # fmt: skip
         )
 

@@ -1,0 +1,78 @@
+"""The node's job link needs the token of the node's last registration: the real beoserv and a simulated
+node, and a second machine that knows the node's MAC."""
+
+import os
+import stat
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from agent import protocol as p
+from agent.wsclient import WebSocket, WebSocketError
+from master_helpers import MasterProcess, bpsh_argv
+
+pytestmark = pytest.mark.skipif(os.getuid() != 0, reason="simulated nodes chroot their jobs: needs root")
+
+MAC = "02:be:0b:00:00:00"  # agent.simnode's first node
+
+
+def register(url: str) -> p.RegisterReply:
+    body = p.to_json(p.RegisterRequest(MAC, p.Stage.SUPERVISOR, p.Hardware(cpu_model="impostor", cpus=1), "0"))
+    request = urllib.request.Request(url + p.REGISTER_PATH, body.encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return p.from_json(p.RegisterReply, response.read())
+
+
+def open_link(url: str, token: str | None) -> WebSocket:
+    headers = {} if token is None else {p.LINK_TOKEN_HEADER: token}
+    return WebSocket.connect(f"{url}{p.JOBS_LINK_PATH}?mac={MAC}", headers=headers)
+
+
+def test_only_the_last_registration_gets_the_nodes_jobs(tmp_path):
+    (tmp_path / "boot").mkdir()
+    master = MasterProcess(tmp_path / "boot", tmp_path / "nodes.db", tmp_path / "beoserv.log").start()
+    log = open(tmp_path / "simnode.log", "wb")
+    sim = subprocess.Popen([sys.executable, "-m", "agent.simnode", "--master", master.url, "--dir", str(tmp_path / "n")],
+                           stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while b"simnode: 1 nodes up" not in (tmp_path / "simnode.log").read_bytes():
+            assert sim.poll() is None and time.monotonic() < deadline, (tmp_path / "simnode.log").read_text()
+            time.sleep(0.05)
+        master.wait_for_log("node 0 .* job link up")
+        run = [*bpsh_argv(master.bpsh_socket, "0", "/bin/true")]
+        assert subprocess.run(run, timeout=30).returncode == 0  # the node's own link, with its token
+
+        # knowing the MAC is not enough: no token, or a made-up one, is refused, and the node keeps its link
+        for token in (None, "guess"):
+            with pytest.raises(WebSocketError, match="403") as refused:
+                open_link(master.url, token)
+            assert "guess" not in str(refused.value)  # the token is a header: errors and logs never show it
+        assert subprocess.run(run, timeout=30).returncode == 0
+        assert stat.S_IMODE(os.stat(tmp_path / "nodes.db").st_mode) == 0o600  # the tokens are in there
+
+        # registering as the node issues a new token: the link opened with the old one is closed at once,
+        # and the node cannot open it again with its old token
+        reply = register(master.url)
+        assert reply.number == 0 and len(reply.link_token) >= 32
+        master.wait_for_log("node 0 job link from before its registration closed")
+        master.wait_for_log(r"node 0 \(02:be:0b:00:00:00\) job link refused", timeout=10)
+        impostor = open_link(master.url, reply.link_token)
+        try:
+            master.wait_for_log(r"node 0 .* job link up", after=master.log_text().rindex("closed"))
+            job = subprocess.Popen(run, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            _, frame = impostor.recv()
+            start = p.decode_frame(frame)
+            assert isinstance(start, p.JobStart) and start.manifest.argv == ("/bin/true",)
+        finally:
+            impostor.close()
+        assert job.wait(30) == 255  # the link it ran on was lost
+        assert b"link lost" in job.stderr.read()
+    finally:
+        sim.terminate()
+        sim.wait(10)
+        log.close()
+        master.stop()
