@@ -55,6 +55,8 @@ class Opt(IntEnum):
     SERVER_ID = 54
     PARAMETER_LIST = 55
     MAX_SIZE = 57
+    RENEWAL_TIME = 58  # T1
+    REBINDING_TIME = 59  # T2
     VENDOR_CLASS = 60
     CLIENT_ID = 61
     BEOBOOT_MASTER = 224  # site-specific (RFC 2132 section 2: 128-254 are private): the master's URL
@@ -73,8 +75,8 @@ class MsgType(IntEnum):
 
 
 PARAMETERS_WANTED = (
-    Opt.SUBNET_MASK, Opt.ROUTER, Opt.DNS, Opt.HOSTNAME, Opt.DOMAIN, Opt.LEASE_TIME, Opt.SERVER_ID,
-    Opt.BEOBOOT_MASTER,
+    Opt.SUBNET_MASK, Opt.ROUTER, Opt.DNS, Opt.HOSTNAME, Opt.DOMAIN, Opt.LEASE_TIME, Opt.RENEWAL_TIME,
+    Opt.REBINDING_TIME, Opt.SERVER_ID, Opt.BEOBOOT_MASTER,
 )  # fmt: skip
 
 
@@ -117,6 +119,8 @@ class Lease:
     next_server: str | None = None  # siaddr: where a boot loader would fetch `boot_file` from
     boot_file: str | None = None
     master_url: str | None = None  # option 224
+    renewal_seconds: int | None = None  # T1 (option 58); None: the client's default, half the lease
+    rebinding_seconds: int | None = None  # T2 (option 59); None: the client's default, 7/8 of the lease
 
     @property
     def cidr(self) -> str:
@@ -183,12 +187,16 @@ def default_prefix(address: str) -> int:
     return 8 if first < 128 else 16 if first < 192 else 24
 
 
+def _seconds(raw: bytes | None) -> int | None:
+    """A 32-bit time option (51, 58, 59); None when it is missing or too short to read."""
+    return struct.unpack("!I", raw[:4])[0] if raw and len(raw) >= 4 else None
+
+
 def lease_from_ack(interface: str, ack: Message) -> Lease:
     options = ack.options
     mask = _ips(options[Opt.SUBNET_MASK])[0] if len(options.get(Opt.SUBNET_MASK, b"")) >= 4 else None
     routers = _ips(options.get(Opt.ROUTER, b""))
     server_id = _ips(options.get(Opt.SERVER_ID, b""))
-    lease_raw = options.get(Opt.LEASE_TIME, b"")
     return Lease(
         interface=interface,
         address=ack.yiaddr,
@@ -196,12 +204,14 @@ def lease_from_ack(interface: str, ack: Message) -> Lease:
         router=routers[0] if routers else None,
         dns=_ips(options.get(Opt.DNS, b"")),
         server_id=server_id[0] if server_id else None,
-        lease_seconds=struct.unpack("!I", lease_raw[:4])[0] if len(lease_raw) >= 4 else None,
+        lease_seconds=_seconds(options.get(Opt.LEASE_TIME)),
         hostname=_text(options.get(Opt.HOSTNAME)),
         domain=_text(options.get(Opt.DOMAIN)),
         next_server=None if ack.siaddr == "0.0.0.0" else ack.siaddr,
         boot_file=_text(ack.file.encode()) if ack.file else None,
         master_url=_text(options.get(Opt.BEOBOOT_MASTER)),
+        renewal_seconds=_seconds(options.get(Opt.RENEWAL_TIME)),
+        rebinding_seconds=_seconds(options.get(Opt.REBINDING_TIME)),
     )
 
 
@@ -274,6 +284,14 @@ def build_request(xid: int, mac: bytes, offer: Message, secs: int = 0, hostname:
     opts = _common_options(mac, MsgType.REQUEST, hostname)
     opts[1:1] = [(Opt.REQUESTED_IP, socket.inet_aton(offer.yiaddr)), (Opt.SERVER_ID, offer.options[Opt.SERVER_ID])]
     msg = Message(BOOTREQUEST, xid, mac, dict(opts), secs=secs, flags=FLAG_BROADCAST)
+    return encode_message(msg, [code for code, _ in opts])
+
+
+def build_renewal_request(xid: int, mac: bytes, address: str, secs: int = 0, hostname: str | None = None) -> bytes:
+    """RFC 2131 4.3.2 RENEWING/REBINDING (and table 5): ciaddr is our address, and neither 'requested IP'
+    nor 'server id' is sent. No broadcast flag: we have an address, so the server answers ciaddr directly."""
+    opts = _common_options(mac, MsgType.REQUEST, hostname)
+    msg = Message(BOOTREQUEST, xid, mac, dict(opts), secs=secs, ciaddr=address)
     return encode_message(msg, [code for code, _ in opts])
 
 

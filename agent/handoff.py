@@ -1,7 +1,8 @@
 """What stage 2 tells stage 3: written into the new root before the switch, read by stage 3's agent.
 
-The network stays configured across switch_root (same kernel), so stage 3 only needs to know who it is
-and where its master is.
+The network stays configured across switch_root (same kernel), so stage 3 only needs to know who it is,
+where its master is, and the DHCP lease it must keep renewing (agent.leasekeeper). The lease fields have
+defaults so that a handoff written without them still loads; stage 3 then does not renew.
 """
 
 from __future__ import annotations
@@ -19,6 +20,13 @@ class Handoff:
     interface: str
     address: str  # "10.0.2.15/24"
     pins: dict[str, str] = field(default_factory=dict)  # what stage 3 still fetches (envroot)
+    server_id: str | None = None  # the DHCP server that granted the lease (option 54): where renewals go
+    lease_seconds: int | None = None  # None: no lease time, nothing to renew
+    renewal_seconds: int | None = None  # T1 (option 58) as the server sent it, or None
+    rebinding_seconds: int | None = None  # T2 (option 59) as the server sent it, or None
+    # time.monotonic() when the lease was asked for: stage 2 and stage 3 run on the same kernel
+    # (switch_root, not kexec), so it is the same clock in both
+    lease_obtained_at: float | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, sort_keys=True) + "\n"

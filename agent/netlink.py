@@ -1,5 +1,6 @@
-"""rtnetlink (netlink(7), rtnetlink(7)) for the three things the agent does to an interface: set it up,
-give it an IPv4 address, and add a default route. No `ip` binary in the image: messages are packed here.
+"""rtnetlink (netlink(7), rtnetlink(7)) for what the agent does to an interface: set it up, give it an IPv4
+address (or take one away, when a new DHCP lease moves the node), and add a default route. No `ip` binary
+in the image: messages are packed here.
 
 The encoders are pure and table-tested; `Netlink` sends one request at a time and waits for its ACK.
 """
@@ -22,6 +23,7 @@ NLM_F_CREATE = 0x400
 # <linux/rtnetlink.h>
 RTM_NEWLINK = 16
 RTM_NEWADDR = 20
+RTM_DELADDR = 21
 RTM_NEWROUTE = 24
 RT_TABLE_MAIN = 254
 RTPROT_DHCP = 16  # who added the route, as `ip route` shows it ("proto dhcp")
@@ -75,6 +77,14 @@ def add_address_message(index: int, address: str, prefix_len: int, seq: int) -> 
     if prefix_len < 31:  # RFC 3021: a /31 has no broadcast address
         body += rtattr(IFA_BROADCAST, network.broadcast_address.packed)
     return nlmsg(RTM_NEWADDR, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE, seq, body)
+
+
+def delete_address_message(index: int, address: str, prefix_len: int, seq: int) -> bytes:
+    """The kernel finds the address to delete by IFA_LOCAL and the prefix length (what `ip addr del` sends)."""
+    packed = socket.inet_aton(address)
+    body = _IFADDRMSG.pack(socket.AF_INET, prefix_len, 0, RT_SCOPE_UNIVERSE, index)
+    body += rtattr(IFA_LOCAL, packed) + rtattr(IFA_ADDRESS, packed)
+    return nlmsg(RTM_DELADDR, NLM_F_REQUEST | NLM_F_ACK, seq, body)
 
 
 def default_route_message(index: int, gateway: str, seq: int, *, onlink: bool = False) -> bytes:
@@ -148,6 +158,11 @@ class Netlink:
         index = socket.if_nametoindex(interface)
         self.request(add_address_message(index, address, prefix_len, self._next_seq()),
                      f"add {address}/{prefix_len} to {interface}")
+
+    def delete_address(self, interface: str, address: str, prefix_len: int) -> None:
+        index = socket.if_nametoindex(interface)
+        self.request(delete_address_message(index, address, prefix_len, self._next_seq()),
+                     f"delete {address}/{prefix_len} from {interface}")
 
     def add_default_route(self, interface: str, gateway: str, *, onlink: bool = False) -> None:
         index = socket.if_nametoindex(interface)

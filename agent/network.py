@@ -7,6 +7,7 @@ after detection (`configure_interface`) also runs on its own in a test's network
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -33,6 +34,9 @@ class NetworkState:
     interface: str
     lease: dhcp.Lease
     master_url: str | None
+    # time.monotonic() when the DHCP exchange began: the lease is counted from there (a little early, which
+    # is the safe side: RFC 2131 4.4.1 counts from the REQUEST, sent moments later)
+    lease_obtained_at: float | None = None
 
 
 def choose_master_url(cmdline_options: dict[str, str], lease: dhcp.Lease | None, configured: str | None) -> str | None:
@@ -62,6 +66,7 @@ def configure_interface(interface: str, *, cmdline_options: dict[str, str], conf
     """DHCP on an interface that is up, then apply the lease with netlink and write resolv.conf."""
     mac = nicdetect.mac_address(interface, sysfs)
     with dhcp.PacketTransport(interface) as transport:
+        asked_at = time.monotonic()
         lease = client_factory(interface, mac, transport, log=say).obtain_lease()
     with Netlink() as nl:
         nl.link_up(interface)
@@ -73,7 +78,7 @@ def configure_interface(interface: str, *, cmdline_options: dict[str, str], conf
         os.makedirs(os.path.dirname(resolv_path) or ".", exist_ok=True)
         with open(resolv_path, "w", encoding="utf-8") as f:
             f.write(resolv_conf(lease))
-    state = NetworkState(interface, lease, choose_master_url(cmdline_options, lease, configured_master))
+    state = NetworkState(interface, lease, choose_master_url(cmdline_options, lease, configured_master), asked_at)
     say(describe(state))
     return state
 

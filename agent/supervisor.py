@@ -14,7 +14,7 @@ import signal
 import socket
 import time
 
-from agent import bootfiles, cmdline, cpio, hwprobe, jobs, syscalls
+from agent import bootfiles, cmdline, cpio, hwprobe, jobs, leasekeeper, syscalls
 from agent import protocol as p
 from agent.config import AgentConfig
 from agent.handoff import HANDOFF_PATH, Handoff
@@ -136,6 +136,8 @@ def run(config: AgentConfig, *, dry_run: bool) -> None:
     build_env_root(handoff.master_url, handoff.pins, dry_run=dry_run)
     jobs.start_runner(handoff.master_url, handoff.mac, ENV_ROOT, config.libcache_max_bytes, say,
                       token=lambda: link.registration.link_token if link.registration else "")  # fmt: skip
+    if not dry_run:  # a dry run must not send DHCP or renumber the build host's interfaces
+        leasekeeper.start(handoff, say)
     listeners = listening_sockets()
     say(f"beoboot: listening sockets: {', '.join(listeners) if listeners else 'none'}")
     link.event(p.BootEvent.STAGE3_READY)

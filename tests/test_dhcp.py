@@ -64,7 +64,7 @@ def test_discover_layout():
     assert msg.options[Opt.CLIENT_ID] == b"\x01" + MAC
     assert msg.options[Opt.VENDOR_CLASS] == b"beoboot"
     assert msg.options[Opt.HOSTNAME] == b"n1"
-    assert set(msg.options[Opt.PARAMETER_LIST]) >= {1, 3, 6, 12, 15, 51, 54, 224}
+    assert set(msg.options[Opt.PARAMETER_LIST]) >= {1, 3, 6, 12, 15, 51, 54, 58, 59, 224}
 
 
 def _offer(options=None):
@@ -78,6 +78,21 @@ def test_request_names_the_offer_and_its_server():
     assert msg.ciaddr == "0.0.0.0"
     assert msg.options[Opt.REQUESTED_IP] == socket.inet_aton("10.0.2.15")
     assert msg.options[Opt.SERVER_ID] == socket.inet_aton("10.0.2.2")
+
+
+def test_renewal_request_carries_our_address_and_nothing_of_selecting():
+    data = dhcp.build_renewal_request(0xCAFEF00D, MAC, "10.0.2.15", secs=61, hostname="n1")
+    # the fixed header itself: flags (bytes 10-11) clear, ciaddr (12-15) ours, yiaddr (16-19) zero
+    assert data[10:12] == b"\0\0"
+    assert data[12:16] == socket.inet_aton("10.0.2.15") and data[16:20] == b"\0" * 4
+    assert data[240:243] == b"\x35\x01\x03"  # DHCPREQUEST, the first option
+    msg = dhcp.decode_message(data)
+    assert (msg.op, msg.xid, msg.secs, msg.flags, msg.chaddr) == (1, 0xCAFEF00D, 61, 0, MAC)
+    assert msg.ciaddr == "10.0.2.15"
+    # RFC 2131 table 5: 'requested IP' and 'server id' MUST NOT be sent in RENEWING or REBINDING
+    assert Opt.REQUESTED_IP not in msg.options and Opt.SERVER_ID not in msg.options
+    assert msg.options[Opt.CLIENT_ID] == b"\x01" + MAC  # the server finds the lease by it
+    assert msg.options[Opt.HOSTNAME] == b"n1"
 
 
 def test_request_without_server_id_is_an_error():
@@ -120,6 +135,22 @@ def test_lease_from_ack_reads_every_option():
         boot_file="pxelinux.0", master_url="http://m:8080/",
     )  # fmt: skip
     assert lease.cidr == "10.0.2.15/24"
+
+
+@pytest.mark.parametrize(
+    "options, lease, t1, t2",
+    [
+        ({Opt.LEASE_TIME: struct.pack("!I", 3600), Opt.RENEWAL_TIME: struct.pack("!I", 1800),
+          Opt.REBINDING_TIME: struct.pack("!I", 3150)}, 3600, 1800, 3150),
+        ({Opt.LEASE_TIME: struct.pack("!I", 120)}, 120, None, None),  # the client picks its defaults
+        ({Opt.LEASE_TIME: b"\xff\xff\xff\xff"}, 0xFFFFFFFF, None, None),  # RFC 2132 9.2: infinite
+        ({Opt.RENEWAL_TIME: b"\x00\x01", Opt.REBINDING_TIME: struct.pack("!I", 7)}, None, None, 7),  # T1 too short
+        ({}, None, None, None),
+    ],
+)  # fmt: skip
+def test_lease_from_ack_reads_lease_t1_and_t2(options, lease, t1, t2):
+    parsed = dhcp.lease_from_ack("eth0", _offer({Opt.MESSAGE_TYPE: b"\x05", **options}))
+    assert (parsed.lease_seconds, parsed.renewal_seconds, parsed.rebinding_seconds) == (lease, t1, t2)
 
 
 @pytest.mark.parametrize(
