@@ -72,6 +72,9 @@ def test_pxe_boot_reaches_stage3_and_the_master_knows_the_node(out, port, tmp_pa
             assert "beoboot: permanent address 10.0.2.50/24 on eth0 (node 0)" in node.console()
             console = node.console()
             assert "beoboot: listening sockets: none" in console  # no port listens on a node
+            # stage 3 keeps the lease stage 2 got (QEMU's DHCP gives a day), counted from stage 2's DHCP
+            kept = node.wait_for(r"beoboot: dhcp eth0: lease on 10\.0\.2\.15 for 86400 s: renewing in (\d+) s")
+            assert 42000 < int(kept.group(1)) < 43200  # T1 is half the day, less the time since stage 2
             row = node_row(master, 0)
             assert row["state"] == "up" and row["mac"] == "52:54:00:12:34:56" and row["address"] == "10.0.2.50"
             # stage 2 logged to the master at once, tagged with the MAC and the stage

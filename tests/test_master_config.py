@@ -25,6 +25,8 @@ def test_beonss_addresses():
         ('first_node_address = "10.0.0.300"', "not an IPv4 address"),
         ('hostname_prefix = "n-"', "letters only"),
         ("heartbeat_timeout = true", "must be int or float"),
+        ("keep_boots = 0", "keep_boots = 0 must be >= 1"),
+        ("keep_boots = 2.5", "keep_boots = 2.5 must be int"),
         ("= 1", "not valid TOML"),
     ],
 )

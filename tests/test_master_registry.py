@@ -74,3 +74,18 @@ def test_uptime_advances_while_alive_and_freezes_when_down(reg):
     assert node.uptime_now(15.0) == 105.0
     reg.mark_silent_down(cutoff=20.0, now=40.0)
     assert reg.node_by_mac(A).uptime_now(1000.0) == 100.0
+
+
+def test_only_the_last_boots_events_and_logs_are_kept(reg, tmp_path):
+    """A node that reboots for years must not grow the registry for ever: keep_boots of them stay."""
+    reg.register(B, Stage.PXE, Hardware(), 0.0, keep_boots=3)
+    reg.record_logs(B, [(0.0, LogLine(0.0, Stage.PXE, "INFO", "the other node's only boot"))], 0.0)
+    for boot in range(1, 6):
+        reg.register(A, Stage.PXE, Hardware(), float(boot), keep_boots=3)
+        reg.record_events(A, [(float(boot), StageEvent("dhcp", 0.0, Stage.PXE, f"boot {boot}"))], float(boot))
+        reg.record_logs(A, [(float(boot), LogLine(0.0, Stage.PXE, "INFO", f"line of boot {boot}"))], float(boot))
+    assert [m for _, _, _, m in reg.logs(1)] == ["line of boot 3", "line of boot 4", "line of boot 5"]
+    assert [m for _, _, _, m in reg.logs(0)] == ["the other node's only boot"]  # other nodes keep theirs
+    for boot, kept in ((1, False), (2, False), (3, True), (5, True)):
+        assert bool(reg.timeline(1, boot)[1]) is kept, boot
+    assert reg.node_by_mac(A).boot == 5

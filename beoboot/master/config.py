@@ -6,6 +6,7 @@ Example beoserv.toml:
     heartbeat_timeout = 30.0          # Scyld's default: a node is lost after 30 s of silence
     first_node_address = "10.54.0.10" # BeoNSS: node N is this address + N
     hostname_prefix = "n"
+    keep_boots = 10                   # each node's events and log lines of its last 10 boots are kept
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ class MasterConfig:
     hostname_prefix: str = "n"
     # how often the reaper looks for silent nodes; 0 picks heartbeat_timeout / 4, at most 1 s
     reap_interval: float = 0.0
+    # a node's events and log lines are kept for its last keep_boots boots, so the registry does not grow
+    # for as long as the cluster runs
+    keep_boots: int = 10
 
     def node_address(self, number: int) -> str | None:
         """BeoNSS rule: node N's address is the first node address plus N."""
@@ -45,6 +49,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "first_node_address": (str,),
     "hostname_prefix": (str,),
     "reap_interval": (int, float),
+    "keep_boots": (int,),
 }
 
 
@@ -80,6 +85,8 @@ def _check(config: MasterConfig, source: str) -> None:
             f"heartbeat_interval = {config.heartbeat_interval}",
             hint="allow a few missed heartbeats, e.g. timeout = 6 x interval",
         )
+    if config.keep_boots < 1:
+        raise ConfigError(f"{source}: keep_boots = {config.keep_boots} must be >= 1", hint="the current boot is kept")
     if config.reap_interval < 0:
         raise ConfigError(f"{source}: reap_interval = {config.reap_interval} must be >= 0")
     if config.first_node_address is not None:

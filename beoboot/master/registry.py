@@ -141,10 +141,11 @@ class Registry:
 
     # --- writes ------------------------------------------------------------------------------------------
 
-    def register(self, mac: str, stage: Stage, hardware: Hardware, now: float) -> NodeRecord:
+    def register(self, mac: str, stage: Stage, hardware: Hardware, now: float, keep_boots: int = 10) -> NodeRecord:
         """Known MAC: same number. A registration at a stage not later than the node's last one is a new
         boot (stage 1 after stage 3, or stage 2 again when there is no stage 1); a later stage continues
-        the boot (stage 1 -> kexec -> stage 2 -> stage 3 each register once)."""
+        the boot (stage 1 -> kexec -> stage 2 -> stage 3 each register once). A new boot drops the
+        node's events and log lines of boots before its last `keep_boots`."""
         mac = normalise_mac(mac)
         hw = json.dumps(asdict(hardware), sort_keys=True)
         token = secrets.token_urlsafe(24)
@@ -167,6 +168,10 @@ class Registry:
                     (stage, int(new_boot), new_boot, NodeState.BOOTING, NodeState.UP, NodeState.BOOTING,
                      new_boot, now, hw, token, mac),
                 )  # fmt: skip
+                if new_boot:
+                    oldest_kept = row["boot"] + 1 - keep_boots + 1  # the new boot is row["boot"] + 1
+                    for table in ("events", "logs"):
+                        self._db.execute(f"DELETE FROM {table} WHERE number = ? AND boot < ?", (row["number"], oldest_kept))
         record = self.node_by_mac(mac)
         assert record is not None
         return record

@@ -208,7 +208,7 @@ class Beoserv:
 
     async def register(self, request: web.Request) -> web.Response:
         msg = p.from_json(p.RegisterRequest, await request.read())
-        node = self.registry.register(msg.mac, msg.stage, msg.hardware, time.time())
+        node = self.registry.register(msg.mac, msg.stage, msg.hardware, time.time(), self.config.keep_boots)
         log.info(
             "node %d (%s) registered at %s, boot %d, from %s", node.number, node.mac, msg.stage, node.boot,
             request.remote,
