@@ -25,7 +25,7 @@ VENV_PYTHON = VENV / "bin" / "python"
 APT_PACKAGES = [
     "linux-image-amd64", "kmod", "qemu-system-x86", "ipxe-qemu", "ovmf",
     "isolinux", "syslinux", "syslinux-common", "pxelinux", "ipxe", "grub-efi-amd64-bin",
-    "grub-common", "mtools", "xorriso", "dosfstools", "openssh-server", "openssh-client", "libarchive13", "libarchive-tools", "cpio",
+    "grub-common", "mtools", "xorriso", "dosfstools", "e2fsprogs", "openssh-server", "openssh-client", "libarchive13", "libarchive-tools", "cpio",
     "xz-utils", "zstd", "lz4", "gzip",
     "dnsmasq-base", "nginx-light", "iproute2", "dracut-core", "pciutils",
     "python3", "python3-venv", "python3-requests", "gcc", "libc6-dev", "busybox",

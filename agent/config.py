@@ -37,6 +37,10 @@ class AgentConfig:
     master_timeout: float = 30.0
     # Stage 3's libcache: least recently used objects no running job holds are evicted past this size.
     libcache_max_bytes: int = 512 << 20
+    # "" keeps the environment root and its libcache in RAM (tmpfs); a block device ("/dev/vdb") holding an
+    # `libcache_fstype` filesystem puts both on that local disk, where cached objects also outlive a reboot
+    libcache_disk: str = ""
+    libcache_fstype: str = "ext4"
     # Issue-2 smoke mode: print the "agent up" marker and power off instead of doing the stage's work.
     power_off_when_up: bool = False
 

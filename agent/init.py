@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 
 import agent
-from agent import booster, cmdline, console, mounts, network, pxe, supervisor, syscalls
+from agent import booster, cmdline, console, kmodload, mounts, network, pxe, supervisor, syscalls
 from agent.download import Backoff
 from agent.report import say
 from agent.config import AGENT_CONFIG_PATH, AgentConfig
@@ -93,6 +93,9 @@ def boot(options: Options) -> int:
     config = read_config(options.config_path)
     say(f"beoboot: stage {stage_number(config.stage)} agent up")
     say(f"beoboot: agent version {agent.__version__}")
+    if config.modules_at_start:
+        loaded = kmodload.load_at_start(config.modules_at_start, config.module_load_order, dry_run=dry_run, say=say)
+        say(f"beoboot: modules loaded: {', '.join(loaded) or 'none'}")
     # the kernel's own uptime tells a fresh kernel (after kexec) from the one that was already running
     say(f"beoboot: kernel {os.uname().release}, up {_uptime():.1f} s")
     # beoboot.smoke on the kernel command line: a boot test of the image itself, nothing more;

@@ -287,10 +287,15 @@ def _killpg(pgid: int, signum: int) -> None:
 def start_runner(
     master_url: str, mac: str, env_root: str, max_bytes: int, log: Callable[[str], None],
     token: Callable[[], str] = lambda: "",
+    verify: bool = False,
 ) -> JobRunner:
-    """Stage 3: the libcache at ENV_ROOT/.libcache (on the environment root's own tmpfs, so its objects can
-    be hard-linked into the root; see agent.libcache), and the runner's link to the master."""
+    """Stage 3: the libcache at ENV_ROOT/.libcache (on the environment root's own mount, so its objects can
+    be hard-linked into the root; see agent.libcache), and the runner's link to the master. `verify`: the
+    cache is on a local disk and may hold objects from an earlier boot: check them first."""
     cache = LibCache(os.path.join(env_root, ".libcache"), env_root, master_url, max_bytes=max_bytes)
+    if verify:
+        kept, dropped = cache.verify()
+        log(f"beoboot: libcache: {kept} objects kept from earlier boots, {dropped} damaged ones dropped")
     runner = JobRunner(master_url, mac, env_root, cache, log=log, token=token)
     runner.start()
     return runner

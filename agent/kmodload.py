@@ -54,6 +54,22 @@ def finit_module(path: str, params: str = "") -> bool:
         os.close(fd)
 
 
+def load_at_start(modules: Iterable[str], load_order: dict[str, tuple[str, ...]], *, dry_run: bool,
+                  say: Callable[[str, str], None]) -> list[str]:
+    """The image's `modules` (config: not NIC drivers, which follow detection): loaded in order before the
+    stage's work, each with its dependencies. A module that fails is reported and the rest still load:
+    what needed it then fails with its own message. Returns the names loaded."""
+    loaded: set[str] = set()
+    names = []
+    for name in modules:
+        try:
+            load_chain(load_order.get(name, ()), dry_run=dry_run, loaded=loaded)  # none: built into the kernel
+            names.append(name)
+        except OSError as exc:
+            say(f"beoboot: cannot load module {name}: {exc}", "error")
+    return names
+
+
 def load_chain(paths: Iterable[str], *, dry_run: bool, loaded: set[str] | None = None,
                loader: Callable[[str], bool] | None = None) -> list[str]:
     """Load the .ko files in order, skipping those in `loaded` (and adding to it). Returns what was done."""

@@ -1,7 +1,8 @@
 """The libcache: a content-addressed store of the master's executables and libraries, and the environment root
 they are linked into.
 
-Where it lives: inside the environment root's own tmpfs, at ENV_ROOT/.libcache (mode 0700). A job's files
+Where it lives: inside the environment root's own mount, at ENV_ROOT/.libcache (mode 0700): a tmpfs, or a
+local disk by config (libcache_disk), where objects outlive a reboot and are hashed again first (verify). A job's files
 are HARD LINKS to the cached objects, so a library used by many jobs is stored once; link(2) only works
 within one mount (it fails with EXDEV even across a bind mount of the same tmpfs), so the cache must be on
 the very mount the jobs' paths are created on. A separate tmpfs bound into place would hide the cache from
@@ -35,6 +36,7 @@ from dataclasses import dataclass, field
 import requests
 
 from agent import protocol as p
+from agent.download import sha256_of
 
 CHUNK = 1 << 20
 FETCH_ATTEMPTS = 3
@@ -99,6 +101,20 @@ class LibCache:
         for name in os.listdir(self.objects_dir):
             st = os.stat(os.path.join(self.objects_dir, name))
             self._objects[name] = CachedObject(name, st.st_size, st.st_mtime)
+
+    def verify(self) -> tuple[int, int]:
+        """Hash every object and drop those whose content is not their name: for a cache on a local disk
+        that outlives a reboot, where a power cut or a fault may have damaged what was written before.
+        Returns (kept, dropped)."""
+        dropped = 0
+        with self._lock:
+            for name in list(self._objects):
+                path = os.path.join(self.objects_dir, name)
+                if sha256_of(path) != name.partition(".")[0]:
+                    _unlink(path)
+                    del self._objects[name]
+                    dropped += 1
+            return len(self._objects), dropped
 
     # --- queries ------------------------------------------------------------------------------------------
 

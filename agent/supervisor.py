@@ -10,8 +10,10 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import shutil
 import signal
 import socket
+import stat
 import time
 
 from agent import bootfiles, cmdline, cpio, hwprobe, jobs, leasekeeper, syscalls
@@ -23,6 +25,8 @@ from agent.netlink import Netlink
 from agent.report import reporter, say
 
 ENV_ROOT = "/env"
+LIBCACHE_DIR = ".libcache"  # under ENV_ROOT (agent.jobs.start_runner)
+DISK_WAIT = 10.0  # seconds for the libcache disk's device node to appear
 MEMORY_REPORT = "/run/beoboot/stage2-memory.json"
 TCP_LISTEN = "0A"  # st column of /proc/net/tcp: TCP_LISTEN
 
@@ -85,11 +89,14 @@ def take_permanent_address(reply: p.RegisterReply, handoff: Handoff, *, dry_run:
     say(f"beoboot: permanent address {reply.address}/{prefix} on {handoff.interface} (node {reply.number})")
 
 
-def build_env_root(master: str, pins: dict[str, str], *, dry_run: bool) -> None:
-    """The environment root: the envroot image unpacked into its own tmpfs, with /dev, /proc, /sys, /tmp."""
+def build_env_root(master: str, pins: dict[str, str], config: AgentConfig, *, dry_run: bool) -> bool:
+    """The environment root: the envroot image unpacked into its own tmpfs, or onto the local disk of
+    config.libcache_disk, with /dev, /proc, /sys, /tmp. True when it is on the disk."""
     manifest = bootfiles.fetch_manifest(master, "/run/beoboot/manifest.json", say)
     image = bootfiles.fetch(master, manifest, "envroot", "/run/beoboot/envroot.img", pins, say)
-    syscalls.mount("tmpfs", ENV_ROOT, "tmpfs", 0, "mode=0755", dry_run=dry_run)
+    on_disk = bool(config.libcache_disk) and mount_local_disk(config.libcache_disk, config.libcache_fstype, dry_run=dry_run)
+    if not on_disk:
+        syscalls.mount("tmpfs", ENV_ROOT, "tmpfs", 0, "mode=0755", dry_run=dry_run)
     with open(image, "rb") as raw:
         compressed = raw.read(2) == b"\x1f\x8b"
     with (gzip.open if compressed else open)(image, "rb") as stream:
@@ -103,7 +110,46 @@ def build_env_root(master: str, pins: dict[str, str], *, dry_run: bool) -> None:
     ):
         os.makedirs(ENV_ROOT + target, exist_ok=True)
         syscalls.mount(source, ENV_ROOT + target, fstype, 0, data, dry_run=dry_run)
-    say(f"beoboot: environment root ready at {ENV_ROOT}: {count} entries, no programs until a job brings them")
+    where = f"on {config.libcache_disk}" if on_disk else "in RAM"
+    say(f"beoboot: environment root ready at {ENV_ROOT} ({where}): {count} entries, no programs until a job brings them")
+    return on_disk
+
+
+def mount_local_disk(device: str, fstype: str, *, dry_run: bool, wait: float = DISK_WAIT) -> bool:
+    """Mount the configured local disk at ENV_ROOT for the environment root and its libcache, and clear
+    what the last boot's jobs left there except the libcache, whose objects are checked before use. False
+    (and the reason on the console and the master) when it cannot be used: the node then runs from RAM."""
+    deadline = time.monotonic() + wait
+    while not _is_block_device(device):  # its driver (loaded at start) may still be probing
+        if time.monotonic() > deadline:
+            say(f"beoboot: libcache disk {device}: no such block device after {wait:.0f} s (is its driver in "
+                "[images.stage3] modules?); the environment root stays in RAM", "error")  # fmt: skip
+            return False
+        time.sleep(0.1)
+    try:
+        syscalls.mount(device, ENV_ROOT, fstype, 0, "", dry_run=dry_run)
+    except OSError as exc:
+        say(f"beoboot: libcache disk {device}: cannot mount it as {fstype}: {exc} (is {fstype} in [images.stage3] "
+            "modules, and the disk formatted?); the environment root stays in RAM", "error")  # fmt: skip
+        return False
+    for name in os.listdir(ENV_ROOT):
+        if name in (LIBCACHE_DIR, "lost+found"):
+            continue
+        path = os.path.join(ENV_ROOT, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
+    os.chmod(ENV_ROOT, 0o755)
+    say(f"beoboot: libcache disk {device} ({fstype}) mounted at {ENV_ROOT}")
+    return True
+
+
+def _is_block_device(path: str) -> bool:
+    try:
+        return stat.S_ISBLK(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 def master_timeout(config: AgentConfig) -> float:
@@ -133,9 +179,10 @@ def run(config: AgentConfig, *, dry_run: bool) -> None:
     take_permanent_address(reply, handoff, dry_run=dry_run)
     set_identity(reply, reply.address or handoff.address, dry_run=dry_run)
     say(f"beoboot: node {reply.number} ({reply.name}), hostname {reply.hostname}, boot {reply.boot}")
-    build_env_root(handoff.master_url, handoff.pins, dry_run=dry_run)
+    on_disk = build_env_root(handoff.master_url, handoff.pins, config, dry_run=dry_run)
     jobs.start_runner(handoff.master_url, handoff.mac, ENV_ROOT, config.libcache_max_bytes, say,
-                      token=lambda: link.registration.link_token if link.registration else "")  # fmt: skip
+                      token=lambda: link.registration.link_token if link.registration else "",
+                      verify=on_disk)  # fmt: skip
     if not dry_run:  # a dry run must not send DHCP or renumber the build host's interfaces
         leasekeeper.start(handoff, say)
     listeners = listening_sockets()

@@ -94,6 +94,9 @@ def assemble(spec: StageSpec, image: ImageConfig, ctx: BuildContext) -> FileList
             modules_at_start=tuple(modules_at_start),
             master_url=ctx.config.master_url,
             master_timeout=ctx.config.master_timeout,
+            libcache_max_bytes=ctx.config.libcache_max,
+            libcache_disk=ctx.config.libcache_disk,
+            libcache_fstype=ctx.config.libcache_fstype,
         )
         files.add_bytes(AGENT_CONFIG_PATH, agent_config.to_json().encode(), Reason("agent config"))
     if spec.overlay is not None and spec.overlay.is_dir():

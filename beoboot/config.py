@@ -114,6 +114,19 @@ def parse_words(value: Any) -> str:
 SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
 
 
+def parse_disk(value: Any) -> str:
+    """"" (none: RAM) or a block device path."""
+    if value == "" or (isinstance(value, str) and value.startswith("/dev/") and len(value) > 5 and "\n" not in value):
+        return value
+    raise ValueError('"" (the environment root in RAM) or a block device such as "/dev/vdb"')
+
+
+def parse_fstype(value: Any) -> str:
+    if isinstance(value, str) and value.isascii() and value.replace("_", "").isalnum():
+        return value
+    raise ValueError('a filesystem type the node kernel mounts, such as "ext4" or "xfs"')
+
+
 def parse_size(value: Any) -> int:
     """A byte count: 5000000, "48M", "512K", "1G"."""
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
@@ -144,6 +157,9 @@ SETTINGS = (
     Setting("build", "debug_shell", parse_bool, "add the sysroot's busybox and /bin/sh to the stage images"),
     Setting("build", "dlopen", parse_names, "libraries loaded with dlopen(), added with their closure"),
     Setting("build", "python_modules", parse_names, "extra stdlib modules for the agent runtime"),
+    Setting("build", "libcache_max", parse_size, "size past which a node's libcache evicts unused objects"),
+    Setting("build", "libcache_disk", parse_disk, 'local disk for the environment root and libcache; "": RAM'),
+    Setting("build", "libcache_fstype", parse_fstype, "filesystem on libcache_disk (its module: [images.stage3])"),
     Setting("artifacts", "iso_stage", choice("stage1", "stage2"), "which stage the ISO boots"),
     Setting("artifacts", "floppy_kib", parse_floppy_kib, "floppy size: 1440 or 2880 KiB"),
     Setting("artifacts", "floppy_mode", choice("auto", "kernel", "network"), "kernel+ramdisk floppy or iPXE booster"),
@@ -189,6 +205,9 @@ class Config:
     debug_shell: bool
     dlopen: tuple[str, ...]
     python_modules: tuple[str, ...]
+    libcache_max: int = 512 << 20
+    libcache_disk: str = ""
+    libcache_fstype: str = "ext4"
     images: dict[str, ImageConfig] = field(default_factory=dict)
     artifacts: ArtifactsConfig | None = None
     origin: str = DEFAULT_CONFIG_NAME  # which file(s) the values came from, for messages
@@ -314,7 +333,9 @@ def render_toml(config: Config) -> str:
     """The effective config as TOML, with each setting's help (for `beoboot-build config`)."""
     helps = {(s.section, s.key): s.help for s in SETTINGS}
     lines = [f"# effective config, from {config.origin}", "", "[build]"]
-    for key in ("sysroot", "kernel", "source_date_epoch", "master_url", "master_timeout", "debug_shell", "dlopen", "python_modules"):
+    build_keys = ("sysroot", "kernel", "source_date_epoch", "master_url", "master_timeout", "debug_shell", "dlopen",
+                  "python_modules", "libcache_max", "libcache_disk", "libcache_fstype")  # fmt: skip
+    for key in build_keys:
         lines.append(f"{key} = {_toml_value(getattr(config, key))}  # {helps['build', key]}")
     lines += ["", "[artifacts]"]
     assert config.artifacts is not None

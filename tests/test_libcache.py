@@ -120,6 +120,21 @@ def test_a_changed_library_replaces_the_old_link(server, env_root):
     assert (env_root / "usr/lib/libv.so").read_bytes() == b"version 2"
 
 
+def test_objects_kept_from_an_earlier_boot_are_checked_and_damaged_ones_fetched_again(server, env_root):
+    """A libcache on a local disk outlives a reboot: its objects are hashed again before any job uses them."""
+    good, bad = server.add("/bin/good", b"good bytes"), server.add("/bin/bad", b"bad bytes")
+    first_boot = cache_for(env_root, server)
+    first_boot.ensure([good, bad])
+    damaged = env_root / ".libcache" / "objects" / object_name(bad)
+    damaged.chmod(0o644)
+    damaged.write_bytes(b"bad bytez")  # a power cut, a disk fault
+    next_boot = cache_for(env_root, server)
+    assert next_boot.verify() == (1, 1)
+    assert next_boot.names() == {object_name(good)} and not damaged.exists()
+    assert next_boot.ensure([good, bad]) == 1  # only the damaged one comes from the master again
+    assert damaged.read_bytes() == b"bad bytes"
+
+
 def test_lru_eviction_spares_held_objects_and_drops_links(server, env_root):
     clock = iter(range(1000))
     cache = cache_for(env_root, server, max_bytes=25, clock=lambda: float(next(clock)))
