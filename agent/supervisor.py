@@ -111,7 +111,8 @@ def build_env_root(master: str, pins: dict[str, str], config: AgentConfig, *, dr
         os.makedirs(ENV_ROOT + target, exist_ok=True)
         syscalls.mount(source, ENV_ROOT + target, fstype, 0, data, dry_run=dry_run)
     where = f"on {config.libcache_disk}" if on_disk else "in RAM"
-    say(f"beoboot: environment root ready at {ENV_ROOT} ({where}): {count} entries, no programs until a job brings them")
+    say(f"beoboot: environment root ready at {ENV_ROOT} ({where}, libcache up to {config.libcache_max_bytes >> 20} MiB): "
+        f"{count} entries, no programs until a job brings them")  # fmt: skip
     return on_disk
 
 

@@ -13,7 +13,7 @@ from test_boot_chain import stage2_node
 
 pytestmark = pytest.mark.integration
 
-DISK_SETTINGS = 'libcache_disk = "/dev/vda"\n[images.stage3]\nmodules = ["virtio_blk", "ext4"]\n'
+DISK_SETTINGS = 'libcache_disk = "/dev/vda"\nlibcache_max = "300M"\n[images.stage3]\nmodules = ["virtio_blk", "ext4"]\n'
 
 
 def bpsh(master, *args):
@@ -38,7 +38,7 @@ def test_environment_root_on_a_local_disk_keeps_its_libcache_across_a_reboot(tmp
                 console = vm.console()
                 assert "beoboot: modules loaded: virtio_blk, ext4" in console
                 assert "beoboot: libcache disk /dev/vda (ext4) mounted at /env" in console
-                assert "environment root ready at /env (on /dev/vda)" in console
+                assert "environment root ready at /env (on /dev/vda, libcache up to 300 MiB)" in console
                 kept = re.search(r"libcache: (\d+) objects kept from earlier boots, (\d+) damaged", console)
                 kept_counts.append((int(kept.group(1)), int(kept.group(2))))
                 master.wait_for_log(r"node 0 \(\S+\) job link up", timeout=60, after=mark)
