@@ -8,6 +8,7 @@ It listens on no port: every connection is one it opens to the master.
 from __future__ import annotations
 
 import gzip
+import ipaddress
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ import signal
 import socket
 import stat
 import time
+from urllib.parse import urlsplit
 
 from agent import bootfiles, cmdline, cpio, hwprobe, jobs, leasekeeper, syscalls
 from agent import protocol as p
@@ -67,14 +69,30 @@ def read_handoff(path: str = HANDOFF_PATH) -> Handoff:
         raise SupervisorError(f"{path} is missing: stage 3 is started by stage 2, which writes it") from None
 
 
-def set_identity(reply: p.RegisterReply, address: str, *, dry_run: bool) -> None:
-    if not dry_run:
+def hosts_file(reply: p.RegisterReply, address: str, master_url: str) -> str:
+    """/etc/hosts: this node by its names (BeoNSS: nN and .N), and the master as `master` and `.-1`
+    (Scyld's name for it) when its URL names it by address."""
+    lines = ["127.0.0.1 localhost", f"{address.split('/')[0]} {reply.hostname} {reply.name}"]
+    master_host = urlsplit(master_url).hostname or ""
+    try:
+        ipaddress.ip_address(master_host)
+        lines.append(f"{master_host} master .-1")
+    except ValueError:
+        pass  # a name: resolving it needs DNS, which resolv.conf from DHCP provides
+    return "\n".join(lines) + "\n"
+
+
+def set_identity(reply: p.RegisterReply, address: str, master_url: str, *, root: str = "/", dry_run: bool) -> None:
+    """The hostname, and /etc/hostname and /etc/hosts under `root`: stage 3's own, then the environment
+    root's, where jobs resolve names from files only (its nsswitch.conf), so that a job asking for its own
+    host's address (Java's getLocalHost, MPI start-up) gets it."""
+    if not dry_run and root == "/":
         socket.sethostname(reply.hostname)
-    os.makedirs("/etc", exist_ok=True)
-    with open("/etc/hostname", "w") as f:
+    os.makedirs(os.path.join(root, "etc"), exist_ok=True)
+    with open(os.path.join(root, "etc/hostname"), "w") as f:
         f.write(reply.hostname + "\n")
-    with open("/etc/hosts", "w") as f:
-        f.write(f"127.0.0.1 localhost\n{address.split('/')[0]} {reply.hostname} {reply.name}\n")
+    with open(os.path.join(root, "etc/hosts"), "w") as f:
+        f.write(hosts_file(reply, address, master_url))
 
 
 def take_permanent_address(reply: p.RegisterReply, handoff: Handoff, *, dry_run: bool) -> None:
@@ -178,9 +196,10 @@ def run(config: AgentConfig, *, dry_run: bool) -> None:
         pass
     reply = link.register(hwprobe.probe())
     take_permanent_address(reply, handoff, dry_run=dry_run)
-    set_identity(reply, reply.address or handoff.address, dry_run=dry_run)
+    set_identity(reply, reply.address or handoff.address, handoff.master_url, dry_run=dry_run)
     say(f"beoboot: node {reply.number} ({reply.name}), hostname {reply.hostname}, boot {reply.boot}")
     on_disk = build_env_root(handoff.master_url, handoff.pins, config, dry_run=dry_run)
+    set_identity(reply, reply.address or handoff.address, handoff.master_url, root=ENV_ROOT, dry_run=dry_run)
     jobs.start_runner(handoff.master_url, handoff.mac, ENV_ROOT, config.libcache_max_bytes, say,
                       token=lambda: link.registration.link_token if link.registration else "",
                       verify=on_disk)  # fmt: skip

@@ -93,3 +93,14 @@ def test_sigint_through_bpsh_ends_the_job_with_130(node):
         time.sleep(0.2)
     job.send_signal(signal.SIGINT)
     assert job.wait(60) == 130
+
+
+def test_a_job_resolves_its_own_node_and_the_master_by_name(node):
+    """The environment root resolves hosts from files only: its /etc/hosts names this node (nN, .N) and
+    the master (master, .-1), so a job asking for its own host's address gets it."""
+    assert bpsh(node, "0", "hostname").stdout == "n0\n"
+    result = bpsh(node, "0", "getent", "hosts", "n0", ".0", "master", ".-1")
+    assert result.returncode == 0, result.stderr
+    assert [line.split() for line in result.stdout.splitlines()] == [
+        ["10.0.2.15", "n0", ".0"], ["10.0.2.15", "n0", ".0"], ["10.0.2.2", "master", ".-1"], ["10.0.2.2", "master", ".-1"]
+    ]  # fmt: skip
