@@ -65,6 +65,7 @@ class MasterLink:
         self.log = log  # told about each retry, so a node waiting for its master says so
         self.registration: p.RegisterReply | None = None
         self.hardware = p.Hardware()
+        self.address: str | None = None  # sent at registration, for the cluster's host table
         self.dropped_lines = 0
         self._events: list[p.StageEvent] = []
         self._lines: list[p.LogLine] = []
@@ -117,7 +118,7 @@ class MasterLink:
         default: a node without its master has nothing else to do). Then sends anything buffered."""
         if hardware is not None:
             self.hardware = hardware
-        request = p.RegisterRequest(self.mac, self.stage, self.hardware, __version__)
+        request = p.RegisterRequest(self.mac, self.stage, self.hardware, __version__, self.address)
         reply = self._with_retry("register", lambda: self._post(p.REGISTER_PATH, request, p.RegisterReply), attempts)
         assert reply is not None
         self.registration = reply
@@ -139,6 +140,16 @@ class MasterLink:
             return None
         self._note_success()
         return reply
+
+    def hosts(self) -> str | None:
+        """The cluster's host table (HOSTS_PATH), or None when the master did not answer."""
+        try:
+            with self._http_lock:
+                response = self.session.get(self.base_url + p.HOSTS_PATH, timeout=self.timeout)
+            response.raise_for_status()
+        except requests.RequestException:
+            return None
+        return response.text
 
     def run_heartbeats(self, uptime: Callable[[], float | None] = lambda: None) -> threading.Thread:
         """Heartbeat and flush buffers in a daemon thread every heartbeat_interval until stop()."""

@@ -28,6 +28,7 @@ HEARTBEAT_PATH = f"{API}/heartbeat"  # POST Heartbeat -> HeartbeatReply
 EVENTS_PATH = f"{API}/events"  # POST EventBatch -> Accepted
 LOGS_PATH = f"{API}/logs"  # POST LogBatch -> Accepted
 NODES_PATH = f"{API}/nodes"  # GET -> NodeList
+HOSTS_PATH = f"{API}/hosts"  # GET -> text/plain, /etc/hosts lines: "ADDRESS nN .N" for every node with an address
 TIMELINE_PATH = f"{API}/nodes/{{node}}/timeline"  # GET -> Timeline; node: 3, ".3", "n3" or a MAC
 STATUS_PATH = f"{API}/status"  # GET -> ServerStatus
 BOOT_PREFIX = "/"  # GET/HEAD the builder's output tree, at the root as nginx serves it (images, kernel, manifest.json); Range, If-Range
@@ -130,6 +131,7 @@ class RegisterRequest:
     stage: Stage
     hardware: Hardware = field(default_factory=Hardware)
     agent_version: str = ""
+    address: str | None = None  # the node's IPv4 address, once it has one: how other nodes reach it by name
 
 
 @dataclass(frozen=True)
@@ -158,6 +160,8 @@ class HeartbeatReply:
     number: int
     state: NodeState
     heartbeat_interval: float
+    # changes when the cluster's host table (HOSTS_PATH) does: a node fetches it again only then
+    hosts_version: int = 0
 
 
 @dataclass(frozen=True)

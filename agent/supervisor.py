@@ -16,6 +16,7 @@ import signal
 import socket
 import stat
 import time
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from agent import bootfiles, cmdline, cpio, hwprobe, jobs, leasekeeper, syscalls
@@ -184,6 +185,7 @@ def run(config: AgentConfig, *, dry_run: bool) -> None:
     signal.signal(signal.SIGCHLD, reap_children)
     handoff = read_handoff()
     link = MasterLink(handoff.master_url, handoff.mac, p.Stage.SUPERVISOR, log=say)
+    link.address = handoff.address  # the DHCP address; with an address plan the master uses its own
     reporter.attach(link)
     try:
         with open(MEMORY_REPORT) as f:
@@ -209,17 +211,44 @@ def run(config: AgentConfig, *, dry_run: bool) -> None:
     say(f"beoboot: listening sockets: {', '.join(listeners) if listeners else 'none'}")
     link.event(p.BootEvent.STAGE3_READY)
     say(f"beoboot: stage 3 ready: node {reply.number} up")
-    supervise(link, master_timeout(config), dry_run=dry_run)
+    own_hosts = hosts_file(reply, reply.address or handoff.address, handoff.master_url)
+
+    def take_host_table(version: int) -> bool:
+        table = link.hosts()
+        if table is None:
+            return False  # asked again at the next heartbeat
+        write_env_hosts(own_hosts, table)
+        say(f"beoboot: the environment root's /etc/hosts now names {len(table.splitlines())} nodes")
+        return True
+
+    supervise(link, master_timeout(config), dry_run=dry_run, hosts_changed=take_host_table)
 
 
-def supervise(link: MasterLink, timeout: float, *, dry_run: bool) -> None:
-    """Heartbeat; reboot when the master has not answered for `timeout` seconds."""
+def write_env_hosts(own: str, table: str, root: str = ENV_ROOT) -> None:
+    """The environment root's /etc/hosts: this node and the master (hosts_file), then the other nodes of
+    the cluster's host table, so that a job reaches another node by name (MPI: n3, .3). Replaced by rename:
+    a job resolving a name meanwhile reads the old file or the new one."""
+    own_names = {name for line in own.splitlines() for name in line.split()[1:]}
+    others = [line for line in table.splitlines() if len(line.split()) > 1 and line.split()[1] not in own_names]
+    path = os.path.join(root, "etc/hosts")
+    with open(path + ".new", "w") as f:
+        f.write(own + "".join(line + "\n" for line in others))
+    os.rename(path + ".new", path)
+
+
+def supervise(link: MasterLink, timeout: float, *, dry_run: bool,
+              hosts_changed: Callable[[int], bool] = lambda version: True) -> None:
+    """Heartbeat; reboot when the master has not answered for `timeout` seconds. A heartbeat reply with a
+    new host table version calls `hosts_changed`, which says whether it took the new table."""
     last_answer = time.monotonic()
+    hosts_version = 0  # the empty table's: a cluster with no addresses needs no fetch
     while True:
         interval = link.registration.heartbeat_interval if link.registration else 5.0
-        if link.heartbeat(hwprobe.uptime()) is not None:
+        if (reply := link.heartbeat(hwprobe.uptime())) is not None:
             last_answer = time.monotonic()
             link.flush()
+            if reply.hosts_version != hosts_version and hosts_changed(reply.hosts_version):
+                hosts_version = reply.hosts_version
         elif time.monotonic() - last_answer > timeout:
             say(f"beoboot: master {link.base_url} lost for {timeout:.0f} s: rebooting", "error")
             say(f"beoboot: {syscalls.restart(dry_run=dry_run)}")

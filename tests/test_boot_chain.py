@@ -13,7 +13,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from beoboot import config, media, qemu
-from master_helpers import MasterProcess, build_for_master
+from master_helpers import MasterProcess, bpsh_argv, build_for_master
 from servers import free_port
 from vm import BackgroundVM
 
@@ -149,11 +149,21 @@ def test_lost_master_reboots_the_node_which_comes_back_with_its_number(out, mast
         assert node_row(master, 0)["state"] == "up"
 
 
-def test_two_nodes_booting_together_get_different_numbers(out, master, tmp_path):
+def test_two_nodes_booting_together_get_different_numbers_and_jobs_name_each_other(out, master, tmp_path):
+    master.config = tmp_path / "beoserv.toml"
+    master.config.write_text('first_node_address = "10.0.2.50"\nheartbeat_interval = 1\nheartbeat_timeout = 5\n')
     master.start()
     with stage2_node(out, tmp_path, "a", mac="52:54:00:00:00:0a") as a, \
             stage2_node(out, tmp_path, "b", mac="52:54:00:00:00:0b", nic="e1000") as b:  # fmt: skip
         numbers = {int(vm.wait_for(r"stage 3 ready: node (\d+) up").group(1)) for vm in (a, b)}
+        # the cluster's host table reaches each node's environment root at a heartbeat: n1 from node 0
+        for vm in (a, b):
+            vm.wait_for("the environment root's /etc/hosts now names 2 nodes", timeout=30)
+        master.wait_for_log(r"node 1 \(\S+\) job link up", timeout=60)
+        for node, other in ((0, 1), (1, 0)):
+            result = subprocess.run(bpsh_argv(master.bpsh_socket, str(node), "getent", "hosts", f"n{other}"),
+                                    capture_output=True, text=True, timeout=120)  # fmt: skip
+            assert result.stdout.split() == [f"10.0.2.{50 + other}", f"n{other}", f".{other}"], result.stderr
     assert numbers == {0, 1}
     macs = {n["mac"] for n in json.loads(bpstat(master, "--json"))}
     assert macs == {"52:54:00:00:00:0a", "52:54:00:00:00:0b"}

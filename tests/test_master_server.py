@@ -7,6 +7,7 @@ import os
 import signal
 import sqlite3
 import time
+import zlib
 
 import pytest
 import requests
@@ -275,3 +276,31 @@ def test_logs_are_stored_in_the_registry(own_master):
     lk.flush(force=True)
     db = sqlite3.connect(own_master.db)
     assert db.execute("SELECT stage, level, message FROM logs").fetchall() == [("stage2", "INFO", "stored line")]
+
+
+def test_host_table_names_every_node_with_an_address_and_heartbeats_say_when_it_changed(boot_tree, tmp_path):
+    """Without an address plan the table takes the addresses nodes report; with one, the plan's. A node
+    fetches the table only when a heartbeat reply carries a new version."""
+    config = tmp_path / "beoserv.toml"
+    config.write_text("")  # no address plan
+    server = MasterProcess(boot_tree, tmp_path / "nodes.db", tmp_path / "beoserv.log", config).start()
+    try:
+        first, second = link(server, MACS[0], "stage3"), link(server, MACS[1], "stage3")
+        first.address = "10.0.2.15/24"
+        first.register()
+        assert first.hosts() == "10.0.2.15 n0 .0\n"
+        version = first.heartbeat().hosts_version
+        assert version == zlib.crc32(b"10.0.2.15 n0 .0\n")
+        second.address = "not an address"  # a node's word goes into every node's /etc/hosts: checked
+        second.register()
+        assert first.hosts() == "10.0.2.15 n0 .0\n" and first.heartbeat().hosts_version == version
+        second.address = "10.0.2.16"
+        second.register()
+        assert first.hosts() == "10.0.2.15 n0 .0\n10.0.2.16 n1 .1\n"
+        assert first.heartbeat().hosts_version != version
+        config.write_text('first_node_address = "10.54.0.10"\nhostname_prefix = "node"\n')
+        server.signal(signal.SIGHUP)
+        server.wait_for_log("config reloaded")
+        assert first.hosts() == "10.54.0.10 node0 .0\n10.54.0.11 node1 .1\n"  # the plan wins
+    finally:
+        server.stop()

@@ -45,7 +45,8 @@ CREATE TABLE IF NOT EXISTS nodes (
     uptime REAL,                          -- node-reported uptime ...
     uptime_at REAL,                       -- ... as of this master time
     hardware TEXT NOT NULL DEFAULT '{}',
-    link_token TEXT NOT NULL DEFAULT ''   -- the job link's credential, new at every registration
+    link_token TEXT NOT NULL DEFAULT '',  -- the job link's credential, new at every registration
+    address TEXT                          -- the IPv4 address the node reported, if it did
 );
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY,
@@ -69,7 +70,7 @@ CREATE TABLE IF NOT EXISTS logs (
 CREATE INDEX IF NOT EXISTS logs_by_node ON logs(number, t);
 """
 # columns added since the first release: (table, column, definition), added to an older database on open
-ADDED_COLUMNS = (("nodes", "link_token", "TEXT NOT NULL DEFAULT ''"),)
+ADDED_COLUMNS = (("nodes", "link_token", "TEXT NOT NULL DEFAULT ''"), ("nodes", "address", "TEXT"))
 
 
 class RegistryError(BeobootError):
@@ -88,6 +89,7 @@ class NodeRecord:
     uptime_at: float | None
     hardware: Hardware
     link_token: str = field(default="", repr=False)
+    address: str | None = None  # as the node reported it at its last registration that said
 
     def uptime_now(self, now: float) -> float | None:
         if self.uptime is None or self.uptime_at is None:
@@ -135,13 +137,15 @@ class Registry:
             raise RegistryError(f"cannot open node registry {path}: {exc}", hint="check the --db path") from None
         self._db.row_factory = sqlite3.Row
         self.path = Path(path)
+        self.generation = 0  # counts registrations: what the host table is built from changed
 
     def close(self) -> None:
         self._db.close()
 
     # --- writes ------------------------------------------------------------------------------------------
 
-    def register(self, mac: str, stage: Stage, hardware: Hardware, now: float, keep_boots: int = 10) -> NodeRecord:
+    def register(self, mac: str, stage: Stage, hardware: Hardware, now: float, keep_boots: int = 10,
+                 address: str | None = None) -> NodeRecord:
         """Known MAC: same number. A registration at a stage not later than the node's last one is a new
         boot (stage 1 after stage 3, or stage 2 again when there is no stage 1); a later stage continues
         the boot (stage 1 -> kexec -> stage 2 -> stage 3 each register once). A new boot drops the
@@ -149,6 +153,7 @@ class Registry:
         mac = normalise_mac(mac)
         hw = json.dumps(asdict(hardware), sort_keys=True)
         token = secrets.token_urlsafe(24)
+        self.generation += 1
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
             row = self._db.execute("SELECT number, stage, boot FROM nodes WHERE mac = ?", (mac,)).fetchone()
@@ -156,17 +161,18 @@ class Registry:
                 (number,) = self._db.execute("SELECT COALESCE(MAX(number) + 1, 0) FROM nodes").fetchone()
                 self._db.execute(
                     "INSERT INTO nodes (number, mac, state, stage, boot, ready, first_seen, last_seen, hardware,"
-                    " link_token) VALUES (?, ?, ?, ?, 1, 0, ?, ?, ?, ?)",
-                    (number, mac, NodeState.BOOTING, stage, now, now, hw, token),
+                    " link_token, address) VALUES (?, ?, ?, ?, 1, 0, ?, ?, ?, ?, ?)",
+                    (number, mac, NodeState.BOOTING, stage, now, now, hw, token, address),
                 )
             else:
                 new_boot = stage.order <= Stage(row["stage"]).order
                 self._db.execute(
                     "UPDATE nodes SET stage = ?, boot = boot + ?, state = CASE WHEN ? THEN ? ELSE "
                     " (CASE WHEN ready THEN ? ELSE ? END) END, ready = CASE WHEN ? THEN 0 ELSE ready END,"
-                    " last_seen = ?, uptime = NULL, uptime_at = NULL, hardware = ?, link_token = ? WHERE mac = ?",
+                    " last_seen = ?, uptime = NULL, uptime_at = NULL, hardware = ?, link_token = ?,"
+                    " address = COALESCE(?, address) WHERE mac = ?",
                     (stage, int(new_boot), new_boot, NodeState.BOOTING, NodeState.UP, NodeState.BOOTING,
-                     new_boot, now, hw, token, mac),
+                     new_boot, now, hw, token, address, mac),
                 )  # fmt: skip
                 if new_boot:
                     oldest_kept = row["boot"] + 1 - keep_boots + 1  # the new boot is row["boot"] + 1
@@ -251,7 +257,7 @@ class Registry:
         return NodeRecord(
             number=row["number"], mac=row["mac"], state=NodeState(row["state"]), stage=Stage(row["stage"]),
             boot=row["boot"], last_seen=row["last_seen"], uptime=row["uptime"], uptime_at=row["uptime_at"],
-            hardware=hardware, link_token=row["link_token"],
+            hardware=hardware, link_token=row["link_token"], address=row["address"],
         )  # fmt: skip
 
     def node_by_mac(self, mac: str) -> NodeRecord | None:

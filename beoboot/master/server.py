@@ -12,11 +12,13 @@ registry keeps one SQLite connection.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 import os
 import signal
 import time
+import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -89,6 +91,15 @@ def strong_etag(st: os.stat_result) -> str:
     return f'"{st.st_mtime_ns:x}-{st.st_size:x}"'
 
 
+def _plain_ipv4(text: str | None) -> str | None:
+    """A node's reported address ("10.0.2.15/24" or "10.0.2.15") as a plain IPv4 address; anything else is
+    not put in the host table (it goes into every node's /etc/hosts)."""
+    try:
+        return str(ipaddress.IPv4Interface(text).ip) if text else None
+    except ValueError:
+        return None
+
+
 def json_response(message: Any, status: int = 200) -> web.Response:
     return web.Response(text=p.to_json(message), status=status, content_type="application/json")
 
@@ -105,6 +116,7 @@ class Beoserv:
         self.config = config
         self.registry = Registry(options.db)
         self.jobs = JobHub(self.registry)
+        self._hosts_cache: tuple[tuple[object, ...], str, int] | None = None  # (what it was built from, text, version)
         self.started = time.time()
         self.requests = 0
         self.config_loads = 1
@@ -119,6 +131,7 @@ class Beoserv:
         app.router.add_post(p.EVENTS_PATH, self.events)
         app.router.add_post(p.LOGS_PATH, self.logs)
         app.router.add_get(p.NODES_PATH, self.nodes)
+        app.router.add_get(p.HOSTS_PATH, self.hosts)
         app.router.add_get(p.TIMELINE_PATH, self.timeline)
         app.router.add_get(p.STATUS_PATH, self.status)
         self.jobs.add_routes(app)  # before the boot tree's catch-all
@@ -208,7 +221,8 @@ class Beoserv:
 
     async def register(self, request: web.Request) -> web.Response:
         msg = p.from_json(p.RegisterRequest, await request.read())
-        node = self.registry.register(msg.mac, msg.stage, msg.hardware, time.time(), self.config.keep_boots)
+        address = _plain_ipv4(msg.address)
+        node = self.registry.register(msg.mac, msg.stage, msg.hardware, time.time(), self.config.keep_boots, address)
         log.info(
             "node %d (%s) registered at %s, boot %d, from %s", node.number, node.mac, msg.stage, node.boot,
             request.remote,
@@ -232,7 +246,27 @@ class Beoserv:
         node = self.registry.heartbeat(msg.mac, msg.stage, msg.uptime, time.time())
         if node is None:
             return self._unknown(msg.mac)
-        return json_response(p.HeartbeatReply(node.number, node.state, self.config.heartbeat_interval))
+        _, version = self._host_table()
+        return json_response(p.HeartbeatReply(node.number, node.state, self.config.heartbeat_interval, version))
+
+    def _host_table(self) -> tuple[str, int]:
+        """The cluster's /etc/hosts lines and their version (CRC-32 of the text), rebuilt only when a
+        registration or a config reload may have changed them: every node asks on every heartbeat."""
+        key = (self.registry.generation, self.config.first_node_address, self.config.hostname_prefix)
+        if self._hosts_cache is None or self._hosts_cache[0] != key:
+            lines = []
+            for node in self.registry.nodes():
+                address = self.config.node_address(node.number) or node.address
+                if address:
+                    hostname = p.node_hostname(node.number, self.config.hostname_prefix)
+                    lines.append(f"{address} {hostname} {p.node_name(node.number)}\n")
+            text = "".join(lines)
+            self._hosts_cache = (key, text, zlib.crc32(text.encode()))
+        return self._hosts_cache[1], self._hosts_cache[2]
+
+    async def hosts(self, request: web.Request) -> web.Response:
+        text, version = self._host_table()
+        return web.Response(text=text, content_type="text/plain", headers={"X-Beoboot-Hosts-Version": str(version)})
 
     async def events(self, request: web.Request) -> web.Response:
         msg = p.from_json(p.EventBatch, await request.read())
