@@ -30,6 +30,8 @@ from agent.report import reporter, say
 ENV_ROOT = "/env"
 LIBCACHE_DIR = ".libcache"  # under ENV_ROOT (agent.jobs.start_runner)
 DISK_WAIT = 10.0  # seconds for the libcache disk's device node to appear
+DISK_MOUNT = "/run/beoboot/disk"  # the libcache disk itself
+DISK_ENV_DIR = "beoboot-env"  # on the disk: the environment root; anything else on the disk is left alone
 MEMORY_REPORT = "/run/beoboot/stage2-memory.json"
 TCP_LISTEN = "0A"  # st column of /proc/net/tcp: TCP_LISTEN
 
@@ -136,9 +138,11 @@ def build_env_root(master: str, pins: dict[str, str], config: AgentConfig, *, dr
 
 
 def mount_local_disk(device: str, fstype: str, *, dry_run: bool, wait: float = DISK_WAIT) -> bool:
-    """Mount the configured local disk at ENV_ROOT for the environment root and its libcache, and clear
-    what the last boot's jobs left there except the libcache, whose objects are checked before use. False
-    (and the reason on the console and the master) when it cannot be used: the node then runs from RAM."""
+    """Put the environment root and its libcache on the configured local disk: its directory DISK_ENV_DIR,
+    bound at ENV_ROOT (one mount, so the libcache's hard links work), cleared of what the last boot's jobs
+    left except the libcache, whose objects are checked before use. The rest of the disk is not touched,
+    so pointing the config at a disk that holds data loses none. False (and the reason on the console and
+    the master) when the disk cannot be used: the node then runs from RAM."""
     deadline = time.monotonic() + wait
     while not _is_block_device(device):  # its driver (loaded at start) may still be probing
         if time.monotonic() > deadline:
@@ -147,13 +151,17 @@ def mount_local_disk(device: str, fstype: str, *, dry_run: bool, wait: float = D
             return False
         time.sleep(0.1)
     try:
-        syscalls.mount(device, ENV_ROOT, fstype, 0, "", dry_run=dry_run)
+        os.makedirs(DISK_MOUNT, exist_ok=True)
+        syscalls.mount(device, DISK_MOUNT, fstype, 0, "", dry_run=dry_run)
     except OSError as exc:
         say(f"beoboot: libcache disk {device}: cannot mount it as {fstype}: {exc} (is {fstype} in [images.stage3] "
             "modules, and the disk formatted?); the environment root stays in RAM", "error")  # fmt: skip
         return False
+    env_dir = os.path.join(DISK_MOUNT, DISK_ENV_DIR)
+    os.makedirs(env_dir, exist_ok=True)
+    syscalls.mount(env_dir, ENV_ROOT, "", syscalls.MS_BIND, "", dry_run=dry_run)
     for name in os.listdir(ENV_ROOT):
-        if name in (LIBCACHE_DIR, "lost+found"):
+        if name == LIBCACHE_DIR:
             continue
         path = os.path.join(ENV_ROOT, name)
         if os.path.isdir(path) and not os.path.islink(path):
@@ -161,7 +169,7 @@ def mount_local_disk(device: str, fstype: str, *, dry_run: bool, wait: float = D
         else:
             os.unlink(path)
     os.chmod(ENV_ROOT, 0o755)
-    say(f"beoboot: libcache disk {device} ({fstype}) mounted at {ENV_ROOT}")
+    say(f"beoboot: libcache disk {device} ({fstype}): {DISK_ENV_DIR}/ on it is the environment root {ENV_ROOT}")
     return True
 
 

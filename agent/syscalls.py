@@ -16,6 +16,7 @@ import os
 MS_NOSUID = 0x2
 MS_NODEV = 0x4
 MS_NOEXEC = 0x8
+MS_BIND = 0x1000
 # <linux/reboot.h>: the `cmd` argument of reboot(2), which glibc passes through as RB_POWER_OFF.
 LINUX_REBOOT_CMD_POWER_OFF = 0x4321FEDC
 

@@ -25,8 +25,11 @@ def test_environment_root_on_a_local_disk_keeps_its_libcache_across_a_reboot(tmp
     port = free_port()
     out = build_for_master(tmp_path_factory, port, DISK_SETTINGS)
     disk = tmp_path / "node-disk.img"
+    site = tmp_path / "on-the-disk"
+    (site / "site-data").mkdir(parents=True)
+    (site / "site-data" / "keep.txt").write_text("the site's own data\n")
     subprocess.run(["truncate", "-s", "256M", str(disk)], check=True)
-    subprocess.run(["mkfs.ext4", "-q", "-F", str(disk)], check=True)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(site), str(disk)], check=True)  # formatted, with a file
     drive = ["-drive", f"file={disk},if=virtio,format=raw"]
     master = MasterProcess(out, tmp_path / "nodes.db", tmp_path / "beoserv.log", port=port).start()
     try:
@@ -37,7 +40,7 @@ def test_environment_root_on_a_local_disk_keeps_its_libcache_across_a_reboot(tmp
                 vm.wait_for("beoboot: stage 3 ready: node 0 up")
                 console = vm.console()
                 assert "beoboot: modules loaded: virtio_blk, ext4" in console
-                assert "beoboot: libcache disk /dev/vda (ext4) mounted at /env" in console
+                assert "beoboot: libcache disk /dev/vda (ext4): beoboot-env/ on it is the environment root /env" in console
                 assert "environment root ready at /env (on /dev/vda, libcache up to 300 MiB)" in console
                 kept = re.search(r"libcache: (\d+) objects kept from earlier boots, (\d+) damaged", console)
                 kept_counts.append((int(kept.group(1)), int(kept.group(2))))
@@ -45,9 +48,12 @@ def test_environment_root_on_a_local_disk_keeps_its_libcache_across_a_reboot(tmp
                 result = bpsh(master, "0", "/usr/bin/python3", "-c", "print(6*7)")
                 assert (result.returncode, result.stdout) == (0, "42\n"), result.stderr
                 mounts = bpsh(master, "0", "cat", "/proc/self/mountinfo").stdout
-                # the job's / is the disk: "... / / rw,... - ext4 /dev/vda rw"
-                assert re.search(r"^\S+ \S+ \S+ / / .* - ext4 /dev/vda ", mounts, re.M), mounts
+                # the job's / is the disk's beoboot-env: "... /beoboot-env / rw,... - ext4 /dev/vda rw"
+                assert re.search(r"^\S+ \S+ \S+ /beoboot-env / .* - ext4 /dev/vda ", mounts, re.M), mounts
         assert kept_counts[0] == (0, 0)  # a freshly formatted disk
         assert kept_counts[1][0] > 20 and kept_counts[1][1] == 0  # python3 and its closure, from boot 1
+        # the rest of the disk is the site's: left as it was
+        kept = subprocess.run(["debugfs", "-R", "cat /site-data/keep.txt", str(disk)], capture_output=True, text=True)
+        assert kept.stdout == "the site's own data\n", kept.stderr
     finally:
         master.stop()
