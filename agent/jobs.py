@@ -25,7 +25,7 @@ from urllib.parse import quote
 
 from agent import protocol as p
 from agent.launcher import Launcher, LaunchError
-from agent.libcache import LibCache, LibCacheError
+from agent.libcache import LIBCACHE_DIR, LibCache, LibCacheError
 from agent.wsclient import OP_TEXT, WebSocket, WebSocketError
 
 EXEC_FAILED = 127  # what a shell answers for a command it could not run
@@ -292,7 +292,7 @@ def start_runner(
     """Stage 3: the libcache at ENV_ROOT/.libcache (on the environment root's own mount, so its objects can
     be hard-linked into the root; see agent.libcache), and the runner's link to the master. `verify`: the
     cache is on a local disk and may hold objects from an earlier boot: check them first."""
-    cache = LibCache(os.path.join(env_root, ".libcache"), env_root, master_url, max_bytes=max_bytes)
+    cache = LibCache(os.path.join(env_root, LIBCACHE_DIR), env_root, master_url, max_bytes=max_bytes)
     if verify:
         kept, dropped = cache.verify()
         log(f"beoboot: libcache: {kept} objects kept from earlier boots, {dropped} damaged ones dropped")

@@ -38,6 +38,8 @@ import requests
 from agent import protocol as p
 from agent.download import sha256_of
 
+LIBCACHE_DIR = ".libcache"  # in the environment root
+
 CHUNK = 1 << 20
 FETCH_ATTEMPTS = 3
 FETCH_WORKERS = 8  # parallel object downloads per job: enough to hide latency, few enough for a busy master

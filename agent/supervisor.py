@@ -23,12 +23,12 @@ from agent import bootfiles, cmdline, cpio, hwprobe, jobs, leasekeeper, syscalls
 from agent import protocol as p
 from agent.config import AgentConfig
 from agent.handoff import HANDOFF_PATH, Handoff
+from agent.libcache import LIBCACHE_DIR
 from agent.masterlink import MasterLink
 from agent.netlink import Netlink
 from agent.report import reporter, say
 
 ENV_ROOT = "/env"
-LIBCACHE_DIR = ".libcache"  # under ENV_ROOT (agent.jobs.start_runner)
 DISK_WAIT = 10.0  # seconds for the libcache disk's device node to appear
 DISK_MOUNT = "/run/beoboot/disk"  # the libcache disk itself
 DISK_ENV_DIR = "beoboot-env"  # on the disk: the environment root; anything else on the disk is left alone

@@ -46,7 +46,7 @@ class RequestError(Exception):
     pass
 
 
-def peer_groups(conn: socket.socket, pid: int) -> tuple[int, ...]:
+def peer_groups(conn: socket.socket, pid: int, uid: int) -> tuple[int, ...]:
     """The supplementary groups the bpsh process had when it connected, as the kernel recorded them: the
     job gets the groups a command run here would have (a project group that owns the data, say), and a
     user cannot claim a group they are not in."""
@@ -55,11 +55,16 @@ def peer_groups(conn: socket.socket, pid: int) -> tuple[int, ...]:
     except OSError as exc:
         if exc.errno != errno.ERANGE:
             raise
-        # more than 256 groups: the client's own, read while it waits for this request's answer (it
-        # cannot have exited and left its pid to another process meanwhile: its socket is still open)
-        with open(f"/proc/{pid}/status") as status:
-            line = next(line for line in status if line.startswith("Groups:"))
-        return tuple(int(gid) for gid in line.split()[1:])
+        # more than 256 groups: the client's own, read while it waits for this request's answer. Had it
+        # died and its pid been taken, the entry would be another process's: the real uid must match
+        try:
+            with open(f"/proc/{pid}/status") as status:
+                fields = {line.split(":")[0]: line.split()[1:] for line in status}
+        except OSError:
+            fields = {}
+        if fields.get("Uid", [None])[0] != str(uid) or "Groups" not in fields:
+            raise RequestError("cannot read the groups of this bpsh (more than 256): it ended, or is another's")
+        return tuple(int(gid) for gid in fields["Groups"])
     return struct.unpack(f"{len(raw) // 4}I", raw)  # gid_t: 32 bits
 
 
@@ -390,7 +395,7 @@ class LocalListener:
             return
         pid, uid, gid = PEERCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, PEERCRED.size))
         try:
-            request, letters = decode_request(data, uid, gid, peer_groups(conn, pid))
+            request, letters = decode_request(data, uid, gid, peer_groups(conn, pid, uid))
         except RequestError as exc:
             _say(fds[2], f"bpsh: {exc}\n")
             try:

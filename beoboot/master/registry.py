@@ -177,7 +177,9 @@ class Registry:
                 if new_boot:
                     oldest_kept = row["boot"] + 1 - keep_boots + 1  # the new boot is row["boot"] + 1
                     for table in ("events", "logs"):
-                        self._db.execute(f"DELETE FROM {table} WHERE number = ? AND boot < ?", (row["number"], oldest_kept))
+                        self._db.execute(
+                            f"DELETE FROM {table} WHERE number = ? AND boot < ?", (row["number"], oldest_kept)
+                        )
         record = self.node_by_mac(mac)
         assert record is not None
         return record
