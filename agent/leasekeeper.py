@@ -187,6 +187,7 @@ class LeaseKeeper:
                  packet_factory: Callable[[str], dhcp.PacketTransport] = dhcp.PacketTransport,
                  client_factory: Callable[..., dhcp.DhcpClient] = dhcp.DhcpClient,
                  move_address: Callable[[str, dhcp.Lease, dhcp.Lease], None] = move_address,
+                 moved: Callable[[dhcp.Lease], None] = lambda lease: None,
                  hostname: str | None = None) -> None:  # fmt: skip
         self.interface = interface
         self.mac = mac
@@ -200,6 +201,7 @@ class LeaseKeeper:
         self.packet_factory = packet_factory
         self.client_factory = client_factory
         self.move_address = move_address
+        self.moved = moved  # told the new lease once the interface has its address: names and the master follow
         self.hostname = hostname
 
     def keep(self) -> None:
@@ -268,10 +270,13 @@ class LeaseKeeper:
     def adopt(self, lease: dhcp.Lease, obtained_at: float) -> None:
         """Take a lease as the one to keep, moving the interface to its address if that changed."""
         old = self.lease
-        if (lease.address, lease.prefix_len) != (old.address, old.prefix_len):
+        changed = (lease.address, lease.prefix_len) != (old.address, old.prefix_len)
+        if changed:
             self.move_address(self.interface, old, lease)
             self.log(f"beoboot: dhcp {self.interface}: address {old.cidr} replaced by {lease.cidr}", "warning")
         self.lease, self.obtained_at = lease, obtained_at
+        if changed:
+            self.moved(lease)
         self._announce()
 
     def _announce(self) -> None:
@@ -340,14 +345,16 @@ def _server_of(msg: dhcp.Message) -> str:
     return socket.inet_ntoa(ids[:4]) if len(ids) >= 4 else "(no server id)"
 
 
-def start(handoff: Handoff, log: Log) -> threading.Thread | None:
-    """Stage 3: keep the lease stage 2 obtained, in a daemon thread (it ends with the supervisor)."""
+def start(handoff: Handoff, log: Log, moved: Callable[[dhcp.Lease], None] = lambda lease: None) -> threading.Thread | None:
+    """Stage 3: keep the lease stage 2 obtained, in a daemon thread (it ends with the supervisor); `moved`
+    is called with a new lease that changed the node's address."""
     if handoff.lease_obtained_at is None:
         log(f"beoboot: dhcp {handoff.interface}: stage 2 handed over no lease times: {handoff.address} will not "
             "be renewed (rebuild the images so both stages match)", "error")  # fmt: skip
         return None
     mac = bytes.fromhex(handoff.mac.replace(":", ""))
-    keeper = LeaseKeeper(handoff.interface, mac, lease_from_handoff(handoff), handoff.lease_obtained_at, log=log)
+    keeper = LeaseKeeper(handoff.interface, mac, lease_from_handoff(handoff), handoff.lease_obtained_at, log=log,
+                         moved=moved)
     thread = threading.Thread(target=keeper.keep, name="beoboot-leasekeeper", daemon=True)
     thread.start()
     return thread

@@ -65,7 +65,7 @@ class MasterLink:
         self.log = log  # told about each retry, so a node waiting for its master says so
         self.registration: p.RegisterReply | None = None
         self.hardware = p.Hardware()
-        self.address: str | None = None  # sent at registration, for the cluster's host table
+        self.address: str | None = None  # sent at registration and with heartbeats, for the cluster's host table
         self.dropped_lines = 0
         self._events: list[p.StageEvent] = []
         self._lines: list[p.LogLine] = []
@@ -128,7 +128,7 @@ class MasterLink:
 
     def heartbeat(self, uptime: float | None = None) -> p.HeartbeatReply | None:
         """One heartbeat; None if the master did not answer. A master that forgot us gets a new registration."""
-        message = p.Heartbeat(self.mac, self.stage, uptime)
+        message = p.Heartbeat(self.mac, self.stage, uptime, self.address)
         try:
             try:
                 reply = self._post(p.HEARTBEAT_PATH, message, p.HeartbeatReply)

@@ -153,6 +153,7 @@ class Heartbeat:
     mac: str
     stage: Stage
     uptime: float | None = None  # /proc/uptime of the node, seconds
+    address: str | None = None  # as in RegisterRequest: changes when a new DHCP lease moves the node
 
 
 @dataclass(frozen=True)

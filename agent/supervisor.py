@@ -8,16 +8,13 @@ It listens on no port: every connection is one it opens to the master.
 from __future__ import annotations
 
 import gzip
-import ipaddress
 import json
 import os
 import shutil
 import signal
-import socket
 import stat
 import time
 from collections.abc import Callable
-from urllib.parse import urlsplit
 
 from agent import bootfiles, cmdline, cpio, hwprobe, jobs, leasekeeper, syscalls
 from agent import protocol as p
@@ -25,6 +22,7 @@ from agent.config import AgentConfig
 from agent.handoff import HANDOFF_PATH, Handoff
 from agent.libcache import LIBCACHE_DIR
 from agent.masterlink import MasterLink
+from agent.names import NodeNames
 from agent.netlink import Netlink
 from agent.report import reporter, say
 
@@ -70,32 +68,6 @@ def read_handoff(path: str = HANDOFF_PATH) -> Handoff:
             return Handoff.from_json(f.read())
     except OSError:
         raise SupervisorError(f"{path} is missing: stage 3 is started by stage 2, which writes it") from None
-
-
-def hosts_file(reply: p.RegisterReply, address: str, master_url: str) -> str:
-    """/etc/hosts: this node by its names (BeoNSS: nN and .N), and the master as `master` and `.-1`
-    (Scyld's name for it) when its URL names it by address."""
-    lines = ["127.0.0.1 localhost", f"{address.split('/')[0]} {reply.hostname} {reply.name}"]
-    master_host = urlsplit(master_url).hostname or ""
-    try:
-        ipaddress.ip_address(master_host)
-        lines.append(f"{master_host} master .-1")
-    except ValueError:
-        pass  # a name: resolving it needs DNS, which resolv.conf from DHCP provides
-    return "\n".join(lines) + "\n"
-
-
-def set_identity(reply: p.RegisterReply, address: str, master_url: str, *, root: str = "/", dry_run: bool) -> None:
-    """The hostname, and /etc/hostname and /etc/hosts under `root`: stage 3's own, then the environment
-    root's, where jobs resolve names from files only (its nsswitch.conf), so that a job asking for its own
-    host's address (Java's getLocalHost, MPI start-up) gets it."""
-    if not dry_run and root == "/":
-        socket.sethostname(reply.hostname)
-    os.makedirs(os.path.join(root, "etc"), exist_ok=True)
-    with open(os.path.join(root, "etc/hostname"), "w") as f:
-        f.write(reply.hostname + "\n")
-    with open(os.path.join(root, "etc/hosts"), "w") as f:
-        f.write(hosts_file(reply, address, master_url))
 
 
 def take_permanent_address(reply: p.RegisterReply, handoff: Handoff, *, dry_run: bool) -> None:
@@ -206,42 +178,37 @@ def run(config: AgentConfig, *, dry_run: bool) -> None:
         pass
     reply = link.register(hwprobe.probe())
     take_permanent_address(reply, handoff, dry_run=dry_run)
-    set_identity(reply, reply.address or handoff.address, handoff.master_url, dry_run=dry_run)
+    names = NodeNames(reply, reply.address or handoff.address, handoff.master_url, ENV_ROOT, dry_run=dry_run)
+    names.write_root()
     say(f"beoboot: node {reply.number} ({reply.name}), hostname {reply.hostname}, boot {reply.boot}")
     on_disk = build_env_root(handoff.master_url, handoff.pins, config, dry_run=dry_run)
-    set_identity(reply, reply.address or handoff.address, handoff.master_url, root=ENV_ROOT, dry_run=dry_run)
+    names.write_env_root()
     jobs.start_runner(handoff.master_url, handoff.mac, ENV_ROOT, config.libcache_max_bytes, say,
                       token=lambda: link.registration.link_token if link.registration else "",
                       verify=on_disk)  # fmt: skip
+
+    def moved(address: str) -> None:
+        link.address = address  # the next heartbeat tells the master, whose host table follows
+        if names.move(address):
+            say(f"beoboot: {reply.hostname} and {reply.name} now name {address.split('/')[0]}")
+
     if not dry_run:  # a dry run must not send DHCP or renumber the build host's interfaces
-        leasekeeper.start(handoff, say)
+        leasekeeper.start(handoff, say, moved=lambda lease: moved(lease.cidr))
     listeners = listening_sockets()
     say(f"beoboot: listening sockets: {', '.join(listeners) if listeners else 'none'}")
     link.event(p.BootEvent.STAGE3_READY)
     say(f"beoboot: stage 3 ready: node {reply.number} up")
-    own_hosts = hosts_file(reply, reply.address or handoff.address, handoff.master_url)
+
 
     def take_host_table(version: int) -> bool:
         table = link.hosts()
         if table is None:
             return False  # asked again at the next heartbeat
-        write_env_hosts(own_hosts, table)
+        names.take_table(table)
         say(f"beoboot: the environment root's /etc/hosts now names {len(table.splitlines())} nodes")
         return True
 
     supervise(link, master_timeout(config), dry_run=dry_run, hosts_changed=take_host_table)
-
-
-def write_env_hosts(own: str, table: str, root: str = ENV_ROOT) -> None:
-    """The environment root's /etc/hosts: this node and the master (hosts_file), then the other nodes of
-    the cluster's host table, so that a job reaches another node by name (MPI: n3, .3). Replaced by rename:
-    a job resolving a name meanwhile reads the old file or the new one."""
-    own_names = {name for line in own.splitlines() for name in line.split()[1:]}
-    others = [line for line in table.splitlines() if len(line.split()) > 1 and line.split()[1] not in own_names]
-    path = os.path.join(root, "etc/hosts")
-    with open(path + ".new", "w") as f:
-        f.write(own + "".join(line + "\n" for line in others))
-    os.rename(path + ".new", path)
 
 
 def supervise(link: MasterLink, timeout: float, *, dry_run: bool,

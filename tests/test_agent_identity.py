@@ -1,7 +1,7 @@
 """The node's names in /etc/hosts, for stage 3's root and for the environment root jobs run in."""
 
 from agent import protocol as p
-from agent.supervisor import hosts_file, set_identity, write_env_hosts
+from agent.names import NodeNames, hosts_file, set_identity, write_env_hosts
 
 REPLY = p.RegisterReply(3, ".3", "n3", "10.54.0.13", 1, 5.0, 30.0)
 
@@ -26,3 +26,27 @@ def test_the_cluster_table_adds_the_other_nodes_once(tmp_path):
     write_env_hosts(own, "10.54.0.10 n0 .0\n10.54.0.13 n3 .3\n10.54.0.14 n4 .4\n", root=str(tmp_path))
     assert (tmp_path / "etc/hosts").read_text() == own + "10.54.0.10 n0 .0\n10.54.0.14 n4 .4\n"
     assert not (tmp_path / "etc/hosts.new").exists()
+
+
+def test_without_an_address_plan_the_names_follow_a_lease_that_moved_the_node(tmp_path):
+    """A new DHCP lease moved the node: its own line in both roots names the new address, and the
+    environment root still lists the other nodes of the last host table."""
+    unplanned = p.RegisterReply(3, ".3", "n3", None, 1, 5.0, 30.0)
+    root, env = tmp_path / "root", tmp_path / "env"
+    names = NodeNames(unplanned, "10.0.2.15/24", "http://10.0.2.2:8080/", str(env), dry_run=True, root=str(root))
+    names.write_env_root()
+    names.take_table("10.0.2.15 n3 .3\n10.0.2.16 n4 .4\n")
+    assert names.move("10.0.2.40/24")
+    assert (env / "etc/hosts").read_text() == (
+        "127.0.0.1 localhost\n10.0.2.40 n3 .3\n10.0.2.2 master .-1\n10.0.2.16 n4 .4\n"
+    )
+    assert "10.0.2.40 n3 .3\n" in (root / "etc/hosts").read_text()
+
+
+def test_with_an_address_plan_the_names_stay_on_the_permanent_address(tmp_path):
+    names = NodeNames(REPLY, "10.54.0.13", "http://10.54.0.1:8080/", str(tmp_path / "env"), dry_run=True,
+                      root=str(tmp_path / "root"))
+    names.write_env_root()
+    before = (tmp_path / "env/etc/hosts").read_text()
+    assert not names.move("10.0.2.40/24")
+    assert (tmp_path / "env/etc/hosts").read_text() == before and not (tmp_path / "root").exists()

@@ -177,10 +177,12 @@ class World:
         self.frames = FrameServer(self.clock, fresh_address)
         self.lines = []
         self.moves = []
+        self.told = []  # the leases the keeper said moved the node
         self.keeper = LeaseKeeper(
             "eth0", MAC, lease or _lease(), OBTAINED_AT, log=self.log,
             clock=self.clock, sleep=self.clock.sleep, rng=random.Random(1), udp_factory=udp_factory or self.server,
             packet_factory=self.frames, move_address=lambda i, old, new: self.moves.append((i, old.cidr, new.cidr)),
+            moved=lambda lease: self.told.append((lease.cidr, self.keeper.lease is lease)),
         )  # fmt: skip
 
     def log(self, line, level="info"):
@@ -239,6 +241,7 @@ def test_a_nak_gets_a_fresh_lease_and_moves_to_its_address():
     assert world.logged("error", "DHCP server 10.9.0.1 refused (DHCPNAK) to extend the lease on 10.9.0.50")
     assert [kind for _, kind in world.frames.seen] == [MsgType.DISCOVER, MsgType.REQUEST]
     assert world.moves == [("eth0", "10.9.0.50/24", "10.9.0.77/24")]
+    assert world.told == [("10.9.0.77/24", True)]  # after the move, with the new lease already kept
     assert world.logged("warning", "address 10.9.0.50/24 replaced by 10.9.0.77/24")
     assert (world.keeper.lease.address, world.keeper.lease.lease_seconds) == ("10.9.0.77", 7200)
     assert world.keeper.obtained_at == 1900 + LATENCY  # asked for as soon as the NAK came
@@ -250,7 +253,7 @@ def test_expiry_without_an_answer_gets_a_fresh_lease_and_keeps_an_unchanged_addr
     assert len(world.server.sent) == 6 + 4  # RENEWING to T2, REBINDING to the expiry
     assert world.logged("error", "the lease on 10.9.0.50 expired with no answer from any DHCP server")
     assert world.frames.seen[0] == (OBTAINED_AT + 3600, MsgType.DISCOVER)  # at the expiry, not before
-    assert world.moves == []
+    assert world.moves == [] and world.told == []
     assert world.keeper.lease.lease_seconds == 7200 and world.keeper.obtained_at == OBTAINED_AT + 3600
 
 

@@ -297,7 +297,12 @@ def test_host_table_names_every_node_with_an_address_and_heartbeats_say_when_it_
         second.address = "10.0.2.16"
         second.register()
         assert first.hosts() == "10.0.2.15 n0 .0\n10.0.2.16 n1 .1\n"
-        assert first.heartbeat().hosts_version != version
+        version = first.heartbeat().hosts_version
+        assert version != zlib.crc32(b"10.0.2.15 n0 .0\n")
+        second.address = "10.0.2.40/24"  # a new DHCP lease moved it: said by heartbeat, no new registration
+        assert second.heartbeat().hosts_version != version
+        assert first.hosts() == "10.0.2.15 n0 .0\n10.0.2.40 n1 .1\n"
+        server.wait_for_log(r"node 1 \(\S+\) now at 10\.0\.2\.40: its DHCP lease moved it")
         config.write_text('first_node_address = "10.54.0.10"\nhostname_prefix = "node"\n')
         server.signal(signal.SIGHUP)
         server.wait_for_log("config reloaded")

@@ -89,7 +89,7 @@ class NodeRecord:
     uptime_at: float | None
     hardware: Hardware
     link_token: str = field(default="", repr=False)
-    address: str | None = None  # as the node reported it at its last registration that said
+    address: str | None = None  # as the node last reported it (registration or heartbeat) when it said
 
     def uptime_now(self, now: float) -> float | None:
         if self.uptime is None or self.uptime_at is None:
@@ -137,7 +137,7 @@ class Registry:
             raise RegistryError(f"cannot open node registry {path}: {exc}", hint="check the --db path") from None
         self._db.row_factory = sqlite3.Row
         self.path = Path(path)
-        self.generation = 0  # counts registrations: what the host table is built from changed
+        self.generation = 0  # counts registrations and address moves: what the host table is built from changed
 
     def close(self) -> None:
         self._db.close()
@@ -184,8 +184,11 @@ class Registry:
         assert record is not None
         return record
 
-    def heartbeat(self, mac: str, stage: Stage, uptime: float | None, now: float) -> NodeRecord | None:
-        """None: the MAC is not registered (the node must register again)."""
+    def heartbeat(self, mac: str, stage: Stage, uptime: float | None, now: float,
+                  address: str | None = None) -> NodeRecord | None:
+        """None: the MAC is not registered (the node must register again). `address`, when given, is the
+        node's address now: a node whose DHCP lease moved it reports the new one here, between
+        registrations, and the host table changes with it."""
         mac = normalise_mac(mac)
         with self._db:
             cursor = self._db.execute(
@@ -193,8 +196,13 @@ class Registry:
                 " state = CASE WHEN ready THEN ? ELSE ? END WHERE mac = ?",
                 (now, stage, uptime, now if uptime is not None else None, NodeState.UP, NodeState.BOOTING, mac),
             )
+            moved = address is not None and self._db.execute(
+                "UPDATE nodes SET address = ? WHERE mac = ? AND address IS NOT ?", (address, mac, address)
+            ).rowcount
         if cursor.rowcount == 0:
             return None
+        if moved:
+            self.generation += 1
         return self.node_by_mac(mac)
 
     def record_events(self, mac: str, events: Iterable[tuple[float, StageEvent]], now: float) -> int | None:

@@ -243,9 +243,12 @@ class Beoserv:
 
     async def heartbeat(self, request: web.Request) -> web.Response:
         msg = p.from_json(p.Heartbeat, await request.read())
-        node = self.registry.heartbeat(msg.mac, msg.stage, msg.uptime, time.time())
+        generation = self.registry.generation
+        node = self.registry.heartbeat(msg.mac, msg.stage, msg.uptime, time.time(), _plain_ipv4(msg.address))
         if node is None:
             return self._unknown(msg.mac)
+        if self.registry.generation != generation:
+            log.info("node %d (%s) now at %s: its DHCP lease moved it", node.number, node.mac, node.address)
         _, version = self._host_table()
         return json_response(p.HeartbeatReply(node.number, node.state, self.config.heartbeat_interval, version))
 
