@@ -28,6 +28,8 @@ def test_beonss_addresses():
         ("keep_boots = 0", "keep_boots = 0 must be >= 1"),
         ("keep_boots = 2.5", "keep_boots = 2.5 must be int"),
         ("= 1", "not valid TOML"),
+        ('hosts_file = "hosts"', "must be an absolute path in an existing directory"),
+        ('hosts_file = "/no/such/dir/hosts"', "must be an absolute path in an existing directory"),
     ],
 )
 def test_bad_config_names_the_key(text, complaint):

@@ -4,8 +4,10 @@ import email.utils
 import hashlib
 import logging
 import os
+import shutil
 import signal
 import sqlite3
+import subprocess
 import time
 import zlib
 
@@ -309,3 +311,38 @@ def test_host_table_names_every_node_with_an_address_and_heartbeats_say_when_it_
         assert first.hosts() == "10.54.0.10 node0 .0\n10.54.0.11 node1 .1\n"  # the plan wins
     finally:
         server.stop()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"), reason="the resolver check mounts over /etc/hosts")
+def test_the_master_resolves_node_names_from_the_block_beoserv_keeps_in_its_hosts_file(boot_tree, tmp_path):
+    """hosts_file: beoserv writes the host table into the file at once on each registration, keeping the
+    administrator's lines, and glibc's own resolver (getent, in a mount namespace where the file is
+    /etc/hosts) then finds the nodes by both names."""
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.1 localhost\n10.0.2.2 head\n")
+    config = tmp_path / "beoserv.toml"
+    config.write_text(f'hosts_file = "{hosts}"\n')
+    server = MasterProcess(boot_tree, tmp_path / "nodes.db", tmp_path / "beoserv.log", config).start()
+    try:
+        node = link(server, MACS[2], "stage3")
+        node.address = "10.0.2.15/24"
+        node.register()  # no heartbeat needed: the registration itself rewrites the block
+        server.wait_for_log(r"hosts file .*: the nodes' block now names 1 nodes")
+        assert hosts.read_text().startswith("127.0.0.1 localhost\n10.0.2.2 head\n# beoboot nodes: begin")
+        resolve = f"mount --bind {hosts} /etc/hosts && getent hosts n0 .0 head"
+        found = subprocess.run(["unshare", "--mount", "sh", "-c", resolve], capture_output=True, text=True)
+        assert found.stdout.split() == ["10.0.2.15", "n0", ".0", "10.0.2.15", "n0", ".0", "10.0.2.2", "head"], found
+        config.write_text(f'hosts_file = "{hosts}"\nfirst_node_address = "10.54.0.10"\n')
+        server.signal(signal.SIGHUP)
+        server.wait_for_log("config reloaded")
+        assert "\n10.54.0.10 n0 .0\n# beoboot nodes: end\n" in hosts.read_text()  # the plan, at once
+    finally:
+        server.stop()
+    restarted = MasterProcess(boot_tree, tmp_path / "nodes.db", tmp_path / "beoserv2.log", config)
+    hosts.write_text("127.0.0.1 localhost\n")  # an administrator rewrote the file while beoserv was down
+    restarted.start()
+    try:
+        restarted.wait_for_log(r"hosts file .*: the nodes' block now names 1 nodes")  # from the registry
+        assert hosts.read_text().endswith("10.54.0.10 n0 .0\n# beoboot nodes: end\n")
+    finally:
+        restarted.stop()

@@ -7,11 +7,13 @@ Example beoserv.toml:
     first_node_address = "10.54.0.10" # BeoNSS: node N is this address + N
     hostname_prefix = "n"
     keep_boots = 10                   # each node's events and log lines of its last 10 boots are kept
+    hosts_file = "/etc/hosts"         # the master resolves n3 and .3 too: beoserv keeps a block of it
 """
 
 from __future__ import annotations
 
 import ipaddress
+import os
 import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -31,6 +33,9 @@ class MasterConfig:
     # a node's events and log lines are kept for its last keep_boots boots, so the registry does not grow
     # for as long as the cluster runs
     keep_boots: int = 10
+    # a hosts file in which beoserv keeps the nodes' names and addresses (beoboot.master.hostsfile), so
+    # that the master resolves them too: "/etc/hosts", or a file for dnsmasq's addn-hosts; "": none
+    hosts_file: str = ""
 
     def node_address(self, number: int) -> str | None:
         """BeoNSS rule: node N's address is the first node address plus N."""
@@ -50,6 +55,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "hostname_prefix": (str,),
     "reap_interval": (int, float),
     "keep_boots": (int,),
+    "hosts_file": (str,),
 }
 
 
@@ -97,6 +103,11 @@ def _check(config: MasterConfig, source: str) -> None:
                 f"{source}: first_node_address = {config.first_node_address!r} is not an IPv4 address",
                 hint='write it like "10.54.0.10"',
             ) from None
+    if config.hosts_file and not (config.hosts_file.startswith("/") and os.path.isdir(os.path.dirname(config.hosts_file))):
+        raise ConfigError(
+            f"{source}: hosts_file = {config.hosts_file!r} must be an absolute path in an existing directory",
+            hint='"/etc/hosts" to resolve the nodes on the master, or "" for no file',
+        )
     if not config.hostname_prefix.isalpha():
         raise ConfigError(f"{source}: hostname_prefix = {config.hostname_prefix!r} must be letters only")
 

@@ -28,6 +28,7 @@ from aiohttp import web
 
 from agent import protocol as p
 from beoboot.errors import BeobootError, ConfigError
+from beoboot.master import hostsfile
 from beoboot.master.config import MasterConfig, load_config
 from beoboot.master.jobs import JobHub
 from beoboot.master.localjobs import LocalListener
@@ -136,7 +137,7 @@ class Beoserv:
         app.router.add_get(p.STATUS_PATH, self.status)
         self.jobs.add_routes(app)  # before the boot tree's catch-all
         app.router.add_get(p.BOOT_PREFIX + "{path:.+}", self.boot_file)
-        app.on_startup.append(self._start_reaper)
+        app.on_startup.append(self._start_up)
         app.on_cleanup.append(self._stop)
         return app
 
@@ -153,7 +154,8 @@ class Beoserv:
         except RegistryError as exc:
             return error_response(404, str(exc))
 
-    async def _start_reaper(self, app: web.Application) -> None:
+    async def _start_up(self, app: web.Application) -> None:
+        self._host_table()  # the nodes the registry knows are named in config.hosts_file from the start
         self._reaper = asyncio.create_task(self._reap_forever())
 
     async def _stop(self, app: web.Application) -> None:
@@ -185,6 +187,7 @@ class Beoserv:
         self.config = config
         self.config_loads += 1
         log.info("config reloaded from %s: %s", self.options.config_path, config)
+        self._host_table()  # a new address plan or hosts_file takes effect now, not at the next heartbeat
 
     def server_status(self) -> p.ServerStatus:
         fds, rss = process_figures()
@@ -228,6 +231,7 @@ class Beoserv:
             request.remote,
         )  # fmt: skip
         await self.jobs.drop_link(node.number, f"node {node.number} registered again from {request.remote}")
+        self._host_table()  # kept in config.hosts_file at once
         return json_response(
             p.RegisterReply(
                 number=node.number, name=p.node_name(node.number),
@@ -255,7 +259,8 @@ class Beoserv:
     def _host_table(self) -> tuple[str, int]:
         """The cluster's /etc/hosts lines and their version (CRC-32 of the text), rebuilt only when a
         registration or a config reload may have changed them: every node asks on every heartbeat."""
-        key = (self.registry.generation, self.config.first_node_address, self.config.hostname_prefix)
+        key = (self.registry.generation, self.config.first_node_address, self.config.hostname_prefix,
+               self.config.hosts_file)  # fmt: skip
         if self._hosts_cache is None or self._hosts_cache[0] != key:
             lines = []
             for node in self.registry.nodes():
@@ -265,7 +270,18 @@ class Beoserv:
                     lines.append(f"{address} {hostname} {p.node_name(node.number)}\n")
             text = "".join(lines)
             self._hosts_cache = (key, text, zlib.crc32(text.encode()))
+            self._keep_hosts_file(text)
         return self._hosts_cache[1], self._hosts_cache[2]
+
+    def _keep_hosts_file(self, table: str) -> None:
+        path = self.config.hosts_file
+        if not path:
+            return
+        try:
+            if hostsfile.update(path, table):
+                log.info("hosts file %s: the nodes' block now names %d nodes", path, len(table.splitlines()))
+        except hostsfile.HostsFileError as exc:
+            log.error("hosts file %s: %s; the master does not resolve node names until this is fixed", path, exc)
 
     async def hosts(self, request: web.Request) -> web.Response:
         text, version = self._host_table()
