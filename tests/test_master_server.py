@@ -304,6 +304,8 @@ def test_host_table_names_every_node_with_an_address_and_heartbeats_say_when_it_
         second.address = "10.0.2.40/24"  # a new DHCP lease moved it: said by heartbeat, no new registration
         assert second.heartbeat().hosts_version != version
         assert first.hosts() == "10.0.2.15 n0 .0\n10.0.2.40 n1 .1\n"
+        rows = requests.get(server.url + p.NODES_PATH, timeout=5).json()["nodes"]
+        assert [row["address"] for row in rows] == ["10.0.2.15", "10.0.2.40"]  # bpstat shows them too
         server.wait_for_log(r"node 1 \(\S+\) now at 10\.0\.2\.40: its DHCP lease moved it")
         config.write_text('first_node_address = "10.54.0.10"\nhostname_prefix = "node"\n')
         server.signal(signal.SIGHUP)

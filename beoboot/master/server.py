@@ -218,7 +218,7 @@ class Beoserv:
         return p.NodeRow(
             number=node.number, mac=node.mac, name=p.node_name(node.number),
             hostname=p.node_hostname(node.number, self.config.hostname_prefix),
-            address=self.config.node_address(node.number), state=node.state, stage=node.stage, boot=node.boot,
+            address=self._address_of(node), state=node.state, stage=node.stage, boot=node.boot,
             last_seen=node.last_seen, uptime=node.uptime_now(now), hardware=node.hardware,
         )  # fmt: skip
 
@@ -256,6 +256,10 @@ class Beoserv:
         _, version = self._host_table()
         return json_response(p.HeartbeatReply(node.number, node.state, self.config.heartbeat_interval, version))
 
+    def _address_of(self, node: NodeRecord) -> str | None:
+        """Where the node is reached: its address plan's address, else the one it last reported."""
+        return self.config.node_address(node.number) or node.address
+
     def _host_table(self) -> tuple[str, int]:
         """The cluster's /etc/hosts lines and their version (CRC-32 of the text), rebuilt only when a
         registration or a config reload may have changed them: every node asks on every heartbeat."""
@@ -264,7 +268,7 @@ class Beoserv:
         if self._hosts_cache is None or self._hosts_cache[0] != key:
             lines = []
             for node in self.registry.nodes():
-                address = self.config.node_address(node.number) or node.address
+                address = self._address_of(node)
                 if address:
                     hostname = p.node_hostname(node.number, self.config.hostname_prefix)
                     lines.append(f"{address} {hostname} {p.node_name(node.number)}\n")
