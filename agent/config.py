@@ -11,6 +11,12 @@ from dataclasses import asdict, dataclass, field
 
 AGENT_CONFIG_PATH = "/etc/beoboot/agent.json"
 
+# Stage 3 formats a blank libcache disk (libcache_format = "blank") with MKE2FS_PATH, which the builder puts
+# in its image only then, and which makes MKE2FS_FSTYPES only.
+LIBCACHE_FORMATS = ("blank", "never")
+MKE2FS_PATH = "/sbin/mke2fs"
+MKE2FS_FSTYPES = ("ext2", "ext3", "ext4")
+
 
 @dataclass(frozen=True)
 class NicAlias:
@@ -41,6 +47,9 @@ class AgentConfig:
     # `libcache_fstype` filesystem puts both on that local disk, where cached objects also outlive a reboot
     libcache_disk: str = ""
     libcache_fstype: str = "ext4"
+    # "blank": a libcache disk that does not mount and is all zeros at both ends is formatted as
+    # libcache_fstype (MKE2FS_FSTYPES only); "never": it is left alone and the node runs from RAM
+    libcache_format: str = "blank"
     # Issue-2 smoke mode: print the "agent up" marker and power off instead of doing the stage's work.
     power_off_when_up: bool = False
 

@@ -13,12 +13,13 @@ import os
 import shutil
 import signal
 import stat
+import subprocess
 import time
 from collections.abc import Callable
 
 from agent import bootfiles, cmdline, cpio, hwprobe, jobs, leasekeeper, syscalls
 from agent import protocol as p
-from agent.config import AgentConfig
+from agent.config import MKE2FS_FSTYPES, MKE2FS_PATH, AgentConfig
 from agent.handoff import HANDOFF_PATH, Handoff
 from agent.libcache import LIBCACHE_DIR
 from agent.masterlink import MasterLink
@@ -87,7 +88,9 @@ def build_env_root(master: str, pins: dict[str, str], config: AgentConfig, *, dr
     config.libcache_disk, with /dev, /proc, /sys, /tmp. True when it is on the disk."""
     manifest = bootfiles.fetch_manifest(master, "/run/beoboot/manifest.json", say)
     image = bootfiles.fetch(master, manifest, "envroot", "/run/beoboot/envroot.img", pins, say)
-    on_disk = bool(config.libcache_disk) and mount_local_disk(config.libcache_disk, config.libcache_fstype, dry_run=dry_run)
+    on_disk = bool(config.libcache_disk) and mount_local_disk(
+        config.libcache_disk, config.libcache_fstype, format_blank=config.libcache_format == "blank", dry_run=dry_run
+    )
     if not on_disk:
         syscalls.mount("tmpfs", ENV_ROOT, "tmpfs", 0, "mode=0755", dry_run=dry_run)
     with open(image, "rb") as raw:
@@ -109,12 +112,15 @@ def build_env_root(master: str, pins: dict[str, str], config: AgentConfig, *, dr
     return on_disk
 
 
-def mount_local_disk(device: str, fstype: str, *, dry_run: bool, wait: float = DISK_WAIT) -> bool:
+def mount_local_disk(device: str, fstype: str, *, dry_run: bool, format_blank: bool = False,
+                     wait: float = DISK_WAIT) -> bool:  # fmt: skip
     """Put the environment root and its libcache on the configured local disk: its directory DISK_ENV_DIR,
     bound at ENV_ROOT (one mount, so the libcache's hard links work), cleared of what the last boot's jobs
     left except the libcache, whose objects are checked before use. The rest of the disk is not touched,
-    so pointing the config at a disk that holds data loses none. False (and the reason on the console and
-    the master) when the disk cannot be used: the node then runs from RAM."""
+    so pointing the config at a disk that holds data loses none; with `format_blank` (config
+    libcache_format = "blank") a disk that does not mount and is blank is formatted first, so a new disk
+    needs no preparing. False (and the reason on the console and the master) when the disk cannot be used:
+    the node then runs from RAM."""
     deadline = time.monotonic() + wait
     while not _is_block_device(device):  # its driver (loaded at start) may still be probing
         if time.monotonic() > deadline:
@@ -122,12 +128,7 @@ def mount_local_disk(device: str, fstype: str, *, dry_run: bool, wait: float = D
                 "[images.stage3] modules?); the environment root stays in RAM", "error")  # fmt: skip
             return False
         time.sleep(0.1)
-    try:
-        os.makedirs(DISK_MOUNT, exist_ok=True)
-        syscalls.mount(device, DISK_MOUNT, fstype, 0, "", dry_run=dry_run)
-    except OSError as exc:
-        say(f"beoboot: libcache disk {device}: cannot mount it as {fstype}: {exc} (is {fstype} in [images.stage3] "
-            "modules, and the disk formatted?); the environment root stays in RAM", "error")  # fmt: skip
+    if not _mount_disk(device, fstype, format_blank=format_blank, dry_run=dry_run):
         return False
     env_dir = os.path.join(DISK_MOUNT, DISK_ENV_DIR)
     os.makedirs(env_dir, exist_ok=True)
@@ -150,6 +151,104 @@ def _is_block_device(path: str) -> bool:
         return stat.S_ISBLK(os.stat(path).st_mode)
     except OSError:
         return False
+
+
+def _mount_disk(device: str, fstype: str, *, format_blank: bool, dry_run: bool) -> bool:
+    """Mount the libcache disk at DISK_MOUNT, formatting it first when it does not mount, `format_blank`
+    allows and it is blank. False, with the reason said, when it stays unusable."""
+    try:
+        os.makedirs(DISK_MOUNT, exist_ok=True)
+        syscalls.mount(device, DISK_MOUNT, fstype, 0, "", dry_run=dry_run)
+        return True
+    except OSError as exc:
+        failure, module = f"cannot mount it as {fstype}: {exc}", f"is {fstype} in [images.stage3] modules"
+    if not format_blank:
+        return _disk_unusable(device, f"{failure} ({module}, and the disk formatted?)")
+    try:
+        blank = is_blank(device)
+    except OSError as exc:
+        return _disk_unusable(device, f"{failure} ({module}?), nor read it to see whether it is blank: {exc}")
+    if not blank:
+        return _disk_unusable(device, f"{failure} ({module}?); it is not blank, so it will not be formatted")
+    try:
+        size = format_disk(device, fstype, dry_run=dry_run)
+    except (OSError, SupervisorError) as exc:
+        return _disk_unusable(device, f"it was blank, but formatting it as {fstype} failed: {exc}")
+    say(f"beoboot: libcache disk {device} was blank: formatted it as {fstype} ({size >> 20} MiB)")
+    try:
+        syscalls.mount(device, DISK_MOUNT, fstype, 0, "", dry_run=dry_run)
+    except OSError as exc:
+        return _disk_unusable(device, f"formatted, but still cannot mount it as {fstype}: {exc} (is {fstype} in "
+                                      "[images.stage3] modules?)")  # fmt: skip
+    return True
+
+
+def _disk_unusable(device: str, why: str) -> bool:
+    say(f"beoboot: libcache disk {device}: {why}; the environment root stays in RAM", "error")
+    return False
+
+
+# What must be zero bytes at each end of a disk before it counts as blank: the head holds any partition
+# table, filesystem, LVM or RAID label; the tail GPT's backup header (UEFI 2.10, 5.3.2), md 1.0 and ZFS labels.
+BLANK_SPAN = 1 << 20
+
+
+def is_blank(path: str) -> bool:
+    """True when the first and the last BLANK_SPAN bytes of the disk (or file) at `path` are all zero."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        size = os.lseek(fd, 0, os.SEEK_END)
+        tail = max(0, size - BLANK_SPAN)
+        return _all_zero(fd, 0, min(size, BLANK_SPAN)) and _all_zero(fd, tail, size - tail)
+    finally:
+        os.close(fd)
+
+
+def _all_zero(fd: int, start: int, length: int) -> bool:
+    os.lseek(fd, start, os.SEEK_SET)
+    while length > 0:
+        chunk = os.read(fd, length)
+        if not chunk:
+            return False  # shorter than its size said: not a disk to format
+        if chunk.count(0) != len(chunk):
+            return False
+        length -= len(chunk)
+    return True
+
+
+# lazy_itable_init, lazy_journal_init: the kernel zeroes the inode tables in the background after the mount
+# (and the journal's checksums, seeded by the new filesystem's UUID, never replay stale blocks), where
+# mke2fs would write them all first: minutes on a large disk. nodiscard: a blank disk has nothing to
+# discard, and discarding all of a large SSD can take minutes too.
+MKE2FS_OPTIONS = ("-q", "-F", "-L", "beoboot", "-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard")
+
+
+def format_disk(device: str, fstype: str, *, dry_run: bool) -> int:
+    """Make an `fstype` filesystem on all of `device` with mke2fs; its size in bytes."""
+    if fstype not in MKE2FS_FSTYPES:
+        raise SupervisorError(f"{MKE2FS_PATH} makes only {', '.join(MKE2FS_FSTYPES)} (config libcache_fstype)")
+    fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        size = os.lseek(fd, 0, os.SEEK_END)
+    finally:
+        os.close(fd)
+    if not dry_run:
+        done = run_without_reaper([MKE2FS_PATH, *MKE2FS_OPTIONS, "-t", fstype, device])
+        if done.returncode != 0:
+            raise SupervisorError(f"{MKE2FS_PATH} exited with {done.returncode}: {done.stderr.strip()[-300:]}")
+    return size
+
+
+def run_without_reaper(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    """Run a program to its end with PID 1's SIGCHLD handler set aside: its waitpid(-1) could collect the
+    child first, and subprocess then takes the lost exit status for a success (ECHILD: status 0)."""
+    handler = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    try:
+        return subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, errors="replace")
+    finally:
+        signal.signal(signal.SIGCHLD, handler)
+        if callable(handler):
+            handler(signal.SIGCHLD, None)  # the orphans that died meanwhile
 
 
 def master_timeout(config: AgentConfig) -> float:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import jinja2
 
-from agent.config import AGENT_CONFIG_PATH, AgentConfig, NicAlias
+from agent.config import AGENT_CONFIG_PATH, MKE2FS_PATH, AgentConfig, NicAlias
 from beoboot import __version__
 from beoboot.compress import decompress
 from beoboot.config import Config, ImageConfig
@@ -20,7 +20,7 @@ from beoboot.kmod import KernelModules, ModuleNeed
 from beoboot.ldso import LibraryResolver
 from beoboot.nics import TRANSPORTS, nic_table, select_drivers
 from beoboot.pyruntime import PythonRuntime, build_runtime
-from beoboot.stages import PROJECT_ROOT, TEMPLATES_DIR, StageSpec
+from beoboot.stages import PROJECT_ROOT, TEMPLATES_DIR, Stage, StageSpec
 from beoboot.sysroot import Sysroot
 
 AGENT_DIR = PROJECT_ROOT / "agent"
@@ -81,6 +81,8 @@ def assemble(spec: StageSpec, image: ImageConfig, ctx: BuildContext) -> FileList
         elf_roots[files.add_from_sysroot(ctx.sysroot, binary, Reason(f"{spec.stage.value} program"))] = Reason(
             f"{spec.stage.value} program"
         )
+    if spec.stage == Stage.SUPERVISOR and ctx.config.libcache_disk and ctx.config.libcache_format == "blank":
+        _add_disk_formatter(files, ctx, elf_roots)
     if elf_roots:
         _add_elf_closure(files, ctx, elf_roots)
     if spec.agent_role:
@@ -97,6 +99,7 @@ def assemble(spec: StageSpec, image: ImageConfig, ctx: BuildContext) -> FileList
             libcache_max_bytes=ctx.config.libcache_max,
             libcache_disk=ctx.config.libcache_disk,
             libcache_fstype=ctx.config.libcache_fstype,
+            libcache_format=ctx.config.libcache_format,
         )
         files.add_bytes(AGENT_CONFIG_PATH, agent_config.to_json().encode(), Reason("agent config"))
     if spec.overlay is not None and spec.overlay.is_dir():
@@ -136,6 +139,19 @@ def _add_debug_shell(files: FileList, ctx: BuildContext, elf_roots: dict[str, Re
     shell = ctx.sysroot.resolve("/bin").real + "/sh"
     if shell not in files:
         files.add_symlink(shell, "busybox", Reason("debug shell ([build] debug_shell)", cause=DEBUG_SHELL))
+
+
+def _add_disk_formatter(files: FileList, ctx: BuildContext, elf_roots: dict[str, Reason]) -> None:
+    """mke2fs, with which stage 3 formats a blank libcache disk: added only when the config asks, so the
+    default images carry none. Without /etc/mke2fs.conf it uses its built-in profile, the same as Debian's."""
+    if not ctx.sysroot.exists(MKE2FS_PATH):
+        raise ConfigError(
+            f'[build] libcache_format = "blank", but sysroot {ctx.sysroot.root} has no {MKE2FS_PATH}, with which '
+            "nodes format a blank libcache_disk",
+            hint='install e2fsprogs in the sysroot (apt-get install e2fsprogs), or set libcache_format = "never"',
+        )
+    reason = Reason("formats a blank libcache disk ([build] libcache_format)")
+    elf_roots[files.add_from_sysroot(ctx.sysroot, MKE2FS_PATH, reason)] = reason
 
 
 def _add_elf_closure(files: FileList, ctx: BuildContext, roots: dict[str, Reason]) -> None:

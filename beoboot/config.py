@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from importlib import resources
 from typing import Any
 
+from agent.config import LIBCACHE_FORMATS, MKE2FS_FSTYPES
 from beoboot.compress import Compression
 from beoboot.errors import ConfigError
 
@@ -160,6 +161,7 @@ SETTINGS = (
     Setting("build", "libcache_max", parse_size, "size past which a node's libcache evicts unused objects"),
     Setting("build", "libcache_disk", parse_disk, 'local disk for the environment root and libcache; "": RAM'),
     Setting("build", "libcache_fstype", parse_fstype, "filesystem on libcache_disk (its module: [images.stage3])"),
+    Setting("build", "libcache_format", choice(*LIBCACHE_FORMATS), '"blank": nodes format a blank libcache_disk'),
     Setting("artifacts", "iso_stage", choice("stage1", "stage2"), "which stage the ISO boots"),
     Setting("artifacts", "floppy_kib", parse_floppy_kib, "floppy size: 1440 or 2880 KiB"),
     Setting("artifacts", "floppy_mode", choice("auto", "kernel", "network"), "kernel+ramdisk floppy or iPXE booster"),
@@ -208,6 +210,7 @@ class Config:
     libcache_max: int = 512 << 20
     libcache_disk: str = ""
     libcache_fstype: str = "ext4"
+    libcache_format: str = "blank"
     images: dict[str, ImageConfig] = field(default_factory=dict)
     artifacts: ArtifactsConfig | None = None
     origin: str = DEFAULT_CONFIG_NAME  # which file(s) the values came from, for messages
@@ -260,6 +263,7 @@ def load(path: str | os.PathLike[str] | None = None, environ: dict[str, str] | N
             raise ConfigError(f"SOURCE_DATE_EPOCH={text!r} in the environment is not a whole number of seconds")
         values["build"]["source_date_epoch"] = int(text)
     _check_agent_unpackable(values["images"], origin)
+    _check_disk_formattable(values["build"], origin)
     build = values["build"]
     return Config(
         **build,
@@ -284,6 +288,20 @@ def _check_agent_unpackable(images: dict[str, Any], origin: str) -> None:
                 "unpacks this image itself and reads only gzip or none",
                 hint=f'set [images.{name}] compression = "gzip"',
             )
+
+
+def _check_disk_formattable(build: dict[str, Any], origin: str) -> None:
+    """Nodes format a blank libcache disk with mke2fs, which makes ext2/3/4 only: say so now, not on every
+    node's console at its first boot."""
+    fstype = build["libcache_fstype"]
+    if build["libcache_disk"] and build["libcache_format"] == "blank" and fstype not in MKE2FS_FSTYPES:
+        raise ConfigError(
+            f'{origin}: [build] libcache_fstype = {fstype!r} cannot be made on a blank libcache_disk: with '
+            'libcache_format = "blank" (the default) nodes format it with mke2fs, which makes '
+            + ", ".join(MKE2FS_FSTYPES) + " only",
+            hint=f'set libcache_fstype = "ext4", or make the {fstype} filesystem on each disk yourself and set '
+            '[build] libcache_format = "never"',
+        )
 
 
 def _validated(raw: dict[str, Any], origin: str) -> dict[str, Any]:
@@ -334,7 +352,8 @@ def render_toml(config: Config) -> str:
     helps = {(s.section, s.key): s.help for s in SETTINGS}
     lines = [f"# effective config, from {config.origin}", "", "[build]"]
     build_keys = ("sysroot", "kernel", "source_date_epoch", "master_url", "master_timeout", "debug_shell", "dlopen",
-                  "python_modules", "libcache_max", "libcache_disk", "libcache_fstype")  # fmt: skip
+                  "python_modules", "libcache_max", "libcache_disk", "libcache_fstype",
+                  "libcache_format")  # fmt: skip
     for key in build_keys:
         lines.append(f"{key} = {_toml_value(getattr(config, key))}  # {helps['build', key]}")
     lines += ["", "[artifacts]"]

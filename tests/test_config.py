@@ -45,6 +45,11 @@ def test_source_date_epoch_from_environment_wins():
         ("[artifacts]\niso_stage = 'stage3'\n", ["iso_stage", "stage1, stage2"]),
         ("[artifacts]\nnode_range = '10.0.2.9'\n", ["node_range", "FIRST-LAST"]),
         ("[build\n", ["not valid TOML"]),
+        ("[build]\nlibcache_format = 'always'\n", ["site.toml", "libcache_format", "'always'", "blank, never"]),
+        (
+            "[build]\nlibcache_disk = '/dev/vdb'\nlibcache_fstype = 'xfs'\n",
+            ["site.toml", "libcache_fstype = 'xfs'", "mke2fs", "ext2, ext3, ext4", 'libcache_format = "never"'],
+        ),
     ],
 )
 def test_bad_config_names_file_key_and_what_is_allowed(tmp_path, text, expected):
@@ -52,6 +57,22 @@ def test_bad_config_names_file_key_and_what_is_allowed(tmp_path, text, expected)
         config.load(write(tmp_path, text), environ={})
     for word in expected:
         assert word in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "text, disk, fstype, format_",
+    [
+        ("", "", "ext4", "blank"),  # the default: RAM, and blank disks formatted once one is configured
+        ("libcache_disk = '/dev/vdb'\nlibcache_fstype = 'xfs'\nlibcache_format = 'never'\n", "/dev/vdb", "xfs",
+         "never"),  # fmt: skip
+        ("libcache_fstype = 'xfs'\n", "", "xfs", "blank"),  # no disk: nothing to format
+        ("libcache_disk = '/dev/vdb'\nlibcache_fstype = 'ext3'\n", "/dev/vdb", "ext3", "blank"),
+    ],
+)
+def test_libcache_disk_settings(tmp_path, text, disk, fstype, format_):
+    cfg = config.load(write(tmp_path, "[build]\n" + text), environ={})
+    assert (cfg.libcache_disk, cfg.libcache_fstype, cfg.libcache_format) == (disk, fstype, format_)
+    assert config.Config.from_json(cfg.to_json()) == cfg
 
 
 def test_missing_config_file_is_a_clear_error(tmp_path):

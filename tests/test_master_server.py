@@ -335,8 +335,9 @@ def test_the_master_resolves_node_names_from_the_block_beoserv_keeps_in_its_host
         found = subprocess.run(["unshare", "--mount", "sh", "-c", resolve], capture_output=True, text=True)
         assert found.stdout.split() == ["10.0.2.15", "n0", ".0", "10.0.2.15", "n0", ".0", "10.0.2.2", "head"], found
         config.write_text(f'hosts_file = "{hosts}"\nfirst_node_address = "10.54.0.10"\n')
+        mark = len(server.log_text())
         server.signal(signal.SIGHUP)
-        server.wait_for_log("config reloaded")
+        server.wait_for_log(r"hosts file .*: the nodes' block now names 1 nodes", after=mark)
         assert "\n10.54.0.10 n0 .0\n# beoboot nodes: end\n" in hosts.read_text()  # the plan, at once
     finally:
         server.stop()
