@@ -79,6 +79,21 @@ def find_command(command: str, path_env: str, cwd: str) -> str:
 
 
 # Besides the directories the search looked in, what decides which directories those are
+def cache_path(name: str, path_env: str, cwd: str) -> str:
+    """A --cache argument as a path from the working directory. A bare name that is no file there but a
+    command on PATH is refused with the path to give: --cache brings files, and `--cache hostname` for a
+    script's commands is an easy slip."""
+    path = posixpath.normpath(posixpath.join(cwd, name))
+    if "/" not in name and not os.path.lexists(path):
+        try:
+            command = find_command(name, path_env, cwd)
+        except JobError:
+            return path  # extra() says it does not exist
+        raise JobError(f"--cache {name}: no such file or directory in {cwd} on the master",
+                       hint=f"--cache takes paths; to bring the command {name}, name its path: --cache {command}")
+    return path
+
+
 LD_SO_CONF_PATHS = ("/etc/ld.so.conf", "/etc/ld.so.conf.d")
 
 
@@ -125,7 +140,7 @@ class ManifestBuilder:
         if request.cache:
             paths = list(self.closure(executable))
             for extra in request.cache:
-                paths += self.extra(posixpath.normpath(posixpath.join(request.cwd, extra)))
+                paths += self.extra(cache_path(extra, request.env.get("PATH", DEFAULT_PATH), request.cwd))
             files = self.describe(paths)
         else:
             files = self.described_closure(executable)

@@ -14,7 +14,7 @@ import pytest
 from agent import protocol as p
 from agent.libcache import LibCache, LibCacheError, object_name
 from agent.wsclient import mask
-from beoboot.jobmanifest import JobError, ManifestBuilder, find_command, parse_shebang, python_runtime
+from beoboot.jobmanifest import JobError, ManifestBuilder, cache_path, find_command, parse_shebang, python_runtime
 from beoboot.master.bpsh_client import BpshOptions, BpshUsageError, encode_request, parse_args
 from beoboot.master.localjobs import RequestError, decode_request
 from beoboot.master.jobs import parse_nodes
@@ -218,6 +218,20 @@ def test_find_command(tmp_path):
     assert find_command("./tool", "", str(tmp_path)) == str(tool)
     with pytest.raises(JobError, match="not found on the master's PATH"):
         find_command("no-such-tool", str(tmp_path), "/")
+
+
+def test_a_cache_argument_naming_a_command_gets_the_path_to_give(tmp_path):
+    tool = tmp_path / "bin" / "tool"
+    tool.parent.mkdir()
+    tool.write_text("#!/bin/sh\n")
+    tool.chmod(0o755)
+    (tmp_path / "data").write_text("x")
+    assert cache_path("data", str(tool.parent), str(tmp_path)) == str(tmp_path / "data")
+    assert cache_path("../x/y", str(tool.parent), str(tmp_path / "bin")) == str(tmp_path / "x/y")
+    assert cache_path("missing", str(tool.parent), str(tmp_path)) == str(tmp_path / "missing")
+    with pytest.raises(JobError, match=f"no such file or directory in {tmp_path}") as caught:
+        cache_path("tool", str(tool.parent), str(tmp_path))
+    assert caught.value.hint == f"--cache takes paths; to bring the command tool, name its path: --cache {tool}"
 
 
 def test_python_runtime_rule():
