@@ -3,7 +3,8 @@
 COMMAND is found on the request's PATH (on the master: the master's install is the reference). The files
 are the program, its ELF closure as glibc's ld.so would load it (beoboot.ldso, the builder's resolver), the
 `#!` interpreter of a script with that interpreter's closure (scripts may chain), run-time files a known
-interpreter cannot start without (RUNTIME_RULES), and `--cache` extras (a file or a whole directory; ELF
+interpreter cannot start without (RUNTIME_RULES; for Python its whole stdlib, as one zip built from the
+master's files: beoboot.jobpython), and `--cache` extras (a file or a whole directory; ELF
 files in them bring their closures too). Every symbolic link met on the way is listed as a link, so the
 node's tree has the master's shape (/lib -> usr/lib) and files sit at their real paths.
 
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 
 from agent import protocol as p
 from beoboot.errors import BeobootError
+from beoboot.jobpython import SourceWatch, StdlibZips
 from beoboot.ldso import LibraryResolver, is_elf
 from beoboot.master.objects import ObjectStore, StatKey, stat_key
 from beoboot.sysroot import Sysroot
@@ -105,11 +107,15 @@ class _Closure:
     # installed where the search looks before the one found (/usr/local/lib) changes its directory's
     # mtime, and the closure is computed again
     searched: tuple[tuple[str, StatKey | None], ...] = ()
+    # (path on the node, the master's file that holds it) for files made from the master's files rather
+    # than found at the same path: a Python's stdlib zip
+    derived: tuple[tuple[str, str], ...] = ()
+    watches: tuple[SourceWatch, ...] = ()  # of the derived files' sources
 
     def current(self) -> bool:
-        return all(_key_of(real) == key for real, key in self.keys) and all(
-            _lkey_of(path) == key for path, key in self.searched
-        )
+        return (all(_key_of(real) == key for real, key in self.keys)
+                and all(_lkey_of(path) == key for path, key in self.searched)
+                and all(watch.unchanged() for watch in self.watches))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -118,9 +124,10 @@ class _Described:
 
     files: tuple[p.JobFile, ...]
     keys: tuple[tuple[str, StatKey | None], ...]  # (path, lstat key) of every link met and file described
+    watches: tuple[SourceWatch, ...] = ()
 
     def current(self) -> bool:
-        return all(_lkey_of(path) == key for path, key in self.keys)
+        return all(_lkey_of(path) == key for path, key in self.keys) and all(w.unchanged() for w in self.watches)
 
 
 class ManifestBuilder:
@@ -129,6 +136,7 @@ class ManifestBuilder:
         self.root = root
         self._closures: dict[str, _Closure] = {}
         self._described: dict[str, _Described] = {}  # program -> its closure, described
+        self.stdlib_zips = StdlibZips()
         self._lock = threading.Lock()
 
     # --- public -------------------------------------------------------------------------------------------
@@ -138,10 +146,11 @@ class ManifestBuilder:
             raise JobError("no command given", hint="bpsh NODE COMMAND [ARGS...]")
         executable = find_command(request.argv[0], request.env.get("PATH", DEFAULT_PATH), request.cwd)
         if request.cache:
-            paths = list(self.closure(executable))
+            closure = self._closure(executable)
+            paths = list(closure.paths)
             for extra in request.cache:
                 paths += self.extra(cache_path(extra, request.env.get("PATH", DEFAULT_PATH), request.cwd))
-            files = self.describe(paths)
+            files = self.describe(paths, dict(closure.derived))
         else:
             files = self.described_closure(executable)
         return _manifest(request, executable, files)
@@ -165,25 +174,28 @@ class ManifestBuilder:
             cached = self._described.get(program)
         if cached is not None and cached.current():
             return cached.files
-        files = self.describe(self.closure(program))
+        closure = self._closure(program)
+        files = self.describe(closure.paths, dict(closure.derived))
         watched = sorted({program, *(f.path for f in files)})
-        with self._lock:
-            searched = self._closures[program].searched
-        described = _Described(files, tuple((path, _lkey_of(path)) for path in watched) + searched)
+        described = _Described(files, tuple((path, _lkey_of(path)) for path in watched) + closure.searched,
+                               closure.watches)  # fmt: skip
         with self._lock:
             self._described[program] = described
         return files
 
     def closure(self, program: str) -> tuple[str, ...]:
         """Every path `program` needs, from cache when none of its files changed since it was computed."""
+        return self._closure(program).paths
+
+    def _closure(self, program: str) -> _Closure:
         with self._lock:
             cached = self._closures.get(program)
         if cached is not None and cached.current():
-            return cached.paths
+            return cached
         computed = self._compute(program)
         with self._lock:
             self._closures[program] = computed
-        return computed.paths
+        return computed
 
     def extra(self, path: str) -> list[str]:
         """A --cache file, or a directory and everything under it; ELF files bring their closures."""
@@ -205,14 +217,18 @@ class ManifestBuilder:
                 more += self.closure(name)
         return found + more
 
-    def describe(self, paths: Iterable[str]) -> tuple[p.JobFile, ...]:
+    def describe(self, paths: Iterable[str], derived: dict[str, str] | None = None) -> tuple[p.JobFile, ...]:
         """JobFiles for these paths, links resolved into link entries; directories first, then links, then
-        files, each once."""
+        files, each once. A path in `derived` is read from the master's file it maps to."""
         sysroot = Sysroot(self.root)
         dirs: dict[str, p.JobFile] = {}
         links: dict[str, p.JobFile] = {}
         files: dict[str, p.JobFile] = {}
         for path in paths:
+            if derived and path in derived:
+                digest = self.store.digest(derived[path])
+                files.setdefault(path, p.JobFile(path, 0o644, digest.sha256, digest.size))
+                continue
             directory = path.endswith("/") and path != "/"
             try:
                 resolved = sysroot.resolve(path.rstrip("/") or "/")
@@ -255,23 +271,33 @@ class ManifestBuilder:
             current = shebang[0]
         else:
             raise JobError(f"{program}: more than {MAX_SHEBANG_DEPTH} nested '#!' interpreters")
-        for rule in RUNTIME_RULES:
-            for needed in [path for path in paths if not path.endswith("/")]:
-                real = sysroot.resolve(needed).real
+        derived: list[tuple[str, str]] = []
+        watches: list[SourceWatch] = []
+        for needed in [path for path in paths if not path.endswith("/")]:
+            real = sysroot.resolve(needed).real
+            stdlib = self.stdlib_zips.for_interpreter(sysroot, real)
+            if stdlib is not None:
+                paths += [stdlib.node_path, *self.extra(stdlib.lib_dynload)]
+                derived.append((stdlib.node_path, stdlib.host_path))
+                watches.append(stdlib.watch)
+                continue
+            for rule in RUNTIME_RULES:
                 for item in rule(real):
                     if os.path.isdir(item.rstrip("/")) and not item.endswith("/"):
                         paths += self.extra(item)
                     elif os.path.lexists(item.rstrip("/")):
                         paths.append(item)
         unique = tuple(dict.fromkeys(paths))
+        derived_paths = {node for node, _ in derived}
         keys = []
         for path in unique:
-            if not path.endswith("/"):
+            if not path.endswith("/") and path not in derived_paths:
                 real = str(sysroot.host(sysroot.resolve(path).real))
                 if os.path.isfile(real):
                     keys.append((real, stat_key(os.stat(real))))
         searched = [str(sysroot.host(d)) for d in (*resolver.search_dirs, *LD_SO_CONF_PATHS)]
-        return _Closure(unique, tuple(keys), tuple((path, _lkey_of(path)) for path in dict.fromkeys(searched)))
+        searched_keys = tuple((path, _lkey_of(path)) for path in dict.fromkeys(searched))
+        return _Closure(unique, tuple(keys), searched_keys, tuple(derived), tuple(watches))
 
 
 def _manifest(request: p.JobRequest, executable: str, files: tuple[p.JobFile, ...]) -> p.JobManifest:

@@ -74,6 +74,23 @@ def test_python_runs_from_the_masters_install(cluster):
     assert (result.returncode, result.stdout) == (0, "42\n"), result.stderr
 
 
+def test_python_jobs_import_the_masters_stdlib_from_one_zip(cluster):
+    """The stdlib comes as /usr/lib/python311.zip, extension modules (and their libraries) as files."""
+    url, sock, nodes = cluster
+    program = ("import json, sqlite3, ssl, asyncio, decimal\n"
+               "print(json.dumps([decimal.Decimal(1) / 4], default=str), sqlite3.sqlite_version, ssl.OPENSSL_VERSION)\n"
+               "print(json.__file__, ssl._ssl.__file__)")  # fmt: skip
+    result = bpsh(sock, "0", "/usr/bin/python3", "-c", program)
+    assert result.returncode == 0, result.stderr
+    on_master = subprocess.run(["/usr/bin/python3", "-c", program], capture_output=True, text=True, check=True)
+    versions, files = result.stdout.splitlines()
+    master_versions, master_files = on_master.stdout.splitlines()
+    assert versions == master_versions and versions.startswith('["0.25"] ')
+    assert files == master_files.replace("/usr/lib/python3.11/json/", "/usr/lib/python311.zip/json/")
+    assert files.startswith("/usr/lib/python311.zip/json/__init__.py /usr/lib/python3.11/lib-dynload/_ssl.")
+    assert sorted(os.listdir(nodes / "node0" / "env" / "usr/lib/python3.11")) == ["lib-dynload"]
+
+
 def test_sigint_reaches_the_job_and_bps_lists_it(cluster):
     url, sock, _ = cluster
     job = subprocess.Popen(bpsh_argv(sock, "0", "sleep", "100"))

@@ -1,0 +1,89 @@
+"""The stdlib zip for Python jobs: the master's matching .pyc, else the source; skipped parts left out;
+built again after any change to the sources, and only then."""
+
+import io
+import os
+import py_compile
+import subprocess
+import zipfile
+
+from beoboot.jobpython import SourceWatch, StdlibZips
+from beoboot.sysroot import Sysroot
+
+
+def make_stdlib(root):
+    lib = root / "usr/lib/python3.11"
+    for relative, text in [("os.py", "name = 'os'\n"), ("json/__init__.py", "name = 'json'\n"),
+                           ("stale.py", "name = 'stale'\n"), ("test/test_x.py", ""), ("tkinter/__init__.py", "")]:  # fmt: skip
+        (lib / relative).parent.mkdir(parents=True, exist_ok=True)
+        (lib / relative).write_text(text)
+    for relative in ("json/__init__.py", "stale.py"):  # as Debian installs them: timestamp .pyc beside
+        source = lib / relative
+        py_compile.compile(str(source), cfile=str(source.parent / "__pycache__" / f"{source.stem}.cpython-311.pyc"))
+    (lib / "stale.py").write_text("name = 'edited after it was compiled'\n")
+    os.utime(lib / "stale.py", (1, 1))
+    (lib / "lib-dynload").mkdir()
+    return lib
+
+
+def members(path):
+    with zipfile.ZipFile(path) as archive:
+        return {name: archive.read(name) for name in archive.namelist()}
+
+
+def test_the_zip_holds_matching_pyc_else_the_source_and_leaves_out_tests_and_gui(tmp_path):
+    lib = make_stdlib(tmp_path)
+    zips = StdlibZips()  # its directory, with the zips, lives as long as it does
+    stdlib = zips.for_interpreter(Sysroot(tmp_path), "/usr/bin/python3.11")
+    assert (stdlib.node_path, stdlib.lib_dynload) == ("/usr/lib/python311.zip", "/usr/lib/python3.11/lib-dynload")
+    found = members(stdlib.host_path)
+    assert sorted(found) == ["json/__init__.pyc", "os.py", "stale.py"]
+    assert found["json/__init__.pyc"] == (lib / "json/__pycache__/__init__.cpython-311.pyc").read_bytes()
+    assert found["stale.py"] == b"name = 'edited after it was compiled'\n"  # never the stale .pyc
+
+
+def test_the_real_stdlib_zip_runs(tmp_path):
+    """The master's own stdlib, zipped, imported by its interpreter with nothing else on sys.path."""
+    zips = StdlibZips()
+    stdlib = zips.for_interpreter(Sysroot("/"), os.path.realpath("/usr/bin/python3"))
+    program = ("import sys; sys.path[:] = [sys.argv[1], '/usr/lib/python3.11/lib-dynload']\n"
+               "import json, email.parser, asyncio, argparse\nprint(json.__file__)")  # fmt: skip
+    ran = subprocess.run(["/usr/bin/python3", "-I", "-S", "-c", program, stdlib.host_path],
+                         capture_output=True, text=True)  # fmt: skip
+    assert ran.stdout == f"{stdlib.host_path}/json/__init__.py\n", ran.stderr
+
+
+def test_a_change_to_the_sources_builds_a_new_zip_and_only_then(tmp_path):
+    lib = make_stdlib(tmp_path)
+    zips = StdlibZips()
+    first = zips.for_interpreter(Sysroot(tmp_path), "/usr/bin/python3.11")
+    assert zips.for_interpreter(Sysroot(tmp_path), "/usr/bin/python3.11") is first  # nothing changed: no rebuild
+    (lib / "json/extra.py").write_text("x = 1\n")
+    assert not first.watch.unchanged()
+    second = zips.for_interpreter(Sysroot(tmp_path), "/usr/bin/python3.11")
+    assert second.host_path != first.host_path and "json/extra.py" in members(second.host_path)
+    assert os.path.exists(first.host_path)  # named by content and never rewritten: a node may be fetching it
+    with open(lib / "os.py", "a") as f:  # written in place: no new name in any directory
+        f.write("more = 1\n")
+    third = zips.for_interpreter(Sysroot(tmp_path), "/usr/bin/python3.11")
+    assert members(third.host_path)["os.py"].endswith(b"more = 1\n")
+
+
+def test_a_watch_is_changed_for_good_once_anything_happened_or_it_was_closed(tmp_path):
+    watch = SourceWatch()
+    watch.add(str(tmp_path))
+    watch.add(str(tmp_path / "missing"))  # not there: nothing to watch (its parent sees it appear)
+    assert watch.unchanged() and watch.unchanged()
+    (tmp_path / "new").write_text("")
+    assert not watch.unchanged() and not watch.unchanged()
+    closed = SourceWatch()
+    closed.close()
+    assert not closed.unchanged()
+
+
+def test_no_zip_for_other_programs_or_a_python_that_has_its_own(tmp_path):
+    make_stdlib(tmp_path)
+    zips = StdlibZips()
+    assert zips.for_interpreter(Sysroot(tmp_path), "/usr/bin/perl") is None
+    (tmp_path / "usr/lib/python311.zip").write_bytes(io.BytesIO().getvalue())
+    assert zips.for_interpreter(Sysroot(tmp_path), "/usr/bin/python3.11") is None  # an ordinary file then
