@@ -111,9 +111,13 @@ class _Closure:
     # than found at the same path: a Python's stdlib zip
     derived: tuple[tuple[str, str], ...] = ()
     watches: tuple[SourceWatch, ...] = ()  # of the derived files' sources
+    # the PATH a '#!/usr/bin/env NAME' line was resolved with (None: no such line): another PATH may find
+    # another NAME
+    path_env: str | None = None
 
-    def current(self) -> bool:
-        return (all(_key_of(real) == key for real, key in self.keys)
+    def current(self, path_env: str | None = None) -> bool:
+        return ((self.path_env is None or self.path_env == path_env)
+                and all(_key_of(real) == key for real, key in self.keys)
                 and all(_lkey_of(path) == key for path, key in self.searched)
                 and all(watch.unchanged() for watch in self.watches))  # fmt: skip
 
@@ -125,9 +129,12 @@ class _Described:
     files: tuple[p.JobFile, ...]
     keys: tuple[tuple[str, StatKey | None], ...]  # (path, lstat key) of every link met and file described
     watches: tuple[SourceWatch, ...] = ()
+    path_env: str | None = None  # as _Closure's
 
-    def current(self) -> bool:
-        return all(_lkey_of(path) == key for path, key in self.keys) and all(w.unchanged() for w in self.watches)
+    def current(self, path_env: str | None = None) -> bool:
+        return ((self.path_env is None or self.path_env == path_env)
+                and all(_lkey_of(path) == key for path, key in self.keys)
+                and all(w.unchanged() for w in self.watches))  # fmt: skip
 
 
 class ManifestBuilder:
@@ -144,15 +151,16 @@ class ManifestBuilder:
     def build(self, request: p.JobRequest) -> p.JobManifest:
         if not request.argv:
             raise JobError("no command given", hint="bpsh NODE COMMAND [ARGS...]")
-        executable = find_command(request.argv[0], request.env.get("PATH", DEFAULT_PATH), request.cwd)
+        path_env = request.env.get("PATH", DEFAULT_PATH)
+        executable = find_command(request.argv[0], path_env, request.cwd)
         if request.cache:
-            closure = self._closure(executable)
+            closure = self._closure(executable, path_env)
             paths = list(closure.paths)
             for extra in request.cache:
-                paths += self.extra(cache_path(extra, request.env.get("PATH", DEFAULT_PATH), request.cwd))
+                paths += self.extra(cache_path(extra, path_env, request.cwd))
             files = self.describe(paths, dict(closure.derived))
         else:
-            files = self.described_closure(executable)
+            files = self.described_closure(executable, path_env)
         return _manifest(request, executable, files)
 
     def build_cached(self, request: p.JobRequest) -> p.JobManifest | None:
@@ -160,39 +168,40 @@ class ManifestBuilder:
         its event loop; None when it would cost more. JobError as build()."""
         if request.cache or not request.argv:
             return None
-        executable = find_command(request.argv[0], request.env.get("PATH", DEFAULT_PATH), request.cwd)
+        path_env = request.env.get("PATH", DEFAULT_PATH)
+        executable = find_command(request.argv[0], path_env, request.cwd)
         with self._lock:
             cached = self._described.get(executable)
-        if cached is None or not cached.current():
+        if cached is None or not cached.current(path_env):
             return None
         return _manifest(request, executable, cached.files)
 
-    def described_closure(self, program: str) -> tuple[p.JobFile, ...]:
+    def described_closure(self, program: str, path_env: str = DEFAULT_PATH) -> tuple[p.JobFile, ...]:
         """describe(closure(program)), from cache while every file and link it met is unchanged (lstat):
         a cached job's manifest then costs one lstat per path instead of a walk of every path."""
         with self._lock:
             cached = self._described.get(program)
-        if cached is not None and cached.current():
+        if cached is not None and cached.current(path_env):
             return cached.files
-        closure = self._closure(program)
+        closure = self._closure(program, path_env)
         files = self.describe(closure.paths, dict(closure.derived))
         watched = sorted({program, *(f.path for f in files)})
         described = _Described(files, tuple((path, _lkey_of(path)) for path in watched) + closure.searched,
-                               closure.watches)  # fmt: skip
+                               closure.watches, closure.path_env)  # fmt: skip
         with self._lock:
             self._described[program] = described
         return files
 
-    def closure(self, program: str) -> tuple[str, ...]:
+    def closure(self, program: str, path_env: str = DEFAULT_PATH) -> tuple[str, ...]:
         """Every path `program` needs, from cache when none of its files changed since it was computed."""
-        return self._closure(program).paths
+        return self._closure(program, path_env).paths
 
-    def _closure(self, program: str) -> _Closure:
+    def _closure(self, program: str, path_env: str) -> _Closure:
         with self._lock:
             cached = self._closures.get(program)
-        if cached is not None and cached.current():
+        if cached is not None and cached.current(path_env):
             return cached
-        computed = self._compute(program)
+        computed = self._compute(program, path_env)
         with self._lock:
             self._closures[program] = computed
         return computed
@@ -248,18 +257,17 @@ class ManifestBuilder:
 
     # --- internals ----------------------------------------------------------------------------------------
 
-    def _compute(self, program: str) -> _Closure:
+    def _compute(self, program: str, path_env: str) -> _Closure:
         sysroot = Sysroot(self.root)
         resolver = LibraryResolver(sysroot)
         paths: list[str] = []
+        searched_path: list[str] = []  # PATH directories an env line looked in
+        used_path: str | None = None
         current = program
         for _ in range(MAX_SHEBANG_DEPTH + 1):
             paths.append(current)
             if is_elf(sysroot, current):
-                try:
-                    paths += [n.path for n in resolver.closure([current])]
-                except BeobootError as exc:
-                    raise JobError(f"{program}: {exc.message}", hint=exc.hint) from None
+                paths += self._elf_closure(resolver, program, current)
                 break
             try:
                 with open(sysroot.host(sysroot.resolve(current).real), "rb") as f:
@@ -268,7 +276,20 @@ class ManifestBuilder:
                 raise JobError(f"{current}: cannot read it on the master: {exc}") from None
             if shebang is None:
                 raise JobError(f"{current}: neither an ELF program nor a '#!' script", hint="name a program")
-            current = shebang[0]
+            command = env_command(shebang)
+            if command is None or not is_elf(sysroot, shebang[0]):
+                current = shebang[0]
+                continue
+            # '#!/usr/bin/env python3': env finds the command on the job's PATH on the node, where only
+            # what the job brought exists; bring the one the master's PATH finds, which env then finds too
+            paths += [shebang[0], *self._elf_closure(resolver, program, shebang[0])]
+            try:
+                current = find_command(command, path_env, "/")
+            except JobError as exc:
+                raise JobError(f"{current}: its '#!{shebang[0]} {command}' line names {exc.message}",
+                               hint=exc.hint) from None  # fmt: skip
+            used_path = path_env
+            searched_path += _dirs_searched(path_env, current)
         else:
             raise JobError(f"{program}: more than {MAX_SHEBANG_DEPTH} nested '#!' interpreters")
         derived: list[tuple[str, str]] = []
@@ -295,9 +316,37 @@ class ManifestBuilder:
                 real = str(sysroot.host(sysroot.resolve(path).real))
                 if os.path.isfile(real):
                     keys.append((real, stat_key(os.stat(real))))
-        searched = [str(sysroot.host(d)) for d in (*resolver.search_dirs, *LD_SO_CONF_PATHS)]
+        searched = [str(sysroot.host(d)) for d in (*resolver.search_dirs, *LD_SO_CONF_PATHS)] + searched_path
         searched_keys = tuple((path, _lkey_of(path)) for path in dict.fromkeys(searched))
-        return _Closure(unique, tuple(keys), searched_keys, tuple(derived), tuple(watches))
+        return _Closure(unique, tuple(keys), searched_keys, tuple(derived), tuple(watches), used_path)
+
+    def _elf_closure(self, resolver: LibraryResolver, program: str, elf: str) -> list[str]:
+        try:
+            return [n.path for n in resolver.closure([elf])]
+        except BeobootError as exc:
+            raise JobError(f"{program}: {exc.message}", hint=exc.hint) from None
+
+
+def env_command(shebang: tuple[str, ...]) -> str | None:
+    """NAME of a '#!/usr/bin/env [-S] [-i] [VAR=VALUE...] NAME ...' line; None for any other interpreter."""
+    if posixpath.basename(shebang[0]) != "env" or len(shebang) < 2:
+        return None
+    for word in shebang[1].split():
+        if word in ("-S", "-i", "--split-string", "--ignore-environment") or "=" in word:
+            continue
+        return None if word.startswith("-") else word
+    return None
+
+
+def _dirs_searched(path_env: str, found: str) -> list[str]:
+    """The PATH directories looked in before and at `found`: a command put in one of them later would be
+    found first (a new file changes its directory's mtime)."""
+    directories = []
+    for directory in (path_env or DEFAULT_PATH).split(":"):
+        directories.append(directory or "/")
+        if posixpath.dirname(found) == posixpath.normpath(directory or "/"):
+            break
+    return directories
 
 
 def _manifest(request: p.JobRequest, executable: str, files: tuple[p.JobFile, ...]) -> p.JobManifest:

@@ -74,6 +74,15 @@ def test_python_runs_from_the_masters_install(cluster):
     assert (result.returncode, result.stdout) == (0, "42\n"), result.stderr
 
 
+def test_an_env_script_runs_the_command_its_path_finds(cluster, tmp_path):
+    url, sock, _ = cluster
+    script = tmp_path / "report"
+    script.write_text("#!/usr/bin/env python3\nimport json, sys\nprint(json.dumps({'argv': sys.argv[1:]}))\n")
+    script.chmod(0o755)
+    result = bpsh(sock, "0", str(script), "a", env={**os.environ, "PATH": "/usr/bin:/bin"})
+    assert (result.returncode, result.stdout) == (0, '{"argv": ["a"]}\n'), result.stderr
+
+
 def test_python_jobs_import_the_masters_stdlib_from_one_zip(cluster):
     """The stdlib comes as /usr/lib/python311.zip, extension modules (and their libraries) as files."""
     url, sock, nodes = cluster

@@ -14,7 +14,8 @@ import pytest
 from agent import protocol as p
 from agent.libcache import LibCache, LibCacheError, object_name
 from agent.wsclient import mask
-from beoboot.jobmanifest import JobError, ManifestBuilder, cache_path, find_command, parse_shebang, python_runtime
+from beoboot.jobmanifest import (JobError, ManifestBuilder, cache_path, env_command, find_command, parse_shebang,
+                                 python_runtime)
 from beoboot.master.bpsh_client import BpshOptions, BpshUsageError, encode_request, parse_args
 from beoboot.master.localjobs import RequestError, decode_request
 from beoboot.master.jobs import parse_nodes
@@ -232,6 +233,52 @@ def test_a_cache_argument_naming_a_command_gets_the_path_to_give(tmp_path):
     with pytest.raises(JobError, match=f"no such file or directory in {tmp_path}") as caught:
         cache_path("tool", str(tool.parent), str(tmp_path))
     assert caught.value.hint == f"--cache takes paths; to bring the command tool, name its path: --cache {tool}"
+
+
+@pytest.mark.parametrize("shebang, expected", [
+    (("/usr/bin/env", "python3"), "python3"),
+    (("/usr/bin/env", "-S python3 -u"), "python3"),
+    (("/usr/bin/env", "LC_ALL=C perl -w"), "perl"),
+    (("/usr/bin/env", "-u HOME python3"), None),  # an option env reads a value for: not guessed
+    (("/usr/bin/env",), None),
+    (("/bin/sh", "-e"), None),
+])  # fmt: skip
+def test_env_command(shebang, expected):
+    assert env_command(shebang) == expected
+
+
+def test_an_env_script_brings_the_command_the_jobs_path_finds(tmp_path):
+    """'#!/usr/bin/env NAME' runs NAME from the job's PATH on the node: the NAME that PATH finds on the
+    master comes along, the closure is kept per PATH, and a NAME put earlier on the PATH later wins."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    for directory in (first, second):
+        directory.mkdir()
+    tool = second / "greet"
+    tool.write_text("#!/bin/sh\necho from second\n")
+    tool.chmod(0o755)
+    script = tmp_path / "job"
+    script.write_text("#!/usr/bin/env greet\n")
+    script.chmod(0o755)
+    builder = ManifestBuilder(ObjectStore())
+    path_env = f"{first}:{second}:/usr/bin:/bin"
+
+    def paths(path_env):
+        request = p.JobRequest("0", (str(script),), {"PATH": path_env}, "/", 0, 0)
+        return {f.path for f in builder.build(request).files}
+
+    found = paths(path_env)
+    assert {str(script), str(tool), os.path.realpath("/usr/bin/env"), os.path.realpath("/bin/sh")} <= found
+    other = tmp_path / "other" / "greet"
+    other.parent.mkdir()
+    other.write_text("#!/bin/sh\necho from other\n")
+    other.chmod(0o755)
+    assert str(other) in paths(f"{other.parent}:/usr/bin:/bin") and str(tool) in paths(path_env)  # per PATH
+    earlier = first / "greet"
+    earlier.write_text("#!/bin/sh\necho from first\n")
+    earlier.chmod(0o755)
+    assert str(earlier) in paths(path_env) and str(tool) not in paths(path_env)
+    with pytest.raises(JobError, match="names greet: command not found on the master's PATH"):
+        paths("/usr/bin:/bin")
 
 
 def test_python_runtime_rule():
