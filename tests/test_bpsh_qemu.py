@@ -64,6 +64,13 @@ def test_python_prints_42(node):
     assert (result.returncode, result.stdout) == (0, "42\n"), result.stderr
 
 
+def test_python_imports_the_masters_stdlib_and_extension_modules(node):
+    program = "import json, ssl, sqlite3\nprint(json.dumps({'ssl': ssl.OPENSSL_VERSION, 'sqlite': sqlite3.sqlite_version}))"
+    result = bpsh(node, "0", "/usr/bin/python3", "-c", program)
+    on_master = subprocess.run(["/usr/bin/python3", "-c", program], capture_output=True, text=True, check=True)
+    assert (result.returncode, result.stdout) == (0, on_master.stdout), result.stderr
+
+
 def test_exit_status_of_a_shell(node):
     assert bpsh(node, "0", "sh", "-c", "exit 3").returncode == 3
 
