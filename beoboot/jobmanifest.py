@@ -298,7 +298,7 @@ class ManifestBuilder:
             real = sysroot.resolve(needed).real
             stdlib = self.stdlib_zips.for_interpreter(sysroot, real)
             if stdlib is not None:
-                paths += [stdlib.node_path, *self.extra(stdlib.lib_dynload)]
+                paths += [stdlib.node_path, *self._extension_modules(stdlib.lib_dynload)]
                 derived.append((stdlib.node_path, stdlib.host_path))
                 watches.append(stdlib.watch)
                 continue
@@ -319,6 +319,20 @@ class ManifestBuilder:
         searched = [str(sysroot.host(d)) for d in (*resolver.search_dirs, *LD_SO_CONF_PATHS)] + searched_path
         searched_keys = tuple((path, _lkey_of(path)) for path in dict.fromkeys(searched))
         return _Closure(unique, tuple(keys), searched_keys, tuple(derived), tuple(watches), used_path)
+
+    def _extension_modules(self, lib_dynload: str) -> list[str]:
+        """lib-dynload (the directory itself: the landmark of Python's exec prefix) and every extension
+        module in it whose libraries the master has, with them. One whose library is missing cannot be
+        imported on the master either; it is left out rather than failing every Python job."""
+        paths = [lib_dynload + "/"]
+        for name in sorted(os.listdir(lib_dynload)) if os.path.isdir(lib_dynload) else []:
+            module = posixpath.join(lib_dynload, name)
+            if name.endswith(".so") and os.path.isfile(module):
+                try:
+                    paths += [module, *self.closure(module)]
+                except JobError:
+                    continue
+        return paths
 
     def _elf_closure(self, resolver: LibraryResolver, program: str, elf: str) -> list[str]:
         try:

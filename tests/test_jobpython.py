@@ -87,3 +87,23 @@ def test_no_zip_for_other_programs_or_a_python_that_has_its_own(tmp_path):
     assert zips.for_interpreter(Sysroot(tmp_path), "/usr/bin/perl") is None
     (tmp_path / "usr/lib/python311.zip").write_bytes(io.BytesIO().getvalue())
     assert zips.for_interpreter(Sysroot(tmp_path), "/usr/bin/python3.11") is None  # an ordinary file then
+
+
+def test_an_extension_module_whose_library_is_missing_is_left_out_not_fatal(tmp_path):
+    """It cannot be imported on the master either; every other extension still comes, with its libraries."""
+    from beoboot.jobmanifest import ManifestBuilder
+    from beoboot.master.objects import ObjectStore
+
+    dynload = tmp_path / "lib-dynload"
+    dynload.mkdir()
+    (tmp_path / "dep.c").write_text("int dep(void) { return 1; }\n")
+    (tmp_path / "ext.c").write_text("int dep(void);\nint ext(void) { return dep(); }\n")
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(tmp_path / "libdep.so"), str(tmp_path / "dep.c")], check=True)
+    for name, libraries in (("broken.cpython-311-x86_64-linux-gnu.so", [f"-L{tmp_path}", "-ldep"]),
+                            ("fine.cpython-311-x86_64-linux-gnu.so", [])):  # fmt: skip
+        source = tmp_path / ("ext.c" if libraries else "dep.c")
+        subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(dynload / name), str(source), *libraries], check=True)
+    (tmp_path / "libdep.so").unlink()  # no rpath, and now nowhere: broken's library is missing
+    paths = ManifestBuilder(ObjectStore())._extension_modules(str(dynload))
+    assert paths[0] == f"{dynload}/" and f"{dynload}/fine.cpython-311-x86_64-linux-gnu.so" in paths
+    assert not any("broken" in path for path in paths)
