@@ -2,15 +2,17 @@
 independent tools (xorriso, mdir, dnsmasq --test, nginx -t). QEMU boots: test_media_boot.py.
 """
 
+import io
 import os
 import shutil
 import struct
 import subprocess
 import time
 
+import pycdlib
 import pytest
 
-from beoboot.artifacts import BootPayload, parse_node_range, write_floppy, write_iso, write_pxe_tree, write_server_configs
+from beoboot.artifacts import LDLINUX_C32, BootPayload, parse_node_range, write_floppy, write_iso, write_pxe_tree, write_server_configs
 from beoboot.artifacts.esp import FatGeometry, fat_directories, free_bytes, parse_fat_geometry
 from beoboot.artifacts.floppy import FloppyItem, FloppyKind, FloppyMode, plan_floppy
 from beoboot.errors import BudgetError, ConfigError, ImageError
@@ -130,6 +132,37 @@ def test_iso_is_reproducible_in_any_time_zone(tiny_payload, tmp_path):
     # Primary volume descriptor (sector 16), creation date at byte 813 (ECMA-119 8.4.26): the pinned mtime, UTC.
     assert data[16 * 2048 + 813 : 16 * 2048 + 813 + 17] == b"2023111422132000\x00"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def iso_data_end(path):
+    """Where the ISO's own data ends: the volume space size (PVD, byte 80, ECMA-119 8.4.8) in 2 KiB blocks."""
+    with open(path, "rb") as f:
+        f.seek(16 * 2048 + 80)
+        return int.from_bytes(f.read(4), "little") * 2048
+
+
+@needs_media_tools
+@pytest.mark.parametrize("room", [0, 4096, 16384])  # the data ends on a MiB, or 4 or 16 KiB before one
+def test_iso_data_ending_next_to_a_mib_keeps_every_file_whole(tiny_payload, tmp_path, room):
+    """The backup GPT goes in the last 33 sectors of the padded image: never over the ISO's own files (it
+    once overwrote ldlinux.c32's tail, and the BIOS boot hung with no output)."""
+    write_iso(tiny_payload, tmp_path / "probe.iso", mtime=MTIME)
+    grow = (1 << 20) - iso_data_end(tmp_path / "probe.iso") % (1 << 20) - room
+    tiny_payload.initrd.write_bytes(tiny_payload.initrd.read_bytes() + b"i" * grow)
+    write_iso(tiny_payload, tmp_path / "near.iso", mtime=MTIME)
+    iso = pycdlib.PyCdlib()
+    iso.open(str(tmp_path / "near.iso"))
+    try:
+        for rr_path, source in [("/isolinux/ldlinux.c32", LDLINUX_C32.require()), ("/boot/initrd.img", tiny_payload.initrd),
+                                ("/boot/vmlinuz", tiny_payload.kernel)]:  # fmt: skip
+            read = io.BytesIO()
+            iso.get_file_from_iso_fp(read, rr_path=rr_path)
+            assert read.getvalue() == source.read_bytes(), rr_path
+        padded = [child.rock_ridge.name() for child in iso.list_children(rr_path="/beoboot")]
+    finally:
+        iso.close()
+    assert (b"gpt-room.pad" in padded) == (room < 16896)
+    assert (tmp_path / "near.iso").stat().st_size - iso_data_end(tmp_path / "near.iso") >= 33 * 512
 
 
 @needs_media_tools

@@ -8,6 +8,13 @@ Layout (ISO 9660 name / Rock Ridge name):
     /BOOT/GRUB/GRUB.CFG                                 GRUB's menu (UEFI)
     /EFI/BOOT/EFIBOOT.IMG                               the El Torito EFI image (FAT ESP)
     /BEOBOOT/<id>.ID                                    marker GRUB searches for to find this medium
+    /BEOBOOT/GPTROOM.PAD                                zeros, only when the backup GPT needs room (below)
+
+The isohybrid part ends the image with a backup GPT (33 sectors). pycdlib pads the image to a whole 1 MiB
+cylinder and writes that GPT over its last 33 sectors without checking that the ISO's own data ends before
+them: an ISO whose data ends in the last 16.5 KiB of a MiB (or on the MiB) gets the tail of its last file
+overwritten. That file was ldlinux.c32, and the BIOS boot hung with no output. The image is written, the
+room checked, and written again with a padding file when there was too little.
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ from beoboot.artifacts import ISOLINUX_BIN, LDLINUX_C32, BootPayload, atomic_out
 from beoboot.artifacts.esp import GRUB_CD_MODULES, GRUB_COMMON_MODULES, write_fat_image, write_grub_efi
 
 VOLUME_ID = "BEOBOOT"
+BACKUP_GPT_BYTES = 33 * 512  # the backup GPT header and its 128 partition entries, at the very end
+GPT_ROOM_PAD = 64 * 1024  # moves the data's end well past the cylinder boundary it came too close to
 EFI_IMAGE_PATH = "/EFI/BOOT/EFIBOOT.IMG;1"
 ISOLINUX_BIN_PATH = "/ISOLINUX/ISOLINUX.BIN;1"
 # El Torito platform id of UEFI (El Torito spec as amended by UEFI 2.x, section 13.3.2.1).
@@ -73,23 +82,38 @@ def write_iso(payload: BootPayload, out: Path, *, mtime: int, volume_id: str = V
         ]
         directories = [("/ISOLINUX", "isolinux"), ("/BOOT", "boot"), ("/BOOT/GRUB", "grub"), ("/EFI", "EFI"),
                        ("/EFI/BOOT", "BOOT"), ("/BEOBOOT", "beoboot")]  # fmt: skip
-        with _pinned_clock(mtime), contextlib.ExitStack() as files_open, atomic_output(out) as tmp:
-            iso = pycdlib.PyCdlib()
-            iso.new(interchange_level=1, vol_ident=volume_id, sys_ident="LINUX", rock_ridge="1.09")
-            for iso_path, rr_name in directories:
-                iso.add_directory(iso_path, rr_name=rr_name)
-            for iso_path, rr_name, source in files:
-                handle = files_open.enter_context(open(source, "rb"))
-                # an explicit mode: otherwise Rock Ridge records the scratch file's mode, i.e. the umask
-                iso.add_fp(handle, source.stat().st_size, iso_path, rr_name=rr_name, file_mode=0o100444)
-            # isolinux.bin patches the boot info table (El Torito "-boot-info-table") to find itself.
-            iso.add_eltorito(ISOLINUX_BIN_PATH, bootcatfile="/ISOLINUX/BOOT.CAT;1", rr_bootcatname="boot.cat",
-                             boot_load_size=4, boot_info_table=True)  # fmt: skip
-            iso.add_eltorito(EFI_IMAGE_PATH, bootcatfile="/ISOLINUX/BOOT.CAT;1", rr_bootcatname="boot.cat",
-                             efi=True, platform_id=PLATFORM_EFI)  # fmt: skip
-            iso.add_isohybrid(efi=True, mbr_id=int(ident, 16))
-            iso.write(str(tmp))
-            iso.close()
+        with atomic_output(out) as tmp:
+            data_end = _write_hybrid(tmp, files, directories, ident, volume_id, mtime)
+            if tmp.stat().st_size - data_end < BACKUP_GPT_BYTES:
+                (scratch / "gpt-room.pad").write_bytes(bytes(GPT_ROOM_PAD))
+                files.append(("/BEOBOOT/GPTROOM.PAD;1", "gpt-room.pad", scratch / "gpt-room.pad"))
+                data_end = _write_hybrid(tmp, files, directories, ident, volume_id, mtime)
+            if tmp.stat().st_size - data_end < BACKUP_GPT_BYTES:  # pycdlib changed how it pads: stop, loudly
+                raise RuntimeError(f"{out}: the isohybrid backup GPT would overwrite the ISO's last file")
+
+
+def _write_hybrid(tmp: Path, files: list[tuple[str, str, Path]], directories: list[tuple[str, str]], ident: str,
+                  volume_id: str, mtime: int) -> int:  # fmt: skip
+    """Write the image to `tmp`; the byte offset where the ISO's own data ends (the rest is padding and GPT)."""
+    with _pinned_clock(mtime), contextlib.ExitStack() as files_open:
+        iso = pycdlib.PyCdlib()
+        iso.new(interchange_level=1, vol_ident=volume_id, sys_ident="LINUX", rock_ridge="1.09")
+        for iso_path, rr_name in directories:
+            iso.add_directory(iso_path, rr_name=rr_name)
+        for iso_path, rr_name, source in files:
+            handle = files_open.enter_context(open(source, "rb"))
+            # an explicit mode: otherwise Rock Ridge records the scratch file's mode, i.e. the umask
+            iso.add_fp(handle, source.stat().st_size, iso_path, rr_name=rr_name, file_mode=0o100444)
+        # isolinux.bin patches the boot info table (El Torito "-boot-info-table") to find itself.
+        iso.add_eltorito(ISOLINUX_BIN_PATH, bootcatfile="/ISOLINUX/BOOT.CAT;1", rr_bootcatname="boot.cat",
+                         boot_load_size=4, boot_info_table=True)  # fmt: skip
+        iso.add_eltorito(EFI_IMAGE_PATH, bootcatfile="/ISOLINUX/BOOT.CAT;1", rr_bootcatname="boot.cat",
+                         efi=True, platform_id=PLATFORM_EFI)  # fmt: skip
+        iso.add_isohybrid(efi=True, mbr_id=int(ident, 16))
+        iso.write(str(tmp))
+        data_end = iso.pvd.space_size * iso.logical_block_size
+        iso.close()
+    return data_end
 
 
 # pycdlib stamps every date with time.time() in local time and makes GPT GUIDs with uuid4(); it has no
