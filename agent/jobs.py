@@ -17,6 +17,7 @@ import os
 import queue
 import random
 import selectors
+import signal
 import struct
 import threading
 from collections.abc import Callable
@@ -38,7 +39,33 @@ READ_SIZE = 65536
 class JobSlot:
     job: int
     stdin: queue.Queue[bytes] = field(default_factory=queue.Queue)
-    pid: int = 0
+    pid: int = 0  # the job's process group, once the launcher said; 0 before and after
+    ended: bool = False
+    pending: list[int] = field(default_factory=list)  # signals that came before the pid
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def signal(self, signum: int) -> None:
+        """Signal the job now, or as soon as it starts: a Ctrl-C or a hang-up while its files are still
+        being fetched must end it, not be dropped and leave it to run."""
+        with self.lock:
+            if self.ended:
+                return
+            if not self.pid:
+                self.pending.append(signum)
+                return
+            pid = self.pid
+        _killpg(pid, signum)
+
+    def start(self, pid: int) -> None:
+        """The job runs: deliver what came before, in order."""
+        with self.lock:
+            self.pid, pending, self.pending = pid, self.pending, []
+        for signum in pending:
+            _killpg(pid, signum)
+
+    def end(self) -> None:
+        with self.lock:
+            self.pid, self.ended = 0, True
 
 
 class Workers:
@@ -157,16 +184,15 @@ class JobRunner:
             self._workers.submit(self._run, ws, slot, message.manifest)
         elif isinstance(message, p.JobSignal):
             slot = self._slots.get(message.job)
-            if slot is not None and slot.pid:
-                _killpg(slot.pid, message.signum)
+            if slot is not None:
+                slot.signal(message.signum)
 
     def _hang_up(self) -> None:
         """The link is gone, and with it every job's bpsh: the jobs get SIGHUP, as a terminal's would."""
         with self._lock:
             slots = list(self._slots.values())
         for slot in slots:
-            if slot.pid:
-                _killpg(slot.pid, 1)
+            slot.signal(signal.SIGHUP)
             slot.stdin.put(b"")
 
     # --- one job ------------------------------------------------------------------------------------------
@@ -199,8 +225,8 @@ class JobRunner:
                 "groups": list(manifest.groups)}  # the launcher is in the root already
 
         def started(pid: int) -> None:  # in the launcher's reply thread
-            slot.pid = pid
             self._send(ws, p.JobStarted(slot.job, pid, fetched=fetched))
+            slot.start(pid)
 
         try:
             launcher.start(slot.job, spec, (stdin_r, out_w, err_w), started)
@@ -215,7 +241,7 @@ class JobRunner:
         self._pump(ws, slot.job, out_r, err_r)
         wait_status, error = launcher.wait(slot.job)
         status, signum = p.shell_status(wait_status)
-        slot.pid = 0
+        slot.end()
         self._send_exit(ws, p.JobExit(slot.job, status, signum, error=error))
 
     def _pump(self, ws: WebSocket, job: int, out_r: int, err_r: int) -> None:

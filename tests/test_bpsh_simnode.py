@@ -307,6 +307,29 @@ def test_a_reader_that_goes_away_ends_the_job_by_sigpipe(cluster):
     assert wait_until(lambda: not running_jobs(url, "yes"))
 
 
+def test_ctrl_c_while_the_node_still_fetches_the_jobs_files_ends_the_job(cluster, tmp_path):
+    """A signal that reaches the node before the job has a pid is kept and delivered when it starts: it
+    used to be dropped, and the job ran on after bpsh was interrupted."""
+    url, sock, _ = cluster
+    big = tmp_path / "big"
+    with open(big, "wb") as f:
+        for _ in range(48):
+            f.write(os.urandom(4 << 20))  # 192 MiB to fetch and hash: the node is busy for a while
+    job = subprocess.Popen(bpsh_argv(sock, "--cache", str(big), "1", "sleep", "102"))
+    try:
+        assert wait_until(lambda: starting_jobs(url, "sleep 102"), timeout=60)
+        job.send_signal(signal.SIGINT)
+        assert job.wait(60) == 130
+        assert running_jobs(url, "sleep 102") == [] and starting_jobs(url, "sleep 102") == []
+    finally:
+        job.kill()
+
+
+def starting_jobs(url: str, command: str) -> list[dict]:
+    with urllib.request.urlopen(url + "/api/v1/jobs") as response:
+        return [j for j in json.load(response)["jobs"] if j["command"] == command and j["state"] == "starting"]
+
+
 def test_a_killed_bpsh_hangs_up_its_jobs(cluster):
     url, sock, _ = cluster
     bpsh_proc = subprocess.Popen(bpsh_argv(sock, "0", "sleep", "101"))
