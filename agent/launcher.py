@@ -29,9 +29,11 @@ from queue import Queue
 
 MAX_MESSAGE = 1 << 20
 EXEC_FAILED = 127
-# ignored in this Python process (SIGPIPE by the interpreter itself) and inherited through exec unless reset:
-# `yes | head` in a job must end by SIGPIPE, as it would at a shell
-RESTORED_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
+# A job starts with every signal at its default action and none blocked, as from a fresh shell. What this
+# process ignores is inherited through exec unless reset: Python ignores SIGPIPE and SIGXFSZ (`yes | head`
+# in a job must end by SIGPIPE), and an agent started under nohup ignores SIGHUP (a job whose bpsh went
+# away must end by it).
+RESTORED_SIGNALS = tuple(sorted(set(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}))
 
 
 class LaunchError(Exception):
@@ -51,6 +53,7 @@ def exec_job(spec: dict, fds: list[int], report: int) -> None:
             os.close(fd)
         for signum in RESTORED_SIGNALS:
             signal.signal(signum, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, ())
         try:
             os.chdir(spec["cwd"] or "/")
         except OSError:
@@ -79,7 +82,7 @@ def spawn_as_root(spec: dict, fds: list[int]) -> int:
     actions += [(os.POSIX_SPAWN_CLOSE, fd) for fd in set(fds) - {0, 1, 2}]
     try:
         return os.posix_spawn(spec["executable"], spec["argv"], spec["env"], file_actions=actions,
-                              setsid=True, setsigdef=RESTORED_SIGNALS)  # fmt: skip
+                              setsid=True, setsigdef=RESTORED_SIGNALS, setsigmask=())  # fmt: skip
     finally:
         os.chdir("/")
 

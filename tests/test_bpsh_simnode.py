@@ -20,6 +20,12 @@ SKELETON = {"dev", "proc", "sys", "tmp", "etc"}
 BROUGHT_BY_LS = {"usr", "bin", "lib", "lib64"}  # /usr/bin/ls and its libraries, and the master's /bin, /lib links
 
 
+def as_under_nohup():
+    """The simulated nodes start as `nohup` would start them: SIGHUP ignored, and an ignored signal is
+    inherited through exec, so jobs would ignore it too unless the launcher resets it."""
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     work = tmp_path_factory.mktemp("cluster")
@@ -28,7 +34,7 @@ def cluster(tmp_path_factory):
     log = open(work / "simnode.log", "wb")
     sim = subprocess.Popen(
         [sys.executable, "-m", "agent.simnode", "--master", master.url, "--dir", str(work / "nodes"), "--count", "2"],
-        stdout=log, stderr=subprocess.STDOUT,
+        stdout=log, stderr=subprocess.STDOUT, preexec_fn=as_under_nohup,
     )  # fmt: skip
     deadline = time.monotonic() + 20
     while b"simnode: 2 nodes up" not in (work / "simnode.log").read_bytes():
@@ -60,6 +66,17 @@ def test_exit_status_stdout_and_stderr(cluster):
     assert bpsh(sock, "0", "/bin/true").returncode == 0
     result = bpsh(sock, "0", "sh", "-c", "echo out; echo err >&2; exit 3")
     assert (result.returncode, result.stdout, result.stderr) == (3, "out\n", "err\n")
+
+
+def test_a_job_starts_with_no_signal_ignored_or_blocked(cluster):
+    """As from a fresh shell, whatever the agent ignores (Python: SIGPIPE, SIGXFSZ; under nohup: SIGHUP)."""
+    url, sock, _ = cluster
+    result = bpsh(sock, "0", "grep", "-E", "^Sig(Ign|Blk)", "/proc/self/status")
+    masks = dict(line.split(":\t") for line in result.stdout.splitlines())
+    assert int(masks["SigBlk"], 16) == 0, result.stdout
+    # signals 1-31; glibc's posix_spawn leaves its own 32 and 33 ignored (libc installs their handlers
+    # when a program first needs them)
+    assert int(masks["SigIgn"], 16) & 0x7FFFFFFF == 0, result.stdout
 
 
 def test_stdin_is_forwarded(cluster):
