@@ -1,6 +1,7 @@
 """bpsh end to end on simulated nodes: the real beoserv, `python -m agent.simnode` (two nodes in one process,
 environment roots in a scratch directory, jobs chrooted), and the real `bpsh` command line."""
 
+import hashlib
 import json
 import os
 import shutil
@@ -13,6 +14,8 @@ import urllib.request
 import pytest
 
 from master_helpers import MasterProcess, bpsh_argv
+
+BPCP = [sys.executable, "-m", "beoboot.master.bpcp"]
 
 pytestmark = pytest.mark.skipif(os.getuid() != 0, reason="simulated nodes chroot their jobs: needs root")
 
@@ -378,3 +381,41 @@ def test_a_slow_reader_holds_the_job_back_not_beoserv_memory(cluster):
         received += len(chunk)
     assert proc.wait(30) == 0 and received == size
     assert grown < 32 << 10, f"beoserv grew by {grown} KiB while the reader slept"
+
+
+def bpcp(sock, *operands):
+    return subprocess.run([*BPCP, "--socket", str(sock), *operands], capture_output=True, text=True, timeout=120)
+
+
+def test_bpcp_copies_files_to_a_node_and_back_whole(cluster, tmp_path):
+    url, sock, nodes = cluster
+    data = os.urandom(3 << 20)
+    (tmp_path / "input.bin").write_bytes(data)
+    (tmp_path / "notes.txt").write_text("second file\n")
+    done = bpcp(sock, str(tmp_path / "input.bin"), "n1:/tmp/input.bin")
+    assert done.returncode == 0, done.stderr
+    assert (nodes / "node1" / "env" / "tmp" / "input.bin").read_bytes() == data  # in the environment root
+    assert bpsh(sock, "1", "sha256sum", "/tmp/input.bin").stdout.split()[0] == hashlib.sha256(data).hexdigest()
+    done = bpcp(sock, str(tmp_path / "input.bin"), str(tmp_path / "notes.txt"), ".0:/tmp/")  # several, into a directory
+    assert done.returncode == 0, done.stderr
+    assert sorted(os.listdir(nodes / "node0" / "env" / "tmp")) >= ["input.bin", "notes.txt"]
+    back = tmp_path / "back"
+    back.mkdir()
+    done = bpcp(sock, "1:/tmp/input.bin", str(back))
+    assert done.returncode == 0, done.stderr
+    assert (back / "input.bin").read_bytes() == data and os.listdir(back) == ["input.bin"]
+
+
+def test_bpcp_failures_say_why_and_leave_nothing_half_written(cluster, tmp_path):
+    url, sock, nodes = cluster
+    (tmp_path / "input.txt").write_text("x\n")
+    failed = bpcp(sock, str(tmp_path / "input.txt"), "0:/no/such/dir/input.txt")
+    assert failed.returncode == 1 and "copying" in failed.stderr and "No such file or directory" in failed.stderr
+    failed = bpcp(sock, "0:/tmp/never-there", str(tmp_path / "out"))
+    assert failed.returncode == 1 and "dd exited" in failed.stderr
+    assert sorted(os.listdir(tmp_path)) == ["input.txt"]  # no partial file, no temporary
+    assert not [n for n in os.listdir(nodes / "node0" / "env" / "tmp") if ".bpcp-" in n]
+    failed = bpcp(sock, str(tmp_path / "input.txt"), str(tmp_path / "copy"))
+    assert failed.returncode == 1 and "no node named" in failed.stderr
+    failed = bpcp(sock, str(tmp_path / "input.txt"), "0:relative")
+    assert failed.returncode == 1 and "must be absolute" in failed.stderr
