@@ -80,7 +80,6 @@ def find_command(command: str, path_env: str, cwd: str) -> str:
     raise JobError(f"{command}: command not found on the master's PATH", hint=f"PATH is {path_env or DEFAULT_PATH}")
 
 
-# Besides the directories the search looked in, what decides which directories those are
 def cache_path(name: str, path_env: str, cwd: str) -> str:
     """A --cache argument as a path from the working directory. A bare name that is no file there but a
     command on PATH is refused with the path to give: --cache brings files, and `--cache hostname` for a
@@ -96,6 +95,7 @@ def cache_path(name: str, path_env: str, cwd: str) -> str:
     return path
 
 
+# Besides the directories the search looked in, what decides which directories those are
 LD_SO_CONF_PATHS = ("/etc/ld.so.conf", "/etc/ld.so.conf.d")
 
 
