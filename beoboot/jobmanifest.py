@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import posixpath
-import re
 import stat
 import threading
 from collections.abc import Callable, Iterable
@@ -25,7 +24,7 @@ from dataclasses import dataclass
 
 from agent import protocol as p
 from beoboot.errors import BeobootError
-from beoboot.jobpython import SourceWatch, StdlibZips
+from beoboot.jobpython import SourceWatch, StdlibZips, python_version
 from beoboot.ldso import LibraryResolver, is_elf
 from beoboot.master.objects import ObjectStore, StatKey, stat_key
 from beoboot.sysroot import Sysroot
@@ -55,10 +54,10 @@ def parse_shebang(head: bytes) -> tuple[str, ...] | None:
 def python_runtime(real_program: str) -> list[str]:
     """Python 3 needs its `encodings` package to start (the codec of stdio), os.py as the landmark of its
     prefix and lib-dynload as the landmark of its exec prefix (Modules/getpath.py)."""
-    version = re.fullmatch(r"python(3\.\d+)", posixpath.basename(real_program))
+    version = python_version(real_program)
     if not version:
         return []
-    lib = posixpath.join(posixpath.dirname(posixpath.dirname(real_program)), "lib", f"python{version.group(1)}")
+    lib = posixpath.join(posixpath.dirname(posixpath.dirname(real_program)), "lib", f"python{version}")
     return [f"{lib}/encodings", f"{lib}/os.py", f"{lib}/lib-dynload/"]
 
 
