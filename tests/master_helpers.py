@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -17,6 +19,21 @@ BPSH_SCRIPT = str(Path(__file__).resolve().parent.parent / "beoboot" / "master" 
 def bpsh_argv(socket: Path | str, *args: str) -> list[str]:
     """The bpsh command as users run it: the client file under `python -IS`, at this master's socket."""
     return [sys.executable, "-IS", BPSH_SCRIPT, "--socket", str(socket), *args]
+
+
+def stdlib_zip_member(relative: str) -> str:
+    """The name `relative` (e.g. json/__init__.py) has in the master's stdlib zip for jobs, found from the
+    master's files, not from beoboot: the compiled .pyc when it is current (as on a fresh Debian install),
+    else the source (after an upgrade or a touch left the .pyc behind)."""
+    source = f"/usr/lib/python3.{sys.version_info.minor}/{relative}"
+    st = os.stat(source)
+    try:
+        with open(importlib.util.cache_from_source(source), "rb") as f:
+            header = f.read(16)
+    except OSError:
+        return relative
+    current = len(header) == 16 and struct.unpack("<4xIII", header) == (0, int(st.st_mtime) & 0xFFFFFFFF, st.st_size)
+    return relative + "c" if current else relative
 
 
 class MasterProcess:
