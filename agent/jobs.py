@@ -20,6 +20,7 @@ import selectors
 import signal
 import struct
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import quote
@@ -31,7 +32,7 @@ from agent.wsclient import OP_TEXT, WebSocket, WebSocketError
 
 EXEC_FAILED = 127  # what a shell answers for a command it could not run
 READ_SIZE = 65536
-
+KILLED_WAIT = 5.0  # after SIGKILL: how long the exits of the killed jobs may take to reach the master
 
 
 
@@ -111,6 +112,7 @@ class JobRunner:
         log: Callable[[str], None] = lambda message: None,
         launcher: Launcher | None = None,
         token: Callable[[], str] = lambda: "",
+        power: Callable[[p.NodePower], None] | None = None,
     ) -> None:
         self.master_url = master_url.rstrip("/")
         self.mac = p.normalise_mac(mac)
@@ -119,6 +121,8 @@ class JobRunner:
         self.cache = cache
         self.log = log
         self.launcher = launcher
+        self.power = power  # called (in a worker) once the jobs have ended: closes the link, then acts
+        self._going_down: p.PowerAction | None = None
         self._slots: dict[int, JobSlot] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -178,6 +182,10 @@ class JobRunner:
 
     def _control(self, ws: WebSocket, message: object) -> None:
         if isinstance(message, p.JobStart):
+            if self._going_down is not None:
+                refused = f"the node is going down ({self._going_down})"
+                self._send_exit(ws, p.JobExit(message.job, EXEC_FAILED, error=refused))
+                return
             slot = JobSlot(message.job)
             with self._lock:
                 self._slots[message.job] = slot
@@ -186,6 +194,48 @@ class JobRunner:
             slot = self._slots.get(message.job)
             if slot is not None:
                 slot.signal(message.signum)
+        elif isinstance(message, p.NodePower) and self._going_down is None:
+            self._going_down = message.action
+            self._workers.submit(self._power, message)
+
+    def _power(self, order: p.NodePower) -> None:
+        """bpctl: the jobs end first, as on a shutdown, and their exits reach their bpsh; then the owner
+        (agent.supervisor, agent.simnode) stops the heartbeats, closes the link and acts."""
+        self.log(f"beoboot: {order.by or 'the master'} asked for {order.action}: ending {len(self._slots)} jobs")
+        killed = self.end_jobs(order.grace)
+        if killed:
+            self.log(f"beoboot: {killed} jobs did not end within {order.grace:g} s of SIGTERM: killed")
+        if self.power is None:
+            self.log(f"beoboot: this node cannot {order.action}; closing its job link")
+            self.stop()
+        else:
+            self.power(order)
+
+    def end_jobs(self, grace: float) -> int:
+        """SIGTERM (and SIGCONT, for a stopped job) to every job, SIGKILL to those left after `grace`
+        seconds; returns how many had to be killed. A job still fetching its files gets them when it starts."""
+        if not self._signal_all((signal.SIGTERM, signal.SIGCONT), grace):
+            return 0
+        with self._lock:
+            left = len(self._slots)
+        self._signal_all((signal.SIGKILL,), KILLED_WAIT)
+        return left
+
+    def _signal_all(self, signals: tuple[int, ...], wait: float) -> bool:
+        """Send `signals` to every job, wait up to `wait` s for them all to end; True if some are left."""
+        with self._lock:
+            slots = list(self._slots.values())
+        for slot in slots:
+            for signum in signals:
+                slot.signal(signum)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self._slots:
+                    return False
+            time.sleep(0.05)
+        with self._lock:
+            return bool(self._slots)
 
     def _hang_up(self) -> None:
         """The link is gone, and with it every job's bpsh: the jobs get SIGHUP, as a terminal's would."""
@@ -314,6 +364,7 @@ def start_runner(
     master_url: str, mac: str, env_root: str, max_bytes: int, log: Callable[[str], None],
     token: Callable[[], str] = lambda: "",
     verify: bool = False,
+    power: Callable[[p.NodePower], None] | None = None,
 ) -> JobRunner:
     """Stage 3: the libcache at ENV_ROOT/.libcache (on the environment root's own mount, so its objects can
     be hard-linked into the root; see agent.libcache), and the runner's link to the master. `verify`: the
@@ -322,6 +373,6 @@ def start_runner(
     if verify:
         kept, dropped = cache.verify()
         log(f"beoboot: libcache: {kept} objects kept from earlier boots, {dropped} damaged ones dropped")
-    runner = JobRunner(master_url, mac, env_root, cache, log=log, token=token)
+    runner = JobRunner(master_url, mac, env_root, cache, log=log, token=token, power=power)
     runner.start()
     return runner

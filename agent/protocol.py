@@ -526,6 +526,22 @@ class JobSignal:
     signum: int
 
 
+class PowerAction(enum.StrEnum):
+    REBOOT = "reboot"  # the node boots again, from the network
+    HALT = "halt"  # the CPUs stop; the machine stays powered
+    POWEROFF = "poweroff"
+
+
+@dataclass(frozen=True)
+class NodePower:
+    """master -> node (bpctl): end every job (SIGTERM, then SIGKILL after `grace` seconds), close the job
+    link, then `action`. The master takes the closed link as the node's answer."""
+
+    action: PowerAction
+    grace: float = 10.0
+    by: str = ""  # who asked, for the node's log
+
+
 @dataclass(frozen=True)
 class JobRow:
     job: int
@@ -543,7 +559,7 @@ class JobList:
 
 
 FRAME_TYPES: dict[str, type] = {
-    cls.__name__: cls for cls in (JobRequest, JobStart, JobStarted, JobExit, JobSignal)
+    cls.__name__: cls for cls in (JobRequest, JobStart, JobStarted, JobExit, JobSignal, NodePower)
 }
 
 

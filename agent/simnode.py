@@ -67,23 +67,43 @@ def simulated_mac(index: int, prefix: str = "02:be:0b") -> str:
 
 class SimNode:
     def __init__(self, master: str, directory: str, index: int, *, max_bytes: int, proc: bool) -> None:
-        self.mac = simulated_mac(index)
+        self.master, self.mac = master, simulated_mac(index)
         self.env_root = os.path.join(directory, f"node{index}", "env")
         os.makedirs(self.env_root, exist_ok=True)
         make_env_root(self.env_root, proc=proc)
-        self.link = MasterLink(master, self.mac, p.Stage.SUPERVISOR, timeout=10)
         self.cache = LibCache(os.path.join(self.env_root, ".libcache"), self.env_root, master, max_bytes=max_bytes)
-        self.runner = jobs.JobRunner(master, self.mac, self.env_root, self.cache, log=print, token=self._token)
+        self.down = threading.Event()  # halted or powered off by bpctl
 
     def _token(self) -> str:
         return self.link.registration.link_token if self.link.registration else ""
 
     def start(self) -> int:
+        """Boot: register (a new boot of the same node number), report stage 3 ready, heartbeat, link."""
+        self.link = MasterLink(self.master, self.mac, p.Stage.SUPERVISOR, timeout=10)
+        self.runner = jobs.JobRunner(self.master, self.mac, self.env_root, self.cache, log=print, token=self._token,
+                                     power=self.power)  # fmt: skip
         reply = self.link.register(p.Hardware(cpu_model="simulated", cpus=1), attempts=20)
         self.link.event(p.BootEvent.STAGE3_READY)
-        self.link.run_heartbeats()
+        self.heartbeats = self.link.run_heartbeats()
         self.runner.start()
         return reply.number
+
+    def stop(self) -> None:
+        self.runner.stop()
+        self.link.stop()
+
+    def power(self, order: p.NodePower) -> None:
+        """bpctl's order, as a booted node carries it out (agent.supervisor.act_on) minus the kernel: the
+        heartbeats stop, the link closes; a reboot then boots again, with the libcache kept as a local
+        disk's would be."""
+        self.link.stop()
+        self.heartbeats.join()  # no heartbeat may reach the master after the link closed: it would be "up"
+        self.runner.stop()
+        print(f"simnode: {self.mac}: {order.action}, as {order.by or 'the master'} asked", flush=True)
+        if order.action is p.PowerAction.REBOOT:
+            print(f"simnode: {self.mac}: node {self.start()} up again", flush=True)
+        else:
+            self.down.set()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,8 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     while not stop.wait(1):
         pass
     for node in nodes:
-        node.runner.stop()
-        node.link.stop()
+        node.stop()
     return 0
 
 

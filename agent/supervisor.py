@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import queue
 import shutil
 import signal
 import stat
@@ -282,9 +283,10 @@ def run(config: AgentConfig, *, dry_run: bool) -> None:
     say(f"beoboot: node {reply.number} ({reply.name}), hostname {reply.hostname}, boot {reply.boot}")
     on_disk = build_env_root(handoff.master_url, handoff.pins, config, dry_run=dry_run)
     names.write_env_root()
-    jobs.start_runner(handoff.master_url, handoff.mac, ENV_ROOT, config.libcache_max_bytes, say,
-                      token=lambda: link.registration.link_token if link.registration else "",
-                      verify=on_disk)  # fmt: skip
+    orders: queue.SimpleQueue[p.NodePower] = queue.SimpleQueue()  # bpctl's, put once the jobs have ended
+    runner = jobs.start_runner(handoff.master_url, handoff.mac, ENV_ROOT, config.libcache_max_bytes, say,
+                               token=lambda: link.registration.link_token if link.registration else "",
+                               verify=on_disk, power=orders.put)  # fmt: skip
 
     def moved(address: str) -> None:
         link.address = address  # the next heartbeat tells the master, whose host table follows
@@ -307,13 +309,33 @@ def run(config: AgentConfig, *, dry_run: bool) -> None:
         say(f"beoboot: the environment root's /etc/hosts now names {len(table.splitlines())} nodes")
         return True
 
-    supervise(link, master_timeout(config), dry_run=dry_run, hosts_changed=take_host_table)
+    order = supervise(link, master_timeout(config), dry_run=dry_run, hosts_changed=take_host_table, orders=orders)
+    if order is not None:
+        act_on(order, link, runner, dry_run=dry_run)
+
+
+POWER_CALLS = {p.PowerAction.REBOOT: syscalls.restart, p.PowerAction.HALT: syscalls.halt,
+               p.PowerAction.POWEROFF: syscalls.power_off}  # fmt: skip
+
+
+def act_on(order: p.NodePower, link: MasterLink, runner: jobs.JobRunner, *, dry_run: bool) -> None:
+    """bpctl's order, with the jobs ended and the heartbeats stopped: the last log lines go out, the job
+    link closes (which tells the master), the disks are synced, and the kernel acts."""
+    say(f"beoboot: {order.action}, as {order.by or 'the master'} asked")
+    link.flush(force=True)
+    runner.stop()
+    say(f"beoboot: {syscalls.sync(dry_run=dry_run)}")
+    say(f"beoboot: {POWER_CALLS[order.action](dry_run=dry_run)}")  # returns only in a dry run or on refusal
 
 
 def supervise(link: MasterLink, timeout: float, *, dry_run: bool,
-              hosts_changed: Callable[[int], bool] = lambda version: True) -> None:
+              hosts_changed: Callable[[int], bool] = lambda version: True,
+              orders: queue.SimpleQueue[p.NodePower] | None = None) -> p.NodePower | None:
     """Heartbeat; reboot when the master has not answered for `timeout` seconds. A heartbeat reply with a
-    new host table version calls `hosts_changed`, which says whether it took the new table."""
+    new host table version calls `hosts_changed`, which says whether it took the new table. Returns the
+    first power order from `orders`, with the heartbeats stopped, or None after a dry-run reboot."""
+    if orders is None:
+        orders = queue.SimpleQueue()
     last_answer = time.monotonic()
     hosts_version = 0  # the empty table's: a cluster with no addresses needs no fetch
     while True:
@@ -326,5 +348,8 @@ def supervise(link: MasterLink, timeout: float, *, dry_run: bool,
         elif time.monotonic() - last_answer > timeout:
             say(f"beoboot: master {link.base_url} lost for {timeout:.0f} s: rebooting", "error")
             say(f"beoboot: {syscalls.restart(dry_run=dry_run)}")
-            return
-        time.sleep(min(interval, max(timeout / 4, 0.5)))
+            return None
+        try:
+            return orders.get(timeout=min(interval, max(timeout / 4, 0.5)))
+        except queue.Empty:
+            pass

@@ -66,6 +66,7 @@ def power_off(*, dry_run: bool) -> str:
 
 
 LINUX_REBOOT_CMD_RESTART = 0x01234567
+LINUX_REBOOT_CMD_HALT = 0xCDEF0123
 
 
 def restart(*, dry_run: bool) -> str:
@@ -74,4 +75,13 @@ def restart(*, dry_run: bool) -> str:
     if not dry_run:
         libc().sync()
         _check(libc().reboot(ctypes.c_int(LINUX_REBOOT_CMD_RESTART).value), call)
+    return call
+
+
+def halt(*, dry_run: bool) -> str:
+    """reboot(LINUX_REBOOT_CMD_HALT): the CPUs stop and the machine stays on; returns only on refusal."""
+    call = "reboot(LINUX_REBOOT_CMD_HALT)"
+    if not dry_run:
+        libc().sync()
+        _check(libc().reboot(ctypes.c_int(LINUX_REBOOT_CMD_HALT).value), call)
     return call

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import signal
@@ -106,3 +107,29 @@ def build_for_master(tmp_path_factory, port: int, build_settings: str = "") -> P
     outdir = tmp_path_factory.mktemp("out")
     builder.build(config.load(site), outdir)
     return outdir
+
+
+def start_simnodes(master_url: str, work: Path, count: int = 1, **popen) -> subprocess.Popen[bytes]:
+    """`python -m agent.simnode` with `count` nodes, their roots under work/nodes and its output in
+    work/simnode.log; returns once all are up (registered, linked)."""
+    log_path = work / "simnode.log"
+    with open(log_path, "ab") as log:
+        argv = [sys.executable, "-m", "agent.simnode", "--master", master_url, "--dir", str(work / "nodes"),
+                "--count", str(count)]  # fmt: skip
+        sim = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, **popen)
+    deadline = time.monotonic() + 20
+    while f"simnode: {count} nodes up".encode() not in log_path.read_bytes():
+        assert sim.poll() is None and time.monotonic() < deadline, log_path.read_text()
+        time.sleep(0.05)
+    return sim
+
+
+def running_job(master: MasterProcess, *args: str) -> subprocess.Popen[bytes]:
+    """`bpsh ARGS` in the background, returned once `bps` lists its job as running on the node."""
+    job = subprocess.Popen(bpsh_argv(master.bpsh_socket, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    bps = [sys.executable, "-m", "beoboot.master.cli", "bps", "--master", master.url, "--json"]
+    deadline = time.monotonic() + 120
+    while not any(row["state"] == "running" for row in json.loads(subprocess.run(bps, capture_output=True).stdout)):
+        assert job.poll() is None and time.monotonic() < deadline, job.communicate()
+        time.sleep(0.1)
+    return job

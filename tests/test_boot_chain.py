@@ -6,6 +6,7 @@ Every node reaches the master on the host at 10.0.2.2 (QEMU user networking) on 
 import hashlib
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -13,7 +14,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from beoboot import config, media, qemu
-from master_helpers import MasterProcess, bpsh_argv, build_for_master
+from master_helpers import MasterProcess, bpsh_argv, build_for_master, running_job
 from servers import free_port
 from vm import BackgroundVM
 
@@ -147,6 +148,32 @@ def test_lost_master_reboots_the_node_which_comes_back_with_its_number(out, mast
         master.start()
         node.wait_for("beoboot: stage 3 ready: node 0 up", after=again.end())
         assert node_row(master, 0)["state"] == "up"
+
+
+def bpctl(master, *args):
+    return subprocess.run([sys.executable, "-m", "beoboot.master.bpctl", "--socket", str(master.bpsh_socket), *args],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+
+
+def test_bpctl_reboots_a_node_which_comes_back_and_powers_it_off(out, master, tmp_path):
+    master.start()
+    with stage2_node(out, tmp_path, reboot=True) as node:
+        up = node.wait_for("beoboot: stage 3 ready: node 0 up")
+        master.wait_for_log(r"node 0 \(\S+\) job link up", timeout=60)
+        job = running_job(master, "0", "sleep", "1000")
+        result = bpctl(master, "-S", "0", "-s", "reboot", "--grace", "5")
+        assert (result.returncode, result.stderr) == (0, "")
+        assert job.wait(30) == 128 + signal.SIGTERM  # the job ended before the node went
+        restarting = node.wait_for("reboot: Restarting system", after=up.end(), timeout=30)
+        assert node_row(master, 0)["state"] in ("down", "booting")
+        again = node.wait_for("beoboot: stage 3 ready: node 0 up", after=restarting.end())
+        assert (node_row(master, 0)["boot"], node_row(master, 0)["state"]) == (2, "up")
+        master.wait_for_log(r"node 0 \(\S+\) job link up", after=master.log_text().index("reboot, as root asked"), timeout=60)
+        result = bpctl(master, "-S", "0", "-s", "pwroff")
+        assert (result.returncode, result.stderr) == (0, "")
+        node.wait_for("reboot: Power down", after=again.end(), timeout=30)
+        assert node.proc.wait(30) == 0  # QEMU ends with the machine
+        assert node_row(master, 0)["state"] == "down"
 
 
 def test_two_nodes_booting_together_get_different_numbers_and_jobs_name_each_other(out, master, tmp_path):

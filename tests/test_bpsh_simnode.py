@@ -13,7 +13,7 @@ import urllib.request
 
 import pytest
 
-from master_helpers import MasterProcess, bpsh_argv, stdlib_zip_member
+from master_helpers import MasterProcess, bpsh_argv, start_simnodes, stdlib_zip_member
 
 BPCP = [sys.executable, "-m", "beoboot.master.bpcp"]
 
@@ -34,19 +34,10 @@ def cluster(tmp_path_factory):
     work = tmp_path_factory.mktemp("cluster")
     (work / "boot").mkdir()
     master = MasterProcess(work / "boot", work / "nodes.db", work / "beoserv.log").start()
-    log = open(work / "simnode.log", "wb")
-    sim = subprocess.Popen(
-        [sys.executable, "-m", "agent.simnode", "--master", master.url, "--dir", str(work / "nodes"), "--count", "2"],
-        stdout=log, stderr=subprocess.STDOUT, preexec_fn=as_under_nohup,
-    )  # fmt: skip
-    deadline = time.monotonic() + 20
-    while b"simnode: 2 nodes up" not in (work / "simnode.log").read_bytes():
-        assert sim.poll() is None and time.monotonic() < deadline, (work / "simnode.log").read_text()
-        time.sleep(0.05)
+    sim = start_simnodes(master.url, work, 2, preexec_fn=as_under_nohup)
     yield master.url, master.bpsh_socket, work / "nodes"
     sim.send_signal(signal.SIGTERM)
     sim.wait(10)
-    log.close()
     master.stop()
 
 

@@ -4,15 +4,13 @@ node, and a second machine that knows the node's MAC."""
 import os
 import stat
 import subprocess
-import sys
-import time
 import urllib.request
 
 import pytest
 
 from agent import protocol as p
 from agent.wsclient import WebSocket, WebSocketError
-from master_helpers import MasterProcess, bpsh_argv
+from master_helpers import MasterProcess, bpsh_argv, start_simnodes
 
 pytestmark = pytest.mark.skipif(os.getuid() != 0, reason="simulated nodes chroot their jobs: needs root")
 
@@ -34,14 +32,9 @@ def open_link(url: str, token: str | None) -> WebSocket:
 def test_only_the_last_registration_gets_the_nodes_jobs(tmp_path):
     (tmp_path / "boot").mkdir()
     master = MasterProcess(tmp_path / "boot", tmp_path / "nodes.db", tmp_path / "beoserv.log").start()
-    log = open(tmp_path / "simnode.log", "wb")
-    sim = subprocess.Popen([sys.executable, "-m", "agent.simnode", "--master", master.url, "--dir", str(tmp_path / "n")],
-                           stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    sim = None
     try:
-        deadline = time.monotonic() + 20
-        while b"simnode: 1 nodes up" not in (tmp_path / "simnode.log").read_bytes():
-            assert sim.poll() is None and time.monotonic() < deadline, (tmp_path / "simnode.log").read_text()
-            time.sleep(0.05)
+        sim = start_simnodes(master.url, tmp_path)
         master.wait_for_log("node 0 .* job link up")
         run = [*bpsh_argv(master.bpsh_socket, "0", "/bin/true")]
         assert subprocess.run(run, timeout=30).returncode == 0  # the node's own link, with its token
@@ -72,7 +65,7 @@ def test_only_the_last_registration_gets_the_nodes_jobs(tmp_path):
         assert job.wait(30) == 255  # the link it ran on was lost
         assert b"link lost" in job.stderr.read()
     finally:
-        sim.terminate()
-        sim.wait(10)
-        log.close()
+        if sim is not None:
+            sim.terminate()
+            sim.wait(10)
         master.stop()

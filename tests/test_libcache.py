@@ -6,6 +6,7 @@ import http.server
 import os
 import subprocess
 import stat
+import sys
 import threading
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from beoboot.master.bpsh_client import BpshOptions, BpshUsageError, encode_reque
 from beoboot.master.localjobs import RequestError, decode_request
 from beoboot.master.jobs import parse_nodes
 from beoboot.master.objects import ObjectStore
+from master_helpers import BPSH_SCRIPT
 
 
 class ObjectServer:
@@ -360,6 +362,12 @@ def test_bad_bpsh_requests_are_refused(data):
 def test_bpsh_argument_errors(argv, message):
     with pytest.raises(BpshUsageError, match=message):
         parse_args(argv, {})
+
+
+def test_bpsh_help_goes_to_stdout_with_status_0():
+    for option in ("-h", "--help"):
+        shown = subprocess.run([sys.executable, "-IS", BPSH_SCRIPT, option, "0", "true"], capture_output=True, text=True)
+        assert (shown.returncode, shown.stderr) == (0, "") and shown.stdout.startswith("usage: bpsh ")
 
 
 def test_websocket_mask_round_trips():

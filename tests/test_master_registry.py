@@ -89,3 +89,19 @@ def test_only_the_last_boots_events_and_logs_are_kept(reg, tmp_path):
     for boot, kept in ((1, False), (2, False), (3, True), (5, True)):
         assert bool(reg.timeline(1, boot)[1]) is kept, boot
     assert reg.node_by_mac(A).boot == 5
+
+
+def test_bpctl_marks_down_only_the_boot_it_ordered(reg):
+    """A rebooted node may register again before the master saw its link close: the new boot stays as it
+    is, and the order goes into the boot it ended."""
+    reg.register(A, Stage.SUPERVISOR, Hardware(), 1.0)
+    reg.record_events(A, [(2.0, StageEvent("stage3_ready", 2.0, Stage.SUPERVISOR))], 2.0)
+    assert reg.mark_down(0, 1, 3.0, "halt", "bpctl, as root asked")
+    assert reg.node_by_number(0).state is NodeState.DOWN
+    assert ("halt", "bpctl, as root asked") in [(e.event, e.detail) for e in reg.timeline(0, 1)[1]]
+
+    reg.register(A, Stage.PXE, Hardware(), 4.0)  # boot 2 began before the order of boot 1 was recorded
+    assert reg.mark_down(0, 1, 5.0, "reboot", "bpctl, as root asked")
+    assert (reg.node_by_number(0).boot, reg.node_by_number(0).state) == (2, NodeState.BOOTING)
+    assert "reboot" in [e.event for e in reg.timeline(0, 1)[1]] and "reboot" not in [e.event for e in reg.timeline(0, 2)[1]]
+    assert not reg.mark_down(5, 1, 6.0, "halt", "")  # no such node

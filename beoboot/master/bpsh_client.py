@@ -48,6 +48,10 @@ class BpshUsageError(Exception):
     pass
 
 
+class BpshHelp(Exception):
+    """-h or --help: the usage on stdout, status 0."""
+
+
 class BpshOptions:
     """What the command line asked for; `nodes` is '0', '0,3', '2-5' or 'all'."""
 
@@ -88,6 +92,8 @@ def parse_args(args, environ=None):
             no_stdin = True
         elif option == "-p":
             prefix = True
+        elif option in ("-h", "--help"):
+            raise BpshHelp()
         elif option in ("-a", "--all"):
             every = True
         elif option == "--":
@@ -192,6 +198,9 @@ def main(argv=None):
     except BpshUsageError as exc:
         posix.write(2, f"bpsh: {exc}\n{USAGE}\n".encode())
         return 2
+    except BpshHelp:
+        posix.write(1, f"{USAGE}\n".encode())
+        return 0
     return Client(options).run(signals=True)
 
 

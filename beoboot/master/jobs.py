@@ -31,6 +31,9 @@ log = logging.getLogger("beoserv")
 LINK_LOST = 255
 SIGHUP = 1
 FINISHED_KEPT = 200  # finished jobs kept in the listing
+# bpctl: beyond its jobs' grace time (SIGTERM to SIGKILL), how long a node may take to close its link:
+# the killed jobs' exits (agent.jobs.KILLED_WAIT), the last log lines, a slow link
+POWER_ANSWER_TIME = 15.0
 
 
 class Session:
@@ -67,6 +70,7 @@ class NodeLink:
     mac: str
     ws: web.WebSocketResponse
     jobs: set[int] = field(default_factory=set)
+    closed: asyncio.Event = field(default_factory=asyncio.Event)  # set when the link is down
 
 
 def parse_nodes(text: str) -> list[int] | None:
@@ -164,6 +168,7 @@ class JobHub:
                         job.session.output(stream, msg.data[p.IO_HEADER_SIZE :], link.number)
                         await job.session.backpressure()
         finally:
+            link.closed.set()
             if self.links.get(node.number) is link:
                 del self.links[node.number]
             for job_id in list(link.jobs):
@@ -244,6 +249,33 @@ class JobHub:
             await _send(link.ws, p.JobStart(job_id, manifest))
             if not request.stdin:
                 await link.ws.send_bytes(struct.pack(p.IO_HEADER, p.Stream.STDIN, job_id))
+
+    # --- bpctl ------------------------------------------------------------------------------------------
+
+    async def power(self, order: p.NodePower, nodes: str) -> list[str]:
+        """Send `order` to each node of `nodes` ('0,3', 'all': every linked node) and wait for each to
+        end its jobs and close its link; the node is then DOWN, with the order in its boot's timeline.
+        Returns the failures, one line per node (an empty list: every node acted)."""
+        wanted = parse_nodes(nodes)
+        numbers = sorted(self.links) if wanted is None else wanted
+        if not numbers:
+            raise JobError("no node is up with a job link", hint="bpstat shows the nodes")
+        results = await asyncio.gather(*(self._power_one(number, order) for number in numbers))
+        return [failure for failure in results if failure]
+
+    async def _power_one(self, number: int, order: p.NodePower) -> str:
+        link, node = self.links.get(number), self.registry.node_by_number(number)
+        if link is None or node is None:
+            return f"node {number} is not up (no job link): nothing to {order.action}"
+        log.info("node %d: %s, as %s asked", number, order.action, order.by)
+        await _send(link.ws, order)
+        wait = order.grace + POWER_ANSWER_TIME
+        try:
+            await asyncio.wait_for(link.closed.wait(), wait)
+        except asyncio.TimeoutError:
+            return f"node {number} did not close its job link within {wait:g} s of the {order.action} order"
+        self.registry.mark_down(number, node.boot, time.time(), order.action, f"bpctl, as {order.by} asked")
+        return ""
 
     async def signal(self, session: Session, signum: int) -> None:
         for job_id in list(session.jobs):

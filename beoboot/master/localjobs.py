@@ -17,6 +17,7 @@ import asyncio
 import errno
 import logging
 import os
+import pwd
 import queue
 import signal
 import socket
@@ -28,7 +29,7 @@ from pathlib import Path
 
 from agent import protocol as p
 from beoboot.errors import BeobootError
-from beoboot.master import bpsh_client as bpsh
+from beoboot.master import bpctl, bpsh_client as bpsh
 from beoboot.master.jobs import JobHub, Session
 
 log = logging.getLogger("beoserv")
@@ -394,17 +395,14 @@ class LocalListener:
             conn.close()
             return
         pid, uid, gid = PEERCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, PEERCRED.size))
+        if data.startswith(bpctl.REQUEST_MAGIC + b"\0"):
+            asyncio.ensure_future(self._control(conn, fds, data, uid))
+            return
         try:
             request, letters = decode_request(data, uid, gid, peer_groups(conn, pid, uid))
         except RequestError as exc:
             _say(fds[2], f"bpsh: {exc}\n")
-            try:
-                conn.send(b"X%d" % USAGE_STATUS)
-            except OSError:
-                pass
-            for fd in fds:
-                os.close(fd)
-            conn.close()
+            _answer(conn, fds, USAGE_STATUS)
             return
         st = os.fstat(fds[0])
         if stat.S_ISCHR(st.st_mode) and st.st_rdev == DEV_NULL:
@@ -417,6 +415,41 @@ class LocalListener:
         await self.hub.run(session, request)
         if request.stdin and session.jobs:
             await session.forward_stdin()
+
+    async def _control(self, conn: socket.socket, fds: list[int], data: bytes, uid: int) -> None:
+        """bpctl: root only; one line on the client's stderr per node that did not act."""
+        status = bpctl.FAILED_STATUS
+        try:
+            nodes, action, grace = bpctl.decode_request(data)
+            if uid != 0:
+                raise bpctl.ControlRequestError(f"only root may {action} nodes (you are uid {uid})")
+            order = p.NodePower(action, grace, by=_user_name(uid))
+            failures = await self.hub.power(order, nodes)
+            for failure in failures:
+                _say(fds[2], f"bpctl: {failure}\n")
+            status = bpctl.FAILED_STATUS if failures else 0
+        except (bpctl.ControlRequestError, BeobootError) as exc:
+            _say(fds[2], f"bpctl: {exc}\n")
+        finally:
+            _answer(conn, fds, status)
+
+
+def _answer(conn: socket.socket, fds: list[int], status: int) -> None:
+    """The last word to a client that gets no session: its status; then its descriptors go."""
+    try:
+        conn.send(b"X%d" % status)
+    except OSError:
+        pass
+    for fd in fds:
+        os.close(fd)
+    conn.close()
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
 
 
 def _someone_listens(path: Path) -> bool:

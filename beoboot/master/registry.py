@@ -27,6 +27,7 @@ from agent.protocol import (
     ProtocolError,
     Stage,
     StageEvent,
+    check_event_name,
     from_dict,
     normalise_mac,
 )
@@ -256,6 +257,22 @@ class Registry:
                     (row["number"], row["boot"], now, HEARTBEAT_LOST, row["stage"], f"silent since before {cutoff:.3f}"),
                 )
         return [r for r in (self.node_by_number(row["number"]) for row in rows) if r is not None]
+
+    def mark_down(self, number: int, boot: int, now: float, event: str, detail: str) -> bool:
+        """Record `event` in boot `boot` of node `number` and, if that is still its latest boot, mark it
+        DOWN (bpctl: the node closed its link to reboot, halt or power off). A node that rebooted and
+        registered again before this ran keeps its new state. False if the node is unknown."""
+        with self._db:
+            self._db.execute("BEGIN")
+            row = self._db.execute("SELECT boot, stage FROM nodes WHERE number = ?", (number,)).fetchone()
+            if row is None:
+                return False
+            self._db.execute(
+                "INSERT INTO events (number, boot, t, event, stage, detail) VALUES (?, ?, ?, ?, ?, ?)",
+                (number, boot, now, check_event_name(event), row["stage"], detail),
+            )
+            self._db.execute("UPDATE nodes SET state = ? WHERE number = ? AND boot = ?", (NodeState.DOWN, number, boot))
+        return True
 
     # --- reads -------------------------------------------------------------------------------------------
 
