@@ -57,6 +57,7 @@ class CachedObject:
     holds: int = 0  # running jobs using it
     links: set[str] = field(default_factory=set)  # environment-root paths linked to it
     copies: dict[str, tuple[int, int]] = field(default_factory=dict)  # paths on other mounts -> (dev, inode)
+    inode: tuple[int, int] = (0, 0)  # (dev, inode) of the object file: a path with these is linked to it
 
     @property
     def footprint(self) -> int:
@@ -102,7 +103,7 @@ class LibCache:
             os.unlink(os.path.join(self.tmp_dir, leftover))
         for name in os.listdir(self.objects_dir):
             st = os.stat(os.path.join(self.objects_dir, name))
-            self._objects[name] = CachedObject(name, st.st_size, st.st_mtime)
+            self._objects[name] = CachedObject(name, st.st_size, st.st_mtime, inode=(st.st_dev, st.st_ino))
 
     def verify(self) -> tuple[int, int]:
         """Hash every object and drop those whose content is not their name: for a cache on a local disk
@@ -205,9 +206,10 @@ class LibCache:
                 _unlink(tmp)
                 continue
             os.chmod(tmp, object_mode(entry.mode))
+            st = os.stat(tmp)
             os.rename(tmp, os.path.join(self.objects_dir, name))
             with self._lock:
-                self._objects[name] = CachedObject(name, size, self.clock())
+                self._objects[name] = CachedObject(name, size, self.clock(), inode=(st.st_dev, st.st_ino))
                 self.fetched += 1
             return
         raise LibCacheError(f"cannot cache {entry.path} (sha256 {entry.sha256}) from {url}: {problem}")
@@ -255,7 +257,7 @@ class LibCache:
         relative = os.path.normpath("/" + path).lstrip("/")
         if relative.startswith(".libcache") or not relative:
             raise LibCacheError(f"job path {path!r} is not allowed: it names the environment root or its cache")
-        return os.path.join(self.env_root, relative)
+        return self.env_root + "/" + relative  # os.path.join, without its checks: paid per path per job
 
     def materialise(self, files: Iterable[p.JobFile]) -> None:
         """Create every file of the manifest in the environment root: symlinks as given, regular files as
@@ -273,16 +275,15 @@ class LibCache:
                         os.makedirs(target, mode=entry.mode & 0o7777 or 0o755, exist_ok=True)
                     continue
                 name = object_name(entry)
-                source = os.path.join(self.objects_dir, name)
+                obj = self._objects[name]
                 try:
-                    present = os.lstat(target)
-                    if os.path.samestat(present, os.stat(source)):
-                        continue
-                    if self._objects[name].copies.get(target) == (present.st_dev, present.st_ino):
-                        continue  # our copy of this very object, on another mount
+                    present = os.lstat(target)  # one system call for a path that is already right
+                    if (present.st_dev, present.st_ino) in (obj.inode, obj.copies.get(target)):
+                        continue  # the object itself, or our copy of it on another mount
                 except FileNotFoundError:
                     pass
                 self._make_parent(target)
+                source = os.path.join(self.objects_dir, name)
                 tmp = f"{target}.beoboot-{threading.get_ident()}"
                 _unlink(tmp)
                 try:
@@ -300,10 +301,10 @@ class LibCache:
                     _unlink(tmp)
                     raise LibCacheError(f"cannot place {entry.path} in the environment root: {exc}") from None
                 placed = os.lstat(target)
-                if os.path.samestat(placed, os.stat(source)):
-                    self._objects[name].links.add(target)
+                if (placed.st_dev, placed.st_ino) == obj.inode:
+                    obj.links.add(target)
                 else:
-                    self._objects[name].copies[target] = (placed.st_dev, placed.st_ino)
+                    obj.copies[target] = (placed.st_dev, placed.st_ino)
 
     def _make_parent(self, target: str) -> None:
         """Create the directories above `target`, refusing a path that leaves the environment root: the links

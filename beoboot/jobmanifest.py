@@ -4,19 +4,23 @@ COMMAND is found on the request's PATH (on the master: the master's install is t
 are the program, its ELF closure as glibc's ld.so would load it (beoboot.ldso, the builder's resolver), the
 `#!` interpreter of a script with that interpreter's closure (scripts may chain), run-time files a known
 interpreter cannot start without (RUNTIME_RULES; for Python its whole stdlib, as one zip built from the
-master's files: beoboot.jobpython), and `--cache` extras (a file or a whole directory; ELF
-files in them bring their closures too). Every symbolic link met on the way is listed as a link, so the
-node's tree has the master's shape (/lib -> usr/lib) and files sit at their real paths.
+master's files: beoboot.jobpython; for Perl its essential modules), `--cache` extras (a file or a whole
+directory; ELF files in them bring their closures too), and the locale data the job's environment names
+(beoboot.joblocale). Every symbolic link met on the way is listed as a link, so the node's tree has the
+master's shape (/lib -> usr/lib) and files sit at their real paths.
 
 Closures are cached per program and re-checked by stat key on every job, with the directories the library
-search looked in (a new library there may come first now); hashes come from the ObjectStore's cache. A
-cached job therefore costs a few stat() calls per file and directory, not a read.
+search looked in (a new library there may come first now); trees (run-time directories, --cache, locales)
+are cached per path and watched with inotify; hashes come from the ObjectStore's cache. A cached job
+therefore costs a few stat() calls per file of its closure and none per file of its trees, not a read.
 """
 
 from __future__ import annotations
 
+import glob
 import os
 import posixpath
+import re
 import stat
 import threading
 from collections.abc import Callable, Iterable
@@ -24,6 +28,7 @@ from dataclasses import dataclass
 
 from agent import protocol as p
 from beoboot.errors import BeobootError
+from beoboot.joblocale import locale_paths
 from beoboot.jobpython import SourceWatch, StdlibZips, python_version
 from beoboot.ldso import LibraryResolver, is_elf
 from beoboot.master.objects import ObjectStore, StatKey, stat_key
@@ -61,8 +66,26 @@ def python_runtime(real_program: str) -> list[str]:
     return [f"{lib}/encodings", f"{lib}/os.py", f"{lib}/lib-dynload/"]
 
 
+PERL = re.compile(r"perl(5[\d.]*)?")
+
+
+def perl_runtime(real_program: str) -> list[str]:
+    """Perl's essential modules, as Debian's perl-base installs them (strict, warnings, POSIX, Carp,
+    Exporter, Getopt::Long, File::*, IO::*, List::Util, Socket, ...): a Perl script can rarely start
+    without some of them, and unlike Python's, Perl cannot read its modules from one zip. Left out, for
+    --cache: perl-base's unicore/ (537 of its 611 files, read only for \\N{NAME} and the rarer \\p{}
+    properties; the common ones are built into perl) and the rest of the core library (perl-modules:
+    Data::Dumper, ...), ten times larger. Each would add its files to every Perl job's manifest."""
+    if not PERL.fullmatch(posixpath.basename(real_program)):
+        return []
+    needed = ["/etc/perl"]
+    for base in sorted(glob.glob("/usr/lib/*/perl-base")):
+        needed += [base + "/", *(posixpath.join(base, name) for name in sorted(os.listdir(base)) if name != "unicore")]
+    return needed
+
+
 # interpreter -> the run-time files it needs beyond its ELF closure (a trailing '/' means: the directory only)
-RUNTIME_RULES: tuple[Callable[[str], list[str]], ...] = (python_runtime,)
+RUNTIME_RULES: tuple[Callable[[str], list[str]], ...] = (python_runtime, perl_runtime)
 
 
 def find_command(command: str, path_env: str, cwd: str) -> str:
@@ -113,6 +136,7 @@ class _Closure:
     # the PATH a '#!/usr/bin/env NAME' line was resolved with (None: no such line): another PATH may find
     # another NAME
     path_env: str | None = None
+    trees: tuple[str, ...] = ()  # run-time directories (RUNTIME_RULES), described and watched on their own
 
     def current(self, path_env: str | None = None) -> bool:
         return ((self.path_env is None or self.path_env == path_env)
@@ -129,6 +153,7 @@ class _Described:
     keys: tuple[tuple[str, StatKey | None], ...]  # (path, lstat key) of every link met and file described
     watches: tuple[SourceWatch, ...] = ()
     path_env: str | None = None  # as _Closure's
+    trees: tuple[str, ...] = ()  # as _Closure's
 
     def current(self, path_env: str | None = None) -> bool:
         return ((self.path_env is None or self.path_env == path_env)
@@ -142,6 +167,7 @@ class ManifestBuilder:
         self.root = root
         self._closures: dict[str, _Closure] = {}
         self._described: dict[str, _Described] = {}  # program -> its closure, described
+        self._extras: dict[str, _Described] = {}  # --cache path -> its tree (and ELF closures), described
         self.stdlib_zips = StdlibZips()
         self._lock = threading.Lock()
 
@@ -152,43 +178,72 @@ class ManifestBuilder:
             raise JobError("no command given", hint="bpsh NODE COMMAND [ARGS...]")
         path_env = request.env.get("PATH", DEFAULT_PATH)
         executable = find_command(request.argv[0], path_env, request.cwd)
-        if request.cache:
-            closure = self._closure(executable, path_env)
-            paths = list(closure.paths)
-            for extra in request.cache:
-                paths += self.extra(cache_path(extra, path_env, request.cwd))
-            files = self.describe(paths, dict(closure.derived))
-        else:
-            files = self.described_closure(executable, path_env)
+        program = self._described_program(executable, path_env)
+        extras = [*program.trees, *(cache_path(extra, path_env, request.cwd) for extra in request.cache),
+                  *locale_paths(request.env, self.root)]  # fmt: skip
+        files = _merge(program.files, *map(self.described_extra, extras)) if extras else program.files
         return _manifest(request, executable, files)
 
     def build_cached(self, request: p.JobRequest) -> p.JobManifest | None:
         """build(), when that costs only lstat() calls (no ELF parsing, no hashing), so beoserv may run it on
         its event loop; None when it would cost more. JobError as build()."""
-        if request.cache or not request.argv:
+        if not request.argv:
             return None
         path_env = request.env.get("PATH", DEFAULT_PATH)
         executable = find_command(request.argv[0], path_env, request.cwd)
+        wanted = [cache_path(extra, path_env, request.cwd) for extra in request.cache]
         with self._lock:
-            cached = self._described.get(executable)
-        if cached is None or not cached.current(path_env):
+            program = self._described.get(executable)
+        if program is None or not program.current(path_env):
             return None
-        return _manifest(request, executable, cached.files)
+        with self._lock:
+            extras = [self._extras.get(path) for path in [*program.trees, *wanted, *locale_paths(request.env, self.root)]]
+        if not all(extra is not None and extra.current() for extra in extras):
+            return None
+        files = _merge(program.files, *(extra.files for extra in extras)) if extras else program.files
+        return _manifest(request, executable, files)
 
-    def described_closure(self, program: str, path_env: str = DEFAULT_PATH) -> tuple[p.JobFile, ...]:
+    def _described_program(self, program: str, path_env: str) -> _Described:
         """describe(closure(program)), from cache while every file and link it met is unchanged (lstat):
-        a cached job's manifest then costs one lstat per path instead of a walk of every path."""
+        a cached job's manifest then costs one lstat per path instead of a walk of every path. Its
+        run-time trees are described on their own (described_extra), watched rather than checked per file."""
         with self._lock:
             cached = self._described.get(program)
         if cached is not None and cached.current(path_env):
-            return cached.files
+            return cached
         closure = self._closure(program, path_env)
         files = self.describe(closure.paths, dict(closure.derived))
         watched = sorted({program, *(f.path for f in files)})
         described = _Described(files, tuple((path, _lkey_of(path)) for path in watched) + closure.searched,
-                               closure.watches, closure.path_env)  # fmt: skip
+                               closure.watches, closure.path_env, closure.trees)  # fmt: skip
         with self._lock:
             self._described[program] = described
+        return described
+
+    def described_extra(self, path: str) -> tuple[p.JobFile, ...]:
+        """describe(extra(path)), from cache while nothing in the tree changed (inotify on its directories,
+        so asking costs no walk), no file it brings from outside the tree changed (lstat: an ELF program's
+        libraries) and no library search of its programs would find another."""
+        with self._lock:
+            cached = self._extras.get(path)
+        if cached is not None and cached.current():
+            return cached.files
+        watch, listing = SourceWatch(), self._tree(path)
+        directories = {name.rstrip("/") for name in listing if name.endswith("/")}
+        for directory in sorted(directories):
+            watch.add(directory)
+        if self._tree(path) != listing:  # a file came or went before its directory was watched
+            watch.close()  # never current: the next job walks again
+        paths = self.extra(path)
+        files = self.describe(paths)
+        outside = sorted({path, *(f.path for f in files if posixpath.dirname(f.path) not in directories)})
+        with self._lock:
+            searched = [key for name in paths if (closure := self._closures.get(name)) for key in closure.searched]
+            keys = tuple((name, _lkey_of(name)) for name in outside) + tuple(searched)
+            if cached is not None:
+                for old in cached.watches:
+                    old.close()
+            self._extras[path] = _Described(files, keys, (watch,))
         return files
 
     def closure(self, program: str, path_env: str = DEFAULT_PATH) -> tuple[str, ...]:
@@ -207,11 +262,24 @@ class ManifestBuilder:
 
     def extra(self, path: str) -> list[str]:
         """A --cache file, or a directory and everything under it; ELF files bring their closures."""
+        found = self._tree(path)
+        more: list[str] = []
+        for name in found:
+            if not name.endswith("/") and os.path.isfile(name) and is_elf(Sysroot(self.root), name):
+                more += self.closure(name)
+        return found + more
+
+    def _tree(self, path: str) -> list[str]:
+        """A --cache file, or a directory (ending in '/') and every file, link and directory under it."""
         if not os.path.lexists(path):
             raise JobError(f"--cache {path}: no such file or directory on the master")
         found: list[str] = []
-        if os.path.isdir(path) and not os.path.islink(path):
-            for top, dirs, files in os.walk(path):
+        tree = path
+        if os.path.islink(path) and os.path.isdir(path):
+            found.append(path)  # the link as a link, and the tree it names (--cache /usr/share/perl/5.36)
+            tree = os.path.realpath(path)
+        if os.path.isdir(tree) and not os.path.islink(tree):
+            for top, dirs, files in os.walk(tree):
                 found.append(top + "/")
                 found += [posixpath.join(top, name) for name in sorted(files)]
                 found += [posixpath.join(top, d) for d in dirs if os.path.islink(posixpath.join(top, d))]
@@ -219,11 +287,7 @@ class ManifestBuilder:
                     raise JobError(f"--cache {path}: more than {MAX_EXTRA_FILES} files", hint="name a smaller tree")
         else:
             found.append(path)
-        more: list[str] = []
-        for name in found:
-            if not name.endswith("/") and os.path.isfile(name) and is_elf(Sysroot(self.root), name):
-                more += self.closure(name)
-        return found + more
+        return found
 
     def describe(self, paths: Iterable[str], derived: dict[str, str] | None = None) -> tuple[p.JobFile, ...]:
         """JobFiles for these paths, links resolved into link entries; directories first, then links, then
@@ -293,6 +357,7 @@ class ManifestBuilder:
             raise JobError(f"{program}: more than {MAX_SHEBANG_DEPTH} nested '#!' interpreters")
         derived: list[tuple[str, str]] = []
         watches: list[SourceWatch] = []
+        trees: list[str] = []
         for needed in [path for path in paths if not path.endswith("/")]:
             real = sysroot.resolve(needed).real
             stdlib = self.stdlib_zips.for_interpreter(sysroot, real)
@@ -304,7 +369,7 @@ class ManifestBuilder:
             for rule in RUNTIME_RULES:
                 for item in rule(real):
                     if os.path.isdir(item.rstrip("/")) and not item.endswith("/"):
-                        paths += self.extra(item)
+                        trees.append(item)
                     elif os.path.lexists(item.rstrip("/")):
                         paths.append(item)
         unique = tuple(dict.fromkeys(paths))
@@ -317,7 +382,8 @@ class ManifestBuilder:
                     keys.append((real, stat_key(os.stat(real))))
         searched = [str(sysroot.host(d)) for d in (*resolver.search_dirs, *LD_SO_CONF_PATHS)] + searched_path
         searched_keys = tuple((path, _lkey_of(path)) for path in dict.fromkeys(searched))
-        return _Closure(unique, tuple(keys), searched_keys, tuple(derived), tuple(watches), used_path)
+        return _Closure(unique, tuple(keys), searched_keys, tuple(derived), tuple(watches), used_path,
+                        tuple(dict.fromkeys(trees)))  # fmt: skip
 
     def _extension_modules(self, lib_dynload: str) -> list[str]:
         """lib-dynload (the directory itself: the landmark of Python's exec prefix) and every extension
@@ -360,6 +426,18 @@ def _dirs_searched(path_env: str, found: str) -> list[str]:
         if posixpath.dirname(found) == posixpath.normpath(directory or "/"):
             break
     return directories
+
+
+def _merge(*groups: tuple[p.JobFile, ...]) -> tuple[p.JobFile, ...]:
+    """Described groups as one, as describe() orders them: directories (sorted), links, files; each path
+    once (the first group's entry wins: the program's closure before --cache trees)."""
+    by_path: dict[str, p.JobFile] = {}
+    for group in groups:
+        for entry in group:
+            by_path.setdefault(entry.path, entry)
+    dirs = sorted((f for f in by_path.values() if not f.sha256 and not f.link), key=lambda f: f.path)
+    links = [f for f in by_path.values() if f.link]
+    return tuple(dirs + links + [f for f in by_path.values() if f.sha256])
 
 
 def _manifest(request: p.JobRequest, executable: str, files: tuple[p.JobFile, ...]) -> p.JobManifest:

@@ -1,6 +1,7 @@
 """bpsh against a node booted in QEMU (TCG) with the real master: the node runs the master's exact programs
 out of its libcache, chrooted in its environment root. The node reaches the master at 10.0.2.2."""
 
+import os
 import shutil
 import signal
 import subprocess
@@ -69,6 +70,13 @@ def test_python_imports_the_masters_stdlib_and_extension_modules(node):
     result = bpsh(node, "0", "/usr/bin/python3", "-c", program)
     on_master = subprocess.run(["/usr/bin/python3", "-c", program], capture_output=True, text=True, check=True)
     assert (result.returncode, result.stdout) == (0, on_master.stdout), result.stderr
+
+
+def test_perl_with_its_essential_modules_in_the_users_locale(node):
+    env = {**os.environ, "LANG": "C.UTF-8", "LC_ALL": ""}
+    result = subprocess.run(bpsh_argv(node.bpsh_socket, "0", "perl", "-e", "use strict; use POSIX; print floor(2.5)"),
+                            capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
+    assert (result.returncode, result.stdout, result.stderr) == (0, "2", "")  # no "Setting locale failed"
 
 
 def test_exit_status_of_a_shell(node):

@@ -112,6 +112,19 @@ def test_python_jobs_import_the_masters_stdlib_from_one_zip(cluster):
     assert sorted(os.listdir(nodes / "node0" / "env" / "usr/lib/python3.11")) == ["lib-dynload"]
 
 
+def test_perl_scripts_get_perls_essential_modules_and_the_users_locale(cluster):
+    """perl-base's modules come with perl (strict, POSIX, Getopt::Long, ...), and the locale LANG names
+    comes with every job: without it perl warned on every run that setlocale failed."""
+    url, sock, _ = cluster
+    program = ("use strict; use warnings; use POSIX qw(floor); use Getopt::Long; use List::Util qw(sum);"
+               "print floor(sum(1.5, 1)), qq(\\n)")
+    env = {**os.environ, "LANG": "C.UTF-8", "LC_ALL": ""}
+    result = bpsh(sock, "0", "perl", "-e", program, env=env)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "2\n", "")
+    python = bpsh(sock, "1", "/usr/bin/python3", "-c", "import locale; print(locale.setlocale(locale.LC_ALL, ''))", env=env)
+    assert (python.returncode, python.stdout) == (0, "C.UTF-8\n"), python.stderr
+
+
 def test_sigint_reaches_the_job_and_bps_lists_it(cluster):
     url, sock, _ = cluster
     job = subprocess.Popen(bpsh_argv(sock, "0", "sleep", "100"))

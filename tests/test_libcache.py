@@ -15,8 +15,9 @@ import pytest
 from agent import protocol as p
 from agent.libcache import LibCache, LibCacheError, object_name
 from agent.wsclient import mask
+from beoboot.joblocale import normalised_name
 from beoboot.jobmanifest import (JobError, ManifestBuilder, cache_path, env_command, find_command, parse_shebang,
-                                 python_runtime)
+                                 perl_runtime, python_runtime)
 from beoboot.master.bpsh_client import BpshOptions, BpshUsageError, encode_request, parse_args
 from beoboot.master.localjobs import RequestError, decode_request
 from beoboot.master.jobs import parse_nodes
@@ -289,6 +290,14 @@ def test_python_runtime_rule():
     assert python_runtime("/usr/bin/perl") == []
 
 
+def test_perl_runtime_rule_brings_perl_base_without_unicore():
+    needed = perl_runtime("/usr/bin/perl5.36.0")
+    assert needed == perl_runtime("/usr/bin/perl") and "/etc/perl" in needed
+    base = next(path for path in needed if path.endswith("/perl-base/"))
+    assert f"{base}strict.pm" in needed and f"{base}POSIX.pm" in needed and f"{base}unicore" not in needed
+    assert perl_runtime("/usr/bin/python3.11") == [] and perl_runtime("/usr/bin/perldoc") == []
+
+
 def test_manifest_of_a_script_brings_its_interpreter_and_hashes_are_cached(tmp_path):
     script = tmp_path / "hello"
     script.write_text("#!/bin/sh\necho hello\n")
@@ -307,6 +316,56 @@ def test_manifest_of_a_script_brings_its_interpreter_and_hashes_are_cached(tmp_p
     changed = {f.path: f.sha256 for f in builder.build(request).files}
     assert changed[str(script)] == hashlib.sha256(b"#!/bin/sh\necho changed\n").hexdigest()
     assert store.lookup(changed[str(script)]) == str(script)
+
+
+def test_a_cache_tree_is_described_once_and_again_after_any_change_in_it(tmp_path):
+    """--cache trees are kept described (inotify on their directories): a job costs no walk, and a file
+    added deep down, edited in place, or removed shows in the next manifest. A link to a tree brings both."""
+    tree = tmp_path / "modules"
+    (tree / "deep" / "er").mkdir(parents=True)
+    (tree / "top.pm").write_text("1;\n")
+    (tmp_path / "current").symlink_to("modules")
+    builder = ManifestBuilder(ObjectStore())
+    request = p.JobRequest("0", ("/bin/true",), {"PATH": "/usr/bin:/bin"}, "/", 0, 0, cache=(str(tmp_path / "current"),))
+
+    def files():
+        built = builder.build(request)
+        assert builder.build_cached(request) == built  # what the event loop takes, once built
+        return {f.path: f for f in built.files}
+
+    first = files()
+    assert first[str(tmp_path / "current")].link == "modules" and str(tree / "top.pm") in first
+    assert str(tree / "deep" / "er") in first  # empty directories come too
+    assert builder.build_cached(request) is not None
+    (tree / "deep" / "er" / "new.pm").write_text("2;\n")
+    assert builder.build_cached(request) is None  # changed: built again, off the event loop
+    assert str(tree / "deep" / "er" / "new.pm") in files()
+    with open(tree / "top.pm", "a") as f:
+        f.write("# edited\n")
+    assert files()[str(tree / "top.pm")].sha256 == hashlib.sha256(b"1;\n# edited\n").hexdigest()
+    (tree / "deep" / "er" / "new.pm").unlink()
+    assert str(tree / "deep" / "er" / "new.pm") not in files()
+
+
+def test_the_locale_the_jobs_environment_names_comes_along():
+    builder = ManifestBuilder(ObjectStore())
+
+    def locale_files(env):
+        request = p.JobRequest("0", ("/bin/true",), {"PATH": "/usr/bin:/bin", **env}, "/", 0, 0)
+        return {f.path for f in builder.build(request).files if f.path.startswith("/usr/lib/locale")}
+
+    c_utf8 = locale_files({"LANG": "C.UTF-8"})  # Debian installs it as the directory C.utf8
+    assert "/usr/lib/locale/C.utf8/LC_CTYPE" in c_utf8
+    assert locale_files({"LC_ALL": "C", "LANG": "C.UTF-8"}) == set()  # LC_ALL overrides
+    assert locale_files({"LC_CTYPE": "C.UTF-8"}) == c_utf8
+    assert locale_files({"LANG": "xx_YY.UTF-8"}) <= {"/usr/lib/locale/locale-archive"}  # not on the master either
+    assert locale_files({}) == set()
+
+
+@pytest.mark.parametrize("name, normalised", [("C.UTF-8", "C.utf8"), ("en_GB.ISO-8859-1@euro", "en_GB.iso88591@euro"),
+                                              ("de_DE.8859-15", "de_DE.iso885915"), ("POSIX", "POSIX")])  # fmt: skip
+def test_locale_names_are_normalised_as_glibc_does(name, normalised):
+    assert normalised_name(name) == normalised
 
 
 # --- small parsers ---------------------------------------------------------------------------------------
