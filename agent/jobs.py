@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from urllib.parse import quote
 
 from agent import protocol as p
+from agent.accounts import AccountError, Accounts
 from agent.launcher import Launcher, LaunchError
 from agent.libcache import LIBCACHE_DIR, LibCache, LibCacheError
 from agent.wsclient import OP_TEXT, WebSocket, WebSocketError
@@ -119,6 +120,7 @@ class JobRunner:
         self.token = token  # the link token of the node's latest registration, read at every (re)connect
         self.env_root = env_root
         self.cache = cache
+        self.accounts = Accounts(env_root)
         self.log = log
         self.launcher = launcher
         self.power = power  # called (in a worker) once the jobs have ended: closes the link, then acts
@@ -256,6 +258,11 @@ class JobRunner:
                 self.cache.materialise(manifest.files)
             except (LibCacheError, OSError) as exc:
                 self._send_exit(ws, p.JobExit(slot.job, EXEC_FAILED, error=f"cannot cache the job's files: {exc}"))
+                return
+            try:
+                self.accounts.ensure(manifest.passwd_entry, manifest.group_entries)
+            except (AccountError, OSError) as exc:
+                self._send_exit(ws, p.JobExit(slot.job, EXEC_FAILED, error=f"cannot name the job's user: {exc}"))
                 return
             self._execute(ws, slot, manifest, fetched)
         finally:

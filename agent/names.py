@@ -19,13 +19,13 @@ from agent import protocol as p
 
 
 def hosts_file(reply: p.RegisterReply, address: str, master_url: str) -> str:
-    """/etc/hosts: this node by its names (BeoNSS: nN and .N), and the master as `master` and `.-1`
-    (Scyld's name for it) when its URL names it by address."""
-    lines = ["127.0.0.1 localhost", f"{address.split('/')[0]} {reply.hostname} {reply.name}"]
+    """/etc/hosts: this node by its names (BeoNSS: nN and .N, and `self` and `.-2` for the machine asking),
+    and the master as `master`, `master0` and `.-1` (Scyld's names for it) when its URL names it by address."""
+    lines = ["127.0.0.1 localhost", f"{address.split('/')[0]} {reply.hostname} {reply.name} self .-2"]
     master_host = urlsplit(master_url).hostname or ""
     try:
         ipaddress.ip_address(master_host)
-        lines.append(f"{master_host} master .-1")
+        lines.append(f"{master_host} master master0 .-1")
     except ValueError:
         pass  # a name: resolving it needs DNS, which resolv.conf from DHCP provides
     return "\n".join(lines) + "\n"

@@ -472,6 +472,9 @@ class JobManifest:
     gid: int
     files: tuple[JobFile, ...]
     groups: tuple[int, ...] = ()  # supplementary groups, as bpsh had them
+    # the user's names (BeoNSS): their /etc/passwd line, and an /etc/group line per group the job has
+    passwd_entry: str = ""
+    group_entries: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""The locale data a job's environment names, so setlocale() on the node finds what it found on the master.
+"""The locale data and time zone a job's environment names, so setlocale() and localtime() on the node find
+what they found on the master.
 
 bpsh passes the user's environment, LANG=C.UTF-8 or en_GB.UTF-8 included, but a node's environment root
 holds only what jobs brought: without the locale's files, every program that calls setlocale() falls back
@@ -6,6 +7,9 @@ to the C locale on the node (Python reads ASCII names as surrogates, `sort` orde
 prints a warning on every run. glibc looks for a locale in /usr/lib/locale/locale-archive first, then in
 the directory /usr/lib/locale/NAME, NAME as given or with its codeset normalised (UTF-8 -> utf8; see
 glibc's _nl_find_locale), and Debian installs C.UTF-8 as the directory C.utf8.
+
+The time zone likewise: without /etc/localtime, `date` and every log line of a job said UTC whatever the
+master's zone. A TZ naming a zone file (TZ=Europe/Paris, or :Europe/Paris) brings that file too.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import os
 import posixpath
 
 LOCALE_DIR = "/usr/lib/locale"
+LOCALTIME = "/etc/localtime"
+ZONEINFO = "/usr/share/zoneinfo"
 LOCALE_ARCHIVE = f"{LOCALE_DIR}/locale-archive"
 # what setlocale(LC_ALL, "") reads, in glibc's order of precedence (any of them may name a locale)
 LOCALE_VARIABLES = ("LC_ALL", "LC_CTYPE", "LC_NUMERIC", "LC_TIME", "LC_COLLATE", "LC_MONETARY", "LC_MESSAGES",
@@ -54,6 +60,18 @@ def locale_paths(env: dict[str, str], root: str = "/") -> list[str]:
             directory = posixpath.join(LOCALE_DIR, candidate)
             if os.path.isdir(_host(root, directory)):
                 paths.append(directory)
+    return paths
+
+
+def timezone_paths(env: dict[str, str], root: str = "/") -> list[str]:
+    """/etc/localtime (a link to the master's zone file, which comes along with it) and the zone file a TZ
+    names, as glibc reads them (tzset: a TZ starting with ':' or naming a file under the zone directory)."""
+    paths = [LOCALTIME] if os.path.lexists(_host(root, LOCALTIME)) else []
+    zone = env.get("TZ", "").removeprefix(":")
+    if zone and ".." not in zone.split("/"):
+        path = zone if zone.startswith("/") else posixpath.join(ZONEINFO, zone)
+        if os.path.isfile(_host(root, path)):
+            paths.append(path)
     return paths
 
 

@@ -28,8 +28,9 @@ from dataclasses import dataclass
 
 from agent import protocol as p
 from beoboot.errors import BeobootError
-from beoboot.joblocale import locale_paths
+from beoboot.joblocale import locale_paths, timezone_paths
 from beoboot.jobpython import SourceWatch, StdlibZips, python_version
+from beoboot.jobusers import JobUsers
 from beoboot.ldso import LibraryResolver, is_elf
 from beoboot.master.objects import ObjectStore, StatKey, stat_key
 from beoboot.sysroot import Sysroot
@@ -169,6 +170,7 @@ class ManifestBuilder:
         self._described: dict[str, _Described] = {}  # program -> its closure, described
         self._extras: dict[str, _Described] = {}  # --cache path -> its tree (and ELF closures), described
         self.stdlib_zips = StdlibZips()
+        self.users = JobUsers()
         self._lock = threading.Lock()
 
     # --- public -------------------------------------------------------------------------------------------
@@ -180,9 +182,9 @@ class ManifestBuilder:
         executable = find_command(request.argv[0], path_env, request.cwd)
         program = self._described_program(executable, path_env)
         extras = [*program.trees, *(cache_path(extra, path_env, request.cwd) for extra in request.cache),
-                  *locale_paths(request.env, self.root)]  # fmt: skip
+                  *self._environment_paths(request.env)]  # fmt: skip
         files = _merge(program.files, *map(self.described_extra, extras)) if extras else program.files
-        return _manifest(request, executable, files)
+        return _manifest(request, executable, files, self.users)
 
     def build_cached(self, request: p.JobRequest) -> p.JobManifest | None:
         """build(), when that costs only lstat() calls (no ELF parsing, no hashing), so beoserv may run it on
@@ -196,12 +198,17 @@ class ManifestBuilder:
             program = self._described.get(executable)
         if program is None or not program.current(path_env):
             return None
+        paths = [*program.trees, *wanted, *self._environment_paths(request.env)]
         with self._lock:
-            extras = [self._extras.get(path) for path in [*program.trees, *wanted, *locale_paths(request.env, self.root)]]
+            extras = [self._extras.get(path) for path in paths]
         if not all(extra is not None and extra.current() for extra in extras):
             return None
         files = _merge(program.files, *(extra.files for extra in extras)) if extras else program.files
-        return _manifest(request, executable, files)
+        return _manifest(request, executable, files, self.users)
+
+    def _environment_paths(self, env: dict[str, str]) -> list[str]:
+        """What the job's environment makes it read: its locale's data and its time zone."""
+        return locale_paths(env, self.root) + timezone_paths(env, self.root)
 
     def _described_program(self, program: str, path_env: str) -> _Described:
         """describe(closure(program)), from cache while every file and link it met is unchanged (lstat):
@@ -440,10 +447,13 @@ def _merge(*groups: tuple[p.JobFile, ...]) -> tuple[p.JobFile, ...]:
     return tuple(dirs + links + [f for f in by_path.values() if f.sha256])
 
 
-def _manifest(request: p.JobRequest, executable: str, files: tuple[p.JobFile, ...]) -> p.JobManifest:
+def _manifest(request: p.JobRequest, executable: str, files: tuple[p.JobFile, ...],
+              users: JobUsers) -> p.JobManifest:
+    user, groups = users.entries(request.uid, request.gid, request.groups, request.env)
     return p.JobManifest(
         argv=request.argv, executable=executable, env=request.env, cwd=request.cwd,
         uid=request.uid, gid=request.gid, files=files, groups=request.groups,
+        passwd_entry=user, group_entries=groups,
     )  # fmt: skip
 
 

@@ -133,3 +133,11 @@ def running_job(master: MasterProcess, *args: str) -> subprocess.Popen[bytes]:
         assert job.poll() is None and time.monotonic() < deadline, job.communicate()
         time.sleep(0.1)
     return job
+
+
+def let_others_reach(socket: Path) -> None:
+    """Let other users (nobody) reach a test master's socket: search permission on its directories."""
+    for parent in [socket.parent, *socket.parent.parents]:
+        if str(parent) in ("/", "/tmp"):
+            break
+        os.chmod(parent, os.stat(parent).st_mode | 0o011)

@@ -8,10 +8,10 @@ REPLY = p.RegisterReply(3, ".3", "n3", "10.54.0.13", 1, 5.0, 30.0)
 
 def test_hosts_name_the_node_and_the_master_by_address():
     assert hosts_file(REPLY, "10.54.0.13/24", "http://10.54.0.1:8080/") == (
-        "127.0.0.1 localhost\n10.54.0.13 n3 .3\n10.54.0.1 master .-1\n"
+        "127.0.0.1 localhost\n10.54.0.13 n3 .3 self .-2\n10.54.0.1 master master0 .-1\n"
     )
     # a master known by name is left to DNS
-    assert hosts_file(REPLY, "10.54.0.13", "http://head.cluster:8080/") == "127.0.0.1 localhost\n10.54.0.13 n3 .3\n"
+    assert hosts_file(REPLY, "10.54.0.13", "http://head.cluster:8080/") == "127.0.0.1 localhost\n10.54.0.13 n3 .3 self .-2\n"
 
 
 def test_identity_under_another_root_does_not_touch_the_hostname(tmp_path):
@@ -38,9 +38,9 @@ def test_without_an_address_plan_the_names_follow_a_lease_that_moved_the_node(tm
     names.take_table("10.0.2.15 n3 .3\n10.0.2.16 n4 .4\n")
     assert names.move("10.0.2.40/24")
     assert (env / "etc/hosts").read_text() == (
-        "127.0.0.1 localhost\n10.0.2.40 n3 .3\n10.0.2.2 master .-1\n10.0.2.16 n4 .4\n"
+        "127.0.0.1 localhost\n10.0.2.40 n3 .3 self .-2\n10.0.2.2 master master0 .-1\n10.0.2.16 n4 .4\n"
     )
-    assert "10.0.2.40 n3 .3\n" in (root / "etc/hosts").read_text()
+    assert "10.0.2.40 n3 .3 self .-2\n" in (root / "etc/hosts").read_text()
 
 
 def test_with_an_address_plan_the_names_stay_on_the_permanent_address(tmp_path):

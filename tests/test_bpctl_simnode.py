@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from master_helpers import MasterProcess, bpsh_argv, running_job, start_simnodes
+from master_helpers import MasterProcess, bpsh_argv, let_others_reach, running_job, start_simnodes
 from test_boot_chain import bpstat, node_row
 
 pytestmark = pytest.mark.skipif(os.getuid() != 0, reason="simulated nodes chroot their jobs: needs root")
@@ -90,10 +90,7 @@ def test_all_nodes_power_off_together(cluster):
 
 def test_only_root_may_order_and_a_node_that_is_not_up_is_named(cluster, tmp_path):
     master, _ = cluster
-    for parent in [master.bpsh_socket.parent, *master.bpsh_socket.parent.parents]:
-        if str(parent) in ("/", "/tmp"):
-            break
-        os.chmod(parent, os.stat(parent).st_mode | 0o011)  # let nobody reach the socket
+    let_others_reach(master.bpsh_socket)
     # nobody's request, sent as bpctl would (the module may not be readable by nobody here)
     program = ("import socket, sys\nc = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)\nc.connect(sys.argv[1])\n"
                "socket.send_fds(c, [b'bpctl1\\0' b'0\\0reboot\\0' b'1.0'], [0, 1, 2])\nsys.exit(int(c.recv(64)[1:]))")  # fmt: skip

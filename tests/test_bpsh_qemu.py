@@ -112,10 +112,10 @@ def test_sigint_through_bpsh_ends_the_job_with_130(node):
 
 def test_a_job_resolves_its_own_node_and_the_master_by_name(node):
     """The environment root resolves hosts from files only: its /etc/hosts names this node (nN, .N) and
-    the master (master, .-1), so a job asking for its own host's address gets it."""
+    the master (master, .-1), so a job asking for its own host's address gets it; `self` and `.-2` name the
+    machine asking, as on Scyld."""
     assert bpsh(node, "0", "hostname").stdout == "n0\n"
-    result = bpsh(node, "0", "getent", "hosts", "n0", ".0", "master", ".-1")
+    result = bpsh(node, "0", "getent", "hosts", "n0", ".-2", "master", ".-1")
     assert result.returncode == 0, result.stderr
-    assert [line.split() for line in result.stdout.splitlines()] == [
-        ["10.0.2.15", "n0", ".0"], ["10.0.2.15", "n0", ".0"], ["10.0.2.2", "master", ".-1"], ["10.0.2.2", "master", ".-1"]
-    ]  # fmt: skip
+    own, master = ["10.0.2.15", "n0", ".0", "self", ".-2"], ["10.0.2.2", "master", "master0", ".-1"]
+    assert [line.split() for line in result.stdout.splitlines()] == [own, own, master, master]

@@ -13,7 +13,7 @@ import urllib.request
 
 import pytest
 
-from master_helpers import MasterProcess, bpsh_argv, start_simnodes, stdlib_zip_member
+from master_helpers import MasterProcess, bpsh_argv, let_others_reach, start_simnodes, stdlib_zip_member
 
 BPCP = [sys.executable, "-m", "beoboot.master.bpcp"]
 
@@ -125,6 +125,14 @@ def test_perl_scripts_get_perls_essential_modules_and_the_users_locale(cluster):
     assert (python.returncode, python.stdout) == (0, "C.UTF-8\n"), python.stderr
 
 
+def test_a_job_keeps_the_time_zone_it_names(cluster):
+    url, sock, _ = cluster
+    env = {**os.environ, "TZ": ":Europe/Paris"}
+    result = bpsh(sock, "0", "date", "-d", "@1790000000", "+%Z %z %H", env=env)
+    on_master = subprocess.run(["date", "-d", "@1790000000", "+%Z %z %H"], capture_output=True, text=True, env=env)
+    assert (result.returncode, result.stdout) == (0, on_master.stdout) and on_master.stdout == "CEST +0200 16\n"
+
+
 def test_sigint_reaches_the_job_and_bps_lists_it(cluster):
     url, sock, _ = cluster
     job = subprocess.Popen(bpsh_argv(sock, "0", "sleep", "100"))
@@ -221,10 +229,7 @@ def test_stdin_goes_to_every_node(cluster):
 def test_the_job_runs_as_the_user_the_kernel_names_not_one_bpsh_claims(cluster):
     """beoserv takes uid and gid from SO_PEERCRED: nobody's bpsh runs nobody's job, whatever it sends."""
     url, sock, _ = cluster
-    for parent in [sock.parent, *sock.parent.parents]:
-        if str(parent) in ("/", "/tmp"):
-            break
-        os.chmod(parent, os.stat(parent).st_mode | 0o011)  # let nobody reach the socket
+    let_others_reach(sock)
     argv = ["/usr/bin/python3", *bpsh_argv(sock, "0", "id", "-u")[1:]]  # the venv's may be under /root
     result = subprocess.run(argv, capture_output=True, text=True, timeout=60,
                             user=65534, group=65534, cwd="/")  # fmt: skip
@@ -236,10 +241,7 @@ def test_the_job_has_the_supplementary_groups_of_bpsh(cluster):
     """From SO_PEERGROUPS: a project group that owns the data works on the node as here; more than the 256
     groups getsockopt can return come from the client's /proc entry."""
     url, sock, _ = cluster
-    for parent in [sock.parent, *sock.parent.parents]:
-        if str(parent) in ("/", "/tmp"):
-            break
-        os.chmod(parent, os.stat(parent).st_mode | 0o011)
+    let_others_reach(sock)
     argv = ["/usr/bin/python3", *bpsh_argv(sock, "0", "id", "-G")[1:]]
     for groups in ([100, 4, 27], list(range(2000, 2300))):
         result = subprocess.run(argv, capture_output=True, text=True, timeout=60,
@@ -248,6 +250,21 @@ def test_the_job_has_the_supplementary_groups_of_bpsh(cluster):
         primary, *supplementary = map(int, result.stdout.split())
         assert (primary, sorted(supplementary)) == (65534, sorted(groups))
     assert bpsh(sock, "0", "id", "-G").stdout == "0\n"  # root with no other group: the posix_spawn path
+
+
+def test_the_job_knows_its_user_and_groups_by_name(cluster):
+    """BeoNSS: the environment root names the user of each job and their groups (the master's entries), so
+    whoami, id -n and ls -l work on the node as here. Before, only root and nobody had names there."""
+    url, sock, nodes = cluster
+    let_others_reach(sock)
+    users = ["/usr/bin/python3", *bpsh_argv(sock, "1", "id", "-un")[1:]]
+    groups = ["/usr/bin/python3", *bpsh_argv(sock, "1", "id", "-Gn")[1:]]
+    for argv, expected in ((users, "nobody\n"), (groups, "nogroup adm users\n")):
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=60,
+                                user=65534, group=65534, extra_groups=[100, 4], cwd="/")  # fmt: skip
+        assert (result.returncode, result.stdout) == (0, expected), result.stderr
+    group_file = (nodes / "node1" / "env" / "etc" / "group").read_text().splitlines()
+    assert "users:x:100:nobody" in group_file and "adm:x:4:nobody" in group_file
 
 
 def test_no_beoserv_is_a_clear_error(tmp_path):

@@ -362,6 +362,21 @@ def test_the_locale_the_jobs_environment_names_comes_along():
     assert locale_files({}) == set()
 
 
+def test_the_masters_time_zone_comes_along_and_the_one_tz_names(tmp_path):
+    builder = ManifestBuilder(ObjectStore())
+
+    def zone_files(env):
+        request = p.JobRequest("0", ("/bin/true",), {"PATH": "/usr/bin:/bin", **env}, "/", 0, 0)
+        return {f.path: f for f in builder.build(request).files if "zoneinfo" in f.path or f.path == "/etc/localtime"}
+
+    found = zone_files({})
+    assert found["/etc/localtime"].link == os.readlink("/etc/localtime") and os.path.realpath("/etc/localtime") in found
+    paris = zone_files({"TZ": ":Europe/Paris"}) if os.path.isfile("/usr/share/zoneinfo/Europe/Paris") else None
+    assert paris is None or "/usr/share/zoneinfo/Europe/Paris" in paris
+    assert zone_files({"TZ": "../../etc/shadow"}).keys() == found.keys()  # names a zone, not any file
+    assert zone_files({"TZ": "CET-1CEST"}).keys() == found.keys()  # a rule, no file
+
+
 @pytest.mark.parametrize("name, normalised", [("C.UTF-8", "C.utf8"), ("en_GB.ISO-8859-1@euro", "en_GB.iso88591@euro"),
                                               ("de_DE.8859-15", "de_DE.iso885915"), ("POSIX", "POSIX")])  # fmt: skip
 def test_locale_names_are_normalised_as_glibc_does(name, normalised):
