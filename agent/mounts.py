@@ -28,6 +28,19 @@ PSEUDO_FILESYSTEMS = (
     Mount("devtmpfs", "/dev", "devtmpfs", syscalls.MS_NOSUID, "mode=0755"),
 )
 
+# The environment root's, in order (targets under the root), as a Linux install has them: jobs need
+# /dev/shm for POSIX shared memory and semaphores (MPI's shared-memory transport, Python's
+# multiprocessing) and /dev/pts for pseudo-terminals; opening /dev/ptmx finds the devpts mounted at pts
+# beside it (Linux 4.7 and later).
+ENV_ROOT_MOUNTS = (
+    Mount("devtmpfs", "/dev", "devtmpfs", 0),
+    Mount("tmpfs", "/dev/shm", "tmpfs", syscalls.MS_NOSUID | syscalls.MS_NODEV, "mode=1777"),
+    Mount("devpts", "/dev/pts", "devpts", syscalls.MS_NOSUID | syscalls.MS_NOEXEC, "mode=0620,ptmxmode=0666"),
+    Mount("proc", "/proc", "proc", 0),
+    Mount("sysfs", "/sys", "sysfs", 0),
+    Mount("tmpfs", "/tmp", "tmpfs", 0, "mode=1777"),
+)
+
 
 def parse_mount_targets(text: str) -> frozenset[str]:
     """Mount points listed in /proc/self/mounts (fstab format; octal escapes such as \\040 for spaces)."""

@@ -2,12 +2,13 @@
 
 Same code as a booted node from registration on (MasterLink, heartbeats, agent.jobs, agent.libcache),
 without a kernel of its own: each node's environment root is a directory under --dir, its libcache the
-hidden directory inside it, and the mounts a booted node makes are left out, except /proc (see below).
+hidden directory inside it, with the kernel file systems a booted node mounts there but /sys and /tmp.
 One process can run many nodes (--count), each with its own MAC, link and cache, for the benchmarks.
 
 Jobs run chrooted, so this must run as root. When it does, it enters a private mount namespace first and
-mounts /proc into each environment root (`uptime` and `ps` need it); the namespace goes away with the
-process, so a killed simnode leaves no mounts behind. unshare(CLONE_NEWNS) must come before any thread.
+mounts /dev (with /dev/shm and /dev/pts) and /proc into each environment root; the namespace goes
+away with the process, so a killed simnode leaves no mounts behind. unshare(CLONE_NEWNS) must come before
+any thread.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import threading
 from agent import jobs, protocol as p
 from agent.libcache import LibCache
 from agent.masterlink import MasterLink
+from agent.mounts import ENV_ROOT_MOUNTS
 
 CLONE_NEWNS = 0x00020000
 MS_REC, MS_PRIVATE = 0x4000, 0x40000
@@ -39,13 +41,21 @@ def private_mounts() -> bool:
     return libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) == 0
 
 
-def mount_proc(target: str) -> bool:
+def mount_kernel_filesystems(root: str) -> None:
+    """A booted node's (agent.mounts.ENV_ROOT_MOUNTS) but /sys, which would show the master's devices, and
+    /tmp, which the tests read from outside (a tmpfs of this namespace would hide it from them)."""
     libc = ctypes.CDLL(None, use_errno=True)
-    return libc.mount(b"proc", target.encode(), b"proc", 0, None) == 0
+    for mount in ENV_ROOT_MOUNTS:
+        if mount.target not in ("/sys", "/tmp"):
+            target = os.path.join(root, mount.target.lstrip("/"))
+            os.makedirs(target, exist_ok=True)
+            data = mount.data.encode() or None
+            libc.mount(mount.source.encode(), target.encode(), mount.fstype.encode(), mount.flags, data)
 
 
 def make_env_root(root: str, *, proc: bool) -> None:
-    """The skeleton a booted node's envroot image gives: /dev, /proc, /sys, /tmp, /etc/passwd, /etc/group."""
+    """The skeleton a booted node's envroot image gives: /dev, /proc, /sys, /tmp, /etc/passwd, /etc/group;
+    with `proc` (a mount namespace of our own), the kernel file systems mounted as on a booted node."""
     for name, mode in (("dev", 0o755), ("proc", 0o555), ("sys", 0o555), ("tmp", 0o1777), ("etc", 0o755)):
         os.makedirs(os.path.join(root, name), exist_ok=True)
         os.chmod(os.path.join(root, name), mode)
@@ -57,7 +67,7 @@ def make_env_root(root: str, *, proc: bool) -> None:
         os.mknod(null, 0o666 | 0o020000, os.makedev(1, 3))
         os.chmod(null, 0o666)
     if proc:
-        mount_proc(os.path.join(root, "proc"))
+        mount_kernel_filesystems(root)
 
 
 def simulated_mac(index: int, prefix: str = "02:be:0b") -> str:

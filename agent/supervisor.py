@@ -18,7 +18,7 @@ import subprocess
 import time
 from collections.abc import Callable
 
-from agent import bootfiles, cmdline, cpio, hwprobe, jobs, leasekeeper, syscalls
+from agent import bootfiles, cmdline, cpio, hwprobe, jobs, leasekeeper, mounts, syscalls
 from agent import protocol as p
 from agent.config import MKE2FS_FSTYPES, MKE2FS_PATH, AgentConfig
 from agent.handoff import HANDOFF_PATH, Handoff
@@ -86,7 +86,7 @@ def take_permanent_address(reply: p.RegisterReply, handoff: Handoff, *, dry_run:
 
 def build_env_root(master: str, pins: dict[str, str], config: AgentConfig, *, dry_run: bool) -> bool:
     """The environment root: the envroot image unpacked into its own tmpfs, or onto the local disk of
-    config.libcache_disk, with /dev, /proc, /sys, /tmp. True when it is on the disk."""
+    config.libcache_disk, with agent.mounts.ENV_ROOT_MOUNTS. True when it is on the disk."""
     manifest = bootfiles.fetch_manifest(master, "/run/beoboot/manifest.json", say)
     image = bootfiles.fetch(master, manifest, "envroot", "/run/beoboot/envroot.img", pins, say)
     on_disk = bool(config.libcache_disk) and mount_local_disk(
@@ -99,14 +99,9 @@ def build_env_root(master: str, pins: dict[str, str], config: AgentConfig, *, dr
     with (gzip.open if compressed else open)(image, "rb") as stream:
         count = cpio.extract(stream, ENV_ROOT)
     os.unlink(image)
-    for source, target, fstype, data in (
-        ("devtmpfs", "/dev", "devtmpfs", ""),
-        ("proc", "/proc", "proc", ""),
-        ("sysfs", "/sys", "sysfs", ""),
-        ("tmpfs", "/tmp", "tmpfs", "mode=1777"),
-    ):
-        os.makedirs(ENV_ROOT + target, exist_ok=True)
-        syscalls.mount(source, ENV_ROOT + target, fstype, 0, data, dry_run=dry_run)
+    for mount in mounts.ENV_ROOT_MOUNTS:
+        os.makedirs(ENV_ROOT + mount.target, exist_ok=True)
+        syscalls.mount(mount.source, ENV_ROOT + mount.target, mount.fstype, mount.flags, mount.data, dry_run=dry_run)
     where = f"on {config.libcache_disk}" if on_disk else "in RAM"
     say(f"beoboot: environment root ready at {ENV_ROOT} ({where}, libcache up to {config.libcache_max_bytes >> 20} MiB): "
         f"{count} entries, no programs until a job brings them")  # fmt: skip

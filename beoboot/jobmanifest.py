@@ -5,9 +5,10 @@ are the program, its ELF closure as glibc's ld.so would load it (beoboot.ldso, t
 `#!` interpreter of a script with that interpreter's closure (scripts may chain), run-time files a known
 interpreter cannot start without (RUNTIME_RULES; for Python its whole stdlib, as one zip built from the
 master's files: beoboot.jobpython; for Perl its essential modules), `--cache` extras (a file or a whole
-directory; ELF files in them bring their closures too), and the locale data the job's environment names
-(beoboot.joblocale). Every symbolic link met on the way is listed as a link, so the node's tree has the
-master's shape (/lib -> usr/lib) and files sit at their real paths.
+directory; ELF files in them bring their closures too), the command a wrapper runs (nice, timeout, env:
+WRAPPERS), and the locale, time zone and terminfo the job's environment names (beoboot.jobenviron).
+Every symbolic link met on the way is listed as a link, so the node's tree has the master's shape
+(/lib -> usr/lib) and files sit at their real paths.
 
 Closures are cached per program and re-checked by stat key on every job, with the directories the library
 search looked in (a new library there may come first now); trees (run-time directories, --cache, locales)
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 
 from agent import protocol as p
 from beoboot.errors import BeobootError
-from beoboot.joblocale import locale_paths, timezone_paths
+from beoboot.jobenviron import environment_paths
 from beoboot.jobpython import SourceWatch, StdlibZips, python_version
 from beoboot.jobusers import JobUsers
 from beoboot.ldso import LibraryResolver, is_elf
@@ -87,6 +88,32 @@ def perl_runtime(real_program: str) -> list[str]:
 
 # interpreter -> the run-time files it needs beyond its ELF closure (a trailing '/' means: the directory only)
 RUNTIME_RULES: tuple[Callable[[str], list[str]], ...] = (python_runtime, perl_runtime)
+
+
+# Commands that run another command named in their arguments, which must then come along too
+WRAPPERS = frozenset({"chrt", "env", "flock", "ionice", "nice", "nohup", "numactl", "prlimit", "setsid", "stdbuf",
+                      "strace", "taskset", "time", "timeout", "xargs"})  # fmt: skip
+
+
+def wrapped_commands(argv: tuple[str, ...], path_env: str, cwd: str) -> list[str]:
+    """What a wrapper runs (`nice -n 5 prog`, `timeout 60 ./prog`, `env A=1 prog`): the first argument
+    that is no option, no NAME=value and names an executable on the PATH, as the wrapper will find it;
+    then the same again if that is a wrapper too (`nice timeout 9 prog`)."""
+    found: list[str] = []
+    args = list(argv)
+    while args and posixpath.basename(args[0]) in WRAPPERS:
+        for index, arg in enumerate(args[1:], 1):
+            if arg.startswith("-") or "=" in arg:
+                continue
+            try:
+                found.append(find_command(arg, path_env, cwd))
+            except JobError:
+                continue  # an option's value (nice -n 5, timeout 60)
+            args = args[index:]
+            break
+        else:
+            break
+    return found
 
 
 def find_command(command: str, path_env: str, cwd: str) -> str:
@@ -179,11 +206,10 @@ class ManifestBuilder:
         if not request.argv:
             raise JobError("no command given", hint="bpsh NODE COMMAND [ARGS...]")
         path_env = request.env.get("PATH", DEFAULT_PATH)
-        executable = find_command(request.argv[0], path_env, request.cwd)
-        program = self._described_program(executable, path_env)
-        extras = [*program.trees, *(cache_path(extra, path_env, request.cwd) for extra in request.cache),
-                  *self._environment_paths(request.env)]  # fmt: skip
-        files = _merge(program.files, *map(self.described_extra, extras)) if extras else program.files
+        executable, *wrapped = self._programs(request, path_env)
+        programs = [self._described_program(program, path_env) for program in (executable, *wrapped)]
+        extras = [path for program in programs for path in program.trees] + self._extra_paths(request, path_env)
+        files = _merge(*(program.files for program in programs), *map(self.described_extra, extras))
         return _manifest(request, executable, files, self.users)
 
     def build_cached(self, request: p.JobRequest) -> p.JobManifest | None:
@@ -192,23 +218,28 @@ class ManifestBuilder:
         if not request.argv:
             return None
         path_env = request.env.get("PATH", DEFAULT_PATH)
-        executable = find_command(request.argv[0], path_env, request.cwd)
-        wanted = [cache_path(extra, path_env, request.cwd) for extra in request.cache]
+        executable, *wrapped = self._programs(request, path_env)
         with self._lock:
-            program = self._described.get(executable)
-        if program is None or not program.current(path_env):
+            programs = [self._described.get(program) for program in (executable, *wrapped)]
+        if not all(program is not None and program.current(path_env) for program in programs):
             return None
-        paths = [*program.trees, *wanted, *self._environment_paths(request.env)]
+        paths = [path for program in programs for path in program.trees] + self._extra_paths(request, path_env)
         with self._lock:
             extras = [self._extras.get(path) for path in paths]
         if not all(extra is not None and extra.current() for extra in extras):
             return None
-        files = _merge(program.files, *(extra.files for extra in extras)) if extras else program.files
+        files = _merge(*(program.files for program in programs), *(extra.files for extra in extras))
         return _manifest(request, executable, files, self.users)
 
-    def _environment_paths(self, env: dict[str, str]) -> list[str]:
-        """What the job's environment makes it read: its locale's data and its time zone."""
-        return locale_paths(env, self.root) + timezone_paths(env, self.root)
+    def _programs(self, request: p.JobRequest, path_env: str) -> list[str]:
+        """The command, and the commands it runs by name if it is a wrapper (nice, timeout, env, ...)."""
+        command = find_command(request.argv[0], path_env, request.cwd)
+        return [command, *wrapped_commands(request.argv, path_env, request.cwd)]
+
+    def _extra_paths(self, request: p.JobRequest, path_env: str) -> list[str]:
+        """--cache paths, and what the job's environment makes it read: its locale, time zone, terminfo."""
+        return [*(cache_path(extra, path_env, request.cwd) for extra in request.cache),
+                *environment_paths(request.env, self.root)]  # fmt: skip
 
     def _described_program(self, program: str, path_env: str) -> _Described:
         """describe(closure(program)), from cache while every file and link it met is unchanged (lstat):
@@ -438,6 +469,8 @@ def _dirs_searched(path_env: str, found: str) -> list[str]:
 def _merge(*groups: tuple[p.JobFile, ...]) -> tuple[p.JobFile, ...]:
     """Described groups as one, as describe() orders them: directories (sorted), links, files; each path
     once (the first group's entry wins: the program's closure before --cache trees)."""
+    if len(groups) == 1:
+        return groups[0]
     by_path: dict[str, p.JobFile] = {}
     for group in groups:
         for entry in group:

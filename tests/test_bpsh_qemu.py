@@ -79,6 +79,18 @@ def test_perl_with_its_essential_modules_in_the_users_locale(node):
     assert (result.returncode, result.stdout, result.stderr) == (0, "2", "")  # no "Setting locale failed"
 
 
+def test_shared_memory_ptys_and_a_terminal_as_on_an_installed_machine(node):
+    """/dev/shm (POSIX semaphores: multiprocessing, MPI's shared-memory transport) and /dev/pts are mounted
+    in the environment root; top finds the terminfo of $TERM."""
+    program = ("import multiprocessing, os, pty\nwith multiprocessing.Pool(2) as pool: print(pool.map(abs, [-1, -2]))\n"
+               "print(os.ttyname(pty.openpty()[1]).rstrip('0123456789'))")  # fmt: skip
+    result = bpsh(node, "0", "/usr/bin/python3", "-c", program)
+    assert (result.returncode, result.stdout) == (0, "[1, 2]\n/dev/pts/\n"), result.stderr
+    top = subprocess.run(bpsh_argv(node.bpsh_socket, "0", "top", "-bn1"), capture_output=True, text=True,
+                         timeout=300, env={**os.environ, "TERM": "xterm"})  # fmt: skip
+    assert top.returncode == 0 and "PID" in top.stdout, top.stderr
+
+
 def test_exit_status_of_a_shell(node):
     assert bpsh(node, "0", "sh", "-c", "exit 3").returncode == 3
 

@@ -133,6 +133,19 @@ def test_a_job_keeps_the_time_zone_it_names(cluster):
     assert (result.returncode, result.stdout) == (0, on_master.stdout) and on_master.stdout == "CEST +0200 16\n"
 
 
+def test_wrapped_commands_curses_shared_memory_and_ptys_work_as_on_a_booted_node(cluster):
+    """nice/timeout bring the command they run; top finds its terminfo; /dev/shm (POSIX semaphores for
+    multiprocessing and MPI) and /dev/pts are mounted in the environment root, as a booted node has them."""
+    url, sock, _ = cluster
+    assert bpsh(sock, "0", "nice", "-n", "5", "timeout", "30", "sh", "-c", "exit 6").returncode == 6
+    top = bpsh(sock, "0", "top", "-bn1", env={**os.environ, "TERM": "xterm"})
+    assert top.returncode == 0 and "PID" in top.stdout, top.stderr
+    program = ("import multiprocessing, os, pty\nwith multiprocessing.Pool(2) as pool: print(pool.map(abs, [-1, -2]))\n"
+               "print(os.ttyname(pty.openpty()[1]).rstrip('0123456789'))")  # fmt: skip
+    result = bpsh(sock, "1", "/usr/bin/python3", "-c", program)
+    assert (result.returncode, result.stdout) == (0, "[1, 2]\n/dev/pts/\n"), result.stderr
+
+
 def test_sigint_reaches_the_job_and_bps_lists_it(cluster):
     url, sock, _ = cluster
     job = subprocess.Popen(bpsh_argv(sock, "0", "sleep", "100"))

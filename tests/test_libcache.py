@@ -15,9 +15,9 @@ import pytest
 from agent import protocol as p
 from agent.libcache import LibCache, LibCacheError, object_name
 from agent.wsclient import mask
-from beoboot.joblocale import normalised_name
+from beoboot.jobenviron import normalised_name, terminfo_paths
 from beoboot.jobmanifest import (JobError, ManifestBuilder, cache_path, env_command, find_command, parse_shebang,
-                                 perl_runtime, python_runtime)
+                                 perl_runtime, python_runtime, wrapped_commands)
 from beoboot.master.bpsh_client import BpshOptions, BpshUsageError, encode_request, parse_args
 from beoboot.master.localjobs import RequestError, decode_request
 from beoboot.master.jobs import parse_nodes
@@ -375,6 +375,22 @@ def test_the_masters_time_zone_comes_along_and_the_one_tz_names(tmp_path):
     assert paris is None or "/usr/share/zoneinfo/Europe/Paris" in paris
     assert zone_files({"TZ": "../../etc/shadow"}).keys() == found.keys()  # names a zone, not any file
     assert zone_files({"TZ": "CET-1CEST"}).keys() == found.keys()  # a rule, no file
+
+
+@pytest.mark.parametrize("argv, wrapped", [
+    (("nice", "-n", "5", "true"), ["true"]),
+    (("/usr/bin/timeout", "-s", "KILL", "60", "true"), ["true"]),
+    (("env", "-i", "A=1", "B=2", "true"), ["true"]),
+    (("nice", "timeout", "9", "true", "sleep"), ["timeout", "true"]),  # true is no wrapper: sleep is its argument
+    (("env",), []), (("true", "nice"), []), (("xargs", "-n1", "echo"), ["echo"]),
+])  # fmt: skip
+def test_a_wrapper_brings_the_command_it_runs(argv, wrapped):
+    assert [os.path.basename(path) for path in wrapped_commands(argv, "/usr/bin:/bin", "/")] == wrapped
+
+
+def test_the_terminfo_of_term_and_of_dumb_come_along():
+    assert terminfo_paths({"TERM": "xterm"}) == ["/lib/terminfo/x/xterm", "/lib/terminfo/d/dumb"]
+    assert terminfo_paths({"TERM": "../../etc/passwd"}) == terminfo_paths({}) == ["/lib/terminfo/d/dumb"]
 
 
 @pytest.mark.parametrize("name, normalised", [("C.UTF-8", "C.utf8"), ("en_GB.ISO-8859-1@euro", "en_GB.iso88591@euro"),

@@ -1,5 +1,5 @@
-"""The locale data and time zone a job's environment names, so setlocale() and localtime() on the node find
-what they found on the master.
+"""What a job's environment names, so that it reads on the node what it read on the master: the locale
+(setlocale), the time zone (localtime) and the terminal type (terminfo).
 
 bpsh passes the user's environment, LANG=C.UTF-8 or en_GB.UTF-8 included, but a node's environment root
 holds only what jobs brought: without the locale's files, every program that calls setlocale() falls back
@@ -10,6 +10,9 @@ glibc's _nl_find_locale), and Debian installs C.UTF-8 as the directory C.utf8.
 
 The time zone likewise: without /etc/localtime, `date` and every log line of a job said UTC whatever the
 master's zone. A TZ naming a zone file (TZ=Europe/Paris, or :Europe/Paris) brings that file too.
+
+And the terminal: top, less, tput and every curses program refuse to start without the terminfo entry
+of $TERM ("terminals database is inaccessible"), found as ncurses finds it.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import posixpath
 LOCALE_DIR = "/usr/lib/locale"
 LOCALTIME = "/etc/localtime"
 ZONEINFO = "/usr/share/zoneinfo"
+TERMINFO_DIRS = ("/etc/terminfo", "/lib/terminfo", "/usr/share/terminfo")  # ncurses' order on Debian
 LOCALE_ARCHIVE = f"{LOCALE_DIR}/locale-archive"
 # what setlocale(LC_ALL, "") reads, in glibc's order of precedence (any of them may name a locale)
 LOCALE_VARIABLES = ("LC_ALL", "LC_CTYPE", "LC_NUMERIC", "LC_TIME", "LC_COLLATE", "LC_MONETARY", "LC_MESSAGES",
@@ -73,6 +77,26 @@ def timezone_paths(env: dict[str, str], root: str = "/") -> list[str]:
         if os.path.isfile(_host(root, path)):
             paths.append(path)
     return paths
+
+
+def terminfo_paths(env: dict[str, str], root: str = "/") -> list[str]:
+    """The terminfo entries of $TERM and of `dumb` (what programs take without a terminal: top -b), each
+    from the first directory that has it (TERMINFO_DIRS)."""
+    paths = []
+    for term in dict.fromkeys((env.get("TERM", ""), "dumb")):
+        if not term or "/" in term or term.startswith("."):
+            continue
+        for directory in TERMINFO_DIRS:
+            path = posixpath.join(directory, term[0], term)
+            if os.path.isfile(_host(root, path)):
+                paths.append(path)
+                break
+    return paths
+
+
+def environment_paths(env: dict[str, str], root: str = "/") -> list[str]:
+    """Everything above for one environment."""
+    return locale_paths(env, root) + timezone_paths(env, root) + terminfo_paths(env, root)
 
 
 def _host(root: str, path: str) -> str:
