@@ -31,6 +31,7 @@ from agent import protocol as p
 from beoboot.errors import BeobootError
 from beoboot.jobenviron import environment_paths
 from beoboot.jobpython import SourceWatch, StdlibZips, python_version
+from beoboot.jobshell import MAX_SCRIPT, SHELLS, command_words, shell_command_text
 from beoboot.jobusers import JobUsers
 from beoboot.ldso import LibraryResolver, is_elf
 from beoboot.master.objects import ObjectStore, StatKey, stat_key
@@ -198,6 +199,8 @@ class ManifestBuilder:
         self._extras: dict[str, _Described] = {}  # --cache path -> its tree (and ELF closures), described
         self.stdlib_zips = StdlibZips()
         self.users = JobUsers()
+        self._scripts: dict[str, tuple[StatKey | None, str]] = {}  # shell script -> (stat key, text)
+        self._words: dict[str, list[str]] = {}  # shell text -> its command words
         self._lock = threading.Lock()
 
     # --- public -------------------------------------------------------------------------------------------
@@ -232,9 +235,56 @@ class ManifestBuilder:
         return _manifest(request, executable, files, self.users)
 
     def _programs(self, request: p.JobRequest, path_env: str) -> list[str]:
-        """The command, and the commands it runs by name if it is a wrapper (nice, timeout, env, ...)."""
+        """The command, and the commands it runs by name: a wrapper's (nice, timeout, env, ...), and those
+        of a shell's text (sh -c TEXT, or a shell script: beoboot.jobshell), as found on the job's PATH."""
         command = find_command(request.argv[0], path_env, request.cwd)
-        return [command, *wrapped_commands(request.argv, path_env, request.cwd)]
+        programs = [command, *wrapped_commands(request.argv, path_env, request.cwd)]
+        text = shell_command_text(request.argv, lambda path: self._script_text(posixpath.join(request.cwd, path)))
+        if not text and self._shell_script(command):
+            text = self._script_text(command)
+        for name in self._command_words(text) if text else ():
+            try:
+                programs.append(find_command(name, path_env, request.cwd))
+            except JobError:
+                continue  # a builtin, a function, a command the master has not either
+        return list(dict.fromkeys(programs))
+
+    def _shell_script(self, path: str) -> bool:
+        try:
+            with open(path, "rb") as f:
+                shebang = parse_shebang(f.read(256))
+        except OSError:
+            return False
+        return shebang is not None and posixpath.basename(shebang[0]) in SHELLS
+
+    def _script_text(self, path: str) -> str:
+        """A shell script's text, from cache while the file is unchanged; "" if unreadable or too long."""
+        key = _key_of(path)
+        with self._lock:
+            cached = self._scripts.get(path)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        text = ""
+        if key is not None and key[2] <= MAX_SCRIPT:
+            try:
+                with open(path, encoding="utf-8", errors="replace") as f:
+                    text = f.read()
+            except OSError:
+                pass
+        with self._lock:
+            self._scripts[path] = (key, text)
+        return text
+
+    def _command_words(self, text: str) -> list[str]:
+        with self._lock:
+            words = self._words.get(text)
+        if words is None:
+            words = command_words(text)
+            with self._lock:
+                if len(self._words) > 1024:
+                    self._words.clear()
+                self._words[text] = words
+        return words
 
     def _extra_paths(self, request: p.JobRequest, path_env: str) -> list[str]:
         """--cache paths, and what the job's environment makes it read: its locale, time zone, terminfo."""

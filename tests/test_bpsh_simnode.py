@@ -146,6 +146,19 @@ def test_wrapped_commands_curses_shared_memory_and_ptys_work_as_on_a_booted_node
     assert (result.returncode, result.stdout) == (0, "[1, 2]\n/dev/pts/\n"), result.stderr
 
 
+def test_a_shell_jobs_commands_come_along(cluster, tmp_path):
+    """sh -c TEXT and #!/bin/sh scripts: the programs the shell text names (ls, wc, sort, uniq) are found on
+    the job's PATH and brought, with no --cache."""
+    url, sock, _ = cluster
+    result = bpsh(sock, "1", "sh", "-c", "ls /etc | grep -c passwd; printf 'b\\na\\n' | sort | tr a-z A-Z")
+    assert (result.returncode, result.stdout) == (0, "1\nA\nB\n"), result.stderr
+    script = tmp_path / "count.sh"
+    script.write_text("#!/bin/sh\nset -e\nfor word in b a b; do echo $word; done | sort | uniq -c | wc -l\n")
+    script.chmod(0o755)
+    result = bpsh(sock, "1", str(script))
+    assert (result.returncode, result.stdout.strip()) == (0, "2"), result.stderr
+
+
 def test_sigint_reaches_the_job_and_bps_lists_it(cluster):
     url, sock, _ = cluster
     job = subprocess.Popen(bpsh_argv(sock, "0", "sleep", "100"))
