@@ -209,8 +209,13 @@ class ManifestBuilder:
         if not request.argv:
             raise JobError("no command given", hint="bpsh NODE COMMAND [ARGS...]")
         path_env = request.env.get("PATH", DEFAULT_PATH)
-        executable, *wrapped = self._programs(request, path_env)
-        programs = [self._described_program(program, path_env) for program in (executable, *wrapped)]
+        executable, *named = self._programs(request, path_env)
+        programs = [self._described_program(executable, path_env)]
+        for program in named:
+            try:
+                programs.append(self._described_program(program, path_env))
+            except JobError:
+                continue  # a program the job may never run (a shell word): it fails on the node if it does
         extras = [path for program in programs for path in program.trees] + self._extra_paths(request, path_env)
         files = _merge(*(program.files for program in programs), *map(self.described_extra, extras))
         return _manifest(request, executable, files, self.users)
@@ -221,9 +226,9 @@ class ManifestBuilder:
         if not request.argv:
             return None
         path_env = request.env.get("PATH", DEFAULT_PATH)
-        executable, *wrapped = self._programs(request, path_env)
+        executable, *named = self._programs(request, path_env)
         with self._lock:
-            programs = [self._described.get(program) for program in (executable, *wrapped)]
+            programs = [self._described.get(program) for program in (executable, *named)]
         if not all(program is not None and program.current(path_env) for program in programs):
             return None
         paths = [path for program in programs for path in program.trees] + self._extra_paths(request, path_env)

@@ -388,6 +388,17 @@ def test_a_wrapper_brings_the_command_it_runs(argv, wrapped):
     assert [os.path.basename(path) for path in wrapped_commands(argv, "/usr/bin:/bin", "/")] == wrapped
 
 
+def test_a_named_program_that_cannot_be_described_does_not_stop_the_job(tmp_path):
+    """Words a shell text or a wrapper names are brought when they can be; one that cannot (a script
+    whose interpreter the master lacks) is left to fail on the node, if the job runs it at all."""
+    broken = tmp_path / "broken"
+    broken.write_text("#!/nonexistent/interpreter\n")
+    broken.chmod(0o755)
+    request = p.JobRequest("0", ("sh", "-c", "broken || ls"), {"PATH": f"{tmp_path}:/usr/bin:/bin"}, "/", 0, 0)
+    paths = {f.path for f in ManifestBuilder(ObjectStore()).build(request).files}
+    assert os.path.realpath("/usr/bin/ls") in paths and str(broken) not in paths
+
+
 def test_the_terminfo_of_term_and_of_dumb_come_along():
     assert terminfo_paths({"TERM": "xterm"}) == ["/lib/terminfo/x/xterm", "/lib/terminfo/d/dumb"]
     assert terminfo_paths({"TERM": "../../etc/passwd"}) == terminfo_paths({}) == ["/lib/terminfo/d/dumb"]
