@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from agent.protocol import Disk, Hardware, PciDevice
+from agent.protocol import Disk, Hardware, Load, PciDevice
 
 # Block devices that are not disks: nothing to report to the master about them.
 VIRTUAL_BLOCK_PREFIXES = ("loop", "ram", "zram", "dm-", "md", "sr", "nbd")
@@ -77,6 +77,20 @@ def probe(proc_root: Path = Path("/proc"), sys_root: Path = Path("/sys")) -> Har
         cpu_model=model, cpus=cpus, memory_kib=parse_meminfo(_read(proc_root / "meminfo")),
         pci=pci_devices(sys_root), disks=disks(sys_root),
     )  # fmt: skip
+
+
+def load(proc_root: Path = Path("/proc")) -> Load | None:
+    """The one-minute load average and memory, or None where /proc does not say."""
+    average, meminfo = _read(proc_root / "loadavg"), _read(proc_root / "meminfo")
+    fields = {}
+    for line in (meminfo or "").splitlines():
+        name, _, rest = line.partition(":")
+        if rest.split() and rest.split()[0].isdigit():
+            fields[name] = int(rest.split()[0])
+    try:
+        return Load(float(average.split()[0]), fields["MemTotal"], fields["MemAvailable"])
+    except (IndexError, ValueError, KeyError):
+        return None
 
 
 def uptime(proc_root: Path = Path("/proc")) -> float | None:

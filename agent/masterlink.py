@@ -126,9 +126,9 @@ class MasterLink:
         self.flush()
         return reply
 
-    def heartbeat(self, uptime: float | None = None) -> p.HeartbeatReply | None:
+    def heartbeat(self, uptime: float | None = None, load: p.Load | None = None) -> p.HeartbeatReply | None:
         """One heartbeat; None if the master did not answer. A master that forgot us gets a new registration."""
-        message = p.Heartbeat(self.mac, self.stage, uptime, self.address)
+        message = p.Heartbeat(self.mac, self.stage, uptime, self.address, load)
         try:
             try:
                 reply = self._post(p.HEARTBEAT_PATH, message, p.HeartbeatReply)
@@ -151,15 +151,16 @@ class MasterLink:
             return None
         return response.text
 
-    def run_heartbeats(self, uptime: Callable[[], float | None] = lambda: None) -> threading.Thread:
+    def run_heartbeats(self, uptime: Callable[[], float | None] = lambda: None,
+                       load: Callable[[], p.Load | None] = lambda: None) -> threading.Thread:
         """Heartbeat and flush buffers in a daemon thread every heartbeat_interval until stop()."""
-        thread = threading.Thread(target=self._heartbeat_loop, args=(uptime,), name="heartbeat", daemon=True)
+        thread = threading.Thread(target=self._heartbeat_loop, args=(uptime, load), name="heartbeat", daemon=True)
         thread.start()
         return thread
 
-    def _heartbeat_loop(self, uptime: Callable[[], float | None]) -> None:
+    def _heartbeat_loop(self, uptime: Callable[[], float | None], load: Callable[[], p.Load | None]) -> None:
         while not self._stop.is_set():
-            self.heartbeat(uptime())
+            self.heartbeat(uptime(), load())
             self.flush()
             interval = self.registration.heartbeat_interval if self.registration else 5.0
             # while the master is away, wait out the backoff rather than the interval

@@ -149,11 +149,22 @@ class RegisterReply:
 
 
 @dataclass(frozen=True)
+class Load:
+    """How busy a node is, as its kernel says (/proc/loadavg, /proc/meminfo): what Scyld's beostat showed,
+    for choosing nodes for the next job."""
+
+    load1: float  # run queue, averaged over one minute
+    mem_total_kib: int
+    mem_available_kib: int
+
+
+@dataclass(frozen=True)
 class Heartbeat:
     mac: str
     stage: Stage
     uptime: float | None = None  # /proc/uptime of the node, seconds
     address: str | None = None  # as in RegisterRequest: changes when a new DHCP lease moves the node
+    load: Load | None = None
 
 
 @dataclass(frozen=True)
@@ -214,6 +225,7 @@ class NodeRow:
     last_seen: float  # master wall-clock time (epoch seconds)
     uptime: float | None  # node uptime as of the master's reply time, when the node reported one
     hardware: Hardware = field(default_factory=Hardware)
+    load: Load | None = None  # as of the node's last heartbeat
 
 
 @dataclass(frozen=True)

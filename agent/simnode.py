@@ -20,7 +20,7 @@ import signal
 import sys
 import threading
 
-from agent import jobs, protocol as p
+from agent import hwprobe, jobs, protocol as p
 from agent.libcache import LibCache
 from agent.masterlink import MasterLink
 from agent.mounts import ENV_ROOT_MOUNTS
@@ -94,7 +94,7 @@ class SimNode:
                                      power=self.power)  # fmt: skip
         reply = self.link.register(p.Hardware(cpu_model="simulated", cpus=1), attempts=20)
         self.link.event(p.BootEvent.STAGE3_READY)
-        self.heartbeats = self.link.run_heartbeats()
+        self.heartbeats = self.link.run_heartbeats(load=hwprobe.load)  # the host's: the nodes share it
         self.runner.start()
         return reply.number
 

@@ -335,7 +335,7 @@ def supervise(link: MasterLink, timeout: float, *, dry_run: bool,
     hosts_version = 0  # the empty table's: a cluster with no addresses needs no fetch
     while True:
         interval = link.registration.heartbeat_interval if link.registration else 5.0
-        if (reply := link.heartbeat(hwprobe.uptime())) is not None:
+        if (reply := link.heartbeat(hwprobe.uptime(), hwprobe.load())) is not None:
             last_answer = time.monotonic()
             link.flush()
             if reply.hosts_version != hosts_version and hosts_changed(reply.hosts_version):

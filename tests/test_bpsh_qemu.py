@@ -13,7 +13,7 @@ import pytest
 
 from master_helpers import MasterProcess, bpsh_argv, build_for_master
 from servers import free_port
-from test_boot_chain import stage2_node
+from test_boot_chain import node_row, stage2_node
 
 pytestmark = pytest.mark.integration
 
@@ -89,6 +89,16 @@ def test_shared_memory_ptys_and_a_terminal_as_on_an_installed_machine(node):
     top = subprocess.run(bpsh_argv(node.bpsh_socket, "0", "top", "-bn1"), capture_output=True, text=True,
                          timeout=300, env={**os.environ, "TERM": "xterm"})  # fmt: skip
     assert top.returncode == 0 and "PID" in top.stdout, top.stderr
+
+
+def test_bpstat_shows_the_nodes_load_and_memory(node):
+    """From the node's own /proc, with its heartbeats: QEMU gives the guest 1 GiB."""
+    deadline = time.monotonic() + 30
+    while (load := node_row(node, 0)["load"]) is None:
+        assert time.monotonic() < deadline, "no heartbeat carried the node's load"
+        time.sleep(1)
+    assert 700 << 10 < load["mem_total_kib"] <= 1 << 20 and 0 < load["mem_available_kib"] < load["mem_total_kib"]
+    assert load["load1"] >= 0
 
 
 def test_exit_status_of_a_shell(node):

@@ -293,6 +293,18 @@ def test_the_job_knows_its_user_and_groups_by_name(cluster):
     assert "users:x:100:nobody" in group_file and "adm:x:4:nobody" in group_file
 
 
+def test_bpstat_shows_each_nodes_load_and_memory(cluster):
+    """Heartbeats carry /proc/loadavg and /proc/meminfo (simulated nodes report the host's)."""
+    url, _, _ = cluster
+    bpstat = [sys.executable, "-m", "beoboot.master.cli", "bpstat", "--master", url]
+    rows = json.loads(subprocess.run([*bpstat, "--json"], capture_output=True, text=True, check=True).stdout)
+    total = int(open("/proc/meminfo").read().split()[1])
+    assert [row["load"]["mem_total_kib"] for row in rows] == [total, total]
+    assert all(0 < row["load"]["mem_available_kib"] <= total and row["load"]["load1"] >= 0 for row in rows)
+    table = subprocess.run(bpstat, capture_output=True, text=True, check=True).stdout.splitlines()
+    assert table[0].split()[-3:] == ["load", "mem", "avail"] and table[1].endswith(f"/{total >> 10} MiB")
+
+
 def test_no_beoserv_is_a_clear_error(tmp_path):
     result = bpsh(tmp_path / "nothing.sock", "0", "true")
     assert result.returncode == 255

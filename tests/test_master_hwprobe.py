@@ -49,3 +49,12 @@ def test_probe_from_a_fake_sysfs(tmp_path):
 def test_probe_this_host_does_not_fail():
     hw = hwprobe.probe()
     assert hw.cpus >= 1 and hw.memory_kib > 0
+
+
+def test_load_from_a_fake_proc(tmp_path):
+    (tmp_path / "loadavg").write_text("0.42 0.30 0.10 2/345 6789\n")
+    (tmp_path / "meminfo").write_text("MemTotal:        1000 kB\nMemFree:   10 kB\nMemAvailable:     600 kB\n")
+    assert hwprobe.load(tmp_path) == hwprobe.Load(0.42, 1000, 600)
+    (tmp_path / "meminfo").write_text("MemTotal:        1000 kB\n")  # a kernel before 3.14: no MemAvailable
+    assert hwprobe.load(tmp_path) is None
+    assert hwprobe.load(tmp_path / "missing") is None

@@ -1,6 +1,6 @@
 import pytest
 
-from agent.protocol import Hardware, LogLine, NodeState, Stage, StageEvent
+from agent.protocol import Hardware, Load, LogLine, NodeState, Stage, StageEvent
 from beoboot.master.registry import Registry, RegistryError
 
 A, B = "52:54:00:00:00:0a", "52:54:00:00:00:0b"
@@ -105,3 +105,13 @@ def test_bpctl_marks_down_only_the_boot_it_ordered(reg):
     assert (reg.node_by_number(0).boot, reg.node_by_number(0).state) == (2, NodeState.BOOTING)
     assert "reboot" in [e.event for e in reg.timeline(0, 1)[1]] and "reboot" not in [e.event for e in reg.timeline(0, 2)[1]]
     assert not reg.mark_down(5, 1, 6.0, "halt", "")  # no such node
+
+
+def test_a_heartbeat_with_load_keeps_it_until_the_next_one(reg, tmp_path):
+    reg.register(A, Stage.SUPERVISOR, Hardware(), 1.0)
+    assert reg.node_by_mac(A).load is None
+    reg.heartbeat(A, Stage.SUPERVISOR, 5.0, 2.0, load=Load(1.5, 4096, 1024))
+    reg.heartbeat(A, Stage.SUPERVISOR, 6.0, 3.0)  # a node that did not say: the last figures stay
+    assert reg.node_by_mac(A).load == Load(1.5, 4096, 1024)
+    reg.close()
+    assert Registry(tmp_path / "nodes.db").node_by_mac(A).load == Load(1.5, 4096, 1024)  # kept in the file

@@ -109,13 +109,16 @@ def format_duration(seconds: float | None) -> str:
 
 
 def format_nodes(nodes: p.NodeList) -> str:
-    header = ("node", "mac", "address", "state", "stage", "last seen", "uptime")
+    header = ("node", "mac", "address", "state", "stage", "last seen", "uptime", "load", "mem avail")
     rows = [header]
     for n in nodes.nodes:
         ago = max(0.0, nodes.server_time - n.last_seen)
-        rows.append(
-            (n.name, n.mac, n.address or "-", str(n.state), str(n.stage), f"{ago:.0f}s ago", format_duration(n.uptime))
-        )
+        load, memory = "-", "-"
+        if n.load is not None:
+            load = f"{n.load.load1:.2f}"
+            memory = f"{n.load.mem_available_kib >> 10}/{n.load.mem_total_kib >> 10} MiB"
+        rows.append((n.name, n.mac, n.address or "-", str(n.state), str(n.stage), f"{ago:.0f}s ago",
+                     format_duration(n.uptime), load, memory))  # fmt: skip
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows) + "\n"
 

@@ -22,6 +22,7 @@ from agent.protocol import (
     HEARTBEAT_LOST,
     BootEvent,
     Hardware,
+    Load,
     LogLine,
     NodeState,
     ProtocolError,
@@ -71,7 +72,8 @@ CREATE TABLE IF NOT EXISTS logs (
 CREATE INDEX IF NOT EXISTS logs_by_node ON logs(number, t);
 """
 # columns added since the first release: (table, column, definition), added to an older database on open
-ADDED_COLUMNS = (("nodes", "link_token", "TEXT NOT NULL DEFAULT ''"), ("nodes", "address", "TEXT"))
+ADDED_COLUMNS = (("nodes", "link_token", "TEXT NOT NULL DEFAULT ''"), ("nodes", "address", "TEXT"),
+                 ("nodes", "load", "TEXT"))  # fmt: skip
 
 
 class RegistryError(BeobootError):
@@ -91,6 +93,7 @@ class NodeRecord:
     hardware: Hardware
     link_token: str = field(default="", repr=False)
     address: str | None = None  # as the node last reported it (registration or heartbeat) when it said
+    load: Load | None = None  # as of its last heartbeat that carried one
 
     def uptime_now(self, now: float) -> float | None:
         if self.uptime is None or self.uptime_at is None:
@@ -186,7 +189,7 @@ class Registry:
         return record
 
     def heartbeat(self, mac: str, stage: Stage, uptime: float | None, now: float,
-                  address: str | None = None) -> NodeRecord | None:
+                  address: str | None = None, load: Load | None = None) -> NodeRecord | None:
         """None: the MAC is not registered (the node must register again). `address`, when given, is the
         node's address now: a node whose DHCP lease moved it reports the new one here, between
         registrations, and the host table changes with it."""
@@ -197,6 +200,8 @@ class Registry:
                 " state = CASE WHEN ready THEN ? ELSE ? END WHERE mac = ?",
                 (now, stage, uptime, now if uptime is not None else None, NodeState.UP, NodeState.BOOTING, mac),
             )
+            if load is not None:
+                self._db.execute("UPDATE nodes SET load = ? WHERE mac = ?", (json.dumps(asdict(load)), mac))
             moved = address is not None and self._db.execute(
                 "UPDATE nodes SET address = ? WHERE mac = ? AND address IS NOT ?", (address, mac, address)
             ).rowcount
@@ -281,10 +286,14 @@ class Registry:
             hardware = from_dict(Hardware, json.loads(row["hardware"]))
         except (ProtocolError, ValueError):
             hardware = Hardware()  # written by an older master; the node sends it again when it registers
+        try:
+            load = from_dict(Load, json.loads(row["load"])) if row["load"] else None
+        except (ProtocolError, ValueError):
+            load = None
         return NodeRecord(
             number=row["number"], mac=row["mac"], state=NodeState(row["state"]), stage=Stage(row["stage"]),
             boot=row["boot"], last_seen=row["last_seen"], uptime=row["uptime"], uptime_at=row["uptime_at"],
-            hardware=hardware, link_token=row["link_token"], address=row["address"],
+            hardware=hardware, link_token=row["link_token"], address=row["address"], load=load,
         )  # fmt: skip
 
     def node_by_mac(self, mac: str) -> NodeRecord | None:

@@ -220,6 +220,7 @@ class Beoserv:
             hostname=p.node_hostname(node.number, self.config.hostname_prefix),
             address=self._address_of(node), state=node.state, stage=node.stage, boot=node.boot,
             last_seen=node.last_seen, uptime=node.uptime_now(now), hardware=node.hardware,
+            load=node.load if node.state is not p.NodeState.DOWN else None,
         )  # fmt: skip
 
     async def register(self, request: web.Request) -> web.Response:
@@ -248,7 +249,7 @@ class Beoserv:
     async def heartbeat(self, request: web.Request) -> web.Response:
         msg = p.from_json(p.Heartbeat, await request.read())
         generation = self.registry.generation
-        node = self.registry.heartbeat(msg.mac, msg.stage, msg.uptime, time.time(), _plain_ipv4(msg.address))
+        node = self.registry.heartbeat(msg.mac, msg.stage, msg.uptime, time.time(), _plain_ipv4(msg.address), msg.load)
         if node is None:
             return self._unknown(msg.mac)
         if self.registry.generation != generation:
