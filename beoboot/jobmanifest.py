@@ -199,7 +199,7 @@ class ManifestBuilder:
         self._extras: dict[str, _Described] = {}  # --cache path -> its tree (and ELF closures), described
         self.stdlib_zips = StdlibZips()
         self.users = JobUsers()
-        self._scripts: dict[str, tuple[StatKey | None, str]] = {}  # shell script -> (stat key, text)
+        self._scripts: dict[tuple[str, bool], tuple[StatKey | None, str]] = {}  # script -> (stat key, text)
         self._words: dict[str, list[str]] = {}  # shell text -> its command words
         self._lock = threading.Lock()
 
@@ -245,39 +245,34 @@ class ManifestBuilder:
         command = find_command(request.argv[0], path_env, request.cwd)
         programs = [command, *wrapped_commands(request.argv, path_env, request.cwd)]
         text = shell_command_text(request.argv, lambda path: self._script_text(posixpath.join(request.cwd, path)))
-        if not text and self._shell_script(command):
-            text = self._script_text(command)
-        for name in self._command_words(text) if text else ():
+        for name in self._command_words(text or self._script_text(command, shebang=True)):
             try:
                 programs.append(find_command(name, path_env, request.cwd))
             except JobError:
                 continue  # a builtin, a function, a command the master has not either
         return list(dict.fromkeys(programs))
 
-    def _shell_script(self, path: str) -> bool:
-        try:
-            with open(path, "rb") as f:
-                shebang = parse_shebang(f.read(256))
-        except OSError:
-            return False
-        return shebang is not None and posixpath.basename(shebang[0]) in SHELLS
-
-    def _script_text(self, path: str) -> str:
-        """A shell script's text, from cache while the file is unchanged; "" if unreadable or too long."""
+    def _script_text(self, path: str, *, shebang: bool = False) -> str:
+        """A shell script's text ("" for anything else, an unreadable or too long file), from cache while
+        the file is unchanged: one stat() per job. `shebang`: only a script whose '#!' names a shell (a
+        command run directly), not any file a shell is given."""
         key = _key_of(path)
         with self._lock:
-            cached = self._scripts.get(path)
+            cached = self._scripts.get((path, shebang))
         if cached is not None and cached[0] == key:
             return cached[1]
-        text = ""
+        data = b""
         if key is not None and key[2] <= MAX_SCRIPT:
             try:
-                with open(path, encoding="utf-8", errors="replace") as f:
-                    text = f.read()
+                with open(path, "rb") as f:
+                    data = f.read()
             except OSError:
                 pass
+        if shebang and not ((line := parse_shebang(data[:256])) and posixpath.basename(line[0]) in SHELLS):
+            data = b""
+        text = data.decode("utf-8", "replace")
         with self._lock:
-            self._scripts[path] = (key, text)
+            self._scripts[(path, shebang)] = (key, text)
         return text
 
     def _command_words(self, text: str) -> list[str]:
