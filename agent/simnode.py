@@ -82,7 +82,6 @@ class SimNode:
         os.makedirs(self.env_root, exist_ok=True)
         make_env_root(self.env_root, proc=proc)
         self.cache = LibCache(os.path.join(self.env_root, ".libcache"), self.env_root, master, max_bytes=max_bytes)
-        self.down = threading.Event()  # halted or powered off by bpctl
 
     def _token(self) -> str:
         return self.link.registration.link_token if self.link.registration else ""
@@ -112,8 +111,6 @@ class SimNode:
         print(f"simnode: {self.mac}: {order.action}, as {order.by or 'the master'} asked", flush=True)
         if order.action is p.PowerAction.REBOOT:
             print(f"simnode: {self.mac}: node {self.start()} up again", flush=True)
-        else:
-            self.down.set()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,7 +34,7 @@ from beoboot.jobpython import SourceWatch, StdlibZips, python_version
 from beoboot.jobshell import MAX_SCRIPT, SHELLS, command_words, shell_command_text
 from beoboot.jobusers import JobUsers
 from beoboot.ldso import LibraryResolver, is_elf
-from beoboot.master.objects import ObjectStore, StatKey, stat_key
+from beoboot.master.objects import ObjectStore, StatKey, key_of, stat_key
 from beoboot.sysroot import Sysroot
 
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"
@@ -169,7 +169,7 @@ class _Closure:
 
     def current(self, path_env: str | None = None) -> bool:
         return ((self.path_env is None or self.path_env == path_env)
-                and all(_key_of(real) == key for real, key in self.keys)
+                and all(key_of(real) == key for real, key in self.keys)
                 and all(_lkey_of(path) == key for path, key in self.searched)
                 and all(watch.unchanged() for watch in self.watches))  # fmt: skip
 
@@ -256,7 +256,7 @@ class ManifestBuilder:
         """A shell script's text ("" for anything else, an unreadable or too long file), from cache while
         the file is unchanged: one stat() per job. `shebang`: only a script whose '#!' names a shell (a
         command run directly), not any file a shell is given."""
-        key = _key_of(path)
+        key = key_of(path)
         with self._lock:
             cached = self._scripts.get((path, shebang))
         if cached is not None and cached[0] == key:
@@ -544,12 +544,5 @@ def _lkey_of(path: str) -> StatKey | None:
     """The stat key of the path itself (a link's own inode and mtime: a link pointed elsewhere changes it)."""
     try:
         return stat_key(os.lstat(path))
-    except OSError:
-        return None
-
-
-def _key_of(path: str) -> StatKey | None:
-    try:
-        return stat_key(os.stat(path))
     except OSError:
         return None

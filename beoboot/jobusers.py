@@ -11,12 +11,11 @@ No password or hash ever leaves the master: the password field is "x", as in /et
 from __future__ import annotations
 
 import grp
-import os
 import pwd
 import threading
 import time
 
-from beoboot.master.objects import StatKey, stat_key
+from beoboot.master.objects import StatKey, key_of
 
 ACCOUNT_FILES = ("/etc/passwd", "/etc/group")
 KEEP_SECONDS = 60.0  # a user from a directory service (LDAP) changes without /etc/passwd changing
@@ -62,7 +61,7 @@ class JobUsers:
 
     def entries(self, uid: int, gid: int, groups: tuple[int, ...], env: dict[str, str]) -> tuple[str, tuple[str, ...]]:
         key = (uid, gid, groups, env.get("USER"), env.get("LOGNAME"), env.get("HOME"), env.get("SHELL"))
-        files = tuple(map(_key_of, ACCOUNT_FILES))
+        files = tuple(map(key_of, ACCOUNT_FILES))
         now = time.monotonic()
         with self._lock:
             cached = self._cache.get(key)
@@ -75,10 +74,3 @@ class JobUsers:
                 self._cache.clear()
             self._cache[key] = (user, found, now, files)
         return user, found
-
-
-def _key_of(path: str) -> StatKey | None:
-    try:
-        return stat_key(os.stat(path))
-    except OSError:
-        return None

@@ -49,9 +49,13 @@ def decode_request(data: bytes) -> tuple[str, PowerAction, float]:
         nodes, action, grace = fields[1].decode(), PowerAction(fields[2].decode()), float(fields[3])
     except ValueError:
         raise ControlRequestError("a malformed bpctl request") from None
+    return nodes, action, check_grace(grace)
+
+
+def check_grace(grace: float) -> float:
     if not 0 <= grace <= 3600:
         raise ControlRequestError(f"--grace {grace:g}: give 0 to 3600 seconds")
-    return nodes, action, grace
+    return grace
 
 
 def parser() -> argparse.ArgumentParser:
@@ -68,8 +72,10 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    if not 0 <= args.grace <= 3600:
-        print(f"bpctl: --grace {args.grace:g}: give 0 to 3600 seconds", file=sys.stderr)
+    try:
+        check_grace(args.grace)
+    except ControlRequestError as exc:
+        print(f"bpctl: {exc}", file=sys.stderr)
         return USAGE_STATUS
     request = encode_request(args.node, STATES[args.state], args.grace)
     with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as conn:

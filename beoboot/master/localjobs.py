@@ -17,7 +17,6 @@ import asyncio
 import errno
 import logging
 import os
-import pwd
 import queue
 import signal
 import socket
@@ -423,7 +422,7 @@ class LocalListener:
             nodes, action, grace = bpctl.decode_request(data)
             if uid != 0:
                 raise bpctl.ControlRequestError(f"only root may {action} nodes (you are uid {uid})")
-            order = p.NodePower(action, grace, by=_user_name(uid))
+            order = p.NodePower(action, grace, by="root")
             failures = await self.hub.power(order, nodes)
             for failure in failures:
                 _say(fds[2], f"bpctl: {failure}\n")
@@ -443,13 +442,6 @@ def _answer(conn: socket.socket, fds: list[int], status: int) -> None:
     for fd in fds:
         os.close(fd)
     conn.close()
-
-
-def _user_name(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return f"uid {uid}"
 
 
 def _someone_listens(path: Path) -> bool:

@@ -21,6 +21,14 @@ def stat_key(st: os.stat_result) -> StatKey:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
+def key_of(path: str) -> StatKey | None:
+    """The stat key of the file `path` names (links followed), or None if there is none."""
+    try:
+        return stat_key(os.stat(path))
+    except OSError:
+        return None
+
+
 @dataclass(frozen=True)
 class Digest:
     path: str  # the master's file, links resolved
