@@ -30,11 +30,13 @@ from dataclasses import dataclass
 from agent import protocol as p
 from beoboot.errors import BeobootError
 from beoboot.jobenviron import environment_paths
-from beoboot.jobpython import SourceWatch, StdlibZips, python_version
-from beoboot.jobshell import MAX_SCRIPT, SHELLS, command_words, shell_command_text
+from beoboot.jobimports import PythonImports, PythonStart, python_start
+from beoboot.jobpython import StdlibZips, python_version
+from beoboot.jobshell import MAX_SCRIPT, SHELLS, command_words, shell_command_text, shell_script
 from beoboot.jobusers import JobUsers
 from beoboot.ldso import LibraryResolver, is_elf
 from beoboot.master.objects import ObjectStore, StatKey, key_of, stat_key
+from beoboot.sourcewatch import SourceWatch
 from beoboot.sysroot import Sysroot
 
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"
@@ -97,17 +99,22 @@ WRAPPERS = frozenset({"chrt", "env", "flock", "ionice", "nice", "nohup", "numact
 
 
 def wrapped_commands(argv: tuple[str, ...], path_env: str, cwd: str) -> list[str]:
-    """What a wrapper runs (`nice -n 5 prog`, `timeout 60 ./prog`, `env A=1 prog`): the first argument
-    that is no option, no NAME=value and names an executable on the PATH, as the wrapper will find it;
-    then the same again if that is a wrapper too (`nice timeout 9 prog`)."""
-    found: list[str] = []
+    """What a wrapper runs (`nice -n 5 prog`, `timeout 60 ./prog`, `env A=1 prog`), as found on the PATH."""
+    return [path for path, _ in unwrapped(argv, path_env, cwd)]
+
+
+def unwrapped(argv: tuple[str, ...], path_env: str, cwd: str) -> list[tuple[str, tuple[str, ...]]]:
+    """(path, argv) of each command a wrapper runs: the first argument that is no option, no NAME=value and
+    names an executable on the PATH, as the wrapper will find it; then the same again if that is a wrapper
+    too (`nice timeout 9 prog`)."""
+    found: list[tuple[str, tuple[str, ...]]] = []
     args = list(argv)
     while args and posixpath.basename(args[0]) in WRAPPERS:
         for index, arg in enumerate(args[1:], 1):
             if arg.startswith("-") or "=" in arg:
                 continue
             try:
-                found.append(find_command(arg, path_env, cwd))
+                found.append((find_command(arg, path_env, cwd), tuple(args[index:])))
             except JobError:
                 continue  # an option's value (nice -n 5, timeout 60)
             args = args[index:]
@@ -115,6 +122,18 @@ def wrapped_commands(argv: tuple[str, ...], path_env: str, cwd: str) -> list[str
         else:
             break
     return found
+
+
+def perl_script(args: tuple[str, ...]) -> str | None:
+    """The script of `perl [OPTIONS] SCRIPT ARGS` as written; None for `-e CODE` and for stdin."""
+    for index, arg in enumerate(args):
+        if arg == "--":
+            return args[index + 1] if index + 1 < len(args) else None
+        if arg == "-" or arg.startswith(("-e", "-E")):
+            return None
+        if not arg.startswith("-"):
+            return arg
+    return None
 
 
 def find_command(command: str, path_env: str, cwd: str) -> str:
@@ -201,6 +220,9 @@ class ManifestBuilder:
         self.users = JobUsers()
         self._scripts: dict[tuple[str, bool], tuple[StatKey | None, str]] = {}  # script -> (stat key, text)
         self._words: dict[str, list[str]] = {}  # shell text -> its command words
+        self.imports = PythonImports()
+        # (command, PATH) -> (its stat key, (interpreter as named, its real file, '#!' arguments) if Python)
+        self._pythons: dict[tuple[str, str], tuple[StatKey | None, tuple[str, str, tuple[str, ...]] | None]] = {}
         self._lock = threading.Lock()
 
     # --- public -------------------------------------------------------------------------------------------
@@ -209,15 +231,16 @@ class ManifestBuilder:
         if not request.argv:
             raise JobError("no command given", hint="bpsh NODE COMMAND [ARGS...]")
         path_env = request.env.get("PATH", DEFAULT_PATH)
-        executable, *named = self._programs(request, path_env)
+        (executable, *named), inner = self._programs(request, path_env)
         programs = [self._described_program(executable, path_env)]
         for program in named:
             try:
                 programs.append(self._described_program(program, path_env))
             except JobError:
                 continue  # a program the job may never run (a shell word): it fails on the node if it does
+        inputs = self._job_inputs(request, path_env, inner) or []
         extras = [path for program in programs for path in program.trees] + self._extra_paths(request, path_env)
-        files = _merge(*(program.files for program in programs), *map(self.described_extra, extras))
+        files = _merge(*(program.files for program in programs), *map(self.described_extra, [*extras, *inputs]))
         return _manifest(request, executable, files, self.users)
 
     def build_cached(self, request: p.JobRequest) -> p.JobManifest | None:
@@ -226,12 +249,16 @@ class ManifestBuilder:
         if not request.argv:
             return None
         path_env = request.env.get("PATH", DEFAULT_PATH)
-        executable, *named = self._programs(request, path_env)
+        (executable, *named), inner = self._programs(request, path_env)
         with self._lock:
             programs = [self._described.get(program) for program in (executable, *named)]
         if not all(program is not None and program.current(path_env) for program in programs):
             return None
+        inputs = self._job_inputs(request, path_env, inner, cached_only=True)
+        if inputs is None:
+            return None
         paths = [path for program in programs for path in program.trees] + self._extra_paths(request, path_env)
+        paths += inputs
         with self._lock:
             extras = [self._extras.get(path) for path in paths]
         if not all(extra is not None and extra.current() for extra in extras):
@@ -239,18 +266,51 @@ class ManifestBuilder:
         files = _merge(*(program.files for program in programs), *(extra.files for extra in extras))
         return _manifest(request, executable, files, self.users)
 
-    def _programs(self, request: p.JobRequest, path_env: str) -> list[str]:
+    def _programs(self, request: p.JobRequest, path_env: str) -> tuple[list[str], tuple[str, tuple[str, ...]]]:
         """The command, and the commands it runs by name: a wrapper's (nice, timeout, env, ...), and those
-        of a shell's text (sh -c TEXT, or a shell script: beoboot.jobshell), as found on the job's PATH."""
+        of a shell's text (sh -c TEXT, or a shell script: beoboot.jobshell), as found on the job's PATH;
+        and the innermost command with its argv (`prog ARGS` of `nice timeout 9 prog ARGS`)."""
         command = find_command(request.argv[0], path_env, request.cwd)
-        programs = [command, *wrapped_commands(request.argv, path_env, request.cwd)]
-        text = shell_command_text(request.argv, lambda path: self._script_text(posixpath.join(request.cwd, path)))
-        for name in self._command_words(text or self._script_text(command, shebang=True)):
+        wrapped = unwrapped(request.argv, path_env, request.cwd)
+        programs = [command, *(path for path, _ in wrapped)]
+        inner = wrapped[-1] if wrapped else (command, request.argv)
+        text = shell_command_text(inner[1], lambda path: self._script_text(posixpath.join(request.cwd, path)))
+        for name in self._command_words(text or self._script_text(inner[0], shebang=True)):
             try:
                 programs.append(find_command(name, path_env, request.cwd))
             except JobError:
                 continue  # a builtin, a function, a command the master has not either
-        return list(dict.fromkeys(programs))
+        return list(dict.fromkeys(programs)), inner
+
+    def _job_inputs(self, request: p.JobRequest, path_env: str, inner: tuple[str, tuple[str, ...]], *,
+                    cached_only: bool = False) -> list[str] | None:  # fmt: skip
+        """What the innermost command reads as its program: the script an interpreter is given (`sh job.sh`,
+        `perl x.pl`, `python3 prog.py`) and the modules a Python program imports (beoboot.jobimports).
+        `cached_only`: None unless that is known without reading any file."""
+        command, argv = inner
+        start = self._python_start(command, argv, path_env, request.cwd)
+        if start is not None:
+            found = self.imports.paths(start, request.env, cached_only=cached_only)
+            return None if found is None else list(found)
+        script = shell_script(argv) or (perl_script(argv[1:]) if PERL.fullmatch(posixpath.basename(command)) else None)
+        path = posixpath.normpath(posixpath.join(request.cwd, script)) if script else ""
+        return [path] if path and os.path.isfile(path) else []
+
+    def _python_start(self, command: str, argv: tuple[str, ...], path_env: str, cwd: str) -> PythonStart | None:
+        """How `argv` starts Python, when `command` is a Python interpreter or a script whose '#!' names one."""
+        key = key_of(command)
+        with self._lock:
+            cached = self._pythons.get((command, path_env))
+        if cached is None or cached[0] != key:
+            cached = (key, _python_interpreter(command, path_env))
+            with self._lock:
+                self._pythons[(command, path_env)] = cached
+        if cached[1] is None:
+            return None
+        interpreter, real, shebang_args = cached[1]
+        if interpreter == command:
+            return python_start(command, real, argv[1:], cwd)
+        return python_start(interpreter, real, (*shebang_args, command, *argv[1:]), cwd)
 
     def _script_text(self, path: str, *, shebang: bool = False) -> str:
         """A shell script's text ("" for anything else, an unreadable or too long file), from cache while
@@ -503,6 +563,29 @@ def env_command(shebang: tuple[str, ...]) -> str | None:
             continue
         return None if word.startswith("-") else word
     return None
+
+
+def _python_interpreter(command: str, path_env: str) -> tuple[str, str, tuple[str, ...]] | None:
+    """(interpreter as named, its real file, '#!' arguments) when `command` is a Python interpreter or a
+    script whose '#!' (or '#!/usr/bin/env NAME' on this PATH) names one; else None."""
+    real = os.path.realpath(command)
+    if python_version(real):
+        return command, real, ()
+    try:
+        with open(command, "rb") as f:
+            shebang = parse_shebang(f.read(256))
+    except OSError:
+        return None
+    if shebang is None:
+        return None
+    interpreter, arguments = shebang[0], shebang[1:]
+    if (name := env_command(shebang)) is not None:
+        try:
+            interpreter, arguments = find_command(name, path_env, "/"), ()
+        except JobError:
+            return None
+    real = os.path.realpath(interpreter)
+    return (interpreter, real, arguments) if python_version(real) else None
 
 
 def _dirs_searched(path_env: str, found: str) -> list[str]:

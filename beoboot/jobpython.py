@@ -17,8 +17,6 @@ Test suites, IDLE, Tk and the other parts a batch job never imports stay out (ST
 
 from __future__ import annotations
 
-import ctypes
-import errno
 import hashlib
 import os
 import posixpath
@@ -29,6 +27,7 @@ import threading
 from dataclasses import dataclass
 
 from beoboot.pyruntime import write_zip
+from beoboot.sourcewatch import SourceWatch
 from beoboot.sysroot import Sysroot
 
 # directories of the stdlib no job needs: tests, GUI, the installers of pip and of old 2to3
@@ -131,46 +130,3 @@ def _matching_pyc(path: str, source: os.stat_result) -> bytes | None:
     if flags != 0 or mtime != int(source.st_mtime) & 0xFFFFFFFF or size != source.st_size & 0xFFFFFFFF:
         return None
     return data
-
-
-# inotify(7): what changes a directory's files. Linux's numbers, the same on every architecture.
-IN_CHANGES = 0x2 | 0x4 | 0x8 | 0x40 | 0x80 | 0x100 | 0x200 | 0x400 | 0x800  # modify attrib close_write moved create delete *_self
-IN_ONLYDIR, IN_NONBLOCK, IN_CLOEXEC = 0x01000000, 0o4000, 0o2000000
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-class SourceWatch:
-    """Whether anything in some directories changed since they were added: inotify, so asking costs one
-    read() of a non-blocking descriptor. Once changed (or closed, or when inotify refused a directory),
-    it stays changed: its owner builds again, with a new watch."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._fd = _libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
-        self._changed = self._fd < 0  # no inotify (limit reached): never trusted, so always built anew
-
-    def add(self, directory: str) -> None:
-        with self._lock:
-            if self._changed or not os.path.isdir(directory):
-                return
-            if _libc.inotify_add_watch(self._fd, os.fsencode(directory), IN_CHANGES | IN_ONLYDIR) < 0:
-                self._changed = True  # e.g. fs.inotify.max_user_watches reached: not watched, not trusted
-
-    def unchanged(self) -> bool:
-        with self._lock:
-            if not self._changed:
-                try:
-                    os.read(self._fd, 65536)
-                    self._changed = True  # any event at all, IN_Q_OVERFLOW included
-                except BlockingIOError:
-                    pass
-                except OSError as exc:
-                    self._changed = exc.errno != errno.EAGAIN
-            return not self._changed
-
-    def close(self) -> None:
-        with self._lock:
-            if self._fd >= 0:
-                os.close(self._fd)
-                self._fd = -1
-            self._changed = True

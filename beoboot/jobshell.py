@@ -54,18 +54,31 @@ def command_words(text: str) -> list[str]:
 def shell_command_text(argv: tuple[str, ...], read_script: Callable[[str], str]) -> str:
     """The shell text a job runs: `sh -c TEXT` (options before -c allowed), or the script a shell is given
     (`sh script`), or "" when argv[0] is no shell. `read_script(path)` gives a script's text or ""."""
+    text, script = _shell_operands(argv)
+    if text is not None:
+        return text
+    return read_script(script) if script else ""
+
+
+def shell_script(argv: tuple[str, ...]) -> str | None:
+    """The script file a shell is given (`sh -e job.sh ARGS`), as written; None for `sh -c` and the rest."""
+    return _shell_operands(argv)[1]
+
+
+def _shell_operands(argv: tuple[str, ...]) -> tuple[str | None, str | None]:
+    """(the text of `sh -c TEXT`, the script of `sh SCRIPT`): at most one of them; both None for no shell."""
     if not argv or posixpath.basename(argv[0]) not in SHELLS:
-        return ""
+        return None, None
     args = list(argv[1:])
     while args and args[0][:1] in ("-", "+") and args[0] != "--":
         option = args.pop(0)
         if option in ("-o", "+o") and args:
             args.pop(0)  # set -o's option name (pipefail)
         elif option[0] == "-" and not option.startswith("--") and "c" in option:
-            return args[0] if args else ""
+            return (args[0] if args else ""), None
     if args and args[0] == "--":
         args.pop(0)
-    return read_script(args[0]) if args else ""
+    return None, (args[0] if args else None)
 
 
 def _is_assignment(token: str) -> bool:

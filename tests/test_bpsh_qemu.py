@@ -40,8 +40,9 @@ def node(out, port, tmp_path_factory):
     master.stop()
 
 
-def bpsh(master, *args, timeout=300):
-    return subprocess.run(bpsh_argv(master.bpsh_socket, *args), capture_output=True, text=True, timeout=timeout)
+def bpsh(master, *args, timeout=300, **kwargs):
+    return subprocess.run(bpsh_argv(master.bpsh_socket, *args), capture_output=True, text=True, timeout=timeout,
+                          **kwargs)  # fmt: skip
 
 
 def envroot_skeleton(out: Path) -> set[str]:
@@ -69,6 +70,20 @@ def test_python_imports_the_masters_stdlib_and_extension_modules(node):
     program = "import json, ssl, sqlite3\nprint(json.dumps({'ssl': ssl.OPENSSL_VERSION, 'sqlite': sqlite3.sqlite_version}))"
     result = bpsh(node, "0", "/usr/bin/python3", "-c", program)
     on_master = subprocess.run(["/usr/bin/python3", "-c", program], capture_output=True, text=True, check=True)
+    assert (result.returncode, result.stdout) == (0, on_master.stdout), result.stderr
+
+
+def test_a_virtualenv_program_brings_its_modules_and_packages(node, tmp_path):
+    """The project's own venv: its pyvenv.cfg, jinja2 and markupsafe (with its C extension), and the
+    program's helper module beside it; the same output as on the master."""
+    (tmp_path / "helper.py").write_text("NAME = 'node'\n")
+    (tmp_path / "main.py").write_text("import helper, jinja2, markupsafe, sys\n"
+                                      "print(jinja2.Template('{{ n|e }}').render(n='<' + helper.NAME + '>'),"
+                                      " markupsafe._speedups.__name__, sys.prefix)\n")  # fmt: skip
+    venv_python = os.path.join(sys.prefix, "bin", "python")
+    on_master = subprocess.run([venv_python, "main.py"], capture_output=True, text=True, check=True, cwd=tmp_path)
+    assert on_master.stdout.startswith("&lt;node&gt; markupsafe._speedups ")
+    result = bpsh(node, "0", venv_python, "main.py", cwd=tmp_path)
     assert (result.returncode, result.stdout) == (0, on_master.stdout), result.stderr
 
 

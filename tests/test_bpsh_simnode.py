@@ -112,6 +112,32 @@ def test_python_jobs_import_the_masters_stdlib_from_one_zip(cluster):
     assert sorted(os.listdir(nodes / "node0" / "env" / "usr/lib/python3.11")) == ["lib-dynload"]
 
 
+def test_a_python_program_brings_the_modules_and_packages_it_imports(cluster, tmp_path):
+    """`bpsh 1 python3 main.py`: main.py, the helper module beside it and a package on PYTHONPATH (with a
+    data file and its distribution's metadata) come along; an edited helper is the next job's helper."""
+    url, sock, _ = cluster
+    lib = tmp_path / "lib"
+    (lib / "pkg").mkdir(parents=True)
+    (lib / "pkg/__init__.py").write_text("import os\nTABLE = open(os.path.join(os.path.dirname(__file__), 't.txt')).read()\n")
+    (lib / "pkg/t.txt").write_text("from-data-file")
+    (lib / "pkg-2.5.dist-info").mkdir()
+    (lib / "pkg-2.5.dist-info/METADATA").write_text("Metadata-Version: 2.1\nName: pkg\nVersion: 2.5\n")
+    (lib / "pkg-2.5.dist-info/top_level.txt").write_text("pkg\n")
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "helper.py").write_text("VALUE = 'first'\n")
+    (work / "main.py").write_text("import helper, pkg, importlib.metadata as m\n"
+                                  "print(helper.VALUE, pkg.TABLE, m.version('pkg'))\n")  # fmt: skip
+    env = {**os.environ, "PATH": "/usr/bin:/bin", "PYTHONPATH": str(lib)}
+    result = bpsh(sock, "1", "/usr/bin/python3", "main.py", env=env, cwd=work)
+    assert (result.returncode, result.stdout) == (0, "first from-data-file 2.5\n"), result.stderr
+    (work / "helper.py").write_text("VALUE = 'second'\n")
+    result = bpsh(sock, "1", "nice", "/usr/bin/python3", "main.py", env=env, cwd=work)
+    assert (result.returncode, result.stdout) == (0, "second from-data-file 2.5\n"), result.stderr
+    (work / "job.sh").write_text("echo from a script given to sh\n")
+    assert bpsh(sock, "1", "sh", "job.sh", cwd=work).stdout == "from a script given to sh\n"
+
+
 def test_perl_scripts_get_perls_essential_modules_and_the_users_locale(cluster):
     """perl-base's modules come with perl (strict, POSIX, Getopt::Long, ...), and the locale LANG names
     comes with every job: without it perl warned on every run that setlocale failed."""

@@ -9,7 +9,7 @@ import zipfile
 
 from master_helpers import stdlib_zip_member
 
-from beoboot.jobpython import SourceWatch, StdlibZips
+from beoboot.jobpython import StdlibZips
 from beoboot.sysroot import Sysroot
 
 
@@ -69,18 +69,6 @@ def test_a_change_to_the_sources_builds_a_new_zip_and_only_then(tmp_path):
         f.write("more = 1\n")
     third = zips.for_interpreter(Sysroot(tmp_path), "/usr/bin/python3.11")
     assert members(third.host_path)["os.py"].endswith(b"more = 1\n")
-
-
-def test_a_watch_is_changed_for_good_once_anything_happened_or_it_was_closed(tmp_path):
-    watch = SourceWatch()
-    watch.add(str(tmp_path))
-    watch.add(str(tmp_path / "missing"))  # not there: nothing to watch (its parent sees it appear)
-    assert watch.unchanged() and watch.unchanged()
-    (tmp_path / "new").write_text("")
-    assert not watch.unchanged() and not watch.unchanged()
-    closed = SourceWatch()
-    closed.close()
-    assert not closed.unchanged()
 
 
 def test_no_zip_for_other_programs_or_a_python_that_has_its_own(tmp_path):

@@ -499,3 +499,43 @@ def test_io_header_size_matches_its_format():
     import struct
 
     assert struct.calcsize(p.IO_HEADER) == p.IO_HEADER_SIZE
+
+
+def test_the_script_an_interpreter_is_given_comes_along(tmp_path):
+    """`sh job.sh`, `perl x.pl` and `nice python3 prog.py`: the program is an argument, not the command."""
+    (tmp_path / "job.sh").write_text("echo hi\n")
+    (tmp_path / "x.pl").write_text("print 1;\n")
+    (tmp_path / "prog.py").write_text("import helper\n")
+    (tmp_path / "helper.py").write_text("")
+    builder = ManifestBuilder(ObjectStore())
+    for argv, expected in [(("sh", "-e", "job.sh"), {"job.sh"}), (("perl", "-w", "x.pl"), {"x.pl"}),
+                           (("nice", "-n", "5", "python3", "prog.py"), {"prog.py", "helper.py"}),
+                           (("perl", "-e", "print 1"), set()), (("sh", "-c", "true"), set())]:  # fmt: skip
+        request = p.JobRequest("0", argv, {"PATH": "/usr/bin:/bin"}, str(tmp_path), 0, 0)
+        paths = {f.path for f in builder.build(request).files}
+        assert {os.path.basename(path) for path in paths if path.startswith(f"{tmp_path}/")} == expected, argv
+        assert builder.build_cached(request) is not None  # known now: no file read for the next job
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/bin/python3"), reason="needs the master's python3")
+def test_a_python_scripts_imports_come_along_and_a_new_one_is_seen(tmp_path):
+    """A '#!/usr/bin/python3' script importing a package from PYTHONPATH (a tree with a data file and an
+    extension module's libraries), through the real interpreter's search path."""
+    lib = tmp_path / "lib"
+    (lib / "pkg").mkdir(parents=True)
+    (lib / "pkg/__init__.py").write_text("from . import part\n")
+    (lib / "pkg/part.py").write_text("")
+    (lib / "pkg/table.csv").write_text("1,2\n")
+    script = tmp_path / "tool"
+    script.write_text("#!/usr/bin/python3\nimport json, pkg\n")
+    script.chmod(0o755)
+    builder = ManifestBuilder(ObjectStore())
+    request = p.JobRequest("0", (str(script),), {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(lib)}, "/", 0, 0)
+    paths = {f.path for f in builder.build(request).files}
+    assert {str(lib / "pkg/__init__.py"), str(lib / "pkg/part.py"), str(lib / "pkg/table.csv")} <= paths
+    assert not any("/json/" in path for path in paths)  # the stdlib comes in its zip
+    assert builder.build_cached(request) is not None
+    script.write_text("#!/usr/bin/python3\nimport json, pkg, more\n")
+    (lib / "more.py").write_text("")
+    assert builder.build_cached(request) is None  # the script's directory changed: read again
+    assert str(lib / "more.py") in {f.path for f in builder.build(request).files}
