@@ -5,19 +5,22 @@ text the way the shell will, far enough to see which words sit where a command g
 the first after `|`, `;`, `&&`, `||`, `&`, `(`, `)`, a newline or a keyword that starts a command list
 (`then`, `do`, `if`, ...), skipping NAME=value assignments. Each such word that names a program on the
 job's PATH comes along (the caller resolves them; builtins and functions resolve to nothing, or to the
-program of the same name, which is harmless). What it cannot see, a command built at run time (`$cmd`,
-`$(...)`, eval), still needs --cache.
+program of the same name, which is harmless). The text of each command substitution (`$(...)` and
+backquotes, inside double quotes too) is read the same way. What it cannot see, a command built at run
+time (`$cmd`, eval), still needs --cache.
 """
 
 from __future__ import annotations
 
 import posixpath
 import shlex
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 
 SHELLS = frozenset({"sh", "bash", "dash"})
 MAX_SCRIPT = 256 << 10  # a longer script is not read; its commands come with --cache
 SEPARATORS = frozenset({"|", "||", "&", "&&", ";", ";;", "(", ")", "\n", "|&"})
+OPERATORS = ("&&", "||", ";;", "|&", "|", "&", ";", "(", ")")  # longest first, as the shell reads them
+MAX_DEPTH = 8  # substitutions within substitutions
 # after these a command follows (or, for the closing ones, a separator)
 COMMAND_KEYWORDS = frozenset({"then", "do", "else", "elif", "if", "while", "until", "!", "{", "}", "time",
                               "fi", "done", "esac"})  # fmt: skip
@@ -25,15 +28,16 @@ COMMAND_KEYWORDS = frozenset({"then", "do", "else", "elif", "if", "while", "unti
 WORD_KEYWORDS = frozenset({"for", "case", "select", "function"})
 
 
-def command_words(text: str) -> list[str]:
+def command_words(text: str, depth: int = 0) -> list[str]:
     """The words of shell `text` in command position, in order, each once."""
+    inner_texts, text = substitutions(text)
     lexer = shlex.shlex(text, posix=True, punctuation_chars=";&|()\n")
     lexer.whitespace = " \t"  # newlines separate commands
     lexer.commenters = "#"
     found: list[str] = []
     at_command = True
     try:
-        for token in lexer:
+        for token in _operators_apart(lexer):
             if token in SEPARATORS or (token and set(token) == {"\n"}):
                 at_command = True
             elif at_command and token in COMMAND_KEYWORDS:
@@ -48,7 +52,81 @@ def command_words(text: str) -> list[str]:
                 at_command = False
     except ValueError:  # unbalanced quotes: the shell will say so; keep what was seen
         pass
+    if depth < MAX_DEPTH:
+        for inner in inner_texts:
+            found += [word for word in command_words(inner, depth + 1) if word not in found]
     return found
+
+
+def _operators_apart(tokens: Iterable[str]) -> Iterator[str]:
+    """shlex returns a run of punctuation as one token (`);` or `)|`): split it into the shell's operators."""
+    for token in tokens:
+        if not token or token.strip(";&|()") or token != token.strip():
+            yield token
+            continue
+        while token:
+            operator = next(op for op in OPERATORS if token.startswith(op))
+            yield operator
+            token = token[len(operator):]
+
+
+def substitutions(text: str) -> tuple[list[str], str]:
+    """The text of each command substitution at the top level of `text` (`$(...)` and backquotes, outside
+    single quotes), and `text` with each of them and each arithmetic `$((...))` replaced by `$_`: a word
+    that is no command, so the substitution's own words are not read twice, once out of place."""
+    found: list[str] = []
+    kept: list[str] = []
+    index, quote = 0, ""
+    while index < len(text):
+        char = text[index]
+        end = -1
+        if char == "\\":
+            kept.append(text[index:index + 2])
+            index += 2
+            continue
+        if quote != '"' and char == "'":
+            close = text.find("'", index + 1)
+            close = len(text) if close < 0 else close + 1
+            kept.append(text[index:close])
+            index = close
+            continue
+        if char == '"':
+            quote = "" if quote else '"'
+        elif char == "`":
+            end = text.find("`", index + 1)
+            end = len(text) if end < 0 else end
+            found.append(text[index + 1:end])
+        elif text.startswith("$(", index):
+            end = _closing_parenthesis(text, index + 2)
+            if not text.startswith("$((", index):
+                found.append(text[index + 2:end])
+        if end >= 0:
+            kept.append("$_")
+            index = end + 1
+        else:
+            kept.append(char)
+            index += 1
+    return found, "".join(kept)
+
+
+def _closing_parenthesis(text: str, start: int) -> int:
+    """Where the `)` closing a `$(` whose text starts at `start` is (the end of the text if none)."""
+    depth, index = 1, start
+    while index < len(text):
+        char = text[index]
+        if char == "\\":
+            index += 1
+        elif char == "'":
+            end = text.find("'", index + 1)
+            index = len(text) if end < 0 else end
+        elif char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+            if depth == 0:
+                return index
+        index += 1
+    return len(text)
 
 
 def shell_command_text(argv: tuple[str, ...], read_script: Callable[[str], str]) -> str:

@@ -12,7 +12,11 @@ from beoboot.jobshell import command_words, shell_command_text
     ("for f in a b; do md5sum $f; done\n# grep in a comment\nuniq", ["md5sum", "uniq"]),
     ("case $x in a) uname;; esac", ["uname"]),
     ("(cd /tmp && tar cf - .) | gzip -9 >/dev/null", ["cd", "tar", "gzip"]),
-    ("$cmd arg; `which ls`", []),  # built at run time: not seen
+    ("$cmd arg; echo `which ls`", ["echo", "which"]),  # $cmd is built at run time: not seen
+    ("for h in $(seq 3); do echo $h; done", ["echo", "seq"]),  # the substitutions after the rest
+    ('echo "up $(uptime | cut -d, -f1)" \'$(not_run)\' $((1 + 2))', ["echo", "uptime", "cut"]),
+    ("x=$(dirname $(readlink -f $0))", ["dirname", "readlink"]),
+    ("(ls)|(wc)&&(true); (id);uname", ["ls", "wc", "true", "id", "uname"]),  # `);` is two operators
     ("echo 'unbalanced", ["echo"]),
 ])  # fmt: skip
 def test_command_words(text, words):
