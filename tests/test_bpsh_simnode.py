@@ -138,6 +138,28 @@ def test_a_python_program_brings_the_modules_and_packages_it_imports(cluster, tm
     assert bpsh(sock, "1", "sh", "job.sh", cwd=work).stdout == "from a script given to sh\n"
 
 
+def test_sequential_output_keeps_each_nodes_output_whole_in_node_order(cluster):
+    """-s: node 0 sleeps between its lines, node 1 is done at once, yet node 0's output comes first and
+    whole; -d adds a divider per node; -p still leads each line; 40 MB held behind a slower node
+    arrive whole (the waiting node is read no further than the high-water mark meanwhile)."""
+    _, sock, nodes = cluster
+    marker = nodes / "node0" / "env" / "tmp" / "slow"
+    marker.write_text("")
+    script = "echo start; if [ -e /tmp/slow ]; then sleep 1; echo slow; fi; echo end"
+    try:
+        result = bpsh(sock, "-s", "1,0", "sh", "-c", script)
+        assert (result.returncode, result.stdout) == (0, "start\nslow\nend\nstart\nend\n")
+        result = bpsh(sock, "-d", "-p", "-a", "sh", "-c", script)
+        assert result.stdout == ("---- node 0 ----\n0: start\n0: slow\n0: end\n"
+                                 "---- node 1 ----\n1: start\n1: end\n")  # fmt: skip
+        big = bpsh(sock, "-s", "0,1", "sh", "-c", "if [ -e /tmp/slow ]; then sleep 2; fi; seq 3000000")
+        lines = big.stdout.split("\n")
+        assert big.returncode == 0 and len(lines) == 6000001
+        assert lines[:2] == ["1", "2"] and lines[2999999:3000001] == ["3000000", "1"]
+    finally:
+        marker.unlink()
+
+
 def test_perl_scripts_get_perls_essential_modules_and_the_users_locale(cluster):
     """perl-base's modules come with perl (strict, POSIX, Getopt::Long, ...), and the locale LANG names
     comes with every job: without it perl warned on every run that setlocale failed."""

@@ -434,6 +434,8 @@ def test_parse_nodes_rejects_junk():
         (["--socket", "/x.sock", "-n", "1,2", "sh", "-c", "exit 3"],
          BpshOptions("/x.sock", "1,2", ("sh", "-c", "exit 3"), (), True)),
         (["--cache=/opt/lib", "0", "prog", "--cache", "y"], BpshOptions("/m.sock", "0", ("prog", "--cache", "y"), ("/opt/lib",))),
+        (["-s", "-a", "df"], BpshOptions("/m.sock", "all", ("df",), sequential=True)),
+        (["-d", "-p", "0-3", "df"], BpshOptions("/m.sock", "0-3", ("df",), prefix=True, sequential=True, divider=True)),
     ],
 )  # fmt: skip
 def test_bpsh_arguments(argv, expected):

@@ -20,7 +20,7 @@ process groups. Ctrl-Z stops the remote jobs and then bpsh; `fg`/`bg` (SIGCONT) 
 SIGSTOP cannot be caught, so it stops only bpsh; the SIGCONT that resumes it is forwarded.
 
 Wire format (one SEQPACKET record each way): the request is NUL-separated fields, REQUEST_MAGIC, nodes,
-cwd, flags (letters: n for -n, p for -p), the number of argv entries, argv, the number of --cache paths, the paths, then the
+cwd, flags (letters: n for -n, p for -p, s for -s, d for -d), the number of argv entries, argv, the number of --cache paths, the paths, then the
 environment as NAME=VALUE; later records from the client are b"S" + signal number. beoserv answers
 b"X" + status.
 """
@@ -37,10 +37,11 @@ NO_EXIT = 255  # beoserv went away before the status came back (ssh answers 255 
 MAX_REQUEST = 1 << 20
 SIGSTOP, SIGTSTP, SIGCONT = _signal.SIGSTOP, _signal.SIGTSTP, _signal.SIGCONT
 FORWARDED_SIGNALS = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGQUIT, _signal.SIGUSR1, _signal.SIGUSR2)
-USAGE = """usage: bpsh [--socket PATH] [-n] [-p] [--cache PATH]... NODE[,NODE...] COMMAND [ARGS...]
-       bpsh [--socket PATH] [-n] [-p] [--cache PATH]... -a COMMAND [ARGS...]
+USAGE = """usage: bpsh [--socket PATH] [-n] [-p] [-s] [-d] [--cache PATH]... NODE[,NODE...] COMMAND [ARGS...]
+       bpsh [--socket PATH] [-n] [-p] [-s] [-d] [--cache PATH]... -a COMMAND [ARGS...]
   NODE: 0, .0 or n0; lists 0,3 and ranges 2-5; -a: every node that is up
   -n: the jobs read end of file, not bpsh's stdin; -p: each output line starts with its node's number
+  -s: each node's output whole, node after node; -d: as -s, with a divider line before each node's
   --cache PATH: also bring PATH (a file or a tree)"""
 
 
@@ -55,11 +56,11 @@ class BpshHelp(Exception):
 class BpshOptions:
     """What the command line asked for; `nodes` is '0', '0,3', '2-5' or 'all'."""
 
-    __slots__ = ("socket", "nodes", "argv", "cache", "no_stdin", "prefix")
+    __slots__ = ("socket", "nodes", "argv", "cache", "no_stdin", "prefix", "sequential", "divider")
 
-    def __init__(self, socket, nodes, argv, cache=(), no_stdin=False, prefix=False):
+    def __init__(self, socket, nodes, argv, cache=(), no_stdin=False, prefix=False, sequential=False, divider=False):
         self.socket, self.nodes, self.argv, self.cache = socket, nodes, tuple(argv), tuple(cache)
-        self.no_stdin, self.prefix = no_stdin, prefix
+        self.no_stdin, self.prefix, self.sequential, self.divider = no_stdin, prefix, sequential or divider, divider
 
     def __eq__(self, other):
         return isinstance(other, BpshOptions) and all(getattr(self, n) == getattr(other, n) for n in self.__slots__)
@@ -74,7 +75,7 @@ def parse_args(args, environ=None):
     socket = environ.get(SOCKET_ENV.encode()) if environ is posix.environ else environ.get(SOCKET_ENV)
     socket = (socket.decode() if isinstance(socket, bytes) else socket) or DEFAULT_SOCKET
     cache = []
-    no_stdin = every = prefix = False
+    no_stdin = every = prefix = sequential = divider = False
     rest = list(args)
     while rest and rest[0].startswith("-"):
         option = rest.pop(0)
@@ -92,6 +93,10 @@ def parse_args(args, environ=None):
             no_stdin = True
         elif option == "-p":
             prefix = True
+        elif option == "-s":
+            sequential = True
+        elif option == "-d":
+            divider = True
         elif option in ("-h", "--help"):
             raise BpshHelp()
         elif option in ("-a", "--all"):
@@ -108,7 +113,7 @@ def parse_args(args, environ=None):
         raise BpshUsageError("no node given")
     if not rest:
         raise BpshUsageError("no command given")
-    return BpshOptions(socket, nodes, rest, cache, no_stdin, prefix)
+    return BpshOptions(socket, nodes, rest, cache, no_stdin, prefix, sequential, divider)
 
 
 def encode_request(options, cwd, environ):
@@ -116,7 +121,9 @@ def encode_request(options, cwd, environ):
     def b(text):
         return text.encode("utf-8", "surrogateescape")
 
-    fields = [REQUEST_MAGIC, b(options.nodes), cwd, (b"n" if options.no_stdin else b"") + (b"p" if options.prefix else b""),
+    letters = b"".join(letter for letter, on in ((b"n", options.no_stdin), (b"p", options.prefix),
+                       (b"s", options.sequential), (b"d", options.divider)) if on)  # fmt: skip
+    fields = [REQUEST_MAGIC, b(options.nodes), cwd, letters,
               b"%d" % len(options.argv), *map(b, options.argv), b"%d" % len(options.cache), *map(b, options.cache)]
     fields += [name + b"=" + value for name, value in environ.items()]
     return b"\0".join(fields)  # no field holds a NUL: arguments and the environment are C strings

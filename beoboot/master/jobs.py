@@ -46,8 +46,11 @@ class Session:
     def output(self, stream: int, data: bytes, node: int) -> None:
         raise NotImplementedError
 
-    async def backpressure(self) -> None:
-        """Return when the session can take more output."""
+    def starting(self, nodes: list[int]) -> None:
+        """The session's jobs are about to start on these nodes."""
+
+    async def backpressure(self, node: int) -> None:
+        """Return when the session can take more output from `node`."""
 
     def job_exit(self, message: p.JobExit) -> None:
         raise NotImplementedError
@@ -166,7 +169,7 @@ class JobHub:
                     job = self.jobs.get(job_id)
                     if job is not None:
                         job.session.output(stream, msg.data[p.IO_HEADER_SIZE :], link.number)
-                        await job.session.backpressure()
+                        await job.session.backpressure(link.number)
         finally:
             link.closed.set()
             if self.links.get(node.number) is link:
@@ -239,6 +242,7 @@ class JobHub:
             manifest = await asyncio.get_running_loop().run_in_executor(None, self.manifests.build, request)
         command = " ".join(request.argv)
         now = time.time()
+        session.starting(numbers)
         for number in numbers:
             link = self.links[number]
             job_id = next(self._ids)

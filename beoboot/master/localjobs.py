@@ -30,6 +30,7 @@ from agent import protocol as p
 from beoboot.errors import BeobootError
 from beoboot.master import bpctl, bpsh_client as bpsh
 from beoboot.master.jobs import JobHub, Session
+from beoboot.master.sequential import SequentialOutput
 
 log = logging.getLogger("beoserv")
 
@@ -70,7 +71,7 @@ def peer_groups(conn: socket.socket, pid: int, uid: int) -> tuple[int, ...]:
 
 def decode_request(data: bytes, uid: int, gid: int, groups: tuple[int, ...] = ()) -> tuple[p.JobRequest, str]:
     """A bpsh request record -> (JobRequest as user uid:gid with those supplementary groups, the option
-    letters: n for -n, p for -p)."""
+    letters: n for -n, p for -p, s for -s, d for -d)."""
     fields = data.split(b"\0")
     if len(fields) < 6 or fields[0] != bpsh.REQUEST_MAGIC:
         raise RequestError("not a bpsh request (another version of bpsh?)")
@@ -127,11 +128,14 @@ class LocalSession(Session):
     """One bpsh client: its socket and its three file descriptors."""
 
     def __init__(
-        self, hub: JobHub, loop: asyncio.AbstractEventLoop, conn: socket.socket, fds: list[int], *, prefix: bool = False
-    ) -> None:
+        self, hub: JobHub, loop: asyncio.AbstractEventLoop, conn: socket.socket, fds: list[int], *,
+        prefix: bool = False, sequential: SequentialOutput | None = None,
+    ) -> None:  # fmt: skip
         super().__init__()
         self.hub, self.loop, self.conn = hub, loop, conn
         self.prefixes = LinePrefixer() if prefix else None
+        self.sequential = sequential  # bpsh -s / -d
+        self._turn_came: asyncio.Event | None = None  # set when a node's held output was written (-s)
         self.stdin_fd, self.stdout_fd, self.stderr_fd = fds
         self.statuses: list[int] = []
         self._writes: queue.SimpleQueue[tuple[int, bytes] | None] | None = None
@@ -144,10 +148,18 @@ class LocalSession(Session):
 
     # --- from the hub -------------------------------------------------------------------------------------
 
+    def starting(self, nodes: list[int]) -> None:
+        if self.sequential is not None:
+            self._write_chunks(self.sequential.start(nodes))
+
     def output(self, stream: int, data: bytes, node: int) -> None:
         if self.prefixes is not None:
             data = self.prefixes.lines(node, stream, data)
-        if data:
+        if not data:
+            return
+        if self.sequential is not None:
+            self._write_chunks(self.sequential.output(node, stream, data))
+        else:
             self._write(self._fd_for(stream), data)
 
     def job_exit(self, message: p.JobExit) -> None:
@@ -155,10 +167,26 @@ class LocalSession(Session):
         if self.prefixes is not None:
             for stream in (p.Stream.STDOUT, p.Stream.STDERR):
                 if rest := self.prefixes.rest(message.node, stream):
-                    self._write(self._fd_for(stream), rest)
+                    self._output_unprefixed(stream, rest, message.node)
         if message.error:
             where = f"node {message.node}: " if message.node >= 0 else ""
-            self._write(self.stderr_fd, f"bpsh: {where}{message.error}\n".encode(errors="replace"))
+            self._output_unprefixed(p.Stream.STDERR, f"bpsh: {where}{message.error}\n".encode(errors="replace"),
+                                    message.node)  # fmt: skip
+        if self.sequential is not None:
+            self._write_chunks(self.sequential.ended(message.node))
+            if self._turn_came is not None:
+                self._turn_came.set()
+                self._turn_came = None
+
+    def _output_unprefixed(self, stream: int, data: bytes, node: int) -> None:
+        if self.sequential is not None:
+            self._write_chunks(self.sequential.output(node, stream, data))
+        else:
+            self._write(self._fd_for(stream), data)
+
+    def _write_chunks(self, chunks: list[tuple[int, bytes]]) -> None:
+        for stream, data in chunks:
+            self._write(self._fd_for(stream), data)
 
     def _fd_for(self, stream: int) -> int:
         return self.stderr_fd if stream == p.Stream.STDERR else self.stdout_fd
@@ -175,10 +203,15 @@ class LocalSession(Session):
 
     # --- output -------------------------------------------------------------------------------------------
 
-    async def backpressure(self) -> None:
-        """Wait while more than QUEUE_HIGH bytes of output wait for a slow reader (`bpsh 0 cat big | less`):
-        the node link is not read meanwhile, so TCP stops the node and the job blocks on its pipe, instead
-        of beoserv holding the whole output in memory."""
+    async def backpressure(self, node: int) -> None:
+        """Wait while more than QUEUE_HIGH bytes of output wait for a slow reader (`bpsh 0 cat big | less`),
+        or, with -s, for the nodes before this one to end: the node link is not read meanwhile, so TCP
+        stops the node and the job blocks on its pipe, instead of beoserv holding the whole output in
+        memory."""
+        while self.sequential is not None and self.sequential.must_wait(node, QUEUE_HIGH):
+            if self._turn_came is None:
+                self._turn_came = asyncio.Event()
+            await self._turn_came.wait()
         with self._queued_lock:
             if self._queued <= QUEUE_HIGH:
                 return
@@ -406,7 +439,8 @@ class LocalListener:
         st = os.fstat(fds[0])
         if stat.S_ISCHR(st.st_mode) and st.st_rdev == DEV_NULL:
             request = replace(request, stdin=False)  # the jobs get end of file at once, no reading needed
-        session = LocalSession(self.hub, loop, conn, fds, prefix="p" in letters)
+        sequential = SequentialOutput(divider="d" in letters) if "s" in letters or "d" in letters else None
+        session = LocalSession(self.hub, loop, conn, fds, prefix="p" in letters, sequential=sequential)
         session.listen()
         asyncio.ensure_future(self._run(session, request))
 
