@@ -89,8 +89,28 @@ def perl_runtime(real_program: str) -> list[str]:
     return needed
 
 
-# interpreter -> the run-time files it needs beyond its ELF closure (a trailing '/' means: the directory only)
-RUNTIME_RULES: tuple[Callable[[str], list[str]], ...] = (python_runtime, perl_runtime)
+# Libraries that read a data file of their own at run time, which a job using them needs too: soname ->
+# the files (as the library opens them: links come along). Without magic.mgc `file` only says "cannot
+# open magic file"; without pci.ids `lspci` prints numbers instead of device names.
+LIBRARY_DATA = {
+    "libmagic.so.1": ("/usr/share/misc/magic.mgc", "/usr/share/file/magic.mgc"),
+    "libpci.so.3": ("/usr/share/misc/pci.ids",),
+    "libsensors.so.5": ("/etc/sensors3.conf", "/etc/sensors.d"),
+}
+
+
+def library_data(real_program: str) -> list[str]:
+    """LIBRARY_DATA's files for a library (its real file, libmagic.so.1.0.0), those the master has."""
+    name = posixpath.basename(real_program)
+    for soname, files in LIBRARY_DATA.items():
+        if name == soname or name.startswith(soname + "."):
+            return [path for path in files if os.path.lexists(path)]
+    return []
+
+
+# interpreter or library -> the run-time files it needs beyond its ELF closure (a trailing '/' means: the
+# directory only)
+RUNTIME_RULES: tuple[Callable[[str], list[str]], ...] = (python_runtime, perl_runtime, library_data)
 
 
 # Commands that run another command named in their arguments, which must then come along too

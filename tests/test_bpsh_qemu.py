@@ -87,6 +87,12 @@ def test_a_virtualenv_program_brings_its_modules_and_packages(node, tmp_path):
     assert (result.returncode, result.stdout) == (0, on_master.stdout), result.stderr
 
 
+def test_lspci_names_the_nodes_devices_from_the_masters_pci_ids(node):
+    result = bpsh(node, "0", "lspci")
+    assert result.returncode == 0, result.stderr
+    assert "Virtio" in result.stdout and "Ethernet controller" in result.stdout, result.stdout
+
+
 def test_perl_with_its_essential_modules_in_the_users_locale(node):
     env = {**os.environ, "LANG": "C.UTF-8", "LC_ALL": ""}
     result = subprocess.run(bpsh_argv(node.bpsh_socket, "0", "perl", "-e", "use strict; use POSIX; print floor(2.5)"),

@@ -160,6 +160,13 @@ def test_sequential_output_keeps_each_nodes_output_whole_in_node_order(cluster):
         marker.unlink()
 
 
+def test_file_reads_the_magic_database_its_library_needs(cluster):
+    _, sock, _ = cluster
+    result = bpsh(sock, "0", "file", "-b", "/usr/bin/file")
+    on_master = subprocess.run(["file", "-b", "/usr/bin/file"], capture_output=True, text=True)
+    assert (result.returncode, result.stdout) == (0, on_master.stdout) and "ELF 64-bit" in result.stdout, result.stderr
+
+
 def test_perl_scripts_get_perls_essential_modules_and_the_users_locale(cluster):
     """perl-base's modules come with perl (strict, POSIX, Getopt::Long, ...), and the locale LANG names
     comes with every job: without it perl warned on every run that setlocale failed."""

@@ -435,6 +435,7 @@ def test_parse_nodes_rejects_junk():
          BpshOptions("/x.sock", "1,2", ("sh", "-c", "exit 3"), (), True)),
         (["--cache=/opt/lib", "0", "prog", "--cache", "y"], BpshOptions("/m.sock", "0", ("prog", "--cache", "y"), ("/opt/lib",))),
         (["-s", "-a", "df"], BpshOptions("/m.sock", "all", ("df",), sequential=True)),
+        (["-apn", "df", "-h"], BpshOptions("/m.sock", "all", ("df", "-h"), no_stdin=True, prefix=True)),
         (["-d", "-p", "0-3", "df"], BpshOptions("/m.sock", "0-3", ("df",), prefix=True, sequential=True, divider=True)),
     ],
 )  # fmt: skip
@@ -461,7 +462,8 @@ def test_bad_bpsh_requests_are_refused(data):
         decode_request(data, 0, 0)
 
 
-@pytest.mark.parametrize("argv, message", [([], "no node"), (["0"], "no command"), (["-x", "0", "a"], "unknown option")])
+@pytest.mark.parametrize("argv, message", [([], "no node"), (["0"], "no command"), (["-x", "0", "a"], "unknown option"),
+                                           (["-nx", "0", "a"], "unknown option")])
 def test_bpsh_argument_errors(argv, message):
     with pytest.raises(BpshUsageError, match=message):
         parse_args(argv, {})
@@ -541,3 +543,12 @@ def test_a_python_scripts_imports_come_along_and_a_new_one_is_seen(tmp_path):
     (lib / "more.py").write_text("")
     assert builder.build_cached(request) is None  # the script's directory changed: read again
     assert str(lib / "more.py") in {f.path for f in builder.build(request).files}
+
+
+@pytest.mark.parametrize("program, data", [("/usr/bin/file", "/usr/share/misc/magic.mgc"),
+                                           ("/usr/bin/lspci", "/usr/share/misc/pci.ids")])  # fmt: skip
+def test_a_library_brings_the_data_file_it_reads(program, data):
+    """build.py setup installs both (file, pciutils): a missing one fails here rather than skipping."""
+    paths = {f.path for f in ManifestBuilder(ObjectStore()).build(
+        p.JobRequest("0", (program,), {"PATH": "/usr/bin:/bin"}, "/", 0, 0)).files}  # fmt: skip
+    assert data in paths and os.path.realpath(data) in paths

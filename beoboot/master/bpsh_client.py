@@ -35,6 +35,7 @@ SOCKET_ENV = "BEOSERV_SOCKET"
 DEFAULT_SOCKET = "/run/beoserv/bpsh.sock"
 NO_EXIT = 255  # beoserv went away before the status came back (ssh answers 255 likewise)
 MAX_REQUEST = 1 << 20
+FLAG_LETTERS = "anpsdh"  # the one-letter options without a value, which may be given together (-ap)
 SIGSTOP, SIGTSTP, SIGCONT = _signal.SIGSTOP, _signal.SIGTSTP, _signal.SIGCONT
 FORWARDED_SIGNALS = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGQUIT, _signal.SIGUSR1, _signal.SIGUSR2)
 USAGE = """usage: bpsh [--socket PATH] [-n] [-p] [-s] [-d] [--cache PATH]... NODE[,NODE...] COMMAND [ARGS...]
@@ -79,6 +80,9 @@ def parse_args(args, environ=None):
     rest = list(args)
     while rest and rest[0].startswith("-"):
         option = rest.pop(0)
+        if len(option) > 2 and option[1] != "-" and not option.strip("-" + FLAG_LETTERS):
+            rest[:0] = ["-" + letter for letter in option[1:]]  # -np: -n -p, as getopt reads them
+            continue
         name, equals, value = option.partition("=")
         if name in ("--socket", "--cache"):
             if not equals:
