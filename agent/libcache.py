@@ -28,6 +28,7 @@ import errno
 import hashlib
 import os
 import shutil
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -66,7 +67,18 @@ class CachedObject:
 
 
 def object_name(entry: p.JobFile) -> str:
-    return f"{entry.sha256}.{entry.mode & 0o7777:o}"
+    """sha256.MODE, and .UID.GID for a file root does not own: a hard link shares its owner and mode, so the
+    same content held by two owners (or modes) is two objects."""
+    owner = f".{entry.uid}.{entry.gid}" if entry.uid or entry.gid else ""
+    return f"{entry.sha256}.{entry.mode & 0o7777:o}{owner}"
+
+
+def give_owner_and_mode(path: str, entry: p.JobFile) -> None:
+    """The master's owner, then its mode (chown clears the setuid and setgid bits, so the mode comes last):
+    a user's 0600 file stays theirs and a setuid program stays setuid to its own owner, never to root."""
+    if entry.uid or entry.gid:
+        os.chown(path, entry.uid, entry.gid)
+    os.chmod(path, object_mode(entry.mode))
 
 
 def object_mode(mode: int) -> int:
@@ -205,7 +217,7 @@ class LibCache:
                 problem = f"content hash {digest} does not match the manifest"
                 _unlink(tmp)
                 continue
-            os.chmod(tmp, object_mode(entry.mode))
+            give_owner_and_mode(tmp, entry)
             st = os.stat(tmp)
             os.rename(tmp, os.path.join(self.objects_dir, name))
             with self._lock:
@@ -270,9 +282,7 @@ class LibCache:
                     self._make_symlink(target, entry.link)
                     continue
                 if not entry.sha256:
-                    if not os.path.isdir(target):
-                        self._make_parent(target)
-                        os.makedirs(target, mode=entry.mode & 0o7777 or 0o755, exist_ok=True)
+                    self._make_directory(target, entry)
                     continue
                 name = object_name(entry)
                 obj = self._objects[name]
@@ -294,7 +304,7 @@ class LibCache:
                     # the path is under another mount of the environment root (/tmp is its own tmpfs):
                     # a copy, renamed into place the same way
                     shutil.copyfile(source, tmp)
-                    os.chmod(tmp, object_mode(entry.mode))
+                    give_owner_and_mode(tmp, entry)
                 try:
                     os.rename(tmp, target)
                 except OSError as exc:
@@ -305,6 +315,24 @@ class LibCache:
                     obj.links.add(target)
                 else:
                     obj.copies[target] = (placed.st_dev, placed.st_ino)
+
+    def _make_directory(self, target: str, entry: p.JobFile) -> None:
+        """A directory with the master's mode and owner; one an earlier job made differently (on the way to
+        a file, as root's 0755) gets them now. Its own mount points (/tmp, /dev) are left as mounted."""
+        try:
+            st = os.lstat(target)
+        except FileNotFoundError:
+            self._make_parent(target)
+            os.makedirs(target, mode=0o700, exist_ok=True)  # no one else's until it has its owner and mode
+            st = os.lstat(target)
+        mode = entry.mode & 0o7777 or 0o755
+        if not stat.S_ISDIR(st.st_mode) or (st.st_mode & 0o7777, st.st_uid, st.st_gid) == (mode, entry.uid, entry.gid):
+            return  # as it should be: one lstat for a directory already right
+        if os.path.ismount(target):
+            return
+        if (st.st_uid, st.st_gid) != (entry.uid, entry.gid):
+            os.chown(target, entry.uid, entry.gid)
+        os.chmod(target, mode)
 
     def _make_parent(self, target: str) -> None:
         """Create the directories above `target`, refusing a path that leaves the environment root: the links

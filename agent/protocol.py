@@ -472,6 +472,8 @@ class JobFile:
     sha256: str = ""  # regular files
     size: int = 0
     link: str = ""  # symlinks: the target as stored
+    uid: int = 0  # owner and group on the master, which the node gives it too (files and directories)
+    gid: int = 0
 
 
 @dataclass(frozen=True)

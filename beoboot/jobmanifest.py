@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 from agent import protocol as p
 from beoboot.errors import BeobootError
+from beoboot.jobaccess import guard
 from beoboot.jobenviron import environment_paths
 from beoboot.jobimports import PythonImports, PythonStart, python_start
 from beoboot.jobpython import StdlibZips, python_version
@@ -261,7 +262,7 @@ class ManifestBuilder:
         inputs = self._job_inputs(request, path_env, inner) or []
         extras = [path for program in programs for path in program.trees] + self._extra_paths(request, path_env)
         files = _merge(*(program.files for program in programs), *map(self.described_extra, [*extras, *inputs]))
-        return _manifest(request, executable, files, self.users)
+        return _manifest(request, executable, files, self.users, self.root)
 
     def build_cached(self, request: p.JobRequest) -> p.JobManifest | None:
         """build(), when that costs only lstat() calls (no ELF parsing, no hashing), so beoserv may run it on
@@ -284,7 +285,7 @@ class ManifestBuilder:
         if not all(extra is not None and extra.current() for extra in extras):
             return None
         files = _merge(*(program.files for program in programs), *(extra.files for extra in extras))
-        return _manifest(request, executable, files, self.users)
+        return _manifest(request, executable, files, self.users, self.root)
 
     def _programs(self, request: p.JobRequest, path_env: str) -> tuple[list[str], tuple[str, tuple[str, ...]]]:
         """The command, and the commands it runs by name: a wrapper's (nice, timeout, env, ...), and those
@@ -479,10 +480,12 @@ class ManifestBuilder:
             st = os.stat(sysroot.host(resolved.real))
             if stat.S_ISDIR(st.st_mode):
                 if directory or resolved.real != "/":
-                    dirs.setdefault(resolved.real, p.JobFile(resolved.real, st.st_mode & 0o7777))
+                    dirs.setdefault(resolved.real, p.JobFile(resolved.real, st.st_mode & 0o7777, uid=st.st_uid,
+                                                             gid=st.st_gid))  # fmt: skip
             elif stat.S_ISREG(st.st_mode) and resolved.real not in files:
                 digest = self.store.digest(str(sysroot.host(resolved.real)))
-                files[resolved.real] = p.JobFile(resolved.real, digest.mode, digest.sha256, digest.size)
+                files[resolved.real] = p.JobFile(resolved.real, digest.mode, digest.sha256, digest.size,
+                                                 uid=digest.uid, gid=digest.gid)  # fmt: skip
         ordered = sorted(dirs.values(), key=lambda f: f.path)
         return tuple(ordered + list(links.values()) + list(files.values()))
 
@@ -634,7 +637,10 @@ def _merge(*groups: tuple[p.JobFile, ...]) -> tuple[p.JobFile, ...]:
 
 
 def _manifest(request: p.JobRequest, executable: str, files: tuple[p.JobFile, ...],
-              users: JobUsers) -> p.JobManifest:
+              users: JobUsers, root: str = "/") -> p.JobManifest:  # fmt: skip
+    above = guard(files, request.uid, request.gid, request.groups, root)  # AccessDenied: the user may not have one
+    if above:
+        files = _merge(files, tuple(above))
     user, groups = users.entries(request.uid, request.gid, request.groups, request.env)
     return p.JobManifest(
         argv=request.argv, executable=executable, env=request.env, cwd=request.cwd,

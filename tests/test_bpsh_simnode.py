@@ -8,8 +8,11 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
+
+from pathlib import Path
 
 import pytest
 
@@ -373,11 +376,54 @@ def test_a_job_gets_sigpipe_as_at_a_shell(cluster):
     assert (result.returncode, result.stdout, result.stderr) == (0, "y\n", "")
 
 
-def test_an_exec_failure_on_the_node_says_why(cluster, tmp_path):
+@pytest.fixture
+def open_dir():
+    """A directory anyone may search (pytest's tmp_path is root's 0700), removed afterwards."""
+    path = tempfile.mkdtemp(prefix="beoboot-test-", dir="/tmp")
+    os.chmod(path, 0o755)
+    yield Path(path)
+    shutil.rmtree(path)
+
+
+def as_nobody(sock, *args):
+    argv = ["/usr/bin/python3", *bpsh_argv(sock, *args)[1:]]  # the venv's python may be under /root
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, user=65534, group=65534, cwd="/")
+
+
+def test_a_job_brings_only_what_its_user_may_read_and_the_node_keeps_the_masters_owners(cluster, open_dir):
+    """A setuid program nobody owns runs as nobody, not as root (the node held it as root's before); a file
+    in root's 0700 directory, or /etc/shadow, is refused for nobody; nobody's own 0600 file reads on the
+    node; and once root's job brought the 0700 directory to a node, nobody cannot read in it there either."""
     url, sock, _ = cluster
-    program = tmp_path / "private"
+    let_others_reach(sock)
+    setuid_id = open_dir / "setuid-id"
+    shutil.copy("/usr/bin/id", setuid_id)
+    os.chown(setuid_id, 65534, 0)
+    setuid_id.chmod(0o4755)
+    assert (as_nobody(sock, "0", str(setuid_id), "-u").stdout, bpsh(sock, "0", str(setuid_id), "-u").stdout) == (
+        "65534\n", "65534\n")  # as on the master: the program's owner, for anyone who runs it
+    private = open_dir / "private"
+    private.mkdir(mode=0o700)
+    (private / "notes").write_text("root's\n")
+    (private / "notes").chmod(0o644)
+    for path in (private / "notes", "/etc/shadow"):
+        refused = as_nobody(sock, "--cache", str(path), "0", "true")
+        assert refused.returncode == 127 and "permission denied" in refused.stderr, refused.stderr
+    mine = open_dir / "mine"
+    mine.write_text("nobody's\n")
+    os.chown(mine, 65534, 65534)
+    mine.chmod(0o600)
+    assert as_nobody(sock, "--cache", str(mine), "1", "cat", str(mine)).stdout == "nobody's\n"
+    assert bpsh(sock, "--cache", str(private), "1", "cat", str(private / "notes")).stdout == "root's\n"
+    result = as_nobody(sock, "1", "cat", str(private / "notes"))  # cat comes; the notes are on the node already
+    assert result.returncode == 1 and "Permission denied" in result.stderr
+
+
+def test_an_exec_failure_on_the_node_says_why(cluster, open_dir):
+    url, sock, _ = cluster
+    program = open_dir / "private"
     program.write_text("#!/bin/sh\necho should not run\n")
-    program.chmod(0o700)  # the master (root) may run it; nobody may not, on the node either
+    program.chmod(0o744)  # nobody may read it, so it comes; only its owner may run it, on the node too
     argv = ["/usr/bin/python3", *bpsh_argv(sock, "0", str(program))[1:]]
     result = subprocess.run(argv, capture_output=True, text=True, timeout=60, user=65534, group=65534, cwd="/")
     assert result.returncode == 127 and "Permission denied" in result.stderr and "node 0" in result.stderr
@@ -513,7 +559,7 @@ def test_bpcp_copies_files_to_a_node_and_back_whole(cluster, tmp_path):
     assert bpsh(sock, "1", "sha256sum", "/tmp/input.bin").stdout.split()[0] == hashlib.sha256(data).hexdigest()
     done = bpcp(sock, str(tmp_path / "input.bin"), str(tmp_path / "notes.txt"), ".0:/tmp/")  # several, into a directory
     assert done.returncode == 0, done.stderr
-    assert sorted(os.listdir(nodes / "node0" / "env" / "tmp")) >= ["input.bin", "notes.txt"]
+    assert set(os.listdir(nodes / "node0" / "env" / "tmp")) >= {"input.bin", "notes.txt"}
     back = tmp_path / "back"
     back.mkdir()
     done = bpcp(sock, "1:/tmp/input.bin", str(back))

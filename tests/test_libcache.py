@@ -96,6 +96,26 @@ def test_objects_are_fetched_once_verified_and_hard_linked(server, env_root):
     assert cache_for(env_root, server).missing(files) == []
 
 
+@pytest.mark.skipif(os.getuid() != 0, reason="chown needs root, as the node's agent is")
+def test_files_and_directories_get_the_masters_owner_so_setuid_stays_with_it(server, env_root):
+    """The same content owned by root and by nobody is two objects, each with its owner; a setuid program
+    nobody owns stays setuid to nobody (held by root it would have made anyone root). A directory an
+    earlier job made on the way gets the master's mode and owner when a manifest names it."""
+    as_root = server.add("/usr/bin/tool", b"same bytes", 0o755)
+    as_nobody = p.JobFile("/home/nobody/tool", 0o4755, as_root.sha256, as_root.size, uid=65534, gid=65534)
+    cache = cache_for(env_root, server)
+    cache.ensure([as_root, as_nobody])
+    cache.materialise([as_root, as_nobody])
+    root_st, nobody_st = os.stat(env_root / "usr/bin/tool"), os.stat(env_root / "home/nobody/tool")
+    assert (root_st.st_uid, stat.S_IMODE(root_st.st_mode)) == (0, 0o555)
+    assert (nobody_st.st_uid, nobody_st.st_gid, stat.S_IMODE(nobody_st.st_mode)) == (65534, 65534, 0o4555)
+    assert not os.path.samestat(root_st, nobody_st)
+    assert os.stat(env_root / "home").st_uid == 0  # made on the way, as root's 0755
+    cache.materialise([p.JobFile("/home", 0o700, uid=65534, gid=65534)])
+    home = os.stat(env_root / "home")
+    assert (home.st_uid, stat.S_IMODE(home.st_mode)) == (65534, 0o700)
+
+
 def test_a_corrupt_object_is_refused_and_never_visible(server, env_root):
     entry = server.add("/bin/x", b"the real bytes")
     server.lie[entry.sha256] = b"something else"

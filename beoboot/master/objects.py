@@ -14,11 +14,13 @@ from dataclasses import dataclass
 
 from beoboot.manifest import sha256_file
 
-StatKey = tuple[int, int, int, int]  # st_dev, st_ino, st_size, st_mtime_ns
+# st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns: the ctime so that a chmod or chown, which changes
+# who may read the file and how the node must hold it, is a change too
+StatKey = tuple[int, int, int, int, int]
 
 
 def stat_key(st: os.stat_result) -> StatKey:
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def key_of(path: str) -> StatKey | None:
@@ -36,6 +38,8 @@ class Digest:
     size: int
     mode: int  # permission bits
     key: StatKey
+    uid: int = 0  # owner
+    gid: int = 0
 
 
 class ObjectStore:
@@ -59,7 +63,7 @@ class ObjectStore:
             with self._lock:
                 self._by_key[key] = known
                 self.hashed += 1
-        found = Digest(os.path.realpath(path), known, st.st_size, st.st_mode & 0o7777, key)
+        found = Digest(os.path.realpath(path), known, st.st_size, st.st_mode & 0o7777, key, st.st_uid, st.st_gid)
         with self._lock:
             self._by_hash[known] = found
         return found
