@@ -32,6 +32,7 @@ from beoboot.sourcewatch import SourceWatch
 
 MAX_MODULES = 20000  # modules read for one job: past this the rest need --cache
 MAX_SOURCE = 4 << 20  # a larger .py file is not read for its imports
+MAX_REMEMBERED = 100000  # files whose imports are kept
 OPTIONS_WITH_VALUE = "cmWX"  # CPython's one-letter options that take a value (Modules/main.c, Python/getopt.c)
 
 
@@ -322,6 +323,8 @@ class PythonImports:
                 pass
         statements = _parse_imports(text)
         with self._lock:
+            if len(self._imports) > MAX_REMEMBERED:
+                self._imports.clear()  # read again as needed, rather than growing with every file ever seen
             self._imports[source] = (key, statements)
         return statements
 

@@ -325,6 +325,8 @@ class ManifestBuilder:
         if cached is None or cached[0] != key:
             cached = (key, _python_interpreter(command, path_env))
             with self._lock:
+                if len(self._pythons) > 4096:
+                    self._pythons.clear()
                 self._pythons[(command, path_env)] = cached
         if cached[1] is None:
             return None
