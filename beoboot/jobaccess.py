@@ -64,9 +64,10 @@ def guard(files: Iterable[p.JobFile], uid: int, gid: int, groups: Iterable[int],
             above.add(directory)
             directory = directory.rpartition("/")[0]
     added = []
+    prefix = root.rstrip("/")  # "" for the master's own root: paths as they are
     for directory in sorted(above):
         try:
-            st = os.lstat(os.path.join(root, directory.lstrip("/")))
+            st = os.lstat(prefix + directory)
         except OSError:
             continue  # a path under a link: the directories of the link's target are entries themselves
         if not stat.S_ISDIR(st.st_mode):

@@ -100,4 +100,4 @@ def environment_paths(env: dict[str, str], root: str = "/") -> list[str]:
 
 
 def _host(root: str, path: str) -> str:
-    return os.path.join(root, path.lstrip("/"))
+    return root.rstrip("/") + path  # `path` is absolute
