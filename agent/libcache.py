@@ -95,6 +95,7 @@ class LibCache:
         max_bytes: int = 512 << 20,
         session: requests.Session | None = None,
         clock: Callable[[], float] = time.monotonic,
+        durable: bool = True,
     ) -> None:
         self.cache_dir = cache_dir
         self.objects_dir = os.path.join(cache_dir, "objects")
@@ -104,6 +105,9 @@ class LibCache:
         self.max_bytes = max_bytes
         self.session = session or requests.Session()
         self.clock = clock
+        # on a local disk, an object's bytes must be on it before its name is (fsync before rename); in RAM
+        # (tmpfs, a diskless node's cache, or a simulated node's scratch directory) there is nothing to wait for
+        self.durable = durable
         self._lock = threading.Lock()
         self._objects: dict[str, CachedObject] = {}
         self._fetching: dict[str, threading.Event] = {}
@@ -237,8 +241,9 @@ class LibCache:
                     digest.update(chunk)
                     out.write(chunk)
                     size += len(chunk)
-                out.flush()
-                os.fsync(out.fileno())  # on a disk cache: the rename must not land before the bytes
+                if self.durable:
+                    out.flush()
+                    os.fsync(out.fileno())  # on a disk cache: the rename must not land before the bytes
         return digest.hexdigest(), size
 
     # --- holds and the environment root -------------------------------------------------------------------

@@ -20,7 +20,6 @@ Root's jobs skip the check, because root reads everything, but still carry the o
 from __future__ import annotations
 
 import os
-import posixpath
 import stat
 from collections.abc import Iterable
 
