@@ -351,7 +351,7 @@ class ManifestBuilder:
                     data = f.read()
             except OSError:
                 pass
-        if shebang and not ((line := parse_shebang(data[:256])) and posixpath.basename(line[0]) in SHELLS):
+        if shebang and not ((line := parse_shebang(data[:256])) and _is_shell(line)):
             data = b""
         text = data.decode("utf-8", "replace")
         with self._lock:
@@ -588,6 +588,12 @@ def env_command(shebang: tuple[str, ...]) -> str | None:
             continue
         return None if word.startswith("-") else word
     return None
+
+
+def _is_shell(shebang: tuple[str, ...]) -> bool:
+    """Whether a '#!' line runs a shell: '#!/bin/sh', or '#!/usr/bin/env bash'."""
+    interpreter = env_command(shebang) or shebang[0]
+    return posixpath.basename(interpreter) in SHELLS
 
 
 def _python_interpreter(command: str, path_env: str) -> tuple[str, str, tuple[str, ...]] | None:

@@ -16,7 +16,7 @@ import posixpath
 import shlex
 from collections.abc import Callable, Iterable, Iterator
 
-SHELLS = frozenset({"sh", "bash", "dash"})
+SHELLS = frozenset({"sh", "bash", "dash", "ash", "ksh", "ksh93", "mksh", "zsh"})  # Bourne-like: read alike
 MAX_SCRIPT = 256 << 10  # a longer script is not read; its commands come with --cache
 SEPARATORS = frozenset({"|", "||", "&", "&&", ";", ";;", "(", ")", "\n", "|&"})
 OPERATORS = ("&&", "||", ";;", "|&", "|", "&", ";", "(", ")")  # longest first, as the shell reads them

@@ -572,3 +572,13 @@ def test_a_library_brings_the_data_file_it_reads(program, data):
     paths = {f.path for f in ManifestBuilder(ObjectStore()).build(
         p.JobRequest("0", (program,), {"PATH": "/usr/bin:/bin"}, "/", 0, 0)).files}  # fmt: skip
     assert data in paths and os.path.realpath(data) in paths
+
+
+def test_an_env_bash_scripts_commands_come_along(tmp_path):
+    """'#!/usr/bin/env bash' is as much a shell script as '#!/bin/sh'."""
+    script = tmp_path / "job"
+    script.write_text("#!/usr/bin/env bash\nset -e\nsort -u /etc/hostname | md5sum\n")
+    script.chmod(0o755)
+    request = p.JobRequest("0", (str(script),), {"PATH": "/usr/bin:/bin"}, "/", 0, 0)
+    paths = {f.path for f in ManifestBuilder(ObjectStore()).build(request).files}
+    assert {os.path.realpath("/usr/bin/sort"), os.path.realpath("/usr/bin/md5sum")} <= paths
