@@ -79,6 +79,26 @@ def guard(files: Iterable[p.JobFile], uid: int, gid: int, groups: Iterable[int],
     return added
 
 
+def may_reach(path: str, uid: int, gids: frozenset[int], root: str = "/") -> bool:
+    """Whether the user may read `path` (a file; a directory: list it) and search every directory above
+    it: what the user's own process could open on the master. Links are followed, as open() would."""
+    if uid == 0:
+        return True
+    prefix = root.rstrip("/")
+    directory = path.rpartition("/")[0]
+    try:
+        while directory:
+            st = os.stat(prefix + directory)
+            if not may(st.st_mode, st.st_uid, st.st_gid, uid, gids, SEARCH):
+                return False
+            directory = directory.rpartition("/")[0]
+        st = os.stat(prefix + path)
+    except OSError:
+        return False
+    want = READ | SEARCH if stat.S_ISDIR(st.st_mode) else READ
+    return may(st.st_mode, st.st_uid, st.st_gid, uid, gids, want)
+
+
 def _denied(path: str, uid: int, what: str) -> AccessDenied:
     return AccessDenied(f"{path}: permission denied: the job's user (uid {uid}) may not {what} it on the master",
                         hint="a job brings only what its user can read on the master")  # fmt: skip

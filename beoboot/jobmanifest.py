@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from agent import protocol as p
 from beoboot.errors import BeobootError
-from beoboot.jobaccess import guard
+from beoboot.jobaccess import guard, may_reach
 from beoboot.jobenviron import environment_paths
 from beoboot.jobimports import PythonImports, PythonStart, python_start
 from beoboot.jobpython import StdlibZips, python_version
@@ -312,7 +312,12 @@ class ManifestBuilder:
         start = self._python_start(command, argv, path_env, request.cwd)
         if start is not None:
             found = self.imports.paths(start, request.env, cached_only=cached_only)
-            return None if found is None else list(found)
+            if found is None:
+                return None
+            # the search ran as root: a module the user's own interpreter could not open is not theirs to
+            # bring (it would fail the job), as their interpreter on the master would pass it by
+            gids = frozenset((request.gid, *request.groups))
+            return [path for path in found if may_reach(path, request.uid, gids, self.root)]
         script = shell_script(argv) or (perl_script(argv[1:]) if PERL.fullmatch(posixpath.basename(command)) else None)
         path = posixpath.normpath(posixpath.join(request.cwd, script)) if script else ""
         return [path] if path and os.path.isfile(path) else []

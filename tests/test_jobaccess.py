@@ -48,3 +48,18 @@ def test_what_the_user_may_not_have_is_refused_by_name(tmp_path):
     with pytest.raises(AccessDenied, match="list"):
         guard([p.JobFile("/tree", 0o711)], NOBODY, NOGROUP, (), str(tmp_path))
     assert guard([p.JobFile("/lnk", 0o777, link="/private/f")], NOBODY, NOGROUP, (), str(tmp_path)) == []
+
+
+def test_may_reach_follows_the_directories_above(tmp_path):
+    from beoboot.jobaccess import may_reach
+
+    os.chmod(tmp_path, 0o755)
+    (tmp_path / "open").mkdir(mode=0o755)
+    (tmp_path / "open/f").write_text("")
+    (tmp_path / "closed").mkdir(mode=0o700)
+    (tmp_path / "closed/f").write_text("")
+    gids, root = frozenset({NOGROUP}), str(tmp_path)  # pytest's own directories above are root's 0700
+    assert may_reach("/open/f", NOBODY, gids, root) and may_reach("/open", NOBODY, gids, root)
+    assert not may_reach("/closed/f", NOBODY, gids, root)
+    assert not may_reach("/missing", NOBODY, gids, root)
+    assert may_reach("/closed/f", 0, frozenset({0}), root)

@@ -2,6 +2,8 @@
 process, no root needed: objects come from a tiny HTTP server in a thread."""
 
 import hashlib
+import shutil
+from dataclasses import replace
 import http.server
 import os
 import subprocess
@@ -582,3 +584,24 @@ def test_an_env_bash_scripts_commands_come_along(tmp_path):
     request = p.JobRequest("0", (str(script),), {"PATH": "/usr/bin:/bin"}, "/", 0, 0)
     paths = {f.path for f in ManifestBuilder(ObjectStore()).build(request).files}
     assert {os.path.realpath("/usr/bin/sort"), os.path.realpath("/usr/bin/md5sum")} <= paths
+
+
+def test_a_module_the_user_cannot_open_is_left_out_not_fatal(tmp_path):
+    """beoserv searches as root; a module in a directory the job's user cannot search is not theirs."""
+    import tempfile
+
+    top = tempfile.mkdtemp(dir="/tmp")
+    try:
+        os.chmod(top, 0o755)
+        closed = os.path.join(top, "closed")
+        os.mkdir(closed, 0o700)
+        with open(os.path.join(closed, "secretmod.py"), "w") as f:
+            f.write("")
+        request = p.JobRequest("0", ("/usr/bin/python3", "-c", "import secretmod"),
+                               {"PATH": "/usr/bin:/bin", "PYTHONPATH": closed}, "/", 65534, 65534)  # fmt: skip
+        paths = {f.path for f in ManifestBuilder(ObjectStore()).build(request).files}
+        assert os.path.realpath("/usr/bin/python3") in paths and not any("secretmod" in path for path in paths)
+        as_root = ManifestBuilder(ObjectStore()).build(replace(request, uid=0, gid=0)).files
+        assert os.path.join(closed, "secretmod.py") in {f.path for f in as_root}
+    finally:
+        shutil.rmtree(top)
