@@ -255,10 +255,13 @@ class PythonImports:
 
     def _search(self, start: PythonStart, env: Mapping[str, str], watch: SourceWatch) -> list[str]:
         path = search_path(start, env)
+        brought_zips = []
         for entry in path.entries:
             watch.add(entry)
+            if entry not in path.stdlib and os.path.isfile(entry):
+                brought_zips.append(entry)  # a zip or egg on sys.path: zipimport reads it whole, so it comes whole
         suffixes = module_suffixes(python_version(start.real) or "")
-        brought: dict[str, None] = {}
+        brought: dict[str, None] = dict.fromkeys(brought_zips)
         if path.venv_config:
             brought[path.venv_config] = None
         if start.script and os.path.isfile(start.script):

@@ -144,3 +144,12 @@ def test_a_local_module_shadows_the_stdlib_as_it_does_on_the_master(install):
 def test_unreadable_or_python2_sources_are_skipped(install):
     write(install / "prog/old.py", "print 'python 2'\nimport pkgb\n")
     assert found(install, ("old.py",)) == {"prog/old.py"}
+
+
+def test_a_zip_on_pythonpath_comes_whole(install):
+    import zipfile
+
+    with zipfile.ZipFile(install / "lib.zip", "w") as z:
+        z.writestr("zipped.py", "")
+    env = {"PYTHONPATH": str(install / "lib.zip")}
+    assert found(install, ("-c", "import zipped"), env) == {"lib.zip"}
