@@ -29,7 +29,7 @@ APT_PACKAGES = [
     "xz-utils", "zstd", "lz4", "gzip",
     "dnsmasq-base", "nginx-light", "iproute2", "dracut-core", "pciutils",
     "python3", "python3-venv", "python3-requests", "gcc", "libc6-dev", "busybox",
-    "tzdata", "perl-base",  # the tests compare jobs' time zone and Perl modules with the master's
+    "tzdata", "perl-base", "perl",  # the tests compare jobs' time zone and Perl modules with the master's
     "file",  # and `file` on a node, with the magic database its library reads
 ]  # fmt: skip
 

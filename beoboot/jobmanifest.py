@@ -31,7 +31,8 @@ from agent import protocol as p
 from beoboot.errors import BeobootError
 from beoboot.jobaccess import guard, may_reach
 from beoboot.jobenviron import environment_paths
-from beoboot.jobimports import PythonImports, PythonStart, python_start
+from beoboot.jobimports import PythonImports, python_start
+from beoboot.jobperl import PerlModules, perl_start
 from beoboot.jobpython import StdlibZips, python_version
 from beoboot.jobshell import MAX_SCRIPT, SHELLS, command_words, shell_command_text, shell_script
 from beoboot.jobusers import JobUsers
@@ -145,18 +146,6 @@ def unwrapped(argv: tuple[str, ...], path_env: str, cwd: str) -> list[tuple[str,
     return found
 
 
-def perl_script(args: tuple[str, ...]) -> str | None:
-    """The script of `perl [OPTIONS] SCRIPT ARGS` as written; None for `-e CODE` and for stdin."""
-    for index, arg in enumerate(args):
-        if arg == "--":
-            return args[index + 1] if index + 1 < len(args) else None
-        if arg == "-" or arg.startswith(("-e", "-E")):
-            return None
-        if not arg.startswith("-"):
-            return arg
-    return None
-
-
 def find_command(command: str, path_env: str, cwd: str) -> str:
     """COMMAND as execvp would find it on the master: a name with a '/' is a path, else searched on PATH."""
     if "/" in command:
@@ -242,8 +231,9 @@ class ManifestBuilder:
         self._scripts: dict[tuple[str, bool], tuple[StatKey | None, str]] = {}  # script -> (stat key, text)
         self._words: dict[str, list[str]] = {}  # shell text -> its command words
         self.imports = PythonImports()
-        # (command, PATH) -> (its stat key, (interpreter as named, its real file, '#!' arguments) if Python)
-        self._pythons: dict[tuple[str, str], tuple[StatKey | None, tuple[str, str, tuple[str, ...]] | None]] = {}
+        self.perl = PerlModules()
+        # (command, PATH) -> (its stat key, (interpreter as named, its real file, '#!' arguments))
+        self._interpreters: dict[tuple[str, str], tuple[StatKey | None, tuple[str, str, tuple[str, ...]]]] = {}
         self._lock = threading.Lock()
 
     # --- public -------------------------------------------------------------------------------------------
@@ -306,39 +296,42 @@ class ManifestBuilder:
     def _job_inputs(self, request: p.JobRequest, path_env: str, inner: tuple[str, tuple[str, ...]], *,
                     cached_only: bool = False) -> list[str] | None:  # fmt: skip
         """What the innermost command reads as its program: the script an interpreter is given (`sh job.sh`,
-        `perl x.pl`, `python3 prog.py`) and the modules a Python program imports (beoboot.jobimports).
-        `cached_only`: None unless that is known without reading any file."""
+        `perl x.pl`, `python3 prog.py`), and the modules a Python or Perl program uses (beoboot.jobimports,
+        beoboot.jobperl). `cached_only`: None unless that is known without reading any file."""
         command, argv = inner
-        start = self._python_start(command, argv, path_env, request.cwd)
-        if start is not None:
-            found = self.imports.paths(start, request.env, cached_only=cached_only)
-            if found is None:
-                return None
-            # the search ran as root: a module the user's own interpreter could not open is not theirs to
-            # bring (it would fail the job), as their interpreter on the master would pass it by
-            gids = frozenset((request.gid, *request.groups))
-            return [path for path in found if may_reach(path, request.uid, gids, self.root)]
-        script = shell_script(argv) or (perl_script(argv[1:]) if PERL.fullmatch(posixpath.basename(command)) else None)
-        path = posixpath.normpath(posixpath.join(request.cwd, script)) if script else ""
-        return [path] if path and os.path.isfile(path) else []
+        interpreter, real, shebang_args = self._interpreter(command, path_env)
+        # a script run as a command: its interpreter gets the '#!' arguments, then the script's path
+        args = (*shebang_args, command, *argv[1:]) if interpreter != command else argv[1:]
+        found: Iterable[str] | None
+        if python_version(real):
+            found = self.imports.paths(python_start(interpreter, real, args, request.cwd), request.env,
+                                       cached_only=cached_only)  # fmt: skip
+        elif PERL.fullmatch(posixpath.basename(real)):
+            found = self.perl.paths(perl_start(real, args, request.cwd), request.env, cached_only=cached_only)
+        else:
+            script = shell_script(argv)
+            path = posixpath.normpath(posixpath.join(request.cwd, script)) if script else ""
+            return [path] if path and os.path.isfile(path) else []
+        if found is None:
+            return None
+        # the search ran as root: a module the user's own interpreter could not open is not theirs to
+        # bring (it would fail the job), as their interpreter on the master would pass it by
+        gids = frozenset((request.gid, *request.groups))
+        return [path for path in found if may_reach(path, request.uid, gids, self.root)]
 
-    def _python_start(self, command: str, argv: tuple[str, ...], path_env: str, cwd: str) -> PythonStart | None:
-        """How `argv` starts Python, when `command` is a Python interpreter or a script whose '#!' names one."""
+    def _interpreter(self, command: str, path_env: str) -> tuple[str, str, tuple[str, ...]]:
+        """(interpreter as named, its real file, '#!' arguments) of `command`: itself for a program, the
+        '#!' interpreter for a script; cached per stat key of the command."""
         key = key_of(command)
         with self._lock:
-            cached = self._pythons.get((command, path_env))
+            cached = self._interpreters.get((command, path_env))
         if cached is None or cached[0] != key:
-            cached = (key, _python_interpreter(command, path_env))
+            cached = (key, _interpreter_of(command, path_env))
             with self._lock:
-                if len(self._pythons) > 4096:
-                    self._pythons.clear()
-                self._pythons[(command, path_env)] = cached
-        if cached[1] is None:
-            return None
-        interpreter, real, shebang_args = cached[1]
-        if interpreter == command:
-            return python_start(command, real, argv[1:], cwd)
-        return python_start(interpreter, real, (*shebang_args, command, *argv[1:]), cwd)
+                if len(self._interpreters) > 4096:
+                    self._interpreters.clear()
+                self._interpreters[(command, path_env)] = cached
+        return cached[1]
 
     def _script_text(self, path: str, *, shebang: bool = False) -> str:
         """A shell script's text ("" for anything else, an unreadable or too long file), from cache while
@@ -601,27 +594,24 @@ def _is_shell(shebang: tuple[str, ...]) -> bool:
     return posixpath.basename(interpreter) in SHELLS
 
 
-def _python_interpreter(command: str, path_env: str) -> tuple[str, str, tuple[str, ...]] | None:
-    """(interpreter as named, its real file, '#!' arguments) when `command` is a Python interpreter or a
-    script whose '#!' (or '#!/usr/bin/env NAME' on this PATH) names one; else None."""
-    real = os.path.realpath(command)
-    if python_version(real):
-        return command, real, ()
+def _interpreter_of(command: str, path_env: str) -> tuple[str, str, tuple[str, ...]]:
+    """(interpreter as named, its real file, '#!' arguments): the command itself for a program (or a file
+    that cannot be read), the '#!' interpreter of a script ('#!/usr/bin/env NAME': NAME on this PATH)."""
+    itself = (command, os.path.realpath(command), ())
     try:
         with open(command, "rb") as f:
             shebang = parse_shebang(f.read(256))
     except OSError:
-        return None
+        return itself
     if shebang is None:
-        return None
+        return itself
     interpreter, arguments = shebang[0], shebang[1:]
     if (name := env_command(shebang)) is not None:
         try:
             interpreter, arguments = find_command(name, path_env, "/"), ()
         except JobError:
-            return None
-    real = os.path.realpath(interpreter)
-    return (interpreter, real, arguments) if python_version(real) else None
+            return itself
+    return interpreter, os.path.realpath(interpreter), arguments
 
 
 def _dirs_searched(path_env: str, found: str) -> list[str]:

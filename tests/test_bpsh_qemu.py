@@ -98,6 +98,8 @@ def test_perl_with_its_essential_modules_in_the_users_locale(node):
     result = subprocess.run(bpsh_argv(node.bpsh_socket, "0", "perl", "-e", "use strict; use POSIX; print floor(2.5)"),
                             capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
     assert (result.returncode, result.stdout, result.stderr) == (0, "2", "")  # no "Setting locale failed"
+    dumper = bpsh(node, "0", "perl", "-MData::Dumper", "-e", "$Data::Dumper::Terse = 1; print Dumper(7)")
+    assert (dumper.returncode, dumper.stdout) == (0, "7\n"), dumper.stderr  # beyond perl-base, XS: no --cache
 
 
 def test_shared_memory_ptys_and_a_terminal_as_on_an_installed_machine(node):

@@ -183,6 +183,21 @@ def test_perl_scripts_get_perls_essential_modules_and_the_users_locale(cluster):
     assert (python.returncode, python.stdout) == (0, "C.UTF-8\n"), python.stderr
 
 
+def test_a_perl_program_brings_the_modules_it_uses(cluster, tmp_path):
+    """-MData::Dumper (core, XS: its auto/ shared object), and a script's own modules through
+    `use lib "$FindBin::Bin/lib"` and `use parent`, with no --cache."""
+    _, sock, _ = cluster
+    dumper = bpsh(sock, "1", "perl", "-MData::Dumper", "-e", "$Data::Dumper::Indent = 0; print Dumper([1, {a => 2}])")
+    assert (dumper.returncode, dumper.stdout) == (0, "$VAR1 = [1,{'a' => 2}];"), dumper.stderr
+    (tmp_path / "lib/Job").mkdir(parents=True)
+    (tmp_path / "lib/Job/Base.pm").write_text("package Job::Base;\nsub hello { 'base says hi' }\n1;\n")
+    (tmp_path / "lib/Job/Run.pm").write_text("package Job::Run;\nuse parent 'Job::Base';\nuse JSON::PP;\n1;\n")
+    (tmp_path / "run.pl").write_text('use strict; use FindBin; use lib "$FindBin::Bin/lib"; use Job::Run;\n'
+                                     'print Job::Run->hello, " ", JSON::PP->new->canonical->encode({n => 1}), "\\n";\n')  # fmt: skip
+    result = bpsh(sock, "1", "perl", str(tmp_path / "run.pl"))
+    assert (result.returncode, result.stdout) == (0, 'base says hi {"n":1}\n'), result.stderr
+
+
 def test_a_job_keeps_the_time_zone_it_names(cluster):
     url, sock, _ = cluster
     env = {**os.environ, "TZ": ":Europe/Paris"}
