@@ -22,17 +22,15 @@ import ast
 import glob
 import os
 import posixpath
-import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 from beoboot.jobpython import python_version
-from beoboot.master.objects import StatKey, key_of
+from beoboot.sourcecache import PerFile, Searches, read_text
 from beoboot.sourcewatch import SourceWatch
 
 MAX_MODULES = 20000  # modules read for one job: past this the rest need --cache
 MAX_SOURCE = 4 << 20  # a larger .py file is not read for its imports
-MAX_REMEMBERED = 100000  # files whose imports are kept
 OPTIONS_WITH_VALUE = "cmWX"  # CPython's one-letter options that take a value (Modules/main.c, Python/getopt.c)
 
 
@@ -215,43 +213,19 @@ def module_suffixes(version: str) -> tuple[str, ...]:
 # --- the cache ---------------------------------------------------------------------------------------------
 
 
-@dataclass
-class _Result:
-    paths: tuple[str, ...]
-    watch: SourceWatch
-
-
 class PythonImports:
     """The paths a Python job's imports need, cached per way of starting the interpreter while nothing in
-    the directories searched or read changed (SourceWatch); each file's imports are cached by stat key."""
+    the directories searched or read changed; each file's imports are cached by stat key."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._results: dict[tuple[object, ...], _Result] = {}
-        self._imports: dict[str, tuple[StatKey | None, tuple[tuple[int, str, tuple[str, ...]], ...]]] = {}
+        self._searches = Searches()
+        self._imports_of = PerFile(lambda path, key: _parse_imports(read_text(path, key, MAX_SOURCE)))
 
     def paths(self, start: PythonStart, env: Mapping[str, str], *, cached_only: bool = False) -> tuple[str, ...] | None:
         """Paths to bring (module files, package trees, metadata, the script); `cached_only`: None unless
         that is known from cache."""
-        names = ("PYTHONPATH", "PYTHONNOUSERSITE", "HOME")
-        key = (start, *(env.get(name) for name in names))
-        with self._lock:
-            cached = self._results.get(key)
-        if cached is not None and cached.watch.unchanged():
-            return cached.paths
-        if cached_only:
-            return None
-        watch = SourceWatch()  # before the first look: a change while the search runs is seen
-        found = tuple(self._search(start, env, watch))
-        with self._lock:
-            if cached is not None:
-                cached.watch.close()
-            if len(self._results) > 1024:
-                for old in self._results.values():
-                    old.watch.close()
-                self._results.clear()
-            self._results[key] = _Result(found, watch)
-        return found
+        key = (start, *(env.get(name) for name in ("PYTHONPATH", "PYTHONNOUSERSITE", "HOME")))
+        return self._searches.get(key, lambda watch: self._search(start, env, watch), cached_only=cached_only)
 
     def _search(self, start: PythonStart, env: Mapping[str, str], watch: SourceWatch) -> list[str]:
         path = search_path(start, env)
@@ -310,26 +284,6 @@ class PythonImports:
         if "." not in found.name:
             for metadata in _metadata_of(found.entry, found.name):
                 brought[metadata] = None
-
-    def _imports_of(self, source: str) -> tuple[tuple[int, str, tuple[str, ...]], ...]:
-        key = key_of(source)
-        with self._lock:
-            cached = self._imports.get(source)
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        text = ""
-        if key is not None and key[2] <= MAX_SOURCE:  # a script need not end in .py; modules found do
-            try:
-                with open(source, "rb") as f:
-                    text = f.read().decode("utf-8", "replace")
-            except OSError:
-                pass
-        statements = _parse_imports(text)
-        with self._lock:
-            if len(self._imports) > MAX_REMEMBERED:
-                self._imports.clear()  # read again as needed, rather than growing with every file ever seen
-            self._imports[source] = (key, statements)
-        return statements
 
 
 class _Finder:

@@ -17,16 +17,14 @@ import os
 import posixpath
 import re
 import subprocess
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from beoboot.master.objects import StatKey, key_of
+from beoboot.sourcecache import PerFile, Searches, read_text
 from beoboot.sourcewatch import SourceWatch
 
 MAX_MODULES = 5000
 MAX_SOURCE = 4 << 20
-MAX_REMEMBERED = 100000
 # one-letter switches whose value follows attached, ending the cluster (-i.bak, -F:, -C7, -xdir, -D...);
 # -0 and -l take only digits, so letters after those are switches again (-0777ne, -wle)
 ATTACHED_VALUE = "idFCxDV"
@@ -120,41 +118,18 @@ def _words(text: str) -> list[str]:
     return found
 
 
-@dataclass
-class _Result:
-    paths: tuple[str, ...]
-    watch: SourceWatch
-
-
 class PerlModules:
     """The paths a Perl job's modules need, cached per way of starting perl while nothing in the directories
-    searched or read changed (SourceWatch); each file's `use` lines are cached by stat key."""
+    searched or read changed; each file's `use` lines, and each perl's @INC, are cached by stat key."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._results: dict[tuple[object, ...], _Result] = {}
-        self._uses: dict[str, tuple[StatKey | None, tuple[list[str], list[str]]]] = {}
-        self._inc: dict[str, tuple[StatKey | None, tuple[str, ...]]] = {}
+        self._searches = Searches()
+        self._uses_of = PerFile(lambda path, key: perl_uses(read_text(path, key, MAX_SOURCE)))
+        self.perl_inc = PerFile(lambda perl, key: _perl_inc(perl))
 
     def paths(self, start: PerlStart, env: Mapping[str, str], *, cached_only: bool = False) -> tuple[str, ...] | None:
         key = (start, env.get("PERL5LIB"))
-        with self._lock:
-            cached = self._results.get(key)
-        if cached is not None and cached.watch.unchanged():
-            return cached.paths
-        if cached_only:
-            return None
-        watch = SourceWatch()
-        found = tuple(self._search(start, env, watch))
-        with self._lock:
-            if cached is not None:
-                cached.watch.close()
-            if len(self._results) > 1024:
-                for old in self._results.values():
-                    old.watch.close()
-                self._results.clear()
-            self._results[key] = _Result(found, watch)
-        return found
+        return self._searches.get(key, lambda watch: self._search(start, env, watch), cached_only=cached_only)
 
     def _search(self, start: PerlStart, env: Mapping[str, str], watch: SourceWatch) -> list[str]:
         system = self.perl_inc(start.perl)
@@ -196,43 +171,16 @@ class PerlModules:
                 queue.append(("", path))
         return list(brought)
 
-    def _uses_of(self, source: str) -> tuple[list[str], list[str]]:
-        key = key_of(source)
-        with self._lock:
-            cached = self._uses.get(source)
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        text = ""
-        if key is not None and key[2] <= MAX_SOURCE:
-            try:
-                with open(source, "rb") as f:
-                    text = f.read().decode("utf-8", "replace")
-            except OSError:
-                pass
-        uses = perl_uses(text)
-        with self._lock:
-            if len(self._uses) > MAX_REMEMBERED:
-                self._uses.clear()
-            self._uses[source] = (key, uses)
-        return uses
 
-    def perl_inc(self, perl: str) -> tuple[str, ...]:
-        """The master perl's own @INC, asked once per perl binary: run with no environment at all (no
-        PERL5LIB, no PERL5OPT), it runs nothing of anyone's."""
-        key = key_of(perl)
-        with self._lock:
-            cached = self._inc.get(perl)
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        try:
-            out = subprocess.run([perl, "-e", 'print join("\\n", @INC), "\\n"'], env={}, capture_output=True,
-                                 text=True, timeout=10, check=True).stdout  # fmt: skip
-            inc = tuple(line for line in out.splitlines() if line.startswith("/"))
-        except (OSError, subprocess.SubprocessError):
-            inc = ()
-        with self._lock:
-            self._inc[perl] = (key, inc)
-        return inc
+def _perl_inc(perl: str) -> tuple[str, ...]:
+    """The master perl's own @INC. It is run with no environment at all (no PERL5LIB, no PERL5OPT), so
+    it runs nothing of anyone's."""
+    try:
+        out = subprocess.run([perl, "-e", 'print join("\\n", @INC), "\\n"'], env={}, capture_output=True,
+                             text=True, timeout=10, check=True).stdout  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return ()
+    return tuple(line for line in out.splitlines() if line.startswith("/"))
 
 
 def _find(relative: str, search: list[str], watch: SourceWatch) -> tuple[str, str] | None:
