@@ -31,6 +31,7 @@ APT_PACKAGES = [
     "python3", "python3-venv", "python3-requests", "gcc", "libc6-dev", "busybox",
     "tzdata", "perl-base", "perl",  # the tests compare jobs' time zone and Perl modules with the master's
     "file",  # and `file` on a node, with the magic database its library reads
+    "acl",  # and jobs' access checks against files with ACLs (setfacl)
 ]  # fmt: skip
 
 

@@ -42,6 +42,7 @@ from agent.download import sha256_of
 LIBCACHE_DIR = ".libcache"  # in the environment root
 
 CHUNK = 1 << 20
+ACL_XATTR = "system.posix_acl_access"
 FETCH_ATTEMPTS = 3
 FETCH_WORKERS = 8  # parallel object downloads per job: enough to hide latency, few enough for a busy master
 
@@ -70,7 +71,8 @@ def object_name(entry: p.JobFile) -> str:
     """sha256.MODE, and .UID.GID for a file root does not own: a hard link shares its owner and mode, so the
     same content held by two owners (or modes) is two objects."""
     owner = f".{entry.uid}.{entry.gid}" if entry.uid or entry.gid else ""
-    return f"{entry.sha256}.{entry.mode & 0o7777:o}{owner}"
+    acl = f".acl{hashlib.sha256(entry.acl.encode()).hexdigest()[:16]}" if entry.acl else ""
+    return f"{entry.sha256}.{entry.mode & 0o7777:o}{owner}{acl}"
 
 
 def give_owner_and_mode(path: str, entry: p.JobFile) -> None:
@@ -79,6 +81,24 @@ def give_owner_and_mode(path: str, entry: p.JobFile) -> None:
     if entry.uid or entry.gid:
         os.chown(path, entry.uid, entry.gid)
     os.chmod(path, object_mode(entry.mode))
+    if entry.acl:  # after the mode: the ACL's mask is the group bits
+        os.setxattr(path, ACL_XATTR, _read_only_acl(bytes.fromhex(entry.acl)))
+
+
+def _acl_of(path: str) -> bytes:
+    try:
+        return os.getxattr(path, ACL_XATTR)
+    except OSError:
+        return b""
+
+
+def _read_only_acl(acl: bytes) -> bytes:
+    """The ACL with every write permission taken out, as object_mode does for the mode: an object is shared
+    by every job that holds it. posix_acl_xattr: a 4-byte version, then (tag u16, perm u16, id u32) entries."""
+    entries = bytearray(acl)
+    for offset in range(4, len(entries) - 7, 8):
+        entries[offset + 2] &= ~2 & 0xFF  # perm's low byte: r=4 w=2 x=1
+    return bytes(entries)
 
 
 def object_mode(mode: int) -> int:
@@ -322,8 +342,8 @@ class LibCache:
                     obj.copies[target] = (placed.st_dev, placed.st_ino)
 
     def _make_directory(self, target: str, entry: p.JobFile) -> None:
-        """A directory with the master's mode and owner; one an earlier job made differently (on the way to
-        a file, as root's 0755) gets them now. Its own mount points (/tmp, /dev) are left as mounted."""
+        """A directory with the master's mode, owner and ACL; one an earlier job made differently (on the way
+        to a file, as root's 0755) gets them now. Its own mount points (/tmp, /dev) are left as mounted."""
         try:
             st = os.lstat(target)
         except FileNotFoundError:
@@ -331,13 +351,18 @@ class LibCache:
             os.makedirs(target, mode=0o700, exist_ok=True)  # no one else's until it has its owner and mode
             st = os.lstat(target)
         mode = entry.mode & 0o7777 or 0o755
-        if not stat.S_ISDIR(st.st_mode) or (st.st_mode & 0o7777, st.st_uid, st.st_gid) == (mode, entry.uid, entry.gid):
+        if not stat.S_ISDIR(st.st_mode):
+            return
+        same = (st.st_mode & 0o7777, st.st_uid, st.st_gid) == (mode, entry.uid, entry.gid)
+        if same and (not entry.acl or _acl_of(target) == bytes.fromhex(entry.acl)):
             return  # as it should be: one lstat for a directory already right
         if os.path.ismount(target):
             return
         if (st.st_uid, st.st_gid) != (entry.uid, entry.gid):
             os.chown(target, entry.uid, entry.gid)
         os.chmod(target, mode)
+        if entry.acl:  # a directory is no shared object: its ACL as the master has it
+            os.setxattr(target, ACL_XATTR, bytes.fromhex(entry.acl))
 
     def _make_parent(self, target: str) -> None:
         """Create the directories above `target`, refusing a path that leaves the environment root: the links

@@ -474,6 +474,7 @@ class JobFile:
     link: str = ""  # symlinks: the target as stored
     uid: int = 0  # owner and group on the master, which the node gives it too (files and directories)
     gid: int = 0
+    acl: str = ""  # its POSIX ACL on the master, if it has one: the system.posix_acl_access value, in hex
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,14 @@ here: a 0644 file in someone else's 0700 home, or /etc/shadow, whose hash would 
 a setuid program that a user owns would be held by root on the node, making it root for whoever asked.
 
 So:
-  * every file must be readable by the job's user on the master (owner, group or other bits, as the kernel
-    checks them; ACLs are not read), and every directory it brings must be listable; every directory above
-    them must be searchable. Otherwise the job is refused, and the error names the path;
+  * every file must be readable by the job's user on the master, every directory it brings listable, and
+    every directory above them searchable. Otherwise the job is refused, and the error names the path.
+    The kernel itself answers (UserView): for a moment, in the calling thread only, the file-system
+    identity becomes the user's (setfsuid, setfsgid and the raw setgroups system call are per thread in
+    Linux; glibc's setgroups() would change every thread), and access(2) asks with it. So ACLs (a
+    project directory open to a group by setfacl) and security modules count, as they would for the
+    user's own process. Where that cannot be done (beoserv not root, an unknown architecture), the mode
+    bits are read instead (may);
   * the manifest carries each file's and directory's owner and group, and every directory above them that a
     node would otherwise make differently (a 0700 home, not root's 0755), so that the node enforces the
     same on later jobs of other users.
@@ -19,7 +24,9 @@ Root's jobs skip the check, because root reads everything, but still carry the o
 
 from __future__ import annotations
 
+import ctypes
 import os
+import platform
 import stat
 from collections.abc import Iterable
 
@@ -27,7 +34,8 @@ from agent import protocol as p
 from beoboot.errors import BeobootError
 
 READ, SEARCH = 4, 1
-NODE_DIRECTORY = (0o755, 0, 0)  # the mode, owner and group a node gives a directory it makes on the way
+NODE_DIRECTORY = (0o755, 0, 0)
+ACL_XATTR = "system.posix_acl_access"  # the mode, owner and group a node gives a directory it makes on the way
 
 
 class AccessDenied(BeobootError):
@@ -43,27 +51,71 @@ def may(mode: int, owner: int, group: int, uid: int, gids: frozenset[int], want:
     return bits & want == want
 
 
+# Linux system call numbers of the per-thread credential calls (glibc's wrappers broadcast setgroups)
+CREDENTIAL_CALLS = {"x86_64": {"setgroups": 116, "setfsuid": 122, "setfsgid": 123},
+                    "aarch64": {"setgroups": 159, "setfsuid": 151, "setfsgid": 152}}  # fmt: skip
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class UserView:
+    """`with UserView(uid, gid, groups) as view:` view.may(path, READ) is the kernel's answer for that user
+    (None: no per-thread identity here; read the mode bits instead). Only the calling thread changes, and
+    only inside the block; nothing in it may wait for another task."""
+
+    def __init__(self, uid: int, gid: int, groups: Iterable[int]) -> None:
+        self.uid, self.gid, self.groups = uid, gid, tuple(groups)
+        self._calls = CREDENTIAL_CALLS.get(platform.machine())
+        self._saved: tuple[int, int, list[int]] | None = None
+
+    def __enter__(self) -> UserView:
+        if self._calls is None or os.geteuid() != 0:
+            return self
+        saved = (os.getuid(), os.getgid(), os.getgroups())
+        groups = (ctypes.c_uint * max(1, len(self.groups)))(*self.groups)
+        if _libc.syscall(self._calls["setgroups"], len(self.groups), groups) != 0:
+            return self
+        self._saved = saved
+        # fsgid before fsuid: once fsuid is not root, the file-system capabilities are gone from this thread
+        _libc.syscall(self._calls["setfsgid"], self.gid)
+        _libc.syscall(self._calls["setfsuid"], self.uid)
+        if _libc.syscall(self._calls["setfsuid"], self.uid) != self.uid:  # it returns the fsuid it found
+            self.__exit__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._saved is None or self._calls is None:
+            return
+        uid, gid, groups = self._saved
+        self._saved = None
+        _libc.syscall(self._calls["setfsuid"], uid)
+        _libc.syscall(self._calls["setfsgid"], gid)
+        saved_groups = (ctypes.c_uint * max(1, len(groups)))(*groups)
+        _libc.syscall(self._calls["setgroups"], len(groups), saved_groups)
+
+    @property
+    def active(self) -> bool:
+        return self._saved is not None
+
+    def may(self, path: str, want: int) -> bool:
+        """access(path, want) with AT_EACCESS: with this thread's file-system identity, the user's."""
+        return os.access(path, want, effective_ids=True)
+
+
 def guard(files: Iterable[p.JobFile], uid: int, gid: int, groups: Iterable[int], root: str = "/") -> list[p.JobFile]:
     """Check that the user may have every entry of `files`; return the directories above them that a node
     must not make as its default (NODE_DIRECTORY), as entries with their master's mode and owner."""
     gids = frozenset((gid, *groups))
     entries = list(files)
-    listed: set[str] = set()
-    for entry in entries:
-        if entry.link:
-            continue
-        if not entry.sha256:
-            listed.add(entry.path)
-        want = READ if entry.sha256 else READ | SEARCH
-        if not may(entry.mode, entry.uid, entry.gid, uid, gids, want):
-            raise _denied(entry.path, uid, "read" if entry.sha256 else "list")
+    listed = {entry.path for entry in entries if not entry.sha256 and not entry.link}
+    prefix = root.rstrip("/")  # "" for the master's own root: paths as they are
+    if uid != 0:
+        _check(entries, uid, gid, gids, prefix)
     above: set[str] = set()
     for directory in {entry.path.rpartition("/")[0] for entry in entries}:  # few distinct ones
         while directory and directory not in above:
             above.add(directory)
             directory = directory.rpartition("/")[0]
     added = []
-    prefix = root.rstrip("/")  # "" for the master's own root: paths as they are
     for directory in sorted(above):
         try:
             st = os.lstat(prefix + directory)
@@ -72,11 +124,63 @@ def guard(files: Iterable[p.JobFile], uid: int, gid: int, groups: Iterable[int],
         if not stat.S_ISDIR(st.st_mode):
             continue  # a link on the way (/lib -> usr/lib): likewise
         mode = st.st_mode & 0o7777
-        if not may(mode, st.st_uid, st.st_gid, uid, gids, SEARCH):
-            raise _denied(directory, uid, "search")
-        if directory not in listed and (mode, st.st_uid, st.st_gid) != NODE_DIRECTORY:
-            added.append(p.JobFile(directory, mode, uid=st.st_uid, gid=st.st_gid))
+        if directory in listed:
+            continue
+        if (mode, st.st_uid, st.st_gid) != NODE_DIRECTORY:  # (an ACL makes the group bits its mask: not 0755)
+            added.append(p.JobFile(directory, mode, uid=st.st_uid, gid=st.st_gid, acl=acl_of(prefix + directory)))
     return added
+
+
+def acl_of(path: str) -> str:
+    """The POSIX ACL of `path` (system.posix_acl_access, in hex), "" when it has none beyond its mode."""
+    try:
+        return os.getxattr(path, ACL_XATTR, follow_symlinks=False).hex()
+    except OSError:
+        return ""
+
+
+def _check(entries: list[p.JobFile], uid: int, gid: int, gids: frozenset[int], prefix: str) -> None:
+    """AccessDenied for the first entry the user may not read (a file) or list (a directory), naming the
+    directory above it that stops them, if it is one."""
+    refused: list[p.JobFile] = []
+    with UserView(uid, gid, gids - {gid}) as view:
+        for entry in entries:
+            if entry.link:
+                continue  # the link's target is an entry of its own
+            want = READ if entry.sha256 else READ | SEARCH
+            if view.active:
+                allowed = view.may(prefix + entry.path, want)
+            else:
+                allowed = may(entry.mode, entry.uid, entry.gid, uid, gids, want) and may_reach(
+                    entry.path, uid, gids, prefix or "/")  # fmt: skip
+            if not allowed:
+                refused.append(entry)
+    for entry in refused:  # as root again: what the user cannot see may still exist
+        if not os.path.lexists(prefix + entry.path):
+            # a path the master does not have holds content made from others' (the Python stdlib zip,
+            # built from the stdlib's files): nothing there to keep from anyone
+            continue
+        blocked = next((d for d in _directories_above(entry.path) if not may_reach(d, uid, gids, prefix or "/")), None)
+        raise _denied(blocked, uid, "search") if blocked else _denied(entry.path, uid, "read" if entry.sha256 else "list")
+
+
+def _directories_above(path: str) -> list[str]:
+    """'/a/b/c' -> ['/a', '/a/b']"""
+    parts = path.strip("/").split("/")[:-1]
+    return ["/" + "/".join(parts[: n + 1]) for n in range(len(parts))]
+
+
+def readable(paths: Iterable[str], uid: int, gid: int, groups: Iterable[int], root: str = "/") -> list[str]:
+    """Those of `paths` the user may open: read a file, list a directory, search every directory above."""
+    paths = list(paths)
+    if uid == 0:
+        return paths
+    prefix, gids = root.rstrip("/"), frozenset((gid, *groups))
+    with UserView(uid, gid, tuple(groups)) as view:
+        if not view.active:
+            return [path for path in paths if may_reach(path, uid, gids, root)]
+        return [path for path in paths
+                if view.may(prefix + path, READ | SEARCH if os.path.isdir(prefix + path) else READ)]  # fmt: skip
 
 
 def may_reach(path: str, uid: int, gids: frozenset[int], root: str = "/") -> bool:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from agent import protocol as p
 from beoboot.errors import BeobootError
-from beoboot.jobaccess import guard, may_reach
+from beoboot.jobaccess import acl_of, guard, readable
 from beoboot.jobenviron import environment_paths
 from beoboot.jobimports import PythonImports, python_start
 from beoboot.jobperl import PerlModules, perl_start
@@ -316,8 +316,7 @@ class ManifestBuilder:
             return None
         # the search ran as root: a module the user's own interpreter could not open is not theirs to
         # bring (it would fail the job), as their interpreter on the master would pass it by
-        gids = frozenset((request.gid, *request.groups))
-        return [path for path in found if may_reach(path, request.uid, gids, self.root)]
+        return readable(found, request.uid, request.gid, request.groups, self.root)
 
     def _interpreter(self, command: str, path_env: str) -> tuple[str, str, tuple[str, ...]]:
         """(interpreter as named, its real file, '#!' arguments) of `command`: itself for a program, the
@@ -481,11 +480,12 @@ class ManifestBuilder:
             if stat.S_ISDIR(st.st_mode):
                 if directory or resolved.real != "/":
                     dirs.setdefault(resolved.real, p.JobFile(resolved.real, st.st_mode & 0o7777, uid=st.st_uid,
-                                                             gid=st.st_gid))  # fmt: skip
+                                                             gid=st.st_gid, acl=acl_of(str(sysroot.host(resolved.real)))))  # fmt: skip
             elif stat.S_ISREG(st.st_mode) and resolved.real not in files:
-                digest = self.store.digest(str(sysroot.host(resolved.real)))
+                host = str(sysroot.host(resolved.real))
+                digest = self.store.digest(host)
                 files[resolved.real] = p.JobFile(resolved.real, digest.mode, digest.sha256, digest.size,
-                                                 uid=digest.uid, gid=digest.gid)  # fmt: skip
+                                                 uid=digest.uid, gid=digest.gid, acl=acl_of(host))  # fmt: skip
         ordered = sorted(dirs.values(), key=lambda f: f.path)
         return tuple(ordered + list(links.values()) + list(files.values()))
 

@@ -93,6 +93,20 @@ def test_lspci_names_the_nodes_devices_from_the_masters_pci_ids(node):
     assert "Virtio" in result.stdout and "Ethernet controller" in result.stdout, result.stdout
 
 
+def test_a_files_owner_and_acl_are_kept_on_the_node(node, tmp_path):
+    """The node's environment root is a tmpfs: it holds the master's owner and ACL there too."""
+    shared = tmp_path / "shared"
+    shared.write_text("x")
+    os.chown(shared, 65534, 65534)
+    shared.chmod(0o640)
+    subprocess.run(["setfacl", "-m", "u:1234:r", str(shared)], check=True)
+    result = bpsh(node, "--cache", str(shared), "0", "getfacl", "-cpn", str(shared))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["user::r--", "user:1234:r--", "group::r--", "mask::r--", "other::---"]
+    owner = bpsh(node, "0", "stat", "-c", "%u:%g %a", str(shared))
+    assert owner.stdout == "65534:65534 440\n", owner.stderr
+
+
 def test_perl_with_its_essential_modules_in_the_users_locale(node):
     env = {**os.environ, "LANG": "C.UTF-8", "LC_ALL": ""}
     result = subprocess.run(bpsh_argv(node.bpsh_socket, "0", "perl", "-e", "use strict; use POSIX; print floor(2.5)"),

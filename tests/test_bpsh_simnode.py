@@ -434,6 +434,24 @@ def test_a_job_brings_only_what_its_user_may_read_and_the_node_keeps_the_masters
     assert result.returncode == 1 and "Permission denied" in result.stderr
 
 
+def test_a_project_directory_opened_by_an_acl_is_open_on_the_node_as_on_the_master(cluster, open_dir):
+    """0700 root's, opened to nobody by setfacl: nobody's job brings a file from it (the kernel's own check
+    sees the ACL), and the node holds the directory and the file with their ACLs, so the job reads it."""
+    _, sock, nodes = cluster
+    let_others_reach(sock)
+    project = open_dir / "project"
+    project.mkdir(mode=0o700)
+    (project / "data").write_text("shared\n")
+    (project / "data").chmod(0o600)
+    subprocess.run(["setfacl", "-m", "u:65534:rx", str(project)], check=True)
+    subprocess.run(["setfacl", "-m", "u:65534:r", str(project / "data")], check=True)
+    result = as_nobody(sock, "--cache", str(project / "data"), "1", "cat", str(project / "data"))
+    assert (result.returncode, result.stdout) == (0, "shared\n"), result.stderr
+    held = nodes / "node1" / "env" / str(project).lstrip("/")
+    acl = subprocess.run(["getfacl", "-cpn", str(held)], capture_output=True, text=True, check=True).stdout
+    assert "user:65534:r-x" in acl and os.stat(held).st_mode & 0o777 == 0o750
+
+
 def test_an_exec_failure_on_the_node_says_why(cluster, open_dir):
     url, sock, _ = cluster
     program = open_dir / "private"

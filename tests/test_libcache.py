@@ -118,6 +118,25 @@ def test_files_and_directories_get_the_masters_owner_so_setuid_stays_with_it(ser
     assert (home.st_uid, stat.S_IMODE(home.st_mode)) == (65534, 0o700)
 
 
+@pytest.mark.skipif(os.getuid() != 0, reason="chown needs root, as the node's agent is")
+def test_an_acl_comes_along_without_its_write_permissions(server, env_root, tmp_path):
+    """A file opened to a user by an ACL is held with that ACL, minus writing: an object is shared."""
+    source = tmp_path / "acl-source"
+    source.write_text("x")
+    source.chmod(0o640)
+    subprocess.run(["setfacl", "-m", "u:65534:rw", str(source)], check=True)
+    acl = os.getxattr(source, "system.posix_acl_access").hex()
+    plain = server.add("/data/plain", b"same", 0o640)
+    with_acl = p.JobFile("/data/shared", 0o660, plain.sha256, plain.size, acl=acl)
+    cache = cache_for(env_root, server)
+    cache.ensure([plain, with_acl])
+    cache.materialise([plain, with_acl])
+    listing = subprocess.run(["getfacl", "-cpn", str(env_root / "data/shared")], capture_output=True, text=True,
+                             check=True).stdout  # fmt: skip
+    assert "user:65534:r--" in listing and "w" not in listing
+    assert object_name(plain) != object_name(with_acl)
+
+
 def test_a_corrupt_object_is_refused_and_never_visible(server, env_root):
     entry = server.add("/bin/x", b"the real bytes")
     server.lie[entry.sha256] = b"something else"
