@@ -68,8 +68,8 @@ class CachedObject:
 
 
 def object_name(entry: p.JobFile) -> str:
-    """sha256.MODE, and .UID.GID for a file root does not own: a hard link shares its owner and mode, so the
-    same content held by two owners (or modes) is two objects."""
+    """sha256.MODE, then .UID.GID for a file root does not own and .aclHASH for one with an ACL: hard links
+    share their owner, mode and ACL, so the same content held two ways is two objects."""
     owner = f".{entry.uid}.{entry.gid}" if entry.uid or entry.gid else ""
     acl = f".acl{hashlib.sha256(entry.acl.encode()).hexdigest()[:16]}" if entry.acl else ""
     return f"{entry.sha256}.{entry.mode & 0o7777:o}{owner}{acl}"

@@ -34,8 +34,8 @@ from agent import protocol as p
 from beoboot.errors import BeobootError
 
 READ, SEARCH = 4, 1
-NODE_DIRECTORY = (0o755, 0, 0)
-ACL_XATTR = "system.posix_acl_access"  # the mode, owner and group a node gives a directory it makes on the way
+NODE_DIRECTORY = (0o755, 0, 0)  # the mode, owner and group a node gives a directory it makes on the way
+ACL_XATTR = "system.posix_acl_access"
 
 
 class AccessDenied(BeobootError):
@@ -58,9 +58,10 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 
 class UserView:
-    """`with UserView(uid, gid, groups) as view:` view.may(path, READ) is the kernel's answer for that user
-    (None: no per-thread identity here; read the mode bits instead). Only the calling thread changes, and
-    only inside the block; nothing in it may wait for another task."""
+    """`with UserView(uid, gid, groups) as view:` view.may(path, READ) is the kernel's answer for that user,
+    when view.active (else there is no per-thread identity here: read the mode bits instead). Only the
+    calling thread changes, and only inside the block; nothing in it may wait for another task, and a
+    thread started inside it would be born with the user's identity."""
 
     def __init__(self, uid: int, gid: int, groups: Iterable[int]) -> None:
         self.uid, self.gid, self.groups = uid, gid, tuple(groups)
@@ -70,7 +71,7 @@ class UserView:
     def __enter__(self) -> UserView:
         if self._calls is None or os.geteuid() != 0:
             return self
-        saved = (os.getuid(), os.getgid(), os.getgroups())
+        saved = (os.geteuid(), os.getegid(), os.getgroups())  # the file-system identity follows the effective one
         groups = (ctypes.c_uint * max(1, len(self.groups)))(*self.groups)
         if _libc.syscall(self._calls["setgroups"], len(self.groups), groups) != 0:
             return self
@@ -126,7 +127,7 @@ def guard(files: Iterable[p.JobFile], uid: int, gid: int, groups: Iterable[int],
         mode = st.st_mode & 0o7777
         if directory in listed:
             continue
-        if (mode, st.st_uid, st.st_gid) != NODE_DIRECTORY:  # (an ACL makes the group bits its mask: not 0755)
+        if (mode, st.st_uid, st.st_gid) != NODE_DIRECTORY:
             added.append(p.JobFile(directory, mode, uid=st.st_uid, gid=st.st_gid, acl=acl_of(prefix + directory)))
     return added
 
