@@ -6,7 +6,10 @@ are the program, its ELF closure as glibc's ld.so would load it (beoboot.ldso, t
 interpreter cannot start without (RUNTIME_RULES; for Python its whole stdlib, as one zip built from the
 master's files: beoboot.jobpython; for Perl its essential modules), `--cache` extras (a file or a whole
 directory; ELF files in them bring their closures too), the command a wrapper runs (nice, timeout, env:
-WRAPPERS), and the locale, time zone and terminfo the job's environment names (beoboot.jobenviron).
+WRAPPERS), the locale, time zone and terminfo the job's environment names (beoboot.jobenviron), the
+script an interpreter is given and the modules a Python or Perl program uses (beoboot.jobimports,
+beoboot.jobperl), and data files that libraries read (LIBRARY_DATA). Each entry carries the master's
+owner, group, mode and ACL, and the job's user must be able to read it on the master (beoboot.jobaccess).
 Every symbolic link met on the way is listed as a link, so the node's tree has the master's shape
 (/lib -> usr/lib) and files sit at their real paths.
 
