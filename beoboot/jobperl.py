@@ -33,6 +33,9 @@ STATEMENT = r"(?:^|[;{}])[ \t]*"
 USE = re.compile(STATEMENT + r"(?:use|no|require)[ \t]+([A-Za-z_]\w*(?:::\w+)*)", re.M)
 PARENTS = re.compile(STATEMENT + r"use[ \t]+(?:parent|base)\b(.*?);", re.M | re.S)
 LIB = re.compile(STATEMENT + r"use[ \t]+lib\b(.*?);", re.M | re.S)
+# `require "unicore/Name.pm"`, `do "unicore/Name.pl"`: a file looked up in @INC like a module's
+FILE = re.compile(r"\b(?:require|do)[ \t]+[\"']([\w/.-]+\.p[lm])[\"']")
+NAMED_CHARACTER = re.compile(r"\\N\{[^}]*[A-Za-z]")  # \N{SNOWMAN}: perl loads _charnames for it itself
 WORDS = re.compile(r"""qw\s*[(\[{/]([^)\]}/]*)|'([^']*)'|"([^"]*)\"""")
 POD = re.compile(r"^=[a-zA-Z].*?^=cut\b[^\n]*", re.M | re.S)
 END = re.compile(r"^__(?:END|DATA)__\b", re.M)
@@ -97,8 +100,8 @@ def perl_start(perl: str, args: tuple[str, ...], cwd: str) -> PerlStart:
 
 
 def module_file(name: str) -> str:
-    """Data::Dumper -> Data/Dumper.pm"""
-    return name.replace("::", "/") + ".pm"
+    """Data::Dumper -> Data/Dumper.pm; a file name (unicore/Name.pl) as it is."""
+    return name if name.endswith((".pm", ".pl")) else name.replace("::", "/") + ".pm"
 
 
 def perl_uses(text: str) -> tuple[list[str], list[str]]:
@@ -108,6 +111,9 @@ def perl_uses(text: str) -> tuple[list[str], list[str]]:
     modules = [name for name in USE.findall(text) if name not in ("lib", "parent", "base")]
     for words in PARENTS.findall(text):
         modules += [name for name in _words(words) if name != "-norequire"]
+    modules += FILE.findall(text)  # file names, not module names: module_file() leaves them as they are
+    if NAMED_CHARACTER.search(text):
+        modules.append("_charnames")
     return modules, [d for text_of_lib in LIB.findall(text) for d in _words(text_of_lib)]
 
 

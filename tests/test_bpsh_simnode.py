@@ -189,6 +189,8 @@ def test_a_perl_program_brings_the_modules_it_uses(cluster, tmp_path):
     _, sock, _ = cluster
     dumper = bpsh(sock, "1", "perl", "-MData::Dumper", "-e", "$Data::Dumper::Indent = 0; print Dumper([1, {a => 2}])")
     assert (dumper.returncode, dumper.stdout) == (0, "$VAR1 = [1,{'a' => 2}];"), dumper.stderr
+    snowman = bpsh(sock, "1", "perl", "-CS", "-e", 'print "\\N{SNOWMAN}\\n"')  # _charnames, loaded by perl itself
+    assert (snowman.returncode, snowman.stdout) == (0, "\u2603\n"), snowman.stderr
     (tmp_path / "lib/Job").mkdir(parents=True)
     (tmp_path / "lib/Job/Base.pm").write_text("package Job::Base;\nsub hello { 'base says hi' }\n1;\n")
     (tmp_path / "lib/Job/Run.pm").write_text("package Job::Run;\nuse parent 'Job::Base';\nuse JSON::PP;\n1;\n")

@@ -73,3 +73,11 @@ def test_cached_until_a_module_changes_or_appears(program):
     assert str(program / "lib/My/Extra.pm") not in brought(start, modules=modules)
     (program / "lib/My/Extra.pm").write_text("1;\n")  # appears where require looks
     assert str(program / "lib/My/Extra.pm") in brought(start, modules=modules)
+
+
+def test_named_characters_bring_charnames_and_its_unicode_tables():
+    """\\N{SNOWMAN} makes perl load _charnames itself; it reads unicore/Name.pm and, with do, Name.pl."""
+    assert perl_uses('print "\\N{SNOWMAN}"; my $t = do "unicore/Name.pl";')[0] == ["unicore/Name.pl", "_charnames"]
+    found = brought(perl_start(PERL, ("-CS", "-e", 'print "\\N{SNOWMAN}\\n"'), "/"))
+    assert {"/usr/share/perl/5.36/_charnames.pm", "/usr/share/perl/5.36/unicore/Name.pm",
+            "/usr/share/perl/5.36/unicore/Name.pl"} <= found  # fmt: skip
