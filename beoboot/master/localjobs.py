@@ -155,12 +155,8 @@ class LocalSession(Session):
     def output(self, stream: int, data: bytes, node: int) -> None:
         if self.prefixes is not None:
             data = self.prefixes.lines(node, stream, data)
-        if not data:
-            return
-        if self.sequential is not None:
-            self._write_chunks(self.sequential.output(node, stream, data))
-        else:
-            self._write(self._fd_for(stream), data)
+        if data:
+            self._output_unprefixed(stream, data, node)
 
     def job_exit(self, message: p.JobExit) -> None:
         self.statuses.append(message.status)
@@ -179,6 +175,7 @@ class LocalSession(Session):
                 self._turn_came = None
 
     def _output_unprefixed(self, stream: int, data: bytes, node: int) -> None:
+        """Output already in lines (-p) or needing none: written now, or held for its turn (-s)."""
         if self.sequential is not None:
             self._write_chunks(self.sequential.output(node, stream, data))
         else:
