@@ -127,8 +127,10 @@ def guard(files: Iterable[p.JobFile], uid: int, gid: int, groups: Iterable[int],
         mode = st.st_mode & 0o7777
         if directory in listed:
             continue
-        if (mode, st.st_uid, st.st_gid) != NODE_DIRECTORY:
-            added.append(p.JobFile(directory, mode, uid=st.st_uid, gid=st.st_gid, acl=acl_of(prefix + directory)))
+        # an ACL counts even on a root:0755 directory: `setfacl -m u:guest:- /srv/data` closes it to one user
+        acl = acl_of(prefix + directory)
+        if (mode, st.st_uid, st.st_gid) != NODE_DIRECTORY or acl:
+            added.append(p.JobFile(directory, mode, uid=st.st_uid, gid=st.st_gid, acl=acl))
     return added
 
 
@@ -143,8 +145,14 @@ def acl_of(path: str) -> str:
 def _check(entries: list[p.JobFile], uid: int, gid: int, gids: frozenset[int], prefix: str) -> None:
     """AccessDenied for the first entry the user may not read (a file) or list (a directory), naming the
     directory above it that stops them, if it is one."""
-    refused: list[p.JobFile] = []
+    refused: list[tuple[p.JobFile, str | None]] = []  # with the directory above that stops the user, if one does
     with UserView(uid, gid, gids - {gid}) as view:
+
+        def searchable(directory: str) -> bool:
+            if view.active:
+                return view.may(prefix + directory, SEARCH)
+            return may_reach(directory, uid, gids, prefix or "/")
+
         for entry in entries:
             if entry.link:
                 continue  # the link's target is an entry of its own
@@ -155,13 +163,12 @@ def _check(entries: list[p.JobFile], uid: int, gid: int, gids: frozenset[int], p
                 allowed = may(entry.mode, entry.uid, entry.gid, uid, gids, want) and may_reach(
                     entry.path, uid, gids, prefix or "/")  # fmt: skip
             if not allowed:
-                refused.append(entry)
-    for entry in refused:  # as root again: what the user cannot see may still exist
+                refused.append((entry, next((d for d in _directories_above(entry.path) if not searchable(d)), None)))
+    for entry, blocked in refused:  # as root again: what the user cannot see may still exist
         if not os.path.lexists(prefix + entry.path):
             # a path the master does not have holds content made from others' (the Python stdlib zip,
             # built from the stdlib's files): nothing there to keep from anyone
             continue
-        blocked = next((d for d in _directories_above(entry.path) if not may_reach(d, uid, gids, prefix or "/")), None)
         raise _denied(blocked, uid, "search") if blocked else _denied(entry.path, uid, "read" if entry.sha256 else "list")
 
 

@@ -101,6 +101,20 @@ def test_acls_count_as_they_do_for_the_users_own_process(open_dir):
     assert readable([str(project / "data"), str(closed)], NOBODY, NOGROUP, ()) == [str(project / "data")]
 
 
+def test_a_directory_whose_mode_looks_like_a_nodes_default_still_brings_its_acl(open_dir):
+    """root:0755 with `setfacl -m u:nobody:-`: the mode bits are what a node makes anyway, the ACL is not;
+    root's job brings the directory so that nobody's later job on that node finds it closed too."""
+    data = open_dir / "data"
+    data.mkdir(mode=0o755)
+    (data / "table").write_text("")
+    setfacl("-m", f"u:{NOBODY}:-", str(data))
+    assert os.stat(data).st_mode & 0o7777 == 0o755
+    (added,) = [d for d in guard([entry(data / "table")], 0, 0, ()) if d.path == str(data)]
+    assert (added.mode, added.uid, added.acl) == (0o755, 0, jobaccess.acl_of(str(data))) and added.acl
+    with pytest.raises(AccessDenied, match=f"{data}: permission denied.*search"):
+        guard([entry(data / "table")], NOBODY, NOGROUP, ())
+
+
 def test_only_the_checking_thread_takes_the_users_identity_and_it_is_given_back(open_dir):
     secret = open_dir / "secret"
     secret.write_text("")
