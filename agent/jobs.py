@@ -13,14 +13,17 @@ launcher's children, so PID 1's SIGCHLD reaper never takes a job's status.
 
 from __future__ import annotations
 
+import itertools
 import os
 import queue
 import random
 import selectors
 import signal
 import struct
+import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import quote
@@ -34,12 +37,16 @@ from agent.wsclient import OP_TEXT, WebSocket, WebSocketError
 EXEC_FAILED = 127  # what a shell answers for a command it could not run
 READ_SIZE = 65536
 KILLED_WAIT = 5.0  # after SIGKILL: how long the exits of the killed jobs may take to reach the master
-
+# The launcher's ids for jobs. The master's ids start from 1 again when the master restarts, while a job
+# that ignored SIGHUP runs on; one count for the process, since Launcher.shared gives every runner on a
+# root (a simnode's reboot makes a new one) the same launcher.
+_local_ids = itertools.count(1)
 
 
 @dataclass
 class JobSlot:
-    job: int
+    job: int  # the master's id, for the frames of the link that started it
+    local_id: int = field(default_factory=lambda: next(_local_ids))  # its id with the launcher
     stdin: queue.Queue[bytes] = field(default_factory=queue.Queue)
     pid: int = 0  # the job's process group, once the launcher said; 0 before and after
     ended: bool = False
@@ -93,9 +100,10 @@ class Workers:
             function, args = self._tasks.get()
             try:
                 function(*args)
-            finally:
-                with self._lock:
-                    self._idle += 1
+            except Exception:  # a bug met by one job must not take the thread, counted idle, with it
+                traceback.print_exc(file=sys.stderr)
+            with self._lock:
+                self._idle += 1
 
 
 def io_frame(stream: p.Stream, job: int, data: bytes) -> bytes:
@@ -125,7 +133,8 @@ class JobRunner:
         self.launcher = launcher
         self.power = power  # called (in a worker) once the jobs have ended: closes the link, then acts
         self._going_down: p.PowerAction | None = None
-        self._slots: dict[int, JobSlot] = {}
+        self._slots: dict[int, JobSlot] = {}  # the current link's jobs, by the master's id
+        self._running: dict[int, JobSlot] = {}  # every job on the node, whichever link started it, by local id
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._ws: WebSocket | None = None
@@ -145,8 +154,7 @@ class JobRunner:
             self._ws.close()
 
     def _link_forever(self) -> None:
-        if self.launcher is None:
-            self.launcher = Launcher.shared(self.env_root)  # now, not at the first job, which would wait for it
+        self._live_launcher()  # now, not at the first job, which would wait for it
         url = f"{self.master_url}{p.JOBS_LINK_PATH}?mac={quote(self.mac)}"
         failures = 0
         while not self._stop.is_set():
@@ -191,6 +199,7 @@ class JobRunner:
             slot = JobSlot(message.job)
             with self._lock:
                 self._slots[message.job] = slot
+                self._running[slot.local_id] = slot
             self._workers.submit(self._run, ws, slot, message.manifest)
         elif isinstance(message, p.JobSignal):
             slot = self._slots.get(message.job)
@@ -203,7 +212,7 @@ class JobRunner:
     def _power(self, order: p.NodePower) -> None:
         """bpctl: the jobs end first, as on a shutdown, and their exits reach their bpsh; then the owner
         (agent.supervisor, agent.simnode) stops the heartbeats, closes the link and acts."""
-        self.log(f"beoboot: {order.by or 'the master'} asked for {order.action}: ending {len(self._slots)} jobs")
+        self.log(f"beoboot: {order.by or 'the master'} asked for {order.action}: ending {len(self._running)} jobs")
         killed = self.end_jobs(order.grace)
         if killed:
             self.log(f"beoboot: {killed} jobs did not end within {order.grace:g} s of SIGTERM: killed")
@@ -219,30 +228,32 @@ class JobRunner:
         if not self._signal_all((signal.SIGTERM, signal.SIGCONT), grace):
             return 0
         with self._lock:
-            left = len(self._slots)
+            left = len(self._running)
         self._signal_all((signal.SIGKILL,), KILLED_WAIT)
         return left
 
     def _signal_all(self, signals: tuple[int, ...], wait: float) -> bool:
         """Send `signals` to every job, wait up to `wait` s for them all to end; True if some are left."""
         with self._lock:
-            slots = list(self._slots.values())
+            slots = list(self._running.values())
         for slot in slots:
             for signum in signals:
                 slot.signal(signum)
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             with self._lock:
-                if not self._slots:
+                if not self._running:
                     return False
             time.sleep(0.05)
         with self._lock:
-            return bool(self._slots)
+            return bool(self._running)
 
     def _hang_up(self) -> None:
-        """The link is gone, and with it every job's bpsh: the jobs get SIGHUP, as a terminal's would."""
+        """The link is gone, and with it every job's bpsh: the jobs get SIGHUP, as a terminal's would. A job
+        that ignores it runs on, but leaves the master's ids: the next link's jobs may reuse them."""
         with self._lock:
             slots = list(self._slots.values())
+            self._slots.clear()
         for slot in slots:
             slot.signal(signal.SIGHUP)
             slot.stdin.put(b"")
@@ -253,8 +264,7 @@ class JobRunner:
         held: list[str] = []
         try:
             try:
-                fetched = self.cache.ensure(manifest.files)
-                held = self.cache.hold(manifest.files)
+                fetched, held = self.cache.ensure_held(manifest.files)
                 self.cache.materialise(manifest.files)
             except (LibCacheError, OSError) as exc:
                 self._send_exit(ws, p.JobExit(slot.job, EXEC_FAILED, error=f"cannot cache the job's files: {exc}"))
@@ -267,13 +277,15 @@ class JobRunner:
             self._execute(ws, slot, manifest, fetched)
         finally:
             with self._lock:
-                self._slots.pop(slot.job, None)
+                self._running.pop(slot.local_id, None)
+                if self._slots.get(slot.job) is slot:  # not a newer link's job of the same id
+                    del self._slots[slot.job]
             slot.stdin.put(b"")
             if held:
                 self.cache.release(held)
 
     def _execute(self, ws: WebSocket, slot: JobSlot, manifest: p.JobManifest, fetched: int) -> None:
-        launcher = self.launcher or Launcher.shared(self.env_root)
+        launcher = self._live_launcher()
         stdin_r, stdin_w = os.pipe()
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
@@ -286,7 +298,7 @@ class JobRunner:
             slot.start(pid)
 
         try:
-            launcher.start(slot.job, spec, (stdin_r, out_w, err_w), started)
+            launcher.start(slot.local_id, spec, (stdin_r, out_w, err_w), started)
         except LaunchError as exc:
             for fd in (stdin_r, stdin_w, out_r, out_w, err_r, err_w):
                 os.close(fd)
@@ -296,10 +308,18 @@ class JobRunner:
             os.close(fd)
         _start_stdin(slot.stdin, stdin_w)
         self._pump(ws, slot.job, out_r, err_r)
-        wait_status, error = launcher.wait(slot.job)
+        wait_status, error = launcher.wait(slot.local_id)
         status, signum = p.shell_status(wait_status)
         slot.end()
         self._send_exit(ws, p.JobExit(slot.job, status, signum, error=error))
+
+    def _live_launcher(self) -> Launcher:
+        """The launcher, or a new one if its helper died (a root job's `kill -9 -1`, the OOM killer): the
+        dead one would fail every later job until the node reboots."""
+        launcher = self.launcher
+        if launcher is None or not launcher.alive():
+            launcher = self.launcher = Launcher.shared(self.env_root)
+        return launcher
 
     def _pump(self, ws: WebSocket, job: int, out_r: int, err_r: int) -> None:
         streams = {out_r: p.Stream.STDOUT, err_r: p.Stream.STDERR}

@@ -87,6 +87,23 @@ def spawn_as_root(spec: dict, fds: list[int]) -> int:
         os.chdir("/")
 
 
+def fork_job(spec: dict, fds: list[int]) -> tuple[int, int]:
+    """Fork the child that becomes the job: its pid, and the read end of the pipe its exec failure comes on.
+    The child never returns from here."""
+    report_r, report_w = os.pipe()  # close-on-exec: EOF at exec, a message if the child failed
+    try:
+        pid = os.fork()
+    except OSError:
+        os.close(report_r)
+        os.close(report_w)
+        raise
+    if pid == 0:
+        os.close(report_r)
+        exec_job(spec, fds, report_w)
+    os.close(report_w)
+    return pid, report_r
+
+
 class Helper:
     """The helper process's state: jobs running, exec reports not yet read."""
 
@@ -113,14 +130,14 @@ class Helper:
             self.running[pid] = job
             self.send({"job": job, "pid": pid})
             return
-        report_r, report_w = os.pipe()  # close-on-exec: EOF at exec, a message if the child failed
-        pid = os.fork()
-        if pid == 0:
-            os.close(report_r)
-            exec_job(spec, fds, report_w)
-        os.close(report_w)
-        for fd in fds:
-            os.close(fd)
+        try:
+            pid, report_r = fork_job(spec, fds)
+        except OSError as exc:  # EAGAIN under a pids limit, EMFILE: this job fails, the others go on
+            self.send({"job": job, "error": f"{spec['executable']}: cannot start a process for it: {exc}"})
+            return
+        finally:
+            for fd in fds:
+                os.close(fd)
         # the pid goes back now, not after the exec: waiting for it would cost the job a round trip; a
         # failure comes with the exit status instead
         self.running[pid] = job
@@ -250,7 +267,9 @@ class Launcher:
 
     def start(self, job: int, spec: dict, fds: tuple[int, int, int], on_pid: Callable[[int], None]) -> None:
         """Ask for the job to be started and return at once: on_pid(pid) is called (in another thread)
-        when it runs, and wait() gives its status, or why it could not start. Not waiting for the pid here
+        when it runs, and wait() gives its status, or why it could not start. `job` must be unique among
+        this launcher's jobs for as long as they run, which the master's job ids are not (they start from 1
+        again when the master restarts, while a job that ignored SIGHUP runs on). Not waiting for the pid here
         lets the caller read the job's output while the launcher is still answering: a cached job's
         round trip is a few milliseconds, and this was a tenth of it."""
         with self._lock:

@@ -16,6 +16,9 @@ cannot edit a library in place under every other job that shares it. An object i
 unique name, its hash checked, then renamed into OBJECTS: a reader sees a whole, verified object or none;
 a mismatch is thrown away and fetched again.
 
+Job paths are resolved as the jobs see them, never through a link a user's job made, and every change is
+made through a descriptor of the directory found (agent.rootpaths): a job cannot point the agent elsewhere.
+
 Eviction: least recently used objects that no running job holds go when the total passes `max_bytes`;
 their links in the environment root go with them (else the memory would stay in use).
 
@@ -38,6 +41,7 @@ import requests
 
 from agent import protocol as p
 from agent.download import sha256_of
+from agent.rootpaths import RootDirectories, RootPathError, is_not_a_directory, stat_at, unlink_at
 
 LIBCACHE_DIR = ".libcache"  # in the environment root
 
@@ -45,6 +49,7 @@ CHUNK = 1 << 20
 ACL_XATTR = "system.posix_acl_access"
 FETCH_ATTEMPTS = 3
 FETCH_WORKERS = 8  # parallel object downloads per job: enough to hide latency, few enough for a busy master
+HOLD_ATTEMPTS = 3
 
 
 class LibCacheError(Exception):
@@ -85,7 +90,7 @@ def give_owner_and_mode(path: str, entry: p.JobFile) -> None:
         os.setxattr(path, ACL_XATTR, _read_only_acl(bytes.fromhex(entry.acl)))
 
 
-def _acl_of(path: str) -> bytes:
+def _acl_of(path: str | int) -> bytes:
     try:
         return os.getxattr(path, ACL_XATTR)
     except OSError:
@@ -121,6 +126,8 @@ class LibCache:
         self.objects_dir = os.path.join(cache_dir, "objects")
         self.tmp_dir = os.path.join(cache_dir, "tmp")
         self.env_root = os.path.realpath(env_root)
+        # the cache as a path in the environment root (".libcache"), where no job path may lead
+        self.cache_in_root = os.path.relpath(os.path.realpath(cache_dir), self.env_root)
         self.master_url = master_url.rstrip("/")
         self.max_bytes = max_bytes
         self.session = session or requests.Session()
@@ -139,7 +146,9 @@ class LibCache:
             os.unlink(os.path.join(self.tmp_dir, leftover))
         for name in os.listdir(self.objects_dir):
             st = os.stat(os.path.join(self.objects_dir, name))
-            self._objects[name] = CachedObject(name, st.st_size, st.st_mtime, inode=(st.st_dev, st.st_ino))
+            # their order by age, on this run's clock (monotonic, not the wall clock of their mtime)
+            last_used = self.clock() - max(0.0, time.time() - st.st_mtime)
+            self._objects[name] = CachedObject(name, st.st_size, last_used, inode=(st.st_dev, st.st_ino))
 
     def verify(self) -> tuple[int, int]:
         """Hash every object and drop those whose content is not their name: for a cache on a local disk
@@ -241,9 +250,13 @@ class LibCache:
                 problem = f"content hash {digest} does not match the manifest"
                 _unlink(tmp)
                 continue
-            give_owner_and_mode(tmp, entry)
-            st = os.stat(tmp)
-            os.rename(tmp, os.path.join(self.objects_dir, name))
+            try:
+                give_owner_and_mode(tmp, entry)
+                st = os.stat(tmp)
+                os.rename(tmp, os.path.join(self.objects_dir, name))
+            except OSError:
+                _unlink(tmp)
+                raise
             with self._lock:
                 self._objects[name] = CachedObject(name, size, self.clock(), inode=(st.st_dev, st.st_ino))
                 self.fetched += 1
@@ -268,19 +281,33 @@ class LibCache:
 
     # --- holds and the environment root -------------------------------------------------------------------
 
+    def ensure_held(self, files: Iterable[p.JobFile]) -> tuple[int, list[str]]:
+        """ensure(), then hold(): the number fetched, and the held list for release(). Another job ending
+        meanwhile may evict what was just fetched, so the two are tried again until both succeed."""
+        files = list(files)
+        fetched = 0
+        for _ in range(HOLD_ATTEMPTS):
+            fetched += self.ensure(files)
+            try:
+                return fetched, self.hold(files)
+            except LibCacheError:
+                continue
+        raise LibCacheError(f"the job's objects were evicted as fast as they came {HOLD_ATTEMPTS} times: "
+                            "the libcache is too small for the jobs running (libcache_max)")  # fmt: skip
+
     def hold(self, files: Iterable[p.JobFile]) -> list[str]:
-        """Pin these files' objects for a running job (eviction skips them); give the list to release()."""
+        """Pin these files' objects for a running job (eviction skips them); give the list to release().
+        All or none: LibCacheError, holding nothing, when one is not cached."""
         now = self.clock()
-        held = []
         with self._lock:
-            for name in {object_name(f) for f in files if f.sha256}:
-                obj = self._objects.get(name)
-                if obj is None:
-                    raise LibCacheError(f"object {name} is not cached: call ensure() first")
-                obj.holds += 1
-                obj.last_used = now
-                held.append(name)
-        return held
+            names = {object_name(f) for f in files if f.sha256}
+            absent = sorted(name for name in names if name not in self._objects)
+            if absent:
+                raise LibCacheError(f"object {absent[0]} is not cached: call ensure() first")
+            for name in names:
+                self._objects[name].holds += 1
+                self._objects[name].last_used = now
+        return list(names)
 
     def release(self, held: Iterable[str]) -> None:
         with self._lock:
@@ -290,141 +317,177 @@ class LibCache:
                     obj.holds = max(0, obj.holds - 1)
         self.evict()
 
-    def host_path(self, path: str) -> str:
+    def job_path(self, path: str) -> str:
+        """A manifest path as a path relative to the environment root ("usr/lib/x"); LibCacheError for the
+        root itself or the libcache."""
         relative = os.path.normpath("/" + path).lstrip("/")
-        if relative.startswith(".libcache") or not relative:
+        if not relative or relative == LIBCACHE_DIR or relative.startswith(LIBCACHE_DIR + "/"):
             raise LibCacheError(f"job path {path!r} is not allowed: it names the environment root or its cache")
-        return self.env_root + "/" + relative  # os.path.join, without its checks: paid per path per job
+        return relative
+
+    def _directories(self) -> RootDirectories:
+        return RootDirectories(self.env_root, self.cache_in_root)
 
     def materialise(self, files: Iterable[p.JobFile]) -> None:
         """Create every file of the manifest in the environment root: symlinks as given, regular files as
         hard links to their objects. A path that already links the right object is left alone; one that holds
-        an older version is replaced by rename, so a job starting meanwhile sees the old or the new file."""
-        with self._lock:
+        an older version is replaced by rename, so a job starting meanwhile sees the old or the new file.
+        Paths are resolved as the jobs would resolve them, inside the root (agent.rootpaths)."""
+        with self._lock, self._directories() as directories:
             for entry in files:
-                target = self.host_path(entry.path)
-                if entry.link:
-                    self._make_symlink(target, entry.link)
-                    continue
-                if not entry.sha256:
-                    self._make_directory(target, entry)
-                    continue
-                name = object_name(entry)
-                obj = self._objects[name]
+                relative = self.job_path(entry.path)
                 try:
-                    present = os.lstat(target)  # one system call for a path that is already right
-                    if (present.st_dev, present.st_ino) in (obj.inode, obj.copies.get(target)):
-                        continue  # the object itself, or our copy of it on another mount
-                except FileNotFoundError:
-                    pass
-                self._make_parent(target)
-                source = os.path.join(self.objects_dir, name)
-                tmp = f"{target}.beoboot-{threading.get_ident()}"
-                _unlink(tmp)
-                try:
-                    os.link(source, tmp)
-                except OSError as exc:
-                    if exc.errno != errno.EXDEV:
-                        raise
-                    # the path is under another mount of the environment root (/tmp is its own tmpfs):
-                    # a copy, renamed into place the same way
-                    shutil.copyfile(source, tmp)
-                    give_owner_and_mode(tmp, entry)
-                try:
-                    os.rename(tmp, target)
-                except OSError as exc:
-                    _unlink(tmp)
+                    parent, name = directories.parent(relative)
+                    if entry.link:
+                        _make_symlink(parent, name, entry.link)
+                    elif not entry.sha256:
+                        _make_directory(parent, name, entry)
+                    else:
+                        self._place(self._objects[object_name(entry)], relative, parent, name)
+                except (OSError, RootPathError) as exc:
                     raise LibCacheError(f"cannot place {entry.path} in the environment root: {exc}") from None
-                placed = os.lstat(target)
-                if (placed.st_dev, placed.st_ino) == obj.inode:
-                    obj.links.add(target)
-                else:
-                    obj.copies[target] = (placed.st_dev, placed.st_ino)
 
-    def _make_directory(self, target: str, entry: p.JobFile) -> None:
-        """A directory with the master's mode, owner and ACL; one an earlier job made differently (on the way
-        to a file, as root's 0755) gets them now. Its own mount points (/tmp, /dev) are left as mounted."""
+    def _place(self, obj: CachedObject, relative: str, parent: int, name: str) -> None:
+        """A hard link to the object at `name` (a copy, on another mount), unless it is there already."""
+        present = stat_at(name, parent)  # one system call for a path that is already right
+        if present is not None and (present.st_dev, present.st_ino) in (obj.inode, obj.copies.get(relative)):
+            return  # the object itself, or our copy of it on another mount
+        source = os.path.join(self.objects_dir, obj.name)
+        tmp = f"{name}.beoboot-{threading.get_ident()}"
+        unlink_at(tmp, parent)
         try:
-            st = os.lstat(target)
-        except FileNotFoundError:
-            self._make_parent(target)
-            os.makedirs(target, mode=0o700, exist_ok=True)  # no one else's until it has its owner and mode
-            st = os.lstat(target)
-        mode = entry.mode & 0o7777 or 0o755
-        if not stat.S_ISDIR(st.st_mode):
-            return
-        same = (st.st_mode & 0o7777, st.st_uid, st.st_gid) == (mode, entry.uid, entry.gid)
-        if same and (not entry.acl or _acl_of(target) == bytes.fromhex(entry.acl)):
-            return  # as it should be: one lstat for a directory already right
-        if os.path.ismount(target):
-            return
-        if (st.st_uid, st.st_gid) != (entry.uid, entry.gid):
-            os.chown(target, entry.uid, entry.gid)
-        os.chmod(target, mode)
-        if entry.acl:  # a directory is no shared object: its ACL as the master has it
-            os.setxattr(target, ACL_XATTR, bytes.fromhex(entry.acl))
-
-    def _make_parent(self, target: str) -> None:
-        """Create the directories above `target`, refusing a path that leaves the environment root: the links
-        a job brought are absolute (/usr/lib64/ld-linux-x86-64.so.2 -> /lib/...), and followed from outside
-        the chroot they would point at the supervisor's own files."""
-        parent = os.path.dirname(target)
-        real = os.path.realpath(parent)
-        if real != self.env_root and not real.startswith(self.env_root + "/"):
-            raise LibCacheError(f"{target} would be written outside the environment root (via {real})")
-        if not os.path.isdir(parent):
-            os.makedirs(parent, mode=0o755, exist_ok=True)
-
-    def _make_symlink(self, target: str, link: str) -> None:
+            os.link(source, tmp, dst_dir_fd=parent)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            # the path is under another mount of the environment root (/tmp is its own tmpfs): a copy,
+            # put in place the same way
+            _copy_object(source, tmp, parent)
         try:
-            if os.path.islink(target) and os.readlink(target) == link:
-                return
-            if os.path.lexists(target) and not os.path.islink(target):
-                return  # a real directory where the master has a link (/lib -> usr/lib): paths still resolve
+            os.rename(tmp, name, src_dir_fd=parent, dst_dir_fd=parent)
         except OSError:
-            pass
-        self._make_parent(target)
-        tmp = f"{target}.beoboot-{threading.get_ident()}"
-        _unlink(tmp)
-        os.symlink(link, tmp)
-        os.rename(tmp, target)
+            unlink_at(tmp, parent)
+            raise
+        placed = os.stat(name, dir_fd=parent, follow_symlinks=False)
+        if (placed.st_dev, placed.st_ino) == obj.inode:
+            obj.links.add(relative)
+        else:
+            obj.copies[relative] = (placed.st_dev, placed.st_ino)
 
     # --- eviction -----------------------------------------------------------------------------------------
 
     def evict(self) -> list[str]:
         """Drop least recently used, unheld objects (and their links and copies) until the cache fits
-        max_bytes."""
-        dropped = []
-        with self._lock:
+        max_bytes. A path a running job's object had before a later job replaced it gets that object back."""
+        dropped: list[CachedObject] = []
+        with self._lock, self._directories() as directories:
             total = sum(o.footprint for o in self._objects.values())
             for obj in sorted(self._objects.values(), key=lambda o: o.last_used):
                 if total <= self.max_bytes:
                     break
                 if obj.holds:
                     continue
-                source = os.path.join(self.objects_dir, obj.name)
-                try:
-                    st = os.stat(source)
-                except FileNotFoundError:
-                    st = None
-                for link in obj.links:
-                    try:
-                        if st is not None and os.path.samestat(os.lstat(link), st):
-                            os.unlink(link)
-                    except OSError:
-                        pass
-                for copy, (dev, inode) in obj.copies.items():
-                    try:
-                        present = os.lstat(copy)
-                        if (present.st_dev, present.st_ino) == (dev, inode):  # not replaced since
-                            os.unlink(copy)
-                    except OSError:
-                        pass
-                _unlink(source)
+                claims = [(path, obj.inode) for path in obj.links] + list(obj.copies.items())
+                for relative, inode in claims:
+                    _remove_if(directories, relative, inode)
+                _unlink(os.path.join(self.objects_dir, obj.name))
                 del self._objects[obj.name]
                 total -= obj.footprint
-                dropped.append(obj.name)
-        return dropped
+                dropped.append(obj)
+            for obj in dropped:
+                for relative in (*obj.links, *obj.copies):
+                    self._put_back(directories, relative)
+        return [obj.name for obj in dropped]
+
+    def _put_back(self, directories: RootDirectories, relative: str) -> None:
+        """The object a running job holds for `relative`, placed there again (best effort)."""
+        holder = next((o for o in self._objects.values() if o.holds and (relative in o.links or relative in o.copies)), None)
+        if holder is None:
+            return
+        try:
+            parent, name = directories.parent(relative, create=False)
+            if stat_at(name, parent) is None:  # not since taken by another object
+                holder.copies.pop(relative, None)
+                self._place(holder, relative, parent, name)
+        except (OSError, RootPathError):
+            pass
+
+
+def _remove_if(directories: RootDirectories, relative: str, inode: tuple[int, int]) -> None:
+    """Unlink the job path if it is still the given file (not replaced since)."""
+    try:
+        parent, name = directories.parent(relative, create=False)
+        present = stat_at(name, parent)
+        if present is not None and (present.st_dev, present.st_ino) == inode:
+            os.unlink(name, dir_fd=parent)
+    except (OSError, RootPathError):
+        pass
+
+
+def _copy_object(source: str, tmp: str, parent: int) -> None:
+    """A copy of an object as `tmp` in the directory: made 0600 and root's, so no one reads it before it has
+    the object's owner, mode and ACL (which the object has from the manifest: give_owner_and_mode)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    with open(source, "rb") as src, open(os.open(tmp, flags, 0o600, dir_fd=parent), "wb") as out:
+        shutil.copyfileobj(src, out, CHUNK)
+        out.flush()
+        st = os.fstat(src.fileno())
+        os.fchown(out.fileno(), st.st_uid, st.st_gid)
+        os.fchmod(out.fileno(), stat.S_IMODE(st.st_mode))  # after the owner: chown clears setuid bits
+        acl = _acl_of(source)
+        if acl:
+            os.setxattr(out.fileno(), ACL_XATTR, acl)
+
+
+def _make_directory(parent: int, name: str, entry: p.JobFile) -> None:
+    """A directory with the master's mode, owner and ACL; one an earlier job made differently (on the way to
+    a file, as root's 0755) gets them now, and loses an ACL the master's no longer has. A link or a file
+    where the master has a directory is left alone; so are mount points (/tmp, /dev)."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(name, flags, dir_fd=parent)
+    except FileNotFoundError:
+        os.mkdir(name, 0o700, dir_fd=parent)  # no one else's until it has its owner and mode
+        fd = os.open(name, flags, dir_fd=parent)
+    except OSError as exc:
+        if is_not_a_directory(exc):
+            return
+        raise
+    try:
+        st = os.fstat(fd)
+        if st.st_dev != os.fstat(parent).st_dev:
+            return  # a mount point
+        mode = entry.mode & 0o7777 or 0o755
+        wanted_acl = bytes.fromhex(entry.acl)
+        present_acl = _acl_of(fd)
+        if (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, present_acl) == (mode, entry.uid, entry.gid, wanted_acl):
+            return  # as it should be
+        if (st.st_uid, st.st_gid) != (entry.uid, entry.gid):
+            os.fchown(fd, entry.uid, entry.gid)
+        os.fchmod(fd, mode)
+        if wanted_acl:  # a directory is no shared object: its ACL as the master has it
+            os.setxattr(fd, ACL_XATTR, wanted_acl)
+        elif present_acl:
+            os.removexattr(fd, ACL_XATTR)
+    finally:
+        os.close(fd)
+
+
+def _make_symlink(parent: int, name: str, link: str) -> None:
+    """The link as the master has it, made by root: job paths pass only through links root made
+    (agent.rootpaths), so one a job made (a venv made on the node) is made again. It replaces a file, but
+    not a real directory where the master has a link (/lib -> usr/lib on the node, a directory made
+    earlier): paths through it still resolve."""
+    present = stat_at(name, parent)
+    if present is not None:
+        if stat.S_ISLNK(present.st_mode) and present.st_uid == 0 and os.readlink(name, dir_fd=parent) == link:
+            return
+        if stat.S_ISDIR(present.st_mode):
+            return
+    tmp = f"{name}.beoboot-{threading.get_ident()}"
+    unlink_at(tmp, parent)
+    os.symlink(link, tmp, dir_fd=parent)
+    os.rename(tmp, name, src_dir_fd=parent, dst_dir_fd=parent)
 
 
 def _unlink(path: str) -> None:

@@ -225,17 +225,144 @@ def test_copies_on_another_mount_are_kept_once_and_go_with_their_object(server, 
         subprocess.run(["umount", str(env_root / "tmp")], check=True)
 
 
-def test_paths_that_leave_the_environment_root_are_refused(server, env_root, tmp_path):
+def test_links_are_followed_inside_the_environment_root_as_the_jobs_follow_them(server, env_root, tmp_path):
+    """An absolute link means the same path inside the root, as it does to the chrooted jobs: the file goes
+    there, never to the supervisor's own path of that name."""
     outside = tmp_path / "outside"
     outside.mkdir()
     cache = cache_for(env_root, server)
     evil = [p.JobFile("/usr", 0o777, link=str(outside)), server.add("/usr/bin/x", b"x")]
     cache.ensure(evil)
-    with pytest.raises(LibCacheError, match="outside the environment root"):
-        cache.materialise(evil)
+    cache.materialise(evil)
     assert os.listdir(outside) == []
-    with pytest.raises(LibCacheError):
-        cache.host_path("/.libcache/objects/x")
+    assert (env_root / str(outside).lstrip("/") / "bin/x").read_bytes() == b"x"
+    with pytest.raises(LibCacheError, match="names the environment root or its cache"):
+        cache.job_path("/.libcache/objects/x")
+
+
+def a_users_home(env_root: Path, uid: int = 1000) -> Path:
+    home = env_root / "home/u"
+    home.mkdir(parents=True)
+    os.chown(home, uid, uid)
+    return home
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="chown needs root, as the node's agent is")
+def test_a_link_a_users_job_made_is_never_followed(server, env_root, tmp_path):
+    """`ln -s / ~/data` by a job, then a manifest naming ~/data/etc (a directory of the user's on the
+    master): followed from outside, the agent would chown the supervisor's /etc; followed inside, the
+    environment root's. Neither: the path is refused, and both stay root's."""
+    home = a_users_home(env_root)
+    (env_root / "etc").mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    for name, target in (("data", "/"), ("out", str(outside))):
+        os.symlink(target, home / name)
+        os.lchown(home / name, 1000, 1000)  # the user's job made them
+    tool = replace(server.add("/home/u/out/tool", b"t"), uid=1000, gid=1000)
+    cache = cache_for(env_root, server)
+    cache.ensure([tool])
+    for entry in (p.JobFile("/home/u/data/etc", 0o700, uid=1000, gid=1000), tool):
+        with pytest.raises(LibCacheError, match="a link that uid 1000 made"):
+            cache.materialise([entry])
+    assert os.stat(env_root / "etc").st_uid == 0 and stat.S_IMODE(os.stat(env_root / "etc").st_mode) == 0o755
+    assert os.listdir(outside) == []
+    # where the master has that link too, the manifest names it and the agent makes it again, as root's
+    cache.materialise([p.JobFile("/home/u/out", 0o777, link="/opt/out"), tool])
+    assert os.lstat(home / "out").st_uid == 0 and (env_root / "opt/out/tool").read_bytes() == b"t"
+    assert os.listdir(outside) == []
+
+
+def test_no_path_leads_into_the_libcache(server, env_root):
+    """A link (even one root made) into the cache cannot make a job file replace a verified object."""
+    victim = server.add("/usr/lib/libc.so.6", b"the real libc")
+    cache = cache_for(env_root, server)
+    cache.ensure([victim])
+    cache.materialise([victim])
+    evil_bytes = server.add("/x", b"EVIL BYTES")
+    evil = [p.JobFile("/home/x", 0o777, link="../.libcache/objects"), replace(evil_bytes, path=f"/home/x/{object_name(victim)}")]
+    cache.ensure(evil)
+    with pytest.raises(LibCacheError, match="leads into the libcache"):
+        cache.materialise(evil)
+    assert (env_root / "usr/lib/libc.so.6").read_bytes() == b"the real libc"
+
+
+def test_a_file_the_master_turned_into_a_link_becomes_the_link(server, env_root):
+    old = server.add("/usr/bin/tool", b"version 1")
+    cache = cache_for(env_root, server)
+    cache.ensure([old])
+    cache.materialise([old])
+    cache.materialise([p.JobFile("/usr/bin/tool", 0o777, link="tool-2")])
+    assert os.readlink(env_root / "usr/bin/tool") == "tool-2"
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="chown needs root, as the node's agent is")
+def test_a_directory_loses_the_acl_the_master_took_away(server, env_root, tmp_path):
+    source = tmp_path / "acl-source"
+    source.mkdir(mode=0o750)
+    subprocess.run(["setfacl", "-m", "u:65534:rx", str(source)], check=True)
+    opened = p.JobFile("/data", 0o750, uid=1000, gid=1000, acl=os.getxattr(source, "system.posix_acl_access").hex())
+    cache = cache_for(env_root, server)
+    cache.materialise([opened])
+    assert "user:65534:r-x" in subprocess.run(["getfacl", "-cpn", str(env_root / "data")], capture_output=True, text=True).stdout
+    cache.materialise([replace(opened, acl="")])  # the mode and owner as before: only the ACL is gone
+    with pytest.raises(OSError):
+        os.getxattr(env_root / "data", "system.posix_acl_access")
+
+
+def test_objects_kept_from_an_earlier_run_are_older_than_any_used_now(server, env_root):
+    """Their age comes from their mtime, but in this run's monotonic clock: in the wall clock's seconds
+    they would look newer than anything used since and never be evicted."""
+    first, second = server.add("/bin/a", b"a" * 10), server.add("/bin/b", b"b" * 10)
+    cache = cache_for(env_root, server)
+    cache.ensure([first])
+    restarted = cache_for(env_root, server, max_bytes=15)
+    restarted.ensure([second])
+    restarted.materialise([second])
+    assert restarted.evict() == [object_name(first)]
+
+
+def test_eviction_gives_a_running_job_back_the_version_it_holds(server, env_root):
+    """Job A runs with mod.py v1; job B replaces it with v2 and ends; evicting v2 must not leave A's path
+    empty: v1 goes back."""
+    v1, v2 = server.add("/lib/mod.py", b"v1" * 5, 0o644), server.add("/lib/mod.py", b"v2" * 5, 0o644)
+    cache = cache_for(env_root, server, max_bytes=15)
+    _, held_by_a = cache.ensure_held([v1])
+    cache.materialise([v1])
+    _, held_by_b = cache.ensure_held([v2])
+    cache.materialise([v2])
+    cache.release(held_by_b)
+    assert object_name(v2) not in cache.names()
+    assert (env_root / "lib/mod.py").read_bytes() == b"v1" * 5
+    cache.release(held_by_a)
+
+
+def test_holding_is_all_or_nothing_and_fetches_again_what_was_evicted_meanwhile(server, env_root):
+    a, b = server.add("/bin/a", b"a"), server.add("/bin/b", b"b")
+    cache = cache_for(env_root, server)
+    cache.ensure([a])
+    with pytest.raises(LibCacheError, match="not cached"):
+        cache.hold([a, b])
+    cache.max_bytes = 0
+    assert cache.evict() == [object_name(a)]  # nothing was left held by the failed hold
+    cache.max_bytes = 1 << 20
+
+    class EvictedOnce(LibCache):
+        """Another job's release() evicts what this job just fetched, before it can hold it."""
+
+        evicted = False
+
+        def ensure(self, files):
+            fetched = super().ensure(files)
+            if not self.evicted:
+                self.evicted, self.max_bytes = True, 0
+                self.evict()
+                self.max_bytes = 1 << 20
+            return fetched
+
+    racing = EvictedOnce(str(env_root / ".libcache"), str(env_root), server.url)
+    fetched, held = racing.ensure_held([a, b])
+    assert fetched == 4 and sorted(held) == sorted(map(object_name, (a, b)))
 
 
 # --- manifests -------------------------------------------------------------------------------------------
