@@ -396,7 +396,8 @@ def start_runner(
     """Stage 3: the libcache at ENV_ROOT/.libcache (on the environment root's own mount, so its objects can
     be hard-linked into the root; see agent.libcache), and the runner's link to the master. `verify`: the
     cache is on a local disk and may hold objects from an earlier boot: check them first."""
-    cache = LibCache(os.path.join(env_root, LIBCACHE_DIR), env_root, master_url, max_bytes=max_bytes, durable=verify)
+    cache = LibCache(os.path.join(env_root, LIBCACHE_DIR), env_root, master_url, max_bytes=max_bytes, durable=verify,
+                     token=token)  # fmt: skip
     if verify:
         kept, dropped = cache.verify()
         log(f"beoboot: libcache: {kept} objects kept from earlier boots, {dropped} damaged ones dropped")

@@ -121,6 +121,7 @@ class LibCache:
         session: requests.Session | None = None,
         clock: Callable[[], float] = time.monotonic,
         durable: bool = True,
+        token: Callable[[], str] = lambda: "",
     ) -> None:
         self.cache_dir = cache_dir
         self.objects_dir = os.path.join(cache_dir, "objects")
@@ -135,6 +136,7 @@ class LibCache:
         # on a local disk, an object's bytes must be on it before its name is (fsync before rename); in RAM
         # (tmpfs, a diskless node's cache, or a simulated node's scratch directory) there is nothing to wait for
         self.durable = durable
+        self.token = token  # the node's link token: the master gives objects only to nodes whose link is up
         self._lock = threading.Lock()
         self._objects: dict[str, CachedObject] = {}
         self._fetching: dict[str, threading.Event] = {}
@@ -266,7 +268,8 @@ class LibCache:
     def _download(self, url: str, tmp: str) -> tuple[str, int]:
         digest = hashlib.sha256()
         size = 0
-        with self.session.get(url, stream=True, timeout=30) as response:
+        headers = {p.LINK_TOKEN_HEADER: self.token()}
+        with self.session.get(url, stream=True, timeout=30, headers=headers) as response:
             if response.status_code != 200:
                 raise requests.RequestException(f"HTTP {response.status_code}: {response.text.strip()[:200]}")
             with open(tmp, "xb") as out:

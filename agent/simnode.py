@@ -84,7 +84,7 @@ class SimNode:
         # durable=False: a booted node's cache is in RAM by default, where fsync is a no-op; this scratch
         # directory on the host's disk stands for it and must not pay for a disk's fsync per object
         self.cache = LibCache(os.path.join(self.env_root, ".libcache"), self.env_root, master, max_bytes=max_bytes,
-                              durable=False)  # fmt: skip
+                              durable=False, token=self._token)  # fmt: skip
 
     def _token(self) -> str:
         return self.link.registration.link_token if self.link.registration else ""

@@ -31,6 +31,8 @@ log = logging.getLogger("beoserv")
 LINK_LOST = 255
 SIGHUP = 1
 FINISHED_KEPT = 200  # finished jobs kept in the listing
+MAX_NODES = 65536  # in one node list: a range beyond it is a typo, and expanding it would stall beoserv
+NAMED_DOWN = 10  # nodes named in "not up" before "and N more"
 # bpctl: beyond its jobs' grace time (SIGTERM to SIGKILL), how long a node may take to close its link:
 # the killed jobs' exits (agent.jobs.KILLED_WAIT), the last log lines, a slow link
 POWER_ANSWER_TIME = 15.0
@@ -42,6 +44,9 @@ class Session:
 
     def __init__(self) -> None:
         self.jobs: set[int] = set()
+        # signals bpsh got before its jobs were sent (Ctrl-C while the manifest was built), delivered with them
+        self.early_signals: list[int] = []
+        self.sent = False  # the JobStarts have gone to the nodes
 
     def output(self, stream: int, data: bytes, node: int) -> None:
         raise NotImplementedError
@@ -74,6 +79,7 @@ class NodeLink:
     ws: web.WebSocketResponse
     jobs: set[int] = field(default_factory=set)
     closed: asyncio.Event = field(default_factory=asyncio.Event)  # set when the link is down
+    token: str = field(default="", repr=False)  # the registration's token the link was opened with
 
 
 def parse_nodes(text: str) -> list[int] | None:
@@ -86,7 +92,10 @@ def parse_nodes(text: str) -> list[int] | None:
         low, dash, high = part.partition("-")
         if not low.isdigit() or (dash and not high.isdigit()):
             raise JobError(f"node list {text!r}: {part!r} is not a node number", hint="e.g. 0 or 0,3 or 2-5 or -a")
-        numbers += range(int(low), int(high) + 1) if dash else [int(low)]
+        first, last = int(low), int(high) if dash else int(low)
+        if last - first >= MAX_NODES or len(numbers) >= MAX_NODES:
+            raise JobError(f"node list {text!r}: more than {MAX_NODES} nodes", hint="-a runs on every node that is up")
+        numbers += range(first, last + 1)
     return list(dict.fromkeys(numbers))
 
 
@@ -116,6 +125,11 @@ class JobHub:
     # --- objects ------------------------------------------------------------------------------------------
 
     async def object(self, request: web.Request) -> web.StreamResponse:
+        """An object, to a node whose job link is up (its registration's token): not to anyone who can reach
+        the port, who could otherwise fetch another user's file by its hash, or test guesses of its content."""
+        token = request.headers.get(p.LINK_TOKEN_HEADER, "")
+        if not token or not any(hmac.compare_digest(token.encode(), link.token.encode()) for link in self.links.values()):
+            raise web.HTTPForbidden(text=f"objects go to nodes with a job link up: {p.LINK_TOKEN_HEADER} of one\n")
         path = self.objects.lookup(request.match_info["digest"])
         if path is None:
             raise web.HTTPNotFound(text="no such object: it was never in a manifest, or the file changed since\n")
@@ -155,7 +169,7 @@ class JobHub:
         ws = web.WebSocketResponse(max_msg_size=0)
         await ws.prepare(request)
         old = self.links.get(node.number)
-        link = NodeLink(node.number, mac, ws)
+        link = NodeLink(node.number, mac, ws, token=node.link_token)
         self.links[node.number] = link
         if old is not None:
             await old.ws.close()
@@ -167,7 +181,7 @@ class JobHub:
                 elif msg.type == WSMsgType.BINARY:
                     stream, job_id = struct.unpack_from(p.IO_HEADER, msg.data)
                     job = self.jobs.get(job_id)
-                    if job is not None:
+                    if job is not None and job.link is link:  # another node cannot write to this job
                         job.session.output(stream, msg.data[p.IO_HEADER_SIZE :], link.number)
                         await job.session.backpressure(link.number)
         finally:
@@ -181,12 +195,15 @@ class JobHub:
         return ws
 
     async def _from_node(self, link: NodeLink, message: object) -> None:
-        if isinstance(message, p.JobStarted):
+        """A node speaks only for its own jobs: an id of another node's job is ignored."""
+        if isinstance(message, (p.JobStarted, p.JobExit)):
             job = self.jobs.get(message.job)
-            if job is not None:
+            if job is None or job.link is not link:
+                return
+            if isinstance(message, p.JobStarted):
                 job.row = replace(job.row, pid=message.pid, state=p.JobState.RUNNING)
-        elif isinstance(message, p.JobExit):
-            await self._finish(message.job, replace(message, node=link.number))
+            else:
+                await self._finish(message.job, replace(message, node=link.number))
 
     async def _finish(self, job_id: int, message: p.JobExit) -> None:
         job = self.jobs.pop(job_id, None)
@@ -208,9 +225,18 @@ class JobHub:
         and the reason (command not found, node not up, ...)."""
         try:
             await self._start(session, request)
-        except (BeobootError, p.ProtocolError) as exc:
-            session.job_exit(p.JobExit(0, 127, error=str(exc)))
-            session.all_ended()
+        except (BeobootError, p.ProtocolError, OSError) as exc:
+            self._refuse(session, str(exc))
+        except Exception as exc:  # a bug: bpsh must still hear of it and end, not wait for ever
+            log.exception("bpsh request %r failed", request.argv[:1])
+            self._refuse(session, f"beoserv could not start the job: {exc!r} (see beoserv's log)")
+
+    def _refuse(self, session: Session, why: str) -> None:
+        if session.jobs:  # some started before it failed: they end as they will, and end the session
+            log.warning("bpsh request failed after some of its jobs started: %s", why)
+            return
+        session.job_exit(p.JobExit(0, 127, error=why))
+        session.all_ended()
 
     async def stdin(self, session: Session, data: bytes) -> None:
         """Input for every job of the session (each node gets the same bytes); b"" is end of file."""
@@ -224,8 +250,7 @@ class JobHub:
 
     async def hang_up(self, session: Session) -> None:
         """bpsh went away while its jobs ran: they get SIGHUP, as a closed terminal's jobs would."""
-        if session.jobs:
-            await self.signal(session, SIGHUP)
+        await self.signal(session, SIGHUP)
 
     async def _start(self, session: Session, request: p.JobRequest) -> None:
         wanted = parse_nodes(request.nodes)
@@ -234,7 +259,8 @@ class JobHub:
             raise JobError("no node is up with a job link", hint="bpstat shows the nodes")
         down = [n for n in numbers if n not in self.links]
         if down:
-            raise JobError(f"node {', '.join(map(str, down))} is not up (no job link)", hint="bpstat shows the nodes")
+            named = ", ".join(map(str, down[:NAMED_DOWN])) + (f" and {len(down) - NAMED_DOWN} more" if len(down) > NAMED_DOWN else "")
+            raise JobError(f"node {named} {'is' if len(down) == 1 else 'are'} not up (no job link)", hint="bpstat shows the nodes")
         # a cached manifest is a few lstat() calls, less than a thread hand-off; a new one would block the
         # event loop (pyelftools, hashing)
         manifest = self.manifests.build_cached(request)
@@ -243,16 +269,31 @@ class JobHub:
         command = " ".join(request.argv)
         now = time.time()
         session.starting(numbers)
+        # every job is in the tables before the first is sent, so that one ending at once cannot end the
+        # session before the others started; a link lost while the manifest was built ends its node's job
+        starts = []
         for number in numbers:
-            link = self.links[number]
             job_id = next(self._ids)
+            link = self.links.get(number)
+            if link is None:
+                session.job_exit(p.JobExit(job_id, LINK_LOST, node=number, error=f"node {number} job link lost"))
+                continue
             row = p.JobRow(job_id, number, 0, command, p.JobState.STARTING, now)
             self.jobs[job_id] = Job(row, session, link)
             session.jobs.add(job_id)
             link.jobs.add(job_id)
+            starts.append((job_id, link))
+        if not starts:
+            session.all_ended()
+            return
+        for job_id, link in starts:
             await _send(link.ws, p.JobStart(job_id, manifest))
             if not request.stdin:
-                await link.ws.send_bytes(struct.pack(p.IO_HEADER, p.Stream.STDIN, job_id))
+                await _send_bytes(link.ws, struct.pack(p.IO_HEADER, p.Stream.STDIN, job_id))
+        session.sent = True
+        for signum in session.early_signals:
+            await self.signal(session, signum)
+        session.early_signals.clear()
 
     # --- bpctl ------------------------------------------------------------------------------------------
 
@@ -282,10 +323,21 @@ class JobHub:
         return ""
 
     async def signal(self, session: Session, signum: int) -> None:
+        if not session.sent:
+            session.early_signals.append(signum)
+            return
         for job_id in list(session.jobs):
             job = self.jobs.get(job_id)
             if job is not None and not job.link.ws.closed:
                 await _send(job.link.ws, p.JobSignal(job_id, signum))
+
+
+async def _send_bytes(ws: web.WebSocketResponse, data: bytes) -> None:
+    if not ws.closed:
+        try:
+            await ws.send_bytes(data)
+        except ConnectionError:
+            pass
 
 
 async def _send(ws: web.WebSocketResponse, message: object) -> None:
