@@ -36,6 +36,7 @@ from beoboot.errors import BeobootError
 READ, SEARCH = 4, 1
 NODE_DIRECTORY = (0o755, 0, 0)  # the mode, owner and group a node gives a directory it makes on the way
 ACL_XATTR = "system.posix_acl_access"
+UNHASHED = "unhashed"  # a regular file's entry before its content is hashed: _check() asks READ of it
 
 
 class AccessDenied(BeobootError):
@@ -132,6 +133,23 @@ def guard(files: Iterable[p.JobFile], uid: int, gid: int, groups: Iterable[int],
         if (mode, st.st_uid, st.st_gid) != NODE_DIRECTORY or acl:
             added.append(p.JobFile(directory, mode, uid=st.st_uid, gid=st.st_gid, acl=acl))
     return added
+
+
+def guard_contents(paths: Iterable[str], uid: int, gid: int, groups: Iterable[int], root: str = "/") -> None:
+    """AccessDenied, as guard() words it, for the first of these regular files (real paths, links resolved)
+    that the user may not read. Asked before any of them is hashed: the ObjectStore serves a file to anyone
+    by its hash, so hashing first would let a refused job learn whether a secret equals a guess."""
+    if uid == 0:
+        return
+    prefix = root.rstrip("/")
+    entries = []
+    for path in paths:
+        try:
+            st = os.stat(prefix + path)
+        except OSError:
+            continue  # gone: describing it fails on its own
+        entries.append(p.JobFile(path, st.st_mode & 0o7777, UNHASHED, uid=st.st_uid, gid=st.st_gid))
+    _check(entries, uid, gid, frozenset((gid, *groups)), prefix)
 
 
 def acl_of(path: str) -> str:

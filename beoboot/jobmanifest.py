@@ -32,21 +32,27 @@ from dataclasses import dataclass
 
 from agent import protocol as p
 from beoboot.errors import BeobootError
-from beoboot.jobaccess import acl_of, guard, readable
+from beoboot.elf import ELF_MAGIC
+from beoboot.jobaccess import acl_of, guard, guard_contents, readable
 from beoboot.jobenviron import environment_paths
 from beoboot.jobimports import PythonImports, python_start
 from beoboot.jobperl import PerlModules, perl_start
 from beoboot.jobpython import StdlibZips, python_version
 from beoboot.jobshell import MAX_SCRIPT, SHELLS, command_words, shell_command_text, shell_script
 from beoboot.jobusers import JobUsers
-from beoboot.ldso import LibraryResolver, is_elf
+from beoboot.ldso import LibraryResolver
 from beoboot.master.objects import ObjectStore, StatKey, key_of, stat_key
+from beoboot.sourcecache import NotRegularFile, RecentlyUsed, open_regular
 from beoboot.sourcewatch import SourceWatch
 from beoboot.sysroot import Sysroot
 
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"
 MAX_SHEBANG_DEPTH = 4  # a script whose interpreter is a script... as the kernel allows (BINPRM_MAX_RECURSION)
 MAX_EXTRA_FILES = 20000
+# Described trees (--cache, run-time directories, locales) and program closures kept: a busy master uses far
+# fewer, and each tree holds up to MAX_EXTRA_FILES entries and an inotify watch per directory
+MAX_DESCRIBED_TREES = 256
+MAX_DESCRIBED_PROGRAMS = 1024
 
 
 class JobError(BeobootError):
@@ -155,6 +161,8 @@ def find_command(command: str, path_env: str, cwd: str) -> str:
         path = posixpath.normpath(posixpath.join(cwd, command))
         if not os.access(path, os.X_OK) or os.path.isdir(path):
             raise JobError(f"{command}: not an executable file on the master ({path})")
+        if not os.path.isfile(path):  # a FIFO, socket or device: reading its '#!' line would wait for ever
+            raise JobError(f"{command}: not a regular file on the master ({path})", hint="name a program")
         return path
     for directory in (path_env or DEFAULT_PATH).split(":"):
         candidate = posixpath.join(directory or cwd, command)
@@ -226,9 +234,11 @@ class ManifestBuilder:
     def __init__(self, store: ObjectStore, root: str = "/") -> None:
         self.store = store
         self.root = root
-        self._closures: dict[str, _Closure] = {}
-        self._described: dict[str, _Described] = {}  # program -> its closure, described
-        self._extras: dict[str, _Described] = {}  # --cache path -> its tree (and ELF closures), described
+        self._closures: RecentlyUsed[str, _Closure] = RecentlyUsed(MAX_DESCRIBED_PROGRAMS)
+        # program -> its closure, described (its watches are the StdlibZips', which close them themselves)
+        self._described: RecentlyUsed[str, _Described] = RecentlyUsed(MAX_DESCRIBED_PROGRAMS)
+        # --cache path -> its tree (and ELF closures), described; its watches are its own
+        self._extras: RecentlyUsed[str, _Described] = RecentlyUsed(MAX_DESCRIBED_TREES, _close_watches)
         self.stdlib_zips = StdlibZips()
         self.users = JobUsers()
         self._scripts: dict[tuple[str, bool], tuple[StatKey | None, str]] = {}  # script -> (stat key, text)
@@ -246,16 +256,26 @@ class ManifestBuilder:
             raise JobError("no command given", hint="bpsh NODE COMMAND [ARGS...]")
         path_env = request.env.get("PATH", DEFAULT_PATH)
         (executable, *named), inner = self._programs(request, path_env)
-        programs = [self._described_program(executable, path_env)]
+        programs = [self._described_program(executable, path_env, request)]
         for program in named:
             try:
-                programs.append(self._described_program(program, path_env))
+                programs.append(self._described_program(program, path_env, request))
             except JobError:
                 continue  # a program the job may never run (a shell word): it fails on the node if it does
         inputs = self._job_inputs(request, path_env, inner) or []
         extras = [path for program in programs for path in program.trees] + self._extra_paths(request, path_env)
-        files = _merge(*(program.files for program in programs), *map(self.described_extra, [*extras, *inputs]))
-        return _manifest(request, executable, files, self.users, self.root)
+        described: list[str] = []  # trees this request described afresh
+        try:
+            trees = [self.described_extra(path, user=request, described=described) for path in [*extras, *inputs]]
+            return _manifest(request, executable, _merge(*(program.files for program in programs), *trees),
+                             self.users, self.root)  # fmt: skip
+        except BeobootError:
+            # a refused request keeps nothing: else each refused job could leave another tree, and its
+            # watches, behind (a user's links to one big tree, each a new --cache path)
+            with self._lock:
+                for path in described:
+                    self._extras.drop(path)
+            raise
 
     def build_cached(self, request: p.JobRequest) -> p.JobManifest | None:
         """build(), when that costs only lstat() calls (no ELF parsing, no hashing), so beoserv may run it on
@@ -347,7 +367,7 @@ class ManifestBuilder:
         data = b""
         if key is not None and key[2] <= MAX_SCRIPT:
             try:
-                with open(path, "rb") as f:
+                with open_regular(path) as f:
                     data = f.read()
             except OSError:
                 pass
@@ -374,7 +394,7 @@ class ManifestBuilder:
         return [*(cache_path(extra, path_env, request.cwd) for extra in request.cache),
                 *environment_paths(request.env, self.root)]  # fmt: skip
 
-    def _described_program(self, program: str, path_env: str) -> _Described:
+    def _described_program(self, program: str, path_env: str, user: p.JobRequest | None = None) -> _Described:
         """describe(closure(program)), from cache while every file and link it met is unchanged (lstat):
         a cached job's manifest then costs one lstat per path instead of a walk of every path. Its
         run-time trees are described on their own (described_extra), watched rather than checked per file."""
@@ -383,18 +403,20 @@ class ManifestBuilder:
         if cached is not None and cached.current(path_env):
             return cached
         closure = self._closure(program, path_env)
-        files = self.describe(closure.paths, dict(closure.derived))
+        files = self.describe(closure.paths, dict(closure.derived), user)
         watched = sorted({program, *(f.path for f in files)})
         described = _Described(files, tuple((path, _lkey_of(path)) for path in watched) + closure.searched,
                                closure.watches, closure.path_env, closure.trees)  # fmt: skip
         with self._lock:
-            self._described[program] = described
+            self._described.put(program, described)
         return described
 
-    def described_extra(self, path: str) -> tuple[p.JobFile, ...]:
+    def described_extra(self, path: str, *, user: p.JobRequest | None = None,
+                        described: list[str] | None = None) -> tuple[p.JobFile, ...]:  # fmt: skip
         """describe(extra(path)), from cache while nothing in the tree changed (inotify on its directories,
         so asking costs no walk), no file it brings from outside the tree changed (lstat: an ELF program's
-        libraries) and no library search of its programs would find another."""
+        libraries) and no library search of its programs would find another. `user`: as describe()'s;
+        `described`: where to note `path` when it was described afresh rather than found in the cache."""
         with self._lock:
             cached = self._extras.get(path)
         if cached is not None and cached.current():
@@ -405,16 +427,19 @@ class ManifestBuilder:
             watch.add(directory)
         if self._tree(path) != listing:  # a file came or went before its directory was watched
             watch.close()  # never current: the next job walks again
-        paths = self.extra(path)
-        files = self.describe(paths)
+        try:
+            paths = self.extra(path)
+            files = self.describe(paths, user=user)
+        except BaseException:
+            watch.close()  # kept by no cache entry: nothing else would ever release its directories
+            raise
         outside = sorted({path, *(f.path for f in files if posixpath.dirname(f.path) not in directories)})
         with self._lock:
             searched = [key for name in paths if (closure := self._closures.get(name)) for key in closure.searched]
             keys = tuple((name, _lkey_of(name)) for name in outside) + tuple(searched)
-            if cached is not None:
-                for old in cached.watches:
-                    old.close()
-            self._extras[path] = _Described(files, keys, (watch,))
+            self._extras.put(path, _Described(files, keys, (watch,)))  # closes the watch of the one it replaces
+        if described is not None:
+            described.append(path)
         return files
 
     def closure(self, program: str, path_env: str = DEFAULT_PATH) -> tuple[str, ...]:
@@ -428,7 +453,7 @@ class ManifestBuilder:
             return cached
         computed = self._compute(program, path_env)
         with self._lock:
-            self._closures[program] = computed
+            self._closures.put(program, computed)
         return computed
 
     def extra(self, path: str) -> list[str]:
@@ -436,7 +461,7 @@ class ManifestBuilder:
         found = self._tree(path)
         more: list[str] = []
         for name in found:
-            if not name.endswith("/") and os.path.isfile(name) and is_elf(Sysroot(self.root), name):
+            if not name.endswith("/") and os.path.isfile(name) and _is_elf(Sysroot(self.root), name):
                 more += self.closure(name)
         return found + more
 
@@ -460,13 +485,15 @@ class ManifestBuilder:
             found.append(path)
         return found
 
-    def describe(self, paths: Iterable[str], derived: dict[str, str] | None = None) -> tuple[p.JobFile, ...]:
+    def describe(self, paths: Iterable[str], derived: dict[str, str] | None = None,
+                 user: p.JobRequest | None = None) -> tuple[p.JobFile, ...]:  # fmt: skip
         """JobFiles for these paths, links resolved into link entries; directories first, then links, then
-        files, each once. A path in `derived` is read from the master's file it maps to."""
+        files, each once. A path in `derived` is read from the master's file it maps to. `user`: the request
+        whose user must be able to read every file, asked before any is hashed (jobaccess.guard_contents)."""
         sysroot = Sysroot(self.root)
         dirs: dict[str, p.JobFile] = {}
         links: dict[str, p.JobFile] = {}
-        files: dict[str, p.JobFile] = {}
+        files: dict[str, p.JobFile | None] = {}  # None: a regular file not hashed yet
         for path in paths:
             if derived and path in derived:
                 digest = self.store.digest(derived[path])
@@ -484,13 +511,19 @@ class ManifestBuilder:
                 if directory or resolved.real != "/":
                     dirs.setdefault(resolved.real, p.JobFile(resolved.real, st.st_mode & 0o7777, uid=st.st_uid,
                                                              gid=st.st_gid, acl=acl_of(str(sysroot.host(resolved.real)))))  # fmt: skip
-            elif stat.S_ISREG(st.st_mode) and resolved.real not in files:
-                host = str(sysroot.host(resolved.real))
-                digest = self.store.digest(host)
-                files[resolved.real] = p.JobFile(resolved.real, digest.mode, digest.sha256, digest.size,
-                                                 uid=digest.uid, gid=digest.gid, acl=acl_of(host))  # fmt: skip
+            elif stat.S_ISREG(st.st_mode):
+                files.setdefault(resolved.real, None)
+            # a FIFO, socket or device is passed by: it has no content to bring, and opening it could block
+        unhashed = [real for real, entry in files.items() if entry is None]
+        if user is not None:
+            guard_contents(unhashed, user.uid, user.gid, user.groups, self.root)
+        for real in unhashed:
+            host = str(sysroot.host(real))
+            digest = self.store.digest(host)
+            files[real] = p.JobFile(real, digest.mode, digest.sha256, digest.size, uid=digest.uid, gid=digest.gid,
+                                    acl=acl_of(host))  # fmt: skip
         ordered = sorted(dirs.values(), key=lambda f: f.path)
-        return tuple(ordered + list(links.values()) + list(files.values()))
+        return tuple(ordered + list(links.values()) + [entry for entry in files.values() if entry is not None])
 
     # --- internals ----------------------------------------------------------------------------------------
 
@@ -503,18 +536,20 @@ class ManifestBuilder:
         current = program
         for _ in range(MAX_SHEBANG_DEPTH + 1):
             paths.append(current)
-            if is_elf(sysroot, current):
+            if _is_elf(sysroot, current):
                 paths += self._elf_closure(resolver, program, current)
                 break
             try:
-                with open(sysroot.host(sysroot.resolve(current).real), "rb") as f:
+                with open_regular(str(sysroot.host(sysroot.resolve(current).real))) as f:
                     shebang = parse_shebang(f.read(256))
+            except NotRegularFile:
+                raise JobError(f"{current}: not a regular file on the master", hint="name a program") from None
             except (OSError, BeobootError) as exc:
                 raise JobError(f"{current}: cannot read it on the master: {exc}") from None
             if shebang is None:
                 raise JobError(f"{current}: neither an ELF program nor a '#!' script", hint="name a program")
             command = env_command(shebang)
-            if command is None or not is_elf(sysroot, shebang[0]):
+            if command is None or not _is_elf(sysroot, shebang[0]):
                 current = shebang[0]
                 continue
             # '#!/usr/bin/env python3': env finds the command on the job's PATH on the node, where only
@@ -580,6 +615,20 @@ class ManifestBuilder:
             raise JobError(f"{program}: {exc.message}", hint=exc.hint) from None
 
 
+def _is_elf(sysroot: Sysroot, path: str) -> bool:
+    """ldso.is_elf() for a path a job named: only a regular file is opened, so a FIFO never blocks beoserv."""
+    try:
+        with open_regular(str(sysroot.host(sysroot.resolve(path).real))) as f:
+            return f.read(len(ELF_MAGIC)) == ELF_MAGIC
+    except (OSError, BeobootError):
+        return False
+
+
+def _close_watches(described: _Described) -> None:
+    for watch in described.watches:
+        watch.close()
+
+
 def env_command(shebang: tuple[str, ...]) -> str | None:
     """NAME of a '#!/usr/bin/env [-S] [-i] [VAR=VALUE...] NAME ...' line; None for any other interpreter."""
     if posixpath.basename(shebang[0]) != "env" or len(shebang) < 2:
@@ -602,7 +651,7 @@ def _interpreter_of(command: str, path_env: str) -> tuple[str, str, tuple[str, .
     that cannot be read), the '#!' interpreter of a script ('#!/usr/bin/env NAME': NAME on this PATH)."""
     itself = (command, os.path.realpath(command), ())
     try:
-        with open(command, "rb") as f:
+        with open_regular(command) as f:
             shebang = parse_shebang(f.read(256))
     except OSError:
         return itself

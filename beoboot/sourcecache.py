@@ -6,15 +6,20 @@ read() of the inotify descriptor, and no file is read again.
 
 from __future__ import annotations
 
+import os
+import stat
 import threading
-from collections.abc import Callable, Hashable, Iterable
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import BinaryIO, Generic, TypeVar
 
 from beoboot.master.objects import StatKey, key_of
 from beoboot.sourcewatch import SourceWatch
 
 T = TypeVar("T")
+K = TypeVar("K")
+V = TypeVar("V")
 MAX_FILES = 100000  # files remembered: past this, forgotten and read again as needed, not kept forever
 MAX_SEARCHES = 1024
 
@@ -42,14 +47,76 @@ class PerFile(Generic[T]):
 
 
 def read_text(path: str, key: StatKey | None, limit: int) -> str:
-    """A source file's text ("" when it is gone, unreadable or larger than `limit`)."""
+    """A source file's text ("" when it is gone, unreadable, no regular file or larger than `limit`)."""
     if key is None or key[2] > limit:
         return ""
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             return f.read().decode("utf-8", "replace")
     except OSError:
         return ""
+
+
+class NotRegularFile(OSError):
+    """A path a job names that is a FIFO, socket, device or directory, where a file was to be read."""
+
+
+FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+              (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))  # fmt: skip
+
+
+def open_regular(path: str) -> BinaryIO:
+    """`path` opened for reading, if it is a regular file; NotRegularFile otherwise. beoserv reads what
+    users name as root, some of it on its event loop: open() of a FIFO waits for a writer and read() of a
+    device may never end, stopping every job. O_NONBLOCK makes the open return at once, and fstat() of
+    what was opened (not a stat() before it, which a rename could outrun) says what it is."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = next((name for test, name in FILE_KINDS if test(mode)), "no regular file")
+        raise NotRegularFile(f"{path}: not a regular file on the master ({kind})")
+    return os.fdopen(fd, "rb")
+
+
+class RecentlyUsed(Generic[K, V]):
+    """A dict of at most `limit` entries: past it, the least recently used one goes, and so does one replaced,
+    each handed to `dropped` (which closes the inotify watches it holds). Any user can have beoserv describe
+    tree after tree; kept for ever, each would hold its files' entries and a watch per directory until
+    fs.inotify.max_user_watches ran out for every root process. Not locked: its owner's lock guards it."""
+
+    def __init__(self, limit: int, dropped: Callable[[V], object] = lambda value: None) -> None:
+        self._limit = limit
+        self._dropped = dropped
+        self._entries: OrderedDict[K, V] = OrderedDict()
+
+    def get(self, key: K) -> V | None:
+        value = self._entries.get(key)
+        if value is not None:
+            self._entries.move_to_end(key)
+        return value
+
+    def put(self, key: K, value: V) -> None:
+        old = self._entries.pop(key, None)
+        if old is not None and old is not value:
+            self._dropped(old)
+        self._entries[key] = value
+        while len(self._entries) > self._limit:
+            self._dropped(self._entries.popitem(last=False)[1])
+
+    def drop(self, key: K) -> None:
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self._dropped(old)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._entries
+
+    def __iter__(self) -> Iterator[K]:
+        return iter(list(self._entries))
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 @dataclass
