@@ -52,6 +52,12 @@ class JobSlot:
     ended: bool = False
     pending: list[int] = field(default_factory=list)  # signals that came before the pid
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # set while the master takes the job's output (p.JobFlow): cleared, the pump waits and the job blocks on
+    # its pipe; set again whenever the link goes, so that the output drains and the job's end is seen
+    flowing: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        self.flowing.set()
 
     def signal(self, signum: int) -> None:
         """Signal the job now, or as soon as it starts: a Ctrl-C or a hang-up while its files are still
@@ -205,6 +211,10 @@ class JobRunner:
             slot = self._slots.get(message.job)
             if slot is not None:
                 slot.signal(message.signum)
+        elif isinstance(message, p.JobFlow):
+            slot = self._slots.get(message.job)
+            if slot is not None:
+                slot.flowing.set() if message.flowing else slot.flowing.clear()
         elif isinstance(message, p.NodePower) and self._going_down is None:
             self._going_down = message.action
             self._workers.submit(self._power, message)
@@ -239,6 +249,8 @@ class JobRunner:
         for slot in slots:
             for signum in signals:
                 slot.signal(signum)
+            if signal.SIGKILL in signals:
+                slot.flowing.set()  # the node goes down: what the killed jobs wrote drains, paced or not
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             with self._lock:
@@ -257,6 +269,7 @@ class JobRunner:
         for slot in slots:
             slot.signal(signal.SIGHUP)
             slot.stdin.put(b"")
+            slot.flowing.set()  # no one paces its output now: let it drain
 
     # --- one job ------------------------------------------------------------------------------------------
 
@@ -307,7 +320,7 @@ class JobRunner:
         for fd in (stdin_r, out_w, err_w):
             os.close(fd)
         _start_stdin(slot.stdin, stdin_w)
-        self._pump(ws, slot.job, out_r, err_r)
+        self._pump(ws, slot, out_r, err_r)
         wait_status, error = launcher.wait(slot.local_id)
         status, signum = p.shell_status(wait_status)
         slot.end()
@@ -321,7 +334,8 @@ class JobRunner:
             launcher = self.launcher = Launcher.shared(self.env_root)
         return launcher
 
-    def _pump(self, ws: WebSocket, job: int, out_r: int, err_r: int) -> None:
+    def _pump(self, ws: WebSocket, slot: JobSlot, out_r: int, err_r: int) -> None:
+        job = slot.job
         streams = {out_r: p.Stream.STDOUT, err_r: p.Stream.STDERR}
         with selectors.DefaultSelector() as selector:
             for fd in streams:
@@ -334,6 +348,7 @@ class JobRunner:
                         os.close(key.fd)
                         del streams[key.fd]
                         continue
+                    slot.flowing.wait()  # the master paused this job's output (a slow bpsh reader)
                     try:
                         ws.send_binary(io_frame(streams[key.fd], job, data))
                     except WebSocketError:

@@ -544,6 +544,16 @@ class JobSignal:
     signum: int
 
 
+@dataclass(frozen=True)
+class JobFlow:
+    """master -> node: stop sending the job's output (flowing False: its bpsh reads slower than the job
+    writes), or go on. The job then blocks on its full pipe, and the node's other jobs are not held up, as
+    they would be if the master stopped reading the node's link."""
+
+    job: int
+    flowing: bool
+
+
 class PowerAction(enum.StrEnum):
     REBOOT = "reboot"  # the node boots again, from the network
     HALT = "halt"  # the CPUs stop; the machine stays powered
@@ -577,7 +587,7 @@ class JobList:
 
 
 FRAME_TYPES: dict[str, type] = {
-    cls.__name__: cls for cls in (JobRequest, JobStart, JobStarted, JobExit, JobSignal, NodePower)
+    cls.__name__: cls for cls in (JobRequest, JobStart, JobStarted, JobExit, JobSignal, JobFlow, NodePower)
 }
 
 

@@ -120,3 +120,18 @@ def test_a_node_list_of_millions_is_refused_at_once_in_a_line(cluster):
     assert len(result.stderr) < 500 and time.monotonic() - started < 5
     result = bpsh(cluster, "0-40", "true")
     assert "node 1, 2, 3, 4, 5, 6, 7, 8, 9, 10 and 30 more are not up" in result.stderr
+
+
+def test_one_slow_reader_does_not_hold_up_the_nodes_other_jobs(cluster):
+    """A bpsh whose output no one reads: its job is held on the node (JobFlow), not the node's link, which
+    every other job on that node (another user's too) needs."""
+    stalled = subprocess.Popen(bpsh_argv(cluster.bpsh_socket, "0", "yes"), stdout=subprocess.PIPE)  # never read
+    try:
+        time.sleep(1.5)  # the pipe and beoserv's queue fill up
+        started = time.monotonic()
+        result = bpsh(cluster, "0", "echo", "through")
+        assert (result.returncode, result.stdout) == (0, "through\n")
+        assert time.monotonic() - started < 5
+    finally:
+        stalled.stdout.close()  # as `bpsh 0 yes | head` ends: the job gets SIGPIPE, its held output drains
+        assert stalled.wait(30) == 128 + signal.SIGPIPE

@@ -13,7 +13,8 @@ output straight to this terminal or pipe and reads stdin from it (forwarded to e
 on; -n: none). beoserv takes the user and group from the socket (SO_PEERCRED), not from anything the
 client says, so a user can run jobs only as themself. Then the client waits for one message, the exit
 status: a job's exit code, 128+N for a job killed by signal N (as a shell says), the highest when several
-nodes ran it, 255 when beoserv went away first (as ssh does for a lost connection).
+nodes ran it, 255 when beoserv went away first (as ssh does for a lost connection), 2 for a bad command
+line or a request too big to send.
 
 Signals: SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 sent to bpsh are forwarded to the jobs'
 process groups. Ctrl-Z stops the remote jobs and then bpsh; `fg`/`bg` (SIGCONT) continues both. A plain
@@ -35,6 +36,8 @@ SOCKET_ENV = "BEOSERV_SOCKET"
 DEFAULT_SOCKET = "/run/beoserv/bpsh.sock"
 NO_EXIT = 255  # beoserv went away before the status came back (ssh answers 255 likewise)
 MAX_REQUEST = 1 << 20
+USAGE_EXIT = 2  # a bad command line, or a request too big to send
+EMSGSIZE = 90  # Linux's errno value; the errno module is not among the client's imports
 FLAG_LETTERS = "anpsdh"  # the one-letter options without a value, which may be given together (-ap)
 SIGSTOP, SIGTSTP, SIGCONT = _signal.SIGSTOP, _signal.SIGTSTP, _signal.SIGCONT
 FORWARDED_SIGNALS = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGQUIT, _signal.SIGUSR1, _signal.SIGUSR2)
@@ -153,9 +156,10 @@ class Client:
             fds = b"".join(fd.to_bytes(4, sys.byteorder) for fd in self.fds)
             request = encode_request(self.options, posix.getcwdb(), posix.environ)
             if len(request) > MAX_REQUEST:
-                self._say(f"bpsh: the request is {len(request)} bytes (arguments and environment); at most {MAX_REQUEST}\n")
-                return NO_EXIT
-            sock.sendmsg([request], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)])
+                self._say(too_big(len(request), MAX_REQUEST, self.options, posix.environ))
+                return USAGE_EXIT
+            if not self._send_request(request, fds):
+                return USAGE_EXIT
             if signals:
                 self._install_signals()
             while True:
@@ -173,6 +177,21 @@ class Client:
                 for signum in (*FORWARDED_SIGNALS, SIGTSTP, SIGCONT):
                     _signal.signal(signum, _signal.SIG_DFL)
             sock.close()
+
+    def _send_request(self, request, fds):
+        """One record with the descriptors; False (said why) if it is too big for this system's sockets."""
+        ancillary = [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)]
+        try:
+            self.sock.sendmsg([request], ancillary)
+            return True
+        except OSError as exc:
+            if exc.errno != EMSGSIZE:
+                raise
+        # a record must fit the socket's send buffer (net.core.wmem_default, 208 KiB). A bigger buffer here
+        # would not help: the node's launcher passes the job on over a socket of that default size too
+        limit = self.sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_SNDBUF) - 32  # less the kernel's overhead
+        self._say(too_big(len(request), limit, self.options, posix.environ))
+        return False
 
     def _say(self, text):
         try:
@@ -203,12 +222,36 @@ class Client:
         _signal.signal(SIGTSTP, self._stop)
 
 
+def too_big(size, limit, options, environ):
+    """The error for a request over `limit` bytes, naming its largest part, which is usually the culprit."""
+    parts = [(len(arg.encode("utf-8", "surrogateescape")), f"argument {i} of the command")
+             for i, arg in enumerate(options.argv)]
+    parts += [(len(name) + 1 + len(value), f"environment variable {name.decode(errors='replace')}")
+              for name, value in environ.items()]
+    largest, what = max(parts)
+    return (f"bpsh: the request is {size} bytes (the command's arguments and environment); at most {limit} fit\n"
+            f"  hint: the largest part is {what} ({largest} bytes); pass fewer or shorter arguments, or unset\n"
+            f"  big variables (env -u NAME bpsh ...)\n")
+
+
+def fill_closed_stdio():
+    """Open /dev/null on any of descriptors 0, 1 and 2 that the caller closed (`bpsh 0 cat <&-`): else the
+    socket would take that number, and beoserv would read the socket as stdin (the job would never see end
+    of file) or write the job's output into it (where it reads as our requests)."""
+    for fd in (0, 1, 2):
+        try:
+            posix.fstat(fd)
+        except OSError:
+            posix.open("/dev/null", posix.O_RDWR)  # the lowest free number, which is fd: those below are open
+
+
 def main(argv=None):
+    fill_closed_stdio()
     try:
         options = parse_args(sys.argv[1:] if argv is None else argv)
     except BpshUsageError as exc:
         posix.write(2, f"bpsh: {exc}\n{USAGE}\n".encode())
-        return 2
+        return USAGE_EXIT
     except BpshHelp:
         posix.write(1, f"{USAGE}\n".encode())
         return 0

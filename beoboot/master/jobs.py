@@ -54,6 +54,10 @@ class Session:
     def starting(self, nodes: list[int]) -> None:
         """The session's jobs are about to start on these nodes."""
 
+    def congested(self, node: int) -> bool:
+        """Whether output from `node` must wait (a slow reader, or -s and not the node's turn yet)."""
+        return False
+
     async def backpressure(self, node: int) -> None:
         """Return when the session can take more output from `node`."""
 
@@ -70,6 +74,8 @@ class Job:
     row: p.JobRow
     session: Session
     link: NodeLink
+    paused: bool = False  # its output is held on the node (p.JobFlow) until the session can take more
+    pacer: asyncio.Task[None] | None = None  # what resumes it
 
 
 @dataclass
@@ -183,7 +189,8 @@ class JobHub:
                     job = self.jobs.get(job_id)
                     if job is not None and job.link is link:  # another node cannot write to this job
                         job.session.output(stream, msg.data[p.IO_HEADER_SIZE :], link.number)
-                        await job.session.backpressure(link.number)
+                        if not job.paused and job.session.congested(link.number):
+                            self._pace(job_id, job)
         finally:
             link.closed.set()
             if self.links.get(node.number) is link:
@@ -193,6 +200,20 @@ class JobHub:
                 await self._finish(job_id, p.JobExit(job_id, LINK_LOST, node=node.number, error=error))
             log.info("node %d (%s) job link down", node.number, mac)
         return ws
+
+    def _pace(self, job_id: int, job: Job) -> None:
+        """Hold this job's output on its node until its session can take more: the link goes on being read,
+        so the node's other jobs (other users' among them) are not held up by one slow reader."""
+        job.paused = True
+
+        async def pause_until_drained() -> None:
+            await _send(job.link.ws, p.JobFlow(job_id, False))
+            await job.session.backpressure(job.link.number)
+            job.paused = False
+            if job_id in self.jobs:
+                await _send(job.link.ws, p.JobFlow(job_id, True))
+
+        job.pacer = asyncio.get_running_loop().create_task(pause_until_drained())
 
     async def _from_node(self, link: NodeLink, message: object) -> None:
         """A node speaks only for its own jobs: an id of another node's job is ignored."""
@@ -209,6 +230,8 @@ class JobHub:
         job = self.jobs.pop(job_id, None)
         if job is None:
             return
+        if job.pacer is not None:
+            job.pacer.cancel()
         job.link.jobs.discard(job_id)
         job.session.jobs.discard(job_id)
         state = p.JobState.FAILED if message.error and message.status in (127, LINK_LOST) else p.JobState.EXITED
@@ -249,8 +272,14 @@ class JobHub:
                     pass
 
     async def hang_up(self, session: Session) -> None:
-        """bpsh went away while its jobs ran: they get SIGHUP, as a closed terminal's jobs would."""
+        """bpsh went away while its jobs ran: they get SIGHUP, as a closed terminal's jobs would, and their
+        output, which no one reads now, flows again so that their ends are seen."""
         await self.signal(session, SIGHUP)
+        for job_id in list(session.jobs):
+            job = self.jobs.get(job_id)
+            if job is not None and job.pacer is not None:
+                job.pacer.cancel()
+                await _send(job.link.ws, p.JobFlow(job_id, True))
 
     async def _start(self, session: Session, request: p.JobRequest) -> None:
         wanted = parse_nodes(request.nodes)

@@ -8,7 +8,8 @@ small enough to start in a few milliseconds, because beoserv writes the jobs' ou
 Writes to the client's stdout and stderr may block (a pipe to a slow reader, a terminal stopped with
 Ctrl-S), so they are done by a writer thread per session, started on the first output; the event loop
 never writes to them. stdin is read on the loop when the kernel can poll it (a terminal, a pipe, a
-socket), by a thread when it cannot (a regular file), and not at all when it is /dev/null.
+socket), by a thread when it cannot (a regular file), and not at all when it is /dev/null; either way at
+most STDIN_AHEAD chunks ahead of what the nodes took (`bpsh 0 cat </dev/zero` would fill beoserv's memory).
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ log = logging.getLogger("beoserv")
 USAGE_STATUS = 2
 READ_SIZE = 65536
 QUEUE_HIGH, QUEUE_LOW = 8 << 20, 2 << 20  # output waiting for a slow bpsh reader: stop reading the node at HIGH
+STDIN_AHEAD = 16  # chunks of stdin read and not yet sent to the nodes (1 MiB): then stop reading stdin
+PARTIAL_LINE_MAX = 64 << 10  # bpsh -p holds at most this much of a line waiting for its newline
 PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux 4.13; Python 3.11's socket module lacks the name
 GETSOCKOPT_MAX = 1024  # the largest buffer Python's getsockopt takes: 256 groups
@@ -107,20 +110,34 @@ class LinePrefixer:
 
     def __init__(self) -> None:
         self._partial: dict[tuple[int, int], bytes] = {}
+        self._begun: set[tuple[int, int]] = set()  # lines too long to hold, whose start is written
 
     def lines(self, node: int, stream: int, data: bytes) -> bytes:
-        text = self._partial.pop((node, stream), b"") + data
+        key = (node, stream)
+        text = self._partial.pop(key, b"") + data
         complete, newline, partial = text.rpartition(b"\n")
-        if partial:
-            self._partial[(node, stream)] = partial
-        if not newline:
-            return b""
         lead = b"%d: " % node
-        return b"".join(lead + line + b"\n" for line in complete.split(b"\n"))
+        written = b""
+        if newline:
+            written = b"".join(lead + line + b"\n" for line in complete.split(b"\n"))
+            if key in self._begun:  # the first line's start, and its lead, went out already
+                written = written[len(lead) :]
+                self._begun.discard(key)
+        if len(partial) > PARTIAL_LINE_MAX:
+            # output with no newline (a progress bar, binary data): holding it all would cost memory without
+            # bound and time quadratic in its length; the rest of the line follows without a lead
+            written += partial if key in self._begun else lead + partial
+            self._begun.add(key)
+        elif partial:
+            self._partial[key] = partial
+        return written
 
     def rest(self, node: int, stream: int) -> bytes:
         """The last line of a job that ended without a newline."""
         partial = self._partial.pop((node, stream), b"")
+        if (node, stream) in self._begun:
+            self._begun.discard((node, stream))
+            return partial + b"\n"
         return b"%d: %s\n" % (node, partial) if partial else b""
 
 
@@ -129,10 +146,11 @@ class LocalSession(Session):
 
     def __init__(
         self, hub: JobHub, loop: asyncio.AbstractEventLoop, conn: socket.socket, fds: list[int], *,
-        prefix: bool = False, sequential: SequentialOutput | None = None,
+        prefix: bool = False, sequential: SequentialOutput | None = None, client_pid: int = 0,
     ) -> None:  # fmt: skip
         super().__init__()
         self.hub, self.loop, self.conn = hub, loop, conn
+        self.client_pid = client_pid  # bpsh's, from SO_PEERCRED: 0 if unknown
         self.prefixes = LinePrefixer() if prefix else None
         self.sequential = sequential  # bpsh -s / -d
         self._turn_came: asyncio.Event | None = None  # set when a node's held output was written (-s)
@@ -143,7 +161,9 @@ class LocalSession(Session):
         self._queued_lock = threading.Lock()
         self._drained: asyncio.Event | None = None  # set when the writer got below QUEUE_LOW
         self._stdin_chunks: asyncio.Queue[bytes] = asyncio.Queue()
-        self._stdin_polled = self._stdin_paused = self._stdin_done = False
+        self._stdin_ahead = 0  # chunks read and not yet sent to the nodes
+        self._stdin_room = threading.Semaphore(STDIN_AHEAD)  # the same bound for the thread reading a file
+        self._stdin_polled = self._stdin_paused = self._stdin_done = self._stdin_watched = False
         self._closed = False
 
     # --- from the hub -------------------------------------------------------------------------------------
@@ -200,11 +220,17 @@ class LocalSession(Session):
 
     # --- output -------------------------------------------------------------------------------------------
 
+    def congested(self, node: int) -> bool:
+        """More than QUEUE_HIGH bytes of output wait for a slow reader (`bpsh 0 cat big | less`), or, with
+        -s, the nodes before this one have not ended: the hub then holds the job's output on its node
+        (p.JobFlow), where the job blocks on its pipe, instead of beoserv holding it all in memory."""
+        if self.sequential is not None and self.sequential.must_wait(node, QUEUE_HIGH):
+            return True
+        with self._queued_lock:
+            return self._queued > QUEUE_HIGH
+
     async def backpressure(self, node: int) -> None:
-        """Wait while more than QUEUE_HIGH bytes of output wait for a slow reader (`bpsh 0 cat big | less`),
-        or, with -s, for the nodes before this one to end: the node link is not read meanwhile, so TCP
-        stops the node and the job blocks on its pipe, instead of beoserv holding the whole output in
-        memory."""
+        """Return once the session can take more of `node`'s output (see congested)."""
         while self.sequential is not None and self.sequential.must_wait(node, QUEUE_HIGH):
             if self._turn_came is None:
                 self._turn_came = asyncio.Event()
@@ -212,8 +238,10 @@ class LocalSession(Session):
         with self._queued_lock:
             if self._queued <= QUEUE_HIGH:
                 return
-            self._drained = asyncio.Event()
-        await self._drained.wait()
+            if self._drained is None:  # one event for every node waiting: a second must not orphan the first's
+                self._drained = asyncio.Event()
+            drained = self._drained
+        await drained.wait()
 
     def _write(self, fd: int, data: bytes) -> None:
         if self._writes is None:
@@ -291,8 +319,8 @@ class LocalSession(Session):
             signum = int(data[1:])
             if signum == signal.SIGSTOP:  # Ctrl-Z: a stopped bpsh reads nothing, so neither does beoserv for it
                 self._pause_stdin(True)
-            elif signum == signal.SIGCONT:
-                self._pause_stdin(False)
+            elif signum == signal.SIGCONT:  # `fg`, or `bg`, after which bpsh may no longer read its terminal
+                self._pause_stdin(not self._client_in_foreground())
             self._signal_jobs(signum)
 
     # --- stdin --------------------------------------------------------------------------------------------
@@ -301,14 +329,15 @@ class LocalSession(Session):
         """After the jobs started: read stdin and give every chunk to every job, until end of file."""
         try:
             self.loop.add_reader(self.stdin_fd, self._stdin_readable)
-            self._stdin_polled = True
+            self._stdin_polled = self._stdin_watched = True
         except PermissionError:  # epoll refuses regular files: they never block, a thread reads them
             threading.Thread(target=self._read_file_stdin, name="bpsh-stdin", daemon=True).start()
         while self.jobs:
             chunk = await self._stdin_chunks.get()
-            await self.hub.stdin(self, chunk)
+            await self.hub.stdin(self, chunk)  # waits while the node links' buffers are full
             if not chunk:
                 break
+            self._stdin_sent()
 
     def _stdin_readable(self) -> None:
         try:
@@ -319,32 +348,67 @@ class LocalSession(Session):
             chunk = b""
         if not chunk:
             self._stop_stdin()
-        self._stdin_chunks.put_nowait(chunk)
+        self._queue_stdin(chunk)
 
     def _read_file_stdin(self) -> None:
-        while not self._stdin_done:
+        while True:
+            self._stdin_room.acquire()  # released as the nodes take a chunk, and when stdin is done
+            if self._stdin_done:
+                break
             try:
                 chunk = os.read(self.stdin_fd, READ_SIZE)
             except OSError:
                 chunk = b""
-            self.loop.call_soon_threadsafe(self._stdin_chunks.put_nowait, chunk)
+            self.loop.call_soon_threadsafe(self._queue_stdin, chunk)
             if not chunk:
                 break
 
-    def _pause_stdin(self, pause: bool) -> None:
-        if not self._stdin_polled or self._stdin_done or pause == self._stdin_paused:
-            return
-        self._stdin_paused = pause
-        if pause:
-            self.loop.remove_reader(self.stdin_fd)
+    def _queue_stdin(self, chunk: bytes) -> None:
+        self._stdin_chunks.put_nowait(chunk)
+        if chunk:
+            self._stdin_ahead += 1
+            self._watch_stdin()
+
+    def _stdin_sent(self) -> None:
+        """A chunk went to the nodes: room to read another."""
+        self._stdin_ahead -= 1
+        if self._stdin_polled:
+            self._watch_stdin()
         else:
+            self._stdin_room.release()
+
+    def _watch_stdin(self) -> None:
+        """Poll stdin while it is wanted: not at its end, not stopped (Ctrl-Z), not too far ahead of the nodes."""
+        wanted = (self._stdin_polled and not self._stdin_done and not self._stdin_paused
+                  and self._stdin_ahead < STDIN_AHEAD)  # fmt: skip
+        if wanted == self._stdin_watched:
+            return
+        self._stdin_watched = wanted
+        if wanted:
             self.loop.add_reader(self.stdin_fd, self._stdin_readable)
+        else:
+            self.loop.remove_reader(self.stdin_fd)
+
+    def _client_in_foreground(self) -> bool:
+        """Whether bpsh could read its stdin itself: not when it is a terminal whose foreground is another
+        process group of bpsh's session (the shell's, after `bg`), where a read would stop bpsh (SIGTTIN);
+        beoserv, which reads for it, would take what the user types at the prompt."""
+        try:
+            foreground = os.tcgetpgrp(self.stdin_fd)
+            if self.client_pid <= 0 or foreground == os.getpgid(self.client_pid):
+                return True
+            return os.getsid(foreground) != os.getsid(self.client_pid)  # not bpsh's controlling terminal
+        except OSError:  # not a terminal (nobody else reads it), or bpsh or the group ended
+            return True
+
+    def _pause_stdin(self, pause: bool) -> None:
+        self._stdin_paused = pause
+        self._watch_stdin()
 
     def _stop_stdin(self) -> None:
-        if self._stdin_polled and not self._stdin_done and not self._stdin_paused:
-            # before anything closes the fd: epoll watches the open file, which bpsh still has open
-            self.loop.remove_reader(self.stdin_fd)
         self._stdin_done = True
+        self._watch_stdin()  # before anything closes the fd: epoll watches the open file, which bpsh still has open
+        self._stdin_room.release()  # the thread reading a file, if it waits for room: to end
 
 
 class LocalListener:
@@ -437,7 +501,8 @@ class LocalListener:
         if stat.S_ISCHR(st.st_mode) and st.st_rdev == DEV_NULL:
             request = replace(request, stdin=False)  # the jobs get end of file at once, no reading needed
         sequential = SequentialOutput(divider="d" in letters) if "s" in letters or "d" in letters else None
-        session = LocalSession(self.hub, loop, conn, fds, prefix="p" in letters, sequential=sequential)
+        session = LocalSession(self.hub, loop, conn, fds, prefix="p" in letters, sequential=sequential,
+                               client_pid=pid)  # fmt: skip
         session.listen()
         asyncio.ensure_future(self._run(session, request))
 
