@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from agent import protocol as p
 from beoboot.errors import BeobootError
 from beoboot.elf import ELF_MAGIC
-from beoboot.jobaccess import acl_of, guard, guard_contents, readable
+from beoboot.jobaccess import AccessDenied, UserView, acl_of, guard, guard_contents, readable
 from beoboot.jobenviron import environment_paths
 from beoboot.jobimports import PythonImports, python_start
 from beoboot.jobperl import PerlModules, perl_start
@@ -41,7 +41,7 @@ from beoboot.jobpython import StdlibZips, python_version
 from beoboot.jobshell import MAX_SCRIPT, SHELLS, command_words, shell_command_text, shell_script
 from beoboot.jobusers import JobUsers
 from beoboot.ldso import LibraryResolver
-from beoboot.master.objects import ObjectStore, StatKey, key_of, stat_key
+from beoboot.master.objects import Digest, ObjectStore, StatKey, key_of, stat_key
 from beoboot.sourcecache import NotRegularFile, RecentlyUsed, open_regular
 from beoboot.sourcewatch import SourceWatch
 from beoboot.sysroot import Sysroot
@@ -519,11 +519,29 @@ class ManifestBuilder:
             guard_contents(unhashed, user.uid, user.gid, user.groups, self.root)
         for real in unhashed:
             host = str(sysroot.host(real))
-            digest = self.store.digest(host)
+            digest = self.store.digest(host) if user is None or user.uid == 0 else self._digest_as(user, host, real)
             files[real] = p.JobFile(real, digest.mode, digest.sha256, digest.size, uid=digest.uid, gid=digest.gid,
                                     acl=acl_of(host))  # fmt: skip
         ordered = sorted(dirs.values(), key=lambda f: f.path)
         return tuple(ordered + list(links.values()) + [entry for entry in files.values() if entry is not None])
+
+    def _digest_as(self, user: p.JobRequest, host: str, real: str) -> Digest:
+        """Hash the file as the job's user opens it: guard_contents asked about the path a moment before,
+        but a user who may write a directory on the way could swap a link in since (to root's file); the
+        kernel checks this open itself, and the last component, a link by now, is refused (O_NOFOLLOW)."""
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+        try:
+            with UserView(user.uid, user.gid, user.groups):
+                fd = os.open(host, flags)
+        except OSError as exc:
+            raise AccessDenied(f"{real}: changed while it was checked, or the job's user (uid {user.uid}) may not "
+                               f"read it now: {exc.strerror}", hint="run the job again") from None  # fmt: skip
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise AccessDenied(f"{real}: changed while it was checked: no regular file now", hint="run the job again")
+            return self.store.digest_opened(fd, host)
+        finally:
+            os.close(fd)
 
     # --- internals ----------------------------------------------------------------------------------------
 

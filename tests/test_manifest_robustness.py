@@ -63,6 +63,32 @@ def test_a_refused_cache_file_is_never_hashed_so_its_hash_cannot_be_probed(open_
     assert store.hashed == hashed  # nothing of the refused request was read
 
 
+def test_a_link_swapped_in_after_the_check_does_not_get_roots_file_hashed(open_dir, monkeypatch):
+    """nobody's own file passes the access check; in the moment before it is hashed, nobody (who may write
+    that directory) puts a link to root's secret in its place. The hashing opens the file as nobody,
+    without following a last link: the job is refused, and the secret never reaches the store."""
+    secret, guessed = secret_in(open_dir)
+    home = open_dir / "home"
+    home.mkdir()
+    os.chown(home, NOBODY, NOGROUP)
+    mine = home / "data"
+    mine.write_text("nobody's own\n")
+    os.chown(mine, NOBODY, NOGROUP)
+    checked = jobmanifest.guard_contents
+
+    def check_then_swap(paths, *args, **kwargs):
+        checked(paths, *args, **kwargs)
+        if str(mine) in paths:
+            mine.unlink()
+            mine.symlink_to(secret)  # as nobody could: the directory is theirs
+
+    monkeypatch.setattr(jobmanifest, "guard_contents", check_then_swap)
+    store = ObjectStore()
+    with pytest.raises(AccessDenied, match=f"{mine}: changed while it was checked"):
+        ManifestBuilder(store).build(nobodys("/bin/true", cache=(str(mine),)))
+    assert store.lookup(guessed) is None
+
+
 def test_a_refused_file_in_a_private_directory_is_named_by_the_directory_and_never_hashed(open_dir):
     private = open_dir / "private"
     private.mkdir(mode=0o700)

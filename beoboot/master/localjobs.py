@@ -39,6 +39,7 @@ USAGE_STATUS = 2
 READ_SIZE = 65536
 QUEUE_HIGH, QUEUE_LOW = 8 << 20, 2 << 20  # output waiting for a slow bpsh reader: stop reading the node at HIGH
 STDIN_AHEAD = 16  # chunks of stdin read and not yet sent to the nodes (1 MiB): then stop reading stdin
+FOREGROUND_POLL = 0.1  # s: how soon a `fg` of a bpsh running in the background gets its stdin forwarded
 PARTIAL_LINE_MAX = 64 << 10  # bpsh -p holds at most this much of a line waiting for its newline
 PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux 4.13; Python 3.11's socket module lacks the name
@@ -165,6 +166,7 @@ class LocalSession(Session):
         self._stdin_room = threading.Semaphore(STDIN_AHEAD)  # the same bound for the thread reading a file
         self._stdin_polled = self._stdin_paused = self._stdin_done = self._stdin_watched = False
         self._closed = False
+        self._stopped = False  # by Ctrl-Z, until a SIGCONT
 
     # --- from the hub -------------------------------------------------------------------------------------
 
@@ -318,9 +320,11 @@ class LocalSession(Session):
         if data[:1] == b"S" and data[1:].isdigit():
             signum = int(data[1:])
             if signum == signal.SIGSTOP:  # Ctrl-Z: a stopped bpsh reads nothing, so neither does beoserv for it
+                self._stopped = True
                 self._pause_stdin(True)
             elif signum == signal.SIGCONT:  # `fg`, or `bg`, after which bpsh may no longer read its terminal
-                self._pause_stdin(not self._client_in_foreground())
+                self._stopped = False
+                self._follow_foreground()
             self._signal_jobs(signum)
 
     # --- stdin --------------------------------------------------------------------------------------------
@@ -390,16 +394,33 @@ class LocalSession(Session):
             self.loop.remove_reader(self.stdin_fd)
 
     def _client_in_foreground(self) -> bool:
-        """Whether bpsh could read its stdin itself: not when it is a terminal whose foreground is another
-        process group of bpsh's session (the shell's, after `bg`), where a read would stop bpsh (SIGTTIN);
-        beoserv, which reads for it, would take what the user types at the prompt."""
-        try:
-            foreground = os.tcgetpgrp(self.stdin_fd)
-            if self.client_pid <= 0 or foreground == os.getpgid(self.client_pid):
-                return True
-            return os.getsid(foreground) != os.getsid(self.client_pid)  # not bpsh's controlling terminal
-        except OSError:  # not a terminal (nobody else reads it), or bpsh or the group ended
+        """Whether bpsh could read its stdin itself: not when that is its controlling terminal and the
+        terminal's foreground is another process group (the shell's, after `bg`), where a read would stop
+        bpsh (SIGTTIN); beoserv, which reads for it, would take what the user types at the prompt. Read from
+        /proc/PID/stat (pgrp, tty_nr, tpgid): tcgetpgrp() answers only for beoserv's own terminal."""
+        if self.client_pid <= 0 or not os.isatty(self.stdin_fd):
             return True
+        try:
+            with open(f"/proc/{self.client_pid}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+            pgrp, tty_nr, foreground = int(fields[2]), int(fields[4]), int(fields[5])
+            if tty_nr != os.fstat(self.stdin_fd).st_rdev:
+                return True  # its stdin is some other terminal, whose foreground is not its business
+        except (OSError, ValueError, IndexError):  # bpsh ended meanwhile
+            return True
+        return foreground == pgrp
+
+    def _follow_foreground(self) -> None:
+        """Forward stdin while bpsh is in its terminal's foreground. A later `fg` of a job already running
+        (after `bg`) sends it no signal, only the terminal: so while in the background, look again."""
+        background = not self._client_in_foreground()
+        self._pause_stdin(background)
+        if background and not self._stdin_done:
+            self.loop.call_later(FOREGROUND_POLL, self._recheck_foreground)
+
+    def _recheck_foreground(self) -> None:
+        if self._stdin_paused and not self._stopped and not self._closed:  # not resumed, nor stopped again
+            self._follow_foreground()
 
     def _pause_stdin(self, pause: bool) -> None:
         self._stdin_paused = pause

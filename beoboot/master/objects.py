@@ -8,8 +8,10 @@ read every library every time: hashes are cached per (device, inode, size, mtime
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from beoboot.manifest import sha256_file
@@ -52,20 +54,40 @@ class ObjectStore:
     def digest(self, path: str) -> Digest:
         """The sha256 of the regular file at `path` (links followed), read only when its stat key is new."""
         st = os.stat(path)
-        key = stat_key(st)
+        known = self._known(stat_key(st), lambda: sha256_file(path), lambda: stat_key(os.stat(path)))
+        if known is None:  # rewritten while it was read
+            return self.digest(path)
+        return self._remember(Digest(os.path.realpath(path), known, st.st_size, st.st_mode & 0o7777, stat_key(st),
+                                     st.st_uid, st.st_gid))  # fmt: skip
+
+    def digest_opened(self, fd: int, path: str) -> Digest:
+        """digest() of a file already open: what that open gave (as the job's user), not whatever `path`
+        names by the time it is read, which a user's link swapped in meanwhile could make another user's
+        file. The store serves it from `path` while the stat key there is still this one."""
+        st = os.fstat(fd)
+        known = self._known(stat_key(st), lambda: _sha256_of_descriptor(fd), lambda: stat_key(os.fstat(fd)))
+        if known is None:
+            return self.digest_opened(fd, path)
+        return self._remember(Digest(path, known, st.st_size, st.st_mode & 0o7777, stat_key(st), st.st_uid, st.st_gid))
+
+    def _known(self, key: StatKey, read: Callable[[], str], key_now: Callable[[], StatKey]) -> str | None:
+        """The hash for this stat key, read if new; None if the file changed while it was read (a hash
+        stored under a key that no longer matches it would be served for other bytes)."""
         with self._lock:
             known = self._by_key.get(key)
-        if known is None:
-            known = sha256_file(path)
-            # a file rewritten while it was read would be stored under a key that no longer matches it
-            if stat_key(os.stat(path)) != key:
-                return self.digest(path)
-            with self._lock:
-                self._by_key[key] = known
-                self.hashed += 1
-        found = Digest(os.path.realpath(path), known, st.st_size, st.st_mode & 0o7777, key, st.st_uid, st.st_gid)
+        if known is not None:
+            return known
+        known = read()
+        if key_now() != key:
+            return None
         with self._lock:
-            self._by_hash[known] = found
+            self._by_key[key] = known
+            self.hashed += 1
+        return known
+
+    def _remember(self, found: Digest) -> Digest:
+        with self._lock:
+            self._by_hash[found.sha256] = found
         return found
 
     def lookup(self, sha256: str) -> str | None:
@@ -82,3 +104,9 @@ class ObjectStore:
         with self._lock:
             self._by_hash.pop(sha256, None)
         return None
+
+
+def _sha256_of_descriptor(fd: int) -> str:
+    os.lseek(fd, 0, os.SEEK_SET)
+    with open(fd, "rb", closefd=False) as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
