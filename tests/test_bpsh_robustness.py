@@ -162,3 +162,20 @@ def test_after_ctrl_z_and_bg_bpsh_leaves_the_terminal_to_the_shell_until_fg(mast
         assert "REMOTE GOT: echo" not in shell.seen
     finally:
         shell.close()
+
+
+@needs_root
+def test_a_bpsh_started_in_the_background_leaves_the_terminal_to_the_shell_until_fg(master):
+    """`bpsh 0 cat &` at a prompt: the terminal's input is the shell's until `fg` hands it over."""
+    shell = InteractiveShell()
+    try:
+        shell.type("", "$ ")
+        job = "while read l; do echo \"REMOTE GOT: $l\"; done"
+        shell.type(shlex.join(bpsh_argv(master.bpsh_socket, "0", "sh", "-c", job)) + " &\n", "$ ")
+        time.sleep(1)  # the job runs and beoserv is forwarding what it may
+        shell.type("echo SHELL RAN; echo ''THIS\n", "SHELL RAN\r\nTHIS")
+        shell.type("fg\n", "while read")
+        shell.type("second\n", "REMOTE GOT: second")
+        assert "REMOTE GOT: echo" not in shell.seen
+    finally:
+        shell.close()

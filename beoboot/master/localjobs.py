@@ -334,6 +334,7 @@ class LocalSession(Session):
         try:
             self.loop.add_reader(self.stdin_fd, self._stdin_readable)
             self._stdin_polled = self._stdin_watched = True
+            self._follow_foreground()  # `bpsh 0 cat &` at a prompt: the terminal is the shell's until `fg`
         except PermissionError:  # epoll refuses regular files: they never block, a thread reads them
             threading.Thread(target=self._read_file_stdin, name="bpsh-stdin", daemon=True).start()
         while self.jobs:
