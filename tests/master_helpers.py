@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -11,6 +12,7 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 LISTENING = re.compile(r"listening on (http://127\.0\.0\.1:\d+)/")
@@ -141,3 +143,19 @@ def let_others_reach(socket: Path) -> None:
         if str(parent) in ("/", "/tmp"):
             break
         os.chmod(parent, os.stat(parent).st_mode | 0o011)
+
+
+@contextlib.contextmanager
+def simulated_cluster(work: Path, nodes: int = 1) -> Iterator[MasterProcess]:
+    """A beoserv with its boot tree, registry and log in `work`, and `nodes` simulated nodes, all up; both
+    stopped at the end."""
+    (work / "boot").mkdir()
+    master = MasterProcess(work / "boot", work / "nodes.db", work / "beoserv.log").start()
+    sim = start_simnodes(master.url, work, nodes)
+    try:
+        yield master
+    finally:
+        sim.send_signal(signal.SIGTERM)
+        sim.wait(10)
+        master.stop()
+

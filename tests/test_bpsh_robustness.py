@@ -12,21 +12,15 @@ import time
 import pytest
 
 from beoboot.master.localjobs import PARTIAL_LINE_MAX, LinePrefixer
-from master_helpers import MasterProcess, bpsh_argv, start_simnodes
+from master_helpers import bpsh_argv, simulated_cluster
 
 needs_root = pytest.mark.skipif(os.getuid() != 0, reason="simulated nodes chroot their jobs: needs root")
 
 
 @pytest.fixture(scope="module")
 def master(tmp_path_factory):
-    work = tmp_path_factory.mktemp("cluster")
-    (work / "boot").mkdir()
-    master = MasterProcess(work / "boot", work / "nodes.db", work / "beoserv.log").start()
-    sim = start_simnodes(master.url, work, 1)
-    yield master
-    sim.send_signal(signal.SIGTERM)
-    sim.wait(10)
-    master.stop()
+    with simulated_cluster(tmp_path_factory.mktemp("cluster")) as master:
+        yield master
 
 
 def bpsh_with(redirect, master, *args, **kwargs):

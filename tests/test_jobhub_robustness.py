@@ -20,21 +20,15 @@ import aiohttp
 import pytest
 
 from agent import protocol as p
-from master_helpers import MasterProcess, bpsh_argv, start_simnodes
+from master_helpers import bpsh_argv, simulated_cluster
 
 pytestmark = pytest.mark.skipif(os.getuid() != 0, reason="simulated nodes chroot their jobs: needs root")
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    work = tmp_path_factory.mktemp("hub")
-    (work / "boot").mkdir()
-    master = MasterProcess(work / "boot", work / "nodes.db", work / "beoserv.log").start()
-    sim = start_simnodes(master.url, work, 1)
-    yield master
-    sim.send_signal(signal.SIGTERM)
-    sim.wait(10)
-    master.stop()
+    with simulated_cluster(tmp_path_factory.mktemp("hub")) as master:
+        yield master
 
 
 def bpsh(master, *args, **kwargs):
