@@ -5,6 +5,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Fuzzing: every parser's property test runs a small budget in the suite; benchmarks/fuzz.py runs the same
+# properties with BEOBOOT_FUZZ=long for a long one.
+settings.register_profile("suite", max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("long", max_examples=int(os.environ.get("BEOBOOT_FUZZ_EXAMPLES", "20000")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("BEOBOOT_FUZZ", "suite"))
 
 ROOT = Path(__file__).resolve().parent.parent
 BEOBOOT = [sys.executable, "-m", "beoboot"]
