@@ -13,6 +13,7 @@ import os
 import threading
 
 PASSWD_FIELDS, GROUP_FIELDS = 7, 4
+ACCOUNT_FILES = {PASSWD_FIELDS: "etc/passwd", GROUP_FIELDS: "etc/group"}  # in the environment root
 
 
 class AccountError(ValueError):
@@ -28,8 +29,7 @@ def check_entry(entry: str, fields: int) -> list[str]:
 
 class Accounts:
     def __init__(self, env_root: str) -> None:
-        self.paths = {PASSWD_FIELDS: os.path.join(env_root, "etc/passwd"),
-                      GROUP_FIELDS: os.path.join(env_root, "etc/group")}  # fmt: skip
+        self.paths = {fields: os.path.join(env_root, name) for fields, name in ACCOUNT_FILES.items()}
         self._known: set[str] = set()  # entries written (or found) already
         self._lock = threading.Lock()
 

@@ -16,8 +16,11 @@ cannot edit a library in place under every other job that shares it. An object i
 unique name, its hash checked, then renamed into OBJECTS: a reader sees a whole, verified object or none;
 a mismatch is thrown away and fetched again.
 
-Job paths are resolved as the jobs see them, never through a link a user's job made, and every change is
+Job paths are resolved as the jobs see them, only through links that are root's choice, and every change is
 made through a descriptor of the directory found (agent.rootpaths): a job cannot point the agent elsewhere.
+A link a manifest brings is made with its owner on the master, so a user's link stays one. The node's own
+paths (the libcache, and AGENT_FILES) are never a job path: a manifest that names one, or leads to one
+through a link, is refused before anything of it is written.
 
 Eviction: least recently used objects that no running job holds go when the total passes `max_bytes`;
 their links in the environment root go with them (else the memory would stay in use).
@@ -40,10 +43,16 @@ from dataclasses import dataclass, field
 import requests
 
 from agent import protocol as p
+from agent.accounts import ACCOUNT_FILES
 from agent.download import sha256_of
-from agent.rootpaths import RootDirectories, RootPathError, is_not_a_directory, stat_at, unlink_at
+from agent.names import NAME_FILES
+from agent.rootpaths import AgentPathError, RootDirectories, RootPathError, is_not_a_directory, stat_at, unlink_at
 
 LIBCACHE_DIR = ".libcache"  # in the environment root
+# The environment root's files that the agent writes itself (the job's users and groups, the node's names),
+# or that decide for every job what it loads (ld.so.preload) and where names resolve (resolv.conf): one of
+# a job's, however reached, would be that job's user's choice for all later jobs
+AGENT_FILES = frozenset({*ACCOUNT_FILES.values(), *NAME_FILES, "etc/resolv.conf", "etc/ld.so.preload"})
 
 CHUNK = 1 << 20
 ACL_XATTR = "system.posix_acl_access"
@@ -322,29 +331,37 @@ class LibCache:
 
     def job_path(self, path: str) -> str:
         """A manifest path as a path relative to the environment root ("usr/lib/x"); LibCacheError for the
-        root itself or the libcache."""
+        root itself, the libcache or a file the agent keeps (AGENT_FILES)."""
         relative = os.path.normpath("/" + path).lstrip("/")
         if not relative or relative == LIBCACHE_DIR or relative.startswith(LIBCACHE_DIR + "/"):
             raise LibCacheError(f"job path {path!r} is not allowed: it names the environment root or its cache")
+        if relative in AGENT_FILES:
+            raise LibCacheError(f"job path /{relative} is the node's own: its agent keeps it, and no job may bring it")
         return relative
 
     def _directories(self) -> RootDirectories:
-        return RootDirectories(self.env_root, self.cache_in_root)
+        return RootDirectories(self.env_root, self.cache_in_root, AGENT_FILES)
 
     def materialise(self, files: Iterable[p.JobFile]) -> None:
         """Create every file of the manifest in the environment root: symlinks as given, regular files as
         hard links to their objects. A path that already links the right object is left alone; one that holds
         an older version is replaced by rename, so a job starting meanwhile sees the old or the new file.
-        Paths are resolved as the jobs would resolve them, inside the root (agent.rootpaths)."""
+        Paths are resolved as the jobs would resolve them, inside the root (agent.rootpaths). A manifest with
+        a path that is, or leads to, the node's own is refused (LibCacheError) before anything is written."""
         with self._lock, self._directories() as directories:
-            for entry in files:
-                relative = self.job_path(entry.path)
+            placed = [(entry, self.job_path(entry.path)) for entry in files]
+            for entry, relative in placed:
+                try:
+                    directories.check(relative)
+                except AgentPathError as exc:
+                    raise LibCacheError(f"cannot place {entry.path} in the environment root: {exc}") from None
+            for entry, relative in placed:
                 try:
                     parent, name = directories.parent(relative)
                     if entry.link:
-                        _make_symlink(parent, name, entry.link)
+                        _make_symlink(parent, name, entry)
                     elif not entry.sha256:
-                        _make_directory(parent, name, entry)
+                        _make_directory(directories, relative, parent, name, entry)
                     else:
                         self._place(self._objects[object_name(entry)], relative, parent, name)
                 except (OSError, RootPathError) as exc:
@@ -442,11 +459,16 @@ def _copy_object(source: str, tmp: str, parent: int) -> None:
             os.setxattr(out.fileno(), ACL_XATTR, acl)
 
 
-def _make_directory(parent: int, name: str, entry: p.JobFile) -> None:
+def _make_directory(directories: RootDirectories, relative: str, parent: int, name: str, entry: p.JobFile) -> None:
     """A directory with the master's mode, owner and ACL; one an earlier job made differently (on the way to
-    a file, as root's 0755) gets them now, and loses an ACL the master's no longer has. A link or a file
-    where the master has a directory is left alone; so are mount points (/tmp, /dev)."""
+    a file, as root's 0755) gets them now, and loses an ACL the master's no longer has. A link that is root's
+    choice (/lib -> usr/lib on the node, a directory on the master) or a file where the master has a
+    directory is left alone; so are mount points (/tmp, /dev). Any other link gives way to the directory:
+    paths are never walked through it, and the master's directory is what the user has now."""
     flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    present = stat_at(name, parent)
+    if present is not None and stat.S_ISLNK(present.st_mode) and not directories.trusts(relative):
+        unlink_at(name, parent)
     try:
         fd = os.open(name, flags, dir_fd=parent)
     except FileNotFoundError:
@@ -465,6 +487,7 @@ def _make_directory(parent: int, name: str, entry: p.JobFile) -> None:
         present_acl = _acl_of(fd)
         if (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, present_acl) == (mode, entry.uid, entry.gid, wanted_acl):
             return  # as it should be
+        directories.forget()  # which links below are root's choice may change with the owner and mode
         if (st.st_uid, st.st_gid) != (entry.uid, entry.gid):
             os.fchown(fd, entry.uid, entry.gid)
         os.fchmod(fd, mode)
@@ -476,21 +499,27 @@ def _make_directory(parent: int, name: str, entry: p.JobFile) -> None:
         os.close(fd)
 
 
-def _make_symlink(parent: int, name: str, link: str) -> None:
-    """The link as the master has it, made by root: job paths pass only through links root made
-    (agent.rootpaths), so one a job made (a venv made on the node) is made again. It replaces a file, but
-    not a real directory where the master has a link (/lib -> usr/lib on the node, a directory made
-    earlier): paths through it still resolve."""
+def _make_symlink(parent: int, name: str, entry: p.JobFile) -> None:
+    """The link as the master has it, with its owner there: job paths pass only through links that are
+    root's choice (agent.rootpaths), so a user's link on the master is the user's here, and one a job made
+    (a venv made on the node) is made again. It replaces a file, but not a real directory where the master
+    has a link (/lib -> usr/lib on the node, a directory made earlier): paths through it still resolve."""
     present = stat_at(name, parent)
     if present is not None:
-        if stat.S_ISLNK(present.st_mode) and present.st_uid == 0 and os.readlink(name, dir_fd=parent) == link:
+        if (stat.S_ISLNK(present.st_mode) and (present.st_uid, present.st_gid, present.st_nlink) == (entry.uid, entry.gid, 1)
+                and os.readlink(name, dir_fd=parent) == entry.link):  # fmt: skip
             return
         if stat.S_ISDIR(present.st_mode):
             return
     tmp = f"{name}.beoboot-{threading.get_ident()}"
     unlink_at(tmp, parent)
-    os.symlink(link, tmp, dir_fd=parent)
-    os.rename(tmp, name, src_dir_fd=parent, dst_dir_fd=parent)
+    os.symlink(entry.link, tmp, dir_fd=parent)
+    try:
+        os.chown(tmp, entry.uid, entry.gid, dir_fd=parent, follow_symlinks=False)
+        os.rename(tmp, name, src_dir_fd=parent, dst_dir_fd=parent)
+    except OSError:
+        unlink_at(tmp, parent)
+        raise
 
 
 def _unlink(path: str) -> None:

@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 
 from agent import protocol as p
 
+NAME_FILES = ("etc/hostname", "etc/hosts")  # under each root
+
 
 def hosts_file(reply: p.RegisterReply, address: str, master_url: str) -> str:
     """/etc/hosts: this node by its names (BeoNSS: nN and .N, and `self` and `.-2` for the machine asking),
@@ -36,8 +38,9 @@ def set_identity(reply: p.RegisterReply, address: str, master_url: str, *, root:
     if not dry_run and root == "/":
         socket.sethostname(reply.hostname)
     os.makedirs(os.path.join(root, "etc"), exist_ok=True)
-    _replace(os.path.join(root, "etc/hostname"), reply.hostname + "\n")
-    _replace(os.path.join(root, "etc/hosts"), hosts_file(reply, address, master_url))
+    hostname, hosts = NAME_FILES
+    _replace(os.path.join(root, hostname), reply.hostname + "\n")
+    _replace(os.path.join(root, hosts), hosts_file(reply, address, master_url))
 
 
 def write_env_hosts(own: str, table: str, root: str) -> None:
@@ -45,7 +48,7 @@ def write_env_hosts(own: str, table: str, root: str) -> None:
     the cluster's host table, so that a job reaches another node by name (MPI: n3, .3)."""
     own_names = {name for line in own.splitlines() for name in line.split()[1:]}
     others = [line for line in table.splitlines() if len(line.split()) > 1 and line.split()[1] not in own_names]
-    _replace(os.path.join(root, "etc/hosts"), own + "".join(line + "\n" for line in others))
+    _replace(os.path.join(root, NAME_FILES[1]), own + "".join(line + "\n" for line in others))
 
 
 def _replace(path: str, text: str) -> None:

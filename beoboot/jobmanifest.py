@@ -10,8 +10,8 @@ WRAPPERS), the locale, time zone and terminfo the job's environment names (beobo
 script an interpreter is given and the modules a Python or Perl program uses (beoboot.jobimports,
 beoboot.jobperl), and data files that libraries read (LIBRARY_DATA). Each entry carries the master's
 owner, group, mode and ACL, and the job's user must be able to read it on the master (beoboot.jobaccess).
-Every symbolic link met on the way is listed as a link, so the node's tree has the master's shape
-(/lib -> usr/lib) and files sit at their real paths.
+Every symbolic link met on the way is listed as a link, with its owner, so the node's tree has the master's
+shape (/lib -> usr/lib), files sit at their real paths, and a user's link is the user's on the node too.
 
 Closures are cached per program and re-checked by stat key on every job, with the directories the library
 search looked in (a new library there may come first now); trees (run-time directories, --cache, locales)
@@ -505,7 +505,13 @@ class ManifestBuilder:
             except BeobootError as exc:
                 raise JobError(f"{path}: {exc.message}") from None
             for link, target in resolved.links:
-                links.setdefault(link, p.JobFile(link, 0o777, link=target))
+                if link not in links:  # with its owner: a node follows only links root chose (agent.rootpaths)
+                    try:
+                        owner = os.lstat(sysroot.host(link))
+                    except OSError as exc:
+                        raise JobError(f"{path}: the link {link} changed while it was described: {exc.strerror}",
+                                       hint="run the job again") from None  # fmt: skip
+                    links[link] = p.JobFile(link, 0o777, link=target, uid=owner.st_uid, gid=owner.st_gid)
             st = os.stat(sysroot.host(resolved.real))
             if stat.S_ISDIR(st.st_mode):
                 if directory or resolved.real != "/":

@@ -267,10 +267,66 @@ def test_a_link_a_users_job_made_is_never_followed(server, env_root, tmp_path):
             cache.materialise([entry])
     assert os.stat(env_root / "etc").st_uid == 0 and stat.S_IMODE(os.stat(env_root / "etc").st_mode) == 0o755
     assert os.listdir(outside) == []
-    # where the master has that link too, the manifest names it and the agent makes it again, as root's
-    cache.materialise([p.JobFile("/home/u/out", 0o777, link="/opt/out"), tool])
-    assert os.lstat(home / "out").st_uid == 0 and (env_root / "opt/out/tool").read_bytes() == b"t"
-    assert os.listdir(outside) == []
+    # where the master has that link too, the manifest brings it with its owner there, the user: made again
+    # as the user's, it is still no way through; the master names the file at its real path
+    cache.materialise([p.JobFile("/home/u/out", 0o777, link="/opt/out", uid=1000, gid=1000)])
+    assert os.lstat(home / "out").st_uid == 1000 and os.readlink(home / "out") == "/opt/out"
+    with pytest.raises(LibCacheError, match="a link that uid 1000 made"):
+        cache.materialise([tool])
+    cache.materialise([replace(tool, path="/opt/out/tool")])
+    assert (env_root / "opt/out/tool").read_bytes() == b"t" and os.listdir(outside) == []
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="chown needs root, as the node's agent is")
+def test_a_link_a_manifest_brings_keeps_its_masters_owner_and_gives_way_to_the_masters_directory(server, env_root):
+    """A user's `~/evil -> /etc` on the master is the user's on the node: no path is walked through it; and
+    once ~/evil is the user's directory on the master, the next manifest's directory replaces the link, so
+    the user's files land there, not in /etc."""
+    a_users_home(env_root)
+    (env_root / "etc").mkdir()
+    (env_root / "etc/passwd").write_text("root:x:0:0::/:/bin/sh\n")
+    cache = cache_for(env_root, server)
+    cache.materialise([p.JobFile("/home/u/evil", 0o777, link="/etc", uid=1000, gid=1000)])
+    assert os.lstat(env_root / "home/u/evil").st_uid == 1000
+    passwd = replace(server.add("/home/u/evil/passwd", b"root::0:0::/:/bin/sh\n", 0o644), uid=1000, gid=1000)
+    cache.ensure([passwd])
+    cache.materialise([p.JobFile("/home/u/evil", 0o755, uid=1000, gid=1000), passwd])
+    assert (env_root / "etc/passwd").read_text() == "root:x:0:0::/:/bin/sh\n"
+    assert not os.path.islink(env_root / "home/u/evil") and os.stat(env_root / "home/u/evil").st_uid == 1000
+    assert (env_root / "home/u/evil/passwd").read_bytes() == b"root::0:0::/:/bin/sh\n"
+
+
+def test_a_file_the_agent_keeps_is_refused_directly_or_through_roots_link_and_nothing_is_written(server, env_root):
+    """/etc/passwd named, or reached through a link root made on the node (/srv/e -> /etc, /srv/up -> ../../..):
+    the manifest is refused by name before any of its paths is made."""
+    (env_root / "etc").mkdir()
+    (env_root / "etc/passwd").write_text("root:x:0:0::/:/bin/sh\n")
+    (env_root / "srv").mkdir()
+    os.symlink("/etc", env_root / "srv/e")
+    os.symlink("../../..", env_root / "srv/up")
+    cache = cache_for(env_root, server)
+    for path, message in (("/etc/passwd", "/etc/passwd is the node's own"),
+                          ("/srv/e/passwd", "/srv/e/passwd leads to /etc/passwd, which is the node's own"),
+                          ("/srv/up/etc/ld.so.preload", "leads to /etc/ld.so.preload, which is the node's own")):  # fmt: skip
+        evil = server.add(path, b"evil", 0o644)
+        cache.ensure([evil])
+        manifest = [p.JobFile("/opt/new", 0o755), p.JobFile("/opt/l", 0o777, link="x"), evil]
+        with pytest.raises(LibCacheError, match=message):
+            cache.materialise(manifest)
+        assert not (env_root / "opt").exists() and not (env_root / "etc/ld.so.preload").exists()
+    assert (env_root / "etc/passwd").read_text() == "root:x:0:0::/:/bin/sh\n"
+
+
+def test_a_link_to_a_file_the_agent_keeps_is_replaced_never_written_through(server, env_root):
+    (env_root / "etc").mkdir()
+    (env_root / "etc/passwd").write_text("root:x:0:0::/:/bin/sh\n")
+    cache = cache_for(env_root, server)
+    cache.materialise([p.JobFile("/home/pw", 0o777, link="/etc/passwd")])
+    mine = server.add("/home/pw", b"mine", 0o644)
+    cache.ensure([mine])
+    cache.materialise([mine])
+    assert (env_root / "home/pw").read_bytes() == b"mine" and not os.path.islink(env_root / "home/pw")
+    assert (env_root / "etc/passwd").read_text() == "root:x:0:0::/:/bin/sh\n"
 
 
 def test_no_path_leads_into_the_libcache(server, env_root):
