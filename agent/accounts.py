@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import threading
 
+from agent.rootpaths import replace_file
+
 PASSWD_FIELDS, GROUP_FIELDS = 7, 4
 ACCOUNT_FILES = {PASSWD_FIELDS: "etc/passwd", GROUP_FIELDS: "etc/group"}  # in the environment root
 
@@ -61,11 +63,7 @@ class Accounts:
         numbers = {entry.split(":")[2] for entry in entries}
         kept = [line for line in lines if not _same_account(line, fields, names, numbers)]
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.beoboot-{threading.get_ident()}"
-        with open(tmp, "w") as f:
-            f.write("".join(line + "\n" for line in kept + entries))
-        os.chmod(tmp, 0o644)
-        os.rename(tmp, path)
+        replace_file(path, "".join(line + "\n" for line in kept + entries))
 
 
 def _same_account(line: str, fields: int, names: set[str], numbers: set[str]) -> bool:

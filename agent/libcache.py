@@ -469,11 +469,13 @@ def _make_directory(directories: RootDirectories, relative: str, parent: int, na
     present = stat_at(name, parent)
     if present is not None and stat.S_ISLNK(present.st_mode) and not directories.trusts(relative):
         unlink_at(name, parent)
+    made = False
     try:
         fd = os.open(name, flags, dir_fd=parent)
     except FileNotFoundError:
         os.mkdir(name, 0o700, dir_fd=parent)  # no one else's until it has its owner and mode
         fd = os.open(name, flags, dir_fd=parent)
+        made = True
     except OSError as exc:
         if is_not_a_directory(exc):
             return
@@ -487,7 +489,8 @@ def _make_directory(directories: RootDirectories, relative: str, parent: int, na
         present_acl = _acl_of(fd)
         if (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, present_acl) == (mode, entry.uid, entry.gid, wanted_acl):
             return  # as it should be
-        directories.forget()  # which links below are root's choice may change with the owner and mode
+        if not made:  # which links below it are root's choice may change with its owner and mode
+            directories.forget()
         if (st.st_uid, st.st_gid) != (entry.uid, entry.gid):
             os.fchown(fd, entry.uid, entry.gid)
         os.fchmod(fd, mode)
@@ -506,8 +509,8 @@ def _make_symlink(parent: int, name: str, entry: p.JobFile) -> None:
     has a link (/lib -> usr/lib on the node, a directory made earlier): paths through it still resolve."""
     present = stat_at(name, parent)
     if present is not None:
-        if (stat.S_ISLNK(present.st_mode) and (present.st_uid, present.st_gid, present.st_nlink) == (entry.uid, entry.gid, 1)
-                and os.readlink(name, dir_fd=parent) == entry.link):  # fmt: skip
+        as_wanted = (present.st_uid, present.st_gid, present.st_nlink) == (entry.uid, entry.gid, 1)
+        if stat.S_ISLNK(present.st_mode) and as_wanted and os.readlink(name, dir_fd=parent) == entry.link:
             return
         if stat.S_ISDIR(present.st_mode):
             return

@@ -16,6 +16,7 @@ import threading
 from urllib.parse import urlsplit
 
 from agent import protocol as p
+from agent.rootpaths import replace_file
 
 NAME_FILES = ("etc/hostname", "etc/hosts")  # under each root
 
@@ -53,9 +54,7 @@ def write_env_hosts(own: str, table: str, root: str) -> None:
 
 def _replace(path: str, text: str) -> None:
     """Replaced by rename: a job resolving a name meanwhile reads the old file or the new one."""
-    with open(path + ".new", "w") as f:
-        f.write(text)
-    os.rename(path + ".new", path)
+    replace_file(path, text)
 
 
 class NodeNames:

@@ -14,13 +14,15 @@ it (O_PATH | O_NOFOLLOW), holding a descriptor of every directory reached: a lin
 nothing. Links are followed inside the root (an absolute one from the root, `..` never above it), and only
 links that are root's choice, which is when all of these hold:
   * the link is root's on the node. A manifest makes each link with its owner on the master (a user's link
-    there is the user's here), and a job can only make links of its own user;
+    there is the user's here), and a job can only make links of its own user (a root job's are root's
+    choice, as root's on the master are);
   * it has one name (st_nlink 1). A hard link to a symbolic link is a link of its owner's in a place
     someone else chose, with a relative target read from there, and fs.protected_hardlinks, which forbids
     it to other users, is off unless a distribution turns it on;
   * the directory holding it, and every directory above up to the environment root, is root's and no one
     else may write in it, or is root's and sticky (/tmp): elsewhere a user could rename root's link away
-    and put another in its place, there only root can. The group and other write bits say it all, ACLs
+    and put another in its place; in a sticky one only root can, and a second name another user gave
+    root's link there is refused by the rule above. The group and other write bits say it all, ACLs
     included: with an ACL, the group bits are its mask, which bounds every named user and group. The node
     holds each directory with the master's owner and mode, so a link in a directory users may write on
     the master (a 0777 one, a user's home) is in one here too, whoever owns it.
@@ -37,6 +39,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import threading
 from typing import NamedTuple
 
 MAX_LINKS = 40  # as the kernel's own limit on links followed in one lookup
@@ -189,6 +192,28 @@ class RootDirectories:
             raise OSError(errno.ELOOP, f"too many levels of links at /{real}")
         through = target.lstrip("/") if target.startswith("/") else f"{parent.real}/{target}".lstrip("/")
         return self._find(through, create, links + 1)
+
+
+def replace_file(path: str, text: str, mode: int = 0o644) -> None:
+    """Write `path` whole by a temporary name and rename, so a reader sees the old file or the new one; the
+    temporary is made afresh (O_EXCL, O_NOFOLLOW): a link left at its name is never written through."""
+    tmp = f"{path}.beoboot-{threading.get_ident()}"
+    try:
+        os.unlink(tmp)
+    except FileNotFoundError:
+        pass
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    try:
+        with open(fd, "w", closefd=False) as f:
+            f.write(text)
+        os.fchmod(fd, mode)  # not the umask's
+    finally:
+        os.close(fd)
+    try:
+        os.rename(tmp, path)
+    except OSError:
+        os.unlink(tmp)
+        raise
 
 
 def unlink_at(name: str, dir_fd: int) -> None:

@@ -25,7 +25,21 @@ def test_the_cluster_table_adds_the_other_nodes_once(tmp_path):
     own = hosts_file(REPLY, "10.54.0.13/24", "http://10.54.0.1:8080/")
     write_env_hosts(own, "10.54.0.10 n0 .0\n10.54.0.13 n3 .3\n10.54.0.14 n4 .4\n", root=str(tmp_path))
     assert (tmp_path / "etc/hosts").read_text() == own + "10.54.0.10 n0 .0\n10.54.0.14 n4 .4\n"
-    assert not (tmp_path / "etc/hosts.new").exists()
+    assert sorted(p.name for p in (tmp_path / "etc").iterdir()) == ["hosts"]  # no temporary left
+
+
+def test_a_link_at_the_temporary_name_is_never_written_through(tmp_path):
+    """The names are written by a temporary name in the environment root's /etc, where nothing of a job's
+    may be; were a link there anyway, the agent, root outside the chroot, would write where it points."""
+    import threading
+
+    (tmp_path / "etc").mkdir()
+    victim = tmp_path / "victim"
+    victim.write_text("untouched\n")
+    for temporary in ("hosts.new", f"hosts.beoboot-{threading.get_ident()}"):  # the names it had and has
+        (tmp_path / "etc" / temporary).symlink_to(victim)
+    write_env_hosts("127.0.0.1 localhost\n", "", root=str(tmp_path))
+    assert victim.read_text() == "untouched\n" and (tmp_path / "etc/hosts").read_text() == "127.0.0.1 localhost\n"
 
 
 def test_without_an_address_plan_the_names_follow_a_lease_that_moved_the_node(tmp_path):

@@ -17,7 +17,7 @@ import pytest
 
 from master_helpers import MasterProcess, bpsh_argv, let_others_reach, start_simnodes
 
-pytestmark = pytest.mark.skipif(os.getuid() != 0, reason="simulated nodes chroot their jobs, users via setuid: needs root")
+pytestmark = pytest.mark.skipif(os.getuid() != 0, reason="simulated nodes chroot jobs, users by setuid: needs root")
 
 USER = 1001
 OTHER = 65534

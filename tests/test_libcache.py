@@ -317,6 +317,20 @@ def test_a_file_the_agent_keeps_is_refused_directly_or_through_roots_link_and_no
     assert (env_root / "etc/passwd").read_text() == "root:x:0:0::/:/bin/sh\n"
 
 
+def test_a_directory_the_manifest_opens_to_others_stops_roots_links_in_it_for_that_same_manifest(server, env_root):
+    """srv/d was root's 0755 with root's link l -> /usr in it; the master's srv/d is 0777 now, and a user
+    put a directory of their own at l. The manifest's directory comes first: from then on l is no way
+    through, though the same manifest's walk had found it one a moment before."""
+    (env_root / "srv/d").mkdir(parents=True)
+    os.symlink("/usr", env_root / "srv/d/l")
+    cache = cache_for(env_root, server)
+    tool = server.add("/srv/d/l/lib/tool", b"t")
+    cache.ensure([tool])
+    with pytest.raises(LibCacheError, match="others than root may write"):
+        cache.materialise([p.JobFile("/srv/d", 0o777), tool])
+    assert not (env_root / "usr/lib/tool").exists()
+
+
 def test_a_link_to_a_file_the_agent_keeps_is_replaced_never_written_through(server, env_root):
     (env_root / "etc").mkdir()
     (env_root / "etc/passwd").write_text("root:x:0:0::/:/bin/sh\n")
