@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
+from agent import values
+
 AGENT_CONFIG_PATH = "/etc/beoboot/agent.json"
 
 # Stage 3 formats a blank libcache disk (libcache_format = "blank") with MKE2FS_PATH, which the builder puts
@@ -62,4 +64,20 @@ class AgentConfig:
         raw["nic_table"] = tuple(NicAlias(**row) for row in raw.get("nic_table", ()))
         raw["module_load_order"] = {k: tuple(v) for k, v in raw.get("module_load_order", {}).items()}
         raw["modules_at_start"] = tuple(raw.get("modules_at_start", ()))
-        return cls(**raw)
+        config = cls(**raw)
+        config.check()
+        return config
+
+    def check(self) -> None:
+        """ValueError for a value the agent cannot run with: JSON carries NaN and Infinity, and a watchdog
+        of NaN seconds never fires."""
+        for key, check in (
+            ("master_timeout", lambda v: values.number(v, 1, 86400)),
+            ("master_url", lambda v: v is None or values.http_url(v)),
+            ("libcache_max_bytes", lambda v: values.whole(v, 1, 1 << 50, "a number of bytes")),
+        ):
+            value = getattr(self, key)
+            try:
+                check(value)
+            except ValueError as exc:
+                raise ValueError(f"{key} = {value!r}: expected {exc}") from None

@@ -74,9 +74,11 @@ def read_config(path: str) -> AgentConfig:
             text = f.read()
     except OSError as exc:
         raise AgentError(f"cannot read agent config {path}: {exc.strerror}", hint="rebuild the image") from None
+    except UnicodeDecodeError:
+        raise AgentError(f"agent config {path} is not UTF-8 JSON", hint="rebuild the image") from None
     try:
         return AgentConfig.from_json(text)
-    except (ValueError, TypeError, KeyError) as exc:
+    except (ValueError, TypeError, KeyError, RecursionError) as exc:
         raise AgentError(f"agent config {path} is not valid: {exc}", hint="rebuild the image") from None
 
 
@@ -200,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         dry_run = options.dry_run or not is_init
         return boot(options)
     except BaseException as exc:  # noqa: BLE001 -- PID 1 must report everything, even SystemExit
-        if isinstance(exc, AgentError):
+        if isinstance(exc, (AgentError, cmdline.CmdlineError)):
             console.say(f"beoboot: agent failed: {exc}")
         else:
             import traceback

@@ -248,12 +248,8 @@ def run_without_reaper(argv: list[str]) -> subprocess.CompletedProcess[str]:
 
 
 def master_timeout(config: AgentConfig) -> float:
-    text = cmdline.read().get("master_timeout", "")
-    try:
-        return float(text) if text else config.master_timeout
-    except ValueError:
-        say(f"beoboot: beoboot.master_timeout={text!r} is not a number of seconds; using {config.master_timeout}")
-        return config.master_timeout
+    text = cmdline.read().get("master_timeout", "")  # checked there: a finite number of seconds
+    return float(text) if text else config.master_timeout
 
 
 def run(config: AgentConfig, *, dry_run: bool) -> None:

@@ -3,8 +3,10 @@ overlay and templates, each entry with the reason it is there. No bytes are writ
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,7 +16,7 @@ from agent.config import AGENT_CONFIG_PATH, MKE2FS_PATH, AgentConfig, NicAlias
 from beoboot import __version__
 from beoboot.compress import decompress
 from beoboot.config import Config, ImageConfig
-from beoboot.errors import ConfigError
+from beoboot.errors import ConfigError, ModuleError
 from beoboot.filelist import FileList, Reason
 from beoboot.kmod import KernelModules, ModuleNeed
 from beoboot.ldso import LibraryResolver
@@ -67,14 +69,16 @@ def assemble(spec: StageSpec, image: ImageConfig, ctx: BuildContext) -> FileList
     modules_at_start: list[str] = []
     if spec.agent_role:
         _add_runtime(files, ctx.runtime, ctx.sysroot, elf_roots)
-    drivers = select_drivers(ctx.kernel, list(image.drivers)) if spec.nic_drivers and image.drivers else []
+    with _config_key(ctx.config, f"images.{spec.stage.value}.drivers"):
+        drivers = select_drivers(ctx.kernel, list(image.drivers)) if spec.nic_drivers and image.drivers else []
     # A transport (virtio_pci for virtio_net) claims the PCI function: without it the driver never binds.
     known = set(ctx.kernel.module_names())
     drivers += [t.module for t in TRANSPORTS if t.carries in drivers and t.module in known and t.module not in drivers]
     if drivers:
         _add_modules(files, ctx, drivers, load_order, nic_reason=_nic_reasons(ctx.nic_table))
     if image.modules:
-        modules_at_start = _add_modules(files, ctx, list(image.modules), load_order, nic_reason={})
+        with _config_key(ctx.config, f"images.{spec.stage.value}.modules"):
+            modules_at_start = _add_modules(files, ctx, list(image.modules), load_order, nic_reason={})
     if spec.agent_role and ctx.config.debug_shell:
         _add_debug_shell(files, ctx, elf_roots)
     for binary in spec.binaries:
@@ -169,6 +173,15 @@ def _nic_reasons(table: list[NicAlias]) -> dict[str, str]:
         first.setdefault(row.module, row.pattern)
         count[row.module] = count.get(row.module, 0) + 1
     return {m: f"NIC driver for {p}" + (f" (+{count[m] - 1} more)" if count[m] > 1 else "") for m, p in first.items()}
+
+
+@contextlib.contextmanager
+def _config_key(config: Config, key: str) -> Iterator[None]:
+    """A module or driver the kernel lacks came from the config: the error names the file and the key."""
+    try:
+        yield
+    except ModuleError as exc:
+        raise ModuleError(f"{config.origin}: {key}: {exc.message}", hint=exc.hint) from None
 
 
 def _add_modules(

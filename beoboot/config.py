@@ -14,8 +14,10 @@ from dataclasses import asdict, dataclass, field
 from importlib import resources
 from typing import Any
 
+from agent import cmdline, values
 from agent.config import LIBCACHE_FORMATS, MKE2FS_FSTYPES
 from beoboot.compress import Compression
+from beoboot.configfile import checked, parse_toml, read_toml, shown
 from beoboot.errors import ConfigError
 
 IMAGE_NAMES = ("stage1", "stage2", "stage3", "envroot")
@@ -23,38 +25,38 @@ DEFAULT_CONFIG_NAME = "<embedded default config>"
 
 
 # -- value parsers: each takes the raw TOML value and returns the typed value, or raises ValueError
-#    with a sentence that says what is allowed.
+#    with a sentence that says what is allowed. agent.values checks a value for where it ends up (one
+#    line of a generated file, one kernel command-line word, a URL, a finite number of seconds).
 
 
-def parse_str(value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        raise ValueError("a non-empty string")
-    return value
+def parse_path(value: Any) -> str:
+    return values.one_line(value, "a path")
+
+
+def parse_kernel(value: Any) -> str:
+    """"auto" or a version: one directory name under /lib/modules."""
+    if isinstance(value, str) and "/" not in value and value not in (".", ".."):
+        return values.name(value, 'a kernel version (a directory name in /lib/modules) or "auto"')
+    raise ValueError('a kernel version (a directory name in /lib/modules) or "auto"')
 
 
 def parse_epoch(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError("a whole number of seconds since 1970, 0 or more")
-    return value
+    return values.epoch(value)
 
 
-def parse_seconds(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise ValueError("a number of seconds greater than 0")
-    return float(value)
+def parse_master_timeout(value: Any) -> float:
+    return values.number(value, 1, 86400, "a number of seconds")
 
 
 def parse_url(value: Any) -> str:
-    value = parse_str(value)
-    if not value.startswith(("http://", "https://")):
-        raise ValueError("an http:// or https:// URL")
+    value = values.http_url(value)
     return value if value.endswith("/") else value + "/"
 
 
 def parse_names(value: Any) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+    if not isinstance(value, list):
         raise ValueError("a list of non-empty strings")
-    return tuple(value)
+    return tuple(values.name(v, "a list of non-empty names without spaces") for v in value)
 
 
 def parse_drivers(value: Any) -> tuple[str, ...]:
@@ -70,7 +72,7 @@ def parse_drivers(value: Any) -> tuple[str, ...]:
 def parse_compression(value: Any) -> Compression:
     try:
         return Compression(value)
-    except ValueError:
+    except (ValueError, TypeError):  # TypeError: a list or table is not hashable
         raise ValueError("one of " + ", ".join(c.value for c in Compression)) from None
 
 
@@ -82,7 +84,7 @@ def parse_bool(value: Any) -> bool:
 
 def choice(*allowed: str) -> Callable[[Any], str]:
     def parse(value: Any) -> str:
-        if value not in allowed:
+        if not isinstance(value, str) or value not in allowed:
             raise ValueError("one of " + ", ".join(allowed))
         return value
 
@@ -90,7 +92,7 @@ def choice(*allowed: str) -> Callable[[Any], str]:
 
 
 def parse_floppy_kib(value: Any) -> int:
-    if value not in (1440, 2880):
+    if isinstance(value, bool) or value not in (1440, 2880):
         raise ValueError("1440 or 2880 (KiB)")
     return value
 
@@ -98,47 +100,65 @@ def parse_floppy_kib(value: Any) -> int:
 def parse_node_range(value: Any) -> str:
     from beoboot.artifacts.pxe import parse_node_range as parse
 
-    text = parse_str(value)
+    expected = 'an address range "FIRST-LAST/PREFIX", e.g. "10.0.2.100-10.0.2.199/24"'
+    text = values.one_line(value, expected)
+    if not text.isascii():  # int() reads other scripts' digits as a prefix length: say no before it does
+        raise ValueError(expected)
     try:
         parse(text)
     except Exception:  # noqa: BLE001 -- any parse failure is the same wrong value to the user
-        raise ValueError('an address range "FIRST-LAST/PREFIX", e.g. "10.0.2.100-10.0.2.199/24"') from None
+        raise ValueError(expected) from None
     return text
 
 
+def parse_interface(value: Any) -> str:
+    return values.interface(value)
+
+
+def parse_console(value: Any) -> str:
+    return values.kernel_word(value, 'one kernel command-line word such as "ttyS0,115200"')
+
+
 def parse_words(value: Any) -> str:
-    if not isinstance(value, str) or "\n" in value:
-        raise ValueError("kernel command-line words on one line")
-    return value
+    words = values.kernel_words(value)
+    try:  # a beoboot.* word the agent would refuse at boot is refused now
+        cmdline.parse(words, "append")
+    except cmdline.CmdlineError as exc:
+        raise ValueError(f"words the agent accepts ({exc.args[0]})") from None
+    return words
 
 
 SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
+MAX_SIZE = 1 << 50  # 1 PiB: past any image budget or node disk, and well inside a 64-bit field
 
 
 def parse_disk(value: Any) -> str:
     """"" (none: RAM) or a block device path."""
-    if value == "" or (isinstance(value, str) and value.startswith("/dev/") and len(value) > 5 and "\n" not in value):
-        return value
+    if value == "" or (isinstance(value, str) and value.startswith("/dev/") and len(value) > 5):
+        return value if value == "" else values.name(value, "a block device path")
     raise ValueError('"" (the environment root in RAM) or a block device such as "/dev/vdb"')
 
 
 def parse_fstype(value: Any) -> str:
-    if isinstance(value, str) and value.isascii() and value.replace("_", "").isalnum():
+    if isinstance(value, str) and value.isascii() and value.replace("_", "").isalnum() and len(value) <= 32:
         return value
     raise ValueError('a filesystem type the node kernel mounts, such as "ext4" or "xfs"')
 
 
 def parse_size(value: Any) -> int:
     """A byte count: 5000000, "48M", "512K", "1G"."""
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
-    if isinstance(value, str):
+    size = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    elif isinstance(value, str) and len(value) <= 20:
         number, unit = value[:-1], value[-1:].upper()
         if unit not in SIZE_UNITS or not unit:
             number, unit = value, ""
-        if number.isdigit() and int(number) > 0:
-            return int(number) * SIZE_UNITS[unit]
-    raise ValueError('a size in bytes, or with a unit: "512K", "48M", "1G"')
+        if number.isascii() and number.isdigit():
+            size = int(number) * SIZE_UNITS[unit]
+    if size is None or not 0 < size <= MAX_SIZE:
+        raise ValueError('a size in bytes, or with a unit: "512K", "48M", "1G"; more than 0, at most 1 PiB')
+    return size
 
 
 @dataclass(frozen=True)
@@ -150,11 +170,11 @@ class Setting:
 
 
 SETTINGS = (
-    Setting("build", "sysroot", parse_str, "the reference install the images are built from"),
-    Setting("build", "kernel", parse_str, 'kernel version in SYSROOT/lib/modules, or "auto"'),
+    Setting("build", "sysroot", parse_path, "the reference install the images are built from"),
+    Setting("build", "kernel", parse_kernel, 'kernel version in SYSROOT/lib/modules, or "auto"'),
     Setting("build", "source_date_epoch", parse_epoch, "mtime of every file in every image"),
     Setting("build", "master_url", parse_url, "where nodes find the master"),
-    Setting("build", "master_timeout", parse_seconds, "seconds without the master before a node reboots"),
+    Setting("build", "master_timeout", parse_master_timeout, "seconds without the master before a node reboots"),
     Setting("build", "debug_shell", parse_bool, "add the sysroot's busybox and /bin/sh to the stage images"),
     Setting("build", "dlopen", parse_names, "libraries loaded with dlopen(), added with their closure"),
     Setting("build", "python_modules", parse_names, "extra stdlib modules for the agent runtime"),
@@ -167,8 +187,8 @@ SETTINGS = (
     Setting("artifacts", "floppy_mode", choice("auto", "kernel", "network"), "kernel+ramdisk floppy or iPXE booster"),
     Setting("artifacts", "node_range", parse_node_range, "DHCP range of the nodes, for dnsmasq.conf"),
     Setting("artifacts", "proxy_dhcp", parse_bool, "dnsmasq as proxy-DHCP beside an existing DHCP server"),
-    Setting("artifacts", "interface", parse_str, "the master's interface on the cluster network"),
-    Setting("artifacts", "console", parse_str, "serial console of the nodes, e.g. ttyS0,115200"),
+    Setting("artifacts", "interface", parse_interface, "the master's interface on the cluster network"),
+    Setting("artifacts", "console", parse_console, "serial console of the nodes, e.g. ttyS0,115200"),
     Setting("artifacts", "append", parse_words, "more kernel command-line words for every node kernel"),
     Setting("images", "compression", parse_compression, "how the cpio image is compressed"),
     Setting("images", "budget", parse_size, "largest allowed compressed size"),
@@ -243,25 +263,22 @@ def default_toml() -> str:
 
 
 def load(path: str | os.PathLike[str] | None = None, environ: dict[str, str] | None = None) -> Config:
-    """The embedded default, overridden by the file at `path`, then by SOURCE_DATE_EPOCH in the environment."""
+    """The embedded default, overridden by the file at `path`, then by SOURCE_DATE_EPOCH in the environment.
+    Every value is checked here, before anything is built."""
     environ = dict(os.environ) if environ is None else environ
-    values = _validated(tomllib.loads(default_toml()), DEFAULT_CONFIG_NAME)
+    values = _validated(parse_toml(default_toml(), DEFAULT_CONFIG_NAME), DEFAULT_CONFIG_NAME)
     origin = DEFAULT_CONFIG_NAME
     if path is not None:
-        try:
-            with open(path, "rb") as fh:
-                user = tomllib.load(fh)
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist", hint="check the -c argument") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        user = read_toml(path, "config file", hint="check the -c argument")
         _merge(values, _validated(user, str(path)))
         origin = str(path)
     if "SOURCE_DATE_EPOCH" in environ:
         text = environ["SOURCE_DATE_EPOCH"]
-        if not text.isdigit():
-            raise ConfigError(f"SOURCE_DATE_EPOCH={text!r} in the environment is not a whole number of seconds")
-        values["build"]["source_date_epoch"] = int(text)
+        number = int(text) if text.isascii() and text.isdigit() and len(text) <= 20 else None
+        values["build"]["source_date_epoch"] = checked(
+            "environment", "SOURCE_DATE_EPOCH", number if number is not None else text, parse_epoch,
+            hint="unset SOURCE_DATE_EPOCH, or give it a date from 1980 to 2106",
+        )
     _check_agent_unpackable(values["images"], origin)
     _check_disk_formattable(values["build"], origin)
     build = values["build"]
@@ -284,7 +301,7 @@ def _check_agent_unpackable(images: dict[str, Any], origin: str) -> None:
         compression = images[name]["compression"]
         if compression not in AGENT_COMPRESSIONS:
             raise ConfigError(
-                f"{origin}: [images.{name}] compression = {compression.value!r} is not allowed: {unpacker}'s agent "
+                f"{origin}: images.{name}.compression = {compression.value!r} is not allowed: {unpacker}'s agent "
                 "unpacks this image itself and reads only gzip or none",
                 hint=f'set [images.{name}] compression = "gzip"',
             )
@@ -296,7 +313,7 @@ def _check_disk_formattable(build: dict[str, Any], origin: str) -> None:
     fstype = build["libcache_fstype"]
     if build["libcache_disk"] and build["libcache_format"] == "blank" and fstype not in MKE2FS_FSTYPES:
         raise ConfigError(
-            f'{origin}: [build] libcache_fstype = {fstype!r} cannot be made on a blank libcache_disk: with '
+            f'{origin}: build.libcache_fstype = {fstype!r} cannot be made on a blank libcache_disk: with '
             'libcache_format = "blank" (the default) nodes format it with mke2fs, which makes '
             + ", ".join(MKE2FS_FSTYPES) + " only",
             hint=f'set libcache_fstype = "ext4", or make the {fstype} filesystem on each disk yourself and set '
@@ -306,37 +323,39 @@ def _check_disk_formattable(build: dict[str, Any], origin: str) -> None:
 
 def _validated(raw: dict[str, Any], origin: str) -> dict[str, Any]:
     """Check every section, key and value against SETTINGS; return {"build": {...}, "images": {name: {...}}}."""
-    allowed_sections = ["build", "artifacts", "images"]
+    sections_hint = "allowed sections: [build], [artifacts], " + ", ".join(f"[images.{n}]" for n in IMAGE_NAMES)
     out: dict[str, Any] = {"build": {}, "artifacts": {}, "images": {}}
     for section, table in raw.items():
-        if section not in allowed_sections or not isinstance(table, dict):
-            raise ConfigError(
-                f"{origin}: unknown section [{section}]",
-                hint="allowed sections: [build], [artifacts], " + ", ".join(f"[images.{n}]" for n in IMAGE_NAMES),
-            )
+        if section not in out:
+            raise ConfigError(f"{origin}: unknown section [{section}]", hint=sections_hint)
+        if not isinstance(table, dict):
+            raise ConfigError(f"{origin}: {section} = {shown(table)} is not allowed: expected a table [{section}]",
+                              hint=sections_hint)  # fmt: skip
         if section in ("build", "artifacts"):
-            out[section] = _validated_table(table, section, f"[{section}]", origin)
+            out[section] = _validated_table(table, section, section, origin)
             continue
         for name, image_table in table.items():
-            if name not in IMAGE_NAMES or not isinstance(image_table, dict):
+            if name not in IMAGE_NAMES:
                 raise ConfigError(
                     f"{origin}: unknown image [images.{name}]", hint="allowed images: " + ", ".join(IMAGE_NAMES)
                 )
-            out["images"][name] = _validated_table(image_table, "images", f"[images.{name}]", origin)
+            if not isinstance(image_table, dict):
+                raise ConfigError(f"{origin}: images.{name} = {shown(image_table)} is not allowed: "
+                                  f"expected a table [images.{name}]")  # fmt: skip
+            out["images"][name] = _validated_table(image_table, "images", f"images.{name}", origin)
     return out
 
 
-def _validated_table(table: dict[str, Any], section: str, label: str, origin: str) -> dict[str, Any]:
+def _validated_table(table: dict[str, Any], section: str, prefix: str, origin: str) -> dict[str, Any]:
     settings = {s.key: s for s in SETTINGS if s.section == section}
     values = {}
     for key, value in table.items():
         setting = settings.get(key)
         if setting is None:
-            raise ConfigError(f"{origin}: unknown key {key!r} in {label}", hint="allowed keys: " + ", ".join(settings))
-        try:
-            values[key] = setting.parse(value)
-        except ValueError as exc:
-            raise ConfigError(f"{origin}: {label} {key} = {value!r} is not allowed: expected {exc}") from None
+            raise ConfigError(
+                f"{origin}: unknown key {prefix}.{key}", hint=f"allowed keys in [{prefix}]: " + ", ".join(settings)
+            )
+        values[key] = checked(origin, f"{prefix}.{key}", value, setting.parse)
     return values
 
 
@@ -379,4 +398,4 @@ def _toml_value(value: Any) -> str:
         return str(value)
     if isinstance(value, (tuple, list)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    return json.dumps(str(value))
+    return json.dumps(str(value), ensure_ascii=False)  # TOML takes any printable character, not \ud83d surrogates

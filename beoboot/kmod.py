@@ -31,6 +31,8 @@ MODULE_SUFFIXES = (".ko", ".ko.xz", ".ko.zst", ".ko.gz")
 # libkmod reads modprobe.d from these directories; a file name in an earlier one hides the same name later.
 MODPROBE_D_DIRS = ("/etc/modprobe.d", "/run/modprobe.d", "/usr/local/lib/modprobe.d", "/lib/modprobe.d")
 HINT_LIST = "`beoboot-build nics` lists the NIC drivers of this kernel"
+# `build` reads the kernel version from its config, `modules` and `nics` from --kernel.
+KERNEL_CHOICE = "kernel in [build] of the config (-c FILE), or --kernel VERSION for modules, nics"
 
 
 def normalise_module_name(name: str) -> str:
@@ -274,7 +276,7 @@ class KernelModules:
             raise ModuleError(
                 f"no kernel in sysroot {sysroot.root}: "
                 "no version with both /boot/vmlinuz-VERSION and /lib/modules/VERSION",
-                hint="install a kernel package in the sysroot, or pass --kernel VERSION",
+                hint="install a kernel package in the sysroot, or name a version: " + KERNEL_CHOICE,
             )
         return cls(sysroot, max(versions, key=version_key))
 
@@ -420,7 +422,7 @@ class KernelModules:
         raise ModuleError(
             f"no modules.dep for kernel {self.version!r} in sysroot {self.sysroot.root} "
             f"(have: {', '.join(have) or 'none'})",
-            hint="pass --kernel with one of those versions, or run depmod in the sysroot",
+            hint="run depmod in the sysroot, or name one of those versions: " + KERNEL_CHOICE,
         )
 
     def _find_kernel_image(self) -> str:

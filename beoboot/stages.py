@@ -7,10 +7,12 @@ drivers) lives in the build config.
 from __future__ import annotations
 
 import enum
-import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent import values
+from beoboot.configfile import checked, read_toml, shown
 from beoboot.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -53,28 +55,81 @@ class StageSpec:
 
 
 _KEYS = {"description", "agent_role", "nic_drivers", "directories", "devices", "binaries", "overlay", "templates"}
+AGENT_ROLES = ("booster", "pxe", "supervisor")
+_TEMPLATE_KEYS = {"template", "dest"}
+
+
+def _absolute_path(value: object) -> str:
+    path = values.name(value, "an absolute path in the image")
+    if not path.startswith("/") or ".." in path.split("/"):
+        raise ValueError("an absolute path in the image, without ..")
+    return path
+
+
+def _relative_path(value: object) -> str:
+    """A path inside the project (overlay) or templates/: relative, never out of it."""
+    path = values.name(value, "a relative path")
+    if path.startswith("/") or ".." in path.split("/"):
+        raise ValueError("a relative path, without ..")
+    return path
+
+
+def _paths(value: object, each: Callable[[object], str]) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise ValueError("a list of paths")
+    return tuple(each(v) for v in value)
+
+
+def _bool(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("true or false")
+    return value
+
+
+def _role(value: object) -> str:
+    if not isinstance(value, str) or value not in AGENT_ROLES:
+        raise ValueError("one of " + ", ".join(AGENT_ROLES))
+    return value
+
+
+def _templates(value: object, origin: str) -> tuple[TemplateFile, ...]:
+    if not isinstance(value, list):
+        raise ConfigError(f"{origin}: templates = {shown(value)} is not allowed: expected a list of tables "
+                          "{ template = PATH, dest = PATH }")  # fmt: skip
+    out = []
+    for index, table in enumerate(value):
+        key = f"templates[{index}]"
+        if not isinstance(table, dict) or set(table) != _TEMPLATE_KEYS:
+            raise ConfigError(f"{origin}: {key} = {shown(table)} is not allowed: expected a table "
+                              "{ template = PATH under templates/, dest = PATH in the image }")  # fmt: skip
+        out.append(TemplateFile(
+            template=checked(origin, f"{key}.template", table["template"], _relative_path),
+            dest=checked(origin, f"{key}.dest", table["dest"], _absolute_path),
+        ))  # fmt: skip
+    return tuple(out)
 
 
 def load_stage(stage: Stage, directory: Path = STAGES_DIR) -> StageSpec:
     path = directory / f"{stage.value}.toml"
-    try:
-        raw = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"stage declaration {path}: {exc}") from None
+    origin = str(path)
+    raw = read_toml(path, "stage declaration")
     unknown = set(raw) - _KEYS
     if unknown:
         raise ConfigError(f"{path}: unknown keys {sorted(unknown)}", hint="allowed: " + ", ".join(sorted(_KEYS)))
+    if "description" not in raw:
+        raise ConfigError(f"{path}: description is missing", hint='add description = "what this stage does"')
+    agent_role = raw.get("agent_role")
     overlay = raw.get("overlay")
     return StageSpec(
         stage=stage,
-        description=raw["description"],
-        agent_role=raw.get("agent_role"),
-        nic_drivers=bool(raw.get("nic_drivers", False)),
-        directories=tuple(raw.get("directories", ())),
-        devices=bool(raw.get("devices", False)),
-        binaries=tuple(raw.get("binaries", ())),
-        overlay=PROJECT_ROOT / overlay if overlay else None,
-        templates=tuple(TemplateFile(**t) for t in raw.get("templates", ())),
+        description=checked(origin, "description", raw["description"], values.one_line),
+        agent_role=None if agent_role is None else checked(origin, "agent_role", agent_role, _role),
+        nic_drivers=checked(origin, "nic_drivers", raw.get("nic_drivers", False), _bool),
+        directories=checked(origin, "directories", raw.get("directories", []), _paths, _absolute_path),
+        devices=checked(origin, "devices", raw.get("devices", False), _bool),
+        binaries=checked(origin, "binaries", raw.get("binaries", []), _paths, _absolute_path),
+        overlay=None if overlay is None else PROJECT_ROOT / checked(origin, "overlay", overlay, _relative_path),
+        templates=_templates(raw.get("templates", []), origin),
     )
 
 

@@ -27,11 +27,17 @@ class Resolved:
     links: tuple[tuple[str, str], ...] = field(default=())  # (link path, link target as stored)
 
 
+# Said by every command that reads a sysroot: `build` takes it from its config, the others from --sysroot.
+SYSROOT_HINT = (
+    "name an existing tree: sysroot in [build] of the config (-c FILE), or --sysroot DIR for deps, modules, nics"
+)
+
+
 class Sysroot:
     def __init__(self, root: str | os.PathLike[str] = "/") -> None:
         self.root = Path(root).resolve()
         if not self.root.is_dir():
-            raise SysrootError(f"sysroot {root} is not a directory", hint="pass --sysroot with an existing tree")
+            raise SysrootError(f"sysroot {root} is not a directory", hint=SYSROOT_HINT)
         self._real_dirs: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {"/": ("/", ())}
 
     def __repr__(self) -> str:

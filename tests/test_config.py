@@ -27,7 +27,7 @@ def test_site_file_overrides_one_key_and_keeps_the_rest(tmp_path):
 
 
 def test_source_date_epoch_from_environment_wins():
-    assert config.load(environ={"SOURCE_DATE_EPOCH": "12345"}).source_date_epoch == 12345
+    assert config.load(environ={"SOURCE_DATE_EPOCH": "1234567890"}).source_date_epoch == 1234567890
 
 
 @pytest.mark.parametrize(

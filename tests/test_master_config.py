@@ -21,7 +21,7 @@ def test_beonss_addresses():
         ("colour = 1", "unknown keys"),
         ('heartbeat_timeout = "soon"', "must be int or float"),
         ("heartbeat_interval = 10\nheartbeat_timeout = 5", "must exceed"),
-        ("heartbeat_interval = 0", "must be > 0"),
+        ("heartbeat_interval = 0", "heartbeat_interval = 0 is not allowed: expected a number of seconds, from 0.01"),
         ('first_node_address = "10.0.0.300"', "not an IPv4 address"),
         ('hostname_prefix = "n-"', "letters only"),
         ("heartbeat_timeout = true", "must be int or float"),

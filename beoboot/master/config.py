@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from agent import values
+from beoboot.configfile import checked, parse_toml, read_toml, shown
 from beoboot.errors import ConfigError
 
 
@@ -57,13 +58,17 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "keep_boots": (int,),
     "hosts_file": (str,),
 }
+# The numbers are finite (NaN or infinity would stop a timer for ever) and within these ranges.
+_SECONDS = {"heartbeat_interval": (0.01, 3600.0), "heartbeat_timeout": (0.01, 86400.0), "reap_interval": (0.0, 3600.0)}
+KEEP_BOOTS_MAX = 10000
+HOSTNAME_PREFIX_MAX = 32  # a DNS label holds 63 characters: the prefix and the node number must fit
 
 
 def parse_config(text: str, source: str = "<config>") -> MasterConfig:
     try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{source}: not valid TOML: {exc}", hint="fix the file, then send SIGHUP again") from None
+        raw = parse_toml(text, source)
+    except ConfigError as exc:
+        raise ConfigError(exc.message, hint="fix the file, then send SIGHUP again") from None
     return config_from_dict(raw, source)
 
 
@@ -75,16 +80,16 @@ def config_from_dict(raw: dict[str, Any], source: str) -> MasterConfig:
     for key, value in raw.items():
         allowed = _TYPES[key]
         if isinstance(value, bool) or not isinstance(value, allowed):
-            raise ConfigError(f"{source}: {key} = {value!r} must be {' or '.join(t.__name__ for t in allowed)}")
-    values = {k: float(v) if _TYPES[k] == (int, float) else v for k, v in raw.items()}
-    config = MasterConfig(**values)
+            raise ConfigError(f"{source}: {key} = {shown(value)} must be {' or '.join(t.__name__ for t in allowed)}")
+        if key in _SECONDS:  # before float(): an integer of 400 digits is no float
+            checked(source, key, value, values.number, *_SECONDS[key])
+    typed = {k: float(v) if _TYPES[k] == (int, float) else v for k, v in raw.items()}
+    config = MasterConfig(**typed)
     _check(config, source)
     return config
 
 
 def _check(config: MasterConfig, source: str) -> None:
-    if config.heartbeat_interval <= 0:
-        raise ConfigError(f"{source}: heartbeat_interval = {config.heartbeat_interval} must be > 0")
     if config.heartbeat_timeout <= config.heartbeat_interval:
         raise ConfigError(
             f"{source}: heartbeat_timeout = {config.heartbeat_timeout} must exceed "
@@ -93,8 +98,7 @@ def _check(config: MasterConfig, source: str) -> None:
         )
     if config.keep_boots < 1:
         raise ConfigError(f"{source}: keep_boots = {config.keep_boots} must be >= 1", hint="the current boot is kept")
-    if config.reap_interval < 0:
-        raise ConfigError(f"{source}: reap_interval = {config.reap_interval} must be >= 0")
+    checked(source, "keep_boots", config.keep_boots, values.whole, 1, KEEP_BOOTS_MAX, "a number of boots")
     if config.first_node_address is not None:
         try:
             ipaddress.IPv4Address(config.first_node_address)
@@ -103,20 +107,21 @@ def _check(config: MasterConfig, source: str) -> None:
                 f"{source}: first_node_address = {config.first_node_address!r} is not an IPv4 address",
                 hint='write it like "10.54.0.10"',
             ) from None
+    if config.hosts_file:
+        checked(source, "hosts_file", config.hosts_file, values.one_line, "an absolute path")
     if config.hosts_file and not (config.hosts_file.startswith("/") and os.path.isdir(os.path.dirname(config.hosts_file))):
         raise ConfigError(
             f"{source}: hosts_file = {config.hosts_file!r} must be an absolute path in an existing directory",
             hint='"/etc/hosts" to resolve the nodes on the master, or "" for no file',
         )
-    if not config.hostname_prefix.isalpha():
-        raise ConfigError(f"{source}: hostname_prefix = {config.hostname_prefix!r} must be letters only")
+    prefix = config.hostname_prefix
+    if not (prefix.isascii() and prefix.isalpha() and len(prefix) <= HOSTNAME_PREFIX_MAX):
+        # it begins every node's host name, in the hosts file and in DNS: ASCII letters only
+        raise ConfigError(f"{source}: hostname_prefix = {shown(prefix)} must be letters only (a-z, A-Z), "
+                          f"at most {HOSTNAME_PREFIX_MAX}")  # fmt: skip
 
 
 def load_config(path: Path | None) -> MasterConfig:
     if path is None:
         return MasterConfig()
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read beoserv config {path}: {exc.strerror}") from None
-    return parse_config(text, str(path))
+    return config_from_dict(read_toml(path, "beoserv config", hint="fix the file, then send SIGHUP again"), str(path))
