@@ -11,6 +11,11 @@ link group, like GNU cpio and bsdtar write newc: every member carries the same i
 nlink = group size, and only the last member carries the data (libarchive's LINKIFY_LIKE_NEW_CPIO
 strategy; the kernel's init/initramfs.c links later members to the first and fills in the data when it
 arrives). libarchive's newc writer writes ino/nlink as given and does no link detection itself.
+
+Fail closed: libarchive silently clamps a field that does not fit newc's 8 hex digits (an mtime after
+2106 becomes 0xffffffff) and cuts a name at a NUL. Every entry is checked first against what newc can
+hold and what the node's unpacker (agent/cpio.py) accepts; anything else is an UnrepresentableError
+naming the entry, so whatever this writes, the node unpacks to the same tree.
 """
 
 from __future__ import annotations
@@ -31,8 +36,8 @@ from libarchive.entry import ArchiveEntry, FileType
 from libarchive.exception import ArchiveError
 
 from beoboot.compress import Compression, compress, decompress
-from beoboot.errors import ImageError, SysrootError
-from beoboot.filelist import Entry, FileList, Kind
+from beoboot.errors import BeobootError, ImageError, SysrootError
+from beoboot.filelist import Entry, FileList, Kind, normalise
 
 _FILETYPE = {
     Kind.FILE: FileType.REGULAR_FILE,
@@ -60,6 +65,16 @@ _get_ino = ffi.libarchive.archive_entry_ino64
 _get_ino.argtypes, _get_ino.restype = [ctypes.c_void_p], ctypes.c_int64
 _get_nlink = ffi.libarchive.archive_entry_nlink
 _get_nlink.argtypes, _get_nlink.restype = [ctypes.c_void_p], ctypes.c_uint
+
+
+NEWC_MAX = 0xFFFFFFFF  # every newc header field is 8 hex digits
+MAX_NAME_BYTES = 4095  # PATH_MAX with its NUL: the node's unpacker reads no longer name
+MAX_COMPONENT_BYTES = 255  # NAME_MAX
+MAX_MAJOR, MAX_MINOR = (1 << 12) - 1, (1 << 20) - 1  # a Linux dev_t
+
+
+class UnrepresentableError(BeobootError):
+    """An entry (or the mtime) that a newc archive cannot hold, or that the node's unpacker refuses."""
 
 
 @dataclass(frozen=True)
@@ -131,10 +146,73 @@ def archive_name(path: str) -> bytes:
     return os.fsencode(relative or ".")
 
 
+def check_mtime(mtime: int) -> None:
+    if not 0 <= mtime <= NEWC_MAX:
+        raise UnrepresentableError(
+            f"mtime {mtime} (source_date_epoch) does not fit a newc header (0 to {NEWC_MAX}, 1970 to 2106)",
+            hint="set source_date_epoch to a time from 1970 to 2106",
+        )
+
+
+def _refuse(entry: Entry, what: str) -> UnrepresentableError:
+    source = f" (from {entry.source})" if entry.source else ""
+    return UnrepresentableError(f"cannot write {entry.path!r}{source} into an image: {what}", hint=_HINT)
+
+
+_HINT = "rename or remove it in the sysroot or the config, or leave it out of the image"
+
+
+def _utf8(entry: Entry, text: str, what: str) -> bytes:
+    if "\0" in text:
+        raise _refuse(entry, f"its {what} has a NUL byte")
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _refuse(entry, f"its {what} is not UTF-8") from None
+
+
+def check_entry(entry: Entry, plan: InodePlan, kinds: dict[str, Kind]) -> None:
+    """Refuse what newc cannot hold or the node's unpacker refuses (file sizes are checked as read)."""
+    _utf8(entry, entry.path, "path")
+    # FileList paths are absolute and normalised; the stored name is relative, with no ".." to leave by.
+    if not entry.path.startswith("/") or normalise(entry.path) != entry.path or ".." in entry.path.split("/"):
+        raise _refuse(entry, "its path is not a normalised absolute path")
+    name = archive_name(entry.path)
+    if len(name) > MAX_NAME_BYTES:
+        raise _refuse(entry, f"its path is {len(name)} bytes (at most {MAX_NAME_BYTES})")
+    if any(len(part) > MAX_COMPONENT_BYTES for part in name.split(b"/")):
+        raise _refuse(entry, f"a component of its path is longer than {MAX_COMPONENT_BYTES} bytes")
+    parent = posixpath.dirname(entry.path)
+    if entry.path != "/" and kinds.get(parent, Kind.DIR) != Kind.DIR:
+        raise _refuse(entry, f"its parent {parent} is a {kinds[parent]} in this image, not a directory")
+    if not 0 <= entry.mode <= 0o7777:
+        raise _refuse(entry, f"mode {entry.mode:#o} is not permission bits")
+    if not (0 < plan.ino <= NEWC_MAX and 0 < plan.nlink <= NEWC_MAX):
+        raise _refuse(entry, f"inode {plan.ino} or link count {plan.nlink} does not fit a newc header")
+    if entry.kind == Kind.SYMLINK:
+        target = _utf8(entry, entry.target or "", "symlink target")
+        if not 0 < len(target) <= MAX_NAME_BYTES:
+            raise _refuse(entry, f"its symlink target is {len(target)} bytes (1 to {MAX_NAME_BYTES})")
+    if entry.kind == Kind.CHARDEV:
+        major, minor = entry.rdev or (-1, -1)
+        if not (0 <= major <= MAX_MAJOR and 0 <= minor <= MAX_MINOR):
+            raise _refuse(entry, f"device number {major}:{minor} does not fit a Linux dev_t")
+
+
+def _checked_size(entry: Entry, size: int) -> int:
+    if size > NEWC_MAX:
+        raise _refuse(entry, f"it is {size} bytes; a newc archive holds files up to {NEWC_MAX} bytes")
+    return size
+
+
 def build_cpio(filelist: FileList, mtime: int) -> tuple[bytes, int]:
     """The uncompressed newc cpio of `filelist` and its entry count."""
+    check_mtime(mtime)
     entries = list(filelist.entries())
     plans = plan_inodes(entries, _host_identity)
+    kinds = {entry.path: entry.kind for entry in entries}
+    for entry in entries:
+        check_entry(entry, plans[entry.path], kinds)
     out = bytearray()
 
     def collect(chunk: bytes) -> int:
@@ -150,7 +228,30 @@ def build_cpio(filelist: FileList, mtime: int) -> tuple[bytes, int]:
 
 
 def _write_entry(archive_p: int, entry: Entry, plan: InodePlan, mtime: int) -> None:
-    data = _read_source(entry) if entry.kind == Kind.FILE and plan.carries_data else b""
+    data = b""
+    if entry.kind == Kind.FILE and plan.carries_data:
+        _checked_size(entry, _source_size(entry))  # before reading: a 5 GB file is refused, not loaded
+        data = _read_source(entry)
+        _checked_size(entry, len(data))  # it may have grown since
+    try:
+        _write_checked_entry(archive_p, entry, plan, mtime, data)
+    except ArchiveError as e:  # anything else libarchive refuses
+        raise _refuse(entry, str(e)) from None
+
+
+def _source_size(entry: Entry) -> int:
+    if entry.data is not None:
+        return len(entry.data)
+    assert entry.source is not None
+    try:
+        return os.stat(entry.source).st_size
+    except OSError as e:
+        raise SysrootError(
+            f"cannot read {entry.source} (for {entry.path}): {e.strerror}", hint="check the sysroot and rebuild"
+        ) from e
+
+
+def _write_checked_entry(archive_p: int, entry: Entry, plan: InodePlan, mtime: int, data: bytes) -> None:
     header = ArchiveEntry(filetype=_FILETYPE[entry.kind], perm=entry.mode, uid=0, gid=0, mtime=mtime)
     pointer = ctypes.c_void_p(header._entry_p)
     _copy_pathname(pointer, archive_name(entry.path))

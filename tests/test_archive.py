@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from beoboot import archive
-from beoboot.archive import InodePlan, build_cpio, extract_file, plan_inodes, read_image, write_image
+from beoboot.archive import (
+    InodePlan, UnrepresentableError, build_cpio, extract_file, plan_inodes, read_image, write_image,
+)  # fmt: skip
 from beoboot.compress import Compression
 from beoboot.errors import ImageError, SysrootError
 from beoboot.filelist import Entry, FileList, Kind, Reason
@@ -216,6 +218,68 @@ def test_read_image_rejects_garbage(tmp_path: Path) -> None:
     junk.write_bytes(b"\x7fELF not an image")
     with pytest.raises(ImageError, match="7f454c46"):
         read_image(junk)
+
+
+def _unrepresentable(case: str, tmp_path: Path) -> tuple[FileList, int]:
+    files, mtime = FileList(), MTIME
+    if case == "mtime after 2106":
+        files.add_bytes("/a", b"x", REASON)
+        mtime = 99_999_999_999
+    elif case == "negative mtime":
+        files.add_bytes("/a", b"x", REASON)
+        mtime = -1
+    elif case == "NUL in a name":
+        files.add_bytes("/etc/a\0b", b"x", REASON)
+    elif case == "name not UTF-8":
+        files.add_bytes(os.fsdecode(b"/etc/caf\xe9"), b"x", REASON)
+    elif case == "'..' in a name":
+        files._entries["/../etc/x"] = Entry("/../etc/x", Kind.FILE, 0o644, REASON, data=b"x")  # FileList.add normalises
+    elif case == "relative name":
+        files._entries["etc/x"] = Entry("etc/x", Kind.FILE, 0o644, REASON, data=b"x")
+    elif case == "name too long":
+        files.add_bytes("/" + "/".join(["d" * 200] * 21), b"x", REASON)
+    elif case == "NUL in a symlink target":
+        files.add_symlink("/l", "a\0b", REASON)
+    elif case == "empty symlink target":
+        files.add_symlink("/l", "", REASON)
+    elif case == "device number too big":
+        files.add_chardev("/dev/x", 1 << 12, 0, REASON)
+    elif case == "mode beyond permission bits":
+        files.add_bytes("/a", b"x", REASON, mode=0o100644)
+    elif case == "file inside a symlink":
+        files.add_symlink("/lib", "usr/lib", REASON)
+        files.add_bytes("/lib/x", b"x", REASON)
+    elif case == "file over 4 GiB":
+        big = tmp_path / "big"
+        with big.open("wb") as f:
+            f.truncate((1 << 32) + 1)  # sparse: the writer must refuse it from its size, without reading it
+        files.add_file("/big", big, REASON)
+    return files, mtime
+
+
+UNREPRESENTABLE = {
+    "mtime after 2106": "mtime 99999999999 .*does not fit a newc header",
+    "negative mtime": "mtime -1 ",
+    "NUL in a name": r"'/etc/a\\x00b'.*: its path has a NUL byte",
+    "name not UTF-8": r"'/etc/caf\\udce9'.*: its path is not UTF-8",
+    "'..' in a name": r"'/../etc/x'.*: its path is not a normalised absolute path",
+    "relative name": r"'etc/x'.*: its path is not a normalised absolute path",
+    "name too long": r"its path is 4220 bytes \(at most 4095\)",
+    "NUL in a symlink target": r"'/l'.*: its symlink target has a NUL byte",
+    "empty symlink target": r"'/l'.*: its symlink target is 0 bytes",
+    "device number too big": r"'/dev/x'.*: device number 4096:0 does not fit",
+    "mode beyond permission bits": r"'/a'.*: mode 0o100644 is not permission bits",
+    "file inside a symlink": r"'/lib/x'.*: its parent /lib is a symlink in this image",
+    "file over 4 GiB": r"'/big' \(from .*big\).*: it is 4294967297 bytes",
+}
+
+
+@pytest.mark.parametrize("case", list(UNREPRESENTABLE))
+def test_writer_refuses_what_newc_or_the_node_cannot_hold(tmp_path: Path, case: str) -> None:
+    files, mtime = _unrepresentable(case, tmp_path)
+    with pytest.raises(UnrepresentableError, match=UNREPRESENTABLE[case]):
+        write_image(files, tmp_path / "image", Compression.NONE, mtime)
+    assert not (tmp_path / "image").exists()
 
 
 @pytest.mark.integration
