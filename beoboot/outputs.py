@@ -7,21 +7,23 @@ one. The names users and servers know (`OUTDIR/manifest.json`, `OUTDIR/beoboot.i
 are symlinks through `current` (`manifest.json -> current/manifest.json`), so at every instant they show
 one whole build: its manifest and its artifacts agree, even when the build is killed midway.
 
-After publishing, builds other than the new and the previous one are removed (the previous one stays so
-downloads that resolved it just before the switch still find it; a file already open survives anyway),
-and so are the unfinished directories of builds that are no longer running.
+After publishing, builds other than the new and the previous one (`.builds/previous`) are removed (the
+previous one stays so downloads that resolved it just before the switch still find it; a file already
+open survives anyway), and so are the unfinished directories of builds that are no longer running.
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
 
 BUILDS_DIR = ".builds"
 CURRENT = "current"
+PREVIOUS = "previous"  # .builds/previous: the build published before the current one, kept
 UNFINISHED_PREFIX = "unfinished-"
 # an older beoboot staged in OUTDIR itself; its leftovers are cleaned up too
 OLD_STAGING_PREFIX = ".beoboot-staging-"
@@ -55,12 +57,15 @@ class Staging:
                 shutil.rmtree(self.path)
             else:
                 os.rename(self.path, final)
-            previous = _current_target(self.outdir)
+            replaced = _link_target(self.outdir / CURRENT)
+            if replaced and replaced != build_id:  # remembered, so a build that publishes nothing new keeps it
+                _replace_with_symlink(self.builds / PREVIOUS, replaced, self.builds)
             names = sorted(os.listdir(final))
+            flat = _flat_names(self.outdir / manifest_name)
             _link_names(self.outdir, [n for n in names if n != manifest_name], manifest_name)
-            _replace_with_symlink(self.outdir / CURRENT, f"{BUILDS_DIR}/{build_id}")
-            _unlink_stale_names(self.outdir, set(names))
-            _remove_old_builds(self.builds, keep={build_id, previous})
+            _replace_with_symlink(self.outdir / CURRENT, f"{BUILDS_DIR}/{build_id}", self.builds)
+            _unlink_stale_names(self.outdir, set(names), flat)
+            _remove_old_builds(self.builds, keep={build_id, _link_target(self.builds / PREVIOUS)})
         return final
 
 
@@ -74,32 +79,51 @@ def _link_names(outdir: Path, names: list[str], manifest_name: str) -> None:
     if manifest.exists() and not manifest.is_symlink():
         manifest.unlink()
     for name in [*names, manifest_name]:
-        _replace_with_symlink(outdir / name, f"{CURRENT}/{name}")
+        _replace_with_symlink(outdir / name, f"{CURRENT}/{name}", outdir / BUILDS_DIR)
 
 
-def _replace_with_symlink(path: Path, target: str) -> None:
-    """`path` becomes a symlink to `target` in one rename (a real directory in the way is moved aside first)."""
+def _replace_with_symlink(path: Path, target: str, builds: Path) -> None:
+    """`path` becomes a symlink to `target` in one rename (a real directory in the way is moved aside first);
+    the link is made in `builds` (.builds), where a killed build's leftovers are found and removed."""
     if path.is_symlink() and os.readlink(path) == target:
         return
     if path.is_dir() and not path.is_symlink():
-        os.rename(path, path.parent / BUILDS_DIR / f"{UNFINISHED_PREFIX}{os.getpid()}-old-{path.name}")
-    temporary = path.parent / BUILDS_DIR / f"{UNFINISHED_PREFIX}{os.getpid()}-link"
+        os.rename(path, builds / f"{UNFINISHED_PREFIX}{os.getpid()}-old-{path.name}")
+    temporary = builds / f"{UNFINISHED_PREFIX}{os.getpid()}-link"
     temporary.unlink(missing_ok=True)
     os.symlink(target, temporary)
     os.rename(temporary, path)
 
 
-def _unlink_stale_names(outdir: Path, names: set[str]) -> None:
-    """Remove our links for names the published build no longer has (stage1.cpio.zst after a switch to gzip)."""
+def _flat_names(manifest: Path) -> set[str]:
+    """The top-level names a manifest that is a plain file (an older layout, or a copy) lists: real files of
+    that build, ours to remove once a new build no longer has them."""
+    if manifest.is_symlink() or not manifest.is_file():
+        return set()
+    try:
+        return {Path(a["path"]).parts[0] for a in json.loads(manifest.read_text())["artifacts"]}
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return set()
+
+
+def _unlink_stale_names(outdir: Path, names: set[str], flat: set[str]) -> None:
+    """Remove what the published build no longer has (stage1.cpio.zst after a switch to gzip): our links,
+    and the plain files of a flat build that were listed in its manifest."""
     for entry in os.scandir(outdir):
-        if entry.is_symlink() and entry.name not in names and os.readlink(entry.path) == f"{CURRENT}/{entry.name}":
+        if entry.name in names or entry.name in (CURRENT, BUILDS_DIR):
+            continue
+        if entry.is_symlink() and os.readlink(entry.path) == f"{CURRENT}/{entry.name}":
+            os.unlink(entry.path)
+        elif entry.name in flat and entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path)
+        elif entry.name in flat and not entry.is_symlink():
             os.unlink(entry.path)
 
 
-def _current_target(outdir: Path) -> str | None:
-    """The ID of the published build, or None."""
+def _link_target(link: Path) -> str | None:
+    """The ID of the build `current` or `.builds/previous` names, or None."""
     try:
-        return Path(os.readlink(outdir / CURRENT)).name
+        return Path(os.readlink(link)).name
     except OSError:
         return None
 
@@ -108,7 +132,8 @@ def _remove_old_builds(builds: Path, keep: set[str | None]) -> None:
     """A build's directory is renamed out of its ID before it is emptied: a directory named by an ID is
     always whole, so a later identical build may reuse it even after a removal was interrupted."""
     for entry in os.scandir(builds):
-        if entry.name not in keep and not entry.name.startswith(UNFINISHED_PREFIX):
+        ours = entry.name.startswith(UNFINISHED_PREFIX) or (entry.name == PREVIOUS and entry.is_symlink())
+        if entry.name not in keep and not ours:
             os.rename(entry.path, builds / f"{UNFINISHED_PREFIX}{os.getpid()}-old-{entry.name}")
     remove_stale_unfinished(builds.parent)
 

@@ -107,9 +107,13 @@ def manifest_hash(outdir):
 
 def leftovers(outdir):
     """What no finished build owns: unfinished build directories, old staging directories, dangling links."""
-    found = [p.name for p in (outdir / ".builds").iterdir() if p.name.startswith("unfinished-")]
+    found = [p.name for p in (outdir / ".builds").glob("unfinished-*")]
     found += [p.name for p in outdir.iterdir() if p.name.startswith(".beoboot-staging-") or not p.exists()]
     return found
+
+
+def finished_builds(outdir):
+    return {p.name for p in (outdir / ".builds").iterdir() if not p.is_symlink() and not p.name.startswith("unfinished-")}
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +167,7 @@ def test_killed_at_any_step_of_publishing_a_whole_build_is_published_and_the_nex
     template = copy_outdir(built, tmp_path / "template")
     step_through(["publish", gzip_build, template], template, tmp_path)
     before, after = manifest_hash(template), manifest_hash(third)
-    builds_before = {p.name for p in (template / ".builds").iterdir()}
+    builds_before = finished_builds(template)
     assert len(builds_before) == 2
 
     count = copy_outdir(template, tmp_path / "count")
@@ -176,7 +180,7 @@ def test_killed_at_any_step_of_publishing_a_whole_build_is_published_and_the_nex
         assert not finished and set(seen) <= {before, after} and published(outdir) in (before, after), kill_at
         step_through(["publish", third, outdir], outdir, tmp_path)  # the next build
         assert published(outdir) == after and not leftovers(outdir), kill_at
-        builds = {p.name for p in (outdir / ".builds").iterdir()}
+        builds = finished_builds(outdir)
         assert len(builds) <= 2 and builds <= builds_before | {after[:16]}, (kill_at, builds)
         shutil.rmtree(outdir)
 
@@ -188,4 +192,5 @@ def test_an_output_directory_copied_without_its_links_is_replaced_whole_or_not_a
     seen, finished = step_through(["publish", gzip_build, outdir], outdir, tmp_path, allow_unpublished=True)
     assert finished and set(seen) <= {old, new, None} and published(outdir) == new
     assert (outdir / "manifest.json").is_symlink() and (outdir / "pxe").is_symlink()
+    assert not (outdir / "stage1.cpio.zst").exists()  # the copy's file the new build no longer has
     assert not leftovers(outdir)
