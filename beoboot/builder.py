@@ -22,7 +22,7 @@ from beoboot.kmod import KernelModules
 from beoboot.ldso import LibraryResolver
 from beoboot.log import log, step
 from beoboot.manifest import MANIFEST_NAME, Artifact, Manifest, file_records, load_manifest, sha256_file
-from beoboot.outputs import Staging
+from beoboot.outputs import Staging, remove_stale_unfinished
 from beoboot.stages import PROJECT_ROOT, all_stages
 from beoboot.sysroot import Sysroot
 
@@ -53,6 +53,7 @@ def build(config: Config, outdir: Path) -> BuildResult:
     previous = load_manifest(outdir)
     if previous is not None and _up_to_date(previous, outdir, config_key):
         log.info("up to date: %s (inputs unchanged since the last build)", outdir)
+        remove_stale_unfinished(outdir)  # what a build killed since then left
         return BuildResult(previous, up_to_date=True)
 
     sysroot = Sysroot(config.sysroot)
@@ -101,8 +102,7 @@ def build(config: Config, outdir: Path) -> BuildResult:
         manifest.inputs = sorted(inputs)
         manifest.inputs_key = inputs_key(config_key, manifest.inputs)
         (staging.path / MANIFEST_NAME).write_text(manifest.to_json())
-        stale = [a.path for a in previous.artifacts] if previous else []
-        staging.commit([a.path for a in manifest.artifacts], MANIFEST_NAME, stale)
+        staging.publish(MANIFEST_NAME)
     return BuildResult(manifest, up_to_date=False)
 
 

@@ -159,3 +159,26 @@ def simulated_cluster(work: Path, nodes: int = 1) -> Iterator[MasterProcess]:
         sim.wait(10)
         master.stop()
 
+
+
+def publish_files(root: Path, files: dict[str, bytes | str]) -> Path:
+    """A build of `files` (path: bytes, or str for a symlink to that target) published into `root` by the
+    builder's own publishing code, its manifest listing every one; returns the build's directory."""
+    import hashlib
+
+    from beoboot.outputs import Staging
+
+    with Staging(Path(root)) as staging:
+        artifacts = []
+        for path, data in files.items():
+            target = staging.path / path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(data, str):
+                target.symlink_to(data)
+                data = b""
+            else:
+                target.write_bytes(data)
+            digest = hashlib.sha256(data).hexdigest()
+            artifacts.append({"kind": "image", "name": path, "path": path, "size": len(data), "sha256": digest})
+        (staging.path / "manifest.json").write_text(json.dumps({"artifacts": artifacts}))
+        return staging.publish("manifest.json")

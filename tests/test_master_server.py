@@ -18,7 +18,7 @@ from agent import protocol as p
 from agent.download import fetch
 from agent.download import Backoff
 from agent.masterlink import MasterLink, MasterLinkError
-from master_helpers import MasterProcess
+from master_helpers import MasterProcess, publish_files
 
 MACS = [f"52:54:00:00:01:{i:02x}" for i in range(4)]
 FAST = Backoff(first=0.01, cap=0.05)
@@ -27,10 +27,7 @@ FAST = Backoff(first=0.01, cap=0.05)
 @pytest.fixture(scope="module")
 def boot_tree(tmp_path_factory):
     root = tmp_path_factory.mktemp("boot")
-    (root / "stage3.cpio").write_bytes(os.urandom(3 << 20))
-    (root / "manifest.json").write_text('{"images": []}\n')
-    (root / "sub").mkdir()
-    (root / "sub" / "vmlinuz").write_bytes(b"kernel")
+    publish_files(root, {"stage3.cpio": os.urandom(3 << 20), "sub/vmlinuz": b"kernel"})
     return root
 
 

@@ -21,7 +21,7 @@ import time
 import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -32,6 +32,7 @@ from beoboot.master import hostsfile
 from beoboot.master.config import MasterConfig, load_config
 from beoboot.master.jobs import JobHub
 from beoboot.master.localjobs import LocalListener
+from beoboot.master.published import NotPublished, PublishedTree
 from beoboot.master.registry import NodeRecord, Registry, RegistryError
 
 log = logging.getLogger("beoserv")
@@ -76,15 +77,13 @@ def master_time(now: float, sent_mono: float, mono: float) -> float:
     return now - max(0.0, sent_mono - mono)
 
 
-def resolve_boot_path(root: Path, relative: str) -> Path:
-    """A file under the boot tree, or HTTPNotFound: no '..', no symlink out of the tree, no directories."""
-    parts = PurePosixPath(relative).parts
-    if not parts or any(part in ("..", "/") for part in parts):
-        raise web.HTTPNotFound(text=f"no such boot file: {relative}\n")
-    path = (root / PurePosixPath(*parts)).resolve()
-    if not path.is_relative_to(root.resolve()) or not path.is_file():
-        raise web.HTTPNotFound(text=f"no such boot file: {relative}\n")
-    return path
+def resolve_boot_path(tree: PublishedTree, relative: str) -> Path:
+    """The real path of a file of the published build, or 404 "not published": beoserv serves the build's
+    manifest.json and what it lists, nothing else under the tree (beoboot.master.published)."""
+    try:
+        return tree.file(relative)
+    except NotPublished:
+        raise web.HTTPNotFound(text=f"not published: {relative}\n") from None
 
 
 def strong_etag(st: os.stat_result) -> str:
@@ -116,6 +115,7 @@ class Beoserv:
         self.options = options
         self.config = config
         self.registry = Registry(options.db)
+        self.published = PublishedTree(options.root)
         self.jobs = JobHub(self.registry)
         self._hosts_cache: tuple[tuple[object, ...], str, int] | None = None  # (what it was built from, text, version)
         self.started = time.time()
@@ -339,8 +339,10 @@ class Beoserv:
     async def boot_file(self, request: web.Request) -> web.StreamResponse:
         """aiohttp's FileResponse does Range and date-form If-Range; the ETag form of If-Range (the strong
         validator a resuming node should send) is decided here: a mismatch means the file was rebuilt, so
-        the whole new file is sent (200) instead of a piece of it spliced onto the old one."""
-        path = resolve_boot_path(self.options.root, request.match_info["path"])
+        the whole new file is sent (200) instead of a piece of it spliced onto the old one. `path` is in the
+        published build's own directory, which a later build never changes, so the file FileResponse opens
+        (once, then sends from that descriptor) is this build's even if another is published meanwhile."""
+        path = resolve_boot_path(self.published, request.match_info["path"])
         headers = request.headers.copy()
         # A precompressed sibling (x.gz) would be served for Accept-Encoding: gzip; nodes want the exact bytes.
         headers.popall("Accept-Encoding", None)
