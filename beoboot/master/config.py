@@ -8,6 +8,8 @@ Example beoserv.toml:
     hostname_prefix = "n"
     keep_boots = 10                   # each node's events and log lines of its last 10 boots are kept
     hosts_file = "/etc/hosts"         # the master resolves n3 and .3 too: beoserv keeps a block of it
+    local_nodes = "root"              # "none": no registration from the master itself (beoboot.master.admission)
+    require_reserved_port = true      # false: nodes behind NAT, which rewrites their privileged source ports
 """
 
 from __future__ import annotations
@@ -36,6 +38,10 @@ class MasterConfig:
     # a hosts file in which beoserv keeps the nodes' names and addresses (beoboot.master.hostsfile), so
     # that the master resolves them too: "/etc/hosts", or a file for dnsmasq's addn-hosts; "": none
     hosts_file: str = ""
+    # who may register a node (beoboot.master.admission): from the master itself, root's processes ("root")
+    # or none ("none"); from another host, only a privileged source port unless require_reserved_port is off
+    local_nodes: str = "root"
+    require_reserved_port: bool = True
 
     def node_address(self, number: int) -> str | None:
         """BeoNSS rule: node N's address is the first node address plus N."""
@@ -56,7 +62,10 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "reap_interval": (int, float),
     "keep_boots": (int,),
     "hosts_file": (str,),
+    "local_nodes": (str,),
+    "require_reserved_port": (bool,),
 }
+LOCAL_NODES = ("root", "none")
 
 
 def parse_config(text: str, source: str = "<config>") -> MasterConfig:
@@ -74,7 +83,7 @@ def config_from_dict(raw: dict[str, Any], source: str) -> MasterConfig:
         raise ConfigError(f"{source}: unknown keys {unknown}", hint="allowed: " + ", ".join(sorted(known)))
     for key, value in raw.items():
         allowed = _TYPES[key]
-        if isinstance(value, bool) or not isinstance(value, allowed):
+        if (isinstance(value, bool) and bool not in allowed) or not isinstance(value, allowed):
             raise ConfigError(f"{source}: {key} = {value!r} must be {' or '.join(t.__name__ for t in allowed)}")
     values = {k: float(v) if _TYPES[k] == (int, float) else v for k, v in raw.items()}
     config = MasterConfig(**values)
@@ -107,6 +116,11 @@ def _check(config: MasterConfig, source: str) -> None:
         raise ConfigError(
             f"{source}: hosts_file = {config.hosts_file!r} must be an absolute path in an existing directory",
             hint='"/etc/hosts" to resolve the nodes on the master, or "" for no file',
+        )
+    if config.local_nodes not in LOCAL_NODES:
+        raise ConfigError(
+            f"{source}: local_nodes = {config.local_nodes!r} must be one of {', '.join(map(repr, LOCAL_NODES))}",
+            hint='"root": simulated nodes and QEMU test nodes run by root may register; "none": no process on the master may',
         )
     if not config.hostname_prefix.isalpha():
         raise ConfigError(f"{source}: hostname_prefix = {config.hostname_prefix!r} must be letters only")
