@@ -15,6 +15,8 @@ from __future__ import annotations
 import errno
 import logging
 import random
+import socket
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -22,6 +24,7 @@ from typing import Any, TypeVar
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection
 
 from agent import __version__, protocol as p
 from agent.download import Backoff
@@ -46,14 +49,16 @@ class RegistrationRefused(MasterLinkError):
 
 
 class _SourcePortAdapter(HTTPAdapter):
-    """Connections bound to one local port."""
+    """Connections bound to one local port, closed with a reset: a reserved port left in TIME_WAIT for a
+    minute could not be bound again, and there are only RESERVED_PORTS of them."""
 
     def __init__(self, port: int) -> None:
         self.port = port
         super().__init__(max_retries=0)
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        super().init_poolmanager(*args, source_address=("", self.port), **kwargs)
+        options = [*HTTPConnection.default_socket_options, (socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))]
+        super().init_poolmanager(*args, source_address=("", self.port), socket_options=options, **kwargs)
 
 
 def _errno_of(exc: BaseException) -> int | None:
@@ -133,7 +138,6 @@ class MasterLink:
 
     def _post_from_reserved_port(self, path: str, body: str) -> requests.Response:
         """POST on a connection of its own from a free port of RESERVED_PORTS, closed after the answer.
-        "Connection: close" has the master close first, so the TIME_WAIT stays there, not on our port.
         Where this process may not bind one (not root: a test, or a tool), an ordinary port is used."""
         headers = {"Content-Type": "application/json", "Connection": "close"}
         for _ in range(PORT_TRIES):

@@ -164,6 +164,19 @@ def test_the_socket_owner_is_the_kernels_answer(tmp_path):
                 client.wait()
 
 
+def test_the_agent_not_allowed_a_reserved_port_still_registers_and_is_told_why(cluster):
+    """The agent as nobody (a tool, a test) cannot bind a port below 1024: it sends from an ordinary one,
+    and hears the master's reason, not a bind error."""
+    program = ("import sys\nfrom agent.masterlink import MasterLink, RegistrationRefused\n"
+               "try:\n    MasterLink(sys.argv[1], '02:66:66:00:00:40', 'stage3').register(attempts=1)\n"
+               "except RegistrationRefused as exc:\n    print(exc)\n")  # fmt: skip
+    result = subprocess.run(["/usr/bin/python3", "-c", program, cluster.url], capture_output=True, text=True,
+                            timeout=60, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            user=NOBODY, group=NOBODY, extra_groups=[])  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert f"a socket of uid {NOBODY} on the master" in result.stdout
+
+
 def test_a_refused_registration_is_retried_with_backoff_and_logged_once(tmp_path):
     """local_nodes = "none": even root's simulated node is refused. The agent says why, backs off, and
     gives up after its attempts; beoserv logs the peer once, not once per try."""

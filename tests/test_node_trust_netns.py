@@ -73,9 +73,9 @@ def namespaces():
             _ip("netns", "del", ns, check=False)  # takes its end of the veth pair with it
 
 
-def _in(ns, *argv, **kwargs):
+def _in(ns, *argv, python=sys.executable, **kwargs):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return ["ip", "netns", "exec", ns, sys.executable, *argv], dict(cwd=ROOT, env=env, **kwargs)
+    return ["ip", "netns", "exec", ns, python, *argv], dict(cwd=ROOT, env=env, **kwargs)
 
 
 def _wait_for(log: Path, pattern: str, process, timeout: float = 15.0) -> re.Match:
@@ -101,7 +101,9 @@ def test_another_host_registers_only_from_a_privileged_port(namespaces, tmp_path
         url = _wait_for(log, rf"listening on (http://{re.escape(SERVER_IP)}:\d+)/", beoserv).group(1)
 
         def from_node() -> dict:
-            argv, kwargs = _in(client_ns, "-c", CLIENT, url, capture_output=True, text=True, timeout=60)
+            # the system's python and requests, as a node image carries them (beoboot.pyruntime)
+            argv, kwargs = _in(client_ns, "-c", CLIENT, url, python="/usr/bin/python3", capture_output=True,
+                               text=True, timeout=60)  # fmt: skip
             result = subprocess.run(argv, **kwargs)
             assert result.returncode == 0, result.stderr
             return json.loads(result.stdout)
