@@ -12,14 +12,19 @@ Standard library plus `requests`; never imports beoboot.
 
 from __future__ import annotations
 
+import errno
 import logging
 import random
+import socket
+import struct
 import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection
 
 from agent import __version__, protocol as p
 from agent.download import Backoff
@@ -28,10 +33,47 @@ T = TypeVar("T")
 
 # urllib3 logs every connection attempt; shipping those lines would post about posting, without end
 QUIET_LOGGERS = ("urllib3", "requests")
+# where a registration is sent from: a privileged port, which on a node only root binds, is how the master
+# tells the node's agent from a user's job on it (beoboot.master.admission); rresvport's range
+RESERVED_PORTS = range(512, 1024)
+PORT_TRIES = 16  # ports tried when the one picked is taken (another registration, or its TIME_WAIT)
 
 
 class MasterLinkError(Exception):
     """The master refused a message or could not be reached within the allowed attempts."""
+
+
+class RegistrationRefused(MasterLinkError):
+    """The master answered 403 to a registration: it does not take this machine as a node (the reason is
+    in the message). Retried with backoff, as an unreachable master is: an operator may fix it."""
+
+
+class _SourcePortAdapter(HTTPAdapter):
+    """Connections bound to one local port, closed with a reset: a reserved port left in TIME_WAIT for a
+    minute could not be bound again, and there are only RESERVED_PORTS of them."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        super().__init__(max_retries=0)
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        options = [*HTTPConnection.default_socket_options, (socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))]
+        super().init_poolmanager(*args, source_address=("", self.port), socket_options=options, **kwargs)
+
+
+def _errno_of(exc: BaseException) -> int | None:
+    """The errno of the OSError under requests' and urllib3's wrappers of a failed connect or bind."""
+    seen: set[int] = set()
+    todo: list[Any] = [exc]
+    while todo:
+        item = todo.pop()
+        if not isinstance(item, BaseException) or id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, OSError) and isinstance(item.errno, int):  # requests' own have errno None
+            return item.errno
+        todo += [item.__cause__, item.__context__, getattr(item, "reason", None), *item.args]
+    return None
 
 
 class MasterLink:
@@ -79,28 +121,56 @@ class MasterLink:
 
     def _post(self, path: str, message: Any, reply: type[T] | None) -> T | None:
         with self._http_lock:
-            response = self.session.post(
-                self.base_url + path, data=p.to_json(message), timeout=self.timeout,
-                headers={"Content-Type": "application/json"},
-            )  # fmt: skip
+            if path == p.REGISTER_PATH:
+                response = self._post_from_reserved_port(path, p.to_json(message))
+            else:
+                response = self.session.post(
+                    self.base_url + path, data=p.to_json(message), timeout=self.timeout,
+                    headers={"Content-Type": "application/json"},
+                )  # fmt: skip
         if response.status_code == p.UNKNOWN_NODE_STATUS and path != p.REGISTER_PATH:
             raise _Unregistered(response.text)
+        if response.status_code == 403 and path == p.REGISTER_PATH:
+            raise RegistrationRefused(f"master refused the registration: {_error_text(response)}")
         if response.status_code >= 400:
             raise MasterLinkError(f"master refused {path}: HTTP {response.status_code}: {response.text.strip()}")
         return p.from_json(reply, response.content) if reply else None
+
+    def _post_from_reserved_port(self, path: str, body: str) -> requests.Response:
+        """POST on a connection of its own from a free port of RESERVED_PORTS, closed after the answer.
+        Where this process may not bind one (not root: a test, or a tool), an ordinary port is used."""
+        headers = {"Content-Type": "application/json", "Connection": "close"}
+        for _ in range(PORT_TRIES):
+            with requests.Session() as one_off:
+                adapter = _SourcePortAdapter(self.rng.choice(RESERVED_PORTS))
+                one_off.mount("http://", adapter)
+                one_off.mount("https://", adapter)
+                try:
+                    return one_off.post(self.base_url + path, data=body, timeout=self.timeout, headers=headers)
+                except requests.ConnectionError as exc:
+                    code = _errno_of(exc)
+                    if code == errno.EACCES:
+                        break
+                    if code not in (errno.EADDRINUSE, errno.EADDRNOTAVAIL):
+                        raise
+        return self.session.post(self.base_url + path, data=body, timeout=self.timeout, headers=headers)
 
     def _with_retry(self, what: str, call: Callable[[], T], attempts: int | None) -> T:
         attempt = 0
         while True:
             try:
                 return call()
-            except requests.RequestException as exc:
+            except (requests.RequestException, RegistrationRefused) as exc:
                 attempt += 1
+                refused = isinstance(exc, RegistrationRefused)
+                problem = str(exc) if refused else f"master {self.base_url} unreachable"
                 if attempts is not None and attempt >= attempts:
-                    raise MasterLinkError(f"{what}: master {self.base_url} unreachable after {attempt} tries: {exc}")
+                    raise (RegistrationRefused if refused else MasterLinkError)(
+                        f"{what}: {problem}" + ("" if refused else f" after {attempt} tries: {exc}")
+                    ) from None
                 wait = self.backoff.delay(attempt - 1, self.rng.random)
                 if self.log is not None:
-                    self.log(f"beoboot: {what}: master {self.base_url} unreachable; retry {attempt} in {wait:.1f} s")
+                    self.log(f"beoboot: {what}: {problem}; retry {attempt} in {wait:.1f} s")
                 self.sleep(wait)
 
     def _note_failure(self) -> None:
@@ -245,6 +315,14 @@ class MasterLink:
 
     def log_handler(self, level: int = logging.INFO) -> MasterLogHandler:
         return MasterLogHandler(self, level)
+
+
+def _error_text(response: requests.Response) -> str:
+    """The master's JSON {"error": ...}, else its text, in one line."""
+    try:
+        return str(response.json()["error"])
+    except (ValueError, KeyError, TypeError):
+        return response.text.strip()[:500] or f"HTTP {response.status_code}"
 
 
 class _Unregistered(Exception):

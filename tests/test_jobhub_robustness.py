@@ -46,13 +46,18 @@ def fetch(url: str, token: str | None) -> int:
 
 def test_objects_go_only_to_a_node_whose_link_is_up(cluster):
     """Anyone reaching the port could otherwise fetch another user's file by its hash, or test guesses of
-    its content against it."""
-    assert bpsh(cluster, "0", "/bin/true").returncode == 0
-    digest = hashlib.sha256(Path("/usr/bin/true").read_bytes()).hexdigest()
+    its content against it. (A node's token fetches only its own live jobs' objects: test_node_trust.)"""
+    digest = hashlib.sha256(Path("/usr/bin/sleep").read_bytes()).hexdigest()
     url = cluster.url + p.OBJECTS_PATH.format(digest=digest)
     with sqlite3.connect(cluster.db) as db:
         (token,) = db.execute("SELECT link_token FROM nodes WHERE number = 0").fetchone()
-    assert (fetch(url, None), fetch(url, "not-a-token"), fetch(url, token)) == (403, 403, 200)
+    job = subprocess.Popen(bpsh_argv(cluster.bpsh_socket, "0", "sleep", "30"))
+    try:
+        running_job(cluster, "sleep 30")
+        assert (fetch(url, None), fetch(url, "not-a-token"), fetch(url, token)) == (403, 403, 200)
+    finally:
+        job.terminate()
+        job.wait(30)
 
 
 async def forge_exit_for(master, job: int) -> None:

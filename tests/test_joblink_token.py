@@ -18,15 +18,22 @@ MAC = "02:be:0b:00:00:00"  # agent.simnode's first node
 
 
 def register(url: str) -> p.RegisterReply:
+    """Register as the node (root on the master may) and say it is up, as the node's agent does: only a
+    node that is up gets jobs."""
     body = p.to_json(p.RegisterRequest(MAC, p.Stage.SUPERVISOR, p.Hardware(cpu_model="impostor", cpus=1), "0"))
     request = urllib.request.Request(url + p.REGISTER_PATH, body.encode(), {"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=10) as response:
-        return p.from_json(p.RegisterReply, response.read())
+        reply = p.from_json(p.RegisterReply, response.read())
+    ready = p.EventBatch(MAC, 0.0, (p.StageEvent(p.BootEvent.STAGE3_READY, 0.0, p.Stage.SUPERVISOR),))
+    urllib.request.urlopen(urllib.request.Request(url + p.EVENTS_PATH, p.to_json(ready).encode()), timeout=10).close()
+    return reply
 
 
 def open_link(url: str, token: str | None) -> WebSocket:
     headers = {} if token is None else {p.LINK_TOKEN_HEADER: token}
-    return WebSocket.connect(f"{url}{p.JOBS_LINK_PATH}?mac={MAC}", headers=headers)
+    ws = WebSocket.connect(f"{url}{p.JOBS_LINK_PATH}?mac={MAC}", headers=headers)
+    ws.sock.settimeout(30)  # a job that never comes fails the test, not hangs it
+    return ws
 
 
 def test_only_the_last_registration_gets_the_nodes_jobs(tmp_path):

@@ -9,6 +9,12 @@ def test_defaults():
     assert config == MasterConfig() and config.node_address(3) is None
 
 
+def test_who_may_register_is_configured():
+    assert (MasterConfig().local_nodes, MasterConfig().require_reserved_port) == ("root", True)
+    config = parse_config('local_nodes = "none"\nrequire_reserved_port = false')
+    assert (config.local_nodes, config.require_reserved_port) == ("none", False)
+
+
 def test_beonss_addresses():
     config = parse_config('first_node_address = "10.54.0.10"\nheartbeat_interval = 1\nheartbeat_timeout = 6')
     assert [config.node_address(n) for n in (0, 1, 246)] == ["10.54.0.10", "10.54.0.11", "10.54.1.0"]
@@ -28,6 +34,9 @@ def test_beonss_addresses():
         ("keep_boots = 0", "keep_boots = 0 must be >= 1"),
         ("keep_boots = 2.5", "keep_boots = 2.5 must be int"),
         ("= 1", "not valid TOML"),
+        ('local_nodes = "all"', "local_nodes = 'all' must be one of 'root', 'none'"),
+        ('require_reserved_port = "yes"', "require_reserved_port = 'yes' must be bool"),
+        ("require_reserved_port = 1", "require_reserved_port = 1 must be bool"),
         ('hosts_file = "hosts"', "must be an absolute path in an existing directory"),
         ('hosts_file = "/no/such/dir/hosts"', "must be an absolute path in an existing directory"),
     ],

@@ -8,6 +8,8 @@ Example beoserv.toml:
     hostname_prefix = "n"
     keep_boots = 10                   # each node's events and log lines of its last 10 boots are kept
     hosts_file = "/etc/hosts"         # the master resolves n3 and .3 too: beoserv keeps a block of it
+    local_nodes = "root"              # "none": no registration from the master itself (beoboot.master.admission)
+    require_reserved_port = true      # false: nodes behind NAT, which rewrites their privileged source ports
 """
 
 from __future__ import annotations
@@ -37,6 +39,10 @@ class MasterConfig:
     # a hosts file in which beoserv keeps the nodes' names and addresses (beoboot.master.hostsfile), so
     # that the master resolves them too: "/etc/hosts", or a file for dnsmasq's addn-hosts; "": none
     hosts_file: str = ""
+    # who may register a node (beoboot.master.admission): from the master itself, root's processes ("root")
+    # or none ("none"); from another host, only a privileged source port unless require_reserved_port is off
+    local_nodes: str = "root"
+    require_reserved_port: bool = True
 
     def node_address(self, number: int) -> str | None:
         """BeoNSS rule: node N's address is the first node address plus N."""
@@ -57,11 +63,14 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "reap_interval": (int, float),
     "keep_boots": (int,),
     "hosts_file": (str,),
+    "local_nodes": (str,),
+    "require_reserved_port": (bool,),
 }
 # The numbers are finite (NaN or infinity would stop a timer for ever) and within these ranges.
 _SECONDS = {"heartbeat_interval": (0.01, 3600.0), "heartbeat_timeout": (0.01, 86400.0), "reap_interval": (0.0, 3600.0)}
 KEEP_BOOTS_MAX = 10000
 HOSTNAME_PREFIX_MAX = 32  # a DNS label holds 63 characters: the prefix and the node number must fit
+LOCAL_NODES = ("root", "none")
 
 
 def parse_config(text: str, source: str = "<config>") -> MasterConfig:
@@ -79,7 +88,7 @@ def config_from_dict(raw: dict[str, Any], source: str) -> MasterConfig:
         raise ConfigError(f"{source}: unknown keys {unknown}", hint="allowed: " + ", ".join(sorted(known)))
     for key, value in raw.items():
         allowed = _TYPES[key]
-        if isinstance(value, bool) or not isinstance(value, allowed):
+        if (isinstance(value, bool) and bool not in allowed) or not isinstance(value, allowed):
             raise ConfigError(f"{source}: {key} = {shown(value)} must be {' or '.join(t.__name__ for t in allowed)}")
         if key in _SECONDS:  # before float(): an integer of 400 digits is no float
             checked(source, key, value, values.number, *_SECONDS[key])
@@ -119,6 +128,11 @@ def _check(config: MasterConfig, source: str) -> None:
         # it begins every node's host name, in the hosts file and in DNS: ASCII letters only
         raise ConfigError(f"{source}: hostname_prefix = {shown(prefix)} must be letters only (a-z, A-Z), "
                           f"at most {HOSTNAME_PREFIX_MAX}")  # fmt: skip
+    if config.local_nodes not in LOCAL_NODES:
+        raise ConfigError(
+            f"{source}: local_nodes = {shown(config.local_nodes)} must be one of {', '.join(map(repr, LOCAL_NODES))}",
+            hint='"root": simulated nodes and QEMU test nodes run by root may register; "none": no process on the master may',
+        )
 
 
 def load_config(path: Path | None) -> MasterConfig:

@@ -76,6 +76,7 @@ class Job:
     link: NodeLink
     paused: bool = False  # its output is held on the node (p.JobFlow) until the session can take more
     pacer: asyncio.Task[None] | None = None  # what resumes it
+    objects: frozenset[str] = frozenset()  # the sha256 of each file of its manifest: what its node may fetch
 
 
 @dataclass
@@ -131,12 +132,18 @@ class JobHub:
     # --- objects ------------------------------------------------------------------------------------------
 
     async def object(self, request: web.Request) -> web.StreamResponse:
-        """An object, to a node whose job link is up (its registration's token): not to anyone who can reach
-        the port, who could otherwise fetch another user's file by its hash, or test guesses of its content."""
-        token = request.headers.get(p.LINK_TOKEN_HEADER, "")
-        if not token or not any(hmac.compare_digest(token.encode(), link.token.encode()) for link in self.links.values()):
+        """An object of one of its live jobs, to a node whose job link is up (its registration's token): not
+        to anyone who can reach the port, nor to a node for another node's job, either of which could
+        otherwise fetch another user's file by its hash, or test guesses of its content."""
+        token = request.headers.get(p.LINK_TOKEN_HEADER, "").encode()
+        link = next((link for link in self.links.values() if token and hmac.compare_digest(token, link.token.encode())), None)
+        if link is None:
             raise web.HTTPForbidden(text=f"objects go to nodes with a job link up: {p.LINK_TOKEN_HEADER} of one\n")
-        path = self.objects.lookup(request.match_info["digest"])
+        digest = request.match_info["digest"]
+        # the same answer as for an object the master does not have: a node learns nothing of other jobs
+        if not any(digest in self.jobs[job_id].objects for job_id in link.jobs if job_id in self.jobs):
+            raise web.HTTPNotFound(text="no such object in this node's jobs\n")
+        path = self.objects.lookup(digest)
         if path is None:
             raise web.HTTPNotFound(text="no such object: it was never in a manifest, or the file changed since\n")
         return web.FileResponse(path, headers={"Content-Type": "application/octet-stream"})
@@ -281,15 +288,32 @@ class JobHub:
                 job.pacer.cancel()
                 await _send(job.link.ws, p.JobFlow(job_id, True))
 
-    async def _start(self, session: Session, request: p.JobRequest) -> None:
+    def _nodes_for(self, request: p.JobRequest) -> list[int]:
+        """The nodes a request runs on: each must have its job link and be up in the registry (stage 3
+        ready, heartbeats on time): a node that registered and never booted, or went silent, gets no job.
+        `-a` takes every such node; a list naming any other node is refused, naming them."""
         wanted = parse_nodes(request.nodes)
-        numbers = sorted(self.links) if wanted is None else wanted
-        if not numbers:
-            raise JobError("no node is up with a job link", hint="bpstat shows the nodes")
-        down = [n for n in numbers if n not in self.links]
-        if down:
-            named = ", ".join(map(str, down[:NAMED_DOWN])) + (f" and {len(down) - NAMED_DOWN} more" if len(down) > NAMED_DOWN else "")
-            raise JobError(f"node {named} {'is' if len(down) == 1 else 'are'} not up (no job link)", hint="bpstat shows the nodes")
+        up = self.registry.numbers_in_state(p.NodeState.UP)
+        if wanted is None:
+            numbers = [n for n in sorted(self.links) if n in up]
+            if skipped := [n for n in self.links if n not in up]:
+                log.info("bpsh -a: node %s skipped: job link up, but not up in the registry", _named(sorted(skipped)))
+            if not numbers:
+                raise JobError("no node is up with a job link", hint="bpstat shows the nodes")
+            return numbers
+        unlinked = [n for n in wanted if n not in self.links]
+        not_up = [n for n in wanted if n in self.links and n not in up]
+        reasons = []
+        if unlinked:
+            reasons.append(f"node {_named(unlinked)} {'is' if len(unlinked) == 1 else 'are'} not up (no job link)")
+        if not_up:
+            reasons.append(f"node {_named(not_up)} {'is' if len(not_up) == 1 else 'are'} not up (booting or silent)")
+        if reasons:
+            raise JobError("; ".join(reasons), hint="bpstat shows the nodes")
+        return wanted
+
+    async def _start(self, session: Session, request: p.JobRequest) -> None:
+        numbers = self._nodes_for(request)
         # a cached manifest is a few lstat() calls, less than a thread hand-off; a new one would block the
         # event loop (pyelftools, hashing)
         manifest = self.manifests.build_cached(request)
@@ -297,6 +321,7 @@ class JobHub:
             manifest = await asyncio.get_running_loop().run_in_executor(None, self.manifests.build, request)
         command = " ".join(request.argv)
         now = time.time()
+        objects = frozenset(f.sha256 for f in manifest.files if f.sha256)
         session.starting(numbers)
         # every job is in the tables before the first is sent, so that one ending at once cannot end the
         # session before the others started; a link lost while the manifest was built ends its node's job
@@ -308,7 +333,7 @@ class JobHub:
                 session.job_exit(p.JobExit(job_id, LINK_LOST, node=number, error=f"node {number} job link lost"))
                 continue
             row = p.JobRow(job_id, number, 0, command, p.JobState.STARTING, now)
-            self.jobs[job_id] = Job(row, session, link)
+            self.jobs[job_id] = Job(row, session, link, objects=objects)
             session.jobs.add(job_id)
             link.jobs.add(job_id)
             starts.append((job_id, link))
@@ -359,6 +384,12 @@ class JobHub:
             job = self.jobs.get(job_id)
             if job is not None and not job.link.ws.closed:
                 await _send(job.link.ws, p.JobSignal(job_id, signum))
+
+
+def _named(numbers: list[int]) -> str:
+    """'1, 2, 3' or, past NAMED_DOWN, '1, ..., 10 and 30 more'."""
+    more = f" and {len(numbers) - NAMED_DOWN} more" if len(numbers) > NAMED_DOWN else ""
+    return ", ".join(map(str, numbers[:NAMED_DOWN])) + more
 
 
 async def _send_bytes(ws: web.WebSocketResponse, data: bytes) -> None:

@@ -304,6 +304,10 @@ class Registry:
         row = self._db.execute("SELECT * FROM nodes WHERE number = ?", (number,)).fetchone()
         return self._record(row) if row else None
 
+    def numbers_in_state(self, state: NodeState) -> set[int]:
+        """The numbers of the nodes in `state`: one query, for a job to a thousand nodes."""
+        return {number for (number,) in self._db.execute("SELECT number FROM nodes WHERE state = ?", (state,))}
+
     def nodes(self) -> list[NodeRecord]:
         return [self._record(row) for row in self._db.execute("SELECT * FROM nodes ORDER BY number")]
 

@@ -28,7 +28,7 @@ from aiohttp import web
 
 from agent import protocol as p
 from beoboot.errors import BeobootError, ConfigError
-from beoboot.master import hostsfile
+from beoboot.master import admission, hostsfile
 from beoboot.master.config import MasterConfig, load_config
 from beoboot.master.jobs import JobHub
 from beoboot.master.localjobs import LocalListener
@@ -122,6 +122,7 @@ class Beoserv:
         self.requests = 0
         self.config_loads = 1
         self._reaper: asyncio.Task[None] | None = None
+        self.refusals = admission.RefusalLog()
 
     # --- application -------------------------------------------------------------------------------------
 
@@ -223,7 +224,23 @@ class Beoserv:
             load=node.load if node.state is not p.NodeState.DOWN else None,
         )  # fmt: skip
 
+    def _registration_refused(self, request: web.Request) -> web.Response | None:
+        """A 403 naming why, unless the machine at the other end may register a node (beoboot.master.admission)."""
+        transport = request.transport
+        peer = transport.get_extra_info("peername") if transport else None
+        ours = transport.get_extra_info("sockname") if transport else None
+        try:
+            if not (isinstance(peer, tuple) and isinstance(ours, tuple)):
+                raise admission.RegistrationRefused(f"registration from {peer!r}: not a TCP connection")
+            admission.check(peer[:2], ours[:2], self.config)
+        except admission.RegistrationRefused as exc:
+            self.refusals.refused(str(peer[0] if isinstance(peer, tuple) else peer), str(exc))
+            return error_response(403, str(exc))
+        return None
+
     async def register(self, request: web.Request) -> web.Response:
+        if (refused := self._registration_refused(request)) is not None:
+            return refused
         msg = p.from_json(p.RegisterRequest, await request.read())
         address = _plain_ipv4(msg.address)
         node = self.registry.register(msg.mac, msg.stage, msg.hardware, time.time(), self.config.keep_boots, address)

@@ -1,0 +1,204 @@
+"""Only booted nodes are nodes: who may register, which objects a node's token fetches, which nodes get
+jobs. The real beoserv, simulated nodes, bpsh, and an impostor running as nobody on the master."""
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from agent import protocol as p
+from master_helpers import bpsh_argv, running_job, simulated_cluster
+
+pytestmark = pytest.mark.skipif(os.getuid() != 0, reason="simulated nodes chroot their jobs: needs root")
+
+ROOT = Path(__file__).resolve().parent.parent
+NOBODY = 65534
+
+# A process that is not a node: registers a MAC, says it is up, opens the job link and reports the first
+# frame it is sent. One JSON line per step on stdout.
+IMPOSTOR = r"""
+import json, sys, time, urllib.error, urllib.request
+from agent import protocol as p
+from agent.wsclient import WebSocket
+
+url, mac, ready = sys.argv[1], sys.argv[2], sys.argv[3] == "ready"
+body = p.to_json(p.RegisterRequest(mac, p.Stage.SUPERVISOR, p.Hardware(cpu_model="impostor", cpus=1), "0"))
+request = urllib.request.Request(url + p.REGISTER_PATH, body.encode(), {"Content-Type": "application/json"})
+try:
+    with urllib.request.urlopen(request, timeout=10) as response:
+        reply = p.from_json(p.RegisterReply, response.read())
+except urllib.error.HTTPError as exc:
+    print(json.dumps({"status": exc.code, "body": exc.read().decode()}), flush=True)
+    sys.exit(0)
+if ready:
+    events = p.EventBatch(mac, time.monotonic(), (p.StageEvent("stage3_ready", time.monotonic(), p.Stage.SUPERVISOR),))
+    urllib.request.urlopen(urllib.request.Request(url + p.EVENTS_PATH, p.to_json(events).encode()), timeout=10).read()
+ws = WebSocket.connect(f"{url}{p.JOBS_LINK_PATH}?mac={mac}", headers={p.LINK_TOKEN_HEADER: reply.link_token})
+print(json.dumps({"status": 200, "number": reply.number, "token": reply.link_token}), flush=True)
+_, frame = ws.recv()
+start = p.decode_frame(frame)
+print(json.dumps({"job": list(start.manifest.argv), "files": len(start.manifest.files)}), flush=True)
+"""
+
+
+def impostor(url: str, mac: str, *, ready: bool = True, user: int | None = NOBODY) -> subprocess.Popen[str]:
+    ids = {} if user is None else {"user": user, "group": user, "extra_groups": []}
+    # the system's python: the venv's may be under /root, where nobody cannot reach it
+    return subprocess.Popen(
+        ["/usr/bin/python3", "-c", IMPOSTOR, url, mac, "ready" if ready else "booting"], stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, **ids,
+    )  # fmt: skip
+
+
+def first_line(process: subprocess.Popen[str]) -> dict:
+    line = process.stdout.readline()
+    assert line, process.stderr.read()
+    return json.loads(line)
+
+
+def bpsh(master, *args, timeout: float = 30):
+    return subprocess.run(bpsh_argv(master.bpsh_socket, *args), capture_output=True, text=True, timeout=timeout)
+
+
+def fetch(url: str, token: str) -> int:
+    request = urllib.request.Request(url, headers={p.LINK_TOKEN_HEADER: token})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def token_of(master, number: int) -> str:
+    with sqlite3.connect(master.db) as db:
+        return db.execute("SELECT link_token FROM nodes WHERE number = ?", (number,)).fetchone()[0]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    with simulated_cluster(tmp_path_factory.mktemp("trust"), nodes=2) as master:
+        yield master
+
+
+def test_nobody_on_the_master_cannot_register_and_gets_no_ones_jobs(cluster):
+    """The finding: nobody registered a MAC from 127.0.0.1, was sent root's `bpsh -a` job, manifest and
+    all, and root's bpsh hung waiting for it. Now the registration is refused and names why."""
+    fake = impostor(cluster.url, "02:66:66:00:00:10")
+    try:
+        answer = first_line(fake)
+        result = bpsh(cluster, "-a", "/bin/true", timeout=20)  # before: sent to the impostor too, and hung
+        assert result.returncode == 0, result.stderr
+        assert answer["status"] == 403, answer
+        error = json.loads(answer["body"])["error"]
+        assert f"uid {NOBODY}" in error and "only root's processes on the master may register" in error
+    finally:
+        fake.kill()
+        fake.wait()
+    assert "02:66:66:00:00:10" not in json.dumps(json.loads(urllib.request.urlopen(cluster.url + p.NODES_PATH).read()))
+
+
+def test_a_nodes_token_fetches_only_the_objects_of_its_own_live_jobs(cluster, tmp_path):
+    """A root-only file brought to node 1 for root's job: node 0's token cannot fetch it, node 1's can
+    while the job runs, and not after it ended."""
+    secret = tmp_path / "secret"
+    secret.write_bytes(os.urandom(64))
+    secret.chmod(0o600)
+    digest = __import__("hashlib").sha256(secret.read_bytes()).hexdigest()
+    url = cluster.url + p.OBJECTS_PATH.format(digest=digest)
+    job = running_job(cluster, "--cache", str(secret), "1", "sleep", "30")
+    try:
+        assert fetch(url, token_of(cluster, 0)) == 404
+        assert fetch(url, token_of(cluster, 1)) == 200
+    finally:
+        job.terminate()
+        job.wait(30)
+    deadline = time.monotonic() + 10
+    while fetch(url, token_of(cluster, 1)) != 404:
+        assert time.monotonic() < deadline, "the object was still served after its job ended"
+        time.sleep(0.1)
+
+
+def test_a_node_that_never_reached_up_gets_no_job(cluster):
+    """Registered (by root, so accepted) and linked, but never stage3_ready: `bpsh N` names it as not up,
+    `bpsh -a` leaves it out, and neither waits for it."""
+    booting = impostor(cluster.url, "02:66:66:00:00:20", ready=False, user=None)
+    try:
+        linked = first_line(booting)
+        assert linked["status"] == 200, linked
+        number = linked["number"]
+        result = bpsh(cluster, str(number), "/bin/true", timeout=20)
+        assert result.returncode == 127 and f"node {number} is not up (booting or silent)" in result.stderr
+        result = bpsh(cluster, "-p", "-a", "echo", "hi", timeout=20)
+        assert (result.returncode, sorted(result.stdout.splitlines())) == (0, ["0: hi", "1: hi"]), result.stderr
+    finally:
+        booting.kill()
+        out, _ = booting.communicate()
+    assert '"job"' not in out
+
+
+def test_the_socket_owner_is_the_kernels_answer(tmp_path):
+    """sock_diag and /proc/net/tcp name the same owner: root for our own socket, nobody for nobody's;
+    another port is no socket at all."""
+    from beoboot.master import peers
+
+    with __import__("socket").create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        program = f"import socket, time\nc = socket.create_connection(('127.0.0.1', {port}))\ntime.sleep(5)"
+        for uid in (0, NOBODY):
+            client = subprocess.Popen(["/usr/bin/python3", "-c", program], user=uid, group=uid, cwd="/")
+            try:
+                conn, peer = server.accept()
+                ours = conn.getsockname()
+                assert peers.owner_by_sock_diag(peer, ours) == peers.owner_from_proc(peer, ours) == uid
+                assert peers.socket_owner((peer[0], peer[1] ^ 1), ours) is None
+                conn.close()
+            finally:
+                client.kill()
+                client.wait()
+
+
+def test_the_agent_not_allowed_a_reserved_port_still_registers_and_is_told_why(cluster):
+    """The agent as nobody (a tool, a test) cannot bind a port below 1024: it sends from an ordinary one,
+    and hears the master's reason, not a bind error."""
+    program = ("import sys\nfrom agent.masterlink import MasterLink, RegistrationRefused\n"
+               "try:\n    MasterLink(sys.argv[1], '02:66:66:00:00:40', 'stage3').register(attempts=1)\n"
+               "except RegistrationRefused as exc:\n    print(exc)\n")  # fmt: skip
+    result = subprocess.run(["/usr/bin/python3", "-c", program, cluster.url], capture_output=True, text=True,
+                            timeout=60, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            user=NOBODY, group=NOBODY, extra_groups=[])  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert f"a socket of uid {NOBODY} on the master" in result.stdout
+
+
+def test_a_refused_registration_is_retried_with_backoff_and_logged_once(tmp_path):
+    """local_nodes = "none": even root's simulated node is refused. The agent says why, backs off, and
+    gives up after its attempts; beoserv logs the peer once, not once per try."""
+    from agent.download import Backoff
+    from agent.masterlink import MasterLink, RegistrationRefused
+    from master_helpers import MasterProcess
+
+    (tmp_path / "boot").mkdir()
+    (tmp_path / "beoserv.toml").write_text('local_nodes = "none"\n')
+    master = MasterProcess(tmp_path / "boot", tmp_path / "nodes.db", tmp_path / "beoserv.log",
+                           config=tmp_path / "beoserv.toml").start()  # fmt: skip
+    try:
+        said, sleeps = [], []
+        link = MasterLink(master.url, "02:66:66:00:00:30", p.Stage.SUPERVISOR, backoff=Backoff(first=0.5),
+                          sleep=sleeps.append, log=said.append)  # fmt: skip
+        with pytest.raises(RegistrationRefused, match='local_nodes = "none"'):
+            link.register(attempts=4)
+        assert len(sleeps) == 3 and sleeps[2] > sleeps[0] >= 0.375
+        assert len(said) == 3 and all("refused the registration" in line and "local_nodes" in line for line in said)
+        assert link.registration is None
+        master.wait_for_log("registration refused")
+        time.sleep(0.3)
+        assert master.log_text().count("registration refused") == 1
+    finally:
+        master.stop()
