@@ -23,6 +23,7 @@ from aiohttp import WSMsgType, web
 from agent import protocol as p
 from beoboot.errors import BeobootError
 from beoboot.jobmanifest import JobError, ManifestBuilder
+from beoboot.master.describer import Describer
 from beoboot.master.objects import ObjectStore
 from beoboot.master.registry import Registry, RegistryError
 
@@ -110,6 +111,7 @@ class JobHub:
         self.registry = registry
         self.objects = ObjectStore()
         self.manifests = ManifestBuilder(self.objects, root)
+        self.describer = Describer(self.manifests.build, self.manifests.budget)
         self.links: dict[int, NodeLink] = {}
         self.jobs: dict[int, Job] = {}
         self.finished: list[p.JobRow] = []
@@ -291,10 +293,10 @@ class JobHub:
             named = ", ".join(map(str, down[:NAMED_DOWN])) + (f" and {len(down) - NAMED_DOWN} more" if len(down) > NAMED_DOWN else "")
             raise JobError(f"node {named} {'is' if len(down) == 1 else 'are'} not up (no job link)", hint="bpstat shows the nodes")
         # a cached manifest is a few lstat() calls, less than a thread hand-off; a new one would block the
-        # event loop (pyelftools, hashing)
+        # event loop (ELF parsing, hashing), and runs on a thread of its own, a few per user (Describer)
         manifest = self.manifests.build_cached(request)
         if manifest is None:
-            manifest = await asyncio.get_running_loop().run_in_executor(None, self.manifests.build, request)
+            manifest = await self.describer.describe(request)
         command = " ".join(request.argv)
         now = time.time()
         session.starting(numbers)
