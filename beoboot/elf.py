@@ -48,7 +48,9 @@ MAX_PHDR_TABLE = 65536  # the kernel refuses a larger program header table (load
 MAX_INTERP = 4096  # PATH_MAX: the kernel refuses a longer PT_INTERP
 MAX_DYNAMIC = 1 << 20  # 65536 dynamic entries; real objects have a few dozen
 MAX_STRING = 65536  # one DT_NEEDED, DT_SONAME or path list
+MAX_NAMES = 1 << 20  # all of them: entries may share one offset, and a file must not multiply its bytes
 SHORT_STRING = 256  # read first for a name: most are shorter
+TRUNCATED_HINT = "the file is truncated, or not an ELF object"
 
 
 class ElfClass(IntEnum):
@@ -148,7 +150,7 @@ class _File:
             raise ElfError(f"{self.name}: {what} is {length} bytes, more than the {limit} a loader accepts")
         if offset > self.size or length > self.size - offset:
             raise ElfError(f"{self.name}: {what} at offset {offset} ({length} bytes) runs past the end of the "
-                           f"file ({self.size} bytes)", hint="the file is truncated, or not an ELF object")  # fmt: skip
+                           f"file ({self.size} bytes)", hint=TRUNCATED_HINT)  # fmt: skip
         data = self.read(offset, length)
         if len(data) < length:
             raise ElfError(f"{self.name}: {what} could not be read: the file shrank while it was read")
@@ -157,7 +159,7 @@ class _File:
 
 def parse_elf(read: Reader, name: str, size: int) -> ElfInfo:
     """Parse what the loader needs from the file behind `read`, `size` bytes long; `name` only appears in
-    error messages. Any file gives an ElfInfo or an ElfError, reading at most a few hundred KiB."""
+    error messages. Any file gives an ElfInfo or an ElfError, holding at most a few MiB of it."""
     file = _File(read, name, size)
     head = read(0, min(HEAD_SIZE, size))
     identity, elf_type = parse_identity(head, name)
@@ -232,10 +234,15 @@ def _parse_dynamic(
     table = _file_offset(strtab, loads, name)
     if table > file.size or strsz > file.size - table:
         raise ElfError(f"{name}: the dynamic string table at offset {table} (DT_STRSZ {strsz} bytes) runs past "
-                       f"the end of the file ({file.size} bytes)", hint="the file is truncated, or not an ELF object")  # fmt: skip
+                       f"the end of the file ({file.size} bytes)", hint=TRUNCATED_HINT)  # fmt: skip
+
+    strings: dict[int, str] = {}
+    held = [0]  # bytes of names decoded so far
 
     def string(at: int) -> str:
         # one read per name, not of the whole table: a large C++ library's table is megabytes
+        if at in strings:
+            return strings[at]
         if at >= strsz:
             raise ElfError(f"{name}: dynamic string offset {at} is past the string table ({strsz} bytes)")
         length = min(strsz - at, SHORT_STRING)
@@ -244,7 +251,11 @@ def _parse_dynamic(
             chunk = file.bytes(table + at, min(strsz - at, MAX_STRING + 1), "a dynamic string", MAX_STRING + 1)
             if b"\0" not in chunk and len(chunk) > MAX_STRING:
                 raise ElfError(f"{name}: dynamic string at offset {at} is longer than {MAX_STRING} bytes")
-        return _cstring(chunk, 0)
+        found = strings[at] = _cstring(chunk, 0)
+        held[0] += len(found)
+        if held[0] > MAX_NAMES:
+            raise ElfError(f"{name}: its dynamic names add up to more than {MAX_NAMES} bytes")
+        return found
 
     def path_list(at: int | None) -> tuple[str, ...] | None:
         return None if at is None else tuple(string(at).split(":"))

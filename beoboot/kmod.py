@@ -436,7 +436,7 @@ class KernelModules:
         try:
             return _read(path).decode("utf-8", errors="replace")
         except OSError as exc:
-            if optional:
+            if optional and isinstance(exc, FileNotFoundError):
                 return ""
             raise ModuleError(
                 f"cannot read {self.moddir}/{name} in sysroot {self.sysroot.root}: {exc.strerror}",

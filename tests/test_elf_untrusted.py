@@ -157,3 +157,21 @@ def test_the_interpreter_named_in_a_program_is_read_as_well(tmp_path):
     os.mkfifo(tmp_path / INTERP.lstrip("/"))
     with pytest.raises(ElfError, match=f"{INTERP}: cannot read: not a regular file"):
         LibraryResolver(Sysroot(tmp_path)).closure(["/bin/prog"])
+
+
+def test_names_sharing_one_long_string_cannot_multiply_the_file():
+    """1000 DT_NEEDED entries pointing one byte apart into one 60000-byte name: 60 MB of names from a file
+    of 80 kB, unless what is held is bounded."""
+    image = bytearray(build_elf(needed=("a" * 60000,) + ("",) * 999))
+    offset, size = phdr(bytes(image), PT_DYNAMIC)
+    shift = 0
+    for at in range(offset, offset + size, 16):
+        if struct.unpack_from("<q", image, at)[0] == 1:  # DT_NEEDED
+            struct.pack_into("<Q", image, at + 8, 1 + shift)
+            shift += 1
+    started = time.monotonic()
+    with pytest.raises(ElfError, match="dynamic names add up to more than 1048576 bytes"):
+        parse_elf_bytes(bytes(image), "/lib/many.so")
+    assert time.monotonic() - started < 1
+    with pytest.raises(ElfError, match="dynamic string at offset 1 is longer than 65536 bytes"):
+        parse_elf_bytes(build_elf(needed=("b" * 70000,)).replace(b"b" * 70000 + b"\0", b"b" * 70001), "/lib/long.so")
