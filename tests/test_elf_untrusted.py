@@ -132,12 +132,12 @@ def deps(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.parametrize("broken", ["fifo", "directory", "huge e_phoff", "PT_DYNAMIC past the end"])
 def test_deps_on_a_broken_file_says_what_is_wrong_and_exits_1(tmp_path, broken):
-    fifo_tree(tmp_path)
     images = {case: image for case, image, _ in BROKEN}
     target = {"fifo": "/fifo", "directory": "/opt/app"}.get(broken, "/bin/broken")
     if target == "/bin/broken":
-        (tmp_path / "bin").mkdir()
-        (tmp_path / "bin/broken").write_bytes(images[broken])
+        make_tree(tmp_path, {**BASE, target: images[broken]})
+    else:
+        fifo_tree(tmp_path)
     result = deps("--sysroot", str(tmp_path), target)
     assert result.returncode == 1, result
     assert result.stderr.startswith(f"beoboot-build: error: {target}")
