@@ -1,6 +1,6 @@
 """Read what the dynamic loader reads from an ELF file: identity, PT_INTERP and the dynamic section.
 
-Pure parsing: `parse_elf(read, name)` takes a `read(offset, size) -> bytes` callable and returns data, so
+Pure parsing: `parse_elf(read, name, size)` takes a `read(offset, size) -> bytes` callable and returns data, so
 tests can feed bytes and the resolver can read only the few ranges it needs from a file.
 
 Only the ELF header, the program headers, PT_INTERP, PT_DYNAMIC and the dynamic string table are read, and
@@ -42,6 +42,15 @@ ET_DYN = ENUM_E_TYPE["ET_DYN"]
 
 # How many header bytes to read first: the ELF header and, in almost every file, the program headers.
 HEAD_SIZE = 4096
+# What a file may make the reader read, from what the kernel and ld.so accept: a file's own numbers never
+# decide alone how much is read
+MAX_PHDR_TABLE = 65536  # the kernel refuses a larger program header table (load_elf_phdrs)
+MAX_INTERP = 4096  # PATH_MAX: the kernel refuses a longer PT_INTERP
+MAX_DYNAMIC = 1 << 20  # 65536 dynamic entries; real objects have a few dozen
+MAX_STRING = 65536  # one DT_NEEDED, DT_SONAME or path list
+MAX_NAMES = 1 << 20  # all of them: entries may share one offset, and a file must not multiply its bytes
+SHORT_STRING = 256  # read first for a name: most are shorter
+TRUNCATED_HINT = "the file is truncated, or not an ELF object"
 
 
 class ElfClass(IntEnum):
@@ -128,9 +137,31 @@ def parse_identity(head: bytes, name: str) -> tuple[ElfIdentity, int]:
     return ElfIdentity(elf_class, little, machine), elf_type
 
 
-def parse_elf(read: Reader, name: str) -> ElfInfo:
-    """Parse what the loader needs from the file behind `read`; `name` only appears in error messages."""
-    head = read(0, HEAD_SIZE)
+class _File:
+    """The file behind a Reader, read only in ranges that lie inside it and are no larger than a limit: an
+    offset or size in the file is whatever its author wrote (2**64 - 1 included), and must never decide
+    alone how much is read or allocated."""
+
+    def __init__(self, read: Reader, name: str, size: int) -> None:
+        self.read, self.name, self.size = read, name, size
+
+    def bytes(self, offset: int, length: int, what: str, limit: int) -> bytes:
+        if length > limit:
+            raise ElfError(f"{self.name}: {what} is {length} bytes, more than the {limit} a loader accepts")
+        if offset > self.size or length > self.size - offset:
+            raise ElfError(f"{self.name}: {what} at offset {offset} ({length} bytes) runs past the end of the "
+                           f"file ({self.size} bytes)", hint=TRUNCATED_HINT)  # fmt: skip
+        data = self.read(offset, length)
+        if len(data) < length:
+            raise ElfError(f"{self.name}: {what} could not be read: the file shrank while it was read")
+        return data
+
+
+def parse_elf(read: Reader, name: str, size: int) -> ElfInfo:
+    """Parse what the loader needs from the file behind `read`, `size` bytes long; `name` only appears in
+    error messages. Any file gives an ElfInfo or an ElfError, holding at most a few MiB of it."""
+    file = _File(read, name, size)
+    head = read(0, min(HEAD_SIZE, size))
     identity, elf_type = parse_identity(head, name)
     layout = _LAYOUTS[(identity.elf_class, identity.little_endian)]
     if len(head) < 16 + layout.ehdr.size:
@@ -140,30 +171,31 @@ def parse_elf(read: Reader, name: str) -> ElfInfo:
         raise ElfError(f"{name}: program header entries of {phentsize} bytes are too small")
 
     table_size = phnum * phentsize
-    table = head[phoff : phoff + table_size] if phoff + table_size <= len(head) else read(phoff, table_size)
-    if len(table) < table_size:
-        raise ElfError(f"{name}: truncated program headers")
+    if phoff + table_size <= len(head):
+        table = head[phoff : phoff + table_size]
+    else:
+        table = file.bytes(phoff, table_size, "program header table", MAX_PHDR_TABLE)
 
     loads: list[tuple[int, int, int]] = []  # (p_vaddr, p_filesz, p_offset), to find DT_STRTAB in the file
-    interp: str | None = None
+    interp: tuple[int, int] | None = None
     dynamic: tuple[int, int] | None = None
     for index in range(phnum):
         p_type, p_offset, p_vaddr, p_filesz = layout.phdr.unpack_from(table, index * phentsize)
         if p_type == PT_LOAD:
             loads.append((p_vaddr, p_filesz, p_offset))
-        elif p_type == PT_INTERP:
-            interp = _cstring(read(p_offset, p_filesz), 0)
-        elif p_type == PT_DYNAMIC:
+        elif p_type == PT_INTERP and interp is None:  # the kernel takes the first
+            interp = (p_offset, p_filesz)
+        elif p_type == PT_DYNAMIC:  # ld.so the last
             dynamic = (p_offset, p_filesz)
 
+    interp_name = None if interp is None else _cstring(file.bytes(*interp, "PT_INTERP", MAX_INTERP), 0)
     if dynamic is None:
-        return ElfInfo(identity, elf_type, interp, dynamic=False)
-    return _parse_dynamic(read, name, identity, elf_type, interp, layout, dynamic, loads)
+        return ElfInfo(identity, elf_type, interp_name, dynamic=False)
+    return _parse_dynamic(file, identity, elf_type, interp_name, layout, dynamic, loads)
 
 
 def _parse_dynamic(
-    read: Reader,
-    name: str,
+    file: _File,
     identity: ElfIdentity,
     elf_type: int,
     interp: str | None,
@@ -171,8 +203,8 @@ def _parse_dynamic(
     dynamic: tuple[int, int],
     loads: list[tuple[int, int, int]],
 ) -> ElfInfo:
-    offset, size = dynamic
-    data = read(offset, size)
+    name = file.name
+    data = file.bytes(*dynamic, "PT_DYNAMIC", MAX_DYNAMIC)
     needed: list[int] = []
     soname = rpath = runpath = strtab = strsz = None
     flags_1 = 0
@@ -199,12 +231,31 @@ def _parse_dynamic(
             raise ElfError(f"{name}: dynamic section has names but no DT_STRTAB/DT_STRSZ")
         return ElfInfo(identity, elf_type, interp, dynamic=True, nodeflib=bool(flags_1 & DF_1_NODEFLIB))
 
-    strings = read(_file_offset(strtab, loads, name), strsz)
+    table = _file_offset(strtab, loads, name)
+    if table > file.size or strsz > file.size - table:
+        raise ElfError(f"{name}: the dynamic string table at offset {table} (DT_STRSZ {strsz} bytes) runs past "
+                       f"the end of the file ({file.size} bytes)", hint=TRUNCATED_HINT)  # fmt: skip
+
+    strings: dict[int, str] = {}
+    held = [0]  # bytes of names decoded so far
 
     def string(at: int) -> str:
-        if at >= len(strings):
-            raise ElfError(f"{name}: dynamic string offset {at} is past the string table ({len(strings)} bytes)")
-        return _cstring(strings, at)
+        # one read per name, not of the whole table: a large C++ library's table is megabytes
+        if at in strings:
+            return strings[at]
+        if at >= strsz:
+            raise ElfError(f"{name}: dynamic string offset {at} is past the string table ({strsz} bytes)")
+        length = min(strsz - at, SHORT_STRING)
+        chunk = file.read(table + at, length)
+        if b"\0" not in chunk and strsz - at > length:
+            chunk = file.bytes(table + at, min(strsz - at, MAX_STRING + 1), "a dynamic string", MAX_STRING + 1)
+            if b"\0" not in chunk and len(chunk) > MAX_STRING:
+                raise ElfError(f"{name}: dynamic string at offset {at} is longer than {MAX_STRING} bytes")
+        found = strings[at] = _cstring(chunk, 0)
+        held[0] += len(found)
+        if held[0] > MAX_NAMES:
+            raise ElfError(f"{name}: its dynamic names add up to more than {MAX_NAMES} bytes")
+        return found
 
     def path_list(at: int | None) -> tuple[str, ...] | None:
         return None if at is None else tuple(string(at).split(":"))
@@ -238,4 +289,4 @@ def _cstring(data: bytes, start: int) -> str:
 
 def parse_elf_bytes(data: bytes, name: str = "<bytes>") -> ElfInfo:
     """Parse an ELF image held in memory (tests, small files)."""
-    return parse_elf(lambda offset, size: data[offset : offset + size], name)
+    return parse_elf(lambda offset, size: data[offset : offset + size], name, len(data))

@@ -40,10 +40,13 @@ class ElfError(BeobootError):
 class MissingLibraryError(BeobootError):
     """A DT_NEEDED library that no search path provides."""
 
-    def __init__(self, library: str, needed_by: str, searched: list[str] | None = None) -> None:
+    def __init__(self, library: str, needed_by: str, searched: list[str] | None = None,
+                 passed_by: list[str] | None = None) -> None:  # fmt: skip
         where = f" (searched {', '.join(searched)})" if searched else ""
+        # files of that name the search found but could not use: "PATH: why"
+        unusable = f"; passed by {'; '.join(passed_by)}" if passed_by else ""
         super().__init__(
-            f"library {library} needed by {needed_by} not found{where}",
+            f"library {library} needed by {needed_by} not found{where}{unusable}",
             hint="install the package that provides it in the sysroot, or add its directory to ld.so.conf",
         )
         self.library = library

@@ -25,12 +25,15 @@ import posixpath
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
+from beoboot import jobbudget
 from beoboot.jobpython import python_version
+from beoboot.regularfile import read_regular
 from beoboot.sourcecache import PerFile, Searches, read_text
 from beoboot.sourcewatch import SourceWatch
 
 MAX_MODULES = 20000  # modules read for one job: past this the rest need --cache
 MAX_SOURCE = 4 << 20  # a larger .py file is not read for its imports
+MAX_LIST = 1 << 20  # a larger pyvenv.cfg, .pth or top_level.txt is not read
 OPTIONS_WITH_VALUE = "cmWX"  # CPython's one-letter options that take a value (Modules/main.c, Python/getopt.c)
 
 
@@ -148,27 +151,27 @@ def _site_dirs(start: PythonStart, env: Mapping[str, str], prefix: str, version:
 
 
 def _config_value(path: str, key: str) -> str:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                name, equals, value = line.partition("=")
-                if equals and name.strip().lower() == key:
-                    return value.strip()
-    except OSError:
-        pass
+    for line in _lines(path):
+        name, equals, value = line.partition("=")
+        if equals and name.strip().lower() == key:
+            return value.strip()
     return ""
+
+
+def _lines(path: str) -> list[str]:
+    """The lines of a small text file a user may have put there: none when it is missing, too large, or a
+    FIFO or device (reading one would hold beoserv's thread for ever)."""
+    try:
+        return read_regular(path, MAX_LIST).decode("utf-8", "replace").splitlines()
+    except OSError:
+        return []
 
 
 def _pth_directories(site_dir: str) -> Iterator[tuple[str, str]]:
     """(pth file, directory) for each line of site_dir's .pth files that names an existing directory (lines
     starting with 'import' are code, run at start-up; they name no directory)."""
     for pth in sorted(glob.glob(posixpath.join(glob.escape(site_dir), "*.pth"))):
-        try:
-            with open(pth, encoding="utf-8", errors="replace") as f:
-                lines = f.read().splitlines()
-        except OSError:
-            continue
-        for line in lines:
+        for line in _lines(pth):
             line = line.strip()
             if line and not line.startswith(("#", "import ", "import\t")):
                 directory = posixpath.normpath(posixpath.join(site_dir, line))
@@ -259,6 +262,7 @@ class PythonImports:
         handled: set[str] = set()
         while queue and len(scanned) < MAX_MODULES:
             name, source, is_package = queue.pop()
+            jobbudget.check()
             if source in scanned:
                 continue
             scanned.add(source)
@@ -364,11 +368,7 @@ def _metadata_of(entry: str, top_level: str) -> list[str]:
 def _top_level_names(metadata: str) -> set[str]:
     if not os.path.isdir(metadata):
         return set()
-    try:
-        with open(f"{metadata}/top_level.txt", encoding="utf-8", errors="replace") as f:
-            return {line.strip() for line in f if line.strip()}
-    except OSError:
-        return set()
+    return {line.strip() for line in _lines(f"{metadata}/top_level.txt") if line.strip()}
 
 
 # --- reading imports ---------------------------------------------------------------------------------------

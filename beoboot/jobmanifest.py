@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from agent import protocol as p
+from beoboot import jobbudget
 from beoboot.errors import BeobootError
 from beoboot.elf import ELF_MAGIC
 from beoboot.jobaccess import AccessDenied, UserView, acl_of, guard, guard_contents, readable
@@ -42,7 +43,8 @@ from beoboot.jobshell import MAX_SCRIPT, SHELLS, command_words, shell_command_te
 from beoboot.jobusers import JobUsers
 from beoboot.ldso import LibraryResolver
 from beoboot.master.objects import Digest, ObjectStore, StatKey, key_of, stat_key
-from beoboot.sourcecache import NotRegularFile, RecentlyUsed, open_regular
+from beoboot.regularfile import NotRegularFile, open_regular
+from beoboot.sourcecache import RecentlyUsed
 from beoboot.sourcewatch import SourceWatch
 from beoboot.sysroot import Sysroot
 
@@ -231,9 +233,10 @@ class _Described:
 
 
 class ManifestBuilder:
-    def __init__(self, store: ObjectStore, root: str = "/") -> None:
+    def __init__(self, store: ObjectStore, root: str = "/", budget: float = jobbudget.DESCRIBE_SECONDS) -> None:
         self.store = store
         self.root = root
+        self.budget = budget  # seconds one build() may take (beoboot.jobbudget)
         self._closures: RecentlyUsed[str, _Closure] = RecentlyUsed(MAX_DESCRIBED_PROGRAMS)
         # program -> its closure, described (its watches are the StdlibZips', which close them themselves)
         self._described: RecentlyUsed[str, _Described] = RecentlyUsed(MAX_DESCRIBED_PROGRAMS)
@@ -254,6 +257,10 @@ class ManifestBuilder:
     def build(self, request: p.JobRequest) -> p.JobManifest:
         if not request.argv:
             raise JobError("no command given", hint="bpsh NODE COMMAND [ARGS...]")
+        with jobbudget.budget(request.argv, self.budget):
+            return self._build(request)
+
+    def _build(self, request: p.JobRequest) -> p.JobManifest:
         path_env = request.env.get("PATH", DEFAULT_PATH)
         (executable, *named), inner = self._programs(request, path_env)
         programs = [self._described_program(executable, path_env, request)]
@@ -461,6 +468,7 @@ class ManifestBuilder:
         found = self._tree(path)
         more: list[str] = []
         for name in found:
+            jobbudget.check()
             if not name.endswith("/") and os.path.isfile(name) and _is_elf(Sysroot(self.root), name):
                 more += self.closure(name)
         return found + more
@@ -476,6 +484,7 @@ class ManifestBuilder:
             tree = os.path.realpath(path)
         if os.path.isdir(tree) and not os.path.islink(tree):
             for top, dirs, files in os.walk(tree):
+                jobbudget.check()
                 found.append(top + "/")
                 found += [posixpath.join(top, name) for name in sorted(files)]
                 found += [posixpath.join(top, d) for d in dirs if os.path.islink(posixpath.join(top, d))]
@@ -495,6 +504,7 @@ class ManifestBuilder:
         links: dict[str, p.JobFile] = {}
         files: dict[str, p.JobFile | None] = {}  # None: a regular file not hashed yet
         for path in paths:
+            jobbudget.check()
             if derived and path in derived:
                 digest = self.store.digest(derived[path])
                 files.setdefault(path, p.JobFile(path, 0o644, digest.sha256, digest.size))
@@ -524,6 +534,7 @@ class ManifestBuilder:
         if user is not None:
             guard_contents(unhashed, user.uid, user.gid, user.groups, self.root)
         for real in unhashed:
+            jobbudget.check()
             host = str(sysroot.host(real))
             digest = self.store.digest(host) if user is None or user.uid == 0 else self._digest_as(user, host, real)
             files[real] = p.JobFile(real, digest.mode, digest.sha256, digest.size, uid=digest.uid, gid=digest.gid,
@@ -553,7 +564,7 @@ class ManifestBuilder:
 
     def _compute(self, program: str, path_env: str) -> _Closure:
         sysroot = Sysroot(self.root)
-        resolver = LibraryResolver(sysroot)
+        resolver = LibraryResolver(sysroot, checkpoint=jobbudget.check)
         paths: list[str] = []
         searched_path: list[str] = []  # PATH directories an env line looked in
         used_path: str | None = None
@@ -564,7 +575,7 @@ class ManifestBuilder:
                 paths += self._elf_closure(resolver, program, current)
                 break
             try:
-                with open_regular(str(sysroot.host(sysroot.resolve(current).real))) as f:
+                with open_regular(str(sysroot.host(sysroot.resolve(current).real)), follow=False) as f:
                     shebang = parse_shebang(f.read(256))
             except NotRegularFile:
                 raise JobError(f"{current}: not a regular file on the master", hint="name a program") from None
@@ -642,7 +653,7 @@ class ManifestBuilder:
 def _is_elf(sysroot: Sysroot, path: str) -> bool:
     """ldso.is_elf() for a path a job named: only a regular file is opened, so a FIFO never blocks beoserv."""
     try:
-        with open_regular(str(sysroot.host(sysroot.resolve(path).real))) as f:
+        with open_regular(str(sysroot.host(sysroot.resolve(path).real)), follow=False) as f:
             return f.read(len(ELF_MAGIC)) == ELF_MAGIC
     except (OSError, BeobootError):
         return False

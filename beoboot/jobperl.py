@@ -20,6 +20,7 @@ import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from beoboot import jobbudget
 from beoboot.sourcecache import PerFile, Searches, read_text
 from beoboot.sourcewatch import SourceWatch
 
@@ -156,6 +157,7 @@ class PerlModules:
         while queue and scanned < MAX_MODULES:
             text, source = queue.pop()
             scanned += 1
+            jobbudget.check()
             modules, libs = perl_uses(text) if source is None else self._uses_of(source)
             for lib in libs:  # `use lib` comes first in @INC, from where it is compiled on
                 directory = posixpath.normpath(posixpath.join(start.cwd, FINDBIN.sub(script_dir, lib)))

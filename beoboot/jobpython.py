@@ -26,13 +26,16 @@ import tempfile
 import threading
 from dataclasses import dataclass
 
+from beoboot import jobbudget
 from beoboot.pyruntime import write_zip
+from beoboot.regularfile import read_regular
 from beoboot.sourcewatch import SourceWatch
 from beoboot.sysroot import Sysroot
 
 # directories of the stdlib no job needs: tests, GUI, the installers of pip and of old 2to3
 STDLIB_SKIP = frozenset({"test", "tests", "idle_test", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3",
                          "site-packages", "dist-packages", "__pycache__", "lib-dynload"})  # fmt: skip
+MAX_MEMBER = 16 << 20  # a larger module (the largest of CPython's is under 1 MiB) is left out of the zip
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,7 @@ def _stdlib_members(lib: str, version: str, watch: SourceWatch) -> dict[str, byt
     members: dict[str, bytes] = {}
     for top, dirs, files in os.walk(lib):
         dirs[:] = sorted(d for d in dirs if d not in STDLIB_SKIP and not d.startswith("config-"))
+        jobbudget.check()
         watch.add(top)
         watch.add(os.path.join(top, "__pycache__"))  # a .pyc rewritten: what goes into the zip changes
         relative = os.path.relpath(top, lib)
@@ -111,8 +115,10 @@ def _stdlib_members(lib: str, version: str, watch: SourceWatch) -> dict[str, byt
             if compiled is not None:
                 members[member + "c"] = compiled
             else:
-                with open(source, "rb") as f:
-                    members[member] = f.read()
+                try:  # a user's own Python tree may hold a FIFO or a device under a module's name
+                    members[member] = read_regular(source, MAX_MEMBER)
+                except OSError:
+                    continue
     return members
 
 
@@ -120,8 +126,7 @@ def _matching_pyc(path: str, source: os.stat_result) -> bytes | None:
     """The .pyc at `path` if it was compiled from this source (PEP 552 timestamp header: flags 0, the
     source's mtime and size), else None: a stale .pyc must not run in place of the master's source."""
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        data = read_regular(path, MAX_MEMBER)
     except OSError:
         return None
     if len(data) < 16:

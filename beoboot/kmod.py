@@ -21,8 +21,10 @@ import shutil
 import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from beoboot.errors import ModuleError, SysrootError, ToolError
+from beoboot.regularfile import open_regular
 from beoboot.sysroot import Sysroot
 
 log = logging.getLogger("beoboot.kmod")
@@ -253,7 +255,7 @@ class KernelModules:
         self._aliases = AliasIndex(parse_modules_alias(self._read_text("modules.alias")))
         self._builtin = parse_modules_builtin(self._read_text("modules.builtin", optional=True))
         builtin_info = self.sysroot.host(f"{self.moddir}/modules.builtin.modinfo")
-        self._builtin_info = parse_builtin_modinfo(builtin_info.read_bytes()) if builtin_info.is_file() else {}
+        self._builtin_info = parse_builtin_modinfo(_read(builtin_info)) if builtin_info.is_file() else {}
         self._builtin_aliases = AliasIndex(
             (alias, name) for name, info in sorted(self._builtin_info.items()) for alias in info.get("alias", ())
         )
@@ -337,7 +339,7 @@ class KernelModules:
             norm = found[0]
         path = self.module_path(norm)
         try:
-            raw = self.sysroot.host(self.sysroot.resolve(path).real).read_bytes()
+            raw = _read(self.sysroot.host(self.sysroot.resolve(path).real))
         except (OSError, SysrootError) as exc:
             raise ModuleError(
                 f"cannot read module {norm} at {path}: {exc}", hint="reinstall the kernel package"
@@ -434,9 +436,9 @@ class KernelModules:
     def _read_text(self, name: str, optional: bool = False) -> str:
         path = self.sysroot.host(f"{self.moddir}/{name}")
         try:
-            return path.read_text(encoding="utf-8", errors="replace")
+            return _read(path).decode("utf-8", errors="replace")
         except OSError as exc:
-            if optional:
+            if optional and isinstance(exc, FileNotFoundError):
                 return ""
             raise ModuleError(
                 f"cannot read {self.moddir}/{name} in sysroot {self.sysroot.root}: {exc.strerror}",
@@ -455,8 +457,14 @@ class KernelModules:
         aliases: list[tuple[str, str]] = []
         softdeps: list[SoftDep] = []
         for name in sorted(files):
-            text = self.sysroot.host(self.sysroot.resolve(files[name]).real).read_text(errors="replace")
+            text = _read(self.sysroot.host(self.sysroot.resolve(files[name]).real)).decode(errors="replace")
             softdeps.extend(parse_softdeps(text, files[name]))
             if name != "modules.softdep":
                 aliases.extend(parse_modules_alias(text))
         return aliases, softdeps
+
+
+def _read(path: Path) -> bytes:
+    """A file of the module tree; NotRegularFile (an OSError) for a FIFO or device, never waited on."""
+    with open_regular(path) as f:
+        return f.read()

@@ -26,17 +26,19 @@ import os
 import posixpath
 import re
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 from beoboot.elf import ELF_MAGIC, ElfClass, ElfIdentity, ElfInfo, parse_elf
 from beoboot.errors import ElfError, MissingLibraryError, SysrootError
 from beoboot.log import log
+from beoboot.regularfile import open_regular, open_regular_fd, read_regular
 from beoboot.sysroot import Sysroot
 
 LD_SO_CONF = "/etc/ld.so.conf"
 MAX_CONF_DEPTH = 16  # ld.so.conf includes nested deeper than this are a loop
+MAX_CONF_SIZE = 1 << 20  # one ld.so.conf file; a larger one is no configuration
 
 
 @dataclass(frozen=True)
@@ -172,9 +174,10 @@ def read_ld_so_conf(sysroot: Sysroot, conf_path: str = LD_SO_CONF, _depth: int =
         log.warning("ld.so.conf: includes nested deeper than %d at %s; ignoring it", MAX_CONF_DEPTH, conf_path)
         return []
     try:
-        text = sysroot.host(sysroot.resolve(conf_path).real).read_text(errors="surrogateescape")
+        data = read_regular(sysroot.host(sysroot.resolve(conf_path).real), MAX_CONF_SIZE, follow=False)
     except (OSError, SysrootError):
         return []
+    text = data.decode(errors="surrogateescape")
     dirs: list[str] = []
     for entry in parse_ld_so_conf(text, conf_path):
         if entry.kind is ConfKind.DIRECTORY:
@@ -191,7 +194,7 @@ def read_ld_so_conf(sysroot: Sysroot, conf_path: str = LD_SO_CONF, _depth: int =
 def is_elf(sysroot: Sysroot, path: str) -> bool:
     """Whether the file at this sysroot path (links followed) starts with the ELF magic."""
     try:
-        with open(sysroot.host(sysroot.resolve(path).real), "rb") as handle:
+        with open_regular(sysroot.host(sysroot.resolve(path).real), follow=False) as handle:
             return handle.read(4) == ELF_MAGIC
     except (OSError, SysrootError):
         return False
@@ -218,8 +221,12 @@ class _SearchKey:
 
 
 class LibraryResolver:
-    def __init__(self, sysroot: Sysroot, conf_path: str = LD_SO_CONF) -> None:
+    def __init__(self, sysroot: Sysroot, conf_path: str = LD_SO_CONF,
+                 checkpoint: Callable[[], None] = lambda: None) -> None:  # fmt: skip
+        """`checkpoint` is called before each file or directory is read: it may raise to end a search that
+        takes too long (beoserv's time budget for describing a job)."""
         self.sysroot = sysroot
+        self.checkpoint = checkpoint
         self.conf_dirs = read_ld_so_conf(sysroot, conf_path)
         self._infos: dict[str, ElfInfo | ElfError] = {}  # real path -> parse result
         self._reals: dict[str, str | None] = {}  # path -> real path, None when missing
@@ -228,6 +235,7 @@ class LibraryResolver:
         self._cache_dirs: dict[ElfIdentity, list[str]] = {}
         self._system_dirs: dict[ElfIdentity, list[str]] = {}
         self._seen_dirs: dict[str, None] = {}  # RPATH/RUNPATH directories met so far, in order
+        self._unusable: dict[str, str] = {}  # a file of a searched name that could not be used -> why
 
     # -- public ------------------------------------------------------------------------------------------
 
@@ -289,7 +297,8 @@ class LibraryResolver:
         key = _SearchKey(name, explicit, True, identity)
         path = self._search(key)
         if path is None:
-            raise MissingLibraryError(name, program.path if program else "dlopen", self._searched(key))
+            raise MissingLibraryError(name, program.path if program else "dlopen", self._searched(key),
+                                      self._passed_by(key))  # fmt: skip
         return self._new_loaded(path, self._valid_info(path), posixpath.dirname(path), program)
 
     def _link_map(
@@ -439,7 +448,7 @@ class LibraryResolver:
         key = _SearchKey(name, explicit, not loader.info.nodeflib, loader.info.identity)
         found = self._search(key)
         if found is None:
-            raise MissingLibraryError(name, loader.path, self._searched(key))
+            raise MissingLibraryError(name, loader.path, self._searched(key), self._passed_by(key))
         return found
 
     def _search(self, key: _SearchKey) -> str | None:
@@ -475,6 +484,11 @@ class LibraryResolver:
             dirs.update(dict.fromkeys(self._system_dirs_for(key.identity)))
         return list(dirs)
 
+    def _passed_by(self, key: _SearchKey) -> list[str]:
+        """Why each file of the name in the searched directories was passed by (a FIFO, a broken ELF file)."""
+        paths = (posixpath.join(directory, key.name) for directory in self._searched(key))
+        return [f"{path}: {self._unusable[path]}" for path in dict.fromkeys(paths) if path in self._unusable]
+
     def _candidate(
         self, directory: str, name: str, identity: ElfIdentity | None, want_soname: bool = False
     ) -> str | None:
@@ -488,6 +502,7 @@ class LibraryResolver:
         info = self._info(real)
         if isinstance(info, ElfError):
             log.debug("skipping %s: %s", path, info)
+            self._unusable[path] = info.message.removeprefix(f"{real}: ")
             return None
         if identity is not None and info.identity != identity:
             log.debug("skipping %s: %s, not %s", path, info.identity.describe(), identity.describe())
@@ -499,6 +514,7 @@ class LibraryResolver:
     def _listing(self, directory: str) -> frozenset[str]:
         names = self._listings.get(directory)
         if names is None:
+            self.checkpoint()
             names = frozenset(self.sysroot.listdir(directory))
             self._listings[directory] = names
         return names
@@ -580,15 +596,20 @@ class LibraryResolver:
         cached = self._infos.get(real)
         if cached is not None:
             return cached
+        self.checkpoint()
         try:
-            fd = os.open(self.sysroot.host(real), os.O_RDONLY)
+            # `real` has its links resolved already: a link in its place now is refused, not followed
+            fd = open_regular_fd(self.sysroot.host(real), follow=False)
         except OSError as exc:
             result: ElfInfo | ElfError = ElfError(f"{real}: cannot read: {exc.strerror}")
         else:
             try:
-                result = parse_elf(lambda offset, size: os.pread(fd, size, offset), real)
+                size = os.fstat(fd).st_size
+                result = parse_elf(lambda offset, length: os.pread(fd, length, offset), real, size)
             except ElfError as exc:
                 result = exc
+            except OSError as exc:  # an I/O error while reading
+                result = ElfError(f"{real}: cannot read: {exc.strerror}")
             finally:
                 os.close(fd)
         self._infos[real] = result

@@ -43,6 +43,7 @@ from elftools.elf.elffile import ELFFile
 
 from beoboot.errors import SysrootError, ToolError
 from beoboot.log import log
+from beoboot.regularfile import open_regular
 from beoboot.sysroot import Sysroot
 
 INIT_PATH = "/init"
@@ -240,7 +241,7 @@ def read_builtin_modules(interpreter: Path) -> frozenset[str]:
 
     Debian links libpython statically and exports these for extension modules, so they are in .dynsym.
     """
-    with open(interpreter, "rb") as f:
+    with open_regular(interpreter) as f:
         elf = ELFFile(f)
         names: set[str] = set()
         for section_name in (".dynsym", ".symtab"):
@@ -370,7 +371,7 @@ class ModuleFinder:
         while self._queue:
             module = self._queue.popleft()
             assert module.host_path is not None
-            source = module.host_path.read_text(encoding="utf-8")
+            source = _read(module.host_path).decode("utf-8")
             for imported, required in imports_of(source, module.name, module.kind == ModuleKind.PACKAGE, str(module.origin)):
                 self.add(imported, module.name, required)
         return self.graph
@@ -555,7 +556,7 @@ def build_runtime(sysroot: Sysroot, agent_dir: Path, extra_modules: tuple[str, .
             if compiled:
                 to_compile.append((zip_member_name(module), module.host_path))
             else:
-                members[zip_member_name(module) + ".py"] = module.host_path.read_bytes()
+                members[zip_member_name(module) + ".py"] = _read(module.host_path)
     if to_compile:
         with tempfile.TemporaryDirectory(prefix="beoboot-pyc-") as scratch:
             jobs = [(source, f"{python.zip_path}/{base}.py") for base, source in to_compile]
@@ -572,3 +573,9 @@ def build_runtime(sysroot: Sysroot, agent_dir: Path, extra_modules: tuple[str, .
         init_path=INIT_PATH,
         init_bytes=init_bytes,
     )
+
+
+def _read(path: Path) -> bytes:
+    """A module file of the sysroot; NotRegularFile (an OSError) for a FIFO or device, never waited on."""
+    with open_regular(path) as f:
+        return f.read()

@@ -6,15 +6,14 @@ read() of the inotify descriptor, and no file is read again.
 
 from __future__ import annotations
 
-import os
-import stat
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from beoboot.master.objects import StatKey, key_of
+from beoboot.regularfile import read_regular
 from beoboot.sourcewatch import SourceWatch
 
 T = TypeVar("T")
@@ -51,32 +50,9 @@ def read_text(path: str, key: StatKey | None, limit: int) -> str:
     if key is None or key[2] > limit:
         return ""
     try:
-        with open_regular(path) as f:
-            return f.read().decode("utf-8", "replace")
+        return read_regular(path, limit).decode("utf-8", "replace")
     except OSError:
         return ""
-
-
-class NotRegularFile(OSError):
-    """A path a job names that is a FIFO, socket, device or directory, where a file was to be read."""
-
-
-FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
-              (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))  # fmt: skip
-
-
-def open_regular(path: str) -> BinaryIO:
-    """`path` opened for reading, if it is a regular file; NotRegularFile otherwise. beoserv reads what
-    users name as root, some of it on its event loop: open() of a FIFO waits for a writer and read() of a
-    device may never end, stopping every job. O_NONBLOCK makes the open return at once, and fstat() of
-    what was opened (not a stat() before it, which a rename could outrun) says what it is."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
-        os.close(fd)
-        kind = next((name for test, name in FILE_KINDS if test(mode)), "no regular file")
-        raise NotRegularFile(f"{path}: not a regular file on the master ({kind})")
-    return os.fdopen(fd, "rb")
 
 
 class RecentlyUsed(Generic[K, V]):

@@ -198,3 +198,21 @@ def test_missing_kernel_is_module_error(tmp_path: Path) -> None:
         KernelModules.latest(Sysroot(tmp_path))
     with pytest.raises(ModuleError, match="no modules.dep for kernel '9.9'"):
         KernelModules(Sysroot(tmp_path), "9.9")
+
+
+@pytest.mark.parametrize("index", ["modules.alias", "modules.builtin"])
+def test_a_fifo_for_a_module_index_is_an_error_not_a_wait(tmp_path: Path, index: str) -> None:
+    """`beoboot-build modules` opened it and waited for a writer for ever; now it says what it found."""
+    import os
+    import subprocess
+    import sys
+
+    kmodtree.make_tree(tmp_path)
+    fifo = tmp_path / "lib/modules" / kmodtree.VERSION / index
+    fifo.unlink()
+    os.mkfifo(fifo)
+    result = subprocess.run([sys.executable, "-m", "beoboot", "modules", "--sysroot", str(tmp_path), "--kernel",
+                             kmodtree.VERSION, "e1000e"], capture_output=True, text=True, timeout=20)  # fmt: skip
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"cannot read /lib/modules/{kmodtree.VERSION}/{index} in sysroot" in result.stderr
+    assert "not a regular file (a FIFO)" in result.stderr

@@ -23,6 +23,7 @@ from aiohttp import WSMsgType, web
 from agent import protocol as p
 from beoboot.errors import BeobootError
 from beoboot.jobmanifest import JobError, ManifestBuilder
+from beoboot.master.describer import Describer
 from beoboot.master.objects import ObjectStore
 from beoboot.master.registry import Registry, RegistryError
 
@@ -111,6 +112,7 @@ class JobHub:
         self.registry = registry
         self.objects = ObjectStore()
         self.manifests = ManifestBuilder(self.objects, root)
+        self.describer = Describer(self.manifests.build, self.manifests.budget)
         self.links: dict[int, NodeLink] = {}
         self.jobs: dict[int, Job] = {}
         self.finished: list[p.JobRow] = []
@@ -315,10 +317,10 @@ class JobHub:
     async def _start(self, session: Session, request: p.JobRequest) -> None:
         numbers = self._nodes_for(request)
         # a cached manifest is a few lstat() calls, less than a thread hand-off; a new one would block the
-        # event loop (pyelftools, hashing)
+        # event loop (ELF parsing, hashing), and runs on a thread of its own, a few per user (Describer)
         manifest = self.manifests.build_cached(request)
         if manifest is None:
-            manifest = await asyncio.get_running_loop().run_in_executor(None, self.manifests.build, request)
+            manifest = await self.describer.describe(request)
         command = " ".join(request.argv)
         now = time.time()
         objects = frozenset(f.sha256 for f in manifest.files if f.sha256)

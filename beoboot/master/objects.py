@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from beoboot.manifest import sha256_file
+from beoboot.regularfile import open_regular
 
 # st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns: the ctime so that a chmod or chown, which changes
 # who may read the file and how the node must hold it, is a change too
@@ -54,7 +54,7 @@ class ObjectStore:
     def digest(self, path: str) -> Digest:
         """The sha256 of the regular file at `path` (links followed), read only when its stat key is new."""
         st = os.stat(path)
-        known = self._known(stat_key(st), lambda: sha256_file(path), lambda: stat_key(os.stat(path)))
+        known = self._known(stat_key(st), lambda: _sha256_of_path(path), lambda: stat_key(os.stat(path)))
         if known is None:  # rewritten while it was read
             return self.digest(path)
         return self._remember(Digest(os.path.realpath(path), known, st.st_size, st.st_mode & 0o7777, stat_key(st),
@@ -104,6 +104,13 @@ class ObjectStore:
         with self._lock:
             self._by_hash.pop(sha256, None)
         return None
+
+
+def _sha256_of_path(path: str) -> str:
+    """The file's hash, opened as open_regular() does: a FIFO put in its place since its stat() is
+    refused rather than waited on for ever."""
+    with open_regular(path) as f:
+        return _sha256_of_descriptor(f.fileno())
 
 
 def _sha256_of_descriptor(fd: int) -> str:
