@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from beoboot.errors import ConfigError
+from beoboot.regularfile import NotRegularFile, open_regular
 
 T = TypeVar("T")
 MAX_CONFIG_BYTES = 1 << 20  # a config is a page of settings; anything bigger is not one
@@ -21,9 +22,6 @@ MAX_CONFIG_BYTES = 1 << 20  # a config is a page of settings; anything bigger is
 def read_toml(path: str | os.PathLike[str], what: str = "config file", hint: str | None = None) -> dict[str, Any]:
     """The TOML document in the regular file at `path`, as read by a user who named it: a directory, FIFO
     or device is refused at once (opened non-blocking, so a FIFO with no writer cannot hang us)."""
-    # imported here: beoboot.sourcecache imports (through the master's objects) beoboot.stages, which uses this
-    from beoboot.sourcecache import NotRegularFile, open_regular
-
     try:
         with open_regular(os.fspath(path)) as fh:
             data = fh.read(MAX_CONFIG_BYTES + 1)
