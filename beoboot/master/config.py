@@ -8,6 +8,7 @@ Example beoserv.toml:
     hostname_prefix = "n"
     keep_boots = 10                   # each node's events and log lines of its last 10 boots are kept
     hosts_file = "/etc/hosts"         # the master resolves n3 and .3 too: beoserv keeps a block of it
+    request_timeout = 30.0            # a client sends a request's head, then its body, within this
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ class MasterConfig:
     # a hosts file in which beoserv keeps the nodes' names and addresses (beoboot.master.hostsfile), so
     # that the master resolves them too: "/etc/hosts", or a file for dnsmasq's addn-hosts; "": none
     hosts_file: str = ""
+    # seconds a client has to send a request's head (from connecting, or from the last response on a kept
+    # connection), then again its body: a client that trickles bytes is cut off, not waited for for ever.
+    # The head's bound is set when beoserv starts; a job link or a download, once under way, has none
+    request_timeout: float = 30.0
 
     def node_address(self, number: int) -> str | None:
         """BeoNSS rule: node N's address is the first node address plus N."""
@@ -56,6 +61,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "reap_interval": (int, float),
     "keep_boots": (int,),
     "hosts_file": (str,),
+    "request_timeout": (int, float),
 }
 
 
@@ -93,6 +99,8 @@ def _check(config: MasterConfig, source: str) -> None:
         )
     if config.keep_boots < 1:
         raise ConfigError(f"{source}: keep_boots = {config.keep_boots} must be >= 1", hint="the current boot is kept")
+    if config.request_timeout <= 0:
+        raise ConfigError(f"{source}: request_timeout = {config.request_timeout} must be > 0")
     if config.reap_interval < 0:
         raise ConfigError(f"{source}: reap_interval = {config.reap_interval} must be >= 0")
     if config.first_node_address is not None:
