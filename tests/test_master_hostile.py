@@ -18,6 +18,7 @@ import pytest
 import requests
 
 from agent import protocol as p
+from agent.wsclient import OP_BINARY, OP_TEXT, WebSocket, WebSocketError
 from beoboot.master.registry import Registry
 from master_helpers import MasterProcess, bpsh_argv, start_simnodes
 
@@ -277,3 +278,30 @@ def test_registration_does_not_slow_as_the_registry_grows(tmp_path):
     first, last = statistics.median(early), statistics.median(late)
     print(f"median registration: {first * 1000:.2f} ms at 0-100 nodes, {last * 1000:.2f} ms at 3,100-3,200")
     assert last <= 2 * first, (first, last)
+
+
+# --- the job link ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "opcode, frame, said",
+    [
+        (OP_TEXT, b'{"type": "JobExit", "body": {"job": 1, "status": NaN}}', "JobExit.status: .*NaN"),
+        (OP_TEXT, b"[" * 5000 + b"]" * 5000, "nested deeper than"),
+        (OP_BINARY, b"\x01", "an output frame of 1 bytes"),
+    ],
+)
+def test_a_frame_no_node_sends_closes_its_link_with_one_line(master, opcode, frame, said):
+    reply = p.from_json(p.RegisterReply, requests.post(master.url + p.REGISTER_PATH, data=body(stage="stage3"), timeout=5).content)
+    mark = len(master.log_text())
+    link = WebSocket.connect(f"{master.url}{p.JOBS_LINK_PATH}?mac={MAC}", headers={p.LINK_TOKEN_HEADER: reply.link_token})
+    try:
+        master.wait_for_log("job link up", after=mark)
+        link._send(opcode, frame)
+        with pytest.raises(WebSocketError, match="closed by the peer"):
+            link.recv()
+    finally:
+        link.close()
+    master.wait_for_log(rf"node {reply.number} \({MAC}\) job link closed: it sent .*{said}", after=mark)
+    master.wait_for_log("job link down", after=mark)
+    no_traceback(master, mark)
