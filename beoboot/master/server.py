@@ -148,7 +148,7 @@ class OneLineLog(logging.LoggerAdapter):  # type: ignore[type-arg]
             return
         exc = exc_info if isinstance(exc_info, BaseException) else sys.exc_info()[1]
         said = " ".join(f"{type(exc).__name__}: {exc}".split()) if exc else ""
-        self.logger.warning("%s: %s", printable(str(msg) % args), printable(said))
+        self.logger.warning("%s: %s", printable(str(msg) % args if args else msg), printable(said))
 
 
 class Beoserv:
