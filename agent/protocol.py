@@ -16,6 +16,7 @@ import dataclasses
 import enum
 import functools
 import json
+import math
 import re
 import types
 import typing
@@ -271,12 +272,99 @@ def to_json(message: Any) -> str:
     return json.dumps(dataclasses.asdict(message), sort_keys=True)
 
 
-def from_json(cls: type[T], text: str | bytes) -> T:
+# What a message may hold. A peer's message must cost its reader bounded time and memory whatever it
+# holds, and must carry only values the registry can store: json.loads alone recurses once per nesting
+# level, turns a 4,000-digit number into an int (quadratic work), and accepts NaN and Infinity.
+MAX_MESSAGE_BYTES = 16 << 20  # a job manifest of some 50,000 files; node messages are far smaller
+MAX_DEPTH = 16  # nesting levels; the deepest message (JobStart.manifest.files[i]) has 4
+INT_MIN, INT_MAX = -(1 << 63), (1 << 63) - 1  # SQLite's INTEGER
+MAX_NUMBER_CHARS = 64  # a float written with more characters than this carries no more precision
+_ESCAPE = re.compile(rb"\\.", re.DOTALL)  # a backslash and the byte it escapes
+_NOT_STRUCTURE = bytes(c for c in range(256) if c not in b'[]{}"')  # what bytes.translate drops
+_ONE_KIND = bytes.maketrans(b"{}", b"[]")
+_TOO_DEEP = b"[" * (MAX_DEPTH + 1)
+
+
+class _Refused:
+    """A number json.loads met that no message may hold (NaN, Infinity, a 300-digit integer). It is
+    decoded as this, not refused at once, so that the error names the field that held it."""
+
+    def __init__(self, complaint: str) -> None:
+        self.complaint = complaint
+
+    def __repr__(self) -> str:
+        return self.complaint
+
+
+def _int(text: str) -> int | _Refused:
+    # length first: int() of a long digit string is the CPU sink being avoided
+    value = int(text) if len(text) <= 20 else None
+    if value is None or not INT_MIN <= value <= INT_MAX:
+        return _Refused(f"an integer of {len(text.lstrip('-'))} digits, beyond 64 bits")
+    return value
+
+
+def _float_literal(text: str) -> float | _Refused:
+    if len(text) > MAX_NUMBER_CHARS:
+        return _Refused(f"a number written with {len(text)} characters")
+    value = float(text)
+    return value if math.isfinite(value) else _Refused(f"{_shorten(text)}, beyond a float's range")
+
+
+def _constant(text: str) -> _Refused:
+    return _Refused(f"{text}, not a number JSON allows")
+
+
+def _loads(text: str | bytes, what: str) -> Any:
+    """Decoded JSON within the bounds above, or ProtocolError naming `what`."""
+    if len(text) > MAX_MESSAGE_BYTES:
+        raise ProtocolError(f"{what}: {len(text)} bytes, more than the {MAX_MESSAGE_BYTES} a message may have")
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ProtocolError(f"{what}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    _check_depth(text, what)
     try:
-        raw = json.loads(text)
+        return json.loads(text, parse_int=_int, parse_float=_float_literal, parse_constant=_constant)
+    except RecursionError:  # not reached past _check_depth; kept so that no input can crash the reader
+        raise ProtocolError(f"{what}: nested deeper than {MAX_DEPTH} levels") from None
     except ValueError as exc:
-        raise ProtocolError(f"{cls.__name__}: not JSON: {exc}") from None
-    return from_dict(cls, raw)
+        raise ProtocolError(f"{what}: not JSON: {exc}") from None
+
+
+def _check_depth(text: str, what: str) -> None:
+    """Nesting deeper than MAX_DEPTH is refused before json.loads recurses into it. Escapes dropped, then
+    everything but quotes and brackets, then what lies between quotes: the brackets left (both kinds as
+    one: json.loads refuses a mismatch) lose their innermost pairs once per level. Each step is a C loop
+    over the text, not a Python step per character."""
+    if text.count("[") + text.count("{") <= MAX_DEPTH:
+        return
+    structure = text.encode("utf-8", "surrogatepass")
+    if b"\\" in structure:
+        structure = _ESCAPE.sub(b"", structure)
+    brackets = b"".join(structure.translate(_ONE_KIND, _NOT_STRUCTURE).split(b'"')[::2])
+    if _TOO_DEEP not in brackets:  # the plain attack, found in one search
+        for _ in range(MAX_DEPTH):
+            brackets = brackets.replace(b"[]", b"")
+            if not brackets:
+                return
+    raise ProtocolError(f"{what}: nested deeper than {MAX_DEPTH} levels, or brackets that do not pair")
+
+
+def _shorten(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _shown(value: Any) -> str:
+    """A decoded value in an error message: its kind and a bounded repr, as the message may be a megabyte."""
+    if type(value) is _Refused:
+        return value.complaint
+    return f"{type(value).__name__} {_shorten(repr(value))}"
+
+
+def from_json(cls: type[T], text: str | bytes) -> T:
+    return from_dict(cls, _loads(text, cls.__name__))
 
 
 def from_dict(cls: type[T], raw: Any, where: str = "") -> T:
@@ -320,7 +408,9 @@ def _converter(hint: Any) -> typing.Callable[[Any], Any]:
         return _enum_converter(hint)
     if hint is float:
         return _float
-    if hint in (int, str, bool):
+    if hint is str:
+        return _string
+    if hint in (int, bool):
         return _exactly(hint)
     raise TypeError(f"no JSON conversion for {hint!r}")
 
@@ -332,7 +422,7 @@ def _optional(inner: typing.Callable[[Any], Any]) -> typing.Callable[[Any], Any]
 def _tuple_of(item: typing.Callable[[Any], Any]) -> typing.Callable[[Any], Any]:
     def convert(value: Any) -> tuple[Any, ...]:
         if type(value) is not list:
-            raise _Mismatch(f"expected a list, got {type(value).__name__}")
+            raise _Mismatch(f"expected a list, got {_shown(value)}")
         try:
             return tuple(map(item, value))
         except _Mismatch as exc:
@@ -345,13 +435,13 @@ def _tuple_of(item: typing.Callable[[Any], Any]) -> typing.Callable[[Any], Any]:
 def _dict_of(key: typing.Callable[[Any], Any], val: typing.Callable[[Any], Any]) -> typing.Callable[[Any], Any]:
     def convert(value: Any) -> dict[Any, Any]:
         if type(value) is not dict:
-            raise _Mismatch(f"expected an object, got {type(value).__name__}")
+            raise _Mismatch(f"expected an object, got {_shown(value)}")
         converted = {}
         for k, v in value.items():
             try:
                 converted[key(k)] = val(v)
             except _Mismatch as exc:
-                raise exc.within(f"[{k!r}]") from None
+                raise exc.within(f"[{_shorten(repr(k))}]") from None
         return converted
 
     return convert
@@ -376,9 +466,9 @@ def _dataclass_converter(cls: type) -> typing.Callable[[Any], Any]:
 
     def convert(raw: Any) -> Any:
         if type(raw) is not dict:
-            raise _Mismatch(f"expected an object, got {type(raw).__name__}")
+            raise _Mismatch(f"expected an object, got {_shown(raw)}")
         if not names.issuperset(raw):
-            raise _Mismatch(f"unknown fields {sorted(set(raw) - names)}")
+            raise _Mismatch(_shorten(f"unknown fields {sorted(set(raw) - names)}", 200))
         if not converters:  # resolved at first use: a field's type may be the class itself, or later in the module
             converters.update((name, _converter(hints[name])) for name, _ in fields)
         values = {}
@@ -399,9 +489,10 @@ def _enum_converter(cls: type[enum.Enum]) -> typing.Callable[[Any], Any]:
     def convert(value: Any) -> Any:
         try:
             return cls(value)
-        except ValueError:
+        except (ValueError, TypeError):  # TypeError: an unhashable value (a list)
             allowed = ", ".join(str(m.value) for m in cls)
-            raise _Mismatch(f"{value!r} is not one of {allowed}") from None
+            shown = value.complaint if type(value) is _Refused else _shorten(repr(value))
+            raise _Mismatch(f"{shown} is not one of {allowed}") from None
 
     return convert
 
@@ -410,7 +501,7 @@ def _float(value: Any) -> float:
     # bool is an int; JSON has no separate integer type for floats, so ints are fine here
     if type(value) in (int, float):
         return float(value)
-    raise _Mismatch(f"expected float, got {type(value).__name__} {value!r}")
+    raise _Mismatch(f"expected float, got {_shown(value)}")
 
 
 def _exactly(kind: type) -> typing.Callable[[Any], Any]:
@@ -418,9 +509,20 @@ def _exactly(kind: type) -> typing.Callable[[Any], Any]:
     def convert(value: Any) -> Any:
         if type(value) is kind:
             return value
-        raise _Mismatch(f"expected {kind.__name__}, got {type(value).__name__} {value!r}")
+        raise _Mismatch(f"expected {kind.__name__}, got {_shown(value)}")
 
     return convert
+
+
+def _string(value: Any) -> str:
+    if type(value) is not str:
+        raise _Mismatch(f"expected str, got {_shown(value)}")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # "\ud800" decodes to a lone surrogate, which no file or database takes
+            raise _Mismatch(f"{_shorten(repr(value))} is not valid Unicode (a lone surrogate)") from None
+    return value
 
 
 def check_event_name(name: str) -> str:
@@ -606,12 +708,12 @@ def _frame_fields(value: Any) -> dict[str, Any]:
 
 
 def decode_frame(text: str | bytes) -> Any:
+    raw = _loads(text, "job frame")
     try:
-        raw = json.loads(text)
         cls = FRAME_TYPES[raw["type"]]
         body = raw["body"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ProtocolError(f"not a job frame ({exc}): {str(text)[:80]!r}") from None
+    except (KeyError, TypeError) as exc:
+        raise ProtocolError(f"not a job frame ({exc}): {_shorten(str(text), 80)!r}") from None
     return from_dict(cls, body)
 
 

@@ -1,3 +1,5 @@
+import time
+
 import pytest
 
 from agent import protocol as p
@@ -77,3 +79,60 @@ def test_job_frame_round_trips_and_errors_name_the_item():
         p.decode_frame(bad_env)
     with pytest.raises(TypeError, match="cannot hold"):
         p.encode_frame(p.JobSignal(1, object()))  # type: ignore[arg-type]
+
+
+# --- what a message may hold: bounded, storable, and refused naming the type and field -------------------
+
+MAC = "52:54:00:12:34:56"
+
+
+@pytest.mark.parametrize(
+    "cls, text, complaint",
+    [
+        (p.Heartbeat, f'{{"mac": "{MAC}", "stage": "stage1", "uptime": -Infinity}}', "Heartbeat.uptime: .*-Infinity"),
+        (p.LogBatch, f'{{"mac": "{MAC}", "sent_mono": NaN, "lines": []}}', "LogBatch.sent_mono: .*NaN"),
+        (p.EventBatch, f'{{"mac": "{MAC}", "sent_mono": 1e999, "events": []}}', "EventBatch.sent_mono: .*beyond a float"),
+        (p.LogBatch, f'{{"mac": "{MAC}", "sent_mono": 1, "lines": [], "dropped": {"9" * 400}}}',
+         "LogBatch.dropped: .*400 digits, beyond 64 bits"),
+        (p.RegisterRequest, f'{{"mac": "{MAC}", "stage": "stage1", "hardware": {{"cpus": {2**63}}}}}',
+         r"RegisterRequest.hardware.cpus: .*beyond 64 bits"),
+        (p.Heartbeat, f'{{"mac": "{MAC}", "stage": "stage1", "uptime": {"9" * 400}}}', "Heartbeat.uptime: .*400 digits"),
+        (p.LogBatch, f'{{"mac": "{MAC}", "sent_mono": 1, "lines": [{{"mono": 1, "stage": "stage1", "level": "\\ud800", '
+                     '"message": ""}]}', r"LogBatch.lines\[0\].level: .*lone surrogate"),
+        (p.RegisterRequest, '{"mac": ' + "[" * 40 + "]" * 40 + "}", "RegisterRequest: nested deeper than 16 levels"),
+        (p.RegisterRequest, "[" * 100_000 + "]" * 100_000, "RegisterRequest: nested deeper than 16 levels"),
+        (p.RegisterRequest, b'{"mac": "\xff"}', "RegisterRequest: not UTF-8"),
+    ],
+)  # fmt: skip
+def test_values_no_message_may_hold_are_refused_naming_the_field(cls, text, complaint):
+    with pytest.raises(p.ProtocolError, match=complaint):
+        p.from_json(cls, text)
+
+
+def test_a_message_longer_than_the_limit_is_refused_unread():
+    text = '{"mac": "' + "a" * p.MAX_MESSAGE_BYTES + '"}'
+    with pytest.raises(p.ProtocolError, match=r"RegisterRequest: \d+ bytes, more than the \d+ a message may have"):
+        p.from_json(p.RegisterRequest, text)
+
+
+def test_a_job_frame_with_a_refused_value_names_its_type_and_field():
+    with pytest.raises(p.ProtocolError, match="JobExit.status: .*NaN"):
+        p.decode_frame('{"type": "JobExit", "body": {"job": 1, "status": NaN}}')
+    with pytest.raises(p.ProtocolError, match="job frame: nested deeper"):
+        p.decode_frame("[" * 50 + "]" * 50)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[" + ",".join(["9" * 4000] * 250) + "]",  # a megabyte of the longest integers Python parses
+        "[" * 500_000 + "]" * 500_000,
+        "[[]" * 300_000 + "]" * 300_000,
+        '{"mac": "' + "\\\\" * 400_000 + '"}',
+    ],
+)
+def test_a_hostile_megabyte_is_refused_in_bounded_time(text):
+    started = time.monotonic()
+    with pytest.raises(p.ProtocolError):
+        p.from_json(p.RegisterRequest, text)
+    assert time.monotonic() - started < 1.0

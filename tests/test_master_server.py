@@ -314,7 +314,7 @@ def test_host_table_names_every_node_with_an_address_and_heartbeats_say_when_it_
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"), reason="the resolver check mounts over /etc/hosts")
 def test_the_master_resolves_node_names_from_the_block_beoserv_keeps_in_its_hosts_file(boot_tree, tmp_path):
-    """hosts_file: beoserv writes the host table into the file at once on each registration, keeping the
+    """hosts_file: beoserv writes the host table into the file just after each registration, keeping the
     administrator's lines, and glibc's own resolver (getent, in a mount namespace where the file is
     /etc/hosts) then finds the nodes by both names."""
     hosts = tmp_path / "hosts"

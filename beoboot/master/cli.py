@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import sys
 from dataclasses import asdict
@@ -17,6 +18,7 @@ from beoboot.errors import BeobootError, UsageError
 from beoboot.master import bpsh_client as bpsh
 from beoboot.master import timeline as tl
 from beoboot.master.config import load_config
+from beoboot.master.printable import printable
 from beoboot.master.server import ServerOptions, parse_listen, serve, setup_logging
 
 DEFAULT_MASTER = "http://127.0.0.1:8080"
@@ -41,6 +43,7 @@ def beoserv_parser() -> argparse.ArgumentParser:
     parser.add_argument("--listen", default="0.0.0.0:8080", help="HOST:PORT (default %(default)s; port 0: any)")
     parser.add_argument("--db", type=Path, required=True, help="node registry (SQLite file, created if missing)")
     parser.add_argument("--config", type=Path, help="beoserv TOML config; re-read on SIGHUP")
+    parser.add_argument("--debug", action="store_true", help="log at debug level, with the traceback of any failure")
     parser.add_argument(
         "--bpsh-socket", default=bpsh.DEFAULT_SOCKET, metavar="PATH",
         help="local socket bpsh connects to (default %(default)s; 'none': no bpsh)",
@@ -53,7 +56,7 @@ def _beoserv(args: argparse.Namespace) -> int:
         raise UsageError(f"--root {args.root} is not a directory", hint="pass the builder's output directory")
     host, port = parse_listen(args.listen)
     config = load_config(args.config)
-    setup_logging()
+    setup_logging(logging.DEBUG if args.debug else logging.INFO)
     socket = None if args.bpsh_socket == "none" else Path(args.bpsh_socket).absolute()
     options = ServerOptions(root=args.root.resolve(), host=host, port=port, db=args.db, config_path=args.config,
                             bpsh_socket=socket)  # fmt: skip
@@ -117,8 +120,8 @@ def format_nodes(nodes: p.NodeList) -> str:
         if n.load is not None:
             load = f"{n.load.load1:.2f}"
             memory = f"{n.load.mem_available_kib >> 10}/{n.load.mem_total_kib >> 10} MiB"
-        rows.append((n.name, n.mac, n.address or "-", str(n.state), str(n.stage), f"{ago:.0f}s ago",
-                     format_duration(n.uptime), load, memory))  # fmt: skip
+        rows.append((n.name, printable(n.mac), printable(n.address or "-"), str(n.state), str(n.stage),
+                     f"{ago:.0f}s ago", format_duration(n.uptime), load, memory))  # fmt: skip
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows) + "\n"
 
@@ -127,7 +130,7 @@ def format_jobs(jobs: p.JobList) -> str:
     rows = [("job", "node", "pid", "state", "status", "command")]
     for j in jobs.jobs:
         rows.append((str(j.job), p.node_name(j.node), str(j.pid or "-"), str(j.state),
-                     "-" if j.status is None else str(j.status), j.command))  # fmt: skip
+                     "-" if j.status is None else str(j.status), printable(j.command)))  # fmt: skip
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     return "".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1] + "\n" for r in rows)
 

@@ -10,6 +10,7 @@ Example beoserv.toml:
     hosts_file = "/etc/hosts"         # the master resolves n3 and .3 too: beoserv keeps a block of it
     local_nodes = "root"              # "none": no registration from the master itself (beoboot.master.admission)
     require_reserved_port = true      # false: nodes behind NAT, which rewrites their privileged source ports
+    request_timeout = 30.0            # a client sends a request's head, then its body, within this
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ class MasterConfig:
     # or none ("none"); from another host, only a privileged source port unless require_reserved_port is off
     local_nodes: str = "root"
     require_reserved_port: bool = True
+    # seconds a client has to send a request's head (from connecting, or from the last response on a kept
+    # connection), then again its body: a client that trickles bytes is cut off, not waited for for ever.
+    # The head's bound is set when beoserv starts; a job link or a download, once under way, has none
+    request_timeout: float = 30.0
 
     def node_address(self, number: int) -> str | None:
         """BeoNSS rule: node N's address is the first node address plus N."""
@@ -65,9 +70,11 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "hosts_file": (str,),
     "local_nodes": (str,),
     "require_reserved_port": (bool,),
+    "request_timeout": (int, float),
 }
 # The numbers are finite (NaN or infinity would stop a timer for ever) and within these ranges.
-_SECONDS = {"heartbeat_interval": (0.01, 3600.0), "heartbeat_timeout": (0.01, 86400.0), "reap_interval": (0.0, 3600.0)}
+_SECONDS = {"heartbeat_interval": (0.01, 3600.0), "heartbeat_timeout": (0.01, 86400.0), "reap_interval": (0.0, 3600.0),
+            "request_timeout": (0.1, 3600.0)}
 KEEP_BOOTS_MAX = 10000
 HOSTNAME_PREFIX_MAX = 32  # a DNS label holds 63 characters: the prefix and the node number must fit
 LOCAL_NODES = ("root", "none")

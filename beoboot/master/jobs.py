@@ -18,13 +18,14 @@ import struct
 import time
 from dataclasses import dataclass, field, replace
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from agent import protocol as p
 from beoboot.errors import BeobootError
 from beoboot.jobmanifest import JobError, ManifestBuilder
 from beoboot.master.describer import Describer
 from beoboot.master.objects import ObjectStore
+from beoboot.master.printable import printable
 from beoboot.master.registry import Registry, RegistryError
 
 log = logging.getLogger("beoserv")
@@ -34,6 +35,9 @@ SIGHUP = 1
 FINISHED_KEPT = 200  # finished jobs kept in the listing
 MAX_NODES = 65536  # in one node list: a range beyond it is a typo, and expanding it would stall beoserv
 NAMED_DOWN = 10  # nodes named in "not up" before "and N more"
+# the largest frame a node's link may send: its control frames are small, its output comes in 64 KiB
+# pieces (agent.jobs.READ_SIZE); without a bound one frame could hold the master's memory
+NODE_FRAME_MAX = 1 << 20
 # bpctl: beyond its jobs' grace time (SIGTERM to SIGKILL), how long a node may take to close its link:
 # the killed jobs' exits (agent.jobs.KILLED_WAIT), the last log lines, a slow link
 POWER_ANSWER_TIME = 15.0
@@ -181,7 +185,7 @@ class JobHub:
                 text=f"node {node.number} ({mac}): the job link needs the token of the node's last registration "
                 f"({p.LINK_TOKEN_HEADER}); register again\n"
             )
-        ws = web.WebSocketResponse(max_msg_size=0)
+        ws = web.WebSocketResponse(max_msg_size=NODE_FRAME_MAX)
         await ws.prepare(request)
         old = self.links.get(node.number)
         link = NodeLink(node.number, mac, ws, token=node.link_token)
@@ -192,8 +196,16 @@ class JobHub:
         try:
             async for msg in ws:
                 if msg.type == WSMsgType.TEXT:
-                    await self._from_node(link, p.decode_frame(msg.data))
+                    try:
+                        frame = p.decode_frame(msg.data)
+                    except p.ProtocolError as exc:
+                        await _refuse_frame(ws, node.number, mac, str(exc))
+                        break
+                    await self._from_node(link, frame)
                 elif msg.type == WSMsgType.BINARY:
+                    if len(msg.data) < p.IO_HEADER_SIZE:
+                        await _refuse_frame(ws, node.number, mac, f"an output frame of {len(msg.data)} bytes")
+                        break
                     stream, job_id = struct.unpack_from(p.IO_HEADER, msg.data)
                     job = self.jobs.get(job_id)
                     if job is not None and job.link is link:  # another node cannot write to this job
@@ -392,6 +404,11 @@ def _named(numbers: list[int]) -> str:
     """'1, 2, 3' or, past NAMED_DOWN, '1, ..., 10 and 30 more'."""
     more = f" and {len(numbers) - NAMED_DOWN} more" if len(numbers) > NAMED_DOWN else ""
     return ", ".join(map(str, numbers[:NAMED_DOWN])) + more
+async def _refuse_frame(ws: web.WebSocketResponse, number: int, mac: str, what: str) -> None:
+    """A node that sends what no node sends has its link closed (its jobs end as if the link were lost):
+    its next frame could not be trusted to mean what it says either."""
+    log.warning("node %d (%s) job link closed: it sent %s", number, mac, printable(what))
+    await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"bad frame")
 
 
 async def _send_bytes(ws: web.WebSocketResponse, data: bytes) -> None:

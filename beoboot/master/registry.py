@@ -316,8 +316,9 @@ class Registry:
         text = ref.strip()
         digits = text.lstrip(".").lstrip("abcdefghijklmnopqrstuvwxyz") if ":" not in text else ""
         record = None
-        if digits.isdigit():
-            record = self.node_by_number(int(digits))
+        if digits.isascii() and digits.isdigit():  # not "²", which isdigit() but int() refuses
+            # a number beyond SQLite's 64-bit INTEGER names no node (it cannot be bound to a query)
+            record = self.node_by_number(int(digits)) if len(digits) <= 18 else None
         elif ":" in text or "-" in text:
             try:
                 record = self.node_by_mac(text)
@@ -342,6 +343,11 @@ class Registry:
         for state, count in self._db.execute("SELECT state, COUNT(*) FROM nodes GROUP BY state"):
             counts[state] = count
         return counts
+
+    def addresses(self) -> list[tuple[int, str | None]]:
+        """(number, reported address) of every node, in number order: what the host table is built from,
+        without decoding every node's hardware."""
+        return [(number, address) for number, address in self._db.execute("SELECT number, address FROM nodes ORDER BY number")]
 
     def logs(self, number: int, limit: int = 1000) -> list[tuple[float, str, str, str]]:
         rows = self._db.execute(

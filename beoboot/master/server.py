@@ -16,9 +16,10 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import signal
+import sys
 import time
-import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,13 +31,22 @@ from agent import protocol as p
 from beoboot.errors import BeobootError, ConfigError
 from beoboot.master import admission, hostsfile
 from beoboot.master.config import MasterConfig, load_config
+from beoboot.master.hosttable import HostTable
 from beoboot.master.jobs import JobHub
 from beoboot.master.localjobs import LocalListener
 from beoboot.master.published import NotPublished, PublishedTree
+from beoboot.master.printable import printable
 from beoboot.master.registry import NodeRecord, Registry, RegistryError
 
 log = logging.getLogger("beoserv")
 node_log = logging.getLogger("beoserv.node")
+
+NAME_MAX = 255  # bytes in one name of a path (Linux): a longer one names nothing here
+CONTROL = re.compile("[\x00-\x1f\x7f]")
+BOOT_NUMBER = re.compile("[0-9]{1,18}")  # within SQLite's 64-bit INTEGER
+# The hosts file is rewritten (and synced to disk) at most this often: when a thousand nodes register at
+# once it is rewritten a few times, not a thousand.
+HOSTS_FILE_DELAY = 0.5
 
 
 @dataclass(frozen=True)
@@ -110,6 +120,36 @@ def error_response(status: int, message: str, **extra: Any) -> web.Response:
     )
 
 
+class RequestRefused(Exception):
+    """A request answered with `status` and a JSON error before (or instead of) its handler."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def check_path(path: str) -> None:
+    """A control character in a path is bad input (400): no file, node or route has one, and a NUL stops
+    the file system's calls. A name longer than a file name can be names nothing (404)."""
+    if CONTROL.search(path):
+        raise RequestRefused(400, f"the path '{printable(path)}' has a control character")
+    if any(len(name.encode("utf-8", "surrogateescape")) > NAME_MAX for name in path.split("/")):
+        raise RequestRefused(404, f"no such path: a name in it is longer than {NAME_MAX} bytes")
+
+
+class OneLineLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """aiohttp's own complaints (a request it cannot parse, a client gone) as one line of beoserv's log,
+    with the traceback only at debug level: a hostile client must not fill the log with tracebacks."""
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True, **kwargs: Any) -> None:
+        if self.logger.isEnabledFor(logging.DEBUG):
+            self.logger.error(msg, *args, exc_info=exc_info, **kwargs)
+            return
+        exc = exc_info if isinstance(exc_info, BaseException) else sys.exc_info()[1]
+        said = " ".join(f"{type(exc).__name__}: {exc}".split()) if exc else ""
+        self.logger.warning("%s: %s", printable(str(msg) % args if args else msg), printable(said))
+
+
 class Beoserv:
     def __init__(self, options: ServerOptions, config: MasterConfig) -> None:
         self.options = options
@@ -117,7 +157,8 @@ class Beoserv:
         self.registry = Registry(options.db)
         self.published = PublishedTree(options.root)
         self.jobs = JobHub(self.registry)
-        self._hosts_cache: tuple[tuple[object, ...], str, int] | None = None  # (what it was built from, text, version)
+        self._hosts = HostTable({})
+        self._hosts_file_due: asyncio.TimerHandle | None = None
         self.started = time.time()
         self.requests = 0
         self.config_loads = 1
@@ -148,20 +189,52 @@ class Beoserv:
     ) -> web.StreamResponse:
         self.requests += 1
         try:
+            check_path(request.path)
+            if request.body_exists:
+                await self._read_body(request)
             return await handler(request)
         except p.ProtocolError as exc:
-            log.warning("bad message from %s to %s: %s", request.remote, request.path, exc)
+            log.warning("bad message from %s to %s: %s", request.remote, printable(request.path), printable(exc))
             return error_response(400, str(exc))
         except RegistryError as exc:
             return error_response(404, str(exc))
+        except RequestRefused as exc:
+            response = error_response(exc.status, str(exc))
+            if exc.status in (408, 413):
+                response.force_close()  # the rest of the body is not waited for
+            return response
+        except web.HTTPException:
+            raise
+        except ConnectionError as exc:
+            log.info("%s %s from %s: the client went away (%s)", request.method, printable(request.path),
+                     request.remote, printable(exc))  # fmt: skip
+            return error_response(400, "the connection broke")  # to no one: aiohttp drops it
+        except Exception as exc:
+            # a last resort: each cause found is fixed where it arises; this keeps the next one to one line
+            log.error("%s %s from %s failed: %s: %s", request.method, printable(request.path_qs), request.remote,
+                      type(exc).__name__, printable(exc), exc_info=log.isEnabledFor(logging.DEBUG))  # fmt: skip
+            return error_response(500, f"beoserv failed on this request ({type(exc).__name__}); its log says more")
+
+    async def _read_body(self, request: web.Request) -> None:
+        """The whole body, before the handler (which then reads it from memory): a client that sends it
+        slower than request_timeout allows is answered 408 and cut off, not waited for for ever."""
+        try:
+            async with asyncio.timeout(self.config.request_timeout):
+                await request.read()
+        except TimeoutError:
+            raise RequestRefused(408, f"the request's body did not arrive within {self.config.request_timeout:g}s") from None
+        except web.HTTPRequestEntityTooLarge:
+            raise RequestRefused(413, f"the request's body is larger than {request.client_max_size} bytes") from None
 
     async def _start_up(self, app: web.Application) -> None:
-        self._host_table()  # the nodes the registry knows are named in config.hosts_file from the start
+        self._build_host_table()  # the nodes the registry knows are named in config.hosts_file from the start
         self._reaper = asyncio.create_task(self._reap_forever())
 
     async def _stop(self, app: web.Application) -> None:
         if self._reaper:
             self._reaper.cancel()
+        if self._hosts_file_due is not None:
+            self._keep_hosts_file()  # the last registrations' names are not left out of the file
         self.registry.close()
 
     async def _reap_forever(self) -> None:
@@ -188,7 +261,7 @@ class Beoserv:
         self.config = config
         self.config_loads += 1
         log.info("config reloaded from %s: %s", self.options.config_path, config)
-        self._host_table()  # a new address plan or hosts_file takes effect now, not at the next heartbeat
+        self._build_host_table()  # a new address plan or hosts_file takes effect now, not at the next heartbeat
 
     def server_status(self) -> p.ServerStatus:
         fds, rss = process_figures()
@@ -249,7 +322,7 @@ class Beoserv:
             request.remote,
         )  # fmt: skip
         await self.jobs.drop_link(node.number, f"node {node.number} registered again from {request.remote}")
-        self._host_table()  # kept in config.hosts_file at once
+        self._host_changed(node)
         return json_response(
             p.RegisterReply(
                 number=node.number, name=p.node_name(node.number),
@@ -271,6 +344,7 @@ class Beoserv:
             return self._unknown(msg.mac)
         if self.registry.generation != generation:
             log.info("node %d (%s) now at %s: its DHCP lease moved it", node.number, node.mac, node.address)
+            self._host_changed(node)
         _, version = self._host_table()
         return json_response(p.HeartbeatReply(node.number, node.state, self.config.heartbeat_interval, version))
 
@@ -278,27 +352,37 @@ class Beoserv:
         """Where the node is reached: its address plan's address, else the one it last reported."""
         return self.config.node_address(node.number) or node.address
 
-    def _host_table(self) -> tuple[str, int]:
-        """The cluster's /etc/hosts lines and their version (CRC-32 of the text), rebuilt only when a
-        registration or a config reload may have changed them: every node asks on every heartbeat."""
-        key = (self.registry.generation, self.config.first_node_address, self.config.hostname_prefix,
-               self.config.hosts_file)  # fmt: skip
-        if self._hosts_cache is None or self._hosts_cache[0] != key:
-            lines = []
-            for node in self.registry.nodes():
-                address = self._address_of(node)
-                if address:
-                    hostname = p.node_hostname(node.number, self.config.hostname_prefix)
-                    lines.append(f"{address} {hostname} {p.node_name(node.number)}\n")
-            text = "".join(lines)
-            self._hosts_cache = (key, text, zlib.crc32(text.encode()))
-            self._keep_hosts_file(text)
-        return self._hosts_cache[1], self._hosts_cache[2]
+    def _host_line(self, number: int, reported: str | None) -> str | None:
+        address = self.config.node_address(number) or reported
+        if not address:
+            return None
+        return f"{address} {p.node_hostname(number, self.config.hostname_prefix)} {p.node_name(number)}\n"
 
-    def _keep_hosts_file(self, table: str) -> None:
+    def _build_host_table(self) -> None:
+        """The host table from the whole registry, into config.hosts_file at once: at start, and on a config
+        reload (a new address plan or prefix renames every node)."""
+        lines = ((number, self._host_line(number, address)) for number, address in self.registry.addresses())
+        self._hosts = HostTable({number: line for number, line in lines if line})
+        self._keep_hosts_file()
+
+    def _host_changed(self, node: NodeRecord) -> None:
+        """One node registered or moved: its line alone changes, and the hosts file follows shortly after."""
+        if self._hosts.put(node.number, self._host_line(node.number, node.address)) and self.config.hosts_file:
+            if self._hosts_file_due is None:
+                self._hosts_file_due = asyncio.get_running_loop().call_later(HOSTS_FILE_DELAY, self._keep_hosts_file)
+
+    def _host_table(self) -> tuple[str, int]:
+        """The cluster's /etc/hosts lines and their version (CRC-32 of the text)."""
+        return self._hosts.text_and_version()
+
+    def _keep_hosts_file(self) -> None:
+        if self._hosts_file_due is not None:
+            self._hosts_file_due.cancel()
+            self._hosts_file_due = None
         path = self.config.hosts_file
         if not path:
             return
+        table, _ = self._host_table()
         try:
             if hostsfile.update(path, table):
                 log.info("hosts file %s: the nodes' block now names %d nodes", path, len(table.splitlines()))
@@ -319,7 +403,7 @@ class Beoserv:
         if number is None:
             return self._unknown(msg.mac)
         for t, e in timed:
-            log.info("node %d (%s) %s %s %s", number, msg.mac, e.stage, e.name, e.detail or "")
+            log.info("node %d (%s) %s %s %s", number, printable(msg.mac), e.stage, e.name, printable(e.detail))
         return json_response(p.Accepted(len(timed)))
 
     async def logs(self, request: web.Request) -> web.Response:
@@ -329,10 +413,11 @@ class Beoserv:
         number = self.registry.record_logs(msg.mac, timed, now)
         if number is None:
             return self._unknown(msg.mac)
+        mac = printable(msg.mac)
         for t, line in timed:
-            node_log.info("%s %s %s %s %s", iso(t), msg.mac, line.stage, line.level, line.message)
+            node_log.info("%s %s %s %s %s", iso(t), mac, line.stage, printable(line.level), printable(line.message))
         if msg.dropped:
-            node_log.warning("%s %s node dropped %d log lines (buffer full)", iso(now), msg.mac, msg.dropped)
+            node_log.warning("%s %s node dropped %d log lines (buffer full)", iso(now), mac, msg.dropped)
         return json_response(p.Accepted(len(timed)))
 
     async def nodes(self, request: web.Request) -> web.Response:
@@ -342,8 +427,8 @@ class Beoserv:
     async def timeline(self, request: web.Request) -> web.Response:
         node = self.registry.find(request.match_info["node"])
         boot_arg = request.query.get("boot")
-        if boot_arg is not None and not boot_arg.isdigit():
-            raise p.ProtocolError(f"boot={boot_arg!r} must be a boot number")
+        if boot_arg is not None and not BOOT_NUMBER.fullmatch(boot_arg):
+            raise p.ProtocolError(f"boot='{printable(boot_arg)[:40]}' must be a boot number (at most 18 digits)")
         boot, entries = self.registry.timeline(node.number, int(boot_arg) if boot_arg else None)
         rows = tuple(p.TimelineEntry(e.t, e.event, e.stage, e.detail) for e in entries)
         return json_response(p.Timeline(node.number, node.mac, boot, rows))
@@ -398,7 +483,11 @@ def setup_logging(level: int = logging.INFO) -> None:
 
 async def serve(options: ServerOptions, config: MasterConfig, stop: asyncio.Event | None = None) -> None:
     server = Beoserv(options, config)
-    runner = web.AppRunner(server.make_app(), access_log=None)
+    # keepalive_timeout bounds the wait for a whole request head, from the connection's start or the last
+    # response (aiohttp closes a connection whose head is incomplete by then), so a client sending it
+    # byte by byte is cut off; _read_body bounds the body
+    runner = web.AppRunner(server.make_app(), access_log=None, keepalive_timeout=config.request_timeout,
+                           logger=OneLineLog(log, {}))  # fmt: skip
     await runner.setup()
     site = web.TCPSite(runner, options.host, options.port)
     try:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from xml.sax.saxutils import escape, quoteattr
 
 from agent.protocol import BootEvent, Timeline
+from beoboot.master.printable import printable
 
 # Labels for the standard events; others are shown by name.
 PHASE_LABELS = {
@@ -45,7 +46,8 @@ def phases(timeline: Timeline) -> list[Phase]:
     for i, entry in enumerate(entries):
         end = entries[i + 1].t if i + 1 < len(entries) else entry.t
         label = PHASE_LABELS.get(entry.event, entry.event.replace("_", " "))  # type: ignore[call-overload]
-        out.append(Phase(label, entry.event, str(entry.stage), entry.t - t0, end - entry.t, entry.detail))
+        # the node wrote the detail: on a terminal it must not move the cursor or forge a line
+        out.append(Phase(label, entry.event, str(entry.stage), entry.t - t0, end - entry.t, printable(entry.detail)))
     return out
 
 
