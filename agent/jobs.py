@@ -179,6 +179,9 @@ class JobRunner:
                 self._serve(self._ws)
             except WebSocketError:
                 pass
+            except (p.ProtocolError, struct.error) as exc:  # what no master sends: its next frame is not trusted
+                self.log(f"beoboot: job link to {self.master_url} closed: a frame it sent is not valid: {exc}")
+                self._ws.close()
             self.connected.clear()
             self._hang_up()
             if not self._stop.is_set():

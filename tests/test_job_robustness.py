@@ -233,3 +233,56 @@ def test_a_worker_whose_task_raised_serves_on_and_is_counted_once(capfd):
     assert met == [True, True]
     err = capfd.readouterr().err
     assert "ValueError: a bug met by one job" in err and "Exception in thread" not in err
+
+
+# --- the link ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("frame", [("text", '{"type": "job_start", "body": {"job": NaN}}'), ("text", "[[[[" * 40),
+                                   ("bytes", b"\x01")])  # fmt: skip
+def test_a_frame_no_master_sends_closes_the_link_and_the_node_links_again(env_root, frame):
+    """A bad frame (an impostor on the wire, a bug) must not end the node's link thread: with it gone the
+    node would never take a job again until it rebooted. The link is closed, logged, and made again."""
+    import asyncio
+
+    from aiohttp import web
+
+    connects: list[int] = []
+    loop = asyncio.new_event_loop()
+
+    async def link(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        connects.append(1)
+        kind, data = frame
+        await (ws.send_str(data) if kind == "text" else ws.send_bytes(data))
+        async for _ in ws:
+            pass
+        return ws
+
+    app = web.Application()
+    app.router.add_get(p.JOBS_LINK_PATH, link)
+    runner_ = web.AppRunner(app)
+    loop.run_until_complete(runner_.setup())
+    site = web.TCPSite(runner_, "127.0.0.1", 0)
+    loop.run_until_complete(site.start())
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    logged: list[str] = []
+    url = f"http://127.0.0.1:{port}"
+    cache = LibCache(str(env_root / ".libcache"), str(env_root), url)
+    jobs = JobRunner(url, "02:be:0b:00:00:02", str(env_root), cache, log=logged.append, launcher=Launcher(str(env_root)))
+    link_thread = jobs.start()
+    try:
+        wait_for(lambda: len(connects) >= 2, 10, "the node to link again after the bad frame")
+        assert link_thread.is_alive()
+        assert any("not valid" in line for line in logged), logged
+    finally:
+        jobs.stop()
+        jobs.end_jobs(1.0)
+        if jobs.launcher and jobs.launcher.process.poll() is None:
+            jobs.launcher.process.kill()
+            jobs.launcher.process.wait()
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
