@@ -124,9 +124,10 @@ class MasterLink:
             if path == p.REGISTER_PATH:
                 response = self._post_from_reserved_port(path, p.to_json(message))
             else:
+                token = self.registration.link_token if self.registration else ""
                 response = self.session.post(
                     self.base_url + path, data=p.to_json(message), timeout=self.timeout,
-                    headers={"Content-Type": "application/json"},
+                    headers={"Content-Type": "application/json", p.LINK_TOKEN_HEADER: token},
                 )  # fmt: skip
         if response.status_code == p.UNKNOWN_NODE_STATUS and path != p.REGISTER_PATH:
             raise _Unregistered(response.text)

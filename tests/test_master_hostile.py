@@ -20,7 +20,7 @@ import requests
 from agent import protocol as p
 from agent.wsclient import OP_BINARY, OP_TEXT, WebSocket, WebSocketError
 from beoboot.master.registry import Registry
-from master_helpers import MasterProcess, bpsh_argv, start_simnodes
+from master_helpers import MasterProcess, bpsh_argv, publish_files, start_simnodes
 
 MAC = "52:54:00:00:07:01"
 REQUEST_TIMEOUT = 1.5  # the masters' request_timeout here: short, so that trickling clients are cut off soon
@@ -31,11 +31,13 @@ BEYOND_SQLITE = "9" * 30
 def master(tmp_path_factory):
     work = tmp_path_factory.mktemp("hostile")
     (work / "boot").mkdir()
-    (work / "boot" / "stage3.cpio").write_bytes(os.urandom(4 << 20))
+    publish_files(work / "boot", {"stage3.cpio": os.urandom(4 << 20)})
     config = work / "beoserv.toml"
     config.write_text(f"request_timeout = {REQUEST_TIMEOUT}\n")
     server = MasterProcess(work / "boot", work / "nodes.db", work / "beoserv.log", config).start()
-    requests.post(server.url + p.REGISTER_PATH, json={"mac": MAC, "stage": "stage1"}, timeout=5).raise_for_status()
+    registered = requests.post(server.url + p.REGISTER_PATH, json={"mac": MAC, "stage": "stage1"}, timeout=5)
+    registered.raise_for_status()
+    server.token = registered.json()["link_token"]  # what the node's own messages carry
     yield server
     server.stop()
 
@@ -123,7 +125,8 @@ def test_node_text_cannot_forge_a_line_in_beoservs_log_or_on_bpstats_terminal(ma
     lines = [{"mono": 1, "stage": "stage2", "level": "INFO\n" + FORGED, "message": f"one\n{FORGED}\r\x1b[2J\u2028"}]
     events = [{"name": "dhcp", "mono": 1, "stage": "stage2", "detail": f"lease\n{FORGED}\x1b]0;title\x07"}]
     for path, message in ((p.LOGS_PATH, {"sent_mono": 2, "lines": lines}), (p.EVENTS_PATH, {"sent_mono": 2, "events": events})):
-        response = requests.post(master.url + path, data=json.dumps({"mac": f" {MAC}\n", **message}), timeout=5)
+        response = requests.post(master.url + path, data=json.dumps({"mac": f" {MAC}\n", **message}), timeout=5,
+                                 headers={p.LINK_TOKEN_HEADER: master.token})
         assert response.status_code == 200, response.text
     master.wait_for_log(r"dhcp lease\\n", after=mark)
     log = master.log_text()[mark:]

@@ -39,7 +39,8 @@ except urllib.error.HTTPError as exc:
     sys.exit(0)
 if ready:
     events = p.EventBatch(mac, time.monotonic(), (p.StageEvent("stage3_ready", time.monotonic(), p.Stage.SUPERVISOR),))
-    urllib.request.urlopen(urllib.request.Request(url + p.EVENTS_PATH, p.to_json(events).encode()), timeout=10).read()
+    token = {p.LINK_TOKEN_HEADER: reply.link_token}
+    urllib.request.urlopen(urllib.request.Request(url + p.EVENTS_PATH, p.to_json(events).encode(), token), timeout=10).read()
 ws = WebSocket.connect(f"{url}{p.JOBS_LINK_PATH}?mac={mac}", headers={p.LINK_TOKEN_HEADER: reply.link_token})
 print(json.dumps({"status": 200, "number": reply.number, "token": reply.link_token}), flush=True)
 _, frame = ws.recv()
@@ -141,6 +142,36 @@ def test_a_node_that_never_reached_up_gets_no_job(cluster):
         booting.kill()
         out, _ = booting.communicate()
     assert '"job"' not in out
+
+
+def post_as(url: str, message: object, token: str | None) -> int:
+    headers = {"Content-Type": "application/json", **({p.LINK_TOKEN_HEADER: token} if token is not None else {})}
+    request = urllib.request.Request(url, p.to_json(message).encode(), headers)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_a_nodes_heartbeats_events_and_log_lines_need_its_token(cluster):
+    """Anyone who reaches the port could keep a dead node up with heartbeats, mark a booting one ready, or
+    write lines into a node's log. Only the token of the node's latest registration counts: without it
+    the answer is the unknown node's (the node itself would register again), and nothing is recorded."""
+    mac = "02:be:0b:00:00:01"  # agent.simnode's second node: node 1
+    now = time.monotonic()
+    forged_line = p.LogLine(now, p.Stage.SUPERVISOR, "INFO", "forged by someone without the token")
+    messages = [(p.HEARTBEAT_PATH, p.Heartbeat(mac, p.Stage.SUPERVISOR, 1.0)),
+                (p.EVENTS_PATH, p.EventBatch(mac, now, (p.StageEvent("stage3_ready", now, p.Stage.SUPERVISOR),))),
+                (p.LOGS_PATH, p.LogBatch(mac, now, (forged_line,)))]  # fmt: skip
+    for path, message in messages:
+        for token in (None, "", "0" * 32, token_of(cluster, 0)):
+            assert post_as(cluster.url + path, message, token) == p.UNKNOWN_NODE_STATUS, (path, token)
+    with sqlite3.connect(cluster.db) as db:
+        assert not db.execute("SELECT 1 FROM logs WHERE message LIKE 'forged%'").fetchall()
+    assert "forged by someone" not in cluster.log_text()
+    for path, message in messages:  # the node's own token: accepted
+        assert post_as(cluster.url + path, message, token_of(cluster, 1)) == 200, path
 
 
 def test_the_socket_owner_is_the_kernels_answer(tmp_path):

@@ -300,6 +300,11 @@ class Registry:
         row = self._db.execute("SELECT * FROM nodes WHERE mac = ?", (normalise_mac(mac),)).fetchone()
         return self._record(row) if row else None
 
+    def link_token(self, mac: str) -> str | None:
+        """The token of the node's latest registration (None: no such node): what its messages must carry."""
+        row = self._db.execute("SELECT link_token FROM nodes WHERE mac = ?", (normalise_mac(mac),)).fetchone()
+        return row[0] if row else None
+
     def node_by_number(self, number: int) -> NodeRecord | None:
         row = self._db.execute("SELECT * FROM nodes WHERE number = ?", (number,)).fetchone()
         return self._record(row) if row else None

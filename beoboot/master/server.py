@@ -12,6 +12,7 @@ registry keeps one SQLite connection.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import ipaddress
 import json
 import logging
@@ -334,10 +335,24 @@ class Beoserv:
         )
 
     def _unknown(self, mac: str) -> web.Response:
-        return error_response(p.UNKNOWN_NODE_STATUS, f"node {mac} is not registered", register=True)
+        return error_response(p.UNKNOWN_NODE_STATUS, f"node {printable(mac)} is not registered", register=True)
+
+    def _not_from(self, request: web.Request, mac: str) -> web.Response | None:
+        """A node's heartbeats, events and log lines count only with the token of its latest registration,
+        so no one else (a user on the master or on a node) can keep a node up, move it or write its log.
+        Without it the answer is the unknown node's: the node itself registers again and gets one."""
+        token = self.registry.link_token(mac)
+        sent = request.headers.get(p.LINK_TOKEN_HEADER, "")
+        if token and hmac.compare_digest(token.encode(), sent.encode("utf-8", "replace")):
+            return None
+        return error_response(
+            p.UNKNOWN_NODE_STATUS, f"node {printable(mac)} is not registered, or not with the token sent", register=True
+        )
 
     async def heartbeat(self, request: web.Request) -> web.Response:
         msg = p.from_json(p.Heartbeat, await request.read())
+        if (refused := self._not_from(request, msg.mac)) is not None:
+            return refused
         generation = self.registry.generation
         node = self.registry.heartbeat(msg.mac, msg.stage, msg.uptime, time.time(), _plain_ipv4(msg.address), msg.load)
         if node is None:
@@ -395,6 +410,8 @@ class Beoserv:
 
     async def events(self, request: web.Request) -> web.Response:
         msg = p.from_json(p.EventBatch, await request.read())
+        if (refused := self._not_from(request, msg.mac)) is not None:
+            return refused
         for event in msg.events:
             p.check_event_name(event.name)
         now = time.time()
@@ -408,6 +425,8 @@ class Beoserv:
 
     async def logs(self, request: web.Request) -> web.Response:
         msg = p.from_json(p.LogBatch, await request.read())
+        if (refused := self._not_from(request, msg.mac)) is not None:
+            return refused
         now = time.time()
         timed = [(master_time(now, msg.sent_mono, line.mono), line) for line in msg.lines]
         number = self.registry.record_logs(msg.mac, timed, now)
