@@ -65,6 +65,10 @@ class BudgetError(BeobootError):
     """An image is larger than its configured size budget."""
 
 
+class OutputError(BeobootError):
+    """An output directory a build cannot publish into without losing a file that is not the build's."""
+
+
 class ToolError(BeobootError):
     """An external program (compressor, QEMU) that is missing or failed."""
 

@@ -21,6 +21,8 @@ import os
 import shutil
 from pathlib import Path
 
+from beoboot.errors import OutputError
+
 BUILDS_DIR = ".builds"
 CURRENT = "current"
 PREVIOUS = "previous"  # .builds/previous: the build published before the current one, kept
@@ -53,6 +55,9 @@ class Staging:
         build_id = hashlib.sha256((self.path / manifest_name).read_bytes()).hexdigest()[:16]
         final = self.builds / build_id
         with _publish_lock(self.builds):
+            artifacts = _flat_artifacts(self.outdir / manifest_name)
+            flat = {Path(a).parts[0] for a in artifacts}
+            _refuse_foreign_files(self.outdir, {*os.listdir(self.path), *flat}, artifacts)
             if final.is_dir():  # the same bytes were built before and are complete: use them
                 shutil.rmtree(self.path)
             else:
@@ -61,7 +66,6 @@ class Staging:
             if replaced and replaced != build_id:  # remembered, so a build that publishes nothing new keeps it
                 _replace_with_symlink(self.builds / PREVIOUS, replaced, self.builds)
             names = sorted(os.listdir(final))
-            flat = _flat_names(self.outdir / manifest_name)
             _link_names(self.outdir, [n for n in names if n != manifest_name], manifest_name)
             _replace_with_symlink(self.outdir / CURRENT, f"{BUILDS_DIR}/{build_id}", self.builds)
             _unlink_stale_names(self.outdir, set(names), flat)
@@ -95,15 +99,38 @@ def _replace_with_symlink(path: Path, target: str, builds: Path) -> None:
     os.rename(temporary, path)
 
 
-def _flat_names(manifest: Path) -> set[str]:
-    """The top-level names a manifest that is a plain file (an older layout, or a copy) lists: real files of
+def _flat_artifacts(manifest: Path) -> set[str]:
+    """The artifact paths a manifest that is a plain file (an older layout, or a copy) lists: real files of
     that build, ours to remove once a new build no longer has them."""
     if manifest.is_symlink() or not manifest.is_file():
         return set()
     try:
-        return {Path(a["path"]).parts[0] for a in json.loads(manifest.read_text())["artifacts"]}
-    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        paths = {os.path.normpath(a["path"]) for a in json.loads(manifest.read_text())["artifacts"]}
+    except (OSError, ValueError, KeyError, TypeError):
         return set()
+    return {path for path in paths if not path.startswith(("/", "..")) and path != "."}
+
+
+def _refuse_foreign_files(outdir: Path, names: set[str], artifacts: set[str]) -> None:
+    """A real directory of OUTDIR that publishing replaces or removes whole (`pxe/` of an older layout) may
+    hold only the artifacts its manifest listed: an administrator's own file there (a per-MAC
+    pxelinux.cfg) stops the build rather than go with it."""
+    foreign = []
+    for name in sorted(names):
+        top = outdir / name
+        if top.is_symlink() or not top.is_dir():
+            continue
+        for directory, _, files in os.walk(top):
+            for file in files:
+                relative = os.path.relpath(os.path.join(directory, file), outdir)
+                if relative not in artifacts:
+                    foreign.append(relative)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise OutputError(
+            f"{outdir}: publishing this build would remove files no build of beoboot made there: {shown}",
+            hint="move them out of the output directory (its pxe/, server/ and images are the build's alone)",
+        )
 
 
 def _unlink_stale_names(outdir: Path, names: set[str], flat: set[str]) -> None:
