@@ -19,10 +19,12 @@ links that are root's choice, which is when all of these hold:
   * it has one name (st_nlink 1). A hard link to a symbolic link is a link of its owner's in a place
     someone else chose, with a relative target read from there, and fs.protected_hardlinks, which forbids
     it to other users, is off unless a distribution turns it on;
-  * the directory holding it, and every directory above up to the environment root, is root's and no one
-    else may write in it, or is root's and sticky (/tmp): elsewhere a user could rename root's link away
-    and put another in its place; in a sticky one only root can, and a second name another user gave
-    root's link there is refused by the rule above. The group and other write bits say it all, ACLs
+  * the directory holding it is root's and no one else may write in it, and so is every directory above
+    up to the environment root, or it is root's and sticky (/tmp): elsewhere a user could rename root's
+    link away and put another in its place. A sticky one may be on the way, since only root may rename
+    root's directories there (and no user may move one of root's in: that needs write permission on the
+    directory itself), but may not hold the link: anyone may rename a link in, root's too (one a
+    manifest made in the user's home). The group and other write bits say it all, ACLs
     included: with an ACL, the group bits are its mask, which bounds every named user and group. The node
     holds each directory with the master's owner and mode, so a link in a directory users may write on
     the master (a 0777 one, a user's home) is in one here too, whoever owns it.
@@ -58,13 +60,19 @@ class AgentPathError(RootPathError):
 class _Found(NamedTuple):
     fd: int  # a descriptor of the directory
     real: str  # its path, links resolved, relative to the root ("" for the root)
-    roots: bool  # it and every directory above it are root's alone (see the module docstring)
+    roots: bool  # links in it are root's choice: it is root's, closed to others, and `above` holds
+    above: bool  # it and every directory above it are root's alone, closed or sticky (module docstring)
+
+
+def closed(st: os.stat_result) -> bool:
+    """A directory only root may add names to or take them from: root's, and no group or other write bit
+    (which is an ACL's mask when it has one)."""
+    return st.st_uid == 0 and not st.st_mode & 0o022
 
 
 def roots_alone(st: os.stat_result) -> bool:
-    """A directory only root may add names to or take them from: root's, and no group or other write bit
-    (which is an ACL's mask when it has one), unless sticky, where only root may rename or unlink root's."""
-    return st.st_uid == 0 and (not st.st_mode & 0o022 or bool(st.st_mode & stat.S_ISVTX))
+    """closed(), or root's and sticky: only root may rename or unlink root's entries there."""
+    return closed(st) or (st.st_uid == 0 and bool(st.st_mode & stat.S_ISVTX))
 
 
 def roots_choice(link: os.stat_result, parent_roots: bool) -> bool:
@@ -88,7 +96,7 @@ class RootDirectories:
     def __enter__(self) -> RootDirectories:
         fd = os.open(self.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         self._opened.append(fd)
-        self._found[""] = _Found(fd, "", True)  # the agent's own: made by it, as root
+        self._found[""] = _Found(fd, "", True, True)  # the agent's own: made by it, as root
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -174,7 +182,7 @@ class RootDirectories:
         st = os.fstat(fd)
         if stat.S_ISDIR(st.st_mode):
             self._opened.append(fd)
-            return _Found(fd, real, parent.roots and roots_alone(st))
+            return _Found(fd, real, parent.above and closed(st), parent.above and roots_alone(st))
         try:
             if not stat.S_ISLNK(st.st_mode):
                 raise RootPathError(f"/{real} is not a directory")

@@ -39,6 +39,25 @@ def link(path: Path, target: str, uid: int = 0) -> Path:
     return path
 
 
+def rename_as_user(source: Path, name: str, dest: Path, new_name: str) -> None:
+    """rename(2) in a child that is USER, through descriptors opened first (the test's directories above
+    are root's 0700), so the kernel checks the user's permissions on these two directories only."""
+    source_fd, dest_fd = os.open(source, os.O_PATH), os.open(dest, os.O_PATH)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setgroups([])
+            os.setresgid(USER, USER, USER)
+            os.setresuid(USER, USER, USER)
+            os.rename(name, new_name, src_dir_fd=source_fd, dst_dir_fd=dest_fd)
+            os._exit(0)
+        except BaseException:
+            os._exit(1)
+    os.close(source_fd)
+    os.close(dest_fd)
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0, f"uid {USER} could not rename {source / name}"
+
+
 def where(root: Path, relative: str, create: bool = False) -> str:
     """The directory parent() gives for `relative`, as a path relative to the root, and the last name."""
     with RootDirectories(str(root), ".libcache", OWN) as dirs:
@@ -83,10 +102,26 @@ def test_roots_link_where_others_may_write_is_not_roots_choice(root, owner, mode
         where(root, "srv/shared/deeper/l/lib/x")
 
 
-def test_roots_link_in_roots_sticky_directory_is_roots_choice(root):
-    """In /tmp (1777, root's) only root may rename or unlink root's entries."""
-    link(root / "tmp/l", "/usr")
-    assert where(root, "tmp/l/lib/x") == "usr/lib/x"
+def test_roots_link_in_roots_directory_in_a_sticky_one_is_roots_choice(root):
+    """In /tmp (1777, root's) only root may rename or unlink root's entries: a directory of root's there,
+    which no user can have moved in (that needs write permission on the directory itself), is root's."""
+    (root / "tmp/d").mkdir()
+    link(root / "tmp/d/l", "/usr")
+    assert where(root, "tmp/d/l/lib/x") == "usr/lib/x"
+
+
+def test_roots_link_a_user_moved_into_a_sticky_directory_is_not_roots_choice(root):
+    """Root's link in a user's home (a manifest brings `~/scratch -> /etc` with the owner the
+    administrator gave it on the master) is not followed there; the user renames it into /tmp, where no
+    one may rename root's entries but anyone may rename one in."""
+    home = root / "home/u"
+    home.mkdir()
+    os.chown(home, USER, USER)
+    link(home / "scratch", "/etc")
+    rename_as_user(home, "scratch", root / "tmp", "scratch")
+    assert os.lstat(root / "tmp/scratch").st_uid == 0 and os.lstat(root / "tmp/scratch").st_nlink == 1
+    with pytest.raises(RootPathError, match="others than root may write"):
+        where(root, "tmp/scratch/nsswitch.conf")
 
 
 @pytest.mark.skipif(not shutil.which("setfacl"), reason="needs setfacl")
@@ -105,9 +140,10 @@ def test_a_hard_link_to_roots_link_is_not_roots_choice(root):
     usr/lib` a second name in /tmp, where its relative target names the user's /tmp/usr/lib."""
     link(root / "lib", "usr/lib")
     os.link(root / "lib", root / "tmp/lib", follow_symlinks=False)
-    for path in ("tmp/lib/x", "lib/x"):  # which name is the original cannot be told: neither is followed
-        with pytest.raises(RootPathError, match="a link with 2 names"):
-            where(root, path)
+    with pytest.raises(RootPathError, match="a link with 2 names"):  # the original, now that it has two
+        where(root, "lib/x")
+    with pytest.raises(RootPathError):  # the second name: in /tmp too, where no link is root's choice
+        where(root, "tmp/lib/x")
 
 
 @pytest.mark.parametrize("path", ["etc/passwd", "srv/e/passwd", "srv/up/../etc/ld.so.preload", "srv/c/objects/x",
