@@ -2,7 +2,7 @@
 """Set-up and entry point on a fresh machine.
 
     python3 build.py demo   # install what is missing, build every image, boot each stage in QEMU
-    python3 build.py test   # install what is missing, run the whole test suite (QEMU tests included)
+    python3 build.py test   # install what is missing, lint and type-check, run the whole test suite (QEMU tests included)
 
 Everything the project needs is installed here (Debian packages, a kernel, QEMU, a virtualenv with the
 project), never by hand, so CI on a bare machine and a new developer get the same thing.
@@ -89,8 +89,22 @@ def demo() -> int:
     return subprocess.run([str(VENV_PYTHON), "-m", "beoboot.demo"], cwd=ROOT).returncode
 
 
+def lint() -> int:
+    """ruff (pyproject's rule set) and mypy over the code; their settings are in pyproject.toml."""
+    for command in (["ruff", "check", "."], ["mypy"]):
+        print(f"build.py: {' '.join(command)}", flush=True)
+        status = subprocess.run([str(VENV_PYTHON), "-m", *command], cwd=ROOT).returncode
+        if status != 0:
+            print(f"build.py: {command[0]} found problems (above); fix them, then run the tests again", flush=True)
+            return status
+    return 0
+
+
 def test(extra: list[str]) -> int:
     setup()
+    status = lint()
+    if status != 0:
+        return status
     return subprocess.run([str(VENV_PYTHON), "-m", "pytest", "-q", *extra], cwd=ROOT).returncode
 
 
@@ -103,6 +117,9 @@ def main(argv: list[str]) -> int:
         return demo()
     if command == "test":
         return test(argv[1:])
+    if command == "lint":
+        setup()
+        return lint()
     print(__doc__.strip())
     return 0 if command in ("help", "-h", "--help") else 2
 

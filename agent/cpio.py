@@ -26,7 +26,14 @@ import stat
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from typing import BinaryIO
+from typing import Protocol
+
+
+class Readable(Protocol):
+    """What the unpacker reads: a file, a GzipFile, a pipe."""
+
+    def read(self, n: int = -1, /) -> bytes: ...
+
 
 HEADER_LEN = 110
 MAGICS = (b"070701", b"070702")
@@ -93,7 +100,7 @@ class _Reader:
     """Exact reads from the archive stream, counting the offset; a short or failing read (a truncated or
     corrupt compressed stream) is a CpioError saying what was being read."""
 
-    def __init__(self, stream: BinaryIO) -> None:
+    def __init__(self, stream: Readable) -> None:
         self.stream, self.offset = stream, 0
 
     def exact(self, n: int, what: str) -> bytes:
@@ -120,7 +127,7 @@ def _decode_name(raw: bytes, offset: int) -> str:
         raise CpioError(f"the entry at offset {offset} has a name that is not UTF-8: {_shown(raw[:-1])}") from None
 
 
-def entries(stream: BinaryIO) -> Iterator[tuple[Header, _Counted]]:
+def entries(stream: Readable) -> Iterator[tuple[Header, _Counted]]:
     """Yield (header, view of its data); the caller reads at most header.size bytes (the rest is skipped).
     Sizes are checked before anything is allocated: names up to MAX_NAME, data read in chunks."""
     reader = _Reader(stream)
@@ -348,7 +355,7 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def extract(stream: BinaryIO, root: str) -> int:
+def extract(stream: Readable, root: str) -> int:
     """Unpack into `root` (created if missing); returns the number of entries."""
     try:
         os.makedirs(root, exist_ok=True)

@@ -259,7 +259,7 @@ def client_id(mac: bytes) -> bytes:
 
 
 def _common_options(mac: bytes, msg_type: MsgType, hostname: str | None) -> list[tuple[int, bytes]]:
-    opts = [
+    opts: list[tuple[int, bytes]] = [
         (Opt.MESSAGE_TYPE, bytes((msg_type,))),
         (Opt.CLIENT_ID, client_id(mac)),
         (Opt.MAX_SIZE, struct.pack("!H", 1500)),

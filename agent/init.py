@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import agent
 from agent import booster, cmdline, console, kmodload, mounts, network, pxe, supervisor, syscalls
+from agent.config import AGENT_CONFIG_PATH, AgentConfig
 from agent.download import Backoff
 from agent.report import say
-from agent.config import AGENT_CONFIG_PATH, AgentConfig
 
 DRY_RUN_ENV = "BEOBOOT_DRY_RUN"
 SYSRQ_TRIGGER = "/proc/sysrq-trigger"

@@ -211,13 +211,13 @@ class JobRunner:
                 self._running[slot.local_id] = slot
             self._workers.submit(self._run, ws, slot, message.manifest)
         elif isinstance(message, p.JobSignal):
-            slot = self._slots.get(message.job)
-            if slot is not None:
-                slot.signal(message.signum)
+            signalled = self._slots.get(message.job)
+            if signalled is not None:
+                signalled.signal(message.signum)
         elif isinstance(message, p.JobFlow):
-            slot = self._slots.get(message.job)
-            if slot is not None:
-                slot.flowing.set() if message.flowing else slot.flowing.clear()
+            paced = self._slots.get(message.job)
+            if paced is not None:
+                paced.flowing.set() if message.flowing else paced.flowing.clear()
         elif isinstance(message, p.NodePower) and self._going_down is None:
             self._going_down = message.action
             self._workers.submit(self._power, message)

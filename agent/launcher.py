@@ -78,7 +78,7 @@ def spawn_as_root(spec: dict, fds: list[int]) -> int:
         os.chdir(spec["cwd"] or "/")
     except OSError:
         os.chdir("/")
-    actions = [(os.POSIX_SPAWN_DUP2, fd, target) for target, fd in enumerate(fds)]
+    actions: list[tuple[int, ...]] = [(os.POSIX_SPAWN_DUP2, fd, target) for target, fd in enumerate(fds)]
     actions += [(os.POSIX_SPAWN_CLOSE, fd) for fd in set(fds) - {0, 1, 2}]
     try:
         return os.posix_spawn(spec["executable"], spec["argv"], spec["env"], file_actions=actions,

@@ -67,10 +67,10 @@ def lease_times(lease: dhcp.Lease) -> LeaseTimes | None:
     total = lease.lease_seconds
     if total is None or total == INFINITE_LEASE:
         return None
-    rebind = lease.rebinding_seconds
+    rebind: float | None = lease.rebinding_seconds
     if rebind is None or rebind > total:
         rebind = REBINDING_FRACTION * total
-    renew = lease.renewal_seconds
+    renew: float | None = lease.renewal_seconds
     if renew is None or renew > rebind:
         renew = min(RENEWAL_FRACTION * total, rebind)
     return LeaseTimes(float(renew), float(rebind), float(total))

@@ -26,7 +26,8 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection
 
-from agent import __version__, protocol as p
+from agent import __version__
+from agent import protocol as p
 from agent.download import Backoff
 
 T = TypeVar("T")

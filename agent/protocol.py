@@ -370,7 +370,7 @@ def from_json(cls: type[T], text: str | bytes) -> T:
 def from_dict(cls: type[T], raw: Any, where: str = "") -> T:
     """Build dataclass `cls` from decoded JSON, checking every field's type; errors name the field."""
     try:
-        return _converter(cls)(raw)
+        return _converter(cls)(raw)  # type: ignore[arg-type]  # a dataclass type is hashable; typeshed's T is not
     except _Mismatch as exc:
         raise ProtocolError(f"{where or cls.__name__}{exc.path}: {exc.complaint}") from None
 
@@ -402,7 +402,7 @@ def _converter(hint: Any) -> typing.Callable[[Any], Any]:
     if origin is dict:
         key, val = typing.get_args(hint)
         return _dict_of(_converter(key), _converter(val))
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return _dataclass_converter(hint)
     if isinstance(hint, type) and issubclass(hint, enum.Enum):
         return _enum_converter(hint)

@@ -20,7 +20,8 @@ import signal
 import sys
 import threading
 
-from agent import hwprobe, jobs, protocol as p
+from agent import hwprobe, jobs
+from agent import protocol as p
 from agent.libcache import LibCache
 from agent.masterlink import MasterLink
 from agent.mounts import ENV_ROOT_MOUNTS

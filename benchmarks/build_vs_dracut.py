@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 from beoboot import builder, config, log
-from beoboot.manifest import load_manifest
 from beoboot.kmod import KernelModules
+from beoboot.manifest import load_manifest
 from beoboot.sysroot import Sysroot
 
 

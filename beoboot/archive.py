@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import posixpath
 import stat
@@ -372,9 +373,9 @@ def list_cpio(cpio: bytes) -> list[ListedEntry]:
     listed = []
     for h in headers:
         holder = group_data.get(h.ino, h) if h.kind == Kind.FILE and h.nlink > 1 else h
-        load = None
+        load: Callable[[], bytes] | None = None
         if h.kind == Kind.FILE:
-            load = (lambda i=holder.index: _data_at(cpio, i)) if holder.size else (lambda: b"")
+            load = functools.partial(_data_at, cpio, holder.index) if holder.size else bytes
         listed.append(ListedEntry(h.path, h.kind, h.mode, holder.size, h.target, h.rdev, h.ino, h.nlink, load))
     return listed
 

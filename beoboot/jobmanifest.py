@@ -32,8 +32,8 @@ from dataclasses import dataclass
 
 from agent import protocol as p
 from beoboot import jobbudget
-from beoboot.errors import BeobootError
 from beoboot.elf import ELF_MAGIC
+from beoboot.errors import BeobootError
 from beoboot.jobaccess import AccessDenied, UserView, acl_of, guard, guard_contents, readable
 from beoboot.jobenviron import environment_paths
 from beoboot.jobimports import PythonImports, python_start
@@ -293,18 +293,20 @@ class ManifestBuilder:
         (executable, *named), inner = self._programs(request, path_env)
         with self._lock:
             programs = [self._described.get(program) for program in (executable, *named)]
-        if not all(program is not None and program.current(path_env) for program in programs):
+        current = [program for program in programs if program is not None and program.current(path_env)]
+        if len(current) != len(programs):
             return None
         inputs = self._job_inputs(request, path_env, inner, cached_only=True)
         if inputs is None:
             return None
-        paths = [path for program in programs for path in program.trees] + self._extra_paths(request, path_env)
+        paths = [path for program in current for path in program.trees] + self._extra_paths(request, path_env)
         paths += inputs
         with self._lock:
             extras = [self._extras.get(path) for path in paths]
-        if not all(extra is not None and extra.current() for extra in extras):
+        fresh = [extra for extra in extras if extra is not None and extra.current()]
+        if len(fresh) != len(extras):
             return None
-        files = _merge(*(program.files for program in programs), *(extra.files for extra in extras))
+        files = _merge(*(program.files for program in current), *(extra.files for extra in fresh))
         return _manifest(request, executable, files, self.users, self.root)
 
     def _programs(self, request: p.JobRequest, path_env: str) -> tuple[list[str], tuple[str, tuple[str, ...]]]:

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from elftools.elf.elffile import ELFFile
+from elftools.elf.sections import SymbolTableSection
 
 from beoboot.errors import SysrootError, ToolError
 from beoboot.log import log
@@ -246,7 +247,7 @@ def read_builtin_modules(interpreter: Path) -> frozenset[str]:
         names: set[str] = set()
         for section_name in (".dynsym", ".symtab"):
             section = elf.get_section_by_name(section_name)
-            if section is None:
+            if not isinstance(section, SymbolTableSection):
                 continue
             for symbol in section.iter_symbols():
                 if symbol.name.startswith("PyInit_") and symbol["st_shndx"] != "SHN_UNDEF":

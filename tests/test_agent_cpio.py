@@ -5,10 +5,10 @@ import io
 import os
 import subprocess
 
+import newc_helpers as newc
 import pytest
 
 from agent import cpio
-import newc_helpers as newc
 from beoboot.archive import write_image
 from beoboot.compress import Compression
 from beoboot.filelist import FileList, Reason

@@ -5,9 +5,9 @@ import os
 
 import pytest
 import requests
+from servers import access_log_statuses, free_port, nginx
 
 from agent.download import Backoff, DownloadError, IntegrityError, fetch
-from servers import access_log_statuses, free_port, nginx
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,13 @@ import pytest
 
 from beoboot import archive
 from beoboot.archive import (
-    InodePlan, UnrepresentableError, build_cpio, extract_file, plan_inodes, read_image, write_image,
+    InodePlan,
+    UnrepresentableError,
+    build_cpio,
+    extract_file,
+    plan_inodes,
+    read_image,
+    write_image,
 )  # fmt: skip
 from beoboot.compress import Compression
 from beoboot.errors import ImageError, SysrootError

@@ -12,7 +12,15 @@ import time
 import pycdlib
 import pytest
 
-from beoboot.artifacts import LDLINUX_C32, BootPayload, parse_node_range, write_floppy, write_iso, write_pxe_tree, write_server_configs
+from beoboot.artifacts import (
+    LDLINUX_C32,
+    BootPayload,
+    parse_node_range,
+    write_floppy,
+    write_iso,
+    write_pxe_tree,
+    write_server_configs,
+)
 from beoboot.artifacts.esp import FatGeometry, fat_directories, free_bytes, parse_fat_geometry
 from beoboot.artifacts.floppy import FloppyItem, FloppyKind, FloppyMode, plan_floppy
 from beoboot.errors import BudgetError, ConfigError, ImageError

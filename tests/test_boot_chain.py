@@ -12,11 +12,11 @@ import sys
 import xml.etree.ElementTree as ET
 
 import pytest
-
-from beoboot import config, media, qemu
 from master_helpers import MasterProcess, bpsh_argv, build_for_master, running_job
 from servers import free_port
 from vm import BackgroundVM
+
+from beoboot import config, media, qemu
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,6 @@ import sys
 import time
 
 import pytest
-
 from master_helpers import MasterProcess, bpsh_argv, let_others_reach, running_job, start_simnodes
 from test_boot_chain import bpstat, node_row
 

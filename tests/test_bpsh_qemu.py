@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from master_helpers import MasterProcess, bpsh_argv, build_for_master
 from servers import free_port
 from test_boot_chain import node_row, stage2_node

@@ -10,9 +10,9 @@ import subprocess
 import time
 
 import pytest
+from master_helpers import bpsh_argv, simulated_cluster
 
 from beoboot.master.localjobs import PARTIAL_LINE_MAX, LinePrefixer
-from master_helpers import bpsh_argv, simulated_cluster
 
 needs_root = pytest.mark.skipif(os.getuid() != 0, reason="simulated nodes chroot their jobs: needs root")
 

@@ -11,11 +11,9 @@ import sys
 import tempfile
 import time
 import urllib.request
-
 from pathlib import Path
 
 import pytest
-
 from master_helpers import MasterProcess, bpsh_argv, let_others_reach, start_simnodes, stdlib_zip_member
 
 BPCP = [sys.executable, "-m", "beoboot.master.bpcp"]

@@ -8,7 +8,6 @@ import subprocess
 import time
 
 import pytest
-
 from conftest import BEOBOOT, ROOT, run_beoboot
 
 pytestmark = pytest.mark.integration

@@ -10,10 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import have_kernel, run_beoboot
 
 from beoboot import qemu
 from beoboot.media import SERVER_ROOT_PLACEHOLDER
-from conftest import have_kernel, run_beoboot
 
 pytestmark = pytest.mark.integration
 

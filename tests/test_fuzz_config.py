@@ -312,7 +312,7 @@ def check_accepted_build_config(cfg: config.Config, scratch) -> None:
     )  # fmt: skip
     for mine, theirs in zip(written, reference):
         lines, expected = mine.read_text().split("\n"), theirs.read_text().split("\n")
-        assert [directive(l) for l in lines] == [directive(l) for l in expected], mine.name
+        assert [directive(line) for line in lines] == [directive(line) for line in expected], mine.name
     dnsmasq = written[0].read_text().split("\n")
     assert f"interface={art.interface}" in dnsmasq
     assert f"dhcp-boot=tag:ipxe,{cfg.master_url}pxe/boot.ipxe" in dnsmasq

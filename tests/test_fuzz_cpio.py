@@ -16,10 +16,10 @@ import tempfile
 import time
 from pathlib import Path
 
+import newc_helpers as newc
 from hypothesis import given
 from hypothesis import strategies as st
 
-import newc_helpers as newc
 from agent import cpio
 from beoboot.archive import build_cpio
 from beoboot.filelist import FileList, Kind, Reason

@@ -14,7 +14,6 @@ import tempfile
 from pathlib import Path
 
 import pytest
-
 from master_helpers import MasterProcess, bpsh_argv, let_others_reach, start_simnodes
 
 pytestmark = pytest.mark.skipif(os.getuid() != 0, reason="simulated nodes chroot jobs, users by setuid: needs root")

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from master_helpers import bpsh_argv, simulated_cluster
 
 from agent import protocol as p
-from master_helpers import bpsh_argv, simulated_cluster
 
 pytestmark = pytest.mark.skipif(os.getuid() != 0, reason="simulated nodes chroot their jobs: needs root")
 

@@ -7,10 +7,10 @@ import subprocess
 import urllib.request
 
 import pytest
+from master_helpers import MasterProcess, bpsh_argv, start_simnodes
 
 from agent import protocol as p
 from agent.wsclient import WebSocket, WebSocketError
-from master_helpers import MasterProcess, bpsh_argv, start_simnodes
 
 pytestmark = pytest.mark.skipif(os.getuid() != 0, reason="simulated nodes chroot their jobs: needs root")
 

@@ -58,7 +58,7 @@ def test_expand_dst_without_a_value_drops_the_entry():
 
 # -- ld.so.conf -----------------------------------------------------------------------------------------
 
-D, I = ConfKind.DIRECTORY, ConfKind.INCLUDE
+D, I = ConfKind.DIRECTORY, ConfKind.INCLUDE  # noqa: E741 (the table below reads as D and I)
 
 
 @pytest.mark.parametrize(

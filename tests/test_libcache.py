@@ -2,29 +2,38 @@
 process, no root needed: objects come from a tiny HTTP server in a thread."""
 
 import hashlib
-import shutil
-from dataclasses import replace
 import http.server
 import os
-import subprocess
+import shutil
 import stat
+import subprocess
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from master_helpers import BPSH_SCRIPT
 
 from agent import protocol as p
 from agent.libcache import LibCache, LibCacheError, object_name
 from agent.wsclient import mask
 from beoboot.jobenviron import normalised_name, terminfo_paths
-from beoboot.jobmanifest import (JobError, ManifestBuilder, cache_path, env_command, find_command, parse_shebang,
-                                 perl_runtime, python_runtime, wrapped_commands)
+from beoboot.jobmanifest import (
+    JobError,
+    ManifestBuilder,
+    cache_path,
+    env_command,
+    find_command,
+    parse_shebang,
+    perl_runtime,
+    python_runtime,
+    wrapped_commands,
+)
 from beoboot.master.bpsh_client import BpshOptions, BpshUsageError, encode_request, parse_args
-from beoboot.master.localjobs import RequestError, decode_request
 from beoboot.master.jobs import parse_nodes
+from beoboot.master.localjobs import RequestError, decode_request
 from beoboot.master.objects import ObjectStore
-from master_helpers import BPSH_SCRIPT
 
 
 class ObjectServer:

@@ -7,7 +7,6 @@ import shutil
 import subprocess
 
 import pytest
-
 from master_helpers import MasterProcess, bpsh_argv, build_for_master
 from servers import free_port
 from test_boot_chain import stage2_node

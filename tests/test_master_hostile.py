@@ -16,11 +16,11 @@ import time
 
 import pytest
 import requests
+from master_helpers import MasterProcess, bpsh_argv, publish_files, start_simnodes
 
 from agent import protocol as p
 from agent.wsclient import OP_BINARY, OP_TEXT, WebSocket, WebSocketError
 from beoboot.master.registry import Registry
-from master_helpers import MasterProcess, bpsh_argv, publish_files, start_simnodes
 
 MAC = "52:54:00:00:07:01"
 REQUEST_TIMEOUT = 1.5  # the masters' request_timeout here: short, so that trickling clients are cut off soon

@@ -4,9 +4,9 @@ import time
 
 import pytest
 import requests
+from master_helpers import MasterProcess
 
 from agent.masterlink import MasterLink
-from master_helpers import MasterProcess
 
 NODES = 20
 WARMUP = 1000

@@ -9,7 +9,6 @@ import shutil
 
 import pytest
 import requests
-
 from conftest import run_beoboot
 from master_helpers import MasterProcess, publish_files
 

@@ -13,12 +13,11 @@ import zlib
 
 import pytest
 import requests
+from master_helpers import MasterProcess, publish_files
 
 from agent import protocol as p
-from agent.download import fetch
-from agent.download import Backoff
+from agent.download import Backoff, fetch
 from agent.masterlink import MasterLink, MasterLinkError
-from master_helpers import MasterProcess, publish_files
 
 MACS = [f"52:54:00:00:01:{i:02x}" for i in range(4)]
 FAST = Backoff(first=0.01, cap=0.05)

@@ -8,13 +8,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import have_kernel, run_beoboot
+from servers import access_log_statuses, free_port, nginx
 
 from beoboot import bootvm
 from beoboot.bootvm import ArtifactKind, BootOptions, BootTarget, BuildInfo, NetBoot
 from beoboot.errors import ConfigError, UsageError
 from beoboot.media import PINNED_BY
-from conftest import have_kernel, run_beoboot
-from servers import access_log_statuses, free_port, nginx
 
 STAGE1_UP = "beoboot: stage 1 agent up"
 STAGE2_UP = "beoboot: stage 2 agent up"

@@ -5,16 +5,15 @@ import json
 import os
 import sqlite3
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
+from master_helpers import bpsh_argv, running_job, simulated_cluster
 
 from agent import protocol as p
-from master_helpers import bpsh_argv, running_job, simulated_cluster
 
 pytestmark = pytest.mark.skipif(os.getuid() != 0, reason="simulated nodes chroot their jobs: needs root")
 
@@ -211,9 +210,10 @@ def test_the_agent_not_allowed_a_reserved_port_still_registers_and_is_told_why(c
 def test_a_refused_registration_is_retried_with_backoff_and_logged_once(tmp_path):
     """local_nodes = "none": even root's simulated node is refused. The agent says why, backs off, and
     gives up after its attempts; beoserv logs the peer once, not once per try."""
+    from master_helpers import MasterProcess
+
     from agent.download import Backoff
     from agent.masterlink import MasterLink, RegistrationRefused
-    from master_helpers import MasterProcess
 
     (tmp_path / "boot").mkdir()
     (tmp_path / "beoserv.toml").write_text('local_nodes = "none"\n')

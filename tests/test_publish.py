@@ -12,7 +12,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT, run_beoboot
 
 pytestmark = pytest.mark.integration

@@ -4,9 +4,9 @@ QEMU's user-mode DHCP (10.0.2.15, router 10.0.2.2) and powers off (`beoboot.smok
 import json
 
 import pytest
+from conftest import run_beoboot
 
 from beoboot import qemu
-from conftest import run_beoboot
 
 pytestmark = pytest.mark.integration
 

@@ -104,7 +104,7 @@ def esp_size_kib(sizes: Sequence[int]) -> int:
 def format_fat(out: Path, *, size_kib: int, label: str, serial: int, mtime: int) -> None:
     """Make an empty FAT file system in the file `out` (created or overwritten)."""
     out.unlink(missing_ok=True)
-    common = ["-i", out, "-N", f"{serial & 0xFFFFFFFF:08X}", "-v", label[:11]]
+    common: list[str | Path] = ["-i", out, "-N", f"{serial & 0xFFFFFFFF:08X}", "-v", label[:11]]
     if size_kib in FLOPPY_SIZES_KIB:
         run_tool(["mformat", "-C", "-f", str(size_kib), *common, "::"], mtime=mtime, package="mtools")
         return

@@ -17,7 +17,14 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 
 from beoboot.artifacts import (
-    IPXE_EFI, LDLINUX_C32, PXELINUX_0, UNDIONLY_KPXE, BootPayload, copy_file, render, write_text,
+    IPXE_EFI,
+    LDLINUX_C32,
+    PXELINUX_0,
+    UNDIONLY_KPXE,
+    BootPayload,
+    copy_file,
+    render,
+    write_text,
 )  # fmt: skip
 from beoboot.artifacts.esp import GRUB_COMMON_MODULES, GRUB_NET_MODULES, write_grub_efi
 from beoboot.artifacts.floppy import BOOT_SCRIPT

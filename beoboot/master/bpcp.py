@@ -108,6 +108,7 @@ def copy(socket: str, sources: list[str], destination: str) -> None:
             to_node(socket, source, to, target)
     elif to is None and len(parsed) == 1 and remote:  # a node's file to the master
         (node, source), = parsed
+        assert node is not None  # `remote`: every source named a node
         target = os.path.join(path, os.path.basename(source)) if os.path.isdir(path) else path
         from_node(socket, node, source, target)
     elif to is None and not remote:

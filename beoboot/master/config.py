@@ -99,7 +99,7 @@ def config_from_dict(raw: dict[str, Any], source: str) -> MasterConfig:
             raise ConfigError(f"{source}: {key} = {shown(value)} must be {' or '.join(t.__name__ for t in allowed)}")
         if key in _SECONDS:  # before float(): an integer of 400 digits is no float
             checked(source, key, value, values.number, *_SECONDS[key])
-    typed = {k: float(v) if _TYPES[k] == (int, float) else v for k, v in raw.items()}
+    typed: dict[str, Any] = {k: float(v) if _TYPES[k] == (int, float) else v for k, v in raw.items()}
     config = MasterConfig(**typed)
     _check(config, source)
     return config

@@ -126,7 +126,7 @@ class JobHub:
         """Before the boot tree's catch-all GET route."""
         app.router.add_get(p.JOBS_LINK_PATH, self.node_link)
         app.router.add_get(p.JOBS_PATH, self.list_jobs)
-        app.router.add_get(p.OBJECTS_PATH.replace("{digest}", "{digest:[0-9a-f]{64}}"), self.object)
+        app.router.add_get(p.OBJECTS_PATH.replace("{digest}", "{digest:[0-9a-f]{64}}"), self.serve_object)
         app.on_shutdown.append(self.close_all)
 
     async def close_all(self, app: web.Application) -> None:
@@ -137,7 +137,7 @@ class JobHub:
 
     # --- objects ------------------------------------------------------------------------------------------
 
-    async def object(self, request: web.Request) -> web.StreamResponse:
+    async def serve_object(self, request: web.Request) -> web.StreamResponse:
         """An object of one of its live jobs, to a node whose job link is up (its registration's token): not
         to anyone who can reach the port, nor to a node for another node's job, either of which could
         otherwise fetch another user's file by its hash, or test guesses of its content."""

@@ -29,7 +29,8 @@ from pathlib import Path
 
 from agent import protocol as p
 from beoboot.errors import BeobootError
-from beoboot.master import bpctl, bpsh_client as bpsh
+from beoboot.master import bpctl
+from beoboot.master import bpsh_client as bpsh
 from beoboot.master.jobs import JobHub, Session
 from beoboot.master.sequential import SequentialOutput
 
@@ -68,7 +69,7 @@ def peer_groups(conn: socket.socket, pid: int, uid: int) -> tuple[int, ...]:
         except OSError:
             fields = {}
         if fields.get("Uid", [None])[0] != str(uid) or "Groups" not in fields:
-            raise RequestError("cannot read the groups of this bpsh (more than 256): it ended, or is another's")
+            raise RequestError("cannot read the groups of this bpsh (more than 256): it ended, or is another's") from None
         return tuple(int(gid) for gid in fields["Groups"])
     return struct.unpack(f"{len(raw) // 4}I", raw)  # gid_t: 32 bits
 

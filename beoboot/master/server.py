@@ -35,8 +35,8 @@ from beoboot.master.config import MasterConfig, load_config
 from beoboot.master.hosttable import HostTable
 from beoboot.master.jobs import JobHub
 from beoboot.master.localjobs import LocalListener
-from beoboot.master.published import NotPublished, PublishedTree
 from beoboot.master.printable import printable
+from beoboot.master.published import NotPublished, PublishedTree
 from beoboot.master.registry import NodeRecord, Registry, RegistryError
 
 log = logging.getLogger("beoserv")
@@ -138,7 +138,7 @@ def check_path(path: str) -> None:
         raise RequestRefused(404, f"no such path: a name in it is longer than {NAME_MAX} bytes")
 
 
-class OneLineLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+class OneLineLog(logging.LoggerAdapter):
     """aiohttp's own complaints (a request it cannot parse, a client gone) as one line of beoserv's log,
     with the traceback only at debug level: a hostile client must not fill the log with tracebacks."""
 
@@ -419,7 +419,7 @@ class Beoserv:
         number = self.registry.record_events(msg.mac, timed, now)
         if number is None:
             return self._unknown(msg.mac)
-        for t, e in timed:
+        for _, e in timed:
             log.info("node %d (%s) %s %s %s", number, printable(msg.mac), e.stage, e.name, printable(e.detail))
         return json_response(p.Accepted(len(timed)))
 
