@@ -195,6 +195,30 @@ def test_the_socket_owner_is_the_kernels_answer(tmp_path):
                 client.wait()
 
 
+def test_the_proc_table_finds_an_ipv6_socket_at_a_v4_mapped_address():
+    """Where sock_diag is missing, /proc/net stands in: a client's IPv6 socket connected to a dual-stack
+    beoserv at ::ffff:127.0.0.1 is listed only in tcp6, and was not found (None: "no socket of this host"),
+    so a user's socket on the master would be taken for another host's."""
+    import socket
+
+    from beoboot.master import peers
+
+    with socket.create_server(("::", 0), family=socket.AF_INET6, dualstack_ipv6=True) as server:
+        port = server.getsockname()[1]
+        program = (f"import socket, time\nc = socket.socket(socket.AF_INET6)\n"
+                   f"c.connect(('::ffff:127.0.0.1', {port}))\ntime.sleep(5)")  # fmt: skip
+        client = subprocess.Popen(["/usr/bin/python3", "-c", program], user=NOBODY, group=NOBODY, cwd="/")
+        try:
+            conn, peer = server.accept()
+            with conn:
+                ours = conn.getsockname()
+                assert peer[0] == "::ffff:127.0.0.1"
+                assert peers.owner_from_proc(peer[:2], ours[:2]) == peers.owner_by_sock_diag(peer[:2], ours[:2]) == NOBODY
+        finally:
+            client.kill()
+            client.wait()
+
+
 def _minisocket(peer: tuple[str, int]) -> bool:
     """/proc/net/tcp has the socket at `peer` with uid 0 and inode 0: the kernel's mini-socket that stands
     for a closed one once its FIN is acked (before that, the closed socket still shows its uid)."""

@@ -115,12 +115,24 @@ def _proc_hex(address: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int)
 
 def owner_from_proc(peer: Endpoint, ours: Endpoint, proc_net: str = "/proc/net") -> int | None:
     """The same answer from /proc/net/tcp or tcp6: a read of the whole table, for kernels without
-    sock_diag."""
+    sock_diag. An IPv4 peer may be an IPv6 socket connected to a v4-mapped address (::ffff:a.b.c.d), which
+    only tcp6 lists."""
     src, dst = _normal(peer[0]), _normal(ours[0])
-    local, remote = _proc_hex(src, peer[1]), _proc_hex(dst, ours[1])
-    name = "tcp" if src.version == 4 else "tcp6"
+    tables = [("tcp6" if src.version == 6 else "tcp", src, dst)]
+    if src.version == 4 and dst.version == 4:
+        tables.append(("tcp6", ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + src.packed),
+                       ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + dst.packed)))  # fmt: skip
+    for name, local_address, remote_address in tables:
+        local, remote = _proc_hex(local_address, peer[1]), _proc_hex(remote_address, ours[1])
+        uid = _owner_in_table(f"{proc_net}/{name}", local, remote)
+        if uid is not None:
+            return uid
+    return None
+
+
+def _owner_in_table(path: str, local: str, remote: str) -> int | None:
     try:
-        with open(f"{proc_net}/{name}", encoding="ascii") as table:
+        with open(path, encoding="ascii") as table:
             next(table, None)  # the header
             for line in table:
                 fields = line.split()
@@ -130,8 +142,12 @@ def owner_from_proc(peer: Endpoint, ours: Endpoint, proc_net: str = "/proc/net")
                     return int(fields[7])
     except PeerClosed:
         raise
+    except FileNotFoundError:
+        if path.endswith("tcp6"):
+            return None  # a kernel without IPv6 has no IPv6 sockets
+        raise PeerLookupError(errno.ENOENT, f"{path}: no such file") from None
     except OSError as exc:
-        raise PeerLookupError(exc.errno, f"{proc_net}/{name}: {exc.strerror}") from None
+        raise PeerLookupError(exc.errno, f"{path}: {exc.strerror}") from None
     return None
 
 
