@@ -140,6 +140,21 @@ def test_node_text_cannot_forge_a_line_in_beoservs_log_or_on_bpstats_terminal(ma
     assert not any(line.startswith(FORGED) for line in shown.stdout.splitlines())
 
 
+def test_printable_escapes_every_character_that_breaks_a_line_or_reorders_it():
+    """Every control character, line or paragraph separator, lone surrogate and Unicode Bidi_Control
+    character (PropList.txt: U+061C, U+200E-200F, U+202A-202E, U+2066-2069) is escaped. U+061C, the
+    Arabic letter mark, reorders what follows as U+200F does, and went through."""
+    import unicodedata
+
+    from beoboot.master.printable import printable
+
+    bidi_control = [0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)]
+    breaking = [c for c in range(0x110000) if unicodedata.category(chr(c)) in ("Cc", "Zl", "Zp", "Cs")]
+    for code in bidi_control + breaking:
+        shown = printable(f"a{chr(code)}b")
+        assert shown.isascii() and shown.isprintable(), (hex(code), shown)
+
+
 # --- clients that drop or trickle ------------------------------------------------------------------------
 
 

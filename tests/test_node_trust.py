@@ -194,6 +194,67 @@ def test_the_socket_owner_is_the_kernels_answer(tmp_path):
                 client.wait()
 
 
+def test_the_proc_table_finds_an_ipv6_socket_at_a_v4_mapped_address():
+    """Where sock_diag is missing, /proc/net stands in: a client's IPv6 socket connected to a dual-stack
+    beoserv at ::ffff:127.0.0.1 is listed only in tcp6, and was not found (None: "no socket of this host"),
+    so a user's socket on the master would be taken for another host's."""
+    import socket
+
+    from beoboot.master import peers
+
+    with socket.create_server(("::", 0), family=socket.AF_INET6, dualstack_ipv6=True) as server:
+        port = server.getsockname()[1]
+        program = (f"import socket, time\nc = socket.socket(socket.AF_INET6)\n"
+                   f"c.connect(('::ffff:127.0.0.1', {port}))\ntime.sleep(5)")  # fmt: skip
+        client = subprocess.Popen(["/usr/bin/python3", "-c", program], user=NOBODY, group=NOBODY, cwd="/")
+        try:
+            conn, peer = server.accept()
+            with conn:
+                ours = conn.getsockname()
+                assert peer[0] == "::ffff:127.0.0.1"
+                assert peers.owner_from_proc(peer[:2], ours[:2]) == peers.owner_by_sock_diag(peer[:2], ours[:2]) == NOBODY
+        finally:
+            client.kill()
+            client.wait()
+
+
+def _minisocket(peer: tuple[str, int]) -> bool:
+    """/proc/net/tcp has the socket at `peer` with uid 0 and inode 0: the kernel's mini-socket that stands
+    for a closed one once its FIN is acked (before that, the closed socket still shows its uid)."""
+    local = f"{int.from_bytes(__import__('socket').inet_aton(peer[0]), 'little'):08X}:{peer[1]:04X}"
+    with open("/proc/net/tcp") as table:
+        rows = [line.split() for line in list(table)[1:]]
+    return any(row[1] == local and row[7] == "0" and row[9] == "0" for row in rows)
+
+
+def test_a_socket_closed_before_the_lookup_vouches_for_no_one():
+    """The finding: nobody sent a whole registration and closed at once. The kernel keeps a mini-socket
+    for the closed one (FIN-WAIT-2), which sock_diag and /proc/net/tcp both report as uid 0: a beoserv
+    slow to look (others' requests ahead of it) took it for root's and registered nobody's node. A socket
+    no process holds now vouches for no one."""
+    import socket
+
+    from beoboot.master import admission, peers
+    from beoboot.master.config import MasterConfig
+
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        program = f"import socket\nc = socket.create_connection(('127.0.0.1', {port}))\nc.sendall(b'x')\nc.close()"
+        subprocess.run(["/usr/bin/python3", "-c", program], user=NOBODY, group=NOBODY, cwd="/", check=True)
+        conn, peer = server.accept()
+        with conn:
+            ours = conn.getsockname()
+            deadline = time.monotonic() + 5  # the FIN is acked within the delayed-ACK time (40-200 ms)
+            while not _minisocket(peer):
+                assert time.monotonic() < deadline, "the closed socket never became the kernel's mini-socket"
+                time.sleep(0.02)
+            with pytest.raises(admission.RegistrationRefused, match="its socket was closed"):
+                admission.check(peer, ours, MasterConfig())  # before: accepted, as root's
+            for lookup in (peers.owner_by_sock_diag, peers.owner_from_proc, peers.socket_owner):
+                with pytest.raises(peers.PeerLookupError, match="its socket was closed"):
+                    lookup(peer, ours)  # before: 0
+
+
 def test_the_agent_not_allowed_a_reserved_port_still_registers_and_is_told_why(cluster):
     """The agent as nobody (a tool, a test) cannot bind a port below 1024: it sends from an ordinary one,
     and hears the master's reason, not a bind error."""

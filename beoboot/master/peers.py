@@ -7,6 +7,11 @@ four-tuple (no dump of the table: the same cost for one socket or ten thousand);
 line by line, stands in where sock_diag is not available. Only sockets of beoserv's own network
 namespace are in either table, so a socket found there is a process on this host: that, and not the
 address alone, is what "local" means here.
+
+A socket its process has closed is no longer a process's: the kernel keeps a mini-socket for it (FIN-WAIT-2,
+TIME-WAIT) that both tables report as uid 0 and inode 0, whoever opened it. A user who sends a registration
+and closes at once would pass for root if that uid were taken, so a socket held by no process (inode 0)
+vouches for no one (PeerClosed).
 """
 
 from __future__ import annotations
@@ -27,11 +32,19 @@ _SOCKID_TAIL = struct.Struct("=III")  # interface, cookie (two words)
 NO_COOKIE = 0xFFFFFFFF  # INET_DIAG_NOCOOKIE: any socket with that four-tuple
 ALL_STATES = 0xFFFFFFFF
 _DIAG_UID_OFFSET = 4 + 48 + 12  # inet_diag_msg: family..retrans, sockid, expires, rqueue, wqueue, then uid
+_DIAG_INODE_OFFSET = _DIAG_UID_OFFSET + 4  # then the inode: 0 when no process holds the socket
 RESERVED_PORTS = 1024  # below it, only root (CAP_NET_BIND_SERVICE) binds
 
 
 class PeerLookupError(OSError):
     """The kernel's socket table could not be asked (neither sock_diag nor /proc/net)."""
+
+
+class PeerClosed(PeerLookupError):
+    """The peer's socket is in the table but no process holds it any more: who opened it cannot be told."""
+
+    def __init__(self) -> None:
+        super().__init__(errno.ENOTCONN, "its socket was closed before beoserv could ask the kernel whose it was")
 
 
 Endpoint = tuple[str, int]
@@ -74,9 +87,11 @@ def parse_diag_reply(data: bytes) -> int | None:
         if -code == errno.ENOENT:
             return None
         raise PeerLookupError(-code, f"sock_diag: {errno.errorcode.get(-code, -code)}")
-    if kind != SOCK_DIAG_BY_FAMILY or len(data) < _NLMSGHDR.size + _DIAG_UID_OFFSET + 4:
+    if kind != SOCK_DIAG_BY_FAMILY or len(data) < _NLMSGHDR.size + _DIAG_INODE_OFFSET + 4:
         raise PeerLookupError(errno.EPROTO, f"unexpected sock_diag answer of type {kind}")
-    (uid,) = struct.unpack_from("=I", data, _NLMSGHDR.size + _DIAG_UID_OFFSET)
+    uid, inode = struct.unpack_from("=II", data, _NLMSGHDR.size + _DIAG_UID_OFFSET)
+    if inode == 0:
+        raise PeerClosed()
     return uid
 
 
@@ -100,19 +115,39 @@ def _proc_hex(address: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int)
 
 def owner_from_proc(peer: Endpoint, ours: Endpoint, proc_net: str = "/proc/net") -> int | None:
     """The same answer from /proc/net/tcp or tcp6: a read of the whole table, for kernels without
-    sock_diag."""
+    sock_diag. An IPv4 peer may be an IPv6 socket connected to a v4-mapped address (::ffff:a.b.c.d), which
+    only tcp6 lists."""
     src, dst = _normal(peer[0]), _normal(ours[0])
-    local, remote = _proc_hex(src, peer[1]), _proc_hex(dst, ours[1])
-    name = "tcp" if src.version == 4 else "tcp6"
+    tables = [("tcp6" if src.version == 6 else "tcp", src, dst)]
+    if src.version == 4 and dst.version == 4:
+        tables.append(("tcp6", ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + src.packed),
+                       ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + dst.packed)))  # fmt: skip
+    for name, local_address, remote_address in tables:
+        local, remote = _proc_hex(local_address, peer[1]), _proc_hex(remote_address, ours[1])
+        uid = _owner_in_table(f"{proc_net}/{name}", local, remote)
+        if uid is not None:
+            return uid
+    return None
+
+
+def _owner_in_table(path: str, local: str, remote: str) -> int | None:
     try:
-        with open(f"{proc_net}/{name}", encoding="ascii") as table:
+        with open(path, encoding="ascii") as table:
             next(table, None)  # the header
             for line in table:
                 fields = line.split()
-                if len(fields) > 7 and fields[1] == local and fields[2] == remote:
+                if len(fields) > 9 and fields[1] == local and fields[2] == remote:
+                    if fields[9] == "0":
+                        raise PeerClosed()
                     return int(fields[7])
+    except PeerClosed:
+        raise
+    except FileNotFoundError:
+        if path.endswith("tcp6"):
+            return None  # a kernel without IPv6 has no IPv6 sockets
+        raise PeerLookupError(errno.ENOENT, f"{path}: no such file") from None
     except OSError as exc:
-        raise PeerLookupError(exc.errno, f"{proc_net}/{name}: {exc.strerror}") from None
+        raise PeerLookupError(exc.errno, f"{path}: {exc.strerror}") from None
     return None
 
 
@@ -121,5 +156,7 @@ def socket_owner(peer: Endpoint, ours: Endpoint) -> int | None:
     (another host, or another network namespace)."""
     try:
         return owner_by_sock_diag(peer, ours)
+    except PeerClosed:
+        raise
     except PeerLookupError:
         return owner_from_proc(peer, ours)

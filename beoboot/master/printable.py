@@ -2,16 +2,17 @@
 
 A log line is one line: a node whose log message holds a newline must not write a second line that reads
 as beoserv's own ("... node 3 down"), and an escape sequence must not move a terminal's cursor or retitle
-its window. Control characters, the Unicode line and paragraph separators, bidirectional overrides (which
-make text read in another order than it is stored) and the backslash itself are written as Python writes
-them in a repr: \\n, \\x1b, \\u202e, \\\\. Everything else, non-ASCII letters included, is kept.
+its window. Control characters, the Unicode line and paragraph separators, the bidirectional controls
+(Unicode's Bidi_Control: overrides, isolates and marks, which make text read in another order than it is
+stored) and the backslash itself are written as Python writes them in a repr: \\n, \\x1b, \\u202e, \\\\.
+Everything else, non-ASCII letters included, is kept.
 """
 
 from __future__ import annotations
 
 import re
 
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\\\\\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\\\\\u2028\u2029\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
 
 
