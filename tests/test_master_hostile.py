@@ -21,6 +21,7 @@ from master_helpers import MasterProcess, bpsh_argv, publish_files, start_simnod
 from agent import protocol as p
 from agent.wsclient import OP_BINARY, OP_TEXT, WebSocket, WebSocketError
 from beoboot.master.registry import Registry
+from beoboot.master.server import BODY_BUDGET
 
 MAC = "52:54:00:00:07:01"
 REQUEST_TIMEOUT = 1.5  # the masters' request_timeout here: short, so that trickling clients are cut off soon
@@ -323,3 +324,35 @@ def test_a_frame_no_node_sends_closes_its_link_with_one_line(master, opcode, fra
     master.wait_for_log(rf"node {reply.number} \({MAC}\) job link closed: it sent .*{said}", after=mark)
     master.wait_for_log("job link down", after=mark)
     no_traceback(master, mark)
+
+
+def test_bodies_held_at_once_are_bounded_and_the_rest_told_to_retry(tmp_path):
+    """Unanswered bodies cost memory until they are whole: clients that each announce 1 MiB and send it
+    slowly could make beoserv grow without bound. Past the budget a request is a 503 with Retry-After (an
+    exhausted resource, not a bad request), logged once, and the budget comes back as the bodies end."""
+    (tmp_path / "boot").mkdir()
+    server = MasterProcess(tmp_path / "boot", tmp_path / "nodes.db", tmp_path / "beoserv.log").start()
+    slow = []
+    try:
+        head = f"POST {p.LOGS_PATH} HTTP/1.1\r\nHost: x\r\nContent-Length: {1 << 20}\r\n\r\n{{".encode()
+        for _ in range(BODY_BUDGET >> 20):
+            conn = socket.create_connection(address(server), timeout=10)
+            conn.sendall(head)
+            slow.append(conn)
+        time.sleep(0.5)  # beoserv has taken every one of them
+        refused = requests.post(server.url + p.REGISTER_PATH, json={"mac": MAC, "stage": "stage1"}, timeout=5)
+        assert refused.status_code == 503 and 1 <= int(refused.headers["Retry-After"]) <= 5, refused.text
+        assert "retry shortly" in refused.json()["error"]
+        requests.post(server.url + p.REGISTER_PATH, json={"mac": MAC, "stage": "stage1"}, timeout=5)
+        assert server.log_text().count("request bodies in memory reached") == 1
+        for conn in slow:
+            conn.close()
+        deadline = time.monotonic() + 10
+        while (answer := requests.post(server.url + p.REGISTER_PATH, json={"mac": MAC, "stage": "stage1"}, timeout=5)).status_code != 200:
+            assert time.monotonic() < deadline, answer.text
+            time.sleep(0.1)
+        assert "Traceback" not in server.log_text()
+    finally:
+        for conn in slow:
+            conn.close()
+        server.stop()

@@ -17,6 +17,7 @@ import ipaddress
 import json
 import logging
 import os
+import random
 import re
 import signal
 import sys
@@ -48,6 +49,7 @@ BOOT_NUMBER = re.compile("[0-9]{1,18}")  # within SQLite's 64-bit INTEGER
 # The hosts file is rewritten (and synced to disk) at most this often: when a thousand nodes register at
 # once it is rewritten a few times, not a thousand.
 HOSTS_FILE_DELAY = 0.5
+BODY_BUDGET = 64 << 20  # bytes of request bodies in memory at once (BodyBudget)
 
 
 @dataclass(frozen=True)
@@ -124,9 +126,39 @@ def error_response(status: int, message: str, **extra: Any) -> web.Response:
 class RequestRefused(Exception):
     """A request answered with `status` and a JSON error before (or instead of) its handler."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, retry_after: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.retry_after = retry_after
+
+
+class BodyBudget:
+    """Request bodies are held in memory until their handler is done; these are the bytes all of them may
+    take at once (by their Content-Length, or the largest allowed when a body is chunked). Past it a request
+    is told to come back (503, Retry-After), so clients that send large bodies slowly cannot make beoserv
+    grow without bound; a node's messages are a few KiB, so thousands fit."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.taken = 0
+        self.refused = 0  # since the last log line about it
+        self._logged = 0.0
+
+    def take(self, size: int) -> bool:
+        if self.taken + size > self.limit:
+            self.refused += 1
+            return False
+        self.taken += size
+        return True
+
+    def give_back(self, size: int) -> None:
+        self.taken -= size
+
+    def should_log(self, now: float, interval: float = 60.0) -> bool:
+        if now - self._logged < interval:
+            return False
+        self._logged = now
+        return True
 
 
 def check_path(path: str) -> None:
@@ -157,6 +189,7 @@ class Beoserv:
         self.config = config
         self.registry = Registry(options.db)
         self.published = PublishedTree(options.root)
+        self.bodies = BodyBudget(BODY_BUDGET)
         self.jobs = JobHub(self.registry)
         self._hosts = HostTable({})
         self._hosts_file_due: asyncio.TimerHandle | None = None
@@ -191,9 +224,16 @@ class Beoserv:
         self.requests += 1
         try:
             check_path(request.path)
-            if request.body_exists:
+            if not request.body_exists:
+                return await handler(request)
+            size = min(request.content_length or request.client_max_size, request.client_max_size)
+            if not self.bodies.take(size):
+                self._bodies_refused(request)
+            try:
                 await self._read_body(request)
-            return await handler(request)
+                return await handler(request)
+            finally:
+                self.bodies.give_back(size)
         except p.ProtocolError as exc:
             log.warning("bad message from %s to %s: %s", request.remote, printable(request.path), printable(exc))
             return error_response(400, str(exc))
@@ -201,7 +241,9 @@ class Beoserv:
             return error_response(404, str(exc))
         except RequestRefused as exc:
             response = error_response(exc.status, str(exc))
-            if exc.status in (408, 413):
+            if exc.retry_after is not None:
+                response.headers["Retry-After"] = str(exc.retry_after)
+            if exc.status in (408, 413, 503):
                 response.force_close()  # the rest of the body is not waited for
             return response
         except web.HTTPException:
@@ -215,6 +257,15 @@ class Beoserv:
             log.error("%s %s from %s failed: %s: %s", request.method, printable(request.path_qs), request.remote,
                       type(exc).__name__, printable(exc), exc_info=log.isEnabledFor(logging.DEBUG))  # fmt: skip
             return error_response(500, f"beoserv failed on this request ({type(exc).__name__}); its log says more")
+
+    def _bodies_refused(self, request: web.Request) -> None:
+        if self.bodies.should_log(time.monotonic()):
+            log.warning("request bodies in memory reached %d MiB: %d request(s) told to retry (latest %s %s from %s)",
+                        self.bodies.limit >> 20, self.bodies.refused, request.method, printable(request.path),
+                        request.remote)  # fmt: skip
+            self.bodies.refused = 0
+        raise RequestRefused(503, f"beoserv holds {self.bodies.limit >> 20} MiB of request bodies: retry shortly",
+                             retry_after=1 + int(random.random() * 4))  # fmt: skip
 
     async def _read_body(self, request: web.Request) -> None:
         """The whole body, before the handler (which then reads it from memory): a client that sends it
