@@ -49,6 +49,24 @@ class RegistrationRefused(MasterLinkError):
     in the message). Retried with backoff, as an unreachable master is: an operator may fix it."""
 
 
+class MasterBusy(MasterLinkError):
+    """The master answered 503: a resource of its is exhausted for now. Retried after the Retry-After it
+    gave (at least), never taken for a refusal."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def _retry_after(response: requests.Response) -> float:
+    """Retry-After in seconds (the delay form; the date form and nonsense count as 1 s), at most 60."""
+    try:
+        seconds = float(response.headers.get("Retry-After", "1"))
+    except ValueError:
+        return 1.0
+    return min(60.0, seconds) if seconds >= 0 else 1.0
+
+
 class _SourcePortAdapter(HTTPAdapter):
     """Connections bound to one local port, closed with a reset: a reserved port left in TIME_WAIT for a
     minute could not be bound again, and there are only RESERVED_PORTS of them."""
@@ -134,6 +152,8 @@ class MasterLink:
             raise _Unregistered(response.text)
         if response.status_code == 403 and path == p.REGISTER_PATH:
             raise RegistrationRefused(f"master refused the registration: {_error_text(response)}")
+        if response.status_code == 503:
+            raise MasterBusy(f"master busy with {path}: {_error_text(response)}", _retry_after(response))
         if response.status_code >= 400:
             raise MasterLinkError(f"master refused {path}: HTTP {response.status_code}: {response.text.strip()}")
         return p.from_json(reply, response.content) if reply else None
@@ -162,15 +182,19 @@ class MasterLink:
         while True:
             try:
                 return call()
-            except (requests.RequestException, RegistrationRefused) as exc:
+            except (requests.RequestException, RegistrationRefused, MasterBusy) as exc:
                 attempt += 1
-                refused = isinstance(exc, RegistrationRefused)
+                refused = isinstance(exc, (RegistrationRefused, MasterBusy))
                 problem = str(exc) if refused else f"master {self.base_url} unreachable"
                 if attempts is not None and attempt >= attempts:
-                    raise (RegistrationRefused if refused else MasterLinkError)(
-                        f"{what}: {problem}" + ("" if refused else f" after {attempt} tries: {exc}")
-                    ) from None
+                    if isinstance(exc, MasterBusy):
+                        raise MasterBusy(f"{what}: {problem}", exc.retry_after) from None
+                    if isinstance(exc, RegistrationRefused):
+                        raise RegistrationRefused(f"{what}: {problem}") from None
+                    raise MasterLinkError(f"{what}: {problem} after {attempt} tries: {exc}") from None
                 wait = self.backoff.delay(attempt - 1, self.rng.random)
+                if isinstance(exc, MasterBusy):
+                    wait = max(wait, exc.retry_after)
                 if self.log is not None:
                     self.log(f"beoboot: {what}: {problem}; retry {attempt} in {wait:.1f} s")
                 self.sleep(wait)

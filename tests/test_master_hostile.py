@@ -19,6 +19,8 @@ import requests
 from master_helpers import MasterProcess, bpsh_argv, publish_files, start_simnodes
 
 from agent import protocol as p
+from agent.download import Backoff
+from agent.masterlink import MasterBusy, MasterLink
 from agent.wsclient import OP_BINARY, OP_TEXT, WebSocket, WebSocketError
 from beoboot.master.registry import Registry
 from beoboot.master.server import BODY_BUDGET
@@ -343,7 +345,11 @@ def test_bodies_held_at_once_are_bounded_and_the_rest_told_to_retry(tmp_path):
         refused = requests.post(server.url + p.REGISTER_PATH, json={"mac": MAC, "stage": "stage1"}, timeout=5)
         assert refused.status_code == 503 and 1 <= int(refused.headers["Retry-After"]) <= 5, refused.text
         assert "retry shortly" in refused.json()["error"]
-        requests.post(server.url + p.REGISTER_PATH, json={"mac": MAC, "stage": "stage1"}, timeout=5)
+        sleeps: list[float] = []  # the agent waits at least what it was told, and says the master is busy
+        link = MasterLink(server.url, MAC, p.Stage.SUPERVISOR, backoff=Backoff(first=0.01), sleep=sleeps.append)
+        with pytest.raises(MasterBusy, match="retry shortly"):
+            link.register(attempts=2)
+        assert len(sleeps) == 1 and sleeps[0] >= 1
         assert server.log_text().count("request bodies in memory reached") == 1
         for conn in slow:
             conn.close()
