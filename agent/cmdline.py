@@ -5,23 +5,16 @@ from __future__ import annotations
 import re
 
 from agent import values
+from agent.errors import AgentError
 
 PROC_CMDLINE = "/proc/cmdline"
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 DECIMAL = re.compile(r"[0-9]{1,9}(\.[0-9]{1,9})?")  # float() would also take "nan", "inf" and "1e999"
 
 
-class CmdlineError(Exception):
+class CmdlineError(AgentError):
     """A `beoboot.KEY=VALUE` word whose value the agent cannot use: the node stops rather than guess.
     Not a ValueError: no `except ValueError` around a caller may take it for its own and carry on."""
-
-    def __init__(self, message: str, hint: str | None = None) -> None:
-        super().__init__(message)
-        self.hint = hint
-
-    def __str__(self) -> str:
-        text = super().__str__()
-        return text if not self.hint else f"{text} (hint: {self.hint})"
 
 
 def _seconds(text: str) -> str:

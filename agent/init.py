@@ -19,22 +19,11 @@ import agent
 from agent import booster, cmdline, console, kmodload, mounts, network, pxe, supervisor, syscalls
 from agent.config import AGENT_CONFIG_PATH, AgentConfig
 from agent.download import Backoff
+from agent.errors import AgentError
 from agent.report import say
 
 DRY_RUN_ENV = "BEOBOOT_DRY_RUN"
 SYSRQ_TRIGGER = "/proc/sysrq-trigger"
-
-
-class AgentError(Exception):
-    """A failure the agent can explain: what went wrong and what to do about it."""
-
-    def __init__(self, message: str, hint: str | None = None) -> None:
-        super().__init__(message)
-        self.hint = hint
-
-    def __str__(self) -> str:
-        text = super().__str__()
-        return text if not self.hint else f"{text} (hint: {self.hint})"
 
 
 @dataclass(frozen=True)
@@ -202,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         dry_run = options.dry_run or not is_init
         return boot(options)
     except BaseException as exc:  # noqa: BLE001 -- PID 1 must report everything, even SystemExit
-        if isinstance(exc, (AgentError, cmdline.CmdlineError)):
+        if isinstance(exc, AgentError):
             console.say(f"beoboot: agent failed: {exc}")
         else:
             import traceback
