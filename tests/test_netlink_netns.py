@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from netns import ip, veth_pair
 
 from agent import netlink
 
@@ -108,31 +109,12 @@ print(json.dumps(asdict(state)))
 """
 
 
-def _ip(*args, check=True):
-    return subprocess.run(["ip", *args], capture_output=True, text=True, check=check)
-
-
 @pytest.fixture
 def netns_pair(tmp_path):
     if os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("dnsmasq"):
         pytest.skip("needs root, iproute2 and dnsmasq (python3 build.py setup installs them)")
-    tag = f"{os.getpid() % 100000}"
-    server_ns, client_ns = f"bb-srv-{tag}", f"bb-cli-{tag}"
-    server_if, client_if = f"bbs{tag}", f"bbc{tag}"
-    created = []
-    try:
-        for ns in (server_ns, client_ns):
-            if _ip("netns", "add", ns, check=False).returncode != 0:
-                pytest.skip(f"cannot create network namespace {ns}")
-            created.append(ns)
-        _ip("link", "add", server_if, "netns", server_ns, "type", "veth", "peer", "name", client_if, "netns", client_ns)
-        _ip("-n", server_ns, "addr", "add", f"{SERVER_IP}/24", "dev", server_if)
-        _ip("-n", server_ns, "link", "set", server_if, "up")
-        _ip("-n", server_ns, "link", "set", "lo", "up")
-        yield server_ns, client_ns, server_if, client_if
-    finally:
-        for ns in created:
-            _ip("netns", "del", ns, check=False)  # takes its end of the veth pair with it
+    with veth_pair("bb", SERVER_IP) as pair:
+        yield pair.server_ns, pair.client_ns, pair.server_if, pair.client_if
 
 
 def _start_dnsmasq(server_ns, server_if, tmp_path, lease_time="1h"):
@@ -181,18 +163,18 @@ def test_dhcp_lease_from_dnsmasq_is_applied(netns_pair, tmp_path):
     assert (lease["server_id"], lease["lease_seconds"], lease["domain"]) == (SERVER_IP, 3600, "cluster.test")
     assert lease["master_url"] == state["master_url"] == MASTER  # option 224 beats the image's config
     # dnsmasq's own record of the lease: "<expiry> <mac> <ip> <hostname> <client id>"
-    client_mac = json.loads(_ip("-n", client_ns, "-j", "link", "show", client_if).stdout)[0]["address"]
+    client_mac = json.loads(ip("-n", client_ns, "-j", "link", "show", client_if).stdout)[0]["address"]
     recorded = leases.read_text().split()
     assert recorded[1:3] == [client_mac, lease["address"]]
     assert recorded[4] == "01:" + client_mac  # option 61: hardware type 1, then the MAC
 
-    addrs = json.loads(_ip("-n", client_ns, "-j", "addr", "show", "dev", client_if).stdout)
+    addrs = json.loads(ip("-n", client_ns, "-j", "addr", "show", "dev", client_if).stdout)
     inet = [a for a in addrs[0]["addr_info"] if a["family"] == "inet"]
     assert [(a["local"], a["prefixlen"], a.get("broadcast")) for a in inet] == [
         (lease["address"], 24, "10.199.0.255")
     ]
     assert "UP" in addrs[0]["flags"]
-    routes = json.loads(_ip("-n", client_ns, "-j", "route", "show", "default").stdout)
+    routes = json.loads(ip("-n", client_ns, "-j", "route", "show", "default").stdout)
     assert [(r["gateway"], r["dev"], r.get("protocol")) for r in routes] == [(SERVER_IP, client_if, "dhcp")]
     assert resolv.read_text() == (
         f"# written by beoboot from the DHCP lease on {client_if}\nsearch cluster.test\nnameserver {SERVER_IP}\n"
@@ -285,7 +267,7 @@ def test_lease_is_renewed_by_unicast_and_rebound_by_broadcast(netns_pair, tmp_pa
         assert "DHCPDISCOVER" not in exchange and "DHCPNAK" not in exchange
         # ciaddr set: the ACK went back unicast to it, unlike the first exchange's (RFC 2131 4.1)
         assert "broadcast response" not in exchange and "broadcast response" in exchanges[0]
-    addrs = json.loads(_ip("-n", client_ns, "-j", "addr", "show", "dev", client_if).stdout)
+    addrs = json.loads(ip("-n", client_ns, "-j", "addr", "show", "dev", client_if).stdout)
     assert [a["local"] for a in addrs[0]["addr_info"] if a["family"] == "inet"] == [address]
 
 
@@ -307,14 +289,14 @@ print("{}")
 )
 def test_moving_to_a_new_lease_keeps_the_permanent_address_and_a_route(netns_pair, new_address, new_router):
     _server_ns, client_ns, _server_if, client_if = netns_pair
-    _ip("-n", client_ns, "link", "set", client_if, "up")
-    _ip("-n", client_ns, "addr", "add", "10.199.0.50/24", "dev", client_if)  # the old lease: the primary
-    _ip("-n", client_ns, "addr", "add", "10.199.0.100/24", "dev", client_if)  # stage 3's permanent address
-    _ip("-n", client_ns, "route", "add", "default", "via", SERVER_IP, "dev", client_if)
+    ip("-n", client_ns, "link", "set", client_if, "up")
+    ip("-n", client_ns, "addr", "add", "10.199.0.50/24", "dev", client_if)  # the old lease: the primary
+    ip("-n", client_ns, "addr", "add", "10.199.0.100/24", "dev", client_if)  # stage 3's permanent address
+    ip("-n", client_ns, "route", "add", "default", "via", SERVER_IP, "dev", client_if)
     _in_client(client_ns, MOVE_SCRIPT, client_if, new_address, new_router)
-    addrs = json.loads(_ip("-n", client_ns, "-j", "addr", "show", "dev", client_if).stdout)
+    addrs = json.loads(ip("-n", client_ns, "-j", "addr", "show", "dev", client_if).stdout)
     assert sorted(a["local"] for a in addrs[0]["addr_info"] if a["family"] == "inet") == sorted(
         ["10.199.0.100", new_address]
     )
-    routes = json.loads(_ip("-n", client_ns, "-j", "route", "show", "default").stdout)
+    routes = json.loads(ip("-n", client_ns, "-j", "route", "show", "default").stdout)
     assert [(r["gateway"], r["dev"]) for r in routes] == [(new_router, client_if)]

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from netns import veth_pair
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER_IP, CLIENT_IP = "10.198.0.1", "10.198.0.2"  # only inside the test's namespaces
@@ -46,31 +47,12 @@ print(json.dumps({"unprivileged": register("02:77:00:00:00:01", 0),
 """
 
 
-def _ip(*args, check=True):
-    return subprocess.run(["ip", *args], capture_output=True, text=True, check=check)
-
-
 @pytest.fixture
 def namespaces():
     if os.geteuid() != 0 or not shutil.which("ip"):
         pytest.skip("needs root and iproute2 for network namespaces")
-    tag = f"{os.getpid() % 100000}"
-    server_ns, client_ns = f"bb-tsrv-{tag}", f"bb-tcli-{tag}"
-    created = []
-    try:
-        for ns in (server_ns, client_ns):
-            if _ip("netns", "add", ns, check=False).returncode != 0:
-                pytest.skip(f"cannot create network namespace {ns}")
-            created.append(ns)
-        _ip("link", "add", f"bts{tag}", "netns", server_ns, "type", "veth", "peer", "name", f"btc{tag}", "netns", client_ns)
-        for ns, interface, address in ((server_ns, f"bts{tag}", SERVER_IP), (client_ns, f"btc{tag}", CLIENT_IP)):
-            _ip("-n", ns, "addr", "add", f"{address}/24", "dev", interface)
-            _ip("-n", ns, "link", "set", interface, "up")
-            _ip("-n", ns, "link", "set", "lo", "up")
-        yield server_ns, client_ns
-    finally:
-        for ns in created:
-            _ip("netns", "del", ns, check=False)  # takes its end of the veth pair with it
+    with veth_pair("bt", SERVER_IP, CLIENT_IP) as pair:
+        yield pair.server_ns, pair.client_ns
 
 
 def _in(ns, *argv, python=sys.executable, **kwargs):
