@@ -23,23 +23,56 @@ VENV_PYTHON = VENV / "bin" / "python"
 # boot artifacts, the compressors the kernel's initramfs decoders read, and the references tests compare
 # against (ldd, modprobe, dracut, cpio, bsdtar).
 APT_PACKAGES = [
-    "linux-image-amd64", "kmod", "qemu-system-x86", "ipxe-qemu", "ovmf",
-    "isolinux", "syslinux", "syslinux-common", "pxelinux", "ipxe", "grub-efi-amd64-bin",
-    "grub-common", "mtools", "xorriso", "dosfstools", "e2fsprogs", "openssh-server", "openssh-client", "libarchive13", "libarchive-tools", "cpio",
-    "xz-utils", "zstd", "lz4", "gzip",
-    "dnsmasq-base", "nginx-light", "iproute2", "dracut-core", "pciutils",
-    "python3", "python3-venv", "python3-requests", "gcc", "libc6-dev", "busybox",
-    "tzdata", "perl-base", "perl",  # the tests compare jobs' time zone and Perl modules with the master's
+    "linux-image-amd64",
+    "kmod",
+    "qemu-system-x86",
+    "ipxe-qemu",
+    "ovmf",
+    "isolinux",
+    "syslinux",
+    "syslinux-common",
+    "pxelinux",
+    "ipxe",
+    "grub-efi-amd64-bin",
+    "grub-common",
+    "mtools",
+    "xorriso",
+    "dosfstools",
+    "e2fsprogs",
+    "openssh-server",
+    "openssh-client",
+    "libarchive13",
+    "libarchive-tools",
+    "cpio",
+    "xz-utils",
+    "zstd",
+    "lz4",
+    "gzip",
+    "dnsmasq-base",
+    "nginx-light",
+    "iproute2",
+    "dracut-core",
+    "pciutils",
+    "python3",
+    "python3-venv",
+    "python3-requests",
+    "gcc",
+    "libc6-dev",
+    "busybox",
+    "tzdata",
+    "perl-base",
+    "perl",  # the tests compare jobs' time zone and Perl modules with the master's
     "file",  # and `file` on a node, with the magic database its library reads
     "acl",  # and jobs' access checks against files with ACLs (setfacl)
-]  # fmt: skip
+]
 
 
 def missing_packages() -> list[str]:
     out = subprocess.run(
         ["dpkg-query", "-W", "-f", "${Package} ${db:Status-Status}\n", *APT_PACKAGES],
-        capture_output=True, text=True,
-    ).stdout  # fmt: skip
+        capture_output=True,
+        text=True,
+    ).stdout
     installed = {line.split()[0] for line in out.splitlines() if line.endswith(" installed")}
     return [p for p in APT_PACKAGES if p not in installed]
 
@@ -90,8 +123,8 @@ def demo() -> int:
 
 
 def lint() -> int:
-    """ruff (pyproject's rule set) and mypy over the code; their settings are in pyproject.toml."""
-    for command in (["ruff", "check", "."], ["mypy"]):
+    """ruff (format and pyproject's rule set) and mypy over the code; their settings are in pyproject.toml."""
+    for command in (["ruff", "format", "--check", "."], ["ruff", "check", "."], ["mypy"]):
         print(f"build.py: {' '.join(command)}", flush=True)
         status = subprocess.run([str(VENV_PYTHON), "-m", *command], cwd=ROOT).returncode
         if status != 0:

@@ -43,8 +43,21 @@ MAX_LINK_TARGET = 4095
 MAX_MAJOR, MAX_MINOR = (1 << 12) - 1, (1 << 20) - 1  # what a Linux dev_t can hold
 CHUNK = 1 << 20
 _HEX = frozenset(b"0123456789abcdefABCDEF")
-_FIELDS = ("ino", "mode", "uid", "gid", "nlink", "mtime", "filesize", "devmajor", "devminor",
-           "rdevmajor", "rdevminor", "namesize", "check")  # fmt: skip
+_FIELDS = (
+    "ino",
+    "mode",
+    "uid",
+    "gid",
+    "nlink",
+    "mtime",
+    "filesize",
+    "devmajor",
+    "devminor",
+    "rdevmajor",
+    "rdevminor",
+    "namesize",
+    "check",
+)
 _DIR_PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
 
 
@@ -87,8 +100,16 @@ def parse_header(raw: bytes, offset: int = 0) -> tuple[Header, int]:
         if not _HEX.issuperset(digits):
             raise CpioError(f"the header at offset {offset} has a {field} field that is not hex: {digits!r}")
         values[field] = int(digits, 16)
-    header = Header("", values["ino"], values["mode"], values["nlink"], values["mtime"], values["filesize"],
-                    (values["rdevmajor"], values["rdevminor"]), offset)  # fmt: skip
+    header = Header(
+        "",
+        values["ino"],
+        values["mode"],
+        values["nlink"],
+        values["mtime"],
+        values["filesize"],
+        (values["rdevmajor"], values["rdevminor"]),
+        offset,
+    )
     return header, values["namesize"]
 
 

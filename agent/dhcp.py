@@ -75,9 +75,17 @@ class MsgType(IntEnum):
 
 
 PARAMETERS_WANTED = (
-    Opt.SUBNET_MASK, Opt.ROUTER, Opt.DNS, Opt.HOSTNAME, Opt.DOMAIN, Opt.LEASE_TIME, Opt.RENEWAL_TIME,
-    Opt.REBINDING_TIME, Opt.SERVER_ID, Opt.BEOBOOT_MASTER,
-)  # fmt: skip
+    Opt.SUBNET_MASK,
+    Opt.ROUTER,
+    Opt.DNS,
+    Opt.HOSTNAME,
+    Opt.DOMAIN,
+    Opt.LEASE_TIME,
+    Opt.RENEWAL_TIME,
+    Opt.REBINDING_TIME,
+    Opt.SERVER_ID,
+    Opt.BEOBOOT_MASTER,
+)
 
 
 @dataclass(frozen=True)
@@ -222,10 +230,21 @@ def encode_message(msg: Message, option_order: Sequence[int] | None = None) -> b
     """The BOOTP fixed part, the magic cookie and the options (message type first, as RFC 2131 shows it)."""
     codes = list(option_order) if option_order is not None else sorted(msg.options, key=lambda c: (c != 53, 0))
     fixed = _BOOTP.pack(
-        msg.op, HTYPE_ETHERNET, len(msg.chaddr), 0, msg.xid, msg.secs, msg.flags,
-        socket.inet_aton(msg.ciaddr), socket.inet_aton(msg.yiaddr), socket.inet_aton(msg.siaddr),
-        socket.inet_aton(msg.giaddr), msg.chaddr.ljust(16, b"\0"), msg.sname.encode(), msg.file.encode(),
-    )  # fmt: skip
+        msg.op,
+        HTYPE_ETHERNET,
+        len(msg.chaddr),
+        0,
+        msg.xid,
+        msg.secs,
+        msg.flags,
+        socket.inet_aton(msg.ciaddr),
+        socket.inet_aton(msg.yiaddr),
+        socket.inet_aton(msg.siaddr),
+        socket.inet_aton(msg.giaddr),
+        msg.chaddr.ljust(16, b"\0"),
+        msg.sname.encode(),
+        msg.file.encode(),
+    )
     body = fixed + MAGIC_COOKIE + encode_options([(c, msg.options[c]) for c in codes])
     # RFC 1542 relays and some servers drop BOOTP messages shorter than the classic 300 bytes.
     return body.ljust(300, b"\0")
@@ -247,10 +266,19 @@ def decode_message(data: bytes) -> Message:
         decode_options(sname, options, "sname field")
         sname = b""
     return Message(
-        op=op, xid=xid, chaddr=chaddr[: min(hlen, 16)], options=options, secs=secs, flags=flags,
-        ciaddr=socket.inet_ntoa(ci), yiaddr=socket.inet_ntoa(yi), siaddr=socket.inet_ntoa(si),
-        giaddr=socket.inet_ntoa(gi), sname=_text(sname) or "", file=_text(file) or "",
-    )  # fmt: skip
+        op=op,
+        xid=xid,
+        chaddr=chaddr[: min(hlen, 16)],
+        options=options,
+        secs=secs,
+        flags=flags,
+        ciaddr=socket.inet_ntoa(ci),
+        yiaddr=socket.inet_ntoa(yi),
+        siaddr=socket.inet_ntoa(si),
+        giaddr=socket.inet_ntoa(gi),
+        sname=_text(sname) or "",
+        file=_text(file) or "",
+    )
 
 
 def client_id(mac: bytes) -> bytes:
@@ -313,8 +341,14 @@ def internet_checksum(data: bytes) -> int:
     return ~total & 0xFFFF
 
 
-def encode_frame(src_mac: bytes, payload: bytes, *, src_ip: str = "0.0.0.0", dst_ip: str = "255.255.255.255",
-                 dst_mac: bytes = BROADCAST_MAC) -> bytes:
+def encode_frame(
+    src_mac: bytes,
+    payload: bytes,
+    *,
+    src_ip: str = "0.0.0.0",
+    dst_ip: str = "255.255.255.255",
+    dst_mac: bytes = BROADCAST_MAC,
+) -> bytes:
     """An Ethernet II frame carrying IPv4/UDP from port 68 to port 67, with both checksums filled in."""
     src, dst = socket.inet_aton(src_ip), socket.inet_aton(dst_ip)
     udp_len = 8 + len(payload)
@@ -397,9 +431,17 @@ class PacketTransport:
 class DhcpClient:
     """DISCOVER -> OFFER -> REQUEST -> ACK, retransmitting on the RFC 2131 schedule; NAK starts over."""
 
-    def __init__(self, interface: str, mac: bytes, transport: Transport, *, rng: random.Random | None = None,
-                 clock: Callable[[], float] = time.monotonic, hostname: str | None = None,
-                 log: Callable[[str], None] = lambda line: None) -> None:
+    def __init__(
+        self,
+        interface: str,
+        mac: bytes,
+        transport: Transport,
+        *,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        hostname: str | None = None,
+        log: Callable[[str], None] = lambda line: None,
+    ) -> None:
         self.interface = interface
         self.mac = mac
         self.transport = transport
@@ -449,8 +491,10 @@ class DhcpClient:
             )
             reply = self._exchange(
                 lambda: build_request(xid, self.mac, offer, self._secs(), self.hostname),
-                xid, [MsgType.ACK, MsgType.NAK], "DHCPREQUEST",
-            )  # fmt: skip
+                xid,
+                [MsgType.ACK, MsgType.NAK],
+                "DHCPREQUEST",
+            )
             if reply.message_type == MsgType.ACK:
                 return lease_from_ack(self.interface, reply)
             self.log(f"beoboot: dhcp {self.interface}: server NAKed {offer.yiaddr}, starting over")

@@ -52,10 +52,15 @@ def pci_devices(sys_root: Path = Path("/sys")) -> tuple[PciDevice, ...]:
     for slot in sorted(os.listdir(base)) if base.is_dir() else ():
         dev = base / slot
         driver = dev / "driver"
-        devices.append(PciDevice(
-            slot=slot, vendor=_read(dev / "vendor"), device=_read(dev / "device"), pci_class=_read(dev / "class"),
-            driver=os.path.basename(os.readlink(driver)) if driver.is_symlink() else None,
-        ))  # fmt: skip
+        devices.append(
+            PciDevice(
+                slot=slot,
+                vendor=_read(dev / "vendor"),
+                device=_read(dev / "device"),
+                pci_class=_read(dev / "class"),
+                driver=os.path.basename(os.readlink(driver)) if driver.is_symlink() else None,
+            )
+        )
     return tuple(devices)
 
 
@@ -74,9 +79,12 @@ def disks(sys_root: Path = Path("/sys")) -> tuple[Disk, ...]:
 def probe(proc_root: Path = Path("/proc"), sys_root: Path = Path("/sys")) -> Hardware:
     model, cpus = parse_cpuinfo(_read(proc_root / "cpuinfo"))
     return Hardware(
-        cpu_model=model, cpus=cpus, memory_kib=parse_meminfo(_read(proc_root / "meminfo")),
-        pci=pci_devices(sys_root), disks=disks(sys_root),
-    )  # fmt: skip
+        cpu_model=model,
+        cpus=cpus,
+        memory_kib=parse_meminfo(_read(proc_root / "meminfo")),
+        pci=pci_devices(sys_root),
+        disks=disks(sys_root),
+    )
 
 
 def load(proc_root: Path = Path("/proc")) -> Load | None:

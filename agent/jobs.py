@@ -305,9 +305,15 @@ class JobRunner:
         stdin_r, stdin_w = os.pipe()
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
-        spec = {"executable": manifest.executable, "argv": list(manifest.argv), "env": manifest.env,
-                "cwd": manifest.cwd, "uid": manifest.uid, "gid": manifest.gid,
-                "groups": list(manifest.groups)}  # the launcher is in the root already
+        spec = {
+            "executable": manifest.executable,
+            "argv": list(manifest.argv),
+            "env": manifest.env,
+            "cwd": manifest.cwd,
+            "uid": manifest.uid,
+            "gid": manifest.gid,
+            "groups": list(manifest.groups),
+        }  # the launcher is in the root already
 
         def started(pid: int) -> None:  # in the launcher's reply thread
             self._send(ws, p.JobStarted(slot.job, pid, fetched=fetched))
@@ -406,7 +412,11 @@ def _killpg(pgid: int, signum: int) -> None:
 
 
 def start_runner(
-    master_url: str, mac: str, env_root: str, max_bytes: int, log: Callable[[str], None],
+    master_url: str,
+    mac: str,
+    env_root: str,
+    max_bytes: int,
+    log: Callable[[str], None],
     token: Callable[[], str] = lambda: "",
     verify: bool = False,
     power: Callable[[p.NodePower], None] | None = None,
@@ -414,8 +424,9 @@ def start_runner(
     """Stage 3: the libcache at ENV_ROOT/.libcache (on the environment root's own mount, so its objects can
     be hard-linked into the root; see agent.libcache), and the runner's link to the master. `verify`: the
     cache is on a local disk and may hold objects from an earlier boot: check them first."""
-    cache = LibCache(os.path.join(env_root, LIBCACHE_DIR), env_root, master_url, max_bytes=max_bytes, durable=verify,
-                     token=token)  # fmt: skip
+    cache = LibCache(
+        os.path.join(env_root, LIBCACHE_DIR), env_root, master_url, max_bytes=max_bytes, durable=verify, token=token
+    )
     if verify:
         kept, dropped = cache.verify()
         log(f"beoboot: libcache: {kept} objects kept from earlier boots, {dropped} damaged ones dropped")

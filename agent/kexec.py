@@ -26,9 +26,13 @@ def load(kernel: str, initrd: str, cmdline: str, *, dry_run: bool) -> str:
     initrd_fd = os.open(initrd, os.O_RDONLY)
     try:
         result = libc.syscall(
-            ctypes.c_long(SYS_KEXEC_FILE_LOAD), ctypes.c_int(kernel_fd), ctypes.c_int(initrd_fd),
-            ctypes.c_ulong(len(encoded)), ctypes.c_char_p(encoded), ctypes.c_ulong(0),
-        )  # fmt: skip
+            ctypes.c_long(SYS_KEXEC_FILE_LOAD),
+            ctypes.c_int(kernel_fd),
+            ctypes.c_int(initrd_fd),
+            ctypes.c_ulong(len(encoded)),
+            ctypes.c_char_p(encoded),
+            ctypes.c_ulong(0),
+        )
         if result != 0:
             err = ctypes.get_errno()
             raise OSError(err, f"{call}: {os.strerror(err)}")

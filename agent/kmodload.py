@@ -30,8 +30,9 @@ def syscall_number(machine: str | None = None) -> int:
         return FINIT_MODULE_NUMBER[machine]
     except KeyError:
         raise ModuleLoadError(
-            errno.ENOSYS, f"finit_module: no system call number known for machine {machine!r}; add it to "
-            "agent/kmodload.py FINIT_MODULE_NUMBER"
+            errno.ENOSYS,
+            f"finit_module: no system call number known for machine {machine!r}; add it to "
+            "agent/kmodload.py FINIT_MODULE_NUMBER",
         ) from None
 
 
@@ -54,8 +55,9 @@ def finit_module(path: str, params: str = "") -> bool:
         os.close(fd)
 
 
-def load_at_start(modules: Iterable[str], load_order: dict[str, tuple[str, ...]], *, dry_run: bool,
-                  say: Callable[[str, str], None]) -> list[str]:
+def load_at_start(
+    modules: Iterable[str], load_order: dict[str, tuple[str, ...]], *, dry_run: bool, say: Callable[[str, str], None]
+) -> list[str]:
     """The image's `modules` (config: not NIC drivers, which follow detection): loaded in order before the
     stage's work, each with its dependencies. A module that fails is reported and the rest still load:
     what needed it then fails with its own message. Returns the names loaded."""
@@ -70,8 +72,9 @@ def load_at_start(modules: Iterable[str], load_order: dict[str, tuple[str, ...]]
     return names
 
 
-def load_chain(paths: Iterable[str], *, dry_run: bool, loaded: set[str] | None = None,
-               loader: Callable[[str], bool] | None = None) -> list[str]:
+def load_chain(
+    paths: Iterable[str], *, dry_run: bool, loaded: set[str] | None = None, loader: Callable[[str], bool] | None = None
+) -> list[str]:
     """Load the .ko files in order, skipping those in `loaded` (and adding to it). Returns what was done."""
     done = []
     seen = loaded if loaded is not None else set()

@@ -81,8 +81,15 @@ def spawn_as_root(spec: dict, fds: list[int]) -> int:
     actions: list[tuple[int, ...]] = [(os.POSIX_SPAWN_DUP2, fd, target) for target, fd in enumerate(fds)]
     actions += [(os.POSIX_SPAWN_CLOSE, fd) for fd in set(fds) - {0, 1, 2}]
     try:
-        return os.posix_spawn(spec["executable"], spec["argv"], spec["env"], file_actions=actions,
-                              setsid=True, setsigdef=RESTORED_SIGNALS, setsigmask=())  # fmt: skip
+        return os.posix_spawn(
+            spec["executable"],
+            spec["argv"],
+            spec["env"],
+            file_actions=actions,
+            setsid=True,
+            setsigdef=RESTORED_SIGNALS,
+            setsigmask=(),
+        )
     finally:
         os.chdir("/")
 
@@ -231,8 +238,9 @@ class Launcher:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         boot = f"import sys; sys.path.insert(0, {package_parent!r}); from agent.launcher import main; main()"
-        self.process = subprocess.Popen([sys.executable, "-S", "-c", boot, str(theirs.fileno()), root],
-                                        pass_fds=[theirs.fileno()])  # fmt: skip
+        self.process = subprocess.Popen(
+            [sys.executable, "-S", "-c", boot, str(theirs.fileno()), root], pass_fds=[theirs.fileno()]
+        )
         theirs.close()
         self.sock = ours
         self._replies: dict[int, Queue[dict]] = {}

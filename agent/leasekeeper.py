@@ -91,11 +91,16 @@ def lease_from_handoff(handoff: Handoff) -> dhcp.Lease:
     """The lease as stage 2 got it: what renewing needs (the router and DNS servers are not needed)."""
     address, _, prefix = handoff.address.partition("/")
     return dhcp.Lease(
-        interface=handoff.interface, address=address,
-        prefix_len=int(prefix) if prefix else dhcp.default_prefix(address), router=None, dns=(),
-        server_id=handoff.server_id, lease_seconds=handoff.lease_seconds,
-        renewal_seconds=handoff.renewal_seconds, rebinding_seconds=handoff.rebinding_seconds,
-    )  # fmt: skip
+        interface=handoff.interface,
+        address=address,
+        prefix_len=int(prefix) if prefix else dhcp.default_prefix(address),
+        router=None,
+        dns=(),
+        server_id=handoff.server_id,
+        lease_seconds=handoff.lease_seconds,
+        renewal_seconds=handoff.renewal_seconds,
+        rebinding_seconds=handoff.rebinding_seconds,
+    )
 
 
 # -- I/O -------------------------------------------------------------------------------------------------
@@ -145,8 +150,14 @@ class UdpTransport:
         self.close()
 
 
-def move_address(interface: str, old: dhcp.Lease, new: dhcp.Lease, *, netlink_factory: Callable[[], Netlink] = Netlink,
-                 proc_sys: str = PROC_SYS) -> None:
+def move_address(
+    interface: str,
+    old: dhcp.Lease,
+    new: dhcp.Lease,
+    *,
+    netlink_factory: Callable[[], Netlink] = Netlink,
+    proc_sys: str = PROC_SYS,
+) -> None:
     """Put the new lease's address on the interface and take the old one off.
 
     The new address goes on first, so the node always has one. Deleting a primary address also deletes
@@ -180,15 +191,24 @@ class Answer:
 class LeaseKeeper:
     """RENEWING at T1, REBINDING at T2, a fresh lease after a DHCPNAK or at expiry; for as long as the node runs."""
 
-    def __init__(self, interface: str, mac: bytes, lease: dhcp.Lease, obtained_at: float, *, log: Log = _quiet,
-                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
-                 rng: random.Random | None = None,
-                 udp_factory: Callable[[str], DatagramTransport] = UdpTransport,
-                 packet_factory: Callable[[str], dhcp.PacketTransport] = dhcp.PacketTransport,
-                 client_factory: Callable[..., dhcp.DhcpClient] = dhcp.DhcpClient,
-                 move_address: Callable[[str, dhcp.Lease, dhcp.Lease], None] = move_address,
-                 moved: Callable[[dhcp.Lease], None] = lambda lease: None,
-                 hostname: str | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        interface: str,
+        mac: bytes,
+        lease: dhcp.Lease,
+        obtained_at: float,
+        *,
+        log: Log = _quiet,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: random.Random | None = None,
+        udp_factory: Callable[[str], DatagramTransport] = UdpTransport,
+        packet_factory: Callable[[str], dhcp.PacketTransport] = dhcp.PacketTransport,
+        client_factory: Callable[..., dhcp.DhcpClient] = dhcp.DhcpClient,
+        move_address: Callable[[str, dhcp.Lease, dhcp.Lease], None] = move_address,
+        moved: Callable[[dhcp.Lease], None] = lambda lease: None,
+        hostname: str | None = None,
+    ) -> None:
         self.interface = interface
         self.mac = mac
         self.lease = lease
@@ -217,8 +237,9 @@ class LeaseKeeper:
             except (dhcp.DhcpError, OSError) as exc:
                 self.log(
                     f"beoboot: dhcp {self.interface}: keeping the lease on {self.lease.address} failed: {exc}; "
-                    f"trying again in {RETRY_AFTER_FAILURE:.0f} s", "error",
-                )  # fmt: skip
+                    f"trying again in {RETRY_AFTER_FAILURE:.0f} s",
+                    "error",
+                )
                 self.sleep(RETRY_AFTER_FAILURE)
 
     def keep_once(self) -> bool:
@@ -262,8 +283,15 @@ class LeaseKeeper:
         self.log(f"beoboot: dhcp {self.interface}: {why}: getting a new lease", "error")
         asked_at = self.clock()  # a little before the REQUEST: the lease is counted from slightly early, the safe side
         with self.packet_factory(self.interface) as transport:
-            client = self.client_factory(self.interface, self.mac, transport, rng=self.rng, clock=self.clock,
-                                         hostname=self.hostname, log=self.log)  # fmt: skip
+            client = self.client_factory(
+                self.interface,
+                self.mac,
+                transport,
+                rng=self.rng,
+                clock=self.clock,
+                hostname=self.hostname,
+                log=self.log,
+            )
             lease = client.obtain_lease()
         self.adopt(lease, asked_at)
 
@@ -314,8 +342,9 @@ class LeaseKeeper:
         with self.udp_factory(self.interface) as transport:
             for sent_at, wait_until in zip(times, [*times[1:], until]):
                 secs = min(int(sent_at - began), 0xFFFF)  # RFC 2131 table 5: since the renewal began
-                transport.send(dhcp.build_renewal_request(xid, self.mac, self.lease.address, secs, self.hostname),
-                               destination)  # fmt: skip
+                transport.send(
+                    dhcp.build_renewal_request(xid, self.mac, self.lease.address, secs, self.hostname), destination
+                )
                 reply = self._await_reply(transport, xid, wait_until)
                 if reply is not None:
                     return Answer(reply, sent_at)
@@ -345,16 +374,22 @@ def _server_of(msg: dhcp.Message) -> str:
     return socket.inet_ntoa(ids[:4]) if len(ids) >= 4 else "(no server id)"
 
 
-def start(handoff: Handoff, log: Log, moved: Callable[[dhcp.Lease], None] = lambda lease: None) -> threading.Thread | None:
+def start(
+    handoff: Handoff, log: Log, moved: Callable[[dhcp.Lease], None] = lambda lease: None
+) -> threading.Thread | None:
     """Stage 3: keep the lease stage 2 obtained, in a daemon thread (it ends with the supervisor); `moved`
     is called with a new lease that changed the node's address."""
     if handoff.lease_obtained_at is None:
-        log(f"beoboot: dhcp {handoff.interface}: stage 2 handed over no lease times: {handoff.address} will not "
-            "be renewed (rebuild the images so both stages match)", "error")  # fmt: skip
+        log(
+            f"beoboot: dhcp {handoff.interface}: stage 2 handed over no lease times: {handoff.address} will not "
+            "be renewed (rebuild the images so both stages match)",
+            "error",
+        )
         return None
     mac = bytes.fromhex(handoff.mac.replace(":", ""))
-    keeper = LeaseKeeper(handoff.interface, mac, lease_from_handoff(handoff), handoff.lease_obtained_at, log=log,
-                         moved=moved)
+    keeper = LeaseKeeper(
+        handoff.interface, mac, lease_from_handoff(handoff), handoff.lease_obtained_at, log=log, moved=moved
+    )
     thread = threading.Thread(target=keeper.keep, name="beoboot-leasekeeper", daemon=True)
     thread.start()
     return thread

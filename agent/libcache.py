@@ -304,8 +304,10 @@ class LibCache:
                 return fetched, self.hold(files)
             except LibCacheError:
                 continue
-        raise LibCacheError(f"the job's objects were evicted as fast as they came {HOLD_ATTEMPTS} times: "
-                            "the libcache is too small for the jobs running (libcache_max)")  # fmt: skip
+        raise LibCacheError(
+            f"the job's objects were evicted as fast as they came {HOLD_ATTEMPTS} times: "
+            "the libcache is too small for the jobs running (libcache_max)"
+        )
 
     def hold(self, files: Iterable[p.JobFile]) -> list[str]:
         """Pin these files' objects for a running job (eviction skips them); give the list to release().
@@ -421,7 +423,9 @@ class LibCache:
 
     def _put_back(self, directories: RootDirectories, relative: str) -> None:
         """The object a running job holds for `relative`, placed there again (best effort)."""
-        holder = next((o for o in self._objects.values() if o.holds and (relative in o.links or relative in o.copies)), None)
+        holder = next(
+            (o for o in self._objects.values() if o.holds and (relative in o.links or relative in o.copies)), None
+        )
         if holder is None:
             return
         try:

@@ -76,7 +76,10 @@ class _SourcePortAdapter(HTTPAdapter):
         super().__init__(max_retries=0)
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        options = [*HTTPConnection.default_socket_options, (socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))]
+        options = [
+            *HTTPConnection.default_socket_options,
+            (socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)),
+        ]
         super().init_poolmanager(*args, source_address=("", self.port), socket_options=options, **kwargs)
 
 
@@ -145,9 +148,11 @@ class MasterLink:
             else:
                 token = self.registration.link_token if self.registration else ""
                 response = self.session.post(
-                    self.base_url + path, data=p.to_json(message), timeout=self.timeout,
+                    self.base_url + path,
+                    data=p.to_json(message),
+                    timeout=self.timeout,
                     headers={"Content-Type": "application/json", p.LINK_TOKEN_HEADER: token},
-                )  # fmt: skip
+                )
         if response.status_code == p.UNKNOWN_NODE_STATUS and path != p.REGISTER_PATH:
             raise _Unregistered(response.text)
         if response.status_code == 403 and path == p.REGISTER_PATH:
@@ -247,8 +252,9 @@ class MasterLink:
             return None
         return response.text
 
-    def run_heartbeats(self, uptime: Callable[[], float | None] = lambda: None,
-                       load: Callable[[], p.Load | None] = lambda: None) -> threading.Thread:
+    def run_heartbeats(
+        self, uptime: Callable[[], float | None] = lambda: None, load: Callable[[], p.Load | None] = lambda: None
+    ) -> threading.Thread:
         """Heartbeat and flush buffers in a daemon thread every heartbeat_interval until stop()."""
         thread = threading.Thread(target=self._heartbeat_loop, args=(uptime, load), name="heartbeat", daemon=True)
         thread.start()

@@ -61,8 +61,9 @@ class NodeNames:
     """The name files of both roots, rewritten when the host table or the node's address changes; the
     heartbeat thread brings tables and the lease keeper's thread brings moves, hence the lock."""
 
-    def __init__(self, reply: p.RegisterReply, address: str, master_url: str, env_root: str, *, dry_run: bool,
-                 root: str = "/") -> None:  # fmt: skip
+    def __init__(
+        self, reply: p.RegisterReply, address: str, master_url: str, env_root: str, *, dry_run: bool, root: str = "/"
+    ) -> None:
         self.reply = reply
         self.address = address
         self.master_url = master_url

@@ -90,9 +90,16 @@ def delete_address_message(index: int, address: str, prefix_len: int, seq: int) 
 def default_route_message(index: int, gateway: str, seq: int, *, onlink: bool = False) -> bytes:
     """0.0.0.0/0 via `gateway` out of `index`; onlink when the gateway is outside the interface's subnet."""
     body = _RTMSG.pack(
-        socket.AF_INET, 0, 0, 0, RT_TABLE_MAIN, RTPROT_DHCP, RT_SCOPE_UNIVERSE, RTN_UNICAST,
+        socket.AF_INET,
+        0,
+        0,
+        0,
+        RT_TABLE_MAIN,
+        RTPROT_DHCP,
+        RT_SCOPE_UNIVERSE,
+        RTN_UNICAST,
         RTNH_F_ONLINK if onlink else 0,
-    )  # fmt: skip
+    )
     body += rtattr(RTA_GATEWAY, socket.inet_aton(gateway)) + rtattr(RTA_OIF, struct.pack("=i", index))
     return nlmsg(RTM_NEWROUTE, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE, seq, body)
 
@@ -156,18 +163,24 @@ class Netlink:
 
     def add_address(self, interface: str, address: str, prefix_len: int) -> None:
         index = socket.if_nametoindex(interface)
-        self.request(add_address_message(index, address, prefix_len, self._next_seq()),
-                     f"add {address}/{prefix_len} to {interface}")
+        self.request(
+            add_address_message(index, address, prefix_len, self._next_seq()),
+            f"add {address}/{prefix_len} to {interface}",
+        )
 
     def delete_address(self, interface: str, address: str, prefix_len: int) -> None:
         index = socket.if_nametoindex(interface)
-        self.request(delete_address_message(index, address, prefix_len, self._next_seq()),
-                     f"delete {address}/{prefix_len} from {interface}")
+        self.request(
+            delete_address_message(index, address, prefix_len, self._next_seq()),
+            f"delete {address}/{prefix_len} from {interface}",
+        )
 
     def add_default_route(self, interface: str, gateway: str, *, onlink: bool = False) -> None:
         index = socket.if_nametoindex(interface)
-        self.request(default_route_message(index, gateway, self._next_seq(), onlink=onlink),
-                     f"add default route via {gateway} dev {interface}")
+        self.request(
+            default_route_message(index, gateway, self._next_seq(), onlink=onlink),
+            f"add default route via {gateway} dev {interface}",
+        )
 
     def close(self) -> None:
         self.sock.close()

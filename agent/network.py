@@ -60,9 +60,16 @@ def describe(state: NetworkState) -> str:
     )
 
 
-def configure_interface(interface: str, *, cmdline_options: dict[str, str], configured_master: str | None,
-                        say: Callable[[str], None], resolv_path: str = RESOLV_CONF, sysfs: str = "/sys",
-                        client_factory: Callable[..., dhcp.DhcpClient] = dhcp.DhcpClient) -> NetworkState:
+def configure_interface(
+    interface: str,
+    *,
+    cmdline_options: dict[str, str],
+    configured_master: str | None,
+    say: Callable[[str], None],
+    resolv_path: str = RESOLV_CONF,
+    sysfs: str = "/sys",
+    client_factory: Callable[..., dhcp.DhcpClient] = dhcp.DhcpClient,
+) -> NetworkState:
     """DHCP on an interface that is up, then apply the lease with netlink and write resolv.conf."""
     mac = nicdetect.mac_address(interface, sysfs)
     with dhcp.PacketTransport(interface) as transport:
@@ -90,8 +97,15 @@ def _candidate_interfaces(plans: list[nicdetect.NicPlan], sysfs: str) -> list[st
     return found
 
 
-def bring_up(config: AgentConfig, *, dry_run: bool, cmdline_options: dict[str, str], say: Callable[[str], None],
-             sysfs: str = "/sys", resolv_path: str = RESOLV_CONF) -> NetworkState | None:
+def bring_up(
+    config: AgentConfig,
+    *,
+    dry_run: bool,
+    cmdline_options: dict[str, str],
+    say: Callable[[str], None],
+    sysfs: str = "/sys",
+    resolv_path: str = RESOLV_CONF,
+) -> NetworkState | None:
     """The whole bring-up. Returns None only in a dry run; raises NetworkError when the node cannot get on."""
     plans = nicdetect.load_nic_drivers(config, dry_run=dry_run, say=say, sysfs=sysfs)
     if dry_run:
@@ -128,9 +142,13 @@ def bring_up(config: AgentConfig, *, dry_run: bool, cmdline_options: dict[str, s
     for interface in with_carrier:
         try:
             return configure_interface(
-                interface, cmdline_options=cmdline_options, configured_master=config.master_url, say=say,
-                resolv_path=resolv_path, sysfs=sysfs,
-            )  # fmt: skip
+                interface,
+                cmdline_options=cmdline_options,
+                configured_master=config.master_url,
+                say=say,
+                resolv_path=resolv_path,
+                sysfs=sysfs,
+            )
         except (dhcp.DhcpError, OSError) as exc:
             say(f"beoboot: dhcp {interface} failed: {exc}")
             failures.append(f"{interface}: {exc}")

@@ -71,8 +71,13 @@ def read_pci_devices(sysfs: str = "/sys") -> list[PciDevice]:
             continue
         class_text = _read(os.path.join(base, "class")) or "0x0"
         devices.append(
-            PciDevice(slot, _hex_id(_read(os.path.join(base, "vendor"))), _hex_id(_read(os.path.join(base, "device"))),
-                      int(class_text, 16), modalias)
+            PciDevice(
+                slot,
+                _hex_id(_read(os.path.join(base, "vendor"))),
+                _hex_id(_read(os.path.join(base, "device"))),
+                int(class_text, 16),
+                modalias,
+            )
         )
     return devices
 
@@ -155,8 +160,9 @@ class DriverLoader:
         return True
 
 
-def load_nic_drivers(config: AgentConfig, *, dry_run: bool, say: Callable[[str], None], sysfs: str = "/sys",
-                     child_timeout: float = 5.0) -> list[NicPlan]:
+def load_nic_drivers(
+    config: AgentConfig, *, dry_run: bool, say: Callable[[str], None], sysfs: str = "/sys", child_timeout: float = 5.0
+) -> list[NicPlan]:
     """Load the drivers of every network-class PCI device; one console line per device. Returns the plans."""
     loader = DriverLoader(config, dry_run, say, set())
     plans = plan(read_pci_devices(sysfs), config.nic_table)
@@ -175,8 +181,9 @@ def load_nic_drivers(config: AgentConfig, *, dry_run: bool, say: Callable[[str],
     return plans
 
 
-def _report_binding(nic: NicPlan, loader: DriverLoader, table: tuple[NicAlias, ...], sysfs: str,
-                    child_timeout: float) -> str:
+def _report_binding(
+    nic: NicPlan, loader: DriverLoader, table: tuple[NicAlias, ...], sysfs: str, child_timeout: float
+) -> str:
     """Which driver took the device: the module the sysfs `driver` link names, via virtio for virtio_pci."""
     slot, head = nic.device.slot, f"beoboot: nic {nic.device.slot} {nic.device.ids} ->"
     wait_for(lambda: bound_driver(slot, sysfs) is not None, child_timeout)

@@ -542,7 +542,9 @@ def check_event_name(name: str) -> str:
 # frame is end of input.
 
 JOBS_LINK_PATH = f"{API}/jobs/link"  # GET WebSocket; query mac=...; the node's end of every job
-LINK_TOKEN_HEADER = "X-Beoboot-Link-Token"  # RegisterReply.link_token: on the job link, objects, heartbeats, events, logs
+LINK_TOKEN_HEADER = (
+    "X-Beoboot-Link-Token"  # RegisterReply.link_token: on the job link, objects, heartbeats, events, logs
+)
 JOBS_PATH = f"{API}/jobs"  # GET -> JobList
 OBJECTS_PATH = "/objects/sha256/{digest}"  # GET a libcache object by the sha256 of its content
 

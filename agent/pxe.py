@@ -49,11 +49,17 @@ def run(config: AgentConfig, net: NetworkState, *, dhcp_started: float, dry_run:
     os.unlink(download)
     say(f"beoboot: unpacked stage 3: {count} entries in {time.monotonic() - started:.1f} s")
     handoff = Handoff(
-        master, mac, net.interface, net.lease.cidr, {k: v for k, v in pins.items() if k == "envroot"},
-        server_id=net.lease.server_id, lease_seconds=net.lease.lease_seconds,
-        renewal_seconds=net.lease.renewal_seconds, rebinding_seconds=net.lease.rebinding_seconds,
+        master,
+        mac,
+        net.interface,
+        net.lease.cidr,
+        {k: v for k, v in pins.items() if k == "envroot"},
+        server_id=net.lease.server_id,
+        lease_seconds=net.lease.lease_seconds,
+        renewal_seconds=net.lease.renewal_seconds,
+        rebinding_seconds=net.lease.rebinding_seconds,
         lease_obtained_at=net.lease_obtained_at,
-    )  # fmt: skip
+    )
     os.makedirs(os.path.dirname(NEW_ROOT + HANDOFF_PATH), exist_ok=True)
     with open(NEW_ROOT + HANDOFF_PATH, "w") as f:
         f.write(handoff.to_json())

@@ -189,8 +189,10 @@ class RootDirectories:
             if st.st_uid != 0:
                 raise RootPathError(f"/{real} is a link that uid {st.st_uid} made: a job path may not pass through it")
             if not parent.roots:
-                raise RootPathError(f"/{real} is a link in a directory others than root may write (/{parent.real}, "
-                                    "or one above it): a job path may not pass through it")  # fmt: skip
+                raise RootPathError(
+                    f"/{real} is a link in a directory others than root may write (/{parent.real}, "
+                    "or one above it): a job path may not pass through it"
+                )
             if st.st_nlink != 1:
                 raise RootPathError(f"/{real} is a link with {st.st_nlink} names: a job path may not pass through it")
             target = os.readlink("", dir_fd=fd)  # the link opened, not whatever has that name by now

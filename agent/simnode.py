@@ -84,8 +84,14 @@ class SimNode:
         make_env_root(self.env_root, proc=proc)
         # durable=False: a booted node's cache is in RAM by default, where fsync is a no-op; this scratch
         # directory on the host's disk stands for it and must not pay for a disk's fsync per object
-        self.cache = LibCache(os.path.join(self.env_root, ".libcache"), self.env_root, master, max_bytes=max_bytes,
-                              durable=False, token=self._token)  # fmt: skip
+        self.cache = LibCache(
+            os.path.join(self.env_root, ".libcache"),
+            self.env_root,
+            master,
+            max_bytes=max_bytes,
+            durable=False,
+            token=self._token,
+        )
 
     def _token(self) -> str:
         return self.link.registration.link_token if self.link.registration else ""
@@ -93,8 +99,9 @@ class SimNode:
     def start(self) -> int:
         """Boot: register (a new boot of the same node number), report stage 3 ready, heartbeat, link."""
         self.link = MasterLink(self.master, self.mac, p.Stage.SUPERVISOR, timeout=10)
-        self.runner = jobs.JobRunner(self.master, self.mac, self.env_root, self.cache, log=print, token=self._token,
-                                     power=self.power)  # fmt: skip
+        self.runner = jobs.JobRunner(
+            self.master, self.mac, self.env_root, self.cache, log=print, token=self._token, power=self.power
+        )
         reply = self.link.register(p.Hardware(cpu_model="simulated", cpus=1), attempts=20)
         self.link.event(p.BootEvent.STAGE3_READY)
         self.heartbeats = self.link.run_heartbeats(load=hwprobe.load)  # the host's: the nodes share it

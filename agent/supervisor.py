@@ -103,13 +103,16 @@ def build_env_root(master: str, pins: dict[str, str], config: AgentConfig, *, dr
         os.makedirs(ENV_ROOT + mount.target, exist_ok=True)
         syscalls.mount(mount.source, ENV_ROOT + mount.target, mount.fstype, mount.flags, mount.data, dry_run=dry_run)
     where = f"on {config.libcache_disk}" if on_disk else "in RAM"
-    say(f"beoboot: environment root ready at {ENV_ROOT} ({where}, libcache up to {config.libcache_max_bytes >> 20} MiB): "
-        f"{count} entries, no programs until a job brings them")  # fmt: skip
+    say(
+        f"beoboot: environment root ready at {ENV_ROOT} ({where}, libcache up to {config.libcache_max_bytes >> 20} MiB): "
+        f"{count} entries, no programs until a job brings them"
+    )
     return on_disk
 
 
-def mount_local_disk(device: str, fstype: str, *, dry_run: bool, format_blank: bool = False,
-                     wait: float = DISK_WAIT) -> bool:  # fmt: skip
+def mount_local_disk(
+    device: str, fstype: str, *, dry_run: bool, format_blank: bool = False, wait: float = DISK_WAIT
+) -> bool:
     """Put the environment root and its libcache on the configured local disk: its directory DISK_ENV_DIR,
     bound at ENV_ROOT (one mount, so the libcache's hard links work), cleared of what the last boot's jobs
     left except the libcache, whose objects are checked before use. The rest of the disk is not touched,
@@ -120,8 +123,11 @@ def mount_local_disk(device: str, fstype: str, *, dry_run: bool, format_blank: b
     deadline = time.monotonic() + wait
     while not _is_block_device(device):  # its driver (loaded at start) may still be probing
         if time.monotonic() > deadline:
-            say(f"beoboot: libcache disk {device}: no such block device after {wait:.0f} s (is its driver in "
-                "[images.stage3] modules?); the environment root stays in RAM", "error")  # fmt: skip
+            say(
+                f"beoboot: libcache disk {device}: no such block device after {wait:.0f} s (is its driver in "
+                "[images.stage3] modules?); the environment root stays in RAM",
+                "error",
+            )
             return False
         time.sleep(0.1)
     if not _mount_disk(device, fstype, format_blank=format_blank, dry_run=dry_run):
@@ -174,8 +180,9 @@ def _mount_disk(device: str, fstype: str, *, format_blank: bool, dry_run: bool) 
     try:
         syscalls.mount(device, DISK_MOUNT, fstype, 0, "", dry_run=dry_run)
     except OSError as exc:
-        return _disk_unusable(device, f"formatted, but still cannot mount it as {fstype}: {exc} (is {fstype} in "
-                                      "[images.stage3] modules?)")  # fmt: skip
+        return _disk_unusable(
+            device, f"formatted, but still cannot mount it as {fstype}: {exc} (is {fstype} in [images.stage3] modules?)"
+        )
     return True
 
 
@@ -275,9 +282,16 @@ def run(config: AgentConfig, *, dry_run: bool) -> None:
     on_disk = build_env_root(handoff.master_url, handoff.pins, config, dry_run=dry_run)
     names.write_env_root()
     orders: queue.SimpleQueue[p.NodePower] = queue.SimpleQueue()  # bpctl's, put once the jobs have ended
-    runner = jobs.start_runner(handoff.master_url, handoff.mac, ENV_ROOT, config.libcache_max_bytes, say,
-                               token=lambda: link.registration.link_token if link.registration else "",
-                               verify=on_disk, power=orders.put)  # fmt: skip
+    runner = jobs.start_runner(
+        handoff.master_url,
+        handoff.mac,
+        ENV_ROOT,
+        config.libcache_max_bytes,
+        say,
+        token=lambda: link.registration.link_token if link.registration else "",
+        verify=on_disk,
+        power=orders.put,
+    )
 
     def moved(address: str) -> None:
         link.address = address  # the next heartbeat tells the master, whose host table follows
@@ -290,7 +304,6 @@ def run(config: AgentConfig, *, dry_run: bool) -> None:
     say(f"beoboot: listening sockets: {', '.join(listeners) if listeners else 'none'}")
     link.event(p.BootEvent.STAGE3_READY)
     say(f"beoboot: stage 3 ready: node {reply.number} up")
-
 
     def take_host_table(version: int) -> bool:
         table = link.hosts()
@@ -305,8 +318,11 @@ def run(config: AgentConfig, *, dry_run: bool) -> None:
         act_on(order, link, runner, dry_run=dry_run)
 
 
-POWER_CALLS = {p.PowerAction.REBOOT: syscalls.restart, p.PowerAction.HALT: syscalls.halt,
-               p.PowerAction.POWEROFF: syscalls.power_off}  # fmt: skip
+POWER_CALLS = {
+    p.PowerAction.REBOOT: syscalls.restart,
+    p.PowerAction.HALT: syscalls.halt,
+    p.PowerAction.POWEROFF: syscalls.power_off,
+}
 
 
 def act_on(order: p.NodePower, link: MasterLink, runner: jobs.JobRunner, *, dry_run: bool) -> None:
@@ -319,9 +335,14 @@ def act_on(order: p.NodePower, link: MasterLink, runner: jobs.JobRunner, *, dry_
     say(f"beoboot: {POWER_CALLS[order.action](dry_run=dry_run)}")  # returns only in a dry run or on refusal
 
 
-def supervise(link: MasterLink, timeout: float, *, dry_run: bool,
-              hosts_changed: Callable[[int], bool] = lambda version: True,
-              orders: queue.SimpleQueue[p.NodePower] | None = None) -> p.NodePower | None:
+def supervise(
+    link: MasterLink,
+    timeout: float,
+    *,
+    dry_run: bool,
+    hosts_changed: Callable[[int], bool] = lambda version: True,
+    orders: queue.SimpleQueue[p.NodePower] | None = None,
+) -> p.NodePower | None:
     """Heartbeat; reboot when the master has not answered for `timeout` seconds. A heartbeat reply with a
     new host table version calls `hosts_changed`, which says whether it took the new table. Returns the
     first power order from `orders`, with the heartbeats stopped, or None after a dry-run reboot."""

@@ -49,8 +49,16 @@ def delete_tree(top: str, root_dev: int, keep: str) -> int:
     return freed
 
 
-def switch_root(new_root: str, init: str, argv: list[str], env: dict[str, str], *, log, dry_run: bool,
-                memory_report: str | None = None) -> None:
+def switch_root(
+    new_root: str,
+    init: str,
+    argv: list[str],
+    env: dict[str, str],
+    *,
+    log,
+    dry_run: bool,
+    memory_report: str | None = None,
+) -> None:
     """Never returns when it works: the new root's init replaces this process (and stays PID 1).
     After the old root is deleted, nothing may import a module: the stdlib zip is gone with it."""
     if not os.path.isfile(os.path.join(new_root, init.lstrip("/"))):
@@ -69,8 +77,10 @@ def switch_root(new_root: str, init: str, argv: list[str], env: dict[str, str], 
     if memory_report:
         # This process's own modules are gone now (no more imports, no HTTP): the next init reports it.
         with open(new_root + memory_report, "w") as f:
-            f.write(f'{{"freed_kib": {freed // 1024}, "mem_available_before_kib": {before or 0}, '
-                    f'"mem_available_after_kib": {after or 0}}}\n')
+            f.write(
+                f'{{"freed_kib": {freed // 1024}, "mem_available_before_kib": {before or 0}, '
+                f'"mem_available_after_kib": {after or 0}}}\n'
+            )
     os.chdir(new_root)
     syscalls.mount(new_root, "/", "", MS_MOVE, dry_run=False)
     os.chroot(".")

@@ -53,10 +53,23 @@ def start_master(work: Path) -> tuple[subprocess.Popen, str]:
     (work / "boot").mkdir()
     log = work / "beoserv.log"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "beoboot.master.cli", "beoserv", "--root", str(work / "boot"),
-         "--listen", f"127.0.0.1:{port}", "--db", str(work / "nodes.db"), "--bpsh-socket", str(work / "bpsh.sock")],
-        stdout=open(log, "wb"), stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "beoboot.master.cli",
+            "beoserv",
+            "--root",
+            str(work / "boot"),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--db",
+            str(work / "nodes.db"),
+            "--bpsh-socket",
+            str(work / "bpsh.sock"),
+        ],
+        stdout=open(log, "wb"),
+        stderr=subprocess.STDOUT,
+    )
     wait_for(log, "listening on", proc)
     return proc, f"http://127.0.0.1:{port}"
 
@@ -64,10 +77,22 @@ def start_master(work: Path) -> tuple[subprocess.Popen, str]:
 def start_simnodes(work: Path, url: str, count: int, first: int) -> subprocess.Popen:
     log = work / f"simnode-{first}.log"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "agent.simnode", "--master", url, "--dir", str(work / "nodes"),
-         "--count", str(count), "--first", str(first)],
-        stdout=open(log, "wb"), stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "agent.simnode",
+            "--master",
+            url,
+            "--dir",
+            str(work / "nodes"),
+            "--count",
+            str(count),
+            "--first",
+            str(first),
+        ],
+        stdout=open(log, "wb"),
+        stderr=subprocess.STDOUT,
+    )
     wait_for(log, f"simnode: {count} nodes up", proc, timeout=120)
     return proc
 
@@ -141,8 +166,21 @@ def start_sshd(work: Path) -> tuple[subprocess.Popen, list[str]]:
     )
     os.makedirs("/run/sshd", exist_ok=True)  # sshd's privilege separation directory
     proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(config)], stderr=open(keys / "sshd.log", "wb"))
-    client = ["ssh", "-q", "-i", str(keys / "user"), "-p", str(port), "-o", "BatchMode=yes",
-              "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "root@127.0.0.1"]  # fmt: skip
+    client = [
+        "ssh",
+        "-q",
+        "-i",
+        str(keys / "user"),
+        "-p",
+        str(port),
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "root@127.0.0.1",
+    ]
     deadline = time.monotonic() + 10
     while subprocess.run([*client, "/bin/true"], capture_output=True).returncode != 0:
         if time.monotonic() > deadline:
@@ -175,7 +213,10 @@ def main() -> int:
             cold_python = time_library(sock, ["0", "/usr/bin/python3", "-c", "pass"], 1)
             cached = time_library(sock, ["0", "/bin/true"], args.runs)
             cached_cli, interpreter = time_commands(
-                [[str(BPSH), "--socket", str(sock), "0", "/bin/true"], [PYTHON, "-IS", "-c", "import posix; posix._exit(0)"]],
+                [
+                    [str(BPSH), "--socket", str(sock), "0", "/bin/true"],
+                    [PYTHON, "-IS", "-c", "import posix; posix._exit(0)"],
+                ],
                 args.runs,
             )
             sshd, client = start_sshd(work)
@@ -200,8 +241,10 @@ def main() -> int:
     print(f"ssh / `bpsh` command: {ratio_cli:.1f}x   (ssh / job alone: {ratio:.1f}x)   targets: < 10 ms, >= 20x")
     print(f"cold cache, first /bin/true                {cold_true[0] * 1000:8.2f} ms")
     print(f"cold cache, first python3 -c pass          {cold_python[0] * 1000:8.2f} ms")
-    print(f"bpsh -a uptime on {args.nodes} nodes, cold      {fan_cold[0] * 1000:8.2f} ms"
-          f"  (CPU: beoserv {fan_cpu[0]:.2f} s, the one process simulating every node {fan_cpu[1]:.2f} s)")
+    print(
+        f"bpsh -a uptime on {args.nodes} nodes, cold      {fan_cold[0] * 1000:8.2f} ms"
+        f"  (CPU: beoserv {fan_cpu[0]:.2f} s, the one process simulating every node {fan_cpu[1]:.2f} s)"
+    )
     print(f"bpsh -a uptime on {args.nodes} nodes, cached    {ms(fan)}")
     return 0
 

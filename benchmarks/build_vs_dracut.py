@@ -43,9 +43,10 @@ def main() -> int:
         dracut = timed(
             lambda: subprocess.run(
                 ["dracut", "--no-hostonly", "--force", "--quiet", "--kver", version, str(dracut_img)],
-                check=True, stdout=subprocess.DEVNULL,
+                check=True,
+                stdout=subprocess.DEVNULL,
             )
-        )  # fmt: skip
+        )
         dracut_size = dracut_img.stat().st_size
     print(f"kernel {version}")
     print(f"{'':28s}{'beoboot':>12s}{'dracut':>12s}{'ratio':>9s}")

@@ -24,7 +24,17 @@ def main() -> int:
     args = parser.parse_args()
     env = {**os.environ, "BEOBOOT_FUZZ": "long", "BEOBOOT_FUZZ_EXAMPLES": str(args.examples)}
     files = sorted(str(p) for p in (ROOT / "tests").glob("test_fuzz_*.py"))
-    command = [sys.executable, "-m", "pytest", "-q", "--durations=0", "-p", "no:cacheprovider", *files, *args.pytest_args]
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "--durations=0",
+        "-p",
+        "no:cacheprovider",
+        *files,
+        *args.pytest_args,
+    ]
     return subprocess.run(command, cwd=ROOT, env=env).returncode
 
 

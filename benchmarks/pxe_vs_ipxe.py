@@ -27,7 +27,14 @@ from beoboot.manifest import MANIFEST_NAME, Manifest
 
 MARKER = "beoboot: stage 2 agent up"
 WAYS = {"PXE/TFTP (pxelinux)": bootvm.NetBoot.PXELINUX, "iPXE/HTTP (boot.ipxe)": bootvm.NetBoot.IPXE}
-TRAVELS = ("pxe/pxelinux.0", "pxe/ldlinux.c32", "pxe/pxelinux.cfg/default", "pxe/boot.ipxe", "pxe/vmlinuz", "pxe/initrd.img")
+TRAVELS = (
+    "pxe/pxelinux.0",
+    "pxe/ldlinux.c32",
+    "pxe/pxelinux.cfg/default",
+    "pxe/boot.ipxe",
+    "pxe/vmlinuz",
+    "pxe/initrd.img",
+)
 
 
 def free_port() -> int:
@@ -44,9 +51,15 @@ def http_master(out: Path, port: int, scratch: Path) -> Iterator[str]:
             yield "Python http.server (nginx not installed)"
         return
     _, conf = write_server_configs(
-        scratch / "conf", node_range=parse_node_range("10.0.2.100-10.0.2.199"), proxy_dhcp=False, http_root=out,
-        master_url=f"http://10.0.2.2:{port}/", mtime=0, http_listen=f"127.0.0.1:{port}", nginx_user="root",
-    )  # fmt: skip
+        scratch / "conf",
+        node_range=parse_node_range("10.0.2.100-10.0.2.199"),
+        proxy_dhcp=False,
+        http_root=out,
+        master_url=f"http://10.0.2.2:{port}/",
+        mtime=0,
+        http_listen=f"127.0.0.1:{port}",
+        nginx_user="root",
+    )
     proc = subprocess.Popen(["nginx", "-c", str(conf), "-g", "daemon off;"])
     try:
         deadline = time.monotonic() + 10

@@ -94,18 +94,24 @@ def classify(path: Path, *, usb: bool = False) -> BootTarget:
     if path.is_dir():
         tree = path / PXE_DIR if (path / MANIFEST_NAME).is_file() else path
         if not (tree / "pxelinux.0").is_file():
-            raise UsageError(f"{path} is neither a build directory nor a PXE tree (no pxelinux.0)",
-                             hint="give the build's output directory, its pxe/ directory, or a file in it")  # fmt: skip
+            raise UsageError(
+                f"{path} is neither a build directory nor a PXE tree (no pxelinux.0)",
+                hint="give the build's output directory, its pxe/ directory, or a file in it",
+            )
         return BootTarget(ArtifactKind.PXE_TREE, tree, find_build_dir(tree))
     with open(path, "rb") as f:
         kind = sniff(f.read(0x10000), path.stat().st_size)
     if kind is None:
-        raise UsageError(f"{path} is not an ISO, disk, floppy or stage image",
-                         hint="boot the build's beoboot.iso, floppy.img, pxe/ or a stage*.cpio.* image")  # fmt: skip
+        raise UsageError(
+            f"{path} is not an ISO, disk, floppy or stage image",
+            hint="boot the build's beoboot.iso, floppy.img, pxe/ or a stage*.cpio.* image",
+        )
     if kind is ArtifactKind.ISO and (usb or path.suffix in DISK_SUFFIXES):
         kind = ArtifactKind.DISK
     elif usb and kind is not ArtifactKind.DISK:
-        raise UsageError(f"--usb: {path} is a {kind.value}, not a disk image", hint="use --usb with the ISO or a raw disk")
+        raise UsageError(
+            f"--usb: {path} is a {kind.value}, not a disk image", hint="use --usb with the ISO or a raw disk"
+        )
     return BootTarget(kind, path, find_build_dir(path))
 
 
@@ -137,11 +143,14 @@ def parse_master_url(url: str) -> Master:
         host = ipaddress.IPv4Address(parts.hostname)
         port = parts.port or 80
     except ValueError as err:
-        raise ConfigError(f"master URL {url!r}: {err}",
-                          hint="the boot command needs an IPv4 address in master_url; rebuild with one") from None  # fmt: skip
+        raise ConfigError(
+            f"master URL {url!r}: {err}", hint="the boot command needs an IPv4 address in master_url; rebuild with one"
+        ) from None
     if host.is_loopback or host.is_unspecified or host.is_multicast:
-        raise ConfigError(f"master URL {url!r}: {host} cannot be a master on the nodes' network",
-                          hint="use the master's address as the nodes see it, e.g. http://10.0.2.2:8080/")  # fmt: skip
+        raise ConfigError(
+            f"master URL {url!r}: {host} cannot be a master on the nodes' network",
+            hint="use the master's address as the nodes see it, e.g. http://10.0.2.2:8080/",
+        )
     return Master(url, host, port)
 
 
@@ -198,12 +207,16 @@ def read_build(build_dir: Path) -> BuildInfo:
         kernel = build_dir / manifest.artifact("kernel").path
         cfg = (build_dir / PXE_DIR / PXELINUX_CFG).read_text()
     except (KeyError, FileNotFoundError) as err:
-        raise ConfigError(f"{build_dir} is not a complete build ({err})", hint=f"rebuild: beoboot-build build -o {build_dir}") from None
+        raise ConfigError(
+            f"{build_dir} is not a complete build ({err})", hint=f"rebuild: beoboot-build build -o {build_dir}"
+        ) from None
     return BuildInfo(
-        build_dir, kernel,
+        build_dir,
+        kernel,
         images={a.sha256: a.name for a in manifest.artifacts if a.kind == "image"},
-        hashes={a.name: a.sha256 for a in manifest.artifacts}, stage2_cmdline=parse_pxelinux_append(cfg),
-    )  # fmt: skip
+        hashes={a.name: a.sha256 for a in manifest.artifacts},
+        stage2_cmdline=parse_pxelinux_append(cfg),
+    )
 
 
 def master_of_tree(tree: Path) -> Master:
@@ -257,15 +270,20 @@ class BootPlan:
 def effective_net_boot(options: BootOptions) -> NetBoot:
     if options.net_boot is not None:
         if options.net_boot is NetBoot.PXELINUX and options.uefi:
-            raise UsageError("pxelinux.0 is a BIOS program; it cannot boot under --uefi", hint="use --net-boot grub or ipxe")
+            raise UsageError(
+                "pxelinux.0 is a BIOS program; it cannot boot under --uefi", hint="use --net-boot grub or ipxe"
+            )
         if options.net_boot is NetBoot.GRUB and not options.uefi:
-            raise UsageError("grubnetx64.efi is a UEFI program; it needs --uefi", hint="add --uefi, or use pxelinux or ipxe")
+            raise UsageError(
+                "grubnetx64.efi is a UEFI program; it needs --uefi", hint="add --uefi, or use pxelinux or ipxe"
+            )
         return options.net_boot
     return NetBoot.GRUB if options.uefi else NetBoot.PXELINUX
 
 
-def plan_boot(target: BootTarget, options: BootOptions, *, build: BuildInfo | None = None,
-              master: Master | None = None) -> BootPlan:  # fmt: skip
+def plan_boot(
+    target: BootTarget, options: BootOptions, *, build: BuildInfo | None = None, master: Master | None = None
+) -> BootPlan:
     """QEMU arguments that boot `target`. `build` is needed for stage images; `master` lays out the network."""
     firmware = qemu.uefi_firmware() if options.uefi else []
     nic = ["user", f"model={options.nic}"] + ([master.slirp_options] if master else [])
@@ -274,8 +292,14 @@ def plan_boot(target: BootTarget, options: BootOptions, *, build: BuildInfo | No
         media = ["-cdrom", path]
     elif target.kind is ArtifactKind.DISK:
         # A USB stick on xHCI, as a node would boot one; snapshot=on: the guest never writes the artifact.
-        media = ["-device", "qemu-xhci,id=xhci", "-drive", f"if=none,id=stick,format=raw,snapshot=on,file={path}",
-                 "-device", "usb-storage,bus=xhci.0,drive=stick,bootindex=1"]  # fmt: skip
+        media = [
+            "-device",
+            "qemu-xhci,id=xhci",
+            "-drive",
+            f"if=none,id=stick,format=raw,snapshot=on,file={path}",
+            "-device",
+            "usb-storage,bus=xhci.0,drive=stick,bootindex=1",
+        ]
     elif target.kind is ArtifactKind.FLOPPY:
         if options.uefi:
             raise UsageError("OVMF cannot boot a floppy", hint="boot the floppy without --uefi")
@@ -288,17 +312,23 @@ def plan_boot(target: BootTarget, options: BootOptions, *, build: BuildInfo | No
             nic.append(f"bootfile={master.url.rstrip('/')}/{PXE_DIR}/boot.ipxe")
         else:
             if "," in path:  # QEMU's option parser would split the path there
-                raise UsageError(f"TFTP root {path} contains a comma", hint="copy or link the tree to a path without one")
+                raise UsageError(
+                    f"TFTP root {path} contains a comma", hint="copy or link the tree to a path without one"
+                )
             nic += [f"tftp={path}", "bootfile=" + ("grubnetx64.efi" if way is NetBoot.GRUB else "pxelinux.0")]
         media = ["-boot", "n"]
     else:
         if build is None:
-            raise UsageError(f"{target.path} is a stage image outside a build directory",
-                             hint="boot it from the build's output directory, where vmlinuz and manifest.json are")  # fmt: skip
+            raise UsageError(
+                f"{target.path} is a stage image outside a build directory",
+                hint="boot it from the build's output directory, where vmlinuz and manifest.json are",
+            )
         stage = build.images.get(file_sha256(target.path))
         if stage is None:
-            raise UsageError(f"{target.path} is not an image of the build in {build.build_dir}",
-                             hint="rebuild, or boot an image listed in its manifest.json")  # fmt: skip
+            raise UsageError(
+                f"{target.path} is not an image of the build in {build.build_dir}",
+                hint="rebuild, or boot an image listed in its manifest.json",
+            )
         append = stage_command_line(build.stage2_cmdline, stage, build.hashes)
         # QEMU's -serial is ttyS0; the console= of the build stays (a node's may be another port).
         append = " ".join(filter(None, [append, options.append]))
@@ -361,8 +391,15 @@ def master_for(plan: BootPlan, *, serve: bool = True) -> Iterator[str | None]:
         yield f"serving {plan.serve_root} at {url} (the master {plan.master.url} as the guest sees it)"
 
 
-def boot(plan: BootPlan, expect: str | Sequence[str] = (), *, timeout: float = 180.0, memory_mib: int = 1024,
-         wrap: Sequence[str] = (), echo: qemu.Echo | None = None) -> qemu.BootResult:  # fmt: skip
+def boot(
+    plan: BootPlan,
+    expect: str | Sequence[str] = (),
+    *,
+    timeout: float = 180.0,
+    memory_mib: int = 1024,
+    wrap: Sequence[str] = (),
+    echo: qemu.Echo | None = None,
+) -> qemu.BootResult:
     """Run the plan's QEMU until `expect` is seen, QEMU exits or time is up; `wrap` prefixes the command
     (e.g. `ip netns exec NS`)."""
     return qemu.run([*wrap, *plan.command(memory_mib)], expect, timeout=timeout, echo=echo)

@@ -77,9 +77,12 @@ def build(config: Config, outdir: Path) -> BuildResult:
         with step("write images"), ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
             writes = [
                 pool.submit(
-                    write_image, files, staging.path / image_file_name(spec.stage, image.compression),
-                    image.compression, config.source_date_epoch,
-                )  # fmt: skip
+                    write_image,
+                    files,
+                    staging.path / image_file_name(spec.stage, image.compression),
+                    image.compression,
+                    config.source_date_epoch,
+                )
                 for spec, image, files in planned
             ]
             for write in writes:

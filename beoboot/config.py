@@ -33,7 +33,7 @@ def parse_path(value: Any) -> str:
 
 
 def parse_kernel(value: Any) -> str:
-    """"auto" or a version: one directory name under /lib/modules."""
+    """ "auto" or a version: one directory name under /lib/modules."""
     if isinstance(value, str) and "/" not in value and value not in (".", ".."):
         return values.name(value, 'a kernel version (a directory name in /lib/modules) or "auto"')
     raise ValueError('a kernel version (a directory name in /lib/modules) or "auto"')
@@ -59,7 +59,7 @@ def parse_names(value: Any) -> tuple[str, ...]:
 
 
 def parse_drivers(value: Any) -> tuple[str, ...]:
-    """"all" (every PCI ethernet driver of the kernel) or a list of module names / glob patterns."""
+    """ "all" (every PCI ethernet driver of the kernel) or a list of module names / glob patterns."""
     if value == "all":
         return ("all",)
     try:
@@ -132,7 +132,7 @@ MAX_SIZE = 1 << 50  # 1 PiB: past any image budget or node disk, and well inside
 
 
 def parse_disk(value: Any) -> str:
-    """"" (none: RAM) or a block device path."""
+    """ "" (none: RAM) or a block device path."""
     if value == "" or (isinstance(value, str) and value.startswith("/dev/") and len(value) > 5):
         return value if value == "" else values.name(value, "a block device path")
     raise ValueError('"" (the environment root in RAM) or a block device such as "/dev/vdb"')
@@ -275,7 +275,10 @@ def load(path: str | os.PathLike[str] | None = None, environ: dict[str, str] | N
         text = environ["SOURCE_DATE_EPOCH"]
         number = int(text) if text.isascii() and text.isdigit() and len(text) <= 20 else None
         values["build"]["source_date_epoch"] = checked(
-            "environment", "SOURCE_DATE_EPOCH", number if number is not None else text, parse_epoch,
+            "environment",
+            "SOURCE_DATE_EPOCH",
+            number if number is not None else text,
+            parse_epoch,
             hint="unset SOURCE_DATE_EPOCH, or give it a date from 1980 to 2106",
         )
     _check_agent_unpackable(values["images"], origin)
@@ -312,9 +315,10 @@ def _check_disk_formattable(build: dict[str, Any], origin: str) -> None:
     fstype = build["libcache_fstype"]
     if build["libcache_disk"] and build["libcache_format"] == "blank" and fstype not in MKE2FS_FSTYPES:
         raise ConfigError(
-            f'{origin}: build.libcache_fstype = {fstype!r} cannot be made on a blank libcache_disk: with '
+            f"{origin}: build.libcache_fstype = {fstype!r} cannot be made on a blank libcache_disk: with "
             'libcache_format = "blank" (the default) nodes format it with mke2fs, which makes '
-            + ", ".join(MKE2FS_FSTYPES) + " only",
+            + ", ".join(MKE2FS_FSTYPES)
+            + " only",
             hint=f'set libcache_fstype = "ext4", or make the {fstype} filesystem on each disk yourself and set '
             '[build] libcache_format = "never"',
         )
@@ -328,8 +332,9 @@ def _validated(raw: dict[str, Any], origin: str) -> dict[str, Any]:
         if section not in out:
             raise ConfigError(f"{origin}: unknown section [{section}]", hint=sections_hint)
         if not isinstance(table, dict):
-            raise ConfigError(f"{origin}: {section} = {shown(table)} is not allowed: expected a table [{section}]",
-                              hint=sections_hint)  # fmt: skip
+            raise ConfigError(
+                f"{origin}: {section} = {shown(table)} is not allowed: expected a table [{section}]", hint=sections_hint
+            )
         if section in ("build", "artifacts"):
             out[section] = _validated_table(table, section, section, origin)
             continue
@@ -339,8 +344,9 @@ def _validated(raw: dict[str, Any], origin: str) -> dict[str, Any]:
                     f"{origin}: unknown image [images.{name}]", hint="allowed images: " + ", ".join(IMAGE_NAMES)
                 )
             if not isinstance(image_table, dict):
-                raise ConfigError(f"{origin}: images.{name} = {shown(image_table)} is not allowed: "
-                                  f"expected a table [images.{name}]")  # fmt: skip
+                raise ConfigError(
+                    f"{origin}: images.{name} = {shown(image_table)} is not allowed: expected a table [images.{name}]"
+                )
             out["images"][name] = _validated_table(image_table, "images", f"images.{name}", origin)
     return out
 
@@ -369,9 +375,20 @@ def render_toml(config: Config) -> str:
     """The effective config as TOML, with each setting's help (for `beoboot-build config`)."""
     helps = {(s.section, s.key): s.help for s in SETTINGS}
     lines = [f"# effective config, from {config.origin}", "", "[build]"]
-    build_keys = ("sysroot", "kernel", "source_date_epoch", "master_url", "master_timeout", "debug_shell", "dlopen",
-                  "python_modules", "libcache_max", "libcache_disk", "libcache_fstype",
-                  "libcache_format")  # fmt: skip
+    build_keys = (
+        "sysroot",
+        "kernel",
+        "source_date_epoch",
+        "master_url",
+        "master_timeout",
+        "debug_shell",
+        "dlopen",
+        "python_modules",
+        "libcache_max",
+        "libcache_disk",
+        "libcache_fstype",
+        "libcache_format",
+    )
     for key in build_keys:
         lines.append(f"{key} = {_toml_value(getattr(config, key))}  # {helps['build', key]}")
     lines += ["", "[artifacts]"]

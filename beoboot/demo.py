@@ -21,10 +21,21 @@ NODE_UP = "beoboot: stage 3 ready: node"
 def start_master(outdir: Path, port: int, workdir: Path) -> subprocess.Popen[bytes]:
     log_file = open(workdir / "beoserv.log", "wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "beoboot.master.cli", "beoserv", "--root", str(outdir),
-         "--listen", f"127.0.0.1:{port}", "--db", str(workdir / "nodes.db")],
-        stdout=log_file, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "beoboot.master.cli",
+            "beoserv",
+            "--root",
+            str(outdir),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--db",
+            str(workdir / "nodes.db"),
+        ],
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+    )
     deadline = time.monotonic() + 15
     while b"listening on" not in (workdir / "beoserv.log").read_bytes():
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -36,8 +47,10 @@ def start_master(outdir: Path, port: int, workdir: Path) -> subprocess.Popen[byt
 def bpstat(url: str, *args: str) -> str:
     return subprocess.run(
         [sys.executable, "-m", "beoboot.master.cli", "bpstat", "--master", url, *args],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
 
 
 def main() -> int:

@@ -149,8 +149,11 @@ class _File:
         if length > limit:
             raise ElfError(f"{self.name}: {what} is {length} bytes, more than the {limit} a loader accepts")
         if offset > self.size or length > self.size - offset:
-            raise ElfError(f"{self.name}: {what} at offset {offset} ({length} bytes) runs past the end of the "
-                           f"file ({self.size} bytes)", hint=TRUNCATED_HINT)  # fmt: skip
+            raise ElfError(
+                f"{self.name}: {what} at offset {offset} ({length} bytes) runs past the end of the "
+                f"file ({self.size} bytes)",
+                hint=TRUNCATED_HINT,
+            )
         data = self.read(offset, length)
         if len(data) < length:
             raise ElfError(f"{self.name}: {what} could not be read: the file shrank while it was read")
@@ -233,8 +236,11 @@ def _parse_dynamic(
 
     table = _file_offset(strtab, loads, name)
     if table > file.size or strsz > file.size - table:
-        raise ElfError(f"{name}: the dynamic string table at offset {table} (DT_STRSZ {strsz} bytes) runs past "
-                       f"the end of the file ({file.size} bytes)", hint=TRUNCATED_HINT)  # fmt: skip
+        raise ElfError(
+            f"{name}: the dynamic string table at offset {table} (DT_STRSZ {strsz} bytes) runs past "
+            f"the end of the file ({file.size} bytes)",
+            hint=TRUNCATED_HINT,
+        )
 
     strings: dict[int, str] = {}
     held = [0]  # bytes of names decoded so far

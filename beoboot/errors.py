@@ -40,8 +40,9 @@ class ElfError(BeobootError):
 class MissingLibraryError(BeobootError):
     """A DT_NEEDED library that no search path provides."""
 
-    def __init__(self, library: str, needed_by: str, searched: list[str] | None = None,
-                 passed_by: list[str] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, library: str, needed_by: str, searched: list[str] | None = None, passed_by: list[str] | None = None
+    ) -> None:
         where = f" (searched {', '.join(searched)})" if searched else ""
         # files of that name the search found but could not use: "PATH: why"
         unusable = f"; passed by {'; '.join(passed_by)}" if passed_by else ""

@@ -45,9 +45,12 @@ class Entry:
     rdev: tuple[int, int] | None = None  # (major, minor) (CHARDEV)
 
     def same_content(self, other: Entry) -> bool:
-        return (self.kind, self.mode, self.target, self.rdev) == (other.kind, other.mode, other.target, other.rdev) and (
-            self.kind != Kind.FILE or self._content() == other._content()
-        )
+        return (self.kind, self.mode, self.target, self.rdev) == (
+            other.kind,
+            other.mode,
+            other.target,
+            other.rdev,
+        ) and (self.kind != Kind.FILE or self._content() == other._content())
 
     def _content(self) -> tuple[str, bytes | str | None]:
         if self.data is not None:

@@ -53,8 +53,10 @@ def may(mode: int, owner: int, group: int, uid: int, gids: frozenset[int], want:
 
 
 # Linux system call numbers of the per-thread credential calls (glibc's wrappers broadcast setgroups)
-CREDENTIAL_CALLS = {"x86_64": {"setgroups": 116, "setfsuid": 122, "setfsgid": 123},
-                    "aarch64": {"setgroups": 159, "setfsuid": 151, "setfsgid": 152}}  # fmt: skip
+CREDENTIAL_CALLS = {
+    "x86_64": {"setgroups": 116, "setfsuid": 122, "setfsgid": 123},
+    "aarch64": {"setgroups": 159, "setfsuid": 151, "setfsgid": 152},
+}
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -179,7 +181,8 @@ def _check(entries: list[p.JobFile], uid: int, gid: int, gids: frozenset[int], p
                 allowed = view.may(prefix + entry.path, want)
             else:
                 allowed = may(entry.mode, entry.uid, entry.gid, uid, gids, want) and may_reach(
-                    entry.path, uid, gids, prefix or "/")  # fmt: skip
+                    entry.path, uid, gids, prefix or "/"
+                )
             if not allowed:
                 refused.append((entry, next((d for d in _directories_above(entry.path) if not searchable(d)), None)))
     for entry, blocked in refused:  # as root again: what the user cannot see may still exist
@@ -187,7 +190,9 @@ def _check(entries: list[p.JobFile], uid: int, gid: int, gids: frozenset[int], p
             # a path the master does not have holds content made from others' (the Python stdlib zip,
             # built from the stdlib's files): nothing there to keep from anyone
             continue
-        raise _denied(blocked, uid, "search") if blocked else _denied(entry.path, uid, "read" if entry.sha256 else "list")
+        raise (
+            _denied(blocked, uid, "search") if blocked else _denied(entry.path, uid, "read" if entry.sha256 else "list")
+        )
 
 
 def _directories_above(path: str) -> list[str]:
@@ -205,8 +210,9 @@ def readable(paths: Iterable[str], uid: int, gid: int, groups: Iterable[int], ro
     with UserView(uid, gid, tuple(groups)) as view:
         if not view.active:
             return [path for path in paths if may_reach(path, uid, gids, root)]
-        return [path for path in paths
-                if view.may(prefix + path, READ | SEARCH if os.path.isdir(prefix + path) else READ)]  # fmt: skip
+        return [
+            path for path in paths if view.may(prefix + path, READ | SEARCH if os.path.isdir(prefix + path) else READ)
+        ]
 
 
 def may_reach(path: str, uid: int, gids: frozenset[int], root: str = "/") -> bool:
@@ -230,5 +236,7 @@ def may_reach(path: str, uid: int, gids: frozenset[int], root: str = "/") -> boo
 
 
 def _denied(path: str, uid: int, what: str) -> AccessDenied:
-    return AccessDenied(f"{path}: permission denied: the job's user (uid {uid}) may not {what} it on the master",
-                        hint="a job brings only what its user can read on the master")  # fmt: skip
+    return AccessDenied(
+        f"{path}: permission denied: the job's user (uid {uid}) may not {what} it on the master",
+        hint="a job brings only what its user can read on the master",
+    )

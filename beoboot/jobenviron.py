@@ -26,9 +26,22 @@ ZONEINFO = "/usr/share/zoneinfo"
 TERMINFO_DIRS = ("/etc/terminfo", "/lib/terminfo", "/usr/share/terminfo")  # ncurses' order on Debian
 LOCALE_ARCHIVE = f"{LOCALE_DIR}/locale-archive"
 # what setlocale(LC_ALL, "") reads, in glibc's order of precedence (any of them may name a locale)
-LOCALE_VARIABLES = ("LC_ALL", "LC_CTYPE", "LC_NUMERIC", "LC_TIME", "LC_COLLATE", "LC_MONETARY", "LC_MESSAGES",
-                    "LC_PAPER", "LC_NAME", "LC_ADDRESS", "LC_TELEPHONE", "LC_MEASUREMENT", "LC_IDENTIFICATION",
-                    "LANG")  # fmt: skip
+LOCALE_VARIABLES = (
+    "LC_ALL",
+    "LC_CTYPE",
+    "LC_NUMERIC",
+    "LC_TIME",
+    "LC_COLLATE",
+    "LC_MONETARY",
+    "LC_MESSAGES",
+    "LC_PAPER",
+    "LC_NAME",
+    "LC_ADDRESS",
+    "LC_TELEPHONE",
+    "LC_MEASUREMENT",
+    "LC_IDENTIFICATION",
+    "LANG",
+)
 BUILT_IN = {"", "C", "POSIX"}
 
 

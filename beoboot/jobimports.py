@@ -74,7 +74,7 @@ def python_start(interpreter: str, real: str, args: tuple[str, ...], cwd: str) -
             break
         for index, letter in enumerate(arg[1:], 1):
             if letter in OPTIONS_WITH_VALUE:
-                value = arg[index + 1:] or (rest.pop(0) if rest else "")
+                value = arg[index + 1 :] or (rest.pop(0) if rest else "")
                 values.setdefault(letter, value)
                 break
             flags.add(letter)
@@ -83,9 +83,18 @@ def python_start(interpreter: str, real: str, args: tuple[str, ...], cwd: str) -
     isolated = "I" in flags
     if script is not None:
         script = posixpath.normpath(posixpath.join(cwd, script))
-    return PythonStart(interpreter, real, cwd, script, values.get("c"), values.get("m"),
-                       ignore_environment=isolated or "E" in flags, no_user_site=isolated or "s" in flags,
-                       no_site="S" in flags, safe_path=isolated or "P" in flags)  # fmt: skip
+    return PythonStart(
+        interpreter,
+        real,
+        cwd,
+        script,
+        values.get("c"),
+        values.get("m"),
+        ignore_environment=isolated or "E" in flags,
+        no_user_site=isolated or "s" in flags,
+        no_site="S" in flags,
+        safe_path=isolated or "P" in flags,
+    )
 
 
 @dataclass(frozen=True)
@@ -130,13 +139,18 @@ def _venv_config(interpreter: str) -> str | None:
     return None
 
 
-def _site_dirs(start: PythonStart, env: Mapping[str, str], prefix: str, version: str,
-               venv_config: str | None) -> list[str]:  # fmt: skip
+def _site_dirs(
+    start: PythonStart, env: Mapping[str, str], prefix: str, version: str, venv_config: str | None
+) -> list[str]:
     """Lib/site.py's directories (with Debian's dist-packages), those that exist."""
     system = [f"{prefix}/lib/python{version}/site-packages"]
     if prefix == "/usr":  # Debian's python3: local installs first, then the packages' own
-        system = [f"/usr/local/lib/python{version}/dist-packages", "/usr/lib/python3/dist-packages",
-                  f"/usr/lib/python{version}/dist-packages", *system]  # fmt: skip
+        system = [
+            f"/usr/local/lib/python{version}/dist-packages",
+            "/usr/lib/python3/dist-packages",
+            f"/usr/lib/python{version}/dist-packages",
+            *system,
+        ]
     if venv_config is not None:
         venv = posixpath.dirname(venv_config)
         found = [f"{venv}/lib/python{version}/site-packages"]
@@ -394,12 +408,21 @@ def _parse_imports(text: str) -> tuple[tuple[int, str, tuple[str, ...]], ...]:
 
 def _is_import_call(node: ast.Call) -> bool:
     function = node.func
-    name = function.id if isinstance(function, ast.Name) else function.attr if isinstance(function, ast.Attribute) else ""
-    return (name in ("import_module", "__import__") and len(node.args) == 1 and not node.keywords
-            and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str))  # fmt: skip
+    name = (
+        function.id if isinstance(function, ast.Name) else function.attr if isinstance(function, ast.Attribute) else ""
+    )
+    return (
+        name in ("import_module", "__import__")
+        and len(node.args) == 1
+        and not node.keywords
+        and isinstance(node.args[0], ast.Constant)
+        and isinstance(node.args[0].value, str)
+    )
 
 
-def _absolute_names(module: str, is_package: bool, statements: tuple[tuple[int, str, tuple[str, ...]], ...]) -> list[str]:
+def _absolute_names(
+    module: str, is_package: bool, statements: tuple[tuple[int, str, tuple[str, ...]], ...]
+) -> list[str]:
     """The absolute module names a module's imports may load: for `from a import b`, both a and a.b (b may be
     a submodule; if it is only a name, a.b is not found and nothing comes for it)."""
     package = module if is_package else module.rpartition(".")[0]

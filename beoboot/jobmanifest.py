@@ -127,8 +127,25 @@ RUNTIME_RULES: tuple[Callable[[str], list[str]], ...] = (python_runtime, perl_ru
 
 
 # Commands that run another command named in their arguments, which must then come along too
-WRAPPERS = frozenset({"chrt", "env", "flock", "ionice", "nice", "nohup", "numactl", "prlimit", "setsid", "stdbuf",
-                      "strace", "taskset", "time", "timeout", "xargs"})  # fmt: skip
+WRAPPERS = frozenset(
+    {
+        "chrt",
+        "env",
+        "flock",
+        "ionice",
+        "nice",
+        "nohup",
+        "numactl",
+        "prlimit",
+        "setsid",
+        "stdbuf",
+        "strace",
+        "taskset",
+        "time",
+        "timeout",
+        "xargs",
+    }
+)
 
 
 def wrapped_commands(argv: tuple[str, ...], path_env: str, cwd: str) -> list[str]:
@@ -183,8 +200,10 @@ def cache_path(name: str, path_env: str, cwd: str) -> str:
             command = find_command(name, path_env, cwd)
         except JobError:
             return path  # extra() says it does not exist
-        raise JobError(f"--cache {name}: no such file or directory in {cwd} on the master",
-                       hint=f"--cache takes paths; to bring the command {name}, name its path: --cache {command}")
+        raise JobError(
+            f"--cache {name}: no such file or directory in {cwd} on the master",
+            hint=f"--cache takes paths; to bring the command {name}, name its path: --cache {command}",
+        )
     return path
 
 
@@ -210,10 +229,12 @@ class _Closure:
     trees: tuple[str, ...] = ()  # run-time directories (RUNTIME_RULES), described and watched on their own
 
     def current(self, path_env: str | None = None) -> bool:
-        return ((self.path_env is None or self.path_env == path_env)
-                and all(key_of(real) == key for real, key in self.keys)
-                and all(_lkey_of(path) == key for path, key in self.searched)
-                and all(watch.unchanged() for watch in self.watches))  # fmt: skip
+        return (
+            (self.path_env is None or self.path_env == path_env)
+            and all(key_of(real) == key for real, key in self.keys)
+            and all(_lkey_of(path) == key for path, key in self.searched)
+            and all(watch.unchanged() for watch in self.watches)
+        )
 
 
 @dataclass(frozen=True)
@@ -227,9 +248,11 @@ class _Described:
     trees: tuple[str, ...] = ()  # as _Closure's
 
     def current(self, path_env: str | None = None) -> bool:
-        return ((self.path_env is None or self.path_env == path_env)
-                and all(_lkey_of(path) == key for path, key in self.keys)
-                and all(w.unchanged() for w in self.watches))  # fmt: skip
+        return (
+            (self.path_env is None or self.path_env == path_env)
+            and all(_lkey_of(path) == key for path, key in self.keys)
+            and all(w.unchanged() for w in self.watches)
+        )
 
 
 class ManifestBuilder:
@@ -274,8 +297,9 @@ class ManifestBuilder:
         described: list[str] = []  # trees this request described afresh
         try:
             trees = [self.described_extra(path, user=request, described=described) for path in [*extras, *inputs]]
-            return _manifest(request, executable, _merge(*(program.files for program in programs), *trees),
-                             self.users, self.root)  # fmt: skip
+            return _manifest(
+                request, executable, _merge(*(program.files for program in programs), *trees), self.users, self.root
+            )
         except BeobootError:
             # a refused request keeps nothing: else each refused job could leave another tree, and its
             # watches, behind (a user's links to one big tree, each a new --cache path)
@@ -325,8 +349,9 @@ class ManifestBuilder:
                 continue  # a builtin, a function, a command the master has not either
         return list(dict.fromkeys(programs)), inner
 
-    def _job_inputs(self, request: p.JobRequest, path_env: str, inner: tuple[str, tuple[str, ...]], *,
-                    cached_only: bool = False) -> list[str] | None:  # fmt: skip
+    def _job_inputs(
+        self, request: p.JobRequest, path_env: str, inner: tuple[str, tuple[str, ...]], *, cached_only: bool = False
+    ) -> list[str] | None:
         """What the innermost command reads as its program: the script an interpreter is given (`sh job.sh`,
         `perl x.pl`, `python3 prog.py`), and the modules a Python or Perl program uses (beoboot.jobimports,
         beoboot.jobperl). `cached_only`: None unless that is known without reading any file."""
@@ -336,8 +361,9 @@ class ManifestBuilder:
         args = (*shebang_args, command, *argv[1:]) if interpreter != command else argv[1:]
         found: Iterable[str] | None
         if python_version(real):
-            found = self.imports.paths(python_start(interpreter, real, args, request.cwd), request.env,
-                                       cached_only=cached_only)  # fmt: skip
+            found = self.imports.paths(
+                python_start(interpreter, real, args, request.cwd), request.env, cached_only=cached_only
+            )
         elif PERL.fullmatch(posixpath.basename(real)):
             found = self.perl.paths(perl_start(real, args, request.cwd), request.env, cached_only=cached_only)
         else:
@@ -400,8 +426,10 @@ class ManifestBuilder:
 
     def _extra_paths(self, request: p.JobRequest, path_env: str) -> list[str]:
         """--cache paths, and what the job's environment makes it read: its locale, time zone, terminfo."""
-        return [*(cache_path(extra, path_env, request.cwd) for extra in request.cache),
-                *environment_paths(request.env, self.root)]  # fmt: skip
+        return [
+            *(cache_path(extra, path_env, request.cwd) for extra in request.cache),
+            *environment_paths(request.env, self.root),
+        ]
 
     def _described_program(self, program: str, path_env: str, user: p.JobRequest | None = None) -> _Described:
         """describe(closure(program)), from cache while every file and link it met is unchanged (lstat):
@@ -414,14 +442,20 @@ class ManifestBuilder:
         closure = self._closure(program, path_env)
         files = self.describe(closure.paths, dict(closure.derived), user)
         watched = sorted({program, *(f.path for f in files)})
-        described = _Described(files, tuple((path, _lkey_of(path)) for path in watched) + closure.searched,
-                               closure.watches, closure.path_env, closure.trees)  # fmt: skip
+        described = _Described(
+            files,
+            tuple((path, _lkey_of(path)) for path in watched) + closure.searched,
+            closure.watches,
+            closure.path_env,
+            closure.trees,
+        )
         with self._lock:
             self._described.put(program, described)
         return described
 
-    def described_extra(self, path: str, *, user: p.JobRequest | None = None,
-                        described: list[str] | None = None) -> tuple[p.JobFile, ...]:  # fmt: skip
+    def described_extra(
+        self, path: str, *, user: p.JobRequest | None = None, described: list[str] | None = None
+    ) -> tuple[p.JobFile, ...]:
         """describe(extra(path)), from cache while nothing in the tree changed (inotify on its directories,
         so asking costs no walk), no file it brings from outside the tree changed (lstat: an ELF program's
         libraries) and no library search of its programs would find another. `user`: as describe()'s;
@@ -496,8 +530,9 @@ class ManifestBuilder:
             found.append(path)
         return found
 
-    def describe(self, paths: Iterable[str], derived: dict[str, str] | None = None,
-                 user: p.JobRequest | None = None) -> tuple[p.JobFile, ...]:  # fmt: skip
+    def describe(
+        self, paths: Iterable[str], derived: dict[str, str] | None = None, user: p.JobRequest | None = None
+    ) -> tuple[p.JobFile, ...]:
         """JobFiles for these paths, links resolved into link entries; directories first, then links, then
         files, each once. A path in `derived` is read from the master's file it maps to. `user`: the request
         whose user must be able to read every file, asked before any is hashed (jobaccess.guard_contents)."""
@@ -521,14 +556,24 @@ class ManifestBuilder:
                     try:
                         owner = os.lstat(sysroot.host(link))
                     except OSError as exc:
-                        raise JobError(f"{path}: the link {link} changed while it was described: {exc.strerror}",
-                                       hint="run the job again") from None  # fmt: skip
+                        raise JobError(
+                            f"{path}: the link {link} changed while it was described: {exc.strerror}",
+                            hint="run the job again",
+                        ) from None
                     links[link] = p.JobFile(link, 0o777, link=target, uid=owner.st_uid, gid=owner.st_gid)
             st = os.stat(sysroot.host(resolved.real))
             if stat.S_ISDIR(st.st_mode):
                 if directory or resolved.real != "/":
-                    dirs.setdefault(resolved.real, p.JobFile(resolved.real, st.st_mode & 0o7777, uid=st.st_uid,
-                                                             gid=st.st_gid, acl=acl_of(str(sysroot.host(resolved.real)))))  # fmt: skip
+                    dirs.setdefault(
+                        resolved.real,
+                        p.JobFile(
+                            resolved.real,
+                            st.st_mode & 0o7777,
+                            uid=st.st_uid,
+                            gid=st.st_gid,
+                            acl=acl_of(str(sysroot.host(resolved.real))),
+                        ),
+                    )
             elif stat.S_ISREG(st.st_mode):
                 files.setdefault(resolved.real, None)
             # a FIFO, socket or device is passed by: it has no content to bring, and opening it could block
@@ -539,8 +584,9 @@ class ManifestBuilder:
             jobbudget.check()
             host = str(sysroot.host(real))
             digest = self.store.digest(host) if user is None or user.uid == 0 else self._digest_as(user, host, real)
-            files[real] = p.JobFile(real, digest.mode, digest.sha256, digest.size, uid=digest.uid, gid=digest.gid,
-                                    acl=acl_of(host))  # fmt: skip
+            files[real] = p.JobFile(
+                real, digest.mode, digest.sha256, digest.size, uid=digest.uid, gid=digest.gid, acl=acl_of(host)
+            )
         ordered = sorted(dirs.values(), key=lambda f: f.path)
         return tuple(ordered + list(links.values()) + [entry for entry in files.values() if entry is not None])
 
@@ -553,11 +599,16 @@ class ManifestBuilder:
             with UserView(user.uid, user.gid, user.groups):
                 fd = os.open(host, flags)
         except OSError as exc:
-            raise AccessDenied(f"{real}: changed while it was checked, or the job's user (uid {user.uid}) may not "
-                               f"read it now: {exc.strerror}", hint="run the job again") from None  # fmt: skip
+            raise AccessDenied(
+                f"{real}: changed while it was checked, or the job's user (uid {user.uid}) may not "
+                f"read it now: {exc.strerror}",
+                hint="run the job again",
+            ) from None
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise AccessDenied(f"{real}: changed while it was checked: no regular file now", hint="run the job again")
+                raise AccessDenied(
+                    f"{real}: changed while it was checked: no regular file now", hint="run the job again"
+                )
             return self.store.digest_opened(fd, host)
         finally:
             os.close(fd)
@@ -595,8 +646,9 @@ class ManifestBuilder:
             try:
                 current = find_command(command, path_env, "/")
             except JobError as exc:
-                raise JobError(f"{current}: its '#!{shebang[0]} {command}' line names {exc.message}",
-                               hint=exc.hint) from None  # fmt: skip
+                raise JobError(
+                    f"{current}: its '#!{shebang[0]} {command}' line names {exc.message}", hint=exc.hint
+                ) from None
             used_path = path_env
             searched_path += _dirs_searched(path_env, current)
         else:
@@ -628,8 +680,9 @@ class ManifestBuilder:
                     keys.append((real, stat_key(os.stat(real))))
         searched = [str(sysroot.host(d)) for d in (*resolver.search_dirs, *LD_SO_CONF_PATHS)] + searched_path
         searched_keys = tuple((path, _lkey_of(path)) for path in dict.fromkeys(searched))
-        return _Closure(unique, tuple(keys), searched_keys, tuple(derived), tuple(watches), used_path,
-                        tuple(dict.fromkeys(trees)))  # fmt: skip
+        return _Closure(
+            unique, tuple(keys), searched_keys, tuple(derived), tuple(watches), used_path, tuple(dict.fromkeys(trees))
+        )
 
     def _extension_modules(self, lib_dynload: str) -> list[str]:
         """lib-dynload (the directory itself: the landmark of Python's exec prefix) and every extension
@@ -728,17 +781,25 @@ def _merge(*groups: tuple[p.JobFile, ...]) -> tuple[p.JobFile, ...]:
     return tuple(dirs + links + [f for f in by_path.values() if f.sha256])
 
 
-def _manifest(request: p.JobRequest, executable: str, files: tuple[p.JobFile, ...],
-              users: JobUsers, root: str = "/") -> p.JobManifest:  # fmt: skip
+def _manifest(
+    request: p.JobRequest, executable: str, files: tuple[p.JobFile, ...], users: JobUsers, root: str = "/"
+) -> p.JobManifest:
     above = guard(files, request.uid, request.gid, request.groups, root)  # AccessDenied: the user may not have one
     if above:
         files = _merge(files, tuple(above))
     user, groups = users.entries(request.uid, request.gid, request.groups, request.env)
     return p.JobManifest(
-        argv=request.argv, executable=executable, env=request.env, cwd=request.cwd,
-        uid=request.uid, gid=request.gid, files=files, groups=request.groups,
-        passwd_entry=user, group_entries=groups,
-    )  # fmt: skip
+        argv=request.argv,
+        executable=executable,
+        env=request.env,
+        cwd=request.cwd,
+        uid=request.uid,
+        gid=request.gid,
+        files=files,
+        groups=request.groups,
+        passwd_entry=user,
+        group_entries=groups,
+    )
 
 
 def _lkey_of(path: str) -> StatKey | None:

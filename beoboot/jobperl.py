@@ -75,7 +75,7 @@ def perl_start(perl: str, args: tuple[str, ...], cwd: str) -> PerlStart:
             letter, index = arg[index], index + 1
             if letter in "0l":  # -0[octal or xHEX], -l[octal]: the letters after the digits are switches again
                 digits = "01234567"
-                if letter == "0" and arg[index:index + 1] in ("x", "X"):
+                if letter == "0" and arg[index : index + 1] in ("x", "X"):
                     digits, index = "0123456789abcdefABCDEF", index + 1
                 while index < len(arg) and arg[index] in digits:
                     index += 1
@@ -184,8 +184,14 @@ def _perl_inc(perl: str) -> tuple[str, ...]:
     """The master perl's own @INC. It is run with no environment at all (no PERL5LIB, no PERL5OPT), so
     it runs nothing of anyone's."""
     try:
-        out = subprocess.run([perl, "-e", 'print join("\\n", @INC), "\\n"'], env={}, capture_output=True,
-                             text=True, timeout=10, check=True).stdout  # fmt: skip
+        out = subprocess.run(
+            [perl, "-e", 'print join("\\n", @INC), "\\n"'],
+            env={},
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return ()
     return tuple(line for line in out.splitlines() if line.startswith("/"))

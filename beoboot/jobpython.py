@@ -33,8 +33,22 @@ from beoboot.sourcewatch import SourceWatch
 from beoboot.sysroot import Sysroot
 
 # directories of the stdlib no job needs: tests, GUI, the installers of pip and of old 2to3
-STDLIB_SKIP = frozenset({"test", "tests", "idle_test", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3",
-                         "site-packages", "dist-packages", "__pycache__", "lib-dynload"})  # fmt: skip
+STDLIB_SKIP = frozenset(
+    {
+        "test",
+        "tests",
+        "idle_test",
+        "idlelib",
+        "tkinter",
+        "turtledemo",
+        "ensurepip",
+        "lib2to3",
+        "site-packages",
+        "dist-packages",
+        "__pycache__",
+        "lib-dynload",
+    }
+)
 MAX_MEMBER = 16 << 20  # a larger module (the largest of CPython's is under 1 MiB) is left out of the zip
 
 

@@ -22,8 +22,9 @@ SEPARATORS = frozenset({"|", "||", "&", "&&", ";", ";;", "(", ")", "\n", "|&"})
 OPERATORS = ("&&", "||", ";;", "|&", "|", "&", ";", "(", ")")  # longest first, as the shell reads them
 MAX_DEPTH = 8  # substitutions within substitutions
 # after these a command follows (or, for the closing ones, a separator)
-COMMAND_KEYWORDS = frozenset({"then", "do", "else", "elif", "if", "while", "until", "!", "{", "}", "time",
-                              "fi", "done", "esac"})  # fmt: skip
+COMMAND_KEYWORDS = frozenset(
+    {"then", "do", "else", "elif", "if", "while", "until", "!", "{", "}", "time", "fi", "done", "esac"}
+)
 # after these come words, not a command, up to the next separator (`for f in a b;`)
 WORD_KEYWORDS = frozenset({"for", "case", "select", "function"})
 
@@ -67,7 +68,7 @@ def _operators_apart(tokens: Iterable[str]) -> Iterator[str]:
         while token:
             operator = next(op for op in OPERATORS if token.startswith(op))
             yield operator
-            token = token[len(operator):]
+            token = token[len(operator) :]
 
 
 def substitutions(text: str) -> tuple[list[str], str]:
@@ -81,7 +82,7 @@ def substitutions(text: str) -> tuple[list[str], str]:
         char = text[index]
         end = -1
         if char == "\\":
-            kept.append(text[index:index + 2])
+            kept.append(text[index : index + 2])
             index += 2
             continue
         if quote != '"' and char == "'":
@@ -95,11 +96,11 @@ def substitutions(text: str) -> tuple[list[str], str]:
         elif char == "`":
             end = text.find("`", index + 1)
             end = len(text) if end < 0 else end
-            found.append(text[index + 1:end])
+            found.append(text[index + 1 : end])
         elif text.startswith("$(", index):
             end = _closing_parenthesis(text, index + 2)
             if not text.startswith("$((", index):
-                found.append(text[index + 2:end])
+                found.append(text[index + 2 : end])
         if end >= 0:
             kept.append("$_")
             index = end + 1

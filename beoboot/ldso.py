@@ -221,8 +221,9 @@ class _SearchKey:
 
 
 class LibraryResolver:
-    def __init__(self, sysroot: Sysroot, conf_path: str = LD_SO_CONF,
-                 checkpoint: Callable[[], None] = lambda: None) -> None:  # fmt: skip
+    def __init__(
+        self, sysroot: Sysroot, conf_path: str = LD_SO_CONF, checkpoint: Callable[[], None] = lambda: None
+    ) -> None:
         """`checkpoint` is called before each file or directory is read: it may raise to end a search that
         takes too long (beoserv's time budget for describing a job)."""
         self.sysroot = sysroot
@@ -297,8 +298,9 @@ class LibraryResolver:
         key = _SearchKey(name, explicit, True, identity)
         path = self._search(key)
         if path is None:
-            raise MissingLibraryError(name, program.path if program else "dlopen", self._searched(key),
-                                      self._passed_by(key))  # fmt: skip
+            raise MissingLibraryError(
+                name, program.path if program else "dlopen", self._searched(key), self._passed_by(key)
+            )
         return self._new_loaded(path, self._valid_info(path), posixpath.dirname(path), program)
 
     def _link_map(

@@ -120,8 +120,12 @@ def manifest_for_image(image: Path) -> tuple[Manifest, Artifact]:
     """The manifest beside an image file, and that image's artifact row."""
     manifest = load_manifest(image.parent)
     if manifest is None:
-        raise BeobootError(f"no {MANIFEST_NAME} beside {image}", hint="give an image from a beoboot-build output directory")
+        raise BeobootError(
+            f"no {MANIFEST_NAME} beside {image}", hint="give an image from a beoboot-build output directory"
+        )
     for art in manifest.artifacts:
         if art.path == image.name:
             return manifest, art
-    raise BeobootError(f"{image} is not listed in {image.parent / MANIFEST_NAME}", hint="rebuild, or name an image it lists")
+    raise BeobootError(
+        f"{image} is not listed in {image.parent / MANIFEST_NAME}", hint="rebuild, or name an image it lists"
+    )

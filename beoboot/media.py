@@ -55,7 +55,9 @@ def kernel_cmdline(config: Config, stage: str, hashes: dict[str, str]) -> str:
     return " ".join(words)
 
 
-def write_all(config: Config, build_dir: Path, images: dict[str, Path], hashes: dict[str, str]) -> list[WrittenArtifact]:
+def write_all(
+    config: Config, build_dir: Path, images: dict[str, Path], hashes: dict[str, str]
+) -> list[WrittenArtifact]:
     """Write every artifact into `build_dir` (the staging directory); returns them sorted by path."""
     assert config.artifacts is not None
     art = config.artifacts
@@ -73,9 +75,13 @@ def write_all(config: Config, build_dir: Path, images: dict[str, Path], hashes: 
 
     def floppy() -> list[WrittenArtifact]:
         result = write_floppy(
-            stage1_payload, build_dir / FLOPPY_NAME, size_kib=art.floppy_kib, mode=art.floppy_mode,
-            master_url=pxe_url, mtime=mtime,
-        )  # fmt: skip
+            stage1_payload,
+            build_dir / FLOPPY_NAME,
+            size_kib=art.floppy_kib,
+            mode=art.floppy_mode,
+            master_url=pxe_url,
+            mtime=mtime,
+        )
         log.info("  floppy: %s (%s)", result.kind, result.why)
         return [WrittenArtifact("floppy", FLOPPY_NAME)]
 
@@ -86,11 +92,17 @@ def write_all(config: Config, build_dir: Path, images: dict[str, Path], hashes: 
     def servers() -> list[WrittenArtifact]:
         # The configs name where the tree will live: the final output directory, not the staging one.
         files = write_server_configs(
-            build_dir / SERVER_DIR, node_range=parse_node_range(art.node_range), proxy_dhcp=art.proxy_dhcp,
-            http_root=Path(SERVER_ROOT_PLACEHOLDER), tftp_root=Path(SERVER_ROOT_PLACEHOLDER) / PXE_DIR,
-            master_url=pxe_url, mtime=mtime, interface=art.interface,
-            state_dir=Path("/var/lib/beoboot/nginx"), installed_dir=Path(SERVER_ROOT_PLACEHOLDER) / SERVER_DIR,
-        )  # fmt: skip
+            build_dir / SERVER_DIR,
+            node_range=parse_node_range(art.node_range),
+            proxy_dhcp=art.proxy_dhcp,
+            http_root=Path(SERVER_ROOT_PLACEHOLDER),
+            tftp_root=Path(SERVER_ROOT_PLACEHOLDER) / PXE_DIR,
+            master_url=pxe_url,
+            mtime=mtime,
+            interface=art.interface,
+            state_dir=Path("/var/lib/beoboot/nginx"),
+            installed_dir=Path(SERVER_ROOT_PLACEHOLDER) / SERVER_DIR,
+        )
         return [WrittenArtifact("server-config", str(f.relative_to(build_dir))) for f in files]
 
     # Each writer spends its time in pycdlib, mtools, syslinux and grub-mkimage; two at a time fill 2 cores.

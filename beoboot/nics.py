@@ -83,7 +83,7 @@ def ethernet_drivers(kmods: KernelModules) -> list[str]:
 
 
 def select_drivers(kmods: KernelModules, choice: str | Iterable[str]) -> list[str]:
-    """"all" (the Ethernet drivers), or module names and glob patterns ("e1000*", "virtio_net"), sorted.
+    """ "all" (the Ethernet drivers), or module names and glob patterns ("e1000*", "virtio_net"), sorted.
 
     A glob is matched against the network drivers; a plain name may be any module of the kernel (a site
     may need a driver we do not class as a NIC driver). A name or glob that matches nothing is an error.
@@ -199,9 +199,7 @@ def parse_lspci(text: str, source: str = "lspci dump") -> list[PciDevice]:
     return devices
 
 
-_PCI_FIELDS = re.compile(
-    r"pci:v(?P<v>[^d]+)d(?P<d>.+?)sv(?P<sv>.+?)sd(?P<sd>.+?)bc(?P<bc>.+?)sc(?P<sc>.+?)i(?P<i>.*)$"
-)
+_PCI_FIELDS = re.compile(r"pci:v(?P<v>[^d]+)d(?P<d>.+?)sv(?P<sv>.+?)sd(?P<sd>.+?)bc(?P<bc>.+?)sc(?P<sc>.+?)i(?P<i>.*)$")
 
 
 def matches_device(pattern: str, device: PciDevice) -> bool:

@@ -167,8 +167,8 @@ def _remove_old_builds(builds: Path, keep: set[str | None]) -> None:
 
 def remove_stale_unfinished(outdir: Path) -> None:
     """Remove what builds that are no longer running left unfinished."""
-    leftovers = [(p, p.name[len(UNFINISHED_PREFIX):]) for p in (outdir / BUILDS_DIR).glob(f"{UNFINISHED_PREFIX}*")]
-    leftovers += [(p, p.name[len(OLD_STAGING_PREFIX):]) for p in outdir.glob(f"{OLD_STAGING_PREFIX}*")]
+    leftovers = [(p, p.name[len(UNFINISHED_PREFIX) :]) for p in (outdir / BUILDS_DIR).glob(f"{UNFINISHED_PREFIX}*")]
+    leftovers += [(p, p.name[len(OLD_STAGING_PREFIX) :]) for p in outdir.glob(f"{OLD_STAGING_PREFIX}*")]
     for leftover, suffix in leftovers:
         pid = suffix.partition("-")[0]
         if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):

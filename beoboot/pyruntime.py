@@ -133,7 +133,9 @@ SIX_MOVES: dict[str, str] = {
 # Names that a module puts into sys.modules itself, so they have no file of their own.
 MODULE_ALIASES = {"os.path": "posixpath"}
 
-CORE_BUILTINS = frozenset({"builtins", "sys", "marshal", "_warnings", "_imp", "_frozen_importlib", "_frozen_importlib_external"})
+CORE_BUILTINS = frozenset(
+    {"builtins", "sys", "marshal", "_warnings", "_imp", "_frozen_importlib", "_frozen_importlib_external"}
+)
 
 _PYTHON_DIR = re.compile(r"python(\d+)\.(\d+)")
 
@@ -373,7 +375,9 @@ class ModuleFinder:
             module = self._queue.popleft()
             assert module.host_path is not None
             source = _read(module.host_path).decode("utf-8")
-            for imported, required in imports_of(source, module.name, module.kind == ModuleKind.PACKAGE, str(module.origin)):
+            for imported, required in imports_of(
+                source, module.name, module.kind == ModuleKind.PACKAGE, str(module.origin)
+            ):
                 self.add(imported, module.name, required)
         return self.graph
 
@@ -381,7 +385,9 @@ class ModuleFinder:
         if name == AGENT_PACKAGE:
             init = self.agent_dir / "__init__.py"
             if not init.is_file():
-                raise SysrootError(f"agent package {self.agent_dir} has no __init__.py", hint="pass the agent/ directory")
+                raise SysrootError(
+                    f"agent package {self.agent_dir} has no __init__.py", hint="pass the agent/ directory"
+                )
             return Module(name, ModuleKind.PACKAGE, str(init), init, imported_by)
         if name in self.python.builtins:
             return Module(name, ModuleKind.BUILTIN, None, None, imported_by)
@@ -394,7 +400,9 @@ class ModuleFinder:
             # the agent package comes from the build host's checkout, not from the sysroot
             here = parent_host.parent
             if (here / leaf / "__init__.py").is_file():
-                return Module(name, ModuleKind.PACKAGE, str(here / leaf / "__init__.py"), here / leaf / "__init__.py", imported_by)
+                return Module(
+                    name, ModuleKind.PACKAGE, str(here / leaf / "__init__.py"), here / leaf / "__init__.py", imported_by
+                )
             if (here / f"{leaf}.py").is_file():
                 return Module(name, ModuleKind.SOURCE, str(here / f"{leaf}.py"), here / f"{leaf}.py", imported_by)
             return None
@@ -415,11 +423,17 @@ class ModuleFinder:
         return None
 
     def _is_extension_name(self, suffix: str) -> bool:
-        return suffix.endswith(".so") and (suffix == ".so" or suffix == ".abi3.so" or suffix.startswith(self._ext_suffixes[0]))
+        return suffix.endswith(".so") and (
+            suffix == ".so" or suffix == ".abi3.so" or suffix.startswith(self._ext_suffixes[0])
+        )
 
 
 def find_modules(
-    sysroot: Sysroot, python: SysrootPython, agent_dir: Path, init_source: str, extra_modules: tuple[str, ...] | list[str] = ()
+    sysroot: Sysroot,
+    python: SysrootPython,
+    agent_dir: Path,
+    init_source: str,
+    extra_modules: tuple[str, ...] | list[str] = (),
 ) -> ModuleGraph:
     excludes = dict(DEFAULT_EXCLUDES)
     for extra in extra_modules:
@@ -480,9 +494,11 @@ def compile_modules(jobs: list[tuple[Path, str]], scratch: Path) -> list[bytes]:
     request = json.dumps([(str(source), str(target), display) for (source, display), target in zip(jobs, targets)])
     result = subprocess.run(
         [sys.executable, "-S", "-s", "-c", _COMPILE_CHILD],
-        input=request, capture_output=True, text=True,
+        input=request,
+        capture_output=True,
+        text=True,
         env={"PYTHONHASHSEED": "0", "PATH": os.environ.get("PATH", "/usr/bin:/bin")},
-    )  # fmt: skip
+    )
     if result.returncode != 0:
         raise ToolError(
             f"compiling the agent's Python modules with {sys.executable} failed:\n{result.stderr.strip()}",
@@ -563,7 +579,9 @@ def build_runtime(sysroot: Sysroot, agent_dir: Path, extra_modules: tuple[str, .
             jobs = [(source, f"{python.zip_path}/{base}.py") for base, source in to_compile]
             for (base, _), pyc in zip(to_compile, compile_modules(jobs, Path(scratch))):
                 members[base + ".pyc"] = pyc
-    modules = tuple(sorted(n for n, m in graph.modules.items() if m.kind not in (ModuleKind.EXTENSION, ModuleKind.BUILTIN)))
+    modules = tuple(
+        sorted(n for n, m in graph.modules.items() if m.kind not in (ModuleKind.EXTENSION, ModuleKind.BUILTIN))
+    )
     return PythonRuntime(
         interpreter=python.interpreter,
         interpreter_links=python.interpreter_links,

@@ -45,10 +45,26 @@ def qemu_command(
     if shutil.which(QEMU) is None:
         raise ToolError(f"{QEMU} not found", hint="apt-get install qemu-system-x86 (python3 build.py setup does it)")
     cmd = [
-        QEMU, "-machine", "q35,accel=tcg", "-cpu", "max", "-m", str(memory_mib), "-smp", "1",
-        "-display", "none", "-vga", "none", "-serial", "stdio", "-monitor", "none",
-        "-device", "virtio-rng-pci",
-    ]  # fmt: skip
+        QEMU,
+        "-machine",
+        "q35,accel=tcg",
+        "-cpu",
+        "max",
+        "-m",
+        str(memory_mib),
+        "-smp",
+        "1",
+        "-display",
+        "none",
+        "-vga",
+        "none",
+        "-serial",
+        "stdio",
+        "-monitor",
+        "none",
+        "-device",
+        "virtio-rng-pci",
+    ]
     if not reboot:
         cmd.append("-no-reboot")  # a guest reboot ends QEMU, so a test sees it instead of a boot loop
     if kernel is not None:
@@ -60,7 +76,9 @@ def qemu_command(
     return cmd + list(extra)
 
 
-def run(cmd: list[str], expect: str | Sequence[str] = (), timeout: float = 180.0, echo: Echo | None = None) -> BootResult:
+def run(
+    cmd: list[str], expect: str | Sequence[str] = (), timeout: float = 180.0, echo: Echo | None = None
+) -> BootResult:
     """Run QEMU until every `expect` pattern (regular expressions) has been seen, it exits, or time is up."""
     patterns = [re.compile(p) for p in ([expect] if isinstance(expect, str) else expect)]
     start = time.monotonic()
@@ -102,8 +120,16 @@ def run(cmd: list[str], expect: str | Sequence[str] = (), timeout: float = 180.0
     return BootResult(text, matched, time.monotonic() - start, exit_code)
 
 
-def boot(kernel: Path, initrd: Path, expect: str | Sequence[str] = (), *, append: str = DEFAULT_APPEND,
-         timeout: float = 180.0, memory_mib: int = 1024, extra: Sequence[str] = ()) -> BootResult:
+def boot(
+    kernel: Path,
+    initrd: Path,
+    expect: str | Sequence[str] = (),
+    *,
+    append: str = DEFAULT_APPEND,
+    timeout: float = 180.0,
+    memory_mib: int = 1024,
+    extra: Sequence[str] = (),
+) -> BootResult:
     return run(qemu_command(kernel, initrd, append, memory_mib=memory_mib, extra=extra), expect, timeout)
 
 

@@ -108,8 +108,9 @@ class Searches:
         self._lock = threading.Lock()
         self._found: dict[Hashable, _Found] = {}
 
-    def get(self, key: Hashable, search: Callable[[SourceWatch], Iterable[str]], *,
-            cached_only: bool = False) -> tuple[str, ...] | None:  # fmt: skip
+    def get(
+        self, key: Hashable, search: Callable[[SourceWatch], Iterable[str]], *, cached_only: bool = False
+    ) -> tuple[str, ...] | None:
         """The paths search(watch) finds, from cache while unchanged; `cached_only`: None unless cached.
         search() adds to the watch every directory it looks in before it looks."""
         with self._lock:

@@ -94,18 +94,24 @@ def _role(value: object) -> str:
 
 def _templates(value: object, origin: str) -> tuple[TemplateFile, ...]:
     if not isinstance(value, list):
-        raise ConfigError(f"{origin}: templates = {shown(value)} is not allowed: expected a list of tables "
-                          "{ template = PATH, dest = PATH }")  # fmt: skip
+        raise ConfigError(
+            f"{origin}: templates = {shown(value)} is not allowed: expected a list of tables "
+            "{ template = PATH, dest = PATH }"
+        )
     out = []
     for index, table in enumerate(value):
         key = f"templates[{index}]"
         if not isinstance(table, dict) or set(table) != _TEMPLATE_KEYS:
-            raise ConfigError(f"{origin}: {key} = {shown(table)} is not allowed: expected a table "
-                              "{ template = PATH under templates/, dest = PATH in the image }")  # fmt: skip
-        out.append(TemplateFile(
-            template=checked(origin, f"{key}.template", table["template"], _relative_path),
-            dest=checked(origin, f"{key}.dest", table["dest"], _absolute_path),
-        ))  # fmt: skip
+            raise ConfigError(
+                f"{origin}: {key} = {shown(table)} is not allowed: expected a table "
+                "{ template = PATH under templates/, dest = PATH in the image }"
+            )
+        out.append(
+            TemplateFile(
+                template=checked(origin, f"{key}.template", table["template"], _relative_path),
+                dest=checked(origin, f"{key}.dest", table["dest"], _absolute_path),
+            )
+        )
     return tuple(out)
 
 

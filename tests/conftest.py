@@ -10,7 +10,12 @@ from hypothesis import HealthCheck, settings
 # Fuzzing: every parser's property test runs a small budget in the suite; benchmarks/fuzz.py runs the same
 # properties with BEOBOOT_FUZZ=long for a long one.
 settings.register_profile("suite", max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-settings.register_profile("long", max_examples=int(os.environ.get("BEOBOOT_FUZZ_EXAMPLES", "20000")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile(
+    "long",
+    max_examples=int(os.environ.get("BEOBOOT_FUZZ_EXAMPLES", "20000")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 settings.load_profile(os.environ.get("BEOBOOT_FUZZ", "suite"))
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -20,9 +25,13 @@ BEOBOOT = [sys.executable, "-m", "beoboot"]
 def run_beoboot(*args, check=True, cwd=None, env=None, **kwargs):
     """Run the real command line in a child process, as a user would."""
     result = subprocess.run(
-        [*BEOBOOT, *map(str, args)], capture_output=True, text=True, cwd=cwd or ROOT,
-        env={**os.environ, **(env or {})}, **kwargs,
-    )  # fmt: skip
+        [*BEOBOOT, *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd or ROOT,
+        env={**os.environ, **(env or {})},
+        **kwargs,
+    )
     if check and result.returncode != 0:
         raise AssertionError(f"beoboot-build {' '.join(map(str, args))} failed ({result.returncode}):\n{result.stderr}")
     return result

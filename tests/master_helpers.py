@@ -47,8 +47,20 @@ class MasterProcess:
         self.url = ""
 
     def start(self, timeout: float = 10.0) -> MasterProcess:
-        args = [sys.executable, "-m", "beoboot.master.cli", "beoserv", "--root", str(self.root),
-                "--listen", f"127.0.0.1:{self.port}", "--db", str(self.db), "--bpsh-socket", str(self.bpsh_socket)]  # fmt: skip
+        args = [
+            sys.executable,
+            "-m",
+            "beoboot.master.cli",
+            "beoserv",
+            "--root",
+            str(self.root),
+            "--listen",
+            f"127.0.0.1:{self.port}",
+            "--db",
+            str(self.db),
+            "--bpsh-socket",
+            str(self.bpsh_socket),
+        ]
         if self.config:
             args += ["--config", str(self.config)]
         # stderr to a file, not a pipe: an undrained pipe would block the server once 64 KiB of log piled up
@@ -116,8 +128,17 @@ def start_simnodes(master_url: str, work: Path, count: int = 1, **popen) -> subp
     work/simnode.log; returns once all are up (registered, linked)."""
     log_path = work / "simnode.log"
     with open(log_path, "ab") as log:
-        argv = [sys.executable, "-m", "agent.simnode", "--master", master_url, "--dir", str(work / "nodes"),
-                "--count", str(count)]  # fmt: skip
+        argv = [
+            sys.executable,
+            "-m",
+            "agent.simnode",
+            "--master",
+            master_url,
+            "--dir",
+            str(work / "nodes"),
+            "--count",
+            str(count),
+        ]
         sim = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, **popen)
     deadline = time.monotonic() + 20
     while f"simnode: {count} nodes up".encode() not in log_path.read_bytes():
@@ -158,7 +179,6 @@ def simulated_cluster(work: Path, nodes: int = 1) -> Iterator[MasterProcess]:
         sim.send_signal(signal.SIGTERM)
         sim.wait(10)
         master.stop()
-
 
 
 def publish_files(root: Path, files: dict[str, bytes | str]) -> Path:

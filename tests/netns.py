@@ -37,8 +37,20 @@ def veth_pair(prefix: str, server_ip: str, client_ip: str | None = None) -> Iter
             if ip("netns", "add", ns, check=False).returncode != 0:
                 pytest.skip(f"cannot create network namespace {ns}")
             created.append(ns)
-        ip("link", "add", pair.server_if, "netns", pair.server_ns, "type", "veth",
-           "peer", "name", pair.client_if, "netns", pair.client_ns)  # fmt: skip
+        ip(
+            "link",
+            "add",
+            pair.server_if,
+            "netns",
+            pair.server_ns,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            pair.client_if,
+            "netns",
+            pair.client_ns,
+        )
         ends = [(pair.server_ns, pair.server_if, server_ip)]
         if client_ip is not None:
             ends.append((pair.client_ns, pair.client_if, client_ip))

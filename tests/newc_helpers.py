@@ -36,16 +36,44 @@ def pad(n: int) -> bytes:
     return b"\0" * ((4 - n % 4) % 4)
 
 
-def header(name: bytes, *, ino: int, mode: int, nlink: int, size: int, rdev: tuple[int, int] = (0, 0),
-           namesize: int | None = None, magic: bytes = b"070701") -> bytes:  # fmt: skip
-    fields = [ino, mode, 0, 0, nlink, 0, size, 0, 0, rdev[0], rdev[1], len(name) + 1 if namesize is None else namesize, 0]
+def header(
+    name: bytes,
+    *,
+    ino: int,
+    mode: int,
+    nlink: int,
+    size: int,
+    rdev: tuple[int, int] = (0, 0),
+    namesize: int | None = None,
+    magic: bytes = b"070701",
+) -> bytes:
+    fields = [
+        ino,
+        mode,
+        0,
+        0,
+        nlink,
+        0,
+        size,
+        0,
+        0,
+        rdev[0],
+        rdev[1],
+        len(name) + 1 if namesize is None else namesize,
+        0,
+    ]
     return magic + b"".join(b"%08x" % value for value in fields)
 
 
 def encode(member: Member, ino: int) -> bytes:
     name = member.name.encode() if isinstance(member.name, str) else member.name
-    head = header(name, ino=member.ino or ino, mode=member.mode, nlink=member.nlink, size=len(member.data),
-                  rdev=member.rdev) + name + b"\0"  # fmt: skip
+    head = (
+        header(
+            name, ino=member.ino or ino, mode=member.mode, nlink=member.nlink, size=len(member.data), rdev=member.rdev
+        )
+        + name
+        + b"\0"
+    )
     return head + pad(len(head)) + member.data + pad(len(member.data))
 
 

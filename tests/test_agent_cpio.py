@@ -126,9 +126,11 @@ def test_hard_link_through_a_symlinked_directory_is_refused(sandbox):
     before = snapshot(sandbox / "outside")
     with pytest.raises(cpio.CpioError, match="d is not a directory"):
         unpack_members(
-            sandbox / "root", newc.symlink("d", str(sandbox / "outside")),
-            newc.file("d/h", ino=9, nlink=2), newc.file("f", b"data", ino=9, nlink=2),
-        )  # fmt: skip
+            sandbox / "root",
+            newc.symlink("d", str(sandbox / "outside")),
+            newc.file("d/h", ino=9, nlink=2),
+            newc.file("f", b"data", ino=9, nlink=2),
+        )
     assert snapshot(sandbox / "outside") == before
 
 
@@ -138,9 +140,11 @@ def test_hard_link_group_whose_data_member_was_a_symlink_stays_inside(sandbox):
     before = snapshot(sandbox / "outside")
     root = sandbox / "root"
     unpack_members(
-        root, newc.symlink("s", str(sandbox / "outside/secret")),
-        newc.file("h", ino=7, nlink=2), newc.file("s", b"pwned", ino=7, nlink=2),
-    )  # fmt: skip
+        root,
+        newc.symlink("s", str(sandbox / "outside/secret")),
+        newc.file("h", ino=7, nlink=2),
+        newc.file("s", b"pwned", ino=7, nlink=2),
+    )
     assert snapshot(sandbox / "outside") == before
     assert (root / "h").read_bytes() == (root / "s").read_bytes() == b"pwned"
     assert (root / "h").stat().st_ino == (root / "s").stat().st_ino != (sandbox / "outside/secret").stat().st_ino
@@ -149,10 +153,17 @@ def test_hard_link_group_whose_data_member_was_a_symlink_stays_inside(sandbox):
 def test_later_entry_replaces_an_earlier_one(tmp_path):
     root = tmp_path / "root"
     count = unpack_members(
-        root, newc.symlink("l", "one"), newc.symlink("l", "two"), newc.file("f", b"old"), newc.file("f", b"new", 0o600),
-        newc.directory("d", 0o700), newc.file("d/keep", b"k"), newc.directory("d", 0o750), newc.directory("e"),
+        root,
+        newc.symlink("l", "one"),
+        newc.symlink("l", "two"),
+        newc.file("f", b"old"),
+        newc.file("f", b"new", 0o600),
+        newc.directory("d", 0o700),
+        newc.file("d/keep", b"k"),
+        newc.directory("d", 0o750),
+        newc.directory("e"),
         newc.file("e", b"was an empty directory"),
-    )  # fmt: skip
+    )
     assert count == 9
     assert os.readlink(root / "l") == "two"
     assert (root / "f").read_bytes() == b"new" and oct((root / "f").stat().st_mode & 0o7777) == oct(0o600)
@@ -168,7 +179,12 @@ def test_empty_hard_link_group_is_linked(tmp_path):
 
 def test_hard_link_member_without_data_keeps_the_groups_data(tmp_path):
     root = tmp_path / "root"
-    unpack_members(root, newc.file("a", b"data", ino=5, nlink=3), newc.file("b", ino=5, nlink=3), newc.file("c", b"new", ino=5, nlink=3))
+    unpack_members(
+        root,
+        newc.file("a", b"data", ino=5, nlink=3),
+        newc.file("b", ino=5, nlink=3),
+        newc.file("c", b"new", ino=5, nlink=3),
+    )
     assert (root / "a").read_bytes() == (root / "b").read_bytes() == (root / "c").read_bytes() == b"new"
     assert (root / "a").stat().st_nlink == 3
 
@@ -190,20 +206,35 @@ MALFORMED = {
     "non-hex field": (bad_header(1, b"zzzzzzzz"), r"header at offset 0 has a mode field that is not hex"),
     "signed field": (bad_header(6, b"+0000001"), r"header at offset 0 has a filesize field that is not hex"),
     "name not UTF-8": (newc.archive(newc.file(b"\xff\xfe", b"x")), r"entry at offset 0 has a name that is not UTF-8"),
-    "NUL inside a name": (newc.archive(newc.file(b"a\0b", b"x")), r"offset 0 has a name that is not one NUL-terminated"),
-    "huge name size": (newc.header(b"a", ino=1, mode=0o100644, nlink=1, size=0, namesize=0xFFFFFFFF) + b"a\0",
-                       r"offset 0 has a name size of 4294967295"),
+    "NUL inside a name": (
+        newc.archive(newc.file(b"a\0b", b"x")),
+        r"offset 0 has a name that is not one NUL-terminated",
+    ),
+    "huge name size": (
+        newc.header(b"a", ino=1, mode=0o100644, nlink=1, size=0, namesize=0xFFFFFFFF) + b"a\0",
+        r"offset 0 has a name size of 4294967295",
+    ),
     "file over a non-empty directory": (
         newc.archive(newc.directory("x"), newc.file("x/y"), newc.file("x", b"z")),
-        r"entry 'x' at offset 228: it would replace a directory that is not empty"),
-    "symlink with no target": (newc.archive(newc.symlink("l", b"")), r"entry 'l' at offset 0: a symlink target of 0 bytes"),
+        r"entry 'x' at offset 228: it would replace a directory that is not empty",
+    ),
+    "symlink with no target": (
+        newc.archive(newc.symlink("l", b"")),
+        r"entry 'l' at offset 0: a symlink target of 0 bytes",
+    ),
     "device number too big": (newc.archive(newc.chardev("c", 0xFFFFF, 1)), r"entry 'c' at offset 0: device number"),
-    "fifo": (newc.archive(newc.Member("p", 0o010644)), r"entry 'p' at offset 0: a file type this agent does not unpack"),
+    "fifo": (
+        newc.archive(newc.Member("p", 0o010644)),
+        r"entry 'p' at offset 0: a file type this agent does not unpack",
+    ),
     "target is a file": (newc.archive(newc.file(".", b"x")), r"entry '.' at offset 0: it names the target directory"),
-    "truncated data": (newc.archive(newc.file("big", b"x" * 1000))[:500], r"ends inside the data of entry 'big' at offset 0"),
+    "truncated data": (
+        newc.archive(newc.file("big", b"x" * 1000))[:500],
+        r"ends inside the data of entry 'big' at offset 0",
+    ),
     "no trailer": (newc.encode(newc.file("a", b"x"), 1), r"ends inside an entry header \(offset 116\)"),
     "corrupt gzip": (None, r"cannot read the data of entry 'a' at offset 0"),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("case", list(MALFORMED))
@@ -223,15 +254,35 @@ def test_modes_are_exactly_the_headers_whatever_the_umask(tmp_path):
     old = os.umask(0o077)
     try:
         unpack_members(
-            root, newc.directory(".", 0o755), newc.directory("dev"), newc.chardev("dev/null", 1, 3, 0o666), newc.directory("a/b", 0o755),
-            newc.file("suid", b"x", 0o4755), newc.directory("tmp", 0o1777), newc.directory("sgid", 0o2750),
-            newc.directory("sgid/plain", 0o755), newc.file("sgid/plain/f", b"y", 0o644),
-        )  # fmt: skip
+            root,
+            newc.directory(".", 0o755),
+            newc.directory("dev"),
+            newc.chardev("dev/null", 1, 3, 0o666),
+            newc.directory("a/b", 0o755),
+            newc.file("suid", b"x", 0o4755),
+            newc.directory("tmp", 0o1777),
+            newc.directory("sgid", 0o2750),
+            newc.directory("sgid/plain", 0o755),
+            newc.file("sgid/plain/f", b"y", 0o644),
+        )
     finally:
         os.umask(old)
-    modes = {p: oct(os.lstat(root / p).st_mode & 0o7777) for p in
-             ("dev", "dev/null", "a", "a/b", "suid", "tmp", "sgid", "sgid/plain", "sgid/plain/f")}  # fmt: skip
-    assert modes == {p: oct(m) for p, m in {
-        "dev": 0o755, "dev/null": 0o666, "a": 0o755, "a/b": 0o755, "suid": 0o4755, "tmp": 0o1777, "sgid": 0o2750,
-        "sgid/plain": 0o755, "sgid/plain/f": 0o644}.items()}  # fmt: skip
+    modes = {
+        p: oct(os.lstat(root / p).st_mode & 0o7777)
+        for p in ("dev", "dev/null", "a", "a/b", "suid", "tmp", "sgid", "sgid/plain", "sgid/plain/f")
+    }
+    assert modes == {
+        p: oct(m)
+        for p, m in {
+            "dev": 0o755,
+            "dev/null": 0o666,
+            "a": 0o755,
+            "a/b": 0o755,
+            "suid": 0o4755,
+            "tmp": 0o1777,
+            "sgid": 0o2750,
+            "sgid/plain": 0o755,
+            "sgid/plain/f": 0o644,
+        }.items()
+    }
     assert os.stat(root / "dev/null").st_rdev == os.makedev(1, 3)

@@ -25,7 +25,10 @@ def served(tmp_path):
 def test_fetch_checks_the_pinned_hash(served, tmp_path):
     url, data, _, _ = served
     dest = str(tmp_path / "got")
-    assert fetch(url + "stage3.cpio.gz", dest, hashlib.sha256(data).hexdigest(), attempts=1) == hashlib.sha256(data).hexdigest()
+    assert (
+        fetch(url + "stage3.cpio.gz", dest, hashlib.sha256(data).hexdigest(), attempts=1)
+        == hashlib.sha256(data).hexdigest()
+    )
     assert open(dest, "rb").read() == data
     assert not os.path.exists(dest + ".part")
 
@@ -38,8 +41,14 @@ def test_a_file_altered_by_one_byte_is_refused_and_never_left_in_place(served, t
     dest = str(tmp_path / "got")
     lines = []
     with pytest.raises(IntegrityError, match="does not match the pinned"):
-        fetch(url + "stage3.cpio.gz", dest, hashlib.sha256(data).hexdigest(), attempts=2, log=lines.append,
-              sleep=lambda s: None)  # fmt: skip
+        fetch(
+            url + "stage3.cpio.gz",
+            dest,
+            hashlib.sha256(data).hexdigest(),
+            attempts=2,
+            log=lines.append,
+            sleep=lambda s: None,
+        )
     assert not os.path.exists(dest) and not os.path.exists(dest + ".part")
     assert any("does not match" in line and "retry 1" in line for line in lines)
 
@@ -72,8 +81,15 @@ def test_resume_of_a_file_that_changed_starts_over(served, tmp_path):
 def test_unreachable_master_retries_with_growing_delays(tmp_path):
     waits = []
     with pytest.raises(DownloadError):
-        fetch(f"http://127.0.0.1:{free_port()}/x", str(tmp_path / "x"), None, attempts=4, sleep=waits.append,
-              log=lambda line: None, backoff=Backoff(first=1, jitter=0.25))  # fmt: skip
+        fetch(
+            f"http://127.0.0.1:{free_port()}/x",
+            str(tmp_path / "x"),
+            None,
+            attempts=4,
+            sleep=waits.append,
+            log=lambda line: None,
+            backoff=Backoff(first=1, jitter=0.25),
+        )
     assert len(waits) == 3
     assert 0.75 <= waits[0] <= 1.25 and 1.5 <= waits[1] <= 2.5 and 3 <= waits[2] <= 5
 

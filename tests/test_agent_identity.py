@@ -11,7 +11,10 @@ def test_hosts_name_the_node_and_the_master_by_address():
         "127.0.0.1 localhost\n10.54.0.13 n3 .3 self .-2\n10.54.0.1 master master0 .-1\n"
     )
     # a master known by name is left to DNS
-    assert hosts_file(REPLY, "10.54.0.13", "http://head.cluster:8080/") == "127.0.0.1 localhost\n10.54.0.13 n3 .3 self .-2\n"
+    assert (
+        hosts_file(REPLY, "10.54.0.13", "http://head.cluster:8080/")
+        == "127.0.0.1 localhost\n10.54.0.13 n3 .3 self .-2\n"
+    )
 
 
 def test_identity_under_another_root_does_not_touch_the_hostname(tmp_path):
@@ -58,8 +61,9 @@ def test_without_an_address_plan_the_names_follow_a_lease_that_moved_the_node(tm
 
 
 def test_with_an_address_plan_the_names_stay_on_the_permanent_address(tmp_path):
-    names = NodeNames(REPLY, "10.54.0.13", "http://10.54.0.1:8080/", str(tmp_path / "env"), dry_run=True,
-                      root=str(tmp_path / "root"))
+    names = NodeNames(
+        REPLY, "10.54.0.13", "http://10.54.0.1:8080/", str(tmp_path / "env"), dry_run=True, root=str(tmp_path / "root")
+    )
     names.write_env_root()
     before = (tmp_path / "env/etc/hosts").read_text()
     assert not names.move("10.0.2.40/24")

@@ -19,7 +19,7 @@ from beoboot.archive import (
     plan_inodes,
     read_image,
     write_image,
-)  # fmt: skip
+)
 from beoboot.compress import Compression
 from beoboot.errors import ImageError, SysrootError
 from beoboot.filelist import Entry, FileList, Kind, Reason
@@ -28,7 +28,9 @@ MTIME = 1_700_000_000
 REASON = Reason("test")
 
 needs_cpio = pytest.mark.skipif(shutil.which("cpio") is None, reason="needs GNU cpio (apt-get install cpio)")
-needs_bsdtar = pytest.mark.skipif(shutil.which("bsdtar") is None, reason="needs bsdtar (apt-get install libarchive-tools)")
+needs_bsdtar = pytest.mark.skipif(
+    shutil.which("bsdtar") is None, reason="needs bsdtar (apt-get install libarchive-tools)"
+)
 
 
 def sample_filelist(src: Path) -> FileList:
@@ -138,10 +140,18 @@ def test_image_is_byte_identical_across_umask_and_tz(tmp_path: Path) -> None:
         out = tmp_path / f"image{index}"
         env = {**os.environ, "TZ": tz, "PYTHONPATH": str(Path(__file__).parent)}
         subprocess.run(
-            ["sh", "-c", f'umask {umask} && exec "$0" -c "$1" "$2" "$3"', sys.executable, script,
-             str(tmp_path / f"src{index}"), str(out)],
-            env=env, check=True,
-        )  # fmt: skip
+            [
+                "sh",
+                "-c",
+                f'umask {umask} && exec "$0" -c "$1" "$2" "$3"',
+                sys.executable,
+                script,
+                str(tmp_path / f"src{index}"),
+                str(out),
+            ],
+            env=env,
+            check=True,
+        )
         outputs.append(out.read_bytes())
     assert outputs[0] == outputs[1]
     assert oct((tmp_path / "image1").stat().st_mode & 0o777) == oct(0o644)
@@ -157,7 +167,9 @@ def test_no_host_inode_leaks(files: FileList, tmp_path: Path) -> None:
 def test_gnu_cpio_lists_and_extracts_hard_links(files: FileList, tmp_path: Path) -> None:
     image = tmp_path / "image.cpio"
     write_image(files, image, Compression.NONE, MTIME)
-    listing = subprocess.run(["cpio", "-t", "--quiet"], stdin=image.open("rb"), capture_output=True, text=True, check=True)
+    listing = subprocess.run(
+        ["cpio", "-t", "--quiet"], stdin=image.open("rb"), capture_output=True, text=True, check=True
+    )
     assert listing.stdout.splitlines() == [archive.archive_name(e.path).decode() for e in files.entries()]
 
     out = tmp_path / "out"

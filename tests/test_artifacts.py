@@ -44,24 +44,31 @@ def tiny_payload(tmp_path):
 
 # --- parsers and plans ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("text, first, last, network", [
-    ("10.54.0.10-10.54.0.250", "10.54.0.10", "10.54.0.250", "10.54.0.0/24"),
-    ("10.54.0.10-10.54.3.250/22", "10.54.0.10", "10.54.3.250", "10.54.0.0/22"),
-    (" 192.168.1.2 - 192.168.1.9 ", "192.168.1.2", "192.168.1.9", "192.168.1.0/24"),
-])  # fmt: skip
+
+@pytest.mark.parametrize(
+    "text, first, last, network",
+    [
+        ("10.54.0.10-10.54.0.250", "10.54.0.10", "10.54.0.250", "10.54.0.0/24"),
+        ("10.54.0.10-10.54.3.250/22", "10.54.0.10", "10.54.3.250", "10.54.0.0/22"),
+        (" 192.168.1.2 - 192.168.1.9 ", "192.168.1.2", "192.168.1.9", "192.168.1.0/24"),
+    ],
+)
 def test_parse_node_range(text, first, last, network):
     parsed = parse_node_range(text)
     assert (str(parsed.first), str(parsed.last), str(parsed.network)) == (first, last, network)
 
 
-@pytest.mark.parametrize("text, says", [
-    ("10.54.0.10", "no '-'"),
-    ("10.54.0.300-10.54.0.4", "10.54.0.300"),
-    ("10.54.0.20-10.54.0.10", "ends before it starts"),
-    ("10.54.0.10-10.54.1.10", "outside 10.54.0.0/24"),
-    ("10.54.0.0-10.54.0.10", "network or broadcast"),
-    ("10.54.0.1-10.54.0.9/x", "10.54.0.1-10.54.0.9/x"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "text, says",
+    [
+        ("10.54.0.10", "no '-'"),
+        ("10.54.0.300-10.54.0.4", "10.54.0.300"),
+        ("10.54.0.20-10.54.0.10", "ends before it starts"),
+        ("10.54.0.10-10.54.1.10", "outside 10.54.0.0/24"),
+        ("10.54.0.0-10.54.0.10", "network or broadcast"),
+        ("10.54.0.1-10.54.0.9/x", "10.54.0.1-10.54.0.9/x"),
+    ],
+)
 def test_parse_node_range_rejects(text, says):
     with pytest.raises(ConfigError, match=None) as err:
         parse_node_range(text)
@@ -75,11 +82,14 @@ def _boot_sector(bps=512, spc=1, reserved=1, fats=2, root=224, total=2880, fat_s
     return bytes(sector)
 
 
-@pytest.mark.parametrize("kwargs, clusters, cluster_bytes", [
-    ({}, 2847, 512),  # 1.44 MB floppy: 2880 - 1 - 18 - 14 sectors
-    ({"spc": 2, "root": 240, "total": 5760}, 2863, 1024),  # 2.88 MB floppy: (5760 - 1 - 18 - 15) / 2
-    ({"total": 0, "spc": 4}, 0, 2048),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "kwargs, clusters, cluster_bytes",
+    [
+        ({}, 2847, 512),  # 1.44 MB floppy: 2880 - 1 - 18 - 14 sectors
+        ({"spc": 2, "root": 240, "total": 5760}, 2863, 1024),  # 2.88 MB floppy: (5760 - 1 - 18 - 15) / 2
+        ({"total": 0, "spc": 4}, 0, 2048),
+    ],
+)
 def test_parse_fat_geometry(kwargs, clusters, cluster_bytes):
     geometry = parse_fat_geometry(_boot_sector(**kwargs))
     assert (geometry.data_clusters, geometry.cluster_bytes) == (clusters, cluster_bytes)
@@ -99,12 +109,15 @@ FLOPPY = FatGeometry(512, 1, 2847, 512)
 ITEMS = [FloppyItem("vmlinuz", 600_000), FloppyItem("initrd.img", 500_000)]
 
 
-@pytest.mark.parametrize("mode, free, kind", [
-    (FloppyMode.NETWORK, 1_277_440, FloppyKind.NETWORK),
-    (FloppyMode.AUTO, 1_277_440, FloppyKind.KERNEL),
-    (FloppyMode.KERNEL, 1_277_440, FloppyKind.KERNEL),
-    (FloppyMode.AUTO, 900_000, FloppyKind.NETWORK),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "mode, free, kind",
+    [
+        (FloppyMode.NETWORK, 1_277_440, FloppyKind.NETWORK),
+        (FloppyMode.AUTO, 1_277_440, FloppyKind.KERNEL),
+        (FloppyMode.KERNEL, 1_277_440, FloppyKind.KERNEL),
+        (FloppyMode.AUTO, 900_000, FloppyKind.NETWORK),
+    ],
+)
 def test_plan_floppy(mode, free, kind):
     assert plan_floppy(mode, FLOPPY, free, ITEMS, 1440).kind is kind
 
@@ -123,6 +136,7 @@ def test_payload_rejects_line_break_in_command_line(tiny_payload):
 
 
 # --- writers: reproducible bytes, checked with independent tools -----------------------------------------
+
 
 @needs_media_tools
 def test_iso_is_reproducible_in_any_time_zone(tiny_payload, tmp_path):
@@ -161,8 +175,11 @@ def test_iso_data_ending_next_to_a_mib_keeps_every_file_whole(tiny_payload, tmp_
     iso = pycdlib.PyCdlib()
     iso.open(str(tmp_path / "near.iso"))
     try:
-        for rr_path, source in [("/isolinux/ldlinux.c32", LDLINUX_C32.require()), ("/boot/initrd.img", tiny_payload.initrd),
-                                ("/boot/vmlinuz", tiny_payload.kernel)]:  # fmt: skip
+        for rr_path, source in [
+            ("/isolinux/ldlinux.c32", LDLINUX_C32.require()),
+            ("/boot/initrd.img", tiny_payload.initrd),
+            ("/boot/vmlinuz", tiny_payload.kernel),
+        ]:
             read = io.BytesIO()
             iso.get_file_from_iso_fp(read, rr_path=rr_path)
             assert read.getvalue() == source.read_bytes(), rr_path
@@ -178,8 +195,12 @@ def test_iso_data_ending_next_to_a_mib_keeps_every_file_whole(tiny_payload, tmp_
 def test_iso_el_torito_bios_and_uefi(tiny_payload, tmp_path):
     write_iso(tiny_payload, tmp_path / "x.iso", mtime=MTIME)
     # xorriso prints the "Boot record" summary on stderr, the El Torito table on stdout.
-    done = subprocess.run(["xorriso", "-indev", str(tmp_path / "x.iso"), "-report_el_torito", "plain"],
-                          capture_output=True, text=True, check=True)  # fmt: skip
+    done = subprocess.run(
+        ["xorriso", "-indev", str(tmp_path / "x.iso"), "-report_el_torito", "plain"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     report = done.stdout + done.stderr
     assert "MBR isohybrid" in report and "GPT" in report
     assert "/isolinux/isolinux.bin" in report and "/EFI/BOOT/efiboot.img" in report
@@ -188,8 +209,10 @@ def test_iso_el_torito_bios_and_uefi(tiny_payload, tmp_path):
 
 @needs_media_tools
 def test_floppy_kernel_mode_holds_payload_and_is_reproducible(tiny_payload, tmp_path):
-    results = [write_floppy(tiny_payload, tmp_path / f"{n}.img", mode="kernel", master_url="http://m", mtime=MTIME)
-               for n in "ab"]  # fmt: skip
+    results = [
+        write_floppy(tiny_payload, tmp_path / f"{n}.img", mode="kernel", master_url="http://m", mtime=MTIME)
+        for n in "ab"
+    ]
     assert results[0].kind is FloppyKind.KERNEL
     assert (tmp_path / "a.img").read_bytes() == (tmp_path / "b.img").read_bytes()
     listing = subprocess.run(["mdir", "-a", "-i", str(tmp_path / "a.img"), "::"], capture_output=True, text=True).stdout
@@ -205,7 +228,9 @@ def test_floppy_auto_makes_network_booster_when_payload_too_big(tmp_path):
     payload = BootPayload(big, big, APPEND)
     result = write_floppy(payload, tmp_path / "f.img", master_url="http://10.0.0.1:8080/", mtime=MTIME)
     assert result.kind is FloppyKind.NETWORK and "do not fit" in result.why
-    script = subprocess.run(["mtype", "-i", str(tmp_path / "f.img"), "::booster.ipx"], capture_output=True, text=True).stdout
+    script = subprocess.run(
+        ["mtype", "-i", str(tmp_path / "f.img"), "::booster.ipx"], capture_output=True, text=True
+    ).stdout
     assert script.startswith("#!ipxe") and "chain http://10.0.0.1:8080/boot.ipxe" in script
     with pytest.raises(BudgetError):
         write_floppy(payload, tmp_path / "k.img", mode="kernel", master_url="http://m", mtime=MTIME)
@@ -217,8 +242,20 @@ def test_pxe_tree_is_complete_and_reproducible(tiny_payload, tmp_path):
     a = write_pxe_tree(tiny_payload, tmp_path / "a", master_url="http://10.0.0.1/", mtime=MTIME)
     b = write_pxe_tree(tiny_payload, tmp_path / "b", master_url="http://10.0.0.1/", mtime=MTIME)
     names = sorted(str(p.relative_to(tmp_path / "a")) for p in a)
-    assert names == sorted(["boot.ipxe", "grub/grub.cfg", "grubnetx64.efi", "initrd.img", "ipxe.efi", "ldlinux.c32",
-                            "pxelinux.0", "pxelinux.cfg/default", "undionly.kpxe", "vmlinuz"])  # fmt: skip
+    assert names == sorted(
+        [
+            "boot.ipxe",
+            "grub/grub.cfg",
+            "grubnetx64.efi",
+            "initrd.img",
+            "ipxe.efi",
+            "ldlinux.c32",
+            "pxelinux.0",
+            "pxelinux.cfg/default",
+            "undionly.kpxe",
+            "vmlinuz",
+        ]
+    )
     for pa, pb in zip(a, b, strict=True):
         assert pa.read_bytes() == pb.read_bytes() and pa.stat().st_mtime == MTIME, pa
     script = (tmp_path / "a/boot.ipxe").read_text()
@@ -229,9 +266,14 @@ def test_pxe_tree_is_complete_and_reproducible(tiny_payload, tmp_path):
 @pytest.mark.parametrize("proxy", [False, True])
 def test_server_configs_pass_the_servers_own_checks(tmp_path, proxy):
     dnsmasq, nginx = write_server_configs(
-        tmp_path, node_range=parse_node_range("10.54.0.10-10.54.0.250"), proxy_dhcp=proxy,
-        http_root=tmp_path / "tree", master_url="http://10.54.0.1", mtime=MTIME, http_listen="127.0.0.1:8080",
-    )  # fmt: skip
+        tmp_path,
+        node_range=parse_node_range("10.54.0.10-10.54.0.250"),
+        proxy_dhcp=proxy,
+        http_root=tmp_path / "tree",
+        master_url="http://10.54.0.1",
+        mtime=MTIME,
+        http_listen="127.0.0.1:8080",
+    )
     text = dnsmasq.read_text()
     assert ("dhcp-range=10.54.0.0,proxy,255.255.255.0" in text) is proxy
     assert ("dhcp-range=10.54.0.10,10.54.0.250,255.255.255.0,12h" in text) is not proxy

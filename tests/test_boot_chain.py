@@ -46,16 +46,23 @@ def stage2_node(out, tmp_path, name="node", mac="52:54:00:12:34:56", nic="virtio
     hashes = {a["name"]: a["sha256"] for a in manifest["artifacts"]}
     append = media.kernel_cmdline(config.load(), "stage2", hashes).replace("console=ttyS0,115200", "console=ttyS0")
     append = append.replace("beoboot.master=http://10.0.2.2:8080/", "")  # the built-in master URL is the site's
-    cmd = qemu.qemu_command(out / "vmlinuz", out / "stage2.cpio.zst", append, reboot=reboot,
-                            extra=["-nic", f"user,model={nic},mac={mac}", *extra])  # fmt: skip
+    cmd = qemu.qemu_command(
+        out / "vmlinuz",
+        out / "stage2.cpio.zst",
+        append,
+        reboot=reboot,
+        extra=["-nic", f"user,model={nic},mac={mac}", *extra],
+    )
     return BackgroundVM(cmd, tmp_path / f"{name}.console")
 
 
 def bpstat(master, *args):
     result = subprocess.run(
         [sys.executable, "-m", "beoboot.master.cli", "bpstat", "--master", master.url, *args],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return result.stdout
 
 
@@ -99,11 +106,15 @@ def test_iso_boots_stage1_which_kexecs_into_stage2_then_stage3(out, master, tmp_
     master.start()
     cmd = qemu.qemu_command(extra=["-cdrom", str(out / "beoboot.iso"), "-nic", "user,model=e1000"])
     with BackgroundVM(cmd, tmp_path / "iso.console") as node:
-        first = node.wait_for(r"beoboot: stage 1 agent up\nbeoboot: agent version \S+\nbeoboot: kernel \S+, up ([\d.]+) s")
+        first = node.wait_for(
+            r"beoboot: stage 1 agent up\nbeoboot: agent version \S+\nbeoboot: kernel \S+, up ([\d.]+) s"
+        )
         kexec = node.wait_for(r"kexec into the stage 2 kernel at uptime ([\d.]+) s", after=first.end())
         node.wait_for("kexec_file_load", after=kexec.end())
-        second = node.wait_for(r"beoboot: stage 2 agent up\nbeoboot: agent version \S+\nbeoboot: kernel \S+, up ([\d.]+) s",
-                               after=first.end())  # fmt: skip
+        second = node.wait_for(
+            r"beoboot: stage 2 agent up\nbeoboot: agent version \S+\nbeoboot: kernel \S+, up ([\d.]+) s",
+            after=first.end(),
+        )
         # a fresh kernel: its uptime started again (one kernel's uptime only grows)
         assert float(second.group(1)) < float(kexec.group(1)), (second.group(0), kexec.group(0))
         node.wait_for("beoboot: stage 3 ready: node 0 up", after=second.end())
@@ -151,8 +162,12 @@ def test_lost_master_reboots_the_node_which_comes_back_with_its_number(out, mast
 
 
 def bpctl(master, *args):
-    return subprocess.run([sys.executable, "-m", "beoboot.master.bpctl", "--socket", str(master.bpsh_socket), *args],
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "beoboot.master.bpctl", "--socket", str(master.bpsh_socket), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_bpctl_reboots_a_node_which_comes_back_and_powers_it_off(out, master, tmp_path):
@@ -169,7 +184,9 @@ def test_bpctl_reboots_a_node_which_comes_back_and_powers_it_off(out, master, tm
         assert node_row(master, 0)["state"] in ("down", "booting")
         again = node.wait_for("beoboot: stage 3 ready: node 0 up", after=restarting.end())
         assert (node_row(master, 0)["boot"], node_row(master, 0)["state"]) == (2, "up")
-        master.wait_for_log(r"node 0 \(\S+\) job link up", after=master.log_text().index("reboot, as root asked"), timeout=60)
+        master.wait_for_log(
+            r"node 0 \(\S+\) job link up", after=master.log_text().index("reboot, as root asked"), timeout=60
+        )
         result = bpctl(master, "-S", "0", "-s", "pwroff")
         assert (result.returncode, result.stderr) == (0, "")
         node.wait_for("reboot: Power down", after=again.end(), timeout=120)
@@ -181,16 +198,22 @@ def test_two_nodes_booting_together_get_different_numbers_and_jobs_name_each_oth
     master.config = tmp_path / "beoserv.toml"
     master.config.write_text('first_node_address = "10.0.2.50"\nheartbeat_interval = 1\nheartbeat_timeout = 5\n')
     master.start()
-    with stage2_node(out, tmp_path, "a", mac="52:54:00:00:00:0a") as a, \
-            stage2_node(out, tmp_path, "b", mac="52:54:00:00:00:0b", nic="e1000") as b:  # fmt: skip
+    with (
+        stage2_node(out, tmp_path, "a", mac="52:54:00:00:00:0a") as a,
+        stage2_node(out, tmp_path, "b", mac="52:54:00:00:00:0b", nic="e1000") as b,
+    ):
         numbers = {int(vm.wait_for(r"stage 3 ready: node (\d+) up").group(1)) for vm in (a, b)}
         # the cluster's host table reaches each node's environment root at a heartbeat: n1 from node 0
         for vm in (a, b):
             vm.wait_for("the environment root's /etc/hosts now names 2 nodes", timeout=30)
         master.wait_for_log(r"node 1 \(\S+\) job link up", timeout=60)
         for node, other in ((0, 1), (1, 0)):
-            result = subprocess.run(bpsh_argv(master.bpsh_socket, str(node), "getent", "hosts", f"n{other}"),
-                                    capture_output=True, text=True, timeout=120)  # fmt: skip
+            result = subprocess.run(
+                bpsh_argv(master.bpsh_socket, str(node), "getent", "hosts", f"n{other}"),
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
             assert result.stdout.split() == [f"10.0.2.{50 + other}", f"n{other}", f".{other}"], result.stderr
     assert numbers == {0, 1}
     macs = {n["mac"] for n in json.loads(bpstat(master, "--json"))}

@@ -34,8 +34,12 @@ def cluster(tmp_path):
 
 
 def bpctl(master, *args):
-    return subprocess.run([sys.executable, "-m", "beoboot.master.bpctl", "--socket", str(master.bpsh_socket), *args],
-                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "beoboot.master.bpctl", "--socket", str(master.bpsh_socket), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def events(master, number, boot):
@@ -91,10 +95,19 @@ def test_only_root_may_order_and_a_node_that_is_not_up_is_named(cluster, tmp_pat
     master, _ = cluster
     let_others_reach(master.bpsh_socket)
     # nobody's request, sent as bpctl would (the module may not be readable by nobody here)
-    program = ("import socket, sys\nc = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)\nc.connect(sys.argv[1])\n"
-               "socket.send_fds(c, [b'bpctl1\\0' b'0\\0reboot\\0' b'1.0'], [0, 1, 2])\nsys.exit(int(c.recv(64)[1:]))")  # fmt: skip
-    result = subprocess.run(["/usr/bin/python3", "-I", "-c", program, str(master.bpsh_socket)], capture_output=True,
-                            text=True, timeout=60, user=65534, group=65534, cwd="/")  # fmt: skip
+    program = (
+        "import socket, sys\nc = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)\nc.connect(sys.argv[1])\n"
+        "socket.send_fds(c, [b'bpctl1\\0' b'0\\0reboot\\0' b'1.0'], [0, 1, 2])\nsys.exit(int(c.recv(64)[1:]))"
+    )
+    result = subprocess.run(
+        ["/usr/bin/python3", "-I", "-c", program, str(master.bpsh_socket)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        user=65534,
+        group=65534,
+        cwd="/",
+    )
     assert (result.returncode, result.stderr) == (1, "bpctl: only root may reboot nodes (you are uid 65534)\n")
     assert node_row(master, 0)["state"] == "up"
 

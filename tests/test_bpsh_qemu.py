@@ -40,14 +40,16 @@ def node(out, port, tmp_path_factory):
 
 
 def bpsh(master, *args, timeout=300, **kwargs):
-    return subprocess.run(bpsh_argv(master.bpsh_socket, *args), capture_output=True, text=True, timeout=timeout,
-                          **kwargs)  # fmt: skip
+    return subprocess.run(
+        bpsh_argv(master.bpsh_socket, *args), capture_output=True, text=True, timeout=timeout, **kwargs
+    )
 
 
 def envroot_skeleton(out: Path) -> set[str]:
     """The top-level names of the envroot image: what the node's environment root holds before any job."""
-    listing = subprocess.run(f"zcat {out / 'envroot.cpio.gz'} | cpio -t --quiet", shell=True, check=True,
-                             capture_output=True, text=True).stdout  # fmt: skip
+    listing = subprocess.run(
+        f"zcat {out / 'envroot.cpio.gz'} | cpio -t --quiet", shell=True, check=True, capture_output=True, text=True
+    ).stdout
     return {line.split("/")[0] for line in listing.split()} - {"."}
 
 
@@ -66,7 +68,9 @@ def test_python_prints_42(node):
 
 
 def test_python_imports_the_masters_stdlib_and_extension_modules(node):
-    program = "import json, ssl, sqlite3\nprint(json.dumps({'ssl': ssl.OPENSSL_VERSION, 'sqlite': sqlite3.sqlite_version}))"
+    program = (
+        "import json, ssl, sqlite3\nprint(json.dumps({'ssl': ssl.OPENSSL_VERSION, 'sqlite': sqlite3.sqlite_version}))"
+    )
     result = bpsh(node, "0", "/usr/bin/python3", "-c", program)
     on_master = subprocess.run(["/usr/bin/python3", "-c", program], capture_output=True, text=True, check=True)
     assert (result.returncode, result.stdout) == (0, on_master.stdout), result.stderr
@@ -76,9 +80,11 @@ def test_a_virtualenv_program_brings_its_modules_and_packages(node, tmp_path):
     """The project's own venv: its pyvenv.cfg, jinja2 and markupsafe (with its C extension), and the
     program's helper module beside it; the same output as on the master."""
     (tmp_path / "helper.py").write_text("NAME = 'node'\n")
-    (tmp_path / "main.py").write_text("import helper, jinja2, markupsafe, sys\n"
-                                      "print(jinja2.Template('{{ n|e }}').render(n='<' + helper.NAME + '>'),"
-                                      " markupsafe._speedups.__name__, sys.prefix)\n")  # fmt: skip
+    (tmp_path / "main.py").write_text(
+        "import helper, jinja2, markupsafe, sys\n"
+        "print(jinja2.Template('{{ n|e }}').render(n='<' + helper.NAME + '>'),"
+        " markupsafe._speedups.__name__, sys.prefix)\n"
+    )
     venv_python = os.path.join(sys.prefix, "bin", "python")
     on_master = subprocess.run([venv_python, "main.py"], capture_output=True, text=True, check=True, cwd=tmp_path)
     assert on_master.stdout.startswith("&lt;node&gt; markupsafe._speedups ")
@@ -108,8 +114,13 @@ def test_a_files_owner_and_acl_are_kept_on_the_node(node, tmp_path):
 
 def test_perl_with_its_essential_modules_in_the_users_locale(node):
     env = {**os.environ, "LANG": "C.UTF-8", "LC_ALL": ""}
-    result = subprocess.run(bpsh_argv(node.bpsh_socket, "0", "perl", "-e", "use strict; use POSIX; print floor(2.5)"),
-                            capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
+    result = subprocess.run(
+        bpsh_argv(node.bpsh_socket, "0", "perl", "-e", "use strict; use POSIX; print floor(2.5)"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert (result.returncode, result.stdout, result.stderr) == (0, "2", "")  # no "Setting locale failed"
     dumper = bpsh(node, "0", "perl", "-MData::Dumper", "-e", "$Data::Dumper::Terse = 1; print Dumper(7)")
     assert (dumper.returncode, dumper.stdout) == (0, "7\n"), dumper.stderr  # beyond perl-base, XS: no --cache
@@ -118,12 +129,19 @@ def test_perl_with_its_essential_modules_in_the_users_locale(node):
 def test_shared_memory_ptys_and_a_terminal_as_on_an_installed_machine(node):
     """/dev/shm (POSIX semaphores: multiprocessing, MPI's shared-memory transport) and /dev/pts are mounted
     in the environment root; top finds the terminfo of $TERM."""
-    program = ("import multiprocessing, os, pty\nwith multiprocessing.Pool(2) as pool: print(pool.map(abs, [-1, -2]))\n"
-               "print(os.ttyname(pty.openpty()[1]).rstrip('0123456789'))")  # fmt: skip
+    program = (
+        "import multiprocessing, os, pty\nwith multiprocessing.Pool(2) as pool: print(pool.map(abs, [-1, -2]))\n"
+        "print(os.ttyname(pty.openpty()[1]).rstrip('0123456789'))"
+    )
     result = bpsh(node, "0", "/usr/bin/python3", "-c", program)
     assert (result.returncode, result.stdout) == (0, "[1, 2]\n/dev/pts/\n"), result.stderr
-    top = subprocess.run(bpsh_argv(node.bpsh_socket, "0", "top", "-bn1"), capture_output=True, text=True,
-                         timeout=300, env={**os.environ, "TERM": "xterm"})  # fmt: skip
+    top = subprocess.run(
+        bpsh_argv(node.bpsh_socket, "0", "top", "-bn1"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TERM": "xterm"},
+    )
     assert top.returncode == 0 and "PID" in top.stdout, top.stderr
 
 
@@ -144,12 +162,24 @@ def test_exit_status_of_a_shell(node):
 @pytest.mark.skipif(not shutil.which("gcc"), reason="needs gcc on the master")
 def test_c_program_with_its_own_library(node, tmp_path):
     (tmp_path / "greet.c").write_text('const char *greet(void) { return "built on the master"; }\n')
-    (tmp_path / "main.c").write_text('#include <stdio.h>\nconst char *greet(void);\n'
-                                     'int main(void) { puts(greet()); return 0; }\n')  # fmt: skip
-    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(tmp_path / "libgreet.so"), str(tmp_path / "greet.c")],
-                   check=True)  # fmt: skip
-    subprocess.run(["gcc", "-o", str(tmp_path / "hello"), str(tmp_path / "main.c"), f"-L{tmp_path}", "-lgreet",
-                    f"-Wl,-rpath,{tmp_path}"], check=True)  # fmt: skip
+    (tmp_path / "main.c").write_text(
+        "#include <stdio.h>\nconst char *greet(void);\nint main(void) { puts(greet()); return 0; }\n"
+    )
+    subprocess.run(
+        ["gcc", "-shared", "-fPIC", "-o", str(tmp_path / "libgreet.so"), str(tmp_path / "greet.c")], check=True
+    )
+    subprocess.run(
+        [
+            "gcc",
+            "-o",
+            str(tmp_path / "hello"),
+            str(tmp_path / "main.c"),
+            f"-L{tmp_path}",
+            "-lgreet",
+            f"-Wl,-rpath,{tmp_path}",
+        ],
+        check=True,
+    )
     result = bpsh(node, "0", str(tmp_path / "hello"))
     assert (result.returncode, result.stdout) == (0, "built on the master\n"), result.stderr
 
@@ -159,8 +189,9 @@ def test_sigint_through_bpsh_ends_the_job_with_130(node):
     job = subprocess.Popen(bpsh_argv(node.bpsh_socket, "0", "sleep", "100"))
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        listing = subprocess.run([sys.executable, "-m", "beoboot.master.cli", "bps", "--master", node.url],
-                                 capture_output=True, text=True).stdout  # fmt: skip
+        listing = subprocess.run(
+            [sys.executable, "-m", "beoboot.master.cli", "bps", "--master", node.url], capture_output=True, text=True
+        ).stdout
         if "sleep 100" in listing and "running" in listing:
             break
         time.sleep(0.2)

@@ -110,8 +110,9 @@ def test_prefix_ends_a_long_line_the_job_left_unfinished():
 @needs_root
 def test_prefix_with_a_line_of_megabytes(master):
     script = "head -c 3000000 /dev/zero | tr '\\0' a; echo; echo next"
-    result = subprocess.run(bpsh_argv(master.bpsh_socket, "-p", "0", "sh", "-c", script), capture_output=True,
-                            timeout=60)  # fmt: skip
+    result = subprocess.run(
+        bpsh_argv(master.bpsh_socket, "-p", "0", "sh", "-c", script), capture_output=True, timeout=60
+    )
     assert (result.returncode, result.stdout) == (0, b"0: " + b"a" * 3_000_000 + b"\n0: next\n"), result.stderr
 
 
@@ -145,7 +146,7 @@ def test_after_ctrl_z_and_bg_bpsh_leaves_the_terminal_to_the_shell_until_fg(mast
     shell = InteractiveShell()
     try:
         shell.type("", "$ ")
-        job = "while read l; do echo \"REMOTE GOT: $l\"; done"
+        job = 'while read l; do echo "REMOTE GOT: $l"; done'
         shell.type(shlex.join(bpsh_argv(master.bpsh_socket, "0", "sh", "-c", job)) + "\n", "")
         shell.type("first\n", "REMOTE GOT: first")
         shell.type("\x1a", "Stopped")
@@ -164,7 +165,7 @@ def test_a_bpsh_started_in_the_background_leaves_the_terminal_to_the_shell_until
     shell = InteractiveShell()
     try:
         shell.type("", "$ ")
-        job = "while read l; do echo \"REMOTE GOT: $l\"; done"
+        job = 'while read l; do echo "REMOTE GOT: $l"; done'
         shell.type(shlex.join(bpsh_argv(master.bpsh_socket, "0", "sh", "-c", job)) + " &\n", "$ ")
         time.sleep(1)  # the job runs and beoserv is forwarding what it may
         shell.type("echo SHELL RAN; echo ''THIS\n", "SHELL RAN\r\nTHIS")

@@ -98,9 +98,11 @@ def test_an_env_script_runs_the_command_its_path_finds(cluster, tmp_path):
 def test_python_jobs_import_the_masters_stdlib_from_one_zip(cluster):
     """The stdlib comes as /usr/lib/python311.zip, extension modules (and their libraries) as files."""
     url, sock, nodes = cluster
-    program = ("import json, sqlite3, ssl, asyncio, decimal\n"
-               "print(json.dumps([decimal.Decimal(1) / 4], default=str), sqlite3.sqlite_version, ssl.OPENSSL_VERSION)\n"
-               "print(json.__file__, ssl._ssl.__file__)")  # fmt: skip
+    program = (
+        "import json, sqlite3, ssl, asyncio, decimal\n"
+        "print(json.dumps([decimal.Decimal(1) / 4], default=str), sqlite3.sqlite_version, ssl.OPENSSL_VERSION)\n"
+        "print(json.__file__, ssl._ssl.__file__)"
+    )
     result = bpsh(sock, "0", "/usr/bin/python3", "-c", program)
     assert result.returncode == 0, result.stderr
     on_master = subprocess.run(["/usr/bin/python3", "-c", program], capture_output=True, text=True, check=True)
@@ -119,7 +121,9 @@ def test_a_python_program_brings_the_modules_and_packages_it_imports(cluster, tm
     url, sock, _ = cluster
     lib = tmp_path / "lib"
     (lib / "pkg").mkdir(parents=True)
-    (lib / "pkg/__init__.py").write_text("import os\nTABLE = open(os.path.join(os.path.dirname(__file__), 't.txt')).read()\n")
+    (lib / "pkg/__init__.py").write_text(
+        "import os\nTABLE = open(os.path.join(os.path.dirname(__file__), 't.txt')).read()\n"
+    )
     (lib / "pkg/t.txt").write_text("from-data-file")
     (lib / "pkg-2.5.dist-info").mkdir()
     (lib / "pkg-2.5.dist-info/METADATA").write_text("Metadata-Version: 2.1\nName: pkg\nVersion: 2.5\n")
@@ -127,8 +131,9 @@ def test_a_python_program_brings_the_modules_and_packages_it_imports(cluster, tm
     work = tmp_path / "work"
     work.mkdir()
     (work / "helper.py").write_text("VALUE = 'first'\n")
-    (work / "main.py").write_text("import helper, pkg, importlib.metadata as m\n"
-                                  "print(helper.VALUE, pkg.TABLE, m.version('pkg'))\n")  # fmt: skip
+    (work / "main.py").write_text(
+        "import helper, pkg, importlib.metadata as m\nprint(helper.VALUE, pkg.TABLE, m.version('pkg'))\n"
+    )
     env = {**os.environ, "PATH": "/usr/bin:/bin", "PYTHONPATH": str(lib)}
     result = bpsh(sock, "1", "/usr/bin/python3", "main.py", env=env, cwd=work)
     assert (result.returncode, result.stdout) == (0, "first from-data-file 2.5\n"), result.stderr
@@ -151,8 +156,7 @@ def test_sequential_output_keeps_each_nodes_output_whole_in_node_order(cluster):
         result = bpsh(sock, "-s", "1,0", "sh", "-c", script)
         assert (result.returncode, result.stdout) == (0, "start\nslow\nend\nstart\nend\n")
         result = bpsh(sock, "-d", "-p", "-a", "sh", "-c", script)
-        assert result.stdout == ("---- node 0 ----\n0: start\n0: slow\n0: end\n"
-                                 "---- node 1 ----\n1: start\n1: end\n")  # fmt: skip
+        assert result.stdout == ("---- node 0 ----\n0: start\n0: slow\n0: end\n---- node 1 ----\n1: start\n1: end\n")
         big = bpsh(sock, "-s", "0,1", "sh", "-c", "if [ -e /tmp/slow ]; then sleep 2; fi; seq 3000000")
         lines = big.stdout.split("\n")
         assert big.returncode == 0 and len(lines) == 6000001
@@ -172,12 +176,16 @@ def test_perl_scripts_get_perls_essential_modules_and_the_users_locale(cluster):
     """perl-base's modules come with perl (strict, POSIX, Getopt::Long, ...), and the locale LANG names
     comes with every job: without it perl warned on every run that setlocale failed."""
     url, sock, _ = cluster
-    program = ("use strict; use warnings; use POSIX qw(floor); use Getopt::Long; use List::Util qw(sum);"
-               "print floor(sum(1.5, 1)), qq(\\n)")
+    program = (
+        "use strict; use warnings; use POSIX qw(floor); use Getopt::Long; use List::Util qw(sum);"
+        "print floor(sum(1.5, 1)), qq(\\n)"
+    )
     env = {**os.environ, "LANG": "C.UTF-8", "LC_ALL": ""}
     result = bpsh(sock, "0", "perl", "-e", program, env=env)
     assert (result.returncode, result.stdout, result.stderr) == (0, "2\n", "")
-    python = bpsh(sock, "1", "/usr/bin/python3", "-c", "import locale; print(locale.setlocale(locale.LC_ALL, ''))", env=env)
+    python = bpsh(
+        sock, "1", "/usr/bin/python3", "-c", "import locale; print(locale.setlocale(locale.LC_ALL, ''))", env=env
+    )
     assert (python.returncode, python.stdout) == (0, "C.UTF-8\n"), python.stderr
 
 
@@ -192,8 +200,10 @@ def test_a_perl_program_brings_the_modules_it_uses(cluster, tmp_path):
     (tmp_path / "lib/Job").mkdir(parents=True)
     (tmp_path / "lib/Job/Base.pm").write_text("package Job::Base;\nsub hello { 'base says hi' }\n1;\n")
     (tmp_path / "lib/Job/Run.pm").write_text("package Job::Run;\nuse parent 'Job::Base';\nuse JSON::PP;\n1;\n")
-    (tmp_path / "run.pl").write_text('use strict; use FindBin; use lib "$FindBin::Bin/lib"; use Job::Run;\n'
-                                     'print Job::Run->hello, " ", JSON::PP->new->canonical->encode({n => 1}), "\\n";\n')  # fmt: skip
+    (tmp_path / "run.pl").write_text(
+        'use strict; use FindBin; use lib "$FindBin::Bin/lib"; use Job::Run;\n'
+        'print Job::Run->hello, " ", JSON::PP->new->canonical->encode({n => 1}), "\\n";\n'
+    )
     result = bpsh(sock, "1", "perl", str(tmp_path / "run.pl"))
     assert (result.returncode, result.stdout) == (0, 'base says hi {"n":1}\n'), result.stderr
 
@@ -213,8 +223,10 @@ def test_wrapped_commands_curses_shared_memory_and_ptys_work_as_on_a_booted_node
     assert bpsh(sock, "0", "nice", "-n", "5", "timeout", "30", "sh", "-c", "exit 6").returncode == 6
     top = bpsh(sock, "0", "top", "-bn1", env={**os.environ, "TERM": "xterm"})
     assert top.returncode == 0 and "PID" in top.stdout, top.stderr
-    program = ("import multiprocessing, os, pty\nwith multiprocessing.Pool(2) as pool: print(pool.map(abs, [-1, -2]))\n"
-               "print(os.ttyname(pty.openpty()[1]).rstrip('0123456789'))")  # fmt: skip
+    program = (
+        "import multiprocessing, os, pty\nwith multiprocessing.Pool(2) as pool: print(pool.map(abs, [-1, -2]))\n"
+        "print(os.ttyname(pty.openpty()[1]).rstrip('0123456789'))"
+    )
     result = bpsh(sock, "1", "/usr/bin/python3", "-c", program)
     assert (result.returncode, result.stdout) == (0, "[1, 2]\n/dev/pts/\n"), result.stderr
 
@@ -244,8 +256,11 @@ def test_sigint_reaches_the_job_and_bps_lists_it(cluster):
         time.sleep(0.05)
     assert rows and rows[0]["node"] == 0 and rows[0]["pid"] > 0
     for command in ("bps", "bpstat --jobs"):
-        listing = subprocess.run([sys.executable, "-m", "beoboot.master.cli", *command.split(), "--master", url],
-                                 capture_output=True, text=True).stdout  # fmt: skip
+        listing = subprocess.run(
+            [sys.executable, "-m", "beoboot.master.cli", *command.split(), "--master", url],
+            capture_output=True,
+            text=True,
+        ).stdout
         assert "sleep 100" in listing and "running" in listing and ".0" in listing, command
     job.send_signal(signal.SIGINT)
     assert job.wait(10) == 130
@@ -273,15 +288,26 @@ def test_own_library_by_rpath_and_a_changed_library_is_used_at_once(cluster, tmp
 
     def build_library(text):
         (tmp_path / "greet.c").write_text(f'const char *greet(void) {{ return "{text}"; }}\n')
-        subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(tmp_path / "libgreet.so"), str(tmp_path / "greet.c")],
-                       check=True)  # fmt: skip
+        subprocess.run(
+            ["gcc", "-shared", "-fPIC", "-o", str(tmp_path / "libgreet.so"), str(tmp_path / "greet.c")], check=True
+        )
 
     build_library("hello from v1")
     (tmp_path / "main.c").write_text(
-        '#include <stdio.h>\nconst char *greet(void);\nint main(void) { puts(greet()); return 0; }\n'
+        "#include <stdio.h>\nconst char *greet(void);\nint main(void) { puts(greet()); return 0; }\n"
     )
-    subprocess.run(["gcc", "-o", str(tmp_path / "hello"), str(tmp_path / "main.c"), f"-L{tmp_path}", "-lgreet",
-                    f"-Wl,-rpath,{tmp_path}"], check=True)  # fmt: skip
+    subprocess.run(
+        [
+            "gcc",
+            "-o",
+            str(tmp_path / "hello"),
+            str(tmp_path / "main.c"),
+            f"-L{tmp_path}",
+            "-lgreet",
+            f"-Wl,-rpath,{tmp_path}",
+        ],
+        check=True,
+    )
     assert bpsh(sock, "0", str(tmp_path / "hello")).stdout == "hello from v1\n"
     on_node = nodes / "node0" / "env" / str(tmp_path / "libgreet.so").lstrip("/")
     old = os.stat(on_node)
@@ -302,15 +328,26 @@ def test_a_new_library_earlier_in_the_search_path_is_used_at_once(cluster, tmp_p
     def build_library(where):
         where.mkdir(exist_ok=True)
         (where / "greet.c").write_text(f'const char *greet(void) {{ return "from {where.name}"; }}\n')
-        subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(where / "libgreet.so"), str(where / "greet.c")],
-                       check=True)  # fmt: skip
+        subprocess.run(
+            ["gcc", "-shared", "-fPIC", "-o", str(where / "libgreet.so"), str(where / "greet.c")], check=True
+        )
 
     build_library(second)
     (tmp_path / "main.c").write_text(
-        '#include <stdio.h>\nconst char *greet(void);\nint main(void) { puts(greet()); return 0; }\n'
+        "#include <stdio.h>\nconst char *greet(void);\nint main(void) { puts(greet()); return 0; }\n"
     )
-    subprocess.run(["gcc", "-o", str(tmp_path / "hello"), str(tmp_path / "main.c"), f"-L{second}", "-lgreet",
-                    f"-Wl,-rpath,{first}:{second}"], check=True)  # fmt: skip
+    subprocess.run(
+        [
+            "gcc",
+            "-o",
+            str(tmp_path / "hello"),
+            str(tmp_path / "main.c"),
+            f"-L{second}",
+            "-lgreet",
+            f"-Wl,-rpath,{first}:{second}",
+        ],
+        check=True,
+    )
     assert bpsh(sock, "0", str(tmp_path / "hello")).stdout == "from second\n"
     assert bpsh(sock, "0", str(tmp_path / "hello")).stdout == "from second\n"  # cached now
     build_library(first)
@@ -330,8 +367,7 @@ def test_the_job_runs_as_the_user_the_kernel_names_not_one_bpsh_claims(cluster):
     url, sock, _ = cluster
     let_others_reach(sock)
     argv = ["/usr/bin/python3", *bpsh_argv(sock, "0", "id", "-u")[1:]]  # the venv's may be under /root
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=60,
-                            user=65534, group=65534, cwd="/")  # fmt: skip
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=60, user=65534, group=65534, cwd="/")
     assert (result.returncode, result.stdout) == (0, "65534\n"), result.stderr
     assert bpsh(sock, "0", "id", "-u").stdout == "0\n"
 
@@ -343,8 +379,9 @@ def test_the_job_has_the_supplementary_groups_of_bpsh(cluster):
     let_others_reach(sock)
     argv = ["/usr/bin/python3", *bpsh_argv(sock, "0", "id", "-G")[1:]]
     for groups in ([100, 4, 27], list(range(2000, 2300))):
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=60,
-                                user=65534, group=65534, extra_groups=groups, cwd="/")  # fmt: skip
+        result = subprocess.run(
+            argv, capture_output=True, text=True, timeout=60, user=65534, group=65534, extra_groups=groups, cwd="/"
+        )
         assert result.returncode == 0, result.stderr
         primary, *supplementary = map(int, result.stdout.split())
         assert (primary, sorted(supplementary)) == (65534, sorted(groups))
@@ -359,8 +396,9 @@ def test_the_job_knows_its_user_and_groups_by_name(cluster):
     users = ["/usr/bin/python3", *bpsh_argv(sock, "1", "id", "-un")[1:]]
     groups = ["/usr/bin/python3", *bpsh_argv(sock, "1", "id", "-Gn")[1:]]
     for argv, expected in ((users, "nobody\n"), (groups, "nogroup adm users\n")):
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=60,
-                                user=65534, group=65534, extra_groups=[100, 4], cwd="/")  # fmt: skip
+        result = subprocess.run(
+            argv, capture_output=True, text=True, timeout=60, user=65534, group=65534, extra_groups=[100, 4], cwd="/"
+        )
         assert (result.returncode, result.stdout) == (0, expected), result.stderr
     group_file = (nodes / "node1" / "env" / "etc" / "group").read_text().splitlines()
     assert "users:x:100:nobody" in group_file and "adm:x:4:nobody" in group_file
@@ -416,7 +454,9 @@ def test_a_job_brings_only_what_its_user_may_read_and_the_node_keeps_the_masters
     os.chown(setuid_id, 65534, 0)
     setuid_id.chmod(0o4755)
     assert (as_nobody(sock, "0", str(setuid_id), "-u").stdout, bpsh(sock, "0", str(setuid_id), "-u").stdout) == (
-        "65534\n", "65534\n")  # as on the master: the program's owner, for anyone who runs it
+        "65534\n",
+        "65534\n",
+    )  # as on the master: the program's owner, for anyone who runs it
     private = open_dir / "private"
     private.mkdir(mode=0o700)
     (private / "notes").write_text("root's\n")
@@ -474,8 +514,9 @@ def test_ctrl_z_stops_the_remote_job_and_bg_continues_it(cluster, tmp_path):
     counter = "i=0; while [ $i -lt 600 ]; do echo $i; i=$((i+1)); sleep 0.05; done"
     with open(out, "wb") as stdout:
         # its own process group, as a shell's job: a stop signal is not discarded as for an orphaned group
-        job = subprocess.Popen(bpsh_argv(sock, "--cache", "/usr/bin/sleep", "0", "sh", "-c", counter),
-                               stdout=stdout, process_group=0)  # fmt: skip
+        job = subprocess.Popen(
+            bpsh_argv(sock, "--cache", "/usr/bin/sleep", "0", "sh", "-c", counter), stdout=stdout, process_group=0
+        )
 
     def lines_after(seconds: float) -> int:
         time.sleep(seconds)
@@ -555,7 +596,9 @@ def test_a_killed_bpsh_hangs_up_its_jobs(cluster):
 
 def beoserv_rss_kib(url: str) -> int:
     port = url.rsplit(":", 1)[1]
-    for line in subprocess.run(["ss", "-ltnpH", f"sport = :{port}"], capture_output=True, text=True).stdout.splitlines():
+    for line in subprocess.run(
+        ["ss", "-ltnpH", f"sport = :{port}"], capture_output=True, text=True
+    ).stdout.splitlines():
         pid = line.split("pid=")[1].split(",")[0]
         with open(f"/proc/{pid}/status") as f:
             return next(int(x.split()[1]) for x in f if x.startswith("VmRSS:"))
@@ -566,8 +609,12 @@ def test_a_slow_reader_holds_the_job_back_not_beoserv_memory(cluster):
     url, sock, _ = cluster
     size = 64 << 20
     before = beoserv_rss_kib(url)
-    proc = subprocess.Popen(bpsh_argv(sock, "--cache", "/usr/bin/yes", "--cache", "/usr/bin/head", "0", "sh", "-c",
-                                      f"yes | head -c {size}"), stdout=subprocess.PIPE)  # fmt: skip
+    proc = subprocess.Popen(
+        bpsh_argv(
+            sock, "--cache", "/usr/bin/yes", "--cache", "/usr/bin/head", "0", "sh", "-c", f"yes | head -c {size}"
+        ),
+        stdout=subprocess.PIPE,
+    )
     time.sleep(3)  # nobody reads: the job must be held back, not its output piled up in beoserv
     grown = beoserv_rss_kib(url) - before
     received = 0

@@ -18,15 +18,23 @@ def manifest(outdir):
 
 
 def digests(outdir):
-    return {str(p.relative_to(outdir)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(outdir.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(outdir)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(outdir.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_manifest_lists_every_artifact_with_its_real_size_and_hash(built):
     m = manifest(built)
     kinds = {a["name"]: a["kind"] for a in m["artifacts"]}
     assert {k: v for k, v in kinds.items() if v in ("kernel", "image")} == {
-        "kernel": "kernel", "stage1": "image", "stage2": "image", "stage3": "image", "envroot": "image"
-    }  # fmt: skip
+        "kernel": "kernel",
+        "stage1": "image",
+        "stage2": "image",
+        "stage3": "image",
+        "envroot": "image",
+    }
     assert kinds["beoboot.iso"] == "iso" and kinds["floppy.img"] == "floppy"
     assert kinds["pxe/pxelinux.0"] == "pxe" and kinds["server/dnsmasq.conf"] == "server-config"
     for art in m["artifacts"]:

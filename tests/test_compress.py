@@ -38,7 +38,13 @@ def test_round_trip(kind: Compression) -> None:
 def test_identical_input_gives_identical_output(kind: Compression, monkeypatch: pytest.MonkeyPatch) -> None:
     first = compress(SAMPLE, kind)
     # Variables that the zstd/lz4/xz CLIs read for defaults must not leak into the output.
-    for name, value in {"ZSTD_CLEVEL": "1", "ZSTD_NBTHREADS": "2", "LZ4_CLEVEL": "1", "XZ_OPT": "-0", "TZ": "Asia/Tokyo"}.items():
+    for name, value in {
+        "ZSTD_CLEVEL": "1",
+        "ZSTD_NBTHREADS": "2",
+        "LZ4_CLEVEL": "1",
+        "XZ_OPT": "-0",
+        "TZ": "Asia/Tokyo",
+    }.items():
         monkeypatch.setenv(name, value)
     assert compress(SAMPLE, kind) == first
 
@@ -73,7 +79,13 @@ def test_zstd_window_fits_the_kernel_decoder() -> None:
 
 @pytest.mark.parametrize(
     ("kind", "level"),
-    [(Compression.GZIP, 0), (Compression.GZIP, 10), (Compression.XZ, 10), (Compression.ZSTD, 20), (Compression.LZ4, 13)],
+    [
+        (Compression.GZIP, 0),
+        (Compression.GZIP, 10),
+        (Compression.XZ, 10),
+        (Compression.ZSTD, 20),
+        (Compression.LZ4, 13),
+    ],
 )
 def test_out_of_range_level_is_a_config_error(kind: Compression, level: int) -> None:
     with pytest.raises(ConfigError, match=f"level {level} is out of range for {kind}"):
@@ -132,10 +144,26 @@ def boot_initramfs(kernel: str, initrd: Path, timeout: float = 180) -> str:
     an exit, so a failed boot ends quickly instead of waiting for the timeout.
     """
     argv = [
-        "qemu-system-x86_64", "-machine", "accel=tcg", "-m", "512", "-nodefaults", "-display", "none",
-        "-no-reboot", "-serial", "stdio", "-monitor", "none",
-        "-kernel", kernel, "-initrd", str(initrd), "-append", "console=ttyS0 panic=-1 quiet",
-    ]  # fmt: skip
+        "qemu-system-x86_64",
+        "-machine",
+        "accel=tcg",
+        "-m",
+        "512",
+        "-nodefaults",
+        "-display",
+        "none",
+        "-no-reboot",
+        "-serial",
+        "stdio",
+        "-monitor",
+        "none",
+        "-kernel",
+        kernel,
+        "-initrd",
+        str(initrd),
+        "-append",
+        "console=ttyS0 panic=-1 quiet",
+    ]
     try:
         proc = subprocess.run(argv, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False)
     except subprocess.TimeoutExpired as e:
@@ -147,10 +175,19 @@ def boot_initramfs(kernel: str, initrd: Path, timeout: float = 180) -> str:
 def build_tiny_init(work: Path) -> Path:
     (work / "init.c").write_text(INIT_C.replace("%s", MARKER))
     subprocess.run(
-        ["gcc", "-static", "-nostdlib", "-ffreestanding", "-fno-stack-protector", "-O2", "-o", str(work / "init"),
-         str(work / "init.c")],
+        [
+            "gcc",
+            "-static",
+            "-nostdlib",
+            "-ffreestanding",
+            "-fno-stack-protector",
+            "-O2",
+            "-o",
+            str(work / "init"),
+            str(work / "init.c"),
+        ],
         check=True,
-    )  # fmt: skip
+    )
     return work / "init"
 
 

@@ -63,8 +63,12 @@ def test_bad_config_names_file_key_and_what_is_allowed(tmp_path, text, expected)
     "text, disk, fstype, format_",
     [
         ("", "", "ext4", "blank"),  # the default: RAM, and blank disks formatted once one is configured
-        ("libcache_disk = '/dev/vdb'\nlibcache_fstype = 'xfs'\nlibcache_format = 'never'\n", "/dev/vdb", "xfs",
-         "never"),  # fmt: skip
+        (
+            "libcache_disk = '/dev/vdb'\nlibcache_fstype = 'xfs'\nlibcache_format = 'never'\n",
+            "/dev/vdb",
+            "xfs",
+            "never",
+        ),
         ("libcache_fstype = 'xfs'\n", "", "xfs", "blank"),  # no disk: nothing to format
         ("libcache_disk = '/dev/vdb'\nlibcache_fstype = 'ext3'\n", "/dev/vdb", "ext3", "blank"),
     ],

@@ -99,8 +99,11 @@ def test_a_kernel_word_is_one_word(tmp_path, text, key):
 def test_kernel_command_line_words_are_the_ones_configured(tmp_path):
     from beoboot.media import kernel_cmdline
 
-    cfg = load_site(tmp_path, '[build]\nmaster_url = "http://[fd00::1]:8080/x"\n'
-                              '[artifacts]\nconsole = "ttyS0,115200n8"\nappend = "  quiet  rd.debug=1 "\n')  # fmt: skip
+    cfg = load_site(
+        tmp_path,
+        '[build]\nmaster_url = "http://[fd00::1]:8080/x"\n'
+        '[artifacts]\nconsole = "ttyS0,115200n8"\nappend = "  quiet  rd.debug=1 "\n',
+    )
     words = kernel_cmdline(cfg, "stage2", {"stage3": "ab" * 32}).split(" ")
     assert "console=ttyS0,115200n8" in words and "beoboot.master=http://[fd00::1]:8080/x/" in words
     assert words[-2:] == ["quiet", "rd.debug=1"]
@@ -140,8 +143,9 @@ def test_agent_refuses_a_master_timeout_that_turns_the_watchdog_off(word):
     assert cmdline.parse("beoboot.master_timeout=12.5")["master_timeout"] == "12.5"
 
 
-@pytest.mark.parametrize("word", ["beoboot.master=ftp://x/", "beoboot.master=http://", "beoboot.pin.stage3=xyz",
-                                  "beoboot.interface=eth0/x"])  # fmt: skip
+@pytest.mark.parametrize(
+    "word", ["beoboot.master=ftp://x/", "beoboot.master=http://", "beoboot.pin.stage3=xyz", "beoboot.interface=eth0/x"]
+)
 def test_agent_refuses_command_line_values_it_cannot_use(word):
     with pytest.raises(cmdline.CmdlineError, match=re.escape(word.partition("=")[0])):
         cmdline.parse(f"quiet {word}")

@@ -122,32 +122,55 @@ def test_decode_message_errors(data, words):
 
 
 def test_lease_from_ack_reads_every_option():
-    ack = _offer({
-        Opt.MESSAGE_TYPE: b"\x05", Opt.SUBNET_MASK: socket.inet_aton("255.255.255.0"),
-        Opt.ROUTER: socket.inet_aton("10.0.2.2") + socket.inet_aton("10.0.2.1"),
-        Opt.DNS: socket.inet_aton("10.0.2.3") + socket.inet_aton("1.1.1.1"), Opt.HOSTNAME: b"node7",
-        Opt.DOMAIN: b"cluster\0", Opt.LEASE_TIME: struct.pack("!I", 86400), Opt.BEOBOOT_MASTER: b"http://m:8080/",
-    })  # fmt: skip
+    ack = _offer(
+        {
+            Opt.MESSAGE_TYPE: b"\x05",
+            Opt.SUBNET_MASK: socket.inet_aton("255.255.255.0"),
+            Opt.ROUTER: socket.inet_aton("10.0.2.2") + socket.inet_aton("10.0.2.1"),
+            Opt.DNS: socket.inet_aton("10.0.2.3") + socket.inet_aton("1.1.1.1"),
+            Opt.HOSTNAME: b"node7",
+            Opt.DOMAIN: b"cluster\0",
+            Opt.LEASE_TIME: struct.pack("!I", 86400),
+            Opt.BEOBOOT_MASTER: b"http://m:8080/",
+        }
+    )
     lease = dhcp.lease_from_ack("eth0", ack)
     assert lease == dhcp.Lease(
-        interface="eth0", address="10.0.2.15", prefix_len=24, router="10.0.2.2", dns=("10.0.2.3", "1.1.1.1"),
-        server_id="10.0.2.2", lease_seconds=86400, hostname="node7", domain="cluster", next_server="10.0.2.2",
-        boot_file="pxelinux.0", master_url="http://m:8080/",
-    )  # fmt: skip
+        interface="eth0",
+        address="10.0.2.15",
+        prefix_len=24,
+        router="10.0.2.2",
+        dns=("10.0.2.3", "1.1.1.1"),
+        server_id="10.0.2.2",
+        lease_seconds=86400,
+        hostname="node7",
+        domain="cluster",
+        next_server="10.0.2.2",
+        boot_file="pxelinux.0",
+        master_url="http://m:8080/",
+    )
     assert lease.cidr == "10.0.2.15/24"
 
 
 @pytest.mark.parametrize(
     "options, lease, t1, t2",
     [
-        ({Opt.LEASE_TIME: struct.pack("!I", 3600), Opt.RENEWAL_TIME: struct.pack("!I", 1800),
-          Opt.REBINDING_TIME: struct.pack("!I", 3150)}, 3600, 1800, 3150),
+        (
+            {
+                Opt.LEASE_TIME: struct.pack("!I", 3600),
+                Opt.RENEWAL_TIME: struct.pack("!I", 1800),
+                Opt.REBINDING_TIME: struct.pack("!I", 3150),
+            },
+            3600,
+            1800,
+            3150,
+        ),
         ({Opt.LEASE_TIME: struct.pack("!I", 120)}, 120, None, None),  # the client picks its defaults
         ({Opt.LEASE_TIME: b"\xff\xff\xff\xff"}, 0xFFFFFFFF, None, None),  # RFC 2132 9.2: infinite
         ({Opt.RENEWAL_TIME: b"\x00\x01", Opt.REBINDING_TIME: struct.pack("!I", 7)}, None, None, 7),  # T1 too short
         ({}, None, None, None),
     ],
-)  # fmt: skip
+)
 def test_lease_from_ack_reads_lease_t1_and_t2(options, lease, t1, t2):
     parsed = dhcp.lease_from_ack("eth0", _offer({Opt.MESSAGE_TYPE: b"\x05", **options}))
     assert (parsed.lease_seconds, parsed.renewal_seconds, parsed.rebinding_seconds) == (lease, t1, t2)
@@ -250,14 +273,19 @@ class FakeServer:
         if kind == MsgType.ACK and self.nak_first:
             kind, self.nak_first = MsgType.NAK, False
         opts = {
-            Opt.MESSAGE_TYPE: bytes((kind,)), Opt.SERVER_ID: socket.inet_aton("10.9.0.1"),
-            Opt.SUBNET_MASK: socket.inet_aton("255.255.255.0"), Opt.ROUTER: socket.inet_aton("10.9.0.1"),
+            Opt.MESSAGE_TYPE: bytes((kind,)),
+            Opt.SERVER_ID: socket.inet_aton("10.9.0.1"),
+            Opt.SUBNET_MASK: socket.inet_aton("255.255.255.0"),
+            Opt.ROUTER: socket.inet_aton("10.9.0.1"),
             Opt.BEOBOOT_MASTER: b"http://10.9.0.1:8080/",
-        }  # fmt: skip
+        }
         noise = Message(dhcp.BOOTREPLY, msg.xid ^ 1, MAC, dict(opts), yiaddr="10.9.0.99")  # someone else's
         reply = Message(dhcp.BOOTREPLY, msg.xid, MAC, opts, yiaddr="10.9.0.50")
-        self.pending += [_reply_frame(b"garbage" * 40), _reply_frame(dhcp.encode_message(noise)),
-                         _reply_frame(dhcp.encode_message(reply))]  # fmt: skip
+        self.pending += [
+            _reply_frame(b"garbage" * 40),
+            _reply_frame(dhcp.encode_message(noise)),
+            _reply_frame(dhcp.encode_message(reply)),
+        ]
 
     def recv(self, timeout):
         if self.pending:
@@ -298,8 +326,11 @@ def test_client_starts_over_after_nak():
     lease = dhcp.DhcpClient("eth0", MAC, server, rng=FixedRng(), clock=clock).obtain_lease()
     assert lease.address == "10.9.0.50"
     assert [(m.message_type, m.xid) for _, m in server.sent] == [
-        (MsgType.DISCOVER, 0x1111), (MsgType.REQUEST, 0x1111), (MsgType.DISCOVER, 0x2222), (MsgType.REQUEST, 0x2222)
-    ]  # fmt: skip
+        (MsgType.DISCOVER, 0x1111),
+        (MsgType.REQUEST, 0x1111),
+        (MsgType.DISCOVER, 0x2222),
+        (MsgType.REQUEST, 0x2222),
+    ]
 
 
 def test_client_gives_up_after_the_schedule():

@@ -116,9 +116,15 @@ def servers(out, namespace, tmp_path_factory):
     nginx_conf.write_text(_render(out / "server/nginx.conf", out, state))
     assert f"tftp-root={out}/pxe" in dnsmasq_conf.read_text() and f"interface={BRIDGE}" in dnsmasq_conf.read_text()
     dnsmasq = _in_ns(
-        "dnsmasq", "--keep-in-foreground", f"--conf-file={dnsmasq_conf}", "--user=root", "--group=root",
-        f"--pid-file={state}/dnsmasq.pid", f"--dhcp-leasefile={state}/leases", f"--log-facility={state}/dnsmasq.log",
-    )  # fmt: skip
+        "dnsmasq",
+        "--keep-in-foreground",
+        f"--conf-file={dnsmasq_conf}",
+        "--user=root",
+        "--group=root",
+        f"--pid-file={state}/dnsmasq.pid",
+        f"--dhcp-leasefile={state}/leases",
+        f"--log-facility={state}/dnsmasq.log",
+    )
     # the test's tmp directories are root's alone: nginx's workers run as root here, not nobody
     nginx = _in_ns("nginx", "-c", nginx_conf, "-g", "daemon off; user root;")
     with _daemon(dnsmasq, "dnsmasq"), _daemon(nginx, "nginx"):
@@ -146,8 +152,15 @@ def test_bios_node_boots_from_real_dnsmasq_and_nginx(servers):
 def test_uefi_node_boots_grub_over_dnsmasq_tftp(servers):
     # romfile= drops QEMU's iPXE ROM: OVMF's own PXE asks as an x86-64 UEFI client and dnsmasq's TFTP
     # hands it grubnetx64.efi, which loads the kernel and initrd over TFTP too.
-    tap = [*qemu.uefi_firmware(), "-boot", "n", "-netdev", f"tap,id=n0,ifname={TAP},script=no,downscript=no",
-           "-device", "virtio-net-pci,netdev=n0,romfile="]  # fmt: skip
+    tap = [
+        *qemu.uefi_firmware(),
+        "-boot",
+        "n",
+        "-netdev",
+        f"tap,id=n0,ifname={TAP},script=no,downscript=no",
+        "-device",
+        "virtio-net-pci,netdev=n0,romfile=",
+    ]
     result = _boot(tap, [STAGE2_UP, "beoboot: powering off"])
     assert result.matched, result.console[-4000:]
     log = (servers / "dnsmasq.log").read_text()

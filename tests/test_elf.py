@@ -112,12 +112,16 @@ X86_64 = ElfIdentity(ElfClass.ELF64, True, EM_X86_64)
         (build_elf(runpath="${ORIGIN}", rpath="/old"), {"runpath": ("${ORIGIN}",), "rpath": ("/old",)}),
         (build_elf(flags_1=DF_1_NODEFLIB), {"nodeflib": True}),
         (build_elf(dynamic=False, elf_type=ET_EXEC), {"dynamic": False, "needed": (), "statically_linked": True}),
-        (build_elf(bits=32, machine=EM_386, needed=("libc.so.6",)),
-         {"identity": ElfIdentity(ElfClass.ELF32, True, EM_386), "needed": ("libc.so.6",)}),
-        (build_elf(little=False, machine=EM_S390, needed=("libc.so.6",), soname="libbig.so"),
-         {"identity": ElfIdentity(ElfClass.ELF64, False, EM_S390), "soname": "libbig.so"}),
+        (
+            build_elf(bits=32, machine=EM_386, needed=("libc.so.6",)),
+            {"identity": ElfIdentity(ElfClass.ELF32, True, EM_386), "needed": ("libc.so.6",)},
+        ),
+        (
+            build_elf(little=False, machine=EM_S390, needed=("libc.so.6",), soname="libbig.so"),
+            {"identity": ElfIdentity(ElfClass.ELF64, False, EM_S390), "soname": "libbig.so"},
+        ),
     ],
-)  # fmt: skip
+)
 def test_parse_fields(image, expected):
     info = parse_elf_bytes(image)
     for name, value in expected.items():
@@ -170,8 +174,14 @@ def pyelftools_view(path: str) -> dict:
     """The same facts, read by pyelftools' full parser."""
     with open(path, "rb") as handle:
         elf = ELFFile(handle)
-        view = {"interp": None, "needed": (), "soname": None, "rpath": None, "runpath": None,
-                "machine": elf.header["e_machine"]}  # fmt: skip
+        view = {
+            "interp": None,
+            "needed": (),
+            "soname": None,
+            "rpath": None,
+            "runpath": None,
+            "machine": elf.header["e_machine"],
+        }
         for segment in elf.iter_segments():
             if segment["p_type"] == "PT_INTERP":
                 view["interp"] = segment.get_interp_name()

@@ -69,12 +69,18 @@ BROKEN = [
     ("huge PT_INTERP offset", phdr_field(PROGRAM, PT_INTERP, P_OFFSET, HUGE), "PT_INTERP at offset"),
     ("huge PT_INTERP size", phdr_field(PROGRAM, PT_INTERP, P_FILESZ, HUGE), "PT_INTERP is 18446744073709551615 bytes"),
     ("huge PT_DYNAMIC size", phdr_field(PROGRAM, PT_DYNAMIC, P_FILESZ, HUGE), "PT_DYNAMIC is 18446744073709551615"),
-    ("PT_DYNAMIC past the end", phdr_field(PROGRAM, PT_DYNAMIC, P_OFFSET, len(PROGRAM) + 4096),
-     "PT_DYNAMIC at offset .* runs past the end of the file"),
-    ("PT_DYNAMIC half past the end", phdr_field(PROGRAM, PT_DYNAMIC, P_OFFSET, len(PROGRAM) - 8),
-     "PT_DYNAMIC at offset .* runs past the end of the file"),
+    (
+        "PT_DYNAMIC past the end",
+        phdr_field(PROGRAM, PT_DYNAMIC, P_OFFSET, len(PROGRAM) + 4096),
+        "PT_DYNAMIC at offset .* runs past the end of the file",
+    ),
+    (
+        "PT_DYNAMIC half past the end",
+        phdr_field(PROGRAM, PT_DYNAMIC, P_OFFSET, len(PROGRAM) - 8),
+        "PT_DYNAMIC at offset .* runs past the end of the file",
+    ),
     ("huge DT_STRSZ", dt_value(PROGRAM, DT_STRSZ, HUGE), "DT_STRSZ 18446744073709551615 bytes.* runs past the end"),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(("case", "image", "message"), BROKEN, ids=[case for case, _, _ in BROKEN])
@@ -90,9 +96,15 @@ def test_a_broken_elf_file_is_an_error_naming_it_and_what_is_wrong(tmp_path, cas
 
 def test_a_broken_library_on_the_search_path_is_passed_by(tmp_path):
     """As glibc passes by a file it cannot load and searches on."""
-    sysroot = make_tree(tmp_path, {**BASE, "/bin/prog": program(needed=("libx.so.1",), runpath="/opt/bad"),
-                                   "/opt/bad/libx.so.1": dt_value(build_elf(soname="libx.so.1"), DT_STRSZ, HUGE),
-                                   "/usr/lib/x86_64-linux-gnu/libx.so.1": build_elf(soname="libx.so.1")})  # fmt: skip
+    sysroot = make_tree(
+        tmp_path,
+        {
+            **BASE,
+            "/bin/prog": program(needed=("libx.so.1",), runpath="/opt/bad"),
+            "/opt/bad/libx.so.1": dt_value(build_elf(soname="libx.so.1"), DT_STRSZ, HUGE),
+            "/usr/lib/x86_64-linux-gnu/libx.so.1": build_elf(soname="libx.so.1"),
+        },
+    )
     found = [n.path for n in LibraryResolver(sysroot).closure(["/bin/prog"])]
     assert "/usr/lib/x86_64-linux-gnu/libx.so.1" in found and "/opt/bad/libx.so.1" not in found
 
@@ -147,7 +159,9 @@ def test_deps_on_a_broken_file_says_what_is_wrong_and_exits_1(tmp_path, broken):
 def test_deps_of_a_directory_on_the_host(tmp_path):
     result = deps(str(tmp_path))
     assert (result.returncode, result.stderr.splitlines()[0]) == (
-        1, f"beoboot-build: error: {tmp_path}: cannot read: not a regular file (a directory)")  # fmt: skip
+        1,
+        f"beoboot-build: error: {tmp_path}: cannot read: not a regular file (a directory)",
+    )
 
 
 def test_the_interpreter_named_in_a_program_is_read_as_well(tmp_path):

@@ -58,6 +58,8 @@ def test_missing_and_looping_paths_are_errors(tmp_path):
         sysroot.resolve("/missing")
 
 
-@pytest.mark.parametrize("mode, expected", [(0o100600, 0o644), (0o100700, 0o755), (0o100775, 0o755), (0o104755, 0o4755)])
+@pytest.mark.parametrize(
+    "mode, expected", [(0o100600, 0o644), (0o100700, 0o755), (0o100775, 0o755), (0o104755, 0o4755)]
+)
 def test_modes_do_not_depend_on_the_umask(mode, expected):
     assert normalised_mode(mode) == expected

@@ -48,8 +48,15 @@ def toml_value(value) -> str:
     if isinstance(value, int):
         return str(value)
     if isinstance(value, float):
-        return "nan" if math.isnan(value) else "inf" if value == math.inf else "-inf" if value == -math.inf \
-            else repr(value)  # fmt: skip
+        return (
+            "nan"
+            if math.isnan(value)
+            else "inf"
+            if value == math.inf
+            else "-inf"
+            if value == -math.inf
+            else repr(value)
+        )
     if isinstance(value, str):
         return toml_string(value)
     if isinstance(value, (datetime.date, datetime.time)):
@@ -66,11 +73,37 @@ def toml_document(doc: dict) -> str:
 # -- documents: plausible values at known keys (so that many documents are accepted and their renderings
 #    checked), then up to two hostile entries: a known key with a mutated or wild value, or any key at all.
 
-HOSTILE_TEXT = ["\n", "\r", "\x00", " ", "\t", '"', "'", "$", ";", ",", "#", "{", "\u2028", "\u0085", "é", "${x}",
-                "\\", "/../", "\ufeff", "\x7f", "😀"]  # fmt: skip
+HOSTILE_TEXT = [
+    "\n",
+    "\r",
+    "\x00",
+    " ",
+    "\t",
+    '"',
+    "'",
+    "$",
+    ";",
+    ",",
+    "#",
+    "{",
+    "\u2028",
+    "\u0085",
+    "é",
+    "${x}",
+    "\\",
+    "/../",
+    "\ufeff",
+    "\x7f",
+    "😀",
+]
 HOSTILE_NUMBERS = [math.nan, math.inf, -math.inf, -1, 0, 0.001, 10**30, 1e300, 2**63, 2**32, 99999999999, 1.5]
-wild_scalars = st.one_of(st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
-                         st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=30), st.dates())  # fmt: skip
+wild_scalars = st.one_of(
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=30),
+    st.dates(),
+)
 wild_values = st.recursive(
     wild_scalars,
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6), children, max_size=3),
@@ -96,8 +129,10 @@ def mutated(value):
 
 def documents(plausible: dict[tuple[str, ...], list]):
     paths = sorted(plausible)
-    good = st.lists(st.sampled_from(paths).flatmap(lambda p: st.tuples(st.just(p), st.sampled_from(plausible[p]))),
-                    max_size=len(paths))  # fmt: skip
+    good = st.lists(
+        st.sampled_from(paths).flatmap(lambda p: st.tuples(st.just(p), st.sampled_from(plausible[p]))),
+        max_size=len(paths),
+    )
     hostile = st.sampled_from(paths).flatmap(
         lambda p: st.tuples(st.just(p), st.sampled_from(plausible[p]).flatmap(mutated) | wild_values)
     )
@@ -141,23 +176,33 @@ BUILD_PLAUSIBLE = {
     ("artifacts", "interface"): ["eth0", "br-cluster", "ens3*", "en.1_x"],
     ("artifacts", "console"): ["ttyS0,115200", "ttyS1,9600n8", "tty0"],
     ("artifacts", "append"): ["", "quiet", "rd.debug  loglevel=7", "beoboot.smoke", "beoboot.master_timeout=12"],
-    **{("images", name, "compression"): ["gzip", "none"] + (["zstd", "xz"] if name in ("stage1", "stage2") else [])
-       for name in config.IMAGE_NAMES},
+    **{
+        ("images", name, "compression"): ["gzip", "none"] + (["zstd", "xz"] if name in ("stage1", "stage2") else [])
+        for name in config.IMAGE_NAMES
+    },
     **{("images", name, "budget"): ["48M", 1000000] for name in config.IMAGE_NAMES},
     **{("images", name, "drivers"): ["all", ["e1000*"], []] for name in config.IMAGE_NAMES},
     **{("images", name, "modules"): [[], ["ext4"]] for name in config.IMAGE_NAMES},
-}  # fmt: skip
+}
 MASTER_PLAUSIBLE = {
-    ("heartbeat_interval",): [0.5, 1, 5.0], ("heartbeat_timeout",): [6, 30.0, 600], ("reap_interval",): [0, 0.5],
-    ("first_node_address",): ["10.54.0.10"], ("hostname_prefix",): ["n", "node"], ("keep_boots",): [1, 10],
+    ("heartbeat_interval",): [0.5, 1, 5.0],
+    ("heartbeat_timeout",): [6, 30.0, 600],
+    ("reap_interval",): [0, 0.5],
+    ("first_node_address",): ["10.54.0.10"],
+    ("hostname_prefix",): ["n", "node"],
+    ("keep_boots",): [1, 10],
     ("hosts_file",): ["", "/tmp/hosts"],
-}  # fmt: skip
+}
 STAGE_PLAUSIBLE = {
-    ("description",): ["stage 2 PXE ramdisk"], ("agent_role",): ["booster", "pxe", "supervisor"],
-    ("nic_drivers",): [True, False], ("devices",): [True, False], ("directories",): [["/dev", "/tmp"], []],
-    ("binaries",): [[], ["/bin/sh"]], ("overlay",): ["stage2/overlay"],
+    ("description",): ["stage 2 PXE ramdisk"],
+    ("agent_role",): ["booster", "pxe", "supervisor"],
+    ("nic_drivers",): [True, False],
+    ("devices",): [True, False],
+    ("directories",): [["/dev", "/tmp"], []],
+    ("binaries",): [[], ["/bin/sh"]],
+    ("overlay",): ["stage2/overlay"],
     ("templates",): [[{"template": "envroot/passwd.j2", "dest": "/etc/passwd"}], []],
-}  # fmt: skip
+}
 text_values = st.sampled_from(sorted({v for vs in BUILD_PLAUSIBLE.values() for v in vs if isinstance(v, str)}))
 
 
@@ -287,9 +332,15 @@ def check_accepted_build_config(cfg: config.Config, scratch) -> None:
     # the kernel command line: exactly the intended words, however the kernel or a boot loader splits it
     for stage in PINNED_BY:
         line = kernel_cmdline(cfg, stage, hashes)
-        intended = [f"console={art.console}", "panic=10", "loglevel=4", "PYTHONHASHSEED=0",
-                    f"beoboot.master={cfg.master_url}", *(f"beoboot.pin.{n}={hashes[n]}" for n in PINNED_BY[stage]),
-                    *art.append.split()]  # fmt: skip
+        intended = [
+            f"console={art.console}",
+            "panic=10",
+            "loglevel=4",
+            "PYTHONHASHSEED=0",
+            f"beoboot.master={cfg.master_url}",
+            *(f"beoboot.pin.{n}={hashes[n]}" for n in PINNED_BY[stage]),
+            *art.append.split(),
+        ]
         assert line.split(" ") == intended == line.split()
         assert all(values.KERNEL_WORD.fullmatch(word) for word in intended)
         cmdline.parse(line)  # the agent takes every beoboot.* word of it
@@ -299,17 +350,28 @@ def check_accepted_build_config(cfg: config.Config, scratch) -> None:
         assert_same_lines("grub.cfg.j2", append, kernel="/boot/vmlinuz", initrd="/boot/initrd.img")
         assert_same_lines("isolinux.cfg.j2", append)
         assert_same_lines("floppy-syslinux.cfg.j2", append, kind="kernel", kernel="vmlinuz", initrd="initrd.img")
-        assert_same_lines("boot.ipxe.j2", {**append, "base_url": cfg.master_url.rstrip("/") + "/pxe"},
-                          kernel="vmlinuz", initrd="initrd.img")  # fmt: skip
+        assert_same_lines(
+            "boot.ipxe.j2",
+            {**append, "base_url": cfg.master_url.rstrip("/") + "/pxe"},
+            kernel="vmlinuz",
+            initrd="initrd.img",
+        )
     assert_same_lines("floppy-booster.ipxe.j2", {"script_url": f"{cfg.master_url}pxe/boot.ipxe"})
     # dnsmasq.conf and nginx.conf: the same directives, line for line, as with the embedded default
     default = config.load(environ={})
     written, reference = (
-        write_server_configs(scratch / name, node_range=parse_node_range(c.artifacts.node_range),
-                             proxy_dhcp=art.proxy_dhcp, http_root=scratch / "srv", master_url=c.master_url + "pxe/",
-                             mtime=c.source_date_epoch, interface=c.artifacts.interface, state_dir=scratch / "state")
+        write_server_configs(
+            scratch / name,
+            node_range=parse_node_range(c.artifacts.node_range),
+            proxy_dhcp=art.proxy_dhcp,
+            http_root=scratch / "srv",
+            master_url=c.master_url + "pxe/",
+            mtime=c.source_date_epoch,
+            interface=c.artifacts.interface,
+            state_dir=scratch / "state",
+        )
         for name, c in (("site", cfg), ("default", default))
-    )  # fmt: skip
+    )
     for mine, theirs in zip(written, reference):
         lines, expected = mine.read_text().split("\n"), theirs.read_text().split("\n")
         assert [directive(line) for line in lines] == [directive(line) for line in expected], mine.name

@@ -53,7 +53,16 @@ class Sandbox:
                 path = Path(dirpath, name)
                 s = path.lstat()
                 content = path.read_bytes() if stat.S_ISREG(s.st_mode) else None
-                seen[str(path)] = (s.st_mode, s.st_nlink, s.st_ino, s.st_uid, s.st_gid, s.st_mtime_ns, s.st_ctime_ns, content)
+                seen[str(path)] = (
+                    s.st_mode,
+                    s.st_nlink,
+                    s.st_ino,
+                    s.st_uid,
+                    s.st_gid,
+                    s.st_mtime_ns,
+                    s.st_ctime_ns,
+                    content,
+                )
         return seen
 
     def check(self) -> None:
@@ -95,26 +104,32 @@ def unpack_in_sandbox(data: bytes) -> None:
 COMPONENTS = st.sampled_from(["a", "b", "evil", "..", ".", ""])
 NAMES = st.one_of(
     st.sampled_from(["a", "a/b", "a/b/c", "b"]),
-    st.builds(lambda lead, parts: lead + "/".join(parts),
-              st.sampled_from(["", "./", "/"]), st.lists(COMPONENTS, min_size=1, max_size=3)),
-)  # fmt: skip
+    st.builds(
+        lambda lead, parts: lead + "/".join(parts),
+        st.sampled_from(["", "./", "/"]),
+        st.lists(COMPONENTS, min_size=1, max_size=3),
+    ),
+)
 
 
 # "@..." are placeholders for the sandbox's paths, only known when an example runs.
-OUTSIDE_TARGETS = st.sampled_from(["@sentinel", "@secret", "@sibling", "../../sentinel", "../../sentinel/secret",
-                                   "..", "../..", "../sibling"])  # fmt: skip
+OUTSIDE_TARGETS = st.sampled_from(
+    ["@sentinel", "@secret", "@sibling", "../../sentinel", "../../sentinel/secret", "..", "../..", "../sibling"]
+)
 LINK_TARGETS = st.one_of(OUTSIDE_TARGETS, st.sampled_from([".", "a", "evil", "a/b"]))
 
 
 MODES = st.one_of(st.sampled_from([0o644, 0o755, 0o4755, 0o2755, 0o1777, 0o000, 0o7777]), st.integers(0, 0o7777))
 MEMBERS = st.one_of(
     st.builds(newc.file, NAMES, st.binary(max_size=64), MODES),
-    st.builds(lambda n, i, d, m: newc.file(n, d, m, ino=i, nlink=2), NAMES, st.integers(1, 3), st.binary(max_size=8), MODES),
+    st.builds(
+        lambda n, i, d, m: newc.file(n, d, m, ino=i, nlink=2), NAMES, st.integers(1, 3), st.binary(max_size=8), MODES
+    ),
     st.builds(newc.directory, NAMES, MODES),
     st.builds(newc.symlink, NAMES, LINK_TARGETS),
     st.builds(newc.chardev, NAMES, st.just(1), st.sampled_from([3, 5]), MODES),
     st.builds(lambda n: newc.Member(n, stat.S_IFIFO | 0o644), NAMES),
-)  # fmt: skip
+)
 
 
 def with_sandbox_paths(member: newc.Member, top: Path) -> newc.Member:
@@ -162,7 +177,10 @@ def test_arbitrary_bytes_are_unpacked_or_refused(data: bytes) -> None:
     unpack_in_sandbox(data)
 
 
-@given(st.lists(MEMBERS, min_size=1, max_size=6), st.lists(st.tuples(st.integers(0, 1 << 16), st.binary(min_size=1, max_size=8)), max_size=4))
+@given(
+    st.lists(MEMBERS, min_size=1, max_size=6),
+    st.lists(st.tuples(st.integers(0, 1 << 16), st.binary(min_size=1, max_size=8)), max_size=4),
+)
 def test_damaged_archives_are_unpacked_or_refused(members: list[newc.Member], damage: list[tuple[int, bytes]]) -> None:
     data = bytearray(newc.archive(*members))
     for position, replacement in damage:
@@ -184,7 +202,7 @@ TREE = st.dictionaries(
         st.tuples(st.sampled_from(["link0", "link1"]), st.just(b""), st.just(0o755)),
     ),
     max_size=12,
-)  # fmt: skip
+)
 
 
 def filelist_of(tree: dict[tuple[str, ...], tuple[str, bytes, int]], src: Path, root_mode: int) -> FileList:
@@ -213,7 +231,9 @@ def filelist_of(tree: dict[tuple[str, ...], tuple[str, bytes, int]], src: Path, 
 
 
 @given(TREE, MODES)
-def test_what_the_writer_writes_unpacks_identically(tree: dict[tuple[str, ...], tuple[str, bytes, int]], root_mode: int) -> None:
+def test_what_the_writer_writes_unpacks_identically(
+    tree: dict[tuple[str, ...], tuple[str, bytes, int]], root_mode: int
+) -> None:
     top = Path(tempfile.mkdtemp(prefix="cpio-roundtrip-"))
     try:
         (top / "src").mkdir()
@@ -236,7 +256,9 @@ def test_what_the_writer_writes_unpacks_identically(tree: dict[tuple[str, ...], 
             elif entry.kind == Kind.CHARDEV:
                 assert stat.S_ISCHR(s.st_mode) and (os.major(s.st_rdev), os.minor(s.st_rdev)) == entry.rdev
             else:
-                assert stat.S_ISREG(s.st_mode) and path.read_bytes() == (entry.data if entry.data is not None else Path(entry.source).read_bytes())
+                assert stat.S_ISREG(s.st_mode) and path.read_bytes() == (
+                    entry.data if entry.data is not None else Path(entry.source).read_bytes()
+                )
                 if entry.source:  # one unpacked inode per build-host inode
                     assert groups.setdefault(os.path.basename(entry.source).split(".")[0], s.st_ino) == s.st_ino
         headers = [(h.name, h.mode, h.size) for h, _ in cpio.entries(io.BytesIO(image))]

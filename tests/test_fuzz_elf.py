@@ -45,16 +45,37 @@ def fields(image: bytes) -> list[tuple[int, str]]:
     for index in range(phnum):
         at = phoff + index * phentsize
         found += [(at, "<I"), (at + 8, "<Q"), (at + 16, "<Q"), (at + 32, "<Q")]
-        p_type, p_offset, p_filesz = struct.unpack_from("<I", image, at)[0], *struct.unpack_from("<Q", image, at + 8), \
-            struct.unpack_from("<Q", image, at + 32)[0]  # fmt: skip
+        p_type, p_offset, p_filesz = (
+            struct.unpack_from("<I", image, at)[0],
+            *struct.unpack_from("<Q", image, at + 8),
+            struct.unpack_from("<Q", image, at + 32)[0],
+        )
         if p_type == 2:  # PT_DYNAMIC
             found += [(entry + part, "<Q") for entry in range(p_offset, p_offset + p_filesz, 16) for part in (0, 8)]
     return found
 
 
 FIELDS = fields(ORIGINAL) or [(0, "<B")]
-BOUNDARIES = [0, 1, 7, 8, 56, 4095, 4096, 2**16 - 1, 2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**63 - 1, 2**63,
-              2**64 - 1, len(ORIGINAL) - 1, len(ORIGINAL), len(ORIGINAL) + 1]  # fmt: skip
+BOUNDARIES = [
+    0,
+    1,
+    7,
+    8,
+    56,
+    4095,
+    4096,
+    2**16 - 1,
+    2**31 - 1,
+    2**31,
+    2**32 - 1,
+    2**32,
+    2**63 - 1,
+    2**63,
+    2**64 - 1,
+    len(ORIGINAL) - 1,
+    len(ORIGINAL),
+    len(ORIGINAL) + 1,
+]
 VALUES = st.one_of(st.sampled_from(BOUNDARIES), st.integers(0, 2**64 - 1))
 
 
@@ -113,8 +134,10 @@ def test_any_bytes_after_an_elf_identity_give_data_or_an_elf_error(identity, res
     parsed_in_time(identity + bytes(9) + rest)
 
 
-@given(st.lists(st.tuples(st.sampled_from(FIELDS), VALUES), min_size=1, max_size=4),
-       st.lists(st.tuples(st.integers(0, 8191), st.integers(0, 255)), max_size=8))  # fmt: skip
+@given(
+    st.lists(st.tuples(st.sampled_from(FIELDS), VALUES), min_size=1, max_size=4),
+    st.lists(st.tuples(st.integers(0, 8191), st.integers(0, 255)), max_size=8),
+)
 def test_a_real_program_with_overwritten_fields_gives_data_or_a_typed_error(sysroot, changes, flips):
     image = mutated(ORIGINAL, changes, flips)
     parsed_in_time(image)

@@ -19,9 +19,20 @@ from agent import protocol as p
 from tests.master_helpers import MasterProcess
 
 MAC = "02:be:0b:0f:0f:01"
-ROUTES = [p.REGISTER_PATH, p.HEARTBEAT_PATH, p.EVENTS_PATH, p.LOGS_PATH, p.NODES_PATH, p.HOSTS_PATH,
-          p.TIMELINE_PATH.replace("{node}", "0"), p.STATUS_PATH, p.JOBS_PATH, "/objects/sha256/" + "0" * 64,
-          "/manifest.json", "/"]  # fmt: skip
+ROUTES = [
+    p.REGISTER_PATH,
+    p.HEARTBEAT_PATH,
+    p.EVENTS_PATH,
+    p.LOGS_PATH,
+    p.NODES_PATH,
+    p.HOSTS_PATH,
+    p.TIMELINE_PATH.replace("{node}", "0"),
+    p.STATUS_PATH,
+    p.JOBS_PATH,
+    "/objects/sha256/" + "0" * 64,
+    "/manifest.json",
+    "/",
+]
 SLOW = 5.0  # seconds: far above any answer beoserv gives, far below a hang
 
 
@@ -49,8 +60,12 @@ def ask(master: MasterProcess, method: str, target: str, body: bytes | None) -> 
 
 
 segments = st.binary(max_size=40).map(lambda b: quote_from_bytes(b, safe=""))
-hostile_numbers = st.sampled_from(["9" * 30, "-1", "1e400", "NaN", "-Infinity", "0x10", "%C2%B2", "%00", "." * 300])  # %C2%B2: a digit to str.isdigit, not to int()
-path_parts = st.lists(st.one_of(segments, hostile_numbers, st.sampled_from(["..", ".", "", "n0", ".0", MAC])), max_size=6)
+hostile_numbers = st.sampled_from(
+    ["9" * 30, "-1", "1e400", "NaN", "-Infinity", "0x10", "%C2%B2", "%00", "." * 300]
+)  # %C2%B2: a digit to str.isdigit, not to int()
+path_parts = st.lists(
+    st.one_of(segments, hostile_numbers, st.sampled_from(["..", ".", "", "n0", ".0", MAC])), max_size=6
+)
 
 
 @settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -65,16 +80,29 @@ json_values = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
     max_leaves=30,
 )
-node_fields = st.fixed_dictionaries({}, optional={
-    "mac": st.one_of(st.just(MAC), st.text(max_size=20)), "stage": st.sampled_from(["stage1", "stage3", "x"]),
-    "uptime": json_values, "events": json_values, "lines": json_values, "hardware": json_values, "address": json_values,
-})  # fmt: skip
+node_fields = st.fixed_dictionaries(
+    {},
+    optional={
+        "mac": st.one_of(st.just(MAC), st.text(max_size=20)),
+        "stage": st.sampled_from(["stage1", "stage3", "x"]),
+        "uptime": json_values,
+        "events": json_values,
+        "lines": json_values,
+        "hardware": json_values,
+        "address": json_values,
+    },
+)
 
 
 @settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(route=st.sampled_from([p.REGISTER_PATH, p.HEARTBEAT_PATH, p.EVENTS_PATH, p.LOGS_PATH]),
-       body=st.one_of(st.binary(max_size=200), node_fields.map(lambda d: json.dumps(d).encode()),
-                      json_values.map(lambda v: repr(v).encode())))  # fmt: skip
+@given(
+    route=st.sampled_from([p.REGISTER_PATH, p.HEARTBEAT_PATH, p.EVENTS_PATH, p.LOGS_PATH]),
+    body=st.one_of(
+        st.binary(max_size=200),
+        node_fields.map(lambda d: json.dumps(d).encode()),
+        json_values.map(lambda v: repr(v).encode()),
+    ),
+)
 def test_any_body_a_node_route_is_sent_gets_an_answer_below_500(master, route, body):
     assert ask(master, "POST", route, body) < 500, (route, body)
 

@@ -18,7 +18,8 @@ from agent import protocol as p
 
 # every message shape the contract has: the HTTP bodies and replies, and the job link's frames
 MESSAGES = sorted(
-    {cls for cls in vars(p).values() if isinstance(cls, type) and dataclasses.is_dataclass(cls)}, key=lambda c: c.__name__
+    {cls for cls in vars(p).values() if isinstance(cls, type) and dataclasses.is_dataclass(cls)},
+    key=lambda c: c.__name__,
 )
 FRAMES = sorted(p.FRAME_TYPES.values(), key=lambda c: c.__name__)
 BOUND = 2.0  # seconds: any one decode, whatever it is given, on a loaded two-core machine
@@ -42,13 +43,18 @@ def decoded_or_refused(decode, cls, text):
 # JSON values as a hostile peer writes them: NaN and the infinities, integers far beyond 64 bits, any
 # string (lone surrogates among them), nesting
 SCALARS = (
-    st.none() | st.booleans() | st.integers() | st.integers(min_value=-(10**400), max_value=10**400)
-    | st.floats(allow_nan=True, allow_infinity=True) | st.text(st.characters(exclude_categories=()))
-)  # fmt: skip
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(min_value=-(10**400), max_value=10**400)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(st.characters(exclude_categories=()))
+)
 JSON_VALUES = st.recursive(
-    SCALARS, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    SCALARS,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
     max_leaves=20,
-)  # fmt: skip
+)
 
 
 def dumped(value):
@@ -72,9 +78,20 @@ def nested(depth, leaf):
 
 
 HOSTILE = st.sampled_from(
-    [float("nan"), float("inf"), float("-inf"), 2**63, -(2**63) - 1, 10**30, 10**400, "\ud800", "a\udfffb",
-     nested(20, 0), nested(3, float("nan"))]
-)  # fmt: skip
+    [
+        float("nan"),
+        float("inf"),
+        float("-inf"),
+        2**63,
+        -(2**63) - 1,
+        10**30,
+        10**400,
+        "\ud800",
+        "a\udfffb",
+        nested(20, 0),
+        nested(3, float("nan")),
+    ]
+)
 
 
 def near_valid(hint):
@@ -90,7 +107,9 @@ def near_valid(hint):
         fitting = st.dictionaries(st.text(max_size=5), near_valid(typing.get_args(hint)[1]), max_size=3)
     elif dataclasses.is_dataclass(hint):
         hints = typing.get_type_hints(hint)
-        fitting = st.fixed_dictionaries({}, optional={f.name: near_valid(hints[f.name]) for f in dataclasses.fields(hint)})
+        fitting = st.fixed_dictionaries(
+            {}, optional={f.name: near_valid(hints[f.name]) for f in dataclasses.fields(hint)}
+        )
     elif isinstance(hint, type) and issubclass(hint, enum.Enum):
         fitting = st.sampled_from([m.value for m in hint])
     elif hint in (int, float):

@@ -47,10 +47,30 @@ def program_with_fifo_library(directory: Path) -> Path:
     (directory / "main.c").write_text("int foo(void);\nint main(void) { return foo(); }\n")
     lib = directory / "lib"
     lib.mkdir(mode=0o755)
-    subprocess.run(["gcc", "-shared", "-fPIC", "-Wl,-soname,libfoo.so.1", "-o", str(lib / "libfoo.so.1"),
-                    str(directory / "foo.c")], check=True)  # fmt: skip
-    subprocess.run(["gcc", str(directory / "main.c"), "-o", str(directory / "prog"), f"-L{lib}", "-l:libfoo.so.1",
-                    "-Wl,-rpath,$ORIGIN/lib"], check=True)  # fmt: skip
+    subprocess.run(
+        [
+            "gcc",
+            "-shared",
+            "-fPIC",
+            "-Wl,-soname,libfoo.so.1",
+            "-o",
+            str(lib / "libfoo.so.1"),
+            str(directory / "foo.c"),
+        ],
+        check=True,
+    )
+    subprocess.run(
+        [
+            "gcc",
+            str(directory / "main.c"),
+            "-o",
+            str(directory / "prog"),
+            f"-L{lib}",
+            "-l:libfoo.so.1",
+            "-Wl,-rpath,$ORIGIN/lib",
+        ],
+        check=True,
+    )
     (lib / "libfoo.so.1").unlink()
     os.mkfifo(lib / "libfoo.so.1", 0o666)
     return directory / "prog"
@@ -65,8 +85,9 @@ def own_program(directory: Path, name: str) -> Path:
 
 def bpsh_as(master, user: int, *args: str, cwd: str = "/") -> subprocess.Popen[str]:
     argv = ["/usr/bin/python3", *bpsh_argv(master.bpsh_socket, *args)[1:]]  # the venv's may be under /root
-    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, user=user, group=user,
-                            cwd=cwd)  # fmt: skip
+    return subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, user=user, group=user, cwd=cwd
+    )
 
 
 def timed_bpsh(master, *args: str) -> tuple[subprocess.CompletedProcess[str], float]:
@@ -133,11 +154,15 @@ def test_a_description_past_its_budget_is_refused_naming_the_command_and_the_bou
         (tree / f"d{n % 40}").mkdir(parents=True, exist_ok=True)
         (tree / f"d{n % 40}" / f"f{n}").write_text(str(n))
     builder = ManifestBuilder(ObjectStore(), budget=0.05)
-    request = p.JobRequest("0", ("/bin/true", "--an-argument"), {"PATH": "/usr/bin:/bin"}, "/", 0, 0,
-                           cache=(str(tree),))  # fmt: skip
+    request = p.JobRequest(
+        "0", ("/bin/true", "--an-argument"), {"PATH": "/usr/bin:/bin"}, "/", 0, 0, cache=(str(tree),)
+    )
     started = time.monotonic()
-    with pytest.raises(DescriptionTooSlow, match=r"/bin/true --an-argument: describing the job's files took "
-                                                 r"more than 0\.05 s, its limit"):  # fmt: skip
+    with pytest.raises(
+        DescriptionTooSlow,
+        match=r"/bin/true --an-argument: describing the job's files took "
+        r"more than 0\.05 s, its limit",
+    ):
         builder.build(request)
     assert time.monotonic() - started < 2
     assert ManifestBuilder(ObjectStore()).build(request).files  # the same job within the default budget
@@ -158,8 +183,9 @@ def test_a_stuck_description_holds_only_its_own_users_slots_until_it_really_ends
         entered.append(request.argv[0])
         if request.uid == 1000:
             release.wait(30)
-        return p.JobManifest(argv=request.argv, executable=request.argv[0], env={}, cwd="/", uid=request.uid,
-                             gid=request.uid, files=())  # fmt: skip
+        return p.JobManifest(
+            argv=request.argv, executable=request.argv[0], env={}, cwd="/", uid=request.uid, gid=request.uid, files=()
+        )
 
     async def scenario() -> None:
         describer = Describer(build, budget=0.2, per_user=2)

@@ -126,8 +126,18 @@ def test_a_users_link_on_the_node_never_leads_a_later_jobs_files_into_etc(cluste
     library = preload_library(home)
     users(evil / "passwd", f"root::0:0:evil:/:/bin/sh\nu:x:{USER}:{USER}:evil:/:/bin/sh\n")
     users(evil / "ld.so.preload", f"{library}\n")
-    second = as_user(USER, sock, "--cache", str(evil / "passwd"), "--cache", str(evil / "ld.so.preload"),
-                     "--cache", str(library), "0", "true")  # fmt: skip
+    second = as_user(
+        USER,
+        sock,
+        "--cache",
+        str(evil / "passwd"),
+        "--cache",
+        str(evil / "ld.so.preload"),
+        "--cache",
+        str(library),
+        "0",
+        "true",
+    )
     assert second.returncode == 0, second.stderr
     assert_no_one_runs_the_users_library(sock, env)
     assert (held(env, evil / "ld.so.preload")).read_text() == f"{library}\n"  # where the master has it
@@ -183,8 +193,10 @@ def test_a_file_the_agent_keeps_is_never_a_job_path_directly_or_through_a_link(c
     sock, env = cluster
     before = agent_files(env)
     link = users_link(home / "names", os.path.dirname(named))
-    for result in (as_root(sock, "--cache", named, "0", "true"),
-                   as_user(USER, sock, "--cache", str(link / os.path.basename(named)), "0", "true")):  # fmt: skip
+    for result in (
+        as_root(sock, "--cache", named, "0", "true"),
+        as_user(USER, sock, "--cache", str(link / os.path.basename(named)), "0", "true"),
+    ):
         assert result.returncode != 0
         assert f"{named} is the node's own" in result.stderr, result.stderr
     assert agent_files(env) == before

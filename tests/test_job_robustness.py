@@ -68,8 +68,9 @@ def wait_for(condition, timeout: float, what: str) -> None:
 
 
 def sh(script: str, uid: int = 0) -> p.JobManifest:
-    return p.JobManifest(argv=("sh", "-c", script), executable="/bin/busybox", env={"PATH": "/bin"}, cwd="/",
-                         uid=uid, gid=uid, files=())  # fmt: skip
+    return p.JobManifest(
+        argv=("sh", "-c", script), executable="/bin/busybox", env={"PATH": "/bin"}, cwd="/", uid=uid, gid=uid, files=()
+    )
 
 
 def copy_with_libraries(program: str, root: Path, target: str) -> None:
@@ -148,8 +149,11 @@ def no_process_left(pid: int):
     """The process is alone in a pids cgroup of one: fork() fails with EAGAIN, as under a user's fork bomb."""
     if not (PIDS_CGROUP / "cgroup.procs").exists():
         pytest.skip("needs cgroup v1's pids hierarchy at /sys/fs/cgroup/pids")
-    home = next(line.split(":", 2)[2] for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines()
-                if line.split(":")[1] == "pids")  # fmt: skip
+    home = next(
+        line.split(":", 2)[2]
+        for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+        if line.split(":")[1] == "pids"
+    )
     cgroup = PIDS_CGROUP / f"beoboot-test-{os.getpid()}"
     cgroup.mkdir()
     try:
@@ -238,8 +242,9 @@ def test_a_worker_whose_task_raised_serves_on_and_is_counted_once(capfd):
 # --- the link ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("frame", [("text", '{"type": "job_start", "body": {"job": NaN}}'), ("text", "[[[[" * 40),
-                                   ("bytes", b"\x01")])  # fmt: skip
+@pytest.mark.parametrize(
+    "frame", [("text", '{"type": "job_start", "body": {"job": NaN}}'), ("text", "[[[[" * 40), ("bytes", b"\x01")]
+)
 def test_a_frame_no_master_sends_closes_the_link_and_the_node_links_again(env_root, frame):
     """A bad frame (an impostor on the wire, a bug) must not end the node's link thread: with it gone the
     node would never take a job again until it rebooted. The link is closed, logged, and made again."""
@@ -272,7 +277,9 @@ def test_a_frame_no_master_sends_closes_the_link_and_the_node_links_again(env_ro
     logged: list[str] = []
     url = f"http://127.0.0.1:{port}"
     cache = LibCache(str(env_root / ".libcache"), str(env_root), url)
-    jobs = JobRunner(url, "02:be:0b:00:00:02", str(env_root), cache, log=logged.append, launcher=Launcher(str(env_root)))
+    jobs = JobRunner(
+        url, "02:be:0b:00:00:02", str(env_root), cache, log=logged.append, launcher=Launcher(str(env_root))
+    )
     link_thread = jobs.start()
     try:
         wait_for(lambda: len(connects) >= 2, 10, "the node to link again after the bad frame")

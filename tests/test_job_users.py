@@ -43,7 +43,9 @@ def test_entries_are_kept_a_while_and_asked_again_after(monkeypatch):
 def test_the_node_adds_replaces_and_keeps(tmp_path):
     etc = tmp_path / "etc"
     etc.mkdir()
-    (etc / "passwd").write_text("root:x:0:0:root:/:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n")
+    (etc / "passwd").write_text(
+        "root:x:0:0:root:/:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+    )
     (etc / "group").write_text("root:x:0:\nnogroup:x:65534:\n")
     accounts = Accounts(str(tmp_path))
     accounts.ensure("alice:x:1000:1000:Alice:/home/alice:/bin/bash", ("alice:x:1000:alice", "users:x:100:alice"))
@@ -51,10 +53,16 @@ def test_the_node_adds_replaces_and_keeps(tmp_path):
     accounts.ensure("root:x:0:0:root:/root:/bin/bash", ("root:x:0:root",))  # the master's root wins
     assert (etc / "passwd").read_text().splitlines() == [
         "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin",
-        "alice:x:1000:1000:Alice:/home/alice:/bin/bash", "bob:x:1001:100:Bob:/home/bob:/bin/sh",
-        "root:x:0:0:root:/root:/bin/bash"]  # fmt: skip
+        "alice:x:1000:1000:Alice:/home/alice:/bin/bash",
+        "bob:x:1001:100:Bob:/home/bob:/bin/sh",
+        "root:x:0:0:root:/root:/bin/bash",
+    ]
     assert (etc / "group").read_text().splitlines() == [
-        "nogroup:x:65534:", "alice:x:1000:alice", "users:x:100:alice,bob", "root:x:0:root"]  # fmt: skip
+        "nogroup:x:65534:",
+        "alice:x:1000:alice",
+        "users:x:100:alice,bob",
+        "root:x:0:root",
+    ]
     assert stat.S_IMODE(os.stat(etc / "passwd").st_mode) == 0o644
     inode = os.stat(etc / "passwd").st_ino
     accounts.ensure("alice:x:1000:1000:Alice:/home/alice:/bin/bash", ("alice:x:1000:alice",))
@@ -62,8 +70,14 @@ def test_the_node_adds_replaces_and_keeps(tmp_path):
     assert sorted(os.listdir(etc)) == ["group", "passwd"]  # no temporary left
 
 
-@pytest.mark.parametrize("entry, groups", [("alice:x:1000", ()), ("a:x:1:1:a:/:/bin/sh\nroot::0:0:::", ()),
-                                           ("alice:x:1000:1000:A:/:/bin/sh", ("users:x:hundred:",))])  # fmt: skip
+@pytest.mark.parametrize(
+    "entry, groups",
+    [
+        ("alice:x:1000", ()),
+        ("a:x:1:1:a:/:/bin/sh\nroot::0:0:::", ()),
+        ("alice:x:1000:1000:A:/:/bin/sh", ("users:x:hundred:",)),
+    ],
+)
 def test_a_malformed_entry_is_refused_and_nothing_written(tmp_path, entry, groups):
     (tmp_path / "etc").mkdir()
     (tmp_path / "etc/passwd").write_text("root:x:0:0:root:/:/bin/sh\n")

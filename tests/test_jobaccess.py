@@ -21,15 +21,18 @@ NOBODY, NOGROUP = 65534, 65534
 pytestmark = pytest.mark.skipif(os.getuid() != 0, reason="checks as other users: needs root, as beoserv has")
 
 
-@pytest.mark.parametrize("mode, owner, group, uid, gids, want, allowed", [
-    (0o644, 0, 0, NOBODY, {NOGROUP}, READ, True),  # others may read
-    (0o640, 0, 0, NOBODY, {NOGROUP}, READ, False),
-    (0o640, 0, 42, NOBODY, {NOGROUP, 42}, READ, True),  # a member of the group
-    (0o044, NOBODY, 0, NOBODY, {NOGROUP}, READ, False),  # the owner gets the owner's bits only
-    (0o700, 0, 0, 0, {0}, READ | SEARCH, True),  # root
-    (0o711, 0, 0, NOBODY, {NOGROUP}, SEARCH, True),
-    (0o711, 0, 0, NOBODY, {NOGROUP}, READ | SEARCH, False),  # may pass through, not list
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "mode, owner, group, uid, gids, want, allowed",
+    [
+        (0o644, 0, 0, NOBODY, {NOGROUP}, READ, True),  # others may read
+        (0o640, 0, 0, NOBODY, {NOGROUP}, READ, False),
+        (0o640, 0, 42, NOBODY, {NOGROUP, 42}, READ, True),  # a member of the group
+        (0o044, NOBODY, 0, NOBODY, {NOGROUP}, READ, False),  # the owner gets the owner's bits only
+        (0o700, 0, 0, 0, {0}, READ | SEARCH, True),  # root
+        (0o711, 0, 0, NOBODY, {NOGROUP}, SEARCH, True),
+        (0o711, 0, 0, NOBODY, {NOGROUP}, READ | SEARCH, False),  # may pass through, not list
+    ],
+)
 def test_mode_bits_where_the_kernel_cannot_be_asked(mode, owner, group, uid, gids, want, allowed):
     assert may(mode, owner, group, uid, frozenset(gids), want) == allowed
 
@@ -74,7 +77,9 @@ def test_what_the_user_may_not_have_is_refused_by_name(open_dir):
     listing.mkdir(mode=0o711)
     with pytest.raises(AccessDenied, match="list"):
         guard([entry(listing, directory=True)], NOBODY, NOGROUP, ())
-    guard([p.JobFile(str(open_dir / "lnk"), 0o777, link=str(private / "f"))], NOBODY, NOGROUP, ())  # a link: its target is checked as an entry
+    guard(
+        [p.JobFile(str(open_dir / "lnk"), 0o777, link=str(private / "f"))], NOBODY, NOGROUP, ()
+    )  # a link: its target is checked as an entry
 
 
 def setfacl(*args: str) -> None:

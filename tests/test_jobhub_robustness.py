@@ -87,8 +87,12 @@ def running_job(master, command: str) -> int:
 
 def test_a_node_cannot_write_to_or_end_another_nodes_job(cluster):
     command = "sh -c sleep 2; exit 3"
-    victim = subprocess.Popen(bpsh_argv(cluster.bpsh_socket, "0", "sh", "-c", "sleep 2; exit 3"),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    victim = subprocess.Popen(
+        bpsh_argv(cluster.bpsh_socket, "0", "sh", "-c", "sleep 2; exit 3"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     asyncio.run(forge_exit_for(cluster, running_job(cluster, command)))
     out, _ = victim.communicate(timeout=30)
     assert (victim.returncode, out) == (3, "")  # its own end, not the forged one

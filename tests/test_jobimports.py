@@ -7,19 +7,22 @@ import pytest
 from beoboot.jobimports import PythonImports, python_start
 
 
-@pytest.mark.parametrize("args, script, code, module", [
-    (("prog.py", "-c", "x"), "/w/prog.py", None, None),
-    (("-u", "-W", "ignore", "-X", "dev", "prog.py"), "/w/prog.py", None, None),
-    (("-Wignore", "sub/prog.py"), "/w/sub/prog.py", None, None),
-    (("-c", "import os", "prog.py"), None, "import os", None),
-    (("-uc", "import os"), None, "import os", None),
-    (("-m", "pkg.tool", "arg"), None, None, "pkg.tool"),
-    (("-mpkg",), None, None, "pkg"),
-    (("--check-hash-based-pycs", "never", "p.py"), "/w/p.py", None, None),
-    (("--", "p.py"), "/w/p.py", None, None),
-    (("-",), None, None, None),
-    ((), None, None, None),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "args, script, code, module",
+    [
+        (("prog.py", "-c", "x"), "/w/prog.py", None, None),
+        (("-u", "-W", "ignore", "-X", "dev", "prog.py"), "/w/prog.py", None, None),
+        (("-Wignore", "sub/prog.py"), "/w/sub/prog.py", None, None),
+        (("-c", "import os", "prog.py"), None, "import os", None),
+        (("-uc", "import os"), None, "import os", None),
+        (("-m", "pkg.tool", "arg"), None, None, "pkg.tool"),
+        (("-mpkg",), None, None, "pkg"),
+        (("--check-hash-based-pycs", "never", "p.py"), "/w/p.py", None, None),
+        (("--", "p.py"), "/w/p.py", None, None),
+        (("-",), None, None, None),
+        ((), None, None, None),
+    ],
+)
 def test_the_command_line_is_read_as_cpython_reads_it(args, script, code, module):
     start = python_start("/usr/bin/python3", "/usr/bin/python3.11", args, "/w")
     assert (start.script, start.code, start.module) == (script, code, module)
@@ -65,8 +68,9 @@ def install(tmp_path):
 
 
 def found(install, args, env=None, imports=None, cwd=None):
-    start = python_start(str(install / "usr/bin/python3"), str(install / "usr/bin/python3.11"), args,
-                         cwd or str(install / "prog"))  # fmt: skip
+    start = python_start(
+        str(install / "usr/bin/python3"), str(install / "usr/bin/python3.11"), args, cwd or str(install / "prog")
+    )
     result = (imports or PythonImports()).paths(start, env or {})
     return {os.path.relpath(path, install) for path in result}
 
@@ -76,12 +80,16 @@ SITE = "usr/lib/python3.11/site-packages"
 
 def test_a_script_brings_itself_its_own_modules_and_the_packages_it_reaches(install):
     assert found(install, ("main.py",)) == {
-        "prog/main.py", "prog/helper.py",
-        f"{SITE}/pkga", f"{SITE}/pkga-1.0.dist-info", f"{SITE}/pkgb.py",
+        "prog/main.py",
+        "prog/helper.py",
+        f"{SITE}/pkga",
+        f"{SITE}/pkga-1.0.dist-info",
+        f"{SITE}/pkgb.py",
         f"{SITE}/plugin.cpython-311-x86_64-linux-gnu.so",  # importlib.import_module('plugin')
         f"{SITE}/ns/inner",  # the regular package inside the namespace package
-        "more/frompth.py", f"{SITE}/extra.pth",  # and the .pth that puts its directory on sys.path
-    }  # fmt: skip
+        "more/frompth.py",
+        f"{SITE}/extra.pth",  # and the .pth that puts its directory on sys.path
+    }
 
 
 def test_code_and_modules_run_with_c_and_m(install):
@@ -111,18 +119,22 @@ def test_a_virtualenv_brings_its_config_and_its_own_site_packages(install):
     os.symlink(install / "usr/bin/python3.11", venv / "bin/python")
     write(venv / "pyvenv.cfg", "home = /usr/bin\ninclude-system-site-packages = false\n")
     write(venv / "lib/python3.11/site-packages/invenv.py")
-    start = python_start(str(venv / "bin/python"), str(install / "usr/bin/python3.11"),
-                         ("-c", "import invenv, pkgb"), "/")  # fmt: skip
+    start = python_start(
+        str(venv / "bin/python"), str(install / "usr/bin/python3.11"), ("-c", "import invenv, pkgb"), "/"
+    )
     assert {os.path.relpath(p, install) for p in PythonImports().paths(start, {})} == {
-        "venv/pyvenv.cfg", "venv/lib/python3.11/site-packages/invenv.py"}  # no system site-packages: no pkgb
+        "venv/pyvenv.cfg",
+        "venv/lib/python3.11/site-packages/invenv.py",
+    }  # no system site-packages: no pkgb
     write(venv / "pyvenv.cfg", "include-system-site-packages = true\n")
     assert f"{SITE}/pkgb.py" in {os.path.relpath(p, install) for p in PythonImports().paths(start, {})}
 
 
 def test_cached_until_a_directory_searched_or_read_changes(install):
     imports = PythonImports()
-    start = python_start(str(install / "usr/bin/python3"), str(install / "usr/bin/python3.11"), ("main.py",),
-                         str(install / "prog"))  # fmt: skip
+    start = python_start(
+        str(install / "usr/bin/python3"), str(install / "usr/bin/python3.11"), ("main.py",), str(install / "prog")
+    )
     assert imports.paths(start, {}, cached_only=True) is None
     first = imports.paths(start, {})
     assert imports.paths(start, {}, cached_only=True) is first

@@ -26,7 +26,9 @@ def register(url: str) -> p.RegisterReply:
         reply = p.from_json(p.RegisterReply, response.read())
     ready = p.EventBatch(MAC, 0.0, (p.StageEvent(p.BootEvent.STAGE3_READY, 0.0, p.Stage.SUPERVISOR),))
     headers = {p.LINK_TOKEN_HEADER: reply.link_token}
-    urllib.request.urlopen(urllib.request.Request(url + p.EVENTS_PATH, p.to_json(ready).encode(), headers), timeout=10).close()
+    urllib.request.urlopen(
+        urllib.request.Request(url + p.EVENTS_PATH, p.to_json(ready).encode(), headers), timeout=10
+    ).close()
     return reply
 
 

@@ -15,8 +15,13 @@ from beoboot.sysroot import Sysroot
 
 def make_stdlib(root):
     lib = root / "usr/lib/python3.11"
-    for relative, text in [("os.py", "name = 'os'\n"), ("json/__init__.py", "name = 'json'\n"),
-                           ("stale.py", "name = 'stale'\n"), ("test/test_x.py", ""), ("tkinter/__init__.py", "")]:  # fmt: skip
+    for relative, text in [
+        ("os.py", "name = 'os'\n"),
+        ("json/__init__.py", "name = 'json'\n"),
+        ("stale.py", "name = 'stale'\n"),
+        ("test/test_x.py", ""),
+        ("tkinter/__init__.py", ""),
+    ]:
         (lib / relative).parent.mkdir(parents=True, exist_ok=True)
         (lib / relative).write_text(text)
     for relative in ("json/__init__.py", "stale.py"):  # as Debian installs them: timestamp .pyc beside
@@ -48,10 +53,13 @@ def test_the_real_stdlib_zip_runs(tmp_path):
     """The master's own stdlib, zipped, imported by its interpreter with nothing else on sys.path."""
     zips = StdlibZips()
     stdlib = zips.for_interpreter(Sysroot("/"), os.path.realpath("/usr/bin/python3"))
-    program = ("import sys; sys.path[:] = [sys.argv[1], '/usr/lib/python3.11/lib-dynload']\n"
-               "import json, email.parser, asyncio, argparse\nprint(json.__file__)")  # fmt: skip
-    ran = subprocess.run(["/usr/bin/python3", "-I", "-S", "-c", program, stdlib.host_path],
-                         capture_output=True, text=True)  # fmt: skip
+    program = (
+        "import sys; sys.path[:] = [sys.argv[1], '/usr/lib/python3.11/lib-dynload']\n"
+        "import json, email.parser, asyncio, argparse\nprint(json.__file__)"
+    )
+    ran = subprocess.run(
+        ["/usr/bin/python3", "-I", "-S", "-c", program, stdlib.host_path], capture_output=True, text=True
+    )
     assert ran.stdout == f"{stdlib.host_path}/{stdlib_zip_member('json/__init__.py')}\n", ran.stderr
 
 
@@ -89,8 +97,10 @@ def test_an_extension_module_whose_library_is_missing_is_left_out_not_fatal(tmp_
     (tmp_path / "dep.c").write_text("int dep(void) { return 1; }\n")
     (tmp_path / "ext.c").write_text("int dep(void);\nint ext(void) { return dep(); }\n")
     subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(tmp_path / "libdep.so"), str(tmp_path / "dep.c")], check=True)
-    for name, libraries in (("broken.cpython-311-x86_64-linux-gnu.so", [f"-L{tmp_path}", "-ldep"]),
-                            ("fine.cpython-311-x86_64-linux-gnu.so", [])):  # fmt: skip
+    for name, libraries in (
+        ("broken.cpython-311-x86_64-linux-gnu.so", [f"-L{tmp_path}", "-ldep"]),
+        ("fine.cpython-311-x86_64-linux-gnu.so", []),
+    ):
         source = tmp_path / ("ext.c" if libraries else "dep.c")
         subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(dynload / name), str(source), *libraries], check=True)
     (tmp_path / "libdep.so").unlink()  # no rpath, and now nowhere: broken's library is missing

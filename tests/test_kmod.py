@@ -69,7 +69,9 @@ def test_normalise_alias(given: str, expected: str) -> None:
 
 
 def test_parse_modules_dep_reverses_into_load_order() -> None:
-    table = parse_modules_dep("kernel/a.ko: kernel/b.ko kernel/c-d.ko.xz\nkernel/b.ko: kernel/c-d.ko.xz\n\nkernel/c-d.ko.xz:\n")
+    table = parse_modules_dep(
+        "kernel/a.ko: kernel/b.ko kernel/c-d.ko.xz\nkernel/b.ko: kernel/c-d.ko.xz\n\nkernel/c-d.ko.xz:\n"
+    )
     assert table == {
         "a": DepEntry("kernel/a.ko", ("c_d", "b")),
         "b": DepEntry("kernel/b.ko", ("c_d",)),
@@ -167,7 +169,9 @@ def test_unknown_name_suggests_close_one(kmods: KernelModules) -> None:
     "name, suffix, stored_name",
     [("e1000e", ".ko", "e1000e"), ("virtio_net", ".ko.xz", "virtio_net"), ("net-failover", ".ko.zst", "net_failover")],
 )
-def test_modinfo_reads_plain_xz_and_zstd_modules(kmods: KernelModules, name: str, suffix: str, stored_name: str) -> None:
+def test_modinfo_reads_plain_xz_and_zstd_modules(
+    kmods: KernelModules, name: str, suffix: str, stored_name: str
+) -> None:
     assert kmods.module_path(name).endswith(suffix)
     info = kmods.modinfo(name)
     assert info["name"] == [stored_name]
@@ -211,8 +215,22 @@ def test_a_fifo_for_a_module_index_is_an_error_not_a_wait(tmp_path: Path, index:
     fifo = tmp_path / "lib/modules" / kmodtree.VERSION / index
     fifo.unlink()
     os.mkfifo(fifo)
-    result = subprocess.run([sys.executable, "-m", "beoboot", "modules", "--sysroot", str(tmp_path), "--kernel",
-                             kmodtree.VERSION, "e1000e"], capture_output=True, text=True, timeout=20)  # fmt: skip
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "beoboot",
+            "modules",
+            "--sysroot",
+            str(tmp_path),
+            "--kernel",
+            kmodtree.VERSION,
+            "e1000e",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert f"cannot read /lib/modules/{kmodtree.VERSION}/{index} in sysroot" in result.stderr
     assert "not a regular file (a FIFO)" in result.stderr

@@ -151,40 +151,85 @@ def test_interpreter_and_libc_once_each(tmp_path):
     ("case", "prog", "extra", "expected"),
     [
         # RUNPATH wins over the default directories.
-        ("runpath", program(needed=("libx.so.1",), runpath="/opt/b"),
-         {"/opt/b/libx.so.1": library("libx.so.1"), f"{MULTIARCH}/libx.so.1": library("libx.so.1")},
-         "/opt/b/libx.so.1"),
+        (
+            "runpath",
+            program(needed=("libx.so.1",), runpath="/opt/b"),
+            {"/opt/b/libx.so.1": library("libx.so.1"), f"{MULTIARCH}/libx.so.1": library("libx.so.1")},
+            "/opt/b/libx.so.1",
+        ),
         # With both, RPATH is ignored.
-        ("rpath ignored", program(needed=("libx.so.1",), rpath="/opt/a", runpath="/opt/b"),
-         {"/opt/a/libx.so.1": library("libx.so.1"), "/opt/b/libx.so.1": library("libx.so.1")},
-         "/opt/b/libx.so.1"),
-        ("rpath alone", program(needed=("libx.so.1",), rpath="/opt/a"),
-         {"/opt/a/libx.so.1": library("libx.so.1"), f"{MULTIARCH}/libx.so.1": library("libx.so.1")},
-         "/opt/a/libx.so.1"),
-        ("$ORIGIN", program(needed=("libx.so.1",), runpath="$ORIGIN/../lib"),
-         {"/opt/app/lib/libx.so.1": library("libx.so.1")}, "/opt/app/lib/libx.so.1"),
-        ("${ORIGIN}", program(needed=("libx.so.1",), rpath="${ORIGIN}/../lib"),
-         {"/opt/app/lib/libx.so.1": library("libx.so.1")}, "/opt/app/lib/libx.so.1"),
-        ("$LIB", program(needed=("libx.so.1",), runpath="/opt/$LIB"),
-         {"/opt/lib/x86_64-linux-gnu/libx.so.1": library("libx.so.1")}, "/opt/lib/x86_64-linux-gnu/libx.so.1"),
-        ("$PLATFORM", program(needed=("libx.so.1",), runpath="/opt/$PLATFORM"),
-         {"/opt/x86_64/libx.so.1": library("libx.so.1")}, "/opt/x86_64/libx.so.1"),
+        (
+            "rpath ignored",
+            program(needed=("libx.so.1",), rpath="/opt/a", runpath="/opt/b"),
+            {"/opt/a/libx.so.1": library("libx.so.1"), "/opt/b/libx.so.1": library("libx.so.1")},
+            "/opt/b/libx.so.1",
+        ),
+        (
+            "rpath alone",
+            program(needed=("libx.so.1",), rpath="/opt/a"),
+            {"/opt/a/libx.so.1": library("libx.so.1"), f"{MULTIARCH}/libx.so.1": library("libx.so.1")},
+            "/opt/a/libx.so.1",
+        ),
+        (
+            "$ORIGIN",
+            program(needed=("libx.so.1",), runpath="$ORIGIN/../lib"),
+            {"/opt/app/lib/libx.so.1": library("libx.so.1")},
+            "/opt/app/lib/libx.so.1",
+        ),
+        (
+            "${ORIGIN}",
+            program(needed=("libx.so.1",), rpath="${ORIGIN}/../lib"),
+            {"/opt/app/lib/libx.so.1": library("libx.so.1")},
+            "/opt/app/lib/libx.so.1",
+        ),
+        (
+            "$LIB",
+            program(needed=("libx.so.1",), runpath="/opt/$LIB"),
+            {"/opt/lib/x86_64-linux-gnu/libx.so.1": library("libx.so.1")},
+            "/opt/lib/x86_64-linux-gnu/libx.so.1",
+        ),
+        (
+            "$PLATFORM",
+            program(needed=("libx.so.1",), runpath="/opt/$PLATFORM"),
+            {"/opt/x86_64/libx.so.1": library("libx.so.1")},
+            "/opt/x86_64/libx.so.1",
+        ),
         # A 32-bit library first on the path is skipped, as glibc skips it.
-        ("wrong class", program(needed=("libx.so.1",), runpath="/opt/32"),
-         {"/opt/32/libx.so.1": library("libx.so.1", bits=32, machine=EM_386),
-          f"{MULTIARCH}/libx.so.1": library("libx.so.1")}, f"{MULTIARCH}/libx.so.1"),
-        ("not elf skipped", program(needed=("libx.so.1",), runpath="/opt/junk"),
-         {"/opt/junk/libx.so.1": b"INPUT(libx.so.1.0)\n", f"{MULTIARCH}/libx.so.1": library("libx.so.1")},
-         f"{MULTIARCH}/libx.so.1"),
+        (
+            "wrong class",
+            program(needed=("libx.so.1",), runpath="/opt/32"),
+            {
+                "/opt/32/libx.so.1": library("libx.so.1", bits=32, machine=EM_386),
+                f"{MULTIARCH}/libx.so.1": library("libx.so.1"),
+            },
+            f"{MULTIARCH}/libx.so.1",
+        ),
+        (
+            "not elf skipped",
+            program(needed=("libx.so.1",), runpath="/opt/junk"),
+            {"/opt/junk/libx.so.1": b"INPUT(libx.so.1.0)\n", f"{MULTIARCH}/libx.so.1": library("libx.so.1")},
+            f"{MULTIARCH}/libx.so.1",
+        ),
         # ld.so.conf directories come before the system directories.
-        ("ld.so.conf", program(needed=("libx.so.1",)),
-         {"/etc/ld.so.conf": b"include /etc/ld.so.conf.d/*.conf\n", "/etc/ld.so.conf.d/x.conf": b"/opt/conf\n",
-          "/opt/conf/libx.so.1": library("libx.so.1"), f"{MULTIARCH}/libx.so.1": library("libx.so.1")},
-         "/opt/conf/libx.so.1"),
-        ("slash in name", program(needed=("$ORIGIN/../lib/libx.so.1",)),
-         {"/opt/app/lib/libx.so.1": library("libx.so.1")}, "/opt/app/lib/libx.so.1"),
+        (
+            "ld.so.conf",
+            program(needed=("libx.so.1",)),
+            {
+                "/etc/ld.so.conf": b"include /etc/ld.so.conf.d/*.conf\n",
+                "/etc/ld.so.conf.d/x.conf": b"/opt/conf\n",
+                "/opt/conf/libx.so.1": library("libx.so.1"),
+                f"{MULTIARCH}/libx.so.1": library("libx.so.1"),
+            },
+            "/opt/conf/libx.so.1",
+        ),
+        (
+            "slash in name",
+            program(needed=("$ORIGIN/../lib/libx.so.1",)),
+            {"/opt/app/lib/libx.so.1": library("libx.so.1")},
+            "/opt/app/lib/libx.so.1",
+        ),
     ],
-)  # fmt: skip
+)
 def test_where_a_library_is_found(tmp_path, case, prog, extra, expected):
     sysroot = make_tree(tmp_path, {**BASE, "/opt/app/bin/prog": prog, **extra})
     closure = LibraryResolver(sysroot).closure(["/opt/app/bin/prog"])
@@ -219,9 +264,12 @@ def test_missing_library_message_names_everything(tmp_path):
 def test_nodeflib_skips_the_default_directories(tmp_path):
     sysroot = make_tree(
         tmp_path,
-        {**BASE, "/bin/prog": program(needed=("libx.so.1",), flags_1=DF_1_NODEFLIB),
-         f"{MULTIARCH}/libx.so.1": library("libx.so.1")},
-    )  # fmt: skip
+        {
+            **BASE,
+            "/bin/prog": program(needed=("libx.so.1",), flags_1=DF_1_NODEFLIB),
+            f"{MULTIARCH}/libx.so.1": library("libx.so.1"),
+        },
+    )
     with pytest.raises(MissingLibraryError, match="libx.so.1"):
         LibraryResolver(sysroot).closure(["/bin/prog"])
 
@@ -252,13 +300,16 @@ def test_merged_usr_reports_the_loader_path(tmp_path):
 def test_dlopen_names_are_resolved_with_their_needs(tmp_path):
     sysroot = make_tree(
         tmp_path,
-        {**BASE, "/bin/prog": program(needed=("libc.so.6",)),
-         f"{MULTIARCH}/libnss_files.so.2": library("libnss_files.so.2", needed=("libc.so.6", "libextra.so.1")),
-         f"{MULTIARCH}/libextra.so.1": library("libextra.so.1"),
-         f"{MULTIARCH}/libgcc_s.so.1": library("libgcc_s.so.1", needed=("libc.so.6",)),
-         # Without a program (so without PT_INTERP) libc's need of ld.so is searched for like any library.
-         f"{MULTIARCH}/ld-linux-x86-64.so.2": INTERP},
-    )  # fmt: skip
+        {
+            **BASE,
+            "/bin/prog": program(needed=("libc.so.6",)),
+            f"{MULTIARCH}/libnss_files.so.2": library("libnss_files.so.2", needed=("libc.so.6", "libextra.so.1")),
+            f"{MULTIARCH}/libextra.so.1": library("libextra.so.1"),
+            f"{MULTIARCH}/libgcc_s.so.1": library("libgcc_s.so.1", needed=("libc.so.6",)),
+            # Without a program (so without PT_INTERP) libc's need of ld.so is searched for like any library.
+            f"{MULTIARCH}/ld-linux-x86-64.so.2": INTERP,
+        },
+    )
     resolver = LibraryResolver(sysroot)
     closure = resolver.closure(["/bin/prog"], dlopen=["libnss_files.so.2", f"{MULTIARCH}/libgcc_s.so.1"])
     assert closure[3:] == [
@@ -275,10 +326,14 @@ def test_dlopen_names_are_resolved_with_their_needs(tmp_path):
 def test_roots_each_have_their_own_rpath(tmp_path):
     sysroot = make_tree(
         tmp_path,
-        {**BASE, "/bin/a": program(needed=("libx.so.1",), rpath="/opt/a"),
-         "/bin/b": program(needed=("libx.so.1",), rpath="/opt/b"),
-         "/opt/a/libx.so.1": library("libx.so.1"), "/opt/b/libx.so.1": library("libx.so.1")},
-    )  # fmt: skip
+        {
+            **BASE,
+            "/bin/a": program(needed=("libx.so.1",), rpath="/opt/a"),
+            "/bin/b": program(needed=("libx.so.1",), rpath="/opt/b"),
+            "/opt/a/libx.so.1": library("libx.so.1"),
+            "/opt/b/libx.so.1": library("libx.so.1"),
+        },
+    )
     found = paths(LibraryResolver(sysroot).closure(["/bin/a", "/bin/b"]))
     assert "/opt/a/libx.so.1" in found and "/opt/b/libx.so.1" in found
 
@@ -321,8 +376,14 @@ def test_compiled_program_in_a_copied_sysroot(tmp_path, dtags):
         str(root / "opt/app/lib/libgreet.so.1"),
         str(src / "greet.c"),
     )
-    gcc(str(src / "main.c"), "-o", str(root / "opt/app/bin/hello"), f"-L{root}/opt/app/lib",
-        "-l:libgreet.so.1", f"-Wl,{dtags},-rpath,$ORIGIN/../lib")  # fmt: skip
+    gcc(
+        str(src / "main.c"),
+        "-o",
+        str(root / "opt/app/bin/hello"),
+        f"-L{root}/opt/app/lib",
+        "-l:libgreet.so.1",
+        f"-Wl,{dtags},-rpath,$ORIGIN/../lib",
+    )
 
     host = LibraryResolver(Sysroot("/"))
     for needed in host.closure(["/usr/bin/true"])[1:]:  # the interpreter and libc of this machine
@@ -382,6 +443,9 @@ def test_deps_command_prints_sorted_paths_and_json(tmp_path, capsys):
     assert capsys.readouterr().out.splitlines() == ["/bin/prog", INTERP, f"{MULTIARCH}/libc.so.6"]
     assert main(["deps", "--sysroot", str(tmp_path), "--json", "/bin/prog"]) == 0
     assert json.loads(capsys.readouterr().out)[2] == {
-        "path": f"{MULTIARCH}/libc.so.6", "needed_by": "/bin/prog", "soname": "libc.so.6"}  # fmt: skip
+        "path": f"{MULTIARCH}/libc.so.6",
+        "needed_by": "/bin/prog",
+        "soname": "libc.so.6",
+    }
     assert main(["deps", "--sysroot", str(tmp_path), "/etc/none"]) == 1
     assert "/etc/none: no such file" in capsys.readouterr().err

@@ -179,11 +179,19 @@ class World:
         self.moves = []
         self.told = []  # the leases the keeper said moved the node
         self.keeper = LeaseKeeper(
-            "eth0", MAC, lease or _lease(), OBTAINED_AT, log=self.log,
-            clock=self.clock, sleep=self.clock.sleep, rng=random.Random(1), udp_factory=udp_factory or self.server,
-            packet_factory=self.frames, move_address=lambda i, old, new: self.moves.append((i, old.cidr, new.cidr)),
+            "eth0",
+            MAC,
+            lease or _lease(),
+            OBTAINED_AT,
+            log=self.log,
+            clock=self.clock,
+            sleep=self.clock.sleep,
+            rng=random.Random(1),
+            udp_factory=udp_factory or self.server,
+            packet_factory=self.frames,
+            move_address=lambda i, old, new: self.moves.append((i, old.cidr, new.cidr)),
             moved=lambda lease: self.told.append((lease.cidr, self.keeper.lease is lease)),
-        )  # fmt: skip
+        )
 
     def log(self, line, level="info"):
         self.lines.append((level, line))
@@ -296,8 +304,10 @@ def test_a_failure_is_logged_and_tried_again_a_minute_later():
     world.keeper.sleep = sleep_until_recovered
     with pytest.raises(Stop):
         world.keeper.keep()
-    assert world.lines[0] == ("info", "beoboot: dhcp eth0: lease on 10.9.0.50 for 3600 s: renewing in 1800 s, "
-                                      "rebinding in 3150 s")  # fmt: skip
+    assert world.lines[0] == (
+        "info",
+        "beoboot: dhcp eth0: lease on 10.9.0.50 for 3600 s: renewing in 1800 s, rebinding in 3150 s",
+    )
     assert world.logged("error", "keeping the lease on 10.9.0.50 failed: [Errno 98] cannot open UDP port 68")
     assert world.clock.slept == [1800, 60, 1800 - LATENCY]  # T1, the retry, then the renewed lease's T1
     assert world.sends() == [(1960, SERVER)]
@@ -307,8 +317,17 @@ def test_a_failure_is_logged_and_tried_again_a_minute_later():
 
 
 def test_handoff_carries_the_lease_to_the_keeper():
-    handoff = Handoff("http://m/", "52:54:00:12:34:56", "eth0", "10.9.0.50/24", server_id=SERVER, lease_seconds=3600,
-                      renewal_seconds=1000, rebinding_seconds=2000, lease_obtained_at=12.5)  # fmt: skip
+    handoff = Handoff(
+        "http://m/",
+        "52:54:00:12:34:56",
+        "eth0",
+        "10.9.0.50/24",
+        server_id=SERVER,
+        lease_seconds=3600,
+        renewal_seconds=1000,
+        rebinding_seconds=2000,
+        lease_obtained_at=12.5,
+    )
     again = Handoff.from_json(handoff.to_json())
     assert again == handoff
     assert leasekeeper.lease_from_handoff(again) == dhcp.Lease(
@@ -317,11 +336,21 @@ def test_handoff_carries_the_lease_to_the_keeper():
 
 
 def test_an_old_handoff_still_loads_and_is_not_renewed():
-    old = {"master_url": "http://m/", "mac": "52:54:00:12:34:56", "interface": "eth0", "address": "10.9.0.50/24",
-           "pins": {}}  # fmt: skip
+    old = {
+        "master_url": "http://m/",
+        "mac": "52:54:00:12:34:56",
+        "interface": "eth0",
+        "address": "10.9.0.50/24",
+        "pins": {},
+    }
     handoff = Handoff.from_json(json.dumps(old))
     assert (handoff.server_id, handoff.lease_seconds, handoff.lease_obtained_at) == (None, None, None)
     lines = []
     assert leasekeeper.start(handoff, lambda line, level="info": lines.append((level, line))) is None
-    assert lines == [("error", "beoboot: dhcp eth0: stage 2 handed over no lease times: 10.9.0.50/24 will not be "
-                               "renewed (rebuild the images so both stages match)")]  # fmt: skip
+    assert lines == [
+        (
+            "error",
+            "beoboot: dhcp eth0: stage 2 handed over no lease times: 10.9.0.50/24 will not be "
+            "renewed (rebuild the images so both stages match)",
+        )
+    ]

@@ -90,8 +90,12 @@ def cache_for(env_root: Path, server: ObjectServer, **kw) -> LibCache:
 
 
 def test_objects_are_fetched_once_verified_and_hard_linked(server, env_root):
-    files = [server.add("/usr/bin/prog", b"program"), server.add("/usr/lib/libx.so.1", b"library", 0o644),
-             p.JobFile("/lib", 0o777, link="usr/lib"), p.JobFile("/usr/share/empty", 0o755)]  # fmt: skip
+    files = [
+        server.add("/usr/bin/prog", b"program"),
+        server.add("/usr/lib/libx.so.1", b"library", 0o644),
+        p.JobFile("/lib", 0o777, link="usr/lib"),
+        p.JobFile("/usr/share/empty", 0o755),
+    ]
     cache = cache_for(env_root, server)
     assert cache.ensure(files) == 2
     cache.materialise(files)
@@ -140,8 +144,9 @@ def test_an_acl_comes_along_without_its_write_permissions(server, env_root, tmp_
     cache = cache_for(env_root, server)
     cache.ensure([plain, with_acl])
     cache.materialise([plain, with_acl])
-    listing = subprocess.run(["getfacl", "-cpn", str(env_root / "data/shared")], capture_output=True, text=True,
-                             check=True).stdout  # fmt: skip
+    listing = subprocess.run(
+        ["getfacl", "-cpn", str(env_root / "data/shared")], capture_output=True, text=True, check=True
+    ).stdout
     assert "user:65534:r--" in listing and "w" not in listing
     assert object_name(plain) != object_name(with_acl)
 
@@ -314,9 +319,11 @@ def test_a_file_the_agent_keeps_is_refused_directly_or_through_roots_link_and_no
     os.symlink("/etc", env_root / "srv/e")
     os.symlink("../../..", env_root / "srv/up")
     cache = cache_for(env_root, server)
-    for path, message in (("/etc/passwd", "/etc/passwd is the node's own"),
-                          ("/srv/e/passwd", "/srv/e/passwd leads to /etc/passwd, which is the node's own"),
-                          ("/srv/up/etc/ld.so.preload", "leads to /etc/ld.so.preload, which is the node's own")):  # fmt: skip
+    for path, message in (
+        ("/etc/passwd", "/etc/passwd is the node's own"),
+        ("/srv/e/passwd", "/srv/e/passwd leads to /etc/passwd, which is the node's own"),
+        ("/srv/up/etc/ld.so.preload", "leads to /etc/ld.so.preload, which is the node's own"),
+    ):
         evil = server.add(path, b"evil", 0o644)
         cache.ensure([evil])
         manifest = [p.JobFile("/opt/new", 0o755), p.JobFile("/opt/l", 0o777, link="x"), evil]
@@ -359,7 +366,10 @@ def test_no_path_leads_into_the_libcache(server, env_root):
     cache.ensure([victim])
     cache.materialise([victim])
     evil_bytes = server.add("/x", b"EVIL BYTES")
-    evil = [p.JobFile("/home/x", 0o777, link="../.libcache/objects"), replace(evil_bytes, path=f"/home/x/{object_name(victim)}")]
+    evil = [
+        p.JobFile("/home/x", 0o777, link="../.libcache/objects"),
+        replace(evil_bytes, path=f"/home/x/{object_name(victim)}"),
+    ]
     cache.ensure(evil)
     with pytest.raises(LibCacheError, match="leads into the libcache"):
         cache.materialise(evil)
@@ -383,7 +393,10 @@ def test_a_directory_loses_the_acl_the_master_took_away(server, env_root, tmp_pa
     opened = p.JobFile("/data", 0o750, uid=1000, gid=1000, acl=os.getxattr(source, "system.posix_acl_access").hex())
     cache = cache_for(env_root, server)
     cache.materialise([opened])
-    assert "user:65534:r-x" in subprocess.run(["getfacl", "-cpn", str(env_root / "data")], capture_output=True, text=True).stdout
+    assert (
+        "user:65534:r-x"
+        in subprocess.run(["getfacl", "-cpn", str(env_root / "data")], capture_output=True, text=True).stdout
+    )
     cache.materialise([replace(opened, acl="")])  # the mode and owner as before: only the ACL is gone
     with pytest.raises(OSError):
         os.getxattr(env_root / "data", "system.posix_acl_access")
@@ -485,14 +498,17 @@ def test_a_cache_argument_naming_a_command_gets_the_path_to_give(tmp_path):
     assert caught.value.hint == f"--cache takes paths; to bring the command tool, name its path: --cache {tool}"
 
 
-@pytest.mark.parametrize("shebang, expected", [
-    (("/usr/bin/env", "python3"), "python3"),
-    (("/usr/bin/env", "-S python3 -u"), "python3"),
-    (("/usr/bin/env", "LC_ALL=C perl -w"), "perl"),
-    (("/usr/bin/env", "-u HOME python3"), None),  # an option env reads a value for: not guessed
-    (("/usr/bin/env",), None),
-    (("/bin/sh", "-e"), None),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "shebang, expected",
+    [
+        (("/usr/bin/env", "python3"), "python3"),
+        (("/usr/bin/env", "-S python3 -u"), "python3"),
+        (("/usr/bin/env", "LC_ALL=C perl -w"), "perl"),
+        (("/usr/bin/env", "-u HOME python3"), None),  # an option env reads a value for: not guessed
+        (("/usr/bin/env",), None),
+        (("/bin/sh", "-e"), None),
+    ],
+)
 def test_env_command(shebang, expected):
     assert env_command(shebang) == expected
 
@@ -533,7 +549,10 @@ def test_an_env_script_brings_the_command_the_jobs_path_finds(tmp_path):
 
 def test_python_runtime_rule():
     assert python_runtime("/usr/bin/python3.11") == [
-        "/usr/lib/python3.11/encodings", "/usr/lib/python3.11/os.py", "/usr/lib/python3.11/lib-dynload/"]  # fmt: skip
+        "/usr/lib/python3.11/encodings",
+        "/usr/lib/python3.11/os.py",
+        "/usr/lib/python3.11/lib-dynload/",
+    ]
     assert python_runtime("/usr/bin/perl") == []
 
 
@@ -573,7 +592,9 @@ def test_a_cache_tree_is_described_once_and_again_after_any_change_in_it(tmp_pat
     (tree / "top.pm").write_text("1;\n")
     (tmp_path / "current").symlink_to("modules")
     builder = ManifestBuilder(ObjectStore())
-    request = p.JobRequest("0", ("/bin/true",), {"PATH": "/usr/bin:/bin"}, "/", 0, 0, cache=(str(tmp_path / "current"),))
+    request = p.JobRequest(
+        "0", ("/bin/true",), {"PATH": "/usr/bin:/bin"}, "/", 0, 0, cache=(str(tmp_path / "current"),)
+    )
 
     def files():
         built = builder.build(request)
@@ -624,13 +645,18 @@ def test_the_masters_time_zone_comes_along_and_the_one_tz_names(tmp_path):
     assert zone_files({"TZ": "CET-1CEST"}).keys() == found.keys()  # a rule, no file
 
 
-@pytest.mark.parametrize("argv, wrapped", [
-    (("nice", "-n", "5", "true"), ["true"]),
-    (("/usr/bin/timeout", "-s", "KILL", "60", "true"), ["true"]),
-    (("env", "-i", "A=1", "B=2", "true"), ["true"]),
-    (("nice", "timeout", "9", "true", "sleep"), ["timeout", "true"]),  # true is no wrapper: sleep is its argument
-    (("env",), []), (("true", "nice"), []), (("xargs", "-n1", "echo"), ["echo"]),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "argv, wrapped",
+    [
+        (("nice", "-n", "5", "true"), ["true"]),
+        (("/usr/bin/timeout", "-s", "KILL", "60", "true"), ["true"]),
+        (("env", "-i", "A=1", "B=2", "true"), ["true"]),
+        (("nice", "timeout", "9", "true", "sleep"), ["timeout", "true"]),  # true is no wrapper: sleep is its argument
+        (("env",), []),
+        (("true", "nice"), []),
+        (("xargs", "-n1", "echo"), ["echo"]),
+    ],
+)
 def test_a_wrapper_brings_the_command_it_runs(argv, wrapped):
     assert [os.path.basename(path) for path in wrapped_commands(argv, "/usr/bin:/bin", "/")] == wrapped
 
@@ -651,8 +677,15 @@ def test_the_terminfo_of_term_and_of_dumb_come_along():
     assert terminfo_paths({"TERM": "../../etc/passwd"}) == terminfo_paths({}) == ["/lib/terminfo/d/dumb"]
 
 
-@pytest.mark.parametrize("name, normalised", [("C.UTF-8", "C.utf8"), ("en_GB.ISO-8859-1@euro", "en_GB.iso88591@euro"),
-                                              ("de_DE.8859-15", "de_DE.iso885915"), ("POSIX", "POSIX")])  # fmt: skip
+@pytest.mark.parametrize(
+    "name, normalised",
+    [
+        ("C.UTF-8", "C.utf8"),
+        ("en_GB.ISO-8859-1@euro", "en_GB.iso88591@euro"),
+        ("de_DE.8859-15", "de_DE.iso885915"),
+        ("POSIX", "POSIX"),
+    ],
+)
 def test_locale_names_are_normalised_as_glibc_does(name, normalised):
     assert normalised_name(name) == normalised
 
@@ -678,14 +711,19 @@ def test_parse_nodes_rejects_junk():
     [
         (["0", "ls", "-l"], BpshOptions("/m.sock", "0", ("ls", "-l"))),
         (["-a", "uptime"], BpshOptions("/m.sock", "all", ("uptime",))),
-        (["--socket", "/x.sock", "-n", "1,2", "sh", "-c", "exit 3"],
-         BpshOptions("/x.sock", "1,2", ("sh", "-c", "exit 3"), (), True)),
-        (["--cache=/opt/lib", "0", "prog", "--cache", "y"], BpshOptions("/m.sock", "0", ("prog", "--cache", "y"), ("/opt/lib",))),
+        (
+            ["--socket", "/x.sock", "-n", "1,2", "sh", "-c", "exit 3"],
+            BpshOptions("/x.sock", "1,2", ("sh", "-c", "exit 3"), (), True),
+        ),
+        (
+            ["--cache=/opt/lib", "0", "prog", "--cache", "y"],
+            BpshOptions("/m.sock", "0", ("prog", "--cache", "y"), ("/opt/lib",)),
+        ),
         (["-s", "-a", "df"], BpshOptions("/m.sock", "all", ("df",), sequential=True)),
         (["-apn", "df", "-h"], BpshOptions("/m.sock", "all", ("df", "-h"), no_stdin=True, prefix=True)),
         (["-d", "-p", "0-3", "df"], BpshOptions("/m.sock", "0-3", ("df",), prefix=True, sequential=True, divider=True)),
     ],
-)  # fmt: skip
+)
 def test_bpsh_arguments(argv, expected):
     assert parse_args(argv, {"BEOSERV_SOCKET": "/m.sock"}) == expected
 
@@ -698,19 +736,33 @@ def test_bpsh_request_round_trips_with_any_bytes_and_the_kernels_user():
     options = parse_args(["--cache", "/opt/x", "-n", "2-3", "printf", "%s\\n", "caf\udcc3"], {})
     environ = {b"PATH": b"/usr/bin", b"ODD": b"a=b\xff"}
     request, letters = decode_request(encode_request(options, b"/home/u", environ), uid=1000, gid=100)
-    assert (request.nodes, request.argv, request.cache, request.cwd) == ("2-3", ("printf", "%s\\n", "caf\udcc3"), ("/opt/x",), "/home/u")
+    assert (request.nodes, request.argv, request.cache, request.cwd) == (
+        "2-3",
+        ("printf", "%s\\n", "caf\udcc3"),
+        ("/opt/x",),
+        "/home/u",
+    )
     assert request.env == {"PATH": "/usr/bin", "ODD": "a=b\udcff"} and (request.uid, request.gid) == (1000, 100)
     assert letters == "n" and not request.stdin
 
 
-@pytest.mark.parametrize("data", [b"", b"GET / HTTP/1.1", b"bpsh1\x000\x00/\x00\x005\x00ls", b"bpsh1\x000\x00/\x00\x00x\x00a\x000"])
+@pytest.mark.parametrize(
+    "data", [b"", b"GET / HTTP/1.1", b"bpsh1\x000\x00/\x00\x005\x00ls", b"bpsh1\x000\x00/\x00\x00x\x00a\x000"]
+)
 def test_bad_bpsh_requests_are_refused(data):
     with pytest.raises(RequestError):
         decode_request(data, 0, 0)
 
 
-@pytest.mark.parametrize("argv, message", [([], "no node"), (["0"], "no command"), (["-x", "0", "a"], "unknown option"),
-                                           (["-nx", "0", "a"], "unknown option")])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        ([], "no node"),
+        (["0"], "no command"),
+        (["-x", "0", "a"], "unknown option"),
+        (["-nx", "0", "a"], "unknown option"),
+    ],
+)
 def test_bpsh_argument_errors(argv, message):
     with pytest.raises(BpshUsageError, match=message):
         parse_args(argv, {})
@@ -718,7 +770,9 @@ def test_bpsh_argument_errors(argv, message):
 
 def test_bpsh_help_goes_to_stdout_with_status_0():
     for option in ("-h", "--help"):
-        shown = subprocess.run([sys.executable, "-IS", BPSH_SCRIPT, option, "0", "true"], capture_output=True, text=True)
+        shown = subprocess.run(
+            [sys.executable, "-IS", BPSH_SCRIPT, option, "0", "true"], capture_output=True, text=True
+        )
         assert (shown.returncode, shown.stderr) == (0, "") and shown.stdout.startswith("usage: bpsh ")
 
 
@@ -759,9 +813,13 @@ def test_the_script_an_interpreter_is_given_comes_along(tmp_path):
     (tmp_path / "prog.py").write_text("import helper\n")
     (tmp_path / "helper.py").write_text("")
     builder = ManifestBuilder(ObjectStore())
-    for argv, expected in [(("sh", "-e", "job.sh"), {"job.sh"}), (("perl", "-w", "x.pl"), {"x.pl"}),
-                           (("nice", "-n", "5", "python3", "prog.py"), {"prog.py", "helper.py"}),
-                           (("perl", "-e", "print 1"), set()), (("sh", "-c", "true"), set())]:  # fmt: skip
+    for argv, expected in [
+        (("sh", "-e", "job.sh"), {"job.sh"}),
+        (("perl", "-w", "x.pl"), {"x.pl"}),
+        (("nice", "-n", "5", "python3", "prog.py"), {"prog.py", "helper.py"}),
+        (("perl", "-e", "print 1"), set()),
+        (("sh", "-c", "true"), set()),
+    ]:
         request = p.JobRequest("0", argv, {"PATH": "/usr/bin:/bin"}, str(tmp_path), 0, 0)
         paths = {f.path for f in builder.build(request).files}
         assert {os.path.basename(path) for path in paths if path.startswith(f"{tmp_path}/")} == expected, argv
@@ -792,12 +850,17 @@ def test_a_python_scripts_imports_come_along_and_a_new_one_is_seen(tmp_path):
     assert str(lib / "more.py") in {f.path for f in builder.build(request).files}
 
 
-@pytest.mark.parametrize("program, data", [("/usr/bin/file", "/usr/share/misc/magic.mgc"),
-                                           ("/usr/bin/lspci", "/usr/share/misc/pci.ids")])  # fmt: skip
+@pytest.mark.parametrize(
+    "program, data", [("/usr/bin/file", "/usr/share/misc/magic.mgc"), ("/usr/bin/lspci", "/usr/share/misc/pci.ids")]
+)
 def test_a_library_brings_the_data_file_it_reads(program, data):
     """build.py setup installs both (file, pciutils): a missing one fails here rather than skipping."""
-    paths = {f.path for f in ManifestBuilder(ObjectStore()).build(
-        p.JobRequest("0", (program,), {"PATH": "/usr/bin:/bin"}, "/", 0, 0)).files}  # fmt: skip
+    paths = {
+        f.path
+        for f in ManifestBuilder(ObjectStore())
+        .build(p.JobRequest("0", (program,), {"PATH": "/usr/bin:/bin"}, "/", 0, 0))
+        .files
+    }
     assert data in paths and os.path.realpath(data) in paths
 
 
@@ -822,8 +885,14 @@ def test_a_module_the_user_cannot_open_is_left_out_not_fatal(tmp_path):
         os.mkdir(closed, 0o700)
         with open(os.path.join(closed, "secretmod.py"), "w") as f:
             f.write("")
-        request = p.JobRequest("0", ("/usr/bin/python3", "-c", "import secretmod"),
-                               {"PATH": "/usr/bin:/bin", "PYTHONPATH": closed}, "/", 65534, 65534)  # fmt: skip
+        request = p.JobRequest(
+            "0",
+            ("/usr/bin/python3", "-c", "import secretmod"),
+            {"PATH": "/usr/bin:/bin", "PYTHONPATH": closed},
+            "/",
+            65534,
+            65534,
+        )
         paths = {f.path for f in ManifestBuilder(ObjectStore()).build(request).files}
         assert os.path.realpath("/usr/bin/python3") in paths and not any("secretmod" in path for path in paths)
         as_root = ManifestBuilder(ObjectStore()).build(replace(request, uid=0, gid=0)).files

@@ -71,8 +71,9 @@ def test_a_disk_formatted_by_the_site_is_used_as_it_is_and_its_data_left_alone(d
     assert kept.stdout == "the site's own data\n", kept.stderr
 
 
-def test_a_blank_disk_is_formatted_at_the_first_boot_and_keeps_its_libcache_across_a_reboot(disk_build, master,
-                                                                                             tmp_path):  # fmt: skip
+def test_a_blank_disk_is_formatted_at_the_first_boot_and_keeps_its_libcache_across_a_reboot(
+    disk_build, master, tmp_path
+):
     disk = tmp_path / "node-disk.img"
     subprocess.run(["truncate", "-s", "256M", str(disk)], check=True)  # a new disk: all zeros
     first, kept_first = boot_with_disk(disk_build[0], master, tmp_path, disk, "boot1")

@@ -214,5 +214,9 @@ def test_described_trees_beyond_the_limit_go_least_recently_used_first_with_thei
     builder.build(nobodys("/bin/true", cache=(str(trees[0]),)))  # used again: now the most recent
     for tree in trees[3:]:
         builder.build(nobodys("/bin/true", cache=(str(tree),)))
-    assert {path for path in builder._extras if path.startswith(str(open_dir))} == {str(trees[0]), str(trees[3]), str(trees[4])}
+    assert {path for path in builder._extras if path.startswith(str(open_dir))} == {
+        str(trees[0]),
+        str(trees[3]),
+        str(trees[4]),
+    }
     assert HUB.watched_directories() - before <= 3 * 11

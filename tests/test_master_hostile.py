@@ -78,21 +78,54 @@ HOSTILE = [
     ("GET", f"/api/v1/nodes/0/timeline?boot={BEYOND_SQLITE}", None, 400, "must be a boot number"),
     ("GET", "/api/v1/nodes/0/timeline?boot=%C2%B2", None, 400, "must be a boot number"),
     ("POST", p.REGISTER_PATH, "[" * 100_000 + "]" * 100_000, 400, "nested deeper than"),
-    ("POST", p.REGISTER_PATH, '{"mac": "MAC", "stage": "stage1", "hardware": {"cpus": 1' + "0" * 400 + "}}", 400,
-     "RegisterRequest.hardware.cpus"),
-    ("POST", p.HEARTBEAT_PATH, raw('{"mac": "MAC", "stage": "stage1", "uptime": 1' + "0" * 400 + "}"), 400,
-     "Heartbeat.uptime: .*401 digits"),
-    ("POST", p.HEARTBEAT_PATH, raw('{"mac": "MAC", "stage": "stage1", "uptime": -Infinity}'), 400,
-     "Heartbeat.uptime: .*-Infinity"),
+    (
+        "POST",
+        p.REGISTER_PATH,
+        '{"mac": "MAC", "stage": "stage1", "hardware": {"cpus": 1' + "0" * 400 + "}}",
+        400,
+        "RegisterRequest.hardware.cpus",
+    ),
+    (
+        "POST",
+        p.HEARTBEAT_PATH,
+        raw('{"mac": "MAC", "stage": "stage1", "uptime": 1' + "0" * 400 + "}"),
+        400,
+        "Heartbeat.uptime: .*401 digits",
+    ),
+    (
+        "POST",
+        p.HEARTBEAT_PATH,
+        raw('{"mac": "MAC", "stage": "stage1", "uptime": -Infinity}'),
+        400,
+        "Heartbeat.uptime: .*-Infinity",
+    ),
     ("POST", p.LOGS_PATH, raw('{"mac": "MAC", "sent_mono": NaN, "lines": []}'), 400, "LogBatch.sent_mono: .*NaN"),
-    ("POST", p.EVENTS_PATH, raw('{"mac": "MAC", "sent_mono": 1, "events": [{"name": "dhcp", "mono": 1e999, '
-                                '"stage": "stage2"}]}'), 400, r"EventBatch.events\[0\].mono"),
-    ("POST", p.LOGS_PATH, raw('{"mac": "MAC", "sent_mono": 1, "lines": [], "dropped": ' + BEYOND_SQLITE + "}"), 400,
-     "LogBatch.dropped: .*beyond 64 bits"),
-    ("POST", p.LOGS_PATH, raw('{"mac": "MAC", "sent_mono": 1, "lines": [{"mono": 1, "stage": "stage2", '
-                              '"level": "\\udc00", "message": ""}]}'), 400, "lone surrogate"),
+    (
+        "POST",
+        p.EVENTS_PATH,
+        raw('{"mac": "MAC", "sent_mono": 1, "events": [{"name": "dhcp", "mono": 1e999, "stage": "stage2"}]}'),
+        400,
+        r"EventBatch.events\[0\].mono",
+    ),
+    (
+        "POST",
+        p.LOGS_PATH,
+        raw('{"mac": "MAC", "sent_mono": 1, "lines": [], "dropped": ' + BEYOND_SQLITE + "}"),
+        400,
+        "LogBatch.dropped: .*beyond 64 bits",
+    ),
+    (
+        "POST",
+        p.LOGS_PATH,
+        raw(
+            '{"mac": "MAC", "sent_mono": 1, "lines": [{"mono": 1, "stage": "stage2", '
+            '"level": "\\udc00", "message": ""}]}'
+        ),
+        400,
+        "lone surrogate",
+    ),
     ("POST", p.REGISTER_PATH, "x" * (2 << 20), 413, "larger than"),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize("method, path, data, status, complaint", HOSTILE)
@@ -109,8 +142,10 @@ def test_malformed_http_is_one_line_in_the_log(master):
     """What aiohttp refuses before beoserv sees a request (a 10 KB header, a broken chunk) is a 400 and
     one warning, not a traceback."""
     mark = len(master.log_text())
-    for request in (b"GET / HTTP/1.1\r\nHost: x\r\nX-Long: " + b"a" * 10_000 + b"\r\n\r\n",
-                    b"POST /api/v1/logs HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"):  # fmt: skip
+    for request in (
+        b"GET / HTTP/1.1\r\nHost: x\r\nX-Long: " + b"a" * 10_000 + b"\r\n\r\n",
+        b"POST /api/v1/logs HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    ):
         with socket.create_connection(address(master), timeout=5) as conn:
             conn.sendall(request)
             assert conn.recv(100).startswith(b"HTTP/1.0 400")
@@ -127,19 +162,34 @@ def test_node_text_cannot_forge_a_line_in_beoservs_log_or_on_bpstats_terminal(ma
     mark = len(master.log_text())
     lines = [{"mono": 1, "stage": "stage2", "level": "INFO\n" + FORGED, "message": f"one\n{FORGED}\r\x1b[2J\u2028"}]
     events = [{"name": "dhcp", "mono": 1, "stage": "stage2", "detail": f"lease\n{FORGED}\x1b]0;title\x07"}]
-    for path, message in ((p.LOGS_PATH, {"sent_mono": 2, "lines": lines}), (p.EVENTS_PATH, {"sent_mono": 2, "events": events})):
-        response = requests.post(master.url + path, data=json.dumps({"mac": f" {MAC}\n", **message}), timeout=5,
-                                 headers={p.LINK_TOKEN_HEADER: master.token})
+    for path, message in (
+        (p.LOGS_PATH, {"sent_mono": 2, "lines": lines}),
+        (p.EVENTS_PATH, {"sent_mono": 2, "events": events}),
+    ):
+        response = requests.post(
+            master.url + path,
+            data=json.dumps({"mac": f" {MAC}\n", **message}),
+            timeout=5,
+            headers={p.LINK_TOKEN_HEADER: master.token},
+        )
         assert response.status_code == 200, response.text
     master.wait_for_log(r"dhcp lease\\n", after=mark)
     log = master.log_text()[mark:]
     assert not any(line.startswith(FORGED) for line in log.splitlines()), log
     assert "\x1b" not in log and "\r" not in log and "\u2028" not in log
     assert f"one\\n{FORGED}\\r\\x1b[2J\\u2028" in log  # escaped, as a repr would, not dropped
-    shown = subprocess.run([sys.executable, "-m", "beoboot.master.cli", "bpstat", "--master", master.url,
-                            "--timeline", MAC], capture_output=True, text=True, timeout=30)  # fmt: skip
+    shown = subprocess.run(
+        [sys.executable, "-m", "beoboot.master.cli", "bpstat", "--master", master.url, "--timeline", MAC],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert shown.returncode == 0, shown.stderr
-    assert "\x1b" not in shown.stdout and "\x07" not in shown.stdout and f"lease\\n{FORGED}\\x1b]0;title\\x07" in shown.stdout
+    assert (
+        "\x1b" not in shown.stdout
+        and "\x07" not in shown.stdout
+        and f"lease\\n{FORGED}\\x1b]0;title\\x07" in shown.stdout
+    )
     assert not any(line.startswith(FORGED) for line in shown.stdout.splitlines())
 
 
@@ -232,8 +282,12 @@ def test_a_job_link_outlives_the_request_timeout(master, tmp_path):
         (number,) = [row["number"] for row in nodes if row["state"] == "up"]
         mark = len(master.log_text())
         time.sleep(2 * REQUEST_TIMEOUT)  # the link idles longer than any request may take to arrive
-        ran = subprocess.run(bpsh_argv(master.bpsh_socket, str(number), "echo", "still linked"), capture_output=True,
-                             text=True, timeout=60)  # fmt: skip
+        ran = subprocess.run(
+            bpsh_argv(master.bpsh_socket, str(number), "echo", "still linked"),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert ran.stdout == "still linked\n", ran.stderr
         assert "job link down" not in master.log_text()[mark:]
     finally:
@@ -253,8 +307,9 @@ def test_an_unexpected_failure_is_a_500_and_one_log_line(master):
         holder.execute("ROLLBACK")
         holder.close()
     assert response.status_code == 500 and "OperationalError" in response.json()["error"]
-    said = master.wait_for_log(r"POST /api/v1/register from \S+ failed: OperationalError: database is locked\n",
-                               after=mark)  # fmt: skip
+    said = master.wait_for_log(
+        r"POST /api/v1/register from \S+ failed: OperationalError: database is locked\n", after=mark
+    )
     assert said and "Traceback" not in master.log_text()[mark:]
 
 
@@ -266,8 +321,11 @@ def registration_times(master, first, count):
     times = []
     with requests.Session() as session:
         for i in range(first, first + count):
-            message = {"mac": f"52:54:01:{i >> 16 & 255:02x}:{i >> 8 & 255:02x}:{i & 255:02x}", "stage": "stage1",
-                       "address": f"10.9.{i >> 8 & 255}.{i & 255}"}  # fmt: skip
+            message = {
+                "mac": f"52:54:01:{i >> 16 & 255:02x}:{i >> 8 & 255:02x}:{i & 255:02x}",
+                "stage": "stage1",
+                "address": f"10.9.{i >> 8 & 255}.{i & 255}",
+            }
             started = time.perf_counter()
             session.post(master.url + p.REGISTER_PATH, json=message, timeout=60).raise_for_status()
             times.append(time.perf_counter() - started)
@@ -313,9 +371,13 @@ def test_registration_does_not_slow_as_the_registry_grows(tmp_path):
     ],
 )
 def test_a_frame_no_node_sends_closes_its_link_with_one_line(master, opcode, frame, said):
-    reply = p.from_json(p.RegisterReply, requests.post(master.url + p.REGISTER_PATH, data=body(stage="stage3"), timeout=5).content)
+    reply = p.from_json(
+        p.RegisterReply, requests.post(master.url + p.REGISTER_PATH, data=body(stage="stage3"), timeout=5).content
+    )
     mark = len(master.log_text())
-    link = WebSocket.connect(f"{master.url}{p.JOBS_LINK_PATH}?mac={MAC}", headers={p.LINK_TOKEN_HEADER: reply.link_token})
+    link = WebSocket.connect(
+        f"{master.url}{p.JOBS_LINK_PATH}?mac={MAC}", headers={p.LINK_TOKEN_HEADER: reply.link_token}
+    )
     try:
         master.wait_for_log("job link up", after=mark)
         link._send(opcode, frame)
@@ -354,7 +416,9 @@ def test_bodies_held_at_once_are_bounded_and_the_rest_told_to_retry(tmp_path):
         for conn in slow:
             conn.close()
         deadline = time.monotonic() + 10
-        while (answer := requests.post(server.url + p.REGISTER_PATH, json={"mac": MAC, "stage": "stage1"}, timeout=5)).status_code != 200:
+        while (
+            answer := requests.post(server.url + p.REGISTER_PATH, json={"mac": MAC, "stage": "stage1"}, timeout=5)
+        ).status_code != 200:
             assert time.monotonic() < deadline, answer.text
             time.sleep(0.1)
         assert "Traceback" not in server.log_text()

@@ -23,10 +23,13 @@ def test_the_block_is_replaced_where_it_stands_and_the_rest_is_kept():
     assert with_block(with_block(before, TABLE), TABLE) == with_block(before, TABLE)
 
 
-@pytest.mark.parametrize("text, complaint", [
-    (ADMIN + BEGIN + "\n10.0.2.9 n7 .7\n", "no '# beoboot nodes: end'"),
-    (ADMIN + END + "\n", "without '# beoboot nodes: begin"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "text, complaint",
+    [
+        (ADMIN + BEGIN + "\n10.0.2.9 n7 .7\n", "no '# beoboot nodes: end'"),
+        (ADMIN + END + "\n", "without '# beoboot nodes: begin"),
+    ],
+)
 def test_a_broken_block_is_refused_not_guessed(text, complaint):
     with pytest.raises(HostsFileError, match=complaint):
         with_block(text, TABLE)

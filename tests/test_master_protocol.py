@@ -6,8 +6,13 @@ from agent import protocol as p
 
 
 def test_register_request_round_trips():
-    hw = p.Hardware("QEMU Virtual CPU", 2, 1048576, (p.PciDevice("0000:00:03.0", "0x8086", "0x100e", "0x020000", "e1000"),),
-                    (p.Disk("vda", 10 << 30, None),))  # fmt: skip
+    hw = p.Hardware(
+        "QEMU Virtual CPU",
+        2,
+        1048576,
+        (p.PciDevice("0000:00:03.0", "0x8086", "0x100e", "0x020000", "e1000"),),
+        (p.Disk("vda", 10 << 30, None),),
+    )
     request = p.RegisterRequest("52:54:00:12:34:56", p.Stage.PXE, hw, "0.1.0")
     assert p.from_json(p.RegisterRequest, p.to_json(request)) == request
 
@@ -41,7 +46,11 @@ def test_nested_errors_name_the_path():
 
 @pytest.mark.parametrize(
     "text, mac",
-    [("52:54:00:AB:CD:EF", "52:54:00:ab:cd:ef"), ("52-54-00-ab-cd-ef", "52:54:00:ab:cd:ef"), (" 52:54:00:00:00:01 ", "52:54:00:00:00:01")],
+    [
+        ("52:54:00:AB:CD:EF", "52:54:00:ab:cd:ef"),
+        ("52-54-00-ab-cd-ef", "52:54:00:ab:cd:ef"),
+        (" 52:54:00:00:00:01 ", "52:54:00:00:00:01"),
+    ],
 )
 def test_normalise_mac(text, mac):
     assert p.normalise_mac(text) == mac
@@ -57,7 +66,9 @@ def test_names():
     assert (p.node_name(0), p.node_hostname(0), p.node_hostname(12, "node")) == (".0", "n0", "node12")
 
 
-@pytest.mark.parametrize("name, ok", [("dhcp", True), ("stage3_ready", True), ("Bad", False), ("a b", False), ("x" * 41, False)])
+@pytest.mark.parametrize(
+    "name, ok", [("dhcp", True), ("stage3_ready", True), ("Bad", False), ("a b", False), ("x" * 41, False)]
+)
 def test_event_names(name, ok):
     if ok:
         assert p.check_event_name(name) == name
@@ -91,19 +102,37 @@ MAC = "52:54:00:12:34:56"
     [
         (p.Heartbeat, f'{{"mac": "{MAC}", "stage": "stage1", "uptime": -Infinity}}', "Heartbeat.uptime: .*-Infinity"),
         (p.LogBatch, f'{{"mac": "{MAC}", "sent_mono": NaN, "lines": []}}', "LogBatch.sent_mono: .*NaN"),
-        (p.EventBatch, f'{{"mac": "{MAC}", "sent_mono": 1e999, "events": []}}', "EventBatch.sent_mono: .*beyond a float"),
-        (p.LogBatch, f'{{"mac": "{MAC}", "sent_mono": 1, "lines": [], "dropped": {"9" * 400}}}',
-         "LogBatch.dropped: .*400 digits, beyond 64 bits"),
-        (p.RegisterRequest, f'{{"mac": "{MAC}", "stage": "stage1", "hardware": {{"cpus": {2**63}}}}}',
-         r"RegisterRequest.hardware.cpus: .*beyond 64 bits"),
-        (p.Heartbeat, f'{{"mac": "{MAC}", "stage": "stage1", "uptime": {"9" * 400}}}', "Heartbeat.uptime: .*400 digits"),
-        (p.LogBatch, f'{{"mac": "{MAC}", "sent_mono": 1, "lines": [{{"mono": 1, "stage": "stage1", "level": "\\ud800", '
-                     '"message": ""}]}', r"LogBatch.lines\[0\].level: .*lone surrogate"),
+        (
+            p.EventBatch,
+            f'{{"mac": "{MAC}", "sent_mono": 1e999, "events": []}}',
+            "EventBatch.sent_mono: .*beyond a float",
+        ),
+        (
+            p.LogBatch,
+            f'{{"mac": "{MAC}", "sent_mono": 1, "lines": [], "dropped": {"9" * 400}}}',
+            "LogBatch.dropped: .*400 digits, beyond 64 bits",
+        ),
+        (
+            p.RegisterRequest,
+            f'{{"mac": "{MAC}", "stage": "stage1", "hardware": {{"cpus": {2**63}}}}}',
+            r"RegisterRequest.hardware.cpus: .*beyond 64 bits",
+        ),
+        (
+            p.Heartbeat,
+            f'{{"mac": "{MAC}", "stage": "stage1", "uptime": {"9" * 400}}}',
+            "Heartbeat.uptime: .*400 digits",
+        ),
+        (
+            p.LogBatch,
+            f'{{"mac": "{MAC}", "sent_mono": 1, "lines": [{{"mono": 1, "stage": "stage1", "level": "\\ud800", '
+            '"message": ""}]}',
+            r"LogBatch.lines\[0\].level: .*lone surrogate",
+        ),
         (p.RegisterRequest, '{"mac": ' + "[" * 40 + "]" * 40 + "}", "RegisterRequest: nested deeper than 16 levels"),
         (p.RegisterRequest, "[" * 100_000 + "]" * 100_000, "RegisterRequest: nested deeper than 16 levels"),
         (p.RegisterRequest, b'{"mac": "\xff"}', "RegisterRequest: not UTF-8"),
     ],
-)  # fmt: skip
+)
 def test_values_no_message_may_hold_are_refused_naming_the_field(cls, text, complaint):
     with pytest.raises(p.ProtocolError, match=complaint):
         p.from_json(cls, text)

@@ -53,9 +53,13 @@ def test_a_real_build_is_served_as_listed_and_a_rebuild_without_restart(built, t
     part = get(master, "stage2.cpio.zst", headers={"Range": "bytes=100-199"})
     assert part.status_code == 206 and part.content == (outdir / "stage2.cpio.zst").read_bytes()[100:200]
     assert_not_published(
-        master, ".beoboot-staging-4242/stage1.cpio.zst", ".builds/unfinished-4243/stage1.cpio.zst",
-        ".git/stage1.cpio.zst", "notes.txt", "pxe",
-    )  # fmt: skip
+        master,
+        ".beoboot-staging-4242/stage1.cpio.zst",
+        ".builds/unfinished-4243/stage1.cpio.zst",
+        ".git/stage1.cpio.zst",
+        "notes.txt",
+        "pxe",
+    )
     build_id = os.readlink(outdir / "current").rsplit("/", 1)[-1]
     assert_not_published(master, f".builds/{build_id}/vmlinuz", "current/vmlinuz")  # only by the names users know
 

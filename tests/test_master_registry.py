@@ -103,7 +103,9 @@ def test_bpctl_marks_down_only_the_boot_it_ordered(reg):
     reg.register(A, Stage.PXE, Hardware(), 4.0)  # boot 2 began before the order of boot 1 was recorded
     assert reg.mark_down(0, 1, 5.0, "reboot", "bpctl, as root asked")
     assert (reg.node_by_number(0).boot, reg.node_by_number(0).state) == (2, NodeState.BOOTING)
-    assert "reboot" in [e.event for e in reg.timeline(0, 1)[1]] and "reboot" not in [e.event for e in reg.timeline(0, 2)[1]]
+    assert "reboot" in [e.event for e in reg.timeline(0, 1)[1]] and "reboot" not in [
+        e.event for e in reg.timeline(0, 2)[1]
+    ]
     assert not reg.mark_down(5, 1, 6.0, "halt", "")  # no such node
 
 

@@ -83,7 +83,14 @@ def test_events_make_a_timeline_and_ready_means_up(master):
             lk.event(name)
     timeline = p.from_json(p.Timeline, requests.get(master.url + p.TIMELINE_PATH.format(node=f"n{number}")).content)
     assert [e.event for e in timeline.entries] == [
-        "stage1_start", "kexec", "stage2_start", "dhcp", "download", "switch", "stage3_ready"]  # fmt: skip
+        "stage1_start",
+        "kexec",
+        "stage2_start",
+        "dhcp",
+        "download",
+        "switch",
+        "stage3_ready",
+    ]
     assert timeline.boot == 1 and all(a.t <= b.t for a, b in zip(timeline.entries, timeline.entries[1:]))
     assert lk.heartbeat(5.0).state is p.NodeState.UP
 
@@ -195,8 +202,15 @@ def test_download_resumes_after_a_broken_link(master, boot_tree, tmp_path):
     session.requests_seen = []
     data = (boot_tree / "stage3.cpio").read_bytes()
     dest = tmp_path / "stage3.cpio"
-    fetch(master.url + p.BOOT_PREFIX + "stage3.cpio", str(dest), hashlib.sha256(data).hexdigest(), session=session,
-          sleep=lambda s: None, log=lambda line: None, attempts=3)  # fmt: skip
+    fetch(
+        master.url + p.BOOT_PREFIX + "stage3.cpio",
+        str(dest),
+        hashlib.sha256(data).hexdigest(),
+        session=session,
+        sleep=lambda s: None,
+        log=lambda line: None,
+        attempts=3,
+    )
     assert dest.read_bytes() == data
     assert session.requests_seen == [(200, None), (206, f"bytes={1 << 20}-")]
 
@@ -232,7 +246,12 @@ def test_silent_node_goes_down_and_comes_back(own_master):
     nodes = p.from_json(p.NodeList, requests.get(own_master.url + p.NODES_PATH).content)
     assert nodes.nodes[0].state is p.NodeState.DOWN
     assert lk.heartbeat(1.0).state is p.NodeState.UP
-    events = [e.event for e in p.from_json(p.Timeline, requests.get(own_master.url + p.TIMELINE_PATH.format(node="0")).content).entries]
+    events = [
+        e.event
+        for e in p.from_json(
+            p.Timeline, requests.get(own_master.url + p.TIMELINE_PATH.format(node="0")).content
+        ).entries
+    ]
     assert events == ["stage3_ready", "heartbeat_lost"]
 
 
@@ -311,7 +330,9 @@ def test_host_table_names_every_node_with_an_address_and_heartbeats_say_when_it_
         server.stop()
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"), reason="the resolver check mounts over /etc/hosts")
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("unshare"), reason="the resolver check mounts over /etc/hosts"
+)
 def test_the_master_resolves_node_names_from_the_block_beoserv_keeps_in_its_hosts_file(boot_tree, tmp_path):
     """hosts_file: beoserv writes the host table into the file just after each registration, keeping the
     administrator's lines, and glibc's own resolver (getent, in a mount namespace where the file is

@@ -24,6 +24,7 @@ NIC_LINE = re.compile(r"beoboot: nic \S+ \S+ -> (\S+)")  # then maybe "(via virt
 
 # --- parsers and plans (fast) --------------------------------------------------------------------------
 
+
 def _iso_head():
     head = bytearray(0x8800)
     head[0x8001:0x8006] = b"CD001"
@@ -37,54 +38,68 @@ def _mbr(size=512):
     return bytes(head)
 
 
-@pytest.mark.parametrize("head, size, kind", [
-    (_iso_head(), 26_214_400, ArtifactKind.ISO),
-    (_mbr(), 1_474_560, ArtifactKind.FLOPPY),
-    (_mbr(), 2_949_120, ArtifactKind.FLOPPY),
-    (_mbr(), 8_000_000, ArtifactKind.DISK),
-    (b"\x28\xb5\x2f\xfd" + b"\0" * 60, 100, ArtifactKind.STAGE_IMAGE),  # zstd
-    (b"\x1f\x8b\x08" + b"\0" * 60, 100, ArtifactKind.STAGE_IMAGE),  # gzip
-    (b"070701" + b"0" * 60, 100, ArtifactKind.STAGE_IMAGE),  # plain newc cpio
-    (b"root:x:0:0", 10, None),
-    (b"", 0, None),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "head, size, kind",
+    [
+        (_iso_head(), 26_214_400, ArtifactKind.ISO),
+        (_mbr(), 1_474_560, ArtifactKind.FLOPPY),
+        (_mbr(), 2_949_120, ArtifactKind.FLOPPY),
+        (_mbr(), 8_000_000, ArtifactKind.DISK),
+        (b"\x28\xb5\x2f\xfd" + b"\0" * 60, 100, ArtifactKind.STAGE_IMAGE),  # zstd
+        (b"\x1f\x8b\x08" + b"\0" * 60, 100, ArtifactKind.STAGE_IMAGE),  # gzip
+        (b"070701" + b"0" * 60, 100, ArtifactKind.STAGE_IMAGE),  # plain newc cpio
+        (b"root:x:0:0", 10, None),
+        (b"", 0, None),
+    ],
+)
 def test_sniff(head, size, kind):
     assert bootvm.sniff(head, size) is kind
 
 
-@pytest.mark.parametrize("url, host, port", [
-    ("http://10.0.2.2:8080/", "10.0.2.2", 8080),
-    ("http://10.54.0.1/", "10.54.0.1", 80),
-    ("http://192.168.7.3:9000", "192.168.7.3", 9000),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "url, host, port",
+    [
+        ("http://10.0.2.2:8080/", "10.0.2.2", 8080),
+        ("http://10.54.0.1/", "10.54.0.1", 80),
+        ("http://192.168.7.3:9000", "192.168.7.3", 9000),
+    ],
+)
 def test_parse_master_url(url, host, port):
     master = bootvm.parse_master_url(url)
     assert (str(master.host), master.port) == (host, port)
 
 
-@pytest.mark.parametrize("url, says", [
-    ("https://10.0.2.2/", "not http://"),
-    ("http://master.cluster:8080/", "IPv4"),
-    ("http://127.0.0.1:8080/", "cannot be a master"),
-    ("http://10.0.2.2:99999/", "10.0.2.2:99999"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "url, says",
+    [
+        ("https://10.0.2.2/", "not http://"),
+        ("http://master.cluster:8080/", "IPv4"),
+        ("http://127.0.0.1:8080/", "cannot be a master"),
+        ("http://10.0.2.2:99999/", "10.0.2.2:99999"),
+    ],
+)
 def test_parse_master_url_rejects(url, says):
     with pytest.raises(ConfigError) as err:
         bootvm.parse_master_url(url)
     assert url in str(err.value) and (says in str(err.value) or says in (err.value.hint or ""))
 
 
-@pytest.mark.parametrize("host, options", [
-    ("10.0.2.2", "net=10.0.2.0/24,host=10.0.2.2,dhcpstart=10.0.2.15,dns=10.0.2.3"),  # QEMU's own defaults
-    ("10.54.0.1", "net=10.54.0.0/24,host=10.54.0.1,dhcpstart=10.54.0.15,dns=10.54.0.3"),
-    ("10.54.0.20", "net=10.54.0.0/24,host=10.54.0.20,dhcpstart=10.54.0.100,dns=10.54.0.3"),  # in slirp's DHCP range
-    ("10.54.0.3", "net=10.54.0.0/24,host=10.54.0.3,dhcpstart=10.54.0.15,dns=10.54.0.4"),  # slirp's DNS address
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "host, options",
+    [
+        ("10.0.2.2", "net=10.0.2.0/24,host=10.0.2.2,dhcpstart=10.0.2.15,dns=10.0.2.3"),  # QEMU's own defaults
+        ("10.54.0.1", "net=10.54.0.0/24,host=10.54.0.1,dhcpstart=10.54.0.15,dns=10.54.0.3"),
+        ("10.54.0.20", "net=10.54.0.0/24,host=10.54.0.20,dhcpstart=10.54.0.100,dns=10.54.0.3"),  # in slirp's DHCP range
+        ("10.54.0.3", "net=10.54.0.0/24,host=10.54.0.3,dhcpstart=10.54.0.15,dns=10.54.0.4"),  # slirp's DNS address
+    ],
+)
 def test_slirp_makes_the_master_the_host(host, options):
     assert bootvm.parse_master_url(f"http://{host}:8080/").slirp_options == options
 
 
-STAGE2_LINE = "console=ttyS0 panic=10 beoboot.master=http://10.0.2.2:8080/ beoboot.pin.stage3=S3 beoboot.pin.envroot=E x=1"
+STAGE2_LINE = (
+    "console=ttyS0 panic=10 beoboot.master=http://10.0.2.2:8080/ beoboot.pin.stage3=S3 beoboot.pin.envroot=E x=1"
+)
 HASHES = {"kernel": "K", "stage2": "S2", "stage3": "S3", "envroot": "E", "beoboot.iso": "I"}
 
 
@@ -113,16 +128,23 @@ def _nic_option(args):
     return next(args[i + 1] for i, a in enumerate(args) if a == "-nic" and args[i + 1].startswith("user"))
 
 
-@pytest.mark.parametrize("kind, options, has, nic_has", [
-    (ArtifactKind.ISO, BootOptions(), ["-cdrom"], ["model=e1000", "host=10.0.2.2"]),
-    (ArtifactKind.ISO, BootOptions(uefi=True), ["-cdrom", "if=pflash"], []),
-    (ArtifactKind.DISK, BootOptions(), ["usb-storage,bus=xhci.0,drive=stick,bootindex=1"], []),
-    (ArtifactKind.FLOPPY, BootOptions(nic="rtl8139"), ["-boot", "a"], ["model=rtl8139"]),
-    (ArtifactKind.PXE_TREE, BootOptions(), ["-boot", "n"], ["bootfile=pxelinux.0", "tftp=/b/pxe"]),
-    (ArtifactKind.PXE_TREE, BootOptions(uefi=True), ["-boot", "n"], ["bootfile=grubnetx64.efi"]),
-    (ArtifactKind.PXE_TREE, BootOptions(net_boot=NetBoot.IPXE), ["-boot", "n"],
-     ["bootfile=http://10.0.2.2:8080/pxe/boot.ipxe"]),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "kind, options, has, nic_has",
+    [
+        (ArtifactKind.ISO, BootOptions(), ["-cdrom"], ["model=e1000", "host=10.0.2.2"]),
+        (ArtifactKind.ISO, BootOptions(uefi=True), ["-cdrom", "if=pflash"], []),
+        (ArtifactKind.DISK, BootOptions(), ["usb-storage,bus=xhci.0,drive=stick,bootindex=1"], []),
+        (ArtifactKind.FLOPPY, BootOptions(nic="rtl8139"), ["-boot", "a"], ["model=rtl8139"]),
+        (ArtifactKind.PXE_TREE, BootOptions(), ["-boot", "n"], ["bootfile=pxelinux.0", "tftp=/b/pxe"]),
+        (ArtifactKind.PXE_TREE, BootOptions(uefi=True), ["-boot", "n"], ["bootfile=grubnetx64.efi"]),
+        (
+            ArtifactKind.PXE_TREE,
+            BootOptions(net_boot=NetBoot.IPXE),
+            ["-boot", "n"],
+            ["bootfile=http://10.0.2.2:8080/pxe/boot.ipxe"],
+        ),
+    ],
+)
 def test_plan_boot_media(kind, options, has, nic_has):
     path = Path("/b/pxe" if kind is ArtifactKind.PXE_TREE else "/b/x")
     plan = bootvm.plan_boot(BootTarget(kind, path, Path("/b")), options, master=MASTER)
@@ -149,10 +171,13 @@ def test_plan_boot_stage_image_uses_the_build_kernel_and_stage_pins(tmp_path):
         bootvm.plan_boot(BootTarget(ArtifactKind.STAGE_IMAGE, other, tmp_path), BootOptions(), build=build)
 
 
-@pytest.mark.parametrize("options, says", [
-    (BootOptions(uefi=True, net_boot=NetBoot.PXELINUX), "BIOS program"),
-    (BootOptions(net_boot=NetBoot.GRUB), "needs --uefi"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "options, says",
+    [
+        (BootOptions(uefi=True, net_boot=NetBoot.PXELINUX), "BIOS program"),
+        (BootOptions(net_boot=NetBoot.GRUB), "needs --uefi"),
+    ],
+)
 def test_plan_boot_rejects_firmware_mismatch(options, says):
     with pytest.raises(UsageError, match=says):
         bootvm.plan_boot(BootTarget(ArtifactKind.PXE_TREE, Path("/b/pxe"), None), options, master=MASTER)
@@ -232,8 +257,18 @@ def _fetched(master_dir):
 @pytest.mark.integration
 def test_boot_command_serves_the_build_itself_when_no_master_listens(out, port):
     assert not bootvm.port_in_use(port)
-    done = run_beoboot("boot", out, "--net-boot", "ipxe", "--expect", STAGE2_UP, "--timeout", TIMEOUT, check=False,
-                       timeout=TIMEOUT + 30)  # fmt: skip
+    done = run_beoboot(
+        "boot",
+        out,
+        "--net-boot",
+        "ipxe",
+        "--expect",
+        STAGE2_UP,
+        "--timeout",
+        TIMEOUT,
+        check=False,
+        timeout=TIMEOUT + 30,
+    )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr
     assert STAGE2_UP in done.stdout
     assert f"serving {out}" in done.stderr and "matched after" in done.stderr
@@ -296,8 +331,13 @@ NIC_DRIVERS = {
 @pytest.mark.parametrize("nic", NIC_DRIVERS)
 def test_stage2_finds_its_nic(out, nic):
     # beoboot.smoke=network: the agent brings up the network (through slirp's DHCP), then powers off.
-    result = _boot(f"stage2-nic-{nic}", out / "stage2.cpio.zst", [STAGE2_UP, "beoboot: powering off"], nic=nic,
-                   append="beoboot.smoke=network")  # fmt: skip
+    result = _boot(
+        f"stage2-nic-{nic}",
+        out / "stage2.cpio.zst",
+        [STAGE2_UP, "beoboot: powering off"],
+        nic=nic,
+        append="beoboot.smoke=network",
+    )
     lines = NIC_LINE.findall(result.console)
     if lines:  # the agent's NIC detection prints one line per card
         assert lines[0].strip() in NIC_DRIVERS[nic], result.console[-3000:]

@@ -122,14 +122,30 @@ def _start_dnsmasq(server_ns, server_if, tmp_path, lease_time="1h"):
     leases = tmp_path / "dnsmasq.leases"
     dnsmasq = subprocess.Popen(
         [
-            "ip", "netns", "exec", server_ns, "dnsmasq", "--no-daemon", "--port=0", "--conf-file=/dev/null",
-            "--user=root", f"--interface={server_if}", "--bind-interfaces", "--log-dhcp",
-            f"--dhcp-range=10.199.0.50,10.199.0.60,255.255.255.0,{lease_time}", f"--dhcp-option=3,{SERVER_IP}",
-            f"--dhcp-option=6,{SERVER_IP}", "--dhcp-option=15,cluster.test", f"--dhcp-option=224,{MASTER}",
-            f"--dhcp-leasefile={leases}", f"--pid-file={tmp_path / 'dnsmasq.pid'}",
+            "ip",
+            "netns",
+            "exec",
+            server_ns,
+            "dnsmasq",
+            "--no-daemon",
+            "--port=0",
+            "--conf-file=/dev/null",
+            "--user=root",
+            f"--interface={server_if}",
+            "--bind-interfaces",
+            "--log-dhcp",
+            f"--dhcp-range=10.199.0.50,10.199.0.60,255.255.255.0,{lease_time}",
+            f"--dhcp-option=3,{SERVER_IP}",
+            f"--dhcp-option=6,{SERVER_IP}",
+            "--dhcp-option=15,cluster.test",
+            f"--dhcp-option=224,{MASTER}",
+            f"--dhcp-leasefile={leases}",
+            f"--pid-file={tmp_path / 'dnsmasq.pid'}",
         ],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     time.sleep(0.5)  # dnsmasq binds its port within milliseconds; a DISCOVER before that is resent anyway
     if dnsmasq.poll() is not None:
         raise AssertionError(f"dnsmasq exited at once: {dnsmasq.communicate()[0]}")
@@ -140,8 +156,12 @@ def _in_client(client_ns, script, *args):
     """Run agent code in the client namespace, as the node would; its stdout (JSON) is the result."""
     client = subprocess.run(
         ["ip", "netns", "exec", client_ns, sys.executable, "-c", script, *map(str, args)],
-        capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
+    )
     assert client.returncode == 0, client.stderr
     return json.loads(client.stdout)
 
@@ -170,9 +190,7 @@ def test_dhcp_lease_from_dnsmasq_is_applied(netns_pair, tmp_path):
 
     addrs = json.loads(ip("-n", client_ns, "-j", "addr", "show", "dev", client_if).stdout)
     inet = [a for a in addrs[0]["addr_info"] if a["family"] == "inet"]
-    assert [(a["local"], a["prefixlen"], a.get("broadcast")) for a in inet] == [
-        (lease["address"], 24, "10.199.0.255")
-    ]
+    assert [(a["local"], a["prefixlen"], a.get("broadcast")) for a in inet] == [(lease["address"], 24, "10.199.0.255")]
     assert "UP" in addrs[0]["flags"]
     routes = json.loads(ip("-n", client_ns, "-j", "route", "show", "default").stdout)
     assert [(r["gateway"], r["dev"], r.get("protocol")) for r in routes] == [(SERVER_IP, client_if, "dhcp")]

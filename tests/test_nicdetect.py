@@ -22,14 +22,18 @@ TABLE = (
 )
 KO = "/usr/lib/modules/6.1.0/kernel/drivers"
 CONFIG = AgentConfig(
-    version="0", stage="stage2", role="pxe", kernel_version="6.1.0", nic_table=TABLE,
+    version="0",
+    stage="stage2",
+    role="pxe",
+    kernel_version="6.1.0",
+    nic_table=TABLE,
     module_load_order={
         "e1000": (f"{KO}/net/ethernet/intel/e1000/e1000.ko",),
         "virtio_pci": (f"{KO}/virtio/virtio.ko", f"{KO}/virtio/virtio_ring.ko", f"{KO}/virtio/virtio_pci.ko"),
         "virtio_net": (f"{KO}/virtio/virtio.ko", f"{KO}/virtio/virtio_ring.ko", f"{KO}/net/virtio_net.ko"),
         "8139cp": (f"{KO}/net/mii.ko", f"{KO}/net/ethernet/realtek/8139cp.ko"),
     },
-)  # fmt: skip
+)
 
 
 def _write(path, text):
@@ -64,8 +68,15 @@ def sysfs(tmp_path):
     root = str(tmp_path)
     add_device(root, "0000:00:00.0", BRIDGE, 0x060000)
     add_device(root, "0000:00:01.0", E1000, 0x020000, driver="e1000", interfaces=["eth0"])
-    add_device(root, "0000:00:02.0", VIRTIO_NET, 0x020000, driver="virtio-pci",
-               virtio=("virtio:d00000001v00001AF4", "virtio_net"), interfaces=["eth1"])  # fmt: skip
+    add_device(
+        root,
+        "0000:00:02.0",
+        VIRTIO_NET,
+        0x020000,
+        driver="virtio-pci",
+        virtio=("virtio:d00000001v00001AF4", "virtio_net"),
+        interfaces=["eth1"],
+    )
     add_device(root, "0000:00:03.0", RTL8139, 0x020000, driver="8139cp", interfaces=["eth2"])
     add_device(root, "0000:00:04.0", UNKNOWN.replace("*", "0"), 0x020000)
     return root
@@ -102,9 +113,11 @@ def test_match_modules(modalias, modules):
 def test_plan_covers_network_devices_only(sysfs):
     plans = nicdetect.plan(nicdetect.read_pci_devices(sysfs), TABLE)
     assert [(p.device.slot, p.modules) for p in plans] == [
-        ("0000:00:01.0", ("e1000",)), ("0000:00:02.0", ("virtio_pci",)), ("0000:00:03.0", ("8139cp",)),
+        ("0000:00:01.0", ("e1000",)),
+        ("0000:00:02.0", ("virtio_pci",)),
+        ("0000:00:03.0", ("8139cp",)),
         ("0000:00:04.0", ()),
-    ]  # fmt: skip
+    ]
 
 
 def test_load_nic_drivers_dry_run_names_every_step(sysfs):
@@ -129,7 +142,9 @@ def test_load_nic_drivers_reports_bound_drivers_and_missing_ones(sysfs, monkeypa
     ]
     # dependencies first, each file once, virtio_pci before virtio_net (which the virtio child asked for)
     assert loaded == [
-        CONFIG.module_load_order["e1000"][0], *CONFIG.module_load_order["virtio_pci"], f"{KO}/net/virtio_net.ko",
+        CONFIG.module_load_order["e1000"][0],
+        *CONFIG.module_load_order["virtio_pci"],
+        f"{KO}/net/virtio_net.ko",
         *CONFIG.module_load_order["8139cp"],
     ]
 
@@ -165,8 +180,12 @@ def test_interfaces_carrier_and_mac(sysfs):
 def test_load_chain_skips_what_is_loaded():
     seen = {"/a.ko"}
     calls = []
-    done = kmodload.load_chain(["/a.ko", "/b.ko", "/b.ko", "/c.ko"], dry_run=False, loaded=seen,
-                               loader=lambda p: calls.append(p) or p != "/c.ko")  # fmt: skip
+    done = kmodload.load_chain(
+        ["/a.ko", "/b.ko", "/b.ko", "/c.ko"],
+        dry_run=False,
+        loaded=seen,
+        loader=lambda p: calls.append(p) or p != "/c.ko",
+    )
     assert calls == ["/b.ko", "/c.ko"]
     assert done == ["finit_module(/b.ko)"]  # /c.ko answered EEXIST: already there
     assert seen == {"/a.ko", "/b.ko", "/c.ko"}
@@ -187,8 +206,10 @@ def test_bring_up_dry_run_touches_nothing(sysfs, monkeypatch):
     assert lines[-1] == "beoboot: dry run: would wait for the interfaces, run DHCP and apply the lease"
 
 
-@pytest.mark.parametrize("with_unknown_nic, words", [(False, "this node has no network card"),
-                                                     (True, "no network card of this node has a driver")])
+@pytest.mark.parametrize(
+    "with_unknown_nic, words",
+    [(False, "this node has no network card"), (True, "no network card of this node has a driver")],
+)
 def test_bring_up_without_a_driver_says_what_to_do(tmp_path, with_unknown_nic, words):
     from agent import network
 

@@ -80,7 +80,10 @@ def test_select_unknown_driver_is_module_error(kmods: KernelModules, choice: lis
 
 
 def test_match_is_fnmatch_and_case_sensitive() -> None:
-    table = [NicAlias("pci:v00008086d000010D3sv*sd*bc*sc*i*", "e1000e"), NicAlias("pci:v*d*sv*sd*bc02sc00i*", "generic")]
+    table = [
+        NicAlias("pci:v00008086d000010D3sv*sd*bc*sc*i*", "e1000e"),
+        NicAlias("pci:v*d*sv*sd*bc02sc00i*", "generic"),
+    ]
     assert match("pci:v00008086d000010D3sv00008086sd0000A01Fbc02sc00i00", table) == ["e1000e", "generic"]
     assert match("pci:v00008086d000010d3sv00008086sd0000A01Fbc03sc00i00", table) == []
 
@@ -107,8 +110,10 @@ def test_parse_lspci_lines(line: str, expected: PciDevice) -> None:
 
 
 def test_parse_lspci_verbose_takes_subsystem() -> None:
-    text = "00:03.0 Ethernet controller [0200]: Red Hat, Inc. Virtio network device [1af4:1000]\n" \
-           "\tSubsystem: Red Hat, Inc. Device [1af4:0001]\n\tFlags: bus master\n"
+    text = (
+        "00:03.0 Ethernet controller [0200]: Red Hat, Inc. Virtio network device [1af4:1000]\n"
+        "\tSubsystem: Red Hat, Inc. Device [1af4:0001]\n\tFlags: bus master\n"
+    )
     (device,) = parse_lspci(text)
     assert device.modalias() == "pci:v00001AF4d00001000sv00001AF4sd00000001bc02sc00i00"
 
@@ -160,7 +165,16 @@ def test_nics_check_covered(tree: Path, capsys) -> None:
 
 
 def test_nics_check_uncovered_exits_nonzero(tree: Path, capsys) -> None:
-    argv = ["nics", "--sysroot", str(tree), "--kernel", kmodtree.VERSION, "--json", "--check", str(DATA / "lspci-uncovered.txt")]
+    argv = [
+        "nics",
+        "--sysroot",
+        str(tree),
+        "--kernel",
+        kmodtree.VERSION,
+        "--json",
+        "--check",
+        str(DATA / "lspci-uncovered.txt"),
+    ]
     status, out = run_command(argv, capsys)
     assert status == nics_command.EXIT_NOT_COVERED
     rows = json.loads(out)
@@ -188,7 +202,10 @@ def test_nics_missing_dump_is_usage_error(tree: Path, capsys) -> None:
 def test_modules_command_prints_paths_in_load_order(tree: Path, capsys) -> None:
     status, out = run_command(["modules", "--sysroot", str(tree), "e1000e"], capsys)
     base = f"/lib/modules/{kmodtree.VERSION}/kernel/drivers"
-    assert (status, out.splitlines()) == (0, [f"{base}/pps/pps_core.ko", f"{base}/ptp/ptp.ko", f"{base}/net/ethernet/intel/e1000e/e1000e.ko"])
+    assert (status, out.splitlines()) == (
+        0,
+        [f"{base}/pps/pps_core.ko", f"{base}/ptp/ptp.ko", f"{base}/net/ethernet/intel/e1000e/e1000e.ko"],
+    )
     status, out = run_command(["modules", "--sysroot", str(tree), "--json", "virtio_net"], capsys)
     assert [m["name"] for m in json.loads(out)["modules"]] == ["virtio", "failover", "net_failover", "virtio_net"]
 

@@ -52,9 +52,14 @@ def impostor(url: str, mac: str, *, ready: bool = True, user: int | None = NOBOD
     ids = {} if user is None else {"user": user, "group": user, "extra_groups": []}
     # the system's python: the venv's may be under /root, where nobody cannot reach it
     return subprocess.Popen(
-        ["/usr/bin/python3", "-c", IMPOSTOR, url, mac, "ready" if ready else "booting"], stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, **ids,
-    )  # fmt: skip
+        ["/usr/bin/python3", "-c", IMPOSTOR, url, mac, "ready" if ready else "booting"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        **ids,
+    )
 
 
 def first_line(process: subprocess.Popen[str]) -> dict:
@@ -160,9 +165,11 @@ def test_a_nodes_heartbeats_events_and_log_lines_need_its_token(cluster):
     mac = "02:be:0b:00:00:01"  # agent.simnode's second node: node 1
     now = time.monotonic()
     forged_line = p.LogLine(now, p.Stage.SUPERVISOR, "INFO", "forged by someone without the token")
-    messages = [(p.HEARTBEAT_PATH, p.Heartbeat(mac, p.Stage.SUPERVISOR, 1.0)),
-                (p.EVENTS_PATH, p.EventBatch(mac, now, (p.StageEvent("stage3_ready", now, p.Stage.SUPERVISOR),))),
-                (p.LOGS_PATH, p.LogBatch(mac, now, (forged_line,)))]  # fmt: skip
+    messages = [
+        (p.HEARTBEAT_PATH, p.Heartbeat(mac, p.Stage.SUPERVISOR, 1.0)),
+        (p.EVENTS_PATH, p.EventBatch(mac, now, (p.StageEvent("stage3_ready", now, p.Stage.SUPERVISOR),))),
+        (p.LOGS_PATH, p.LogBatch(mac, now, (forged_line,))),
+    ]
     for path, message in messages:
         for token in (None, "", "0" * 32, token_of(cluster, 0)):
             assert post_as(cluster.url + path, message, token) == p.UNKNOWN_NODE_STATUS, (path, token)
@@ -204,15 +211,19 @@ def test_the_proc_table_finds_an_ipv6_socket_at_a_v4_mapped_address():
 
     with socket.create_server(("::", 0), family=socket.AF_INET6, dualstack_ipv6=True) as server:
         port = server.getsockname()[1]
-        program = (f"import socket, time\nc = socket.socket(socket.AF_INET6)\n"
-                   f"c.connect(('::ffff:127.0.0.1', {port}))\ntime.sleep(5)")  # fmt: skip
+        program = (
+            f"import socket, time\nc = socket.socket(socket.AF_INET6)\n"
+            f"c.connect(('::ffff:127.0.0.1', {port}))\ntime.sleep(5)"
+        )
         client = subprocess.Popen(["/usr/bin/python3", "-c", program], user=NOBODY, group=NOBODY, cwd="/")
         try:
             conn, peer = server.accept()
             with conn:
                 ours = conn.getsockname()
                 assert peer[0] == "::ffff:127.0.0.1"
-                assert peers.owner_from_proc(peer[:2], ours[:2]) == peers.owner_by_sock_diag(peer[:2], ours[:2]) == NOBODY
+                assert (
+                    peers.owner_from_proc(peer[:2], ours[:2]) == peers.owner_by_sock_diag(peer[:2], ours[:2]) == NOBODY
+                )
         finally:
             client.kill()
             client.wait()
@@ -258,12 +269,22 @@ def test_a_socket_closed_before_the_lookup_vouches_for_no_one():
 def test_the_agent_not_allowed_a_reserved_port_still_registers_and_is_told_why(cluster):
     """The agent as nobody (a tool, a test) cannot bind a port below 1024: it sends from an ordinary one,
     and hears the master's reason, not a bind error."""
-    program = ("import sys\nfrom agent.masterlink import MasterLink, RegistrationRefused\n"
-               "try:\n    MasterLink(sys.argv[1], '02:66:66:00:00:40', 'stage3').register(attempts=1)\n"
-               "except RegistrationRefused as exc:\n    print(exc)\n")  # fmt: skip
-    result = subprocess.run(["/usr/bin/python3", "-c", program, cluster.url], capture_output=True, text=True,
-                            timeout=60, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                            user=NOBODY, group=NOBODY, extra_groups=[])  # fmt: skip
+    program = (
+        "import sys\nfrom agent.masterlink import MasterLink, RegistrationRefused\n"
+        "try:\n    MasterLink(sys.argv[1], '02:66:66:00:00:40', 'stage3').register(attempts=1)\n"
+        "except RegistrationRefused as exc:\n    print(exc)\n"
+    )
+    result = subprocess.run(
+        ["/usr/bin/python3", "-c", program, cluster.url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        user=NOBODY,
+        group=NOBODY,
+        extra_groups=[],
+    )
     assert result.returncode == 0, result.stderr
     assert f"a socket of uid {NOBODY} on the master" in result.stdout
 
@@ -278,12 +299,19 @@ def test_a_refused_registration_is_retried_with_backoff_and_logged_once(tmp_path
 
     (tmp_path / "boot").mkdir()
     (tmp_path / "beoserv.toml").write_text('local_nodes = "none"\n')
-    master = MasterProcess(tmp_path / "boot", tmp_path / "nodes.db", tmp_path / "beoserv.log",
-                           config=tmp_path / "beoserv.toml").start()  # fmt: skip
+    master = MasterProcess(
+        tmp_path / "boot", tmp_path / "nodes.db", tmp_path / "beoserv.log", config=tmp_path / "beoserv.toml"
+    ).start()
     try:
         said, sleeps = [], []
-        link = MasterLink(master.url, "02:66:66:00:00:30", p.Stage.SUPERVISOR, backoff=Backoff(first=0.5),
-                          sleep=sleeps.append, log=said.append)  # fmt: skip
+        link = MasterLink(
+            master.url,
+            "02:66:66:00:00:30",
+            p.Stage.SUPERVISOR,
+            backoff=Backoff(first=0.5),
+            sleep=sleeps.append,
+            log=said.append,
+        )
         with pytest.raises(RegistrationRefused, match='local_nodes = "none"'):
             link.register(attempts=4)
         assert len(sleeps) == 3 and sleeps[2] > sleeps[0] >= 0.375

@@ -75,8 +75,20 @@ def test_another_host_registers_only_from_a_privileged_port(namespaces, tmp_path
     config = tmp_path / "beoserv.toml"
     config.write_text("")
     log = tmp_path / "beoserv.log"
-    argv, kwargs = _in(server_ns, "-m", "beoboot.master.cli", "beoserv", "--root", str(tmp_path / "boot"),
-                       "--listen", f"{SERVER_IP}:0", "--db", str(tmp_path / "nodes.db"), "--config", str(config))  # fmt: skip
+    argv, kwargs = _in(
+        server_ns,
+        "-m",
+        "beoboot.master.cli",
+        "beoserv",
+        "--root",
+        str(tmp_path / "boot"),
+        "--listen",
+        f"{SERVER_IP}:0",
+        "--db",
+        str(tmp_path / "nodes.db"),
+        "--config",
+        str(config),
+    )
     with open(log, "wb") as out:
         beoserv = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, **kwargs)
     try:
@@ -84,8 +96,9 @@ def test_another_host_registers_only_from_a_privileged_port(namespaces, tmp_path
 
         def from_node() -> dict:
             # the system's python and requests, as a node image carries them (beoboot.pyruntime)
-            argv, kwargs = _in(client_ns, "-c", CLIENT, url, python="/usr/bin/python3", capture_output=True,
-                               text=True, timeout=60)  # fmt: skip
+            argv, kwargs = _in(
+                client_ns, "-c", CLIENT, url, python="/usr/bin/python3", capture_output=True, text=True, timeout=60
+            )
             result = subprocess.run(argv, **kwargs)
             assert result.returncode == 0, result.stderr
             return json.loads(result.stdout)

@@ -67,7 +67,11 @@ def published(outdir):
     except FileNotFoundError:
         return None
     manifest = json.loads(text)
-    wrong = [a["path"] for a in manifest["artifacts"] if not (outdir / a["path"]).is_file() or sha256(outdir / a["path"]) != a["sha256"]]
+    wrong = [
+        a["path"]
+        for a in manifest["artifacts"]
+        if not (outdir / a["path"]).is_file() or sha256(outdir / a["path"]) != a["sha256"]
+    ]
     assert not wrong, f"manifest.json and these artifacts disagree: {wrong}"
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -112,7 +116,9 @@ def leftovers(outdir):
 
 
 def finished_builds(outdir):
-    return {p.name for p in (outdir / ".builds").iterdir() if not p.is_symlink() and not p.name.startswith("unfinished-")}
+    return {
+        p.name for p in (outdir / ".builds").iterdir() if not p.is_symlink() and not p.name.startswith("unfinished-")
+    }
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +149,9 @@ def test_every_instant_of_publishing_a_build_shows_one_whole_build(built, gzip_c
     assert not leftovers(outdir)
 
 
-def test_a_build_killed_while_publishing_leaves_the_old_build_and_the_next_build_cleans_up(built, gzip_config, tmp_path):
+def test_a_build_killed_while_publishing_leaves_the_old_build_and_the_next_build_cleans_up(
+    built, gzip_config, tmp_path
+):
     outdir = copy_outdir(built, tmp_path / "out")
     old = manifest_hash(outdir)
     seen, finished = step_through(["build", "-q", "-c", gzip_config, "-o", outdir], outdir, tmp_path, kill_at=0)

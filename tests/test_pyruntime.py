@@ -67,7 +67,12 @@ def test_imports_of(source, module, is_package, expected):
 
 @pytest.mark.parametrize(
     ("name", "expected"),
-    [("six.moves", "six"), ("six.moves.http_client", "http.client"), ("six.moves.urllib.parse", "urllib.parse"), ("six.moves.xrange", "")],
+    [
+        ("six.moves", "six"),
+        ("six.moves.http_client", "http.client"),
+        ("six.moves.urllib.parse", "urllib.parse"),
+        ("six.moves.xrange", ""),
+    ],
 )
 def test_six_moves_alias(name, expected):
     assert pyruntime._six_moves_alias(name) == expected
@@ -273,11 +278,17 @@ def test_runtime_is_deterministic(runtime):
     # ... and in another process, which has imported other things than pytest has (marshal's output
     # depends on the compiling process's state; beoboot compiles in a clean child to avoid that)
     other_process = subprocess.run(
-        [sys.executable, "-c", "import sys; from pathlib import Path; from beoboot.sysroot import Sysroot; "
-         "from beoboot.pyruntime import build_runtime; "
-         f"sys.stdout.buffer.write(build_runtime(Sysroot('/'), Path({str(AGENT_DIR)!r})).zip_bytes)"],
-        capture_output=True, check=True, cwd=ROOT,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            "import sys; from pathlib import Path; from beoboot.sysroot import Sysroot; "
+            "from beoboot.pyruntime import build_runtime; "
+            f"sys.stdout.buffer.write(build_runtime(Sysroot('/'), Path({str(AGENT_DIR)!r})).zip_bytes)",
+        ],
+        capture_output=True,
+        check=True,
+        cwd=ROOT,
+    )
     assert other_process.stdout == runtime.zip_bytes
     names = zipfile.ZipFile(io.BytesIO(runtime.zip_bytes)).namelist()
     assert names == sorted(names)
@@ -314,8 +325,11 @@ def test_runtime_runs_agent_and_requests_in_chroot(runtime, tmp_path):
     try:
         check = subprocess.run(
             [CHROOT, str(root), runtime.interpreter, "-S", "/check.py", str(server.server_port), "/modules.txt"],
-            capture_output=True, text=True, env={**clean_env, "PYTHONHASHSEED": "0"}, timeout=120,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            env={**clean_env, "PYTHONHASHSEED": "0"},
+            timeout=120,
+        )
     finally:
         server.shutdown()
     output = check.stdout + check.stderr
@@ -327,7 +341,9 @@ def test_runtime_runs_agent_and_requests_in_chroot(runtime, tmp_path):
     for line in check.stdout.splitlines():
         if line.startswith("loaded "):
             _, name, where = line.split(" ", 2)
-            assert where == "built-in/frozen" or where.startswith((runtime.zip_path, "/usr/lib/python3.11/lib-dynload/")), line
+            assert where == "built-in/frozen" or where.startswith(
+                (runtime.zip_path, "/usr/lib/python3.11/lib-dynload/")
+            ), line
     # A module in the zip may fail to import only because of a module left out on purpose.
     failures = [line for line in check.stdout.splitlines() if line.startswith("IMPORTFAIL")]
     for line in failures:

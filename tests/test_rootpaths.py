@@ -147,8 +147,9 @@ def test_a_hard_link_to_roots_link_is_not_roots_choice(root):
         where(root, "tmp/lib/x")
 
 
-@pytest.mark.parametrize("path", ["etc/passwd", "srv/e/passwd", "srv/up/../etc/ld.so.preload", "srv/c/objects/x",
-                                  ".libcache/x", "srv/c"])  # fmt: skip
+@pytest.mark.parametrize(
+    "path", ["etc/passwd", "srv/e/passwd", "srv/up/../etc/ld.so.preload", "srv/c/objects/x", ".libcache/x", "srv/c"]
+)
 def test_the_nodes_own_paths_are_refused_however_reached(root, path):
     link(root / "srv/e", "/etc")
     link(root / "srv/up", "../usr/../..")
@@ -193,8 +194,14 @@ TARGETS = ["/", "/etc", "..", "../..", "/.libcache", "../.libcache/objects", "a"
 
 
 @given(
-    links=st.lists(st.tuples(st.sampled_from(["a", "b", "tmp/a", "usr/b", "a/b", "b/a"]), st.sampled_from(TARGETS),
-                             st.sampled_from([0, USER])), max_size=6),  # fmt: skip
+    links=st.lists(
+        st.tuples(
+            st.sampled_from(["a", "b", "tmp/a", "usr/b", "a/b", "b/a"]),
+            st.sampled_from(TARGETS),
+            st.sampled_from([0, USER]),
+        ),
+        max_size=6,
+    ),
     path=st.lists(st.sampled_from(NAMES), min_size=1, max_size=6),
     last=st.sampled_from(["passwd", "ld.so.preload", "x", "objects"]),
 )

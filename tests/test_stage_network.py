@@ -20,8 +20,14 @@ def _image(outdir, stage):
 
 
 def _boot(outdir, model, append=NETWORK_SMOKE):
-    result = qemu.boot(outdir / "vmlinuz", _image(outdir, "stage2"), [], append=append, timeout=BOOT_TIMEOUT,
-                       extra=["-nic", f"user,model={model}"])  # fmt: skip
+    result = qemu.boot(
+        outdir / "vmlinuz",
+        _image(outdir, "stage2"),
+        [],
+        append=append,
+        timeout=BOOT_TIMEOUT,
+        extra=["-nic", f"user,model={model}"],
+    )
     print(f"stage2 with {model}: {result.seconds:.1f} s")
     return result
 

@@ -123,6 +123,14 @@ from beoboot.artifacts.iso import write_iso  # noqa: E402
 from beoboot.artifacts.pxe import NodeRange, parse_node_range, write_pxe_tree, write_server_configs  # noqa: E402
 
 __all__ = [
-    "BootPayload", "FloppyKind", "FloppyMode", "FloppyResult", "NodeRange", "parse_node_range",
-    "write_floppy", "write_iso", "write_pxe_tree", "write_server_configs",
-]  # fmt: skip
+    "BootPayload",
+    "FloppyKind",
+    "FloppyMode",
+    "FloppyResult",
+    "NodeRange",
+    "parse_node_range",
+    "write_floppy",
+    "write_iso",
+    "write_pxe_tree",
+    "write_server_configs",
+]

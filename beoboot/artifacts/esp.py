@@ -23,9 +23,22 @@ FLOPPY_SIZES_KIB = (720, 1440, 2880)
 # `iso9660` + `part_*` read the CD and the same ISO written to a USB stick, `serial`/`terminal` mirror
 # the menu on ttyS0 for headless nodes.
 GRUB_COMMON_MODULES = (
-    "normal", "configfile", "echo", "linux", "search", "search_fs_file", "serial", "terminal", "test",
-    "sleep", "efi_gop", "all_video", "fat", "part_gpt", "part_msdos",
-)  # fmt: skip
+    "normal",
+    "configfile",
+    "echo",
+    "linux",
+    "search",
+    "search_fs_file",
+    "serial",
+    "terminal",
+    "test",
+    "sleep",
+    "efi_gop",
+    "all_video",
+    "fat",
+    "part_gpt",
+    "part_msdos",
+)
 GRUB_CD_MODULES = ("iso9660",)
 GRUB_NET_MODULES = ("efinet", "net", "tftp", "http")
 
@@ -76,7 +89,7 @@ def parse_fat_geometry(boot_sector: bytes) -> FatGeometry:
 def free_bytes(image: bytes) -> int:
     """Bytes the FAT of `image` marks free, in whole clusters."""
     geometry = parse_fat_geometry(image[:512])
-    fat = image[geometry.fat_offset:]
+    fat = image[geometry.fat_offset :]
     free = 0
     for cluster in range(2, geometry.data_clusters + 2):
         if geometry.fat_bits == 12:
@@ -109,7 +122,9 @@ def format_fat(out: Path, *, size_kib: int, label: str, serial: int, mtime: int)
         run_tool(["mformat", "-C", "-f", str(size_kib), *common, "::"], mtime=mtime, package="mtools")
         return
     sectors = math.ceil(size_kib * 1024 / SECTOR / CYLINDER_SECTORS) * CYLINDER_SECTORS
-    run_tool(["mformat", "-C", "-T", str(sectors), "-h", "64", "-s", "32", *common, "::"], mtime=mtime, package="mtools")
+    run_tool(
+        ["mformat", "-C", "-T", str(sectors), "-h", "64", "-s", "32", *common, "::"], mtime=mtime, package="mtools"
+    )
 
 
 def copy_into_fat(image: Path, files: Mapping[str, Path], *, mtime: int) -> None:
@@ -142,8 +157,9 @@ def write_grub_efi(out: Path, *, embedded_config: str, prefix: str, modules: Seq
         try:
             run_tool(
                 ["grub-mkimage", "-O", "x86_64-efi", "-o", tmp, "-c", config, "-p", prefix, *modules],
-                mtime=0, package="grub-common grub-efi-amd64-bin",
-            )  # fmt: skip
+                mtime=0,
+                package="grub-common grub-efi-amd64-bin",
+            )
         finally:
             config.unlink(missing_ok=True)
     return out

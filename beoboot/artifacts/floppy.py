@@ -40,8 +40,9 @@ class FloppyItem:
     size: int  # bytes
 
 
-def plan_floppy(mode: FloppyMode, geometry: FatGeometry, free: int, payload: list[FloppyItem],
-                size_kib: int) -> FloppyResult:  # fmt: skip
+def plan_floppy(
+    mode: FloppyMode, geometry: FatGeometry, free: int, payload: list[FloppyItem], size_kib: int
+) -> FloppyResult:
     """Decide which floppy to make. Pure: sizes in, decision out (or BudgetError in "kernel" mode).
     `free` is what the formatted floppy has left once syslinux is on it."""
     if mode is FloppyMode.NETWORK:
@@ -62,8 +63,15 @@ def plan_floppy(mode: FloppyMode, geometry: FatGeometry, free: int, payload: lis
     )
 
 
-def write_floppy(payload: BootPayload, out: Path, *, size_kib: int = 1440, mode: FloppyMode | str = FloppyMode.AUTO,
-                 master_url: str, mtime: int) -> FloppyResult:  # fmt: skip
+def write_floppy(
+    payload: BootPayload,
+    out: Path,
+    *,
+    size_kib: int = 1440,
+    mode: FloppyMode | str = FloppyMode.AUTO,
+    master_url: str,
+    mtime: int,
+) -> FloppyResult:
     try:
         mode = FloppyMode(mode)
     except ValueError:
@@ -75,19 +83,23 @@ def write_floppy(payload: BootPayload, out: Path, *, size_kib: int = 1440, mode:
         run_tool(["syslinux", "--install", tmp], mtime=mtime, package="syslinux")
         image = tmp.read_bytes()
         geometry, free = parse_fat_geometry(image[:512]), free_bytes(image)
-        items = [FloppyItem("vmlinuz", Path(payload.kernel).stat().st_size),
-                 FloppyItem("initrd.img", Path(payload.initrd).stat().st_size)]  # fmt: skip
+        items = [
+            FloppyItem("vmlinuz", Path(payload.kernel).stat().st_size),
+            FloppyItem("initrd.img", Path(payload.initrd).stat().st_size),
+        ]
         result = plan_floppy(mode, geometry, free, items, size_kib)
         if result.kind is FloppyKind.KERNEL:
-            config = render("floppy-syslinux.cfg.j2", kind=result.kind, kernel="vmlinuz", initrd="initrd.img",
-                            append=payload.append)  # fmt: skip
+            config = render(
+                "floppy-syslinux.cfg.j2", kind=result.kind, kernel="vmlinuz", initrd="initrd.img", append=payload.append
+            )
             files = {"vmlinuz": Path(payload.kernel), "initrd.img": Path(payload.initrd)}
         else:
             script_url = f"{master_url.rstrip('/')}/{BOOT_SCRIPT}"
             (scratch / "booster.ipxe").write_text(render("floppy-booster.ipxe.j2", script_url=script_url))
             # iPXE, started as a Linux kernel, runs an iPXE script it is given as its initrd.
-            config = render("floppy-syslinux.cfg.j2", kind=result.kind, kernel="ipxe.lkr", initrd="booster.ipx",
-                            append="")  # fmt: skip
+            config = render(
+                "floppy-syslinux.cfg.j2", kind=result.kind, kernel="ipxe.lkr", initrd="booster.ipx", append=""
+            )
             files = {"ipxe.lkr": IPXE_LKRN.require(), "booster.ipx": scratch / "booster.ipxe"}
         (scratch / "syslinux.cfg").write_text(config)
         copy_into_fat(tmp, {**files, "syslinux.cfg": scratch / "syslinux.cfg"}, mtime=mtime)

@@ -59,10 +59,14 @@ def write_iso(payload: BootPayload, out: Path, *, mtime: int, volume_id: str = V
         scratch = Path(scratch_dir)
         early = render("grub-iso-early.cfg.j2", marker=marker)
         grub_efi = write_grub_efi(
-            scratch / "bootx64.efi", embedded_config=early, prefix="/boot/grub",
+            scratch / "bootx64.efi",
+            embedded_config=early,
+            prefix="/boot/grub",
             modules=(*GRUB_COMMON_MODULES, *GRUB_CD_MODULES),
-        )  # fmt: skip
-        efi_image = write_fat_image({"EFI/BOOT/BOOTX64.EFI": grub_efi}, scratch / "efiboot.img", mtime=mtime, label="BEOBOOT_ESP")
+        )
+        efi_image = write_fat_image(
+            {"EFI/BOOT/BOOTX64.EFI": grub_efi}, scratch / "efiboot.img", mtime=mtime, label="BEOBOOT_ESP"
+        )
         texts = {
             "isolinux.cfg": render("isolinux.cfg.j2", append=payload.append),
             "grub.cfg": render("grub.cfg.j2", append=payload.append, kernel="/boot/vmlinuz", initrd="/boot/initrd.img"),
@@ -80,8 +84,14 @@ def write_iso(payload: BootPayload, out: Path, *, mtime: int, volume_id: str = V
             (EFI_IMAGE_PATH, "efiboot.img", efi_image),
             (f"/BEOBOOT/{ident}.ID;1", f"{ident.lower()}.id", scratch / "marker"),
         ]
-        directories = [("/ISOLINUX", "isolinux"), ("/BOOT", "boot"), ("/BOOT/GRUB", "grub"), ("/EFI", "EFI"),
-                       ("/EFI/BOOT", "BOOT"), ("/BEOBOOT", "beoboot")]  # fmt: skip
+        directories = [
+            ("/ISOLINUX", "isolinux"),
+            ("/BOOT", "boot"),
+            ("/BOOT/GRUB", "grub"),
+            ("/EFI", "EFI"),
+            ("/EFI/BOOT", "BOOT"),
+            ("/BEOBOOT", "beoboot"),
+        ]
         with atomic_output(out) as tmp:
             data_end = _write_hybrid(tmp, files, directories, ident, volume_id, mtime)
             if tmp.stat().st_size - data_end < BACKUP_GPT_BYTES:
@@ -92,8 +102,14 @@ def write_iso(payload: BootPayload, out: Path, *, mtime: int, volume_id: str = V
                 raise RuntimeError(f"{out}: the isohybrid backup GPT would overwrite the ISO's last file")
 
 
-def _write_hybrid(tmp: Path, files: list[tuple[str, str, Path]], directories: list[tuple[str, str]], ident: str,
-                  volume_id: str, mtime: int) -> int:  # fmt: skip
+def _write_hybrid(
+    tmp: Path,
+    files: list[tuple[str, str, Path]],
+    directories: list[tuple[str, str]],
+    ident: str,
+    volume_id: str,
+    mtime: int,
+) -> int:
     """Write the image to `tmp`; the byte offset where the ISO's own data ends (the rest is padding and GPT)."""
     with _pinned_clock(mtime), contextlib.ExitStack() as files_open:
         iso = pycdlib.PyCdlib()
@@ -105,10 +121,20 @@ def _write_hybrid(tmp: Path, files: list[tuple[str, str, Path]], directories: li
             # an explicit mode: otherwise Rock Ridge records the scratch file's mode, i.e. the umask
             iso.add_fp(handle, source.stat().st_size, iso_path, rr_name=rr_name, file_mode=0o100444)
         # isolinux.bin patches the boot info table (El Torito "-boot-info-table") to find itself.
-        iso.add_eltorito(ISOLINUX_BIN_PATH, bootcatfile="/ISOLINUX/BOOT.CAT;1", rr_bootcatname="boot.cat",
-                         boot_load_size=4, boot_info_table=True)  # fmt: skip
-        iso.add_eltorito(EFI_IMAGE_PATH, bootcatfile="/ISOLINUX/BOOT.CAT;1", rr_bootcatname="boot.cat",
-                         efi=True, platform_id=PLATFORM_EFI)  # fmt: skip
+        iso.add_eltorito(
+            ISOLINUX_BIN_PATH,
+            bootcatfile="/ISOLINUX/BOOT.CAT;1",
+            rr_bootcatname="boot.cat",
+            boot_load_size=4,
+            boot_info_table=True,
+        )
+        iso.add_eltorito(
+            EFI_IMAGE_PATH,
+            bootcatfile="/ISOLINUX/BOOT.CAT;1",
+            rr_bootcatname="boot.cat",
+            efi=True,
+            platform_id=PLATFORM_EFI,
+        )
         iso.add_isohybrid(efi=True, mbr_id=int(ident, 16))
         iso.write(str(tmp))
         data_end = iso.pvd.space_size * iso.logical_block_size
@@ -128,9 +154,13 @@ def _pinned_clock(mtime: int) -> Iterator[None]:
     import importlib
 
     clock = types.SimpleNamespace(
-        time=lambda: float(mtime), localtime=time.gmtime, gmtime=time.gmtime, strftime=time.strftime,
-        mktime=time.mktime, struct_time=time.struct_time,
-    )  # fmt: skip
+        time=lambda: float(mtime),
+        localtime=time.gmtime,
+        gmtime=time.gmtime,
+        strftime=time.strftime,
+        mktime=time.mktime,
+        struct_time=time.struct_time,
+    )
     counter = iter(range(1 << 30))
 
     def derived_uuid4() -> uuid.UUID:

@@ -26,22 +26,42 @@ http.server (a convenience for trying artifacts, not a master: use nginx with se
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
-        "boot", help="boot an artifact (ISO, floppy, PXE tree, stage image) in QEMU", epilog=EPILOG,
+        "boot",
+        help="boot an artifact (ISO, floppy, PXE tree, stage image) in QEMU",
+        epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
+    )
     parser.add_argument("artifact", metavar="ARTIFACT", help="a file or directory of a build (see below)")
     parser.add_argument("--uefi", action="store_true", help="boot with OVMF (UEFI) instead of SeaBIOS")
-    parser.add_argument("--nic", metavar="MODEL", default=bootvm.DEFAULT_NIC,
-                        help=f"QEMU NIC model (default {bootvm.DEFAULT_NIC}; e.g. {', '.join(bootvm.NIC_MODELS)})")  # fmt: skip
+    parser.add_argument(
+        "--nic",
+        metavar="MODEL",
+        default=bootvm.DEFAULT_NIC,
+        help=f"QEMU NIC model (default {bootvm.DEFAULT_NIC}; e.g. {', '.join(bootvm.NIC_MODELS)})",
+    )
     parser.add_argument("--usb", action="store_true", help="attach the image as a USB stick (raw disk)")
-    parser.add_argument("--net-boot", choices=[w.value for w in bootvm.NetBoot],
-                        help="PXE tree: what the firmware boots (default pxelinux, or grub with --uefi)")  # fmt: skip
-    parser.add_argument("--append", metavar="WORDS", default="",
-                        help="more kernel words for a stage image, e.g. beoboot.smoke")  # fmt: skip
-    parser.add_argument("--timeout", metavar="S", type=float, default=None,
-                        help="stop QEMU after S seconds (default: run until the guest powers off or Ctrl-C)")  # fmt: skip
-    parser.add_argument("--expect", metavar="REGEX", action="append", default=[],
-                        help="stop when the console shows REGEX (repeatable); exit 0 only if every one was seen")  # fmt: skip
+    parser.add_argument(
+        "--net-boot",
+        choices=[w.value for w in bootvm.NetBoot],
+        help="PXE tree: what the firmware boots (default pxelinux, or grub with --uefi)",
+    )
+    parser.add_argument(
+        "--append", metavar="WORDS", default="", help="more kernel words for a stage image, e.g. beoboot.smoke"
+    )
+    parser.add_argument(
+        "--timeout",
+        metavar="S",
+        type=float,
+        default=None,
+        help="stop QEMU after S seconds (default: run until the guest powers off or Ctrl-C)",
+    )
+    parser.add_argument(
+        "--expect",
+        metavar="REGEX",
+        action="append",
+        default=[],
+        help="stop when the console shows REGEX (repeatable); exit 0 only if every one was seen",
+    )
     parser.add_argument("--no-serve", action="store_true", help="never serve the build directory")
     parser.add_argument("--dry-run", action="store_true", help="print the QEMU command and exit")
     parser.add_argument("-m", "--memory", metavar="MIB", type=int, default=1024, help="guest memory (default 1024)")
@@ -55,9 +75,12 @@ def _echo(chunk: bytes) -> None:
 
 def run(args: argparse.Namespace) -> int:
     options = bootvm.BootOptions(
-        uefi=args.uefi, nic=args.nic, net_boot=bootvm.NetBoot(args.net_boot) if args.net_boot else None,
-        append=args.append, memory_mib=args.memory,
-    )  # fmt: skip
+        uefi=args.uefi,
+        nic=args.nic,
+        net_boot=bootvm.NetBoot(args.net_boot) if args.net_boot else None,
+        append=args.append,
+        memory_mib=args.memory,
+    )
     plan = bootvm.plan_artifact(args.artifact, options, usb=args.usb)
     command = plan.command(args.memory)
     if args.dry_run:
@@ -67,7 +90,9 @@ def run(args: argparse.Namespace) -> int:
     with bootvm.master_for(plan, serve=not args.no_serve) as note:
         if note:
             log.info("%s", note)
-        result = bootvm.boot(plan, args.expect, timeout=args.timeout or float("inf"), memory_mib=args.memory, echo=_echo)
+        result = bootvm.boot(
+            plan, args.expect, timeout=args.timeout or float("inf"), memory_mib=args.memory, echo=_echo
+        )
     if result.console and not result.console.endswith("\n"):
         print(flush=True)  # the guest's last line may be unfinished; the note below starts its own
     if args.expect:

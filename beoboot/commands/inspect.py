@@ -24,11 +24,17 @@ def run(args: argparse.Namespace) -> int:
     records = manifest.images.get(artifact.name, [])
     groups = group_by_reason(records)
     if args.json:
-        print(json.dumps([{"reason": g.reason, "size": g.size, "files": [asdict(f) for f in g.files]} for g in groups], indent=1))
+        print(
+            json.dumps(
+                [{"reason": g.reason, "size": g.size, "files": [asdict(f) for f in g.files]} for g in groups], indent=1
+            )
+        )
         return 0
     total = sum(g.size for g in groups)
-    print(f"{args.image}: {len(records)} entries, {total / 2**20:.2f} MiB uncompressed, "
-          f"{artifact.size / 2**20:.2f} MiB {artifact.compression or ''}".rstrip())
+    print(
+        f"{args.image}: {len(records)} entries, {total / 2**20:.2f} MiB uncompressed, "
+        f"{artifact.size / 2**20:.2f} MiB {artifact.compression or ''}".rstrip()
+    )
     for group in groups:
         print(f"{group.size / 1024:10.1f} KiB  {len(group.files):4d}  {group.reason}")
         if not args.summary:

@@ -35,8 +35,12 @@ class RegistrationRefused(Exception):
     """Why a registration is not accepted: the message is what the peer is told (403) and the log says."""
 
 
-def check(peer: peers.Endpoint, ours: peers.Endpoint, policy: MasterConfig,
-          owner: Callable[[peers.Endpoint, peers.Endpoint], int | None] = peers.socket_owner) -> None:
+def check(
+    peer: peers.Endpoint,
+    ours: peers.Endpoint,
+    policy: MasterConfig,
+    owner: Callable[[peers.Endpoint, peers.Endpoint], int | None] = peers.socket_owner,
+) -> None:
     """Raise RegistrationRefused unless the config `policy` (its local_nodes and require_reserved_port)
     accepts a registration from `peer` on our end `ours` of the connection."""
     host, port = peer

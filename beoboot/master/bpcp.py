@@ -107,7 +107,7 @@ def copy(socket: str, sources: list[str], destination: str) -> None:
             target = path.rstrip("/") + "/" + os.path.basename(source) if into_directory else path
             to_node(socket, source, to, target)
     elif to is None and len(parsed) == 1 and remote:  # a node's file to the master
-        (node, source), = parsed
+        ((node, source),) = parsed
         assert node is not None  # `remote`: every source named a node
         target = os.path.join(path, os.path.basename(source)) if os.path.isdir(path) else path
         from_node(socket, node, source, target)
@@ -119,10 +119,11 @@ def copy(socket: str, sources: list[str], destination: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="bpcp", description="Copy files between the master and a node's environment root.",
+        prog="bpcp",
+        description="Copy files between the master and a node's environment root.",
         usage="bpcp [--socket PATH] SOURCE... NODE:PATH\n       bpcp [--socket PATH] NODE:PATH DEST",
         epilog="NODE:PATH names a file on a node (0:/tmp/in, n3:/tmp/in, .3:/tmp/in); other paths are the master's.",
-    )  # fmt: skip
+    )
     parser.add_argument("--socket", default=os.environ.get(SOCKET_ENV) or DEFAULT_SOCKET, help="beoserv's bpsh socket")
     parser.add_argument("operands", nargs="+", metavar="OPERAND", help="the sources, then the destination")
     args = parser.parse_args(argv)

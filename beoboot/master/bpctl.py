@@ -27,8 +27,12 @@ from beoboot.master.bpsh_client import DEFAULT_SOCKET, SOCKET_ENV
 REQUEST_MAGIC = b"bpctl1"
 DEFAULT_GRACE = 10.0
 # Scyld's state names, and the ones systemctl users type
-STATES = {"reboot": PowerAction.REBOOT, "halt": PowerAction.HALT, "pwroff": PowerAction.POWEROFF,
-          "poweroff": PowerAction.POWEROFF}  # fmt: skip
+STATES = {
+    "reboot": PowerAction.REBOOT,
+    "halt": PowerAction.HALT,
+    "pwroff": PowerAction.POWEROFF,
+    "poweroff": PowerAction.POWEROFF,
+}
 USAGE_STATUS, FAILED_STATUS = 2, 1
 
 
@@ -60,12 +64,27 @@ def check_grace(grace: float) -> float:
 
 def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bpctl", description=__doc__.split("\n")[0].strip("`"))
-    parser.add_argument("-S", "--node", required=True, metavar="NODES",
-                        help="0, n0 or .0; lists 0,3 and ranges 2-5; all: every node that is up")  # fmt: skip
-    parser.add_argument("-s", "--state", required=True, choices=sorted(STATES),
-                        help="reboot (boots again from the network), halt, or pwroff (power off)")  # fmt: skip
-    parser.add_argument("--grace", type=float, default=DEFAULT_GRACE, metavar="SECONDS",
-                        help="how long jobs have between SIGTERM and SIGKILL (default %(default)g)")  # fmt: skip
+    parser.add_argument(
+        "-S",
+        "--node",
+        required=True,
+        metavar="NODES",
+        help="0, n0 or .0; lists 0,3 and ranges 2-5; all: every node that is up",
+    )
+    parser.add_argument(
+        "-s",
+        "--state",
+        required=True,
+        choices=sorted(STATES),
+        help="reboot (boots again from the network), halt, or pwroff (power off)",
+    )
+    parser.add_argument(
+        "--grace",
+        type=float,
+        default=DEFAULT_GRACE,
+        metavar="SECONDS",
+        help="how long jobs have between SIGTERM and SIGKILL (default %(default)g)",
+    )
     parser.add_argument("--socket", default=os.environ.get(SOCKET_ENV) or DEFAULT_SOCKET, help="beoserv's bpsh socket")
     return parser
 
@@ -82,8 +101,11 @@ def main(argv: list[str] | None = None) -> int:
         try:
             conn.connect(args.socket)
         except OSError as exc:
-            print(f"bpctl: cannot reach beoserv at {args.socket}: {exc.strerror}; is beoserv running? "
-                  f"(--socket or ${SOCKET_ENV} for another one)", file=sys.stderr)  # fmt: skip
+            print(
+                f"bpctl: cannot reach beoserv at {args.socket}: {exc.strerror}; is beoserv running? "
+                f"(--socket or ${SOCKET_ENV} for another one)",
+                file=sys.stderr,
+            )
             return FAILED_STATUS
         socket.send_fds(conn, [request], [0, 1, 2])
         answer = conn.recv(64)

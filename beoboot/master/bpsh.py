@@ -5,6 +5,7 @@ A script is compiled from source on every run, which for the whole client costs 
 starts; a module imported from beside it is compiled once. Under -I the script's directory is not on
 sys.path, so find it through the links (without os.path: importing it costs a millisecond more).
 """
+
 import posix
 import sys
 

@@ -125,13 +125,30 @@ def parse_args(args, environ=None):
 
 def encode_request(options, cwd, environ):
     """The request record; `environ` maps bytes to bytes (posix.environ)."""
+
     def b(text):
         return text.encode("utf-8", "surrogateescape")
 
-    letters = b"".join(letter for letter, on in ((b"n", options.no_stdin), (b"p", options.prefix),
-                       (b"s", options.sequential), (b"d", options.divider)) if on)  # fmt: skip
-    fields = [REQUEST_MAGIC, b(options.nodes), cwd, letters,
-              b"%d" % len(options.argv), *map(b, options.argv), b"%d" % len(options.cache), *map(b, options.cache)]
+    letters = b"".join(
+        letter
+        for letter, on in (
+            (b"n", options.no_stdin),
+            (b"p", options.prefix),
+            (b"s", options.sequential),
+            (b"d", options.divider),
+        )
+        if on
+    )
+    fields = [
+        REQUEST_MAGIC,
+        b(options.nodes),
+        cwd,
+        letters,
+        b"%d" % len(options.argv),
+        *map(b, options.argv),
+        b"%d" % len(options.cache),
+        *map(b, options.cache),
+    ]
     fields += [name + b"=" + value for name, value in environ.items()]
     return b"\0".join(fields)  # no field holds a NUL: arguments and the environment are C strings
 
@@ -148,8 +165,10 @@ class Client:
         try:
             sock.connect(self.options.socket)
         except OSError as exc:
-            self._say(f"bpsh: cannot reach beoserv at {self.options.socket}: {exc.strerror}\n"
-                      f"  hint: is beoserv running? its socket is --bpsh-socket; here --socket or ${SOCKET_ENV}\n")
+            self._say(
+                f"bpsh: cannot reach beoserv at {self.options.socket}: {exc.strerror}\n"
+                f"  hint: is beoserv running? its socket is --bpsh-socket; here --socket or ${SOCKET_ENV}\n"
+            )
             sock.close()
             return NO_EXIT
         try:
@@ -224,14 +243,20 @@ class Client:
 
 def too_big(size, limit, options, environ):
     """The error for a request over `limit` bytes, naming its largest part, which is usually the culprit."""
-    parts = [(len(arg.encode("utf-8", "surrogateescape")), f"argument {i} of the command")
-             for i, arg in enumerate(options.argv)]
-    parts += [(len(name) + 1 + len(value), f"environment variable {name.decode(errors='replace')}")
-              for name, value in environ.items()]
+    parts = [
+        (len(arg.encode("utf-8", "surrogateescape")), f"argument {i} of the command")
+        for i, arg in enumerate(options.argv)
+    ]
+    parts += [
+        (len(name) + 1 + len(value), f"environment variable {name.decode(errors='replace')}")
+        for name, value in environ.items()
+    ]
     largest, what = max(parts)
-    return (f"bpsh: the request is {size} bytes (the command's arguments and environment); at most {limit} fit\n"
-            f"  hint: the largest part is {what} ({largest} bytes); pass fewer or shorter arguments, or unset\n"
-            f"  big variables (env -u NAME bpsh ...)\n")
+    return (
+        f"bpsh: the request is {size} bytes (the command's arguments and environment); at most {limit} fit\n"
+        f"  hint: the largest part is {what} ({largest} bytes); pass fewer or shorter arguments, or unset\n"
+        f"  big variables (env -u NAME bpsh ...)\n"
+    )
 
 
 def fill_closed_stdio():

@@ -45,9 +45,11 @@ def beoserv_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", type=Path, help="beoserv TOML config; re-read on SIGHUP")
     parser.add_argument("--debug", action="store_true", help="log at debug level, with the traceback of any failure")
     parser.add_argument(
-        "--bpsh-socket", default=bpsh.DEFAULT_SOCKET, metavar="PATH",
+        "--bpsh-socket",
+        default=bpsh.DEFAULT_SOCKET,
+        metavar="PATH",
         help="local socket bpsh connects to (default %(default)s; 'none': no bpsh)",
-    )  # fmt: skip
+    )
     return parser
 
 
@@ -58,8 +60,9 @@ def _beoserv(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     setup_logging(logging.DEBUG if args.debug else logging.INFO)
     socket = None if args.bpsh_socket == "none" else Path(args.bpsh_socket).absolute()
-    options = ServerOptions(root=args.root.resolve(), host=host, port=port, db=args.db, config_path=args.config,
-                            bpsh_socket=socket)  # fmt: skip
+    options = ServerOptions(
+        root=args.root.resolve(), host=host, port=port, db=args.db, config_path=args.config, bpsh_socket=socket
+    )
     asyncio.run(serve(options, config))
     return 0
 
@@ -74,9 +77,10 @@ def beoserv_main(argv: list[str] | None = None) -> int:
 def bpstat_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bpstat", description="Show the cluster's nodes as the master sees them.")
     parser.add_argument(
-        "--master", default=os.environ.get("BEOSERV_URL", DEFAULT_MASTER),
+        "--master",
+        default=os.environ.get("BEOSERV_URL", DEFAULT_MASTER),
         help="beoserv URL (default $BEOSERV_URL or %(default)s)",
-    )  # fmt: skip
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--timeline", metavar="NODE", help="the stage transitions of NODE (3, .3, n3 or MAC)")
     parser.add_argument("--boot", type=int, help="with --timeline: which boot (default: the latest)")
@@ -91,7 +95,9 @@ def _get(master: str, path: str, params: dict[str, str] | None = None) -> bytes:
     try:
         response = requests.get(url, params=params, timeout=10)
     except requests.RequestException as exc:
-        raise BeobootError(f"cannot reach beoserv at {master}: {exc}", hint="is beoserv running? see --master") from None
+        raise BeobootError(
+            f"cannot reach beoserv at {master}: {exc}", hint="is beoserv running? see --master"
+        ) from None
     if response.status_code >= 400:
         try:
             message = response.json().get("error", response.text)
@@ -120,8 +126,19 @@ def format_nodes(nodes: p.NodeList) -> str:
         if n.load is not None:
             load = f"{n.load.load1:.2f}"
             memory = f"{n.load.mem_available_kib >> 10}/{n.load.mem_total_kib >> 10} MiB"
-        rows.append((n.name, printable(n.mac), printable(n.address or "-"), str(n.state), str(n.stage),
-                     f"{ago:.0f}s ago", format_duration(n.uptime), load, memory))  # fmt: skip
+        rows.append(
+            (
+                n.name,
+                printable(n.mac),
+                printable(n.address or "-"),
+                str(n.state),
+                str(n.stage),
+                f"{ago:.0f}s ago",
+                format_duration(n.uptime),
+                load,
+                memory,
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows) + "\n"
 
@@ -129,8 +146,16 @@ def format_nodes(nodes: p.NodeList) -> str:
 def format_jobs(jobs: p.JobList) -> str:
     rows = [("job", "node", "pid", "state", "status", "command")]
     for j in jobs.jobs:
-        rows.append((str(j.job), p.node_name(j.node), str(j.pid or "-"), str(j.state),
-                     "-" if j.status is None else str(j.status), printable(j.command)))  # fmt: skip
+        rows.append(
+            (
+                str(j.job),
+                p.node_name(j.node),
+                str(j.pid or "-"),
+                str(j.state),
+                "-" if j.status is None else str(j.status),
+                printable(j.command),
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     return "".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1] + "\n" for r in rows)
 

@@ -73,8 +73,12 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "request_timeout": (int, float),
 }
 # The numbers are finite (NaN or infinity would stop a timer for ever) and within these ranges.
-_SECONDS = {"heartbeat_interval": (0.01, 3600.0), "heartbeat_timeout": (0.01, 86400.0), "reap_interval": (0.0, 3600.0),
-            "request_timeout": (0.1, 3600.0)}
+_SECONDS = {
+    "heartbeat_interval": (0.01, 3600.0),
+    "heartbeat_timeout": (0.01, 86400.0),
+    "reap_interval": (0.0, 3600.0),
+    "request_timeout": (0.1, 3600.0),
+}
 KEEP_BOOTS_MAX = 10000
 HOSTNAME_PREFIX_MAX = 32  # a DNS label holds 63 characters: the prefix and the node number must fit
 LOCAL_NODES = ("root", "none")
@@ -125,7 +129,9 @@ def _check(config: MasterConfig, source: str) -> None:
             ) from None
     if config.hosts_file:
         checked(source, "hosts_file", config.hosts_file, values.one_line, "an absolute path")
-    if config.hosts_file and not (config.hosts_file.startswith("/") and os.path.isdir(os.path.dirname(config.hosts_file))):
+    if config.hosts_file and not (
+        config.hosts_file.startswith("/") and os.path.isdir(os.path.dirname(config.hosts_file))
+    ):
         raise ConfigError(
             f"{source}: hosts_file = {config.hosts_file!r} must be an absolute path in an existing directory",
             hint='"/etc/hosts" to resolve the nodes on the master, or "" for no file',
@@ -133,8 +139,10 @@ def _check(config: MasterConfig, source: str) -> None:
     prefix = config.hostname_prefix
     if not (prefix.isascii() and prefix.isalpha() and len(prefix) <= HOSTNAME_PREFIX_MAX):
         # it begins every node's host name, in the hosts file and in DNS: ASCII letters only
-        raise ConfigError(f"{source}: hostname_prefix = {shown(prefix)} must be letters only (a-z, A-Z), "
-                          f"at most {HOSTNAME_PREFIX_MAX}")  # fmt: skip
+        raise ConfigError(
+            f"{source}: hostname_prefix = {shown(prefix)} must be letters only (a-z, A-Z), "
+            f"at most {HOSTNAME_PREFIX_MAX}"
+        )
     if config.local_nodes not in LOCAL_NODES:
         raise ConfigError(
             f"{source}: local_nodes = {shown(config.local_nodes)} must be one of {', '.join(map(repr, LOCAL_NODES))}",

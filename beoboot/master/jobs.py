@@ -142,7 +142,9 @@ class JobHub:
         to anyone who can reach the port, nor to a node for another node's job, either of which could
         otherwise fetch another user's file by its hash, or test guesses of its content."""
         token = request.headers.get(p.LINK_TOKEN_HEADER, "").encode()
-        link = next((link for link in self.links.values() if token and hmac.compare_digest(token, link.token.encode())), None)
+        link = next(
+            (link for link in self.links.values() if token and hmac.compare_digest(token, link.token.encode())), None
+        )
         if link is None:
             raise web.HTTPForbidden(text=f"objects go to nodes with a job link up: {p.LINK_TOKEN_HEADER} of one\n")
         digest = request.match_info["digest"]
@@ -179,8 +181,12 @@ class JobHub:
             raise web.HTTPNotFound(text=f"node {mac} is not registered: register first\n")
         token = request.headers.get(p.LINK_TOKEN_HEADER, "")
         if not node.link_token or not hmac.compare_digest(token.encode(), node.link_token.encode()):
-            log.warning("node %d (%s) job link refused from %s: not the token of its last registration",
-                        node.number, mac, request.remote)  # fmt: skip
+            log.warning(
+                "node %d (%s) job link refused from %s: not the token of its last registration",
+                node.number,
+                mac,
+                request.remote,
+            )
             raise web.HTTPForbidden(
                 text=f"node {node.number} ({mac}): the job link needs the token of the node's last registration "
                 f"({p.LINK_TOKEN_HEADER}); register again\n"
@@ -404,6 +410,8 @@ def _named(numbers: list[int]) -> str:
     """'1, 2, 3' or, past NAMED_DOWN, '1, ..., 10 and 30 more'."""
     more = f" and {len(numbers) - NAMED_DOWN} more" if len(numbers) > NAMED_DOWN else ""
     return ", ".join(map(str, numbers[:NAMED_DOWN])) + more
+
+
 async def _refuse_frame(ws: web.WebSocketResponse, number: int, mac: str, what: str) -> None:
     """A node that sends what no node sends has its link closed (its jobs end as if the link were lost):
     its next frame could not be trusted to mean what it says either."""

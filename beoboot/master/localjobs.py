@@ -69,7 +69,9 @@ def peer_groups(conn: socket.socket, pid: int, uid: int) -> tuple[int, ...]:
         except OSError:
             fields = {}
         if fields.get("Uid", [None])[0] != str(uid) or "Groups" not in fields:
-            raise RequestError("cannot read the groups of this bpsh (more than 256): it ended, or is another's") from None
+            raise RequestError(
+                "cannot read the groups of this bpsh (more than 256): it ended, or is another's"
+            ) from None
         return tuple(int(gid) for gid in fields["Groups"])
     return struct.unpack(f"{len(raw) // 4}I", raw)  # gid_t: 32 bits
 
@@ -101,8 +103,9 @@ def decode_request(data: bytes, uid: int, gid: int, groups: tuple[int, ...] = ()
         if equals and name:
             env[text(name)] = text(value)
     letters = flags.decode("ascii", "replace")
-    request = p.JobRequest(nodes=nodes, argv=argv, env=env, cwd=cwd, uid=uid, gid=gid, cache=cache,
-                           stdin="n" not in letters, groups=groups)  # fmt: skip
+    request = p.JobRequest(
+        nodes=nodes, argv=argv, env=env, cwd=cwd, uid=uid, gid=gid, cache=cache, stdin="n" not in letters, groups=groups
+    )
     return request, letters
 
 
@@ -147,9 +150,16 @@ class LocalSession(Session):
     """One bpsh client: its socket and its three file descriptors."""
 
     def __init__(
-        self, hub: JobHub, loop: asyncio.AbstractEventLoop, conn: socket.socket, fds: list[int], *,
-        prefix: bool = False, sequential: SequentialOutput | None = None, client_pid: int = 0,
-    ) -> None:  # fmt: skip
+        self,
+        hub: JobHub,
+        loop: asyncio.AbstractEventLoop,
+        conn: socket.socket,
+        fds: list[int],
+        *,
+        prefix: bool = False,
+        sequential: SequentialOutput | None = None,
+        client_pid: int = 0,
+    ) -> None:
         super().__init__()
         self.hub, self.loop, self.conn = hub, loop, conn
         self.client_pid = client_pid  # bpsh's, from SO_PEERCRED: 0 if unknown
@@ -189,8 +199,9 @@ class LocalSession(Session):
                     self._output_unprefixed(stream, rest, message.node)
         if message.error:
             where = f"node {message.node}: " if message.node >= 0 else ""
-            self._output_unprefixed(p.Stream.STDERR, f"bpsh: {where}{message.error}\n".encode(errors="replace"),
-                                    message.node)  # fmt: skip
+            self._output_unprefixed(
+                p.Stream.STDERR, f"bpsh: {where}{message.error}\n".encode(errors="replace"), message.node
+            )
         if self.sequential is not None:
             self._write_chunks(self.sequential.ended(message.node))
             if self._turn_came is not None:
@@ -385,8 +396,9 @@ class LocalSession(Session):
 
     def _watch_stdin(self) -> None:
         """Poll stdin while it is wanted: not at its end, not stopped (Ctrl-Z), not too far ahead of the nodes."""
-        wanted = (self._stdin_polled and not self._stdin_done and not self._stdin_paused
-                  and self._stdin_ahead < STDIN_AHEAD)  # fmt: skip
+        wanted = (
+            self._stdin_polled and not self._stdin_done and not self._stdin_paused and self._stdin_ahead < STDIN_AHEAD
+        )
         if wanted == self._stdin_watched:
             return
         self._stdin_watched = wanted
@@ -446,16 +458,19 @@ class LocalListener:
         self.path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
         if self.path.exists() or self.path.is_symlink():
             if _someone_listens(self.path):
-                raise BeobootError(f"another beoserv listens on {self.path}",
-                                   hint="stop it, or give this one --bpsh-socket OTHER_PATH")  # fmt: skip
+                raise BeobootError(
+                    f"another beoserv listens on {self.path}", hint="stop it, or give this one --bpsh-socket OTHER_PATH"
+                )
             self.path.unlink()  # left by a beoserv that was killed
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             sock.bind(str(self.path))
         except OSError as exc:
             sock.close()
-            raise BeobootError(f"cannot create the bpsh socket {self.path}: {exc.strerror}",
-                               hint="pass --bpsh-socket PATH in a writable directory") from None  # fmt: skip
+            raise BeobootError(
+                f"cannot create the bpsh socket {self.path}: {exc.strerror}",
+                hint="pass --bpsh-socket PATH in a writable directory",
+            ) from None
         os.chmod(self.path, 0o666)
         self._inode = os.stat(self.path).st_ino
         sock.listen(128)
@@ -524,8 +539,7 @@ class LocalListener:
         if stat.S_ISCHR(st.st_mode) and st.st_rdev == DEV_NULL:
             request = replace(request, stdin=False)  # the jobs get end of file at once, no reading needed
         sequential = SequentialOutput(divider="d" in letters) if "s" in letters or "d" in letters else None
-        session = LocalSession(self.hub, loop, conn, fds, prefix="p" in letters, sequential=sequential,
-                               client_pid=pid)  # fmt: skip
+        session = LocalSession(self.hub, loop, conn, fds, prefix="p" in letters, sequential=sequential, client_pid=pid)
         session.listen()
         asyncio.ensure_future(self._run(session, request))
 

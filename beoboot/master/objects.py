@@ -57,8 +57,9 @@ class ObjectStore:
         known = self._known(stat_key(st), lambda: _sha256_of_path(path), lambda: stat_key(os.stat(path)))
         if known is None:  # rewritten while it was read
             return self.digest(path)
-        return self._remember(Digest(os.path.realpath(path), known, st.st_size, st.st_mode & 0o7777, stat_key(st),
-                                     st.st_uid, st.st_gid))  # fmt: skip
+        return self._remember(
+            Digest(os.path.realpath(path), known, st.st_size, st.st_mode & 0o7777, stat_key(st), st.st_uid, st.st_gid)
+        )
 
     def digest_opened(self, fd: int, path: str) -> Digest:
         """digest() of a file already open: what that open gave (as the job's user), not whatever `path`

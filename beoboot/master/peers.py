@@ -72,8 +72,13 @@ def diag_request(peer: Endpoint, ours: Endpoint, seq: int = 1) -> bytes:
     if src.version != dst.version:
         raise ValueError(f"peer {peer[0]} and our end {ours[0]} are of different address families")
     family = socket.AF_INET if src.version == 4 else socket.AF_INET6
-    body = (_REQ_HEAD.pack(family, socket.IPPROTO_TCP, 0, ALL_STATES) + _SOCKID_PORTS.pack(peer[1], ours[1])
-            + src.packed.ljust(16, b"\0") + dst.packed.ljust(16, b"\0") + _SOCKID_TAIL.pack(0, NO_COOKIE, NO_COOKIE))  # fmt: skip
+    body = (
+        _REQ_HEAD.pack(family, socket.IPPROTO_TCP, 0, ALL_STATES)
+        + _SOCKID_PORTS.pack(peer[1], ours[1])
+        + src.packed.ljust(16, b"\0")
+        + dst.packed.ljust(16, b"\0")
+        + _SOCKID_TAIL.pack(0, NO_COOKIE, NO_COOKIE)
+    )
     return _NLMSGHDR.pack(_NLMSGHDR.size + len(body), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST, seq, 0) + body
 
 
@@ -120,8 +125,13 @@ def owner_from_proc(peer: Endpoint, ours: Endpoint, proc_net: str = "/proc/net")
     src, dst = _normal(peer[0]), _normal(ours[0])
     tables = [("tcp6" if src.version == 6 else "tcp", src, dst)]
     if src.version == 4 and dst.version == 4:
-        tables.append(("tcp6", ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + src.packed),
-                       ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + dst.packed)))  # fmt: skip
+        tables.append(
+            (
+                "tcp6",
+                ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + src.packed),
+                ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + dst.packed),
+            )
+        )
     for name, local_address, remote_address in tables:
         local, remote = _proc_hex(local_address, peer[1]), _proc_hex(remote_address, ours[1])
         uid = _owner_in_table(f"{proc_net}/{name}", local, remote)

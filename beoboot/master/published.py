@@ -72,5 +72,7 @@ def _read_paths(manifest: Path) -> frozenset[str]:
         artifacts = json.loads(manifest.read_bytes())["artifacts"]
         return frozenset(str(PurePosixPath(a["path"])) for a in artifacts)
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        log.error("%s is not a beoboot manifest (%s): serving nothing from it; rebuild with beoboot-build", manifest, exc)
+        log.error(
+            "%s is not a beoboot manifest (%s): serving nothing from it; rebuild with beoboot-build", manifest, exc
+        )
         return frozenset()

@@ -72,8 +72,11 @@ CREATE TABLE IF NOT EXISTS logs (
 CREATE INDEX IF NOT EXISTS logs_by_node ON logs(number, t);
 """
 # columns added since the first release: (table, column, definition), added to an older database on open
-ADDED_COLUMNS = (("nodes", "link_token", "TEXT NOT NULL DEFAULT ''"), ("nodes", "address", "TEXT"),
-                 ("nodes", "load", "TEXT"))  # fmt: skip
+ADDED_COLUMNS = (
+    ("nodes", "link_token", "TEXT NOT NULL DEFAULT ''"),
+    ("nodes", "address", "TEXT"),
+    ("nodes", "load", "TEXT"),
+)
 
 
 class RegistryError(BeobootError):
@@ -148,8 +151,9 @@ class Registry:
 
     # --- writes ------------------------------------------------------------------------------------------
 
-    def register(self, mac: str, stage: Stage, hardware: Hardware, now: float, keep_boots: int = 10,
-                 address: str | None = None) -> NodeRecord:
+    def register(
+        self, mac: str, stage: Stage, hardware: Hardware, now: float, keep_boots: int = 10, address: str | None = None
+    ) -> NodeRecord:
         """Known MAC: same number. A registration at a stage not later than the node's last one is a new
         boot (stage 1 after stage 3, or stage 2 again when there is no stage 1); a later stage continues
         the boot (stage 1 -> kexec -> stage 2 -> stage 3 each register once). A new boot drops the
@@ -175,9 +179,21 @@ class Registry:
                     " (CASE WHEN ready THEN ? ELSE ? END) END, ready = CASE WHEN ? THEN 0 ELSE ready END,"
                     " last_seen = ?, uptime = NULL, uptime_at = NULL, hardware = ?, link_token = ?,"
                     " address = COALESCE(?, address) WHERE mac = ?",
-                    (stage, int(new_boot), new_boot, NodeState.BOOTING, NodeState.UP, NodeState.BOOTING,
-                     new_boot, now, hw, token, address, mac),
-                )  # fmt: skip
+                    (
+                        stage,
+                        int(new_boot),
+                        new_boot,
+                        NodeState.BOOTING,
+                        NodeState.UP,
+                        NodeState.BOOTING,
+                        new_boot,
+                        now,
+                        hw,
+                        token,
+                        address,
+                        mac,
+                    ),
+                )
                 if new_boot:
                     oldest_kept = row["boot"] + 1 - keep_boots + 1  # the new boot is row["boot"] + 1
                     for table in ("events", "logs"):
@@ -188,8 +204,15 @@ class Registry:
         assert record is not None
         return record
 
-    def heartbeat(self, mac: str, stage: Stage, uptime: float | None, now: float,
-                  address: str | None = None, load: Load | None = None) -> NodeRecord | None:
+    def heartbeat(
+        self,
+        mac: str,
+        stage: Stage,
+        uptime: float | None,
+        now: float,
+        address: str | None = None,
+        load: Load | None = None,
+    ) -> NodeRecord | None:
         """None: the MAC is not registered (the node must register again). `address`, when given, is the
         node's address now: a node whose DHCP lease moved it reports the new one here, between
         registrations, and the host table changes with it."""
@@ -202,9 +225,12 @@ class Registry:
             )
             if load is not None:
                 self._db.execute("UPDATE nodes SET load = ? WHERE mac = ?", (json.dumps(asdict(load)), mac))
-            moved = address is not None and self._db.execute(
-                "UPDATE nodes SET address = ? WHERE mac = ? AND address IS NOT ?", (address, mac, address)
-            ).rowcount
+            moved = (
+                address is not None
+                and self._db.execute(
+                    "UPDATE nodes SET address = ? WHERE mac = ? AND address IS NOT ?", (address, mac, address)
+                ).rowcount
+            )
         if cursor.rowcount == 0:
             return None
         if moved:
@@ -259,7 +285,14 @@ class Registry:
                 self._db.execute("UPDATE nodes SET state = ? WHERE number = ?", (NodeState.DOWN, row["number"]))
                 self._db.execute(
                     "INSERT INTO events (number, boot, t, event, stage, detail) VALUES (?, ?, ?, ?, ?, ?)",
-                    (row["number"], row["boot"], now, HEARTBEAT_LOST, row["stage"], f"silent since before {cutoff:.3f}"),
+                    (
+                        row["number"],
+                        row["boot"],
+                        now,
+                        HEARTBEAT_LOST,
+                        row["stage"],
+                        f"silent since before {cutoff:.3f}",
+                    ),
                 )
         return [r for r in (self.node_by_number(row["number"]) for row in rows) if r is not None]
 
@@ -291,10 +324,19 @@ class Registry:
         except (ProtocolError, ValueError):
             load = None
         return NodeRecord(
-            number=row["number"], mac=row["mac"], state=NodeState(row["state"]), stage=Stage(row["stage"]),
-            boot=row["boot"], last_seen=row["last_seen"], uptime=row["uptime"], uptime_at=row["uptime_at"],
-            hardware=hardware, link_token=row["link_token"], address=row["address"], load=load,
-        )  # fmt: skip
+            number=row["number"],
+            mac=row["mac"],
+            state=NodeState(row["state"]),
+            stage=Stage(row["stage"]),
+            boot=row["boot"],
+            last_seen=row["last_seen"],
+            uptime=row["uptime"],
+            uptime_at=row["uptime_at"],
+            hardware=hardware,
+            link_token=row["link_token"],
+            address=row["address"],
+            load=load,
+        )
 
     def node_by_mac(self, mac: str) -> NodeRecord | None:
         row = self._db.execute("SELECT * FROM nodes WHERE mac = ?", (normalise_mac(mac),)).fetchone()
@@ -352,7 +394,10 @@ class Registry:
     def addresses(self) -> list[tuple[int, str | None]]:
         """(number, reported address) of every node, in number order: what the host table is built from,
         without decoding every node's hardware."""
-        return [(number, address) for number, address in self._db.execute("SELECT number, address FROM nodes ORDER BY number")]
+        return [
+            (number, address)
+            for number, address in self._db.execute("SELECT number, address FROM nodes ORDER BY number")
+        ]
 
     def logs(self, number: int, limit: int = 1000) -> list[tuple[float, str, str, str]]:
         rows = self._db.execute(

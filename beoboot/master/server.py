@@ -118,9 +118,7 @@ def json_response(message: Any, status: int = 200) -> web.Response:
 
 
 def error_response(status: int, message: str, **extra: Any) -> web.Response:
-    return web.Response(
-        text=json.dumps({"error": message, **extra}), status=status, content_type="application/json"
-    )
+    return web.Response(text=json.dumps({"error": message, **extra}), status=status, content_type="application/json")
 
 
 class RequestRefused(Exception):
@@ -249,23 +247,43 @@ class Beoserv:
         except web.HTTPException:
             raise
         except ConnectionError as exc:
-            log.info("%s %s from %s: the client went away (%s)", request.method, printable(request.path),
-                     request.remote, printable(exc))  # fmt: skip
+            log.info(
+                "%s %s from %s: the client went away (%s)",
+                request.method,
+                printable(request.path),
+                request.remote,
+                printable(exc),
+            )
             return error_response(400, "the connection broke")  # to no one: aiohttp drops it
         except Exception as exc:
             # a last resort: each cause found is fixed where it arises; this keeps the next one to one line
-            log.error("%s %s from %s failed: %s: %s", request.method, printable(request.path_qs), request.remote,
-                      type(exc).__name__, printable(exc), exc_info=log.isEnabledFor(logging.DEBUG))  # fmt: skip
+            log.error(
+                "%s %s from %s failed: %s: %s",
+                request.method,
+                printable(request.path_qs),
+                request.remote,
+                type(exc).__name__,
+                printable(exc),
+                exc_info=log.isEnabledFor(logging.DEBUG),
+            )
             return error_response(500, f"beoserv failed on this request ({type(exc).__name__}); its log says more")
 
     def _bodies_refused(self, request: web.Request) -> None:
         if self.bodies.should_log(time.monotonic()):
-            log.warning("request bodies in memory reached %d MiB: %d request(s) told to retry (latest %s %s from %s)",
-                        self.bodies.limit >> 20, self.bodies.refused, request.method, printable(request.path),
-                        request.remote)  # fmt: skip
+            log.warning(
+                "request bodies in memory reached %d MiB: %d request(s) told to retry (latest %s %s from %s)",
+                self.bodies.limit >> 20,
+                self.bodies.refused,
+                request.method,
+                printable(request.path),
+                request.remote,
+            )
             self.bodies.refused = 0
-        raise RequestRefused(503, f"beoserv holds {self.bodies.limit >> 20} MiB of request bodies: retry shortly",
-                             retry_after=1 + int(random.random() * 4))  # fmt: skip
+        raise RequestRefused(
+            503,
+            f"beoserv holds {self.bodies.limit >> 20} MiB of request bodies: retry shortly",
+            retry_after=1 + int(random.random() * 4),
+        )
 
     async def _read_body(self, request: web.Request) -> None:
         """The whole body, before the handler (which then reads it from memory): a client that sends it
@@ -274,7 +292,9 @@ class Beoserv:
             async with asyncio.timeout(self.config.request_timeout):
                 await request.read()
         except TimeoutError:
-            raise RequestRefused(408, f"the request's body did not arrive within {self.config.request_timeout:g}s") from None
+            raise RequestRefused(
+                408, f"the request's body did not arrive within {self.config.request_timeout:g}s"
+            ) from None
         except web.HTTPRequestEntityTooLarge:
             raise RequestRefused(413, f"the request's body is larger than {request.client_max_size} bytes") from None
 
@@ -319,9 +339,15 @@ class Beoserv:
         fds, rss = process_figures()
         counts = self.registry.state_counts()
         return p.ServerStatus(
-            pid=os.getpid(), uptime=time.time() - self.started, nodes=sum(counts.values()), states=counts,
-            open_fds=fds, rss_kib=rss, requests=self.requests, config_loads=self.config_loads,
-        )  # fmt: skip
+            pid=os.getpid(),
+            uptime=time.time() - self.started,
+            nodes=sum(counts.values()),
+            states=counts,
+            open_fds=fds,
+            rss_kib=rss,
+            requests=self.requests,
+            config_loads=self.config_loads,
+        )
 
     def dump_state(self) -> None:
         """SIGUSR1: the server's figures, then one line per node."""
@@ -329,25 +355,44 @@ class Beoserv:
         states = " ".join(f"{k}={v}" for k, v in s.states.items())
         log.info(
             "state: pid=%d uptime=%.0fs nodes=%d (%s) open_fds=%d rss_kib=%d requests=%d config_loads=%d",
-            s.pid, s.uptime, s.nodes, states, s.open_fds, s.rss_kib, s.requests, s.config_loads,
-        )  # fmt: skip
+            s.pid,
+            s.uptime,
+            s.nodes,
+            states,
+            s.open_fds,
+            s.rss_kib,
+            s.requests,
+            s.config_loads,
+        )
         now = time.time()
         for node in self.registry.nodes():
             log.info(
                 "state: node %d %s %s %s boot=%d last_seen=%.1fs ago",
-                node.number, node.mac, node.state, node.stage, node.boot, now - node.last_seen,
-            )  # fmt: skip
+                node.number,
+                node.mac,
+                node.state,
+                node.stage,
+                node.boot,
+                now - node.last_seen,
+            )
 
     # --- node API ----------------------------------------------------------------------------------------
 
     def _row(self, node: NodeRecord, now: float) -> p.NodeRow:
         return p.NodeRow(
-            number=node.number, mac=node.mac, name=p.node_name(node.number),
+            number=node.number,
+            mac=node.mac,
+            name=p.node_name(node.number),
             hostname=p.node_hostname(node.number, self.config.hostname_prefix),
-            address=self._address_of(node), state=node.state, stage=node.stage, boot=node.boot,
-            last_seen=node.last_seen, uptime=node.uptime_now(now), hardware=node.hardware,
+            address=self._address_of(node),
+            state=node.state,
+            stage=node.stage,
+            boot=node.boot,
+            last_seen=node.last_seen,
+            uptime=node.uptime_now(now),
+            hardware=node.hardware,
             load=node.load if node.state is not p.NodeState.DOWN else None,
-        )  # fmt: skip
+        )
 
     def _registration_refused(self, request: web.Request) -> web.Response | None:
         """A 403 naming why, unless the machine at the other end may register a node (beoboot.master.admission)."""
@@ -370,19 +415,26 @@ class Beoserv:
         address = _plain_ipv4(msg.address)
         node = self.registry.register(msg.mac, msg.stage, msg.hardware, time.time(), self.config.keep_boots, address)
         log.info(
-            "node %d (%s) registered at %s, boot %d, from %s", node.number, node.mac, msg.stage, node.boot,
+            "node %d (%s) registered at %s, boot %d, from %s",
+            node.number,
+            node.mac,
+            msg.stage,
+            node.boot,
             request.remote,
-        )  # fmt: skip
+        )
         await self.jobs.drop_link(node.number, f"node {node.number} registered again from {request.remote}")
         self._host_changed(node)
         return json_response(
             p.RegisterReply(
-                number=node.number, name=p.node_name(node.number),
+                number=node.number,
+                name=p.node_name(node.number),
                 hostname=p.node_hostname(node.number, self.config.hostname_prefix),
-                address=self.config.node_address(node.number), boot=node.boot,
-                heartbeat_interval=self.config.heartbeat_interval, heartbeat_timeout=self.config.heartbeat_timeout,
+                address=self.config.node_address(node.number),
+                boot=node.boot,
+                heartbeat_interval=self.config.heartbeat_interval,
+                heartbeat_timeout=self.config.heartbeat_timeout,
                 link_token=node.link_token,
-            )  # fmt: skip
+            )
         )
 
     def _unknown(self, mac: str) -> web.Response:
@@ -556,8 +608,9 @@ async def serve(options: ServerOptions, config: MasterConfig, stop: asyncio.Even
     # keepalive_timeout bounds the wait for a whole request head, from the connection's start or the last
     # response (aiohttp closes a connection whose head is incomplete by then), so a client sending it
     # byte by byte is cut off; _read_body bounds the body
-    runner = web.AppRunner(server.make_app(), access_log=None, keepalive_timeout=config.request_timeout,
-                           logger=OneLineLog(log, {}))  # fmt: skip
+    runner = web.AppRunner(
+        server.make_app(), access_log=None, keepalive_timeout=config.request_timeout, logger=OneLineLog(log, {})
+    )
     await runner.setup()
     site = web.TCPSite(runner, options.host, options.port)
     try:

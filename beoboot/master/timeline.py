@@ -100,7 +100,7 @@ def render_svg(timeline: Timeline, *, width: int = 800, row_height: int = 22) ->
         else:  # a milestone: a diamond
             cy = y + row_height / 2
             pts = f"{x:.1f},{cy - 7:.1f} {x + 7:.1f},{cy:.1f} {x:.1f},{cy + 7:.1f} {x - 7:.1f},{cy:.1f}"
-            out.append(f"<polygon points={quoteattr(pts)} fill=\"{colour}\"><title>{escape(tip)}</title></polygon>")
+            out.append(f'<polygon points={quoteattr(pts)} fill="{colour}"><title>{escape(tip)}</title></polygon>')
     out.append("</svg>")
     return "\n".join(out) + "\n"
 

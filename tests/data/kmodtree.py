@@ -71,7 +71,9 @@ def fake_module(info: dict[str, list[str]]) -> bytes:
 
     body = header + modinfo + shstrtab
     body += bytes(sh_off - len(body))
-    return body + section(0, 0, 0, 0) + section(1, 1, modinfo_off, len(modinfo)) + section(10, 3, shstr_off, len(shstrtab))
+    return (
+        body + section(0, 0, 0, 0) + section(1, 1, modinfo_off, len(modinfo)) + section(10, 3, shstr_off, len(shstrtab))
+    )
 
 
 def make_tree(root: Path, version: str = VERSION, with_kernel: bool = True) -> Path:
