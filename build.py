@@ -96,6 +96,8 @@ def install_venv() -> None:
     print("build.py: creating the virtualenv .venv with the project", flush=True)
     if not VENV_PYTHON.exists():
         subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+    # pip writes its wrapper through an existing link, which would overwrite the client file it points at
+    (VENV / "bin" / "bpsh").unlink(missing_ok=True)
     subprocess.run([str(VENV_PYTHON), "-m", "pip", "install", "-q", "-e", f"{ROOT}[test]"], check=True)
     install_fast_bpsh()
     stamp.write_bytes(project)
@@ -108,7 +110,7 @@ def install_fast_bpsh() -> None:
     wrapper = VENV / "bin" / "bpsh"
     tmp = wrapper.with_name("bpsh.beoboot-tmp")
     tmp.unlink(missing_ok=True)
-    tmp.symlink_to(ROOT / "beoboot" / "master" / "bpsh.py")
+    tmp.symlink_to(ROOT / "beoboot" / "master" / "bpsh" / "executable.py")
     tmp.replace(wrapper)
 
 
@@ -119,7 +121,7 @@ def setup() -> None:
 
 def demo() -> int:
     setup()
-    return subprocess.run([str(VENV_PYTHON), "-m", "beoboot.demo"], cwd=ROOT).returncode
+    return subprocess.run([str(VENV_PYTHON), "-m", "beoboot.vm.demo"], cwd=ROOT).returncode
 
 
 def lint() -> int:

@@ -1,7 +1,7 @@
 """What stage 2 tells stage 3: written into the new root before the switch, read by stage 3's agent.
 
 The network stays configured across switch_root (same kernel), so stage 3 only needs to know who it is,
-where its master is, and the DHCP lease it must keep renewing (agent.leasekeeper). The lease fields have
+where its master is, and the DHCP lease it must keep renewing (stage3.leasekeeper). The lease fields have
 defaults so that a handoff written without them still loads; stage 3 then does not renew.
 """
 

@@ -10,17 +10,20 @@ would power off the build host itself.
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import agent
-from agent import booster, cmdline, console, kmodload, mounts, network, pxe, supervisor, syscalls
+from agent import cmdline
 from agent.config import AGENT_CONFIG_PATH, AgentConfig
-from agent.download import Backoff
 from agent.errors import AgentError
+from agent.net import network
 from agent.report import say
+from agent.system import console, kmodload, mounts, syscalls
 
 DRY_RUN_ENV = "BEOBOOT_DRY_RUN"
 SYSRQ_TRIGGER = "/proc/sysrq-trigger"
@@ -71,7 +74,7 @@ def read_config(path: str) -> AgentConfig:
         raise AgentError(f"agent config {path} is not valid: {exc}", hint="rebuild the image") from None
 
 
-def boot(options: Options) -> int:
+def boot(options: Options, program: Callable[..., None] | None = None) -> int:
     dry_run = options.dry_run or os.getpid() != 1
     if dry_run:
         console.say("beoboot: dry run: no mount or reboot system calls")
@@ -97,7 +100,18 @@ def boot(options: Options) -> int:
     if config.power_off_when_up or smoke is not None:
         power_off(dry_run=dry_run)
         return 0
-    return run_stage(config, dry_run=dry_run)
+    (program or program_named(config.program))(config, dry_run=dry_run)
+    return 0
+
+
+def program_named(module: str) -> Callable[..., None]:
+    """The stage's program when no /init passed it in (`python -m agent` on a build host)."""
+    try:
+        return importlib.import_module(module).main
+    except (ImportError, AttributeError) as exc:
+        raise AgentError(
+            f"the agent config names program {module!r}, which cannot run: {exc}", hint="rebuild the image"
+        ) from None
 
 
 def _uptime() -> float:
@@ -106,41 +120,6 @@ def _uptime() -> float:
             return float(f.read().split()[0])
     except (OSError, ValueError, IndexError):
         return -1.0
-
-
-def run_stage(config: AgentConfig, *, dry_run: bool) -> int:
-    """The stage's own work. Stages 1 and 2 get on the network first, retrying until they can."""
-    number = stage_number(config.stage)
-    if number == 3:
-        supervisor.run(config, dry_run=dry_run)
-        return 0
-    dhcp_started = time.monotonic()
-    net = bring_up_network_until_it_works(config, dry_run=dry_run)
-    if net is None:  # dry run: nothing was configured, so nothing can be fetched
-        return 0
-    if number == 1:
-        booster.run(config, net, dry_run=dry_run)
-    else:
-        pxe.run(config, net, dhcp_started=dhcp_started, dry_run=dry_run)
-    return 0
-
-
-NETWORK_RETRY = Backoff(first=5.0, cap=60.0)
-
-
-def bring_up_network_until_it_works(config: AgentConfig, *, dry_run: bool) -> network.NetworkState | None:
-    """A node without network has nothing else to do: say why, once per try, and try again (never hang
-    silently; a driver can appear once its cable is plugged or the switch port comes up)."""
-    attempt = 0
-    while True:
-        try:
-            return network.bring_up(config, dry_run=dry_run, cmdline_options=cmdline.read(), say=say)
-        except network.NetworkError as exc:
-            wait = NETWORK_RETRY.delay(attempt)
-            hint = f" ({exc.hint})" if exc.hint else ""
-            say(f"beoboot: cannot get on the network: {exc.message}{hint}; retrying in {wait:.0f} s", "error")
-            attempt += 1
-            time.sleep(wait)
 
 
 def bring_up_network(config: AgentConfig, *, dry_run: bool) -> network.NetworkState | None:
@@ -182,14 +161,15 @@ def _try_attach_console() -> None:
         pass
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of /init and of `python -m agent`. Returns only when not PID 1 or in a dry run."""
+def main(argv: list[str] | None = None, program: Callable[..., None] | None = None) -> int:
+    """Entry point of /init (which passes its stage's program) and of `python -m agent` (which runs the program
+    the config names). Returns only when not PID 1 or in a dry run."""
     is_init = os.getpid() == 1
     dry_run = True
     try:
         options = parse_options(sys.argv[1:] if argv is None else argv, os.environ)
         dry_run = options.dry_run or not is_init
-        return boot(options)
+        return boot(options, program)
     except BaseException as exc:  # noqa: BLE001 -- PID 1 must report everything, even SystemExit
         if isinstance(exc, AgentError):
             console.say(f"beoboot: agent failed: {exc}")

@@ -537,7 +537,7 @@ def check_event_name(name: str) -> str:
 # --- jobs: libcache objects and remote execution (issue 5) -----------------------------------------------
 #
 # The node keeps one WebSocket open to the master (JOBS_LINK_PATH, opened by the node: nodes listen on
-# nothing); `bpsh` talks to beoserv on a local socket (beoboot.master.bpsh). Control messages are text frames holding one JSON Frame;
+# nothing); `bpsh` talks to beoserv on a local socket (beoboot.master.bpsh.localjobs). Control messages are text frames holding one JSON Frame;
 # job input and output are binary frames: IO_HEADER (stream, job id) followed by the bytes. An empty stdin
 # frame is end of input.
 

@@ -6,7 +6,7 @@ said before are kept and sent with the first batch, so the master sees the whole
 
 from __future__ import annotations
 
-from agent import console
+from agent.system import console
 
 EARLY_LINES_KEPT = 200
 

@@ -2,10 +2,10 @@
 
     .venv/bin/python benchmarks/bpsh_vs_ssh.py [--runs 200] [--ssh-runs 30] [--nodes 64]
 
-Starts its own beoserv (loopback, free port), `python -m agent.simnode` nodes, and an OpenSSH sshd on a
+Starts its own beoserv (loopback, free port), `python -m stage3.simnode` nodes, and an OpenSSH sshd on a
 loopback port with a generated host key and an authorized key (Debian's openssh-server), and stops them
 all at the end. Needs root (simulated nodes chroot their jobs). Figures:
-  * a cached /bin/true: the `bpsh` command as users run it (beoboot/master/bpsh.py, python3 -IS), against
+  * a cached /bin/true: the `bpsh` command as users run it (beoboot/master/bpsh/executable.py, python3 -IS), against
     `ssh 127.0.0.1 /bin/true`; and the job alone (the client called in-process: connect, manifest, node,
     exit status, without the interpreter's start);
   * the first run of a job on a node with a cold cache (/bin/true, then python3);
@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from beoboot.master.bpsh_client import Client, parse_args
+from beoboot.master.bpsh.client import Client, parse_args
 
 BPSH = Path(__file__).resolve().parent.parent / "beoboot" / "master" / "bpsh.py"  # as .venv/bin/bpsh is
 PYTHON = "/usr/bin/python3"  # bpsh's interpreter (its #! line)
@@ -80,7 +80,7 @@ def start_simnodes(work: Path, url: str, count: int, first: int) -> subprocess.P
         [
             sys.executable,
             "-m",
-            "agent.simnode",
+            "stage3.simnode",
             "--master",
             url,
             "--dir",

@@ -15,10 +15,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from beoboot import builder, config, log
-from beoboot.kmod import KernelModules
-from beoboot.manifest import load_manifest
-from beoboot.sysroot import Sysroot
+from beoboot import config, log
+from beoboot.image import builder
+from beoboot.image.manifest import load_manifest
+from beoboot.resolve.kmod import KernelModules
+from beoboot.resolve.sysroot import Sysroot
 
 
 def timed(fn) -> float:

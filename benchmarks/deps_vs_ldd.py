@@ -15,8 +15,8 @@ import sys
 import time
 
 from beoboot.errors import MissingLibraryError
-from beoboot.ldso import LibraryResolver
-from beoboot.sysroot import Sysroot
+from beoboot.resolve.ldso import LibraryResolver
+from beoboot.resolve.sysroot import Sysroot
 
 PROGRAM_DIRS = ("/usr/bin", "/usr/sbin")
 

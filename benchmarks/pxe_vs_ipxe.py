@@ -21,9 +21,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from beoboot import bootvm, builder, config, log
+from beoboot import config, log
 from beoboot.artifacts import parse_node_range, write_server_configs
-from beoboot.manifest import MANIFEST_NAME, Manifest
+from beoboot.image import builder
+from beoboot.image.manifest import MANIFEST_NAME, Manifest
+from beoboot.vm import bootvm
 
 MARKER = "beoboot: stage 2 agent up"
 WAYS = {"PXE/TFTP (pxelinux)": bootvm.NetBoot.PXELINUX, "iPXE/HTTP (boot.ipxe)": bootvm.NetBoot.IPXE}

@@ -1,7 +1,7 @@
 """The build config: a table of settings drives the TOML file, validation, defaults and `beoboot-build config`.
 
 A finished Config is frozen and round-trips through JSON (a test proves it). What changes during a build
-lives in beoboot.builder, never here.
+lives in beoboot.image.builder, never here.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from typing import Any
 
 from agent import cmdline, values
 from agent.config import LIBCACHE_FORMATS, MKE2FS_FSTYPES
-from beoboot.compress import Compression
 from beoboot.configfile import checked, parse_toml, read_toml, shown
 from beoboot.errors import ConfigError
+from beoboot.image.compress import Compression
 
 IMAGE_NAMES = ("stage1", "stage2", "stage3", "envroot")
 DEFAULT_CONFIG_NAME = "<embedded default config>"

@@ -18,6 +18,8 @@ from beoboot.errors import ConfigError
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 STAGES_DIR = PROJECT_ROOT / "stages"
 TEMPLATES_DIR = PROJECT_ROOT / "templates"
+# The packages an image's Python comes from besides the sysroot's: what every image runs, and each stage's own
+PROGRAM_PACKAGES = ("agent", "stage1", "stage2", "stage3")
 
 
 class Stage(enum.StrEnum):
@@ -37,7 +39,7 @@ class TemplateFile:
 class StageSpec:
     stage: Stage
     description: str
-    agent_role: str | None  # None: no agent and no Python (the environment root)
+    program: str | None  # the agent's program module ("stage2.pxe"); None: no agent, no Python (envroot)
     nic_drivers: bool
     directories: tuple[str, ...]
     devices: bool  # /dev/console and /dev/null, so the kernel has a console before devtmpfs is mounted
@@ -54,8 +56,7 @@ class StageSpec:
         return f"{self.stage.value}.cpio"
 
 
-_KEYS = {"description", "agent_role", "nic_drivers", "directories", "devices", "binaries", "overlay", "templates"}
-AGENT_ROLES = ("booster", "pxe", "supervisor")
+_KEYS = {"description", "program", "nic_drivers", "directories", "devices", "binaries", "overlay", "templates"}
 _TEMPLATE_KEYS = {"template", "dest"}
 
 
@@ -86,10 +87,15 @@ def _bool(value: object) -> bool:
     return value
 
 
-def _role(value: object) -> str:
-    if not isinstance(value, str) or value not in AGENT_ROLES:
-        raise ValueError("one of " + ", ".join(AGENT_ROLES))
-    return value
+def _program(value: object) -> str:
+    """A module of the project's stage packages, e.g. "stage2.pxe": the image's /init imports it."""
+    name = values.name(value, "a module name")
+    package, _, module = name.partition(".")
+    if not (
+        package in PROGRAM_PACKAGES and module.isidentifier() and (PROJECT_ROOT / package / f"{module}.py").is_file()
+    ):
+        raise ValueError("a module of " + ", ".join(PROGRAM_PACKAGES) + ' with a main(), e.g. "stage2.pxe"')
+    return name
 
 
 def _templates(value: object, origin: str) -> tuple[TemplateFile, ...]:
@@ -124,12 +130,12 @@ def load_stage(stage: Stage, directory: Path = STAGES_DIR) -> StageSpec:
         raise ConfigError(f"{path}: unknown keys {sorted(unknown)}", hint="allowed: " + ", ".join(sorted(_KEYS)))
     if "description" not in raw:
         raise ConfigError(f"{path}: description is missing", hint='add description = "what this stage does"')
-    agent_role = raw.get("agent_role")
+    program = raw.get("program")
     overlay = raw.get("overlay")
     return StageSpec(
         stage=stage,
         description=checked(origin, "description", raw["description"], values.one_line),
-        agent_role=None if agent_role is None else checked(origin, "agent_role", agent_role, _role),
+        program=None if program is None else checked(origin, "program", program, _program),
         nic_drivers=checked(origin, "nic_drivers", raw.get("nic_drivers", False), _bool),
         directories=checked(origin, "directories", raw.get("directories", []), _paths, _absolute_path),
         devices=checked(origin, "devices", raw.get("devices", False), _bool),

@@ -9,9 +9,9 @@ import newc_helpers as newc
 import pytest
 
 from agent import cpio
-from beoboot.archive import write_image
-from beoboot.compress import Compression
-from beoboot.filelist import FileList, Reason
+from beoboot.image.archive import write_image
+from beoboot.image.compress import Compression
+from beoboot.image.filelist import FileList, Reason
 
 WHY = Reason("test")
 

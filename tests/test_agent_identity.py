@@ -1,7 +1,7 @@
 """The node's names in /etc/hosts, for stage 3's root and for the environment root jobs run in."""
 
 from agent import protocol as p
-from agent.names import NodeNames, hosts_file, set_identity, write_env_hosts
+from stage3.names import NodeNames, hosts_file, set_identity, write_env_hosts
 
 REPLY = p.RegisterReply(3, ".3", "n3", "10.54.0.13", 1, 5.0, 30.0)
 

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from beoboot import archive
-from beoboot.archive import (
+from beoboot.errors import ImageError, SysrootError
+from beoboot.image import archive
+from beoboot.image.archive import (
     InodePlan,
     UnrepresentableError,
     build_cpio,
@@ -20,9 +21,8 @@ from beoboot.archive import (
     read_image,
     write_image,
 )
-from beoboot.compress import Compression
-from beoboot.errors import ImageError, SysrootError
-from beoboot.filelist import Entry, FileList, Kind, Reason
+from beoboot.image.compress import Compression
+from beoboot.image.filelist import Entry, FileList, Kind, Reason
 
 MTIME = 1_700_000_000
 REASON = Reason("test")

@@ -286,4 +286,4 @@ def test_server_configs_pass_the_servers_own_checks(tmp_path, proxy):
 
 # --- QEMU boots ------------------------------------------------------------------------------------------
 # The media boot tests live in test_media_boot.py (every artifact of a real build, through the same
-# beoboot/bootvm.py options `beoboot-build boot` uses) and test_dnsmasq_netns.py (real dnsmasq + nginx).
+# beoboot/vm/bootvm.py options `beoboot-build boot` uses) and test_dnsmasq_netns.py (real dnsmasq + nginx).

@@ -1,4 +1,4 @@
-"""bpctl on simulated nodes: the real beoserv and `python -m agent.simnode`, which carries out a power order
+"""bpctl on simulated nodes: the real beoserv and `python -m stage3.simnode`, which carries out a power order
 as a booted node does (jobs ended, heartbeats stopped, link closed) minus the kernel's part; a reboot
 registers again as the next boot."""
 
@@ -35,7 +35,7 @@ def cluster(tmp_path):
 
 def bpctl(master, *args):
     return subprocess.run(
-        [sys.executable, "-m", "beoboot.master.bpctl", "--socket", str(master.bpsh_socket), *args],
+        [sys.executable, "-m", "beoboot.master.bpsh.bpctl", "--socket", str(master.bpsh_socket), *args],
         capture_output=True,
         text=True,
         timeout=60,

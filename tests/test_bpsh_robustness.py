@@ -12,7 +12,7 @@ import time
 import pytest
 from master_helpers import bpsh_argv, simulated_cluster
 
-from beoboot.master.localjobs import PARTIAL_LINE_MAX, LinePrefixer
+from beoboot.master.bpsh.localjobs import PARTIAL_LINE_MAX, LinePrefixer
 
 needs_root = pytest.mark.skipif(os.getuid() != 0, reason="simulated nodes chroot their jobs: needs root")
 

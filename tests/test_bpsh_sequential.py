@@ -1,6 +1,6 @@
-"""bpsh -s / -d: each node's output whole, in node order (beoboot.master.sequential)."""
+"""bpsh -s / -d: each node's output whole, in node order (beoboot.master.bpsh.sequential)."""
 
-from beoboot.master.sequential import SequentialOutput
+from beoboot.master.bpsh.sequential import SequentialOutput
 
 OUT, ERR = 1, 2
 

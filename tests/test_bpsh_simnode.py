@@ -1,4 +1,4 @@
-"""bpsh end to end on simulated nodes: the real beoserv, `python -m agent.simnode` (two nodes in one process,
+"""bpsh end to end on simulated nodes: the real beoserv, `python -m stage3.simnode` (two nodes in one process,
 environment roots in a scratch directory, jobs chrooted), and the real `bpsh` command line."""
 
 import hashlib
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from master_helpers import MasterProcess, bpsh_argv, let_others_reach, start_simnodes, stdlib_zip_member
 
-BPCP = [sys.executable, "-m", "beoboot.master.bpcp"]
+BPCP = [sys.executable, "-m", "beoboot.master.bpsh.bpcp"]
 
 pytestmark = pytest.mark.skipif(os.getuid() != 0, reason="simulated nodes chroot their jobs: needs root")
 

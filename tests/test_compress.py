@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from beoboot import compress as compress_module
-from beoboot.archive import write_image
-from beoboot.compress import Compression, compress, decompress, detect
 from beoboot.errors import ConfigError, ImageError, ToolError
-from beoboot.filelist import FileList, Reason
+from beoboot.image import compress as compress_module
+from beoboot.image.archive import write_image
+from beoboot.image.compress import Compression, compress, decompress, detect
+from beoboot.image.filelist import FileList, Reason
 
 # Starts like a newc cpio so that "none" is recognised by magic too.
 SAMPLE = b"070701" + b"".join(b"line %d of a cpio-ish sample, somewhat repetitive\n" % i for i in range(5000))

@@ -1,8 +1,8 @@
 import pytest
 
 from beoboot import config
-from beoboot.compress import Compression
 from beoboot.errors import ConfigError
+from beoboot.image.compress import Compression
 
 
 def write(tmp_path, text):

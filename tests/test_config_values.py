@@ -97,7 +97,7 @@ def test_a_kernel_word_is_one_word(tmp_path, text, key):
 
 
 def test_kernel_command_line_words_are_the_ones_configured(tmp_path):
-    from beoboot.media import kernel_cmdline
+    from beoboot.artifacts.media import kernel_cmdline
 
     cfg = load_site(
         tmp_path,
@@ -152,7 +152,7 @@ def test_agent_refuses_command_line_values_it_cannot_use(word):
 
 
 def test_agent_config_with_nan_is_refused():
-    good = AgentConfig(version="1", stage="stage3", role="supervisor", kernel_version="6.1")
+    good = AgentConfig(version="1", stage="stage3", program="stage3.supervisor", kernel_version="6.1")
     raw = json.loads(good.to_json())
     assert AgentConfig.from_json(json.dumps(raw)) == good
     raw["master_timeout"] = float("nan")
@@ -184,7 +184,7 @@ def test_non_utf8_stage_file_is_a_config_error(tmp_path):
         ("", "description"),
         ('description = "x"\ndirectories = "/dev"', "directories"),
         ('description = "x"\nnic_drivers = "yes"', "nic_drivers"),
-        ('description = "x"\nagent_role = "root"', "agent_role"),
+        ('description = "x"\nprogram = "os.path"', "program"),
         ('description = "x"\noverlay = "../../etc"', "overlay"),
         ('description = "x"\ntemplates = [{ template = "a.j2" }]', "templates[0]"),
         ('description = "x"\ntemplates = [{ template = "a.j2", dest = "etc/x" }]', "templates[0].dest"),
@@ -284,8 +284,8 @@ def assert_hint_works(hint: str, command: str) -> None:
 
 
 def test_hints_of_build_errors_suggest_what_build_accepts(tmp_path):
-    from beoboot.kmod import KernelModules
-    from beoboot.sysroot import Sysroot
+    from beoboot.resolve.kmod import KernelModules
+    from beoboot.resolve.sysroot import Sysroot
 
     with pytest.raises(Exception) as missing_tree:
         Sysroot(tmp_path / "no-such-tree")

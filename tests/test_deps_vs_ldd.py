@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from beoboot.errors import ElfError, MissingLibraryError
-from beoboot.ldso import LibraryResolver, is_elf
-from beoboot.sysroot import Sysroot
+from beoboot.resolve.ldso import LibraryResolver, is_elf
+from beoboot.resolve.sysroot import Sysroot
 
 PROGRAM_DIRS = ("/usr/bin", "/usr/sbin")
 VDSO_NAMES = ("linux-vdso.so.1", "linux-gate.so.1")

@@ -5,8 +5,8 @@ import struct
 
 import pytest
 
-from agent import dhcp, network
-from agent.dhcp import DhcpError, Message, MsgType, Opt
+from agent.net import dhcp, network
+from agent.net.dhcp import DhcpError, Message, MsgType, Opt
 
 MAC = bytes.fromhex("525400123456")
 

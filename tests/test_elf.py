@@ -10,7 +10,8 @@ from elftools.elf.dynamic import DynamicSegment
 from elftools.elf.elffile import ELFFile
 from elftools.elf.enums import ENUM_E_MACHINE
 
-from beoboot.elf import (
+from beoboot.errors import ElfError
+from beoboot.resolve.elf import (
     DF_1_NODEFLIB,
     DT_FLAGS_1,
     DT_NEEDED,
@@ -26,7 +27,6 @@ from beoboot.elf import (
     ElfIdentity,
     parse_elf_bytes,
 )
-from beoboot.errors import ElfError
 
 EM_X86_64, EM_386, EM_S390 = 62, 3, 22
 VADDR = 0x400000  # a load address unlike the file offsets, so the strtab mapping is exercised

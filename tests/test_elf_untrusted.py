@@ -15,10 +15,10 @@ import pytest
 from test_elf import build_elf
 from test_ldso import BASE, INTERP, make_tree, program
 
-from beoboot.elf import DT_STRSZ, parse_elf_bytes
 from beoboot.errors import ElfError, MissingLibraryError
-from beoboot.ldso import LibraryResolver, is_elf, read_ld_so_conf
-from beoboot.sysroot import Sysroot
+from beoboot.resolve.elf import DT_STRSZ, parse_elf_bytes
+from beoboot.resolve.ldso import LibraryResolver, is_elf, read_ld_so_conf
+from beoboot.resolve.sysroot import Sysroot
 
 HUGE = 2**64 - 1
 PHDRS, PHENT = 64, 56  # where build_elf's 64-bit program headers start, and their size

@@ -3,8 +3,8 @@ import os
 import pytest
 
 from beoboot.errors import ConflictError, SysrootError
-from beoboot.filelist import FileList, Kind, Reason, normalised_mode
-from beoboot.sysroot import Sysroot
+from beoboot.image.filelist import FileList, Kind, Reason, normalised_mode
+from beoboot.resolve.sysroot import Sysroot
 
 WHY = Reason("test")
 

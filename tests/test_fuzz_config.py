@@ -16,10 +16,10 @@ from hypothesis import strategies as st
 from agent import cmdline, values
 from beoboot import config
 from beoboot.artifacts import render
+from beoboot.artifacts.media import PINNED_BY, kernel_cmdline
 from beoboot.artifacts.pxe import parse_node_range, write_server_configs
 from beoboot.errors import ConfigError
 from beoboot.master.config import MasterConfig, load_config, parse_config
-from beoboot.media import PINNED_BY, kernel_cmdline
 from beoboot.stages import Stage, StageSpec, load_stage
 
 TIME_LIMIT = 5.0  # seconds for one load, on a loaded 2-core machine; a load takes milliseconds
@@ -195,7 +195,7 @@ MASTER_PLAUSIBLE = {
 }
 STAGE_PLAUSIBLE = {
     ("description",): ["stage 2 PXE ramdisk"],
-    ("agent_role",): ["booster", "pxe", "supervisor"],
+    ("program",): ["stage1.booster", "stage2.pxe", "stage3.supervisor"],
     ("nic_drivers",): [True, False],
     ("devices",): [True, False],
     ("directories",): [["/dev", "/tmp"], []],
@@ -272,7 +272,7 @@ def test_stage_file_documents(tmp_path, doc, described):
     event("accepted" if spec is not None else "refused")
     if spec is not None:
         assert isinstance(spec, StageSpec) and spec.description.isprintable()
-        assert spec.agent_role in (None, "booster", "pxe", "supervisor")
+        assert spec.program in (None, "stage1.booster", "stage2.pxe", "stage3.supervisor")
         assert all(p.startswith("/") and ".." not in p.split("/") for p in (*spec.directories, *spec.binaries))
         assert all(t.dest.startswith("/") and not t.template.startswith("/") for t in spec.templates)
 

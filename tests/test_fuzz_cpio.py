@@ -1,4 +1,4 @@
-"""Fuzzing the node's cpio unpacker (agent/cpio.py) and the builder's writer (beoboot/archive.py).
+"""Fuzzing the node's cpio unpacker (agent/cpio.py) and the builder's writer (beoboot/image/archive.py).
 
 Any bytes, and any archive built from hostile entry lists (`..`, links to the outside, a name used twice,
 hard links, setuid modes), unpack to success or a CpioError, in bounded time, and never create or change
@@ -21,8 +21,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agent import cpio
-from beoboot.archive import build_cpio
-from beoboot.filelist import FileList, Kind, Reason
+from beoboot.image.archive import build_cpio
+from beoboot.image.filelist import FileList, Kind, Reason
 
 SECONDS = 10  # far above what any of these inputs needs: a hang or a quadratic blow-up shows
 MTIME = 1_700_000_000

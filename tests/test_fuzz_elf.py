@@ -15,10 +15,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from beoboot.elf import ELF_MAGIC, ElfInfo, parse_elf_bytes
 from beoboot.errors import ElfError, MissingLibraryError
-from beoboot.ldso import LibraryResolver
-from beoboot.sysroot import Sysroot
+from beoboot.resolve.elf import ELF_MAGIC, ElfInfo, parse_elf_bytes
+from beoboot.resolve.ldso import LibraryResolver
+from beoboot.resolve.sysroot import Sysroot
 
 TRUE = "/bin/true"
 SECONDS = 2.0  # per example: every read is bounded by the file's size and a limit, never by a field

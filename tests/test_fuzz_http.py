@@ -14,9 +14,9 @@ import pytest
 import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from master_helpers import MasterProcess
 
 from agent import protocol as p
-from tests.master_helpers import MasterProcess
 
 MAC = "02:be:0b:0f:0f:01"
 ROUTES = [

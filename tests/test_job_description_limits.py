@@ -19,9 +19,9 @@ import pytest
 from master_helpers import bpsh_argv, let_others_reach, simulated_cluster
 
 from agent import protocol as p
-from beoboot.jobbudget import DescriptionTooSlow
-from beoboot.jobmanifest import ManifestBuilder
-from beoboot.master.describer import GRACE, Describer
+from beoboot.master.manifest.budget import DescriptionTooSlow
+from beoboot.master.manifest.describe import ManifestBuilder
+from beoboot.master.manifest.describer import GRACE, Describer
 from beoboot.master.objects import ObjectStore
 
 NOBODY = 65534

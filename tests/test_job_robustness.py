@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from agent import protocol as p
-from agent.jobs import JobRunner, Workers
-from agent.launcher import Launcher
-from agent.libcache import LibCache
+from stage3.jobrunner import JobRunner, Workers
+from stage3.launcher import Launcher
+from stage3.libcache import LibCache
 
 BUSYBOX = shutil.which("busybox")
 PIDS_CGROUP = Path("/sys/fs/cgroup/pids")  # cgroup v1's pids hierarchy, where a test can set pids.max

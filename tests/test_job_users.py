@@ -6,8 +6,8 @@ import stat
 
 import pytest
 
-from agent.accounts import AccountError, Accounts
-from beoboot.jobusers import JobUsers, group_entries, passwd_entry
+from beoboot.master.manifest.users import JobUsers, group_entries, passwd_entry
+from stage3.accounts import AccountError, Accounts
 
 
 def test_the_masters_entry_without_its_password():
@@ -28,7 +28,7 @@ def test_group_entries_name_the_groups_the_master_knows():
 
 
 def test_entries_are_kept_a_while_and_asked_again_after(monkeypatch):
-    import beoboot.jobusers as jobusers
+    import beoboot.master.manifest.users as jobusers
 
     asked = []
     monkeypatch.setattr(jobusers, "passwd_entry", lambda *args: asked.append(args) or passwd_entry(*args))

@@ -1,4 +1,4 @@
-"""beoboot.jobaccess: a job brings only what its user may read on the master, with the master's owners.
+"""beoboot.master.manifest.access: a job brings only what its user may read on the master, with the master's owners.
 
 The checks ask the kernel as the user, so the files are real, in a directory anyone may search (pytest's
 own tmp_path lies under root's 0700 directory)."""
@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from agent import protocol as p
-from beoboot import jobaccess
-from beoboot.jobaccess import READ, SEARCH, AccessDenied, UserView, guard, may, may_reach, readable
+from beoboot.master.manifest import access as jobaccess
+from beoboot.master.manifest.access import READ, SEARCH, AccessDenied, UserView, guard, may, may_reach, readable
 
 NOBODY, NOGROUP = 65534, 65534
 

@@ -1,10 +1,10 @@
-"""beoboot.jobimports: the modules a Python job imports, found on its sys.path as CPython would find them."""
+"""beoboot.master.manifest.imports: the modules a Python job imports, found on its sys.path as CPython would find them."""
 
 import os
 
 import pytest
 
-from beoboot.jobimports import PythonImports, python_start
+from beoboot.master.manifest.imports import PythonImports, python_start
 
 
 @pytest.mark.parametrize(

@@ -10,11 +10,11 @@ import pytest
 from master_helpers import MasterProcess, bpsh_argv, start_simnodes
 
 from agent import protocol as p
-from agent.wsclient import WebSocket, WebSocketError
+from stage3.wsclient import WebSocket, WebSocketError
 
 pytestmark = pytest.mark.skipif(os.getuid() != 0, reason="simulated nodes chroot their jobs: needs root")
 
-MAC = "02:be:0b:00:00:00"  # agent.simnode's first node
+MAC = "02:be:0b:00:00:00"  # stage3.simnode's first node
 
 
 def register(url: str) -> p.RegisterReply:

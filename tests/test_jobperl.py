@@ -1,8 +1,8 @@
-"""beoboot.jobperl: the modules a Perl job uses, found in @INC as perl finds them."""
+"""beoboot.master.manifest.perl: the modules a Perl job uses, found in @INC as perl finds them."""
 
 import pytest
 
-from beoboot.jobperl import PerlModules, perl_start, perl_uses
+from beoboot.master.manifest.perl import PerlModules, perl_start, perl_uses
 
 PERL = "/usr/bin/perl"
 

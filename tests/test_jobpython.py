@@ -9,8 +9,8 @@ import zipfile
 
 from master_helpers import stdlib_zip_member
 
-from beoboot.jobpython import StdlibZips
-from beoboot.sysroot import Sysroot
+from beoboot.master.manifest.python import StdlibZips
+from beoboot.resolve.sysroot import Sysroot
 
 
 def make_stdlib(root):
@@ -89,7 +89,7 @@ def test_no_zip_for_other_programs_or_a_python_that_has_its_own(tmp_path):
 
 def test_an_extension_module_whose_library_is_missing_is_left_out_not_fatal(tmp_path):
     """It cannot be imported on the master either; every other extension still comes, with its libraries."""
-    from beoboot.jobmanifest import ManifestBuilder
+    from beoboot.master.manifest.describe import ManifestBuilder
     from beoboot.master.objects import ObjectStore
 
     dynload = tmp_path / "lib-dynload"

@@ -2,7 +2,7 @@
 
 import pytest
 
-from beoboot.jobshell import command_words, shell_command_text
+from beoboot.master.manifest.shell import command_words, shell_command_text
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from beoboot.errors import ModuleError
-from beoboot.kmod import (
+from beoboot.resolve.kmod import (
     AliasIndex,
     DepEntry,
     KernelModules,
@@ -23,7 +23,7 @@ from beoboot.kmod import (
     parse_softdeps,
     version_key,
 )
-from beoboot.sysroot import Sysroot
+from beoboot.resolve.sysroot import Sysroot
 
 _spec = importlib.util.spec_from_file_location("kmodtree", Path(__file__).parent / "data" / "kmodtree.py")
 kmodtree = importlib.util.module_from_spec(_spec)
@@ -136,7 +136,7 @@ def test_resolve_alias_and_dedup(kmods: KernelModules) -> None:
 
 
 def test_resolve_softdeps_and_warns_about_missing_optional(kmods: KernelModules, caplog) -> None:
-    with caplog.at_level(logging.WARNING, logger="beoboot.kmod"):
+    with caplog.at_level(logging.WARNING, logger="beoboot.resolve.kmod"):
         needs = kmods.resolve(["fs-ext4"])
     assert names(needs) == ["crc32c_generic", "jbd2", "ext4"]
     assert needs[0].reason == "pre-softdep of jbd2"

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from test_elf import EM_386, build_elf  # tests/ is on sys.path under pytest
 
-from beoboot.elf import DF_1_NODEFLIB, ET_EXEC
 from beoboot.errors import ElfError, MissingLibraryError
-from beoboot.ldso import (
+from beoboot.resolve.elf import DF_1_NODEFLIB, ET_EXEC
+from beoboot.resolve.ldso import (
     ConfEntry,
     ConfKind,
     LibraryResolver,
@@ -22,7 +22,7 @@ from beoboot.ldso import (
     parse_ld_so_conf,
     read_ld_so_conf,
 )
-from beoboot.sysroot import Sysroot
+from beoboot.resolve.sysroot import Sysroot
 
 INTERP = "/lib64/ld-linux-x86-64.so.2"
 MULTIARCH = "/usr/lib/x86_64-linux-gnu"

@@ -9,10 +9,11 @@ import struct
 
 import pytest
 
-from agent import dhcp, leasekeeper
-from agent.dhcp import Message, MsgType, Opt
 from agent.handoff import Handoff
-from agent.leasekeeper import LeaseKeeper, LeaseTimes
+from agent.net import dhcp
+from agent.net.dhcp import Message, MsgType, Opt
+from stage3 import leasekeeper
+from stage3.leasekeeper import LeaseKeeper, LeaseTimes
 
 MAC = bytes.fromhex("525400123456")
 OTHER_MAC = bytes.fromhex("525400abcdef")

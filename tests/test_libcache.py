@@ -16,10 +16,10 @@ import pytest
 from master_helpers import BPSH_SCRIPT
 
 from agent import protocol as p
-from agent.libcache import LibCache, LibCacheError, object_name
-from agent.wsclient import mask
-from beoboot.jobenviron import normalised_name, terminfo_paths
-from beoboot.jobmanifest import (
+from beoboot.master.bpsh.client import BpshOptions, BpshUsageError, encode_request, parse_args
+from beoboot.master.bpsh.localjobs import RequestError, decode_request
+from beoboot.master.jobhub import parse_nodes
+from beoboot.master.manifest.describe import (
     JobError,
     ManifestBuilder,
     cache_path,
@@ -30,10 +30,10 @@ from beoboot.jobmanifest import (
     python_runtime,
     wrapped_commands,
 )
-from beoboot.master.bpsh_client import BpshOptions, BpshUsageError, encode_request, parse_args
-from beoboot.master.jobs import parse_nodes
-from beoboot.master.localjobs import RequestError, decode_request
+from beoboot.master.manifest.environ import normalised_name, terminfo_paths
 from beoboot.master.objects import ObjectStore
+from stage3.libcache import LibCache, LibCacheError, object_name
+from stage3.wsclient import mask
 
 
 class ObjectServer:
@@ -790,7 +790,7 @@ def test_job_frames_round_trip():
 
 
 def test_line_prefixes_keep_lines_whole_per_node_and_stream():
-    from beoboot.master.localjobs import LinePrefixer
+    from beoboot.master.bpsh.localjobs import LinePrefixer
 
     lines = LinePrefixer()
     assert lines.lines(3, 1, b"hel") == b""

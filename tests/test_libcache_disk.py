@@ -12,15 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from agent import supervisor
 from agent.config import MKE2FS_PATH
 from beoboot import config
-from beoboot.assemble import BuildContext, assemble
 from beoboot.errors import ModuleError
-from beoboot.kmod import KernelModules
-from beoboot.ldso import LibraryResolver
+from beoboot.image.assemble import BuildContext, assemble
+from beoboot.resolve.kmod import KernelModules
+from beoboot.resolve.ldso import LibraryResolver
+from beoboot.resolve.sysroot import Sysroot
 from beoboot.stages import Stage, load_stage
-from beoboot.sysroot import Sysroot
+from stage3 import supervisor
 
 MIB = 1 << 20
 EXT_MAGIC_AT = 1080  # the superblock starts at 1024; s_magic (0xEF53, little-endian) is 56 bytes into it
@@ -146,7 +146,7 @@ def stage3_files():
         kernel = KernelModules.latest(sysroot)
     except ModuleError as exc:
         pytest.skip(str(exc))
-    spec = dataclasses.replace(load_stage(Stage.SUPERVISOR), agent_role=None)
+    spec = dataclasses.replace(load_stage(Stage.SUPERVISOR), program=None)
 
     def files(tmp_path, site):
         (tmp_path / "site.toml").write_text("[build]\n" + site)

@@ -1,4 +1,4 @@
-"""beoboot.jobmanifest against what a user can hand beoserv: a file they may not read, a FIFO, and tree after
+"""beoboot.master.manifest.describe against what a user can hand beoserv: a file they may not read, a FIFO, and tree after
 tree. Each case is one that a review of beoserv found (reproductions: objects_oracle.sh, fifo_hang.sh,
 cache_growth.sh).
 
@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 
 from agent import protocol as p
-from beoboot import jobmanifest
-from beoboot.jobaccess import AccessDenied
-from beoboot.jobmanifest import JobError, ManifestBuilder
+from beoboot.master.manifest import describe as jobmanifest
+from beoboot.master.manifest.access import AccessDenied
+from beoboot.master.manifest.describe import JobError, ManifestBuilder
+from beoboot.master.manifest.sourcecache import read_text
+from beoboot.master.manifest.sourcewatch import HUB
 from beoboot.master.objects import ObjectStore, key_of
-from beoboot.sourcecache import read_text
-from beoboot.sourcewatch import HUB
 
 NOBODY, NOGROUP = 65534, 65534
 PATH = "/usr/bin:/bin"

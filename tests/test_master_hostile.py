@@ -21,9 +21,9 @@ from master_helpers import MasterProcess, bpsh_argv, publish_files, start_simnod
 from agent import protocol as p
 from agent.download import Backoff
 from agent.masterlink import MasterBusy, MasterLink
-from agent.wsclient import OP_BINARY, OP_TEXT, WebSocket, WebSocketError
 from beoboot.master.registry import Registry
 from beoboot.master.server import BODY_BUDGET
+from stage3.wsclient import OP_BINARY, OP_TEXT, WebSocket, WebSocketError
 
 MAC = "52:54:00:00:07:01"
 REQUEST_TIMEOUT = 1.5  # the masters' request_timeout here: short, so that trickling clients are cut off soon

@@ -17,9 +17,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from beoboot.errors import ModuleError
-from beoboot.kmod import KernelModules
-from beoboot.nics import nic_table
-from beoboot.sysroot import Sysroot
+from beoboot.resolve.kmod import KernelModules
+from beoboot.resolve.nics import nic_table
+from beoboot.resolve.sysroot import Sysroot
 
 MODPROBE = shutil.which("modprobe") or ("/usr/sbin/modprobe" if os.path.exists("/usr/sbin/modprobe") else None)
 

@@ -4,8 +4,9 @@ import os
 
 import pytest
 
-from agent import kmodload, nicdetect
 from agent.config import AgentConfig, NicAlias
+from agent.net import nicdetect
+from agent.system import kmodload
 
 E1000 = "pci:v00008086d0000100Esv00001AF4sd00001100bc02sc00i00"
 VIRTIO_NET = "pci:v00001AF4d00001000sv00001AF4sd00000001bc02sc00i00"
@@ -24,7 +25,7 @@ KO = "/usr/lib/modules/6.1.0/kernel/drivers"
 CONFIG = AgentConfig(
     version="0",
     stage="stage2",
-    role="pxe",
+    program="stage2.pxe",
     kernel_version="6.1.0",
     nic_table=TABLE,
     module_load_order={
@@ -198,7 +199,7 @@ def test_syscall_number():
 
 
 def test_bring_up_dry_run_touches_nothing(sysfs, monkeypatch):
-    from agent import network
+    from agent.net import network
 
     monkeypatch.setattr(kmodload, "finit_module", lambda path: pytest.fail(f"loaded {path} in a dry run"))
     lines = []
@@ -211,7 +212,7 @@ def test_bring_up_dry_run_touches_nothing(sysfs, monkeypatch):
     [(False, "this node has no network card"), (True, "no network card of this node has a driver")],
 )
 def test_bring_up_without_a_driver_says_what_to_do(tmp_path, with_unknown_nic, words):
-    from agent import network
+    from agent.net import network
 
     if with_unknown_nic:
         add_device(str(tmp_path), "0000:00:04.0", UNKNOWN.replace("*", "0"), 0x020000)

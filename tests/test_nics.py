@@ -14,8 +14,8 @@ from agent.config import NicAlias
 from beoboot.commands import modules as modules_command
 from beoboot.commands import nics as nics_command
 from beoboot.errors import BeobootError, ModuleError, UsageError
-from beoboot.kmod import KernelModules
-from beoboot.nics import (
+from beoboot.resolve.kmod import KernelModules
+from beoboot.resolve.nics import (
     PciDevice,
     check_devices,
     ethernet_drivers,
@@ -26,7 +26,7 @@ from beoboot.nics import (
     parse_lspci,
     select_drivers,
 )
-from beoboot.sysroot import Sysroot
+from beoboot.resolve.sysroot import Sysroot
 
 DATA = Path(__file__).parent / "data"
 _spec = importlib.util.spec_from_file_location("kmodtree", DATA / "kmodtree.py")

@@ -25,7 +25,7 @@ NOBODY = 65534
 IMPOSTOR = r"""
 import json, sys, time, urllib.error, urllib.request
 from agent import protocol as p
-from agent.wsclient import WebSocket
+from stage3.wsclient import WebSocket
 
 url, mac, ready = sys.argv[1], sys.argv[2], sys.argv[3] == "ready"
 body = p.to_json(p.RegisterRequest(mac, p.Stage.SUPERVISOR, p.Hardware(cpu_model="impostor", cpus=1), "0"))
@@ -162,7 +162,7 @@ def test_a_nodes_heartbeats_events_and_log_lines_need_its_token(cluster):
     """Anyone who reaches the port could keep a dead node up with heartbeats, mark a booting one ready, or
     write lines into a node's log. Only the token of the node's latest registration counts: without it
     the answer is the unknown node's (the node itself would register again), and nothing is recorded."""
-    mac = "02:be:0b:00:00:01"  # agent.simnode's second node: node 1
+    mac = "02:be:0b:00:00:01"  # stage3.simnode's second node: node 1
     now = time.monotonic()
     forged_line = p.LogLine(now, p.Stage.SUPERVISOR, "INFO", "forged by someone without the token")
     messages = [

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from beoboot.errors import OutputError
-from beoboot.outputs import Staging
+from beoboot.image.outputs import Staging
 
 ARTIFACTS = ["pxe/pxelinux.cfg/default", "vmlinuz"]
 

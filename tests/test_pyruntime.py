@@ -1,4 +1,4 @@
-"""The in-image Python runtime (beoboot.pyruntime) and the minimal agent entry (agent/).
+"""The in-image Python runtime (beoboot.resolve.pyruntime) and the minimal agent entry (agent/).
 
 Fast tests: the parsers and the agent's dry run on the build host. The integration test builds the
 runtime from sysroot `/`, lays it out with the interpreter's ELF closure (from `ldd`, test only) in a
@@ -20,14 +20,15 @@ from pathlib import Path
 
 import pytest
 
-from agent import console, init, mounts
+from agent import init
 from agent.config import AgentConfig
-from beoboot import pyruntime
+from agent.system import console, mounts
 from beoboot.errors import SysrootError
-from beoboot.sysroot import Sysroot
+from beoboot.resolve import pyruntime
+from beoboot.resolve.sysroot import Sysroot
 
 ROOT = Path(__file__).resolve().parent.parent
-AGENT_DIR = ROOT / "agent"
+PACKAGES = {name: ROOT / name for name in ("agent", "stage1", "stage2", "stage3")}
 CHROOT = shutil.which("chroot") or "/usr/sbin/chroot"
 
 
@@ -93,9 +94,10 @@ def test_write_zip_is_deterministic_and_sorted():
 
 
 def test_init_script_sets_hash_seed_and_no_site():
-    text = pyruntime.render_init("/usr/bin/python3.11").decode()
+    text = pyruntime.render_init("/usr/bin/python3.11", "stage2.pxe").decode()
     assert text.startswith("#!/usr/bin/python3.11 -S\n")
     assert "PYTHONHASHSEED" in text and "-I" not in text and "-E" not in text
+    assert "from stage2.pxe import main as program" in text
     compile(text, "/init", "exec")
 
 
@@ -152,7 +154,9 @@ def test_parse_mount_targets():
 
 
 def write_config(path: Path, stage: str = "stage2", power_off: bool = True) -> Path:
-    config = AgentConfig(version="9.9", stage=stage, role="pxe", kernel_version="6.1", power_off_when_up=power_off)
+    config = AgentConfig(
+        version="9.9", stage=stage, program="stage2.pxe", kernel_version="6.1", power_off_when_up=power_off
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(config.to_json())
     return path
@@ -162,7 +166,7 @@ def test_agent_dry_run_prints_markers_and_makes_no_syscalls(tmp_path, capfd, mon
     def forbidden(*args, **kwargs):
         raise AssertionError("a dry run must not call libc")
 
-    monkeypatch.setattr("agent.syscalls.libc", forbidden)
+    monkeypatch.setattr("agent.system.syscalls.libc", forbidden)
     config = write_config(tmp_path / "agent.json", stage="stage3")
     assert init.main(["--dry-run", "--config", str(config)]) == 0
     out = capfd.readouterr().out
@@ -190,7 +194,7 @@ port, module_list = int(sys.argv[1]), sys.argv[2]
 print("prefix", sys.prefix, sys.exec_prefix)
 print("path", sys.path)
 assert os.environ.get("PYTHONHASHSEED") == "0", os.environ
-import agent.init, agent.console, agent.mounts, agent.syscalls, agent.config
+import agent.init, agent.system.console, agent.system.mounts, agent.system.syscalls, agent.config
 import ctypes
 assert ctypes.CDLL(None, use_errno=True).getpid() == os.getpid()
 import requests
@@ -260,7 +264,7 @@ def lay_out(runtime: pyruntime.PythonRuntime, root: Path) -> None:
 
 @pytest.fixture(scope="module")
 def runtime():
-    return pyruntime.build_runtime(Sysroot("/"), AGENT_DIR)
+    return pyruntime.build_runtime(Sysroot("/"), "stage3.supervisor", PACKAGES)
 
 
 needs_root_chroot = pytest.mark.skipif(
@@ -272,7 +276,7 @@ needs_root_chroot = pytest.mark.skipif(
 @pytest.mark.integration
 @needs_root_chroot
 def test_runtime_is_deterministic(runtime):
-    again = pyruntime.build_runtime(Sysroot("/"), AGENT_DIR)
+    again = pyruntime.build_runtime(Sysroot("/"), "stage3.supervisor", PACKAGES)
     assert again.zip_bytes == runtime.zip_bytes
     assert again == runtime
     # ... and in another process, which has imported other things than pytest has (marshal's output
@@ -281,9 +285,9 @@ def test_runtime_is_deterministic(runtime):
         [
             sys.executable,
             "-c",
-            "import sys; from pathlib import Path; from beoboot.sysroot import Sysroot; "
-            "from beoboot.pyruntime import build_runtime; "
-            f"sys.stdout.buffer.write(build_runtime(Sysroot('/'), Path({str(AGENT_DIR)!r})).zip_bytes)",
+            "import sys; from pathlib import Path; from beoboot.resolve.sysroot import Sysroot; "
+            "from pathlib import PosixPath; from beoboot.resolve.pyruntime import build_runtime; "
+            f"sys.stdout.buffer.write(build_runtime(Sysroot('/'), 'stage3.supervisor', {PACKAGES!r}).zip_bytes)",
         ],
         capture_output=True,
         check=True,
@@ -356,11 +360,27 @@ def test_runtime_runs_agent_and_requests_in_chroot(runtime, tmp_path):
 @pytest.mark.integration
 @needs_root_chroot
 def test_ssl_is_an_extra_module():
-    with_ssl = pyruntime.build_runtime(Sysroot("/"), AGENT_DIR, extra_modules=("ssl",))
+    with_ssl = pyruntime.build_runtime(Sysroot("/"), "stage3.supervisor", PACKAGES, extra_modules=("ssl",))
     assert "ssl" in with_ssl.modules
     assert any(os.path.basename(path).startswith("_ssl.") for path, _ in with_ssl.extensions)
 
 
 def test_unknown_extra_module_is_an_error(tmp_path):
     with pytest.raises(SysrootError, match="'no_such_module_xyz'"):
-        pyruntime.build_runtime(Sysroot("/"), AGENT_DIR, extra_modules=("no_such_module_xyz",))
+        pyruntime.build_runtime(Sysroot("/"), "stage3.supervisor", PACKAGES, extra_modules=("no_such_module_xyz",))
+
+
+@pytest.mark.skipif(not Path("/usr/bin/python3.11").exists(), reason="needs the sysroot python3.11")
+def test_each_image_carries_only_its_own_stage_program():
+    """/init imports the stage's program; the walk from there decides what the image carries."""
+    own = {}
+    for program in ("stage1.booster", "stage2.pxe", "stage3.supervisor"):
+        runtime = pyruntime.build_runtime(Sysroot("/"), program, PACKAGES)
+        own[program] = {m for m in runtime.modules if m.partition(".")[0] in PACKAGES}
+        assert f"from {program} import main as program" in runtime.init_bytes.decode()
+    assert "stage1.kexec" in own["stage1.booster"] and "stage2.switchroot" in own["stage2.pxe"]
+    for program in ("stage1.booster", "stage2.pxe"):
+        assert not {m for m in own[program] if m.startswith("stage3")}, program
+        assert "agent.net.dhcp" in own[program]
+    assert not {m for m in own["stage3.supervisor"] if m.startswith(("stage1", "stage2"))}
+    assert {"stage3.jobrunner", "stage3.libcache", "stage3.launcher"} <= own["stage3.supervisor"]

@@ -1,4 +1,4 @@
-"""agent.rootpaths on its own: which links a path of the environment root is walked through (only root's
+"""stage3.rootpaths on its own: which links a path of the environment root is walked through (only root's
 choice), and which paths are never a job's (the libcache, the agent's own files), however reached."""
 
 import os
@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.rootpaths import AgentPathError, RootDirectories, RootPathError
+from stage3.rootpaths import AgentPathError, RootDirectories, RootPathError
 
 pytestmark = pytest.mark.skipif(os.getuid() != 0, reason="links of other owners need chown, as the agent is root")
 

@@ -3,7 +3,7 @@
 import os
 import shutil
 
-from beoboot.sourcewatch import InotifyHub, SourceWatch
+from beoboot.master.manifest.sourcewatch import InotifyHub, SourceWatch
 
 
 def test_a_watch_is_changed_for_good_once_anything_happened_or_it_was_closed(tmp_path):

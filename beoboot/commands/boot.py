@@ -6,8 +6,8 @@ import argparse
 import shlex
 import sys
 
-from beoboot import bootvm
 from beoboot.log import log
+from beoboot.vm import bootvm
 
 EPILOG = """\
 ARTIFACT is a file or directory of a build:

@@ -7,7 +7,8 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from beoboot import builder, config
+from beoboot import config
+from beoboot.image import builder
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -10,8 +10,8 @@ import dataclasses
 import json
 
 from beoboot.errors import UsageError
-from beoboot.ldso import LibraryResolver
-from beoboot.sysroot import Sysroot
+from beoboot.resolve.ldso import LibraryResolver
+from beoboot.resolve.sysroot import Sysroot
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -7,8 +7,8 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from beoboot.inspect import group_by_reason
-from beoboot.manifest import manifest_for_image
+from beoboot.image.inspect import group_by_reason
+from beoboot.image.manifest import manifest_for_image
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -6,8 +6,8 @@ import argparse
 import json
 from dataclasses import asdict
 
-from beoboot.kmod import KernelModules
-from beoboot.sysroot import Sysroot
+from beoboot.resolve.kmod import KernelModules
+from beoboot.resolve.sysroot import Sysroot
 
 
 def add_kernel_arguments(parser: argparse.ArgumentParser) -> None:

@@ -8,9 +8,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 from agent.config import NicAlias
-from beoboot import nics
 from beoboot.commands.modules import add_kernel_arguments, open_kernel
 from beoboot.errors import UsageError
+from beoboot.resolve import nics
 
 EXIT_NOT_COVERED = 3  # distinct from usage (2) and other errors (1), so scripts can tell them apart
 

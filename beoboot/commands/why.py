@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from beoboot.inspect import why_chain
-from beoboot.manifest import manifest_for_image
+from beoboot.image.inspect import why_chain
+from beoboot.image.manifest import manifest_for_image
 
 
 def register(sub: argparse._SubParsersAction) -> None:

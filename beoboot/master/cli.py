@@ -15,8 +15,8 @@ import requests
 
 from agent import protocol as p
 from beoboot.errors import BeobootError, UsageError
-from beoboot.master import bpsh_client as bpsh
 from beoboot.master import timeline as tl
+from beoboot.master.bpsh import client as bpsh
 from beoboot.master.config import load_config
 from beoboot.master.printable import printable
 from beoboot.master.server import ServerOptions, parse_listen, serve, setup_logging

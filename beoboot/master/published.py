@@ -1,6 +1,6 @@
 """What beoserv may serve from the boot tree: the published build's manifest.json and the files it lists.
 
-The build is the one `ROOT/current` names (beoboot.outputs), resolved once per request so the manifest
+The build is the one `ROOT/current` names (beoboot.image.outputs), resolved once per request so the manifest
 and the file come from the same build even while a new one is being published; a tree without `current`
 (from a beoboot before that layout) is its own build. Anything the manifest does not list is not
 published: an unfinished build, a dot directory, a file someone left in the tree.
@@ -14,8 +14,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from beoboot.manifest import MANIFEST_NAME
-from beoboot.outputs import CURRENT
+from beoboot.image.manifest import MANIFEST_NAME
+from beoboot.image.outputs import CURRENT
 
 log = logging.getLogger("beoserv")
 

@@ -32,10 +32,10 @@ from aiohttp import web
 from agent import protocol as p
 from beoboot.errors import BeobootError, ConfigError
 from beoboot.master import admission, hostsfile
+from beoboot.master.bpsh.localjobs import LocalListener
 from beoboot.master.config import MasterConfig, load_config
 from beoboot.master.hosttable import HostTable
-from beoboot.master.jobs import JobHub
-from beoboot.master.localjobs import LocalListener
+from beoboot.master.jobhub import JobHub
 from beoboot.master.printable import printable
 from beoboot.master.published import NotPublished, PublishedTree
 from beoboot.master.registry import NodeRecord, Registry, RegistryError
@@ -59,7 +59,7 @@ class ServerOptions:
     port: int
     db: Path
     config_path: Path | None = None
-    bpsh_socket: Path | None = None  # where bpsh connects (beoboot.master.localjobs); None: no bpsh
+    bpsh_socket: Path | None = None  # where bpsh connects (beoboot.master.bpsh.localjobs); None: no bpsh
 
 
 def parse_listen(text: str) -> tuple[str, int]:

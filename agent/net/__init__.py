@@ -1,0 +1,1 @@
+"""Getting a node on the network: NIC detection, links and addresses (netlink), DHCP."""

@@ -1,0 +1,1 @@
+"""Calls into the kernel the images make: system calls, mounts, the console, module loading."""

@@ -1,0 +1,286 @@
+"""`bpsh NODE[,NODE...|-a] COMMAND [ARGS...]`: run the master's COMMAND on nodes, as if it ran here.
+
+This is the whole client (beoboot/master/bpsh/executable.py is the executable that loads it), kept tiny on purpose: a cached job runs on a node in a few
+milliseconds, so the client's own start-up is most of what a user waits for. It runs as `python3 -IS`
+(no site, no venv, no environment) and imports only modules built into the interpreter or loaded by its
+start-up anyway (_socket, _signal, posix, sys): no json, no enum, no dataclasses, which would each cost
+more than the job. Everything else, finding the command, its closure and hashes, the nodes, the relay,
+is done by beoserv, which is already running and has it all cached.
+
+The client connects to beoserv's local socket (SOCK_SEQPACKET, $BEOSERV_SOCKET or DEFAULT_SOCKET) and
+sends one request together with its own stdin, stdout and stderr (SCM_RIGHTS): beoserv writes the jobs'
+output straight to this terminal or pipe and reads stdin from it (forwarded to every node the job runs
+on; -n: none). beoserv takes the user and group from the socket (SO_PEERCRED), not from anything the
+client says, so a user can run jobs only as themself. Then the client waits for one message, the exit
+status: a job's exit code, 128+N for a job killed by signal N (as a shell says), the highest when several
+nodes ran it, 255 when beoserv went away first (as ssh does for a lost connection), 2 for a bad command
+line or a request too big to send.
+
+Signals: SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 sent to bpsh are forwarded to the jobs'
+process groups. Ctrl-Z stops the remote jobs and then bpsh; `fg`/`bg` (SIGCONT) continues both. A plain
+SIGSTOP cannot be caught, so it stops only bpsh; the SIGCONT that resumes it is forwarded.
+
+Wire format (one SEQPACKET record each way): the request is NUL-separated fields, REQUEST_MAGIC, nodes,
+cwd, flags (letters: n for -n, p for -p, s for -s, d for -d), the number of argv entries, argv, the number of --cache paths, the paths, then the
+environment as NAME=VALUE; later records from the client are b"S" + signal number. beoserv answers
+b"X" + status.
+"""
+
+import _signal
+import _socket
+import posix
+import sys
+
+REQUEST_MAGIC = b"bpsh1"
+SOCKET_ENV = "BEOSERV_SOCKET"
+DEFAULT_SOCKET = "/run/beoserv/bpsh.sock"
+NO_EXIT = 255  # beoserv went away before the status came back (ssh answers 255 likewise)
+MAX_REQUEST = 1 << 20
+USAGE_EXIT = 2  # a bad command line, or a request too big to send
+EMSGSIZE = 90  # Linux's errno value; the errno module is not among the client's imports
+FLAG_LETTERS = "anpsdh"  # the one-letter options without a value, which may be given together (-ap)
+SIGSTOP, SIGTSTP, SIGCONT = _signal.SIGSTOP, _signal.SIGTSTP, _signal.SIGCONT
+FORWARDED_SIGNALS = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGQUIT, _signal.SIGUSR1, _signal.SIGUSR2)
+USAGE = """usage: bpsh [--socket PATH] [-n] [-p] [-s] [-d] [--cache PATH]... NODE[,NODE...] COMMAND [ARGS...]
+       bpsh [--socket PATH] [-n] [-p] [-s] [-d] [--cache PATH]... -a COMMAND [ARGS...]
+  NODE: 0, .0 or n0; lists 0,3 and ranges 2-5; -a: every node that is up
+  -n: the jobs read end of file, not bpsh's stdin; -p: each output line starts with its node's number
+  -s: each node's output whole, node after node; -d: as -s, with a divider line before each node's
+  --cache PATH: also bring PATH (a file or a tree)"""
+
+
+class BpshUsageError(Exception):
+    pass
+
+
+class BpshHelp(Exception):
+    """-h or --help: the usage on stdout, status 0."""
+
+
+class BpshOptions:
+    """What the command line asked for; `nodes` is '0', '0,3', '2-5' or 'all'."""
+
+    __slots__ = ("socket", "nodes", "argv", "cache", "no_stdin", "prefix", "sequential", "divider")
+
+    def __init__(self, socket, nodes, argv, cache=(), no_stdin=False, prefix=False, sequential=False, divider=False):
+        self.socket, self.nodes, self.argv, self.cache = socket, nodes, tuple(argv), tuple(cache)
+        self.no_stdin, self.prefix, self.sequential, self.divider = no_stdin, prefix, sequential or divider, divider
+
+    def __eq__(self, other):
+        return isinstance(other, BpshOptions) and all(getattr(self, n) == getattr(other, n) for n in self.__slots__)
+
+    def __repr__(self):
+        return "BpshOptions(" + ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__) + ")"
+
+
+def parse_args(args, environ=None):
+    """Options first, then the node list (or -a), then the command and its arguments, untouched."""
+    environ = posix.environ if environ is None else environ
+    socket = environ.get(SOCKET_ENV.encode()) if environ is posix.environ else environ.get(SOCKET_ENV)
+    socket = (socket.decode() if isinstance(socket, bytes) else socket) or DEFAULT_SOCKET
+    cache = []
+    no_stdin = every = prefix = sequential = divider = False
+    rest = list(args)
+    while rest and rest[0].startswith("-"):
+        option = rest.pop(0)
+        if len(option) > 2 and option[1] != "-" and not option.strip("-" + FLAG_LETTERS):
+            rest[:0] = ["-" + letter for letter in option[1:]]  # -np: -n -p, as getopt reads them
+            continue
+        name, equals, value = option.partition("=")
+        if name in ("--socket", "--cache"):
+            if not equals:
+                if not rest:
+                    raise BpshUsageError(f"{option} needs a value")
+                value = rest.pop(0)
+            if name == "--socket":
+                socket = value
+            else:
+                cache.append(value)
+        elif option == "-n":
+            no_stdin = True
+        elif option == "-p":
+            prefix = True
+        elif option == "-s":
+            sequential = True
+        elif option == "-d":
+            divider = True
+        elif option in ("-h", "--help"):
+            raise BpshHelp()
+        elif option in ("-a", "--all"):
+            every = True
+        elif option == "--":
+            break
+        else:
+            raise BpshUsageError(f"unknown option {option!r}")
+    if every:
+        nodes = "all"
+    elif rest:
+        nodes = rest.pop(0)
+    else:
+        raise BpshUsageError("no node given")
+    if not rest:
+        raise BpshUsageError("no command given")
+    return BpshOptions(socket, nodes, rest, cache, no_stdin, prefix, sequential, divider)
+
+
+def encode_request(options, cwd, environ):
+    """The request record; `environ` maps bytes to bytes (posix.environ)."""
+
+    def b(text):
+        return text.encode("utf-8", "surrogateescape")
+
+    letters = b"".join(
+        letter
+        for letter, on in (
+            (b"n", options.no_stdin),
+            (b"p", options.prefix),
+            (b"s", options.sequential),
+            (b"d", options.divider),
+        )
+        if on
+    )
+    fields = [
+        REQUEST_MAGIC,
+        b(options.nodes),
+        cwd,
+        letters,
+        b"%d" % len(options.argv),
+        *map(b, options.argv),
+        b"%d" % len(options.cache),
+        *map(b, options.cache),
+    ]
+    fields += [name + b"=" + value for name, value in environ.items()]
+    return b"\0".join(fields)  # no field holds a NUL: arguments and the environment are C strings
+
+
+class Client:
+    def __init__(self, options, fds=(0, 1, 2)):
+        self.options = options
+        self.fds = fds
+        self.sock = None
+
+    def run(self, signals=False):
+        """Send the request, wait for the status; the exit status bpsh should have."""
+        sock = self.sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
+        try:
+            sock.connect(self.options.socket)
+        except OSError as exc:
+            self._say(
+                f"bpsh: cannot reach beoserv at {self.options.socket}: {exc.strerror}\n"
+                f"  hint: is beoserv running? its socket is --bpsh-socket; here --socket or ${SOCKET_ENV}\n"
+            )
+            sock.close()
+            return NO_EXIT
+        try:
+            fds = b"".join(fd.to_bytes(4, sys.byteorder) for fd in self.fds)
+            request = encode_request(self.options, posix.getcwdb(), posix.environ)
+            if len(request) > MAX_REQUEST:
+                self._say(too_big(len(request), MAX_REQUEST, self.options, posix.environ))
+                return USAGE_EXIT
+            if not self._send_request(request, fds):
+                return USAGE_EXIT
+            if signals:
+                self._install_signals()
+            while True:
+                reply = sock.recv(4096)
+                if reply[:1] == b"X":
+                    return int(reply[1:])
+                if not reply:
+                    self._say("bpsh: beoserv closed the connection before the job ended\n")
+                    return NO_EXIT
+        except OSError as exc:
+            self._say(f"bpsh: talking to beoserv at {self.options.socket}: {exc}\n")
+            return NO_EXIT
+        finally:
+            if signals:
+                for signum in (*FORWARDED_SIGNALS, SIGTSTP, SIGCONT):
+                    _signal.signal(signum, _signal.SIG_DFL)
+            sock.close()
+
+    def _send_request(self, request, fds):
+        """One record with the descriptors; False (said why) if it is too big for this system's sockets."""
+        ancillary = [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)]
+        try:
+            self.sock.sendmsg([request], ancillary)
+            return True
+        except OSError as exc:
+            if exc.errno != EMSGSIZE:
+                raise
+        # a record must fit the socket's send buffer (net.core.wmem_default, 208 KiB). A bigger buffer here
+        # would not help: the node's launcher passes the job on over a socket of that default size too
+        limit = self.sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_SNDBUF) - 32  # less the kernel's overhead
+        self._say(too_big(len(request), limit, self.options, posix.environ))
+        return False
+
+    def _say(self, text):
+        try:
+            posix.write(self.fds[2], text.encode(errors="replace"))
+        except OSError:
+            pass
+
+    def _install_signals(self):
+        for signum in FORWARDED_SIGNALS:
+            _signal.signal(signum, self._forward)
+        _signal.signal(SIGTSTP, self._stop)
+        _signal.signal(SIGCONT, self._forward)
+
+    def _send_signal(self, signum):
+        try:
+            self.sock.send(b"S%d" % signum)
+        except OSError:
+            pass
+
+    def _forward(self, signum, frame):
+        self._send_signal(signum)
+
+    def _stop(self, signum, frame):
+        """Ctrl-Z: stop the jobs, then stop here as the shell expects; SIGCONT (fg/bg) continues both."""
+        self._send_signal(SIGSTOP)
+        _signal.signal(SIGTSTP, _signal.SIG_DFL)
+        posix.kill(posix.getpid(), SIGTSTP)
+        _signal.signal(SIGTSTP, self._stop)
+
+
+def too_big(size, limit, options, environ):
+    """The error for a request over `limit` bytes, naming its largest part, which is usually the culprit."""
+    parts = [
+        (len(arg.encode("utf-8", "surrogateescape")), f"argument {i} of the command")
+        for i, arg in enumerate(options.argv)
+    ]
+    parts += [
+        (len(name) + 1 + len(value), f"environment variable {name.decode(errors='replace')}")
+        for name, value in environ.items()
+    ]
+    largest, what = max(parts)
+    return (
+        f"bpsh: the request is {size} bytes (the command's arguments and environment); at most {limit} fit\n"
+        f"  hint: the largest part is {what} ({largest} bytes); pass fewer or shorter arguments, or unset\n"
+        f"  big variables (env -u NAME bpsh ...)\n"
+    )
+
+
+def fill_closed_stdio():
+    """Open /dev/null on any of descriptors 0, 1 and 2 that the caller closed (`bpsh 0 cat <&-`): else the
+    socket would take that number, and beoserv would read the socket as stdin (the job would never see end
+    of file) or write the job's output into it (where it reads as our requests)."""
+    for fd in (0, 1, 2):
+        try:
+            posix.fstat(fd)
+        except OSError:
+            posix.open("/dev/null", posix.O_RDWR)  # the lowest free number, which is fd: those below are open
+
+
+def main(argv=None):
+    fill_closed_stdio()
+    try:
+        options = parse_args(sys.argv[1:] if argv is None else argv)
+    except BpshUsageError as exc:
+        posix.write(2, f"bpsh: {exc}\n{USAGE}\n".encode())
+        return USAGE_EXIT
+    except BpshHelp:
+        posix.write(1, f"{USAGE}\n".encode())
+        return 0
+    return Client(options).run(signals=True)
+
+
+bpsh_main = main  # the console-script entry point

@@ -1,0 +1,438 @@
+"""The master's job hub: node links, bpsh sessions, the job table, and the libcache objects.
+
+Every node keeps one WebSocket open to the master (the node opens it; nodes listen on nothing). `bpsh`
+comes in on beoserv's local socket (beoboot.master.bpsh.localjobs) as a Session with a JobRequest; the hub builds
+the manifest once (beoboot.master.manifest.describe), pushes a JobStart to each node, and from then on relays: stdin
+and signals from the session to the jobs, output, JobStarted and JobExit from the jobs to the session. A
+bpsh that goes away takes its jobs with it (SIGHUP, as a terminal would); a node link that drops ends its
+jobs with status 255 (as ssh does for a lost connection).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import itertools
+import logging
+import struct
+import time
+from dataclasses import dataclass, field, replace
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from agent import protocol as p
+from beoboot.errors import BeobootError
+from beoboot.master.manifest.describe import JobError, ManifestBuilder
+from beoboot.master.manifest.describer import Describer
+from beoboot.master.objects import ObjectStore
+from beoboot.master.printable import printable
+from beoboot.master.registry import Registry, RegistryError
+
+log = logging.getLogger("beoserv")
+
+LINK_LOST = 255
+SIGHUP = 1
+FINISHED_KEPT = 200  # finished jobs kept in the listing
+MAX_NODES = 65536  # in one node list: a range beyond it is a typo, and expanding it would stall beoserv
+NAMED_DOWN = 10  # nodes named in "not up" before "and N more"
+# the largest frame a node's link may send: its control frames are small, its output comes in 64 KiB
+# pieces (stage3.jobrunner.READ_SIZE); without a bound one frame could hold the master's memory
+NODE_FRAME_MAX = 1 << 20
+# bpctl: beyond its jobs' grace time (SIGTERM to SIGKILL), how long a node may take to close its link:
+# the killed jobs' exits (stage3.jobrunner.KILLED_WAIT), the last log lines, a slow link
+POWER_ANSWER_TIME = 15.0
+
+
+class Session:
+    """One bpsh run as the hub sees it: where the jobs' output, start and end go. beoboot.master.bpsh.localjobs
+    has the one kind there is (bpsh on beoserv's local socket)."""
+
+    def __init__(self) -> None:
+        self.jobs: set[int] = set()
+        # signals bpsh got before its jobs were sent (Ctrl-C while the manifest was built), delivered with them
+        self.early_signals: list[int] = []
+        self.sent = False  # the JobStarts have gone to the nodes
+
+    def output(self, stream: int, data: bytes, node: int) -> None:
+        raise NotImplementedError
+
+    def starting(self, nodes: list[int]) -> None:
+        """The session's jobs are about to start on these nodes."""
+
+    def congested(self, node: int) -> bool:
+        """Whether output from `node` must wait (a slow reader, or -s and not the node's turn yet)."""
+        return False
+
+    async def backpressure(self, node: int) -> None:
+        """Return when the session can take more output from `node`."""
+
+    def job_exit(self, message: p.JobExit) -> None:
+        raise NotImplementedError
+
+    def all_ended(self) -> None:
+        """Every job of the session has ended (or none could start)."""
+        raise NotImplementedError
+
+
+@dataclass
+class Job:
+    row: p.JobRow
+    session: Session
+    link: NodeLink
+    paused: bool = False  # its output is held on the node (p.JobFlow) until the session can take more
+    pacer: asyncio.Task[None] | None = None  # what resumes it
+    objects: frozenset[str] = frozenset()  # the sha256 of each file of its manifest: what its node may fetch
+
+
+@dataclass
+class NodeLink:
+    number: int
+    mac: str
+    ws: web.WebSocketResponse
+    jobs: set[int] = field(default_factory=set)
+    closed: asyncio.Event = field(default_factory=asyncio.Event)  # set when the link is down
+    token: str = field(default="", repr=False)  # the registration's token the link was opened with
+
+
+def parse_nodes(text: str) -> list[int] | None:
+    """'0', '0,3', '2-4' -> node numbers; 'all' or '-a' -> None (every linked node)."""
+    if text in ("all", "-a"):
+        return None
+    numbers: list[int] = []
+    for part in text.split(","):
+        part = part.strip().lstrip(".n")
+        low, dash, high = part.partition("-")
+        if not low.isdigit() or (dash and not high.isdigit()):
+            raise JobError(f"node list {text!r}: {part!r} is not a node number", hint="e.g. 0 or 0,3 or 2-5 or -a")
+        first, last = int(low), int(high) if dash else int(low)
+        if last - first >= MAX_NODES or len(numbers) >= MAX_NODES:
+            raise JobError(f"node list {text!r}: more than {MAX_NODES} nodes", hint="-a runs on every node that is up")
+        numbers += range(first, last + 1)
+    return list(dict.fromkeys(numbers))
+
+
+class JobHub:
+    def __init__(self, registry: Registry, root: str = "/") -> None:
+        self.registry = registry
+        self.objects = ObjectStore()
+        self.manifests = ManifestBuilder(self.objects, root)
+        self.describer = Describer(self.manifests.build, self.manifests.budget)
+        self.links: dict[int, NodeLink] = {}
+        self.jobs: dict[int, Job] = {}
+        self.finished: list[p.JobRow] = []
+        self._ids = itertools.count(1)
+
+    def add_routes(self, app: web.Application) -> None:
+        """Before the boot tree's catch-all GET route."""
+        app.router.add_get(p.JOBS_LINK_PATH, self.node_link)
+        app.router.add_get(p.JOBS_PATH, self.list_jobs)
+        app.router.add_get(p.OBJECTS_PATH.replace("{digest}", "{digest:[0-9a-f]{64}}"), self.serve_object)
+        app.on_shutdown.append(self.close_all)
+
+    async def close_all(self, app: web.Application) -> None:
+        """Close every link and session at shutdown: aiohttp would otherwise wait for these long-lived
+        handlers for its whole shutdown timeout."""
+        for link in list(self.links.values()):
+            await link.ws.close()
+
+    # --- objects ------------------------------------------------------------------------------------------
+
+    async def serve_object(self, request: web.Request) -> web.StreamResponse:
+        """An object of one of its live jobs, to a node whose job link is up (its registration's token): not
+        to anyone who can reach the port, nor to a node for another node's job, either of which could
+        otherwise fetch another user's file by its hash, or test guesses of its content."""
+        token = request.headers.get(p.LINK_TOKEN_HEADER, "").encode()
+        link = next(
+            (link for link in self.links.values() if token and hmac.compare_digest(token, link.token.encode())), None
+        )
+        if link is None:
+            raise web.HTTPForbidden(text=f"objects go to nodes with a job link up: {p.LINK_TOKEN_HEADER} of one\n")
+        digest = request.match_info["digest"]
+        # the same answer as for an object the master does not have: a node learns nothing of other jobs
+        if not any(digest in self.jobs[job_id].objects for job_id in link.jobs if job_id in self.jobs):
+            raise web.HTTPNotFound(text="no such object in this node's jobs\n")
+        path = self.objects.lookup(digest)
+        if path is None:
+            raise web.HTTPNotFound(text="no such object: it was never in a manifest, or the file changed since\n")
+        return web.FileResponse(path, headers={"Content-Type": "application/octet-stream"})
+
+    # --- listing ------------------------------------------------------------------------------------------
+
+    def rows(self) -> tuple[p.JobRow, ...]:
+        return tuple(self.finished) + tuple(job.row for job in self.jobs.values())
+
+    async def list_jobs(self, request: web.Request) -> web.Response:
+        return web.Response(text=p.to_json(p.JobList(self.rows())), content_type="application/json")
+
+    # --- node side ----------------------------------------------------------------------------------------
+
+    async def drop_link(self, number: int, why: str) -> None:
+        """A registration issued the node a new link token: the link opened with the old one closes (its
+        jobs end with LINK_LOST), and only the machine that registered last can open it again."""
+        link = self.links.get(number)
+        if link is not None:
+            log.warning("node %d job link from before its registration closed: %s", number, why)
+            await link.ws.close()
+
+    async def node_link(self, request: web.Request) -> web.StreamResponse:
+        mac = p.normalise_mac(request.query.get("mac", ""))
+        node = self.registry.node_by_mac(mac)
+        if node is None:
+            raise web.HTTPNotFound(text=f"node {mac} is not registered: register first\n")
+        token = request.headers.get(p.LINK_TOKEN_HEADER, "")
+        if not node.link_token or not hmac.compare_digest(token.encode(), node.link_token.encode()):
+            log.warning(
+                "node %d (%s) job link refused from %s: not the token of its last registration",
+                node.number,
+                mac,
+                request.remote,
+            )
+            raise web.HTTPForbidden(
+                text=f"node {node.number} ({mac}): the job link needs the token of the node's last registration "
+                f"({p.LINK_TOKEN_HEADER}); register again\n"
+            )
+        ws = web.WebSocketResponse(max_msg_size=NODE_FRAME_MAX)
+        await ws.prepare(request)
+        old = self.links.get(node.number)
+        link = NodeLink(node.number, mac, ws, token=node.link_token)
+        self.links[node.number] = link
+        if old is not None:
+            await old.ws.close()
+        log.info("node %d (%s) job link up from %s", node.number, mac, request.remote)
+        try:
+            async for msg in ws:
+                if msg.type == WSMsgType.TEXT:
+                    try:
+                        frame = p.decode_frame(msg.data)
+                    except p.ProtocolError as exc:
+                        await _refuse_frame(ws, node.number, mac, str(exc))
+                        break
+                    await self._from_node(link, frame)
+                elif msg.type == WSMsgType.BINARY:
+                    if len(msg.data) < p.IO_HEADER_SIZE:
+                        await _refuse_frame(ws, node.number, mac, f"an output frame of {len(msg.data)} bytes")
+                        break
+                    stream, job_id = struct.unpack_from(p.IO_HEADER, msg.data)
+                    job = self.jobs.get(job_id)
+                    if job is not None and job.link is link:  # another node cannot write to this job
+                        job.session.output(stream, msg.data[p.IO_HEADER_SIZE :], link.number)
+                        if not job.paused and job.session.congested(link.number):
+                            self._pace(job_id, job)
+        finally:
+            link.closed.set()
+            if self.links.get(node.number) is link:
+                del self.links[node.number]
+            for job_id in list(link.jobs):
+                error = f"node {node.number} job link lost"
+                await self._finish(job_id, p.JobExit(job_id, LINK_LOST, node=node.number, error=error))
+            log.info("node %d (%s) job link down", node.number, mac)
+        return ws
+
+    def _pace(self, job_id: int, job: Job) -> None:
+        """Hold this job's output on its node until its session can take more: the link goes on being read,
+        so the node's other jobs (other users' among them) are not held up by one slow reader."""
+        job.paused = True
+
+        async def pause_until_drained() -> None:
+            await _send(job.link.ws, p.JobFlow(job_id, False))
+            await job.session.backpressure(job.link.number)
+            job.paused = False
+            if job_id in self.jobs:
+                await _send(job.link.ws, p.JobFlow(job_id, True))
+
+        job.pacer = asyncio.get_running_loop().create_task(pause_until_drained())
+
+    async def _from_node(self, link: NodeLink, message: object) -> None:
+        """A node speaks only for its own jobs: an id of another node's job is ignored."""
+        if isinstance(message, (p.JobStarted, p.JobExit)):
+            job = self.jobs.get(message.job)
+            if job is None or job.link is not link:
+                return
+            if isinstance(message, p.JobStarted):
+                job.row = replace(job.row, pid=message.pid, state=p.JobState.RUNNING)
+            else:
+                await self._finish(message.job, replace(message, node=link.number))
+
+    async def _finish(self, job_id: int, message: p.JobExit) -> None:
+        job = self.jobs.pop(job_id, None)
+        if job is None:
+            return
+        if job.pacer is not None:
+            job.pacer.cancel()
+        job.link.jobs.discard(job_id)
+        job.session.jobs.discard(job_id)
+        state = p.JobState.FAILED if message.error and message.status in (127, LINK_LOST) else p.JobState.EXITED
+        self.finished.append(replace(job.row, state=state, status=message.status))
+        del self.finished[:-FINISHED_KEPT]
+        job.session.job_exit(message)
+        if not job.session.jobs:
+            job.session.all_ended()
+
+    # --- bpsh side ----------------------------------------------------------------------------------------
+
+    async def run(self, session: Session, request: p.JobRequest) -> None:
+        """Start the request's jobs for this session; a request that cannot run ends the session with 127
+        and the reason (command not found, node not up, ...)."""
+        try:
+            await self._start(session, request)
+        except (BeobootError, p.ProtocolError, OSError) as exc:
+            self._refuse(session, str(exc))
+        except Exception as exc:  # a bug: bpsh must still hear of it and end, not wait for ever
+            log.exception("bpsh request %r failed", request.argv[:1])
+            self._refuse(session, f"beoserv could not start the job: {exc!r} (see beoserv's log)")
+
+    def _refuse(self, session: Session, why: str) -> None:
+        if session.jobs:  # some started before it failed: they end as they will, and end the session
+            log.warning("bpsh request failed after some of its jobs started: %s", why)
+            return
+        session.job_exit(p.JobExit(0, 127, error=why))
+        session.all_ended()
+
+    async def stdin(self, session: Session, data: bytes) -> None:
+        """Input for every job of the session (each node gets the same bytes); b"" is end of file."""
+        for job_id in list(session.jobs):
+            job = self.jobs.get(job_id)
+            if job is not None and not job.link.ws.closed:
+                try:
+                    await job.link.ws.send_bytes(struct.pack(p.IO_HEADER, p.Stream.STDIN, job_id) + data)
+                except ConnectionError:
+                    pass
+
+    async def hang_up(self, session: Session) -> None:
+        """bpsh went away while its jobs ran: they get SIGHUP, as a closed terminal's jobs would, and their
+        output, which no one reads now, flows again so that their ends are seen."""
+        await self.signal(session, SIGHUP)
+        for job_id in list(session.jobs):
+            job = self.jobs.get(job_id)
+            if job is not None and job.pacer is not None:
+                job.pacer.cancel()
+                await _send(job.link.ws, p.JobFlow(job_id, True))
+
+    def _nodes_for(self, request: p.JobRequest) -> list[int]:
+        """The nodes a request runs on: each must have its job link and be up in the registry (stage 3
+        ready, heartbeats on time): a node that registered and never booted, or went silent, gets no job.
+        `-a` takes every such node; a list naming any other node is refused, naming them."""
+        wanted = parse_nodes(request.nodes)
+        up = self.registry.numbers_in_state(p.NodeState.UP)
+        if wanted is None:
+            numbers = [n for n in sorted(self.links) if n in up]
+            if skipped := [n for n in self.links if n not in up]:
+                log.info("bpsh -a: node %s skipped: job link up, but not up in the registry", _named(sorted(skipped)))
+            if not numbers:
+                raise JobError("no node is up with a job link", hint="bpstat shows the nodes")
+            return numbers
+        unlinked = [n for n in wanted if n not in self.links]
+        not_up = [n for n in wanted if n in self.links and n not in up]
+        reasons = []
+        if unlinked:
+            reasons.append(f"node {_named(unlinked)} {'is' if len(unlinked) == 1 else 'are'} not up (no job link)")
+        if not_up:
+            reasons.append(f"node {_named(not_up)} {'is' if len(not_up) == 1 else 'are'} not up (booting or silent)")
+        if reasons:
+            raise JobError("; ".join(reasons), hint="bpstat shows the nodes")
+        return wanted
+
+    async def _start(self, session: Session, request: p.JobRequest) -> None:
+        numbers = self._nodes_for(request)
+        # a cached manifest is a few lstat() calls, less than a thread hand-off; a new one would block the
+        # event loop (ELF parsing, hashing), and runs on a thread of its own, a few per user (Describer)
+        manifest = self.manifests.build_cached(request)
+        if manifest is None:
+            manifest = await self.describer.describe(request)
+        command = " ".join(request.argv)
+        now = time.time()
+        objects = frozenset(f.sha256 for f in manifest.files if f.sha256)
+        session.starting(numbers)
+        # every job is in the tables before the first is sent, so that one ending at once cannot end the
+        # session before the others started; a link lost while the manifest was built ends its node's job
+        starts = []
+        for number in numbers:
+            job_id = next(self._ids)
+            link = self.links.get(number)
+            if link is None:
+                session.job_exit(p.JobExit(job_id, LINK_LOST, node=number, error=f"node {number} job link lost"))
+                continue
+            row = p.JobRow(job_id, number, 0, command, p.JobState.STARTING, now)
+            self.jobs[job_id] = Job(row, session, link, objects=objects)
+            session.jobs.add(job_id)
+            link.jobs.add(job_id)
+            starts.append((job_id, link))
+        if not starts:
+            session.all_ended()
+            return
+        for job_id, link in starts:
+            await _send(link.ws, p.JobStart(job_id, manifest))
+            if not request.stdin:
+                await _send_bytes(link.ws, struct.pack(p.IO_HEADER, p.Stream.STDIN, job_id))
+        session.sent = True
+        for signum in session.early_signals:
+            await self.signal(session, signum)
+        session.early_signals.clear()
+
+    # --- bpctl ------------------------------------------------------------------------------------------
+
+    async def power(self, order: p.NodePower, nodes: str) -> list[str]:
+        """Send `order` to each node of `nodes` ('0,3', 'all': every linked node) and wait for each to
+        end its jobs and close its link; the node is then DOWN, with the order in its boot's timeline.
+        Returns the failures, one line per node (an empty list: every node acted)."""
+        wanted = parse_nodes(nodes)
+        numbers = sorted(self.links) if wanted is None else wanted
+        if not numbers:
+            raise JobError("no node is up with a job link", hint="bpstat shows the nodes")
+        results = await asyncio.gather(*(self._power_one(number, order) for number in numbers))
+        return [failure for failure in results if failure]
+
+    async def _power_one(self, number: int, order: p.NodePower) -> str:
+        link, node = self.links.get(number), self.registry.node_by_number(number)
+        if link is None or node is None:
+            return f"node {number} is not up (no job link): nothing to {order.action}"
+        log.info("node %d: %s, as %s asked", number, order.action, order.by)
+        await _send(link.ws, order)
+        wait = order.grace + POWER_ANSWER_TIME
+        try:
+            await asyncio.wait_for(link.closed.wait(), wait)
+        except asyncio.TimeoutError:
+            return f"node {number} did not close its job link within {wait:g} s of the {order.action} order"
+        self.registry.mark_down(number, node.boot, time.time(), order.action, f"bpctl, as {order.by} asked")
+        return ""
+
+    async def signal(self, session: Session, signum: int) -> None:
+        if not session.sent:
+            session.early_signals.append(signum)
+            return
+        for job_id in list(session.jobs):
+            job = self.jobs.get(job_id)
+            if job is not None and not job.link.ws.closed:
+                await _send(job.link.ws, p.JobSignal(job_id, signum))
+
+
+def _named(numbers: list[int]) -> str:
+    """'1, 2, 3' or, past NAMED_DOWN, '1, ..., 10 and 30 more'."""
+    more = f" and {len(numbers) - NAMED_DOWN} more" if len(numbers) > NAMED_DOWN else ""
+    return ", ".join(map(str, numbers[:NAMED_DOWN])) + more
+
+
+async def _refuse_frame(ws: web.WebSocketResponse, number: int, mac: str, what: str) -> None:
+    """A node that sends what no node sends has its link closed (its jobs end as if the link were lost):
+    its next frame could not be trusted to mean what it says either."""
+    log.warning("node %d (%s) job link closed: it sent %s", number, mac, printable(what))
+    await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"bad frame")
+
+
+async def _send_bytes(ws: web.WebSocketResponse, data: bytes) -> None:
+    if not ws.closed:
+        try:
+            await ws.send_bytes(data)
+        except ConnectionError:
+            pass
+
+
+async def _send(ws: web.WebSocketResponse, message: object) -> None:
+    if not ws.closed:
+        try:
+            await ws.send_str(p.encode_frame(message))
+        except ConnectionError:
+            pass
+
+
+__all__ = ["JobHub", "parse_nodes", "RegistryError"]

@@ -1,0 +1,1 @@
+"""What a job needs: the files its program, libraries, scripts and imports read."""

@@ -1,0 +1,1 @@
+"""What an image needs, read from the sysroot: ELF closures, kernel modules, NIC drivers, Python."""

@@ -1,0 +1,605 @@
+"""The in-image Python runtime: the sysroot's interpreter, one zip of compiled modules, and `/init`.
+
+The images have no shell: the kernel runs `/init`, a Python script, on the sysroot's own interpreter.
+Everything the agent imports is found by walking import statements (ast) from the agent package and
+`/init`, against the SYSROOT's stdlib and dist-packages (never the build host's), and packed into one
+zip at the place where the interpreter looks for its stdlib by itself.
+
+How Python 3.11 finds that zip with no PYTHONHOME/PYTHONPATH (Modules/getpath.py, frozen into the
+interpreter; landmarks for a build configured with prefix /usr on Linux):
+  * prefix: search up from the executable's directory (/usr/bin) for the ZIP_LANDMARK
+    `lib/python311.zip` -> finds /usr/lib/python311.zip -> prefix = /usr. Without the zip it would look
+    for the STDLIB_LANDMARKS `lib/python3.11/os.py` / `os.pyc` instead, and fall back to the compiled-in
+    PREFIX with the warning "Could not find platform independent libraries <prefix>".
+  * exec_prefix: search up for the PLATSTDLIB_LANDMARK `lib/python3.11/lib-dynload`, which must be a
+    DIRECTORY -> /usr. Without it: "Could not find platform dependent libraries <exec_prefix>".
+  * sys.path = [/usr/lib/python311.zip, /usr/lib/python3.11, /usr/lib/python3.11/lib-dynload]; the
+    middle entry holds only lib-dynload in the image, which is harmless.
+The executable's directory comes from argv[0] (the kernel's binfmt_script passes the shebang path) or
+/proc/self/exe, so /init's shebang names the real interpreter path.
+
+Extension modules cannot be imported from a zip: they stay real files in lib-dynload, listed in
+`extensions` with the reason, and the caller adds them with their ELF closure.
+"""
+
+from __future__ import annotations
+
+import ast
+import enum
+import io
+import json
+import os
+import posixpath
+import re
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from elftools.elf.elffile import ELFFile
+from elftools.elf.sections import SymbolTableSection
+
+from beoboot.errors import SysrootError, ToolError
+from beoboot.log import log
+from beoboot.regularfile import open_regular
+from beoboot.resolve.sysroot import Sysroot
+
+INIT_PATH = "/init"
+# Any fixed date works (zip dates start in 1980); fixed so the zip has the same bytes on every build.
+ZIP_DATE_TIME = (1980, 1, 1, 0, 0, 0)
+DIST_PACKAGES = "/usr/lib/python3/dist-packages"
+
+# Loaded by the interpreter itself at start-up or by C code, so no import statement names them:
+# the codec registry imports `encodings` and the file system / stdio codecs (UTF-8 in the C locale,
+# PEP 538/540); socket's C code encodes non-ASCII host names with the "idna" codec.
+IMPLICIT_MODULES = (
+    "encodings",
+    "encodings.aliases",
+    "encodings.ascii",
+    "encodings.idna",
+    "encodings.latin_1",
+    "encodings.utf_8",
+    "encodings.utf_8_sig",
+)
+
+# What the agent imports at run time besides its own import statements: it talks to the master with
+# requests (the stage modules that do so arrive in later issues; the runtime already carries it).
+AGENT_RUNTIME_MODULES = ("requests",)
+
+# Left out unless asked for with extra_modules. Optional imports (in try/except ImportError) reach them,
+# but the agent works without them; each costs megabytes or drags in a tree the agent never runs.
+DEFAULT_EXCLUDES: dict[str, str] = {
+    "ssl": "TLS: the cluster network uses HTTP with hash pins; pass extra_modules=('ssl',) for HTTPS",
+    "_ssl": "TLS extension (libssl + libcrypto, megabytes); comes back with 'ssl'",
+    "_hashlib": "OpenSSL hashes (libcrypto); hashlib falls back to the built-in _sha256/_md5/_blake2",
+    # urllib3.contrib itself and contrib._appengine_environ are imported unconditionally: they stay.
+    "urllib3.contrib.pyopenssl": "pyOpenSSL back-end; requests tries it only when ssl lacks SNI",
+    "urllib3.contrib.securetransport": "macOS TLS back-end",
+    "urllib3.contrib._securetransport": "macOS TLS back-end",
+    "urllib3.contrib.socks": "SOCKS proxies, not used on the cluster network",
+    "urllib3.contrib.appengine": "Google App Engine only",
+    "urllib3.contrib.ntlmpool": "NTLM authentication, not used on the cluster network",
+    "OpenSSL": "pyOpenSSL, only for urllib3.contrib",
+    "cryptography": "only for urllib3.contrib.pyopenssl",
+    "socks": "SOCKS proxies, not used on the cluster network",
+    "simplejson": "requests prefers it when present; the stdlib json is enough",
+    "brotli": "optional response decompression",
+    "brotlicffi": "optional response decompression",
+    "zstandard": "optional response decompression",
+    "_bz2": "bz2 compression (libbz2); only optional imports in shutil/zipfile/tarfile reach it",
+    "_lzma": "xz compression (liblzma); only optional imports in shutil/zipfile/tarfile reach it",
+    "bz2": "needs _bz2 at import, so it would fail anyway; its importers catch ImportError",
+    "lzma": "needs _lzma at import, so it would fail anyway; its importers catch ImportError",
+    "_pydecimal": "pure-Python fallback of _decimal, which is in lib-dynload",
+    "encodings.mbcs": "Windows only",
+    "pydoc": "interactive help",
+    "doctest": "test tool",
+    "unittest": "test tool",
+    "pdb": "debugger",
+    "tkinter": "GUI",
+    "_tkinter": "GUI",
+    "curses": "terminal UI",
+    "readline": "interactive line editing",
+    "sqlite3": "database",
+    "ctypes.macholib": "macOS only",
+    "ctypes.util": "find_library runs ldconfig/gcc, which the image has not: the agent opens libc with CDLL(None)",
+}
+# Modules that must come back together with an extra module, because the extra cannot work without them.
+COMPANIONS: dict[str, tuple[str, ...]] = {"ssl": ("_ssl",), "hashlib": ("_hashlib",)}
+
+# urllib3 1.26 in Debian imports the unbundled `six`, whose `six.moves.X` names are resolved at run time by
+# a meta-path importer (six._SixMetaPathImporter) to these stdlib modules, so no file is named for them.
+SIX_MOVES: dict[str, str] = {
+    "http_client": "http.client",
+    "queue": "queue",
+    "urllib": "urllib",
+    "urllib.parse": "urllib.parse",
+    "urllib.request": "urllib.request",
+    "urllib.error": "urllib.error",
+    "urllib.response": "urllib.response",
+    "configparser": "configparser",
+    "builtins": "builtins",
+    "http_cookies": "http.cookies",
+    "http_cookiejar": "http.cookiejar",
+    "reprlib": "reprlib",
+    "cPickle": "pickle",
+}
+
+# Always built in: the interpreter core, which exports no PyInit_ symbol for them.
+# Names that a module puts into sys.modules itself, so they have no file of their own.
+MODULE_ALIASES = {"os.path": "posixpath"}
+
+CORE_BUILTINS = frozenset(
+    {"builtins", "sys", "marshal", "_warnings", "_imp", "_frozen_importlib", "_frozen_importlib_external"}
+)
+
+_PYTHON_DIR = re.compile(r"python(\d+)\.(\d+)")
+
+
+class ModuleKind(enum.StrEnum):
+    SOURCE = "source"  # a .py file
+    PACKAGE = "package"  # a directory with __init__.py
+    EXTENSION = "extension"  # a shared object in lib-dynload
+    BUILTIN = "builtin"  # compiled into the interpreter
+
+
+@dataclass(frozen=True)
+class PythonRuntime:
+    interpreter: str  # sysroot path of the real interpreter, e.g. /usr/bin/python3.11
+    interpreter_links: tuple[str, ...]  # e.g. ("/usr/bin/python3",): the lead adds them as links
+    zip_path: str  # archive path of the zip, where the interpreter finds it on its own
+    zip_bytes: bytes  # deterministic: sorted names, fixed timestamps
+    extensions: tuple[tuple[str, str], ...]  # (sysroot path of a lib-dynload .so, reason)
+    modules: tuple[str, ...]  # module names in the zip
+    init_path: str  # archive path of the init script
+    init_bytes: bytes
+
+
+@dataclass(frozen=True)
+class SysrootPython:
+    """Where the sysroot's Python lives, read from its file layout (never by running it)."""
+
+    version: tuple[int, int]
+    interpreter: str  # real file
+    interpreter_links: tuple[str, ...]
+    stdlib_dir: str  # /usr/lib/python3.11
+    dynload_dir: str  # /usr/lib/python3.11/lib-dynload
+    site_dirs: tuple[str, ...]  # /usr/lib/python3/dist-packages
+    builtins: frozenset[str]
+
+    @property
+    def zip_path(self) -> str:
+        major, minor = self.version
+        return f"/usr/lib/python{major}{minor}.zip"
+
+
+@dataclass(frozen=True)
+class Module:
+    name: str
+    kind: ModuleKind
+    origin: str | None  # sysroot path (or, for the agent package, build-host path) of the file
+    host_path: Path | None  # build-host path of the file to read
+    imported_by: str
+
+
+@dataclass
+class ModuleGraph:
+    modules: dict[str, Module] = field(default_factory=dict)
+    missing: dict[str, str] = field(default_factory=dict)  # name -> first importer (optional imports)
+    excluded: dict[str, str] = field(default_factory=dict)  # name -> first importer
+
+
+# -- reading the sysroot's layout ----------------------------------------------------------------------
+
+
+def parse_python_dir_name(name: str) -> tuple[int, int] | None:
+    """(3, 11) from "python3.11", None for anything else ("python3", "python3.11-config")."""
+    match = _PYTHON_DIR.fullmatch(name)
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def find_sysroot_python(sysroot: Sysroot) -> SysrootPython:
+    """The sysroot's python3: the version that /usr/bin/python3 points to, else the newest stdlib dir."""
+    versions = sorted(
+        v
+        for name in sysroot.listdir("/usr/lib")
+        if (v := parse_python_dir_name(name)) and sysroot.is_file(f"/usr/lib/{name}/os.py")
+    )
+    if not versions:
+        raise SysrootError(
+            f"no Python standard library (/usr/lib/python3.N/os.py) in sysroot {sysroot.root}",
+            hint="install python3 in the sysroot (apt install python3-minimal python3-requests)",
+        )
+    links: tuple[str, ...] = ()
+    version = versions[-1]
+    if sysroot.exists("/usr/bin/python3"):
+        resolved = sysroot.resolve("/usr/bin/python3")
+        named = parse_python_dir_name(posixpath.basename(resolved.real))
+        if named in versions:
+            version = named
+            links = ("/usr/bin/python3",) if resolved.links else ()
+    major, minor = version
+    wanted = f"/usr/bin/python{major}.{minor}"
+    if not sysroot.is_file(wanted):
+        raise SysrootError(f"{wanted} missing in sysroot {sysroot.root}", hint="install python3-minimal in the sysroot")
+    interpreter = sysroot.resolve(wanted).real
+    stdlib = f"/usr/lib/python{major}.{minor}"
+    return SysrootPython(
+        version=version,
+        interpreter=interpreter,
+        interpreter_links=links,
+        stdlib_dir=stdlib,
+        dynload_dir=f"{stdlib}/lib-dynload",
+        site_dirs=(DIST_PACKAGES,) if sysroot.exists(DIST_PACKAGES) else (),
+        builtins=CORE_BUILTINS | read_builtin_modules(sysroot.host(interpreter)),
+    )
+
+
+def read_builtin_modules(interpreter: Path) -> frozenset[str]:
+    """Modules compiled into the interpreter: one exported PyInit_<name> symbol each.
+
+    Debian links libpython statically and exports these for extension modules, so they are in .dynsym.
+    """
+    with open_regular(interpreter) as f:
+        elf = ELFFile(f)
+        names: set[str] = set()
+        for section_name in (".dynsym", ".symtab"):
+            section = elf.get_section_by_name(section_name)
+            if not isinstance(section, SymbolTableSection):
+                continue
+            for symbol in section.iter_symbols():
+                if symbol.name.startswith("PyInit_") and symbol["st_shndx"] != "SHN_UNDEF":
+                    names.add(symbol.name.removeprefix("PyInit_"))
+    return frozenset(names)
+
+
+# -- finding the modules ----------------------------------------------------------------------------
+
+
+def imports_of(source: str, module: str, is_package: bool, filename: str = "<module>") -> list[tuple[str, bool]]:
+    """Absolute names one module imports, each with `required`: False for `from pkg import name`, where
+    `pkg.name` is a submodule only if such a file exists (otherwise an attribute)."""
+    tree = ast.parse(source, filename)
+    package = module if is_package else module.rpartition(".")[0]
+    found: list[tuple[str, bool]] = []
+    for node in _statements(tree):
+        if isinstance(node, ast.Import):
+            found.extend((alias.name, True) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = _absolute(node.module, node.level, package)
+            if base is None:
+                continue
+            if node.module:
+                found.append((base, True))
+            found.extend((f"{base}.{alias.name}", not node.module) for alias in node.names if alias.name != "*")
+    return found
+
+
+_NESTED_BODIES = ("body", "orelse", "finalbody", "handlers", "cases")
+
+
+def _statements(tree: ast.AST) -> list[ast.AST]:
+    """Every statement, however nested. Imports are statements, so expressions (most of the tree) are
+    never visited: this walk is ~10x faster than ast.walk on the stdlib."""
+    found: list[ast.AST] = []
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        found.append(node)
+        for body in _NESTED_BODIES:
+            children = getattr(node, body, None)
+            if children:
+                stack.extend(children)
+    return found
+
+
+def _absolute(name: str | None, level: int, package: str) -> str | None:
+    if level == 0:
+        return name
+    parts = package.split(".") if package else []
+    if level - 1 > len(parts) or (level - 1 == len(parts) and not name):
+        return None  # beyond the top-level package: an error at run time too
+    base = ".".join(parts[: len(parts) - (level - 1)])
+    return f"{base}.{name}" if name and base else (name or base)
+
+
+def _six_moves_alias(name: str) -> str | None:
+    if name == "six.moves":
+        return "six"
+    tail = name.removeprefix("six.moves.")
+    return SIX_MOVES.get(tail, "")  # "": an attribute such as six.moves.xrange, no module
+
+
+def is_excluded(name: str, excludes: dict[str, str]) -> bool:
+    return any(name == ex or name.startswith(ex + ".") for ex in excludes)
+
+
+class ModuleFinder:
+    """Breadth-first walk of import statements against the sysroot's module directories."""
+
+    def __init__(
+        self, sysroot: Sysroot, python: SysrootPython, packages: Mapping[str, Path], excludes: dict[str, str]
+    ) -> None:
+        self.sysroot = sysroot
+        self.python = python
+        self.packages = packages
+        self.excludes = excludes
+        self.graph = ModuleGraph()
+        major, minor = python.version
+        self._ext_suffixes = (f".cpython-{major}{minor}-", ".abi3.so", ".so")
+        self._queue: deque[Module] = deque()
+
+    def add(self, name: str, imported_by: str, required: bool = True) -> None:
+        if name in MODULE_ALIASES:
+            name = MODULE_ALIASES[name]
+        if name.startswith("six.moves"):
+            alias = _six_moves_alias(name)
+            if alias:
+                self.add(alias, imported_by)
+            return
+        if name in self.graph.modules or name in self.graph.missing or name in self.graph.excluded:
+            return
+        if is_excluded(name, self.excludes):
+            if required:
+                self.graph.excluded[name] = imported_by
+            return
+        parent_name, _, leaf = name.rpartition(".")
+        if parent_name:
+            self.add(parent_name, imported_by)
+            parent = self.graph.modules.get(parent_name)
+            if parent is None or parent.kind != ModuleKind.PACKAGE:
+                if required:
+                    self.graph.missing.setdefault(name, imported_by)
+                return
+            module = self._locate(name, [posixpath.dirname(parent.origin or "")], imported_by, parent.host_path)
+        else:
+            module = self._locate_top(name, imported_by)
+        if module is None:
+            if required:
+                self.graph.missing.setdefault(name, imported_by)
+            return
+        self.graph.modules[name] = module
+        if module.kind in (ModuleKind.SOURCE, ModuleKind.PACKAGE):
+            self._queue.append(module)
+
+    def add_script(self, name: str, source: str) -> None:
+        """Walk the imports of a script that is not itself in the zip (/init)."""
+        for imported, required in imports_of(source, name, False, name):
+            self.add(imported, name, required)
+        self.run()
+
+    def run(self) -> ModuleGraph:
+        while self._queue:
+            module = self._queue.popleft()
+            assert module.host_path is not None
+            source = _read(module.host_path).decode("utf-8")
+            for imported, required in imports_of(
+                source, module.name, module.kind == ModuleKind.PACKAGE, str(module.origin)
+            ):
+                self.add(imported, module.name, required)
+        return self.graph
+
+    def _locate_top(self, name: str, imported_by: str) -> Module | None:
+        if name in self.packages:
+            init = self.packages[name] / "__init__.py"
+            if not init.is_file():
+                raise SysrootError(
+                    f"package {name} ({self.packages[name]}) has no __init__.py", hint="pass the package's directory"
+                )
+            return Module(name, ModuleKind.PACKAGE, str(init), init, imported_by)
+        if name in self.python.builtins:
+            return Module(name, ModuleKind.BUILTIN, None, None, imported_by)
+        dirs = [self.python.stdlib_dir, self.python.dynload_dir, *self.python.site_dirs]
+        return self._locate(name, dirs, imported_by, None)
+
+    def _locate(self, name: str, dirs: list[str], imported_by: str, parent_host: Path | None) -> Module | None:
+        leaf = name.rpartition(".")[2]
+        if parent_host is not None and name.partition(".")[0] in self.packages:
+            # the project's packages come from the build host's checkout, not from the sysroot
+            here = parent_host.parent
+            if (here / leaf / "__init__.py").is_file():
+                return Module(
+                    name, ModuleKind.PACKAGE, str(here / leaf / "__init__.py"), here / leaf / "__init__.py", imported_by
+                )
+            if (here / f"{leaf}.py").is_file():
+                return Module(name, ModuleKind.SOURCE, str(here / f"{leaf}.py"), here / f"{leaf}.py", imported_by)
+            return None
+        for directory in dirs:
+            init = f"{directory}/{leaf}/__init__.py"
+            if self.sysroot.is_file(init):
+                return Module(name, ModuleKind.PACKAGE, init, self.sysroot.host(init), imported_by)
+            plain = f"{directory}/{leaf}.py"
+            if self.sysroot.is_file(plain):
+                return Module(name, ModuleKind.SOURCE, plain, self.sysroot.host(plain), imported_by)
+            for entry in self.sysroot.listdir(directory):
+                if entry.startswith(leaf + ".") and self._is_extension_name(entry[len(leaf) :]):
+                    path = f"{directory}/{entry}"
+                    if directory != self.python.dynload_dir:
+                        log.warning("extension module %s (%s) is outside lib-dynload; left out", name, path)
+                        return None
+                    return Module(name, ModuleKind.EXTENSION, path, self.sysroot.host(path), imported_by)
+        return None
+
+    def _is_extension_name(self, suffix: str) -> bool:
+        return suffix.endswith(".so") and (
+            suffix == ".so" or suffix == ".abi3.so" or suffix.startswith(self._ext_suffixes[0])
+        )
+
+
+def find_modules(
+    sysroot: Sysroot,
+    python: SysrootPython,
+    packages: Mapping[str, Path],
+    init_source: str,
+    extra_modules: tuple[str, ...] | list[str] = (),
+) -> ModuleGraph:
+    excludes = dict(DEFAULT_EXCLUDES)
+    for extra in extra_modules:
+        for name in (extra, *COMPANIONS.get(extra, ())):
+            excludes.pop(name, None)
+    finder = ModuleFinder(sysroot, python, packages, excludes)
+    for name in IMPLICIT_MODULES:
+        finder.add(name, "the interpreter")
+    for name in AGENT_RUNTIME_MODULES:
+        finder.add(name, "the agent at run time")
+    for name in extra_modules:
+        finder.add(name, "extra_modules")
+    for name in extra_modules:  # checked before the walk, so a typo fails fast
+        if name not in finder.graph.modules:
+            raise SysrootError(
+                f"extra module {name!r} not found in sysroot {sysroot.root}",
+                hint=f"check the name; modules are looked up in {python.stdlib_dir} and {', '.join(python.site_dirs)}",
+            )
+    # only what /init imports, from the stage's program down: each image carries its own stage's code
+    finder.add_script(INIT_PATH, init_source)
+    return finder.run()
+
+
+# -- writing the zip and /init ----------------------------------------------------------------------
+
+
+def host_can_compile_for(version: tuple[int, int]) -> bool:
+    """Bytecode is only valid for one major.minor: compile with the build host only if they match."""
+    return sys.version_info[:2] == version
+
+
+def zip_member_name(module: Module) -> str:
+    base = module.name.replace(".", "/")
+    return f"{base}/__init__" if module.kind == ModuleKind.PACKAGE else base
+
+
+# Runs in a fresh interpreter: marshal sets FLAG_REF and picks interned string codes from the refcounts
+# and interning state of the process that compiles (bpo-34093), and frozenset constants follow string
+# hashes. A clean child with PYTHONHASHSEED=0 and the same job list gives the same bytes on every build;
+# compiling inside the caller's process (pytest, the CLI) gives bytes that depend on what it imported.
+_COMPILE_CHILD = """
+import json, py_compile, sys
+for source, target, display in json.load(sys.stdin):
+    py_compile.compile(source, cfile=target, dfile=display, doraise=True, optimize=0,
+                       invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+"""
+
+
+def compile_modules(jobs: list[tuple[Path, str]], scratch: Path) -> list[bytes]:
+    """Unchecked-hash .pyc (PEP 552) for each (source, display name): no source mtime in the bytes and
+    no source check at import. The display name becomes co_filename, so no build-host path gets in."""
+    targets = [scratch / f"{index}.pyc" for index in range(len(jobs))]
+    request = json.dumps([(str(source), str(target), display) for (source, display), target in zip(jobs, targets)])
+    result = subprocess.run(
+        [sys.executable, "-S", "-s", "-c", _COMPILE_CHILD],
+        input=request,
+        capture_output=True,
+        text=True,
+        env={"PYTHONHASHSEED": "0", "PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+    )
+    if result.returncode != 0:
+        raise ToolError(
+            f"compiling the agent's Python modules with {sys.executable} failed:\n{result.stderr.strip()}",
+            hint="a module in the sysroot or the agent package has a syntax error for this Python version",
+        )
+    return [target.read_bytes() for target in targets]
+
+
+def write_zip(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name in sorted(members):
+            info = zipfile.ZipInfo(name, date_time=ZIP_DATE_TIME)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.create_system = 3  # Unix, whatever the build host is
+            info.external_attr = 0o100644 << 16
+            # level 1: the image around the zip is compressed again anyway, and level 9 cost 0.6 s of
+            # every cold build for 12% of the zip's size
+            archive.writestr(info, members[name], compresslevel=1)
+    return buffer.getvalue()
+
+
+def render_init(interpreter: str, program: str) -> bytes:
+    """/init: re-exec with PYTHONHASHSEED set, then run the agent with the stage's program (a module with main).
+
+    Without PYTHONHASHSEED the interpreter reads 24 random bytes at start-up for the hash secret:
+    getrandom(GRND_NONBLOCK) fails while the kernel RNG is not ready yet, and the fallback
+    /dev/urandom does not exist before devtmpfs is mounted, so start-up dies and init with it. The
+    kernel command line passes PYTHONHASHSEED=0 into init's environment; the re-exec covers a command
+    line without it. -S: no site (the zip has no site-packages); not -I/-E, which drop PYTHONHASHSEED.
+    """
+    return f"""#!{interpreter} -S
+# beoboot /init: runs the agent as PID 1 (generated by beoboot.resolve.pyruntime).
+import os
+import sys
+
+if "PYTHONHASHSEED" not in os.environ:
+    os.environ["PYTHONHASHSEED"] = "0"
+    try:
+        os.execv({interpreter!r}, [{interpreter!r}, "-S", {INIT_PATH!r}, *sys.argv[1:]])
+    except OSError as exc:
+        print("beoboot: cannot re-exec with PYTHONHASHSEED:", exc, file=sys.stderr)
+
+from agent.init import main
+from {program} import main as program
+
+sys.exit(main(program=program))
+""".encode()
+
+
+def build_runtime(
+    sysroot: Sysroot,
+    program: str,
+    packages: Mapping[str, Path],
+    extra_modules: tuple[str, ...] | list[str] = (),
+) -> PythonRuntime:
+    """The runtime of one image: the interpreter, and the modules /init reaches from `program`, a module of
+    `packages` (the project's own, name -> directory on this host)."""
+    python = find_sysroot_python(sysroot)
+    init_bytes = render_init(python.interpreter, program)
+    graph = find_modules(sysroot, python, packages, init_bytes.decode(), tuple(extra_modules))
+    for name, importer in sorted(graph.missing.items()):
+        log.debug("python runtime: %s (imported by %s) not found; an optional import, left out", name, importer)
+    compiled = host_can_compile_for(python.version)
+    if not compiled:
+        log.warning(
+            "python runtime: build host is Python %d.%d, sysroot is %d.%d: storing .py sources, not .pyc",
+            *sys.version_info[:2],
+            *python.version,
+        )
+    members: dict[str, bytes] = {}
+    extensions: list[tuple[str, str]] = []
+    to_compile: list[tuple[str, Path]] = []
+    for name, module in sorted(graph.modules.items()):
+        if module.kind == ModuleKind.EXTENSION:
+            assert module.origin is not None
+            extensions.append((module.origin, f"python extension module {name}, imported by {module.imported_by}"))
+        elif module.kind != ModuleKind.BUILTIN:
+            assert module.host_path is not None
+            if compiled:
+                to_compile.append((zip_member_name(module), module.host_path))
+            else:
+                members[zip_member_name(module) + ".py"] = _read(module.host_path)
+    if to_compile:
+        with tempfile.TemporaryDirectory(prefix="beoboot-pyc-") as scratch:
+            jobs = [(source, f"{python.zip_path}/{base}.py") for base, source in to_compile]
+            for (base, _), pyc in zip(to_compile, compile_modules(jobs, Path(scratch))):
+                members[base + ".pyc"] = pyc
+    modules = tuple(
+        sorted(n for n, m in graph.modules.items() if m.kind not in (ModuleKind.EXTENSION, ModuleKind.BUILTIN))
+    )
+    return PythonRuntime(
+        interpreter=python.interpreter,
+        interpreter_links=python.interpreter_links,
+        zip_path=python.zip_path,
+        zip_bytes=write_zip(members),
+        extensions=tuple(sorted(extensions)),
+        modules=modules,
+        init_path=INIT_PATH,
+        init_bytes=init_bytes,
+    )
+
+
+def _read(path: Path) -> bytes:
+    """A module file of the sysroot; NotRegularFile (an OSError) for a FIFO or device, never waited on."""
+    with open_regular(path) as f:
+        return f.read()

@@ -1,0 +1,1 @@
+"""QEMU for tests and the demo: boot a node, watch its console."""

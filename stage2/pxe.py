@@ -1,0 +1,81 @@
+"""Stage 2, the PXE ramdisk: log to the master at once, fetch stage 3 (pinned), unpack it into a fresh
+tmpfs, switch into it and free this ramdisk."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import time
+
+from agent import bootfiles, cmdline, cpio, hwprobe
+from agent import protocol as p
+from agent.config import AgentConfig
+from agent.handoff import HANDOFF_PATH, Handoff
+from agent.masterlink import MasterLink
+from agent.net import nicdetect
+from agent.net.network import NetworkState, bring_up_until_it_works
+from agent.report import reporter, say
+from agent.system import syscalls
+from stage2 import switchroot
+
+NEW_ROOT = "/newroot"
+MEMORY_REPORT = "/run/beoboot/stage2-memory.json"  # in the new root; stage 3 sends it to the master
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def unpack(image: str, root: str) -> int:
+    """Unpack a gzip-compressed or plain cpio image (what [images.stage3] compression allows)."""
+    with open(image, "rb") as raw:
+        compressed = raw.read(2) == GZIP_MAGIC
+    opener = gzip.open if compressed else open
+    with opener(image, "rb") as stream:
+        return cpio.extract(stream, root)
+
+
+def main(config: AgentConfig, *, dry_run: bool) -> None:
+    """Stage 2's program: get on the network, then fetch stage 3 and switch into it."""
+    dhcp_started = time.monotonic()
+    net = bring_up_until_it_works(config, dry_run=dry_run, say=say)
+    if net is not None:  # in a dry run nothing was configured, so nothing can be fetched
+        run(config, net, dhcp_started=dhcp_started, dry_run=dry_run)
+
+
+def run(config: AgentConfig, net: NetworkState, *, dhcp_started: float, dry_run: bool) -> None:
+    master = net.master_url or ""
+    mac = nicdetect.mac_text(net.interface)
+    link = MasterLink(master, mac, p.Stage.PXE, log=say)
+    link.event(p.BootEvent.STAGE2_START, at=dhcp_started)
+    link.event(p.BootEvent.DHCP, f"{net.interface} {net.lease.cidr}", at=dhcp_started)
+    reporter.attach(link)  # from here on every line also goes to the master
+    say(f"beoboot: registering with the master {master}")
+    link.register(hwprobe.probe())  # retries until the master answers
+    pins = bootfiles.pins_from_cmdline(cmdline.read())
+    manifest = bootfiles.fetch_manifest(master, "/tmp/manifest.json", say)
+    syscalls.mount("tmpfs", NEW_ROOT, "tmpfs", 0, "mode=0755", dry_run=dry_run)
+    link.event(p.BootEvent.DOWNLOAD)
+    download = os.path.join(NEW_ROOT, ".stage3.download")
+    bootfiles.fetch(master, manifest, "stage3", download, pins, say)
+    started = time.monotonic()
+    count = unpack(download, NEW_ROOT)
+    os.unlink(download)
+    say(f"beoboot: unpacked stage 3: {count} entries in {time.monotonic() - started:.1f} s")
+    handoff = Handoff(
+        master,
+        mac,
+        net.interface,
+        net.lease.cidr,
+        {k: v for k, v in pins.items() if k == "envroot"},
+        server_id=net.lease.server_id,
+        lease_seconds=net.lease.lease_seconds,
+        renewal_seconds=net.lease.renewal_seconds,
+        rebinding_seconds=net.lease.rebinding_seconds,
+        lease_obtained_at=net.lease_obtained_at,
+    )
+    os.makedirs(os.path.dirname(NEW_ROOT + HANDOFF_PATH), exist_ok=True)
+    with open(NEW_ROOT + HANDOFF_PATH, "w") as f:
+        f.write(handoff.to_json())
+    link.event(p.BootEvent.SWITCH)
+    link.flush(force=True)  # now: once the old root is deleted this process can import nothing more
+    reporter.link = None
+    env = {"PYTHONHASHSEED": "0", "PATH": "/usr/bin:/bin", "TERM": os.environ.get("TERM", "linux")}
+    switchroot.switch_root(NEW_ROOT, "/init", ["/init"], env, log=say, dry_run=dry_run, memory_report=MEMORY_REPORT)

@@ -1,0 +1,1 @@
+"""Stage 3, the supervisor: register, heartbeat, keep the libcache and run jobs."""

@@ -1,0 +1,104 @@
+"""The node's names: /etc/hostname and /etc/hosts in stage 3's root and in the environment root jobs see.
+
+Jobs resolve names from files only (the environment root's nsswitch.conf), so these files are how a job
+finds its own host (Java's getLocalHost, MPI start-up), the master (`master`, Scyld's `.-1`) and the other
+nodes (`n3`, `.3`, from the master's host table). They are kept true while the node runs: the table
+changes when nodes register, and without an address plan the node's own address changes when a new DHCP
+lease moves it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import threading
+from urllib.parse import urlsplit
+
+from agent import protocol as p
+from stage3.rootpaths import replace_file
+
+NAME_FILES = ("etc/hostname", "etc/hosts")  # under each root
+
+
+def hosts_file(reply: p.RegisterReply, address: str, master_url: str) -> str:
+    """/etc/hosts: this node by its names (BeoNSS: nN and .N, and `self` and `.-2` for the machine asking),
+    and the master as `master`, `master0` and `.-1` (Scyld's names for it) when its URL names it by address."""
+    lines = ["127.0.0.1 localhost", f"{address.split('/')[0]} {reply.hostname} {reply.name} self .-2"]
+    master_host = urlsplit(master_url).hostname or ""
+    try:
+        ipaddress.ip_address(master_host)
+        lines.append(f"{master_host} master master0 .-1")
+    except ValueError:
+        pass  # a name: resolving it needs DNS, which resolv.conf from DHCP provides
+    return "\n".join(lines) + "\n"
+
+
+def set_identity(reply: p.RegisterReply, address: str, master_url: str, *, root: str = "/", dry_run: bool) -> None:
+    """/etc/hostname and /etc/hosts under `root`, and for "/" the hostname itself."""
+    if not dry_run and root == "/":
+        socket.sethostname(reply.hostname)
+    os.makedirs(os.path.join(root, "etc"), exist_ok=True)
+    hostname, hosts = NAME_FILES
+    _replace(os.path.join(root, hostname), reply.hostname + "\n")
+    _replace(os.path.join(root, hosts), hosts_file(reply, address, master_url))
+
+
+def write_env_hosts(own: str, table: str, root: str) -> None:
+    """The environment root's /etc/hosts: this node and the master (hosts_file), then the other nodes of
+    the cluster's host table, so that a job reaches another node by name (MPI: n3, .3)."""
+    own_names = {name for line in own.splitlines() for name in line.split()[1:]}
+    others = [line for line in table.splitlines() if len(line.split()) > 1 and line.split()[1] not in own_names]
+    _replace(os.path.join(root, NAME_FILES[1]), own + "".join(line + "\n" for line in others))
+
+
+def _replace(path: str, text: str) -> None:
+    """Replaced by rename: a job resolving a name meanwhile reads the old file or the new one."""
+    replace_file(path, text)
+
+
+class NodeNames:
+    """The name files of both roots, rewritten when the host table or the node's address changes; the
+    heartbeat thread brings tables and the lease keeper's thread brings moves, hence the lock."""
+
+    def __init__(
+        self, reply: p.RegisterReply, address: str, master_url: str, env_root: str, *, dry_run: bool, root: str = "/"
+    ) -> None:
+        self.reply = reply
+        self.address = address
+        self.master_url = master_url
+        self.env_root = env_root
+        self.root = root  # stage 3's own; another in tests
+        self.dry_run = dry_run
+        self.table = ""
+        self._lock = threading.Lock()
+
+    def write_root(self) -> None:
+        """Stage 3's own root, and the hostname."""
+        with self._lock:
+            set_identity(self.reply, self.address, self.master_url, root=self.root, dry_run=self.dry_run)
+
+    def write_env_root(self) -> None:
+        with self._lock:
+            self._write_env_root()
+
+    def take_table(self, table: str) -> None:
+        with self._lock:
+            self.table = table
+            self._write_env_root()
+
+    def move(self, address: str) -> bool:
+        """The DHCP lease moved the node to `address`. With an address plan the node's names stay on its
+        permanent address, which the move kept; without one they follow. True when they did."""
+        if self.reply.address:
+            return False
+        with self._lock:
+            self.address = address
+            set_identity(self.reply, address, self.master_url, root=self.root, dry_run=self.dry_run)
+            self._write_env_root()
+        return True
+
+    def _write_env_root(self) -> None:
+        set_identity(self.reply, self.address, self.master_url, root=self.env_root, dry_run=self.dry_run)
+        if self.table:
+            write_env_hosts(hosts_file(self.reply, self.address, self.master_url), self.table, self.env_root)

@@ -1,0 +1,69 @@
+"""Stage 2 under QEMU (TCG) with each common NIC model: the agent loads the right driver, gets a lease from
+QEMU's user-mode DHCP (10.0.2.15, router 10.0.2.2) and powers off (`beoboot.smoke=network`)."""
+
+import json
+
+import pytest
+from conftest import run_beoboot
+
+from beoboot.vm import qemu
+
+pytestmark = pytest.mark.integration
+
+NETWORK_SMOKE = qemu.DEFAULT_APPEND + " beoboot.smoke=network"
+BOOT_TIMEOUT = 120
+
+
+def _image(outdir, stage):
+    manifest = json.loads((outdir / "manifest.json").read_text())
+    return outdir / next(a["path"] for a in manifest["artifacts"] if a["name"] == stage)
+
+
+def _boot(outdir, model, append=NETWORK_SMOKE):
+    result = qemu.boot(
+        outdir / "vmlinuz",
+        _image(outdir, "stage2"),
+        [],
+        append=append,
+        timeout=BOOT_TIMEOUT,
+        extra=["-nic", f"user,model={model}"],
+    )
+    print(f"stage2 with {model}: {result.seconds:.1f} s")
+    return result
+
+
+@pytest.mark.parametrize(
+    "model, ids, driver",
+    [
+        ("e1000", "8086:100e", "e1000"),
+        ("e1000e", "8086:10d3", "e1000e"),
+        ("virtio-net-pci", "1af4:1000", "virtio_net (via virtio_pci)"),
+        ("rtl8139", "10ec:8139", "8139cp"),  # QEMU's RTL8139 is a C+ chip (rev 0x20): 8139cp, not 8139too
+    ],
+)
+def test_stage2_loads_the_driver_and_gets_a_lease(built, model, ids, driver):
+    result = _boot(built, model)
+    console = result.console
+    assert f"-> {driver}\r\n" in console or f"-> {driver}\n" in console, console[-3000:]
+    assert f" {ids} -> {driver}" in console
+    assert "beoboot: dhcp eth0 10.0.2.15/24 router 10.0.2.2 master http://10.0.2.2:8080/" in console, console[-3000:]
+    assert "beoboot: powering off" in console and "agent failed" not in console
+    assert result.exit_code == 0, console[-2000:]
+
+
+def test_master_on_the_command_line_wins(built):
+    result = _boot(built, "virtio-net-pci", NETWORK_SMOKE + " beoboot.master=http://10.0.2.2:9999/")
+    assert "beoboot: dhcp eth0 10.0.2.15/24 router 10.0.2.2 master http://10.0.2.2:9999/" in result.console
+
+
+def test_a_nic_without_a_driver_is_named_not_waited_for(tmp_path):
+    site = tmp_path / "site.toml"
+    site.write_text('[images.stage2]\ndrivers = ["e1000"]\n')
+    outdir = tmp_path / "out"
+    run_beoboot("build", "-q", "-c", site, "-o", outdir)
+    result = _boot(outdir, "rtl8139")
+    console = result.console
+    assert "beoboot: nic 0000:00:01.0 10ec:8139 (class 020000) has no driver in this image" in console, console[-3000:]
+    assert "beoboot-build nics --check" in console
+    assert "beoboot: agent failed: no network card of this node has a driver in the image" in console
+    assert "beoboot: powering off" in console and result.exit_code == 0

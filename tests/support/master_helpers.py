@@ -1,0 +1,205 @@
+"""Run the real beoserv in a child process on a free loopback port, as the tests' "master"."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import re
+import signal
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+LISTENING = re.compile(r"listening on (http://127\.0\.0\.1:\d+)/")
+BPSH_SCRIPT = str(Path(__file__).resolve().parents[2] / "beoboot" / "master" / "bpsh" / "executable.py")
+
+
+def bpsh_argv(socket: Path | str, *args: str) -> list[str]:
+    """The bpsh command as users run it: the client file under `python -IS`, at this master's socket."""
+    return [sys.executable, "-IS", BPSH_SCRIPT, "--socket", str(socket), *args]
+
+
+def stdlib_zip_member(relative: str) -> str:
+    """The name `relative` (e.g. json/__init__.py) has in the master's stdlib zip for jobs, found from the
+    master's files, not from beoboot: the compiled .pyc when it is current (as on a fresh Debian install),
+    else the source (after an upgrade or a touch left the .pyc behind)."""
+    source = f"/usr/lib/python3.{sys.version_info.minor}/{relative}"
+    st = os.stat(source)
+    try:
+        with open(importlib.util.cache_from_source(source), "rb") as f:
+            header = f.read(16)
+    except OSError:
+        return relative
+    current = len(header) == 16 and struct.unpack("<4xIII", header) == (0, int(st.st_mtime) & 0xFFFFFFFF, st.st_size)
+    return relative + "c" if current else relative
+
+
+class MasterProcess:
+    def __init__(self, root: Path, db: Path, log: Path, config: Path | None = None, port: int = 0) -> None:
+        self.root, self.db, self.log_path, self.config, self.port = root, db, log, config, port
+        self.bpsh_socket = log.parent / "bpsh.sock"  # each test master its own, never /run/beoserv
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = ""
+
+    def start(self, timeout: float = 10.0) -> MasterProcess:
+        args = [
+            sys.executable,
+            "-m",
+            "beoboot.master.cli",
+            "beoserv",
+            "--root",
+            str(self.root),
+            "--listen",
+            f"127.0.0.1:{self.port}",
+            "--db",
+            str(self.db),
+            "--bpsh-socket",
+            str(self.bpsh_socket),
+        ]
+        if self.config:
+            args += ["--config", str(self.config)]
+        # stderr to a file, not a pipe: an undrained pipe would block the server once 64 KiB of log piled up
+        self._log_file = open(self.log_path, "ab")
+        self._offset = self.log_path.stat().st_size
+        self.proc = subprocess.Popen(args, stdout=self._log_file, stderr=self._log_file, env={**os.environ})
+        found = self.wait_for_log(LISTENING, timeout)
+        self.url = found.group(1)
+        return self
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")[self._offset :]
+
+    def wait_for_log(self, pattern: re.Pattern[str] | str, timeout: float = 5.0, after: int = 0) -> re.Match[str]:
+        pattern = re.compile(pattern) if isinstance(pattern, str) else pattern
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = pattern.search(self.log_text(), after)
+            if found:
+                return found
+            if self.proc and self.proc.poll() is not None:
+                raise AssertionError(f"beoserv exited ({self.proc.returncode}):\n{self.log_text()}")
+            time.sleep(0.02)
+        raise AssertionError(f"no {pattern.pattern!r} in the beoserv log within {timeout}s:\n{self.log_text()}")
+
+    def signal(self, signum: int) -> None:
+        assert self.proc
+        self.proc.send_signal(signum)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log_file.close()
+
+    def fds_and_rss(self) -> tuple[int, int]:
+        assert self.proc
+        fds = len(os.listdir(f"/proc/{self.proc.pid}/fd"))
+        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        rss = int(re.search(r"VmRSS:\s+(\d+)", status).group(1))
+        return fds, rss
+
+
+def build_for_master(tmp_path_factory, port: int, build_settings: str = "") -> Path:
+    """A build whose nodes look for their master at the host's 127.0.0.1:PORT (10.0.2.2 from QEMU)."""
+    import pytest
+
+    from beoboot import config
+    from beoboot.image import builder
+
+    if not list(Path("/boot").glob("vmlinuz-*")):
+        pytest.skip("needs a kernel: python3 build.py setup")
+    site = tmp_path_factory.mktemp("site") / "site.toml"
+    site.write_text(f'[build]\nmaster_url = "http://10.0.2.2:{port}/"\n{build_settings}')
+    outdir = tmp_path_factory.mktemp("out")
+    builder.build(config.load(site), outdir)
+    return outdir
+
+
+def start_simnodes(master_url: str, work: Path, count: int = 1, **popen) -> subprocess.Popen[bytes]:
+    """`python -m stage3.simnode` with `count` nodes, their roots under work/nodes and its output in
+    work/simnode.log; returns once all are up (registered, linked)."""
+    log_path = work / "simnode.log"
+    with open(log_path, "ab") as log:
+        argv = [
+            sys.executable,
+            "-m",
+            "stage3.simnode",
+            "--master",
+            master_url,
+            "--dir",
+            str(work / "nodes"),
+            "--count",
+            str(count),
+        ]
+        sim = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, **popen)
+    deadline = time.monotonic() + 20
+    while f"simnode: {count} nodes up".encode() not in log_path.read_bytes():
+        assert sim.poll() is None and time.monotonic() < deadline, log_path.read_text()
+        time.sleep(0.05)
+    return sim
+
+
+def running_job(master: MasterProcess, *args: str) -> subprocess.Popen[bytes]:
+    """`bpsh ARGS` in the background, returned once `bps` lists its job as running on the node."""
+    job = subprocess.Popen(bpsh_argv(master.bpsh_socket, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    bps = [sys.executable, "-m", "beoboot.master.cli", "bps", "--master", master.url, "--json"]
+    deadline = time.monotonic() + 120
+    while not any(row["state"] == "running" for row in json.loads(subprocess.run(bps, capture_output=True).stdout)):
+        assert job.poll() is None and time.monotonic() < deadline, job.communicate()
+        time.sleep(0.1)
+    return job
+
+
+def let_others_reach(socket: Path) -> None:
+    """Let other users (nobody) reach a test master's socket: search permission on its directories."""
+    for parent in [socket.parent, *socket.parent.parents]:
+        if str(parent) in ("/", "/tmp"):
+            break
+        os.chmod(parent, os.stat(parent).st_mode | 0o011)
+
+
+@contextlib.contextmanager
+def simulated_cluster(work: Path, nodes: int = 1) -> Iterator[MasterProcess]:
+    """A beoserv with its boot tree, registry and log in `work`, and `nodes` simulated nodes, all up; both
+    stopped at the end."""
+    (work / "boot").mkdir()
+    master = MasterProcess(work / "boot", work / "nodes.db", work / "beoserv.log").start()
+    sim = start_simnodes(master.url, work, nodes)
+    try:
+        yield master
+    finally:
+        sim.send_signal(signal.SIGTERM)
+        sim.wait(10)
+        master.stop()
+
+
+def publish_files(root: Path, files: dict[str, bytes | str]) -> Path:
+    """A build of `files` (path: bytes, or str for a symlink to that target) published into `root` by the
+    builder's own publishing code, its manifest listing every one; returns the build's directory."""
+    import hashlib
+
+    from beoboot.image.outputs import Staging
+
+    with Staging(Path(root)) as staging:
+        artifacts = []
+        for path, data in files.items():
+            target = staging.path / path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(data, str):
+                target.symlink_to(data)
+                data = b""
+            else:
+                target.write_bytes(data)
+            digest = hashlib.sha256(data).hexdigest()
+            artifacts.append({"kind": "image", "name": path, "path": path, "size": len(data), "sha256": digest})
+        (staging.path / "manifest.json").write_text(json.dumps({"artifacts": artifacts}))
+        return staging.publish("manifest.json")
