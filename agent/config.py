@@ -52,7 +52,7 @@ class AgentConfig:
     # "blank": a libcache disk that does not mount and is all zeros at both ends is formatted as
     # libcache_fstype (MKE2FS_FSTYPES only); "never": it is left alone and the node runs from RAM
     libcache_format: str = "blank"
-    # Issue-2 smoke mode: print the "agent up" marker and power off instead of doing the stage's work.
+    # Smoke mode: print the "agent up" marker and power off instead of doing the stage's work.
     power_off_when_up: bool = False
 
     def to_json(self) -> str:

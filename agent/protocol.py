@@ -534,7 +534,7 @@ def check_event_name(name: str) -> str:
     return name
 
 
-# --- jobs: libcache objects and remote execution (issue 5) -----------------------------------------------
+# --- jobs: libcache objects and remote execution ---------------------------------------------------------
 #
 # The node keeps one WebSocket open to the master (JOBS_LINK_PATH, opened by the node: nodes listen on
 # nothing); `bpsh` talks to beoserv on a local socket (beoboot.master.bpsh.localjobs). Control messages are text frames holding one JSON Frame;

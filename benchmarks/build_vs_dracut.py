@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Cold build of the four images vs `dracut --no-hostonly` for the same kernel, in one run, side by side.
 
-Target (issue 2): beoboot's cold build takes at most 1/5 of dracut's time; an unchanged rebuild < 0.5 s.
+Target: beoboot's cold build takes at most 1/5 of dracut's time; an unchanged rebuild < 0.5 s.
 
     .venv/bin/python benchmarks/build_vs_dracut.py
 """

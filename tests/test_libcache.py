@@ -1,4 +1,4 @@
-"""The libcache (fetch, verify, link, evict), the job manifest and the small parsers of issue 5. No master
+"""The libcache (fetch, verify, link, evict), the job manifest and the small parsers of jobs. No master
 process, no root needed: objects come from a tiny HTTP server in a thread."""
 
 import hashlib

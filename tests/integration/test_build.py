@@ -127,7 +127,7 @@ def test_unchanged_rebuild_is_cached_and_fast(tmp_path, built):
     result = run_beoboot("build", "-o", outdir)
     elapsed = time.monotonic() - start
     assert "up to date" in result.stdout
-    # the whole command, interpreter start-up included; the target is under 0.5 s
+    # the whole command, interpreter start-up included; the target is under 0.5 s
     assert elapsed < 1.5, elapsed
     from beoboot import config
     from beoboot.image import builder
