@@ -1,22 +1,21 @@
-"""Unpack a cpio "newc" archive (what the builder writes) into a directory, streaming.
+"""Unpack a cpio "newc" archive (what the builder writes) into a directory, streaming."""
 
-Stage 2 unpacks stage 3 with this into a fresh tmpfs; stage 3 unpacks the environment root. Only what
-the builder writes is accepted: regular files, directories, symbolic links, character devices and hard
-links. Any other input is a CpioError naming the entry (its name and offset) and what is wrong.
-
-Nothing is ever created or changed outside the target, whatever the archive holds:
-- every path is walked from a descriptor of the target, one component at a time, with O_NOFOLLOW: an
-  entry whose parent is a symlink (or a file) is refused, a `..` component is refused, never clamped;
-- the last component is created through its parent's descriptor with O_EXCL semantics, so an existing
-  entry of that name is never written through. A later entry replaces an earlier one of the same name
-  (the earlier one is unlinked first), except that a directory over a directory keeps it (and its
-  contents) and sets its mode, and nothing replaces a directory that is not empty;
-- symlinks are created exactly as the archive gives them (the image's own links, followed later inside
-  the chroot); the unpacker never follows one;
-- a parent directory missing from the archive is created with mode 0755.
-Modes are the header's permission bits exactly (set with fchmod, so the umask plays no part, and
-setuid/setgid/sticky only where the header has them); owners stay whoever unpacks (root on a node).
-"""
+# Stage 2 unpacks stage 3 with this into a fresh tmpfs; stage 3 unpacks the environment root. Only what
+# the builder writes is accepted: regular files, directories, symbolic links, character devices and hard
+# links. Any other input is a CpioError naming the entry (its name and offset) and what is wrong.
+#
+# Nothing is ever created or changed outside the target, whatever the archive holds:
+# - every path is walked from a descriptor of the target, one component at a time, with O_NOFOLLOW: an
+#   entry whose parent is a symlink (or a file) is refused, a `..` component is refused, never clamped;
+# - the last component is created through its parent's descriptor with O_EXCL semantics, so an existing
+#   entry of that name is never written through. A later entry replaces an earlier one of the same name
+#   (the earlier one is unlinked first), except that a directory over a directory keeps it (and its
+#   contents) and sets its mode, and nothing replaces a directory that is not empty;
+# - symlinks are created exactly as the archive gives them (the image's own links, followed later inside
+#   the chroot); the unpacker never follows one;
+# - a parent directory missing from the archive is created with mode 0755.
+# Modes are the header's permission bits exactly (set with fchmod, so the umask plays no part, and
+# setuid/setgid/sticky only where the header has them); owners stay whoever unpacks (root on a node).
 
 from __future__ import annotations
 

@@ -1,18 +1,17 @@
-"""bpsh on simulated nodes against `ssh localhost`, side by side in one run.
+"""bpsh on simulated nodes against `ssh localhost`, side by side in one run."""
 
-    .venv/bin/python benchmarks/bpsh_vs_ssh.py [--runs 200] [--ssh-runs 30] [--nodes 64]
-
-Starts its own beoserv (loopback, free port), `python -m stage3.simnode` nodes, and an OpenSSH sshd on a
-loopback port with a generated host key and an authorized key (Debian's openssh-server), and stops them
-all at the end. Needs root (simulated nodes chroot their jobs). Figures:
-  * a cached /bin/true: the `bpsh` command as users run it (beoboot/master/bpsh/executable.py, python3 -IS), against
-    `ssh 127.0.0.1 /bin/true`; and the job alone (the client called in-process: connect, manifest, node,
-    exit status, without the interpreter's start);
-  * the first run of a job on a node with a cold cache (/bin/true, then python3);
-  * `bpsh -a uptime` on --nodes simulated nodes (cold, then cached), with the CPU time beoserv and the
-    simulating process spent on the cold run: real nodes fetch in parallel, each on its own CPUs, while
-    here one Python process does every node's downloads.
-"""
+#     .venv/bin/python benchmarks/bpsh_vs_ssh.py [--runs 200] [--ssh-runs 30] [--nodes 64]
+#
+# Starts its own beoserv (loopback, free port), `python -m stage3.simnode` nodes, and an OpenSSH sshd on a
+# loopback port with a generated host key and an authorized key (Debian's openssh-server), and stops them
+# all at the end. Needs root (simulated nodes chroot their jobs). Figures:
+#   * a cached /bin/true: the `bpsh` command as users run it (beoboot/master/bpsh/executable.py, python3 -IS), against
+#     `ssh 127.0.0.1 /bin/true`; and the job alone (the client called in-process: connect, manifest, node,
+#     exit status, without the interpreter's start);
+#   * the first run of a job on a node with a cold cache (/bin/true, then python3);
+#   * `bpsh -a uptime` on --nodes simulated nodes (cold, then cached), with the CPU time beoserv and the
+#     simulating process spent on the cold run: real nodes fetch in parallel, each on its own CPUs, while
+#     here one Python process does every node's downloads.
 
 from __future__ import annotations
 

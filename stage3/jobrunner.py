@@ -1,15 +1,14 @@
-"""The node's job runner: takes jobs from the master, caches their files, runs them in the environment root.
+"""The node's job runner: takes jobs from the master, caches their files, runs them in the environment root."""
 
-The node opens one WebSocket to the master (agent.protocol.JOBS_LINK_PATH) and keeps it open, reconnecting
-with backoff; the master pushes JobStart frames down it, with stdin and signals, and the node sends output,
-JobStarted and JobExit back. Nothing listens on the node.
-
-Per job: fetch the missing objects (stage3.libcache), hold them, link the job's paths into the environment
-root, and have stage3.launcher start it: its own session (so a signal reaches the whole job, `sh -c` and its
-children), chrooted into the environment root, with the job's gid and uid. This side pumps stdout and
-stderr to the master until both close, then sends the exit status the launcher collected. The jobs are the
-launcher's children, so PID 1's SIGCHLD reaper never takes a job's status.
-"""
+# The node opens one WebSocket to the master (agent.protocol.JOBS_LINK_PATH) and keeps it open, reconnecting
+# with backoff; the master pushes JobStart frames down it, with stdin and signals, and the node sends output,
+# JobStarted and JobExit back. Nothing listens on the node.
+#
+# Per job: fetch the missing objects (stage3.libcache), hold them, link the job's paths into the environment
+# root, and have stage3.launcher start it: its own session (so a signal reaches the whole job, `sh -c` and its
+# children), chrooted into the environment root, with the job's gid and uid. This side pumps stdout and
+# stderr to the master until both close, then sends the exit status the launcher collected. The jobs are the
+# launcher's children, so PID 1's SIGCHLD reaper never takes a job's status.
 
 from __future__ import annotations
 

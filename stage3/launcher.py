@@ -1,18 +1,17 @@
-"""The job launcher: a small helper process that forks and execs the jobs, and collects their exit statuses.
+"""The job launcher: a small helper process that forks and execs the jobs, and collects their exit statuses."""
 
-Why a separate process: fork() in the agent copies the page tables of a 40 MB Python process and the
-child faults in pages on its way to exec; measured on the master host that is 3.3 ms from fork to exec
-against 0.9 ms from a `python -S` process that imported nothing but this module. A cached job must start
-in a few milliseconds, so the agent starts this helper once (python -S, standard library only) and asks it
-over a SOCK_SEQPACKET socket pair: one JSON message per request, the job's stdin/stdout/stderr passed as
-file descriptors (SCM_RIGHTS).
-
-It also settles who reaps a job: the jobs are the launcher's children, not PID 1's, so the supervisor's
-SIGCHLD reaper can never take a job's status first.
-
-Messages, launcher side: {"job", "spec"} + 3 fds -> {"job", "pid"} or {"job", "error"}; later
-{"job", "status"} (the raw wait status) when the job ends, with "error" when its exec failed.
-"""
+# Why a separate process: fork() in the agent copies the page tables of a 40 MB Python process and the
+# child faults in pages on its way to exec; measured on the master host that is 3.3 ms from fork to exec
+# against 0.9 ms from a `python -S` process that imported nothing but this module. A cached job must start
+# in a few milliseconds, so the agent starts this helper once (python -S, standard library only) and asks it
+# over a SOCK_SEQPACKET socket pair: one JSON message per request, the job's stdin/stdout/stderr passed as
+# file descriptors (SCM_RIGHTS).
+#
+# It also settles who reaps a job: the jobs are the launcher's children, not PID 1's, so the supervisor's
+# SIGCHLD reaper can never take a job's status first.
+#
+# Messages, launcher side: {"job", "spec"} + 3 fds -> {"job", "pid"} or {"job", "error"}; later
+# {"job", "status"} (the raw wait status) when the job ends, with "error" when its exec failed.
 
 from __future__ import annotations
 

@@ -1,40 +1,39 @@
-"""Paths of the environment root as its jobs see them, for the agent, which works on it from outside, as root.
+"""Paths of the environment root as its jobs see them, for the agent, which works on it from outside, as root."""
 
-A job may leave a symbolic link wherever it may write (`ln -s / ~/data`), and so may a user on the master,
-whose links a manifest brings. Followed from outside the chroot, as plain path calls follow it, such a link
-would have the agent write, chown or unlink the supervisor's own files (`~/data/etc`, a directory of the
-next job's manifest, would chown the real /etc), or replace a verified object in the libcache through
-`~/x -> /.libcache/objects`. Followed inside the root, as the jobs follow it, it would still hand the user
-whatever it points at: a user's `~/evil -> /etc`, brought by one job and left on the node, would put the
-user's next `~/evil/ld.so.preload` into the environment root's /etc, and every later job, root's too, would
-load the user's library. And a path checked first and used after can be swapped for a link in between.
-
-So a path is walked one component at a time from a descriptor of the root, each opened without following
-it (O_PATH | O_NOFOLLOW), holding a descriptor of every directory reached: a link swapped in later changes
-nothing. Links are followed inside the root (an absolute one from the root, `..` never above it), and only
-links that are root's choice, which is when all of these hold:
-  * the link is root's on the node. A manifest makes each link with its owner on the master (a user's link
-    there is the user's here), and a job can only make links of its own user (a root job's are root's
-    choice, as root's on the master are);
-  * it has one name (st_nlink 1). A hard link to a symbolic link is a link of its owner's in a place
-    someone else chose, with a relative target read from there, and fs.protected_hardlinks, which forbids
-    it to other users, is off unless a distribution turns it on;
-  * the directory holding it is root's and no one else may write in it, and so is every directory above
-    up to the environment root, or it is root's and sticky (/tmp): elsewhere a user could rename root's
-    link away and put another in its place. A sticky one may be on the way, since only root may rename
-    root's directories there (and no user may move one of root's in: that needs write permission on the
-    directory itself), but may not hold the link: anyone may rename a link in, root's too (one a
-    manifest made in the user's home). The group and other write bits say it all, ACLs
-    included: with an ACL, the group bits are its mask, which bounds every named user and group. The node
-    holds each directory with the master's owner and mode, so a link in a directory users may write on
-    the master (a 0777 one, a user's home) is in one here too, whoever owns it.
-Any other link on the way is refused. Missing directories are made on the way (root's 0755), through a
-link too, as `mkdir -p` would. The last step is done through the directory's descriptor (linkat, renameat,
-fstatat, unlinkat, ...), so the last component is never followed.
-
-Some paths are the node's own and never a job's, however reached (AgentPathError): the libcache, and the
-files the agent keeps in the environment root's /etc (`own_files`).
-"""
+# A job may leave a symbolic link wherever it may write (`ln -s / ~/data`), and so may a user on the master,
+# whose links a manifest brings. Followed from outside the chroot, as plain path calls follow it, such a link
+# would have the agent write, chown or unlink the supervisor's own files (`~/data/etc`, a directory of the
+# next job's manifest, would chown the real /etc), or replace a verified object in the libcache through
+# `~/x -> /.libcache/objects`. Followed inside the root, as the jobs follow it, it would still hand the user
+# whatever it points at: a user's `~/evil -> /etc`, brought by one job and left on the node, would put the
+# user's next `~/evil/ld.so.preload` into the environment root's /etc, and every later job, root's too, would
+# load the user's library. And a path checked first and used after can be swapped for a link in between.
+#
+# So a path is walked one component at a time from a descriptor of the root, each opened without following
+# it (O_PATH | O_NOFOLLOW), holding a descriptor of every directory reached: a link swapped in later changes
+# nothing. Links are followed inside the root (an absolute one from the root, `..` never above it), and only
+# links that are root's choice, which is when all of these hold:
+#   * the link is root's on the node. A manifest makes each link with its owner on the master (a user's link
+#     there is the user's here), and a job can only make links of its own user (a root job's are root's
+#     choice, as root's on the master are);
+#   * it has one name (st_nlink 1). A hard link to a symbolic link is a link of its owner's in a place
+#     someone else chose, with a relative target read from there, and fs.protected_hardlinks, which forbids
+#     it to other users, is off unless a distribution turns it on;
+#   * the directory holding it is root's and no one else may write in it, and so is every directory above
+#     up to the environment root, or it is root's and sticky (/tmp): elsewhere a user could rename root's
+#     link away and put another in its place. A sticky one may be on the way, since only root may rename
+#     root's directories there (and no user may move one of root's in: that needs write permission on the
+#     directory itself), but may not hold the link: anyone may rename a link in, root's too (one a
+#     manifest made in the user's home). The group and other write bits say it all, ACLs
+#     included: with an ACL, the group bits are its mask, which bounds every named user and group. The node
+#     holds each directory with the master's owner and mode, so a link in a directory users may write on
+#     the master (a 0777 one, a user's home) is in one here too, whoever owns it.
+# Any other link on the way is refused. Missing directories are made on the way (root's 0755), through a
+# link too, as `mkdir -p` would. The last step is done through the directory's descriptor (linkat, renameat,
+# fstatat, unlinkat, ...), so the last component is never followed.
+#
+# Some paths are the node's own and never a job's, however reached (AgentPathError): the libcache, and the
+# files the agent keeps in the environment root's /etc (`own_files`).
 
 from __future__ import annotations
 

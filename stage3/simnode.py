@@ -1,15 +1,14 @@
-"""A simulated node: stage 3's job path as a plain process on the master host (`python -m stage3.simnode`).
+"""A simulated node: stage 3's job path as a plain process on the master host (`python -m stage3.simnode`)."""
 
-Same code as a booted node from registration on (MasterLink, heartbeats, stage3.jobrunner, stage3.libcache),
-without a kernel of its own: each node's environment root is a directory under --dir, its libcache the
-hidden directory inside it, with the kernel file systems a booted node mounts there but /sys and /tmp.
-One process can run many nodes (--count), each with its own MAC, link and cache, for the benchmarks.
-
-Jobs run chrooted, so this must run as root. When it does, it enters a private mount namespace first and
-mounts /dev (with /dev/shm and /dev/pts) and /proc into each environment root; the namespace goes
-away with the process, so a killed simnode leaves no mounts behind. unshare(CLONE_NEWNS) must come before
-any thread.
-"""
+# Same code as a booted node from registration on (MasterLink, heartbeats, stage3.jobrunner, stage3.libcache),
+# without a kernel of its own: each node's environment root is a directory under --dir, its libcache the
+# hidden directory inside it, with the kernel file systems a booted node mounts there but /sys and /tmp.
+# One process can run many nodes (--count), each with its own MAC, link and cache, for the benchmarks.
+#
+# Jobs run chrooted, so this must run as root. When it does, it enters a private mount namespace first and
+# mounts /dev (with /dev/shm and /dev/pts) and /proc into each environment root; the namespace goes
+# away with the process, so a killed simnode leaves no mounts behind. unshare(CLONE_NEWNS) must come before
+# any thread.
 
 from __future__ import annotations
 

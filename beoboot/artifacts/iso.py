@@ -1,21 +1,21 @@
 """A hybrid boot ISO: BIOS (isolinux, El Torito no-emulation), UEFI (El Torito EFI image: a FAT ESP with
 GRUB as EFI/BOOT/BOOTX64.EFI) and an isohybrid MBR + GPT, so the same file boots from a CD drive or
 written with `dd` to a USB stick.
-
-Layout (ISO 9660 name / Rock Ridge name):
-    /ISOLINUX/ISOLINUX.BIN, LDLINUX.C32, ISOLINUX.CFG   BIOS boot loader and its config
-    /BOOT/VMLINUZ, /BOOT/INITRD.IMG                     the payload, read by isolinux and by GRUB
-    /BOOT/GRUB/GRUB.CFG                                 GRUB's menu (UEFI)
-    /EFI/BOOT/EFIBOOT.IMG                               the El Torito EFI image (FAT ESP)
-    /BEOBOOT/<id>.ID                                    marker GRUB searches for to find this medium
-    /BEOBOOT/GPTROOM.PAD                                zeros, only when the backup GPT needs room (below)
-
-The isohybrid part ends the image with a backup GPT (33 sectors). pycdlib pads the image to a whole 1 MiB
-cylinder and writes that GPT over its last 33 sectors without checking that the ISO's own data ends before
-them: an ISO whose data ends in the last 16.5 KiB of a MiB (or on the MiB) gets the tail of its last file
-overwritten. That file was ldlinux.c32, and the BIOS boot hung with no output. The image is written, the
-room checked, and written again with a padding file when there was too little.
 """
+
+# Layout (ISO 9660 name / Rock Ridge name):
+#     /ISOLINUX/ISOLINUX.BIN, LDLINUX.C32, ISOLINUX.CFG   BIOS boot loader and its config
+#     /BOOT/VMLINUZ, /BOOT/INITRD.IMG                     the payload, read by isolinux and by GRUB
+#     /BOOT/GRUB/GRUB.CFG                                 GRUB's menu (UEFI)
+#     /EFI/BOOT/EFIBOOT.IMG                               the El Torito EFI image (FAT ESP)
+#     /BEOBOOT/<id>.ID                                    marker GRUB searches for to find this medium
+#     /BEOBOOT/GPTROOM.PAD                                zeros, only when the backup GPT needs room (below)
+#
+# The isohybrid part ends the image with a backup GPT (33 sectors). pycdlib pads the image to a whole 1 MiB
+# cylinder and writes that GPT over its last 33 sectors without checking that the ISO's own data ends before
+# them: an ISO whose data ends in the last 16.5 KiB of a MiB (or on the MiB) gets the tail of its last file
+# overwritten. That file was ldlinux.c32, and the BIOS boot hung with no output. The image is written, the
+# room checked, and written again with a padding file when there was too little.
 
 from __future__ import annotations
 

@@ -1,22 +1,21 @@
-"""Reproducible initramfs images: a FileList written as a newc cpio by libarchive, then compressed.
+"""Reproducible initramfs images: a FileList written as a newc cpio by libarchive, then compressed."""
 
-Reproducible means the bytes depend only on the FileList's contents and `mtime`: entries go in sorted
-order, every mtime is `mtime` (SOURCE_DATE_EPOCH), owners are 0:0, device numbers of the archive are 0,
-and inode numbers are assigned sequentially in that order instead of copied from the build host.
-
-Device nodes are plain archive entries (no mknod), so building needs no root.
-
-Hard links: two FILE entries whose sources are one build-host inode (and have one mode) become one
-link group, like GNU cpio and bsdtar write newc: every member carries the same inode number and
-nlink = group size, and only the last member carries the data (libarchive's LINKIFY_LIKE_NEW_CPIO
-strategy; the kernel's init/initramfs.c links later members to the first and fills in the data when it
-arrives). libarchive's newc writer writes ino/nlink as given and does no link detection itself.
-
-Fail closed: libarchive silently clamps a field that does not fit newc's 8 hex digits (an mtime after
-2106 becomes 0xffffffff) and cuts a name at a NUL. Every entry is checked first against what newc can
-hold and what the node's unpacker (agent/cpio.py) accepts; anything else is an UnrepresentableError
-naming the entry, so whatever this writes, the node unpacks to the same tree.
-"""
+# Reproducible means the bytes depend only on the FileList's contents and `mtime`: entries go in sorted
+# order, every mtime is `mtime` (SOURCE_DATE_EPOCH), owners are 0:0, device numbers of the archive are 0,
+# and inode numbers are assigned sequentially in that order instead of copied from the build host.
+#
+# Device nodes are plain archive entries (no mknod), so building needs no root.
+#
+# Hard links: two FILE entries whose sources are one build-host inode (and have one mode) become one
+# link group, like GNU cpio and bsdtar write newc: every member carries the same inode number and
+# nlink = group size, and only the last member carries the data (libarchive's LINKIFY_LIKE_NEW_CPIO
+# strategy; the kernel's init/initramfs.c links later members to the first and fills in the data when it
+# arrives). libarchive's newc writer writes ino/nlink as given and does no link detection itself.
+#
+# Fail closed: libarchive silently clamps a field that does not fit newc's 8 hex digits (an mtime after
+# 2106 becomes 0xffffffff) and cuts a name at a NUL. Every entry is checked first against what newc can
+# hold and what the node's unpacker (agent/cpio.py) accepts; anything else is an UnrepresentableError
+# naming the entry, so whatever this writes, the node unpacks to the same tree.
 
 from __future__ import annotations
 

@@ -1,16 +1,15 @@
-"""Atomic outputs: a build becomes visible all at once.
+"""Atomic outputs: a build becomes visible all at once."""
 
-Each build is written into its own directory, `OUTDIR/.builds/unfinished-PID/`, renamed to
-`OUTDIR/.builds/ID/` when complete (ID: the start of its manifest's sha256, so identical builds get the
-same name) and published by one atomic rename: a new symlink `OUTDIR/current -> .builds/ID` over the old
-one. The names users and servers know (`OUTDIR/manifest.json`, `OUTDIR/beoboot.iso`, `OUTDIR/pxe/...`)
-are symlinks through `current` (`manifest.json -> current/manifest.json`), so at every instant they show
-one whole build: its manifest and its artifacts agree, even when the build is killed midway.
-
-After publishing, builds other than the new and the previous one (`.builds/previous`) are removed (the
-previous one stays so downloads that resolved it just before the switch still find it; a file already
-open survives anyway), and so are the unfinished directories of builds that are no longer running.
-"""
+# Each build is written into its own directory, `OUTDIR/.builds/unfinished-PID/`, renamed to
+# `OUTDIR/.builds/ID/` when complete (ID: the start of its manifest's sha256, so identical builds get the
+# same name) and published by one atomic rename: a new symlink `OUTDIR/current -> .builds/ID` over the old
+# one. The names users and servers know (`OUTDIR/manifest.json`, `OUTDIR/beoboot.iso`, `OUTDIR/pxe/...`)
+# are symlinks through `current` (`manifest.json -> current/manifest.json`), so at every instant they show
+# one whole build: its manifest and its artifacts agree, even when the build is killed midway.
+#
+# After publishing, builds other than the new and the previous one (`.builds/previous`) are removed (the
+# previous one stays so downloads that resolved it just before the switch still find it; a file already
+# open survives anyway), and so are the unfinished directories of builds that are no longer running.
 
 from __future__ import annotations
 

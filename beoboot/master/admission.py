@@ -1,19 +1,18 @@
-"""Which registrations beoserv accepts: only a booted node's, or root's on the master.
+"""Which registrations beoserv accepts: only a booted node's, or root's on the master."""
 
-A registration earns a link token, and with it the node's jobs (manifests, other users' files, their
-stdin). What the master can check of the machine at the other end is what the kernel says of the
-connection, so:
-
-- a process on the master itself (simulated nodes; QEMU's user-mode network, whose slirp connects from
-  127.0.0.1) is accepted only if root owns its socket (beoboot.master.peers); config `local_nodes = "none"`
-  refuses them all, for a production master;
-- another host must send from a privileged port (< 1024), as rsh and NFS's `secure` export asked: on a
-  booted node only root binds one, so a user's job cannot register a fake node, or take over its own
-  node's registration. Config `require_reserved_port = false` lifts this for a site whose nodes reach the
-  master through NAT, which rewrites source ports.
-
-A refusal is logged once per peer address per REFUSAL_LOG_INTERVAL, however often that peer retries.
-"""
+# A registration earns a link token, and with it the node's jobs (manifests, other users' files, their
+# stdin). What the master can check of the machine at the other end is what the kernel says of the
+# connection, so:
+#
+# - a process on the master itself (simulated nodes; QEMU's user-mode network, whose slirp connects from
+#   127.0.0.1) is accepted only if root owns its socket (beoboot.master.peers); config `local_nodes = "none"`
+#   refuses them all, for a production master;
+# - another host must send from a privileged port (< 1024), as rsh and NFS's `secure` export asked: on a
+#   booted node only root binds one, so a user's job cannot register a fake node, or take over its own
+#   node's registration. Config `require_reserved_port = false` lifts this for a site whose nodes reach the
+#   master through NAT, which rewrites source ports.
+#
+# A refusal is logged once per peer address per REFUSAL_LOG_INTERVAL, however often that peer retries.
 
 from __future__ import annotations
 

@@ -1,18 +1,18 @@
 """Who is at the other end of a TCP connection to beoserv: a process on this host (and which uid owns its
 socket), or another host (and whether it sent from a privileged port).
-
-The owner comes from the kernel's table of sockets: the peer's socket is the one whose local end is the
-peer's address and port and whose remote end is ours. NETLINK_SOCK_DIAG looks that one socket up by its
-four-tuple (no dump of the table: the same cost for one socket or ten thousand); /proc/net/tcp{,6}, read
-line by line, stands in where sock_diag is not available. Only sockets of beoserv's own network
-namespace are in either table, so a socket found there is a process on this host: that, and not the
-address alone, is what "local" means here.
-
-A socket its process has closed is no longer a process's: the kernel keeps a mini-socket for it (FIN-WAIT-2,
-TIME-WAIT) that both tables report as uid 0 and inode 0, whoever opened it. A user who sends a registration
-and closes at once would pass for root if that uid were taken, so a socket held by no process (inode 0)
-vouches for no one (PeerClosed).
 """
+
+# The owner comes from the kernel's table of sockets: the peer's socket is the one whose local end is the
+# peer's address and port and whose remote end is ours. NETLINK_SOCK_DIAG looks that one socket up by its
+# four-tuple (no dump of the table: the same cost for one socket or ten thousand); /proc/net/tcp{,6}, read
+# line by line, stands in where sock_diag is not available. Only sockets of beoserv's own network
+# namespace are in either table, so a socket found there is a process on this host: that, and not the
+# address alone, is what "local" means here.
+#
+# A socket its process has closed is no longer a process's: the kernel keeps a mini-socket for it (FIN-WAIT-2,
+# TIME-WAIT) that both tables report as uid 0 and inode 0, whoever opened it. A user who sends a registration
+# and closes at once would pass for root if that uid were taken, so a socket held by no process (inode 0)
+# vouches for no one (PeerClosed).
 
 from __future__ import annotations
 

@@ -1,23 +1,22 @@
-"""Find the shared libraries a program loads, the way glibc's ld.so would, inside a sysroot, without running it.
+"""Find the shared libraries a program loads, the way glibc's ld.so would, inside a sysroot, without running it."""
 
-The search order is glibc's (elf/dl-load.c, _dl_map_object), for each DT_NEEDED name of an object L:
-  1. a name with a '/' is a path ($ORIGIN etc. expanded);
-  2. if L has no DT_RUNPATH: the DT_RPATH of L, of the object that loaded L, and so on up to the program,
-     then the program's DT_RPATH (an object's DT_RPATH is ignored when it has a DT_RUNPATH);
-  3. L's own DT_RUNPATH (never its loader's: RUNPATH applies only to the object's direct needs);
-  4. ld.so.cache, which ldconfig builds from the ld.so.conf directories, then the system directories,
-     dropping a directory already seen under another name (same inode), first directory winning;
-  5. the system directories (/lib/<triplet>, /usr/lib/<triplet>, /lib, /usr/lib on a multiarch tree).
-Steps 4 and 5 are skipped for an object linked with -z nodeflib. A file of the wrong ELF class, byte order or
-machine is skipped and the search goes on, as glibc does. A name already loaded (by the name asked for, its
-path, or its DT_SONAME), or a file already loaded under another path, is not loaded twice; objects are
-loaded breadth first, so `closure` lists them in ld.so's link-map order.
-
-ld.so.cache itself is not read: it is a build artefact that may be stale or missing in a debootstrap tree,
-and ld.so.conf says the same thing. Not modelled: LD_LIBRARY_PATH and LD_PRELOAD (the build host's
-environment says nothing about the node's), and the glibc-hwcaps / legacy hwcap subdirectories, which depend
-on the CPU of the node rather than of the build host.
-"""
+# The search order is glibc's (elf/dl-load.c, _dl_map_object), for each DT_NEEDED name of an object L:
+#   1. a name with a '/' is a path ($ORIGIN etc. expanded);
+#   2. if L has no DT_RUNPATH: the DT_RPATH of L, of the object that loaded L, and so on up to the program,
+#      then the program's DT_RPATH (an object's DT_RPATH is ignored when it has a DT_RUNPATH);
+#   3. L's own DT_RUNPATH (never its loader's: RUNPATH applies only to the object's direct needs);
+#   4. ld.so.cache, which ldconfig builds from the ld.so.conf directories, then the system directories,
+#      dropping a directory already seen under another name (same inode), first directory winning;
+#   5. the system directories (/lib/<triplet>, /usr/lib/<triplet>, /lib, /usr/lib on a multiarch tree).
+# Steps 4 and 5 are skipped for an object linked with -z nodeflib. A file of the wrong ELF class, byte order or
+# machine is skipped and the search goes on, as glibc does. A name already loaded (by the name asked for, its
+# path, or its DT_SONAME), or a file already loaded under another path, is not loaded twice; objects are
+# loaded breadth first, so `closure` lists them in ld.so's link-map order.
+#
+# ld.so.cache itself is not read: it is a build artefact that may be stale or missing in a debootstrap tree,
+# and ld.so.conf says the same thing. Not modelled: LD_LIBRARY_PATH and LD_PRELOAD (the build host's
+# environment says nothing about the node's), and the glibc-hwcaps / legacy hwcap subdirectories, which depend
+# on the CPU of the node rather than of the build host.
 
 from __future__ import annotations
 

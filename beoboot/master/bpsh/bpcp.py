@@ -1,15 +1,14 @@
-"""`bpcp SOURCE... DEST`: copy files between the master and a node's environment root, as Scyld's bpcp did.
+"""`bpcp SOURCE... DEST`: copy files between the master and a node's environment root, as Scyld's bpcp did."""
 
-An operand is a path on the master, or NODE:PATH on a node (`3:/tmp/in`, `n3:/tmp/in`, `.3:/tmp/in`), in
-the environment root where its jobs see it. Files go to one node from the master, or from one node to the
-master. Each copy is a bpsh job of the master's own `dd` (cached on the node like any job's program): the
-file is the job's stdin going to a node, its stdout coming back. So bpcp needs nothing on the node that a
-job does not bring, and copies as the user who runs it: beoserv takes the user from the socket, and the
-node checks permissions as for any job of theirs.
-
-Nothing is left half-written: a copy goes to a temporary name beside the destination and is renamed into
-place only once it is complete (on a node, by a second job: `mv`).
-"""
+# An operand is a path on the master, or NODE:PATH on a node (`3:/tmp/in`, `n3:/tmp/in`, `.3:/tmp/in`), in
+# the environment root where its jobs see it. Files go to one node from the master, or from one node to the
+# master. Each copy is a bpsh job of the master's own `dd` (cached on the node like any job's program): the
+# file is the job's stdin going to a node, its stdout coming back. So bpcp needs nothing on the node that a
+# job does not bring, and copies as the user who runs it: beoserv takes the user from the socket, and the
+# node checks permissions as for any job of theirs.
+#
+# Nothing is left half-written: a copy goes to a temporary name beside the destination and is renamed into
+# place only once it is complete (on a node, by a second job: `mv`).
 
 from __future__ import annotations
 

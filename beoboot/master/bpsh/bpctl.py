@@ -1,18 +1,17 @@
-"""`bpctl -S NODES -s reboot|halt|pwroff`: reboot, halt or power off nodes, as Scyld's bpctl did.
+"""`bpctl -S NODES -s reboot|halt|pwroff`: reboot, halt or power off nodes, as Scyld's bpctl did."""
 
-Each node ends its jobs as a shutdown would (SIGTERM, then SIGKILL for what is left after --grace
-seconds, so their bpsh sessions get their exit statuses), stops its heartbeats, closes its job link, and
-then asks its kernel. bpctl returns when every node has closed its link; the master marks them down and
-records the order in each node's boot timeline (`bpstat --timeline N`). A rebooted node boots from the
-network again and keeps its number.
-
-Only root may do this: beoserv takes the user from its local socket (SO_PEERCRED), as for bpsh, so the
-order cannot come from a node or from another user on the master.
-
-Wire format (one SEQPACKET record each way, on bpsh's socket, with stdin, stdout and stderr as for bpsh):
-NUL-separated REQUEST_MAGIC, nodes, action, grace seconds. beoserv writes one line per node that failed
-to the client's stderr and answers b"X" + status: 0 when every node acted, 1 otherwise.
-"""
+# Each node ends its jobs as a shutdown would (SIGTERM, then SIGKILL for what is left after --grace
+# seconds, so their bpsh sessions get their exit statuses), stops its heartbeats, closes its job link, and
+# then asks its kernel. bpctl returns when every node has closed its link; the master marks them down and
+# records the order in each node's boot timeline (`bpstat --timeline N`). A rebooted node boots from the
+# network again and keeps its number.
+#
+# Only root may do this: beoserv takes the user from its local socket (SO_PEERCRED), as for bpsh, so the
+# order cannot come from a node or from another user on the master.
+#
+# Wire format (one SEQPACKET record each way, on bpsh's socket, with stdin, stdout and stderr as for bpsh):
+# NUL-separated REQUEST_MAGIC, nodes, action, grace seconds. beoserv writes one line per node that failed
+# to the client's stderr and answers b"X" + status: 0 when every node acted, 1 otherwise.
 
 from __future__ import annotations
 

@@ -1,16 +1,15 @@
-"""beoserv's local socket for `bpsh` (beoboot.master.bpsh.client is the client; its docstring has the wire format).
+"""beoserv's local socket for `bpsh` (beoboot.master.bpsh.client is the client; its docstring has the wire format)."""
 
-Why a local socket and not the HTTP port: the kernel tells beoserv who is asking (SO_PEERCRED), so a job
-runs as the user who typed bpsh and nobody can claim another user's identity or reach it from a node;
-and the client can hand over its own stdin, stdout and stderr (SCM_RIGHTS), which keeps the client
-small enough to start in a few milliseconds, because beoserv writes the jobs' output straight to them.
-
-Writes to the client's stdout and stderr may block (a pipe to a slow reader, a terminal stopped with
-Ctrl-S), so they are done by a writer thread per session, started on the first output; the event loop
-never writes to them. stdin is read on the loop when the kernel can poll it (a terminal, a pipe, a
-socket), by a thread when it cannot (a regular file), and not at all when it is /dev/null; either way at
-most STDIN_AHEAD chunks ahead of what the nodes took (`bpsh 0 cat </dev/zero` would fill beoserv's memory).
-"""
+# Why a local socket and not the HTTP port: the kernel tells beoserv who is asking (SO_PEERCRED), so a job
+# runs as the user who typed bpsh and nobody can claim another user's identity or reach it from a node;
+# and the client can hand over its own stdin, stdout and stderr (SCM_RIGHTS), which keeps the client
+# small enough to start in a few milliseconds, because beoserv writes the jobs' output straight to them.
+#
+# Writes to the client's stdout and stderr may block (a pipe to a slow reader, a terminal stopped with
+# Ctrl-S), so they are done by a writer thread per session, started on the first output; the event loop
+# never writes to them. stdin is read on the loop when the kernel can poll it (a terminal, a pipe, a
+# socket), by a thread when it cannot (a regular file), and not at all when it is /dev/null; either way at
+# most STDIN_AHEAD chunks ahead of what the nodes took (`bpsh 0 cat </dev/zero` would fill beoserv's memory).
 
 from __future__ import annotations
 

@@ -1,26 +1,26 @@
 """Who may have which file: a job brings only what its user could read on the master, and the node holds
 every path with the master's owner, group and mode.
-
-beoserv runs as root and can read any file to describe it, but the job runs as the user that bpsh's socket
-says connected (SO_PEERCRED). Without this check, any user could have a node hold a file they cannot read
-here: a 0644 file in someone else's 0700 home, or /etc/shadow, whose hash would then be in a manifest. And
-a setuid program that a user owns would be held by root on the node, making it root for whoever asked.
-
-So:
-  * every file must be readable by the job's user on the master, every directory it brings listable, and
-    every directory above them searchable. Otherwise the job is refused, and the error names the path.
-    The kernel itself answers (UserView): for a moment, in the calling thread only, the file-system
-    identity becomes the user's (setfsuid, setfsgid and the raw setgroups system call are per thread in
-    Linux; glibc's setgroups() would change every thread), and access(2) asks with it. So ACLs (a
-    project directory open to a group by setfacl) and security modules count, as they would for the
-    user's own process. Where that cannot be done (beoserv not root, an unknown architecture), the mode
-    bits are read instead (may);
-  * the manifest carries each file's and directory's owner and group, and every directory above them that a
-    node would otherwise make differently (a 0700 home, not root's 0755), so that the node enforces the
-    same on later jobs of other users.
-
-Root's jobs skip the check, because root reads everything, but still carry the owners.
 """
+
+# beoserv runs as root and can read any file to describe it, but the job runs as the user that bpsh's socket
+# says connected (SO_PEERCRED). Without this check, any user could have a node hold a file they cannot read
+# here: a 0644 file in someone else's 0700 home, or /etc/shadow, whose hash would then be in a manifest. And
+# a setuid program that a user owns would be held by root on the node, making it root for whoever asked.
+#
+# So:
+#   * every file must be readable by the job's user on the master, every directory it brings listable, and
+#     every directory above them searchable. Otherwise the job is refused, and the error names the path.
+#     The kernel itself answers (UserView): for a moment, in the calling thread only, the file-system
+#     identity becomes the user's (setfsuid, setfsgid and the raw setgroups system call are per thread in
+#     Linux; glibc's setgroups() would change every thread), and access(2) asks with it. So ACLs (a
+#     project directory open to a group by setfacl) and security modules count, as they would for the
+#     user's own process. Where that cannot be done (beoserv not root, an unknown architecture), the mode
+#     bits are read instead (may);
+#   * the manifest carries each file's and directory's owner and group, and every directory above them that a
+#     node would otherwise make differently (a 0700 home, not root's 0755), so that the node enforces the
+#     same on later jobs of other users.
+#
+# Root's jobs skip the check, because root reads everything, but still carry the owners.
 
 from __future__ import annotations
 

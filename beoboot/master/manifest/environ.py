@@ -1,19 +1,19 @@
 """What a job's environment names, so that it reads on the node what it read on the master: the locale
 (setlocale), the time zone (localtime) and the terminal type (terminfo).
-
-bpsh passes the user's environment, LANG=C.UTF-8 or en_GB.UTF-8 included, but a node's environment root
-holds only what jobs brought: without the locale's files, every program that calls setlocale() falls back
-to the C locale on the node (Python reads ASCII names as surrogates, `sort` orders differently) and perl
-prints a warning on every run. glibc looks for a locale in /usr/lib/locale/locale-archive first, then in
-the directory /usr/lib/locale/NAME, NAME as given or with its codeset normalised (UTF-8 -> utf8; see
-glibc's _nl_find_locale), and Debian installs C.UTF-8 as the directory C.utf8.
-
-The time zone likewise: without /etc/localtime, `date` and every log line of a job said UTC whatever the
-master's zone. A TZ naming a zone file (TZ=Europe/Paris, or :Europe/Paris) brings that file too.
-
-And the terminal: top, less, tput and every curses program refuse to start without the terminfo entry
-of $TERM ("terminals database is inaccessible"), found as ncurses finds it.
 """
+
+# bpsh passes the user's environment, LANG=C.UTF-8 or en_GB.UTF-8 included, but a node's environment root
+# holds only what jobs brought: without the locale's files, every program that calls setlocale() falls back
+# to the C locale on the node (Python reads ASCII names as surrogates, `sort` orders differently) and perl
+# prints a warning on every run. glibc looks for a locale in /usr/lib/locale/locale-archive first, then in
+# the directory /usr/lib/locale/NAME, NAME as given or with its codeset normalised (UTF-8 -> utf8; see
+# glibc's _nl_find_locale), and Debian installs C.UTF-8 as the directory C.utf8.
+#
+# The time zone likewise: without /etc/localtime, `date` and every log line of a job said UTC whatever the
+# master's zone. A TZ naming a zone file (TZ=Europe/Paris, or :Europe/Paris) brings that file too.
+#
+# And the terminal: top, less, tput and every curses program refuse to start without the terminfo entry
+# of $TERM ("terminals database is inaccessible"), found as ncurses finds it.
 
 from __future__ import annotations
 

@@ -1,15 +1,15 @@
 """The Perl modules a Perl job uses beyond perl-base: `bpsh 0 perl -MData::Dumper -e ...`, or a script that
 says `use JSON::PP; use lib "$FindBin::Bin/lib"; use My::Module;`.
-
-Every Perl job gets Debian's perl-base (strict, warnings, POSIX, ...: beoboot.master.manifest.describe.perl_runtime).
-The rest of the core library, Debian's libxxx-perl packages, CPAN installs under /usr/local and a
-program's own modules are found here as perl will find them on the node: each `use`/`require`/`no` of the
-program (and `use parent`/`use base`, and -M/-m), looked up in perl's @INC (the -I directories, `use
-lib` directories with $FindBin::Bin as the script's own, PERL5LIB unless -T, then the master perl's own
-@INC), and again in each module found, without running anything. An XS module brings its auto/ directory
-(its shared object, with that object's libraries). Modules only named at run time (`require $class`) still
-need --cache.
 """
+
+# Every Perl job gets Debian's perl-base (strict, warnings, POSIX, ...: beoboot.master.manifest.describe.perl_runtime).
+# The rest of the core library, Debian's libxxx-perl packages, CPAN installs under /usr/local and a
+# program's own modules are found here as perl will find them on the node: each `use`/`require`/`no` of the
+# program (and `use parent`/`use base`, and -M/-m), looked up in perl's @INC (the -I directories, `use
+# lib` directories with $FindBin::Bin as the script's own, PERL5LIB unless -T, then the master perl's own
+# @INC), and again in each module found, without running anything. An XS module brings its auto/ directory
+# (its shared object, with that object's libraries). Modules only named at run time (`require $class`) still
+# need --cache.
 
 from __future__ import annotations
 
