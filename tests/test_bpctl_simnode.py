@@ -11,7 +11,7 @@ import time
 
 import pytest
 from master_helpers import MasterProcess, bpsh_argv, let_others_reach, running_job, start_simnodes
-from test_boot_chain import bpstat, node_row
+from nodes import bpstat, node_row
 
 pytestmark = pytest.mark.skipif(os.getuid() != 0, reason="simulated nodes chroot their jobs: needs root")
 

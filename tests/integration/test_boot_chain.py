@@ -13,11 +13,10 @@ import xml.etree.ElementTree as ET
 
 import pytest
 from master_helpers import MasterProcess, bpsh_argv, build_for_master, running_job
+from nodes import bpstat, node_row, stage2_node
 from servers import free_port
 from vm import BackgroundVM
 
-from beoboot import config
-from beoboot.artifacts import media
 from beoboot.vm import qemu
 
 pytestmark = pytest.mark.integration
@@ -40,36 +39,6 @@ def master(out, port, tmp_path):
     server = MasterProcess(out, tmp_path / "nodes.db", tmp_path / "beoserv.log", port=port)
     yield server
     server.stop()
-
-
-def stage2_node(out, tmp_path, name="node", mac="52:54:00:12:34:56", nic="virtio-net-pci", reboot=False, extra=()):
-    """A PXE-booted node, as pxelinux would start it: the stage-2 kernel, ramdisk and command line."""
-    manifest = json.loads((out / "manifest.json").read_text())
-    hashes = {a["name"]: a["sha256"] for a in manifest["artifacts"]}
-    append = media.kernel_cmdline(config.load(), "stage2", hashes).replace("console=ttyS0,115200", "console=ttyS0")
-    append = append.replace("beoboot.master=http://10.0.2.2:8080/", "")  # the built-in master URL is the site's
-    cmd = qemu.qemu_command(
-        out / "vmlinuz",
-        out / "stage2.cpio.zst",
-        append,
-        reboot=reboot,
-        extra=["-nic", f"user,model={nic},mac={mac}", *extra],
-    )
-    return BackgroundVM(cmd, tmp_path / f"{name}.console")
-
-
-def bpstat(master, *args):
-    result = subprocess.run(
-        [sys.executable, "-m", "beoboot.master.cli", "bpstat", "--master", master.url, *args],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return result.stdout
-
-
-def node_row(master, number):
-    return next(n for n in json.loads(bpstat(master, "--json")) if n["number"] == number)
 
 
 def test_pxe_boot_reaches_stage3_and_the_master_knows_the_node(out, port, tmp_path):

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 from master_helpers import MasterProcess, bpsh_argv, build_for_master
+from nodes import node_row, stage2_node
 from servers import free_port
-from test_boot_chain import node_row, stage2_node
 
 pytestmark = pytest.mark.integration
 

@@ -8,8 +8,8 @@ import subprocess
 
 import pytest
 from master_helpers import MasterProcess, bpsh_argv, build_for_master
+from nodes import stage2_node
 from servers import free_port
-from test_boot_chain import stage2_node
 
 pytestmark = pytest.mark.integration
 
