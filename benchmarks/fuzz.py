@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Run every parser's fuzz properties (tests/test_fuzz_*.py) with a long budget.
+"""Run every parser's fuzz properties (tests/**/test_fuzz_*.py) with a long budget.
 
 The suite runs the same Hypothesis properties with 150 examples each; this runs them with 20,000
 (`--examples N` to change it) and prints each property's time, so a parser that is slow on some input
@@ -23,7 +23,7 @@ def main() -> int:
     parser.add_argument("pytest_args", nargs="*", help="more pytest arguments, e.g. -k elf")
     args = parser.parse_args()
     env = {**os.environ, "BEOBOOT_FUZZ": "long", "BEOBOOT_FUZZ_EXAMPLES": str(args.examples)}
-    files = sorted(str(p) for p in (ROOT / "tests").glob("test_fuzz_*.py"))
+    files = sorted(str(p) for p in (ROOT / "tests").rglob("test_fuzz_*.py"))
     command = [
         sys.executable,
         "-m",

@@ -2,7 +2,7 @@
 
 With no address the node cannot use a UDP socket, so frames go out and come in on an AF_PACKET raw
 socket: Ethernet + IPv4 + UDP are built here, checksums included. Everything but PacketTransport and
-DhcpClient's waiting is pure (bytes in, data out) and table-tested in tests/test_dhcp.py.
+DhcpClient's waiting is pure (bytes in, data out) and table-tested in tests/agent/test_dhcp.py.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ tests can feed bytes and the resolver can read only the few ranges it needs from
 Only the ELF header, the program headers, PT_INTERP, PT_DYNAMIC and the dynamic string table are read, and
 they are decoded with `struct` rather than pyelftools' construct-based parsers: pyelftools takes about 1.5 ms
 a file for the same answer, which would make resolving /usr/bin slower than running `ldd`. The tag and type
-numbers come from pyelftools' enums, and tests/test_elf.py checks this parser against pyelftools' own
+numbers come from pyelftools' enums, and tests/resolve/test_elf.py checks this parser against pyelftools' own
 ELFFile on the files of this machine.
 """
 

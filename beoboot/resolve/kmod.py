@@ -5,7 +5,7 @@ We read the text indexes that depmod writes (`modules.dep`, `modules.alias`, `mo
 modprobe or the kernel we inspect. The load order follows libkmod's probe list
 (`__kmod_module_get_probe_list` in libkmod-module.c), so that it equals `modprobe --show-depends` with the
 duplicates removed: for each dependency (in load order) its pre-softdeps, itself, its post-softdeps; then the
-same for the module. tests/test_modules_vs_modprobe.py checks this against modprobe for every NIC alias.
+same for the module. tests/resolve/test_modules_vs_modprobe.py checks this against modprobe for every NIC alias.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from agent import protocol as p
 
 pytestmark = pytest.mark.skipif(os.getuid() != 0, reason="simulated nodes chroot their jobs: needs root")
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 NOBODY = 65534
 
 # A process that is not a node: registers a MAC, says it is up, opens the job link and reports the first

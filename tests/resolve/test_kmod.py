@@ -25,7 +25,7 @@ from beoboot.resolve.kmod import (
 )
 from beoboot.resolve.sysroot import Sysroot
 
-_spec = importlib.util.spec_from_file_location("kmodtree", Path(__file__).parent / "data" / "kmodtree.py")
+_spec = importlib.util.spec_from_file_location("kmodtree", Path(__file__).parents[1] / "data" / "kmodtree.py")
 kmodtree = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(kmodtree)
 

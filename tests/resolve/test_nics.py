@@ -28,7 +28,7 @@ from beoboot.resolve.nics import (
 )
 from beoboot.resolve.sysroot import Sysroot
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parents[1] / "data"
 _spec = importlib.util.spec_from_file_location("kmodtree", DATA / "kmodtree.py")
 kmodtree = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(kmodtree)

@@ -27,7 +27,7 @@ from beoboot.errors import SysrootError
 from beoboot.resolve import pyruntime
 from beoboot.resolve.sysroot import Sysroot
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = {name: ROOT / name for name in ("agent", "stage1", "stage2", "stage3")}
 CHROOT = shutil.which("chroot") or "/usr/sbin/chroot"
 

@@ -1,6 +1,6 @@
 """Lease keeping (RFC 2131 4.4.5): the schedule as a table, then the keeper against a fake clock, a scripted
 server on the UDP side and a fake DHCP server on the raw-frame side (for a fresh lease from scratch).
-The real thing, against dnsmasq in network namespaces, is in tests/test_netlink_netns.py."""
+The real thing, against dnsmasq in network namespaces, is in tests/integration/test_netlink_netns.py."""
 
 import json
 import random
