@@ -1,4 +1,4 @@
-"""The beoboot agent: runs inside the node images (standard library plus `requests`).
+"""The beoboot agent: runs inside the node images (standard library only).
 
 It never imports the builder. Its only contract with the builder is `agent.config`, the schema of the
 in-image config file that the builder writes and the agent reads.

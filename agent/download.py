@@ -2,7 +2,7 @@
 transfer (Range + If-Range, RFC 9110 13.1.5), and a sha256 check before the file is used.
 
 The file is written as NAME.part and renamed only after the hash matched, so a half or corrupt download
-is never taken for a good one.
+is never taken for a good one. HTTP is agent.httpclient's (the standard library's http.client).
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import requests
+from agent.httpclient import Connection, HttpError
 
 CHUNK = 1 << 20
+TIMEOUT = 20.0  # seconds for the connect, and for each wait for the master's next bytes
 
 
 class DownloadError(Exception):
@@ -50,8 +51,9 @@ def sha256_of(path: str) -> str:
     return digest.hexdigest()
 
 
-def fetch_once(session: requests.Session, url: str, dest: str, timeout: float = 20.0) -> None:
-    """One attempt; resumes DEST.part when the server still has the same version (If-Range)."""
+def fetch_once(connection: Connection, url: str, dest: str, max_bytes: int | None = None) -> None:
+    """One attempt; resumes DEST.part when the server still has the same version (If-Range). HttpError
+    when the file is longer than `max_bytes`."""
     part = dest + ".part"
     validator_file = part + ".validator"
     headers = {"Accept-Encoding": "identity"}  # the bytes as stored: the pin is of those
@@ -61,20 +63,24 @@ def fetch_once(session: requests.Session, url: str, dest: str, timeout: float = 
             validator = f.read().strip()
         if validator:
             headers.update({"Range": f"bytes={have}-", "If-Range": validator})
-    with session.get(url, headers=headers, stream=True, timeout=timeout) as response:
-        if response.status_code == 416 and have:
+    with connection.stream("GET", url, headers=headers) as response:
+        if response.status == 416 and have:
             return  # every byte is here already
-        if response.status_code == 206:
+        if response.status == 206:
             mode = "ab"
-        elif response.status_code == 200:
+        elif response.status == 200:
             mode, have = "wb", 0  # a new version, or no resume: start over
+        elif 300 <= response.status < 400 and response.header("Location"):
+            # no redirect is followed: the master serves its files itself, and pins are for its URLs
+            raise DownloadError(f"{url}: HTTP {response.status}, a redirect to {response.header('Location')}")
         else:
-            raise DownloadError(f"{url}: HTTP {response.status_code}")
-        validator = response.headers.get("ETag") or response.headers.get("Last-Modified") or ""
+            raise DownloadError(f"{url}: HTTP {response.status}")
+        validator = response.header("ETag") or response.header("Last-Modified")
         with open(validator_file, "w") as f:
             f.write(validator)
+        limit = None if max_bytes is None else max(0, max_bytes - have)
         with open(part, mode) as out:
-            for chunk in response.iter_content(CHUNK):
+            for chunk in response.chunks(CHUNK, limit):
                 out.write(chunk)
 
 
@@ -87,29 +93,39 @@ def fetch(
     attempts: int | None = None,
     backoff: Backoff = Backoff(),
     sleep: Callable[[float], None] = time.sleep,
-    session: requests.Session | None = None,
+    connection: Connection | None = None,
+    max_bytes: int | None = None,
 ) -> str:
     """Fetch URL to DEST and check it against `sha256` (when given). Retries forever unless `attempts`
-    is set: a node has nothing better to do than wait for its master. Returns the file's sha256."""
-    session = session or requests.Session()
+    is set: a node has nothing better to do than wait for its master. Returns the file's sha256. One
+    connection to the master for every attempt, closed at the end unless it is the caller's."""
+    own = connection is None
+    http = connection or Connection(TIMEOUT)
     attempt = 0
-    while True:
-        try:
-            fetch_once(session, url, dest)
-            got = sha256_of(dest + ".part")
-            if sha256 and got != sha256:
+    try:
+        while True:
+            try:
+                fetch_once(http, url, dest, max_bytes)
+                got = sha256_of(dest + ".part")
+                if sha256 and got != sha256:
+                    _discard(dest)
+                    raise IntegrityError(f"{url}: sha256 {got} does not match the pinned {sha256}; refused")
+                os.replace(dest + ".part", dest)
                 _discard(dest)
-                raise IntegrityError(f"{url}: sha256 {got} does not match the pinned {sha256}; refused")
-            os.replace(dest + ".part", dest)
-            _discard(dest)
-            return got
-        except (requests.RequestException, DownloadError, OSError) as exc:
-            attempt += 1
-            if attempts is not None and attempt >= attempts:
-                raise exc if isinstance(exc, DownloadError) else DownloadError(f"{url}: {exc}") from exc
-            wait = backoff.delay(attempt - 1)
-            log(f"beoboot: download {url} failed ({_short(exc)}); retry {attempt} in {wait:.1f}s")
-            sleep(wait)
+                return got
+            except (HttpError, DownloadError, OSError) as exc:
+                attempt += 1
+                if attempts is not None and attempt >= attempts:
+                    if isinstance(exc, DownloadError):
+                        raise
+                    # an HttpError names the URL itself
+                    raise DownloadError(str(exc) if isinstance(exc, HttpError) else f"{url}: {exc}") from exc
+                wait = backoff.delay(attempt - 1)
+                log(f"beoboot: download {url} failed ({_short(exc, url)}); retry {attempt} in {wait:.1f}s")
+                sleep(wait)
+    finally:
+        if own:
+            http.close()
 
 
 def _discard(dest: str) -> None:
@@ -120,6 +136,6 @@ def _discard(dest: str) -> None:
             pass
 
 
-def _short(exc: BaseException) -> str:
-    text = str(exc)
+def _short(exc: BaseException, url: str) -> str:
+    text = str(exc).removeprefix(f"{url}: ")  # the line names the URL already
     return text if len(text) < 160 else text[:157] + "..."

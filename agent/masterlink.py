@@ -7,33 +7,27 @@ thousand nodes that lost the master together do not come back in one synchronise
 lines are buffered (bounded) and sent when the master answers again. Nothing here blocks for longer than
 one request timeout unless the caller asked to wait (register, download).
 
-Standard library plus `requests`; never imports beoboot.
+Standard library only (HTTP is agent.httpclient's); never imports beoboot.
 """
 
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import random
-import socket
-import struct
 import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import requests
-from requests.adapters import HTTPAdapter
-from urllib3.connection import HTTPConnection
-
 from agent import __version__
 from agent import protocol as p
 from agent.download import Backoff
+from agent.httpclient import Connection, HttpError, Response
 
 T = TypeVar("T")
 
-# urllib3 logs every connection attempt; shipping those lines would post about posting, without end
-QUIET_LOGGERS = ("urllib3", "requests")
 # where a registration is sent from: a privileged port, which on a node only root binds, is how the master
 # tells the node's agent from a user's job on it (beoboot.master.admission); rresvport's range
 RESERVED_PORTS = range(512, 1024)
@@ -58,44 +52,13 @@ class MasterBusy(MasterLinkError):
         self.retry_after = retry_after
 
 
-def _retry_after(response: requests.Response) -> float:
+def _retry_after(value: str) -> float:
     """Retry-After in seconds (the delay form; the date form and nonsense count as 1 s), at most 60."""
     try:
-        seconds = float(response.headers.get("Retry-After", "1"))
+        seconds = float(value)
     except ValueError:
         return 1.0
-    return min(60.0, seconds) if seconds >= 0 else 1.0
-
-
-class _SourcePortAdapter(HTTPAdapter):
-    """Connections bound to one local port, closed with a reset: a reserved port left in TIME_WAIT for a
-    minute could not be bound again, and there are only RESERVED_PORTS of them."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        super().__init__(max_retries=0)
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        options = [
-            *HTTPConnection.default_socket_options,
-            (socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)),
-        ]
-        super().init_poolmanager(*args, source_address=("", self.port), socket_options=options, **kwargs)
-
-
-def _errno_of(exc: BaseException) -> int | None:
-    """The errno of the OSError under requests' and urllib3's wrappers of a failed connect or bind."""
-    seen: set[int] = set()
-    todo: list[Any] = [exc]
-    while todo:
-        item = todo.pop()
-        if not isinstance(item, BaseException) or id(item) in seen:
-            continue
-        seen.add(id(item))
-        if isinstance(item, OSError) and isinstance(item.errno, int):  # requests' own have errno None
-            return item.errno
-        todo += [item.__cause__, item.__context__, getattr(item, "reason", None), *item.args]
-    return None
+    return min(60.0, seconds) if seconds >= 0 else 1.0  # NaN is not >= 0
 
 
 class MasterLink:
@@ -107,7 +70,6 @@ class MasterLink:
         *,
         timeout: float = 5.0,
         backoff: Backoff = Backoff(first=0.5),
-        session: requests.Session | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
@@ -120,7 +82,8 @@ class MasterLink:
         self.stage = p.Stage(stage)
         self.timeout = timeout
         self.backoff = backoff
-        self.session = session or requests.Session()
+        # heartbeats, events, logs and the host table: one kept-alive connection, one request at a time
+        self.http = Connection(timeout)
         self.clock = clock
         self.sleep = sleep
         self.rng = rng or random.Random()
@@ -134,7 +97,7 @@ class MasterLink:
         self._events: list[p.StageEvent] = []
         self._lines: list[p.LogLine] = []
         self._queue_lock = threading.Lock()  # held only to touch the buffers, never across the network
-        self._http_lock = threading.Lock()  # one request at a time on the session
+        self._http_lock = threading.Lock()  # one request at a time on self.http
         self._failures = 0
         self._next_attempt = 0.0  # clock() before which buffered items are not retried
         self._stop = threading.Event()
@@ -142,52 +105,57 @@ class MasterLink:
     # --- plumbing ----------------------------------------------------------------------------------------
 
     def _post(self, path: str, message: Any, reply: type[T] | None) -> T | None:
+        body = p.to_json(message).encode()
         with self._http_lock:
             if path == p.REGISTER_PATH:
-                response = self._post_from_reserved_port(path, p.to_json(message))
+                response = self._post_from_reserved_port(path, body)
             else:
                 token = self.registration.link_token if self.registration else ""
-                response = self.session.post(
+                response = self.http.request(
+                    "POST",
                     self.base_url + path,
-                    data=p.to_json(message),
-                    timeout=self.timeout,
+                    body=body,
                     headers={"Content-Type": "application/json", p.LINK_TOKEN_HEADER: token},
+                    limit=p.MAX_MESSAGE_BYTES,
                 )
-        if response.status_code == p.UNKNOWN_NODE_STATUS and path != p.REGISTER_PATH:
-            raise _Unregistered(response.text)
-        if response.status_code == 403 and path == p.REGISTER_PATH:
+        if response.status == p.UNKNOWN_NODE_STATUS and path != p.REGISTER_PATH:
+            raise _Unregistered(response.text())
+        if response.status == 403 and path == p.REGISTER_PATH:
             raise RegistrationRefused(f"master refused the registration: {_error_text(response)}")
-        if response.status_code == 503:
-            raise MasterBusy(f"master busy with {path}: {_error_text(response)}", _retry_after(response))
-        if response.status_code >= 400:
-            raise MasterLinkError(f"master refused {path}: HTTP {response.status_code}: {response.text.strip()}")
-        return p.from_json(reply, response.content) if reply else None
+        if response.status == 503:
+            raise MasterBusy(
+                f"master busy with {path}: {_error_text(response)}", _retry_after(response.header("Retry-After", "1"))
+            )
+        if response.status >= 400:
+            raise MasterLinkError(f"master refused {path}: HTTP {response.status}: {response.text().strip()}")
+        return p.from_json(reply, response.read()) if reply else None
 
-    def _post_from_reserved_port(self, path: str, body: str) -> requests.Response:
-        """POST on a connection of its own from a free port of RESERVED_PORTS, closed after the answer.
-        Where this process may not bind one (not root: a test, or a tool), an ordinary port is used."""
+    def _post_from_reserved_port(self, path: str, body: bytes) -> Response:
+        """POST on a connection of its own from a free port of RESERVED_PORTS, closed after the answer
+        with a reset (a reserved port left in TIME_WAIT for a minute could not be bound again, and there
+        are only RESERVED_PORTS of them). Where this process may not bind one (not root: a test, or a
+        tool), an ordinary port is used."""
+        url = self.base_url + path
         headers = {"Content-Type": "application/json", "Connection": "close"}
         for _ in range(PORT_TRIES):
-            with requests.Session() as one_off:
-                adapter = _SourcePortAdapter(self.rng.choice(RESERVED_PORTS))
-                one_off.mount("http://", adapter)
-                one_off.mount("https://", adapter)
-                try:
-                    return one_off.post(self.base_url + path, data=body, timeout=self.timeout, headers=headers)
-                except requests.ConnectionError as exc:
-                    code = _errno_of(exc)
-                    if code == errno.EACCES:
-                        break
-                    if code not in (errno.EADDRINUSE, errno.EADDRNOTAVAIL):
-                        raise
-        return self.session.post(self.base_url + path, data=body, timeout=self.timeout, headers=headers)
+            one_off = Connection(self.timeout, source_port=self.rng.choice(RESERVED_PORTS), reset_on_close=True)
+            try:
+                return one_off.request("POST", url, body=body, headers=headers, limit=p.MAX_MESSAGE_BYTES)
+            except HttpError as exc:  # errno: a failed bind or connect, None for the exchange after it
+                if exc.errno == errno.EACCES:
+                    break
+                if exc.errno not in (errno.EADDRINUSE, errno.EADDRNOTAVAIL):
+                    raise
+            finally:
+                one_off.close()
+        return self.http.request("POST", url, body=body, headers=headers, limit=p.MAX_MESSAGE_BYTES)
 
     def _with_retry(self, what: str, call: Callable[[], T], attempts: int | None) -> T:
         attempt = 0
         while True:
             try:
                 return call()
-            except (requests.RequestException, RegistrationRefused, MasterBusy) as exc:
+            except (HttpError, RegistrationRefused, MasterBusy) as exc:
                 attempt += 1
                 refused = isinstance(exc, (RegistrationRefused, MasterBusy))
                 problem = str(exc) if refused else f"master {self.base_url} unreachable"
@@ -236,7 +204,7 @@ class MasterLink:
             except _Unregistered:
                 self.register(attempts=1)
                 reply = self._post(p.HEARTBEAT_PATH, message, p.HeartbeatReply)
-        except (requests.RequestException, MasterLinkError, _Unregistered):
+        except (HttpError, MasterLinkError, _Unregistered):
             self._note_failure()
             return None
         self._note_success()
@@ -246,11 +214,10 @@ class MasterLink:
         """The cluster's host table (HOSTS_PATH), or None when the master did not answer."""
         try:
             with self._http_lock:
-                response = self.session.get(self.base_url + p.HOSTS_PATH, timeout=self.timeout)
-            response.raise_for_status()
-        except requests.RequestException:
+                response = self.http.request("GET", self.base_url + p.HOSTS_PATH, limit=p.MAX_MESSAGE_BYTES)
+        except HttpError:
             return None
-        return response.text
+        return response.text() if response.status < 400 else None
 
     def run_heartbeats(
         self, uptime: Callable[[], float | None] = lambda: None, load: Callable[[], p.Load | None] = lambda: None
@@ -339,7 +306,7 @@ class MasterLink:
         except _Unregistered:
             self.registration = None  # the next register() sends them
             return False
-        except (requests.RequestException, MasterLinkError):
+        except (HttpError, MasterLinkError):
             self._note_failure()
             return False
         self._note_success()
@@ -349,12 +316,12 @@ class MasterLink:
         return MasterLogHandler(self, level)
 
 
-def _error_text(response: requests.Response) -> str:
+def _error_text(response: Response) -> str:
     """The master's JSON {"error": ...}, else its text, in one line."""
     try:
-        return str(response.json()["error"])
-    except (ValueError, KeyError, TypeError):
-        return response.text.strip()[:500] or f"HTTP {response.status_code}"
+        return str(json.loads(response.read())["error"])
+    except (ValueError, KeyError, TypeError, RecursionError):
+        return response.text().strip()[:500] or f"HTTP {response.status}"
 
 
 class _Unregistered(Exception):
@@ -368,9 +335,6 @@ class MasterLogHandler(logging.Handler):
         super().__init__(level)
         self.link = link
         self.setFormatter(logging.Formatter("%(name)s: %(message)s"))
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.name.startswith(QUIET_LOGGERS) and super().filter(record)
 
     def emit(self, record: logging.LogRecord) -> None:
         try:

@@ -25,7 +25,7 @@ through a link, is refused before anything of it is written.
 Eviction: least recently used objects that no running job holds go when the total passes `max_bytes`;
 their links in the environment root go with them (else the memory would stay in use).
 
-Standard library plus requests: runs in the node image.
+Standard library only (HTTP is agent.httpclient's): runs in the node image.
 """
 
 from __future__ import annotations
@@ -40,10 +40,9 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-import requests
-
 from agent import protocol as p
 from agent.download import sha256_of
+from agent.httpclient import HttpError, Pool
 from stage3.accounts import ACCOUNT_FILES
 from stage3.names import NAME_FILES
 from stage3.rootpaths import AgentPathError, RootDirectories, RootPathError, is_not_a_directory, stat_at, unlink_at
@@ -58,6 +57,7 @@ CHUNK = 1 << 20
 ACL_XATTR = "system.posix_acl_access"
 FETCH_ATTEMPTS = 3
 FETCH_WORKERS = 8  # parallel object downloads per job: enough to hide latency, few enough for a busy master
+FETCH_TIMEOUT = 30.0  # seconds for the connect, and for each wait for the master's next bytes
 HOLD_ATTEMPTS = 3
 
 
@@ -127,7 +127,6 @@ class LibCache:
         master_url: str,
         *,
         max_bytes: int = 512 << 20,
-        session: requests.Session | None = None,
         clock: Callable[[], float] = time.monotonic,
         durable: bool = True,
         token: Callable[[], str] = lambda: "",
@@ -140,7 +139,8 @@ class LibCache:
         self.cache_in_root = os.path.relpath(os.path.realpath(cache_dir), self.env_root)
         self.master_url = master_url.rstrip("/")
         self.max_bytes = max_bytes
-        self.session = session or requests.Session()
+        # kept-alive connections for the fetching threads, at most one idle per worker
+        self.http = Pool(FETCH_TIMEOUT, keep=FETCH_WORKERS)
         self.clock = clock
         # on a local disk, an object's bytes must be on it before its name is (fsync before rename); in RAM
         # (tmpfs, a diskless node's cache, or a simulated node's scratch directory) there is nothing to wait for
@@ -252,9 +252,9 @@ class LibCache:
         for _ in range(FETCH_ATTEMPTS):
             tmp = os.path.join(self.tmp_dir, f"{name}.{threading.get_ident()}")
             try:
-                digest, size = self._download(url, tmp)
-            except (requests.RequestException, OSError) as exc:
-                problem = f"download failed: {exc}"
+                digest, size = self._download(url, tmp, entry.size)
+            except (HttpError, OSError) as exc:
+                problem = f"download failed: {str(exc).removeprefix(url + ': ')}"  # the error names the URL below
                 _unlink(tmp)
                 continue
             if digest != entry.sha256:
@@ -274,22 +274,24 @@ class LibCache:
             return
         raise LibCacheError(f"cannot cache {entry.path} (sha256 {entry.sha256}) from {url}: {problem}")
 
-    def _download(self, url: str, tmp: str) -> tuple[str, int]:
+    def _download(self, url: str, tmp: str, size: int) -> tuple[str, int]:
+        """The object at `url` into `tmp`: (its sha256, its size). No more than `size` bytes (the manifest's)
+        are taken: a longer answer is not this object, and must not fill the cache's memory first."""
         digest = hashlib.sha256()
-        size = 0
+        got = 0
         headers = {p.LINK_TOKEN_HEADER: self.token()}
-        with self.session.get(url, stream=True, timeout=30, headers=headers) as response:
-            if response.status_code != 200:
-                raise requests.RequestException(f"HTTP {response.status_code}: {response.text.strip()[:200]}")
+        with self.http.stream("GET", url, headers=headers) as response:
+            if response.status != 200:
+                raise HttpError(f"HTTP {response.status}: {response.text().strip()[:200]}")
             with open(tmp, "xb") as out:
-                for chunk in response.iter_content(CHUNK):
+                for chunk in response.chunks(CHUNK, limit=size):
                     digest.update(chunk)
                     out.write(chunk)
-                    size += len(chunk)
+                    got += len(chunk)
                 if self.durable:
                     out.flush()
                     os.fsync(out.fileno())  # on a disk cache: the rename must not land before the bytes
-        return digest.hexdigest(), size
+        return digest.hexdigest(), got
 
     # --- holds and the environment root -------------------------------------------------------------------
 

@@ -66,30 +66,12 @@ IMPLICIT_MODULES = (
     "encodings.utf_8_sig",
 )
 
-# What the agent imports at run time besides its own import statements: it talks to the master with
-# requests (the stage modules that do so arrive in later issues; the runtime already carries it).
-AGENT_RUNTIME_MODULES = ("requests",)
-
 # Left out unless asked for with extra_modules. Optional imports (in try/except ImportError) reach them,
 # but the agent works without them; each costs megabytes or drags in a tree the agent never runs.
 DEFAULT_EXCLUDES: dict[str, str] = {
     "ssl": "TLS: the cluster network uses HTTP with hash pins; pass extra_modules=('ssl',) for HTTPS",
     "_ssl": "TLS extension (libssl + libcrypto, megabytes); comes back with 'ssl'",
     "_hashlib": "OpenSSL hashes (libcrypto); hashlib falls back to the built-in _sha256/_md5/_blake2",
-    # urllib3.contrib itself and contrib._appengine_environ are imported unconditionally: they stay.
-    "urllib3.contrib.pyopenssl": "pyOpenSSL back-end; requests tries it only when ssl lacks SNI",
-    "urllib3.contrib.securetransport": "macOS TLS back-end",
-    "urllib3.contrib._securetransport": "macOS TLS back-end",
-    "urllib3.contrib.socks": "SOCKS proxies, not used on the cluster network",
-    "urllib3.contrib.appengine": "Google App Engine only",
-    "urllib3.contrib.ntlmpool": "NTLM authentication, not used on the cluster network",
-    "OpenSSL": "pyOpenSSL, only for urllib3.contrib",
-    "cryptography": "only for urllib3.contrib.pyopenssl",
-    "socks": "SOCKS proxies, not used on the cluster network",
-    "simplejson": "requests prefers it when present; the stdlib json is enough",
-    "brotli": "optional response decompression",
-    "brotlicffi": "optional response decompression",
-    "zstandard": "optional response decompression",
     "_bz2": "bz2 compression (libbz2); only optional imports in shutil/zipfile/tarfile reach it",
     "_lzma": "xz compression (liblzma); only optional imports in shutil/zipfile/tarfile reach it",
     "bz2": "needs _bz2 at import, so it would fail anyway; its importers catch ImportError",
@@ -110,24 +92,6 @@ DEFAULT_EXCLUDES: dict[str, str] = {
 }
 # Modules that must come back together with an extra module, because the extra cannot work without them.
 COMPANIONS: dict[str, tuple[str, ...]] = {"ssl": ("_ssl",), "hashlib": ("_hashlib",)}
-
-# urllib3 1.26 in Debian imports the unbundled `six`, whose `six.moves.X` names are resolved at run time by
-# a meta-path importer (six._SixMetaPathImporter) to these stdlib modules, so no file is named for them.
-SIX_MOVES: dict[str, str] = {
-    "http_client": "http.client",
-    "queue": "queue",
-    "urllib": "urllib",
-    "urllib.parse": "urllib.parse",
-    "urllib.request": "urllib.request",
-    "urllib.error": "urllib.error",
-    "urllib.response": "urllib.response",
-    "configparser": "configparser",
-    "builtins": "builtins",
-    "http_cookies": "http.cookies",
-    "http_cookiejar": "http.cookiejar",
-    "reprlib": "reprlib",
-    "cPickle": "pickle",
-}
 
 # Always built in: the interpreter core, which exports no PyInit_ symbol for them.
 # Names that a module puts into sys.modules itself, so they have no file of their own.
@@ -212,7 +176,7 @@ def find_sysroot_python(sysroot: Sysroot) -> SysrootPython:
     if not versions:
         raise SysrootError(
             f"no Python standard library (/usr/lib/python3.N/os.py) in sysroot {sysroot.root}",
-            hint="install python3 in the sysroot (apt install python3-minimal python3-requests)",
+            hint="install python3 in the sysroot (apt install python3)",
         )
     links: tuple[str, ...] = ()
     version = versions[-1]
@@ -307,13 +271,6 @@ def _absolute(name: str | None, level: int, package: str) -> str | None:
     return f"{base}.{name}" if name and base else (name or base)
 
 
-def _six_moves_alias(name: str) -> str | None:
-    if name == "six.moves":
-        return "six"
-    tail = name.removeprefix("six.moves.")
-    return SIX_MOVES.get(tail, "")  # "": an attribute such as six.moves.xrange, no module
-
-
 def is_excluded(name: str, excludes: dict[str, str]) -> bool:
     return any(name == ex or name.startswith(ex + ".") for ex in excludes)
 
@@ -336,11 +293,6 @@ class ModuleFinder:
     def add(self, name: str, imported_by: str, required: bool = True) -> None:
         if name in MODULE_ALIASES:
             name = MODULE_ALIASES[name]
-        if name.startswith("six.moves"):
-            alias = _six_moves_alias(name)
-            if alias:
-                self.add(alias, imported_by)
-            return
         if name in self.graph.modules or name in self.graph.missing or name in self.graph.excluded:
             return
         if is_excluded(name, self.excludes):
@@ -444,8 +396,6 @@ def find_modules(
     finder = ModuleFinder(sysroot, python, packages, excludes)
     for name in IMPLICIT_MODULES:
         finder.add(name, "the interpreter")
-    for name in AGENT_RUNTIME_MODULES:
-        finder.add(name, "the agent at run time")
     for name in extra_modules:
         finder.add(name, "extra_modules")
     for name in extra_modules:  # checked before the walk, so a typo fails fast

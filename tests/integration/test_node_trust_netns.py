@@ -95,7 +95,7 @@ def test_another_host_registers_only_from_a_privileged_port(namespaces, tmp_path
         url = _wait_for(log, rf"listening on (http://{re.escape(SERVER_IP)}:\d+)/", beoserv).group(1)
 
         def from_node() -> dict:
-            # the system's python and requests, as a node image carries them (beoboot.resolve.pyruntime)
+            # the system's python, standard library only, as a node image carries it (beoboot.resolve.pyruntime)
             argv, kwargs = _in(
                 client_ns, "-c", CLIENT, url, python="/usr/bin/python3", capture_output=True, text=True, timeout=60
             )

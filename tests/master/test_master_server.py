@@ -1,5 +1,6 @@
 """The real beoserv in a child process, driven by the agent's real client (agent.masterlink) as nodes."""
 
+import contextlib
 import email.utils
 import hashlib
 import logging
@@ -17,6 +18,7 @@ from master_helpers import MasterProcess, publish_files
 
 from agent import protocol as p
 from agent.download import Backoff, fetch
+from agent.httpclient import Connection, HttpError
 from agent.masterlink import MasterLink, MasterLinkError
 
 MACS = [f"52:54:00:00:01:{i:02x}" for i in range(4)]
@@ -176,43 +178,45 @@ def test_nothing_outside_the_tree(master, path):
     assert requests.get(master.url + p.BOOT_PREFIX + path).status_code == 404
 
 
-class BreakOnce(requests.Session):
-    """A session whose first download breaks after 1 MiB, as a dropped link would."""
+class BreakOnce(Connection):
+    """A connection whose first download breaks after 1 MiB, as a dropped link would."""
 
-    broke = False
-    requests_seen: list
+    def __init__(self) -> None:
+        super().__init__(timeout=20)
+        self.broke = False
+        self.requests_seen: list = []
 
-    def get(self, url, **kwargs):
-        response = super().get(url, **kwargs)
-        self.requests_seen.append((response.status_code, kwargs.get("headers", {}).get("Range")))
-        if not BreakOnce.broke:
-            BreakOnce.broke = True
-            chunks = response.iter_content
+    @contextlib.contextmanager
+    def stream(self, method, url, *, body=None, headers=None):
+        with super().stream(method, url, body=body, headers=headers) as response:
+            self.requests_seen.append((response.status, (headers or {}).get("Range")))
+            if not self.broke:
+                self.broke = True
+                chunks = response.chunks
 
-            def broken(size):
-                yield next(chunks(1 << 20))
-                raise requests.exceptions.ChunkedEncodingError("link dropped")
+                def broken(size, limit=None):
+                    yield next(chunks(1 << 20, limit))
+                    raise HttpError("link dropped")
 
-            response.iter_content = broken
-        return response
+                response.chunks = broken
+            yield response
 
 
 def test_download_resumes_after_a_broken_link(master, boot_tree, tmp_path):
-    session = BreakOnce()
-    session.requests_seen = []
+    connection = BreakOnce()
     data = (boot_tree / "stage3.cpio").read_bytes()
     dest = tmp_path / "stage3.cpio"
     fetch(
         master.url + p.BOOT_PREFIX + "stage3.cpio",
         str(dest),
         hashlib.sha256(data).hexdigest(),
-        session=session,
+        connection=connection,
         sleep=lambda s: None,
         log=lambda line: None,
         attempts=3,
     )
     assert dest.read_bytes() == data
-    assert session.requests_seen == [(200, None), (206, f"bytes={1 << 20}-")]
+    assert connection.requests_seen == [(200, None), (206, f"bytes={1 << 20}-")]
 
 
 # --- signals, restarts, timeouts -------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 Fast tests: the parsers and the agent's dry run on the build host. The integration test builds the
 runtime from sysroot `/`, lays it out with the interpreter's ELF closure (from `ldd`, test only) in a
-tmp dir, and runs the agent and a real `requests.get` inside a chroot of it.
+tmp dir, and runs the agent and a real request of its HTTP client (agent.httpclient) inside a chroot of it.
 """
 
 from __future__ import annotations
@@ -64,19 +64,6 @@ def test_parse_python_dir_name(name, expected):
 )
 def test_imports_of(source, module, is_package, expected):
     assert pyruntime.imports_of(source, module, is_package) == expected
-
-
-@pytest.mark.parametrize(
-    ("name", "expected"),
-    [
-        ("six.moves", "six"),
-        ("six.moves.http_client", "http.client"),
-        ("six.moves.urllib.parse", "urllib.parse"),
-        ("six.moves.xrange", ""),
-    ],
-)
-def test_six_moves_alias(name, expected):
-    assert pyruntime._six_moves_alias(name) == expected
 
 
 def test_excludes_cover_submodules():
@@ -187,7 +174,7 @@ def test_console_say_survives_closed_fd(monkeypatch):
 
 # -- the runtime in a chroot -------------------------------------------------------------------------
 
-# Runs inside the chroot: everything the agent and requests import at run time, plus a real request.
+# Runs inside the chroot: everything the agent imports at run time, plus a real request of its HTTP client.
 CHECK_SCRIPT = r"""
 import os, sys, importlib
 port, module_list = int(sys.argv[1]), sys.argv[2]
@@ -197,10 +184,10 @@ assert os.environ.get("PYTHONHASHSEED") == "0", os.environ
 import agent.init, agent.system.console, agent.system.mounts, agent.system.syscalls, agent.config
 import ctypes
 assert ctypes.CDLL(None, use_errno=True).getpid() == os.getpid()
-import requests
-response = requests.get(f"http://127.0.0.1:{port}/hello", timeout=10)
-assert response.status_code == 200 and response.text == "hello from the build host", response.text
-print("GET OK", response.headers.get("Server"))
+from agent.httpclient import Connection
+response = Connection(10).request("GET", f"http://127.0.0.1:{port}/hello")
+assert response.status == 200 and response.text() == "hello from the build host", response.text()
+print("GET OK", response.header("Server"))
 for name, module in sorted(sys.modules.items()):
     spec = getattr(module, "__spec__", None)
     # frozen modules carry a __file__ in the stdlib directory that need not exist
@@ -296,8 +283,11 @@ def test_runtime_is_deterministic(runtime):
     assert other_process.stdout == runtime.zip_bytes
     names = zipfile.ZipFile(io.BytesIO(runtime.zip_bytes)).namelist()
     assert names == sorted(names)
-    assert "agent/init.pyc" in names and "requests/__init__.pyc" in names and "encodings/utf_8.pyc" in names
-    assert not any(name.startswith(("ssl.", "urllib3/contrib/pyopenssl")) for name in names)
+    assert "agent/init.pyc" in names and "agent/httpclient.pyc" in names and "encodings/utf_8.pyc" in names
+    assert "http/client.pyc" in names and not any(name.startswith("ssl.") for name in names)
+    # the agent's HTTP is the standard library's: none of requests and what it brings
+    third_party = ("requests/", "urllib3/", "idna/", "chardet/", "charset_normalizer/", "certifi/", "six.")
+    assert not any(name.startswith(third_party) for name in names)
     extensions = [os.path.basename(path) for path, _ in runtime.extensions]
     assert any(name.startswith("_ctypes.") for name in extensions)
     assert not any(name.startswith(("_ssl.", "_hashlib.")) for name in extensions)
@@ -306,7 +296,7 @@ def test_runtime_is_deterministic(runtime):
 
 @pytest.mark.integration
 @needs_root_chroot
-def test_runtime_runs_agent_and_requests_in_chroot(runtime, tmp_path):
+def test_runtime_runs_agent_and_its_http_client_in_chroot(runtime, tmp_path):
     root = tmp_path / "root"
     lay_out(runtime, root)
     write_config(root / "etc/beoboot/agent.json", stage="stage1")
