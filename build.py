@@ -55,7 +55,6 @@ APT_PACKAGES = [
     "pciutils",
     "python3",
     "python3-venv",
-    "python3-requests",
     "gcc",
     "libc6-dev",
     "busybox",
