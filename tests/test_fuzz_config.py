@@ -5,6 +5,7 @@ expected lines and words."""
 
 import dataclasses
 import datetime
+import keyword
 import math
 import re
 import time
@@ -14,7 +15,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from agent import cmdline, values
-from beoboot import config
+from beoboot import config, configfile
 from beoboot.artifacts import render
 from beoboot.artifacts.media import PINNED_BY, kernel_cmdline
 from beoboot.artifacts.pxe import parse_node_range, write_server_configs
@@ -395,3 +396,65 @@ def test_rendered_lines_check_catches_an_injected_line(tmp_path, value):
     bad = dataclasses.replace(cfg, artifacts=dataclasses.replace(cfg.artifacts, interface=value + "\ndhcp-script=/x"))
     with pytest.raises(AssertionError):
         check_accepted_build_config(bad, tmp_path)
+
+
+# -- the settings-table mechanism itself: any table of the loaders' checks, nested tables and lists of them
+
+WHERE_PLAUSIBLE = {
+    config.Config: ("build",),
+    config.ArtifactsConfig: ("artifacts",),
+    config.ImageConfig: ("images", "stage1"),
+}
+POOL = [
+    (spec.metadata, {**BUILD_PLAUSIBLE, **MASTER_PLAUSIBLE}.get((*WHERE_PLAUSIBLE.get(table, ()), name), [0]))
+    for table in (config.Config, config.ArtifactsConfig, config.ImageConfig, MasterConfig)
+    for name, spec in configfile.settings(table).items()
+]
+KEY_NAMES = st.from_regex(r"[a-z][a-z0-9_]{0,7}", fullmatch=True).filter(lambda k: not keyword.iskeyword(k))
+
+
+@st.composite
+def settings_tables(draw, depth=0):
+    """A frozen dataclass of settings drawn from the pool (with no default or a None default; or a nested table
+    or a list of them), and a strategy for TOML tables of it: mostly plausible values, some mutated or wild, now
+    and then a key it does not know."""
+    entries = []
+    for name in draw(st.lists(KEY_NAMES, unique=True, max_size=5)):
+        kind = draw(st.sampled_from(["plain", "plain", "table", "tables"] if depth < 1 else ["plain"]))
+        if kind == "plain":
+            metadata, plausible = draw(st.sampled_from(POOL))
+            check, toml, good = metadata["check"], metadata["toml"], st.sampled_from(plausible)
+            bad = good.flatmap(mutated) | wild_values
+        else:
+            sub, sub_tables = draw(settings_tables(depth + 1))
+            check, toml = (sub if kind == "table" else [sub]), None
+            good, bad = (sub_tables if kind == "table" else st.lists(sub_tables, max_size=3)), wild_values
+        default = draw(st.sampled_from([dataclasses.MISSING, None]))
+        entries.append(
+            (name, default, configfile.setting(check, f"help of {name}", default, toml=toml), good | good | bad)
+        )
+    entries.sort(key=lambda e: e[1] is not dataclasses.MISSING)  # a dataclass's required fields come first
+    table = dataclasses.make_dataclass("Table", [(n, object, f) for n, _, f, _ in entries], frozen=True)
+    known = st.fixed_dictionaries(
+        {n: v for n, d, _, v in entries if d is dataclasses.MISSING},
+        optional={n: v for n, d, _, v in entries if d is not dataclasses.MISSING},
+    )
+    unknown = st.dictionaries(KEY_NAMES, wild_values, min_size=1, max_size=2)
+    return table, known | known | st.builds(lambda d, extra: {**extra, **d}, known, unknown)
+
+
+@given(table_and_values=settings_tables().flatmap(lambda t: st.tuples(st.just(t[0]), t[1])))
+def test_any_settings_table_gives_values_or_a_config_error(table_and_values):
+    table, raw = table_and_values
+    try:
+        values = configfile.parse(table, raw, "fuzz.toml", "t")
+    except ConfigError as exc:
+        assert re.match(r"fuzz\.toml: (t[.\[ ]|unknown keys \['t\.)", exc.message), exc.message
+        event("refused")
+        return
+    event("accepted")
+    assert list(values) == list(configfile.settings(table))
+    nested = any(isinstance(s.metadata["check"], (type, list)) for s in configfile.settings(table).values())
+    if not nested:  # a flat table renders as TOML that reads back the same
+        rendered = "\n".join(configfile.render(table(**values)))
+        assert configfile.parse(table, configfile.parse_toml(rendered, "rendered"), "rendered") == values
