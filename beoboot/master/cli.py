@@ -14,10 +14,11 @@ from pathlib import Path
 import requests
 
 from agent import protocol as p
+from beoboot.configfile import render
 from beoboot.errors import BeobootError, UsageError
 from beoboot.master import timeline as tl
 from beoboot.master.bpsh import client as bpsh
-from beoboot.master.config import load_config
+from beoboot.master.config import MasterConfig, load_config
 from beoboot.master.printable import printable
 from beoboot.master.server import ServerOptions, parse_listen, serve, setup_logging
 
@@ -38,7 +39,13 @@ def _run(prog: str, body, args: argparse.Namespace) -> int:
 
 
 def beoserv_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="beoserv", description="The cluster master: boot files, node registry.")
+    parser = argparse.ArgumentParser(
+        prog="beoserv",
+        description="The cluster master: boot files, node registry.",
+        epilog="--config FILE: a TOML file of these keys, shown with their defaults:\n\n"
+        + "\n".join(render(MasterConfig())),
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # the keys one a line, as they are
+    )
     parser.add_argument("--root", type=Path, required=True, help="boot tree to serve (the builder's OUTDIR)")
     parser.add_argument("--listen", default="0.0.0.0:8080", help="HOST:PORT (default %(default)s; port 0: any)")
     parser.add_argument("--db", type=Path, required=True, help="node registry (SQLite file, created if missing)")
