@@ -7,13 +7,11 @@ drivers) lives in the build config.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from agent import values
-from beoboot.configfile import checked, read_toml, shown
-from beoboot.errors import ConfigError
+from beoboot.configfile import boolean, parse, read_toml, setting
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 STAGES_DIR = PROJECT_ROOT / "stages"
@@ -27,37 +25,6 @@ class Stage(enum.StrEnum):
     PXE = "stage2"
     SUPERVISOR = "stage3"
     ENVROOT = "envroot"
-
-
-@dataclass(frozen=True)
-class TemplateFile:
-    template: str  # path under templates/
-    dest: str  # archive path
-
-
-@dataclass(frozen=True)
-class StageSpec:
-    stage: Stage
-    description: str
-    program: str | None  # the agent's program module ("stage2.pxe"); None: no agent, no Python (envroot)
-    nic_drivers: bool
-    directories: tuple[str, ...]
-    devices: bool  # /dev/console and /dev/null, so the kernel has a console before devtmpfs is mounted
-    binaries: tuple[str, ...]
-    overlay: Path | None
-    templates: tuple[TemplateFile, ...]
-
-    @property
-    def number(self) -> int | None:
-        return {Stage.BOOSTER: 1, Stage.PXE: 2, Stage.SUPERVISOR: 3}.get(self.stage)
-
-    @property
-    def file_name(self) -> str:
-        return f"{self.stage.value}.cpio"
-
-
-_KEYS = {"description", "program", "nic_drivers", "directories", "devices", "binaries", "overlay", "templates"}
-_TEMPLATE_KEYS = {"template", "dest"}
 
 
 def _absolute_path(value: object) -> str:
@@ -75,16 +42,10 @@ def _relative_path(value: object) -> str:
     return path
 
 
-def _paths(value: object, each: Callable[[object], str]) -> tuple[str, ...]:
+def _paths(value: object) -> tuple[str, ...]:
     if not isinstance(value, list):
         raise ValueError("a list of paths")
-    return tuple(each(v) for v in value)
-
-
-def _bool(value: object) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError("true or false")
-    return value
+    return tuple(_absolute_path(v) for v in value)
 
 
 def _program(value: object) -> str:
@@ -98,51 +59,42 @@ def _program(value: object) -> str:
     return name
 
 
-def _templates(value: object, origin: str) -> tuple[TemplateFile, ...]:
-    if not isinstance(value, list):
-        raise ConfigError(
-            f"{origin}: templates = {shown(value)} is not allowed: expected a list of tables "
-            "{ template = PATH, dest = PATH }"
-        )
-    out = []
-    for index, table in enumerate(value):
-        key = f"templates[{index}]"
-        if not isinstance(table, dict) or set(table) != _TEMPLATE_KEYS:
-            raise ConfigError(
-                f"{origin}: {key} = {shown(table)} is not allowed: expected a table "
-                "{ template = PATH under templates/, dest = PATH in the image }"
-            )
-        out.append(
-            TemplateFile(
-                template=checked(origin, f"{key}.template", table["template"], _relative_path),
-                dest=checked(origin, f"{key}.dest", table["dest"], _absolute_path),
-            )
-        )
-    return tuple(out)
+def _overlay(value: object) -> Path:
+    return PROJECT_ROOT / _relative_path(value)
+
+
+@dataclass(frozen=True)
+class TemplateFile:
+    template: str = setting(_relative_path, "path under templates/")
+    dest: str = setting(_absolute_path, "path in the image")
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    stage: Stage  # from the file's name, not in it
+    description: str = setting(values.one_line, "what this stage does, in a line")
+    # None: no agent, no Python (envroot)
+    program: str | None = setting(_program, 'the agent\'s program module, e.g. "stage2.pxe"', None)
+    nic_drivers: bool = setting(boolean, "the image carries the NIC drivers of [images.NAME] drivers", False)
+    directories: tuple[str, ...] = setting(_paths, "empty directories made in the image", ())
+    # so that the kernel has a console before devtmpfs is mounted
+    devices: bool = setting(boolean, "/dev/console and /dev/null in the image", False)
+    binaries: tuple[str, ...] = setting(_paths, "sysroot programs carried with their libraries", ())
+    overlay: Path | None = setting(_overlay, "a project directory copied into the image", None)
+    templates: tuple[TemplateFile, ...] = setting([TemplateFile], "files rendered from templates/", ())
+
+    @property
+    def number(self) -> int | None:
+        return {Stage.BOOSTER: 1, Stage.PXE: 2, Stage.SUPERVISOR: 3}.get(self.stage)
+
+    @property
+    def file_name(self) -> str:
+        return f"{self.stage.value}.cpio"
 
 
 def load_stage(stage: Stage, directory: Path = STAGES_DIR) -> StageSpec:
     path = directory / f"{stage.value}.toml"
-    origin = str(path)
-    raw = read_toml(path, "stage declaration")
-    unknown = set(raw) - _KEYS
-    if unknown:
-        raise ConfigError(f"{path}: unknown keys {sorted(unknown)}", hint="allowed: " + ", ".join(sorted(_KEYS)))
-    if "description" not in raw:
-        raise ConfigError(f"{path}: description is missing", hint='add description = "what this stage does"')
-    program = raw.get("program")
-    overlay = raw.get("overlay")
-    return StageSpec(
-        stage=stage,
-        description=checked(origin, "description", raw["description"], values.one_line),
-        program=None if program is None else checked(origin, "program", program, _program),
-        nic_drivers=checked(origin, "nic_drivers", raw.get("nic_drivers", False), _bool),
-        directories=checked(origin, "directories", raw.get("directories", []), _paths, _absolute_path),
-        devices=checked(origin, "devices", raw.get("devices", False), _bool),
-        binaries=checked(origin, "binaries", raw.get("binaries", []), _paths, _absolute_path),
-        overlay=None if overlay is None else PROJECT_ROOT / checked(origin, "overlay", overlay, _relative_path),
-        templates=_templates(raw.get("templates", []), origin),
-    )
+    return StageSpec(stage, **parse(StageSpec, read_toml(path, "stage declaration"), str(path)))
 
 
 def all_stages() -> list[StageSpec]:
