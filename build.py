@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Set-up and entry point on a fresh machine.
 
+    python3 build.py setup  # install what is missing (packages, .venv, the cached sysroots of other releases)
     python3 build.py demo   # install what is missing, build every image, boot each stage in QEMU
     python3 build.py test   # install what is missing, lint and type-check, run the whole test suite (QEMU tests included)
 
@@ -10,9 +11,14 @@ project), never by hand, so CI on a bare machine and a new developer get the sam
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
@@ -63,7 +69,18 @@ APT_PACKAGES = [
     "perl",  # the tests compare jobs' time zone and Perl modules with the master's
     "file",  # and `file` on a node, with the magic database its library reads
     "acl",  # and jobs' access checks against files with ACLs (setfacl)
+    "debootstrap",  # the sysroots of other Debian releases the tests build images from
 ]
+
+# Sysroots of other Debian releases, made once with debootstrap and kept outside the checkout (they are
+# hundreds of MiB, shared by every worktree): tests build images from them to prove that a sysroot need
+# not be the build host's own release (another Python, kernel, module compression).
+SYSROOTS = Path(os.environ.get("BEOBOOT_SYSROOTS", "/var/cache/beoboot/sysroots"))
+MIRROR = "http://deb.debian.org/debian"
+# What a node image takes from a sysroot: Python (the agent), a kernel with its modules.
+SYSROOT_PACKAGES = ["python3", "linux-image-amd64"]
+SYSROOT_SUITES = ["trixie"]
+SYSROOT_STAMP = ".beoboot-sysroot.json"  # inside the tree: present only once the tree is whole
 
 
 def missing_packages() -> list[str]:
@@ -113,9 +130,100 @@ def install_fast_bpsh() -> None:
     tmp.replace(wrapper)
 
 
+def sysroot_recipe(suite: str) -> dict[str, object]:
+    return {"suite": suite, "variant": "minbase", "packages": SYSROOT_PACKAGES, "mirror": MIRROR}
+
+
+def sysroot_ready(suite: str) -> bool:
+    try:
+        stamp = json.loads((SYSROOTS / suite / SYSROOT_STAMP).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(stamp, dict) and stamp.get("recipe") == sysroot_recipe(suite)
+
+
+@contextlib.contextmanager
+def sysroots_lock() -> Iterator[None]:
+    """One debootstrap at a time: two worktrees running setup at once wait for each other."""
+    SYSROOTS.mkdir(parents=True, exist_ok=True)
+    with open(SYSROOTS / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def remove_tree(path: Path) -> None:
+    """A tree a killed debootstrap left: its mounts (proc, sys, bind-mounted devices) are let go first, so
+    the removal never reaches into the host's /proc, /sys or /dev."""
+    real = os.path.realpath(path)
+    mounts = []
+    with open("/proc/self/mounts") as table:
+        for line in table:
+            point = line.split()[1].replace("\\040", " ")
+            if point == real or point.startswith(real + "/"):
+                mounts.append(point)
+    for point in sorted(mounts, key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], check=False)
+    subprocess.run(["rm", "-rf", "--one-file-system", str(path)], check=True)
+
+
+def install_sysroot(suite: str) -> None:
+    """SYSROOTS/SUITE: a debootstrap of that release, made under a temporary name and renamed into place
+    whole, so a killed setup leaves no tree that looks finished."""
+    if sysroot_ready(suite):
+        return
+    with sysroots_lock():
+        if sysroot_ready(suite):  # made by another setup while this one waited
+            return
+        for stale in SYSROOTS.glob(f".{suite}.*"):
+            print(f"build.py: removing {stale}, left by an earlier setup", flush=True)
+            remove_tree(stale)
+        target = SYSROOTS / suite
+        building = SYSROOTS / f".{suite}.tmp-{os.getpid()}"
+        print(f"build.py: creating the {suite} sysroot {target} with debootstrap (a few minutes)", flush=True)
+        started = time.monotonic()
+        command = [
+            "debootstrap",
+            "--variant=minbase",
+            f"--include={','.join(SYSROOT_PACKAGES)}",
+            suite,
+            str(building),
+            MIRROR,
+        ]
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        if subprocess.run(command, env=env).returncode != 0:
+            raise SystemExit(
+                f"build.py: debootstrap of {suite} failed (above); its log is {building}/debootstrap/debootstrap.log"
+            )
+        # the downloaded packages are of no use to a build
+        for package in (building / "var/cache/apt/archives").glob("*.deb"):
+            package.unlink()
+        seconds = time.monotonic() - started
+        stamp = {"recipe": sysroot_recipe(suite), "seconds": round(seconds)}
+        (building / SYSROOT_STAMP).write_text(json.dumps(stamp, indent=1) + "\n")
+        if target.exists() or target.is_symlink():
+            old = SYSROOTS / f".{suite}.old-{os.getpid()}"
+            target.rename(old)
+            building.rename(target)
+            remove_tree(old)
+        else:
+            building.rename(target)
+        print(f"build.py: {suite} sysroot ready in {seconds:.0f} s: {target}", flush=True)
+
+
+def install_sysroots() -> None:
+    if all(sysroot_ready(suite) for suite in SYSROOT_SUITES):
+        return
+    if os.geteuid() != 0:  # debootstrap and the trees it makes are root's: the whole step runs as root
+        subprocess.run(["sudo", sys.executable, str(ROOT / "build.py"), "sysroots"], check=True)
+        return
+    for suite in SYSROOT_SUITES:
+        install_sysroot(suite)
+
+
 def setup() -> None:
     install_packages()
     install_venv()
+    install_sysroots()
 
 
 def demo() -> int:
@@ -146,6 +254,9 @@ def main(argv: list[str]) -> int:
     command = argv[0] if argv else "help"
     if command == "setup":
         setup()
+        return 0
+    if command == "sysroots":  # setup's last step, alone (run through sudo by a user who is not root)
+        install_sysroots()
         return 0
     if command == "demo":
         return demo()
