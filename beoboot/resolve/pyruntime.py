@@ -1,9 +1,10 @@
 """The in-image Python runtime: the sysroot's interpreter, one zip of compiled modules, and `/init`.
 
 The images have no shell: the kernel runs `/init`, a Python script, on the sysroot's own interpreter.
-Everything the agent imports is found by walking import statements (ast) from the agent package and
-`/init`, against the SYSROOT's stdlib and dist-packages (never the build host's), and packed into one
-zip at the place where the interpreter looks for its stdlib by itself.
+Everything the agent imports is found by walking import statements (beoboot.pyimports, which reads any
+Python 3's source, not only the build host's) from the agent package and `/init`, against the SYSROOT's
+stdlib and dist-packages (never the build host's), and packed into one zip at the place where the
+interpreter looks for its stdlib by itself.
 
 How Python 3.11 finds that zip with no PYTHONHOME/PYTHONPATH (Modules/getpath.py, frozen into the
 interpreter; landmarks for a build configured with prefix /usr on Linux):
@@ -24,7 +25,6 @@ Extension modules cannot be imported from a zip: they stay real files in lib-dyn
 
 from __future__ import annotations
 
-import ast
 import enum
 import io
 import json
@@ -40,11 +40,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
-from beoboot.errors import SysrootError, ToolError
+from beoboot.errors import BeobootError, SysrootError, ToolError
 from beoboot.log import log
+from beoboot.pyimports import PythonSourceError, decode_source, imports_of
 from beoboot.regularfile import open_regular
 from beoboot.resolve.sysroot import Sysroot
 
@@ -199,8 +201,18 @@ def find_sysroot_python(sysroot: Sysroot) -> SysrootPython:
         stdlib_dir=stdlib,
         dynload_dir=f"{stdlib}/lib-dynload",
         site_dirs=(DIST_PACKAGES,) if sysroot.exists(DIST_PACKAGES) else (),
-        builtins=CORE_BUILTINS | read_builtin_modules(sysroot.host(interpreter)),
+        builtins=CORE_BUILTINS | _builtin_modules_of(sysroot, interpreter),
     )
+
+
+def _builtin_modules_of(sysroot: Sysroot, interpreter: str) -> frozenset[str]:
+    try:
+        return read_builtin_modules(sysroot.host(interpreter))
+    except (ELFError, OSError, ValueError) as exc:  # pyelftools raises more than ELFError on a damaged file
+        raise SysrootError(
+            f"sysroot {sysroot.root}: cannot read the Python interpreter {interpreter} ({exc}); reinstall "
+            "python3-minimal in the sysroot"
+        ) from None
 
 
 def read_builtin_modules(interpreter: Path) -> frozenset[str]:
@@ -222,53 +234,6 @@ def read_builtin_modules(interpreter: Path) -> frozenset[str]:
 
 
 # -- finding the modules ----------------------------------------------------------------------------
-
-
-def imports_of(source: str, module: str, is_package: bool, filename: str = "<module>") -> list[tuple[str, bool]]:
-    """Absolute names one module imports, each with `required`: False for `from pkg import name`, where
-    `pkg.name` is a submodule only if such a file exists (otherwise an attribute)."""
-    tree = ast.parse(source, filename)
-    package = module if is_package else module.rpartition(".")[0]
-    found: list[tuple[str, bool]] = []
-    for node in _statements(tree):
-        if isinstance(node, ast.Import):
-            found.extend((alias.name, True) for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = _absolute(node.module, node.level, package)
-            if base is None:
-                continue
-            if node.module:
-                found.append((base, True))
-            found.extend((f"{base}.{alias.name}", not node.module) for alias in node.names if alias.name != "*")
-    return found
-
-
-_NESTED_BODIES = ("body", "orelse", "finalbody", "handlers", "cases")
-
-
-def _statements(tree: ast.AST) -> list[ast.AST]:
-    """Every statement, however nested. Imports are statements, so expressions (most of the tree) are
-    never visited: this walk is ~10x faster than ast.walk on the stdlib."""
-    found: list[ast.AST] = []
-    stack = [tree]
-    while stack:
-        node = stack.pop()
-        found.append(node)
-        for body in _NESTED_BODIES:
-            children = getattr(node, body, None)
-            if children:
-                stack.extend(children)
-    return found
-
-
-def _absolute(name: str | None, level: int, package: str) -> str | None:
-    if level == 0:
-        return name
-    parts = package.split(".") if package else []
-    if level - 1 > len(parts) or (level - 1 == len(parts) and not name):
-        return None  # beyond the top-level package: an error at run time too
-    base = ".".join(parts[: len(parts) - (level - 1)])
-    return f"{base}.{name}" if name and base else (name or base)
 
 
 def is_excluded(name: str, excludes: dict[str, str]) -> bool:
@@ -327,13 +292,25 @@ class ModuleFinder:
     def run(self) -> ModuleGraph:
         while self._queue:
             module = self._queue.popleft()
-            assert module.host_path is not None
-            source = _read(module.host_path).decode("utf-8")
-            for imported, required in imports_of(
-                source, module.name, module.kind == ModuleKind.PACKAGE, str(module.origin)
-            ):
+            for imported, required in self._imports(module):
                 self.add(imported, module.name, required)
         return self.graph
+
+    def _imports(self, module: Module) -> list[tuple[str, bool]]:
+        assert module.host_path is not None
+        where = str(module.origin)
+        try:
+            source = decode_source(_read(module.host_path), where)
+            return list(imports_of(source, module.name, module.kind == ModuleKind.PACKAGE, where))
+        except (PythonSourceError, OSError) as exc:
+            what = exc.message if isinstance(exc, BeobootError) else f"{where}: {exc.strerror or exc}"
+        top = module.name.partition(".")[0]
+        if top in self.packages:  # the project's own code, from the checkout
+            raise SysrootError(f"module {what}; fix it in {self.packages[top]}")
+        raise SysrootError(
+            f"sysroot {self.sysroot.root}: Python module {what} (imported by {module.imported_by}); reinstall the "
+            f"package that owns it in the sysroot (chroot {self.sysroot.root} dpkg -S {where})"
+        )
 
     def _locate_top(self, name: str, imported_by: str) -> Module | None:
         if name in self.packages:

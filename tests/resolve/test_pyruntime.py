@@ -374,3 +374,47 @@ def test_each_image_carries_only_its_own_stage_program():
         assert "agent.net.dhcp" in own[program]
     assert not {m for m in own["stage3.supervisor"] if m.startswith(("stage1", "stage2"))}
     assert {"stage3.jobrunner", "stage3.libcache", "stage3.launcher"} <= own["stage3.supervisor"]
+
+
+# -- a sysroot whose Python cannot be read ------------------------------------------------------------------
+
+
+def fake_python(root: Path, modules: dict[str, bytes]) -> Sysroot:
+    """A sysroot with python3.11 (the build host's binary, for its PyInit_ symbols) and these stdlib files."""
+    lib = root / "usr/lib/python3.11"
+    (lib / "lib-dynload").mkdir(parents=True)
+    (lib / "os.py").write_text("")
+    for relative, data in modules.items():
+        (lib / relative).parent.mkdir(parents=True, exist_ok=True)
+        (lib / relative).write_bytes(data)
+    (root / "usr/bin").mkdir(parents=True)
+    shutil.copy(os.path.realpath(sys.executable), root / "usr/bin/python3.11")
+    return Sysroot(root)
+
+
+@pytest.mark.parametrize(
+    ("data", "what"),
+    [
+        (b"import codecs\nprint 'Python 2'\n", "line 2: invalid syntax at a string: not Python 3"),
+        (b"import codecs\nx = '\xff'\n", "line 2: not valid utf-8"),
+        (b"x = f'{unclosed'\n", "line 1: unterminated string"),
+    ],
+)
+def test_a_stdlib_module_that_cannot_be_read_is_one_line_naming_it_and_what_to_do(tmp_path, data, what):
+    sysroot = fake_python(tmp_path, {"encodings/__init__.py": data})
+    with pytest.raises(SysrootError) as raised:
+        pyruntime.build_runtime(sysroot, "stage3.supervisor", PACKAGES)
+    message = str(raised.value)
+    assert "\n" not in message
+    assert f"Python module /usr/lib/python3.11/encodings/__init__.py, {what}" in message
+    assert "reinstall the package that owns it" in message
+
+
+def test_an_interpreter_that_is_no_elf_file_is_one_line_naming_it(tmp_path):
+    sysroot = fake_python(tmp_path, {})
+    (tmp_path / "usr/bin/python3.11").write_bytes(b"#!/bin/sh\necho not python\n")
+    with pytest.raises(SysrootError) as raised:
+        pyruntime.find_sysroot_python(sysroot)
+    assert "\n" not in str(raised.value)
+    assert "cannot read the Python interpreter /usr/bin/python3.11" in str(raised.value)
+    assert "reinstall python3-minimal in the sysroot" in str(raised.value)

@@ -5,7 +5,8 @@ A node holds only what jobs brought, so the job's interpreter would find nothing
 stdlib zip (beoboot.master.manifest.python). This works that sys.path out as CPython will on the node (Modules/getpath.py,
 Lib/site.py: the script's directory or the working directory, PYTHONPATH, the stdlib, a venv's
 site-packages or the user's and the system's site/dist-packages and their .pth lines), reads the imports of
-the program with `ast` (`import a.b`, `from a import b`, relative imports, `importlib.import_module("x")`),
+the program with beoboot.pyimports (`import a.b`, `from a import b`, relative imports,
+`importlib.import_module("x")`),
 finds each module as the import system would, and follows the imports of every module it finds, as
 modulefinder does, without running anything. It brings each module found outside the stdlib a whole
 top-level package at a time (so its data files, its submodules imported by name at run time and its
@@ -18,7 +19,6 @@ Modules imported in a `try:` that the master has come along too: harmless. A mod
 
 from __future__ import annotations
 
-import ast
 import glob
 import os
 import posixpath
@@ -29,6 +29,7 @@ from beoboot.master.manifest import budget as jobbudget
 from beoboot.master.manifest.python import python_version
 from beoboot.master.manifest.sourcecache import PerFile, Searches, read_text
 from beoboot.master.manifest.sourcewatch import SourceWatch
+from beoboot.pyimports import ImportStatement, PythonSourceError, resolve, scan
 from beoboot.regularfile import read_regular
 
 MAX_MODULES = 20000  # modules read for one job: past this the rest need --cache
@@ -236,7 +237,7 @@ class PythonImports:
 
     def __init__(self) -> None:
         self._searches = Searches()
-        self._imports_of = PerFile(lambda path, key: _parse_imports(read_text(path, key, MAX_SOURCE)))
+        self._imports_of = PerFile(lambda path, key: _statements(read_text(path, key, MAX_SOURCE), path))
 
     def paths(self, start: PythonStart, env: Mapping[str, str], *, cached_only: bool = False) -> tuple[str, ...] | None:
         """Paths to bring (module files, package trees, metadata, the script); `cached_only`: None unless
@@ -280,8 +281,8 @@ class PythonImports:
             if source in scanned:
                 continue
             scanned.add(source)
-            statements = self._imports_of(source) if source else _parse_imports(start.code or "")
-            for wanted in _absolute_names(name, is_package, statements):
+            statements = self._imports_of(source) if source else _statements(start.code or "", "<string>")
+            for wanted in [imported.name for imported in resolve(statements, name, is_package, dynamic=True)]:
                 for found in finder.chain(wanted):
                     if found.name in handled:
                         continue
@@ -388,54 +389,9 @@ def _top_level_names(metadata: str) -> set[str]:
 # --- reading imports ---------------------------------------------------------------------------------------
 
 
-def _parse_imports(text: str) -> tuple[tuple[int, str, tuple[str, ...]], ...]:
-    """(level, module, names) for each import in `text`: `import a.b` -> (0, 'a.b', ()); `from ..c import d`
-    -> (2, 'c', ('d',)); importlib.import_module('e') and __import__('e') with a literal name -> (0, 'e', ())."""
+def _statements(text: str, filename: str) -> tuple[ImportStatement, ...]:
+    """The imports in a program's text; none when it is not Python 3 (the interpreter will say so)."""
     try:
-        tree = ast.parse(text)
-    except (SyntaxError, ValueError):
-        return ()  # not Python 3 (or not Python): the interpreter will say so
-    statements: list[tuple[int, str, tuple[str, ...]]] = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            statements += [(0, alias.name, ()) for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            statements.append((node.level, node.module or "", tuple(a.name for a in node.names if a.name != "*")))
-        elif isinstance(node, ast.Call) and _is_import_call(node):
-            statements.append((0, node.args[0].value, ()))  # type: ignore[attr-defined]
-    return tuple(statements)
-
-
-def _is_import_call(node: ast.Call) -> bool:
-    function = node.func
-    name = (
-        function.id if isinstance(function, ast.Name) else function.attr if isinstance(function, ast.Attribute) else ""
-    )
-    return (
-        name in ("import_module", "__import__")
-        and len(node.args) == 1
-        and not node.keywords
-        and isinstance(node.args[0], ast.Constant)
-        and isinstance(node.args[0].value, str)
-    )
-
-
-def _absolute_names(
-    module: str, is_package: bool, statements: tuple[tuple[int, str, tuple[str, ...]], ...]
-) -> list[str]:
-    """The absolute module names a module's imports may load: for `from a import b`, both a and a.b (b may be
-    a submodule; if it is only a name, a.b is not found and nothing comes for it)."""
-    package = module if is_package else module.rpartition(".")[0]
-    names: list[str] = []
-    for level, name, imported in statements:
-        if level:
-            base = package.split(".") if package else []
-            if level - 1 > len(base) or module == "__main__":
-                continue  # beyond the top-level package, or a script's relative import: fails on the master too
-            base = base[: len(base) - (level - 1)]
-            name = ".".join([*base, name] if name else base)
-        if not name:
-            continue
-        names.append(name)
-        names += [f"{name}.{item}" for item in imported]
-    return names
+        return scan(text, filename)
+    except PythonSourceError:
+        return ()
