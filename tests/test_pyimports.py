@@ -1,17 +1,22 @@
 """beoboot.pyimports: the imports of Python source, read by a tokenizer of its own, are the ones `ast` finds.
 
-The reference is the ast-based code pyruntime and jobimports had before (ORACLE, below), run by the build
-host on its own stdlib and on generated programs (Hypothesis).
+The reference is the ast-based code pyruntime and jobimports had before (ORACLE, below): run by the build
+host on its own stdlib and on generated programs (Hypothesis), and by a sysroot's newer Python on that
+Python's stdlib, whose f-strings (PEP 701) the build host's parser cannot read.
 """
 
 from __future__ import annotations
 
+import ast
+import json
 import os
+import subprocess
 import sysconfig
 import time
 from pathlib import Path
 
 import pytest
+import sysroots
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -486,3 +491,69 @@ def test_every_module_of_the_build_hosts_stdlib_gives_what_ast_gives():
             continue
         agrees(text, expected, module, is_package)
     print(f"\n{len(files)} files, {len(rejected)} not Python 3 for both: {', '.join(rejected)}")
+
+
+def _sysroot_python():
+    """The trixie sysroot's python3.13 as build.py setup made it, run as pyruntime runs it; None without it."""
+    from beoboot.resolve import pyruntime
+    from beoboot.resolve.sysroot import Sysroot
+
+    root = sysroots.sysroot("trixie")
+    if root is None:
+        return None
+    sysroot = Sysroot(root)
+    python = pyruntime.find_sysroot_python(sysroot)
+    return sysroot, python, pyruntime.sysroot_compiler(sysroot, python)
+
+
+# Runs in the sysroot's interpreter: the oracle's answer for each file named on stdin.
+_ORACLE_CHILD = """
+import json, sys
+for path, module, is_package in json.load(sys.stdin):
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        print(json.dumps([path, "undecodable"]))
+        continue
+    print(json.dumps([path, read(text, module, is_package)]))
+"""
+
+
+def test_every_module_of_a_newer_pythons_stdlib_gives_what_its_own_ast_gives():
+    found = _sysroot_python()
+    if found is None:
+        pytest.skip(sysroots.SKIP_REASON.format(suite="trixie"))
+    sysroot, python, compiler = found
+    assert python.version > (3, 11)
+    if compiler is None:
+        pytest.skip("the sysroot's python does not run here")
+    top = sysroot.host(python.stdlib_dir)
+    files = _python_files(top)
+    request = json.dumps([(str(path), *_module_of(path, top)) for path in files])
+    child = subprocess.run(
+        [*compiler.argv, "-S", "-s", "-c", ORACLE + _ORACLE_CHILD],
+        input=request,
+        capture_output=True,
+        text=True,
+        env=dict(compiler.env),
+        timeout=600,
+        check=True,
+    )
+    answers = [json.loads(line) for line in child.stdout.splitlines()]
+    assert len(answers) == len(files) > 500
+    newer = 0
+    for path, expected in answers:
+        if expected == "undecodable":
+            continue
+        text = Path(path).read_text()
+        module, is_package = _module_of(Path(path), top)
+        assert expected is not None, path  # the sysroot's stdlib is its own Python's
+        try:
+            ast.parse(text)
+        except SyntaxError:
+            newer += 1  # the build host's parser cannot read it: PEP 701 f-strings, PEP 695 type statements
+        agrees(text, expected, module, is_package)
+    assert newer > 0  # else this proves no more than the build host's stdlib did
+    print(f"\n{len(answers)} files of Python {python.version}, {newer} beyond the build host's parser")

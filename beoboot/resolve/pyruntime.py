@@ -6,8 +6,14 @@ Python 3's source, not only the build host's) from the agent package and `/init`
 stdlib and dist-packages (never the build host's), and packed into one zip at the place where the
 interpreter looks for its stdlib by itself.
 
-How Python 3.11 finds that zip with no PYTHONHOME/PYTHONPATH (Modules/getpath.py, frozen into the
-interpreter; landmarks for a build configured with prefix /usr on Linux):
+The zip holds bytecode when something here can compile for the sysroot's Python: the build host's own
+interpreter if it is the same major.minor, else the sysroot's interpreter itself, run through the
+sysroot's dynamic loader and libraries with the sysroot's stdlib (same architecture). Otherwise it holds
+the .py sources, which the image's interpreter compiles as it imports them.
+
+How Python 3.11 (and 3.12, 3.13: the same landmarks) finds that zip with no PYTHONHOME/PYTHONPATH
+(Modules/getpath.py, frozen into the interpreter; landmarks for a build configured with prefix /usr on
+Linux, named for the version: python313.zip, python3.13/...):
   * prefix: search up from the executable's directory (/usr/bin) for the ZIP_LANDMARK
     `lib/python311.zip` -> finds /usr/lib/python311.zip -> prefix = /usr. Without the zip it would look
     for the STDLIB_LANDMARKS `lib/python3.11/os.py` / `os.pyc` instead, and fall back to the compiled-in
@@ -48,6 +54,8 @@ from beoboot.errors import BeobootError, SysrootError, ToolError
 from beoboot.log import log
 from beoboot.pyimports import PythonSourceError, decode_source, imports_of
 from beoboot.regularfile import open_regular
+from beoboot.resolve.elf import ElfIdentity, parse_identity
+from beoboot.resolve.ldso import LibraryResolver
 from beoboot.resolve.sysroot import Sysroot
 
 INIT_PATH = "/init"
@@ -394,9 +402,103 @@ def host_can_compile_for(version: tuple[int, int]) -> bool:
     return sys.version_info[:2] == version
 
 
-def zip_member_name(module: Module) -> str:
-    base = module.name.replace(".", "/")
-    return f"{base}/__init__" if module.kind == ModuleKind.PACKAGE else base
+@dataclass(frozen=True)
+class Compiler:
+    """A Python on the build host that writes bytecode for the sysroot's version."""
+
+    argv: tuple[str, ...]  # runs it; "-S -s -c CODE" follow
+    env: tuple[tuple[str, str], ...]
+    description: str  # for messages
+
+
+# Run by the sysroot's interpreter before it is trusted to compile: it must be the version the sysroot's
+# layout says and read only the sysroot's stdlib, never the build host's.
+_PROBE_CHILD = "import json, sys; print(json.dumps([list(sys.version_info[:2]), sys.prefix, sys.path]))"
+
+
+def find_compiler(sysroot: Sysroot, python: SysrootPython) -> Compiler | None:
+    """The build host's interpreter if it is the sysroot's version, else the sysroot's own if it runs here,
+    else None: then the zip holds sources."""
+    if host_can_compile_for(python.version):
+        return host_compiler()
+    return sysroot_compiler(sysroot, python)
+
+
+def host_compiler() -> Compiler:
+    return Compiler((sys.executable,), (("PATH", os.environ.get("PATH", "/usr/bin:/bin")),), sys.executable)
+
+
+def sysroot_compiler(sysroot: Sysroot, python: SysrootPython) -> Compiler | None:
+    """The sysroot's interpreter, started by the sysroot's dynamic loader with the sysroot's libraries
+    (--library-path, and no ld.so.cache: the build host's would name its own) and stdlib (PYTHONHOME). It
+    runs only on the build host's architecture; None, with the reason logged, when it cannot run here."""
+    version = "%d.%d" % python.version
+    resolver = LibraryResolver(sysroot)
+    try:
+        info = resolver.elf_info(python.interpreter)
+        if info.identity != _host_identity():
+            log.info(
+                "python runtime: the sysroot's python%s is %s, not for this machine", version, info.identity.describe()
+            )
+            return None
+        if info.interp is None:
+            return None  # no dynamic loader to run it with: not how Debian builds python3
+        loader = sysroot.resolve(info.interp).real
+        resolver.closure([python.interpreter])  # a library it needs and the sysroot lacks: it cannot run
+    except BeobootError as exc:
+        log.warning("python runtime: the sysroot's python%s cannot run here: %s", version, exc.message)
+        return None
+    library_dirs = []
+    for directory in resolver.search_dirs:
+        if sysroot.exists(directory):  # through its links inside the sysroot, never out of it
+            library_dirs.append(str(sysroot.host(sysroot.resolve(directory).real)))
+    argv = (
+        str(sysroot.host(loader)),
+        "--inhibit-cache",
+        "--library-path",
+        ":".join(library_dirs),
+        str(sysroot.host(python.interpreter)),
+    )
+    home = posixpath.dirname(posixpath.dirname(python.stdlib_dir))
+    env = (("PYTHONHOME", str(sysroot.host(home))),)
+    compiler = Compiler(argv, env, f"the sysroot's python{version} ({sysroot.host(python.interpreter)})")
+    try:
+        probe = _run_python(compiler, _PROBE_CHILD, "", 60)
+        found_version, prefix, path = json.loads(probe.stdout)
+    except (OSError, subprocess.SubprocessError, ValueError) as exc:
+        log.warning("python runtime: the sysroot's python%s cannot run here: %s", version, exc)
+        return None
+    root = str(sysroot.root).rstrip("/") + "/"
+    outside = [entry for entry in [prefix, *path] if entry and not entry.startswith(root)]
+    if probe.returncode != 0 or tuple(found_version) != python.version or outside:
+        log.warning(
+            "python runtime: the sysroot's python%s ran as %s with %s outside the sysroot; not used",
+            version,
+            found_version,
+            outside,
+        )
+        return None
+    return compiler
+
+
+def _host_identity() -> ElfIdentity:
+    with open_regular(Path(os.path.realpath(sys.executable))) as f:
+        return parse_identity(f.read(64), sys.executable)[0]
+
+
+def _run_python(
+    compiler: Compiler, code: str, stdin: str, timeout: float, cwd: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    # PYTHONHASHSEED=0: frozenset constants are marshalled in hash order (see _COMPILE_CHILD)
+    return subprocess.run(
+        [*compiler.argv, "-S", "-s", "-c", code],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env={**dict(compiler.env), "PYTHONHASHSEED": "0"},
+        timeout=timeout,
+        cwd=cwd,
+    )
 
 
 # Runs in a fresh interpreter: marshal sets FLAG_REF and picks interned string codes from the refcounts
@@ -406,29 +508,38 @@ def zip_member_name(module: Module) -> str:
 _COMPILE_CHILD = """
 import json, py_compile, sys
 for source, target, display in json.load(sys.stdin):
-    py_compile.compile(source, cfile=target, dfile=display, doraise=True, optimize=0,
-                       invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+    try:
+        py_compile.compile(source, cfile=target, dfile=display, doraise=True, optimize=0,
+                           invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+    except py_compile.PyCompileError as exc:
+        print(source + ": " + " ".join(str(exc.exc_value).split()), file=sys.stderr)
+        sys.exit(1)
 """
+COMPILE_TIMEOUT = 600  # seconds for every module of the runtime; it takes about one
 
 
-def compile_modules(jobs: list[tuple[Path, str]], scratch: Path) -> list[bytes]:
+def compile_modules(jobs: list[tuple[Path, str]], scratch: Path, compiler: Compiler | None = None) -> list[bytes]:
     """Unchecked-hash .pyc (PEP 552) for each (source, display name): no source mtime in the bytes and
     no source check at import. The display name becomes co_filename, so no build-host path gets in."""
+    compiler = compiler or host_compiler()
     targets = [scratch / f"{index}.pyc" for index in range(len(jobs))]
     request = json.dumps([(str(source), str(target), display) for (source, display), target in zip(jobs, targets)])
-    result = subprocess.run(
-        [sys.executable, "-S", "-s", "-c", _COMPILE_CHILD],
-        input=request,
-        capture_output=True,
-        text=True,
-        env={"PYTHONHASHSEED": "0", "PATH": os.environ.get("PATH", "/usr/bin:/bin")},
-    )
+    try:
+        result = _run_python(compiler, _COMPILE_CHILD, request, COMPILE_TIMEOUT, cwd=str(scratch))
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise ToolError(f"compiling the agent's Python modules with {compiler.description} failed: {exc}") from None
     if result.returncode != 0:
+        lines = result.stderr.strip().splitlines() or [f"exit status {result.returncode}"]
         raise ToolError(
-            f"compiling the agent's Python modules with {sys.executable} failed:\n{result.stderr.strip()}",
-            hint="a module in the sysroot or the agent package has a syntax error for this Python version",
+            f"compiling the agent's Python modules with {compiler.description} failed: {lines[-1]}; a module in "
+            "the sysroot or the agent package is no Python source for this version: reinstall its package"
         )
     return [target.read_bytes() for target in targets]
+
+
+def zip_member_name(module: Module) -> str:
+    base = module.name.replace(".", "/")
+    return f"{base}/__init__" if module.kind == ModuleKind.PACKAGE else base
 
 
 def write_zip(members: dict[str, bytes]) -> bytes:
@@ -486,13 +597,17 @@ def build_runtime(
     graph = find_modules(sysroot, python, packages, init_bytes.decode(), tuple(extra_modules))
     for name, importer in sorted(graph.missing.items()):
         log.debug("python runtime: %s (imported by %s) not found; an optional import, left out", name, importer)
-    compiled = host_can_compile_for(python.version)
-    if not compiled:
+    compiler = find_compiler(sysroot, python)
+    compiled = compiler is not None
+    if compiler is None:
         log.warning(
-            "python runtime: build host is Python %d.%d, sysroot is %d.%d: storing .py sources, not .pyc",
+            "python runtime: build host is Python %d.%d, sysroot is %d.%d and its interpreter does not run here: "
+            "storing .py sources, not .pyc",
             *sys.version_info[:2],
             *python.version,
         )
+    elif not host_can_compile_for(python.version):
+        log.debug("python runtime: compiling for Python %d.%d with %s", *python.version, compiler.description)
     members: dict[str, bytes] = {}
     extensions: list[tuple[str, str]] = []
     to_compile: list[tuple[str, Path]] = []
@@ -509,7 +624,7 @@ def build_runtime(
     if to_compile:
         with tempfile.TemporaryDirectory(prefix="beoboot-pyc-") as scratch:
             jobs = [(source, f"{python.zip_path}/{base}.py") for base, source in to_compile]
-            for (base, _), pyc in zip(to_compile, compile_modules(jobs, Path(scratch))):
+            for (base, _), pyc in zip(to_compile, compile_modules(jobs, Path(scratch), compiler)):
                 members[base + ".pyc"] = pyc
     modules = tuple(
         sorted(n for n, m in graph.modules.items() if m.kind not in (ModuleKind.EXTENSION, ModuleKind.BUILTIN))

@@ -7,6 +7,7 @@ tmp dir, and runs the agent and a real request of its HTTP client (agent.httpcli
 
 from __future__ import annotations
 
+import dataclasses
 import http.server
 import io
 import os
@@ -418,3 +419,11 @@ def test_an_interpreter_that_is_no_elf_file_is_one_line_naming_it(tmp_path):
     assert "\n" not in str(raised.value)
     assert "cannot read the Python interpreter /usr/bin/python3.11" in str(raised.value)
     assert "reinstall python3-minimal in the sysroot" in str(raised.value)
+
+
+def test_the_build_host_compiles_for_its_own_version_only(tmp_path):
+    sysroot = fake_python(tmp_path, {})
+    python = pyruntime.find_sysroot_python(sysroot)
+    assert pyruntime.find_compiler(sysroot, python) == pyruntime.host_compiler()
+    other = dataclasses.replace(python, version=(3, 99))
+    assert pyruntime.find_compiler(sysroot, other) is None  # its python3.11 is not 3.99: not trusted
