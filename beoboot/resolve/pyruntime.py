@@ -1,7 +1,7 @@
 """The in-image Python runtime: the sysroot's interpreter, one zip of compiled modules, and `/init`.
 
 The images have no shell: the kernel runs `/init`, a Python script, on the sysroot's own interpreter.
-Everything the agent imports is found by walking import statements (beoboot.pyimports, which reads any
+Everything the agent imports is found by walking import statements (beoboot.resolve.pyimports, which reads any
 Python 3's source, not only the build host's) from the agent package and `/init`, against the SYSROOT's
 stdlib and dist-packages (never the build host's), and packed into one zip at the place where the
 interpreter looks for its stdlib by itself.
@@ -52,10 +52,10 @@ from elftools.elf.sections import SymbolTableSection
 
 from beoboot.errors import BeobootError, SysrootError, ToolError
 from beoboot.log import log
-from beoboot.pyimports import PythonSourceError, decode_source, imports_of
 from beoboot.regularfile import open_regular
 from beoboot.resolve.elf import ElfIdentity, parse_identity
 from beoboot.resolve.ldso import LibraryResolver
+from beoboot.resolve.pyimports import PythonSourceError, decode_source, imports_of
 from beoboot.resolve.sysroot import Sysroot
 
 INIT_PATH = "/init"

@@ -5,7 +5,7 @@ A node holds only what jobs brought, so the job's interpreter would find nothing
 stdlib zip (beoboot.master.manifest.python). This works that sys.path out as CPython will on the node (Modules/getpath.py,
 Lib/site.py: the script's directory or the working directory, PYTHONPATH, the stdlib, a venv's
 site-packages or the user's and the system's site/dist-packages and their .pth lines), reads the imports of
-the program with beoboot.pyimports (`import a.b`, `from a import b`, relative imports,
+the program with beoboot.resolve.pyimports (`import a.b`, `from a import b`, relative imports,
 `importlib.import_module("x")`),
 finds each module as the import system would, and follows the imports of every module it finds, as
 modulefinder does, without running anything. It brings each module found outside the stdlib a whole
@@ -29,8 +29,8 @@ from beoboot.master.manifest import budget as jobbudget
 from beoboot.master.manifest.python import python_version
 from beoboot.master.manifest.sourcecache import PerFile, Searches, read_text
 from beoboot.master.manifest.sourcewatch import SourceWatch
-from beoboot.pyimports import ImportStatement, PythonSourceError, resolve, scan
 from beoboot.regularfile import read_regular
+from beoboot.resolve.pyimports import ImportStatement, PythonSourceError, resolve, scan
 
 MAX_MODULES = 20000  # modules read for one job: past this the rest need --cache
 MAX_SOURCE = 4 << 20  # a larger .py file is not read for its imports

@@ -1,4 +1,4 @@
-"""beoboot.pyimports: the imports of Python source, read by a tokenizer of its own, are the ones `ast` finds.
+"""beoboot.resolve.pyimports: the imports of Python source, read by a tokenizer of its own, are the ones `ast` finds.
 
 The reference is the ast-based code pyruntime and jobimports had before (ORACLE, below): run by the build
 host on its own stdlib and on generated programs (Hypothesis), and by a sysroot's newer Python on that
@@ -20,7 +20,7 @@ import sysroots
 from hypothesis import given
 from hypothesis import strategies as st
 
-from beoboot.pyimports import ImportStatement, PythonSourceError, decode_source, imports_of, resolve, scan
+from beoboot.resolve.pyimports import ImportStatement, PythonSourceError, decode_source, imports_of, resolve, scan
 
 # The ast-based readers as pyruntime and jobimports had them, as text: the sysroot's interpreter runs it too.
 ORACLE = r'''

@@ -1,4 +1,4 @@
-"""Fuzzing the import scanner (beoboot/pyimports.py), which reads sysroot modules and users' programs.
+"""Fuzzing the import scanner (beoboot/resolve/pyimports.py), which reads sysroot modules and users' programs.
 
 Any text gives the imports or a PythonSourceError naming the file, never another exception, in bounded
 time; any bytes decode to text or that error. Where the build host's own parser accepts the text, the
@@ -14,7 +14,7 @@ import warnings
 from hypothesis import given
 from hypothesis import strategies as st
 
-from beoboot.pyimports import PythonSourceError, decode_source, scan
+from beoboot.resolve.pyimports import PythonSourceError, decode_source, scan
 
 SECONDS = 10  # far above what any of these inputs needs: a hang or a quadratic blow-up shows
 
