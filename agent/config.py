@@ -31,7 +31,7 @@ class NicAlias:
 @dataclass(frozen=True)
 class AgentConfig:
     version: str  # beoboot version that built the image
-    stage: str  # "stage1", "stage2", "stage3"
+    stage: str  # the agent.schema.Stage this image is, one that runs the agent
     program: str  # the module whose main(config, dry_run=...) is the stage's work, e.g. "stage2.pxe"
     kernel_version: str
     # PCI NIC table, most specific patterns first is not required: the agent tries every match.

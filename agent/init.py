@@ -23,6 +23,7 @@ from agent.config import AGENT_CONFIG_PATH, AgentConfig
 from agent.errors import AgentError
 from agent.net import network
 from agent.report import say
+from agent.schema import Stage
 from agent.system import console, kmodload, mounts, syscalls
 
 DRY_RUN_ENV = "BEOBOOT_DRY_RUN"
@@ -53,11 +54,12 @@ def parse_options(argv: list[str], environ: dict[str, str] | os._Environ[str]) -
 
 
 def stage_number(stage: str) -> int:
-    """1, 2 or 3 from config.stage ("stage1", "stage2", "stage3")."""
-    digits = stage.removeprefix("stage")
-    if digits in ("1", "2", "3"):
-        return int(digits)
-    raise AgentError(f"unknown stage {stage!r} in the agent config", hint="expected stage1, stage2 or stage3")
+    """The number of config.stage, one of the stages that run the agent ("stage2" -> 2)."""
+    numbers = {str(s): s.number for s in Stage.with_agent() if s.number is not None}
+    if stage in numbers:
+        return numbers[stage]
+    *first, last = numbers
+    raise AgentError(f"unknown stage {stage!r} in the agent config", hint=f"expected {', '.join(first)} or {last}")
 
 
 def read_config(path: str) -> AgentConfig:

@@ -25,6 +25,7 @@ from agent import __version__
 from agent import protocol as p
 from agent.download import Backoff
 from agent.httpclient import Connection, HttpError, Response
+from agent.schema import Stage
 
 T = TypeVar("T")
 
@@ -66,7 +67,7 @@ class MasterLink:
         self,
         base_url: str,
         mac: str,
-        stage: p.Stage | str,
+        stage: Stage | str,
         *,
         timeout: float = 5.0,
         backoff: Backoff = Backoff(first=0.5),
@@ -79,7 +80,7 @@ class MasterLink:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.mac = p.normalise_mac(mac)
-        self.stage = p.Stage(stage)
+        self.stage = Stage(stage)
         self.timeout = timeout
         self.backoff = backoff
         # heartbeats, events, logs and the host table: one kept-alive connection, one request at a time

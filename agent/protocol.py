@@ -23,6 +23,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from agent.schema import Stage
+
 API = "/api/v1"
 REGISTER_PATH = f"{API}/register"  # POST RegisterRequest -> RegisterReply
 HEARTBEAT_PATH = f"{API}/heartbeat"  # POST Heartbeat -> HeartbeatReply
@@ -36,18 +38,6 @@ BOOT_PREFIX = "/"  # GET/HEAD the builder's output tree, at the root as nginx se
 
 # A node the master does not know (its registry was lost) gets 404 on heartbeat/events/logs: register again.
 UNKNOWN_NODE_STATUS = 404
-
-
-class Stage(enum.StrEnum):
-    """Which image the agent runs in; the order is the boot order."""
-
-    BOOSTER = "stage1"
-    PXE = "stage2"
-    SUPERVISOR = "stage3"
-
-    @property
-    def order(self) -> int:
-        return int(self.value[-1])
 
 
 class NodeState(enum.StrEnum):
@@ -404,8 +394,10 @@ def _converter(hint: Any) -> typing.Callable[[Any], Any]:
         return _dict_of(_converter(key), _converter(val))
     if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return _dataclass_converter(hint)
+    if hint is Stage:  # a node is only ever in a stage that runs the agent
+        return _enum_converter(hint, Stage.with_agent())
     if isinstance(hint, type) and issubclass(hint, enum.Enum):
-        return _enum_converter(hint)
+        return _enum_converter(hint, tuple(hint))
     if hint is float:
         return _float
     if hint is str:
@@ -485,14 +477,17 @@ def _dataclass_converter(cls: type) -> typing.Callable[[Any], Any]:
     return convert
 
 
-def _enum_converter(cls: type[enum.Enum]) -> typing.Callable[[Any], Any]:
+def _enum_converter(cls: type[enum.Enum], members: tuple[enum.Enum, ...]) -> typing.Callable[[Any], Any]:
     def convert(value: Any) -> Any:
         try:
-            return cls(value)
+            member = cls(value)
         except (ValueError, TypeError):  # TypeError: an unhashable value (a list)
-            allowed = ", ".join(str(m.value) for m in cls)
-            shown = value.complaint if type(value) is _Refused else _shorten(repr(value))
-            raise _Mismatch(f"{shown} is not one of {allowed}") from None
+            member = None
+        if member in members:
+            return member
+        allowed = ", ".join(str(m.value) for m in members)
+        shown = value.complaint if type(value) is _Refused else _shorten(repr(value))
+        raise _Mismatch(f"{shown} is not one of {allowed}")
 
     return convert
 

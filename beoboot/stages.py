@@ -6,11 +6,11 @@ drivers) lives in the build config.
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 from pathlib import Path
 
 from agent import values
+from agent.schema import Stage
 from beoboot.configfile import boolean, parse, read_toml, setting
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -18,13 +18,6 @@ STAGES_DIR = PROJECT_ROOT / "stages"
 TEMPLATES_DIR = PROJECT_ROOT / "templates"
 # The packages an image's Python comes from besides the sysroot's: what every image runs, and each stage's own
 PROGRAM_PACKAGES = ("agent", "stage1", "stage2", "stage3")
-
-
-class Stage(enum.StrEnum):
-    BOOSTER = "stage1"
-    PXE = "stage2"
-    SUPERVISOR = "stage3"
-    ENVROOT = "envroot"
 
 
 def _absolute_path(value: object) -> str:
@@ -85,7 +78,7 @@ class StageSpec:
 
     @property
     def number(self) -> int | None:
-        return {Stage.BOOSTER: 1, Stage.PXE: 2, Stage.SUPERVISOR: 3}.get(self.stage)
+        return self.stage.number
 
     @property
     def file_name(self) -> str:

@@ -12,11 +12,12 @@ from agent.masterlink import MasterLink
 from agent.net import nicdetect
 from agent.net.network import NetworkState, bring_up_until_it_works
 from agent.report import reporter, say
+from agent.schema import KERNEL, Stage
 from stage1 import kexec
 
 # What stage 1 itself used up, and the boot loader's own words about stage 1's files; stage 2 gets the
 # rest of the command line (console, master, the pins of what it and stage 3 fetch).
-CONSUMED_WORDS = ("beoboot.pin.kernel=", "beoboot.pin.stage2=", "BOOT_IMAGE=", "initrd=")
+CONSUMED_WORDS = (f"beoboot.pin.{KERNEL}=", f"beoboot.pin.{Stage.PXE}=", "BOOT_IMAGE=", "initrd=")
 
 
 def next_cmdline(own: str, master: str) -> str:
@@ -34,14 +35,14 @@ def main(config: AgentConfig, *, dry_run: bool) -> None:
 def run(config: AgentConfig, net: NetworkState, *, dry_run: bool) -> None:
     started = time.monotonic()
     master = net.master_url or ""
-    link = MasterLink(master, nicdetect.mac_text(net.interface), p.Stage.BOOSTER, log=say)
+    link = MasterLink(master, nicdetect.mac_text(net.interface), Stage.BOOSTER, log=say)
     reporter.attach(link)
     link.register(hwprobe.probe())
     link.event(p.BootEvent.STAGE1_START, at=started)
     pins = bootfiles.pins_from_cmdline(cmdline.read())
     manifest = bootfiles.fetch_manifest(master, "/tmp/manifest.json", say)
-    kernel = bootfiles.fetch(master, manifest, "kernel", "/tmp/vmlinuz", pins, say)
-    initrd = bootfiles.fetch(master, manifest, "stage2", "/tmp/stage2.img", pins, say)
+    kernel = bootfiles.fetch(master, manifest, KERNEL, "/tmp/vmlinuz", pins, say)
+    initrd = bootfiles.fetch(master, manifest, Stage.PXE, f"/tmp/{Stage.PXE}.img", pins, say)
     with open(cmdline.PROC_CMDLINE) as f:
         command_line = next_cmdline(f.read(), master)
     say(f"beoboot: kexec into the stage 2 kernel at uptime {hwprobe.uptime() or 0:.1f} s: {command_line}")

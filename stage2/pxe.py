@@ -15,6 +15,7 @@ from agent.masterlink import MasterLink
 from agent.net import nicdetect
 from agent.net.network import NetworkState, bring_up_until_it_works
 from agent.report import reporter, say
+from agent.schema import Stage
 from agent.system import syscalls
 from stage2 import switchroot
 
@@ -43,7 +44,7 @@ def main(config: AgentConfig, *, dry_run: bool) -> None:
 def run(config: AgentConfig, net: NetworkState, *, dhcp_started: float, dry_run: bool) -> None:
     master = net.master_url or ""
     mac = nicdetect.mac_text(net.interface)
-    link = MasterLink(master, mac, p.Stage.PXE, log=say)
+    link = MasterLink(master, mac, Stage.PXE, log=say)
     link.event(p.BootEvent.STAGE2_START, at=dhcp_started)
     link.event(p.BootEvent.DHCP, f"{net.interface} {net.lease.cidr}", at=dhcp_started)
     reporter.attach(link)  # from here on every line also goes to the master
@@ -53,8 +54,8 @@ def run(config: AgentConfig, net: NetworkState, *, dhcp_started: float, dry_run:
     manifest = bootfiles.fetch_manifest(master, "/tmp/manifest.json", say)
     syscalls.mount("tmpfs", NEW_ROOT, "tmpfs", 0, "mode=0755", dry_run=dry_run)
     link.event(p.BootEvent.DOWNLOAD)
-    download = os.path.join(NEW_ROOT, ".stage3.download")
-    bootfiles.fetch(master, manifest, "stage3", download, pins, say)
+    download = os.path.join(NEW_ROOT, f".{Stage.SUPERVISOR}.download")
+    bootfiles.fetch(master, manifest, Stage.SUPERVISOR, download, pins, say)
     started = time.monotonic()
     count = unpack(download, NEW_ROOT)
     os.unlink(download)
@@ -64,7 +65,7 @@ def run(config: AgentConfig, net: NetworkState, *, dhcp_started: float, dry_run:
         mac,
         net.interface,
         net.lease.cidr,
-        {k: v for k, v in pins.items() if k == "envroot"},
+        {k: v for k, v in pins.items() if k == Stage.ENVROOT},
         server_id=net.lease.server_id,
         lease_seconds=net.lease.lease_seconds,
         renewal_seconds=net.lease.renewal_seconds,

@@ -22,6 +22,7 @@ import threading
 from agent import hwprobe
 from agent import protocol as p
 from agent.masterlink import MasterLink
+from agent.schema import Stage
 from agent.system.mounts import ENV_ROOT_MOUNTS
 from stage3 import jobrunner
 from stage3.libcache import LibCache
@@ -98,7 +99,7 @@ class SimNode:
 
     def start(self) -> int:
         """Boot: register (a new boot of the same node number), report stage 3 ready, heartbeat, link."""
-        self.link = MasterLink(self.master, self.mac, p.Stage.SUPERVISOR, timeout=10)
+        self.link = MasterLink(self.master, self.mac, Stage.SUPERVISOR, timeout=10)
         self.runner = jobrunner.JobRunner(
             self.master, self.mac, self.env_root, self.cache, log=print, token=self._token, power=self.power
         )

@@ -25,6 +25,7 @@ from agent.handoff import HANDOFF_PATH, Handoff
 from agent.masterlink import MasterLink
 from agent.net.netlink import Netlink
 from agent.report import reporter, say
+from agent.schema import Stage
 from agent.system import mounts, syscalls
 from stage3 import jobrunner, leasekeeper
 from stage3.libcache import LIBCACHE_DIR
@@ -90,7 +91,7 @@ def build_env_root(master: str, pins: dict[str, str], config: AgentConfig, *, dr
     """The environment root: the envroot image unpacked into its own tmpfs, or onto the local disk of
     config.libcache_disk, with agent.system.mounts.ENV_ROOT_MOUNTS. True when it is on the disk."""
     manifest = bootfiles.fetch_manifest(master, "/run/beoboot/manifest.json", say)
-    image = bootfiles.fetch(master, manifest, "envroot", "/run/beoboot/envroot.img", pins, say)
+    image = bootfiles.fetch(master, manifest, Stage.ENVROOT, f"/run/beoboot/{Stage.ENVROOT}.img", pins, say)
     on_disk = bool(config.libcache_disk) and mount_local_disk(
         config.libcache_disk, config.libcache_fstype, format_blank=config.libcache_format == "blank", dry_run=dry_run
     )
@@ -269,7 +270,7 @@ def main(config: AgentConfig, *, dry_run: bool) -> None:
 def run(config: AgentConfig, *, dry_run: bool) -> None:
     signal.signal(signal.SIGCHLD, reap_children)
     handoff = read_handoff()
-    link = MasterLink(handoff.master_url, handoff.mac, p.Stage.SUPERVISOR, log=say)
+    link = MasterLink(handoff.master_url, handoff.mac, Stage.SUPERVISOR, log=say)
     link.address = handoff.address  # the DHCP address; with an address plan the master uses its own
     reporter.attach(link)
     try:

@@ -13,11 +13,12 @@ import pytest
 
 from agent import cmdline
 from agent.config import AgentConfig
+from agent.schema import Stage
 from beoboot import config
 from beoboot.cli import make_parser
 from beoboot.errors import ConfigError, ModuleError
 from beoboot.master.config import load_config, parse_config
-from beoboot.stages import Stage, load_stage
+from beoboot.stages import load_stage
 from tests.conftest import have_kernel, run_beoboot
 
 

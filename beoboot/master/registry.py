@@ -26,12 +26,12 @@ from agent.protocol import (
     LogLine,
     NodeState,
     ProtocolError,
-    Stage,
     StageEvent,
     check_event_name,
     from_dict,
     normalise_mac,
 )
+from agent.schema import Stage
 from beoboot.errors import BeobootError
 
 SCHEMA = """

@@ -22,6 +22,7 @@ from agent import protocol as p
 from agent.download import Backoff, DownloadError, fetch
 from agent.httpclient import Connection, HttpError, Pool, split_url
 from agent.masterlink import MasterBusy, MasterLink, MasterLinkError, RegistrationRefused, _retry_after
+from agent.schema import Stage
 from stage3.libcache import LibCache, LibCacheError
 
 MAC = "02:be:0b:00:00:01"
@@ -211,7 +212,7 @@ def test_a_busy_master_is_waited_for_as_long_as_its_retry_after_says():
     busy = json_answer(503, "Service Unavailable", {"error": "beoserv holds 64 MiB: retry shortly"}, "Retry-After: 7")
     with scripted_http(answering(busy)) as server:
         sleeps: list[float] = []
-        link = MasterLink(server.url, MAC, p.Stage.SUPERVISOR, backoff=Backoff(first=0.01), sleep=sleeps.append)
+        link = MasterLink(server.url, MAC, Stage.SUPERVISOR, backoff=Backoff(first=0.01), sleep=sleeps.append)
         with pytest.raises(MasterBusy, match="retry shortly") as caught:
             link.register(attempts=2)
     assert caught.value.retry_after == 7 and sleeps == [7]
@@ -220,13 +221,13 @@ def test_a_busy_master_is_waited_for_as_long_as_its_retry_after_says():
 def test_a_refused_registration_says_the_masters_reason():
     refused = json_answer(403, "Forbidden", {"error": "source port 40000 is not privileged"})
     with scripted_http(answering(refused)) as server:
-        link = MasterLink(server.url, MAC, p.Stage.SUPERVISOR, sleep=lambda s: None)
+        link = MasterLink(server.url, MAC, Stage.SUPERVISOR, sleep=lambda s: None)
         with pytest.raises(RegistrationRefused, match="refused the registration: source port 40000 is not"):
             link.register(attempts=1)
 
 
 def test_an_unreachable_master_is_a_master_link_error_not_a_traceback():
-    link = MasterLink(f"http://127.0.0.1:{free_port()}", MAC, p.Stage.SUPERVISOR, timeout=1, sleep=lambda s: None)
+    link = MasterLink(f"http://127.0.0.1:{free_port()}", MAC, Stage.SUPERVISOR, timeout=1, sleep=lambda s: None)
     with pytest.raises(MasterLinkError, match="unreachable after 2 tries: .*cannot connect: Connection refused"):
         link.register(attempts=2)
     assert link.heartbeat() is None and link.hosts() is None
@@ -247,7 +248,7 @@ def test_messages_carry_the_token_on_one_connection_and_registration_comes_from_
         return request.target != p.REGISTER_PATH
 
     with scripted_http(answer) as server:
-        link = MasterLink(server.url, MAC, p.Stage.SUPERVISOR)
+        link = MasterLink(server.url, MAC, Stage.SUPERVISOR)
         link.register()
         link.event(p.BootEvent.STAGE3_READY)
         link.queue_log("INFO", "a line")

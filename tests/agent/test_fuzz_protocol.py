@@ -15,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agent import protocol as p
+from agent.schema import Stage
 
 # every message shape the contract has: the HTTP bodies and replies, and the job link's frames
 MESSAGES = sorted(
@@ -176,6 +177,8 @@ def valid(hint):
     if dataclasses.is_dataclass(hint):
         hints = typing.get_type_hints(hint)
         return st.builds(hint, **{f.name: valid(hints[f.name]) for f in dataclasses.fields(hint)})
+    if hint is Stage:  # a node is only ever in a stage that runs the agent
+        return st.sampled_from(Stage.with_agent())
     if isinstance(hint, type) and issubclass(hint, enum.Enum):
         return st.sampled_from(list(hint))
     if hint is float:

@@ -3,6 +3,7 @@ import time
 import pytest
 
 from agent import protocol as p
+from agent.schema import Stage
 
 
 def test_register_request_round_trips():
@@ -13,13 +14,13 @@ def test_register_request_round_trips():
         (p.PciDevice("0000:00:03.0", "0x8086", "0x100e", "0x020000", "e1000"),),
         (p.Disk("vda", 10 << 30, None),),
     )
-    request = p.RegisterRequest("52:54:00:12:34:56", p.Stage.PXE, hw, "0.1.0")
+    request = p.RegisterRequest("52:54:00:12:34:56", Stage.PXE, hw, "0.1.0")
     assert p.from_json(p.RegisterRequest, p.to_json(request)) == request
 
 
 def test_defaults_fill_missing_optional_fields():
     msg = p.from_json(p.Heartbeat, '{"mac": "52:54:00:12:34:56", "stage": "stage3"}')
-    assert msg.uptime is None and msg.stage is p.Stage.SUPERVISOR
+    assert msg.uptime is None and msg.stage is Stage.SUPERVISOR
 
 
 @pytest.mark.parametrize(

@@ -23,12 +23,13 @@ CLIENT = r"""
 import http.client, json, random, sys
 from agent import protocol as p
 from agent.masterlink import MasterLink, RegistrationRefused
+from agent.schema import Stage
 
 url = sys.argv[1]
 host, port = url.split("//")[1].rstrip("/").split(":")
 
 def register(mac, source_port):
-    body = p.to_json(p.RegisterRequest(mac, p.Stage.SUPERVISOR, p.Hardware(), "0"))
+    body = p.to_json(p.RegisterRequest(mac, Stage.SUPERVISOR, p.Hardware(), "0"))
     conn = http.client.HTTPConnection(host, int(port), timeout=10, source_address=("", source_port))
     conn.request("POST", p.REGISTER_PATH, body, {"Content-Type": "application/json", "Connection": "close"})
     sent_from = conn.sock.getsockname()[1]

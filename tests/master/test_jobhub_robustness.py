@@ -21,6 +21,7 @@ import pytest
 from master_helpers import bpsh_argv, simulated_cluster
 
 from agent import protocol as p
+from agent.schema import Stage
 
 pytestmark = pytest.mark.skipif(os.getuid() != 0, reason="simulated nodes chroot their jobs: needs root")
 
@@ -63,7 +64,7 @@ def test_objects_go_only_to_a_node_whose_link_is_up(cluster):
 async def forge_exit_for(master, job: int) -> None:
     """Register as a new node (any host may) and, over its own job link, claim another node's job."""
     async with aiohttp.ClientSession() as http:
-        register = p.RegisterRequest(mac="02:66:66:00:00:01", stage=p.Stage.SUPERVISOR)
+        register = p.RegisterRequest(mac="02:66:66:00:00:01", stage=Stage.SUPERVISOR)
         async with http.post(master.url + p.REGISTER_PATH, data=p.to_json(register)) as response:
             token = json.loads(await response.text())["link_token"]
         link = master.url + p.JOBS_LINK_PATH + "?mac=02:66:66:00:00:01"

@@ -21,6 +21,7 @@ from master_helpers import MasterProcess, bpsh_argv, publish_files, start_simnod
 from agent import protocol as p
 from agent.download import Backoff
 from agent.masterlink import MasterBusy, MasterLink
+from agent.schema import Stage
 from beoboot.master.registry import Registry
 from beoboot.master.server import BODY_BUDGET
 from stage3.wsclient import OP_BINARY, OP_TEXT, WebSocket, WebSocketError
@@ -347,7 +348,7 @@ def test_registration_does_not_slow_as_the_registry_grows(tmp_path):
     registry = Registry(db)
     hardware = p.Hardware("cpu", 8, 1 << 24, (p.PciDevice("0000:00:03.0", "0x8086", "0x100e", "0x020000", "e1000"),))
     for i in range(100, 3100):
-        registry.register(f"52:54:01:00:{i >> 8:02x}:{i & 255:02x}", p.Stage.SUPERVISOR, hardware, time.time())
+        registry.register(f"52:54:01:00:{i >> 8:02x}:{i & 255:02x}", Stage.SUPERVISOR, hardware, time.time())
     registry.close()
     master = MasterProcess(tmp_path / "boot", db, tmp_path / "beoserv2.log", config).start()
     try:
@@ -408,7 +409,7 @@ def test_bodies_held_at_once_are_bounded_and_the_rest_told_to_retry(tmp_path):
         assert refused.status_code == 503 and 1 <= int(refused.headers["Retry-After"]) <= 5, refused.text
         assert "retry shortly" in refused.json()["error"]
         sleeps: list[float] = []  # the agent waits at least what it was told, and says the master is busy
-        link = MasterLink(server.url, MAC, p.Stage.SUPERVISOR, backoff=Backoff(first=0.01), sleep=sleeps.append)
+        link = MasterLink(server.url, MAC, Stage.SUPERVISOR, backoff=Backoff(first=0.01), sleep=sleeps.append)
         with pytest.raises(MasterBusy, match="retry shortly"):
             link.register(attempts=2)
         assert len(sleeps) == 1 and sleeps[0] >= 1

@@ -1,6 +1,7 @@
 import pytest
 
-from agent.protocol import Hardware, Load, LogLine, NodeState, Stage, StageEvent
+from agent.protocol import Hardware, Load, LogLine, NodeState, StageEvent
+from agent.schema import Stage
 from beoboot.master.registry import Registry, RegistryError
 
 A, B = "52:54:00:00:00:0a", "52:54:00:00:00:0b"

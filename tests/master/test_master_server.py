@@ -20,6 +20,7 @@ from agent import protocol as p
 from agent.download import Backoff, fetch
 from agent.httpclient import Connection, HttpError
 from agent.masterlink import MasterLink, MasterLinkError
+from agent.schema import Stage
 
 MACS = [f"52:54:00:00:01:{i:02x}" for i in range(4)]
 FAST = Backoff(first=0.01, cap=0.05)
@@ -79,7 +80,7 @@ def test_events_make_a_timeline_and_ready_means_up(master):
     number = lk.register().number
     lk.event("kexec")
     for stage, events in [("stage2", ["stage2_start", "dhcp", "download", "switch"]), ("stage3", ["stage3_ready"])]:
-        lk.stage = p.Stage(stage)
+        lk.stage = Stage(stage)
         assert lk.register().boot == 1  # a later stage continues the boot
         for name in events:
             lk.event(name)

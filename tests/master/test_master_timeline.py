@@ -1,6 +1,7 @@
 import xml.etree.ElementTree as ET
 
-from agent.protocol import Stage, Timeline, TimelineEntry
+from agent.protocol import Timeline, TimelineEntry
+from agent.schema import Stage
 from beoboot.master import timeline as tl
 
 BOOT = Timeline(

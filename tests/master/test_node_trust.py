@@ -14,6 +14,7 @@ import pytest
 from master_helpers import bpsh_argv, running_job, simulated_cluster
 
 from agent import protocol as p
+from agent.schema import Stage
 
 pytestmark = pytest.mark.skipif(os.getuid() != 0, reason="simulated nodes chroot their jobs: needs root")
 
@@ -25,10 +26,11 @@ NOBODY = 65534
 IMPOSTOR = r"""
 import json, sys, time, urllib.error, urllib.request
 from agent import protocol as p
+from agent.schema import Stage
 from stage3.wsclient import WebSocket
 
 url, mac, ready = sys.argv[1], sys.argv[2], sys.argv[3] == "ready"
-body = p.to_json(p.RegisterRequest(mac, p.Stage.SUPERVISOR, p.Hardware(cpu_model="impostor", cpus=1), "0"))
+body = p.to_json(p.RegisterRequest(mac, Stage.SUPERVISOR, p.Hardware(cpu_model="impostor", cpus=1), "0"))
 request = urllib.request.Request(url + p.REGISTER_PATH, body.encode(), {"Content-Type": "application/json"})
 try:
     with urllib.request.urlopen(request, timeout=10) as response:
@@ -37,7 +39,7 @@ except urllib.error.HTTPError as exc:
     print(json.dumps({"status": exc.code, "body": exc.read().decode()}), flush=True)
     sys.exit(0)
 if ready:
-    events = p.EventBatch(mac, time.monotonic(), (p.StageEvent("stage3_ready", time.monotonic(), p.Stage.SUPERVISOR),))
+    events = p.EventBatch(mac, time.monotonic(), (p.StageEvent("stage3_ready", time.monotonic(), Stage.SUPERVISOR),))
     token = {p.LINK_TOKEN_HEADER: reply.link_token}
     urllib.request.urlopen(urllib.request.Request(url + p.EVENTS_PATH, p.to_json(events).encode(), token), timeout=10).read()
 ws = WebSocket.connect(f"{url}{p.JOBS_LINK_PATH}?mac={mac}", headers={p.LINK_TOKEN_HEADER: reply.link_token})
@@ -164,10 +166,10 @@ def test_a_nodes_heartbeats_events_and_log_lines_need_its_token(cluster):
     the answer is the unknown node's (the node itself would register again), and nothing is recorded."""
     mac = "02:be:0b:00:00:01"  # stage3.simnode's second node: node 1
     now = time.monotonic()
-    forged_line = p.LogLine(now, p.Stage.SUPERVISOR, "INFO", "forged by someone without the token")
+    forged_line = p.LogLine(now, Stage.SUPERVISOR, "INFO", "forged by someone without the token")
     messages = [
-        (p.HEARTBEAT_PATH, p.Heartbeat(mac, p.Stage.SUPERVISOR, 1.0)),
-        (p.EVENTS_PATH, p.EventBatch(mac, now, (p.StageEvent("stage3_ready", now, p.Stage.SUPERVISOR),))),
+        (p.HEARTBEAT_PATH, p.Heartbeat(mac, Stage.SUPERVISOR, 1.0)),
+        (p.EVENTS_PATH, p.EventBatch(mac, now, (p.StageEvent("stage3_ready", now, Stage.SUPERVISOR),))),
         (p.LOGS_PATH, p.LogBatch(mac, now, (forged_line,))),
     ]
     for path, message in messages:
@@ -307,7 +309,7 @@ def test_a_refused_registration_is_retried_with_backoff_and_logged_once(tmp_path
         link = MasterLink(
             master.url,
             "02:66:66:00:00:30",
-            p.Stage.SUPERVISOR,
+            Stage.SUPERVISOR,
             backoff=Backoff(first=0.5),
             sleep=sleeps.append,
             log=said.append,

@@ -10,6 +10,7 @@ import pytest
 from master_helpers import MasterProcess, bpsh_argv, start_simnodes
 
 from agent import protocol as p
+from agent.schema import Stage
 from stage3.wsclient import WebSocket, WebSocketError
 
 pytestmark = pytest.mark.skipif(os.getuid() != 0, reason="simulated nodes chroot their jobs: needs root")
@@ -20,11 +21,11 @@ MAC = "02:be:0b:00:00:00"  # stage3.simnode's first node
 def register(url: str) -> p.RegisterReply:
     """Register as the node (root on the master may) and say it is up, as the node's agent does: only a
     node that is up gets jobs."""
-    body = p.to_json(p.RegisterRequest(MAC, p.Stage.SUPERVISOR, p.Hardware(cpu_model="impostor", cpus=1), "0"))
+    body = p.to_json(p.RegisterRequest(MAC, Stage.SUPERVISOR, p.Hardware(cpu_model="impostor", cpus=1), "0"))
     request = urllib.request.Request(url + p.REGISTER_PATH, body.encode(), {"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=10) as response:
         reply = p.from_json(p.RegisterReply, response.read())
-    ready = p.EventBatch(MAC, 0.0, (p.StageEvent(p.BootEvent.STAGE3_READY, 0.0, p.Stage.SUPERVISOR),))
+    ready = p.EventBatch(MAC, 0.0, (p.StageEvent(p.BootEvent.STAGE3_READY, 0.0, Stage.SUPERVISOR),))
     headers = {p.LINK_TOKEN_HEADER: reply.link_token}
     urllib.request.urlopen(
         urllib.request.Request(url + p.EVENTS_PATH, p.to_json(ready).encode(), headers), timeout=10

@@ -13,13 +13,14 @@ from pathlib import Path
 import pytest
 
 from agent.config import MKE2FS_PATH
+from agent.schema import Stage
 from beoboot import config
 from beoboot.errors import ModuleError
 from beoboot.image.assemble import BuildContext, assemble
 from beoboot.resolve.kmod import KernelModules
 from beoboot.resolve.ldso import LibraryResolver
 from beoboot.resolve.sysroot import Sysroot
-from beoboot.stages import Stage, load_stage
+from beoboot.stages import load_stage
 from stage3 import supervisor
 
 MIB = 1 << 20
