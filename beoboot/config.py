@@ -17,6 +17,8 @@ from typing import Any
 
 from agent import cmdline, values
 from agent.config import LIBCACHE_FORMATS, MKE2FS_FSTYPES
+from agent.schema import Stage
+from beoboot import stages
 from beoboot.configfile import (
     boolean,
     checked,
@@ -31,7 +33,7 @@ from beoboot.configfile import (
 from beoboot.errors import ConfigError
 from beoboot.image.compress import Compression
 
-IMAGE_NAMES = ("stage1", "stage2", "stage3", "envroot")
+IMAGE_NAMES = tuple(stage.value for stage in Stage)
 DEFAULT_CONFIG_NAME = "<embedded default config>"
 
 
@@ -77,6 +79,10 @@ def parse_compression(value: Any) -> Compression:
         return Compression(value)
     except (ValueError, TypeError):  # TypeError: a list or table is not hashable
         raise ValueError("one of " + ", ".join(c.value for c in Compression)) from None
+
+
+def parse_iso_stage(value: Any) -> str:
+    return one_of(*stages.stages_booted_from("iso"))(value)
 
 
 def parse_floppy_kib(value: Any) -> int:
@@ -157,7 +163,7 @@ class ImageConfig:
 
 @dataclass(frozen=True)
 class ArtifactsConfig:
-    iso_stage: str = setting(one_of("stage1", "stage2"), "which stage the ISO boots")
+    iso_stage: str = setting(parse_iso_stage, "which stage the ISO boots")
     floppy_kib: int = setting(parse_floppy_kib, "floppy size: 1440 or 2880 KiB")
     floppy_mode: str = setting(one_of("auto", "kernel", "network"), "kernel+ramdisk floppy or iPXE booster")
     node_range: str = setting(parse_node_range, "DHCP range of the nodes, for dnsmasq.conf")
@@ -241,20 +247,15 @@ def _config(tables: dict[str, Any], origin: str) -> Config:
     return Config(**tables["build"], images=images, artifacts=ArtifactsConfig(**tables["artifacts"]), origin=origin)
 
 
-# Images that an agent downloads and unpacks itself (not the kernel): Python's standard library in the
-# image reads gzip (zlib is built into the interpreter) and plain cpio, not zstd, lz4 or (without _lzma) xz.
-AGENT_UNPACKED = {"stage3": "stage 2", "envroot": "stage 3"}
-AGENT_COMPRESSIONS = (Compression.GZIP, Compression.NONE)
-
-
 def _check_agent_unpackable(images: dict[str, Any], origin: str) -> None:
-    for name, unpacker in AGENT_UNPACKED.items():
-        compression = images[name]["compression"]
-        if compression not in AGENT_COMPRESSIONS:
+    """Each image's compression is one its unpacker reads (stages/NAME.toml: unpacked_by, compressions)."""
+    for spec in stages.all_stages():
+        name, compression = spec.stage.value, images[spec.stage]["compression"]
+        if compression not in spec.compressions:
             raise ConfigError(
-                f"{origin}: images.{name}.compression = {compression.value!r} is not allowed: {unpacker}'s agent "
-                "unpacks this image itself and reads only gzip or none",
-                hint=f'set [images.{name}] compression = "gzip"',
+                f"{origin}: images.{name}.compression = {compression.value!r} is not allowed: {spec.unpacker} "
+                "unpacks this image itself and reads only " + " or ".join(spec.compressions),
+                hint=f'set [images.{name}] compression = "{spec.compressions[0]}"',
             )
 
 

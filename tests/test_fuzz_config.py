@@ -15,13 +15,14 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from agent import cmdline, values
+from agent.schema import Stage
 from beoboot import config, configfile
 from beoboot.artifacts import render
-from beoboot.artifacts.media import PINNED_BY, kernel_cmdline
+from beoboot.artifacts.media import kernel_cmdline
 from beoboot.artifacts.pxe import parse_node_range, write_server_configs
 from beoboot.errors import ConfigError
 from beoboot.master.config import MasterConfig, load_config, parse_config
-from beoboot.stages import Stage, StageSpec, load_stage
+from beoboot.stages import StageSpec, load_stage, pins
 
 TIME_LIMIT = 5.0  # seconds for one load, on a loaded 2-core machine; a load takes milliseconds
 # tmp_path is per test, Hypothesis runs many examples in one: each example overwrites the same file
@@ -203,6 +204,12 @@ STAGE_PLAUSIBLE = {
     ("binaries",): [[], ["/bin/sh"]],
     ("overlay",): ["stage2/overlay"],
     ("templates",): [[{"template": "envroot/passwd.j2", "dest": "/etc/passwd"}], []],
+    ("fetches",): [["stage3"], ["kernel", "envroot"], []],
+    ("unpacked_by",): ["kernel", "stage1"],
+    ("compressions",): [["gzip", "none"], ["zstd"]],
+    ("boots_from",): [["pxe", "iso"], []],
+    ("colour",): ["#f28e2b"],
+    ("formats_libcache_disk",): [True, False],
 }
 text_values = st.sampled_from(sorted({v for vs in BUILD_PLAUSIBLE.values() for v in vs if isinstance(v, str)}))
 
@@ -331,7 +338,7 @@ def check_accepted_build_config(cfg: config.Config, scratch) -> None:
     art = cfg.artifacts
     hashes = {name: "ab" * 32 for name in ("kernel", "stage2", "stage3", "envroot")}
     # the kernel command line: exactly the intended words, however the kernel or a boot loader splits it
-    for stage in PINNED_BY:
+    for stage in Stage:
         line = kernel_cmdline(cfg, stage, hashes)
         intended = [
             f"console={art.console}",
@@ -339,7 +346,7 @@ def check_accepted_build_config(cfg: config.Config, scratch) -> None:
             "loglevel=4",
             "PYTHONHASHSEED=0",
             f"beoboot.master={cfg.master_url}",
-            *(f"beoboot.pin.{n}={hashes[n]}" for n in PINNED_BY[stage]),
+            *(f"beoboot.pin.{n}={hashes[n]}" for n in pins(stage)),
             *art.append.split(),
         ]
         assert line.split(" ") == intended == line.split()

@@ -1,9 +1,10 @@
 """The boot artifacts of a build: ISO, floppy, PXE tree and server configs, from the finished images.
 
 Kernel command lines carry the pins: the sha256 of each image the next stage will fetch
-(`beoboot.pin.NAME=HEX`). The boot config that starts a stage is as trusted as the stage itself (both
-come from the same medium or TFTP server), so a pin there is a pin "in" that stage, and the images can be
-built side by side instead of one after the other.
+(`beoboot.pin.NAME=HEX`, beoboot.stages.pins). The boot config that starts a stage is as trusted as the
+stage itself (both come from the same medium or TFTP server), so a pin there is a pin "in" that stage, and
+the images can be built side by side instead of one after the other. Which stage each medium boots is the
+stages' declaration (boots_from).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.schema import KERNEL, Stage
+from beoboot import stages
 from beoboot.artifacts import BootPayload
 from beoboot.artifacts.floppy import write_floppy
 from beoboot.artifacts.iso import write_iso
@@ -23,12 +26,6 @@ ISO_NAME = "beoboot.iso"
 FLOPPY_NAME = "floppy.img"
 PXE_DIR = "pxe"
 SERVER_DIR = "server"
-# What each stage fetches next, and so must find pinned on its command line.
-PINNED_BY = {
-    "stage1": ("kernel", "stage2", "stage3", "envroot"),  # stage 1 hands the last two on to stage 2
-    "stage2": ("stage3", "envroot"),  # stage 2 hands envroot on to stage 3
-    "stage3": ("envroot",),
-}
 
 
 @dataclass(frozen=True)
@@ -37,7 +34,7 @@ class WrittenArtifact:
     path: str  # relative to the build directory
 
 
-def kernel_cmdline(config: Config, stage: str, hashes: dict[str, str]) -> str:
+def kernel_cmdline(config: Config, stage: Stage, hashes: dict[str, str]) -> str:
     """The command line of a node kernel booting `stage`: console, Python's hash seed, master, pins."""
     assert config.artifacts is not None
     words = [
@@ -49,7 +46,7 @@ def kernel_cmdline(config: Config, stage: str, hashes: dict[str, str]) -> str:
         "PYTHONHASHSEED=0",
         f"beoboot.master={config.master_url}",
     ]
-    words += [f"beoboot.pin.{name}={hashes[name]}" for name in PINNED_BY.get(stage, ()) if name in hashes]
+    words += [f"beoboot.pin.{name}={hashes[name]}" for name in stages.pins(stage) if name in hashes]
     if config.artifacts.append:
         words.append(config.artifacts.append)
     return " ".join(words)
@@ -61,10 +58,14 @@ def write_all(
     """Write every artifact into `build_dir` (the staging directory); returns them sorted by path."""
     assert config.artifacts is not None
     art = config.artifacts
-    kernel = images["kernel"]
-    iso_payload = BootPayload(kernel, images[art.iso_stage], kernel_cmdline(config, art.iso_stage, hashes))
-    pxe_payload = BootPayload(kernel, images["stage2"], kernel_cmdline(config, "stage2", hashes))
-    stage1_payload = BootPayload(kernel, images["stage1"], kernel_cmdline(config, "stage1", hashes))
+    kernel = images[KERNEL]
+
+    def payload(stage: Stage) -> BootPayload:
+        return BootPayload(kernel, images[stage], kernel_cmdline(config, stage, hashes))
+
+    iso_payload = payload(Stage(art.iso_stage))
+    pxe_payload = payload(stages.stage_booted_from("pxe"))
+    floppy_payload = payload(stages.stage_booted_from("floppy"))
     pxe_url = f"{config.master_url}{PXE_DIR}/"
     mtime = config.source_date_epoch
     written: list[WrittenArtifact] = []
@@ -75,7 +76,7 @@ def write_all(
 
     def floppy() -> list[WrittenArtifact]:
         result = write_floppy(
-            stage1_payload,
+            floppy_payload,
             build_dir / FLOPPY_NAME,
             size_kib=art.floppy_kib,
             mode=art.floppy_mode,

@@ -23,7 +23,7 @@ from beoboot.resolve.ldso import LibraryResolver
 from beoboot.resolve.nics import TRANSPORTS, nic_table, select_drivers
 from beoboot.resolve.pyruntime import PythonRuntime, build_runtime
 from beoboot.resolve.sysroot import Sysroot
-from beoboot.stages import PROGRAM_PACKAGES, PROJECT_ROOT, TEMPLATES_DIR, Stage, StageSpec
+from beoboot.stages import PROGRAM_PACKAGES, PROJECT_ROOT, TEMPLATES_DIR, StageSpec
 
 
 @dataclass
@@ -84,7 +84,7 @@ def assemble(spec: StageSpec, image: ImageConfig, ctx: BuildContext) -> FileList
         elf_roots[files.add_from_sysroot(ctx.sysroot, binary, Reason(f"{spec.stage.value} program"))] = Reason(
             f"{spec.stage.value} program"
         )
-    if spec.stage == Stage.SUPERVISOR and ctx.config.libcache_disk and ctx.config.libcache_format == "blank":
+    if spec.formats_libcache_disk and ctx.config.libcache_disk and ctx.config.libcache_format == "blank":
         _add_disk_formatter(files, ctx, elf_roots)
     if elf_roots:
         _add_elf_closure(files, ctx, elf_roots)
@@ -145,8 +145,9 @@ def _add_debug_shell(files: FileList, ctx: BuildContext, elf_roots: dict[str, Re
 
 
 def _add_disk_formatter(files: FileList, ctx: BuildContext, elf_roots: dict[str, Reason]) -> None:
-    """mke2fs, with which stage 3 formats a blank libcache disk: added only when the config asks, so the
-    default images carry none. Without /etc/mke2fs.conf it uses its built-in profile, the same as Debian's."""
+    """mke2fs, with which a stage (formats_libcache_disk) formats a blank libcache disk: added only when the
+    config asks, so the default images carry none. Without /etc/mke2fs.conf it uses its built-in profile,
+    the same as Debian's."""
     if not ctx.sysroot.exists(MKE2FS_PATH):
         raise ConfigError(
             f'[build] libcache_format = "blank", but sysroot {ctx.sysroot.root} has no {MKE2FS_PATH}, with which '

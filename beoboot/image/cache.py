@@ -12,9 +12,9 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from beoboot.stages import PROJECT_ROOT
+from beoboot.stages import PROGRAM_PACKAGES, PROJECT_ROOT
 
-CODE_DIRS = ("beoboot", "agent", "stages", "stage1", "stage2", "stage3", "templates")
+CODE_DIRS = ("beoboot", "stages", "templates", *PROGRAM_PACKAGES)
 
 
 def code_digest() -> str:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from xml.sax.saxutils import escape, quoteattr
 
 from agent.protocol import BootEvent, Timeline
+from beoboot import stages
 from beoboot.master.printable import printable
 
 # Labels for the standard events; others are shown by name.
@@ -24,7 +25,6 @@ PHASE_LABELS = {
     BootEvent.SWITCH: "switch",
     BootEvent.STAGE3_READY: "stage 3 ready",
 }
-COLOURS = {"stage1": "#4e79a7", "stage2": "#f28e2b", "stage3": "#59a14f"}
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,7 @@ def format_text(timeline: Timeline) -> str:
 def render_svg(timeline: Timeline, *, width: int = 800, row_height: int = 22) -> str:
     """A waterfall: one row per phase, bars placed on a shared time axis, labels at the left."""
     rows = phases(timeline)
+    colours = stages.colours()
     label_w, pad, axis_h = 150, 10, 30
     total = max((ph.start + ph.duration for ph in rows), default=0.0) or 1.0
     plot_w = width - label_w - 2 * pad
@@ -88,7 +89,7 @@ def render_svg(timeline: Timeline, *, width: int = 800, row_height: int = 22) ->
     for i, ph in enumerate(rows):
         y = axis_h + pad + i * row_height
         x = label_w + pad + ph.start * scale
-        colour = COLOURS.get(ph.stage, "#999")
+        colour = colours.get(ph.stage, "#999")
         tip = f"{ph.label}: +{ph.start:.3f}s, {ph.duration:.3f}s" + (f" ({ph.detail})" if ph.detail else "")
         out.append(f'<text x="{pad}" y="{y + row_height * 0.7:.1f}">{escape(ph.label)}</text>')
         if ph.duration > 0:

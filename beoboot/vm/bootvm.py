@@ -25,7 +25,9 @@ from enum import StrEnum
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from beoboot.artifacts.media import PINNED_BY, PXE_DIR
+from agent.schema import KERNEL, Stage
+from beoboot import stages
+from beoboot.artifacts.media import PXE_DIR
 from beoboot.errors import ConfigError, UsageError
 from beoboot.image.manifest import MANIFEST_NAME, Manifest
 from beoboot.vm import qemu
@@ -158,7 +160,7 @@ _APPEND_LINE = re.compile(r"^\s*APPEND\s+(.*)$", re.MULTILINE)
 
 
 def parse_pxelinux_append(text: str) -> str:
-    """The kernel command line in a pxelinux.cfg (the stage-2 command line of a build)."""
+    """The kernel command line in a pxelinux.cfg (the command line of the stage a build's PXE tree boots)."""
     found = _APPEND_LINE.search(text)
     if found is None:
         raise ConfigError("pxelinux.cfg has no APPEND line", hint="rebuild: the build writes pxe/pxelinux.cfg/default")
@@ -174,28 +176,28 @@ def command_line_word(cmdline: str, key: str) -> str | None:
     return None
 
 
-def stage_command_line(stage2_cmdline: str, stage: str, hashes: dict[str, str]) -> str:
-    """The command line a build gives `stage`, from the stage-2 one it wrote into the PXE tree: the same
-    words, with the pins of what `stage` fetches next (media.kernel_cmdline's rule)."""
-    words = [w for w in stage2_cmdline.split() if not w.startswith("beoboot.pin.")]
-    pins = [f"beoboot.pin.{name}={hashes[name]}" for name in PINNED_BY.get(stage, ()) if name in hashes]
+def stage_command_line(pxe_cmdline: str, stage: Stage, hashes: dict[str, str]) -> str:
+    """The command line a build gives `stage`, from the one it wrote into the PXE tree: the same words,
+    with the pins of what `stage` fetches next (media.kernel_cmdline's rule)."""
+    words = [w for w in pxe_cmdline.split() if not w.startswith("beoboot.pin.")]
+    pins = [f"beoboot.pin.{name}={hashes[name]}" for name in stages.pins(stage) if name in hashes]
     at = next((i + 1 for i, w in enumerate(words) if w.startswith("beoboot.master=")), len(words))
     return " ".join(words[:at] + pins + words[at:])
 
 
 @dataclass(frozen=True)
 class BuildInfo:
-    """What a boot needs from a build directory: its kernel, images and the stage-2 command line."""
+    """What a boot needs from a build directory: its kernel, images and its PXE tree's command line."""
 
     build_dir: Path
     kernel: Path
     images: dict[str, str]  # sha256 -> stage name
     hashes: dict[str, str]  # name -> sha256, of every artifact
-    stage2_cmdline: str
+    pxe_cmdline: str
 
     @property
     def master(self) -> Master:
-        url = command_line_word(self.stage2_cmdline, "beoboot.master")
+        url = command_line_word(self.pxe_cmdline, "beoboot.master")
         if url is None:
             raise ConfigError(f"{self.build_dir / PXE_DIR / PXELINUX_CFG} names no beoboot.master", hint="rebuild")
         return parse_master_url(url)
@@ -204,7 +206,7 @@ class BuildInfo:
 def read_build(build_dir: Path) -> BuildInfo:
     manifest = Manifest.from_json((build_dir / MANIFEST_NAME).read_text())
     try:
-        kernel = build_dir / manifest.artifact("kernel").path
+        kernel = build_dir / manifest.artifact(KERNEL).path
         cfg = (build_dir / PXE_DIR / PXELINUX_CFG).read_text()
     except (KeyError, FileNotFoundError) as err:
         raise ConfigError(
@@ -215,7 +217,7 @@ def read_build(build_dir: Path) -> BuildInfo:
         kernel,
         images={a.sha256: a.name for a in manifest.artifacts if a.kind == "image"},
         hashes={a.name: a.sha256 for a in manifest.artifacts},
-        stage2_cmdline=parse_pxelinux_append(cfg),
+        pxe_cmdline=parse_pxelinux_append(cfg),
     )
 
 
@@ -329,7 +331,7 @@ def plan_boot(
                 f"{target.path} is not an image of the build in {build.build_dir}",
                 hint="rebuild, or boot an image listed in its manifest.json",
             )
-        append = stage_command_line(build.stage2_cmdline, stage, build.hashes)
+        append = stage_command_line(build.pxe_cmdline, Stage(stage), build.hashes)
         # QEMU's -serial is ttyS0; the console= of the build stays (a node's may be another port).
         append = " ".join(filter(None, [append, options.append]))
         extra = (*firmware, "-nic", ",".join(nic))

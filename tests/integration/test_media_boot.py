@@ -11,7 +11,6 @@ import pytest
 from conftest import have_kernel, run_beoboot
 from servers import access_log_statuses, free_port, nginx
 
-from beoboot.artifacts.media import PINNED_BY
 from beoboot.errors import ConfigError, UsageError
 from beoboot.vm import bootvm
 from beoboot.vm.bootvm import ArtifactKind, BootOptions, BootTarget, BuildInfo, NetBoot
@@ -101,6 +100,12 @@ STAGE2_LINE = (
     "console=ttyS0 panic=10 beoboot.master=http://10.0.2.2:8080/ beoboot.pin.stage3=S3 beoboot.pin.envroot=E x=1"
 )
 HASHES = {"kernel": "K", "stage2": "S2", "stage3": "S3", "envroot": "E", "beoboot.iso": "I"}
+# What each stage fetches next, and so must find pinned on its command line (stages/*.toml: fetches)
+PINNED_BY = {
+    "stage1": ("kernel", "stage2", "stage3", "envroot"),  # stage 1 hands the last two on to stage 2
+    "stage2": ("stage3", "envroot"),  # stage 2 hands envroot on to stage 3
+    "stage3": ("envroot",),
+}
 
 
 @pytest.mark.parametrize("stage", ["stage1", "stage2", "stage3", "envroot"])
