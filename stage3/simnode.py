@@ -25,7 +25,7 @@ from agent.masterlink import MasterLink
 from agent.schema import Stage
 from agent.system.mounts import ENV_ROOT_MOUNTS
 from stage3 import jobrunner
-from stage3.libcache import LibCache
+from stage3.libcache import LIBCACHE_DIR, LibCache
 
 CLONE_NEWNS = 0x00020000
 MS_REC, MS_PRIVATE = 0x4000, 0x40000
@@ -86,7 +86,7 @@ class SimNode:
         # durable=False: a booted node's cache is in RAM by default, where fsync is a no-op; this scratch
         # directory on the host's disk stands for it and must not pay for a disk's fsync per object
         self.cache = LibCache(
-            os.path.join(self.env_root, ".libcache"),
+            os.path.join(self.env_root, LIBCACHE_DIR),
             self.env_root,
             master,
             max_bytes=max_bytes,

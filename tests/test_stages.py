@@ -55,6 +55,8 @@ def test_the_declared_facts():
     assert [s.stage for s in stages.all_stages() if s.formats_libcache_disk] == [Stage.SUPERVISOR]
     assert stages.colours() == {"stage1": "#4e79a7", "stage2": "#f28e2b", "stage3": "#59a14f"}
     assert stages.PROGRAM_PACKAGES == ("agent", "stage1", "stage2", "stage3")
+    # the libcache lives in the environment root's own mount (stage3.libcache), not in stage 3's image
+    assert not [d for d in stages.declared(Stage.SUPERVISOR).directories if "libcache" in d]
 
 
 @pytest.mark.parametrize(
