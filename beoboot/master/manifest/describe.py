@@ -39,7 +39,7 @@ from beoboot.master.manifest.imports import PythonImports, python_start
 from beoboot.master.manifest.perl import PerlModules, perl_start
 from beoboot.master.manifest.python import StdlibZips, python_version
 from beoboot.master.manifest.shell import MAX_SCRIPT, SHELLS, command_words, shell_command_text, shell_script
-from beoboot.master.manifest.sourcecache import RecentlyUsed
+from beoboot.master.manifest.sourcecache import PerFile, RecentlyUsed
 from beoboot.master.manifest.sourcewatch import SourceWatch
 from beoboot.master.manifest.users import JobUsers
 from beoboot.master.objects import Digest, ObjectStore, StatKey, key_of, stat_key
@@ -55,6 +55,12 @@ MAX_EXTRA_FILES = 20000
 # fewer, and each tree holds up to MAX_EXTRA_FILES entries and an inotify watch per directory
 MAX_DESCRIBED_TREES = 256
 MAX_DESCRIBED_PROGRAMS = 1024
+# Shell scripts' texts kept (each up to MAX_SCRIPT), and shell texts' command words, in characters of text
+# plus ENTRY_COST per entry (its key and stat key); '#!' lines of commands kept, in entries
+MAX_SCRIPT_TEXT = 16 << 20
+MAX_SHELL_TEXT = 16 << 20
+ENTRY_COST = 256
+MAX_INTERPRETERS = 4096
 
 
 class JobError(BeobootError):
@@ -267,12 +273,18 @@ class ManifestBuilder:
         self._extras: RecentlyUsed[str, _Described] = RecentlyUsed(MAX_DESCRIBED_TREES, _close_watches)
         self.stdlib_zips = StdlibZips()
         self.users = JobUsers()
-        self._scripts: dict[tuple[str, bool], tuple[StatKey | None, str]] = {}  # script -> (stat key, text)
-        self._words: dict[str, list[str]] = {}  # shell text -> its command words
+        # (script, whether its '#!' must name a shell) -> its text
+        self._scripts: PerFile[str] = PerFile(_read_script, MAX_SCRIPT_TEXT, weigh=lambda text: len(text) + ENTRY_COST)
+        # shell text -> its command words
+        self._words: RecentlyUsed[str, list[str]] = RecentlyUsed(
+            MAX_SHELL_TEXT, weigh=lambda text, words: len(text) + ENTRY_COST
+        )
         self.imports = PythonImports()
         self.perl = PerlModules()
-        # (command, PATH) -> (its stat key, (interpreter as named, its real file, '#!' arguments))
-        self._interpreters: dict[tuple[str, str], tuple[StatKey | None, tuple[str, str, tuple[str, ...]]]] = {}
+        # (command, PATH) -> (interpreter as named, its real file, '#!' arguments)
+        self._interpreters: PerFile[tuple[str, str, tuple[str, ...]]] = PerFile(
+            lambda command, key, path_env: _interpreter_of(command, path_env), MAX_INTERPRETERS
+        )
         self._lock = threading.Lock()
 
     # --- public -------------------------------------------------------------------------------------------
@@ -379,39 +391,13 @@ class ManifestBuilder:
     def _interpreter(self, command: str, path_env: str) -> tuple[str, str, tuple[str, ...]]:
         """(interpreter as named, its real file, '#!' arguments) of `command`: itself for a program, the
         '#!' interpreter for a script; cached per stat key of the command."""
-        key = key_of(command)
-        with self._lock:
-            cached = self._interpreters.get((command, path_env))
-        if cached is None or cached[0] != key:
-            cached = (key, _interpreter_of(command, path_env))
-            with self._lock:
-                if len(self._interpreters) > 4096:
-                    self._interpreters.clear()
-                self._interpreters[(command, path_env)] = cached
-        return cached[1]
+        return self._interpreters(command, path_env)
 
     def _script_text(self, path: str, *, shebang: bool = False) -> str:
         """A shell script's text ("" for anything else, an unreadable or too long file), from cache while
         the file is unchanged: one stat() per job. `shebang`: only a script whose '#!' names a shell (a
         command run directly), not any file a shell is given."""
-        key = key_of(path)
-        with self._lock:
-            cached = self._scripts.get((path, shebang))
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        data = b""
-        if key is not None and key[2] <= MAX_SCRIPT:
-            try:
-                with open_regular(path) as f:
-                    data = f.read()
-            except OSError:
-                pass
-        if shebang and not ((line := parse_shebang(data[:256])) and _is_shell(line)):
-            data = b""
-        text = data.decode("utf-8", "replace")
-        with self._lock:
-            self._scripts[(path, shebang)] = (key, text)
-        return text
+        return self._scripts(path, shebang)
 
     def _command_words(self, text: str) -> list[str]:
         with self._lock:
@@ -419,9 +405,7 @@ class ManifestBuilder:
         if words is None:
             words = command_words(text)
             with self._lock:
-                if len(self._words) > 1024:
-                    self._words.clear()
-                self._words[text] = words
+                self._words.put(text, words)
         return words
 
     def _extra_paths(self, request: p.JobRequest, path_env: str) -> list[str]:
@@ -734,6 +718,20 @@ def _is_shell(shebang: tuple[str, ...]) -> bool:
     """Whether a '#!' line runs a shell: '#!/bin/sh', or '#!/usr/bin/env bash'."""
     interpreter = env_command(shebang) or shebang[0]
     return posixpath.basename(interpreter) in SHELLS
+
+
+def _read_script(path: str, key: StatKey | None, shebang: bool) -> str:
+    """ManifestBuilder._script_text's reading, for the file at `path` with stat key `key`."""
+    data = b""
+    if key is not None and key[2] <= MAX_SCRIPT:
+        try:
+            with open_regular(path) as f:
+                data = f.read()
+        except OSError:
+            pass
+    if shebang and not ((line := parse_shebang(data[:256])) and _is_shell(line)):
+        data = b""
+    return data.decode("utf-8", "replace")
 
 
 def _interpreter_of(command: str, path_env: str) -> tuple[str, str, tuple[str, ...]]:
