@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import errno
+import gzip
 import os
 import stat
 import zlib
@@ -397,3 +398,15 @@ def extract(stream: Readable, root: str) -> int:
         unpacker.close()
         os.close(root_fd)
     return count
+
+
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def extract_image(image: str, root: str) -> int:
+    """Unpack an image file an agent fetched: gzip-compressed or plain cpio, the compressions a stage unpacked
+    by an agent allows (Python's zlib is all the images carry)."""
+    with open(image, "rb") as raw:
+        compressed = raw.read(2) == GZIP_MAGIC
+    with (gzip.open if compressed else open)(image, "rb") as stream:
+        return extract(stream, root)

@@ -3,7 +3,6 @@ tmpfs, switch into it and free this ramdisk."""
 
 from __future__ import annotations
 
-import gzip
 import os
 import time
 
@@ -21,16 +20,6 @@ from stage2 import switchroot
 
 NEW_ROOT = "/newroot"
 MEMORY_REPORT = "/run/beoboot/stage2-memory.json"  # in the new root; stage 3 sends it to the master
-GZIP_MAGIC = b"\x1f\x8b"
-
-
-def unpack(image: str, root: str) -> int:
-    """Unpack a gzip-compressed or plain cpio image (what [images.stage3] compression allows)."""
-    with open(image, "rb") as raw:
-        compressed = raw.read(2) == GZIP_MAGIC
-    opener = gzip.open if compressed else open
-    with opener(image, "rb") as stream:
-        return cpio.extract(stream, root)
 
 
 def main(config: AgentConfig, *, dry_run: bool) -> None:
@@ -57,7 +46,7 @@ def run(config: AgentConfig, net: NetworkState, *, dhcp_started: float, dry_run:
     download = os.path.join(NEW_ROOT, f".{Stage.SUPERVISOR}.download")
     bootfiles.fetch(master, manifest, Stage.SUPERVISOR, download, pins, say)
     started = time.monotonic()
-    count = unpack(download, NEW_ROOT)
+    count = cpio.extract_image(download, NEW_ROOT)
     os.unlink(download)
     say(f"beoboot: unpacked stage 3: {count} entries in {time.monotonic() - started:.1f} s")
     handoff = Handoff(

@@ -7,7 +7,6 @@ It listens on no port: every connection is one it opens to the master.
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import queue
@@ -97,10 +96,7 @@ def build_env_root(master: str, pins: dict[str, str], config: AgentConfig, *, dr
     )
     if not on_disk:
         syscalls.mount("tmpfs", ENV_ROOT, "tmpfs", 0, "mode=0755", dry_run=dry_run)
-    with open(image, "rb") as raw:
-        compressed = raw.read(2) == b"\x1f\x8b"
-    with (gzip.open if compressed else open)(image, "rb") as stream:
-        count = cpio.extract(stream, ENV_ROOT)
+    count = cpio.extract_image(image, ENV_ROOT)
     os.unlink(image)
     for mount in mounts.ENV_ROOT_MOUNTS:
         os.makedirs(ENV_ROOT + mount.target, exist_ok=True)
