@@ -97,7 +97,7 @@ MASTER = "http://10.199.0.1:8080/"
 CLIENT_SCRIPT = """
 import json, sys
 from dataclasses import asdict
-from agent import netlink, network, nicdetect
+from agent.net import netlink, network, nicdetect
 interface, resolv = sys.argv[1], sys.argv[2]
 with netlink.Netlink() as nl:
     nl.link_up("lo")
@@ -205,7 +205,8 @@ def test_dhcp_lease_from_dnsmasq_is_applied(netns_pair, tmp_path):
 RENEWAL_SCRIPT = """
 import json, sys, time
 from dataclasses import asdict
-from agent import dhcp, leasekeeper, nicdetect
+from agent.net import dhcp, nicdetect
+from stage3 import leasekeeper
 interface, step, state = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 lease = dhcp.Lease(**{**state["lease"], "dns": tuple(state["lease"]["dns"])})
 destinations = []
@@ -291,7 +292,8 @@ def test_lease_is_renewed_by_unicast_and_rebound_by_broadcast(netns_pair, tmp_pa
 
 MOVE_SCRIPT = """
 import sys
-from agent import dhcp, leasekeeper
+from agent.net import dhcp
+from stage3 import leasekeeper
 interface, new_address, new_router = sys.argv[1:4]
 old = dhcp.Lease(interface, "10.199.0.50", 24, "10.199.0.1", (), "10.199.0.1", 120)
 new = dhcp.Lease(interface, new_address, 24, new_router, (), "10.199.0.1", 120)
