@@ -471,6 +471,12 @@ class _Statements:
                 # else the `from` of `raise X from Y` or `yield from`
         return found
 
+    def skip_alias(self) -> None:
+        """`as NAME` after an imported name: the binding, which says nothing about what is imported."""
+        if self.peek()[:2] == (_NAME, "as"):
+            self.i += 1
+            self.identifier()
+
     def statement(self) -> list[ImportStatement]:
         """`import a.b as c, d` or `from ..a import (b as c, d)`, ending at a newline or `;`."""
         keyword = self.take_name()
@@ -478,9 +484,7 @@ class _Statements:
             modules = []
             while True:
                 modules.append(ImportStatement(0, self.dotted_name(), ()))
-                if self.peek()[:2] == (_NAME, "as"):
-                    self.i += 1
-                    self.identifier()
+                self.skip_alias()
                 if self.peek()[:2] != (_OP, ","):
                     break
                 self.i += 1
@@ -504,9 +508,7 @@ class _Statements:
                 self.i += 1
             while True:
                 names.append(self.identifier())
-                if self.peek()[:2] == (_NAME, "as"):
-                    self.i += 1
-                    self.identifier()
+                self.skip_alias()
                 if self.peek()[:2] != (_OP, ","):
                     break
                 self.i += 1
