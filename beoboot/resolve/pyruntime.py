@@ -31,6 +31,7 @@ Extension modules cannot be imported from a zip: they stay real files in lib-dyn
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import io
 import json
@@ -100,6 +101,24 @@ DEFAULT_EXCLUDES: dict[str, str] = {
     "ctypes.macholib": "macOS only",
     "ctypes.util": "find_library runs ldconfig/gcc, which the image has not: the agent opens libc with CDLL(None)",
 }
+# Imports of the sysroot's modules that sit in a function no image calls, a module's self-test or command
+# line (`python -m gzip`): importer -> {imported: where}. The walk does not follow them, as long as no line
+# at the importer's top level imports that module too; an import the agent makes itself still brings it.
+UNCALLED_IMPORTS: dict[str, dict[str, str]] = {
+    # statistics brings fractions, decimal and _decimal (300 KB): 110 KB of a stage image after compression
+    "random": {"statistics": "random._test_generator(), its self-test", "argparse": "random.main() (3.13)"},
+    "gzip": {"argparse": "gzip.main()"},
+    "ast": {"argparse": "ast.main()"},
+    "calendar": {"argparse": "calendar.main()"},
+    "dis": {"argparse": "dis._test() (3.11), dis.main()"},
+    "inspect": {"argparse": "inspect._main()"},
+    "py_compile": {"argparse": "py_compile.main()"},
+    "tarfile": {"argparse": "tarfile.main()"},
+    "tokenize": {"argparse": "tokenize.main()"},
+    "zipfile": {"argparse": "zipfile.main()"},
+    "pickle": {"doctest": "pickle._test()", "argparse": "its __main__ block", "pprint": "its __main__ block"},
+}
+
 # Modules that must come back together with an extra module, because the extra cannot work without them.
 COMPANIONS: dict[str, tuple[str, ...]] = {"ssl": ("_ssl",), "hashlib": ("_hashlib",)}
 
@@ -309,7 +328,12 @@ class ModuleFinder:
         where = str(module.origin)
         try:
             source = decode_source(_read(module.host_path), where)
-            return list(imports_of(source, module.name, module.kind == ModuleKind.PACKAGE, where))
+            found = imports_of(source, module.name, module.kind == ModuleKind.PACKAGE, where)
+            uncalled = UNCALLED_IMPORTS.get(module.name, {})
+            if module.name.partition(".")[0] not in self.packages and uncalled:
+                skipped = {name: why for name, why in uncalled.items() if not _imported_at_top_level(source, name)}
+                found = [item for item in found if not is_excluded(item.name, skipped)]
+            return list(found)
         except (PythonSourceError, OSError) as exc:
             what = exc.message if isinstance(exc, BeobootError) else f"{where}: {exc.strerror or exc}"
         top = module.name.partition(".")[0]
@@ -365,6 +389,11 @@ class ModuleFinder:
         return suffix.endswith(".so") and (
             suffix == ".so" or suffix == ".abi3.so" or suffix.startswith(self._ext_suffixes[0])
         )
+
+
+def _imported_at_top_level(source: str, name: str) -> bool:
+    """Whether a line of `source` that starts at column 0 (the module's top level) imports `name`."""
+    return re.search(rf"^(?:import|from)\b[^\n]*\b{re.escape(name)}\b", source, re.MULTILINE) is not None
 
 
 def find_modules(
@@ -506,26 +535,56 @@ def _run_python(
 # hashes. A clean child with PYTHONHASHSEED=0 and the same job list gives the same bytes on every build;
 # compiling inside the caller's process (pytest, the CLI) gives bytes that depend on what it imported.
 _COMPILE_CHILD = """
-import json, py_compile, sys
-for source, target, display in json.load(sys.stdin):
+import ast, importlib.util, json, sys
+from importlib._bootstrap_external import _code_to_hash_pyc
+
+def without_docstrings(tree):
+    # what the compiler leaves out at -OO, without -O's removal of assert statements
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            first = node.body[0] if node.body else None
+            text = first.value.value if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) else 0
+            if isinstance(text, str):
+                node.body = node.body[1:] or [ast.copy_location(ast.Pass(), first)]
+    return tree
+
+for source, target, display, strip in json.load(sys.stdin):
+    with open(source, "rb") as f:
+        data = f.read()
     try:
-        py_compile.compile(source, cfile=target, dfile=display, doraise=True, optimize=0,
-                           invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
-    except py_compile.PyCompileError as exc:
-        print(source + ": " + " ".join(str(exc.exc_value).split()), file=sys.stderr)
+        code = compile(without_docstrings(ast.parse(data, display)) if strip else data, display, "exec",
+                       dont_inherit=True, optimize=0)
+    except (SyntaxError, ValueError) as exc:
+        print(source + ": " + " ".join(str(exc).split()), file=sys.stderr)
         sys.exit(1)
+    with open(target, "wb") as f:
+        f.write(_code_to_hash_pyc(code, importlib.util.source_hash(data), False))
 """
 COMPILE_TIMEOUT = 600  # seconds for every module of the runtime; it takes about one
 
 
-def compile_modules(jobs: list[tuple[Path, str]], scratch: Path, compiler: Compiler | None = None) -> list[bytes]:
-    """Unchecked-hash .pyc (PEP 552) for each (source, display name): no source mtime in the bytes and
-    no source check at import. The display name becomes co_filename, so no build-host path gets in."""
+@dataclass(frozen=True)
+class CompileJob:
+    source: Path  # the file to read, on this host
+    display: str  # co_filename: where the module is in the image, never a build-host path
+    strip_docstrings: bool = False  # a sysroot module: its docstrings are bytes nothing in the image reads
+
+
+def compile_modules(jobs: list[CompileJob], scratch: Path, compiler: Compiler | None = None) -> list[bytes]:
+    """Unchecked-hash .pyc (PEP 552) for each job, as py_compile writes them: no source mtime in the bytes
+    and no source check at import.
+
+    Compiled with -X no_debug_ranges: no column positions (PEP 657), so a traceback on a node names the
+    line but draws no ^^^ under the failing expression; the bytecode is the same. The positions are
+    300 KB of a stage image after compression."""
     compiler = compiler or host_compiler()
     targets = [scratch / f"{index}.pyc" for index in range(len(jobs))]
-    request = json.dumps([(str(source), str(target), display) for (source, display), target in zip(jobs, targets)])
+    request = json.dumps(
+        [(str(job.source), str(target), job.display, job.strip_docstrings) for job, target in zip(jobs, targets)]
+    )
+    no_ranges = dataclasses.replace(compiler, argv=(*compiler.argv, "-X", "no_debug_ranges"))
     try:
-        result = _run_python(compiler, _COMPILE_CHILD, request, COMPILE_TIMEOUT, cwd=str(scratch))
+        result = _run_python(no_ranges, _COMPILE_CHILD, request, COMPILE_TIMEOUT, cwd=str(scratch))
     except (OSError, subprocess.SubprocessError) as exc:
         raise ToolError(f"compiling the agent's Python modules with {compiler.description} failed: {exc}") from None
     if result.returncode != 0:
@@ -542,17 +601,21 @@ def zip_member_name(module: Module) -> str:
     return f"{base}/__init__" if module.kind == ModuleKind.PACKAGE else base
 
 
-def write_zip(members: dict[str, bytes]) -> bytes:
+def write_zip(members: dict[str, bytes], compression: int = zipfile.ZIP_DEFLATED) -> bytes:
+    """A zip of `members` whose bytes depend on nothing else. ZIP_STORED for a zip that goes into a
+    compressed image: the image's compressor then sees the bytecode itself, across modules (xz makes 0.7 MB
+    of stage 2's zip stored, 1.2 MB of the same zip deflated), and zipimport reads members without
+    inflating them."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
         for name in sorted(members):
             info = zipfile.ZipInfo(name, date_time=ZIP_DATE_TIME)
-            info.compress_type = zipfile.ZIP_DEFLATED
+            info.compress_type = compression
             info.create_system = 3  # Unix, whatever the build host is
             info.external_attr = 0o100644 << 16
-            # level 1: the image around the zip is compressed again anyway, and level 9 cost 0.6 s of
-            # every cold build for 12% of the zip's size
-            archive.writestr(info, members[name], compresslevel=1)
+            # deflating at level 1: level 9 cost 0.6 s of every cold build for 12% of the zip's size
+            level = 1 if compression == zipfile.ZIP_DEFLATED else None
+            archive.writestr(info, members[name], compresslevel=level)
     return buffer.getvalue()
 
 
@@ -610,20 +673,24 @@ def build_runtime(
         log.debug("python runtime: compiling for Python %d.%d with %s", *python.version, compiler.description)
     members: dict[str, bytes] = {}
     extensions: list[tuple[str, str]] = []
-    to_compile: list[tuple[str, Path]] = []
+    to_compile: list[tuple[str, CompileJob]] = []
     for name, module in sorted(graph.modules.items()):
         if module.kind == ModuleKind.EXTENSION:
             assert module.origin is not None
             extensions.append((module.origin, f"python extension module {name}, imported by {module.imported_by}"))
         elif module.kind != ModuleKind.BUILTIN:
             assert module.host_path is not None
+            base = zip_member_name(module)
             if compiled:
-                to_compile.append((zip_member_name(module), module.host_path))
+                # The sysroot's modules without docstrings, as at -OO, which the stdlib supports (160 KB of a
+                # stage image); the project's own keep theirs, which its code may read.
+                sysroot_module = name.partition(".")[0] not in packages
+                to_compile.append((base, CompileJob(module.host_path, f"{python.zip_path}/{base}.py", sysroot_module)))
             else:
-                members[zip_member_name(module) + ".py"] = _read(module.host_path)
+                members[base + ".py"] = _read(module.host_path)
     if to_compile:
         with tempfile.TemporaryDirectory(prefix="beoboot-pyc-") as scratch:
-            jobs = [(source, f"{python.zip_path}/{base}.py") for base, source in to_compile]
+            jobs = [job for _, job in to_compile]
             for (base, _), pyc in zip(to_compile, compile_modules(jobs, Path(scratch), compiler)):
                 members[base + ".pyc"] = pyc
     modules = tuple(
@@ -633,7 +700,7 @@ def build_runtime(
         interpreter=python.interpreter,
         interpreter_links=python.interpreter_links,
         zip_path=python.zip_path,
-        zip_bytes=write_zip(members),
+        zip_bytes=write_zip(members, zipfile.ZIP_STORED),  # the image's compressor does better
         extensions=tuple(sorted(extensions)),
         modules=modules,
         init_path=INIT_PATH,

@@ -81,6 +81,63 @@ def test_write_zip_is_deterministic_and_sorted():
     assert {i.date_time for i in infos} == {pyruntime.ZIP_DATE_TIME}
 
 
+def test_write_zip_stored_leaves_the_bytes_to_the_image_compressor():
+    members = {"a.pyc": b"x" * 1000}
+    infos = zipfile.ZipFile(io.BytesIO(pyruntime.write_zip(members, zipfile.ZIP_STORED))).infolist()
+    assert [(i.compress_type, i.compress_size) for i in infos] == [(zipfile.ZIP_STORED, 1000)]
+    infos = zipfile.ZipFile(io.BytesIO(pyruntime.write_zip(members))).infolist()
+    assert infos[0].compress_type == zipfile.ZIP_DEFLATED  # the master's stdlib zip for jobs travels as it is
+
+
+COMPILED_SOURCE = '''"""Module doc."""
+from __future__ import annotations
+
+
+class K:
+    """Class doc."""
+
+    def f(self):
+        """Only a docstring."""
+
+
+def g():
+    """Function doc."""
+    assert 1 + 1 == 2, "kept: asserts are code"
+    return (1 +
+            2) / 0
+'''
+
+
+def run_pyc(pyc: bytes, tmp_path: Path) -> str:
+    (tmp_path / "m.pyc").write_bytes(pyc)
+    script = (
+        "import sys, marshal; code = marshal.loads(open(sys.argv[1], 'rb').read()[16:]); ns = {}; "
+        "exec(code, ns); print(repr(ns.get('__doc__')), repr(ns['K'].__doc__), repr(ns['K'].f.__doc__), "
+        "repr(ns['g'].__doc__), ns['K']().f()); ns['g']()"
+    )
+    done = subprocess.run([sys.executable, "-c", script, tmp_path / "m.pyc"], capture_output=True, text=True)
+    return done.stdout + done.stderr
+
+
+def test_compiled_sysroot_modules_lose_docstrings_and_column_positions_not_code(tmp_path):
+    source = tmp_path / "m.py"
+    source.write_text(COMPILED_SOURCE)
+    jobs = [
+        pyruntime.CompileJob(source, "/usr/lib/python311.zip/m.py", strip_docstrings=True),
+        pyruntime.CompileJob(source, "/usr/lib/python311.zip/m.py", strip_docstrings=False),
+    ]
+    stripped, kept = pyruntime.compile_modules(jobs, tmp_path)
+    assert stripped[4:8] == kept[4:8] == b"\x01\x00\x00\x00"  # PEP 552: hash-based, unchecked
+    assert len(stripped) < len(kept)
+    out = run_pyc(stripped, tmp_path)
+    assert "None None None None None" in out
+    # the line is named, as the file in the image, but no ^^^ marks a column: none were kept
+    assert 'File "/usr/lib/python311.zip/m.py", line 15, in g' in out and "ZeroDivisionError" in out
+    assert "^^^" not in out
+    out = run_pyc(kept, tmp_path)
+    assert "'Module doc.' 'Class doc.' 'Only a docstring.' 'Function doc.' None" in out
+
+
 def test_init_script_sets_hash_seed_and_no_site():
     text = pyruntime.render_init("/usr/bin/python3.11", "stage2.pxe").decode()
     assert text.startswith("#!/usr/bin/python3.11 -S\n")
@@ -419,6 +476,34 @@ def test_an_interpreter_that_is_no_elf_file_is_one_line_naming_it(tmp_path):
     assert "\n" not in str(raised.value)
     assert "cannot read the Python interpreter /usr/bin/python3.11" in str(raised.value)
     assert "reinstall python3-minimal in the sysroot" in str(raised.value)
+
+
+def test_imports_in_functions_no_image_calls_are_not_followed_unless_also_at_top_level(tmp_path):
+    sysroot = fake_python(
+        tmp_path,
+        {
+            "random.py": b"import os\ndef _test_generator():\n    from statistics import stdev, fmean\n",
+            "statistics.py": b"import decimal\n",
+            "decimal.py": b"",
+            "gzip.py": b"import argparse\ndef main():\n    import argparse\n",  # at top level too: followed
+            "argparse.py": b"",
+        },
+    )
+    python = pyruntime.find_sysroot_python(sysroot)
+    graph = pyruntime.find_modules(sysroot, python, PACKAGES, "import random, gzip\n")
+    assert {"random", "gzip", "argparse", "os"} <= set(graph.modules)
+    assert not {"statistics", "statistics.stdev", "decimal"} & (set(graph.modules) | set(graph.missing))
+    mine = pyruntime.find_modules(sysroot, python, PACKAGES, "import random, statistics\n")  # asked for: there
+    assert {"statistics", "decimal"} <= set(mine.modules)
+
+
+@pytest.mark.skipif(not Path("/usr/bin/python3.11").exists(), reason="needs the sysroot python3.11")
+def test_stage_runtimes_leave_out_what_only_self_tests_and_command_lines_import():
+    for program in ("stage1.booster", "stage2.pxe", "stage3.supervisor"):
+        runtime = pyruntime.build_runtime(Sysroot("/"), program, PACKAGES)
+        assert {"random", "gzip"} <= set(runtime.modules), program
+        assert not {"statistics", "decimal", "fractions", "argparse"} & set(runtime.modules), program
+        assert not [path for path, _ in runtime.extensions if "_decimal" in path], program
 
 
 def test_the_build_host_compiles_for_its_own_version_only(tmp_path):
