@@ -32,6 +32,7 @@ from beoboot.configfile import (
 )
 from beoboot.errors import ConfigError
 from beoboot.image.compress import Compression
+from beoboot.resolve.nics import LSPCI
 
 IMAGE_NAMES = tuple(stage.value for stage in Stage)
 DEFAULT_CONFIG_NAME = "<embedded default config>"
@@ -61,17 +62,27 @@ def parse_names(value: Any) -> tuple[str, ...]:
 
 
 def parse_drivers(value: Any) -> tuple[str, ...]:
-    """ "all" (every PCI ethernet driver of the kernel) or a list of module names / glob patterns."""
+    """ "all" (every PCI ethernet driver of the kernel), "lspci:FILE" (the drivers of the NICs in an
+    `lspci -n` dump; FILE relative to the config file), or a list of module names, glob patterns and
+    "lspci:FILE" items. The dump is read when the images are built."""
+    expected = '"all", "lspci:FILE" (an `lspci -n` dump) or a list of module names, glob patterns and "lspci:FILE"'
     if value == "all":
         return ("all",)
+    items = [value] if isinstance(value, str) and value.startswith(LSPCI) else value
+    if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
+        raise ValueError(expected)
     try:
-        return parse_names(value)
+        return tuple(
+            LSPCI + values.one_line(item[len(LSPCI) :]) if item.startswith(LSPCI) else values.name(item)
+            for item in items
+        )
     except ValueError:
-        raise ValueError('"all" or a list of module names or glob patterns') from None
+        raise ValueError(expected) from None
 
 
 def _drivers_toml(drivers: tuple[str, ...]) -> str | tuple[str, ...]:
-    return "all" if drivers == ("all",) else drivers
+    single = len(drivers) == 1 and (drivers[0] == "all" or drivers[0].startswith(LSPCI))
+    return drivers[0] if single else drivers
 
 
 def parse_compression(value: Any) -> Compression:
@@ -156,7 +167,7 @@ class ImageConfig:
     compression: Compression = setting(parse_compression, "how the cpio image is compressed")
     budget: int = setting(parse_size, "largest allowed compressed size")
     drivers: tuple[str, ...] = setting(
-        parse_drivers, 'NIC drivers: "all", or names / glob patterns', toml=_drivers_toml
+        parse_drivers, 'NIC drivers: "all", "lspci:FILE" (a dump of the nodes), or names / globs', toml=_drivers_toml
     )
     modules: tuple[str, ...] = setting(parse_names, "more kernel modules (names or aliases)")
 

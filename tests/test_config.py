@@ -26,6 +26,20 @@ def test_site_file_overrides_one_key_and_keeps_the_rest(tmp_path):
     assert config.Config.from_json(cfg.to_json()) == cfg
 
 
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ('"lspci:site-lspci.txt"', ("lspci:site-lspci.txt",)),
+        ('["lspci:/etc/beoboot/rack 1.txt", "e1000e"]', ("lspci:/etc/beoboot/rack 1.txt", "e1000e")),
+        ('"all"', ("all",)),
+    ],
+)
+def test_drivers_may_name_an_lspci_dump(tmp_path, value, expected):
+    cfg = config.load(write(tmp_path, f"[images.stage2]\ndrivers = {value}\n"), environ={})
+    assert cfg.image("stage2").drivers == expected
+    assert config.Config.from_json(cfg.to_json()) == cfg
+
+
 def test_source_date_epoch_from_environment_wins():
     assert config.load(environ={"SOURCE_DATE_EPOCH": "1234567890"}).source_date_epoch == 1234567890
 
@@ -37,7 +51,10 @@ def test_source_date_epoch_from_environment_wins():
         ("[images.stage9]\nbudget = 1\n", ["site.toml", "stage9", "stage1"]),
         ("[images.stage1]\ncompression = 'bzip3'\n", ["site.toml", "compression", "bzip3", "gzip, xz, zstd"]),
         ("[images.stage1]\nbudget = 'lots'\n", ["site.toml", "budget", "'lots'", "48M"]),
-        ("[images.stage1]\ndrivers = 'some'\n", ["drivers", '"all"']),
+        ("[images.stage1]\ndrivers = 'some'\n", ["drivers", '"all"', '"lspci:FILE"']),
+        ("[images.stage1]\ndrivers = 'lspci:'\n", ["images.stage1.drivers", "'lspci:'", "`lspci -n` dump"]),
+        ('[images.stage1]\ndrivers = ["lspci:a\\tb"]\n', ["images.stage1.drivers", "lspci:FILE"]),
+        ("[images.stage1]\ndrivers = [3]\n", ["images.stage1.drivers", "module names"]),
         ("[build]\nmaster_url = 'ftp://x'\n", ["master_url", "http://"]),
         ("[nonsense]\n", ["[nonsense]", "allowed sections"]),
         ("[images.stage3]\ncompression = 'zstd'\n", ["site.toml", "stage3", "gzip or none"]),

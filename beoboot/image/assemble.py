@@ -14,13 +14,13 @@ import jinja2
 
 from agent.config import AGENT_CONFIG_PATH, MKE2FS_PATH, AgentConfig, NicAlias
 from beoboot import __version__
-from beoboot.config import Config, ImageConfig
-from beoboot.errors import ConfigError, ModuleError
+from beoboot.config import DEFAULT_CONFIG_NAME, Config, ImageConfig
+from beoboot.errors import ConfigError, ModuleError, UsageError
 from beoboot.image.compress import decompress
 from beoboot.image.filelist import FileList, Reason
 from beoboot.resolve.kmod import KernelModules, ModuleNeed
 from beoboot.resolve.ldso import LibraryResolver
-from beoboot.resolve.nics import TRANSPORTS, nic_table, select_drivers
+from beoboot.resolve.nics import TRANSPORTS, lspci_dumps, nic_table, select_drivers
 from beoboot.resolve.pyruntime import PythonRuntime, build_runtime
 from beoboot.resolve.sysroot import Sysroot
 from beoboot.stages import PROGRAM_PACKAGES, PROJECT_ROOT, TEMPLATES_DIR, StageSpec
@@ -66,10 +66,13 @@ def assemble(spec: StageSpec, image: ImageConfig, ctx: BuildContext) -> FileList
     elf_roots: dict[str, Reason] = {}
     load_order: dict[str, tuple[str, ...]] = {}
     modules_at_start: list[str] = []
+    drivers: list[str] = []
+    if spec.nic_drivers and image.drivers:  # first: a site's lspci dump that says nothing usable fails at once
+        with _config_key(ctx.config, f"images.{spec.stage.value}.drivers"):
+            ctx.inputs.update(str(dump) for dump in lspci_dumps(image.drivers, config_dir(ctx.config)))
+            drivers = select_drivers(ctx.kernel, list(image.drivers), config_dir(ctx.config))
     if spec.program:
         _add_runtime(files, ctx.runtime(spec.program), ctx.sysroot, elf_roots)
-    with _config_key(ctx.config, f"images.{spec.stage.value}.drivers"):
-        drivers = select_drivers(ctx.kernel, list(image.drivers)) if spec.nic_drivers and image.drivers else []
     # A transport (virtio_pci for virtio_net) claims the PCI function: without it the driver never binds.
     known = set(ctx.kernel.module_names())
     drivers += [t.module for t in TRANSPORTS if t.carries in drivers and t.module in known and t.module not in drivers]
@@ -175,13 +178,20 @@ def _nic_reasons(table: list[NicAlias]) -> dict[str, str]:
     return {m: f"NIC driver for {p}" + (f" (+{count[m] - 1} more)" if count[m] > 1 else "") for m, p in first.items()}
 
 
+def config_dir(config: Config) -> Path:
+    """Where a relative path in the config (an lspci dump) is found: beside the config file, or, for the
+    embedded default, in the current directory."""
+    return Path.cwd() if config.origin == DEFAULT_CONFIG_NAME else Path(config.origin).absolute().parent
+
+
 @contextlib.contextmanager
 def _config_key(config: Config, key: str) -> Iterator[None]:
-    """A module or driver the kernel lacks came from the config: the error names the file and the key."""
+    """A module or driver the kernel lacks, or an lspci dump that says nothing usable, came from the config:
+    the error names the file and the key."""
     try:
         yield
-    except ModuleError as exc:
-        raise ModuleError(f"{config.origin}: {key}: {exc.message}", hint=exc.hint) from None
+    except (ModuleError, ConfigError, UsageError) as exc:
+        raise type(exc)(f"{config.origin}: {key}: {exc.message}", hint=exc.hint) from None
 
 
 def _add_modules(

@@ -15,7 +15,7 @@ from beoboot.artifacts import media
 from beoboot.config import Config
 from beoboot.errors import BudgetError
 from beoboot.image.archive import write_image
-from beoboot.image.assemble import BuildContext, assemble
+from beoboot.image.assemble import BuildContext, assemble, config_dir
 from beoboot.image.cache import inputs_key
 from beoboot.image.compress import Compression
 from beoboot.image.filelist import FileList, Kind
@@ -24,6 +24,7 @@ from beoboot.image.outputs import Staging, remove_stale_unfinished
 from beoboot.log import log, step
 from beoboot.resolve.kmod import KernelModules
 from beoboot.resolve.ldso import LibraryResolver
+from beoboot.resolve.nics import lspci_dumps
 from beoboot.resolve.sysroot import Sysroot
 from beoboot.stages import PROJECT_ROOT, all_stages
 
@@ -50,7 +51,7 @@ def image_file_name(stage: str, compression: Compression) -> str:
 
 def build(config: Config, outdir: Path) -> BuildResult:
     outdir = Path(outdir).absolute()
-    config_key = dataclasses.replace(config, origin="").to_json()
+    config_key = _config_key(config)
     previous = load_manifest(outdir)
     if previous is not None and _up_to_date(previous, outdir, config_key):
         log.info("up to date: %s (inputs unchanged since the last build)", outdir)
@@ -103,11 +104,19 @@ def build(config: Config, outdir: Path) -> BuildResult:
             for written in media.write_all(config, staging.path, images, hashes):
                 manifest.artifacts.append(_artifact(written.kind, written.path, staging.path / written.path, None))
         inputs.update(_index_inputs(ctx))
+        inputs.update(ctx.inputs)
         manifest.inputs = sorted(inputs)
         manifest.inputs_key = inputs_key(config_key, manifest.inputs)
         (staging.path / MANIFEST_NAME).write_text(manifest.to_json())
         staging.publish(MANIFEST_NAME)
     return BuildResult(manifest, up_to_date=False)
+
+
+def _config_key(config: Config) -> str:
+    """The config's part of the rebuild key: its values, and where its relative lspci dumps are (the same
+    config in another directory names other files)."""
+    dumps = sorted({str(d) for image in config.images.values() for d in lspci_dumps(image.drivers, config_dir(config))})
+    return dataclasses.replace(config, origin="").to_json() + "\n".join(dumps)
 
 
 def _artifact(kind: str, name: str, path: Path, compression: Compression | None) -> Artifact:

@@ -2,6 +2,8 @@
 QEMU's user-mode DHCP (10.0.2.15, router 10.0.2.2) and powers off (`beoboot.smoke=network`)."""
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 from conftest import run_beoboot
@@ -66,4 +68,21 @@ def test_a_nic_without_a_driver_is_named_not_waited_for(tmp_path):
     assert "beoboot: nic 0000:00:01.0 10ec:8139 (class 020000) has no driver in this image" in console, console[-3000:]
     assert "beoboot-build nics --check" in console
     assert "beoboot: agent failed: no network card of this node has a driver in the image" in console
+    assert "beoboot: powering off" in console and result.exit_code == 0
+
+
+def test_stage2_with_the_drivers_of_an_lspci_dump_boots_that_nic(tmp_path):
+    """A site names its hardware with `lspci -n`; stage 2 carries those drivers only, and boots."""
+    shutil.copy(Path(__file__).parents[1] / "data" / "lspci-qemu-e1000.txt", tmp_path / "nodes-lspci.txt")
+    site = tmp_path / "site.toml"
+    site.write_text('[images.stage2]\ndrivers = "lspci:nodes-lspci.txt"\nbudget = "5M"\n')
+    outdir = tmp_path / "out"
+    run_beoboot("build", "-q", "-c", site, "-o", outdir)
+    manifest = json.loads((outdir / "manifest.json").read_text())
+    modules = sorted(Path(r["path"]).name for r in manifest["images"]["stage2"] if r["path"].endswith(".ko"))
+    assert modules == ["e1000.ko"]
+    result = _boot(outdir, "e1000")
+    console = result.console
+    assert " 8086:100e -> e1000" in console, console[-3000:]
+    assert "beoboot: dhcp eth0 10.0.2.15/24 router 10.0.2.2" in console, console[-3000:]
     assert "beoboot: powering off" in console and result.exit_code == 0

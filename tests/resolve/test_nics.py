@@ -13,12 +13,14 @@ import pytest
 from agent.config import NicAlias
 from beoboot.commands import modules as modules_command
 from beoboot.commands import nics as nics_command
-from beoboot.errors import BeobootError, ModuleError, UsageError
+from beoboot.errors import BeobootError, ConfigError, ModuleError, UsageError
 from beoboot.resolve.kmod import KernelModules
 from beoboot.resolve.nics import (
     PciDevice,
     check_devices,
     ethernet_drivers,
+    lspci_drivers,
+    lspci_dumps,
     match,
     matches_device,
     network_drivers,
@@ -138,6 +140,67 @@ def test_check_devices_covered(kmods: KernelModules) -> None:
         ("00:03.0", ("e1000e",)),
         ("00:04.0", ("virtio_pci", "virtio_net")),
     ]
+
+
+# -- drivers from a site's lspci dump ----------------------------------------------------------------
+
+
+def test_lspci_dump_selects_the_drivers_of_its_nics_and_their_transport(kmods: KernelModules) -> None:
+    text = (DATA / "lspci-covered.txt").read_text()
+    assert lspci_drivers(kmods, text, "site.txt") == ["e1000e", "virtio_net", "virtio_pci"]
+    # a -nn dump says the same; the host bridge, the VGA and the USB controller bring nothing
+    assert lspci_drivers(kmods, "00:03.0 Ethernet controller [0200]: Intel 82574L [8086:10d3]\n", "x") == ["e1000e"]
+
+
+def test_lspci_item_in_a_driver_list_is_read_from_the_base_directory(kmods: KernelModules, tmp_path: Path) -> None:
+    (tmp_path / "rack1.txt").write_text("00:04.0 0200: 1af4:1000\n")
+    choice = ["lspci:rack1.txt", "e1000e"]
+    assert select_drivers(kmods, choice, tmp_path) == ["e1000e", "virtio_net", "virtio_pci"]
+    assert lspci_dumps(choice, tmp_path) == [tmp_path / "rack1.txt"]
+    assert lspci_dumps("all", tmp_path) == []
+
+
+def test_lspci_subsystem_specific_driver_comes_along_when_the_dump_has_no_subsystem(kmods: KernelModules) -> None:
+    # r8169_sub claims only Dell's subsystem; `lspci -n` does not say which one the card has
+    assert lspci_drivers(kmods, "01:00.0 0200: 10ec:8168\n", "x") == ["r8169_sub"]
+    verbose = "01:00.0 Ethernet controller [0200]: Realtek [10ec:8168]\n\tSubsystem: Dell [1028:0001]\n"
+    assert lspci_drivers(kmods, verbose, "x") == ["r8169_sub"]
+    other = "01:00.0 Ethernet controller [0200]: Realtek [10ec:8168]\n\tSubsystem: ASUS [1043:0001]\n"
+    with pytest.raises(ConfigError, match="no Ethernet driver"):
+        lspci_drivers(kmods, other, "x")
+
+
+def test_lspci_dump_without_a_nic_is_refused(kmods: KernelModules) -> None:
+    with pytest.raises(ConfigError, match=r"site.txt lists no network device \(class 02xx\) among its 2") as err:
+        lspci_drivers(kmods, "00:00.0 0600: 8086:1237\n00:1d.7 0c03: 8086:293a (prog-if 20)\n", "site.txt")
+    assert "lspci -n" in (err.value.hint or "")
+
+
+def test_lspci_nic_without_an_ethernet_driver_is_named(kmods: KernelModules) -> None:
+    text = (DATA / "lspci-uncovered.txt").read_text() + "02:00.0 0280: 8086:2723\n"
+    with pytest.raises(ConfigError) as err:
+        lspci_drivers(kmods, text, "site.txt")
+    message = str(err.value)
+    assert "site.txt" in message and kmodtree.VERSION in message
+    assert "0000:01:00.0 [15b3:1017] class 0200" in message  # no driver at all
+    assert "02:00.0 [8086:2723] class 0280 (only iwlwifi, which cannot boot a node)" in message  # Wi-Fi
+    assert "0000:00:03.0" not in message  # e1000e binds that one
+    assert "delete the line" in (err.value.hint or "")
+
+
+def test_missing_lspci_dump_is_a_config_error_naming_the_file(kmods: KernelModules, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=f"cannot read lspci dump {tmp_path}/gone.txt") as err:
+        select_drivers(kmods, "lspci:gone.txt", tmp_path)
+    assert "lspci -n > FILE" in (err.value.hint or "")
+    (tmp_path / "dir.txt").mkdir()
+    with pytest.raises(ConfigError, match="not a regular file"):
+        select_drivers(kmods, ["lspci:dir.txt"], tmp_path)
+
+
+def test_lspci_dump_of_another_tool_is_refused_with_its_line(kmods: KernelModules, tmp_path: Path) -> None:
+    (tmp_path / "site.txt").write_text("00:03.0 Ethernet controller: Intel Corporation 82540EM\n")
+    with pytest.raises(UsageError, match=r"site.txt:1: not an `lspci -n` line"):
+        select_drivers(kmods, "lspci:site.txt", tmp_path)
 
 
 def test_virtio_transport_alone_does_not_cover(kmods: KernelModules) -> None:
