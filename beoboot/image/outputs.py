@@ -133,7 +133,7 @@ def _refuse_foreign_files(outdir: Path, names: set[str], artifacts: set[str]) ->
 
 
 def _unlink_stale_names(outdir: Path, names: set[str], flat: set[str]) -> None:
-    """Remove what the published build no longer has (stage1.cpio.zst after a switch to gzip): our links,
+    """Remove what the published build no longer has (stage1.cpio.xz after a switch to gzip): our links,
     and the plain files of a flat build that were listed in its manifest."""
     for entry in os.scandir(outdir):
         if entry.name in names or entry.name in (CURRENT, BUILDS_DIR):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from beoboot import config
 from beoboot.errors import ConfigError, ImageError, ToolError
 from beoboot.image import compress as compress_module
 from beoboot.image.archive import write_image
@@ -196,6 +197,25 @@ def tiny_init(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if shutil.which("gcc") is None:
         pytest.skip("gcc is needed to build the test /init (apt-get install gcc)")
     return build_tiny_init(tmp_path_factory.mktemp("init"))
+
+
+KERNEL_DECODERS = {
+    Compression.GZIP: "CONFIG_RD_GZIP",
+    Compression.XZ: "CONFIG_RD_XZ",
+    Compression.ZSTD: "CONFIG_RD_ZSTD",
+    Compression.LZ4: "CONFIG_RD_LZ4",
+}
+
+
+def test_default_stage_compressors_are_built_into_the_kernel() -> None:
+    """The kernel unpacks stages 1 and 2 itself, with the decoders its config built in."""
+    configs = sorted(glob.glob("/boot/config-*"))
+    if not configs:
+        pytest.skip("needs a kernel config in /boot")
+    text = Path(configs[-1]).read_text()
+    for stage in ("stage1", "stage2"):
+        kind = config.load(environ={}).image(stage).compression
+        assert kind == Compression.NONE or f"\n{KERNEL_DECODERS[kind]}=y\n" in text, (stage, kind, configs[-1])
 
 
 @pytest.mark.integration

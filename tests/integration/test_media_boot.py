@@ -338,7 +338,7 @@ def test_stage2_finds_its_nic(out, nic):
     # beoboot.smoke=network: the agent brings up the network (through slirp's DHCP), then powers off.
     result = _boot(
         f"stage2-nic-{nic}",
-        out / "stage2.cpio.zst",
+        out / "stage2.cpio.xz",
         [STAGE2_UP, "beoboot: powering off"],
         nic=nic,
         append="beoboot.smoke=network",

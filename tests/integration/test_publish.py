@@ -145,7 +145,7 @@ def test_every_instant_of_publishing_a_build_shows_one_whole_build(built, gzip_c
     assert len(seen) >= 4 and seen[0] == old
     switched = seen.index(new) if new in seen else len(seen)
     assert set(seen[:switched]) == {old} and set(seen[switched:]) <= {new}  # one switch, never back
-    assert not (outdir / "stage1.cpio.zst").exists() and (outdir / "stage1.cpio.gz").is_file()
+    assert not (outdir / "stage1.cpio.xz").exists() and (outdir / "stage1.cpio.gz").is_file()
     assert not leftovers(outdir)
 
 
@@ -199,5 +199,5 @@ def test_an_output_directory_copied_without_its_links_is_replaced_whole_or_not_a
     seen, finished = step_through(["publish", gzip_build, outdir], outdir, tmp_path, allow_unpublished=True)
     assert finished and set(seen) <= {old, new, None} and published(outdir) == new
     assert (outdir / "manifest.json").is_symlink() and (outdir / "pxe").is_symlink()
-    assert not (outdir / "stage1.cpio.zst").exists()  # the copy's file the new build no longer has
+    assert not (outdir / "stage1.cpio.xz").exists()  # the copy's file the new build no longer has
     assert not leftovers(outdir)

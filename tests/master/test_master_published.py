@@ -40,23 +40,23 @@ def assert_not_published(master, *paths):
 def test_a_real_build_is_served_as_listed_and_a_rebuild_without_restart(built, tmp_path, master_of):
     outdir = tmp_path / "out"
     shutil.copytree(built, outdir, symlinks=True, copy_function=os.link)
-    image = (outdir / "stage1.cpio.zst").read_bytes()
+    image = (outdir / "stage1.cpio.xz").read_bytes()
     for leftover in (".beoboot-staging-4242", ".builds/unfinished-4243", ".git"):  # killed builds, a dot dir
         (outdir / leftover).mkdir(parents=True)
-        (outdir / leftover / "stage1.cpio.zst").write_bytes(image)
+        (outdir / leftover / "stage1.cpio.xz").write_bytes(image)
     (outdir / "notes.txt").write_text("not for the nodes\n")
     master = master_of(outdir)
     manifest = get(master, "manifest.json").json()
     for art in manifest["artifacts"]:  # every file a node or a boot loader fetches, pxe/ tree included
         response = get(master, art["path"])
         assert response.status_code == 200 and hashlib.sha256(response.content).hexdigest() == art["sha256"], art
-    part = get(master, "stage2.cpio.zst", headers={"Range": "bytes=100-199"})
-    assert part.status_code == 206 and part.content == (outdir / "stage2.cpio.zst").read_bytes()[100:200]
+    part = get(master, "stage2.cpio.xz", headers={"Range": "bytes=100-199"})
+    assert part.status_code == 206 and part.content == (outdir / "stage2.cpio.xz").read_bytes()[100:200]
     assert_not_published(
         master,
-        ".beoboot-staging-4242/stage1.cpio.zst",
-        ".builds/unfinished-4243/stage1.cpio.zst",
-        ".git/stage1.cpio.zst",
+        ".beoboot-staging-4242/stage1.cpio.xz",
+        ".builds/unfinished-4243/stage1.cpio.xz",
+        ".git/stage1.cpio.xz",
         "notes.txt",
         "pxe",
     )
@@ -71,7 +71,7 @@ def test_a_real_build_is_served_as_listed_and_a_rebuild_without_restart(built, t
     stage1 = next(a for a in rebuilt["artifacts"] if a["name"] == "stage1")
     response = get(master, stage1["path"])
     assert stage1["path"] == "stage1.cpio.gz" and hashlib.sha256(response.content).hexdigest() == stage1["sha256"]
-    assert_not_published(master, "stage1.cpio.zst", ".builds/unfinished-4243/stage1.cpio.zst")
+    assert_not_published(master, "stage1.cpio.xz", ".builds/unfinished-4243/stage1.cpio.xz")
 
 
 def test_unlisted_files_links_out_and_dot_paths_are_not_published(tmp_path, master_of):

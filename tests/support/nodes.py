@@ -19,7 +19,7 @@ def stage2_node(out, tmp_path, name="node", mac="52:54:00:12:34:56", nic="virtio
     append = append.replace("beoboot.master=http://10.0.2.2:8080/", "")  # the built-in master URL is the site's
     cmd = qemu.qemu_command(
         out / "vmlinuz",
-        out / "stage2.cpio.zst",
+        out / next(a["path"] for a in manifest["artifacts"] if a["name"] == "stage2"),
         append,
         reboot=reboot,
         extra=["-nic", f"user,model={nic},mac={mac}", *extra],
