@@ -14,11 +14,11 @@ from beoboot import __version__
 from beoboot.artifacts import media
 from beoboot.config import Config
 from beoboot.errors import BudgetError
-from beoboot.image.archive import write_image
+from beoboot.image.archive import PartCompressor, write_image
 from beoboot.image.assemble import BuildContext, assemble, config_dir
 from beoboot.image.cache import inputs_key
 from beoboot.image.compress import Compression
-from beoboot.image.filelist import FileList, Kind
+from beoboot.image.filelist import Entry, FileList, Kind
 from beoboot.image.manifest import MANIFEST_NAME, Artifact, Manifest, file_records, load_manifest, sha256_file
 from beoboot.image.outputs import Staging, remove_stale_unfinished
 from beoboot.log import log, step
@@ -74,16 +74,24 @@ def build(config: Config, outdir: Path) -> BuildResult:
         for spec in all_stages():
             with step(f"assemble {spec.stage}"):
                 planned.append((spec, config.image(spec.stage), assemble(spec, config.image(spec.stage), ctx)))
-        # Writing is cpio packing in libarchive and a compressor process: both run outside the GIL, so
-        # the images are written side by side, one per core.
-        with step("write images"), ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        # Writing is cpio packing in libarchive and compression, both outside the GIL: the images are
+        # written side by side, and their parts compressed one per core, each distinct part once.
+        cores = os.cpu_count() or 1
+        with (
+            step("write images"),
+            ThreadPoolExecutor(cores) as compressing,
+            ThreadPoolExecutor(len(planned)) as writing,
+        ):
+            compressor = PartCompressor(compressing)
             writes = [
-                pool.submit(
+                writing.submit(
                     write_image,
                     files,
                     staging.path / image_file_name(spec.stage, image.compression),
                     image.compression,
                     config.source_date_epoch,
+                    shared=_from_sysroot if spec.unpacked_by is None else None,
+                    compressor=compressor,
                 )
                 for spec, image, files in planned
             ]
@@ -150,11 +158,12 @@ def _up_to_date(previous: Manifest, outdir: Path, config_key: str) -> bool:
 
 def _sysroot_sources(files: FileList) -> set[str]:
     """Build-host files read from the sysroot; the project's own files are covered by the code digest."""
-    return {
-        e.source
-        for e in files.entries()
-        if e.kind == Kind.FILE and e.source and not Path(e.source).is_relative_to(PROJECT_ROOT)
-    }
+    return {e.source for e in files.entries() if e.kind == Kind.FILE and _from_sysroot(e) and e.source}
+
+
+def _from_sysroot(entry: Entry) -> bool:
+    """A file copied from the sysroot, not one of the project's own or generated."""
+    return entry.source is not None and not Path(entry.source).is_relative_to(PROJECT_ROOT)
 
 
 def _index_inputs(ctx: BuildContext) -> set[str]:

@@ -112,6 +112,10 @@ class FileList:
         self._entries[entry.path] = entry
         return entry
 
+    def add_entry(self, entry: Entry) -> None:
+        """Take an entry of another list as it is, without its parents: a part of an image."""
+        self._entries[entry.path] = entry
+
     def add_dir(self, path: str, reason: Reason, mode: int = 0o755) -> Entry:
         return self.add(Entry(path, Kind.DIR, mode, reason))
 

@@ -6,9 +6,12 @@ import os
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from beoboot.errors import ImageError, SysrootError
 from beoboot.image import archive
@@ -320,3 +323,75 @@ def test_kernel_unpacks_hard_links(tmp_path: Path) -> None:
     assert listed["/init"].nlink == 2 and listed["/init"].ino == listed["/sbin/init"].ino
     console = boot_initramfs(kernel, image)
     assert MARKER in console, console[-3000:]
+
+
+# ---- images in parts: own entries, then shared chunks, each compressed once -------------------------
+
+
+def _under_usr(entry: Entry) -> bool:
+    return entry.path.startswith("/usr/")
+
+
+@pytest.mark.parametrize("kind", list(Compression))
+def test_image_in_parts_reads_back_whole(files: FileList, tmp_path: Path, kind: Compression) -> None:
+    image = tmp_path / "image"
+    write_image(files, image, kind, MTIME, shared=_under_usr)
+    assert len(archive.split_archives(archive.decompress(image.read_bytes()))) == 2
+    listed = {entry.path: entry for entry in read_image(image)}
+    assert sorted(listed) == sorted(entry.path for entry in files.entries())
+    # the own part comes first and holds every directory, so the later part unpacks into them
+    order = [entry.path for entry in read_image(image)]
+    assert order.index("/usr/bin") < order.index("/usr/bin/tool")
+    assert listed["/usr/bin/tool"].data() == listed["/sbin/tool"].data() == b"#!/bin/sh\necho tool\n"
+    assert listed["/usr/bin/tool-alias"].nlink == 2  # linked within its part; /sbin/tool is in the other
+    assert extract_file(image, "usr/share/lonely") == b"x" * 5000
+
+
+def test_shared_chunks_are_identical_and_compressed_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    for index in range(6):
+        (src / f"lib{index}").write_bytes(os.urandom(3000))
+    monkeypatch.setattr(archive, "SHARED_CHUNK", 5000)  # two files a chunk
+    compressed: list[int] = []
+    real_compress = archive.compress
+    monkeypatch.setattr(archive, "compress", lambda data, *a: compressed.append(len(data)) or real_compress(data, *a))
+    images = []
+    with ThreadPoolExecutor(2) as pool:
+        compressor = archive.PartCompressor(pool)
+        for stage in (1, 2):
+            files = FileList()
+            for index in range(6):
+                files.add_file(f"/usr/lib/lib{index}", src / f"lib{index}", REASON)
+            files.add_bytes("/etc/stage", f"{stage}\n".encode(), REASON)
+            images.append(tmp_path / f"stage{stage}")
+            write_image(files, images[-1], Compression.XZ, MTIME, shared=_under_usr, compressor=compressor)
+    parts = [archive.split_archives(archive.decompress(image.read_bytes())) for image in images]
+    assert [len(p) for p in parts] == [4, 4]
+    assert parts[0][0] != parts[1][0] and parts[0][1:] == parts[1][1:]
+    assert len(compressed) == 5  # two own parts, three chunks both images share
+    one, two = (image.read_bytes() for image in images)
+    assert one[-1000:] == two[-1000:]  # the same compressed bytes, not merely the same content
+
+
+def test_split_archives_refuses_a_cut_image(files: FileList, tmp_path: Path) -> None:
+    cpio, _ = build_cpio(files, MTIME)
+    assert archive.split_archives(cpio + b"\0" * 8 + cpio) == [cpio, cpio]
+    with pytest.raises(ImageError, match="ends inside"):
+        archive.split_archives(cpio[:-200])
+    with pytest.raises(ImageError, match="no newc cpio header"):
+        archive.split_archives(cpio + b"junk")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=600), st.integers(0, 599))
+def test_split_archives_fails_closed(junk: bytes, cut: int) -> None:
+    """Any bytes: a list of archives or an ImageError, never another exception."""
+    files = FileList()
+    files.add_bytes("/a", b"x" * 40, REASON)
+    cpio, _ = build_cpio(files, MTIME)
+    for data in (junk, cpio[:cut] + junk, cpio + junk):
+        try:
+            archive.split_archives(data)
+        except ImageError:
+            pass
