@@ -21,7 +21,7 @@ from beoboot.image.filelist import FileList, Reason
 from beoboot.resolve.kmod import KernelModules, ModuleNeed
 from beoboot.resolve.ldso import LibraryResolver
 from beoboot.resolve.nics import TRANSPORTS, lspci_dumps, nic_table, select_drivers
-from beoboot.resolve.pyruntime import PythonRuntime, build_runtime
+from beoboot.resolve.pyruntime import PythonRuntime, RuntimeCache, build_runtime
 from beoboot.resolve.sysroot import Sysroot
 from beoboot.stages import PROGRAM_PACKAGES, PROJECT_ROOT, TEMPLATES_DIR, StageSpec
 
@@ -35,6 +35,7 @@ class BuildContext:
     kernel: KernelModules
     libraries: LibraryResolver
     _runtimes: dict[str, PythonRuntime] = field(default_factory=dict)
+    _runtime_cache: RuntimeCache | None = None
     _nic_table: list[NicAlias] | None = None
     # every build-host file or directory listing the build read, for the rebuild cache
     inputs: set[str] = field(default_factory=set)
@@ -43,7 +44,10 @@ class BuildContext:
         """The Python runtime of the images whose agent runs `program`: only what it imports."""
         if program not in self._runtimes:
             packages = {name: PROJECT_ROOT / name for name in PROGRAM_PACKAGES}
-            self._runtimes[program] = build_runtime(self.sysroot, program, packages, self.config.python_modules)
+            self._runtime_cache = self._runtime_cache or RuntimeCache(self.sysroot)
+            self._runtimes[program] = build_runtime(
+                self.sysroot, program, packages, self.config.python_modules, self._runtime_cache
+            )
         return self._runtimes[program]
 
     @property

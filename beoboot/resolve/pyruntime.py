@@ -271,9 +271,15 @@ class ModuleFinder:
     """Breadth-first walk of import statements against the sysroot's module directories."""
 
     def __init__(
-        self, sysroot: Sysroot, python: SysrootPython, packages: Mapping[str, Path], excludes: dict[str, str]
+        self,
+        sysroot: Sysroot,
+        python: SysrootPython,
+        packages: Mapping[str, Path],
+        excludes: dict[str, str],
+        scanned: dict[tuple[str, Path], list[tuple[str, bool]]] | None = None,
     ) -> None:
         self.sysroot = sysroot
+        self._scanned = {} if scanned is None else scanned  # (name, file) -> its imports: shared by a build
         self.python = python
         self.packages = packages
         self.excludes = excludes
@@ -324,6 +330,13 @@ class ModuleFinder:
         return self.graph
 
     def _imports(self, module: Module) -> list[tuple[str, bool]]:
+        assert module.host_path is not None
+        key = (module.name, module.host_path)
+        if key not in self._scanned:
+            self._scanned[key] = self._scan(module)
+        return self._scanned[key]
+
+    def _scan(self, module: Module) -> list[tuple[str, bool]]:
         assert module.host_path is not None
         where = str(module.origin)
         try:
@@ -402,12 +415,13 @@ def find_modules(
     packages: Mapping[str, Path],
     init_source: str,
     extra_modules: tuple[str, ...] | list[str] = (),
+    scanned: dict[tuple[str, Path], list[tuple[str, bool]]] | None = None,
 ) -> ModuleGraph:
     excludes = dict(DEFAULT_EXCLUDES)
     for extra in extra_modules:
         for name in (extra, *COMPANIONS.get(extra, ())):
             excludes.pop(name, None)
-    finder = ModuleFinder(sysroot, python, packages, excludes)
+    finder = ModuleFinder(sysroot, python, packages, excludes, scanned)
     for name in IMPLICIT_MODULES:
         finder.add(name, "the interpreter")
     for name in extra_modules:
@@ -647,30 +661,62 @@ sys.exit(main(program=program))
 """.encode()
 
 
+@dataclass
+class RuntimeCache:
+    """What the runtimes of one build share (an image's runtime is walked from its own program): the
+    sysroot's interpreter and compiler, each module's imports, each module's bytecode."""
+
+    sysroot: Sysroot
+    python: SysrootPython | None = None
+    compiler: Compiler | None = None
+    scanned: dict[tuple[str, Path], list[tuple[str, bool]]] = field(default_factory=dict)
+    compiled: dict[CompileJob, bytes] = field(default_factory=dict)
+
+    def interpreter(self) -> SysrootPython:
+        if self.python is None:
+            self.python = find_sysroot_python(self.sysroot)
+            self.compiler = find_compiler(self.sysroot, self.python)
+            if self.compiler is None:
+                log.warning(
+                    "python runtime: build host is Python %d.%d, sysroot is %d.%d and its interpreter does not "
+                    "run here: storing .py sources, not .pyc",
+                    *sys.version_info[:2],
+                    *self.python.version,
+                )
+            elif not host_can_compile_for(self.python.version):
+                log.debug(
+                    "python runtime: compiling for Python %d.%d with %s",
+                    *self.python.version,
+                    self.compiler.description,
+                )
+        return self.python
+
+    def compile(self, jobs: list[CompileJob]) -> list[bytes]:
+        """Bytecode for each job, compiling only what no earlier runtime of this build compiled."""
+        assert self.compiler is not None
+        new = [job for job in dict.fromkeys(jobs) if job not in self.compiled]
+        if new:
+            with tempfile.TemporaryDirectory(prefix="beoboot-pyc-") as scratch:
+                self.compiled.update(zip(new, compile_modules(new, Path(scratch), self.compiler)))
+        return [self.compiled[job] for job in jobs]
+
+
 def build_runtime(
     sysroot: Sysroot,
     program: str,
     packages: Mapping[str, Path],
     extra_modules: tuple[str, ...] | list[str] = (),
+    cache: RuntimeCache | None = None,
 ) -> PythonRuntime:
     """The runtime of one image: the interpreter, and the modules /init reaches from `program`, a module of
     `packages` (the project's own, name -> directory on this host)."""
-    python = find_sysroot_python(sysroot)
+    cache = cache or RuntimeCache(sysroot)
+    python = cache.interpreter()
     init_bytes = render_init(python.interpreter, program)
-    graph = find_modules(sysroot, python, packages, init_bytes.decode(), tuple(extra_modules))
+    graph = find_modules(sysroot, python, packages, init_bytes.decode(), tuple(extra_modules), cache.scanned)
     for name, importer in sorted(graph.missing.items()):
         log.debug("python runtime: %s (imported by %s) not found; an optional import, left out", name, importer)
-    compiler = find_compiler(sysroot, python)
-    compiled = compiler is not None
-    if compiler is None:
-        log.warning(
-            "python runtime: build host is Python %d.%d, sysroot is %d.%d and its interpreter does not run here: "
-            "storing .py sources, not .pyc",
-            *sys.version_info[:2],
-            *python.version,
-        )
-    elif not host_can_compile_for(python.version):
-        log.debug("python runtime: compiling for Python %d.%d with %s", *python.version, compiler.description)
+    compiled = cache.compiler is not None
     members: dict[str, bytes] = {}
     extensions: list[tuple[str, str]] = []
     to_compile: list[tuple[str, CompileJob]] = []
@@ -689,10 +735,8 @@ def build_runtime(
             else:
                 members[base + ".py"] = _read(module.host_path)
     if to_compile:
-        with tempfile.TemporaryDirectory(prefix="beoboot-pyc-") as scratch:
-            jobs = [job for _, job in to_compile]
-            for (base, _), pyc in zip(to_compile, compile_modules(jobs, Path(scratch), compiler)):
-                members[base + ".pyc"] = pyc
+        for (base, _), pyc in zip(to_compile, cache.compile([job for _, job in to_compile])):
+            members[base + ".pyc"] = pyc
     modules = tuple(
         sorted(n for n, m in graph.modules.items() if m.kind not in (ModuleKind.EXTENSION, ModuleKind.BUILTIN))
     )

@@ -512,3 +512,18 @@ def test_the_build_host_compiles_for_its_own_version_only(tmp_path):
     assert pyruntime.find_compiler(sysroot, python) == pyruntime.host_compiler()
     other = dataclasses.replace(python, version=(3, 99))
     assert pyruntime.find_compiler(sysroot, other) is None  # its python3.11 is not 3.99: not trusted
+
+
+@pytest.mark.skipif(not Path("/usr/bin/python3.11").exists(), reason="needs the sysroot python3.11")
+def test_runtimes_of_one_build_share_scans_and_bytecode(runtime, monkeypatch):
+    """A build's images walk and compile each module once; each image still gets exactly its own modules,
+    with the bytecode a runtime built alone has."""
+    compiled: list[int] = []
+    real = pyruntime.compile_modules
+    monkeypatch.setattr(pyruntime, "compile_modules", lambda jobs, *a: compiled.append(len(jobs)) or real(jobs, *a))
+    cache = pyruntime.RuntimeCache(Sysroot("/"))
+    first = pyruntime.build_runtime(Sysroot("/"), "stage2.pxe", PACKAGES, cache=cache)
+    shared = pyruntime.build_runtime(Sysroot("/"), "stage3.supervisor", PACKAGES, cache=cache)
+    assert shared.modules == runtime.modules
+    assert shared.zip_bytes == runtime.zip_bytes
+    assert compiled[0] == len(first.modules) and compiled[1] < len(shared.modules) / 2, compiled
