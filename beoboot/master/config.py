@@ -18,6 +18,8 @@ from beoboot.errors import ConfigError
 KEEP_BOOTS_MAX = 10000
 HOSTNAME_PREFIX_MAX = 32  # a DNS label holds 63 characters: the prefix and the node number must fit
 LOCAL_NODES = ("root", "none")
+MAX_NODES_MAX = 1 << 20  # a million nodes: beyond any cluster one beoserv serves
+MAX_TRANSFERS_MAX = 65536
 
 
 def _typed(*kinds: type, then: Callable[[Any], Any] = lambda value: value) -> Callable[[Any], Any]:
@@ -113,6 +115,22 @@ class MasterConfig:
     # once under way, has no bound
     request_timeout: float = setting(
         _seconds(0.1, 3600), "seconds a client has to send a request's head, then its body", 30.0
+    )
+
+    # beoboot.master.fdlimit: the descriptors these need must fit the hard open-files limit, or beoserv does
+    # not start. Both are set when beoserv starts (its limit is checked then); a reload keeps them
+    max_nodes: int = setting(
+        _typed(int, then=lambda value: values.whole(value, 1, MAX_NODES_MAX, "a number of nodes")),
+        "nodes beoserv serves at once: it refuses to start if its open-files limit cannot hold them",
+        1024,
+    )
+    # beoboot.master.transfers: boot files and libcache objects sent at once, beyond which requests wait their
+    # turn (round robin across nodes) or are told to retry (503, Retry-After). A few saturate any link (on
+    # loopback, 2 concurrent transfers reach the same GB/s as 128); more than that only hold descriptors
+    max_transfers: int = setting(
+        _typed(int, then=lambda value: values.whole(value, 1, MAX_TRANSFERS_MAX, "a number of transfers")),
+        "boot files and libcache objects sent at once; more wait their turn or are told to retry",
+        64,
     )
 
     def node_address(self, number: int) -> str | None:

@@ -12,6 +12,7 @@ registry keeps one SQLite connection.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import ipaddress
 import json
@@ -31,7 +32,7 @@ from aiohttp import web
 
 from agent import protocol as p
 from beoboot.errors import BeobootError, ConfigError
-from beoboot.master import admission, hostsfile
+from beoboot.master import admission, fdlimit, hostsfile
 from beoboot.master.bpsh.localjobs import LocalListener
 from beoboot.master.config import MasterConfig, load_config
 from beoboot.master.hosttable import HostTable
@@ -50,6 +51,8 @@ BOOT_NUMBER = re.compile("[0-9]{1,18}")  # within SQLite's 64-bit INTEGER
 # once it is rewritten a few times, not a thousand.
 HOSTS_FILE_DELAY = 0.5
 BODY_BUDGET = 64 << 20  # bytes of request bodies in memory at once (BodyBudget)
+# config keys read once, when beoserv starts: its open-files limit was checked against them
+STARTUP_KEYS = ("max_nodes", "max_transfers")
 
 
 @dataclass(frozen=True)
@@ -330,6 +333,15 @@ class Beoserv:
         except ConfigError as exc:
             log.error("config not reloaded, keeping the running one: %s", exc)
             return
+        for key in STARTUP_KEYS:
+            if getattr(config, key) != getattr(self.config, key):
+                log.warning(
+                    "config reloaded: %s = %s takes effect when beoserv restarts; %s until then",
+                    key,
+                    getattr(config, key),
+                    getattr(self.config, key),
+                )
+        config = dataclasses.replace(config, **{key: getattr(self.config, key) for key in STARTUP_KEYS})
         self.config = config
         self.config_loads += 1
         log.info("config reloaded from %s: %s", self.options.config_path, config)
@@ -603,7 +615,21 @@ def setup_logging(level: int = logging.INFO) -> None:
     node_log.propagate = False
 
 
+def raise_open_files_limit(config: MasterConfig) -> None:
+    """Before anything is opened: the limit that holds max_nodes and max_transfers, or BeobootError."""
+    before, limit, need = fdlimit.ensure(config.max_nodes, config.max_transfers)
+    log.info(
+        "open files: limit %d (soft was %d), %d needed for max_nodes = %d and max_transfers = %d",
+        limit,
+        before,
+        need,
+        config.max_nodes,
+        config.max_transfers,
+    )
+
+
 async def serve(options: ServerOptions, config: MasterConfig, stop: asyncio.Event | None = None) -> None:
+    raise_open_files_limit(config)
     server = Beoserv(options, config)
     # keepalive_timeout bounds the wait for a whole request head, from the connection's start or the last
     # response (aiohttp closes a connection whose head is incomplete by then), so a client sending it

@@ -39,6 +39,8 @@ def test_beonss_addresses():
         ("require_reserved_port = 1", "require_reserved_port = 1 must be bool"),
         ('hosts_file = "hosts"', "must be an absolute path in an existing directory"),
         ('hosts_file = "/no/such/dir/hosts"', "must be an absolute path in an existing directory"),
+        ("max_nodes = 0", "max_nodes = 0 is not allowed: expected a number of nodes from 1"),
+        ("max_transfers = 1.5", "max_transfers = 1.5 must be int"),
     ],
 )
 def test_bad_config_names_the_key(text, complaint):

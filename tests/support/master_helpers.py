@@ -46,7 +46,8 @@ class MasterProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
 
-    def start(self, timeout: float = 10.0) -> MasterProcess:
+    def start(self, timeout: float = 10.0, **popen) -> MasterProcess:
+        """Start beoserv and wait until it listens; `popen`: more subprocess.Popen arguments (preexec_fn)."""
         args = [
             sys.executable,
             "-m",
@@ -66,7 +67,7 @@ class MasterProcess:
         # stderr to a file, not a pipe: an undrained pipe would block the server once 64 KiB of log piled up
         self._log_file = open(self.log_path, "ab")
         self._offset = self.log_path.stat().st_size
-        self.proc = subprocess.Popen(args, stdout=self._log_file, stderr=self._log_file, env={**os.environ})
+        self.proc = subprocess.Popen(args, stdout=self._log_file, stderr=self._log_file, env={**os.environ}, **popen)
         found = self.wait_for_log(LISTENING, timeout)
         self.url = found.group(1)
         return self
