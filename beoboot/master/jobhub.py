@@ -22,9 +22,11 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from agent import protocol as p
 from beoboot.errors import BeobootError
+from beoboot.master.exhaustion import exhausted
+from beoboot.master.filesend import FileSend, open_to_send
 from beoboot.master.manifest.describe import JobError, ManifestBuilder
 from beoboot.master.manifest.describer import Describer
-from beoboot.master.objects import ObjectStore
+from beoboot.master.objects import ObjectStore, stat_key
 from beoboot.master.printable import printable
 from beoboot.master.registry import Registry, RegistryError
 
@@ -151,10 +153,20 @@ class JobHub:
         # the same answer as for an object the master does not have: a node learns nothing of other jobs
         if not any(digest in self.jobs[job_id].objects for job_id in link.jobs if job_id in self.jobs):
             raise web.HTTPNotFound(text="no such object in this node's jobs\n")
-        path = self.objects.lookup(digest)
-        if path is None:
-            raise web.HTTPNotFound(text="no such object: it was never in a manifest, or the file changed since\n")
-        return web.FileResponse(path, headers={"Content-Type": "application/octet-stream"})
+        gone = web.HTTPNotFound(text="no such object: it was never in a manifest, or the file changed since\n")
+        found = self.objects.lookup(digest)
+        if found is None:
+            raise gone
+        try:
+            file, st = open_to_send(found.path)
+        except OSError as exc:
+            if exhausted(exc):
+                raise  # a 503 (beoboot.master.server): the node retries, as it would not after a 404
+            raise gone from None
+        if stat_key(st) != found.key:
+            file.close()  # replaced between the lookup and the open: other bytes than the hash names
+            raise gone
+        return FileSend(file, st)
 
     # --- listing ------------------------------------------------------------------------------------------
 

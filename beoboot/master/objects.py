@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from beoboot.master.exhaustion import exhausted
 from beoboot.regularfile import open_regular
 
 # st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns: the ctime so that a chmod or chown, which changes
@@ -91,17 +92,19 @@ class ObjectStore:
             self._by_hash[found.sha256] = found
         return found
 
-    def lookup(self, sha256: str) -> str | None:
-        """The path of a file whose content has this hash now, or None (unknown, or changed since hashed)."""
+    def lookup(self, sha256: str) -> Digest | None:
+        """The file whose content has this hash now, or None (unknown, or changed since hashed). Whoever
+        opens found.path checks that what it opened still has found.key: it may be replaced meanwhile."""
         with self._lock:
             found = self._by_hash.get(sha256)
         if found is None:
             return None
         try:
             if stat_key(os.stat(found.path)) == found.key:
-                return found.path
-        except OSError:
-            pass
+                return found
+        except OSError as exc:
+            if exhausted(exc):  # no answer about the file: it is not forgotten for that
+                raise
         with self._lock:
             self._by_hash.pop(sha256, None)
         return None

@@ -16,6 +16,7 @@ from pathlib import Path, PurePosixPath
 
 from beoboot.image.manifest import MANIFEST_NAME
 from beoboot.image.outputs import CURRENT
+from beoboot.master.exhaustion import exhausted
 
 log = logging.getLogger("beoserv")
 
@@ -68,10 +69,17 @@ class PublishedTree:
 
 
 def _read_paths(manifest: Path) -> frozenset[str]:
+    """The manifest's paths; an OSError for want of a resource (EMFILE) is raised, not taken for an empty
+    manifest, which would be remembered and have every file answered "not published"."""
     try:
         artifacts = json.loads(manifest.read_bytes())["artifacts"]
         return frozenset(str(PurePosixPath(a["path"])) for a in artifacts)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except OSError as exc:
+        if exhausted(exc):
+            raise
+        log.error("cannot read %s (%s): serving nothing from it until it changes", manifest, exc.strerror or exc)
+        return frozenset()
+    except (ValueError, KeyError, TypeError) as exc:
         log.error(
             "%s is not a beoboot manifest (%s): serving nothing from it; rebuild with beoboot-build", manifest, exc
         )

@@ -18,7 +18,6 @@ import ipaddress
 import json
 import logging
 import os
-import random
 import re
 import signal
 import sys
@@ -32,11 +31,13 @@ from aiohttp import web
 
 from agent import protocol as p
 from beoboot.errors import BeobootError, ConfigError
-from beoboot.master import admission, fdlimit, hostsfile
+from beoboot.master import admission, exhaustion, fdlimit, hostsfile
 from beoboot.master.bpsh.localjobs import LocalListener
 from beoboot.master.config import MasterConfig, load_config
+from beoboot.master.filesend import FileSend, open_to_send
 from beoboot.master.hosttable import HostTable
 from beoboot.master.jobhub import JobHub
+from beoboot.master.listener import BACKLOG, listen
 from beoboot.master.printable import printable
 from beoboot.master.published import NotPublished, PublishedTree
 from beoboot.master.registry import NodeRecord, Registry, RegistryError
@@ -102,11 +103,6 @@ def resolve_boot_path(tree: PublishedTree, relative: str) -> Path:
         raise web.HTTPNotFound(text=f"not published: {relative}\n") from None
 
 
-def strong_etag(st: os.stat_result) -> str:
-    # the same validator aiohttp's FileResponse puts in its ETag header
-    return f'"{st.st_mtime_ns:x}-{st.st_size:x}"'
-
-
 def _plain_ipv4(text: str | None) -> str | None:
     """A node's reported address ("10.0.2.15/24" or "10.0.2.15") as a plain IPv4 address; anything else is
     not put in the host table (it goes into every node's /etc/hosts)."""
@@ -142,12 +138,10 @@ class BodyBudget:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.taken = 0
-        self.refused = 0  # since the last log line about it
-        self._logged = 0.0
+        self.refusals = exhaustion.Tally(60.0)
 
     def take(self, size: int) -> bool:
         if self.taken + size > self.limit:
-            self.refused += 1
             return False
         self.taken += size
         return True
@@ -155,11 +149,15 @@ class BodyBudget:
     def give_back(self, size: int) -> None:
         self.taken -= size
 
-    def should_log(self, now: float, interval: float = 60.0) -> bool:
-        if now - self._logged < interval:
-            return False
-        self._logged = now
-        return True
+
+def refused_response(exc: RequestRefused) -> web.Response:
+    response = error_response(exc.status, str(exc))
+    if exc.retry_after is not None:
+        response.headers["Retry-After"] = str(exc.retry_after)
+    if exc.status in (408, 413, 503):
+        # the rest of the body is not waited for; a client told to come back frees its descriptor meanwhile
+        response.force_close()
+    return response
 
 
 def check_path(path: str) -> None:
@@ -191,6 +189,7 @@ class Beoserv:
         self.registry = Registry(options.db)
         self.published = PublishedTree(options.root)
         self.bodies = BodyBudget(BODY_BUDGET)
+        self.exhausted = exhaustion.Tally()  # requests refused for want of descriptors or memory
         self.jobs = JobHub(self.registry)
         self._hosts = HostTable({})
         self._hosts_file_due: asyncio.TimerHandle | None = None
@@ -241,12 +240,7 @@ class Beoserv:
         except RegistryError as exc:
             return error_response(404, str(exc))
         except RequestRefused as exc:
-            response = error_response(exc.status, str(exc))
-            if exc.retry_after is not None:
-                response.headers["Retry-After"] = str(exc.retry_after)
-            if exc.status in (408, 413, 503):
-                response.force_close()  # the rest of the body is not waited for
-            return response
+            return refused_response(exc)
         except web.HTTPException:
             raise
         except ConnectionError as exc:
@@ -259,6 +253,9 @@ class Beoserv:
             )
             return error_response(400, "the connection broke")  # to no one: aiohttp drops it
         except Exception as exc:
+            if isinstance(exc, OSError) and exhaustion.exhausted(exc):
+                # EMFILE from an open(), wherever it was: the same request works later
+                return refused_response(self._exhausted(request, exc))
             # a last resort: each cause found is fixed where it arises; this keeps the next one to one line
             log.error(
                 "%s %s from %s failed: %s: %s",
@@ -272,20 +269,35 @@ class Beoserv:
             return error_response(500, f"beoserv failed on this request ({type(exc).__name__}); its log says more")
 
     def _bodies_refused(self, request: web.Request) -> None:
-        if self.bodies.should_log(time.monotonic()):
+        if (counted := self.bodies.refusals.count()) is not None:
             log.warning(
                 "request bodies in memory reached %d MiB: %d request(s) told to retry (latest %s %s from %s)",
                 self.bodies.limit >> 20,
-                self.bodies.refused,
+                counted,
                 request.method,
                 printable(request.path),
                 request.remote,
             )
-            self.bodies.refused = 0
         raise RequestRefused(
             503,
             f"beoserv holds {self.bodies.limit >> 20} MiB of request bodies: retry shortly",
-            retry_after=1 + int(random.random() * 4),
+            retry_after=exhaustion.retry_after(),
+        )
+
+    def _exhausted(self, request: web.Request, exc: OSError) -> RequestRefused:
+        """A request that met EMFILE (or ENFILE, ENOMEM, ENOBUFS): told to retry, and counted in one log line
+        per interval."""
+        if (counted := self.exhausted.count()) is not None:
+            log.warning(
+                "%s: %d request(s) told to retry since the last line (latest %s %s from %s)",
+                exc.strerror or exc,
+                counted,
+                request.method,
+                printable(request.path),
+                request.remote,
+            )
+        return RequestRefused(
+            503, f"beoserv is short of a resource ({exc.strerror or exc}): retry shortly", exhaustion.retry_after()
         )
 
     async def _read_body(self, request: web.Request) -> None:
@@ -573,32 +585,19 @@ class Beoserv:
     # --- boot tree ---------------------------------------------------------------------------------------
 
     async def boot_file(self, request: web.Request) -> web.StreamResponse:
-        """aiohttp's FileResponse does Range and date-form If-Range; the ETag form of If-Range (the strong
-        validator a resuming node should send) is decided here: a mismatch means the file was rebuilt, so
-        the whole new file is sent (200) instead of a piece of it spliced onto the old one. `path` is in the
-        published build's own directory, which a later build never changes, so the file FileResponse opens
-        (once, then sends from that descriptor) is this build's even if another is published meanwhile."""
-        path = resolve_boot_path(self.published, request.match_info["path"])
-        headers = request.headers.copy()
-        # A precompressed sibling (x.gz) would be served for Accept-Encoding: gzip; nodes want the exact bytes.
-        headers.popall("Accept-Encoding", None)
-        if_range = headers.get("If-Range", "")
-        if if_range.startswith(('"', "W/")):
-            del headers["If-Range"]
-            if if_range != strong_etag(path.stat()):
-                headers.popall("Range", None)
-        return _EditedRequestFileResponse(path, headers)
-
-
-class _EditedRequestFileResponse(web.FileResponse):
-    """A FileResponse that answers as if the request had carried `request_headers` instead of its own."""
-
-    def __init__(self, path: Path, request_headers: Any) -> None:
-        super().__init__(path)
-        self._request_headers = request_headers
-
-    async def prepare(self, request: web.BaseRequest) -> Any:
-        return await super().prepare(request.clone(headers=self._request_headers))
+        """A file of the published build, opened here so that a failure to open it is answered for what it
+        is (beoboot.master.filesend). `path` is in the published build's own directory, which a later build
+        never changes, and the file is sent from the descriptor opened now, so it is this build's even if
+        another is published meanwhile."""
+        relative = request.match_info["path"]
+        path = resolve_boot_path(self.published, relative)
+        try:
+            file, st = open_to_send(path)
+        except OSError as exc:
+            if exhaustion.exhausted(exc):
+                raise
+            raise web.HTTPNotFound(text=f"not published: {relative}\n") from None  # removed since resolved
+        return FileSend(file, st)
 
 
 def setup_logging(level: int = logging.INFO) -> None:
@@ -630,6 +629,7 @@ def raise_open_files_limit(config: MasterConfig) -> None:
 
 async def serve(options: ServerOptions, config: MasterConfig, stop: asyncio.Event | None = None) -> None:
     raise_open_files_limit(config)
+    asyncio.get_running_loop().set_exception_handler(exhaustion.LoopExceptionLog())  # before accept() can fail
     server = Beoserv(options, config)
     # keepalive_timeout bounds the wait for a whole request head, from the connection's start or the last
     # response (aiohttp closes a connection whose head is incomplete by then), so a client sending it
@@ -638,13 +638,13 @@ async def serve(options: ServerOptions, config: MasterConfig, stop: asyncio.Even
         server.make_app(), access_log=None, keepalive_timeout=config.request_timeout, logger=OneLineLog(log, {})
     )
     await runner.setup()
-    site = web.TCPSite(runner, options.host, options.port)
     try:
+        site = web.SockSite(runner, listen(options.host, options.port), backlog=BACKLOG)
         await site.start()
     except OSError as exc:
         await runner.cleanup()
         raise BeobootError(
-            f"cannot listen on {options.host}:{options.port}: {exc.strerror}",
+            f"cannot listen on {options.host}:{options.port}: {exc.strerror or exc}",
             hint="another beoserv or web server has that port: stop it, or pass --listen HOST:OTHERPORT",
         ) from None
     listener = None
