@@ -27,7 +27,7 @@ class Server:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.sent: list[int] = []  # what each FileSend reported sending
+        self.sent: list[tuple[str, int]] = []  # (path and query, what its FileSend reported sending)
         self.loop = asyncio.new_event_loop()
         self.port = 0
         ready = threading.Event()
@@ -49,7 +49,7 @@ class Server:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         file, st = open_to_send(self.root / request.match_info["size"])
-        return FileSend(file, st, self.sent.append)
+        return FileSend(file, st, lambda sent: self.sent.append((request.path_qs, sent)))
 
     def stop(self) -> None:
         asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
@@ -164,11 +164,11 @@ def test_if_range_serves_the_part_only_to_the_same_version(server):
 
 def test_each_send_reports_its_bytes_and_closes_its_file(server):
     before = len(os.listdir("/proc/self/fd"))
-    server.sent.clear()
-    for headers in ({}, {"Range": "bytes=5-9"}, {"Range": "bytes=999999-"}):
-        get(server, "/100003", headers)
+    for n, headers in enumerate(({}, {"Range": "bytes=5-9"}, {"Range": "bytes=999999-"})):
+        get(server, f"/100003?reported={n}", headers)
     deadline = time.monotonic() + 5  # the client may have its answer before the server's coroutine goes on
-    while len(server.sent) < 3 and time.monotonic() < deadline:
+    while len(reported := [sent for path, sent in server.sent if "reported" in path]) < 3:
+        assert time.monotonic() < deadline, server.sent
         time.sleep(0.01)
-    assert server.sent == [100_003, 5, 0]
+    assert sorted(reported) == [0, 5, 100_003]
     assert len(os.listdir("/proc/self/fd")) <= before  # none left open (an earlier test's socket may close)
