@@ -251,6 +251,10 @@ class ServerStatus:
     rss_kib: int
     requests: int
     config_loads: int
+    # big transfers (beoboot.master.transfers): sending now, waiting for a slot, told to retry since start
+    transfers_active: int = 0
+    transfers_waiting: int = 0
+    transfers_refused: int = 0
 
 
 # --- JSON round trip -------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ jobs with status 255 (as ssh does for a lost connection).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import itertools
 import logging
@@ -22,13 +23,14 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from agent import protocol as p
 from beoboot.errors import BeobootError
+from beoboot.master import transfers
 from beoboot.master.exhaustion import exhausted
-from beoboot.master.filesend import FileSend, open_to_send
 from beoboot.master.manifest.describe import JobError, ManifestBuilder
 from beoboot.master.manifest.describer import Describer
 from beoboot.master.objects import ObjectStore, stat_key
 from beoboot.master.printable import printable
 from beoboot.master.registry import Registry, RegistryError
+from beoboot.master.transfers import send_file
 
 log = logging.getLogger("beoserv")
 
@@ -114,12 +116,14 @@ def parse_nodes(text: str) -> list[int] | None:
 
 
 class JobHub:
-    def __init__(self, registry: Registry, root: str = "/") -> None:
+    def __init__(self, registry: Registry, gate: transfers.TransferGate, root: str = "/") -> None:
         self.registry = registry
+        self.transfers = gate
         self.objects = ObjectStore()
         self.manifests = ManifestBuilder(self.objects, root)
         self.describer = Describer(self.manifests.build, self.manifests.budget)
         self.links: dict[int, NodeLink] = {}
+        self._links_by_token: dict[bytes, NodeLink] = {}  # _token_key(link.token) -> link
         self.jobs: dict[int, Job] = {}
         self.finished: list[p.JobRow] = []
         self._ids = itertools.count(1)
@@ -142,11 +146,9 @@ class JobHub:
     async def serve_object(self, request: web.Request) -> web.StreamResponse:
         """An object of one of its live jobs, to a node whose job link is up (its registration's token): not
         to anyone who can reach the port, nor to a node for another node's job, either of which could
-        otherwise fetch another user's file by its hash, or test guesses of its content."""
-        token = request.headers.get(p.LINK_TOKEN_HEADER, "").encode()
-        link = next(
-            (link for link in self.links.values() if token and hmac.compare_digest(token, link.token.encode())), None
-        )
+        otherwise fetch another user's file by its hash, or test guesses of its content. A big one waits for
+        a transfer slot (beoboot.master.transfers)."""
+        link = self._link_of_token(request.headers.get(p.LINK_TOKEN_HEADER, ""))
         if link is None:
             raise web.HTTPForbidden(text=f"objects go to nodes with a job link up: {p.LINK_TOKEN_HEADER} of one\n")
         digest = request.match_info["digest"]
@@ -158,15 +160,25 @@ class JobHub:
         if found is None:
             raise gone
         try:
-            file, st = open_to_send(found.path)
+            return await send_file(
+                self.transfers,
+                transfers.node_key(link.number),
+                found.path,
+                request,
+                lambda st: stat_key(st) == found.key,
+            )
         except OSError as exc:
             if exhausted(exc):
                 raise  # a 503 (beoboot.master.server): the node retries, as it would not after a 404
             raise gone from None
-        if stat_key(st) != found.key:
-            file.close()  # replaced between the lookup and the open: other bytes than the hash names
-            raise gone
-        return FileSend(file, st)
+
+    def _link_of_token(self, token: str) -> NodeLink | None:
+        """The link opened with this token: found by the token's hash (not a scan of a thousand links per
+        object), then compared in constant time."""
+        link = self._links_by_token.get(_token_key(token)) if token else None
+        if link is None or not hmac.compare_digest(token.encode(), link.token.encode()):
+            return None
+        return link
 
     # --- listing ------------------------------------------------------------------------------------------
 
@@ -208,6 +220,7 @@ class JobHub:
         old = self.links.get(node.number)
         link = NodeLink(node.number, mac, ws, token=node.link_token)
         self.links[node.number] = link
+        self._links_by_token[_token_key(link.token)] = link
         if old is not None:
             await old.ws.close()
         log.info("node %d (%s) job link up from %s", node.number, mac, request.remote)
@@ -234,6 +247,8 @@ class JobHub:
             link.closed.set()
             if self.links.get(node.number) is link:
                 del self.links[node.number]
+            if self._links_by_token.get(_token_key(link.token)) is link:
+                del self._links_by_token[_token_key(link.token)]
             for job_id in list(link.jobs):
                 error = f"node {node.number} job link lost"
                 await self._finish(job_id, p.JobExit(job_id, LINK_LOST, node=node.number, error=error))
@@ -416,6 +431,10 @@ class JobHub:
             job = self.jobs.get(job_id)
             if job is not None and not job.link.ws.closed:
                 await _send(job.link.ws, p.JobSignal(job_id, signum))
+
+
+def _token_key(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
 
 
 def _named(numbers: list[int]) -> str:

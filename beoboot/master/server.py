@@ -31,10 +31,9 @@ from aiohttp import web
 
 from agent import protocol as p
 from beoboot.errors import BeobootError, ConfigError
-from beoboot.master import admission, exhaustion, fdlimit, hostsfile
+from beoboot.master import admission, exhaustion, fdlimit, hostsfile, transfers
 from beoboot.master.bpsh.localjobs import LocalListener
 from beoboot.master.config import MasterConfig, load_config
-from beoboot.master.filesend import FileSend, open_to_send
 from beoboot.master.hosttable import HostTable
 from beoboot.master.jobhub import JobHub
 from beoboot.master.listener import BACKLOG, listen
@@ -190,7 +189,9 @@ class Beoserv:
         self.published = PublishedTree(options.root)
         self.bodies = BodyBudget(BODY_BUDGET)
         self.exhausted = exhaustion.Tally()  # requests refused for want of descriptors or memory
-        self.jobs = JobHub(self.registry)
+        self.transfer_refusals = exhaustion.Tally()  # requests refused for want of a transfer slot
+        self.transfers = transfers.TransferGate(config.max_transfers)
+        self.jobs = JobHub(self.registry, self.transfers)
         self._hosts = HostTable({})
         self._hosts_file_due: asyncio.TimerHandle | None = None
         self.started = time.time()
@@ -241,6 +242,9 @@ class Beoserv:
             return error_response(404, str(exc))
         except RequestRefused as exc:
             return refused_response(exc)
+        except transfers.Busy as exc:
+            self._transfer_refused(request)
+            return refused_response(RequestRefused(503, str(exc), exc.retry_after))
         except web.HTTPException:
             raise
         except ConnectionError as exc:
@@ -283,6 +287,18 @@ class Beoserv:
             f"beoserv holds {self.bodies.limit >> 20} MiB of request bodies: retry shortly",
             retry_after=exhaustion.retry_after(),
         )
+
+    def _transfer_refused(self, request: web.Request) -> None:
+        if (counted := self.transfer_refusals.count()) is not None:
+            log.warning(
+                "transfers: %d under way, %d waiting: %d request(s) told to retry since the last line "
+                "(latest %s from %s)",
+                self.transfers.active,
+                self.transfers.waiting,
+                counted,
+                printable(request.path),
+                request.remote,
+            )
 
     def _exhausted(self, request: web.Request, exc: OSError) -> RequestRefused:
         """A request that met EMFILE (or ENFILE, ENOMEM, ENOBUFS): told to retry, and counted in one log line
@@ -371,6 +387,9 @@ class Beoserv:
             rss_kib=rss,
             requests=self.requests,
             config_loads=self.config_loads,
+            transfers_active=self.transfers.active,
+            transfers_waiting=self.transfers.waiting,
+            transfers_refused=self.transfers.refused,
         )
 
     def dump_state(self) -> None:
@@ -585,19 +604,27 @@ class Beoserv:
     # --- boot tree ---------------------------------------------------------------------------------------
 
     async def boot_file(self, request: web.Request) -> web.StreamResponse:
-        """A file of the published build, opened here so that a failure to open it is answered for what it
-        is (beoboot.master.filesend). `path` is in the published build's own directory, which a later build
-        never changes, and the file is sent from the descriptor opened now, so it is this build's even if
-        another is published meanwhile."""
+        """A file of the published build (beoboot.master.filesend), a big one after a transfer slot. `path`
+        is in the published build's own directory, which a later build never changes, and the file is sent
+        from the descriptor opened now, so it is this build's even if another is published meanwhile."""
         relative = request.match_info["path"]
         path = resolve_boot_path(self.published, relative)
         try:
-            file, st = open_to_send(path)
+            return await transfers.send_file(self.transfers, self._transfer_node(request), path, request)
         except OSError as exc:
             if exhaustion.exhausted(exc):
                 raise
             raise web.HTTPNotFound(text=f"not published: {relative}\n") from None  # removed since resolved
-        return FileSend(file, st)
+
+    def _transfer_node(self, request: web.Request) -> str:
+        """Which node a boot file goes to, for the transfer gate's round robin: the node its `mac` query
+        names, else the address it asks from (stages 1 and 2 fetch before they are anyone)."""
+        mac = request.query.get("mac", "")
+        try:
+            node = self.registry.node_by_mac(mac) if mac else None
+        except p.ProtocolError:
+            node = None
+        return transfers.node_key(node.number) if node is not None else f"peer {request.remote}"
 
 
 def setup_logging(level: int = logging.INFO) -> None:

@@ -1,0 +1,99 @@
+"""The real beoserv with max_transfers = 2: big transfers beyond it wait their turn, round robin across
+nodes, or are told to retry (503, Retry-After), never 404; small files and JSON are not held up."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+import pytest
+import requests
+from master_helpers import MasterProcess, publish_files
+
+from agent import protocol as p
+
+MACS = {name: f"52:54:00:00:0e:0{i}" for i, name in enumerate("abc")}
+BIG = 32 << 20  # more than the socket buffers hold: a client that does not read stalls its transfer
+
+
+def address(master: MasterProcess) -> tuple[str, int]:
+    host, port = master.url.removeprefix("http://").split(":")
+    return host, int(port)
+
+
+def ask(master: MasterProcess, path: str) -> socket.socket:
+    """A GET sent on a connection of its own, its answer left unread (a small receive buffer: it stalls)."""
+    conn = socket.socket()
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    conn.connect(address(master))
+    conn.sendall(f"GET {path} HTTP/1.1\r\nHost: beoserv\r\n\r\n".encode())
+    return conn
+
+
+def status_within(conn: socket.socket, seconds: float) -> int | None:
+    """The status of the answer on `conn` if it begins within `seconds`, else None."""
+    conn.settimeout(seconds)
+    try:
+        head = conn.recv(12)
+    except TimeoutError:
+        return None
+    return int(head.split()[1])
+
+
+def transfers_now(master: MasterProcess) -> tuple[int, int]:
+    status = requests.get(master.url + p.STATUS_PATH, timeout=5).json()
+    return status["transfers_active"], status["transfers_waiting"]
+
+
+def wait_for_transfers(master: MasterProcess, active: int, waiting: int) -> None:
+    deadline = time.monotonic() + 10
+    while (now := transfers_now(master)) != (active, waiting):
+        assert time.monotonic() < deadline, now
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def master(tmp_path):
+    publish_files(tmp_path / "boot", {"big": os.urandom(BIG), "small": b"a small file"})
+    config = tmp_path / "beoserv.toml"
+    config.write_text("max_transfers = 2\n")
+    server = MasterProcess(tmp_path / "boot", tmp_path / "nodes.db", tmp_path / "beoserv.log", config).start()
+    for mac in MACS.values():
+        requests.post(server.url + p.REGISTER_PATH, json={"mac": mac, "stage": "stage2"}, timeout=5).raise_for_status()
+    yield server
+    server.stop()
+
+
+def test_transfers_beyond_the_bound_wait_round_robin_or_are_told_to_retry(master):
+    big = {name: f"/big?mac={mac}" for name, mac in MACS.items()}
+    opened = []
+    try:
+        stalled = [ask(master, big["a"]), ask(master, big["a"])]
+        opened += stalled
+        wait_for_transfers(master, 2, 0)
+        waiting_a = ask(master, big["a"])  # node a waits first, with two under way...
+        opened.append(waiting_a)
+        wait_for_transfers(master, 2, 1)
+        waiting_b = ask(master, big["b"])  # ...node b, with none, after it
+        opened.append(waiting_b)
+        wait_for_transfers(master, 2, 2)
+
+        for refused in (big["c"], big["a"]):  # the queue is full; node a has a request waiting already
+            answer = requests.get(master.url + refused, timeout=5)
+            assert answer.status_code == 503 and 1 <= int(answer.headers["Retry-After"]) <= 6, answer.text
+            assert "retry shortly" in answer.json()["error"]
+        assert requests.get(master.url + "/small", timeout=5).content == b"a small file"  # no slot needed
+        assert requests.get(master.url + p.NODES_PATH, timeout=5).status_code == 200
+
+        stalled[0].close()  # a slot frees: node b has none under way, so it goes first
+        assert status_within(waiting_b, 5) == 200
+        assert status_within(waiting_a, 0.5) is None
+        stalled[1].close()
+        assert status_within(waiting_a, 5) == 200
+    finally:
+        for conn in opened:
+            conn.close()
+    wait_for_transfers(master, 0, 0)
+    refusals = [line for line in master.log_text().splitlines() if "told to retry" in line]
+    assert len(refusals) == 1 and "transfers: 2 under way, 2 waiting" in refusals[0], refusals
