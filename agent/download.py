@@ -14,10 +14,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from agent.httpclient import Connection, HttpError
+from agent.httpclient import RETRY_AFTER_MAX, Connection, HttpError, retry_after
 
 CHUNK = 1 << 20
 TIMEOUT = 20.0  # seconds for the connect, and for each wait for the master's next bytes
+BUSY_JITTER = 0.25  # a busy master's Retry-After is waited up to this fraction longer, so nodes spread out
+BUSY_MIN = 1.0  # seconds waited at least, whatever Retry-After says ("0" from a proxy would be a busy loop)
 
 
 class DownloadError(Exception):
@@ -26,6 +28,15 @@ class DownloadError(Exception):
 
 class IntegrityError(DownloadError):
     """The file arrived, but its content is not the one pinned: it is refused."""
+
+
+class MasterBusy(DownloadError):
+    """The master answered 503 with Retry-After: it is sending all it can (beoserv's transfer slots, its
+    descriptors). Not a failure: waited out and asked again, the bytes received so far kept."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)
@@ -70,6 +81,8 @@ def fetch_once(connection: Connection, url: str, dest: str, max_bytes: int | Non
             mode = "ab"
         elif response.status == 200:
             mode, have = "wb", 0  # a new version, or no resume: start over
+        elif response.status == 503 and (wait := retry_after(response.header("Retry-After"))) is not None:
+            raise MasterBusy(f"{url}: HTTP 503, the master is busy", wait)
         elif 300 <= response.status < 400 and response.header("Location"):
             # no redirect is followed: the master serves its files itself, and pins are for its URLs
             raise DownloadError(f"{url}: HTTP {response.status}, a redirect to {response.header('Location')}")
@@ -97,8 +110,9 @@ def fetch(
     max_bytes: int | None = None,
 ) -> str:
     """Fetch URL to DEST and check it against `sha256` (when given). Retries forever unless `attempts`
-    is set: a node has nothing better to do than wait for its master. Returns the file's sha256. One
-    connection to the master for every attempt, closed at the end unless it is the caller's."""
+    is set: a node has nothing better to do than wait for its master. A busy master's 503 is no attempt:
+    its Retry-After is waited out (MasterBusy). Returns the file's sha256. One connection to the master
+    for every attempt, closed at the end unless it is the caller's."""
     own = connection is None
     http = connection or Connection(TIMEOUT)
     attempt = 0
@@ -113,6 +127,10 @@ def fetch(
                 os.replace(dest + ".part", dest)
                 _discard(dest)
                 return got
+            except MasterBusy as exc:
+                wait = min(RETRY_AFTER_MAX, max(BUSY_MIN, exc.retry_after) * (1 + BUSY_JITTER * random.random()))
+                log(f"beoboot: download {url}: the master is busy; retry in {wait:.1f}s (not counted as a failure)")
+                sleep(wait)
             except (HttpError, DownloadError, OSError) as exc:
                 attempt += 1
                 if attempts is not None and attempt >= attempts:

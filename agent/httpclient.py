@@ -9,12 +9,14 @@ Nothing here logs: agent.masterlink ships log records over these very connection
 from __future__ import annotations
 
 import contextlib
+import email.utils
 import http.client
 import select
 import socket
 import struct
 import threading
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from urllib.parse import urlsplit
 
 from agent import __version__
@@ -23,6 +25,7 @@ from agent.errors import AgentError
 CHUNK = 1 << 20
 MAX_BODY = 16 << 20  # an answer read whole into memory (Response.read): the largest message of the protocol
 ERROR_TEXT = 4096  # bytes of an error's body kept for its message
+RETRY_AFTER_MAX = 60.0  # seconds: the longest wait a busy master's Retry-After gets
 USER_AGENT = f"beoboot-agent/{__version__}"
 
 UNREACHABLE = "check that the master is up and that this node reaches it (beoboot.master, the cluster network)"
@@ -38,6 +41,21 @@ class HttpError(AgentError):
     def __init__(self, message: str, hint: str | None = None, *, errno: int | None = None) -> None:
         super().__init__(message, hint)
         self.errno = errno
+
+
+def retry_after(value: str | None, now: Callable[[], float] = time.time) -> float | None:
+    """Retry-After (RFC 9110 10.2.3), seconds or an HTTP date, as seconds to wait from now, at most
+    RETRY_AFTER_MAX; None when there is none or it is neither form."""
+    text = (value or "").strip()
+    if text.isascii() and text.isdigit():
+        return min(float(text[:12]) if len(text) <= 12 else RETRY_AFTER_MAX, RETRY_AFTER_MAX)
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # not an HTTP date, which is in GMT
+        return None
+    return min(max(0.0, when.timestamp() - now()), RETRY_AFTER_MAX)
 
 
 def split_url(url: str) -> tuple[str, int, str]:
