@@ -47,9 +47,10 @@ node_log = logging.getLogger("beoserv.node")
 NAME_MAX = 255  # bytes in one name of a path (Linux): a longer one names nothing here
 CONTROL = re.compile("[\x00-\x1f\x7f]")
 BOOT_NUMBER = re.compile("[0-9]{1,18}")  # within SQLite's 64-bit INTEGER
-# The hosts file is rewritten (and synced to disk) at most this often: when a thousand nodes register at
-# once it is rewritten a few times, not a thousand.
-HOSTS_FILE_DELAY = 0.5
+# The host table is published to the nodes, and the hosts file rewritten (and synced to disk), at most this
+# often: when a thousand nodes register at once the table is joined, and nodes told of it, a few times, not a
+# thousand (beoboot.master.hosttable)
+HOSTS_DELAY = 0.5
 BODY_BUDGET = 64 << 20  # bytes of request bodies in memory at once (BodyBudget)
 # config keys read once, when beoserv starts: its open-files limit was checked against them
 STARTUP_KEYS = ("max_nodes", "max_transfers")
@@ -193,7 +194,7 @@ class Beoserv:
         self.transfers = transfers.TransferGate(config.max_transfers)
         self.jobs = JobHub(self.registry, self.transfers)
         self._hosts = HostTable({})
-        self._hosts_file_due: asyncio.TimerHandle | None = None
+        self._hosts_due: asyncio.TimerHandle | None = None
         self.started = time.time()
         self.requests = 0
         self.config_loads = 1
@@ -336,8 +337,8 @@ class Beoserv:
     async def _stop(self, app: web.Application) -> None:
         if self._reaper:
             self._reaper.cancel()
-        if self._hosts_file_due is not None:
-            self._keep_hosts_file()  # the last registrations' names are not left out of the file
+        if self._hosts_due is not None:
+            self._publish_hosts()  # the last registrations' names are not left out of the file
         self.registry.close()
 
     async def _reap_forever(self) -> None:
@@ -506,7 +507,7 @@ class Beoserv:
         if self.registry.generation != generation:
             log.info("node %d (%s) now at %s: its DHCP lease moved it", node.number, node.mac, node.address)
             self._host_changed(node)
-        _, version = self._host_table()
+        version = self._hosts.published.version
         return json_response(p.HeartbeatReply(node.number, node.state, self.config.heartbeat_interval, version))
 
     def _address_of(self, node: NodeRecord) -> str | None:
@@ -520,30 +521,26 @@ class Beoserv:
         return f"{address} {p.node_hostname(number, self.config.hostname_prefix)} {p.node_name(number)}\n"
 
     def _build_host_table(self) -> None:
-        """The host table from the whole registry, into config.hosts_file at once: at start, and on a config
-        reload (a new address plan or prefix renames every node)."""
+        """The host table from the whole registry, published and into config.hosts_file at once: at start,
+        and on a config reload (a new address plan or prefix renames every node)."""
         lines = ((number, self._host_line(number, address)) for number, address in self.registry.addresses())
         self._hosts = HostTable({number: line for number, line in lines if line})
-        self._keep_hosts_file()
+        self._publish_hosts()
 
     def _host_changed(self, node: NodeRecord) -> None:
-        """One node registered or moved: its line alone changes, and the hosts file follows shortly after."""
-        if self._hosts.put(node.number, self._host_line(node.number, node.address)) and self.config.hosts_file:
-            if self._hosts_file_due is None:
-                self._hosts_file_due = asyncio.get_running_loop().call_later(HOSTS_FILE_DELAY, self._keep_hosts_file)
+        """One node registered or moved: its line alone changes, published with the others' shortly after."""
+        if self._hosts.put(node.number, self._host_line(node.number, node.address)) and self._hosts_due is None:
+            self._hosts_due = asyncio.get_running_loop().call_later(HOSTS_DELAY, self._publish_hosts)
 
-    def _host_table(self) -> tuple[str, int]:
-        """The cluster's /etc/hosts lines and their version (CRC-32 of the text)."""
-        return self._hosts.text_and_version()
-
-    def _keep_hosts_file(self) -> None:
-        if self._hosts_file_due is not None:
-            self._hosts_file_due.cancel()
-            self._hosts_file_due = None
+    def _publish_hosts(self) -> None:
+        """The batch of changes to the nodes (heartbeat replies carry the new version) and the hosts file."""
+        if self._hosts_due is not None:
+            self._hosts_due.cancel()
+            self._hosts_due = None
+        table = self._hosts.publish().text
         path = self.config.hosts_file
         if not path:
             return
-        table, _ = self._host_table()
         try:
             if hostsfile.update(path, table):
                 log.info("hosts file %s: the nodes' block now names %d nodes", path, len(table.splitlines()))
@@ -551,8 +548,12 @@ class Beoserv:
             log.error("hosts file %s: %s; the master does not resolve node names until this is fixed", path, exc)
 
     async def hosts(self, request: web.Request) -> web.Response:
-        text, version = self._host_table()
-        return web.Response(text=text, content_type="text/plain", headers={"X-Beoboot-Hosts-Version": str(version)})
+        """The published table; 304 to a node that has it (If-None-Match: its ETag)."""
+        table = self._hosts.published
+        headers = {"ETag": table.etag, "X-Beoboot-Hosts-Version": str(table.version)}
+        if table.etag in (tag.strip() for tag in request.headers.get("If-None-Match", "").split(",")):
+            return web.Response(status=304, headers=headers)
+        return web.Response(body=table.body, content_type="text/plain", charset="utf-8", headers=headers)
 
     async def events(self, request: web.Request) -> web.Response:
         msg = p.from_json(p.EventBatch, await request.read())

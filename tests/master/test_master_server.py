@@ -21,6 +21,7 @@ from agent.download import Backoff, fetch
 from agent.httpclient import Connection, HttpError
 from agent.masterlink import MasterLink, MasterLinkError
 from agent.schema import Stage
+from beoboot.master.server import HOSTS_DELAY
 
 MACS = [f"52:54:00:00:01:{i:02x}" for i in range(4)]
 FAST = Backoff(first=0.01, cap=0.05)
@@ -300,6 +301,17 @@ def test_logs_are_stored_in_the_registry(own_master):
     assert db.execute("SELECT stage, level, message FROM logs").fetchall() == [("stage2", "INFO", "stored line")]
 
 
+def published(lk, table: str) -> int:
+    """The version of the host table once beoserv publishes `table` (within HOSTS_DELAY of the change), as
+    the node's heartbeats tell it, and as GET /hosts gives it."""
+    deadline = time.monotonic() + 5
+    while (version := lk.heartbeat().hosts_version) != zlib.crc32(table.encode()):
+        assert time.monotonic() < deadline, (lk.hosts(), table)
+        time.sleep(0.05)
+    assert lk.hosts() == table
+    return version
+
+
 def test_host_table_names_every_node_with_an_address_and_heartbeats_say_when_it_changed(boot_tree, tmp_path):
     """Without an address plan the table takes the addresses nodes report; with one, the plan's. A node
     fetches the table only when a heartbeat reply carries a new version."""
@@ -310,27 +322,41 @@ def test_host_table_names_every_node_with_an_address_and_heartbeats_say_when_it_
         first, second = link(server, MACS[0], "stage3"), link(server, MACS[1], "stage3")
         first.address = "10.0.2.15/24"
         first.register()
-        assert first.hosts() == "10.0.2.15 n0 .0\n"
-        version = first.heartbeat().hosts_version
-        assert version == zlib.crc32(b"10.0.2.15 n0 .0\n")
+        version = published(first, "10.0.2.15 n0 .0\n")
         second.address = "not an address"  # a node's word goes into every node's /etc/hosts: checked
         second.register()
+        time.sleep(HOSTS_DELAY * 2)
         assert first.hosts() == "10.0.2.15 n0 .0\n" and first.heartbeat().hosts_version == version
         second.address = "10.0.2.16"
         second.register()
-        assert first.hosts() == "10.0.2.15 n0 .0\n10.0.2.16 n1 .1\n"
-        version = first.heartbeat().hosts_version
-        assert version != zlib.crc32(b"10.0.2.15 n0 .0\n")
+        version = published(first, "10.0.2.15 n0 .0\n10.0.2.16 n1 .1\n")
         second.address = "10.0.2.40/24"  # a new DHCP lease moved it: said by heartbeat, no new registration
-        assert second.heartbeat().hosts_version != version
-        assert first.hosts() == "10.0.2.15 n0 .0\n10.0.2.40 n1 .1\n"
+        second.heartbeat()
+        published(second, "10.0.2.15 n0 .0\n10.0.2.40 n1 .1\n")
         rows = requests.get(server.url + p.NODES_PATH, timeout=5).json()["nodes"]
         assert [row["address"] for row in rows] == ["10.0.2.15", "10.0.2.40"]  # bpstat shows them too
         server.wait_for_log(r"node 1 \(\S+\) now at 10\.0\.2\.40: its DHCP lease moved it")
         config.write_text('first_node_address = "10.54.0.10"\nhostname_prefix = "node"\n')
         server.signal(signal.SIGHUP)
         server.wait_for_log("config reloaded")
-        assert first.hosts() == "10.54.0.10 node0 .0\n10.54.0.11 node1 .1\n"  # the plan wins
+        assert first.hosts() == "10.54.0.10 node0 .0\n10.54.0.11 node1 .1\n"  # the plan wins, at once
+    finally:
+        server.stop()
+
+
+def test_a_node_that_has_the_host_table_gets_304(boot_tree, tmp_path):
+    server = MasterProcess(boot_tree, tmp_path / "nodes.db", tmp_path / "beoserv.log").start()
+    try:
+        lk = link(server, MACS[0], "stage3")
+        lk.address = "10.0.2.15"
+        lk.register()
+        version = published(lk, "10.0.2.15 n0 .0\n")
+        whole = requests.get(server.url + p.HOSTS_PATH, timeout=5)
+        assert whole.headers["ETag"] == f'"{version:08x}"' and whole.headers["X-Beoboot-Hosts-Version"] == str(version)
+        again = requests.get(server.url + p.HOSTS_PATH, headers={"If-None-Match": whole.headers["ETag"]}, timeout=5)
+        assert again.status_code == 304 and again.content == b""
+        stale = requests.get(server.url + p.HOSTS_PATH, headers={"If-None-Match": '"00000000"'}, timeout=5)
+        assert stale.status_code == 200 and stale.text == "10.0.2.15 n0 .0\n"
     finally:
         server.stop()
 
