@@ -3,9 +3,14 @@
 Numbers are handed out in order of first registration (0, 1, 2, ...) and never reused or changed, so a
 node keeps its number, and with it its BeoNSS name and address, across reboots and master restarts.
 
-Calls are synchronous and made from the server's event loop: with WAL and synchronous=NORMAL a statement
-on a local file costs tens of microseconds and a commit does not wait for the disk, which is cheaper than
-handing every heartbeat to a thread.
+The nodes are kept in memory, loaded once when the registry opens: every call that reads or changes a
+node (registration, heartbeat, "is it up" for a job, bpstat's list) answers from there at once, and is
+never behind a write. The writes go to SQLite through beoboot.master.writebehind, batched on a thread of
+their own, so the event loop never waits for SQLite. A registration must outlive a crash (a node's number
+is never given to another): the server waits for it to be committed (committed()) before it answers.
+Events and log lines are read from SQLite, after what was queued of them is committed.
+
+Calls are made from one thread (the server's event loop).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import os
 import secrets
 import sqlite3
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from agent.protocol import (
@@ -33,6 +38,7 @@ from agent.protocol import (
 )
 from agent.schema import Stage
 from beoboot.errors import BeobootError
+from beoboot.master.writebehind import WriteBehind
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS nodes (
@@ -97,6 +103,10 @@ class NodeRecord:
     link_token: str = field(default="", repr=False)
     address: str | None = None  # as the node last reported it (registration or heartbeat) when it said
     load: Load | None = None  # as of its last heartbeat that carried one
+    ready: bool = False  # stage3_ready seen in the current boot
+    first_seen: float = 0.0
+    # the hardware as stored, kept so that a heartbeat's row write does not encode it again
+    hardware_json: str = field(default="{}", repr=False, compare=False)
 
     def uptime_now(self, now: float) -> float | None:
         if self.uptime is None or self.uptime_at is None:
@@ -116,38 +126,101 @@ class TimelineRecord:
 
 def _make_private(path: str) -> None:
     """Owner-only: the registry holds the nodes' job link tokens. SQLite gives its -wal and -shm files the
-    database's mode when it creates them; older ones are fixed here too."""
+    database's mode when it creates them; older ones are fixed here too. (A file: the writer thread opens a
+    connection of its own, which an in-memory database would not share.)"""
     os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
     for name in (path, path + "-wal", path + "-shm"):
         if os.path.exists(name):
             os.chmod(name, 0o600)
 
 
-def _alive_state(ready: int) -> NodeState:
+def _alive_state(ready: bool) -> NodeState:
     return NodeState.UP if ready else NodeState.BOOTING
+
+
+# every column of a node's row, in the order _row() gives them
+NODE_COLUMNS = (
+    "number, mac, state, stage, boot, ready, first_seen, last_seen, uptime, uptime_at, hardware, link_token,"
+    " address, load"
+)
+WRITE_NODE = f"INSERT OR REPLACE INTO nodes ({NODE_COLUMNS}) VALUES ({', '.join('?' * 14)})"
+WRITE_EVENT = "INSERT INTO events (number, boot, t, event, stage, detail) VALUES (?, ?, ?, ?, ?, ?)"
+WRITE_LOG = "INSERT INTO logs (number, boot, t, stage, level, message) VALUES (?, ?, ?, ?, ?, ?)"
+
+
+def _row(node: NodeRecord) -> tuple[object, ...]:
+    load = json.dumps(asdict(node.load)) if node.load is not None else None
+    return (
+        node.number,
+        node.mac,
+        node.state,
+        node.stage,
+        node.boot,
+        int(node.ready),
+        node.first_seen,
+        node.last_seen,
+        node.uptime,
+        node.uptime_at,
+        node.hardware_json,
+        node.link_token,
+        node.address,
+        load,
+    )
+
+
+def _connect(path: Path | str) -> sqlite3.Connection:
+    # explicit BEGIN/COMMIT (autocommit otherwise); used by one thread at a time, not always the one that opened it
+    db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")  # readers (timelines) never wait for the writer
+    db.execute("PRAGMA synchronous=NORMAL")  # a commit does not wait for the disk; WAL keeps it consistent
+    return db
 
 
 class Registry:
     def __init__(self, path: Path | str) -> None:
         try:
-            if str(path) != ":memory:":
-                _make_private(str(path))
-            self._db = sqlite3.connect(str(path), isolation_level=None)  # explicit BEGIN/COMMIT below
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
+            _make_private(str(path))
+            self._db = _connect(path)  # reads of events and log lines, on the caller's thread
             self._db.executescript(SCHEMA)
             for table, column, definition in ADDED_COLUMNS:
                 present = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
                 if column not in present:
                     self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+            self._db.row_factory = sqlite3.Row
+            rows = self._db.execute("SELECT * FROM nodes ORDER BY number").fetchall()
+            writer = _connect(path)
         except (sqlite3.Error, OSError) as exc:
             raise RegistryError(f"cannot open node registry {path}: {exc}", hint="check the --db path") from None
-        self._db.row_factory = sqlite3.Row
+        self._by_number: dict[int, NodeRecord] = {}  # in number order: numbers are given in order
+        self._by_mac: dict[str, NodeRecord] = {}
+        for row in rows:
+            self._keep(self._record(row))
+        self._writes = WriteBehind(writer)
         self.path = Path(path)
         self.generation = 0  # counts registrations and address moves: what the host table is built from changed
 
     def close(self) -> None:
+        """Write what is queued, then close (a clean stop loses nothing)."""
+        self._writes.close()
         self._db.close()
+
+    async def committed(self) -> None:
+        """Return once every change made so far is in the database (the error of its write if it failed)."""
+        await self._writes.committed()
+
+    def flush(self) -> None:
+        """committed(), waiting on this thread."""
+        self._writes.flush()
+
+    def _keep(self, node: NodeRecord) -> NodeRecord:
+        self._by_number[node.number] = node
+        self._by_mac[node.mac] = node
+        return node
+
+    def _changed(self, node: NodeRecord) -> NodeRecord:
+        """`node` as it is now, in memory and queued for the database."""
+        self._writes.upsert(node.number, WRITE_NODE, _row(self._keep(node)))
+        return node
 
     # --- writes ------------------------------------------------------------------------------------------
 
@@ -159,50 +232,49 @@ class Registry:
         the boot (stage 1 -> kexec -> stage 2 -> stage 3 each register once). A new boot drops the
         node's events and log lines of boots before its last `keep_boots`."""
         mac = normalise_mac(mac)
-        hw = json.dumps(asdict(hardware), sort_keys=True)
         token = secrets.token_urlsafe(24)
+        hardware_json = json.dumps(asdict(hardware), sort_keys=True)
         self.generation += 1
-        with self._db:
-            self._db.execute("BEGIN IMMEDIATE")
-            row = self._db.execute("SELECT number, stage, boot FROM nodes WHERE mac = ?", (mac,)).fetchone()
-            if row is None:
-                (number,) = self._db.execute("SELECT COALESCE(MAX(number) + 1, 0) FROM nodes").fetchone()
-                self._db.execute(
-                    "INSERT INTO nodes (number, mac, state, stage, boot, ready, first_seen, last_seen, hardware,"
-                    " link_token, address) VALUES (?, ?, ?, ?, 1, 0, ?, ?, ?, ?, ?)",
-                    (number, mac, NodeState.BOOTING, stage, now, now, hw, token, address),
-                )
-            else:
-                new_boot = stage.order <= Stage(row["stage"]).order
-                self._db.execute(
-                    "UPDATE nodes SET stage = ?, boot = boot + ?, state = CASE WHEN ? THEN ? ELSE "
-                    " (CASE WHEN ready THEN ? ELSE ? END) END, ready = CASE WHEN ? THEN 0 ELSE ready END,"
-                    " last_seen = ?, uptime = NULL, uptime_at = NULL, hardware = ?, link_token = ?,"
-                    " address = COALESCE(?, address) WHERE mac = ?",
-                    (
-                        stage,
-                        int(new_boot),
-                        new_boot,
-                        NodeState.BOOTING,
-                        NodeState.UP,
-                        NodeState.BOOTING,
-                        new_boot,
-                        now,
-                        hw,
-                        token,
-                        address,
-                        mac,
-                    ),
-                )
-                if new_boot:
-                    oldest_kept = row["boot"] + 1 - keep_boots + 1  # the new boot is row["boot"] + 1
-                    for table in ("events", "logs"):
-                        self._db.execute(
-                            f"DELETE FROM {table} WHERE number = ? AND boot < ?", (row["number"], oldest_kept)
-                        )
-        record = self.node_by_mac(mac)
-        assert record is not None
-        return record
+        old = self._by_mac.get(mac)
+        if old is None:
+            number = next(reversed(self._by_number)) + 1 if self._by_number else 0
+            node = NodeRecord(
+                number=number,
+                mac=mac,
+                state=NodeState.BOOTING,
+                stage=stage,
+                boot=1,
+                last_seen=now,
+                uptime=None,
+                uptime_at=None,
+                hardware=hardware,
+                link_token=token,
+                address=address,
+                first_seen=now,
+                hardware_json=hardware_json,
+            )
+            return self._changed(node)
+        new_boot = stage.order <= old.stage.order
+        ready = old.ready and not new_boot
+        node = replace(
+            old,
+            stage=stage,
+            boot=old.boot + new_boot,
+            state=_alive_state(ready),
+            ready=ready,
+            last_seen=now,
+            uptime=None,
+            uptime_at=None,
+            hardware=hardware,
+            hardware_json=hardware_json,
+            link_token=token,
+            address=address or old.address,
+        )
+        if new_boot:
+            oldest_kept = node.boot - keep_boots + 1
+            for table in ("events", "logs"):
+                self._writes.execute(f"DELETE FROM {table} WHERE number = ? AND boot < ?", [(node.number, oldest_kept)])
+        return self._changed(node)
 
     def heartbeat(
         self,
@@ -216,100 +288,70 @@ class Registry:
         """None: the MAC is not registered (the node must register again). `address`, when given, is the
         node's address now: a node whose DHCP lease moved it reports the new one here, between
         registrations, and the host table changes with it."""
-        mac = normalise_mac(mac)
-        with self._db:
-            cursor = self._db.execute(
-                "UPDATE nodes SET last_seen = ?, stage = ?, uptime = ?, uptime_at = ?,"
-                " state = CASE WHEN ready THEN ? ELSE ? END WHERE mac = ?",
-                (now, stage, uptime, now if uptime is not None else None, NodeState.UP, NodeState.BOOTING, mac),
-            )
-            if load is not None:
-                self._db.execute("UPDATE nodes SET load = ? WHERE mac = ?", (json.dumps(asdict(load)), mac))
-            moved = (
-                address is not None
-                and self._db.execute(
-                    "UPDATE nodes SET address = ? WHERE mac = ? AND address IS NOT ?", (address, mac, address)
-                ).rowcount
-            )
-        if cursor.rowcount == 0:
+        old = self._by_mac.get(normalise_mac(mac))
+        if old is None:
             return None
+        moved = address is not None and address != old.address
         if moved:
             self.generation += 1
-        return self.node_by_mac(mac)
+        return self._changed(
+            replace(
+                old,
+                last_seen=now,
+                stage=stage,
+                uptime=uptime,
+                uptime_at=now if uptime is not None else None,
+                state=_alive_state(old.ready),
+                load=load if load is not None else old.load,
+                address=address if moved else old.address,
+            )
+        )
 
     def record_events(self, mac: str, events: Iterable[tuple[float, StageEvent]], now: float) -> int | None:
         """Store events (t = master time) in the node's current boot. stage3_ready marks the node UP."""
-        mac = normalise_mac(mac)
-        with self._db:
-            self._db.execute("BEGIN")
-            row = self._db.execute("SELECT number, boot FROM nodes WHERE mac = ?", (mac,)).fetchone()
-            if row is None:
-                return None
-            number, boot = row
-            events = list(events)
-            self._db.executemany(
-                "INSERT INTO events (number, boot, t, event, stage, detail) VALUES (?, ?, ?, ?, ?, ?)",
-                [(number, boot, t, e.name, e.stage, e.detail) for t, e in events],
-            )
-            ready = any(e.name == BootEvent.STAGE3_READY for _, e in events)
-            self._db.execute(
-                "UPDATE nodes SET last_seen = ?, ready = MAX(ready, ?),"
-                " state = CASE WHEN MAX(ready, ?) THEN ? ELSE ? END WHERE number = ?",
-                (now, int(ready), int(ready), NodeState.UP, NodeState.BOOTING, number),
-            )
-        return number
+        old = self._by_mac.get(normalise_mac(mac))
+        if old is None:
+            return None
+        events = list(events)
+        self._writes.execute(WRITE_EVENT, [(old.number, old.boot, t, e.name, e.stage, e.detail) for t, e in events])
+        ready = old.ready or any(e.name == BootEvent.STAGE3_READY for _, e in events)
+        self._changed(replace(old, last_seen=now, ready=ready, state=_alive_state(ready)))
+        return old.number
 
     def record_logs(self, mac: str, lines: Iterable[tuple[float, LogLine]], now: float) -> int | None:
-        mac = normalise_mac(mac)
-        with self._db:
-            self._db.execute("BEGIN")
-            row = self._db.execute("SELECT number, boot FROM nodes WHERE mac = ?", (mac,)).fetchone()
-            if row is None:
-                return None
-            number, boot = row
-            self._db.executemany(
-                "INSERT INTO logs (number, boot, t, stage, level, message) VALUES (?, ?, ?, ?, ?, ?)",
-                [(number, boot, t, line.stage, line.level, line.message) for t, line in lines],
-            )
-            self._db.execute("UPDATE nodes SET last_seen = MAX(last_seen, ?) WHERE number = ?", (now, number))
-        return number
+        """Store log lines in the node's current boot; dropped (counted: dropped_lines) while the database
+        cannot be written and a great many wait."""
+        old = self._by_mac.get(normalise_mac(mac))
+        if old is None:
+            return None
+        rows = [(old.number, old.boot, t, line.stage, line.level, line.message) for t, line in lines]
+        self._writes.execute(WRITE_LOG, rows, droppable=True)
+        if now > old.last_seen:
+            self._changed(replace(old, last_seen=now))
+        return old.number
+
+    @property
+    def dropped_lines(self) -> int:
+        return self._writes.dropped
 
     def mark_silent_down(self, cutoff: float, now: float) -> list[NodeRecord]:
         """Nodes not heard from since `cutoff` go DOWN; a heartbeat_lost event records when."""
-        with self._db:
-            self._db.execute("BEGIN")
-            rows = self._db.execute(
-                "SELECT number, boot, stage FROM nodes WHERE state != ? AND last_seen < ?", (NodeState.DOWN, cutoff)
-            ).fetchall()
-            for row in rows:
-                self._db.execute("UPDATE nodes SET state = ? WHERE number = ?", (NodeState.DOWN, row["number"]))
-                self._db.execute(
-                    "INSERT INTO events (number, boot, t, event, stage, detail) VALUES (?, ?, ?, ?, ?, ?)",
-                    (
-                        row["number"],
-                        row["boot"],
-                        now,
-                        HEARTBEAT_LOST,
-                        row["stage"],
-                        f"silent since before {cutoff:.3f}",
-                    ),
-                )
-        return [r for r in (self.node_by_number(row["number"]) for row in rows) if r is not None]
+        silent = [n for n in self._by_number.values() if n.state is not NodeState.DOWN and n.last_seen < cutoff]
+        for node in silent:
+            detail = f"silent since before {cutoff:.3f}"
+            self._writes.execute(WRITE_EVENT, [(node.number, node.boot, now, HEARTBEAT_LOST, node.stage, detail)])
+        return [self._changed(replace(node, state=NodeState.DOWN)) for node in silent]
 
     def mark_down(self, number: int, boot: int, now: float, event: str, detail: str) -> bool:
         """Record `event` in boot `boot` of node `number` and, if that is still its latest boot, mark it
         DOWN (bpctl: the node closed its link to reboot, halt or power off). A node that rebooted and
         registered again before this ran keeps its new state. False if the node is unknown."""
-        with self._db:
-            self._db.execute("BEGIN")
-            row = self._db.execute("SELECT boot, stage FROM nodes WHERE number = ?", (number,)).fetchone()
-            if row is None:
-                return False
-            self._db.execute(
-                "INSERT INTO events (number, boot, t, event, stage, detail) VALUES (?, ?, ?, ?, ?, ?)",
-                (number, boot, now, check_event_name(event), row["stage"], detail),
-            )
-            self._db.execute("UPDATE nodes SET state = ? WHERE number = ? AND boot = ?", (NodeState.DOWN, number, boot))
+        node = self._by_number.get(number)
+        if node is None:
+            return False
+        self._writes.execute(WRITE_EVENT, [(number, boot, now, check_event_name(event), node.stage, detail)])
+        if node.boot == boot:
+            self._changed(replace(node, state=NodeState.DOWN))
         return True
 
     # --- reads -------------------------------------------------------------------------------------------
@@ -336,27 +378,28 @@ class Registry:
             link_token=row["link_token"],
             address=row["address"],
             load=load,
+            ready=bool(row["ready"]),
+            first_seen=row["first_seen"],
+            hardware_json=row["hardware"],
         )
 
     def node_by_mac(self, mac: str) -> NodeRecord | None:
-        row = self._db.execute("SELECT * FROM nodes WHERE mac = ?", (normalise_mac(mac),)).fetchone()
-        return self._record(row) if row else None
+        return self._by_mac.get(normalise_mac(mac))
 
     def link_token(self, mac: str) -> str | None:
         """The token of the node's latest registration (None: no such node): what its messages must carry."""
-        row = self._db.execute("SELECT link_token FROM nodes WHERE mac = ?", (normalise_mac(mac),)).fetchone()
-        return row[0] if row else None
+        node = self.node_by_mac(mac)
+        return node.link_token if node else None
 
     def node_by_number(self, number: int) -> NodeRecord | None:
-        row = self._db.execute("SELECT * FROM nodes WHERE number = ?", (number,)).fetchone()
-        return self._record(row) if row else None
+        return self._by_number.get(number)
 
     def numbers_in_state(self, state: NodeState) -> set[int]:
-        """The numbers of the nodes in `state`: one query, for a job to a thousand nodes."""
-        return {number for (number,) in self._db.execute("SELECT number FROM nodes WHERE state = ?", (state,))}
+        """The numbers of the nodes in `state`."""
+        return {node.number for node in self._by_number.values() if node.state is state}
 
     def nodes(self) -> list[NodeRecord]:
-        return [self._record(row) for row in self._db.execute("SELECT * FROM nodes ORDER BY number")]
+        return list(self._by_number.values())
 
     def find(self, ref: str) -> NodeRecord:
         """A node by number ('3'), BeoNSS name ('.3'), hostname ('n3') or MAC."""
@@ -380,6 +423,7 @@ class Registry:
         if boot is None:
             record = self.node_by_number(number)
             boot = record.boot if record else 0
+        self.flush()
         rows = self._db.execute(
             "SELECT t, event, stage, detail FROM events WHERE number = ? AND boot = ? ORDER BY t, id", (number, boot)
         ).fetchall()
@@ -387,19 +431,16 @@ class Registry:
 
     def state_counts(self) -> dict[str, int]:
         counts = {state.value: 0 for state in NodeState}
-        for state, count in self._db.execute("SELECT state, COUNT(*) FROM nodes GROUP BY state"):
-            counts[state] = count
+        for node in self._by_number.values():
+            counts[node.state.value] += 1
         return counts
 
     def addresses(self) -> list[tuple[int, str | None]]:
-        """(number, reported address) of every node, in number order: what the host table is built from,
-        without decoding every node's hardware."""
-        return [
-            (number, address)
-            for number, address in self._db.execute("SELECT number, address FROM nodes ORDER BY number")
-        ]
+        """(number, reported address) of every node, in number order: what the host table is built from."""
+        return [(node.number, node.address) for node in self._by_number.values()]
 
     def logs(self, number: int, limit: int = 1000) -> list[tuple[float, str, str, str]]:
+        self.flush()
         rows = self._db.execute(
             "SELECT t, stage, level, message FROM logs WHERE number = ? ORDER BY t DESC, id DESC LIMIT ?",
             (number, limit),

@@ -458,6 +458,7 @@ class Beoserv:
         msg = p.from_json(p.RegisterRequest, await request.read())
         address = _plain_ipv4(msg.address)
         node = self.registry.register(msg.mac, msg.stage, msg.hardware, time.time(), self.config.keep_boots, address)
+        await self.registry.committed()  # a number handed out is never handed out again, even after a crash
         log.info(
             "node %d (%s) registered at %s, boot %d, from %s",
             node.number,
@@ -595,6 +596,7 @@ class Beoserv:
         boot_arg = request.query.get("boot")
         if boot_arg is not None and not BOOT_NUMBER.fullmatch(boot_arg):
             raise p.ProtocolError(f"boot='{printable(boot_arg)[:40]}' must be a boot number (at most 18 digits)")
+        await self.registry.committed()  # the events sent so far are in the database
         boot, entries = self.registry.timeline(node.number, int(boot_arg) if boot_arg else None)
         rows = tuple(p.TimelineEntry(e.t, e.event, e.stage, e.detail) for e in entries)
         return json_response(p.Timeline(node.number, node.mac, boot, rows))

@@ -22,6 +22,7 @@ from agent.httpclient import Connection, HttpError
 from agent.masterlink import MasterLink, MasterLinkError
 from agent.schema import Stage
 from beoboot.master.server import HOSTS_DELAY
+from beoboot.master.writebehind import INTERVAL
 
 MACS = [f"52:54:00:00:01:{i:02x}" for i in range(4)]
 FAST = Backoff(first=0.01, cap=0.05)
@@ -293,12 +294,18 @@ def test_sigusr1_dumps_state(own_master):
 
 
 def test_logs_are_stored_in_the_registry(own_master):
+    """Written by beoserv's writer thread within its interval (beoboot.master.writebehind), not before the
+    node is answered."""
     lk = link(own_master, MACS[0], "stage2")
     lk.register()
     lk.queue_log("INFO", "stored line")
     lk.flush(force=True)
     db = sqlite3.connect(own_master.db)
-    assert db.execute("SELECT stage, level, message FROM logs").fetchall() == [("stage2", "INFO", "stored line")]
+    deadline = time.monotonic() + 5 * INTERVAL
+    while (stored := db.execute("SELECT stage, level, message FROM logs").fetchall()) == []:
+        assert time.monotonic() < deadline
+        time.sleep(INTERVAL / 4)
+    assert stored == [("stage2", "INFO", "stored line")]
 
 
 def published(lk, table: str) -> int:
