@@ -255,6 +255,10 @@ class ServerStatus:
     transfers_active: int = 0
     transfers_waiting: int = 0
     transfers_refused: int = 0
+    # over the last 10 s (beoboot.master.rates): requests answered, and bytes of the answers, per second
+    requests_per_s: float = 0.0
+    bytes_per_s: float = 0.0
+    log_lines_dropped: int = 0  # nodes' log lines not stored: the registry could not be written for long
 
 
 # --- JSON round trip -------------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ from beoboot.master.jobhub import JobHub
 from beoboot.master.listener import BACKLOG, listen
 from beoboot.master.printable import printable
 from beoboot.master.published import NotPublished, PublishedTree
+from beoboot.master.rates import SAMPLE_EVERY, WINDOW, Rates
 from beoboot.master.registry import NodeRecord, Registry, RegistryError
 
 log = logging.getLogger("beoserv")
@@ -196,9 +197,10 @@ class Beoserv:
         self._hosts = HostTable({})
         self._hosts_due: asyncio.TimerHandle | None = None
         self.started = time.time()
-        self.requests = 0
+        self.rates = Rates()  # requests and bytes answered
         self.config_loads = 1
         self._reaper: asyncio.Task[None] | None = None
+        self._sampler: asyncio.Task[None] | None = None
         self.refusals = admission.RefusalLog()
 
     # --- application -------------------------------------------------------------------------------------
@@ -215,6 +217,7 @@ class Beoserv:
         app.router.add_get(p.STATUS_PATH, self.status)
         self.jobs.add_routes(app)  # before the boot tree's catch-all
         app.router.add_get(p.BOOT_PREFIX + "{path:.+}", self.boot_file)
+        app.on_response_prepare.append(self._answering)
         app.on_startup.append(self._start_up)
         app.on_cleanup.append(self._stop)
         return app
@@ -223,7 +226,7 @@ class Beoserv:
     async def _middleware(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        self.requests += 1
+        self.rates.requests += 1
         try:
             check_path(request.path)
             if not request.body_exists:
@@ -330,16 +333,27 @@ class Beoserv:
         except web.HTTPRequestEntityTooLarge:
             raise RequestRefused(413, f"the request's body is larger than {request.client_max_size} bytes") from None
 
+    async def _answering(self, request: web.Request, response: web.StreamResponse) -> None:
+        """Every answer, just before its head is sent: its bytes counted (a file's, as it will be sent)."""
+        self.rates.answered(response.content_length or 0)
+
     async def _start_up(self, app: web.Application) -> None:
         self._build_host_table()  # the nodes the registry knows are named in config.hosts_file from the start
         self._reaper = asyncio.create_task(self._reap_forever())
+        self._sampler = asyncio.create_task(self._sample_forever())
 
     async def _stop(self, app: web.Application) -> None:
-        if self._reaper:
-            self._reaper.cancel()
+        for task in (self._reaper, self._sampler):
+            if task:
+                task.cancel()
         if self._hosts_due is not None:
             self._publish_hosts()  # the last registrations' names are not left out of the file
         self.registry.close()
+
+    async def _sample_forever(self) -> None:
+        while True:
+            await asyncio.sleep(SAMPLE_EVERY)
+            self.rates.sample()
 
     async def _reap_forever(self) -> None:
         while True:
@@ -379,6 +393,7 @@ class Beoserv:
     def server_status(self) -> p.ServerStatus:
         fds, rss = process_figures()
         counts = self.registry.state_counts()
+        requests_per_s, bytes_per_s = self.rates.per_second()
         return p.ServerStatus(
             pid=os.getpid(),
             uptime=time.time() - self.started,
@@ -386,11 +401,14 @@ class Beoserv:
             states=counts,
             open_fds=fds,
             rss_kib=rss,
-            requests=self.requests,
+            requests=self.rates.requests,
             config_loads=self.config_loads,
             transfers_active=self.transfers.active,
             transfers_waiting=self.transfers.waiting,
             transfers_refused=self.transfers.refused,
+            requests_per_s=round(requests_per_s, 1),
+            bytes_per_s=round(bytes_per_s),
+            log_lines_dropped=self.registry.dropped_lines,
         )
 
     def dump_state(self) -> None:
@@ -407,6 +425,18 @@ class Beoserv:
             s.rss_kib,
             s.requests,
             s.config_loads,
+        )
+        log.info(
+            "state: last %.0fs: %.1f requests/s, %.1f MiB/s sent; transfers: %d under way (max %d), %d waiting, "
+            "%d told to retry since start; log lines dropped: %d",
+            WINDOW,
+            s.requests_per_s,
+            s.bytes_per_s / (1 << 20),
+            s.transfers_active,
+            self.transfers.limit,
+            s.transfers_waiting,
+            s.transfers_refused,
+            s.log_lines_dropped,
         )
         now = time.time()
         for node in self.registry.nodes():

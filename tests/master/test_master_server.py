@@ -287,10 +287,20 @@ def test_sighup_rereads_config_and_keeps_it_when_broken(own_master):
 
 def test_sigusr1_dumps_state(own_master):
     link(own_master, MACS[0]).register()
+    for _ in range(4):
+        assert requests.get(own_master.url + p.BOOT_PREFIX + "stage3.cpio", timeout=10).status_code == 200
     own_master.signal(signal.SIGUSR1)
     found = own_master.wait_for_log(r"state: pid=\d+ .* nodes=1 \(booting=1 up=0 down=0\) open_fds=(\d+) rss_kib=(\d+)")
     assert int(found.group(1)) > 0 and int(found.group(2)) > 1000
+    rates = own_master.wait_for_log(
+        r"state: last 10s: ([\d.]+) requests/s, ([\d.]+) MiB/s sent; transfers: 0 under way \(max 64\), 0 waiting, "
+        r"0 told to retry since start; log lines dropped: 0"
+    )
+    assert float(rates.group(1)) > 0 and float(rates.group(2)) > 0  # four 3 MiB files within the window
     own_master.wait_for_log(r"state: node 0 52:54:00:00:01:00 booting stage1 boot=1")
+    status = p.from_json(p.ServerStatus, requests.get(own_master.url + p.STATUS_PATH, timeout=5).content)
+    assert status.requests_per_s > 0 and status.bytes_per_s >= 4 * (3 << 20) / 10
+    assert (status.transfers_active, status.transfers_waiting, status.states["booting"]) == (0, 0, 1)
 
 
 def test_logs_are_stored_in_the_registry(own_master):
