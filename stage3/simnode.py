@@ -210,9 +210,14 @@ def run_worker(args: argparse.Namespace, first: int, count: int, report: int, pr
         for index in range(first, first + count)
     ]
     since = args.since
-    if args.boot:
+    if args.boot or args.boot_only:
         manifest, pins = _published(args.master)
         _each(nodes, lambda node: node.boot(manifest, pins, since), threads=len(nodes))
+    if args.boot_only:  # the downloads alone: against any web server (the benchmarks' nginx)
+        send_report(report, "up", figures_json([node.figures for node in nodes]))
+        times = os.times()
+        send_report(report, "done", {"cpu_seconds": times.user + times.system})
+        return 0
     # a few at a time: registrations in index order for small fleets (node N gets number N on a fresh master)
     _each(nodes, lambda node: node.start(since), threads=1 if count <= 16 else 8)
     for node in nodes:
@@ -272,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         "--processes", type=int, default=0, help="worker processes (default: one per core, one for <= 16 nodes)"
     )
     parser.add_argument("--boot", action="store_true", help="first download stage 3 and the envroot, as stage 2")
+    parser.add_argument("--boot-only", action="store_true", help="only the downloads of --boot, then exit")
     parser.add_argument("--report", help="write per-node times and the simulator's CPU seconds here (JSON)")
     args = parser.parse_args(argv)
     args.since = time.monotonic()
