@@ -70,6 +70,7 @@ APT_PACKAGES = [
     "file",  # and `file` on a node, with the magic database its library reads
     "acl",  # and jobs' access checks against files with ACLs (setfacl)
     "debootstrap",  # the sysroots of other Debian releases the tests build images from
+    "clustershell",  # clush: what benchmarks/fanout.py compares bpsh -a with
 ]
 
 # Sysroots of other Debian releases, made once with debootstrap and kept outside the checkout (they are

@@ -53,7 +53,7 @@ class MasterBusy(MasterLinkError):
         self.retry_after = retry_after
 
 
-def _retry_after(value: str) -> float:
+def retry_after(value: str) -> float:
     """Retry-After in seconds (the delay form; the date form and nonsense count as 1 s), at most 60."""
     try:
         seconds = float(value)
@@ -125,7 +125,7 @@ class MasterLink:
             raise RegistrationRefused(f"master refused the registration: {_error_text(response)}")
         if response.status == 503:
             raise MasterBusy(
-                f"master busy with {path}: {_error_text(response)}", _retry_after(response.header("Retry-After", "1"))
+                f"master busy with {path}: {_error_text(response)}", retry_after(response.header("Retry-After", "1"))
             )
         if response.status >= 400:
             raise MasterLinkError(f"master refused {path}: HTTP {response.status}: {response.text().strip()}")
@@ -230,12 +230,20 @@ class MasterLink:
 
     def _heartbeat_loop(self, uptime: Callable[[], float | None], load: Callable[[], p.Load | None]) -> None:
         while not self._stop.is_set():
-            self.heartbeat(uptime(), load())
-            self.flush()
-            interval = self.registration.heartbeat_interval if self.registration else 5.0
-            # while the master is away, wait out the backoff rather than the interval
-            wait = max(interval if self._failures == 0 else self._next_attempt - self.clock(), 0.05)
-            self._stop.wait(wait)
+            self._stop.wait(self.beat(uptime(), load()))
+
+    def beat(self, uptime: float | None, load: p.Load | None) -> float:
+        """One heartbeat and a flush of what is buffered; the seconds until the next one is due. (A process
+        that simulates many nodes calls this from a few threads, instead of a thread per node.)"""
+        self.heartbeat(uptime, load)
+        self.flush()
+        interval = self.registration.heartbeat_interval if self.registration else 5.0
+        # while the master is away, wait out the backoff rather than the interval
+        return max(interval if self._failures == 0 else self._next_attempt - self.clock(), 0.05)
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
 
     def stop(self) -> None:
         self._stop.set()

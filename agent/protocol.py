@@ -470,7 +470,10 @@ def _dataclass_converter(cls: type) -> typing.Callable[[Any], Any]:
         if not names.issuperset(raw):
             raise _Mismatch(_shorten(f"unknown fields {sorted(set(raw) - names)}", 200))
         if not converters:  # resolved at first use: a field's type may be the class itself, or later in the module
-            converters.update((name, _converter(hints[name])) for name, _ in fields)
+            # built whole, then added in one step (dict.update of a dict holds the GIL): another thread that
+            # sees converters non-empty must find every field in it
+            built = {name: _converter(hints[name]) for name, _ in fields}
+            converters.update(built)
         values = {}
         for name, required in fields:
             if name in raw:

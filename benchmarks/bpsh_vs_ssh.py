@@ -29,7 +29,7 @@ from pathlib import Path
 
 from beoboot.master.bpsh.client import Client, parse_args
 
-BPSH = Path(__file__).resolve().parent.parent / "beoboot" / "master" / "bpsh.py"  # as .venv/bin/bpsh is
+BPSH = Path(__file__).resolve().parent.parent / "beoboot" / "master" / "bpsh" / "executable.py"  # .venv/bin/bpsh
 PYTHON = "/usr/bin/python3"  # bpsh's interpreter (its #! line)
 
 
@@ -47,9 +47,12 @@ def wait_for(path: Path, text: str, proc: subprocess.Popen, timeout: float = 60)
         time.sleep(0.05)
 
 
-def start_master(work: Path) -> tuple[subprocess.Popen, str]:
+def start_master(work: Path, root: Path | None = None) -> tuple[subprocess.Popen, str]:
+    """beoserv on a free loopback port, serving `root` (an empty tree by default); its log in work."""
     port = free_port()
-    (work / "boot").mkdir()
+    if root is None:
+        root = work / "boot"
+        root.mkdir()
     log = work / "beoserv.log"
     proc = subprocess.Popen(
         [
@@ -58,7 +61,7 @@ def start_master(work: Path) -> tuple[subprocess.Popen, str]:
             "beoboot.master.cli",
             "beoserv",
             "--root",
-            str(work / "boot"),
+            str(root),
             "--listen",
             f"127.0.0.1:{port}",
             "--db",

@@ -33,6 +33,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import random
 import shutil
 import stat
 import threading
@@ -43,6 +44,7 @@ from dataclasses import dataclass, field
 from agent import protocol as p
 from agent.download import sha256_of
 from agent.httpclient import HttpError, Pool
+from agent.masterlink import MasterBusy, retry_after
 from stage3.accounts import ACCOUNT_FILES
 from stage3.names import NAME_FILES
 from stage3.rootpaths import AgentPathError, RootDirectories, RootPathError, is_not_a_directory, stat_at, unlink_at
@@ -56,6 +58,7 @@ AGENT_FILES = frozenset({*ACCOUNT_FILES.values(), *NAME_FILES, "etc/resolv.conf"
 CHUNK = 1 << 20
 ACL_XATTR = "system.posix_acl_access"
 FETCH_ATTEMPTS = 3
+BUSY_PATIENCE = 600.0  # seconds a fetch waits out a master that answers 503 (busy), Retry-After by Retry-After
 FETCH_WORKERS = 8  # parallel object downloads per job: enough to hide latency, few enough for a busy master
 FETCH_TIMEOUT = 30.0  # seconds for the connect, and for each wait for the master's next bytes
 HOLD_ATTEMPTS = 3
@@ -128,8 +131,11 @@ class LibCache:
         *,
         max_bytes: int = 512 << 20,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
         durable: bool = True,
         token: Callable[[], str] = lambda: "",
+        download_slots: threading.Semaphore | None = None,
+        connections: int = FETCH_WORKERS,
     ) -> None:
         self.cache_dir = cache_dir
         self.objects_dir = os.path.join(cache_dir, "objects")
@@ -139,13 +145,18 @@ class LibCache:
         self.cache_in_root = os.path.relpath(os.path.realpath(cache_dir), self.env_root)
         self.master_url = master_url.rstrip("/")
         self.max_bytes = max_bytes
-        # kept-alive connections for the fetching threads, at most one idle per worker
-        self.http = Pool(FETCH_TIMEOUT, keep=FETCH_WORKERS)
+        # kept-alive connections for the fetching threads while a fetch lasts, at most `connections` idle
+        # (a simulated node, which downloads only when the shared download_slots let it, keeps one)
+        self.http = Pool(FETCH_TIMEOUT, keep=connections)
         self.clock = clock
+        self.sleep = sleep
         # on a local disk, an object's bytes must be on it before its name is (fsync before rename); in RAM
         # (tmpfs, a diskless node's cache, or a simulated node's scratch directory) there is nothing to wait for
         self.durable = durable
         self.token = token  # the node's link token: the master gives objects only to nodes whose link is up
+        # downloads at once: FETCH_WORKERS for a node of its own; a simulator's nodes share a few, as each
+        # real node has its own CPU (hundreds of threads in one process would spend the time on the GIL)
+        self.download_slots = download_slots or threading.Semaphore(FETCH_WORKERS)
         self._lock = threading.Lock()
         self._objects: dict[str, CachedObject] = {}
         self._fetching: dict[str, threading.Event] = {}
@@ -197,9 +208,18 @@ class LibCache:
         missing = self.missing(files)
         if not missing:
             return 0
+        try:
+            self._fetch_all(missing)
+        finally:
+            # an idle node keeps no download connection open: a thousand of them would hold the master's
+            # descriptors for nothing (its heartbeat and job link are the two it needs)
+            self.http.close()
+        return len(missing)
+
+    def _fetch_all(self, missing: list[p.JobFile]) -> None:
         if len(missing) == 1:
             self._fetch_once(missing[0])
-            return 1
+            return
         # plain threads, not concurrent.futures: that would pull multiprocessing into the node image
         todo = list(missing)
         errors: list[LibCacheError] = []
@@ -224,7 +244,6 @@ class LibCache:
             thread.join()
         if errors:
             raise errors[0]
-        return len(missing)
 
     def _fetch_once(self, entry: p.JobFile) -> None:
         """Fetch one object, or wait for the thread already fetching it (two jobs wanting the same library)."""
@@ -249,15 +268,28 @@ class LibCache:
     def _fetch(self, entry: p.JobFile, name: str) -> None:
         url = self.master_url + p.OBJECTS_PATH.format(digest=entry.sha256)
         problem = ""
-        for _ in range(FETCH_ATTEMPTS):
+        failures = 0
+        busy_until = self.clock() + BUSY_PATIENCE
+        while failures < FETCH_ATTEMPTS:
             tmp = os.path.join(self.tmp_dir, f"{name}.{threading.get_ident()}")
             try:
-                digest, size = self._download(url, tmp, entry.size)
+                with self.download_slots:
+                    digest, size = self._download(url, tmp, entry.size)
+            except MasterBusy as busy:
+                # the master's admission queue: a wait it asked for, not a failure, for as long as it takes
+                _unlink(tmp)
+                if self.clock() + busy.retry_after > busy_until:
+                    problem = f"the master stayed busy for {BUSY_PATIENCE:.0f} s: {busy}"
+                    break
+                self.sleep(busy.retry_after * (0.75 + random.random() / 2))
+                continue
             except (HttpError, OSError) as exc:
+                failures += 1
                 problem = f"download failed: {str(exc).removeprefix(url + ': ')}"  # the error names the URL below
                 _unlink(tmp)
                 continue
             if digest != entry.sha256:
+                failures += 1
                 problem = f"content hash {digest} does not match the manifest"
                 _unlink(tmp)
                 continue
@@ -281,6 +313,8 @@ class LibCache:
         got = 0
         headers = {p.LINK_TOKEN_HEADER: self.token()}
         with self.http.stream("GET", url, headers=headers) as response:
+            if response.status == 503:
+                raise MasterBusy(response.text().strip()[:200], retry_after(response.header("Retry-After", "1")))
             if response.status != 200:
                 raise HttpError(f"HTTP {response.status}: {response.text().strip()[:200]}")
             with open(tmp, "xb") as out:

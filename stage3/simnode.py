@@ -14,19 +14,36 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import json
 import os
+import selectors
 import signal
 import sys
+import tempfile
 import threading
+import time
+from collections.abc import Callable
 
-from agent import hwprobe
+from agent import bootfiles, hwprobe
 from agent import protocol as p
 from agent.masterlink import MasterLink
 from agent.schema import Stage
 from agent.system.mounts import ENV_ROOT_MOUNTS
 from stage3 import jobrunner
 from stage3.libcache import LIBCACHE_DIR, LibCache
+from stage3.simfleet import (
+    DOWNLOADS_PER_PROCESS,
+    HeartbeatScheduler,
+    NodeFigures,
+    every_second,
+    figures_json,
+    fork_workers,
+    send_report,
+    split,
+)
 
+# what a node downloads between PXE and its first job: stage 2 fetches stage 3, and stage 3 the envroot
+BOOT_FILES = (Stage.SUPERVISOR, Stage.ENVROOT)
 CLONE_NEWNS = 0x00020000
 MS_REC, MS_PRIVATE = 0x4000, 0x40000
 SKELETON_FILES = {
@@ -78,11 +95,26 @@ def simulated_mac(index: int, prefix: str = "02:be:0b") -> str:
 
 
 class SimNode:
-    def __init__(self, master: str, directory: str, index: int, *, max_bytes: int, proc: bool) -> None:
+    def __init__(
+        self,
+        master: str,
+        directory: str,
+        index: int,
+        *,
+        max_bytes: int,
+        proc: bool,
+        heartbeats: HeartbeatScheduler | None = None,
+        download_slots: threading.Semaphore | None = None,
+        load: Callable[[], p.Load | None] = hwprobe.load,
+    ) -> None:
         self.master, self.mac = master, simulated_mac(index)
-        self.env_root = os.path.join(directory, f"node{index}", "env")
+        self.figures = NodeFigures(self.mac)
+        self.directory = os.path.join(directory, f"node{index}")
+        self.env_root = os.path.join(self.directory, "env")
         os.makedirs(self.env_root, exist_ok=True)
         make_env_root(self.env_root, proc=proc)
+        self.scheduler, self.load = heartbeats, load
+        self._beat_lock = threading.Lock()  # held across a scheduled heartbeat: power() waits for one under way
         # durable=False: a booted node's cache is in RAM by default, where fsync is a no-op; this scratch
         # directory on the host's disk stands for it and must not pay for a disk's fsync per object
         self.cache = LibCache(
@@ -92,12 +124,25 @@ class SimNode:
             max_bytes=max_bytes,
             durable=False,
             token=self._token,
+            download_slots=download_slots,
+            connections=1,  # its downloads wait for the process's shared slots: one kept-alive connection
         )
 
     def _token(self) -> str:
         return self.link.registration.link_token if self.link.registration else ""
 
-    def start(self) -> int:
+    def boot(self, manifest: dict, pins: dict[str, str], since: float) -> None:
+        """Stage 2's downloads, on the wire as a booted stage 2 does them (pinned, resumed, retried with
+        backoff): stage 3 and the environment root. The files are checked, then dropped (nothing unpacks them)."""
+        boot_dir = os.path.join(self.directory, "boot")
+        os.makedirs(boot_dir, exist_ok=True)
+        for stage in BOOT_FILES:
+            dest = os.path.join(boot_dir, stage.value)
+            bootfiles.fetch(self.master.rstrip("/") + "/", manifest, stage.value, dest, pins, lambda _: None)
+            os.unlink(dest)
+        self.figures.booted = time.monotonic() - since
+
+    def start(self, since: float | None = None) -> int:
         """Boot: register (a new boot of the same node number), report stage 3 ready, heartbeat, link."""
         self.link = MasterLink(self.master, self.mac, Stage.SUPERVISOR, timeout=10)
         self.runner = jobrunner.JobRunner(
@@ -105,9 +150,28 @@ class SimNode:
         )
         reply = self.link.register(p.Hardware(cpu_model="simulated", cpus=1), attempts=20)
         self.link.event(p.BootEvent.STAGE3_READY)
-        self.heartbeats = self.link.run_heartbeats(load=hwprobe.load)  # the host's: the nodes share it
+        if self.scheduler is None:
+            self.heartbeats: threading.Thread | None = self.link.run_heartbeats(load=self.load)
+        else:
+            self.heartbeats = None
+            self.scheduler.add(self.beat)
         self.runner.start()
+        self.figures.number = reply.number
+        if since is not None:
+            self.figures.up = time.monotonic() - since
         return reply.number
+
+    def beat(self) -> float | None:
+        """One scheduled heartbeat; None once the link is stopped."""
+        with self._beat_lock:
+            return None if self.link.stopped else self.link.beat(None, self.load())
+
+    def _stop_heartbeats(self) -> None:
+        self.link.stop()
+        if self.heartbeats is not None:
+            self.heartbeats.join()
+        with self._beat_lock:
+            pass  # a scheduled heartbeat under way has ended; no other will start
 
     def stop(self) -> None:
         self.runner.stop()
@@ -117,39 +181,163 @@ class SimNode:
         """bpctl's order, as a booted node carries it out (stage3.supervisor.act_on) minus the kernel: the
         heartbeats stop, the link closes; a reboot then boots again, with the libcache kept as a local
         disk's would be."""
-        self.link.stop()
-        self.heartbeats.join()  # no heartbeat may reach the master after the link closed: it would be "up"
+        self._stop_heartbeats()  # no heartbeat may reach the master after the link closed: it would be "up"
         self.runner.stop()
         print(f"simnode: {self.mac}: {order.action}, as {order.by or 'the master'} asked", flush=True)
         if order.action is p.PowerAction.REBOOT:
             print(f"simnode: {self.mac}: node {self.start()} up again", flush=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stage3.simnode", description=__doc__.split("\n")[0])
-    parser.add_argument("--master", required=True, help="beoserv URL, e.g. http://127.0.0.1:8080")
-    parser.add_argument("--dir", required=True, help="scratch directory for the nodes' environment roots")
-    parser.add_argument("--count", type=int, default=1, help="how many nodes this process simulates")
-    parser.add_argument("--first", type=int, default=0, help="index of the first node's MAC")
-    parser.add_argument("--libcache-max-bytes", type=int, default=512 << 20)
-    args = parser.parse_args(argv)
-    proc = os.getuid() == 0 and private_mounts()
-    nodes = [
-        SimNode(args.master, os.path.abspath(args.dir), args.first + i, max_bytes=args.libcache_max_bytes, proc=proc)
-        for i in range(args.count)
-    ]
-    numbers = [node.start() for node in nodes]
-    for node in nodes:
-        node.runner.connected.wait(30)
-    print(f"simnode: {len(nodes)} nodes up: {','.join(map(str, numbers))}", flush=True)
+def run_worker(args: argparse.Namespace, first: int, count: int, report: int, proc: bool) -> int:
+    """One worker process's nodes: boot (with --boot), start, report, run until SIGTERM."""
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    scheduler = HeartbeatScheduler() if count > 1 else None
+    slots = threading.Semaphore(DOWNLOADS_PER_PROCESS)
+    load = every_second(hwprobe.load)
+    nodes = [
+        SimNode(
+            args.master,
+            os.path.abspath(args.dir),
+            index,
+            max_bytes=args.libcache_max_bytes,
+            proc=proc,
+            heartbeats=scheduler,
+            download_slots=slots,
+            load=load,
+        )
+        for index in range(first, first + count)
+    ]
+    since = args.since
+    if args.boot or args.boot_only:
+        manifest, pins = _published(args.master)
+        _each(nodes, lambda node: node.boot(manifest, pins, since), threads=len(nodes))
+    if args.boot_only:  # the downloads alone: against any web server (the benchmarks' nginx)
+        send_report(report, "up", figures_json([node.figures for node in nodes]))
+        times = os.times()
+        send_report(report, "done", {"cpu_seconds": times.user + times.system})
+        return 0
+    # a few at a time: registrations in index order for small fleets (node N gets number N on a fresh master)
+    _each(nodes, lambda node: node.start(since), threads=1 if count <= 16 else 8)
+    for node in nodes:
+        node.runner.connected.wait(30)
+    send_report(report, "up", figures_json([node.figures for node in nodes]))
     while not stop.wait(1):
         pass
     for node in nodes:
         node.stop()
+    if scheduler is not None:
+        scheduler.stop()
+    times = os.times()
+    send_report(report, "done", {"cpu_seconds": times.user + times.system})
     return 0
+
+
+def _each(nodes: list[SimNode], work: Callable[[SimNode], object], threads: int) -> None:
+    """work(node) for every node, `threads` at a time; a failure is the node's figure, not the fleet's end."""
+    todo = list(reversed(nodes))
+    lock = threading.Lock()
+
+    def worker() -> None:
+        while True:
+            with lock:
+                if not todo:
+                    return
+                node = todo.pop()
+            try:
+                work(node)
+            except Exception as exc:  # one node's failure is a figure of the run
+                node.figures.error = f"{type(exc).__name__}: {exc}"
+                print(f"simnode: {node.mac}: {node.figures.error}", flush=True)
+
+    pool = [threading.Thread(target=worker, daemon=True) for _ in range(max(1, min(threads, len(nodes))))]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+
+
+def _published(master: str) -> tuple[dict, dict[str, str]]:
+    """The master's manifest, and the pins a node's command line would carry (from the same manifest)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        manifest = bootfiles.fetch_manifest(master.rstrip("/") + "/", os.path.join(scratch, "m.json"), print)
+    pins = {stage.value: bootfiles.listed(manifest, stage.value)[1] for stage in BOOT_FILES}
+    return manifest, pins
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m stage3.simnode", description=__doc__.split("\n")[0])
+    parser.add_argument("--master", required=True, help="beoserv URL, e.g. http://127.0.0.1:8080")
+    parser.add_argument("--dir", required=True, help="scratch directory for the nodes' environment roots")
+    parser.add_argument("--count", type=int, default=1, help="how many nodes to simulate")
+    parser.add_argument("--first", type=int, default=0, help="index of the first node's MAC")
+    parser.add_argument("--libcache-max-bytes", type=int, default=512 << 20)
+    parser.add_argument(
+        "--processes", type=int, default=0, help="worker processes (default: one per core, one for <= 16 nodes)"
+    )
+    parser.add_argument("--boot", action="store_true", help="first download stage 3 and the envroot, as stage 2")
+    parser.add_argument("--boot-only", action="store_true", help="only the downloads of --boot, then exit")
+    parser.add_argument("--report", help="write per-node times and the simulator's CPU seconds here (JSON)")
+    args = parser.parse_args(argv)
+    args.since = time.monotonic()
+    if args.count < 1:
+        parser.error("--count must be at least 1")
+    processes = args.processes or (1 if args.count <= 16 else os.cpu_count() or 1)
+    proc = os.getuid() == 0 and private_mounts()  # before the fork: the workers share the namespace
+    workers = fork_workers(
+        split(args.count, args.first, processes),
+        lambda first, count, report: run_worker(args, first, count, report, proc),
+    )
+
+    def forward(signum: int, _frame: object) -> None:
+        for pid, _ in workers:
+            _kill(pid, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    figures, cpu = collect(workers)
+    if args.report:
+        with open(args.report + ".tmp", "w") as f:
+            json.dump({"nodes": figures, "cpu_seconds": cpu, "processes": len(workers)}, f)
+        os.replace(args.report + ".tmp", args.report)
+    return 0 if all(not f["error"] for f in figures) else 1
+
+
+def collect(workers: list[tuple[int, int]]) -> tuple[list[dict], float]:
+    """Read the workers' reports until they exit: print when every node is up; (figures, CPU seconds)."""
+    figures: list[dict] = []
+    cpu = 0.0
+    up = 0
+    readers = {fd: os.fdopen(fd) for _, fd in workers}
+    with selectors.DefaultSelector() as selector:
+        for fd, reader in readers.items():
+            selector.register(fd, selectors.EVENT_READ, reader)
+        while selector.get_map():
+            for key, _ in selector.select():
+                line = key.data.readline()
+                if not line:
+                    selector.unregister(key.fd)
+                    continue
+                message = json.loads(line)
+                if message["kind"] == "up":
+                    figures += message["body"]
+                    up += 1
+                    if up == len(workers):
+                        numbers = ",".join(str(f["number"]) for f in sorted(figures, key=lambda f: f["mac"]))
+                        print(f"simnode: {len(figures)} nodes up: {numbers}", flush=True)
+                elif message["kind"] == "done":
+                    cpu += message["body"]["cpu_seconds"]
+    for pid, _ in workers:
+        os.waitpid(pid, 0)
+    return figures, cpu
+
+
+def _kill(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
 
 
 if __name__ == "__main__":

@@ -166,3 +166,45 @@ def test_a_hostile_megabyte_is_refused_in_bounded_time(text):
     with pytest.raises(p.ProtocolError):
         p.from_json(p.RegisterRequest, text)
     assert time.monotonic() - started < 1.0
+
+
+def test_a_message_type_first_decoded_by_many_threads_at_once():
+    """A simulator's nodes decode their first job frame at the same moment: the converter a type builds at
+    its first use must be whole for every thread (it once was seen half-built: KeyError 'files')."""
+    import dataclasses
+    import sys
+    import threading
+
+    from agent import protocol
+
+    failures = []
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads change hands as often as the interpreter allows
+    try:
+        _decode_fresh_types_at_once(protocol, dataclasses, threading, failures)
+    finally:
+        sys.setswitchinterval(switch)
+    assert not failures, failures[:3]
+
+
+def _decode_fresh_types_at_once(protocol, dataclasses, threading, failures):
+    for round_ in range(40):
+        # fields of types never seen before, so building the converter takes long enough to be interrupted
+        inner = [dataclasses.make_dataclass(f"Inner{round_}x{i}", [("a", int), ("b", str)]) for i in range(40)]
+        fields = [(f"f{i}", tuple[inner[i], ...], dataclasses.field(default=())) for i in range(40)]
+        cls = dataclasses.make_dataclass(f"Fresh{round_}", fields, frozen=True)
+        raw = {f"f{i}": [] for i in range(40)}
+        start = threading.Barrier(8)
+
+        def decode(cls=cls, raw=raw, start=start):
+            start.wait()
+            try:
+                protocol.from_dict(cls, raw)
+            except Exception as exc:  # noqa: BLE001 - any exception is the failure this test looks for
+                failures.append(exc)
+
+        threads = [threading.Thread(target=decode) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()

@@ -47,7 +47,7 @@ def master(tmp_path):
     # request_timeout: the idle connections must hold their descriptors for the whole test
     config.write_text(f"max_nodes = {MAX_NODES}\nmax_transfers = {MAX_TRANSFERS}\nrequest_timeout = 120\n")
     server = MasterProcess(root, tmp_path / "nodes.db", tmp_path / "beoserv.log", config)
-    server.start(preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (LIMIT, LIMIT)))
+    server.start(hard_open_files=LIMIT)
     yield server
     server.stop()
 

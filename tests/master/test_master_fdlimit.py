@@ -75,7 +75,7 @@ def test_the_soft_limit_is_raised_to_the_hard_one_and_logged(tmp_path):
     config = tmp_path / "beoserv.toml"
     config.write_text("max_nodes = 100\nmax_transfers = 8\n")
     master = MasterProcess(tmp_path / "boot", tmp_path / "nodes.db", tmp_path / "beoserv.log", config)
-    master.start(preexec_fn=limited(64, need))
+    master.start(open_files=64, hard_open_files=need)
     try:
         assert resource.prlimit(master.proc.pid, resource.RLIMIT_NOFILE) == (need, need)
         master.wait_for_log(

@@ -32,6 +32,7 @@ from beoboot.master.manifest.describe import (
 )
 from beoboot.master.manifest.environ import normalised_name, terminfo_paths
 from beoboot.master.objects import ObjectStore
+from stage3 import libcache
 from stage3.libcache import LibCache, LibCacheError, object_name
 from stage3.wsclient import mask
 
@@ -42,12 +43,21 @@ class ObjectServer:
     def __init__(self) -> None:
         self.objects: dict[str, bytes] = {}
         self.lie: dict[str, bytes] = {}
+        self.busy = 0  # answer this many requests 503 (busy) with Retry-After: 1, first
         self.requests = 0
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802
                 outer.requests += 1
+                if outer.busy > 0:
+                    outer.busy -= 1
+                    self.send_response(503)
+                    self.send_header("Retry-After", "1")
+                    self.send_header("Content-Length", "4")
+                    self.end_headers()
+                    self.wfile.write(b"busy")
+                    return
                 digest = self.path.rsplit("/", 1)[-1]
                 body = outer.lie.get(digest, outer.objects.get(digest))
                 if body is None:
@@ -109,6 +119,29 @@ def test_objects_are_fetched_once_verified_and_hard_linked(server, env_root):
     assert cache.ensure(files) == 0 and server.requests == before
     # a second cache over the same directory finds the objects already there (agent restart)
     assert cache_for(env_root, server).missing(files) == []
+
+
+def test_a_master_that_says_busy_is_waited_for_and_no_connection_is_kept(server, env_root):
+    """503 with Retry-After is the master's admission queue: waited out as it says, never a failed attempt
+    (there are FETCH_ATTEMPTS of those); and an idle node keeps no download connection to the master."""
+    files = [server.add(f"/usr/lib/lib{i}.so", bytes([i]) * 1000, 0o644) for i in range(4)]
+    server.busy = 12  # more than 4 objects x FETCH_ATTEMPTS
+    waits: list[float] = []
+    cache = cache_for(env_root, server, sleep=waits.append)
+    assert cache.ensure(files) == 4
+    assert len(waits) == 12 and all(0.75 <= w <= 1.25 for w in waits), waits
+    assert cache.http._idle == []
+
+
+def test_a_master_busy_past_the_fetchs_patience_fails_it_naming_why(server, env_root, monkeypatch):
+    monkeypatch.setattr(libcache, "BUSY_PATIENCE", 3.0)
+    now = [0.0]
+    files = [server.add("/usr/lib/libbusy.so", b"x" * 100, 0o644)]
+    server.busy = 1000
+    cache = cache_for(env_root, server, sleep=lambda s: now.__setitem__(0, now[0] + s), clock=lambda: now[0])
+    with pytest.raises(LibCacheError, match="stayed busy for 3 s"):
+        cache.ensure(files)
+    assert 2 <= server.requests <= 6
 
 
 @pytest.mark.skipif(os.getuid() != 0, reason="chown needs root, as the node's agent is")

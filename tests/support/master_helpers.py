@@ -7,6 +7,7 @@ import importlib.util
 import json
 import os
 import re
+import resource
 import signal
 import struct
 import subprocess
@@ -46,8 +47,11 @@ class MasterProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
 
-    def start(self, timeout: float = 10.0, **popen) -> MasterProcess:
-        """Start beoserv and wait until it listens; `popen`: more subprocess.Popen arguments (preexec_fn)."""
+    def start(
+        self, timeout: float = 10.0, open_files: int | None = None, hard_open_files: int | None = None
+    ) -> MasterProcess:
+        """Start beoserv; with `open_files`, under that soft open-files limit (a service's usual 1024), and
+        with `hard_open_files` that hard one (which beoserv raises its soft limit to)."""
         args = [
             sys.executable,
             "-m",
@@ -67,7 +71,16 @@ class MasterProcess:
         # stderr to a file, not a pipe: an undrained pipe would block the server once 64 KiB of log piled up
         self._log_file = open(self.log_path, "ab")
         self._offset = self.log_path.stat().st_size
-        self.proc = subprocess.Popen(args, stdout=self._log_file, stderr=self._log_file, env={**os.environ}, **popen)
+
+        def limit() -> None:
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            hard = hard if hard_open_files is None else hard_open_files
+            soft = hard if hard_open_files is not None and open_files is None else (open_files or soft)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, hard), hard))
+
+        self.proc = subprocess.Popen(
+            args, stdout=self._log_file, stderr=self._log_file, env={**os.environ}, preexec_fn=limit
+        )
         found = self.wait_for_log(LISTENING, timeout)
         self.url = found.group(1)
         return self
@@ -125,7 +138,9 @@ def build_for_master(tmp_path_factory, port: int, build_settings: str = "") -> P
     return outdir
 
 
-def start_simnodes(master_url: str, work: Path, count: int = 1, **popen) -> subprocess.Popen[bytes]:
+def start_simnodes(
+    master_url: str, work: Path, count: int = 1, *, timeout: float = 20, extra: tuple[str, ...] = (), **popen
+) -> subprocess.Popen[bytes]:
     """`python -m stage3.simnode` with `count` nodes, their roots under work/nodes and its output in
     work/simnode.log; returns once all are up (registered, linked)."""
     log_path = work / "simnode.log"
@@ -140,9 +155,10 @@ def start_simnodes(master_url: str, work: Path, count: int = 1, **popen) -> subp
             str(work / "nodes"),
             "--count",
             str(count),
+            *extra,
         ]
         sim = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, **popen)
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + timeout
     while f"simnode: {count} nodes up".encode() not in log_path.read_bytes():
         assert sim.poll() is None and time.monotonic() < deadline, log_path.read_text()
         time.sleep(0.05)

@@ -1,0 +1,116 @@
+#!/usr/bin/env python3
+"""Job fan-out: `bpsh -a` on N simulated nodes, cold and warm, beside clush over ssh to loopback targets.
+
+    .venv/bin/python benchmarks/fanout.py [--nodes 1000] [--ssh-targets 100]
+
+Starts beoserv (loopback, free port) and `python -m stage3.simnode --count N`, then times, on every node:
+`bpsh -a /bin/true` with cold caches and again warm, then `bpsh -a python3 -c pass` cold (its own files:
+the libc is cached by then) and warm; with beoserv's and the simulator's CPU seconds for each. Beside it,
+ClusterShell's `clush -f 64` runs the same commands over ssh on --ssh-targets names that all lead to one
+OpenSSH sshd on 127.0.0.1 (as many loopback targets as ssh reaches here), and the ratio per target is
+printed. Targets: warm `bpsh -a /bin/true` on 1000 nodes < 1 s; 0 failures. Needs root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bpsh_vs_ssh import BPSH, PYTHON, cpu_seconds, start_master, start_sshd, stop, wait_for
+
+COMMANDS = {"/bin/true": ["/bin/true"], "python3 -c pass": [PYTHON, "-c", "pass"]}
+
+
+def simulator_cpu(sim: subprocess.Popen) -> float:
+    """CPU seconds of the simulator's worker processes so far (its children)."""
+    children = Path(f"/proc/{sim.pid}/task/{sim.pid}/children").read_text().split()
+    return sum(cpu_seconds(int(pid)) for pid in children)
+
+
+def timed(argv: list[str]) -> tuple[float, int, str]:
+    start = time.monotonic()
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=3600)
+    return time.monotonic() - start, done.returncode, done.stderr
+
+
+def clush_config(work: Path, ssh: list[str]) -> list[str]:
+    """clush's ssh options: every target name reaches the one sshd on 127.0.0.1."""
+    options = ssh[1:-1]  # ssh [-q -i KEY -p PORT -o ...] root@127.0.0.1
+    config = work / "ssh_config"
+    config.write_text("Host *\n  HostName 127.0.0.1\n  User root\n")
+    return ["-o", " ".join([*options, "-F", str(config)])]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--nodes", type=int, default=1000)
+    parser.add_argument("--ssh-targets", type=int, default=100)
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="fanout-") as tmp:
+        work = Path(tmp)
+        master, url = start_master(work)
+        log_path = work / "simnode.log"
+        argv = [sys.executable, "-m", "stage3.simnode", "--master", url, "--dir", str(work / "nodes")]
+        sim = subprocess.Popen([*argv, "--count", str(args.nodes)], stdout=open(log_path, "wb"), stderr=2)
+        try:
+            start = time.monotonic()
+            wait_for(log_path, f"simnode: {args.nodes} nodes up", sim, timeout=1800)
+            print(f"{args.nodes} simulated nodes up in {time.monotonic() - start:.1f} s")
+            for name, command in COMMANDS.items():
+                for state in ("cold", "warm"):
+                    master_cpu, sim_cpu = cpu_seconds(master.pid), simulator_cpu(sim)
+                    took, status, stderr = timed(
+                        [PYTHON, "-IS", str(BPSH), "--socket", str(work / "bpsh.sock"), "-a", *command]
+                    )
+                    failed = stderr.count("\n") if status else 0
+                    rows.append(
+                        (
+                            f"bpsh -a {name} ({state})",
+                            took,
+                            status,
+                            failed,
+                            cpu_seconds(master.pid) - master_cpu,
+                            simulator_cpu(sim) - sim_cpu,
+                        )
+                    )
+        finally:
+            stop(sim)
+            stop(master)
+        clush = shutil.which("clush")
+        theirs = {}
+        if clush is None:
+            print("clush not installed (apt-get install clustershell): no comparison", file=sys.stderr)
+        else:
+            sshd, ssh = start_sshd(work)
+            try:
+                targets = f"n[1-{args.ssh_targets}]"
+                for name, command in COMMANDS.items():
+                    took, status, stderr = timed(
+                        [clush, "-f", "64", "-S", "-w", targets, *clush_config(work, ssh), *command]
+                    )
+                    theirs[name] = (took, status)
+            finally:
+                stop(sshd)
+    print(f"{'':34s}{'seconds':>9s}{'exit':>6s}{'failed':>8s}{'beoserv cpu':>13s}{'sim cpu':>9s}")
+    for label, took, status, failed, mcpu, scpu in rows:
+        print(f"{label:34s}{took:9.2f}{status:6d}{failed:8d}{mcpu:13.1f}{scpu:9.1f}")
+    for name, (took, status) in theirs.items():
+        ours = next(row[1] for row in rows if row[0] == f"bpsh -a {name} (warm)")
+        per_ours, per_theirs = ours / args.nodes, took / args.ssh_targets
+        print(
+            f"{'clush -f 64 ' + name:34s}{took:9.2f}{status:6d}   on {args.ssh_targets} targets; per target "
+            f"{per_theirs * 1000:.1f} ms vs bpsh warm {per_ours * 1000:.2f} ms: {per_theirs / per_ours:.0f}x"
+        )
+    warm_true = next(row[1] for row in rows if row[0] == "bpsh -a /bin/true (warm)")
+    print(f"warm bpsh -a /bin/true on {args.nodes} nodes: {warm_true:.2f} s   target < 1 s")
+    return 0 if all(row[2] == 0 for row in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
