@@ -160,7 +160,7 @@ class JobHub:
         if not any(digest in self.jobs[job_id].objects for job_id in link.jobs if job_id in self.jobs):
             raise web.HTTPNotFound(text="no such object in this node's jobs\n")
         gone = web.HTTPNotFound(text="no such object: it was never in a manifest, or the file changed since\n")
-        found = self.objects.lookup(digest)
+        found = self.objects.find(digest)
         if found is None:
             raise gone
         try:

@@ -92,9 +92,14 @@ class ObjectStore:
             self._by_hash[found.sha256] = found
         return found
 
-    def lookup(self, sha256: str) -> Digest | None:
-        """The file whose content has this hash now, or None (unknown, or changed since hashed). Whoever
-        opens found.path checks that what it opened still has found.key: it may be replaced meanwhile."""
+    def lookup(self, sha256: str) -> str | None:
+        """The path of a file whose content has this hash now, or None (unknown, or changed since hashed)."""
+        found = self.find(sha256)
+        return found.path if found is not None else None
+
+    def find(self, sha256: str) -> Digest | None:
+        """lookup(), with the stat key the hash is of: whoever opens found.path checks that what it opened
+        still has found.key, since the file may be replaced meanwhile."""
         with self._lock:
             found = self._by_hash.get(sha256)
         if found is None:
