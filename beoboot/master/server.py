@@ -193,6 +193,7 @@ class Beoserv:
         self.exhausted = exhaustion.Tally()  # requests refused for want of descriptors or memory
         self.transfer_refusals = exhaustion.Tally()  # requests refused for want of a transfer slot
         self.transfers = transfers.TransferGate(config.max_transfers)
+        self.open_files_limit: int | None = None  # what serve() raised it to (None: not known, in a test)
         self.jobs = JobHub(self.registry, self.transfers)
         self._hosts = HostTable({})
         self._hosts_due: asyncio.TimerHandle | None = None
@@ -354,6 +355,17 @@ class Beoserv:
         while True:
             await asyncio.sleep(SAMPLE_EVERY)
             self.rates.sample()
+            self.transfers.crowded = self._crowded()
+
+    def _crowded(self) -> bool:
+        """Whether the descriptors left below the open-files limit would not hold every transfer slot."""
+        if self.open_files_limit is None:
+            return False
+        try:
+            fds, _ = process_figures()
+        except OSError:  # EMFILE for the listing itself
+            return True
+        return fds > self.open_files_limit - fdlimit.needed(0, self.config.max_transfers)
 
     async def _reap_forever(self) -> None:
         while True:
@@ -674,8 +686,9 @@ def setup_logging(level: int = logging.INFO) -> None:
     node_log.propagate = False
 
 
-def raise_open_files_limit(config: MasterConfig) -> None:
-    """Before anything is opened: the limit that holds max_nodes and max_transfers, or BeobootError."""
+def raise_open_files_limit(config: MasterConfig) -> int:
+    """Before anything is opened: the limit that holds max_nodes and max_transfers (returned), or
+    BeobootError."""
     before, limit, need = fdlimit.ensure(config.max_nodes, config.max_transfers)
     log.info(
         "open files: limit %d (soft was %d), %d needed for max_nodes = %d and max_transfers = %d",
@@ -685,12 +698,14 @@ def raise_open_files_limit(config: MasterConfig) -> None:
         config.max_nodes,
         config.max_transfers,
     )
+    return limit
 
 
 async def serve(options: ServerOptions, config: MasterConfig, stop: asyncio.Event | None = None) -> None:
-    raise_open_files_limit(config)
+    limit = raise_open_files_limit(config)
     asyncio.get_running_loop().set_exception_handler(exhaustion.LoopExceptionLog())  # before accept() can fail
     server = Beoserv(options, config)
+    server.open_files_limit = limit
     # keepalive_timeout bounds the wait for a whole request head, from the connection's start or the last
     # response (aiohttp closes a connection whose head is incomplete by then), so a client sending it
     # byte by byte is cut off; _read_body bounds the body

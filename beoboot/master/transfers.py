@@ -68,6 +68,9 @@ class TransferGate:
         self.rand = rand
         self.active = 0
         self.refused = 0  # requests told to retry, ever (figures)
+        # set by beoserv from its count of open files: nodes hold more connections than their budget (a
+        # libcache's workers each keep one alive), and what is left below the limit would not hold the slots
+        self.crowded = False
         self._active_by_node: dict[str, int] = {}
         self._queue: dict[str, asyncio.Future[Slot]] = {}  # node -> its one waiting request, oldest first
 
@@ -81,8 +84,9 @@ class TransferGate:
 
     @property
     def contended(self) -> bool:
-        """Whether a transfer's connection is worth closing when it ends: others wait for descriptors."""
-        return bool(self._queue) or self.active >= self.limit
+        """Whether a transfer's connection is worth closing when it ends, rather than kept alive for the
+        node's next request: others wait for a slot, or beoserv is short of descriptors (`crowded`)."""
+        return self.crowded or bool(self._queue) or self.active >= self.limit
 
     async def admit(self, node: str) -> Slot:
         """A slot for a transfer to `node` (a node number, MAC or peer address): at once, after a wait, or

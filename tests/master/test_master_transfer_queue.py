@@ -12,6 +12,7 @@ import requests
 from master_helpers import MasterProcess, publish_files
 
 from agent import protocol as p
+from beoboot.master import fdlimit
 
 MACS = {name: f"52:54:00:00:0e:0{i}" for i, name in enumerate("abc")}
 BIG = 32 << 20  # more than the socket buffers hold: a client that does not read stalls its transfer
@@ -97,3 +98,34 @@ def test_transfers_beyond_the_bound_wait_round_robin_or_are_told_to_retry(master
     wait_for_transfers(master, 0, 0)
     refusals = [line for line in master.log_text().splitlines() if "told to retry" in line]
     assert len(refusals) == 1 and "transfers: 2 under way, 2 waiting" in refusals[0], refusals
+
+
+def test_short_of_descriptors_a_finished_transfer_does_not_keep_its_connection(tmp_path):
+    """Nodes may hold more connections than the two an idle node is budgeted (a libcache keeps its
+    workers' alive between objects): when what is left below the limit would not hold the transfer slots,
+    each transfer's connection is closed when it ends, so idle ones do not take the slots' descriptors."""
+    nodes, slots = 100, 2
+    publish_files(tmp_path / "boot", {"big": os.urandom(1 << 20)})
+    config = tmp_path / "beoserv.toml"
+    config.write_text(f"max_nodes = {nodes}\nmax_transfers = {slots}\n")
+    master = MasterProcess(tmp_path / "boot", tmp_path / "nodes.db", tmp_path / "beoserv.log", config)
+    master.start(hard_open_files=fdlimit.needed(nodes, slots))
+    idle = []
+    try:
+        with requests.Session() as session:
+            assert session.get(master.url + "/big", timeout=10).headers.get("Connection") != "close"
+        idle = [socket.create_connection(address(master)) for _ in range(fdlimit.FDS_PER_NODE * nodes)]
+        deadline = time.monotonic() + 10  # the count of open files is taken every second
+        while requests.get(master.url + "/big", timeout=10).headers.get("Connection") != "close":
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        for conn in idle:
+            conn.close()
+        deadline = time.monotonic() + 10
+        while requests.get(master.url + "/big", timeout=10).headers.get("Connection") == "close":
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    finally:
+        for conn in idle:
+            conn.close()
+        master.stop()
