@@ -5,8 +5,10 @@ downloads, registers nodes, takes heartbeats, events and log lines (agent.protoc
 marks silent nodes down. SIGHUP re-reads the config; SIGUSR1 writes the server's state to the log.
 
 One process for a thousand nodes (Becker: "forking a thousand makes 1 seem like a much better idea"), so
-it must not leak: files are opened per request and closed by aiohttp, connections are aiohttp's, and the
-registry keeps one SQLite connection.
+it must not leak: files are opened per request and closed once sent (beoboot.master.filesend),
+connections are aiohttp's, and the registry keeps two SQLite connections, one of them its writer thread's.
+What it holds at once is bounded: descriptors by the open-files limit checked at start (fdlimit), big
+transfers by max_transfers (transfers), request bodies by BODY_BUDGET.
 """
 
 from __future__ import annotations
