@@ -103,7 +103,7 @@ def parse_floppy_kib(value: Any) -> int:
 
 
 def parse_node_range(value: Any) -> str:
-    from beoboot.artifacts.pxe import parse_node_range as parse
+    from beoboot.artifacts.servers import parse_node_range as parse
 
     expected = 'an address range "FIRST-LAST/PREFIX", e.g. "10.0.2.100-10.0.2.199/24"'
     text = values.one_line(value, expected)

@@ -19,7 +19,7 @@ from agent.schema import Stage
 from beoboot import config, configfile
 from beoboot.artifacts import render
 from beoboot.artifacts.media import kernel_cmdline
-from beoboot.artifacts.pxe import parse_node_range, write_server_configs
+from beoboot.artifacts.servers import parse_node_range, write_server_configs
 from beoboot.errors import ConfigError
 from beoboot.master.config import MasterConfig, load_config, parse_config
 from beoboot.stages import StageSpec, load_stage, pins

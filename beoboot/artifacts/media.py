@@ -18,7 +18,8 @@ from beoboot import stages
 from beoboot.artifacts import BootPayload
 from beoboot.artifacts.floppy import write_floppy
 from beoboot.artifacts.iso import write_iso
-from beoboot.artifacts.pxe import parse_node_range, write_pxe_tree, write_server_configs
+from beoboot.artifacts.pxe import write_pxe_tree
+from beoboot.artifacts.servers import parse_node_range, write_server_configs
 from beoboot.config import Config
 from beoboot.log import log
 
