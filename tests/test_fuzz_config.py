@@ -173,7 +173,9 @@ BUILD_PLAUSIBLE = {
     ("artifacts", "iso_stage"): ["stage1", "stage2"],
     ("artifacts", "floppy_kib"): [1440, 2880],
     ("artifacts", "floppy_mode"): ["auto", "kernel", "network"],
-    ("artifacts", "node_range"): ["10.0.2.100-10.0.2.199/24", "10.54.0.10-10.54.3.250/16"],
+    ("artifacts", "nodes"): [1, 64, 600, 1000],
+    ("artifacts", "node_range"): ["10.0.2.100-10.0.2.199/24", "10.54.0.10-10.54.3.250/16", "10.54.0.10-10.54.7.250/21"],
+    ("artifacts", "lease_time"): ["1d", "12h", "45m", 86400],
     ("artifacts", "proxy_dhcp"): [True, False],
     ("artifacts", "interface"): ["eth0", "br-cluster", "ens3*", "en.1_x"],
     ("artifacts", "console"): ["ttyS0,115200", "ttyS1,9600n8", "tty0"],
@@ -371,6 +373,8 @@ def check_accepted_build_config(cfg: config.Config, scratch) -> None:
         write_server_configs(
             scratch / name,
             node_range=parse_node_range(c.artifacts.node_range),
+            nodes=c.artifacts.nodes,
+            lease_time=c.artifacts.lease_time,
             proxy_dhcp=art.proxy_dhcp,
             http_root=scratch / "srv",
             master_url=c.master_url + "pxe/",
@@ -386,6 +390,7 @@ def check_accepted_build_config(cfg: config.Config, scratch) -> None:
     dnsmasq = written[0].read_text().split("\n")
     assert f"interface={art.interface}" in dnsmasq
     assert f"dhcp-boot=tag:ipxe,{cfg.master_url}pxe/boot.ipxe" in dnsmasq
+    assert art.proxy_dhcp or f"dhcp-range={art.node_range.split('-')[0]}" in "\n".join(dnsmasq)
 
 
 def directive(line: str) -> str:

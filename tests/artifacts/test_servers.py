@@ -1,15 +1,36 @@
-"""The servers' configs: the node range's parser table-tested, and what is written checked by the servers'
-own checkers (dnsmasq --test, nginx -t)."""
+"""The master's server configs: the node range's parser and sizes table-tested, and what is written checked by
+the servers' own checkers (dnsmasq --test, nginx -t). A storm of 1000 nodes against the real dnsmasq:
+tests/integration/test_site_storm_netns.py."""
 
 import shutil
 import subprocess
 
 import pytest
 
-from beoboot.artifacts.servers import parse_node_range, write_server_configs
+from beoboot.artifacts.servers import (
+    dnsmasq_nofile,
+    nodes_fitting,
+    parse_node_range,
+    range_needed,
+    tftp_max,
+    widened,
+    write_server_configs,
+)
 from beoboot.errors import ConfigError
 
 MTIME = 1700000000
+RANGE_1000 = "10.54.0.10-10.54.7.250/21"  # 2033 addresses: 1000 nodes and room to spare
+
+
+def tool(name, package):
+    """The path of a checker build.py installs; skipped only where setup has not run."""
+    path = shutil.which(name)
+    if path is None:
+        pytest.skip(f"needs {name} ({package}): run `python3 build.py setup`")
+    return path
+
+
+# --- the node range ------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -42,22 +63,118 @@ def test_parse_node_range_rejects(text, says):
     assert says in str(err.value) and text.strip() in str(err.value)
 
 
-@pytest.mark.parametrize("proxy", [False, True])
-def test_server_configs_pass_the_servers_own_checks(tmp_path, proxy):
-    dnsmasq, nginx = write_server_configs(
+@pytest.mark.parametrize(
+    "text, addresses",
+    [
+        ("10.54.0.10-10.54.0.250", 241),
+        ("10.54.0.1-10.54.3.254/22", 1022),  # in 10/8 dnsmasq hands out .0 and .255 too
+        (RANGE_1000, 2033),
+        ("192.168.0.1-192.168.0.254", 254),
+        ("192.168.0.1-192.168.3.254/22", 1016),  # in the old class C it skips .0 and .255: 3 of each here
+        ("223.255.255.250-224.0.0.5/2", 11),  # .255 skipped below 224.0.0.0, nothing above
+    ],
+)
+def test_a_range_holds_the_addresses_dnsmasq_hands_out(text, addresses):
+    assert parse_node_range(text).addresses == addresses
+
+
+@pytest.mark.parametrize("nodes, needed", [(1, 2), (2, 3), (64, 96), (1000, 1500), (1001, 1502)])
+def test_a_range_needs_the_nodes_and_half_as_many_again(nodes, needed):
+    assert range_needed(nodes) == needed
+
+
+def test_nodes_fitting_is_the_inverse_of_range_needed():
+    for addresses in range(2, 3000):
+        nodes = nodes_fitting(addresses)
+        assert range_needed(nodes) <= addresses < range_needed(nodes + 1), addresses
+
+
+@pytest.mark.parametrize(
+    "text, needed, expected",
+    [
+        ("10.0.2.100-10.0.2.199/24", 96, "10.0.2.100-10.0.2.195/24"),  # fits: the same prefix
+        ("10.0.2.100-10.0.2.199/24", 1500, "10.0.2.100-10.0.8.63/20"),  # 10.0.8.63 is past the /21
+        ("192.168.0.10-192.168.0.200/24", 1500, "192.168.0.10-192.168.5.239/21"),  # 10 .0s and .255s skipped
+        ("255.255.255.1-255.255.255.10/24", 1000, None),  # no IPv4 network holds it
+    ],
+)
+def test_widened_range_holds_what_is_needed(text, needed, expected):
+    wider = widened(parse_node_range(text), needed)
+    assert wider == expected
+    if wider is not None:
+        assert parse_node_range(wider).addresses >= needed
+
+
+@pytest.mark.parametrize("nodes, dnsmasq", [(1, 66), (64, 192), (1000, 2064), (10000, 20064)])
+def test_dnsmasqs_open_files_hold_tftp_max(nodes, dnsmasq):
+    assert dnsmasq_nofile(nodes) == dnsmasq and tftp_max(nodes) == nodes
+    assert dnsmasq_nofile(nodes) - 50 >= tftp_max(nodes)  # dnsmasq keeps 50 for itself, the rest for TFTP
+
+
+# --- what is written, checked by the servers themselves -------------------------------------------------
+
+
+def server_configs(tmp_path, proxy=False, nodes=1000, text=RANGE_1000):
+    return write_server_configs(
         tmp_path,
-        node_range=parse_node_range("10.54.0.10-10.54.0.250"),
+        node_range=parse_node_range(text),
+        nodes=nodes,
+        lease_time="1d",
         proxy_dhcp=proxy,
         http_root=tmp_path / "tree",
-        master_url="http://10.54.0.1",
+        master_url="http://10.54.0.1:8080/pxe/",
         mtime=MTIME,
         http_listen="127.0.0.1:8080",
     )
-    text = dnsmasq.read_text()
-    assert ("dhcp-range=10.54.0.0,proxy,255.255.255.0" in text) is proxy
-    assert ("dhcp-range=10.54.0.10,10.54.0.250,255.255.255.0,12h" in text) is not proxy
-    assert "dhcp-boot=tag:ipxe,http://10.54.0.1/boot.ipxe" in text
-    if shutil.which("dnsmasq"):
-        subprocess.run(["dnsmasq", "--test", "-C", str(dnsmasq)], check=True, capture_output=True)
-    if shutil.which("nginx"):
-        subprocess.run(["nginx", "-t", "-c", str(nginx)], check=True, capture_output=True)
+
+
+def directives(path):
+    return [line for line in path.read_text().splitlines() if line and not line.startswith("#")]
+
+
+@pytest.mark.parametrize("proxy", [False, True])
+def test_server_configs_pass_the_servers_own_checks(tmp_path, proxy):
+    dnsmasq, nginx = server_configs(tmp_path, proxy)
+    lines = directives(dnsmasq)
+    assert ("dhcp-range=10.54.0.0,proxy,255.255.248.0" in lines) is proxy
+    assert ("dhcp-range=10.54.0.10,10.54.7.250,255.255.248.0,1d" in lines) is not proxy
+    assert "dhcp-boot=tag:ipxe,http://10.54.0.1:8080/pxe/boot.ipxe" in lines
+    assert "tftp-max=1000" in lines and "tftp-secure" not in lines
+    subprocess.run(
+        [tool("dnsmasq", "dnsmasq-base"), "--test", f"--conf-file={dnsmasq}"], check=True, capture_output=True
+    )
+    subprocess.run([tool("nginx", "nginx-light"), "-t", "-c", str(nginx)], check=True, capture_output=True)
+
+
+def test_dnsmasq_conf_is_sized_for_1000_nodes(tmp_path):
+    dnsmasq, _ = server_configs(tmp_path)
+    lines = directives(dnsmasq)
+    # every address of the range may be leased (dnsmasq's default is 1000), no ping, no reply delay
+    for line in ("dhcp-lease-max=2033", "tftp-max=1000", "no-ping", "dhcp-authoritative"):
+        assert line in lines
+    assert "dhcp-leasefile=/run/beoboot-dnsmasq.leases" in lines
+    assert not any(line.startswith("dhcp-reply-delay") for line in lines)
+    # the Run line starts dnsmasq with room for tftp-max, which dnsmasq would cut to fit a smaller limit
+    assert (
+        f"# Run (as root): prlimit --nofile=2064 dnsmasq --keep-in-foreground --conf-file={dnsmasq}"
+        in dnsmasq.read_text()
+    )
+
+
+def test_dnsmasq_conf_beside_another_dhcp_server_hands_out_no_leases(tmp_path):
+    lines = directives(server_configs(tmp_path, proxy=True)[0])
+    assert not any(line.startswith(("dhcp-lease", "dhcp-authoritative", "no-ping")) for line in lines)
+    assert "tftp-max=1000" in lines
+
+
+def test_server_configs_default_to_the_embedded_configs_sizes(tmp_path):
+    dnsmasq, _ = write_server_configs(
+        tmp_path,
+        node_range=parse_node_range("10.0.2.100-10.0.2.199/24"),
+        proxy_dhcp=False,
+        http_root=tmp_path,
+        master_url="http://10.0.2.2:8080/",
+        mtime=MTIME,
+    )
+    lines = directives(dnsmasq)
+    assert "tftp-max=64" in lines and "dhcp-range=10.0.2.100,10.0.2.199,255.255.255.0,1d" in lines
