@@ -139,6 +139,15 @@ def parse_lease_time(value: Any) -> str:
     return text
 
 
+def parse_program(value: Any) -> str:
+    """An absolute path that systemd takes as one word of a command line, and expands nothing in."""
+    expected = 'an absolute path without spaces, quotes, "%", "$" or "\\", such as "/usr/local/bin/beoserv"'
+    path = values.name(value, expected)
+    if not path.startswith("/") or any(c in path for c in "%$\\\"';"):
+        raise ValueError(expected)
+    return path
+
+
 def parse_words(value: Any) -> str:
     words = values.kernel_words(value)
     try:  # a beoboot.* word the agent would refuse at boot is refused now
@@ -210,6 +219,7 @@ class ArtifactsConfig:
         "serial console of the nodes, e.g. ttyS0,115200",
     )
     append: str = setting(parse_words, "more kernel command-line words for every node kernel")
+    beoserv: str = setting(parse_program, "where beoserv is on the master, for server/beoserv.service")
 
 
 @dataclass(frozen=True)

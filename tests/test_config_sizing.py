@@ -1,5 +1,5 @@
-"""The [artifacts] keys that size the master's servers (nodes, node_range, lease_time): checked when the file
-is read, with errors that name the file, the key and what to write instead."""
+"""The [artifacts] keys that size the master's servers (nodes, node_range, lease_time, beoserv): checked when
+the file is read, with errors that name the file, the key and what to write instead."""
 
 import pytest
 
@@ -29,7 +29,7 @@ def test_the_embedded_default_range_holds_its_nodes():
 
 def test_a_site_of_1000_nodes_with_a_range_to_match(tmp_path):
     art = load(tmp_path, 'nodes = 1000\nnode_range = "10.54.0.10-10.54.7.250/21"\n')
-    assert (art.nodes, art.lease_time) == (1000, "1d")
+    assert (art.nodes, art.lease_time, art.beoserv) == (1000, "1d", "/usr/local/bin/beoserv")
 
 
 def test_a_range_too_small_for_the_nodes_names_both_keys_and_a_range_that_fits(tmp_path):
@@ -77,3 +77,12 @@ def test_a_node_count_is_a_whole_number(tmp_path, value):
     text = f'nodes = "{value}"\n' if isinstance(value, str) else f"nodes = {str(value).lower()}\n"
     err = refused(tmp_path, text)
     assert "artifacts.nodes" in err.message and "a number of nodes from 1 to 65536" in err.message
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["beoserv", "/opt/beo serv", "/opt/%h/beoserv", "/opt/$HOME/beoserv", '/opt/\\"x', "/opt/x;y", "/opt/x\\ny"],
+)
+def test_beoserv_is_an_absolute_path_systemd_takes_as_it_is(tmp_path, value):
+    err = refused(tmp_path, f'beoserv = "{value}"\n')
+    assert "artifacts.beoserv" in err.message and "/usr/local/bin/beoserv" in err.message

@@ -19,7 +19,7 @@ from beoboot.artifacts import BootPayload
 from beoboot.artifacts.floppy import write_floppy
 from beoboot.artifacts.iso import write_iso
 from beoboot.artifacts.pxe import write_pxe_tree
-from beoboot.artifacts.servers import NGINX_STATE_DIR, parse_node_range, write_server_configs
+from beoboot.artifacts.servers import NGINX_STATE_DIR, parse_node_range, write_beoserv_unit, write_server_configs
 from beoboot.config import Config
 from beoboot.log import log
 
@@ -106,6 +106,16 @@ def write_all(
             interface=art.interface,
             state_dir=NGINX_STATE_DIR,
             installed_dir=Path(SERVER_ROOT_PLACEHOLDER) / SERVER_DIR,
+        )
+        files.append(
+            write_beoserv_unit(
+                build_dir / SERVER_DIR,
+                nodes=art.nodes,
+                beoserv=art.beoserv,
+                root=Path(SERVER_ROOT_PLACEHOLDER),
+                master_url=config.master_url,
+                mtime=mtime,
+            )
         )
         return [WrittenArtifact("server-config", str(f.relative_to(build_dir))) for f in files]
 

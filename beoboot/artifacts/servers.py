@@ -1,5 +1,5 @@
 """The configs of the master's servers, sized for the site's node count ([artifacts] nodes): dnsmasq (DHCP or
-proxy DHCP, and TFTP for the network-boot tree) and nginx (HTTP for the same tree).
+proxy DHCP, and TFTP for the network-boot tree), nginx (HTTP for the same tree) and beoserv's systemd unit.
 
 What each size is, and why (measured with tests/integration/test_site_storm_netns.py, 1000 nodes):
     node_range       nodes and half as many again (range_needed): dnsmasq does not hold an address it
@@ -8,6 +8,7 @@ What each size is, and why (measured with tests/integration/test_site_storm_netn
     dhcp-lease-max   every address of the range (dnsmasq's default is 1000 leases)
     tftp-max         nodes: a node fetches one file at a time, and a boot storm is every node at once
     dnsmasq's files  2 x tftp-max + 64 (dnsmasq_nofile), in the Run line of dnsmasq.conf
+    beoserv's files  4 x nodes + 1024, at least 8192 (beoserv_nofile), the unit's LimitNOFILE
 """
 
 from __future__ import annotations
@@ -16,18 +17,22 @@ import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from beoboot.artifacts import render, write_text
 from beoboot.artifacts.floppy import BOOT_SCRIPT
 from beoboot.errors import ConfigError
+from beoboot.master.bpsh.client import DEFAULT_SOCKET
 
 if TYPE_CHECKING:
     from beoboot.config import ArtifactsConfig
 
-DNSMASQ_CONF, NGINX_CONF = "dnsmasq.conf", "nginx.conf"
-# Where the master keeps its state.
+DNSMASQ_CONF, NGINX_CONF, BEOSERV_UNIT = "dnsmasq.conf", "nginx.conf", "beoserv.service"
+# Where the master keeps its state; systemd makes it for beoserv (StateDirectory=) and nginx's is inside.
 STATE_DIR = Path("/var/lib/beoboot")
 NGINX_STATE_DIR = STATE_DIR / "nginx"
+REGISTRY = STATE_DIR / "nodes.db"
+MASTER_CONFIG = Path("/etc/beoboot/beoserv.toml")
 # dnsmasq rewrites and fsyncs its whole lease file for every lease it grants or renews: in /run (RAM) that
 # costs nothing, and what a reboot loses, dhcp-authoritative rebuilds from the nodes' renewals.
 DNSMASQ_LEASES = Path("/run/beoboot-dnsmasq.leases")
@@ -133,6 +138,20 @@ def dnsmasq_nofile(nodes: int) -> int:
     return 2 * tftp_max(nodes) + 64
 
 
+def beoserv_nofile(nodes: int) -> int:
+    """beoserv's open-file limit: about 2 sockets per idle node (its job link and its heartbeats), 2 more
+    for a node that boots (a download and the file it reads), and 1024 for the rest (bpsh clients with the
+    3 descriptors each hands over, the registry, logs, listeners); never below 8192."""
+    return max(8192, 4 * nodes + 1024)
+
+
+def listen_address(master_url: str) -> str:
+    """beoserv's --listen: every address (the master URL's host is the master as the nodes see it, which may
+    not be an address of its own, e.g. QEMU's 10.0.2.2), on the URL's port."""
+    url = urlsplit(master_url)
+    return f"0.0.0.0:{url.port or (443 if url.scheme == 'https' else 80)}"
+
+
 # -- the files
 
 
@@ -197,6 +216,25 @@ def write_server_configs(
         write_text(outdir / DNSMASQ_CONF, dnsmasq, mtime=mtime),
         write_text(outdir / NGINX_CONF, nginx, mtime=mtime),
     ]
+
+
+def write_beoserv_unit(outdir: Path, *, nodes: int, beoserv: str, root: Path, master_url: str, mtime: int) -> Path:
+    """beoserv.service in `outdir`: `beoserv` (its path on the master) serving the tree at `root` to
+    `nodes` nodes, on the port of `master_url`."""
+    unit = render(
+        "beoserv.service.j2",
+        nodes=nodes,
+        beoserv=beoserv,
+        root=Path(root).absolute(),
+        db=REGISTRY,
+        listen=listen_address(master_url),
+        config=MASTER_CONFIG,
+        bpsh_socket=DEFAULT_SOCKET,
+        nofile=beoserv_nofile(nodes),
+        state_directory=STATE_DIR.relative_to("/var/lib"),
+        runtime_directory=Path(DEFAULT_SOCKET).parent.relative_to("/run"),
+    )
+    return write_text(Path(outdir).absolute() / BEOSERV_UNIT, unit, mtime=mtime)
 
 
 def default_artifacts() -> ArtifactsConfig:

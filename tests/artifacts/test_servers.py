@@ -1,25 +1,34 @@
 """The master's server configs: the node range's parser and sizes table-tested, and what is written checked by
-the servers' own checkers (dnsmasq --test, nginx -t). A storm of 1000 nodes against the real dnsmasq:
-tests/integration/test_site_storm_netns.py."""
+the servers' own checkers (dnsmasq --test, nginx -t, systemd-analyze verify) and beoserv's own argument parser.
+A storm of 1000 nodes against the real dnsmasq: tests/integration/test_site_storm_netns.py."""
 
+import shlex
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from beoboot.artifacts.servers import (
+    beoserv_nofile,
     dnsmasq_nofile,
+    listen_address,
     nodes_fitting,
     parse_node_range,
     range_needed,
     tftp_max,
     widened,
+    write_beoserv_unit,
     write_server_configs,
 )
 from beoboot.errors import ConfigError
+from beoboot.master.cli import beoserv_parser
 
 MTIME = 1700000000
 RANGE_1000 = "10.54.0.10-10.54.7.250/21"  # 2033 addresses: 1000 nodes and room to spare
+# beoserv as build.py installs it: a console script beside the interpreter of the virtualenv
+BEOSERV = Path(sys.executable).parent / "beoserv"
 
 
 def tool(name, package):
@@ -105,10 +114,27 @@ def test_widened_range_holds_what_is_needed(text, needed, expected):
         assert parse_node_range(wider).addresses >= needed
 
 
-@pytest.mark.parametrize("nodes, dnsmasq", [(1, 66), (64, 192), (1000, 2064), (10000, 20064)])
-def test_dnsmasqs_open_files_hold_tftp_max(nodes, dnsmasq):
+@pytest.mark.parametrize(
+    "nodes, beoserv, dnsmasq",
+    [(1, 8192, 66), (64, 8192, 192), (1000, 8192, 2064), (2000, 9024, 4064), (10000, 41024, 20064)],
+)
+def test_open_file_limits_grow_with_the_nodes(nodes, beoserv, dnsmasq):
+    assert beoserv_nofile(nodes) == beoserv and beoserv >= 4 * nodes + 1024
     assert dnsmasq_nofile(nodes) == dnsmasq and tftp_max(nodes) == nodes
     assert dnsmasq_nofile(nodes) - 50 >= tftp_max(nodes)  # dnsmasq keeps 50 for itself, the rest for TFTP
+
+
+@pytest.mark.parametrize(
+    "url, listen",
+    [
+        ("http://10.0.2.2:8080/", "0.0.0.0:8080"),
+        ("http://m/", "0.0.0.0:80"),
+        ("https://[fd00::1]:8443/boot", "0.0.0.0:8443"),
+        ("https://master.cluster/", "0.0.0.0:443"),
+    ],
+)
+def test_beoserv_listens_on_every_address_at_the_master_urls_port(url, listen):
+    assert listen_address(url) == listen
 
 
 # --- what is written, checked by the servers themselves -------------------------------------------------
@@ -178,3 +204,60 @@ def test_server_configs_default_to_the_embedded_configs_sizes(tmp_path):
     )
     lines = directives(dnsmasq)
     assert "tftp-max=64" in lines and "dhcp-range=10.0.2.100,10.0.2.199,255.255.255.0,1d" in lines
+
+
+def beoserv_unit(tmp_path, beoserv=BEOSERV, nodes=1000):
+    return write_beoserv_unit(
+        tmp_path,
+        nodes=nodes,
+        beoserv=str(beoserv),
+        root=Path("/srv/beoboot"),
+        master_url="http://10.54.0.1:8080/",
+        mtime=MTIME,
+    )
+
+
+def verify(unit):
+    """systemd-analyze verify: a unit systemd would load as it is, with every program it runs there."""
+    return subprocess.run([tool("systemd-analyze", "systemd"), "verify", str(unit)], capture_output=True, text=True)
+
+
+def test_beoserv_unit_passes_systemd_analyze_verify(tmp_path):
+    assert BEOSERV.is_file(), "build.py installs beoserv into the virtualenv"
+    result = verify(beoserv_unit(tmp_path))
+    assert (result.returncode, result.stderr, result.stdout) == (0, "", "")
+
+
+def test_systemd_analyze_verify_finds_a_beoserv_that_is_not_there(tmp_path):
+    result = verify(beoserv_unit(tmp_path, beoserv=tmp_path / "no-beoserv"))
+    assert result.returncode != 0 and f"{tmp_path}/no-beoserv" in result.stderr
+
+
+def unit_settings(unit):
+    settings = {}
+    for line in directives(unit):
+        key, _, value = line.partition("=")
+        settings[key] = value
+    return settings
+
+
+@pytest.mark.parametrize("nodes, nofile", [(64, 8192), (1000, 8192), (4000, 17024)])
+def test_beoserv_unit_is_sized_and_restarted(tmp_path, nodes, nofile):
+    settings = unit_settings(beoserv_unit(tmp_path, nodes=nodes))
+    assert settings["LimitNOFILE"] == str(nofile) and int(nofile) >= max(8192, 4 * nodes + 1024)
+    assert settings["Restart"] == "on-failure" and settings["KillMode"] == "mixed"
+    assert settings["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    assert settings["After"] == "network-online.target" and settings["Wants"] == "network-online.target"
+    assert (settings["StateDirectory"], settings["RuntimeDirectory"]) == ("beoboot", "beoserv")
+
+
+def test_beoserv_unit_runs_beoserv_with_its_real_flags(tmp_path):
+    words = shlex.split(unit_settings(beoserv_unit(tmp_path))["ExecStart"])
+    assert words[0] == str(BEOSERV)
+    args = beoserv_parser().parse_args(words[1:])  # beoserv's own parser: a flag it lacks would exit here
+    assert (args.root, args.db, args.config) == (
+        Path("/srv/beoboot"),
+        Path("/var/lib/beoboot/nodes.db"),
+        Path("/etc/beoboot/beoserv.toml"),
+    )
+    assert (args.listen, args.bpsh_socket) == ("0.0.0.0:8080", "/run/beoserv/bpsh.sock")
