@@ -56,6 +56,7 @@ APT_PACKAGES = [
     "gzip",
     "dnsmasq-base",
     "nginx-light",
+    "systemd",  # systemd-analyze verifies the beoserv.service a build writes
     "iproute2",
     "dracut-core",
     "pciutils",

@@ -103,7 +103,7 @@ def parse_floppy_kib(value: Any) -> int:
 
 
 def parse_node_range(value: Any) -> str:
-    from beoboot.artifacts.pxe import parse_node_range as parse
+    from beoboot.artifacts.servers import parse_node_range as parse
 
     expected = 'an address range "FIRST-LAST/PREFIX", e.g. "10.0.2.100-10.0.2.199/24"'
     text = values.one_line(value, expected)
@@ -114,6 +114,38 @@ def parse_node_range(value: Any) -> str:
     except Exception:  # noqa: BLE001 -- any parse failure is the same wrong value to the user
         raise ValueError(expected) from None
     return text
+
+
+MAX_NODES = 65536
+
+
+def parse_nodes(value: Any) -> int:
+    return values.whole(value, 1, MAX_NODES, "a number of nodes")
+
+
+LEASE_UNITS = {"": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+LEASE_MIN, LEASE_MAX = 120, 0xFFFFFFFE  # dnsmasq's shortest; the longest a DHCP lease field holds (all ones: infinite)
+
+
+def parse_lease_time(value: Any) -> str:
+    """A dnsmasq lease time: seconds, or minutes, hours, days or weeks ("45m", "12h", "1d", "1w")."""
+    expected = 'a lease time such as "1d", "12h", "45m" or 86400 (seconds), from 2 minutes to 136 years'
+    text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    if not isinstance(text, str) or not text.isascii() or len(text) > 12:
+        raise ValueError(expected)
+    number, unit = (text[:-1], text[-1]) if text[-1:] in LEASE_UNITS else (text, "")
+    if not number.isdigit() or not LEASE_MIN <= int(number) * LEASE_UNITS[unit] <= LEASE_MAX:
+        raise ValueError(expected)
+    return text
+
+
+def parse_program(value: Any) -> str:
+    """An absolute path that systemd takes as one word of a command line, and expands nothing in."""
+    expected = 'an absolute path without spaces, quotes, "%", "$" or "\\", such as "/usr/local/bin/beoserv"'
+    path = values.name(value, expected)
+    if not path.startswith("/") or any(c in path for c in "%$\\\"';"):
+        raise ValueError(expected)
+    return path
 
 
 def parse_words(value: Any) -> str:
@@ -177,7 +209,9 @@ class ArtifactsConfig:
     iso_stage: str = setting(parse_iso_stage, "which stage the ISO boots")
     floppy_kib: int = setting(parse_floppy_kib, "floppy size: 1440 or 2880 KiB")
     floppy_mode: str = setting(one_of("auto", "kernel", "network"), "kernel+ramdisk floppy or iPXE booster")
-    node_range: str = setting(parse_node_range, "DHCP range of the nodes, for dnsmasq.conf")
+    nodes: int = setting(parse_nodes, "how many nodes the master serves: the server configs are sized for them")
+    node_range: str = setting(parse_node_range, "DHCP range of the nodes: at least nodes + nodes/2 addresses")
+    lease_time: str = setting(parse_lease_time, "DHCP lease time of the nodes; they renew at half of it")
     proxy_dhcp: bool = setting(boolean, "dnsmasq as proxy-DHCP beside an existing DHCP server")
     interface: str = setting(values.interface, "the master's interface on the cluster network")
     console: str = setting(
@@ -185,6 +219,7 @@ class ArtifactsConfig:
         "serial console of the nodes, e.g. ttyS0,115200",
     )
     append: str = setting(parse_words, "more kernel command-line words for every node kernel")
+    beoserv: str = setting(parse_program, "where beoserv is on the master, for server/beoserv.service")
 
 
 @dataclass(frozen=True)
@@ -250,6 +285,7 @@ def load(path: str | os.PathLike[str] | None = None, environ: dict[str, str] | N
         )
     _check_agent_unpackable(tables["images"], origin)
     _check_disk_formattable(tables["build"], origin)
+    _check_range_holds_nodes(tables["artifacts"], origin)
     return _config(tables, origin)
 
 
@@ -283,6 +319,25 @@ def _check_disk_formattable(build: dict[str, Any], origin: str) -> None:
             hint=f'set libcache_fstype = "ext4", or make the {fstype} filesystem on each disk yourself and set '
             '[build] libcache_format = "never"',
         )
+
+
+def _check_range_holds_nodes(artifacts: dict[str, Any], origin: str) -> None:
+    """The DHCP range holds the nodes with room to spare (beoboot.artifacts.servers.range_needed). Beside
+    another DHCP server (proxy_dhcp), the addresses are that server's, and only the network is used."""
+    from beoboot.artifacts.servers import nodes_fitting, parse_node_range, range_needed, widened
+
+    nodes, text = artifacts["nodes"], artifacts["node_range"]
+    node_range, needed = parse_node_range(text), range_needed(nodes)
+    if artifacts["proxy_dhcp"] or node_range.addresses >= needed:
+        return
+    wider = widened(node_range, needed)
+    raise ConfigError(
+        f"{origin}: artifacts.node_range = {text!r} has {node_range.addresses} addresses, too few for "
+        f"artifacts.nodes = {nodes}: a range needs the nodes and half as many again ({needed}), or nodes booting "
+        "together are offered the same address, and a replaced node's old lease keeps its address for lease_time",
+        hint=(f'widen it, e.g. node_range = "{wider}"; ' if wider else f"give a range of {needed} addresses; ")
+        + f"or set nodes = {nodes_fitting(node_range.addresses)} or fewer",
+    )
 
 
 def render_toml(config: Config) -> str:

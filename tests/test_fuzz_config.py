@@ -19,7 +19,7 @@ from agent.schema import Stage
 from beoboot import config, configfile
 from beoboot.artifacts import render
 from beoboot.artifacts.media import kernel_cmdline
-from beoboot.artifacts.pxe import parse_node_range, write_server_configs
+from beoboot.artifacts.servers import parse_node_range, write_beoserv_unit, write_server_configs
 from beoboot.errors import ConfigError
 from beoboot.master.config import MasterConfig, load_config, parse_config
 from beoboot.stages import StageSpec, load_stage, pins
@@ -173,7 +173,10 @@ BUILD_PLAUSIBLE = {
     ("artifacts", "iso_stage"): ["stage1", "stage2"],
     ("artifacts", "floppy_kib"): [1440, 2880],
     ("artifacts", "floppy_mode"): ["auto", "kernel", "network"],
-    ("artifacts", "node_range"): ["10.0.2.100-10.0.2.199/24", "10.54.0.10-10.54.3.250/16"],
+    ("artifacts", "nodes"): [1, 64, 600, 1000],
+    ("artifacts", "node_range"): ["10.0.2.100-10.0.2.199/24", "10.54.0.10-10.54.3.250/16", "10.54.0.10-10.54.7.250/21"],
+    ("artifacts", "lease_time"): ["1d", "12h", "45m", 86400],
+    ("artifacts", "beoserv"): ["/usr/local/bin/beoserv", "/opt/beoboot/.venv/bin/beoserv"],
     ("artifacts", "proxy_dhcp"): [True, False],
     ("artifacts", "interface"): ["eth0", "br-cluster", "ens3*", "en.1_x"],
     ("artifacts", "console"): ["ttyS0,115200", "ttyS1,9600n8", "tty0"],
@@ -365,19 +368,31 @@ def check_accepted_build_config(cfg: config.Config, scratch) -> None:
             initrd="initrd.img",
         )
     assert_same_lines("floppy-booster.ipxe.j2", {"script_url": f"{cfg.master_url}pxe/boot.ipxe"})
-    # dnsmasq.conf and nginx.conf: the same directives, line for line, as with the embedded default
+    # dnsmasq.conf, nginx.conf and beoserv.service: the same directives, line for line, as with the default
     default = config.load(environ={})
     written, reference = (
-        write_server_configs(
-            scratch / name,
-            node_range=parse_node_range(c.artifacts.node_range),
-            proxy_dhcp=art.proxy_dhcp,
-            http_root=scratch / "srv",
-            master_url=c.master_url + "pxe/",
-            mtime=c.source_date_epoch,
-            interface=c.artifacts.interface,
-            state_dir=scratch / "state",
-        )
+        [
+            *write_server_configs(
+                scratch / name,
+                node_range=parse_node_range(c.artifacts.node_range),
+                nodes=c.artifacts.nodes,
+                lease_time=c.artifacts.lease_time,
+                proxy_dhcp=art.proxy_dhcp,
+                http_root=scratch / "srv",
+                master_url=c.master_url + "pxe/",
+                mtime=c.source_date_epoch,
+                interface=c.artifacts.interface,
+                state_dir=scratch / "state",
+            ),
+            write_beoserv_unit(
+                scratch / name,
+                nodes=c.artifacts.nodes,
+                beoserv=c.artifacts.beoserv,
+                root=scratch / "srv",
+                master_url=c.master_url,
+                mtime=c.source_date_epoch,
+            ),
+        ]
         for name, c in (("site", cfg), ("default", default))
     )
     for mine, theirs in zip(written, reference):
@@ -386,6 +401,9 @@ def check_accepted_build_config(cfg: config.Config, scratch) -> None:
     dnsmasq = written[0].read_text().split("\n")
     assert f"interface={art.interface}" in dnsmasq
     assert f"dhcp-boot=tag:ipxe,{cfg.master_url}pxe/boot.ipxe" in dnsmasq
+    assert art.proxy_dhcp or f"dhcp-range={art.node_range.split('-')[0]}" in "\n".join(dnsmasq)
+    exec_start = next(line for line in written[2].read_text().split("\n") if line.startswith("ExecStart="))
+    assert exec_start.split()[0] == f"ExecStart={art.beoserv}"
 
 
 def directive(line: str) -> str:

@@ -20,6 +20,7 @@ from beoboot.errors import ConfigError, ToolError
 from beoboot.stages import TEMPLATES_DIR
 
 BOOT_TEMPLATES = TEMPLATES_DIR / "boot"
+SERVER_TEMPLATES = TEMPLATES_DIR / "server"
 
 
 @dataclass(frozen=True)
@@ -64,9 +65,10 @@ GRUB_EFI_MODULES = DebianFile(Path("/usr/lib/grub/x86_64-efi/linux.mod"), "grub-
 
 
 def render(template: str, **context: object) -> str:
-    """Render templates/boot/`template`; a variable the caller forgot is an error, not an empty string."""
+    """Render `template` of templates/boot/ (boot loaders) or templates/server/ (the master's servers); a
+    variable the caller forgot is an error, not an empty string."""
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(BOOT_TEMPLATES),
+        loader=jinja2.FileSystemLoader([BOOT_TEMPLATES, SERVER_TEMPLATES]),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         autoescape=False,
@@ -120,7 +122,8 @@ def run_tool(cmd: Sequence[str | os.PathLike[str]], *, mtime: int, package: str)
 # Re-exported last: the writers import the helpers above from this package.
 from beoboot.artifacts.floppy import FloppyKind, FloppyMode, FloppyResult, write_floppy  # noqa: E402
 from beoboot.artifacts.iso import write_iso  # noqa: E402
-from beoboot.artifacts.pxe import NodeRange, parse_node_range, write_pxe_tree, write_server_configs  # noqa: E402
+from beoboot.artifacts.pxe import write_pxe_tree  # noqa: E402
+from beoboot.artifacts.servers import NodeRange, parse_node_range, write_server_configs  # noqa: E402
 
 __all__ = [
     "BootPayload",

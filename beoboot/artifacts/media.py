@@ -18,7 +18,8 @@ from beoboot import stages
 from beoboot.artifacts import BootPayload
 from beoboot.artifacts.floppy import write_floppy
 from beoboot.artifacts.iso import write_iso
-from beoboot.artifacts.pxe import parse_node_range, write_pxe_tree, write_server_configs
+from beoboot.artifacts.pxe import write_pxe_tree
+from beoboot.artifacts.servers import NGINX_STATE_DIR, parse_node_range, write_beoserv_unit, write_server_configs
 from beoboot.config import Config
 from beoboot.log import log
 
@@ -95,14 +96,26 @@ def write_all(
         files = write_server_configs(
             build_dir / SERVER_DIR,
             node_range=parse_node_range(art.node_range),
+            nodes=art.nodes,
+            lease_time=art.lease_time,
             proxy_dhcp=art.proxy_dhcp,
             http_root=Path(SERVER_ROOT_PLACEHOLDER),
             tftp_root=Path(SERVER_ROOT_PLACEHOLDER) / PXE_DIR,
             master_url=pxe_url,
             mtime=mtime,
             interface=art.interface,
-            state_dir=Path("/var/lib/beoboot/nginx"),
+            state_dir=NGINX_STATE_DIR,
             installed_dir=Path(SERVER_ROOT_PLACEHOLDER) / SERVER_DIR,
+        )
+        files.append(
+            write_beoserv_unit(
+                build_dir / SERVER_DIR,
+                nodes=art.nodes,
+                beoserv=art.beoserv,
+                root=Path(SERVER_ROOT_PLACEHOLDER),
+                master_url=config.master_url,
+                mtime=mtime,
+            )
         )
         return [WrittenArtifact("server-config", str(f.relative_to(build_dir))) for f in files]
 
@@ -114,5 +127,5 @@ def write_all(
 
 
 # The server configs are written before the output directory is known to be final (and must not depend
-# on it, to stay reproducible): they name /srv/beoboot, where `beoserv`/nginx is told to find the tree.
+# on it, to stay reproducible): they name /srv/beoboot, where beoserv, nginx and dnsmasq find the tree.
 SERVER_ROOT_PLACEHOLDER = "/srv/beoboot"

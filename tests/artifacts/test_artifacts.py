@@ -1,5 +1,5 @@
 """Boot artifacts: parsers and plans table-tested; writers checked for reproducible bytes and with
-independent tools (xorriso, mdir, dnsmasq --test, nginx -t). QEMU boots: test_media_boot.py.
+independent tools (xorriso, mdir). The server configs: test_servers.py. QEMU boots: test_media_boot.py.
 """
 
 import io
@@ -15,11 +15,9 @@ import pytest
 from beoboot.artifacts import (
     LDLINUX_C32,
     BootPayload,
-    parse_node_range,
     write_floppy,
     write_iso,
     write_pxe_tree,
-    write_server_configs,
 )
 from beoboot.artifacts.esp import FatGeometry, fat_directories, free_bytes, parse_fat_geometry
 from beoboot.artifacts.floppy import FloppyItem, FloppyKind, FloppyMode, plan_floppy
@@ -43,36 +41,6 @@ def tiny_payload(tmp_path):
 
 
 # --- parsers and plans ---------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "text, first, last, network",
-    [
-        ("10.54.0.10-10.54.0.250", "10.54.0.10", "10.54.0.250", "10.54.0.0/24"),
-        ("10.54.0.10-10.54.3.250/22", "10.54.0.10", "10.54.3.250", "10.54.0.0/22"),
-        (" 192.168.1.2 - 192.168.1.9 ", "192.168.1.2", "192.168.1.9", "192.168.1.0/24"),
-    ],
-)
-def test_parse_node_range(text, first, last, network):
-    parsed = parse_node_range(text)
-    assert (str(parsed.first), str(parsed.last), str(parsed.network)) == (first, last, network)
-
-
-@pytest.mark.parametrize(
-    "text, says",
-    [
-        ("10.54.0.10", "no '-'"),
-        ("10.54.0.300-10.54.0.4", "10.54.0.300"),
-        ("10.54.0.20-10.54.0.10", "ends before it starts"),
-        ("10.54.0.10-10.54.1.10", "outside 10.54.0.0/24"),
-        ("10.54.0.0-10.54.0.10", "network or broadcast"),
-        ("10.54.0.1-10.54.0.9/x", "10.54.0.1-10.54.0.9/x"),
-    ],
-)
-def test_parse_node_range_rejects(text, says):
-    with pytest.raises(ConfigError, match=None) as err:
-        parse_node_range(text)
-    assert says in str(err.value) and text.strip() in str(err.value)
 
 
 def _boot_sector(bps=512, spc=1, reserved=1, fats=2, root=224, total=2880, fat_sectors=9):
@@ -261,27 +229,6 @@ def test_pxe_tree_is_complete_and_reproducible(tiny_payload, tmp_path):
     script = (tmp_path / "a/boot.ipxe").read_text()
     assert "kernel http://10.0.0.1/vmlinuz initrd=initrd.img console=ttyS0 panic=-1" in script
     assert "APPEND console=ttyS0 panic=-1" in (tmp_path / "a/pxelinux.cfg/default").read_text()
-
-
-@pytest.mark.parametrize("proxy", [False, True])
-def test_server_configs_pass_the_servers_own_checks(tmp_path, proxy):
-    dnsmasq, nginx = write_server_configs(
-        tmp_path,
-        node_range=parse_node_range("10.54.0.10-10.54.0.250"),
-        proxy_dhcp=proxy,
-        http_root=tmp_path / "tree",
-        master_url="http://10.54.0.1",
-        mtime=MTIME,
-        http_listen="127.0.0.1:8080",
-    )
-    text = dnsmasq.read_text()
-    assert ("dhcp-range=10.54.0.0,proxy,255.255.255.0" in text) is proxy
-    assert ("dhcp-range=10.54.0.10,10.54.0.250,255.255.255.0,12h" in text) is not proxy
-    assert "dhcp-boot=tag:ipxe,http://10.54.0.1/boot.ipxe" in text
-    if shutil.which("dnsmasq"):
-        subprocess.run(["dnsmasq", "--test", "-C", str(dnsmasq)], check=True, capture_output=True)
-    if shutil.which("nginx"):
-        subprocess.run(["nginx", "-t", "-c", str(nginx)], check=True, capture_output=True)
 
 
 # --- QEMU boots ------------------------------------------------------------------------------------------

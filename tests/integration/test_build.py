@@ -37,6 +37,7 @@ def test_manifest_lists_every_artifact_with_its_real_size_and_hash(built):
     }
     assert kinds["beoboot.iso"] == "iso" and kinds["floppy.img"] == "floppy"
     assert kinds["pxe/pxelinux.0"] == "pxe" and kinds["server/dnsmasq.conf"] == "server-config"
+    assert kinds["server/nginx.conf"] == kinds["server/beoserv.service"] == "server-config"
     for art in m["artifacts"]:
         data = (built / art["path"]).read_bytes()
         assert len(data) == art["size"]

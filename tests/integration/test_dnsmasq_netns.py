@@ -13,6 +13,7 @@ import pytest
 from conftest import have_kernel, run_beoboot
 
 from beoboot.artifacts.media import SERVER_ROOT_PLACEHOLDER
+from beoboot.artifacts.servers import DNSMASQ_LEASES, NGINX_STATE_DIR
 from beoboot.vm import qemu
 
 pytestmark = pytest.mark.integration
@@ -21,7 +22,8 @@ NS = f"beoboot-dnsmasq-{os.getpid()}"
 BRIDGE, TAP = "br0", "tap0"
 MASTER_ADDR = "10.99.0.1"  # the master's address on the test namespace's bridge; nowhere else
 NODE_RANGE = "10.99.0.100-10.99.0.150/24"
-STATE_PLACEHOLDER = "/var/lib/beoboot/nginx"  # where the build's nginx.conf keeps its pid and logs
+NODES = 32  # 51 addresses hold 34 nodes with room to spare
+STATE_PLACEHOLDER = str(NGINX_STATE_DIR)  # where the build's nginx.conf keeps its pid and logs
 STAGE2_UP = "beoboot: stage 2 agent up"
 TIMEOUT = 180.0
 
@@ -58,7 +60,8 @@ def out(tmp_path_factory):
     site = outdir.parent / "netns-site.toml"
     site.write_text(
         f'[build]\nmaster_url = "http://{MASTER_ADDR}/"\n\n'
-        f'[artifacts]\nnode_range = "{NODE_RANGE}"\ninterface = "{BRIDGE}"\nappend = "beoboot.smoke=network"\n'
+        f'[artifacts]\nnodes = {NODES}\nnode_range = "{NODE_RANGE}"\ninterface = "{BRIDGE}"\n'
+        'append = "beoboot.smoke=network"\n'
     )
     run_beoboot("build", "-q", "-c", site, "-o", outdir)
     return outdir
@@ -86,8 +89,10 @@ def namespace():
 
 
 def _render(conf: Path, out: Path, state: Path) -> str:
-    """The build's server config as installed for this run: the tree at `out`, nginx's state in `state`."""
-    return conf.read_text().replace(STATE_PLACEHOLDER, str(state)).replace(SERVER_ROOT_PLACEHOLDER, str(out))
+    """The build's server config as installed for this run: the tree at `out`, nginx's state and dnsmasq's
+    leases in `state`."""
+    text = conf.read_text().replace(STATE_PLACEHOLDER, str(state)).replace(SERVER_ROOT_PLACEHOLDER, str(out))
+    return text.replace(str(DNSMASQ_LEASES), f"{state}/leases")
 
 
 @contextlib.contextmanager
@@ -114,7 +119,8 @@ def servers(out, namespace, tmp_path_factory):
     dnsmasq_conf, nginx_conf = state / "dnsmasq.conf", state / "nginx.conf"
     dnsmasq_conf.write_text(_render(out / "server/dnsmasq.conf", out, state))
     nginx_conf.write_text(_render(out / "server/nginx.conf", out, state))
-    assert f"tftp-root={out}/pxe" in dnsmasq_conf.read_text() and f"interface={BRIDGE}" in dnsmasq_conf.read_text()
+    conf = dnsmasq_conf.read_text()
+    assert f"tftp-root={out}/pxe" in conf and f"interface={BRIDGE}" in conf and f"dhcp-leasefile={state}/leases" in conf
     dnsmasq = _in_ns(
         "dnsmasq",
         "--keep-in-foreground",
@@ -122,7 +128,6 @@ def servers(out, namespace, tmp_path_factory):
         "--user=root",
         "--group=root",
         f"--pid-file={state}/dnsmasq.pid",
-        f"--dhcp-leasefile={state}/leases",
         f"--log-facility={state}/dnsmasq.log",
     )
     # the test's tmp directories are root's alone: nginx's workers run as root here, not nobody

@@ -25,10 +25,10 @@ class VethPair:
 
 
 @contextlib.contextmanager
-def veth_pair(prefix: str, server_ip: str, client_ip: str | None = None) -> Iterator[VethPair]:
-    """Namespaces `{prefix}-srv-PID` and `{prefix}-cli-PID`, the server end at server_ip/24 and the client's
-    at client_ip/24 (or unconfigured, for a DHCP client to configure), both up with their loopback.
-    Skips the test where namespaces cannot be made."""
+def veth_pair(prefix: str, server_ip: str, client_ip: str | None = None, prefix_len: int = 24) -> Iterator[VethPair]:
+    """Namespaces `{prefix}-srv-PID` and `{prefix}-cli-PID`, the server end at server_ip/prefix_len and the
+    client's at client_ip/prefix_len (or unconfigured, for a DHCP client to configure), both up with their
+    loopback. Skips the test where namespaces cannot be made."""
     tag = f"{os.getpid() % 100000}"
     pair = VethPair(f"{prefix}-srv-{tag}", f"{prefix}-cli-{tag}", f"{prefix}s{tag}", f"{prefix}c{tag}")
     created = []
@@ -55,7 +55,7 @@ def veth_pair(prefix: str, server_ip: str, client_ip: str | None = None) -> Iter
         if client_ip is not None:
             ends.append((pair.client_ns, pair.client_if, client_ip))
         for ns, interface, address in ends:
-            ip("-n", ns, "addr", "add", f"{address}/24", "dev", interface)
+            ip("-n", ns, "addr", "add", f"{address}/{prefix_len}", "dev", interface)
             ip("-n", ns, "link", "set", interface, "up")
             ip("-n", ns, "link", "set", "lo", "up")
         yield pair
