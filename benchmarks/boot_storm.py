@@ -103,6 +103,7 @@ def main() -> int:
     log.setup(quiet=True)
     with tempfile.TemporaryDirectory(prefix="boot-storm-") as tmp:
         work = Path(tmp)
+        work.chmod(0o755)  # nginx's workers (www-data) read the build in it
         out = work / "out"
         builder.build(config.load(), out)
         served = out.resolve() / "current"  # the published build: what beoserv and nginx both serve
