@@ -669,27 +669,35 @@ class RuntimeCache:
     sysroot: Sysroot
     python: SysrootPython | None = None
     compiler: Compiler | None = None
+    compiler_searched: bool = False
     scanned: dict[tuple[str, Path], list[tuple[str, bool]]] = field(default_factory=dict)
     compiled: dict[CompileJob, bytes] = field(default_factory=dict)
 
     def interpreter(self) -> SysrootPython:
         if self.python is None:
             self.python = find_sysroot_python(self.sysroot)
-            self.compiler = find_compiler(self.sysroot, self.python)
+        return self.python
+
+    def find_compiler(self) -> Compiler | None:
+        """The compiler, looked for once per build and only after a module graph was found: a stdlib
+        module the sysroot's interpreter cannot parse is then one error naming it, not an interpreter that
+        would not start."""
+        python = self.interpreter()
+        if not self.compiler_searched:
+            self.compiler_searched = True
+            self.compiler = find_compiler(self.sysroot, python)
             if self.compiler is None:
                 log.warning(
                     "python runtime: build host is Python %d.%d, sysroot is %d.%d and its interpreter does not "
                     "run here: storing .py sources, not .pyc",
                     *sys.version_info[:2],
-                    *self.python.version,
+                    *python.version,
                 )
-            elif not host_can_compile_for(self.python.version):
+            elif not host_can_compile_for(python.version):
                 log.debug(
-                    "python runtime: compiling for Python %d.%d with %s",
-                    *self.python.version,
-                    self.compiler.description,
+                    "python runtime: compiling for Python %d.%d with %s", *python.version, self.compiler.description
                 )
-        return self.python
+        return self.compiler
 
     def compile(self, jobs: list[CompileJob]) -> list[bytes]:
         """Bytecode for each job, compiling only what no earlier runtime of this build compiled."""
@@ -716,7 +724,7 @@ def build_runtime(
     graph = find_modules(sysroot, python, packages, init_bytes.decode(), tuple(extra_modules), cache.scanned)
     for name, importer in sorted(graph.missing.items()):
         log.debug("python runtime: %s (imported by %s) not found; an optional import, left out", name, importer)
-    compiled = cache.compiler is not None
+    compiled = cache.find_compiler() is not None
     members: dict[str, bytes] = {}
     extensions: list[tuple[str, str]] = []
     to_compile: list[tuple[str, CompileJob]] = []

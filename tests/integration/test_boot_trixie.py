@@ -9,16 +9,15 @@ from __future__ import annotations
 import io
 import json
 import os
-import posixpath
 import re
 import shutil
 import subprocess
 import zipfile
 
-import libarchive
 import pytest
 import sysroots
 from conftest import run_beoboot
+from image_parts import image_files
 from master_helpers import MasterProcess, build_for_master
 from nodes import bpstat, node_row
 from servers import free_port
@@ -53,13 +52,6 @@ def sysroot_python() -> tuple[str, bytes]:
     source = (stdlib / "importlib/_bootstrap_external.py").read_text()
     magic = int(re.search(r"MAGIC_NUMBER = \((\d+)\)\.to_bytes\(2, 'little'\)", source).group(1))
     return stdlib.name.removeprefix("python"), magic.to_bytes(2, "little") + b"\r\n"
-
-
-def image_files(path) -> dict[str, bytes]:
-    with libarchive.file_reader(str(path)) as archive:
-        return {
-            posixpath.normpath("/" + entry.pathname): b"".join(entry.get_blocks()) for entry in archive if entry.isfile
-        }
 
 
 def test_the_images_carry_the_sysroots_python_compiled_by_itself_and_its_kernel(out):

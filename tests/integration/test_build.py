@@ -6,10 +6,10 @@ import os
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 from conftest import BEOBOOT, ROOT, run_beoboot
+from image_parts import archives
 
 pytestmark = pytest.mark.integration
 
@@ -81,31 +81,13 @@ def test_agent_config_carries_the_nic_table_and_load_order(built):
         assert set(paths) <= in_image
 
 
-DECOMPRESSORS = {".xz": ["xz", "-dc"], ".gz": ["gzip", "-dc"], ".zst": ["zstd", "-dcq"], ".lz4": ["lz4", "-dcq"]}
-
-
-def _archives(image: Path) -> list[bytes]:
-    """The cpio archives an image holds one after another (the kernel reads them all; bsdtar stops at the
-    first trailer), decompressed by the compressor's own tool and cut after each trailer: the trailer's
-    110-byte header, its 11-byte name, padded to 4."""
-    data = subprocess.run([*DECOMPRESSORS.get(image.suffix, ["cat"]), str(image)], capture_output=True, check=True)
-    raw, parts, start = data.stdout, [], 0
-    while (found := raw.find(b"TRAILER!!!\0", start)) >= 0:
-        end = found + 11
-        end += -end % 4
-        parts.append(raw[start:end])
-        start = end
-    assert raw[start:].strip(b"\0") == b"", image
-    return parts
-
-
 def test_image_contents_match_the_manifest_by_an_independent_tool(built):
     m = manifest(built)
     for art in m["artifacts"]:
         if art["kind"] != "image":
             continue
         listed = set()
-        for part in _archives(built / art["path"]):
+        for part in archives(built / art["path"]):
             listing = subprocess.run(["bsdtar", "-tf", "-"], input=part, capture_output=True, check=True)
             lines = listing.stdout.decode().splitlines()
             listed |= {"/" + line.rstrip("/").removeprefix("./").lstrip("/") for line in lines}
