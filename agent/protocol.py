@@ -706,6 +706,17 @@ def encode_frame(message: Any) -> str:
     return json.dumps({"type": type(message).__name__, "body": message}, default=_frame_fields)
 
 
+def job_start_frames(manifest: JobManifest) -> typing.Callable[[int], str]:
+    """encode_frame(JobStart(job, manifest)) for any job id, with the manifest encoded once: a fan-out to
+    a thousand nodes sends one manifest a thousand times."""
+    head = '{"type": "JobStart", "body": {"job": '
+    sample = encode_frame(JobStart(0, manifest))
+    if not sample.startswith(head + "0, "):
+        raise AssertionError(f"JobStart is not encoded as {head!r}...: {sample[:60]!r}")
+    tail = sample[len(head) + 1 :]
+    return lambda job: f"{head}{int(job)}{tail}"
+
+
 def _frame_fields(value: Any) -> dict[str, Any]:
     """json's hook for what it cannot encode itself: a frame's dataclasses, as their fields. json's C
     encoder walks the rest (tuples, dicts, str and int enums), with none of dataclasses.asdict's deep

@@ -62,6 +62,7 @@ BUSY_PATIENCE = 600.0  # seconds a fetch waits out a master that answers 503 (bu
 FETCH_WORKERS = 8  # parallel object downloads per job: enough to hide latency, few enough for a busy master
 FETCH_TIMEOUT = 30.0  # seconds for the connect, and for each wait for the master's next bytes
 HOLD_ATTEMPTS = 3
+PLACED_KEPT = 64  # manifests remembered as placed (LibCache._placed): a few commands run again and again
 
 
 class LibCacheError(Exception):
@@ -160,6 +161,8 @@ class LibCache:
         self._lock = threading.Lock()
         self._objects: dict[str, CachedObject] = {}
         self._fetching: dict[str, threading.Event] = {}
+        # manifests placed whole, with the inode and ctime each path was left with (_unchanged_since_placed)
+        self._placed: dict[tuple[p.JobFile, ...], list[tuple[str, tuple[int, int, int]]]] = {}
         self.fetched = 0  # objects fetched since start
         os.makedirs(self.objects_dir, mode=0o700, exist_ok=True)
         os.makedirs(self.tmp_dir, mode=0o700, exist_ok=True)
@@ -386,6 +389,11 @@ class LibCache:
         an older version is replaced by rename, so a job starting meanwhile sees the old or the new file.
         Paths are resolved as the jobs would resolve them, inside the root (stage3.rootpaths). A manifest with
         a path that is, or leads to, the node's own is refused (LibCacheError) before anything is written."""
+        files = tuple(files)
+        with self._lock:
+            if self._unchanged_since_placed(files):
+                return
+            self._placed.pop(files, None)
         with self._lock, self._directories() as directories:
             placed = [(entry, self.job_path(entry.path)) for entry in files]
             for entry, relative in placed:
@@ -393,6 +401,7 @@ class LibCache:
                     directories.check(relative)
                 except AgentPathError as exc:
                     raise LibCacheError(f"cannot place {entry.path} in the environment root: {exc}") from None
+            where: list[tuple[str, int, str]] | None = []  # each path's directory and name, for _placed
             for entry, relative in placed:
                 try:
                     parent, name = directories.parent(relative)
@@ -402,8 +411,39 @@ class LibCache:
                         _make_directory(directories, relative, parent, name, entry)
                     else:
                         self._place(self._objects[object_name(entry)], relative, parent, name)
+                    if where is not None:
+                        where.append((relative, parent, name))
+                        if not directories.roots_alone(relative):
+                            where = None
                 except (OSError, RootPathError) as exc:
                     raise LibCacheError(f"cannot place {entry.path} in the environment root: {exc}") from None
+            if (
+                where is not None
+            ):  # as the paths are left, once all are placed (a file placed in a directory moves its ctime)
+                if len(self._placed) >= PLACED_KEPT:
+                    self._placed.clear()
+                self._placed[files] = [
+                    _placed_as(relative, os.stat(name, dir_fd=parent, follow_symlinks=False))
+                    for relative, parent, name in where
+                ]
+
+    def _unchanged_since_placed(self, files: tuple[p.JobFile, ...]) -> bool:
+        """Whether this manifest was placed whole, in directories only root can change, and every path still
+        names the very inode it was given, unchanged since (its ctime moves with any link, rename, chmod or
+        write). Then placing it again would change nothing, and a cached job skips the walk of every path
+        (most of a warm job's time on the node). A plain lstat may follow links the walk would refuse, but
+        it only reads, and a path that leads anywhere else shows another inode: the full placement runs."""
+        proof = self._placed.get(files)
+        if proof is None:
+            return False
+        for relative, placed in proof:
+            try:
+                st = os.lstat(os.path.join(self.env_root, relative))
+            except OSError:
+                return False
+            if _placed_as(relative, st)[1] != placed:
+                return False
+        return True
 
     def _place(self, obj: CachedObject, relative: str, parent: int, name: str) -> None:
         """A hard link to the object at `name` (a copy, on another mount), unless it is there already."""
@@ -438,6 +478,9 @@ class LibCache:
         """Drop least recently used, unheld objects (and their links and copies) until the cache fits
         max_bytes. A path a running job's object had before a later job replaced it gets that object back."""
         dropped: list[CachedObject] = []
+        with self._lock:
+            if sum(o.footprint for o in self._objects.values()) <= self.max_bytes:
+                return []  # the common case, after every job: nothing to walk
         with self._lock, self._directories() as directories:
             total = sum(o.footprint for o in self._objects.values())
             for obj in sorted(self._objects.values(), key=lambda o: o.last_used):
@@ -452,6 +495,8 @@ class LibCache:
                 del self._objects[obj.name]
                 total -= obj.footprint
                 dropped.append(obj)
+            if dropped:
+                self._placed.clear()  # what it removes, and puts back, is no longer as placed
             for obj in dropped:
                 for relative in (*obj.links, *obj.copies):
                     self._put_back(directories, relative)
@@ -563,6 +608,10 @@ def _make_symlink(parent: int, name: str, entry: p.JobFile) -> None:
     except OSError:
         unlink_at(tmp, parent)
         raise
+
+
+def _placed_as(relative: str, st: os.stat_result) -> tuple[str, tuple[int, int, int]]:
+    return relative, (st.st_dev, st.st_ino, st.st_ctime_ns)
 
 
 def _unlink(path: str) -> None:

@@ -136,6 +136,13 @@ class RootDirectories:
             return False
         return stat.S_ISLNK(st.st_mode) and roots_choice(st, found.roots)
 
+    def roots_alone(self, relative: str) -> bool:
+        """Whether only root can change which file `relative` names: the directory holding it, and every one
+        above, is root's alone (module docstring), as walked already for this path."""
+        directory = relative.rpartition("/")[0]
+        found = self._found.get(directory)
+        return found is not None and found.above
+
     def forget(self) -> None:
         """Directories found so far are walked again when next asked: one's owner or mode has changed, and
         with it which links below it are root's choice. (Their descriptors stay open until the block ends.)"""

@@ -33,11 +33,13 @@ from stage3 import jobrunner
 from stage3.libcache import LIBCACHE_DIR, LibCache
 from stage3.simfleet import (
     DOWNLOADS_PER_PROCESS,
+    NODES_PER_PROCESS,
     HeartbeatScheduler,
     NodeFigures,
     every_second,
     figures_json,
     fork_workers,
+    processes_for,
     send_report,
     split,
 )
@@ -274,7 +276,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--first", type=int, default=0, help="index of the first node's MAC")
     parser.add_argument("--libcache-max-bytes", type=int, default=512 << 20)
     parser.add_argument(
-        "--processes", type=int, default=0, help="worker processes (default: one per core, one for <= 16 nodes)"
+        "--processes",
+        type=int,
+        default=0,
+        help=f"worker processes (default: one for <= 16 nodes, else one per core or per {NODES_PER_PROCESS} nodes)",
     )
     parser.add_argument("--boot", action="store_true", help="first download stage 3 and the envroot, as stage 2")
     parser.add_argument("--boot-only", action="store_true", help="only the downloads of --boot, then exit")
@@ -283,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     args.since = time.monotonic()
     if args.count < 1:
         parser.error("--count must be at least 1")
-    processes = args.processes or (1 if args.count <= 16 else os.cpu_count() or 1)
+    processes = args.processes or processes_for(args.count, os.cpu_count() or 1)
     proc = os.getuid() == 0 and private_mounts()  # before the fork: the workers share the namespace
     workers = fork_workers(
         split(args.count, args.first, processes),

@@ -383,8 +383,9 @@ class JobHub:
         if not starts:
             session.all_ended()
             return
+        job_start = p.job_start_frames(manifest)
         for job_id, link in starts:
-            await _send(link.ws, p.JobStart(job_id, manifest))
+            await _send_text(link.ws, job_start(job_id))
             if not request.stdin:
                 await _send_bytes(link.ws, struct.pack(p.IO_HEADER, p.Stream.STDIN, job_id))
         session.sent = True
@@ -456,9 +457,13 @@ async def _send_bytes(ws: web.WebSocketResponse, data: bytes) -> None:
 
 
 async def _send(ws: web.WebSocketResponse, message: object) -> None:
+    await _send_text(ws, p.encode_frame(message))
+
+
+async def _send_text(ws: web.WebSocketResponse, text: str) -> None:
     if not ws.closed:
         try:
-            await ws.send_str(p.encode_frame(message))
+            await ws.send_str(text)
         except ConnectionError:
             pass
 

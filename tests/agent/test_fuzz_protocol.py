@@ -203,3 +203,9 @@ def test_valid_messages_round_trip(data):
 def test_valid_job_frames_round_trip(data):
     message = data.draw(valid(data.draw(st.sampled_from(FRAMES))))
     assert p.decode_frame(p.encode_frame(message)) == message
+
+
+@given(data=st.data(), job=st.integers(min_value=0, max_value=2**53))
+def test_job_start_frames_are_what_encode_frame_writes(data, job):
+    manifest = data.draw(valid(p.JobManifest))
+    assert p.job_start_frames(manifest)(job) == p.encode_frame(p.JobStart(job, manifest))

@@ -932,3 +932,37 @@ def test_a_module_the_user_cannot_open_is_left_out_not_fatal(tmp_path):
         assert os.path.join(closed, "secretmod.py") in {f.path for f in as_root}
     finally:
         shutil.rmtree(top)
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="chown needs root, as the node's agent is")
+def test_a_manifest_placed_again_unchanged_is_not_walked_but_any_change_is_placed_again(server, env_root, monkeypatch):
+    """A cached job's manifest, placed whole in root's own directories, is checked with one lstat per path
+    the next time, not walked; a path a root job removed or replaced since is placed again, and a manifest
+    with a path in a directory a user may write is walked every time."""
+    files = [server.add("/usr/bin/prog", b"program"), p.JobFile("/lib", 0o777, link="usr/lib")]
+    cache = cache_for(env_root, server)
+    cache.ensure(files)
+    cache.materialise(files)
+    walks = []
+    real_directories = cache._directories
+    monkeypatch.setattr(cache, "_directories", lambda: walks.append(1) or real_directories())
+    cache.materialise(list(files))  # a new manifest object of the same files, as each JobStart decodes
+    assert walks == []
+    (env_root / "usr/bin/prog").unlink()  # a root job
+    cache.materialise(files)
+    assert walks == [1] and (env_root / "usr/bin/prog").read_bytes() == b"program"
+    (env_root / "usr/bin/other").write_bytes(b"other")
+    os.rename(env_root / "usr/bin/other", env_root / "usr/bin/prog")  # a root job's install over it
+    cache.materialise(files)
+    assert len(walks) == 2 and (env_root / "usr/bin/prog").read_bytes() == b"program"
+    os.chmod(env_root / "usr/bin/prog", 0o555)  # any change moves its ctime: walked again
+    cache.materialise(files)
+    assert len(walks) == 3
+    cache.materialise(files)
+    assert len(walks) == 3
+    home = a_users_home(env_root)
+    tool = replace(server.add("/home/u/bin/tool", b"t"), uid=1000, gid=1000)
+    cache.ensure([tool])
+    for _ in range(2):
+        cache.materialise([tool])
+    assert len(walks) == 5 and (home / "bin/tool").read_bytes() == b"t"

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from stage3.simfleet import HeartbeatScheduler, every_second, split
+from stage3.simfleet import NODES_PER_PROCESS, HeartbeatScheduler, every_second, processes_for, split
 
 
 @pytest.mark.parametrize(
@@ -21,6 +21,13 @@ def test_split_gives_each_node_index_to_one_worker(count, first, processes, expe
     shares = split(count, first, processes)
     assert shares == expected
     assert [i for start, size in shares for i in range(start, start + size)] == list(range(first, first + count))
+
+
+@pytest.mark.parametrize(("count", "cores", "expected"), [(16, 2, 1), (17, 2, 2), (100, 8, 8), (1000, 2, 32)])
+def test_a_worker_process_holds_a_few_dozen_nodes_at_most(count, cores, expected):
+    processes = processes_for(count, cores)
+    assert processes == expected
+    assert count <= 16 or max(size for _, size in split(count, 0, processes)) <= NODES_PER_PROCESS
 
 
 def test_scheduler_beats_each_node_on_its_own_interval_until_it_stops():
