@@ -604,7 +604,8 @@ class JobManifest:
 
 @dataclass(frozen=True)
 class JobRequest:
-    """bpsh -> master: what to run where. `nodes` is '0', '0,3' or 'all'."""
+    """bpsh -> master: what to run where. `nodes` is a node set as typed ('0,3', 'n[0-7]', '@up'), resolved
+    by the master (beoboot.master.selection), less the nodes of `exclude` (bpsh -x)."""
 
     nodes: str
     argv: tuple[str, ...]
@@ -615,6 +616,9 @@ class JobRequest:
     cache: tuple[str, ...] = ()  # extra files or directories to bring (--cache)
     stdin: bool = True  # forward bpsh's stdin (False: the job reads end of file at once)
     groups: tuple[int, ...] = ()  # supplementary groups of the bpsh process (SO_PEERGROUPS)
+    exclude: str = ""  # a node set (bpsh -x)
+    fanout: int = 0  # jobs running at once; the next node's starts as one ends (0: every node at once)
+    timeout: float = 0.0  # seconds each node's job may run before it is killed (0: no limit)
 
 
 @dataclass(frozen=True)

@@ -88,6 +88,13 @@ def bpstat_parser() -> argparse.ArgumentParser:
         default=os.environ.get("BEOSERV_URL", DEFAULT_MASTER),
         help="beoserv URL (default $BEOSERV_URL or %(default)s)",
     )
+    parser.add_argument(
+        "nodes",
+        nargs="?",
+        metavar="NODESET",
+        help="only these nodes: n3, .3 or 3; ranges 0-99 or n[0-99,120]; @up, @down, @all, @GROUP; a,b a!b a&b",
+    )
+    parser.add_argument("-x", "--exclude", default="", metavar="NODESET", help="not these nodes")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--timeline", metavar="NODE", help="the stage transitions of NODE (3, .3, n3 or MAC)")
     parser.add_argument("--boot", type=int, help="with --timeline: which boot (default: the latest)")
@@ -179,6 +186,8 @@ def _jobs(args: argparse.Namespace) -> int:
 
 
 def _bpstat(args: argparse.Namespace) -> int:
+    if (args.nodes or args.exclude) and (args.timeline or args.jobs):
+        raise UsageError("a NODESET or -x goes with the node table, not with --timeline or --jobs")
     if args.jobs:
         return _jobs(args)
     if args.all:
@@ -197,7 +206,9 @@ def _bpstat(args: argparse.Namespace) -> int:
         elif not args.svg:
             sys.stdout.write(tl.format_text(timeline))
         return 0
-    nodes = p.from_json(p.NodeList, _get(args.master, p.NODES_PATH))
+    # the node set goes as typed: beoserv resolves @up and its [groups] (beoboot.master.selection)
+    chosen = {"nodes": args.nodes or "@all", "exclude": args.exclude} if args.nodes or args.exclude else None
+    nodes = p.from_json(p.NodeList, _get(args.master, p.NODES_PATH, chosen))
     if args.json:
         print(json.dumps([asdict(n) for n in nodes.nodes], indent=1))
     else:

@@ -12,7 +12,8 @@ it to that), with these choices for a cluster whose nodes are numbers:
   A range keeps ClusterShell's padding rule (`n[00-10]` is nodes 0..10; `n[01-100]` is refused: the two
   ends are padded differently) and then, too, the number is the node.
 - shorthands ClusterShell reads otherwise, kept from Scyld's bpsh: a bare number (`3`), a bare range
-  (`0-99`, `n2-4`), `.3` (BeoNSS), and `all` (every node that is up, as `-a`).
+  (`0-99`, `n2-4`), `.3` (BeoNSS), and `all` (bpsh's old word, as `-a`: `@up`, every node that is up;
+  `@all` is every node the master knows).
 - refused, where ClusterShell would read another host name: any other name (`n1x`, `n[1-2]c[3-4]`),
   digits other than ASCII (`n١`, `n[1_0]`, `n[+1]`), an empty set (`""`).
 Every refusal is a NodeSetError naming the bad part, in time bounded by the text's length: no range is
@@ -34,6 +35,10 @@ GROUP_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 DIGITS = re.compile(r"[0-9]+")
 BARE_RANGE = re.compile(r"([0-9]+)-([0-9]+)")
 
+ALL_WORD, ALL_WORD_MEANS = "all", "up"  # bpsh's old `all`, which was every node that is up
+
+# `resolve(name)` gives the nodes of group `name`; a name it does not know is a LookupError whose text
+# says which there are
 Resolver = Callable[[str], Iterable[int]]
 
 
@@ -111,7 +116,7 @@ class _Parser:
         return nodes
 
     def _element(self, operand: str) -> set[int]:
-        if operand.startswith("@") or operand == "all":
+        if operand.startswith("@") or operand == ALL_WORD:
             return self._group(operand)
         if operand.startswith("."):  # BeoNSS: .3, and .2-4 as bpsh took it
             return self._numbers(operand, operand[1:])
@@ -125,12 +130,19 @@ class _Parser:
         return self._numbers(operand, operand)
 
     def _group(self, operand: str) -> set[int]:
-        name = "all" if operand == "all" else operand[1:]
+        name = ALL_WORD_MEANS if operand == ALL_WORD else operand[1:]
         if not GROUP_NAME.fullmatch(name):
             raise NodeSetError(self.text, operand, "not a group name (letters, digits, '_', '.', '-')")
         if self.resolve is None:
-            raise NodeSetError(self.text, operand, "groups are known to beoserv only: name nodes here (n[0-3])")
-        nodes = set(self.resolve(name))
+            raise NodeSetError(
+                self.text, operand, "groups are beoserv's to resolve, not known here: name nodes (n[0-3])"
+            )
+        try:
+            nodes = set(self.resolve(name))
+        except LookupError as exc:
+            raise NodeSetError(
+                self.text, operand, f"no group @{name} ({exc.args[0] if exc.args else 'unknown'})"
+            ) from None
         self._count(operand, len(nodes))
         return nodes
 

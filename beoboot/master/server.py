@@ -43,6 +43,7 @@ from beoboot.master.printable import printable
 from beoboot.master.published import NotPublished, PublishedTree
 from beoboot.master.rates import SAMPLE_EVERY, WINDOW, Rates
 from beoboot.master.registry import NodeRecord, Registry, RegistryError
+from beoboot.master.selection import SelectionError
 
 log = logging.getLogger("beoserv")
 node_log = logging.getLogger("beoserv.node")
@@ -197,6 +198,7 @@ class Beoserv:
         self.transfers = transfers.TransferGate(config.max_transfers)
         self.open_files_limit: int | None = None  # what serve() raised it to (None: not known, in a test)
         self.jobs = JobHub(self.registry, self.transfers)
+        self.jobs.config = config
         self._hosts = HostTable({})
         self._hosts_due: asyncio.TimerHandle | None = None
         self.started = time.time()
@@ -399,7 +401,7 @@ class Beoserv:
                     getattr(self.config, key),
                 )
         config = dataclasses.replace(config, **{key: getattr(self.config, key) for key in STARTUP_KEYS})
-        self.config = config
+        self.config = self.jobs.config = config
         self.config_loads += 1
         log.info("config reloaded from %s: %s", self.options.config_path, config)
         self._build_host_table()  # a new address plan or hosts_file takes effect now, not at the next heartbeat
@@ -632,8 +634,17 @@ class Beoserv:
         return json_response(p.Accepted(len(timed)))
 
     async def nodes(self, request: web.Request) -> web.Response:
+        """Every node, or those of the node set `nodes` less `exclude` (bpstat NODESET -x NODESET)."""
         now = time.time()
-        return json_response(p.NodeList(now, tuple(self._row(n, now) for n in self.registry.nodes())))
+        records = self.registry.nodes()
+        if "nodes" in request.query or "exclude" in request.query:
+            nodes, exclude = request.query.get("nodes") or "@all", request.query.get("exclude", "")
+            try:
+                chosen = set(self.jobs.select(nodes, exclude, linked=False))
+            except SelectionError as exc:
+                return error_response(400, str(exc))
+            records = [node for node in records if node.number in chosen]
+        return json_response(p.NodeList(now, tuple(self._row(n, now) for n in records)))
 
     async def timeline(self, request: web.Request) -> web.Response:
         node = self.registry.find(request.match_info["node"])

@@ -125,17 +125,35 @@ def test_padding_names_the_node_not_another_host(text, ours, theirs):
     assert (parse(text), oracle(text)) == (ours, theirs)
 
 
+@pytest.mark.parametrize(
+    "text, expected", [("0", [0]), ("0,3", [0, 3]), ("2-4", [2, 3, 4]), (".1,n2", [1, 2]), ("1,1", [1]), (".3", [3])]
+)
+def test_bpsh_old_forms_keep_working(text, expected):
+    assert parse(text) == expected
+
+
 def test_groups_and_states_resolve_through_the_caller():
     resolve = GROUPS.__getitem__
     assert parse("@up", resolve) == [0, 1, 2]
-    assert parse("all", resolve) == [0, 1, 2, 3, 4]  # bpsh's old `all`
+    assert parse("@all", resolve) == [0, 1, 2, 3, 4]
+    assert parse("all", resolve) == [0, 1, 2]  # bpsh's old `all`: every node that is up
     assert parse("@all!@rack1", resolve) == [2, 3, 4]
     assert parse("@rack1,@gpu,n3", resolve) == [0, 1, 3, 4]
     assert parse("@up&n[1-9]", resolve) == [1, 2]
 
 
+def test_an_unknown_group_is_named_with_the_known_ones():
+    def resolve(name):
+        if name not in GROUPS:
+            raise LookupError("groups are @" + ", @".join(GROUPS))
+        return GROUPS[name]
+
+    with pytest.raises(NodeSetError, match=r"'@rack9' in 'n1,@rack9': no group @rack9 \(groups are @up, @all"):
+        parse("n1,@rack9", resolve)
+
+
 def test_a_group_without_a_resolver_names_beoserv():
-    with pytest.raises(NodeSetError, match="known to beoserv only"):
+    with pytest.raises(NodeSetError, match="beoserv's to resolve"):
         parse("@up")
 
 
