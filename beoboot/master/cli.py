@@ -94,7 +94,9 @@ def bpstat_parser() -> argparse.ArgumentParser:
         metavar="NODESET",
         help="only these nodes: n3, .3 or 3; ranges 0-99 or n[0-99,120]; @up, @down, @all, @GROUP; a,b a!b a&b",
     )
-    parser.add_argument("-x", "--exclude", default="", metavar="NODESET", help="not these nodes")
+    parser.add_argument(
+        "-x", "--exclude", action="append", default=[], metavar="NODESET", help="not these nodes (may be repeated)"
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--timeline", metavar="NODE", help="the stage transitions of NODE (3, .3, n3 or MAC)")
     parser.add_argument("--boot", type=int, help="with --timeline: which boot (default: the latest)")
@@ -245,7 +247,8 @@ def _bpstat(args: argparse.Namespace) -> int:
             sys.stdout.write(tl.format_text(timeline))
         return 0
     # the node set goes as typed: beoserv resolves @up and its [groups] (beoboot.master.selection)
-    chosen = {"nodes": args.nodes or "@all", "exclude": args.exclude} if args.nodes or args.exclude else None
+    exclude = ",".join(args.exclude)
+    chosen = {"nodes": args.nodes or "@all", "exclude": exclude} if args.nodes or exclude else None
     nodes = p.from_json(p.NodeList, _get(args.master, p.NODES_PATH, chosen))
     if args.json:
         print(json.dumps([asdict(n) for n in nodes.nodes], indent=1))

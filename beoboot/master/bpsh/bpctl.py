@@ -74,7 +74,9 @@ def parser() -> argparse.ArgumentParser:
         help="n3, .3 or 3; ranges 0-99 or n[0-99,120]; @up, @all, @GROUP (beoserv's [groups]); a,b a!b a&b",
     )
     which.add_argument("-a", "--all", action="store_true", help="every node that is up (as -S @up)")
-    parser.add_argument("-x", "--exclude", default="", metavar="NODESET", help="not these nodes")
+    parser.add_argument(
+        "-x", "--exclude", action="append", default=[], metavar="NODESET", help="not these nodes (may be repeated)"
+    )
     parser.add_argument(
         "-s",
         "--state",
@@ -100,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     except ControlRequestError as exc:
         print(f"bpctl: {exc}", file=sys.stderr)
         return USAGE_STATUS
-    request = encode_request("@up" if args.all else args.node, STATES[args.state], args.grace, args.exclude)
+    request = encode_request("@up" if args.all else args.node, STATES[args.state], args.grace, ",".join(args.exclude))
     with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as conn:
         try:
             conn.connect(args.socket)

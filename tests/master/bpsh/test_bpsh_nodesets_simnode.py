@@ -4,12 +4,13 @@ command lines."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 
 import pytest
-from master_helpers import MasterProcess, bpsh_argv, start_simnodes
+from master_helpers import MasterProcess, bpsh_argv, running_job, start_simnodes
 
 pytestmark = pytest.mark.skipif(os.getuid() != 0, reason="simulated nodes chroot their jobs: needs root")
 
@@ -127,6 +128,15 @@ def test_fanout_runs_that_many_at_once(cluster):
 def test_fanout_below_the_node_count_gives_the_jobs_no_stdin(cluster):
     result = bpsh(cluster, "-s", "--fanout", "1", "n[0-1]", "cat", input="for the first only?\n")
     assert (result.returncode, result.stdout) == (0, "")
+
+
+def test_ctrl_c_ends_the_running_jobs_and_starts_no_more(cluster):
+    job = running_job(cluster, "--fanout", "1", "n[0-3]", "sleep", "30")
+    job.send_signal(signal.SIGINT)
+    assert job.wait(10) == 128 + signal.SIGINT
+    bps = run("beoboot.master.cli", "bps", "--master", cluster.url, "--json", "--all")
+    sleeps = [row for row in json.loads(bps.stdout) if row["command"] == "sleep 30"]
+    assert len(sleeps) == 4 and sum(row["pid"] != 0 for row in sleeps) == 1  # one ran; three never started
 
 
 def test_a_job_past_its_timeout_is_killed_and_reported(cluster):
