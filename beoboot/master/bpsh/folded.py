@@ -68,14 +68,17 @@ class FoldedOutput:
             self.held += len(data)
         self._groups.setdefault((status, digest), []).append(node)
 
-    def render(self) -> list[Chunk]:
-        """Every finished group under its header, in clush's order: what to write once every node ended."""
-        # clush's order: exit status, the largest group first, then the first node's name (as text: n10
-        # comes before n2)
+    def groups(self) -> list[tuple[int, list[int], bytes]]:
+        """(exit status, nodes, output) of every finished group, in clush's order: exit status, the largest
+        group first, then the first node's name (as text: n10 comes before n2)."""
         order = sorted(
             self._groups.items(), key=lambda item: (item[0][0], -len(item[1]), f"{self.prefix}{min(item[1])}")
         )
-        return [(STDOUT, self._block(nodes, self._outputs[digest])) for (_, digest), nodes in order]
+        return [(status, sorted(nodes), self._outputs[digest]) for (status, digest), nodes in order]
+
+    def render(self) -> list[Chunk]:
+        """Every finished group under its header: what to write once every node ended."""
+        return [(STDOUT, self._block(nodes, data)) for _, nodes, data in self.groups()]
 
     def _block(self, nodes: list[int], data: bytes) -> bytes:
         count = b" (%d)" % len(nodes) if len(nodes) > 1 else b""

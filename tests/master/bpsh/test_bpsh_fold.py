@@ -1,14 +1,18 @@
 """bpsh -b (beoboot.master.bpsh.folded) prints what `clush -b` prints for the same outputs and exit codes:
 clush runs here with a fake ssh that gives each host its output and exit code, and its standard output is
-compared byte for byte with the folded output."""
+compared byte for byte with the folded output; and, by Hypothesis, the groups are those ClusterShell's MsgTree
+makes of the same lines."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
+import sys
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from beoboot.master.bpsh.folded import FoldedOutput
 
@@ -90,3 +94,44 @@ def test_past_the_limit_it_stops_folding_and_holds_nothing_more():
     assert fold.output(2, b"more\n", lambda n, d: b"%d: " % n + d) == [(OUT, b"2: more\n")]
     fold.ended(2, 0)
     assert fold.render() == [] and fold.held == 0
+
+
+def clustershell_groups(outputs: dict[int, tuple[bytes, int]]) -> set[tuple[int, frozenset[int], bytes]]:
+    """The groups clush -b prints, from ClusterShell's own MsgTree: per exit code, the nodes whose lines are
+    the same (clush's worker hands MsgTree each line without its newline; a node with none is in no group)."""
+    from nodeset_oracle import DIST_PACKAGES
+
+    if DIST_PACKAGES not in sys.path:
+        sys.path.append(DIST_PACKAGES)
+    msgtree = pytest.importorskip("ClusterShell.MsgTree")
+    groups = set()
+    for status in {status for _, status in outputs.values()}:
+        tree = msgtree.MsgTree()
+        for node, (data, rc) in outputs.items():
+            if rc == status and data:
+                for line in (data[:-1] if data.endswith(b"\n") else data).split(b"\n"):
+                    tree.add(f"n{node}", line)  # host names, as clush's keys are
+        for message, names in tree.walk():
+            groups.add((status, frozenset(int(name[1:]) for name in names), bytes(message) + b"\n"))
+    return groups
+
+
+def our_groups(outputs: dict[int, tuple[bytes, int]]) -> set[tuple[int, frozenset[int], bytes]]:
+    fold = FoldedOutput()
+    for node, (data, status) in outputs.items():
+        fold.output(node, data, lambda n, d: b"never")
+        fold.ended(node, status)
+    return {(status, frozenset(nodes), data) for status, nodes, data in fold.groups()}
+
+
+outputs = st.dictionaries(
+    st.integers(0, 40),
+    st.tuples(st.sampled_from([b"", b"a\n", b"a", b"b\n", b"a\nb\n", b"\n", b"a\n\n", b"\xff\x00"]), st.integers(0, 3)),
+    min_size=1,
+    max_size=12,
+)
+
+
+@given(outputs)
+def test_groups_as_clustershells_msgtree(outputs):
+    assert our_groups(outputs) == clustershell_groups(outputs)
