@@ -292,7 +292,8 @@ class JobHub:
         self.finished.append(replace(job.row, state=state, status=message.status))
         del self.finished[:-FINISHED_KEPT]
         job.session.job_exit(message)
-        await self._send_next(job.session)
+        if job.start is None:  # it ran: its place goes to the next waiting job (--fanout)
+            await self._send_next(job.session)
         if not job.session.jobs:
             job.session.all_ended()
 
@@ -417,14 +418,11 @@ class JobHub:
             job.timer = asyncio.get_running_loop().call_later(job.timeout, self._time_out, job_id)
 
     async def _send_next(self, session: Session) -> None:
-        """--fanout: a job ended, so the next waiting one starts (one whose link was lost meanwhile ends)."""
+        """--fanout: a job ended, so the next waiting one starts. (One whose link was lost meanwhile has ended
+        with the link, taking no place.)"""
         while session.waiting:
             job_id, link = session.waiting.pop(0)
             if job_id not in self.jobs:
-                continue
-            if self.links.get(link.number) is not link:
-                error = f"node {link.number} job link lost"
-                await self._finish(job_id, p.JobExit(job_id, LINK_LOST, node=link.number, error=error))
                 continue
             await self._send_start(session, job_id, link)
             return
