@@ -34,6 +34,11 @@ def listed(manifest: dict, name: str) -> tuple[str, str]:
     raise BootFileError(f"the master's {MANIFEST} lists no {name!r}: rebuild with beoboot-build on the master")
 
 
+def expected(manifest: dict, name: str, pins: dict[str, str]) -> str:
+    """The sha256 artifact `name` is fetched by: its pin, else (no pin on the command line) the manifest's."""
+    return pins.get(name) or listed(manifest, name)[1]
+
+
 def fetch(master: str, manifest: dict, name: str, dest: str, pins: dict[str, str], say: Callable[[str], None]) -> str:
     """Download artifact `name` to `dest`; refuse it (and retry) unless its sha256 is the pinned one."""
     path, sha256 = listed(manifest, name)

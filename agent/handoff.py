@@ -20,6 +20,8 @@ class Handoff:
     interface: str
     address: str  # "10.0.2.15/24"
     pins: dict[str, str] = field(default_factory=dict)  # what stage 3 still fetches (envroot)
+    # image -> the sha256 stage 2 fetched it by and unpacked it (stage3): what this boot runs (bpstat)
+    booted: dict[str, str] = field(default_factory=dict)
     server_id: str | None = None  # the DHCP server that granted the lease (option 54): where renewals go
     lease_seconds: int | None = None  # None: no lease time, nothing to renew
     renewal_seconds: int | None = None  # T1 (option 58) as the server sent it, or None

@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import os
 import random
 import threading
 import time
@@ -93,6 +94,8 @@ class MasterLink:
         self.log = log  # told about each retry, so a node waiting for its master says so
         self.registration: p.RegisterReply | None = None
         self.hardware = p.Hardware()
+        # what this boot runs, sent with every registration: the stage sets the images it knows of
+        self.booted = p.Booted(kernel=os.uname().release)
         self.address: str | None = None  # sent at registration and with heartbeats, for the cluster's host table
         self.dropped_lines = 0
         self._events: list[p.StageEvent] = []
@@ -188,7 +191,7 @@ class MasterLink:
         default: a node without its master has nothing else to do). Then sends anything buffered."""
         if hardware is not None:
             self.hardware = hardware
-        request = p.RegisterRequest(self.mac, self.stage, self.hardware, __version__, self.address)
+        request = p.RegisterRequest(self.mac, self.stage, self.hardware, __version__, self.address, self.booted)
         reply = self._with_retry("register", lambda: self._post(p.REGISTER_PATH, request, p.RegisterReply), attempts)
         assert reply is not None
         self.registration = reply

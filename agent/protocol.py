@@ -117,12 +117,42 @@ class Hardware:
 
 
 @dataclass(frozen=True)
+class Booted:
+    """What a node runs, as the node knows it: the master tells from it whether the node's next boot would
+    change after a rebuild (bpstat). A stage-2 ramdisk PXE loaded is in no list: nothing checked it."""
+
+    kernel: str = ""  # the running kernel's release (uname -r)
+    # image name -> the sha256 this boot checked it against: stage3 (stage 2 fetched and unpacked it) and
+    # envroot (the pin stage 3 fetches it by: it takes no other)
+    images: dict[str, str] = field(default_factory=dict)
+
+
+MAX_BOOTED_IMAGES = 16
+KERNEL_RELEASE = re.compile(r"[0-9A-Za-z._+~-]{1,64}")  # what uname -r prints
+
+
+def check_booted(booted: Booted, where: str = "booted") -> Booted:
+    """A node's Booted as the master stores and shows it: a kernel release, image names, sha256 hashes."""
+    if booted.kernel and not KERNEL_RELEASE.fullmatch(booted.kernel):
+        raise ProtocolError(f"{where}.kernel: {_shorten(repr(booted.kernel))} is not a kernel release (uname -r)")
+    if len(booted.images) > MAX_BOOTED_IMAGES:
+        raise ProtocolError(f"{where}.images: {len(booted.images)} images, more than {MAX_BOOTED_IMAGES}")
+    for name, digest in booted.images.items():
+        if not EVENT_NAME.fullmatch(name) or not SHA256_HEX.fullmatch(digest):
+            raise ProtocolError(
+                f"{where}.images[{_shorten(repr(name))}]: an image name (a-z, 0-9, _) and a sha256 in hex expected"
+            )
+    return booted
+
+
+@dataclass(frozen=True)
 class RegisterRequest:
     mac: str
     stage: Stage
     hardware: Hardware = field(default_factory=Hardware)
     agent_version: str = ""
     address: str | None = None  # the node's IPv4 address, once it has one: how other nodes reach it by name
+    booted: Booted = field(default_factory=Booted)  # what this boot runs; a node from before it sends none
 
 
 @dataclass(frozen=True)
@@ -217,6 +247,11 @@ class NodeRow:
     uptime: float | None  # node uptime as of the master's reply time, when the node reported one
     hardware: Hardware = field(default_factory=Hardware)
     load: Load | None = None  # as of the node's last heartbeat
+    agent_version: str = ""  # as its last registration said
+    booted: Booted = field(default_factory=Booted)  # as its last registration said
+    # what the node's next boot would change: the names (kernel, stage3, envroot) whose published build
+    # differs from what it booted; () none; None: not known (it reported nothing to compare)
+    next_boot_changes: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -604,7 +639,8 @@ class JobManifest:
 
 @dataclass(frozen=True)
 class JobRequest:
-    """bpsh -> master: what to run where. `nodes` is '0', '0,3' or 'all'."""
+    """bpsh -> master: what to run where. `nodes` is a node set as typed ('0,3', 'n[0-7]', '@up'), resolved
+    by the master (beoboot.master.selection), less the nodes of `exclude` (bpsh -x)."""
 
     nodes: str
     argv: tuple[str, ...]
@@ -615,6 +651,9 @@ class JobRequest:
     cache: tuple[str, ...] = ()  # extra files or directories to bring (--cache)
     stdin: bool = True  # forward bpsh's stdin (False: the job reads end of file at once)
     groups: tuple[int, ...] = ()  # supplementary groups of the bpsh process (SO_PEERGROUPS)
+    exclude: str = ""  # a node set (bpsh -x)
+    fanout: int = 0  # jobs running at once; the next node's starts as one ends (0: every node at once)
+    timeout: float = 0.0  # seconds each node's job may run before it is killed (0: no limit)
 
 
 @dataclass(frozen=True)

@@ -216,4 +216,10 @@ def toml_value(value: Any) -> str:
         return str(value)
     if isinstance(value, (tuple, list)):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):  # an inline table: { "rack1" = "n[0-31]" }
+        return (
+            "{"
+            + ", ".join(f"{json.dumps(str(k), ensure_ascii=False)} = {toml_value(v)}" for k, v in value.items())
+            + "}"
+        )
     return json.dumps(str(value), ensure_ascii=False)  # TOML takes any printable character, not \ud83d surrogates

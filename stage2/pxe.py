@@ -55,6 +55,7 @@ def run(config: AgentConfig, net: NetworkState, *, dhcp_started: float, dry_run:
         net.interface,
         net.lease.cidr,
         {k: v for k, v in pins.items() if k == Stage.ENVROOT},
+        {Stage.SUPERVISOR.value: bootfiles.expected(manifest, Stage.SUPERVISOR, pins)},
         server_id=net.lease.server_id,
         lease_seconds=net.lease.lease_seconds,
         renewal_seconds=net.lease.renewal_seconds,

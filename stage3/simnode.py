@@ -116,6 +116,7 @@ class SimNode:
         os.makedirs(self.env_root, exist_ok=True)
         make_env_root(self.env_root, proc=proc)
         self.scheduler, self.load = heartbeats, load
+        self.booted: dict[str, str] = {}  # image -> sha256, of the images boot() fetched (with --boot)
         self._beat_lock = threading.Lock()  # held across a scheduled heartbeat: power() waits for one under way
         # durable=False: a booted node's cache is in RAM by default, where fsync is a no-op; this scratch
         # directory on the host's disk stands for it and must not pay for a disk's fsync per object
@@ -142,11 +143,13 @@ class SimNode:
             dest = os.path.join(boot_dir, stage.value)
             bootfiles.fetch(self.master.rstrip("/") + "/", manifest, stage.value, dest, pins, lambda _: None)
             os.unlink(dest)
+            self.booted[stage.value] = bootfiles.expected(manifest, stage.value, pins)
         self.figures.booted = time.monotonic() - since
 
     def start(self, since: float | None = None) -> int:
         """Boot: register (a new boot of the same node number), report stage 3 ready, heartbeat, link."""
         self.link = MasterLink(self.master, self.mac, Stage.SUPERVISOR, timeout=10)
+        self.link.booted = p.Booted(self.link.booted.kernel, dict(self.booted))
         self.runner = jobrunner.JobRunner(
             self.master, self.mac, self.env_root, self.cache, log=print, token=self._token, power=self.power
         )

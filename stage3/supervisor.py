@@ -268,6 +268,9 @@ def run(config: AgentConfig, *, dry_run: bool) -> None:
     handoff = read_handoff()
     link = MasterLink(handoff.master_url, handoff.mac, Stage.SUPERVISOR, log=say)
     link.address = handoff.address  # the DHCP address; with an address plan the master uses its own
+    # stage 3 as stage 2 checked it, and the environment root by its pin: the only one it takes
+    images = {**handoff.booted, **{k: v for k, v in handoff.pins.items() if k == Stage.ENVROOT}}
+    link.booted = p.Booted(link.booted.kernel, images)
     reporter.attach(link)
     try:
         with open(MEMORY_REPORT) as f:

@@ -88,6 +88,15 @@ def bpstat_parser() -> argparse.ArgumentParser:
         default=os.environ.get("BEOSERV_URL", DEFAULT_MASTER),
         help="beoserv URL (default $BEOSERV_URL or %(default)s)",
     )
+    parser.add_argument(
+        "nodes",
+        nargs="?",
+        metavar="NODESET",
+        help="only these nodes: n3, .3 or 3; ranges 0-99 or n[0-99,120]; @up, @down, @all, @GROUP; a,b a!b a&b",
+    )
+    parser.add_argument(
+        "-x", "--exclude", action="append", default=[], metavar="NODESET", help="not these nodes (may be repeated)"
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--timeline", metavar="NODE", help="the stage transitions of NODE (3, .3, n3 or MAC)")
     parser.add_argument("--boot", type=int, help="with --timeline: which boot (default: the latest)")
@@ -124,8 +133,39 @@ def format_duration(seconds: float | None) -> str:
     return (f"{days}d" if days else "") + f"{hours:02d}:{minutes:02d}:{s:02d}"
 
 
+HASH_SHOWN = 8  # hex digits of an image's sha256 in the table: enough to tell builds apart
+STALE_MARK = "*"
+
+
+def format_booted(booted: p.Booted) -> str:
+    """'stage3:b1a43a7b envroot:098dce8d', or '-' when the node named no image."""
+    images = " ".join(f"{name}:{digest[:HASH_SHOWN]}" for name, digest in sorted(booted.images.items()))
+    return printable(images) or "-"
+
+
+def format_next_boot(changes: tuple[str, ...] | None) -> str:
+    """What the node's next boot would change: 'same', 'new stage3,kernel', or '?' (not known)."""
+    if changes is None:
+        return "?"
+    return "new " + ",".join(changes) if changes else "same"
+
+
 def format_nodes(nodes: p.NodeList) -> str:
-    header = ("node", "mac", "address", "state", "stage", "last seen", "uptime", "load", "mem avail")
+    header = (
+        "node",
+        "mac",
+        "address",
+        "state",
+        "stage",
+        "last seen",
+        "uptime",
+        "load",
+        "mem avail",
+        "agent",
+        "kernel",
+        "booted",
+        "next boot",
+    )
     rows = [header]
     for n in nodes.nodes:
         ago = max(0.0, nodes.server_time - n.last_seen)
@@ -135,7 +175,7 @@ def format_nodes(nodes: p.NodeList) -> str:
             memory = f"{n.load.mem_available_kib >> 10}/{n.load.mem_total_kib >> 10} MiB"
         rows.append(
             (
-                n.name,
+                n.name + (STALE_MARK if n.next_boot_changes else ""),
                 printable(n.mac),
                 printable(n.address or "-"),
                 str(n.state),
@@ -144,10 +184,17 @@ def format_nodes(nodes: p.NodeList) -> str:
                 format_duration(n.uptime),
                 load,
                 memory,
+                printable(n.agent_version or "-"),
+                printable(n.booted.kernel or "-"),
+                format_booted(n.booted),
+                format_next_boot(n.next_boot_changes),
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows) + "\n"
+    table = "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows) + "\n"
+    if any(n.next_boot_changes for n in nodes.nodes):
+        table += f"{STALE_MARK} booted what the published build has changed since: its next boot brings the new one\n"
+    return table
 
 
 def format_jobs(jobs: p.JobList) -> str:
@@ -179,6 +226,8 @@ def _jobs(args: argparse.Namespace) -> int:
 
 
 def _bpstat(args: argparse.Namespace) -> int:
+    if (args.nodes or args.exclude) and (args.timeline or args.jobs):
+        raise UsageError("a NODESET or -x goes with the node table, not with --timeline or --jobs")
     if args.jobs:
         return _jobs(args)
     if args.all:
@@ -197,7 +246,10 @@ def _bpstat(args: argparse.Namespace) -> int:
         elif not args.svg:
             sys.stdout.write(tl.format_text(timeline))
         return 0
-    nodes = p.from_json(p.NodeList, _get(args.master, p.NODES_PATH))
+    # the node set goes as typed: beoserv resolves @up and its [groups] (beoboot.master.selection)
+    exclude = ",".join(args.exclude)
+    chosen = {"nodes": args.nodes or "@all", "exclude": exclude} if args.nodes or exclude else None
+    nodes = p.from_json(p.NodeList, _get(args.master, p.NODES_PATH, chosen))
     if args.json:
         print(json.dumps([asdict(n) for n in nodes.nodes], indent=1))
     else:

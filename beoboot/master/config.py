@@ -7,19 +7,22 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from agent import values
 from beoboot.configfile import Refused, parse, parse_toml, read_toml, setting
 from beoboot.errors import ConfigError
+from beoboot.master import nodeset
+from beoboot.master.selection import check_group_name
 
 KEEP_BOOTS_MAX = 10000
 HOSTNAME_PREFIX_MAX = 32  # a DNS label holds 63 characters: the prefix and the node number must fit
 LOCAL_NODES = ("root", "none")
 MAX_NODES_MAX = 1 << 20  # a million nodes: beyond any cluster one beoserv serves
 MAX_TRANSFERS_MAX = 65536
+MAX_GROUPS = 4096  # [groups] entries: racks, switches, partitions; not one per node
 
 
 def _typed(*kinds: type, then: Callable[[Any], Any] = lambda value: value) -> Callable[[Any], Any]:
@@ -79,6 +82,21 @@ def _local_nodes(value: str) -> str:
     return value
 
 
+def _groups(value: Any) -> tuple[tuple[str, str], ...]:
+    """[groups]: NAME = "NODE SET" (n[0-31], 32-35,40). Only the shape here; the node sets are parsed in
+    config_from_dict, with the file's hostname_prefix."""
+    if not isinstance(value, dict) or not all(isinstance(text, str) for text in value.values()):
+        raise Refused('must be a table of node sets, e.g. [groups] rack1 = "n[0-31]"')
+    if len(value) > MAX_GROUPS:
+        raise Refused(f"holds {len(value)} groups, more than {MAX_GROUPS}")
+    for name in value:
+        try:
+            check_group_name(name)
+        except ValueError as exc:
+            raise Refused(f"has {name!r}, which {exc}") from None
+    return tuple(sorted(value.items()))
+
+
 @dataclass(frozen=True)
 class MasterConfig:
     heartbeat_interval: float = setting(_seconds(0.01, 3600), "seconds between a node's heartbeats", 5.0)
@@ -133,6 +151,13 @@ class MasterConfig:
         64,
     )
 
+    # beoboot.master.selection: @NAME in every command that takes nodes (bpsh, bpstat, bpctl, bpcp)
+    groups: tuple[tuple[str, str], ...] = setting(
+        _groups, 'named node sets: [groups] rack1 = "n[0-31]"; used as @rack1', (), toml=dict
+    )
+    # the groups' nodes, from `groups` and hostname_prefix (config_from_dict): not a key of the file
+    group_nodes: tuple[tuple[str, tuple[int, ...]], ...] = ()
+
     def node_address(self, number: int) -> str | None:
         """BeoNSS rule: node N's address is the first node address plus N."""
         if self.first_node_address is None:
@@ -154,6 +179,16 @@ def parse_config(text: str, source: str = "<config>") -> MasterConfig:
 
 def config_from_dict(raw: dict[str, Any], source: str) -> MasterConfig:
     config = MasterConfig(**parse(MasterConfig, raw, source))
+    group_nodes = []
+    for name, text in config.groups:
+        try:
+            group_nodes.append((name, tuple(nodeset.parse(text, None, config.hostname_prefix))))
+        except nodeset.NodeSetError as exc:
+            raise ConfigError(
+                f"{source}: groups.{name} = {text[:80]!r}: {exc.why}",
+                hint=f"a group lists nodes, not other groups: {nodeset.SYNTAX.split('; @')[0]}",
+            ) from None
+    config = replace(config, group_nodes=tuple(group_nodes))
     if config.heartbeat_timeout <= config.heartbeat_interval:
         raise ConfigError(
             f"{source}: heartbeat_timeout = {config.heartbeat_timeout} must exceed "

@@ -17,13 +17,15 @@ import itertools
 import logging
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from agent import protocol as p
 from beoboot.errors import BeobootError
-from beoboot.master import transfers
+from beoboot.master import selection, transfers
+from beoboot.master.config import MasterConfig
 from beoboot.master.exhaustion import exhausted
 from beoboot.master.manifest.describe import JobError, ManifestBuilder
 from beoboot.master.manifest.describer import Describer
@@ -37,11 +39,16 @@ log = logging.getLogger("beoserv")
 LINK_LOST = 255
 SIGHUP = 1
 FINISHED_KEPT = 200  # finished jobs kept in the listing
-MAX_NODES = 65536  # in one node list: a range beyond it is a typo, and expanding it would stall beoserv
 NAMED_DOWN = 10  # nodes named in "not up" before "and N more"
 # the largest frame a node's link may send: its control frames are small, its output comes in 64 KiB
 # pieces (stage3.jobrunner.READ_SIZE); without a bound one frame could hold the master's memory
 NODE_FRAME_MAX = 1 << 20
+# bpsh -t: how long a node has to report the end of a job it was told to kill, before the job is taken
+# for ended anyway (a process in uninterruptible sleep, a node too busy to answer)
+KILL_ANSWER_TIME = 10.0
+TIMED_OUT = 255  # the status of a job killed at its -t deadline, as clush's for a command timeout
+SIGKILL = 9
+ENDING_SIGNALS = frozenset({1, 2, 3, 9, 13, 15})  # HUP, INT, QUIT, KILL, PIPE, TERM: by default they end a job
 # bpctl: beyond its jobs' grace time (SIGTERM to SIGKILL), how long a node may take to close its link:
 # the killed jobs' exits (stage3.jobrunner.KILLED_WAIT), the last log lines, a slow link
 POWER_ANSWER_TIME = 15.0
@@ -56,6 +63,10 @@ class Session:
         # signals bpsh got before its jobs were sent (Ctrl-C while the manifest was built), delivered with them
         self.early_signals: list[int] = []
         self.sent = False  # the JobStarts have gone to the nodes
+        # --fanout: the jobs not sent yet, each sent as an earlier one ends; and whether stdin goes to the
+        # jobs (not when some start later: they would miss what the first ones read)
+        self.waiting: list[tuple[int, NodeLink]] = []
+        self.stdin_open = True
 
     def output(self, stream: int, data: bytes, node: int) -> None:
         raise NotImplementedError
@@ -86,6 +97,12 @@ class Job:
     paused: bool = False  # its output is held on the node (p.JobFlow) until the session can take more
     pacer: asyncio.Task[None] | None = None  # what resumes it
     objects: frozenset[str] = frozenset()  # the sha256 of each file of its manifest: what its node may fetch
+    # its JobStart frame's text for a job id (the manifest encoded once per request), kept until it is sent:
+    # at once, or when its turn comes (--fanout)
+    start: Callable[[int], str] | None = None
+    timeout: float = 0.0  # bpsh -t: seconds from its start to its kill
+    timer: asyncio.TimerHandle | None = None  # the -t deadline, then the wait for the killed job's end
+    timed_out: bool = False
 
 
 @dataclass
@@ -98,26 +115,10 @@ class NodeLink:
     token: str = field(default="", repr=False)  # the registration's token the link was opened with
 
 
-def parse_nodes(text: str) -> list[int] | None:
-    """'0', '0,3', '2-4' -> node numbers; 'all' or '-a' -> None (every linked node)."""
-    if text in ("all", "-a"):
-        return None
-    numbers: list[int] = []
-    for part in text.split(","):
-        part = part.strip().lstrip(".n")
-        low, dash, high = part.partition("-")
-        if not low.isdigit() or (dash and not high.isdigit()):
-            raise JobError(f"node list {text!r}: {part!r} is not a node number", hint="e.g. 0 or 0,3 or 2-5 or -a")
-        first, last = int(low), int(high) if dash else int(low)
-        if last - first >= MAX_NODES or len(numbers) >= MAX_NODES:
-            raise JobError(f"node list {text!r}: more than {MAX_NODES} nodes", hint="-a runs on every node that is up")
-        numbers += range(first, last + 1)
-    return list(dict.fromkeys(numbers))
-
-
 class JobHub:
     def __init__(self, registry: Registry, gate: transfers.TransferGate, root: str = "/") -> None:
         self.registry = registry
+        self.config = MasterConfig()  # beoserv's, set again on SIGHUP: groups and the hostname prefix
         self.transfers = gate
         self.objects = ObjectStore()
         self.manifests = ManifestBuilder(self.objects, root)
@@ -282,12 +283,20 @@ class JobHub:
             return
         if job.pacer is not None:
             job.pacer.cancel()
+        if job.timer is not None:
+            job.timer.cancel()
+        if job.timed_out:
+            message = replace(
+                message, status=TIMED_OUT, error=f"command timeout: still running after -t {job.timeout:g} s, killed"
+            )
         job.link.jobs.discard(job_id)
         job.session.jobs.discard(job_id)
         state = p.JobState.FAILED if message.error and message.status in (127, LINK_LOST) else p.JobState.EXITED
         self.finished.append(replace(job.row, state=state, status=message.status))
         del self.finished[:-FINISHED_KEPT]
         job.session.job_exit(message)
+        if job.start is None:  # it ran: its place goes to the next waiting job (--fanout)
+            await self._send_next(job.session)
         if not job.session.jobs:
             job.session.all_ended()
 
@@ -298,24 +307,26 @@ class JobHub:
         and the reason (command not found, node not up, ...)."""
         try:
             await self._start(session, request)
+        except selection.SelectionError as exc:  # not a node set: a usage error, as bpsh's own are
+            self._refuse(session, str(exc), exc.exit_code)
         except (BeobootError, p.ProtocolError, OSError) as exc:
             self._refuse(session, str(exc))
         except Exception as exc:  # a bug: bpsh must still hear of it and end, not wait for ever
             log.exception("bpsh request %r failed", request.argv[:1])
             self._refuse(session, f"beoserv could not start the job: {exc!r} (see beoserv's log)")
 
-    def _refuse(self, session: Session, why: str) -> None:
+    def _refuse(self, session: Session, why: str, status: int = 127) -> None:
         if session.jobs:  # some started before it failed: they end as they will, and end the session
             log.warning("bpsh request failed after some of its jobs started: %s", why)
             return
-        session.job_exit(p.JobExit(0, 127, error=why))
+        session.job_exit(p.JobExit(0, status, error=why))
         session.all_ended()
 
     async def stdin(self, session: Session, data: bytes) -> None:
         """Input for every job of the session (each node gets the same bytes); b"" is end of file."""
         for job_id in list(session.jobs):
             job = self.jobs.get(job_id)
-            if job is not None and not job.link.ws.closed:
+            if job is not None and job.start is None and not job.link.ws.closed:
                 try:
                     await job.link.ws.send_bytes(struct.pack(p.IO_HEADER, p.Stream.STDIN, job_id) + data)
                 except ConnectionError:
@@ -331,19 +342,21 @@ class JobHub:
                 job.pacer.cancel()
                 await _send(job.link.ws, p.JobFlow(job_id, True))
 
+    def select(self, nodes: str, exclude: str = "", *, linked: bool = True) -> list[int]:
+        """The nodes a node set names (beoboot.master.selection), less `exclude`; with `linked`, @up (and
+        bpsh's `all`, -a) is the nodes a job can start on: up, with their job link open."""
+        resolve = selection.resolver(self.registry, dict(self.config.group_nodes), self.links if linked else None)
+        return selection.select(nodes, exclude, resolve, self.config.hostname_prefix)
+
     def _nodes_for(self, request: p.JobRequest) -> list[int]:
         """The nodes a request runs on: each must have its job link and be up in the registry (stage 3
         ready, heartbeats on time): a node that registered and never booted, or went silent, gets no job.
-        `-a` takes every such node; a list naming any other node is refused, naming them."""
-        wanted = parse_nodes(request.nodes)
+        `@up` (`-a`) takes every such node; a set naming any other node is refused, naming them."""
+        wanted = self.select(request.nodes, request.exclude)
+        if not wanted:
+            excluded = f" -x {request.exclude!r}" if request.exclude else ""
+            raise JobError(f"{request.nodes!r}{excluded} names no node that is up", hint="bpstat shows the nodes")
         up = self.registry.numbers_in_state(p.NodeState.UP)
-        if wanted is None:
-            numbers = [n for n in sorted(self.links) if n in up]
-            if skipped := [n for n in self.links if n not in up]:
-                log.info("bpsh -a: node %s skipped: job link up, but not up in the registry", _named(sorted(skipped)))
-            if not numbers:
-                raise JobError("no node is up with a job link", hint="bpstat shows the nodes")
-            return numbers
         unlinked = [n for n in wanted if n not in self.links]
         not_up = [n for n in wanted if n in self.links and n not in up]
         reasons = []
@@ -352,7 +365,7 @@ class JobHub:
         if not_up:
             reasons.append(f"node {_named(not_up)} {'is' if len(not_up) == 1 else 'are'} not up (booting or silent)")
         if reasons:
-            raise JobError("; ".join(reasons), hint="bpstat shows the nodes")
+            raise JobError("; ".join(reasons), hint="bpstat shows the nodes; @up names the nodes that are")
         return wanted
 
     async def _start(self, session: Session, request: p.JobRequest) -> None:
@@ -369,6 +382,7 @@ class JobHub:
         # every job is in the tables before the first is sent, so that one ending at once cannot end the
         # session before the others started; a link lost while the manifest was built ends its node's job
         starts = []
+        start = p.job_start_frames(manifest)
         for number in numbers:
             job_id = next(self._ids)
             link = self.links.get(number)
@@ -376,33 +390,69 @@ class JobHub:
                 session.job_exit(p.JobExit(job_id, LINK_LOST, node=number, error=f"node {number} job link lost"))
                 continue
             row = p.JobRow(job_id, number, 0, command, p.JobState.STARTING, now)
-            self.jobs[job_id] = Job(row, session, link, objects=objects)
+            self.jobs[job_id] = Job(row, session, link, objects=objects, start=start, timeout=request.timeout)
             session.jobs.add(job_id)
             link.jobs.add(job_id)
             starts.append((job_id, link))
         if not starts:
             session.all_ended()
             return
-        job_start = p.job_start_frames(manifest)
-        for job_id, link in starts:
-            await _send_text(link.ws, job_start(job_id))
-            if not request.stdin:
-                await _send_bytes(link.ws, struct.pack(p.IO_HEADER, p.Stream.STDIN, job_id))
+        fanout = request.fanout or len(starts)
+        session.stdin_open = request.stdin and fanout >= len(starts)
+        session.waiting = starts[fanout:]
+        for job_id, link in starts[:fanout]:
+            await self._send_start(session, job_id, link)
         session.sent = True
         for signum in session.early_signals:
             await self.signal(session, signum)
         session.early_signals.clear()
 
+    async def _send_start(self, session: Session, job_id: int, link: NodeLink) -> None:
+        """Send a job's JobStart (and, without stdin, its end of file); start its -t clock."""
+        job = self.jobs.get(job_id)
+        if job is None or job.start is None:
+            return
+        start, job.start = job.start, None
+        await _send_text(link.ws, start(job_id))
+        if not session.stdin_open:
+            await _send_bytes(link.ws, struct.pack(p.IO_HEADER, p.Stream.STDIN, job_id))
+        if job.timeout:
+            job.timer = asyncio.get_running_loop().call_later(job.timeout, self._time_out, job_id)
+
+    async def _send_next(self, session: Session) -> None:
+        """--fanout: a job ended, so the next waiting one starts. (One whose link was lost meanwhile has ended
+        with the link, taking no place.)"""
+        while session.waiting:
+            job_id, link = session.waiting.pop(0)
+            if job_id not in self.jobs:
+                continue
+            await self._send_start(session, job_id, link)
+            return
+
+    def _time_out(self, job_id: int) -> None:
+        """-t: the job ran past its deadline: kill it (its end reports the timeout); if its node does not
+        report the end within KILL_ANSWER_TIME, it is taken for ended."""
+        job = self.jobs.get(job_id)
+        if job is None:
+            return
+        job.timed_out = True
+        log.info("job %d on node %d: killed at its -t deadline of %g s", job_id, job.link.number, job.timeout)
+        asyncio.ensure_future(_send(job.link.ws, p.JobSignal(job_id, SIGKILL)))
+        gone = p.JobExit(job_id, TIMED_OUT, node=job.link.number)
+        job.timer = asyncio.get_running_loop().call_later(
+            KILL_ANSWER_TIME, lambda: asyncio.ensure_future(self._finish(job_id, gone))
+        )
+
     # --- bpctl ------------------------------------------------------------------------------------------
 
-    async def power(self, order: p.NodePower, nodes: str) -> list[str]:
-        """Send `order` to each node of `nodes` ('0,3', 'all': every linked node) and wait for each to
-        end its jobs and close its link; the node is then DOWN, with the order in its boot's timeline.
-        Returns the failures, one line per node (an empty list: every node acted)."""
-        wanted = parse_nodes(nodes)
-        numbers = sorted(self.links) if wanted is None else wanted
+    async def power(self, order: p.NodePower, nodes: str, exclude: str = "") -> list[str]:
+        """Send `order` to each node of the node set `nodes` ('0,3', 'n[0-7]', '@up', 'all': every node
+        up with its job link), less `exclude`, and wait for each to end its jobs and close its link; the
+        node is then DOWN, with the order in its boot's timeline. Returns the failures, one line per node
+        (an empty list: every node acted)."""
+        numbers = self.select(nodes, exclude)
         if not numbers:
-            raise JobError("no node is up with a job link", hint="bpstat shows the nodes")
+            raise JobError(f"{nodes!r} names no node that is up with a job link", hint="bpstat shows the nodes")
         results = await asyncio.gather(*(self._power_one(number, order) for number in numbers))
         return [failure for failure in results if failure]
 
@@ -424,9 +474,13 @@ class JobHub:
         if not session.sent:
             session.early_signals.append(signum)
             return
+        if signum in ENDING_SIGNALS and session.waiting:  # Ctrl-C: the jobs still waiting (--fanout) never start
+            never, session.waiting = session.waiting, []
+            for job_id, link in never:
+                await self._finish(job_id, p.JobExit(job_id, 128 + signum, signal=signum, node=link.number))
         for job_id in list(session.jobs):
             job = self.jobs.get(job_id)
-            if job is not None and not job.link.ws.closed:
+            if job is not None and job.start is None and not job.link.ws.closed:
                 await _send(job.link.ws, p.JobSignal(job_id, signum))
 
 
@@ -468,4 +522,4 @@ async def _send_text(ws: web.WebSocketResponse, text: str) -> None:
             pass
 
 
-__all__ = ["JobHub", "parse_nodes", "RegistryError"]
+__all__ = ["JobHub", "RegistryError"]

@@ -17,6 +17,7 @@ from pathlib import Path, PurePosixPath
 from beoboot.image.manifest import MANIFEST_NAME
 from beoboot.image.outputs import CURRENT
 from beoboot.master.exhaustion import exhausted
+from beoboot.master.nextboot import PublishedBoot, from_manifest
 
 log = logging.getLogger("beoserv")
 
@@ -29,6 +30,7 @@ class NotPublished(Exception):
 class _Listing:
     key: tuple[int, int, int, int]  # (device, inode, mtime_ns, size) of the manifest it was read from
     paths: frozenset[str]
+    boot: PublishedBoot | None = None  # what a node booting now gets (beoboot.master.nextboot)
 
 
 class PublishedTree:
@@ -55,32 +57,40 @@ class PublishedTree:
             raise NotPublished(relative)
         return path
 
+    def boot(self) -> PublishedBoot | None:
+        """What a node booting now gets: the published kernel release and image hashes (None: no build)."""
+        return self._listing_of(self.build_dir()).boot
+
     def _listed(self, build: Path) -> frozenset[str]:
         """The artifact paths of `build`'s manifest, read again only when the manifest file changed."""
+        return self._listing_of(build).paths
+
+    def _listing_of(self, build: Path) -> _Listing:
         manifest = build / MANIFEST_NAME
         try:
             st = manifest.stat()
         except OSError:
-            return frozenset()  # nothing built yet
+            return _Listing((0, 0, 0, 0), frozenset())  # nothing built yet
         key = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
         if self._listing is None or self._listing.key != key:
-            self._listing = _Listing(key, _read_paths(manifest))
-        return self._listing.paths
+            self._listing = _read(manifest, key)
+        return self._listing
 
 
-def _read_paths(manifest: Path) -> frozenset[str]:
-    """The manifest's paths; an OSError for want of a resource (EMFILE) is raised, not taken for an empty
-    manifest, which would be remembered and have every file answered "not published"."""
+def _read(manifest: Path, key: tuple[int, int, int, int]) -> _Listing:
+    """The manifest's paths and boot facts; an OSError for want of a resource (EMFILE) is raised, not taken
+    for an empty manifest, which would be remembered and have every file answered "not published"."""
     try:
-        artifacts = json.loads(manifest.read_bytes())["artifacts"]
-        return frozenset(str(PurePosixPath(a["path"])) for a in artifacts)
+        raw = json.loads(manifest.read_bytes())
+        paths = frozenset(str(PurePosixPath(a["path"])) for a in raw["artifacts"])
+        return _Listing(key, paths, from_manifest(raw))
     except OSError as exc:
         if exhausted(exc):
             raise
         log.error("cannot read %s (%s): serving nothing from it until it changes", manifest, exc.strerror or exc)
-        return frozenset()
+        return _Listing(key, frozenset())
     except (ValueError, KeyError, TypeError) as exc:
         log.error(
             "%s is not a beoboot manifest (%s): serving nothing from it; rebuild with beoboot-build", manifest, exc
         )
-        return frozenset()
+        return _Listing(key, frozenset())

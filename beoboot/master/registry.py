@@ -25,6 +25,7 @@ from pathlib import Path
 
 from agent.protocol import (
     HEARTBEAT_LOST,
+    Booted,
     BootEvent,
     Hardware,
     Load,
@@ -82,6 +83,8 @@ ADDED_COLUMNS = (
     ("nodes", "link_token", "TEXT NOT NULL DEFAULT ''"),
     ("nodes", "address", "TEXT"),
     ("nodes", "load", "TEXT"),
+    ("nodes", "agent_version", "TEXT NOT NULL DEFAULT ''"),
+    ("nodes", "booted", "TEXT NOT NULL DEFAULT '{}'"),  # what its last registration said it runs
 )
 
 
@@ -105,6 +108,8 @@ class NodeRecord:
     load: Load | None = None  # as of its last heartbeat that carried one
     ready: bool = False  # stage3_ready seen in the current boot
     first_seen: float = 0.0
+    agent_version: str = ""  # as its last registration said
+    booted: Booted = field(default_factory=Booted)  # as its last registration said: its kernel and images
     # the hardware as stored, kept so that a heartbeat's row write does not encode it again
     hardware_json: str = field(default="{}", repr=False, compare=False)
 
@@ -141,9 +146,9 @@ def _alive_state(ready: bool) -> NodeState:
 # every column of a node's row, in the order _row() gives them
 NODE_COLUMNS = (
     "number, mac, state, stage, boot, ready, first_seen, last_seen, uptime, uptime_at, hardware, link_token,"
-    " address, load"
+    " address, load, agent_version, booted"
 )
-WRITE_NODE = f"INSERT OR REPLACE INTO nodes ({NODE_COLUMNS}) VALUES ({', '.join('?' * 14)})"
+WRITE_NODE = f"INSERT OR REPLACE INTO nodes ({NODE_COLUMNS}) VALUES ({', '.join('?' * 16)})"
 WRITE_EVENT = "INSERT INTO events (number, boot, t, event, stage, detail) VALUES (?, ?, ?, ?, ?, ?)"
 WRITE_LOG = "INSERT INTO logs (number, boot, t, stage, level, message) VALUES (?, ?, ?, ?, ?, ?)"
 
@@ -165,6 +170,8 @@ def _row(node: NodeRecord) -> tuple[object, ...]:
         node.link_token,
         node.address,
         load,
+        node.agent_version,
+        json.dumps(asdict(node.booted), sort_keys=True),
     )
 
 
@@ -225,7 +232,15 @@ class Registry:
     # --- writes ------------------------------------------------------------------------------------------
 
     def register(
-        self, mac: str, stage: Stage, hardware: Hardware, now: float, keep_boots: int = 10, address: str | None = None
+        self,
+        mac: str,
+        stage: Stage,
+        hardware: Hardware,
+        now: float,
+        keep_boots: int = 10,
+        address: str | None = None,
+        agent_version: str = "",
+        booted: Booted | None = None,
     ) -> NodeRecord:
         """Known MAC: same number. A registration at a stage not later than the node's last one is a new
         boot (stage 1 after stage 3, or stage 2 again when there is no stage 1); a later stage continues
@@ -252,6 +267,8 @@ class Registry:
                 address=address,
                 first_seen=now,
                 hardware_json=hardware_json,
+                agent_version=agent_version,
+                booted=booted or Booted(),
             )
             return self._changed(node)
         new_boot = stage.order <= old.stage.order
@@ -269,6 +286,8 @@ class Registry:
             hardware_json=hardware_json,
             link_token=token,
             address=address or old.address,
+            agent_version=agent_version,
+            booted=booted or Booted(),
         )
         if new_boot:
             oldest_kept = node.boot - keep_boots + 1
@@ -365,6 +384,10 @@ class Registry:
             load = from_dict(Load, json.loads(row["load"])) if row["load"] else None
         except (ProtocolError, ValueError):
             load = None
+        try:
+            booted = from_dict(Booted, json.loads(row["booted"]))
+        except (ProtocolError, ValueError):
+            booted = Booted()  # the node says it again when it registers
         return NodeRecord(
             number=row["number"],
             mac=row["mac"],
@@ -381,6 +404,8 @@ class Registry:
             ready=bool(row["ready"]),
             first_seen=row["first_seen"],
             hardware_json=row["hardware"],
+            agent_version=row["agent_version"],
+            booted=booted,
         )
 
     def node_by_mac(self, mac: str) -> NodeRecord | None:

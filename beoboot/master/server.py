@@ -33,16 +33,18 @@ from aiohttp import web
 
 from agent import protocol as p
 from beoboot.errors import BeobootError, ConfigError
-from beoboot.master import admission, exhaustion, fdlimit, hostsfile, transfers
+from beoboot.master import admission, exhaustion, fdlimit, hostsfile, nextboot, transfers
 from beoboot.master.bpsh.localjobs import LocalListener
 from beoboot.master.config import MasterConfig, load_config
 from beoboot.master.hosttable import HostTable
 from beoboot.master.jobhub import JobHub
 from beoboot.master.listener import BACKLOG, listen
+from beoboot.master.nextboot import PublishedBoot
 from beoboot.master.printable import printable
 from beoboot.master.published import NotPublished, PublishedTree
 from beoboot.master.rates import SAMPLE_EVERY, WINDOW, Rates
 from beoboot.master.registry import NodeRecord, Registry, RegistryError
+from beoboot.master.selection import SelectionError
 
 log = logging.getLogger("beoserv")
 node_log = logging.getLogger("beoserv.node")
@@ -197,6 +199,7 @@ class Beoserv:
         self.transfers = transfers.TransferGate(config.max_transfers)
         self.open_files_limit: int | None = None  # what serve() raised it to (None: not known, in a test)
         self.jobs = JobHub(self.registry, self.transfers)
+        self.jobs.config = config
         self._hosts = HostTable({})
         self._hosts_due: asyncio.TimerHandle | None = None
         self.started = time.time()
@@ -399,7 +402,7 @@ class Beoserv:
                     getattr(self.config, key),
                 )
         config = dataclasses.replace(config, **{key: getattr(self.config, key) for key in STARTUP_KEYS})
-        self.config = config
+        self.config = self.jobs.config = config
         self.config_loads += 1
         log.info("config reloaded from %s: %s", self.options.config_path, config)
         self._build_host_table()  # a new address plan or hosts_file takes effect now, not at the next heartbeat
@@ -466,7 +469,7 @@ class Beoserv:
 
     # --- node API ----------------------------------------------------------------------------------------
 
-    def _row(self, node: NodeRecord, now: float) -> p.NodeRow:
+    def _row(self, node: NodeRecord, now: float, published: PublishedBoot | None = None) -> p.NodeRow:
         return p.NodeRow(
             number=node.number,
             mac=node.mac,
@@ -480,6 +483,9 @@ class Beoserv:
             uptime=node.uptime_now(now),
             hardware=node.hardware,
             load=node.load if node.state is not p.NodeState.DOWN else None,
+            agent_version=node.agent_version,
+            booted=node.booted,
+            next_boot_changes=nextboot.changes(node.booted, published),
         )
 
     def _registration_refused(self, request: web.Request) -> web.Response | None:
@@ -501,7 +507,13 @@ class Beoserv:
             return refused
         msg = p.from_json(p.RegisterRequest, await request.read())
         address = _plain_ipv4(msg.address)
-        node = self.registry.register(msg.mac, msg.stage, msg.hardware, time.time(), self.config.keep_boots, address)
+        booted = p.check_booted(msg.booted, "RegisterRequest.booted")
+        # shown in bpstat: a version is the kind of word a release is ("0.1.0"); anything else is dropped
+        # rather than refused, as a node must not fail to register over how it names its agent
+        agent_version = msg.agent_version if p.KERNEL_RELEASE.fullmatch(msg.agent_version) else ""
+        node = self.registry.register(
+            msg.mac, msg.stage, msg.hardware, time.time(), self.config.keep_boots, address, agent_version, booted
+        )
         await self.registry.committed()  # a number handed out is never handed out again, even after a crash
         log.info(
             "node %d (%s) registered at %s, boot %d, from %s",
@@ -632,8 +644,18 @@ class Beoserv:
         return json_response(p.Accepted(len(timed)))
 
     async def nodes(self, request: web.Request) -> web.Response:
+        """Every node, or those of the node set `nodes` less `exclude` (bpstat NODESET -x NODESET)."""
         now = time.time()
-        return json_response(p.NodeList(now, tuple(self._row(n, now) for n in self.registry.nodes())))
+        records = self.registry.nodes()
+        if "nodes" in request.query or "exclude" in request.query:
+            nodes, exclude = request.query.get("nodes") or "@all", request.query.get("exclude", "")
+            try:
+                chosen = set(self.jobs.select(nodes, exclude, linked=False))
+            except SelectionError as exc:
+                return error_response(400, str(exc))
+            records = [node for node in records if node.number in chosen]
+        published = self.published.boot()
+        return json_response(p.NodeList(now, tuple(self._row(n, now, published) for n in records)))
 
     async def timeline(self, request: web.Request) -> web.Response:
         node = self.registry.find(request.match_info["node"])

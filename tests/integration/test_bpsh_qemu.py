@@ -1,6 +1,7 @@
 """bpsh against a node booted in QEMU (TCG) with the real master: the node runs the master's exact programs
 out of its libcache, chrooted in its environment root. The node reaches the master at 10.0.2.2."""
 
+import json
 import os
 import shutil
 import signal
@@ -13,6 +14,8 @@ import pytest
 from master_helpers import MasterProcess, bpsh_argv, build_for_master
 from nodes import node_row, stage2_node
 from servers import free_port
+
+from agent import __version__ as agent_version
 
 pytestmark = pytest.mark.integration
 
@@ -153,6 +156,18 @@ def test_bpstat_shows_the_nodes_load_and_memory(node):
         time.sleep(1)
     assert 700 << 10 < load["mem_total_kib"] <= 1 << 20 and 0 < load["mem_available_kib"] < load["mem_total_kib"]
     assert load["load1"] >= 0
+
+
+def test_bpstat_shows_what_the_node_booted(node, out):
+    """Its kernel, stage 3 as stage 2 fetched it and the environment root by its pin: the build's own."""
+    manifest = json.loads((out / "manifest.json").read_text())
+    hashes = {a["name"]: a["sha256"] for a in manifest["artifacts"]}
+    row = node_row(node, 0)
+    assert row["booted"] == {
+        "kernel": manifest["kernel_version"],
+        "images": {"stage3": hashes["stage3"], "envroot": hashes["envroot"]},
+    }
+    assert (row["agent_version"], row["next_boot_changes"]) == (agent_version, [])
 
 
 def test_exit_status_of_a_shell(node):

@@ -41,8 +41,23 @@ def test_beonss_addresses():
         ('hosts_file = "/no/such/dir/hosts"', "must be an absolute path in an existing directory"),
         ("max_nodes = 0", "max_nodes = 0 is not allowed: expected a number of nodes from 1"),
         ("max_transfers = 1.5", "max_transfers = 1.5 must be int"),
+        ("groups = 3", "groups = 3 must be a table of node sets"),
+        ("[groups]\nrack1 = 3", "must be a table of node sets"),
+        ('[groups]\nup = "n1"', "has 'up', which is the master's own"),
+        ('[groups]\n"a b" = "n1"', "has 'a b', which is not a group name"),
+        ('[groups]\nrack1 = "n[7-5]"', r"groups.rack1 = 'n\[7-5\]': the range 7-5 runs backwards"),
+        ('[groups]\nrack1 = "@gpu"', "groups.rack1 = '@gpu': groups are beoserv's to resolve"),
     ],
 )
 def test_bad_config_names_the_key(text, complaint):
     with pytest.raises(ConfigError, match=complaint):
         parse_config(text, "beoserv.toml")
+
+
+def test_groups_are_node_sets_in_the_files_hostname_prefix_and_render_back():
+    from beoboot.configfile import render
+
+    text = 'hostname_prefix = "node"\n[groups]\nrack1 = "node[0-3]"\ngpu = "7,node9"\n'
+    config = parse_config(text)
+    assert config.group_nodes == (("gpu", (7, 9)), ("rack1", (0, 1, 2, 3)))
+    assert parse_config("\n".join(render(config))) == config

@@ -1,6 +1,6 @@
 import pytest
 
-from agent.protocol import Hardware, Load, LogLine, NodeState, StageEvent
+from agent.protocol import Booted, Hardware, Load, LogLine, NodeState, StageEvent
 from agent.schema import Stage
 from beoboot.master.registry import Registry, RegistryError
 
@@ -118,3 +118,16 @@ def test_a_heartbeat_with_load_keeps_it_until_the_next_one(reg, tmp_path):
     assert reg.node_by_mac(A).load == Load(1.5, 4096, 1024)
     reg.close()
     assert Registry(tmp_path / "nodes.db").node_by_mac(A).load == Load(1.5, 4096, 1024)  # kept in the file
+
+
+def test_what_a_node_booted_is_kept_until_its_next_registration(reg, tmp_path):
+    booted = Booted("6.1.0-57-amd64", {"stage3": "a" * 64, "envroot": "b" * 64})
+    reg.register(A, Stage.SUPERVISOR, Hardware(), 1.0, agent_version="0.1.0", booted=booted)
+    reg.heartbeat(A, Stage.SUPERVISOR, 5.0, 2.0)
+    reg.close()
+    again = Registry(tmp_path / "nodes.db")
+    node = again.node_by_mac(A)
+    assert (node.agent_version, node.booted) == ("0.1.0", booted)
+    node = again.register(A, Stage.PXE, Hardware(), 3.0)  # the next boot says what it runs, or nothing
+    assert (node.agent_version, node.booted) == ("", Booted())
+    again.close()

@@ -18,7 +18,6 @@ from master_helpers import BPSH_SCRIPT
 from agent import protocol as p
 from beoboot.master.bpsh.client import BpshOptions, BpshUsageError, encode_request, parse_args
 from beoboot.master.bpsh.localjobs import RequestError, decode_request
-from beoboot.master.jobhub import parse_nodes
 from beoboot.master.manifest.describe import (
     JobError,
     ManifestBuilder,
@@ -727,19 +726,6 @@ def test_locale_names_are_normalised_as_glibc_does(name, normalised):
 
 
 @pytest.mark.parametrize(
-    "text, expected",
-    [("0", [0]), ("0,3", [0, 3]), ("2-4", [2, 3, 4]), (".1,n2", [1, 2]), ("all", None), ("1,1", [1])],
-)
-def test_parse_nodes(text, expected):
-    assert parse_nodes(text) == expected
-
-
-def test_parse_nodes_rejects_junk():
-    with pytest.raises(JobError, match="'x' is not a node number"):
-        parse_nodes("0,x")
-
-
-@pytest.mark.parametrize(
     "argv, expected",
     [
         (["0", "ls", "-l"], BpshOptions("/m.sock", "0", ("ls", "-l"))),
@@ -779,8 +765,25 @@ def test_bpsh_request_round_trips_with_any_bytes_and_the_kernels_user():
     assert letters == "n" and not request.stdin
 
 
+def test_bpsh_node_selection_and_output_options_round_trip():
+    argv = ["-b", "-x", "n3", "--exclude=@gpu", "--fanout", "8", "-t", "2.5", "n[0-99,120]", "hostname"]
+    options = parse_args(argv, {})
+    request, letters = decode_request(encode_request(options, b"/", {}), uid=0, gid=0)
+    assert (request.nodes, request.exclude, request.fanout, request.timeout) == ("n[0-99,120]", "n3,@gpu", 8, 2.5)
+    assert letters == "b" and request.stdin
+
+
 @pytest.mark.parametrize(
-    "data", [b"", b"GET / HTTP/1.1", b"bpsh1\x000\x00/\x00\x005\x00ls", b"bpsh1\x000\x00/\x00\x00x\x00a\x000"]
+    "data",
+    [
+        b"",
+        b"GET / HTTP/1.1",
+        b"bpsh1\x000\x00/\x00\x005\x00ls",
+        b"bpsh1\x000\x00/\x00\x00x\x00a\x000",
+        b"bpsh1\x000\x00/\x00;q=1\x001\x00ls\x000",  # an option this beoserv does not know
+        b"bpsh1\x000\x00/\x00;t=nan\x001\x00ls\x000",
+        b"bpsh1\x000\x00/\x00;f=-1\x001\x00ls\x000",
+    ],
 )
 def test_bad_bpsh_requests_are_refused(data):
     with pytest.raises(RequestError):
@@ -792,8 +795,12 @@ def test_bad_bpsh_requests_are_refused(data):
     [
         ([], "no node"),
         (["0"], "no command"),
-        (["-x", "0", "a"], "unknown option"),
-        (["-nx", "0", "a"], "unknown option"),
+        (["-q", "0", "a"], "unknown option"),
+        (["-nq", "0", "a"], "unknown option"),
+        (["-x"], "-x needs a value"),
+        (["-b", "-s", "0", "a"], "not with -p, -s or -d"),
+        (["--fanout", "0", "0", "a"], "--fanout .0.: give a number of nodes"),
+        (["-t", "-1", "0", "a"], "-t .-1.: give the seconds"),
     ],
 )
 def test_bpsh_argument_errors(argv, message):

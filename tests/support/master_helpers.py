@@ -199,9 +199,10 @@ def simulated_cluster(work: Path, nodes: int = 1) -> Iterator[MasterProcess]:
         master.stop()
 
 
-def publish_files(root: Path, files: dict[str, bytes | str]) -> Path:
+def publish_files(root: Path, files: dict[str, bytes | str], kernel_version: str | None = None) -> Path:
     """A build of `files` (path: bytes, or str for a symlink to that target) published into `root` by the
-    builder's own publishing code, its manifest listing every one; returns the build's directory."""
+    builder's own publishing code, its manifest listing every one (and the kernel release, if given);
+    returns the build's directory."""
     import hashlib
 
     from beoboot.image.outputs import Staging
@@ -218,5 +219,8 @@ def publish_files(root: Path, files: dict[str, bytes | str]) -> Path:
                 target.write_bytes(data)
             digest = hashlib.sha256(data).hexdigest()
             artifacts.append({"kind": "image", "name": path, "path": path, "size": len(data), "sha256": digest})
-        (staging.path / "manifest.json").write_text(json.dumps({"artifacts": artifacts}))
+        manifest: dict[str, object] = {"artifacts": artifacts}
+        if kernel_version is not None:
+            manifest["kernel_version"] = kernel_version
+        (staging.path / "manifest.json").write_text(json.dumps(manifest))
         return staging.publish("manifest.json")

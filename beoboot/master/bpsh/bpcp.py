@@ -1,8 +1,9 @@
 """`bpcp SOURCE... DEST`: copy files between the master and a node's environment root, as Scyld's bpcp did."""
 
-# An operand is a path on the master, or NODE:PATH on a node (`3:/tmp/in`, `n3:/tmp/in`, `.3:/tmp/in`), in
-# the environment root where its jobs see it. Files go to one node from the master, or from one node to the
-# master. Each copy is a bpsh job of the master's own `dd` (cached on the node like any job's program): the
+# An operand is a path on the master, or NODESET:PATH on nodes (`3:/tmp/in`, `n3:/tmp/in`, `.3:/tmp/in`,
+# `n[0-7]:/tmp/in`, `@up:/tmp/in`), in the environment root where their jobs see it. Files go from the
+# master to a node set (every node gets the same bytes: the job's stdin goes to each), or from one node to
+# the master. Each copy is a bpsh job of the master's own `dd` (cached on the node like any job's program): the
 # file is the job's stdin going to a node, its stdout coming back. So bpcp needs nothing on the node that a
 # job does not bring, and copies as the user who runs it: beoserv takes the user from the socket, and the
 # node checks permissions as for any job of theirs.
@@ -14,13 +15,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 import tempfile
 
+from beoboot.master import nodeset
 from beoboot.master.bpsh.client import DEFAULT_SOCKET, SOCKET_ENV, BpshOptions, Client
 
-REMOTE = re.compile(r"(?:n|\.)?(\d+):(.*)", re.S)
 DD = ("dd", "bs=1M", "status=none")
 
 
@@ -29,13 +29,35 @@ class BpcpError(Exception):
 
 
 def parse_operand(text: str) -> tuple[str | None, str]:
-    """'3:/tmp/x' -> ('3', '/tmp/x'); a path on the master -> (None, path)."""
-    found = REMOTE.fullmatch(text)
-    if not found:
+    """'3:/tmp/x' -> ('3', '/tmp/x'), 'n[0-3]:/x' -> ('n[0-3]', '/x'): a node set, then a colon (node sets
+    hold no colon); a path on the master -> (None, path). What stands before the colon is a node set when
+    it reads as one (beoserv resolves its groups); `./a:b` or `notes:x` is a file here."""
+    nodes, colon, path = text.partition(":")
+    if not colon or "/" in nodes or not is_node_set(nodes):
         return None, text
-    if not found.group(2).startswith("/"):
+    if not path.startswith("/"):
         raise BpcpError(f"{text}: a node's path must be absolute (a node has no working directory of yours)")
-    return found.group(1), found.group(2)
+    return nodes, path
+
+
+def is_node_set(text: str) -> bool:
+    """Whether `text` reads as a node set, whatever its groups turn out to hold."""
+    try:
+        nodeset.parse(text, resolve=lambda name: ())
+    except nodeset.NodeSetError:
+        return False
+    return True
+
+
+def one_node(text: str) -> str:
+    """A copy to the master comes from one node: `text` must name exactly one, without a group."""
+    try:
+        numbers = nodeset.parse(text)
+    except nodeset.NodeSetError as exc:
+        raise BpcpError(f"{exc}: a copy to the master comes from one node, named (n3)") from None
+    if len(numbers) != 1:
+        raise BpcpError(f"{text!r} names {len(numbers)} nodes: a copy to the master comes from one (n3)")
+    return str(numbers[0])
 
 
 def to_node(socket: str, source: str, node: str, destination: str) -> None:
@@ -108,6 +130,7 @@ def copy(socket: str, sources: list[str], destination: str) -> None:
     elif to is None and len(parsed) == 1 and remote:  # a node's file to the master
         ((node, source),) = parsed
         assert node is not None  # `remote`: every source named a node
+        node = one_node(node)
         target = os.path.join(path, os.path.basename(source)) if os.path.isdir(path) else path
         from_node(socket, node, source, target)
     elif to is None and not remote:
@@ -120,8 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="bpcp",
         description="Copy files between the master and a node's environment root.",
-        usage="bpcp [--socket PATH] SOURCE... NODE:PATH\n       bpcp [--socket PATH] NODE:PATH DEST",
-        epilog="NODE:PATH names a file on a node (0:/tmp/in, n3:/tmp/in, .3:/tmp/in); other paths are the master's.",
+        usage="bpcp [--socket PATH] SOURCE... NODESET:PATH\n       bpcp [--socket PATH] NODE:PATH DEST",
+        epilog="NODESET:PATH names a file on nodes (0:/tmp/in, n3:/tmp/in, n[0-7]:/tmp/in, @up:/tmp/in); "
+        "other paths are the master's. A copy to the master comes from one node.",
     )
     parser.add_argument("--socket", default=os.environ.get(SOCKET_ENV) or DEFAULT_SOCKET, help="beoserv's bpsh socket")
     parser.add_argument("operands", nargs="+", metavar="OPERAND", help="the sources, then the destination")

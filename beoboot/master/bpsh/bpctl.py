@@ -10,7 +10,8 @@
 # order cannot come from a node or from another user on the master.
 #
 # Wire format (one SEQPACKET record each way, on bpsh's socket, with stdin, stdout and stderr as for bpsh):
-# NUL-separated REQUEST_MAGIC, nodes, action, grace seconds. beoserv writes one line per node that failed
+# NUL-separated REQUEST_MAGIC, nodes, action, grace seconds, and the node set to leave out (-x; an
+# older bpctl sends none). The node sets go as typed: beoserv resolves them (beoboot.master.selection). beoserv writes one line per node that failed
 # to the client's stderr and answers b"X" + status: 0 when every node acted, 1 otherwise.
 
 from __future__ import annotations
@@ -39,20 +40,22 @@ class ControlRequestError(Exception):
     pass
 
 
-def encode_request(nodes: str, action: PowerAction, grace: float) -> bytes:
-    return b"\0".join([REQUEST_MAGIC, nodes.encode(), action.value.encode(), repr(float(grace)).encode()])
+def encode_request(nodes: str, action: PowerAction, grace: float, exclude: str = "") -> bytes:
+    fields = [REQUEST_MAGIC, nodes.encode(), action.value.encode(), repr(float(grace)).encode(), exclude.encode()]
+    return b"\0".join(fields)
 
 
-def decode_request(data: bytes) -> tuple[str, PowerAction, float]:
-    """A bpctl record -> (nodes, action, grace)."""
+def decode_request(data: bytes) -> tuple[str, PowerAction, float, str]:
+    """A bpctl record -> (nodes, action, grace, exclude)."""
     fields = data.split(b"\0")
-    if len(fields) != 4 or fields[0] != REQUEST_MAGIC:
+    if len(fields) not in (4, 5) or fields[0] != REQUEST_MAGIC:
         raise ControlRequestError("not a bpctl request (another version of bpctl?)")
     try:
         nodes, action, grace = fields[1].decode(), PowerAction(fields[2].decode()), float(fields[3])
+        exclude = fields[4].decode() if len(fields) == 5 else ""
     except ValueError:
         raise ControlRequestError("a malformed bpctl request") from None
-    return nodes, action, check_grace(grace)
+    return nodes, action, check_grace(grace), exclude
 
 
 def check_grace(grace: float) -> float:
@@ -63,12 +66,16 @@ def check_grace(grace: float) -> float:
 
 def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bpctl", description=__doc__.split("\n")[0].strip("`"))
-    parser.add_argument(
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument(
         "-S",
         "--node",
-        required=True,
-        metavar="NODES",
-        help="0, n0 or .0; lists 0,3 and ranges 2-5; all: every node that is up",
+        metavar="NODESET",
+        help="n3, .3 or 3; ranges 0-99 or n[0-99,120]; @up, @all, @GROUP (beoserv's [groups]); a,b a!b a&b",
+    )
+    which.add_argument("-a", "--all", action="store_true", help="every node that is up (as -S @up)")
+    parser.add_argument(
+        "-x", "--exclude", action="append", default=[], metavar="NODESET", help="not these nodes (may be repeated)"
     )
     parser.add_argument(
         "-s",
@@ -95,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     except ControlRequestError as exc:
         print(f"bpctl: {exc}", file=sys.stderr)
         return USAGE_STATUS
-    request = encode_request(args.node, STATES[args.state], args.grace)
+    request = encode_request("@up" if args.all else args.node, STATES[args.state], args.grace, ",".join(args.exclude))
     with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as conn:
         try:
             conn.connect(args.socket)

@@ -1,4 +1,4 @@
-"""`bpsh NODE[,NODE...|-a] COMMAND [ARGS...]`: run the master's COMMAND on nodes, as if it ran here.
+"""`bpsh NODESET|-a COMMAND [ARGS...]`: run the master's COMMAND on nodes, as if it ran here.
 
 This is the whole client (beoboot/master/bpsh/executable.py is the executable that loads it), kept tiny on purpose: a cached job runs on a node in a few
 milliseconds, so the client's own start-up is most of what a user waits for. It runs as `python3 -IS`
@@ -13,17 +13,22 @@ output straight to this terminal or pipe and reads stdin from it (forwarded to e
 on; -n: none). beoserv takes the user and group from the socket (SO_PEERCRED), not from anything the
 client says, so a user can run jobs only as themself. Then the client waits for one message, the exit
 status: a job's exit code, 128+N for a job killed by signal N (as a shell says), the highest when several
-nodes ran it, 255 when beoserv went away first (as ssh does for a lost connection), 2 for a bad command
-line or a request too big to send.
+nodes ran it (the worst node's, as `clush -S` gives), 255 when beoserv went away first (as ssh does for a
+lost connection) or a node's job ran past -t (as clush's command timeout), 2 for a bad command line, a
+node set that is not one, or a request too big to send.
+
+The node set is sent as typed: beoserv parses it (beoboot.master.nodeset) and resolves @up, @all and its
+config's groups, so the client needs no parser (and no config) of its own.
 
 Signals: SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 sent to bpsh are forwarded to the jobs'
 process groups. Ctrl-Z stops the remote jobs and then bpsh; `fg`/`bg` (SIGCONT) continues both. A plain
 SIGSTOP cannot be caught, so it stops only bpsh; the SIGCONT that resumes it is forwarded.
 
 Wire format (one SEQPACKET record each way): the request is NUL-separated fields, REQUEST_MAGIC, nodes,
-cwd, flags (letters: n for -n, p for -p, s for -s, d for -d), the number of argv entries, argv, the number of --cache paths, the paths, then the
-environment as NAME=VALUE; later records from the client are b"S" + signal number. beoserv answers
-b"X" + status.
+cwd, flags (letters: n for -n, p for -p, s for -s, d for -d, b for -b; then ";x=NODESET" for -x,
+";f=N" for --fanout, ";t=SECONDS" for -t), the number of argv entries, argv, the number of --cache paths,
+the paths, then the environment as NAME=VALUE; later records from the client are b"S" + signal number.
+beoserv answers b"X" + status.
 """
 
 import _signal
@@ -38,14 +43,21 @@ NO_EXIT = 255  # beoserv went away before the status came back (ssh answers 255 
 MAX_REQUEST = 1 << 20
 USAGE_EXIT = 2  # a bad command line, or a request too big to send
 EMSGSIZE = 90  # Linux's errno value; the errno module is not among the client's imports
-FLAG_LETTERS = "anpsdh"  # the one-letter options without a value, which may be given together (-ap)
+FLAG_LETTERS = "anpsdbh"  # the one-letter options without a value, which may be given together (-ap)
+VALUED = ("--socket", "--cache", "-x", "--exclude", "--fanout", "-t", "--timeout")  # options with a value
+MAX_TIMEOUT = 1e7  # seconds (115 days): a larger -t is a typo, and none at all is no -t
 SIGSTOP, SIGTSTP, SIGCONT = _signal.SIGSTOP, _signal.SIGTSTP, _signal.SIGCONT
 FORWARDED_SIGNALS = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGQUIT, _signal.SIGUSR1, _signal.SIGUSR2)
-USAGE = """usage: bpsh [--socket PATH] [-n] [-p] [-s] [-d] [--cache PATH]... NODE[,NODE...] COMMAND [ARGS...]
-       bpsh [--socket PATH] [-n] [-p] [-s] [-d] [--cache PATH]... -a COMMAND [ARGS...]
-  NODE: 0, .0 or n0; lists 0,3 and ranges 2-5; -a: every node that is up
+USAGE = """usage: bpsh [OPTIONS] NODESET COMMAND [ARGS...]
+       bpsh [OPTIONS] -a COMMAND [ARGS...]
+  NODESET: n3, .3 or 3; ranges 0-99 or n[0-99,120]; @up, @all, @GROUP (beoserv's [groups]);
+           a,b  a!b (minus)  a&b (both); -a: every node that is up (@up)
+  -x NODESET: not these nodes
   -n: the jobs read end of file, not bpsh's stdin; -p: each output line starts with its node's number
   -s: each node's output whole, node after node; -d: as -s, with a divider line before each node's
+  -b: fold identical output: each distinct output once, under the nodes that gave it (as clush -b)
+  --fanout N: run on N nodes at a time, the next one starting as one ends
+  -t SECONDS: kill a node's job after SECONDS (reported; status 255, as clush -u)
   --cache PATH: also bring PATH (a file or a tree)"""
 
 
@@ -58,13 +70,42 @@ class BpshHelp(Exception):
 
 
 class BpshOptions:
-    """What the command line asked for; `nodes` is '0', '0,3', '2-5' or 'all'."""
+    """What the command line asked for; `nodes` is the node set as typed ('0,3', 'n[0-7]', '@up'; 'all' for
+    -a), `exclude` that of -x."""
 
-    __slots__ = ("socket", "nodes", "argv", "cache", "no_stdin", "prefix", "sequential", "divider")
+    __slots__ = (
+        "socket",
+        "nodes",
+        "argv",
+        "cache",
+        "no_stdin",
+        "prefix",
+        "sequential",
+        "divider",
+        "exclude",
+        "fold",
+        "fanout",
+        "timeout",
+    )
 
-    def __init__(self, socket, nodes, argv, cache=(), no_stdin=False, prefix=False, sequential=False, divider=False):
+    def __init__(
+        self,
+        socket,
+        nodes,
+        argv,
+        cache=(),
+        no_stdin=False,
+        prefix=False,
+        sequential=False,
+        divider=False,
+        exclude="",
+        fold=False,
+        fanout=0,
+        timeout=0.0,
+    ):
         self.socket, self.nodes, self.argv, self.cache = socket, nodes, tuple(argv), tuple(cache)
         self.no_stdin, self.prefix, self.sequential, self.divider = no_stdin, prefix, sequential or divider, divider
+        self.exclude, self.fold, self.fanout, self.timeout = exclude, fold, fanout, timeout
 
     def __eq__(self, other):
         return isinstance(other, BpshOptions) and all(getattr(self, n) == getattr(other, n) for n in self.__slots__)
@@ -79,23 +120,32 @@ def parse_args(args, environ=None):
     socket = environ.get(SOCKET_ENV.encode()) if environ is posix.environ else environ.get(SOCKET_ENV)
     socket = (socket.decode() if isinstance(socket, bytes) else socket) or DEFAULT_SOCKET
     cache = []
-    no_stdin = every = prefix = sequential = divider = False
+    no_stdin = every = prefix = sequential = divider = fold = False
+    exclude, fanout, timeout = "", 0, 0.0
     rest = list(args)
     while rest and rest[0].startswith("-"):
         option = rest.pop(0)
         if len(option) > 2 and option[1] != "-" and not option.strip("-" + FLAG_LETTERS):
             rest[:0] = ["-" + letter for letter in option[1:]]  # -np: -n -p, as getopt reads them
             continue
-        name, equals, value = option.partition("=")
-        if name in ("--socket", "--cache"):
+        name, equals, value = option.partition("=") if option.startswith("--") else (option, "", "")
+        if name in VALUED:
             if not equals:
                 if not rest:
                     raise BpshUsageError(f"{option} needs a value")
                 value = rest.pop(0)
             if name == "--socket":
                 socket = value
-            else:
+            elif name == "--cache":
                 cache.append(value)
+            elif name in ("-x", "--exclude"):
+                if ";" in value or not value.strip():
+                    raise BpshUsageError(f"-x {value!r} is not a node set (e.g. -x n3 or -x n[0-3],@rack2)")
+                exclude = value if not exclude else exclude + "," + value
+            elif name == "--fanout":
+                fanout = _count(name, value)
+            else:
+                timeout = _seconds(name, value)
         elif option == "-n":
             no_stdin = True
         elif option == "-p":
@@ -104,6 +154,8 @@ def parse_args(args, environ=None):
             sequential = True
         elif option == "-d":
             divider = True
+        elif option == "-b":
+            fold = True
         elif option in ("-h", "--help"):
             raise BpshHelp()
         elif option in ("-a", "--all"):
@@ -120,7 +172,31 @@ def parse_args(args, environ=None):
         raise BpshUsageError("no node given")
     if not rest:
         raise BpshUsageError("no command given")
-    return BpshOptions(socket, nodes, rest, cache, no_stdin, prefix, sequential, divider)
+    if fold and (prefix or sequential or divider):
+        raise BpshUsageError("-b folds the output of every node together: not with -p, -s or -d")
+    if ";" in nodes:
+        raise BpshUsageError(f"{nodes!r} is not a node set (e.g. n3, n[0-7], @up)")
+    return BpshOptions(
+        socket, nodes, rest, cache, no_stdin, prefix, sequential, divider, exclude, fold, fanout, timeout
+    )
+
+
+def _count(option, text):
+    """--fanout N: a whole number of nodes, at least 1."""
+    if not (text.isascii() and text.isdigit()) or not 0 < int(text) <= 1 << 20:
+        raise BpshUsageError(f"{option} {text!r}: give a number of nodes, 1 or more")
+    return int(text)
+
+
+def _seconds(option, text):
+    """-t SECONDS: a number of seconds above 0 (3, 0.5)."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds <= MAX_TIMEOUT:  # NaN fails this too
+        raise BpshUsageError(f"{option} {text!r}: give the seconds each node's job may run, e.g. -t 30")
+    return seconds
 
 
 def encode_request(options, cwd, environ):
@@ -136,9 +212,16 @@ def encode_request(options, cwd, environ):
             (b"p", options.prefix),
             (b"s", options.sequential),
             (b"d", options.divider),
+            (b"b", options.fold),
         )
         if on
     )
+    if options.exclude:
+        letters += b";x=" + b(options.exclude)
+    if options.fanout:
+        letters += b";f=%d" % options.fanout
+    if options.timeout:
+        letters += b";t=" + repr(float(options.timeout)).encode()
     fields = [
         REQUEST_MAGIC,
         b(options.nodes),

@@ -30,6 +30,7 @@ from agent import protocol as p
 from beoboot.errors import BeobootError
 from beoboot.master.bpsh import bpctl
 from beoboot.master.bpsh import client as bpsh
+from beoboot.master.bpsh.folded import FoldedOutput
 from beoboot.master.bpsh.sequential import SequentialOutput
 from beoboot.master.jobhub import JobHub, Session
 
@@ -77,7 +78,7 @@ def peer_groups(conn: socket.socket, pid: int, uid: int) -> tuple[int, ...]:
 
 def decode_request(data: bytes, uid: int, gid: int, groups: tuple[int, ...] = ()) -> tuple[p.JobRequest, str]:
     """A bpsh request record -> (JobRequest as user uid:gid with those supplementary groups, the option
-    letters: n for -n, p for -p, s for -s, d for -d)."""
+    letters: n for -n, p for -p, s for -s, d for -d, b for -b)."""
     fields = data.split(b"\0")
     if len(fields) < 6 or fields[0] != bpsh.REQUEST_MAGIC:
         raise RequestError("not a bpsh request (another version of bpsh?)")
@@ -101,9 +102,32 @@ def decode_request(data: bytes, uid: int, gid: int, groups: tuple[int, ...] = ()
         name, equals, value = entry.partition(b"=")
         if equals and name:
             env[text(name)] = text(value)
-    letters = flags.decode("ascii", "replace")
+    letters, *valued = text(flags).split(";")
+    options: dict[str, str] = {}
+    for item in valued:
+        key, is_set, setting = item.partition("=")
+        if not is_set or key not in ("x", "f", "t") or key in options:
+            raise RequestError(f"a bpsh request with an unknown option {item[:40]!r} (another version of bpsh?)")
+        options[key] = setting
+    try:
+        fanout, timeout = int(options.get("f", "0")), float(options.get("t", "0"))
+    except ValueError:
+        raise RequestError("a malformed bpsh request (--fanout or -t)") from None
+    if not (0 <= fanout <= 1 << 20 and 0 <= timeout <= bpsh.MAX_TIMEOUT):  # NaN fails too
+        raise RequestError(f"--fanout {fanout} or -t {timeout}: out of range")
     request = p.JobRequest(
-        nodes=nodes, argv=argv, env=env, cwd=cwd, uid=uid, gid=gid, cache=cache, stdin="n" not in letters, groups=groups
+        nodes=nodes,
+        argv=argv,
+        env=env,
+        cwd=cwd,
+        uid=uid,
+        gid=gid,
+        cache=cache,
+        stdin="n" not in letters,
+        groups=groups,
+        exclude=options.get("x", ""),
+        fanout=fanout,
+        timeout=timeout,
     )
     return request, letters
 
@@ -157,12 +181,14 @@ class LocalSession(Session):
         *,
         prefix: bool = False,
         sequential: SequentialOutput | None = None,
+        folded: FoldedOutput | None = None,
         client_pid: int = 0,
     ) -> None:
         super().__init__()
         self.hub, self.loop, self.conn = hub, loop, conn
         self.client_pid = client_pid  # bpsh's, from SO_PEERCRED: 0 if unknown
-        self.prefixes = LinePrefixer() if prefix else None
+        self.folded = folded  # bpsh -b: standard output held and folded; standard error led by its node
+        self.prefixes = LinePrefixer() if prefix or folded is not None else None
         self.sequential = sequential  # bpsh -s / -d
         self._turn_came: asyncio.Event | None = None  # set when a node's held output was written (-s)
         self.stdin_fd, self.stdout_fd, self.stderr_fd = fds
@@ -185,13 +211,22 @@ class LocalSession(Session):
             self._write_chunks(self.sequential.start(nodes))
 
     def output(self, stream: int, data: bytes, node: int) -> None:
+        if self.folded is not None and stream == p.Stream.STDOUT:
+            self._write_chunks(self.folded.output(node, data, self._stdout_lines))
+            return
         if self.prefixes is not None:
             data = self.prefixes.lines(node, stream, data)
         if data:
             self._output_unprefixed(stream, data, node)
 
+    def _stdout_lines(self, node: int, data: bytes) -> bytes:
+        assert self.prefixes is not None  # set with -b
+        return self.prefixes.lines(node, p.Stream.STDOUT, data)
+
     def job_exit(self, message: p.JobExit) -> None:
         self.statuses.append(message.status)
+        if self.folded is not None:
+            self.folded.ended(message.node, message.status)
         if self.prefixes is not None:
             for stream in (p.Stream.STDOUT, p.Stream.STDERR):
                 if rest := self.prefixes.rest(message.node, stream):
@@ -222,6 +257,8 @@ class LocalSession(Session):
         return self.stderr_fd if stream == p.Stream.STDERR else self.stdout_fd
 
     def all_ended(self) -> None:
+        if self.folded is not None:
+            self._write_chunks(self.folded.render())
         self._stop_stdin()
         self._stdin_chunks.put_nowait(b"")  # wakes forward_stdin, if it waits
         status = max(self.statuses) if self.statuses else bpsh.NO_EXIT
@@ -538,24 +575,27 @@ class LocalListener:
         if stat.S_ISCHR(st.st_mode) and st.st_rdev == DEV_NULL:
             request = replace(request, stdin=False)  # the jobs get end of file at once, no reading needed
         sequential = SequentialOutput(divider="d" in letters) if "s" in letters or "d" in letters else None
-        session = LocalSession(self.hub, loop, conn, fds, prefix="p" in letters, sequential=sequential, client_pid=pid)
+        folded = FoldedOutput(self.hub.config.hostname_prefix) if "b" in letters else None
+        session = LocalSession(
+            self.hub, loop, conn, fds, prefix="p" in letters, sequential=sequential, folded=folded, client_pid=pid
+        )
         session.listen()
         asyncio.ensure_future(self._run(session, request))
 
     async def _run(self, session: LocalSession, request: p.JobRequest) -> None:
         await self.hub.run(session, request)
-        if request.stdin and session.jobs:
+        if request.stdin and session.stdin_open and session.jobs:
             await session.forward_stdin()
 
     async def _control(self, conn: socket.socket, fds: list[int], data: bytes, uid: int) -> None:
         """bpctl: root only; one line on the client's stderr per node that did not act."""
         status = bpctl.FAILED_STATUS
         try:
-            nodes, action, grace = bpctl.decode_request(data)
+            nodes, action, grace, exclude = bpctl.decode_request(data)
             if uid != 0:
                 raise bpctl.ControlRequestError(f"only root may {action} nodes (you are uid {uid})")
             order = p.NodePower(action, grace, by="root")
-            failures = await self.hub.power(order, nodes)
+            failures = await self.hub.power(order, nodes, exclude)
             for failure in failures:
                 _say(fds[2], f"bpctl: {failure}\n")
             status = bpctl.FAILED_STATUS if failures else 0

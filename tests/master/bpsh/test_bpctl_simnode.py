@@ -118,3 +118,13 @@ def test_only_root_may_order_and_a_node_that_is_not_up_is_named(cluster, tmp_pat
     result = bpctl(master, "-S", "1", "-s", "suspend")
     assert result.returncode == 2 and "invalid choice: 'suspend'" in result.stderr
     assert node_row(master, 1)["state"] == "up"
+
+
+def test_a_node_set_less_its_exclusions_is_powered_off(cluster):
+    master, simlog = cluster
+    result = bpctl(master, "-a", "-x", "n1", "-s", "pwroff")
+    assert (result.returncode, result.stderr) == (0, "")
+    assert [row["state"] for row in json.loads(bpstat(master, "--json"))] == ["down", "up"]
+    result = bpctl(master, "-S", "n[1-0]", "-s", "pwroff")
+    assert result.returncode == 1 and "node set 'n[1-0]': the range 1-0 runs backwards" in result.stderr
+    assert node_row(master, 1)["state"] == "up"

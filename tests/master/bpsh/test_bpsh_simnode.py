@@ -413,7 +413,7 @@ def test_bpstat_shows_each_nodes_load_and_memory(cluster):
     assert [row["load"]["mem_total_kib"] for row in rows] == [total, total]
     assert all(0 < row["load"]["mem_available_kib"] <= total and row["load"]["load1"] >= 0 for row in rows)
     table = subprocess.run(bpstat, capture_output=True, text=True, check=True).stdout.splitlines()
-    assert table[0].split()[-3:] == ["load", "mem", "avail"] and table[1].endswith(f"/{total >> 10} MiB")
+    assert "load" in table[0].split() and "mem avail" in table[0] and f"/{total >> 10} MiB  " in table[1]
 
 
 def test_no_beoserv_is_a_clear_error(tmp_path):
