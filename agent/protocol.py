@@ -137,6 +137,9 @@ class RegisterReply:
     # the job link's credential (LINK_TOKEN_HEADER), new at every registration: only the machine that
     # registered last as this node gets its jobs, not whoever knows its MAC
     link_token: str = ""
+    # the master's own host name, which nodes then resolve to the master: launchers on the master give it
+    # to what they start on nodes to call back (Hydra's `--control-port vm:PORT`)
+    master_hostname: str = ""
 
 
 @dataclass(frozen=True)
@@ -615,6 +618,9 @@ class JobRequest:
     cache: tuple[str, ...] = ()  # extra files or directories to bring (--cache)
     stdin: bool = True  # forward bpsh's stdin (False: the job reads end of file at once)
     groups: tuple[int, ...] = ()  # supplementary groups of the bpsh process (SO_PEERGROUPS)
+    # the bpsh process (SO_PEERCRED; 0: unknown): an MPI daemon's job brings what its launcher, the
+    # process that ran bpsh, will have it run (beoboot.master.manifest.launchers)
+    client_pid: int = 0
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from agent.schema import Stage
 from agent.system.mounts import ENV_ROOT_MOUNTS
 from stage3 import jobrunner
 from stage3.libcache import LIBCACHE_DIR, LibCache
+from stage3.names import NodeNames
 from stage3.simfleet import (
     DOWNLOADS_PER_PROCESS,
     HeartbeatScheduler,
@@ -49,7 +50,12 @@ MS_REC, MS_PRIVATE = 0x4000, 0x40000
 SKELETON_FILES = {
     "etc/passwd": "root:x:0:0:root:/:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
     "etc/group": "root:x:0:\nnogroup:x:65534:\n",
+    "etc/nsswitch.conf": "passwd: files\ngroup: files\nhosts: files\n",  # the envroot image's (templates/envroot)
 }
+# Every simulated node runs on this host, so its own names, the master's and (from the host table) the
+# other nodes' resolve to loopback, where the others' jobs listen too: MPI daemons and ranks reach each
+# other by the names their launchers give them (n0, n1, the master's host name)
+SIMULATED_ADDRESS = "127.0.0.1"
 
 
 def private_mounts() -> bool:
@@ -148,7 +154,10 @@ class SimNode:
         self.runner = jobrunner.JobRunner(
             self.master, self.mac, self.env_root, self.cache, log=print, token=self._token, power=self.power
         )
+        self.link.address = SIMULATED_ADDRESS  # the master's host table then names every node with it
         reply = self.link.register(p.Hardware(cpu_model="simulated", cpus=1), attempts=20)
+        self.names = NodeNames(reply, SIMULATED_ADDRESS, self.master, self.env_root, dry_run=True, root=self.directory)
+        self.names.write_env_root()
         self.link.event(p.BootEvent.STAGE3_READY)
         if self.scheduler is None:
             self.heartbeats: threading.Thread | None = self.link.run_heartbeats(load=self.load)

@@ -39,6 +39,17 @@ MAX_REQUEST = 1 << 20
 USAGE_EXIT = 2  # a bad command line, or a request too big to send
 EMSGSIZE = 90  # Linux's errno value; the errno module is not among the client's imports
 FLAG_LETTERS = "anpsdh"  # the one-letter options without a value, which may be given together (-ap)
+# ssh's options that launchers pass (Open MPI's and Hydra's -x, clush's -oConnectTimeout=N -oBatchMode=yes,
+# -l USER): accepted so that bpsh can stand in for ssh, and ignored, since they concern what bpsh has not
+# (a terminal, X11, agents, keys, host keys, a connection to open), but for -n (bpsh's own) and -l, which
+# must name the caller: a job runs as whoever runs bpsh. Their being given also says that the command is
+# ssh's, one shell command line (SSH_COMMAND_RULE)
+SSH_FLAGS = frozenset(("-x", "-X", "-Y", "-T", "-q", "-4", "-6", "-A", "-C", "-K", "-k", "-g"))
+SSH_VALUED = frozenset(("-o", "-l", "-i", "-F", "-c", "-m", "-E", "-J"))
+# Characters that make a command word shell syntax rather than a program's name: whitespace, quotes,
+# operators, expansions, globs, comments, redirections (SSH_COMMAND_RULE)
+SHELL_SYNTAX = frozenset(" \t\n'\"\\|&;<>()$`*?[#~")
+SHELL = "/bin/sh"  # the master's, brought as any job's program is
 SIGSTOP, SIGTSTP, SIGCONT = _signal.SIGSTOP, _signal.SIGTSTP, _signal.SIGCONT
 FORWARDED_SIGNALS = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGQUIT, _signal.SIGUSR1, _signal.SIGUSR2)
 USAGE = """usage: bpsh [--socket PATH] [-n] [-p] [-s] [-d] [--cache PATH]... NODE[,NODE...] COMMAND [ARGS...]
@@ -46,7 +57,19 @@ USAGE = """usage: bpsh [--socket PATH] [-n] [-p] [-s] [-d] [--cache PATH]... NOD
   NODE: 0, .0 or n0; lists 0,3 and ranges 2-5; -a: every node that is up
   -n: the jobs read end of file, not bpsh's stdin; -p: each output line starts with its node's number
   -s: each node's output whole, node after node; -d: as -s, with a divider line before each node's
-  --cache PATH: also bring PATH (a file or a tree)"""
+  --cache PATH: also bring PATH (a file or a tree)
+  COMMAND as ssh takes it: one word of shell syntax (bpsh 0 'ls | wc -l'), or after any ssh option (-x, -o
+  OPT, -l USER, ...), runs as /bin/sh -c 'the words joined by spaces'; otherwise the words are the argv"""
+
+# SSH_COMMAND_RULE: when bpsh runs its command words through a shell, as ssh always does.
+# ssh joins its command words with spaces and hands the line to the remote user's shell, so a launcher that
+# takes ssh (mpirun's ' orted -mca ess "env" ...', Hydra's '"/usr/bin/hydra_pmi_proxy" --control-port ...',
+# clush's 'echo a; echo b') relies on a shell to split and unquote it. bpsh keeps `bpsh 3 prog ARG...`
+# argv-exact (an argument with spaces stays one argument), and reads the command as ssh does when
+#   - an ssh option was given (the caller takes bpsh for ssh), or
+#   - the first command word is shell syntax (holds whitespace, a quote or SHELL_SYNTAX), which no
+#     program's name would be: `bpsh 3 'cd /tmp && make'`.
+# The shell is the master's /bin/sh, and the manifest brings the commands the line names (shell.py).
 
 
 class BpshUsageError(Exception):
@@ -79,10 +102,21 @@ def parse_args(args, environ=None):
     socket = environ.get(SOCKET_ENV.encode()) if environ is posix.environ else environ.get(SOCKET_ENV)
     socket = (socket.decode() if isinstance(socket, bytes) else socket) or DEFAULT_SOCKET
     cache = []
-    no_stdin = every = prefix = sequential = divider = False
+    no_stdin = every = prefix = sequential = divider = as_ssh = False
     rest = list(args)
     while rest and rest[0].startswith("-"):
         option = rest.pop(0)
+        if option[:2] in SSH_VALUED:  # -oBatchMode=yes, -o BatchMode=yes, -l user
+            value = option[2:] or (rest.pop(0) if rest else "")
+            if not value:
+                raise BpshUsageError(f"{option} needs a value")
+            if option[:2] == "-l":
+                check_login(value)
+            as_ssh = True
+            continue
+        if option in SSH_FLAGS:
+            as_ssh = True
+            continue
         if len(option) > 2 and option[1] != "-" and not option.strip("-" + FLAG_LETTERS):
             rest[:0] = ["-" + letter for letter in option[1:]]  # -np: -n -p, as getopt reads them
             continue
@@ -120,7 +154,27 @@ def parse_args(args, environ=None):
         raise BpshUsageError("no node given")
     if not rest:
         raise BpshUsageError("no command given")
-    return BpshOptions(socket, nodes, rest, cache, no_stdin, prefix, sequential, divider)
+    return BpshOptions(socket, nodes, remote_command(rest, as_ssh), cache, no_stdin, prefix, sequential, divider)
+
+
+def remote_command(words, as_ssh=False):
+    """The job's argv for these command words (SSH_COMMAND_RULE): themselves, or /bin/sh -c LINE."""
+    if as_ssh or not words[0] or any(char in SHELL_SYNTAX for char in words[0]):
+        return [SHELL, "-c", " ".join(words)]
+    return words
+
+
+def check_login(user):
+    """ssh -l USER: only the caller's own name (or uid), since the job runs as the caller whatever it says."""
+    import pwd  # built into the interpreter: costs no file, and only when -l is given
+
+    uid = posix.getuid()
+    try:
+        own = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        own = str(uid)
+    if user not in (own, str(uid)):
+        raise BpshUsageError(f"-l {user}: jobs run as the user who runs bpsh ({own}); run bpsh as {user} instead")
 
 
 def encode_request(options, cwd, environ):
