@@ -94,6 +94,7 @@ class MasterLink:
         self.registration: p.RegisterReply | None = None
         self.hardware = p.Hardware()
         self.address: str | None = None  # sent at registration and with heartbeats, for the cluster's host table
+        self.hosts_version = 0  # of the host table, as the last heartbeat's reply said
         self.dropped_lines = 0
         self._events: list[p.StageEvent] = []
         self._lines: list[p.LogLine] = []
@@ -209,6 +210,8 @@ class MasterLink:
             self._note_failure()
             return None
         self._note_success()
+        if reply is not None:
+            self.hosts_version = reply.hosts_version
         return reply
 
     def hosts(self) -> str | None:

@@ -56,6 +56,11 @@ SKELETON_FILES = {
 # other nodes' resolve to loopback, where the others' jobs listen too: MPI daemons and ranks reach each
 # other by the names their launchers give them (n0, n1, the master's host name)
 SIMULATED_ADDRESS = "127.0.0.1"
+# Nodes of a fleet up to this size take the host table as stage 3 does (at once when up, then whenever a
+# heartbeat says it changed); a bigger fleet's would be a load of the simulator's own (a thousand nodes
+# fetching a thousand lines at each change), not the master's that its benchmarks measure, and its
+# nodes know their own and the master's names only
+FOLLOW_HOSTS_UP_TO = 64
 
 
 def private_mounts() -> bool:
@@ -120,6 +125,7 @@ class SimNode:
         os.makedirs(self.env_root, exist_ok=True)
         make_env_root(self.env_root, proc=proc)
         self.scheduler, self.load = heartbeats, load
+        self.follow_hosts = False  # take the host table's changes (FOLLOW_HOSTS_UP_TO)
         self._beat_lock = threading.Lock()  # held across a scheduled heartbeat: power() waits for one under way
         # durable=False: a booted node's cache is in RAM by default, where fsync is a no-op; this scratch
         # directory on the host's disk stands for it and must not pay for a disk's fsync per object
@@ -158,6 +164,7 @@ class SimNode:
         reply = self.link.register(p.Hardware(cpu_model="simulated", cpus=1), attempts=20)
         self.names = NodeNames(reply, SIMULATED_ADDRESS, self.master, self.env_root, dry_run=True, root=self.directory)
         self.names.write_env_root()
+        self.hosts_version = 0
         self.link.event(p.BootEvent.STAGE3_READY)
         if self.scheduler is None:
             self.heartbeats: threading.Thread | None = self.link.run_heartbeats(load=self.load)
@@ -171,9 +178,22 @@ class SimNode:
         return reply.number
 
     def beat(self) -> float | None:
-        """One scheduled heartbeat; None once the link is stopped."""
+        """One scheduled heartbeat; None once the link is stopped. A new host table is taken at once."""
         with self._beat_lock:
-            return None if self.link.stopped else self.link.beat(None, self.load())
+            if self.link.stopped:
+                return None
+            interval = self.link.beat(None, self.load())
+        if self.follow_hosts and self.link.hosts_version != self.hosts_version:
+            self.take_hosts()
+        return interval
+
+    def take_hosts(self) -> None:
+        """The cluster's host table into the environment root's /etc/hosts, as stage 3 takes it."""
+        version = self.link.hosts_version
+        table = self.link.hosts()
+        if table is not None:
+            self.names.take_table(table)
+            self.hosts_version = version
 
     def _stop_heartbeats(self) -> None:
         self.link.stop()
@@ -231,6 +251,9 @@ def run_worker(args: argparse.Namespace, first: int, count: int, report: int, pr
     _each(nodes, lambda node: node.start(since), threads=1 if count <= 16 else 8)
     for node in nodes:
         node.runner.connected.wait(30)
+    for node in nodes if args.count <= FOLLOW_HOSTS_UP_TO else ():
+        node.follow_hosts = True
+        node.take_hosts()  # so that a small cluster's nodes name each other as soon as it is up
     send_report(report, "up", figures_json([node.figures for node in nodes]))
     while not stop.wait(1):
         pass

@@ -792,8 +792,8 @@ def test_bad_bpsh_requests_are_refused(data):
     [
         ([], "no node"),
         (["0"], "no command"),
-        (["-x", "0", "a"], "unknown option"),
-        (["-nx", "0", "a"], "unknown option"),
+        (["-Z", "0", "a"], "unknown option"),
+        (["-nZ", "0", "a"], "unknown option"),
     ],
 )
 def test_bpsh_argument_errors(argv, message):
