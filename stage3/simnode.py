@@ -54,8 +54,9 @@ SKELETON_FILES = {
 }
 # Every simulated node runs on this host, so its own names, the master's and (from the host table) the
 # other nodes' resolve to loopback, where the others' jobs listen too: MPI daemons and ranks reach each
-# other by the names their launchers give them (n0, n1, the master's host name)
-SIMULATED_ADDRESS = "127.0.0.1"
+# other by the names their launchers give them (n0, n1, the master's host name). Each node has an address
+# of its own in 127.0.0.0/8 (simulated_address), not 127.0.0.1: a launcher on the master that resolves
+# the node's name would take 127.0.0.1 for itself and start the node's work here, not through bpsh
 # Nodes of a fleet up to this size take the host table as stage 3 does (at once when up, then whenever a
 # heartbeat says it changed); a bigger fleet's would be a load of the simulator's own (a thousand nodes
 # fetching a thousand lines at each change), not the master's that its benchmarks measure, and its
@@ -100,6 +101,12 @@ def make_env_root(root: str, *, proc: bool) -> None:
         mount_kernel_filesystems(root)
 
 
+def simulated_address(index: int) -> str:
+    """Node `index`'s loopback address: 127.1.0.1 for the first, then on (127.1.1.0 is the 256th)."""
+    number = index + 1
+    return f"127.{1 + ((number >> 16) & 0x7F)}.{(number >> 8) & 0xFF}.{number & 0xFF}"
+
+
 def simulated_mac(index: int, prefix: str = "02:be:0b") -> str:
     """Locally administered MACs (bit 1 of the first octet), so they can never clash with real NICs."""
     return f"{prefix}:{(index >> 16) & 0xFF:02x}:{(index >> 8) & 0xFF:02x}:{index & 0xFF:02x}"
@@ -118,7 +125,7 @@ class SimNode:
         download_slots: threading.Semaphore | None = None,
         load: Callable[[], p.Load | None] = hwprobe.load,
     ) -> None:
-        self.master, self.mac = master, simulated_mac(index)
+        self.master, self.mac, self.address = master, simulated_mac(index), simulated_address(index)
         self.figures = NodeFigures(self.mac)
         self.directory = os.path.join(directory, f"node{index}")
         self.env_root = os.path.join(self.directory, "env")
@@ -160,9 +167,9 @@ class SimNode:
         self.runner = jobrunner.JobRunner(
             self.master, self.mac, self.env_root, self.cache, log=print, token=self._token, power=self.power
         )
-        self.link.address = SIMULATED_ADDRESS  # the master's host table then names every node with it
+        self.link.address = self.address  # for the cluster's host table
         reply = self.link.register(p.Hardware(cpu_model="simulated", cpus=1), attempts=20)
-        self.names = NodeNames(reply, SIMULATED_ADDRESS, self.master, self.env_root, dry_run=True, root=self.directory)
+        self.names = NodeNames(reply, self.address, self.master, self.env_root, dry_run=True, root=self.directory)
         self.names.write_env_root()
         self.hosts_version = 0
         self.link.event(p.BootEvent.STAGE3_READY)

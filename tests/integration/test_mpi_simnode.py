@@ -3,13 +3,16 @@
 with the real beoserv and `python -m stage3.simnode`. Nothing is given with --cache: the daemons, the
 ranks' program (read from the launcher's command line), the MPI libraries' plug-ins and help files come
 by themselves. Every simulated node is on this host, so MPI talks over loopback (Open MPI is told to use
-`lo`; it leaves loopback out by default)."""
+`lo`; it leaves loopback out by default). The launchers resolve the node names they are given: beoserv
+writes them into a hosts file (`hosts_file`), which the launchers see as /etc/hosts in a mount namespace
+of their own, so that no name is asked of DNS."""
 
 import os
 import shutil
 import signal
 import subprocess
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -70,8 +73,14 @@ def cluster(tmp_path_factory):
         pytest.skip(f"needs {', '.join(missing)}: python3 build.py setup")
     work = tmp_path_factory.mktemp("mpi")
     (work / "boot").mkdir()
-    master = MasterProcess(work / "boot", work / "nodes.db", work / "beoserv.log").start()
+    hosts = work / "hosts"
+    shutil.copy("/etc/hosts", hosts)
+    (work / "beoserv.toml").write_text(f'hosts_file = "{hosts}"\n')
+    master = MasterProcess(work / "boot", work / "nodes.db", work / "beoserv.log", work / "beoserv.toml").start()
     sim = start_simnodes(master.url, work, 4)
+    deadline = time.monotonic() + 10
+    while " n3 " not in hosts.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
     yield master, work
     sim.send_signal(signal.SIGTERM)
     sim.wait(10)
@@ -109,7 +118,9 @@ def programs(cluster):
 
 
 def run(argv, env, cwd, timeout=120):
-    return subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    """`argv` with the cluster's hosts file as /etc/hosts (cwd's parent holds it)."""
+    names = ["unshare", "-m", "sh", "-c", 'mount --bind "$0" /etc/hosts && exec "$@"', str(Path(cwd).parent / "hosts")]
+    return subprocess.run([*names, *argv], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
 def brought_to_every_node(work: Path, path: Path) -> bool:
