@@ -357,11 +357,14 @@ class ManifestBuilder:
                 continue
             process = launchers.find_launcher(request.client_pid, request.uid, launcher)
             if process is not None:
-                for argv in launchers.applications(process):
+
+                def program_path(word: str, process: launchers.LauncherProcess = process) -> str | None:
                     try:
-                        found = find_command(argv[0], process.path_env or path_env, process.cwd)
+                        return find_command(word, process.path_env or path_env, process.cwd)
                     except JobError:
-                        continue  # an option's value, an argument: no program
+                        return None  # an option's value, an argument: no program
+
+                for found, argv in launchers.applications(process, program_path):
                     programs.append(found)
                     inners.append((found, argv))
             if agent := launchers.agent_named(text, request.env, launcher):

@@ -7,10 +7,11 @@ holds only what jobs brought, the ranks' program must come with the daemon's job
 known daemon (LAUNCHERS), beoserv reads the command line of the launcher that ran bpsh (bpsh's parent, or
 an ancestor when the remote shell is a wrapper script; from /proc, and only the same user's processes)
 and brings every program it names, as the launcher will find it (from its working directory, on its
-PATH), with what each program's job would bring (closure, interpreter, script, imports). Words that are
-the values of options listed in the launcher's table (`--mca plm_rsh_agent bpsh`, `-launcher ssh`) are
-passed by: they name no application. A word that names a program without being one (an option's value
-not in the table) brings that program needlessly, never fails the job.
+PATH), with what each program's job would bring (closure, interpreter, script, imports): in each MPMD
+part, the first word that names a program and is neither an option nor the value of an option in the
+launcher's table (`--mca plm_rsh_agent bpsh`, `-launcher ssh`, `--map-by node`, `-np 4`). An option's
+value missing from the table that names a program would bring that program instead (the ranks would then
+fail on the node, naming theirs: --cache brings it).
 
 Open MPI's orted also checks, when it starts, that the remote shell agent it is told of (plm_rsh_agent)
 exists, for the tree spawn it would use past 64 nodes (which through bpsh only the master can do): the
@@ -22,10 +23,15 @@ from __future__ import annotations
 import os
 import posixpath
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass
 
 MAX_ANCESTORS = 4  # bpsh's parent, or a wrapper script's parent, ...: how far up a launcher is looked for
 MAX_COMMAND_LINE = 1 << 20
+MAX_PARTS = 64  # MPMD parts of one launcher's command line whose programs come along
+# Options whose values no application is, common to many launchers (the hosts, counts and placements)
+PLACEMENT = {"host": 1, "H": 1, "hosts": 1, "hostfile": 1, "machinefile": 1, "f": 1, "np": 1, "n": 1, "c": 1}
+PLACEMENT |= {"N": 1, "npernode": 1, "ppn": 1, "map-by": 1, "rank-by": 1, "bind-to": 1, "wdir": 1, "path": 1}
 
 
 @dataclass(frozen=True)
@@ -42,13 +48,14 @@ LAUNCHERS = (
     Launcher(
         frozenset({"orterun", "mpirun", "mpiexec", "oshrun"}),
         frozenset({"orted"}),
-        {"mca": 2, "gmca": 2, "x": 1, "launch-agent": 1, "prefix": 1, "debugger": 1, "tune": 1, "am": 1},
+        PLACEMENT | {"mca": 2, "gmca": 2, "x": 1, "launch-agent": 1, "prefix": 1, "debugger": 1, "tune": 1, "am": 1},
         agent_parameter="plm_rsh_agent",
     ),
     Launcher(
         frozenset({"mpiexec.hydra", "mpiexec.mpich", "mpirun.mpich"}),
         frozenset({"hydra_pmi_proxy"}),
-        {
+        PLACEMENT
+        | {
             "launcher": 1,
             "bootstrap": 1,
             "launcher-exec": 1,
@@ -100,23 +107,26 @@ def find_launcher(client_pid: int, uid: int, launcher: Launcher) -> LauncherProc
     return None
 
 
-def applications(process: LauncherProcess) -> list[tuple[str, ...]]:
-    """The argv from each word of the launcher's command line that may name a program, to the end of its
-    MPMD part (`mpirun -np 2 ./a : -np 2 ./b`): options and the values of the table's options passed by.
-    The caller keeps those that name a program, as the launcher would find it."""
-    words = list(process.argv[1:])
-    found: list[tuple[str, ...]] = []
+def applications(process: LauncherProcess, program: Callable[[str], str | None]) -> list[tuple[str, tuple[str, ...]]]:
+    """(path, argv) of the application of each MPMD part of the launcher's command line (`mpirun -np 2 ./a
+    : -np 2 ./b`): its first word that is neither an option nor the value of one of the table's options
+    and that `program` finds (as the launcher would: a path, or on its PATH), with the rest of the part."""
+    words = process.argv[1:]
+    found: list[tuple[str, tuple[str, ...]]] = []
     index = 0
-    while index < len(words):
+    while index < len(words) and len(found) < MAX_PARTS:
         word = words[index]
         if word.startswith("-"):
             name = word.lstrip("-").partition("=")[0]
             index += 1 + (0 if "=" in word else process.launcher.valued.get(name, 0))
             continue
-        if word != ":":
-            end = words.index(":", index) if ":" in words[index:] else len(words)
-            found.append(tuple(words[index:end]))
-        index += 1
+        path = program(word) if word != ":" else None
+        if path is None:
+            index += 1
+            continue
+        end = words.index(":", index) if ":" in words[index:] else len(words)
+        found.append((path, tuple(words[index:end])))
+        index = end + 1
     return found
 
 

@@ -14,23 +14,38 @@ def process(launcher, *argv):
     return launchers.LauncherProcess(launcher, argv, "/home/u", "/usr/bin:/bin")
 
 
+PROGRAMS = {"./ring": "/home/u/ring", "./a": "/home/u/a", "python3": "/usr/bin/python3", "bpsh": "/usr/bin/bpsh"}
+PROGRAMS |= {"ssh": "/usr/bin/ssh", "node": "/usr/bin/node", "ls": "/usr/bin/ls", "4": None}
+
+
+def apps(launcher, *argv):
+    """applications() with PROGRAMS standing for what the launcher's PATH and directory hold."""
+    return launchers.applications(process(launcher, *argv), PROGRAMS.get)
+
+
 def test_open_mpi_applications_pass_by_options_and_the_agent():
-    argv = ("mpirun", "--mca", "plm_rsh_agent", "bpsh", "--host", "n0,n1", "-np", "4", "./ring", "-v")
-    found = launchers.applications(process(OPEN_MPI, *argv))
-    assert ("bpsh",) not in found and ("plm_rsh_agent", "bpsh") not in found
-    assert ("./ring", "-v") in found  # the caller keeps those that name a program ("n0,n1", "4" do not)
+    argv = ("mpirun", "--mca", "plm_rsh_agent", "bpsh", "--host", "n0,n1", "--map-by", "node", "-np", "4")
+    assert apps(OPEN_MPI, *argv, "./ring", "-v", "ls") == [("/home/u/ring", ("./ring", "-v", "ls"))]
+    assert apps(OPEN_MPI, "mpirun", "--oversubscribe", "./ring") == [("/home/u/ring", ("./ring",))]
+    assert apps(OPEN_MPI, "mpirun", "-np", "2") == []
 
 
 def test_mpmd_parts_each_bring_their_program():
     argv = ("mpirun", "-np", "2", "./a", "x", ":", "-np", "2", "python3", "b.py")
-    found = launchers.applications(process(OPEN_MPI, *argv))
-    assert ("./a", "x") in found and ("python3", "b.py") in found and ("x", ":") not in found
+    assert apps(OPEN_MPI, *argv) == [("/home/u/a", ("./a", "x")), ("/usr/bin/python3", ("python3", "b.py"))]
 
 
 def test_hydra_applications_pass_by_its_launcher_options():
-    argv = ("mpiexec", "-launcher", "ssh", "-launcher-exec", "bpsh", "-genv", "A", "ls", "-n", "2", "./ring")
-    found = launchers.applications(process(HYDRA, *argv))
-    assert [words[0] for words in found] == ["2", "./ring"]
+    argv = ("mpiexec", "-launcher", "ssh", "-launcher-exec", "bpsh", "-genv", "A", "ls", "-n", "4", "./ring")
+    assert apps(HYDRA, *argv) == [("/home/u/ring", ("./ring",))]
+
+
+def test_a_long_command_line_costs_one_look_up_per_part():
+    asked = []
+    found = launchers.applications(
+        process(OPEN_MPI, "mpirun", "./ring", *map(str, range(100_000))), lambda w: asked.append(w) or "/r"
+    )
+    assert asked == ["./ring"] and len(found[0][1]) == 100_001
 
 
 def test_the_agent_orted_checks_for():
