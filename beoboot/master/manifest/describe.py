@@ -8,8 +8,10 @@ master's files: beoboot.master.manifest.python; for Perl its essential modules),
 directory; ELF files in them bring their closures too), the command a wrapper runs (nice, timeout, env:
 WRAPPERS), the locale, time zone and terminfo the job's environment names (beoboot.master.manifest.environ), the
 script an interpreter is given and the modules a Python or Perl program uses (beoboot.master.manifest.imports,
-beoboot.master.manifest.perl), and what libraries open at run time (beoboot.master.manifest.runtimefiles). Each entry carries the master's
-owner, group, mode and ACL, and the job's user must be able to read it on the master (beoboot.master.manifest.access).
+beoboot.master.manifest.perl), what libraries open at run time (beoboot.master.manifest.runtimefiles), and
+for an MPI launcher's daemon the application its launcher runs (beoboot.master.manifest.launchers). Each
+entry carries the master's owner, group, mode and ACL, and the job's user must be able to read it on the
+master (beoboot.master.manifest.access).
 Every symbolic link met on the way is listed as a link, with its owner, so the node's tree has the master's
 shape (/lib -> usr/lib), files sit at their real paths, and a user's link is the user's on the node too.
 
