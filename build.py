@@ -71,7 +71,15 @@ APT_PACKAGES = [
     "file",  # and `file` on a node, with the magic database its library reads
     "acl",  # and jobs' access checks against files with ACLs (setfacl)
     "debootstrap",  # the sysroots of other Debian releases the tests build images from
-    "clustershell",  # clush: what benchmarks/fanout.py compares bpsh -a with
+    "clustershell",  # clush: what benchmarks/fanout.py compares bpsh -a with, and runs through bpsh
+    # MPI through bpsh as its remote shell (tests/integration/test_mpi_simnode.py, benchmarks/mpi_launch.py).
+    # Both MPIs side by side: their mpicc/mpirun alternatives conflict, so everything names the explicit
+    # mpicc.openmpi, mpirun.openmpi, mpicc.mpich, mpiexec.mpich
+    "openmpi-bin",
+    "libopenmpi-dev",
+    "mpich",
+    "libmpich-dev",  # mpi.h for mpicc.mpich (only recommended by mpich, and recommends are not installed)
+    "pdsh",  # pdsh -R exec ... bpsh %h: a parallel shell over bpsh
 ]
 
 # Sysroots of other Debian releases, made once with debootstrap and kept outside the checkout (they are

@@ -97,6 +97,7 @@ class MasterLink:
         # what this boot runs, sent with every registration: the stage sets the images it knows of
         self.booted = p.Booted(kernel=os.uname().release)
         self.address: str | None = None  # sent at registration and with heartbeats, for the cluster's host table
+        self.hosts_version = 0  # of the host table, as the last heartbeat's reply said
         self.dropped_lines = 0
         self._events: list[p.StageEvent] = []
         self._lines: list[p.LogLine] = []
@@ -212,6 +213,8 @@ class MasterLink:
             self._note_failure()
             return None
         self._note_success()
+        if reply is not None:
+            self.hosts_version = reply.hosts_version
         return reply
 
     def hosts(self) -> str | None:

@@ -167,6 +167,9 @@ class RegisterReply:
     # the job link's credential (LINK_TOKEN_HEADER), new at every registration: only the machine that
     # registered last as this node gets its jobs, not whoever knows its MAC
     link_token: str = ""
+    # the master's own host name, which nodes then resolve to the master: launchers on the master give it
+    # to what they start on nodes to call back (Hydra's `--control-port vm:PORT`)
+    master_hostname: str = ""
 
 
 @dataclass(frozen=True)
@@ -654,6 +657,9 @@ class JobRequest:
     exclude: str = ""  # a node set (bpsh -x)
     fanout: int = 0  # jobs running at once; the next node's starts as one ends (0: every node at once)
     timeout: float = 0.0  # seconds each node's job may run before it is killed (0: no limit)
+    # the bpsh process (SO_PEERCRED; 0: unknown): an MPI daemon's job brings what its launcher, the
+    # process that ran bpsh, will have it run (beoboot.master.manifest.launchers)
+    client_pid: int = 0
 
 
 @dataclass(frozen=True)

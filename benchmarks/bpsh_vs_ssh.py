@@ -47,8 +47,9 @@ def wait_for(path: Path, text: str, proc: subprocess.Popen, timeout: float = 60)
         time.sleep(0.05)
 
 
-def start_master(work: Path, root: Path | None = None) -> tuple[subprocess.Popen, str]:
-    """beoserv on a free loopback port, serving `root` (an empty tree by default); its log in work."""
+def start_master(work: Path, root: Path | None = None, config: Path | None = None) -> tuple[subprocess.Popen, str]:
+    """beoserv on a free loopback port, serving `root` (an empty tree by default), with its --config file
+    `config` if given; its log in work."""
     port = free_port()
     if root is None:
         root = work / "boot"
@@ -68,6 +69,7 @@ def start_master(work: Path, root: Path | None = None) -> tuple[subprocess.Popen
             str(work / "nodes.db"),
             "--bpsh-socket",
             str(work / "bpsh.sock"),
+            *(["--config", str(config)] if config else []),
         ],
         stdout=open(log, "wb"),
         stderr=subprocess.STDOUT,

@@ -28,10 +28,18 @@ def hosts_file(reply: p.RegisterReply, address: str, master_url: str) -> str:
     master_host = urlsplit(master_url).hostname or ""
     try:
         ipaddress.ip_address(master_host)
-        lines.append(f"{master_host} master master0 .-1")
+        own_name = reply.master_hostname if is_host_name(reply.master_hostname) else ""
+        lines.append(f"{master_host} master master0 .-1" + (f" {own_name}" if own_name else ""))
     except ValueError:
         pass  # a name: resolving it needs DNS, which resolv.conf from DHCP provides
     return "\n".join(lines) + "\n"
+
+
+def is_host_name(name: str) -> bool:
+    """A name /etc/hosts may hold (RFC 1123 letters, digits, '-' and '.'), and none of the names the file
+    gives already (a master called `master` or `localhost` adds nothing)."""
+    allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.")
+    return 0 < len(name) <= 253 and set(name) <= allowed and name not in ("localhost", "master", "master0", "self")
 
 
 def set_identity(reply: p.RegisterReply, address: str, master_url: str, *, root: str = "/", dry_run: bool) -> None:

@@ -31,6 +31,7 @@ from agent.schema import Stage
 from agent.system.mounts import ENV_ROOT_MOUNTS
 from stage3 import jobrunner
 from stage3.libcache import LIBCACHE_DIR, LibCache
+from stage3.names import NodeNames
 from stage3.simfleet import (
     DOWNLOADS_PER_PROCESS,
     NODES_PER_PROCESS,
@@ -51,7 +52,18 @@ MS_REC, MS_PRIVATE = 0x4000, 0x40000
 SKELETON_FILES = {
     "etc/passwd": "root:x:0:0:root:/:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
     "etc/group": "root:x:0:\nnogroup:x:65534:\n",
+    "etc/nsswitch.conf": "passwd: files\ngroup: files\nhosts: files\n",  # the envroot image's (templates/envroot)
 }
+# Every simulated node runs on this host, so its own names, the master's and (from the host table) the
+# other nodes' resolve to loopback, where the others' jobs listen too: MPI daemons and ranks reach each
+# other by the names their launchers give them (n0, n1, the master's host name). Each node has an address
+# of its own in 127.0.0.0/8 (simulated_address), not 127.0.0.1: a launcher on the master that resolves
+# the node's name would take 127.0.0.1 for itself and start the node's work here, not through bpsh
+# Nodes of a fleet up to this size take the host table as stage 3 does (at once when up, then whenever a
+# heartbeat says it changed); a bigger fleet's would be a load of the simulator's own (a thousand nodes
+# fetching a thousand lines at each change), not the master's that its benchmarks measure, and its
+# nodes know their own and the master's names only
+FOLLOW_HOSTS_UP_TO = 64
 
 
 def private_mounts() -> bool:
@@ -91,6 +103,12 @@ def make_env_root(root: str, *, proc: bool) -> None:
         mount_kernel_filesystems(root)
 
 
+def simulated_address(index: int) -> str:
+    """Node `index`'s loopback address: 127.1.0.1 for the first, then on (127.1.1.0 is the 256th)."""
+    number = index + 1
+    return f"127.{1 + ((number >> 16) & 0x7F)}.{(number >> 8) & 0xFF}.{number & 0xFF}"
+
+
 def simulated_mac(index: int, prefix: str = "02:be:0b") -> str:
     """Locally administered MACs (bit 1 of the first octet), so they can never clash with real NICs."""
     return f"{prefix}:{(index >> 16) & 0xFF:02x}:{(index >> 8) & 0xFF:02x}:{index & 0xFF:02x}"
@@ -109,7 +127,7 @@ class SimNode:
         download_slots: threading.Semaphore | None = None,
         load: Callable[[], p.Load | None] = hwprobe.load,
     ) -> None:
-        self.master, self.mac = master, simulated_mac(index)
+        self.master, self.mac, self.address = master, simulated_mac(index), simulated_address(index)
         self.figures = NodeFigures(self.mac)
         self.directory = os.path.join(directory, f"node{index}")
         self.env_root = os.path.join(self.directory, "env")
@@ -117,6 +135,7 @@ class SimNode:
         make_env_root(self.env_root, proc=proc)
         self.scheduler, self.load = heartbeats, load
         self.booted: dict[str, str] = {}  # image -> sha256, of the images boot() fetched (with --boot)
+        self.follow_hosts = False  # take the host table's changes (FOLLOW_HOSTS_UP_TO)
         self._beat_lock = threading.Lock()  # held across a scheduled heartbeat: power() waits for one under way
         # durable=False: a booted node's cache is in RAM by default, where fsync is a no-op; this scratch
         # directory on the host's disk stands for it and must not pay for a disk's fsync per object
@@ -153,7 +172,11 @@ class SimNode:
         self.runner = jobrunner.JobRunner(
             self.master, self.mac, self.env_root, self.cache, log=print, token=self._token, power=self.power
         )
+        self.link.address = self.address  # for the cluster's host table
         reply = self.link.register(p.Hardware(cpu_model="simulated", cpus=1), attempts=20)
+        self.names = NodeNames(reply, self.address, self.master, self.env_root, dry_run=True, root=self.directory)
+        self.names.write_env_root()
+        self.hosts_version = 0
         self.link.event(p.BootEvent.STAGE3_READY)
         if self.scheduler is None:
             self.heartbeats: threading.Thread | None = self.link.run_heartbeats(load=self.load)
@@ -167,9 +190,22 @@ class SimNode:
         return reply.number
 
     def beat(self) -> float | None:
-        """One scheduled heartbeat; None once the link is stopped."""
+        """One scheduled heartbeat; None once the link is stopped. A new host table is taken at once."""
         with self._beat_lock:
-            return None if self.link.stopped else self.link.beat(None, self.load())
+            if self.link.stopped:
+                return None
+            interval = self.link.beat(None, self.load())
+        if self.follow_hosts and self.link.hosts_version != self.hosts_version:
+            self.take_hosts()
+        return interval
+
+    def take_hosts(self) -> None:
+        """The cluster's host table into the environment root's /etc/hosts, as stage 3 takes it."""
+        version = self.link.hosts_version
+        table = self.link.hosts()
+        if table is not None:
+            self.names.take_table(table)
+            self.hosts_version = version
 
     def _stop_heartbeats(self) -> None:
         self.link.stop()
@@ -227,6 +263,9 @@ def run_worker(args: argparse.Namespace, first: int, count: int, report: int, pr
     _each(nodes, lambda node: node.start(since), threads=1 if count <= 16 else 8)
     for node in nodes:
         node.runner.connected.wait(30)
+    for node in nodes if args.count <= FOLLOW_HOSTS_UP_TO else ():
+        node.follow_hosts = True
+        node.take_hosts()  # so that a small cluster's nodes name each other as soon as it is up
     send_report(report, "up", figures_json([node.figures for node in nodes]))
     while not stop.wait(1):
         pass

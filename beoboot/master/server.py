@@ -22,6 +22,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -59,6 +60,8 @@ HOSTS_DELAY = 0.5
 BODY_BUDGET = 64 << 20  # bytes of request bodies in memory at once (BodyBudget)
 # config keys read once, when beoserv starts: its open-files limit was checked against them
 STARTUP_KEYS = ("max_nodes", "max_transfers")
+
+MASTER_HOSTNAME = socket.gethostname()  # told to every node (RegisterReply.master_hostname)
 
 
 @dataclass(frozen=True)
@@ -535,6 +538,7 @@ class Beoserv:
                 heartbeat_interval=self.config.heartbeat_interval,
                 heartbeat_timeout=self.config.heartbeat_timeout,
                 link_token=node.link_token,
+                master_hostname=MASTER_HOSTNAME,
             )
         )
 

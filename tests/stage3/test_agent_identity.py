@@ -68,3 +68,12 @@ def test_with_an_address_plan_the_names_stay_on_the_permanent_address(tmp_path):
     before = (tmp_path / "env/etc/hosts").read_text()
     assert not names.move("10.0.2.40/24")
     assert (tmp_path / "env/etc/hosts").read_text() == before and not (tmp_path / "root").exists()
+
+
+def test_the_master_is_known_by_its_own_host_name_too():
+    """Launchers on the master name it to what they start on nodes (Hydra: --control-port vm:PORT)."""
+    named = p.RegisterReply(3, ".3", "n3", "10.54.0.13", 1, 5.0, 30.0, master_hostname="head")
+    assert hosts_file(named, "10.54.0.13/24", "http://10.54.0.1:8080/").endswith("10.54.0.1 master master0 .-1 head\n")
+    for odd in ("master", "localhost", "bad name", "a\nb"):
+        reply = p.RegisterReply(3, ".3", "n3", "10.54.0.13", 1, 5.0, 30.0, master_hostname=odd)
+        assert hosts_file(reply, "10.54.0.13/24", "http://10.54.0.1:8080/").endswith("10.54.0.1 master master0 .-1\n")

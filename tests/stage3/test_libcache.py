@@ -795,8 +795,8 @@ def test_bad_bpsh_requests_are_refused(data):
     [
         ([], "no node"),
         (["0"], "no command"),
-        (["-q", "0", "a"], "unknown option"),
-        (["-nq", "0", "a"], "unknown option"),
+        (["-Z", "0", "a"], "unknown option"),
+        (["-nZ", "0", "a"], "unknown option"),
         (["-x"], "-x needs a value"),
         (["-b", "-s", "0", "a"], "not with -p, -s or -d"),
         (["--fanout", "0", "0", "a"], "--fanout .0.: give a number of nodes"),

@@ -46,6 +46,19 @@ EMSGSIZE = 90  # Linux's errno value; the errno module is not among the client's
 FLAG_LETTERS = "anpsdbh"  # the one-letter options without a value, which may be given together (-ap)
 VALUED = ("--socket", "--cache", "-x", "--exclude", "--fanout", "-t", "--timeout")  # options with a value
 MAX_TIMEOUT = 1e7  # seconds (115 days): a larger -t is a typo, and none at all is no -t
+# ssh's options that launchers pass (Open MPI's and Hydra's -x, which is bpsh's own -x NODESET only when a
+# node set follows its value (_excludes), clush's -oConnectTimeout=N -oBatchMode=yes,
+# -l USER): accepted so that bpsh can stand in for ssh, and ignored, since they concern what bpsh has not
+# (a terminal, X11, agents, keys, host keys, a connection to open), but for -n (bpsh's own) and -l, which
+# must name the caller: a job runs as whoever runs bpsh. Their being given also says that the command is
+# ssh's, one shell command line (SSH_COMMAND_RULE)
+SSH_FLAGS = frozenset(("-x", "-X", "-Y", "-T", "-q", "-4", "-6", "-A", "-C", "-K", "-k", "-g"))
+SSH_VALUED = frozenset(("-o", "-l", "-i", "-F", "-c", "-m", "-E", "-J"))
+# Characters that make a command word shell syntax rather than a program's name: whitespace, quotes,
+# operators, expansions, globs, comments, redirections (SSH_COMMAND_RULE)
+SHELL_SYNTAX = frozenset(" \t\n'\"\\|&;<>()$`*?[#~")
+SHELL = "/bin/sh"  # the master's, brought as any job's program is
+NODE_SET_CHARS = "0123456789n[],-/!&^.: "  # what a node set without a group is written with (beoboot.master.nodeset)
 SIGSTOP, SIGTSTP, SIGCONT = _signal.SIGSTOP, _signal.SIGTSTP, _signal.SIGCONT
 FORWARDED_SIGNALS = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGQUIT, _signal.SIGUSR1, _signal.SIGUSR2)
 USAGE = """usage: bpsh [OPTIONS] NODESET COMMAND [ARGS...]
@@ -58,7 +71,19 @@ USAGE = """usage: bpsh [OPTIONS] NODESET COMMAND [ARGS...]
   -b: fold identical output: each distinct output once, under the nodes that gave it (as clush -b)
   --fanout N: run on N nodes at a time, the next one starting as one ends
   -t SECONDS: kill a node's job after SECONDS (reported; status 255, as clush -u)
-  --cache PATH: also bring PATH (a file or a tree)"""
+  --cache PATH: also bring PATH (a file or a tree)
+  COMMAND as ssh takes it: one word of shell syntax (bpsh 0 'ls | wc -l'), or after any ssh option (-x, -o
+  OPT, -l USER, ...), runs as /bin/sh -c 'the words joined by spaces'; otherwise the words are the argv"""
+
+# SSH_COMMAND_RULE: when bpsh runs its command words through a shell, as ssh always does.
+# ssh joins its command words with spaces and hands the line to the remote user's shell, so a launcher that
+# takes ssh (mpirun's ' orted -mca ess "env" ...', Hydra's '"/usr/bin/hydra_pmi_proxy" --control-port ...',
+# clush's 'echo a; echo b') relies on a shell to split and unquote it. bpsh keeps `bpsh 3 prog ARG...`
+# argv-exact (an argument with spaces stays one argument), and reads the command as ssh does when
+#   - an ssh option was given (the caller takes bpsh for ssh), or
+#   - the first command word is shell syntax (holds whitespace, a quote or SHELL_SYNTAX), which no
+#     program's name would be: `bpsh 3 'cd /tmp && make'`.
+# The shell is the master's /bin/sh, and the manifest brings the commands the line names (shell.py).
 
 
 class BpshUsageError(Exception):
@@ -120,11 +145,22 @@ def parse_args(args, environ=None):
     socket = environ.get(SOCKET_ENV.encode()) if environ is posix.environ else environ.get(SOCKET_ENV)
     socket = (socket.decode() if isinstance(socket, bytes) else socket) or DEFAULT_SOCKET
     cache = []
-    no_stdin = every = prefix = sequential = divider = fold = False
+    no_stdin = every = prefix = sequential = divider = fold = as_ssh = False
     exclude, fanout, timeout = "", 0, 0.0
     rest = list(args)
     while rest and rest[0].startswith("-"):
         option = rest.pop(0)
+        if option[:2] in SSH_VALUED:  # -oBatchMode=yes, -o BatchMode=yes, -l user
+            value = option[2:] or (rest.pop(0) if rest else "")
+            if not value:
+                raise BpshUsageError(f"{option} needs a value")
+            if option[:2] == "-l":
+                check_login(value)
+            as_ssh = True
+            continue
+        if option in SSH_FLAGS and not (option == "-x" and (every or _excludes(rest))):
+            as_ssh = True
+            continue
         if len(option) > 2 and option[1] != "-" and not option.strip("-" + FLAG_LETTERS):
             rest[:0] = ["-" + letter for letter in option[1:]]  # -np: -n -p, as getopt reads them
             continue
@@ -176,9 +212,23 @@ def parse_args(args, environ=None):
         raise BpshUsageError("-b folds the output of every node together: not with -p, -s or -d")
     if ";" in nodes:
         raise BpshUsageError(f"{nodes!r} is not a node set (e.g. n3, n[0-7], @up)")
+    command = remote_command(rest, as_ssh)
     return BpshOptions(
-        socket, nodes, rest, cache, no_stdin, prefix, sequential, divider, exclude, fold, fanout, timeout
+        socket, nodes, command, cache, no_stdin, prefix, sequential, divider, exclude, fold, fanout, timeout
     )
+
+
+def _excludes(rest):
+    """Whether -x, followed by `rest`, is bpsh's -x NODESET rather than ssh's -x (no X11), which Hydra
+    passes before the host: `bpsh -x n3 '"/usr/bin/hydra_pmi_proxy"' ...`. It is bpsh's after -a, for a
+    group (no host is named @...), and when its value is followed by another option (-a) or by the node set
+    to run on: a word of node-set characters only; never when an option follows it at once."""
+    if rest and rest[0].startswith("-"):
+        return False  # no node set starts so: another option follows ssh's flag
+    if len(rest) < 2 or rest[0].startswith("@"):
+        return True  # a value and nothing more: let the value's check say what is missing
+    after = rest[1]
+    return after.startswith(("-", "@")) or after == "all" or (bool(after) and not after.strip(NODE_SET_CHARS))
 
 
 def _count(option, text):
@@ -197,6 +247,26 @@ def _seconds(option, text):
     if not 0 < seconds <= MAX_TIMEOUT:  # NaN fails this too
         raise BpshUsageError(f"{option} {text!r}: give the seconds each node's job may run, e.g. -t 30")
     return seconds
+
+
+def remote_command(words, as_ssh=False):
+    """The job's argv for these command words (SSH_COMMAND_RULE): themselves, or /bin/sh -c LINE."""
+    if as_ssh or not words[0] or any(char in SHELL_SYNTAX for char in words[0]):
+        return [SHELL, "-c", " ".join(words)]
+    return words
+
+
+def check_login(user):
+    """ssh -l USER: only the caller's own name (or uid), since the job runs as the caller whatever it says."""
+    import pwd  # built into the interpreter: costs no file, and only when -l is given
+
+    uid = posix.getuid()
+    try:
+        own = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        own = str(uid)
+    if user not in (own, str(uid)):
+        raise BpshUsageError(f"-l {user}: jobs run as the user who runs bpsh ({own}); run bpsh as {user} instead")
 
 
 def encode_request(options, cwd, environ):

@@ -571,6 +571,7 @@ class LocalListener:
             _say(fds[2], f"bpsh: {exc}\n")
             _answer(conn, fds, USAGE_STATUS)
             return
+        request = replace(request, client_pid=pid)
         st = os.fstat(fds[0])
         if stat.S_ISCHR(st.st_mode) and st.st_rdev == DEV_NULL:
             request = replace(request, stdin=False)  # the jobs get end of file at once, no reading needed

@@ -8,8 +8,10 @@ master's files: beoboot.master.manifest.python; for Perl its essential modules),
 directory; ELF files in them bring their closures too), the command a wrapper runs (nice, timeout, env:
 WRAPPERS), the locale, time zone and terminfo the job's environment names (beoboot.master.manifest.environ), the
 script an interpreter is given and the modules a Python or Perl program uses (beoboot.master.manifest.imports,
-beoboot.master.manifest.perl), and data files that libraries read (LIBRARY_DATA). Each entry carries the master's
-owner, group, mode and ACL, and the job's user must be able to read it on the master (beoboot.master.manifest.access).
+beoboot.master.manifest.perl), what libraries open at run time (beoboot.master.manifest.runtimefiles), and
+for an MPI launcher's daemon the application its launcher runs (beoboot.master.manifest.launchers). Each
+entry carries the master's owner, group, mode and ACL, and the job's user must be able to read it on the
+master (beoboot.master.manifest.access).
 Every symbolic link met on the way is listed as a link, with its owner, so the node's tree has the master's
 shape (/lib -> usr/lib), files sit at their real paths, and a user's link is the user's on the node too.
 
@@ -33,11 +35,13 @@ from dataclasses import dataclass
 from agent import protocol as p
 from beoboot.errors import BeobootError
 from beoboot.master.manifest import budget as jobbudget
+from beoboot.master.manifest import launchers
 from beoboot.master.manifest.access import AccessDenied, UserView, acl_of, guard, guard_contents, readable
 from beoboot.master.manifest.environ import environment_paths
 from beoboot.master.manifest.imports import PythonImports, python_start
 from beoboot.master.manifest.perl import PerlModules, perl_start
 from beoboot.master.manifest.python import StdlibZips, python_version
+from beoboot.master.manifest.runtimefiles import runtime_files
 from beoboot.master.manifest.shell import MAX_SCRIPT, SHELLS, command_words, shell_command_text, shell_script
 from beoboot.master.manifest.sourcecache import PerFile, RecentlyUsed
 from beoboot.master.manifest.sourcewatch import SourceWatch
@@ -108,28 +112,9 @@ def perl_runtime(real_program: str) -> list[str]:
     return needed
 
 
-# Libraries that read a data file of their own at run time, which a job using them needs too: soname ->
-# the files (as the library opens them: links come along). Without magic.mgc `file` only says "cannot
-# open magic file"; without pci.ids `lspci` prints numbers instead of device names.
-LIBRARY_DATA = {
-    "libmagic.so.1": ("/usr/share/misc/magic.mgc", "/usr/share/file/magic.mgc"),
-    "libpci.so.3": ("/usr/share/misc/pci.ids",),
-    "libsensors.so.5": ("/etc/sensors3.conf", "/etc/sensors.d"),
-}
-
-
-def library_data(real_program: str) -> list[str]:
-    """LIBRARY_DATA's files for a library (its real file, libmagic.so.1.0.0), those the master has."""
-    name = posixpath.basename(real_program)
-    for soname, files in LIBRARY_DATA.items():
-        if name == soname or name.startswith(soname + "."):
-            return [path for path in files if os.path.lexists(path)]
-    return []
-
-
 # interpreter or library -> the run-time files it needs beyond its ELF closure (a trailing '/' means: the
 # directory only)
-RUNTIME_RULES: tuple[Callable[[str], list[str]], ...] = (python_runtime, perl_runtime, library_data)
+RUNTIME_RULES: tuple[Callable[[str], list[str]], ...] = (python_runtime, perl_runtime, runtime_files)
 
 
 # Commands that run another command named in their arguments, which must then come along too
@@ -297,15 +282,16 @@ class ManifestBuilder:
 
     def _build(self, request: p.JobRequest) -> p.JobManifest:
         path_env = request.env.get("PATH", DEFAULT_PATH)
-        (executable, *named), inner = self._programs(request, path_env)
+        (executable, *named), inners, launched = self._programs(request, path_env)
         programs = [self._described_program(executable, path_env, request)]
         for program in named:
             try:
                 programs.append(self._described_program(program, path_env, request))
             except JobError:
                 continue  # a program the job may never run (a shell word): it fails on the node if it does
-        inputs = self._job_inputs(request, path_env, inner) or []
+        inputs = [path for inner in inners for path in self._job_inputs(request, path_env, inner) or []]
         extras = [path for program in programs for path in program.trees] + self._extra_paths(request, path_env)
+        extras += launched
         described: list[str] = []  # trees this request described afresh
         try:
             trees = [self.described_extra(path, user=request, described=described) for path in [*extras, *inputs]]
@@ -326,17 +312,20 @@ class ManifestBuilder:
         if not request.argv:
             return None
         path_env = request.env.get("PATH", DEFAULT_PATH)
-        (executable, *named), inner = self._programs(request, path_env)
+        (executable, *named), inners, launched = self._programs(request, path_env)
         with self._lock:
             programs = [self._described.get(program) for program in (executable, *named)]
         current = [program for program in programs if program is not None and program.current(path_env)]
         if len(current) != len(programs):
             return None
-        inputs = self._job_inputs(request, path_env, inner, cached_only=True)
-        if inputs is None:
-            return None
+        inputs: list[str] = []
+        for inner in inners:
+            found = self._job_inputs(request, path_env, inner, cached_only=True)
+            if found is None:
+                return None
+            inputs += found
         paths = [path for program in current for path in program.trees] + self._extra_paths(request, path_env)
-        paths += inputs
+        paths += inputs + launched
         with self._lock:
             extras = [self._extras.get(path) for path in paths]
         fresh = [extra for extra in extras if extra is not None and extra.current()]
@@ -345,21 +334,47 @@ class ManifestBuilder:
         files = _merge(*(program.files for program in current), *(extra.files for extra in fresh))
         return _manifest(request, executable, files, self.users, self.root)
 
-    def _programs(self, request: p.JobRequest, path_env: str) -> tuple[list[str], tuple[str, tuple[str, ...]]]:
-        """The command, and the commands it runs by name: a wrapper's (nice, timeout, env, ...), and those
-        of a shell's text (sh -c TEXT, or a shell script: beoboot.master.manifest.shell), as found on the job's PATH;
-        and the innermost command with its argv (`prog ARGS` of `nice timeout 9 prog ARGS`)."""
+    def _programs(
+        self, request: p.JobRequest, path_env: str
+    ) -> tuple[list[str], list[tuple[str, tuple[str, ...]]], list[str]]:
+        """The command, and the commands it runs by name: a wrapper's (nice, timeout, env, ...), those
+        of a shell's text (sh -c TEXT, or a shell script: beoboot.master.manifest.shell), as found on the job's
+        PATH, and an MPI daemon's application (beoboot.master.manifest.launchers); the commands whose
+        arguments may name what they read, each with its argv (`prog ARGS` of `nice timeout 9 prog ARGS`);
+        and files that come as files only (the remote shell agent an MPI daemon checks for)."""
         command = find_command(request.argv[0], path_env, request.cwd)
         wrapped = unwrapped(request.argv, path_env, request.cwd)
         programs = [command, *(path for path, _ in wrapped)]
         inner = wrapped[-1] if wrapped else (command, request.argv)
+        inners = [inner]
         text = shell_command_text(inner[1], lambda path: self._script_text(posixpath.join(request.cwd, path)))
         for name in self._command_words(text or self._script_text(inner[0], shebang=True)):
             try:
                 programs.append(find_command(name, path_env, request.cwd))
             except JobError:
                 continue  # a builtin, a function, a command the master has not either
-        return list(dict.fromkeys(programs)), inner
+        launched: list[str] = []
+        for program in list(programs):
+            if (launcher := launchers.launcher_for(program)) is None or request.client_pid <= 0:
+                continue
+            process = launchers.find_launcher(request.client_pid, request.uid, launcher)
+            if process is not None:
+
+                def program_path(word: str, process: launchers.LauncherProcess = process) -> str | None:
+                    try:
+                        return find_command(word, process.path_env or path_env, process.cwd)
+                    except JobError:
+                        return None  # an option's value, an argument: no program
+
+                for found, argv in launchers.applications(process, program_path):
+                    programs.append(found)
+                    inners.append((found, argv))
+            if agent := launchers.agent_named(text, request.env, launcher):
+                try:
+                    launched.append(find_command(agent, path_env, request.cwd))
+                except JobError:
+                    pass  # the daemon says so itself, naming it
+        return list(dict.fromkeys(programs)), inners, launched
 
     def _job_inputs(
         self, request: p.JobRequest, path_env: str, inner: tuple[str, tuple[str, ...]], *, cached_only: bool = False
@@ -483,14 +498,24 @@ class ManifestBuilder:
             self._closures.put(program, computed)
         return computed
 
-    def extra(self, path: str) -> list[str]:
-        """A --cache file, or a directory and everything under it; ELF files bring their closures."""
+    def extra(self, path: str, seen: set[str] | None = None) -> list[str]:
+        """A --cache file, or a directory and everything under it; ELF files bring their closures, and
+        what their libraries open at run time (an Open MPI plug-in's libpmix brings PMIx's plug-ins)."""
+        seen = {path} if seen is None else seen
         found = self._tree(path)
         more: list[str] = []
         for name in found:
             jobbudget.check()
             if not name.endswith("/") and os.path.isfile(name) and _is_elf(Sysroot(self.root), name):
-                more += self.closure(name)
+                try:
+                    closure = self._closure(name, DEFAULT_PATH)
+                except JobError:
+                    continue  # a plug-in whose libraries the master lacks: it cannot load here either
+                more += closure.paths
+                for tree in closure.trees:
+                    if tree not in seen:
+                        seen.add(tree)
+                        more += self.extra(tree, seen)
         return found + more
 
     def _tree(self, path: str) -> list[str]:

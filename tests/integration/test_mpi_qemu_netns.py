@@ -1,0 +1,196 @@
+"""Open MPI's ring across 2 QEMU nodes through bpsh: real nodes (PXE stage 2 -> stage 3), each on a tap of a
+bridge in a network namespace this test makes (QEMU's user networking cannot connect two guests), with
+beoserv, a DHCP-only dnsmasq and mpirun inside it on the bridge's address. orted and the ranks find each
+other by the nodes' DHCP addresses, the ranks' program and Open MPI's plug-ins come by themselves. The
+namespace is removed whatever happens; no packet leaves it."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import have_kernel
+from master_helpers import BPSH_SCRIPT
+from mpi_programs import RING
+from servers import free_port
+from vm import BackgroundVM
+
+from beoboot import config
+from beoboot.artifacts import media
+from beoboot.vm import qemu
+
+pytestmark = pytest.mark.integration
+
+NS = f"beoboot-mpi-{os.getpid()}"
+BRIDGE = "br0"
+TAPS = ("tap0", "tap1")
+MASTER_ADDR = "10.99.1.1"
+SUBNET = "10.99.1.0/24"
+
+
+def _prerequisites_missing():
+    if os.geteuid() != 0:
+        return "needs root for a network namespace"
+    missing = [t for t in ("ip", "dnsmasq", "mpicc.openmpi", "mpirun.openmpi") if shutil.which(t) is None]
+    if missing:
+        return f"needs {', '.join(missing)}: python3 build.py setup"
+    if not os.path.exists("/dev/net/tun"):
+        return "needs /dev/net/tun for QEMU's tap devices"
+    if not have_kernel():
+        return "needs a kernel in /boot and QEMU: run `python3 build.py setup`"
+    return None
+
+
+def _ip(*args):
+    subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
+
+
+def _in_ns(*cmd):
+    return ["ip", "netns", "exec", NS, *map(str, cmd)]
+
+
+@pytest.fixture(scope="module")
+def namespace():
+    why = _prerequisites_missing()
+    if why:
+        pytest.skip(why)
+    _ip("netns", "add", NS)
+    try:
+        _ip("-n", NS, "link", "set", "lo", "up")
+        _ip("-n", NS, "link", "add", BRIDGE, "type", "bridge", "forward_delay", "0")
+        _ip("-n", NS, "addr", "add", f"{MASTER_ADDR}/24", "dev", BRIDGE)
+        for tap in TAPS:
+            _ip("-n", NS, "tuntap", "add", "dev", tap, "mode", "tap")
+            _ip("-n", NS, "link", "set", tap, "master", BRIDGE)
+            _ip("-n", NS, "link", "set", tap, "up")
+        _ip("-n", NS, "link", "set", BRIDGE, "up")
+        yield NS
+    finally:
+        subprocess.run(["ip", "netns", "del", NS], capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def cluster(namespace, tmp_path_factory):
+    """A build whose master is the bridge's address, beoserv and dnsmasq in the namespace, two nodes up."""
+    from beoboot.image import builder
+
+    work = tmp_path_factory.mktemp("mpi-qemu")
+    port = free_port()
+    url = f"http://{MASTER_ADDR}:{port}/"
+    site = work / "site.toml"
+    site.write_text(f'[build]\nmaster_url = "{url}"\n')
+    out = work / "out"
+    out.mkdir()
+    site_config = config.load(site)
+    builder.build(site_config, out)
+    hosts = work / "hosts"
+    shutil.copy("/etc/hosts", hosts)
+    (work / "beoserv.toml").write_text(f'hosts_file = "{hosts}"\n')
+    log = open(work / "beoserv.log", "wb")
+    beoserv = subprocess.Popen(
+        _in_ns(
+            sys.executable,
+            "-m",
+            "beoboot.master.cli",
+            "beoserv",
+            "--root",
+            out,
+            "--listen",
+            f"{MASTER_ADDR}:{port}",
+            "--db",
+            work / "nodes.db",
+            "--bpsh-socket",
+            work / "bpsh.sock",
+            "--config",
+            work / "beoserv.toml",
+        ),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    dnsmasq = subprocess.Popen(
+        _in_ns(
+            "dnsmasq",
+            "--keep-in-foreground",
+            "--port=0",
+            f"--interface={BRIDGE}",
+            "--bind-interfaces",
+            "--dhcp-range=10.99.1.100,10.99.1.150,1h",
+            f"--dhcp-leasefile={work}/leases",
+            "--user=root",
+            "--group=root",
+            f"--pid-file={work}/dnsmasq.pid",
+            "--conf-file=/dev/null",
+        ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    manifest = json.loads((out / "manifest.json").read_text())
+    hashes = {a["name"]: a["sha256"] for a in manifest["artifacts"]}
+    append = media.kernel_cmdline(site_config, "stage2", hashes).replace("console=ttyS0,115200", "console=ttyS0")
+    stage2 = out / next(a["path"] for a in manifest["artifacts"] if a["name"] == "stage2")
+    nodes = []
+    try:
+        for index, tap in enumerate(TAPS):
+            nic = f"tap,ifname={tap},script=no,downscript=no,model=virtio-net-pci,mac=52:54:00:99:01:{index:02x}"
+            cmd = qemu.qemu_command(out / "vmlinuz", stage2, append, extra=["-nic", nic])
+            nodes.append(BackgroundVM(_in_ns(*cmd), work / f"node{index}.console"))
+        deadline = time.monotonic() + 300
+        while not all(f" n{n} " in hosts.read_text() for n in range(2)) or _log(work).count("job link up") < 2:
+            assert time.monotonic() < deadline, _log(work) + "\n".join(n.console()[-3000:] for n in nodes)
+            time.sleep(1)
+        yield work
+    finally:
+        for node in nodes:
+            node.stop()
+        for proc in (dnsmasq, beoserv):
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(10)
+        log.close()
+
+
+def _log(work: Path) -> str:
+    return (work / "beoserv.log").read_text(errors="replace")
+
+
+def test_open_mpi_ring_closes_across_two_qemu_nodes(cluster):
+    work = cluster
+    source = work / "src"
+    source.mkdir()
+    (source / "ring.c").write_text(RING)
+    subprocess.run(["mpicc.openmpi", "-o", "ring", "ring.c"], cwd=source, check=True)
+    bin_dir = work / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "bpsh").symlink_to(BPSH_SCRIPT)
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "BEOSERV_SOCKET": str(work / "bpsh.sock"),
+        "OMPI_ALLOW_RUN_AS_ROOT": "1",
+        "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+    }
+    mpirun = [
+        "mpirun.openmpi",
+        "--mca",
+        "plm_rsh_agent",
+        "bpsh",
+        "--mca",
+        "oob_tcp_if_include",
+        SUBNET,
+        "--mca",
+        "btl_tcp_if_include",
+        SUBNET,
+        "--host",
+        "n0,n1",
+        "-np",
+        "2",
+        "./ring",
+    ]
+    names = ["unshare", "-m", "sh", "-c", 'mount --bind "$0" /etc/hosts && exec "$@"', str(work / "hosts")]
+    result = subprocess.run(_in_ns(*names, *mpirun), env=env, cwd=source, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "ring closed: token 2 after 2 ranks" in result.stdout
