@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 from agent import __version__
 from agent import protocol as p
 from agent.download import Backoff
-from agent.httpclient import Connection, HttpError, Response
+from agent.httpclient import Connection, HttpError, Response, retry_after
 from agent.schema import Stage
 
 T = TypeVar("T")
@@ -54,13 +54,11 @@ class MasterBusy(MasterLinkError):
         self.retry_after = retry_after
 
 
-def retry_after(value: str) -> float:
-    """Retry-After in seconds (the delay form; the date form and nonsense count as 1 s), at most 60."""
-    try:
-        seconds = float(value)
-    except ValueError:
-        return 1.0
-    return min(60.0, seconds) if seconds >= 0 else 1.0  # NaN is not >= 0
+def busy_wait(value: str | None) -> float:
+    """How long a busy master (503) asks us to wait: its Retry-After (agent.httpclient.retry_after), or 1 s
+    when it gives none that reads."""
+    wait = retry_after(value)
+    return 1.0 if wait is None else wait
 
 
 class MasterLink:
@@ -129,7 +127,7 @@ class MasterLink:
             raise RegistrationRefused(f"master refused the registration: {_error_text(response)}")
         if response.status == 503:
             raise MasterBusy(
-                f"master busy with {path}: {_error_text(response)}", retry_after(response.header("Retry-After", "1"))
+                f"master busy with {path}: {_error_text(response)}", busy_wait(response.header("Retry-After"))
             )
         if response.status >= 400:
             raise MasterLinkError(f"master refused {path}: HTTP {response.status}: {response.text().strip()}")

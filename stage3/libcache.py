@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from agent import protocol as p
 from agent.download import sha256_of
 from agent.httpclient import HttpError, Pool
-from agent.masterlink import MasterBusy, retry_after
+from agent.masterlink import MasterBusy, busy_wait
 from stage3.accounts import ACCOUNT_FILES
 from stage3.names import NAME_FILES
 from stage3.rootpaths import AgentPathError, RootDirectories, RootPathError, is_not_a_directory, stat_at, unlink_at
@@ -317,7 +317,7 @@ class LibCache:
         headers = {p.LINK_TOKEN_HEADER: self.token()}
         with self.http.stream("GET", url, headers=headers) as response:
             if response.status == 503:
-                raise MasterBusy(response.text().strip()[:200], retry_after(response.header("Retry-After", "1")))
+                raise MasterBusy(response.text().strip()[:200], busy_wait(response.header("Retry-After")))
             if response.status != 200:
                 raise HttpError(f"HTTP {response.status}: {response.text().strip()[:200]}")
             with open(tmp, "xb") as out:
