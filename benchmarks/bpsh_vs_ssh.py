@@ -167,6 +167,8 @@ def start_sshd(work: Path) -> tuple[subprocess.Popen, list[str]]:
         f"Port {port}\nListenAddress 127.0.0.1\nHostKey {keys / 'host'}\nAuthorizedKeysFile {keys / 'authorized_keys'}\n"
         "PermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
         "UsePAM no\nStrictModes no\nPidFile none\nPrintMotd no\nLogLevel ERROR\n"
+        # a fan-out opens many connections at once: sshd's default (10:30:100) drops them past 10
+        "MaxStartups 1024\nMaxSessions 1024\n"
     )
     os.makedirs("/run/sshd", exist_ok=True)  # sshd's privilege separation directory
     proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(config)], stderr=open(keys / "sshd.log", "wb"))

@@ -91,10 +91,14 @@ def main() -> int:
             try:
                 targets = f"n[1-{args.ssh_targets}]"
                 for name, command in COMMANDS.items():
-                    took, status, stderr = timed(
-                        [clush, "-f", "64", "-S", "-w", targets, *clush_config(work, ssh), *command]
-                    )
-                    theirs[name] = (took, status)
+                    # the better of two runs, as bpsh's warm figure is its second: sshd's first burst of
+                    # connections is the slower
+                    runs = [
+                        timed([clush, "-f", "64", "-S", "-w", targets, *clush_config(work, ssh), *command])
+                        for _ in range(2)
+                    ]
+                    took, status, _ = min(runs)
+                    theirs[name] = (took, max(run[1] for run in runs))
             finally:
                 stop(sshd)
     print(f"{'':34s}{'seconds':>9s}{'exit':>6s}{'failed':>8s}{'beoserv cpu':>13s}{'sim cpu':>9s}")
