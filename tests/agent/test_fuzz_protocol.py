@@ -11,6 +11,7 @@ import time
 import types
 import typing
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -209,3 +210,30 @@ def test_valid_job_frames_round_trip(data):
 def test_job_start_frames_are_what_encode_frame_writes(data, job):
     manifest = data.draw(valid(p.JobManifest))
     assert p.job_start_frames(manifest)(job) == p.encode_frame(p.JobStart(job, manifest))
+
+
+@given(data=st.data(), job=st.integers(min_value=1, max_value=10**15 - 1))
+def test_a_job_start_decodes_the_same_from_its_cached_manifest(data, job):
+    manifest = data.draw(valid(p.JobManifest))
+    frame = p.job_start_frames(manifest)(job)
+    assert p.decode_frame(frame) == p.decode_frame(frame) == p.JobStart(job, manifest)
+
+
+@given(tail=st.text(max_size=80))
+def test_a_frame_that_only_begins_as_a_job_start_is_decoded_whole_or_refused(tail):
+    """Text after a JobStart's first bytes may say another type or job: it is read as the whole says."""
+    text = '{"type": "JobStart", "body": {"job": 7, ' + tail
+    try:
+        fast = p.decode_frame(text)
+    except p.ProtocolError:
+        with pytest.raises(p.ProtocolError):
+            p._decode_any_frame(text)
+    else:
+        assert fast == p._decode_any_frame(text)
+
+
+def test_a_later_type_or_job_key_wins_as_json_reads_it():
+    manifest = p.JobManifest(("true",), "/bin/true", {}, "/", 0, 0, ())
+    start = p.encode_frame(p.JobStart(7, manifest))
+    retyped = start[:-2] + ', "job": 9}}'
+    assert p.decode_frame(retyped).job == 9
