@@ -4,13 +4,13 @@ address and a tap for QEMU), so no packet leaves it. The namespace is removed wh
 
 import contextlib
 import os
-import shutil
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from conftest import have_kernel, run_beoboot
+from conftest import run_beoboot
+from netns import qemu_netns_missing
 
 from beoboot.artifacts.media import SERVER_ROOT_PLACEHOLDER
 from beoboot.artifacts.servers import DNSMASQ_LEASES, NGINX_STATE_DIR
@@ -37,16 +37,7 @@ def _in_ns(*cmd):
 
 
 def _prerequisites_missing():
-    if os.geteuid() != 0:
-        return "needs root for a network namespace"
-    missing = [t for t in ("ip", "dnsmasq", "nginx") if shutil.which(t) is None]
-    if missing:
-        return f"needs {', '.join(missing)} (apt-get install iproute2 dnsmasq-base nginx-light)"
-    if not os.path.exists("/dev/net/tun"):
-        return "needs /dev/net/tun for QEMU's tap device"
-    if not have_kernel():
-        return "needs a kernel in /boot and QEMU: run `python3 build.py setup`"
-    return None
+    return qemu_netns_missing(("dnsmasq", "nginx"), "apt-get install iproute2 dnsmasq-base nginx-light")
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import have_kernel
 from master_helpers import BPSH_SCRIPT
 from mpi_programs import RING
+from netns import ip, qemu_netns_missing
 from servers import free_port
 from vm import BackgroundVM
 
@@ -34,20 +34,7 @@ SUBNET = "10.99.1.0/24"
 
 
 def _prerequisites_missing():
-    if os.geteuid() != 0:
-        return "needs root for a network namespace"
-    missing = [t for t in ("ip", "dnsmasq", "mpicc.openmpi", "mpirun.openmpi") if shutil.which(t) is None]
-    if missing:
-        return f"needs {', '.join(missing)}: python3 build.py setup"
-    if not os.path.exists("/dev/net/tun"):
-        return "needs /dev/net/tun for QEMU's tap devices"
-    if not have_kernel():
-        return "needs a kernel in /boot and QEMU: run `python3 build.py setup`"
-    return None
-
-
-def _ip(*args):
-    subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
+    return qemu_netns_missing(("dnsmasq", "mpicc.openmpi", "mpirun.openmpi"), "python3 build.py setup")
 
 
 def _in_ns(*cmd):
@@ -59,16 +46,16 @@ def namespace():
     why = _prerequisites_missing()
     if why:
         pytest.skip(why)
-    _ip("netns", "add", NS)
+    ip("netns", "add", NS)
     try:
-        _ip("-n", NS, "link", "set", "lo", "up")
-        _ip("-n", NS, "link", "add", BRIDGE, "type", "bridge", "forward_delay", "0")
-        _ip("-n", NS, "addr", "add", f"{MASTER_ADDR}/24", "dev", BRIDGE)
+        ip("-n", NS, "link", "set", "lo", "up")
+        ip("-n", NS, "link", "add", BRIDGE, "type", "bridge", "forward_delay", "0")
+        ip("-n", NS, "addr", "add", f"{MASTER_ADDR}/24", "dev", BRIDGE)
         for tap in TAPS:
-            _ip("-n", NS, "tuntap", "add", "dev", tap, "mode", "tap")
-            _ip("-n", NS, "link", "set", tap, "master", BRIDGE)
-            _ip("-n", NS, "link", "set", tap, "up")
-        _ip("-n", NS, "link", "set", BRIDGE, "up")
+            ip("-n", NS, "tuntap", "add", "dev", tap, "mode", "tap")
+            ip("-n", NS, "link", "set", tap, "master", BRIDGE)
+            ip("-n", NS, "link", "set", tap, "up")
+        ip("-n", NS, "link", "set", BRIDGE, "up")
         yield NS
     finally:
         subprocess.run(["ip", "netns", "del", NS], capture_output=True)

@@ -5,11 +5,28 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+
+
+def qemu_netns_missing(tools: tuple[str, ...], install: str) -> str | None:
+    """Why a test that boots QEMU nodes on taps in a namespace of its own cannot run here, or None."""
+    from conftest import have_kernel  # the tests' own helper, not this module's import-time dependency
+
+    if os.geteuid() != 0:
+        return "needs root for a network namespace"
+    missing = [tool for tool in ("ip", *tools) if shutil.which(tool) is None]
+    if missing:
+        return f"needs {', '.join(missing)} ({install})"
+    if not os.path.exists("/dev/net/tun"):
+        return "needs /dev/net/tun for QEMU's tap devices"
+    if not have_kernel():
+        return "needs a kernel in /boot and QEMU: run `python3 build.py setup`"
+    return None
 
 
 def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
