@@ -26,6 +26,7 @@ from collections.abc import Callable
 
 from agent import bootfiles, hwprobe
 from agent import protocol as p
+from agent.config import MASTER_LOST
 from agent.masterlink import MasterLink
 from agent.schema import Stage
 from agent.system.mounts import ENV_ROOT_MOUNTS
@@ -114,6 +115,7 @@ class SimNode:
         os.makedirs(self.env_root, exist_ok=True)
         make_env_root(self.env_root, proc=proc)
         self.scheduler, self.load = heartbeats, load
+        self._kept = False  # said that the master is lost and the node keeps on
         self._beat_lock = threading.Lock()  # held across a scheduled heartbeat: power() waits for one under way
         # durable=False: a booted node's cache is in RAM by default, where fsync is a no-op; this scratch
         # directory on the host's disk stands for it and must not pay for a disk's fsync per object
@@ -177,6 +179,35 @@ class SimNode:
         self.runner.stop()
         self.link.stop()
 
+    def master_lost(self, timeout: float, lost: str) -> None:
+        """A booted node's master_lost, checked now and then: "keep" runs on and says so; "reboot" and
+        "halt" end the jobs (the kernel would) and say so, and a reboot boots again once the master
+        answers (registers, which it retries meanwhile)."""
+        silent = time.monotonic() - self.link.last_answer
+        if self.link.stopped or silent <= timeout:
+            self._kept = False
+            return
+        if lost == "keep":
+            if not self._kept:
+                print(f"simnode: {self.mac}: master lost for {timeout:g} s: keep (jobs run on)", flush=True)
+                self._kept = True
+            return
+        print(f"simnode: {self.mac}: master lost for {timeout:g} s: {lost}", flush=True)
+        self._stop_heartbeats()
+        self.runner.end_jobs(0.0)
+        self.runner.stop()
+        if lost == "reboot":
+            threading.Thread(target=self._boot_again, daemon=True).start()
+
+    def _boot_again(self) -> None:
+        while True:
+            try:
+                print(f"simnode: {self.mac}: node {self.start()} up again", flush=True)
+                return
+            except Exception as exc:  # the master is still away: a real node's stage 1 would retry too
+                print(f"simnode: {self.mac}: booting again: {exc}", flush=True)
+                time.sleep(1.0)
+
     def power(self, order: p.NodePower) -> None:
         """bpctl's order, as a booted node carries it out (stage3.supervisor.act_on) minus the kernel: the
         heartbeats stop, the link closes; a reboot then boots again, with the libcache kept as a local
@@ -223,8 +254,9 @@ def run_worker(args: argparse.Namespace, first: int, count: int, report: int, pr
     for node in nodes:
         node.runner.connected.wait(30)
     send_report(report, "up", figures_json([node.figures for node in nodes]))
-    while not stop.wait(1):
-        pass
+    while not stop.wait(min(1.0, args.master_timeout / 4)):
+        for node in nodes:
+            node.master_lost(args.master_timeout, args.master_lost)
     for node in nodes:
         node.stop()
     if scheduler is not None:
@@ -273,6 +305,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=1, help="how many nodes to simulate")
     parser.add_argument("--first", type=int, default=0, help="index of the first node's MAC")
     parser.add_argument("--libcache-max-bytes", type=int, default=512 << 20)
+    parser.add_argument(
+        "--master-timeout", type=_seconds, default=30.0, help="seconds without the master before master_lost"
+    )
+    parser.add_argument(
+        "--master-lost", choices=MASTER_LOST, default="reboot", help="then: reboot, halt, or keep the jobs running"
+    )
     parser.add_argument(
         "--processes", type=int, default=0, help="worker processes (default: one per core, one for <= 16 nodes)"
     )
@@ -331,6 +369,16 @@ def collect(workers: list[tuple[int, int]]) -> tuple[list[dict], float]:
     for pid, _ in workers:
         os.waitpid(pid, 0)
     return figures, cpu
+
+
+def _seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0.1 <= seconds <= 86400:  # NaN fails this too
+        raise argparse.ArgumentTypeError(f"{text!r}: expected seconds from 0.1 to 86400")
+    return seconds
 
 
 def _kill(pid: int, signum: int) -> None:

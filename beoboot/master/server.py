@@ -196,7 +196,12 @@ class Beoserv:
         self.transfer_refusals = exhaustion.Tally()  # requests refused for want of a transfer slot
         self.transfers = transfers.TransferGate(config.max_transfers)
         self.open_files_limit: int | None = None  # what serve() raised it to (None: not known, in a test)
-        self.jobs = JobHub(self.registry, self.transfers)
+        self.jobs = JobHub(
+            self.registry,
+            self.transfers,
+            link_wait=self.config.job_link_wait,
+            reattach_wait=self.config.job_reattach_wait,
+        )
         self._hosts = HostTable({})
         self._hosts_due: asyncio.TimerHandle | None = None
         self.started = time.time()
@@ -401,6 +406,7 @@ class Beoserv:
         config = dataclasses.replace(config, **{key: getattr(self.config, key) for key in STARTUP_KEYS})
         self.config = config
         self.config_loads += 1
+        self.jobs.link_wait, self.jobs.reattach_wait = config.job_link_wait, config.job_reattach_wait
         log.info("config reloaded from %s: %s", self.options.config_path, config)
         self._build_host_table()  # a new address plan or hosts_file takes effect now, not at the next heartbeat
 

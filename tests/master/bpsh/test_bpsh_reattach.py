@@ -1,0 +1,153 @@
+"""Jobs survive their master: beoserv killed or stopped and started again while a job runs on a simulated
+node; bpsh waits, reattaches and gets every output line once, in order, and the job's exit status."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from master_helpers import MasterProcess, bpsh_argv, start_simnodes
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(os.getuid() != 0, reason="simulated nodes chroot their jobs: needs root"),
+]
+
+LINES = 20  # a line every 0.5 s for 10 s
+TICKER = f"i=0; while [ $i -lt {LINES} ]; do echo line $i; i=$((i+1)); sleep 0.5; done"
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    (tmp_path / "boot").mkdir()
+    master = MasterProcess(tmp_path / "boot", tmp_path / "nodes.db", tmp_path / "beoserv.log").start()
+    master.port = int(master.url.rsplit(":", 1)[1])  # a restart listens where the nodes look for it
+    sim = None
+    try:
+        sim = start_simnodes(master.url, tmp_path, 1, extra=("--master-lost", "keep", "--master-timeout", "2"))
+        master.wait_for_log(r"node 0 \(\S+\) job link up")
+        yield master, tmp_path
+    finally:
+        if sim is not None:
+            sim.terminate()
+            sim.wait(10)
+        master.stop()
+
+
+def start_job(master, *command):
+    return subprocess.Popen(
+        bpsh_argv(master.bpsh_socket, "--cache", "/usr/bin/sleep", "0", *command),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def wait_for_line(job, text: bytes, timeout: float = 30) -> bytes:
+    """Read the job's stdout up to and including the line `text`."""
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while text not in seen:
+        assert time.monotonic() < deadline, seen
+        seen += job.stdout.readline()
+    return seen
+
+
+def restart(master, down_for: float, signum: int) -> None:
+    master.signal(signum)
+    master.proc.wait(10)
+    master._log_file.close()
+    time.sleep(down_for)
+    master.start()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM], ids=["killed", "stopped"])
+def test_every_line_arrives_once_in_order_across_a_beoserv_restart(cluster, signum):
+    master, _ = cluster
+    job = start_job(master, "sh", "-c", TICKER)
+    before = wait_for_line(job, b"line 5\n")  # 3 s in
+    restart(master, 4.0, signum)
+    rest, err = job.communicate(timeout=60)
+    assert job.returncode == 0, err
+    assert (before + rest).decode().splitlines() == [f"line {i}" for i in range(LINES)]
+    assert b"reattached" in err
+    master.wait_for_log(r"job \d+: bpsh reattached")
+
+
+def test_an_exit_while_beoserv_is_down_reaches_bpsh_after_the_restart(cluster):
+    master, _ = cluster
+    job = start_job(master, "sh", "-c", "echo started; sleep 1; echo done; exit 7")
+    assert wait_for_line(job, b"started\n") == b"started\n"
+    master.signal(signal.SIGKILL)
+    master.proc.wait(10)
+    master._log_file.close()
+    time.sleep(2.5)  # the job ends meanwhile; its node keeps its last line and its exit
+    master.start()
+    rest, err = job.communicate(timeout=60)
+    assert (job.returncode, rest) == (7, b"done\n"), err
+
+
+def test_ctrl_c_while_beoserv_is_away_reaches_the_job_once_it_is_back(cluster):
+    master, _ = cluster
+    job = start_job(master, "sh", "-c", "trap 'echo got INT; exit 3' INT; echo ready; while :; do sleep 0.1; done")
+    wait_for_line(job, b"ready\n")
+    master.signal(signal.SIGKILL)
+    master.proc.wait(10)
+    master._log_file.close()
+    job.send_signal(signal.SIGINT)
+    time.sleep(1)
+    master.start()
+    rest, err = job.communicate(timeout=60)
+    assert (job.returncode, rest) == (3, b"got INT\n"), err
+
+
+def test_bps_lists_the_jobs_a_restarted_beoserv_took_back(cluster):
+    master, _ = cluster
+    job = start_job(master, "sh", "-c", "echo ready; sleep 30")
+    wait_for_line(job, b"ready\n")
+    first = jobs(master)
+    restart(master, 0.5, signal.SIGKILL)
+    master.wait_for_log(r"node 0 \(\S+\) job link up", timeout=30)
+    after = jobs(master)
+    assert [(row["job"], row["command"], row["state"]) for row in after if row["state"] == "running"] == [
+        (row["job"], row["command"], "running") for row in first if row["state"] == "running"
+    ]
+    job.send_signal(signal.SIGTERM)  # forwarded to the job once bpsh reattached
+    job.communicate(timeout=60)
+    # a new job after the restart gets an id of its own, never one the last beoserv gave
+    again = subprocess.run(bpsh_argv(master.bpsh_socket, "0", "true"), timeout=60)
+    assert again.returncode == 0
+    newest = max(row["job"] for row in jobs(master))
+    assert newest > max(row["job"] for row in first)
+
+
+def test_a_node_that_keeps_its_jobs_outlives_the_master_timeout_and_takes_up_its_number(cluster):
+    """master_lost = "keep" with a 2 s master_timeout: beoserv away 6 s, three times the timeout."""
+    master, work = cluster
+    job = start_job(master, "sh", "-c", "echo ready; sleep 8; echo still here")
+    wait_for_line(job, b"ready\n")
+    restart(master, 6.0, signal.SIGTERM)
+    master.wait_for_log(r"node 0 \(\S+\) job link up", timeout=30)
+    rest, err = job.communicate(timeout=60)
+    assert (job.returncode, rest) == (0, b"still here\n"), err
+    log = (work / "simnode.log").read_text()
+    assert "master lost for 2 s: keep" in log and "up again" not in log
+    rows = bpstat(master)
+    assert [(row["number"], row["state"]) for row in rows] == [(0, "up")]
+
+
+def jobs(master) -> list[dict]:
+    bps = [sys.executable, "-m", "beoboot.master.cli", "bps", "--all", "--master", master.url, "--json"]
+    return json.loads(subprocess.run(bps, capture_output=True, check=True, timeout=30).stdout)
+
+
+def bpstat(master) -> list[dict]:
+    command = [sys.executable, "-m", "beoboot.master.cli", "bpstat", "--master", master.url, "--json"]
+    deadline = time.monotonic() + 20
+    while True:  # the node's next heartbeat marks it up again
+        rows = json.loads(subprocess.run(command, capture_output=True, check=True, timeout=30).stdout)
+        if all(row["state"] == "up" for row in rows) or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.2)
