@@ -40,6 +40,7 @@ from stage3.libcache import LIBCACHE_DIR, LibCache, LibCacheError
 from stage3.outputlog import OutputLog
 from stage3.wsclient import OP_TEXT, WebSocket, WebSocketError
 
+EVERYTHING = 1 << 62  # an offset past any output: the master forgets a job's output with it (JobResume)
 EXEC_FAILED = 127  # what a shell answers for a command it could not run
 READ_SIZE = 65536
 KILLED_WAIT = 5.0  # after SIGKILL: how long the exits of the killed jobs may take to reach the master
@@ -317,13 +318,18 @@ class JobRunner:
     def _resume(self, ws: WebSocket, slot: JobSlot, resume: p.JobResume) -> None:
         """Send the job's output from the master's offsets on, then its exit if it ended; later output goes
         to this link as it comes."""
+        again = 0
         with slot.wire:
+            was = slot.ws
             slot.ws = ws
             slot.flowing.set()
             for stream, offset, data in slot.output.since(resume.stdout, resume.stderr):
                 _send_output(ws, stream, slot.job, offset, data)
+                again += len(data)
             if slot.exit is not None:
                 _send_frame(ws, slot.exit)
+        if was is not ws and resume.stdout < EVERYTHING:  # a job taken back (not one asked again, or let go)
+            self.log(f"beoboot: job {slot.job} resumed on a new link: {again} bytes of output it held sent")
 
     def _forget(self, slot: JobSlot) -> None:
         """The master has the job's end: nothing of it is kept any longer."""

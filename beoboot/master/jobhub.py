@@ -171,6 +171,7 @@ class JobHub:
         self._finished_uid: dict[int, int] = {}  # who ran each finished job: only they hear its status again
         self.link_wait, self.reattach_wait = link_wait, reattach_wait
         self._exit_acks: dict[int, tuple[NodeLink | None, p.JobAck]] = {}  # exits on their way to bpsh
+        self.duplicate_bytes = 0  # output nodes sent again that the sessions had: dropped
         restarted = bool(registry.jobs_at_start)
         self._recorded_upto = registry.last_job_id  # ids past it a killed beoserv may have given unrecorded
         self._ids = itertools.count(registry.last_job_id + 1 + (ID_GAP_AFTER_RESTART if restarted else 0))
@@ -198,6 +199,7 @@ class JobHub:
     async def close_all(self, app: web.Application) -> None:
         """Close every link and session at shutdown: aiohttp would otherwise wait for these long-lived
         handlers for its whole shutdown timeout."""
+        log.info("jobs: %d output bytes sent again by nodes were dropped as duplicates", self.duplicate_bytes)
         for link in list(self.links.values()):
             await link.ws.close()
 
@@ -360,6 +362,7 @@ class JobHub:
                 _post(job.link.ws, p.JobAck(job_id, EVERYTHING, EVERYTHING))
             return
         taken = job.cursor.take(stream, offset, data)
+        self.duplicate_bytes += len(data) - len(taken.data)
         if taken.ask_from:
             log.info("job %d: output from %d on stream %d missing: asked again", job_id, taken.end, stream)
             await _send(job.link.ws, p.JobResume(job_id, *job.cursor.offsets()))

@@ -200,11 +200,11 @@ def test_a_lost_link_ends_no_job_and_a_new_link_gets_exactly_the_rest_of_its_out
     new = Link()
     runner._report(new)
     [report] = new.messages
-    assert report == p.JobReport((p.JobHeld(1, report.jobs[0].pid, 13, 0, True, 0, report.jobs[0].command),))
+    assert report == p.JobReport((p.JobHeld(1, 0, 12, 0, True, 0, report.jobs[0].command),))
     runner._control(new, p.JobResume(1, len(b"ready\n"), 0))  # what the job's bpsh has
     assert new.output == [(1, b"after\n")]
     assert new.exit_of(1).status == 7
-    runner._control(new, p.JobAck(1, 13, 0, exit=True))
+    runner._control(new, p.JobAck(1, 12, 0, exit=True))
     assert 1 not in runner._slots  # acknowledged: forgotten
 
 
