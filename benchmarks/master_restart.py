@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/master_restart.py [--nodes 1000] [--down 4] [--signal KILL]
 
 Starts beoserv (loopback, a free port) and `python -m stage3.simnode --count N --master-lost keep`, runs
-`bpsh -a` with a job on every node that prints a line every 0.5 s for --run seconds, kills beoserv
+`bpsh -a` with a job on every node that prints a line every --every s for --run seconds, kills beoserv
 (SIGKILL, or SIGTERM: an upgrade) a third of the way in, starts it again --down seconds later on the same
 port and database, and prints:
   * the time from the new beoserv's start until every node's job link is up again;
@@ -64,11 +64,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--nodes", type=int, default=1000)
     parser.add_argument("--down", type=float, default=4.0, help="seconds beoserv stays down")
-    parser.add_argument("--run", type=float, default=20.0, help="seconds each job prints for")
+    parser.add_argument("--run", type=float, default=30.0, help="seconds each job prints for")
+    parser.add_argument("--every", type=float, default=2.0, help="seconds between a job's lines (a fork each)")
     parser.add_argument("--signal", choices=("KILL", "TERM"), default="KILL")
     args = parser.parse_args()
-    lines = int(args.run * 2)
-    script = f"i=0; while [ $i -lt {lines} ]; do echo line $i; i=$((i+1)); sleep 0.5; done"
+    lines = int(args.run / args.every)
+    script = f"i=0; while [ $i -lt {lines} ]; do echo line $i; i=$((i+1)); sleep {args.every:g}; done"
     with tempfile.TemporaryDirectory(prefix="master-restart-") as tmp:
         work = Path(tmp)
         (work / "boot").mkdir()

@@ -367,12 +367,14 @@ class LocalSession(Session):
 
     def _send_whole(self, record: bytes) -> bool:
         """One record to bpsh, waiting while its socket is full; False if bpsh is gone."""
+        room = select.poll()  # not select(): beoserv's descriptors go far past FD_SETSIZE
+        room.register(self.conn, select.POLLOUT)
         while True:
             try:
                 self.conn.send(record)
                 return True
             except BlockingIOError:
-                select.select([], [self.conn], [], SEND_POLL)
+                room.poll(SEND_POLL * 1000)
             except OSError:
                 return False
 
@@ -564,6 +566,31 @@ class LocalListener:
         self.sock = sock
         asyncio.get_running_loop().add_reader(sock.fileno(), self._accept)
         log.info("bpsh socket %s", self.path)
+
+    def reopen(self) -> None:
+        """SIGHUP: a new listening socket at the path, put in place by a rename, so that a bpsh never finds
+        none; the old one closes, and with it no session (each has its own connection)."""
+        if self.sock is None:
+            return
+        fresh = self.path.with_name(f".{self.path.name}.{os.getpid()}")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            fresh.unlink(missing_ok=True)
+            sock.bind(str(fresh))
+            os.chmod(fresh, 0o666)
+            sock.listen(128)
+            os.rename(fresh, self.path)
+        except OSError as exc:
+            sock.close()
+            fresh.unlink(missing_ok=True)
+            raise BeobootError(f"cannot make the bpsh socket {self.path} again: {exc.strerror or exc}") from None
+        sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(self.sock.fileno())
+        self.sock.close()
+        self.sock, self._inode = sock, os.stat(self.path).st_ino
+        loop.add_reader(sock.fileno(), self._accept)
+        log.info("bpsh socket %s reopened", self.path)
 
     def close(self) -> None:
         if self.sock is None:

@@ -3,10 +3,12 @@ node; bpsh waits, reattaches and gets every output line once, in order, and the 
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 
 import pytest
 from master_helpers import MasterProcess, bpsh_argv, start_simnodes
@@ -151,3 +153,20 @@ def bpstat(master) -> list[dict]:
         if all(row["state"] == "up" for row in rows) or time.monotonic() > deadline:
             return rows
         time.sleep(0.2)
+
+
+def test_sighup_reopens_the_listening_sockets_and_drops_no_link_or_session(cluster):
+    master, _ = cluster
+    job = start_job(master, "sh", "-c", "echo ready; sleep 2; echo done")
+    wait_for_line(job, b"ready\n")
+    socket_inode = master.bpsh_socket.stat().st_ino
+    master.signal(signal.SIGHUP)
+    master.wait_for_log("listening sockets reopened")
+    assert master.bpsh_socket.stat().st_ino != socket_inode  # a new socket, put in place by a rename
+    rest, err = job.communicate(timeout=30)
+    assert (job.returncode, rest, err) == (0, b"done\n", b"")  # its session went on: no reattach
+    assert len(re.findall(r"node 0 \(\S+\) job link up", master.log_text())) == 1  # the link was never dropped
+    again = subprocess.run(bpsh_argv(master.bpsh_socket, "0", "true"), timeout=60)  # the new socket takes bpsh
+    assert again.returncode == 0
+    with urllib.request.urlopen(master.url + "/api/v1/nodes", timeout=10) as answer:  # and the port, HTTP
+        assert answer.status == 200
