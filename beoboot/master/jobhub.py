@@ -405,16 +405,15 @@ class JobHub:
                 row = p.JobRow(held.job, link.number, held.pid, held.command, p.JobState.RUNNING, time.time())
                 job = self.jobs[held.job] = Job(row, None, None, uid=held.uid)
                 self.registry.record_job(row, held.uid)
-                self._wait_for_bpsh(held.job, job)
             if job is None or job.row.node != link.number:
                 # another node's id, or no one's: the node forgets it (and hangs it up if it runs)
                 await _send(link.ws, p.JobSignal(held.job, SIGHUP))
                 await _send(link.ws, p.JobResume(held.job, EVERYTHING, EVERYTHING))  # drains, then ends
                 await _send(link.ws, p.JobAck(held.job, EVERYTHING, EVERYTHING, exit=True))
                 continue
-            old_timer = job.timer if job.session is not None else None  # the link wait: over
-            if old_timer is not None:
-                old_timer.cancel()
+            if job.timer is not None:  # the wait for its node is over
+                job.timer.cancel()
+                job.timer = None
             job.link = link
             link.jobs.add(held.job)
             if held.pid and (job.row.pid, job.row.state) != (held.pid, p.JobState.RUNNING):
@@ -422,6 +421,8 @@ class JobHub:
                 self.registry.record_job(job.row, job.uid)
             if job.session is not None or job.orphan:
                 self._resume(held.job, job)
+            else:
+                self._wait_for_bpsh(held.job, job)
         for job_id, job in list(self.jobs.items()):
             if job.row.node == link.number and job.link is None and job_id not in held_ids:
                 error = f"node {link.number} linked again without job {job_id}: it rebooted, or ended it unseen"
