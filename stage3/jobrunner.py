@@ -331,6 +331,15 @@ class JobRunner:
         if was is not ws and resume.stdout < EVERYTHING:  # a job taken back (not one asked again, or let go)
             self.log(f"beoboot: job {slot.job} resumed on a new link: {again} bytes of output it held sent")
 
+    def forget_all(self) -> None:
+        """The node goes down without its master (master_lost): no one will take what the jobs left, and
+        their pumps must not wait for room in their logs."""
+        with self._lock:
+            slots = list(self._slots.values())
+            self._slots.clear()
+        for slot in slots:
+            slot.output.release()
+
     def _forget(self, slot: JobSlot) -> None:
         """The master has the job's end: nothing of it is kept any longer."""
         slot.output.release()

@@ -116,6 +116,7 @@ class SimNode:
         make_env_root(self.env_root, proc=proc)
         self.scheduler, self.load = heartbeats, load
         self._kept = False  # said that the master is lost and the node keeps on
+        self._booting_again = False  # master_lost rebooted it: not lost again until it is up
         self._beat_lock = threading.Lock()  # held across a scheduled heartbeat: power() waits for one under way
         # durable=False: a booted node's cache is in RAM by default, where fsync is a no-op; this scratch
         # directory on the host's disk stands for it and must not pay for a disk's fsync per object
@@ -184,7 +185,7 @@ class SimNode:
         "halt" end the jobs (the kernel would) and say so, and a reboot boots again once the master
         answers (registers, which it retries meanwhile)."""
         silent = time.monotonic() - self.link.last_answer
-        if self.link.stopped or silent <= timeout:
+        if self._booting_again or self.link.stopped or silent <= timeout:
             self._kept = False
             return
         if lost == "keep":
@@ -194,19 +195,22 @@ class SimNode:
             return
         print(f"simnode: {self.mac}: master lost for {timeout:g} s: {lost}", flush=True)
         self._stop_heartbeats()
+        self.runner.forget_all()
         self.runner.end_jobs(0.0)
         self.runner.stop()
         if lost == "reboot":
+            self._booting_again = True
             threading.Thread(target=self._boot_again, daemon=True).start()
 
     def _boot_again(self) -> None:
         while True:
             try:
                 print(f"simnode: {self.mac}: node {self.start()} up again", flush=True)
-                return
+                break
             except Exception as exc:  # the master is still away: a real node's stage 1 would retry too
                 print(f"simnode: {self.mac}: booting again: {exc}", flush=True)
                 time.sleep(1.0)
+        self._booting_again = False
 
     def power(self, order: p.NodePower) -> None:
         """bpctl's order, as a booted node carries it out (stage3.supervisor.act_on) minus the kernel: the

@@ -63,7 +63,6 @@ REATTACH_WAIT = 330.0
 # job ids after a restart start this far past the last one recorded: the registry writes behind, so a
 # killed beoserv may have given out ids it had not written yet, whose jobs still run on their nodes
 ID_GAP_AFTER_RESTART = 1 << 16
-CLAIMED = -1  # the node of a job a reattaching bpsh named before its node reported it
 EVERYTHING = 1 << 62  # an output offset past any job's: "forget all of it" in a JobAck or JobResume
 
 
@@ -117,6 +116,7 @@ class Job:
     signals: list[int] = field(default_factory=list)  # sent while its node had no link: delivered on its return
     timer: asyncio.TimerHandle | None = None  # ends it if its node, or its bpsh, does not come back in time
     orphan: bool = False  # no bpsh will take its output: the node forgets it as it comes
+    claimed: bool = False  # known only from its bpsh (the last beoserv had not recorded it): its node will say
 
 
 @dataclass
@@ -392,9 +392,10 @@ class JobHub:
         for held in report.jobs:
             held_ids.add(held.job)
             job = self.jobs.get(held.job)
-            if job is not None and job.row.node == CLAIMED:  # its bpsh came back before its node did
+            if job is not None and job.claimed and job.row.node == link.number:  # its bpsh came back first
                 if job.uid == held.uid:
-                    job.row = replace(job.row, node=link.number, pid=held.pid, command=held.command)
+                    job.claimed = False
+                    job.row = replace(job.row, pid=held.pid, command=held.command)
                     self.registry.record_job(job.row, job.uid)
                 else:
                     error = f"job {held.job} is not uid {job.uid}'s"
@@ -484,6 +485,9 @@ class JobHub:
         job.session.job_exit(message)
         if not job.session.jobs:
             job.session.all_ended()
+
+    def _never_ended(self, job_id: int) -> bool:
+        return not any(row.job == job_id for row in self.finished)
 
     def _keep_finished(self, row: p.JobRow, uid: int) -> None:
         self.finished.append(row)
@@ -635,22 +639,26 @@ class JobHub:
             else:
                 await _send(job.link.ws, p.JobSignal(job_id, signum))
 
-    def reattach(self, session: Session, uid: int, wanted: list[tuple[int, int, int]]) -> None:
-        """A bpsh came back (after a beoserv restart) for its jobs: (id, stdout offset, stderr offset) each,
-        the offsets being how far their output reached it. A job that is not the user's, or unknown, ends
-        for it with 255; one that ended meanwhile gives its status."""
+    def reattach(self, session: Session, uid: int, wanted: list[tuple[int, int, int, int]]) -> None:
+        """A bpsh came back (after a beoserv restart) for its jobs: (id, stdout offset, stderr offset, node)
+        each, the offsets being how far their output reached it. A job that is not the user's, or unknown,
+        ends for it with 255; one that ended meanwhile gives its status."""
         session.sent = True
-        for job_id, stdout, stderr in wanted:
+        for job_id, stdout, stderr, node in wanted:
             job = self.jobs.get(job_id)
             unrecorded = self._recorded_upto < job_id <= self._recorded_upto + ID_GAP_AFTER_RESTART
-            if job is None and unrecorded and not any(row.job == job_id for row in self.finished):
-                # a job the last beoserv had not recorded when it went: its node's report will say whose
-                row = p.JobRow(job_id, CLAIMED, 0, "", p.JobState.RUNNING, time.time())
-                job = self.jobs[job_id] = Job(row, None, None, uid=uid)
+            if job is None and unrecorded and node not in self.links and self._never_ended(job_id):
+                # a job the last beoserv had not recorded when it went: its node's report will say whose (a
+                # node linked already did not hold it)
+                row = p.JobRow(job_id, node, 0, "", p.JobState.RUNNING, time.time())
+                job = self.jobs[job_id] = Job(row, None, None, uid=uid, claimed=True)
             if job is None or job.uid != uid or job.session is not None:
                 ended = next((row for row in self.finished if row.job == job_id), None)
                 if ended is not None and ended.status is not None and self._finished_uid.get(job_id) == uid:
                     session.job_exit(p.JobExit(job_id, ended.status, node=ended.node))
+                elif job is None and node in self.links and self._never_ended(job_id):
+                    error = f"node {node} linked again without job {job_id}: it rebooted, or ended it unseen"
+                    session.job_exit(p.JobExit(job_id, LINK_LOST, node=node, error=error))
                 else:
                     error = f"beoserv has no running job {job_id} of uid {uid} to reattach to"
                     session.job_exit(p.JobExit(job_id, LINK_LOST, error=error))

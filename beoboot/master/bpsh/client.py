@@ -27,8 +27,8 @@ SIGSTOP cannot be caught, so it stops only bpsh; the SIGCONT that resumes it is 
 Wire format (SEQPACKET records): the request is NUL-separated fields, REQUEST_MAGIC, nodes,
 cwd, flags (letters: n for -n, p for -p, s for -s, d for -d), the number of argv entries, argv, the number of --cache paths, the paths, then the
 environment as NAME=VALUE; later records from the client are b"S" + signal number, or b"P" when its stdout
-is a closed pipe. A reattach request is REATTACH_MAGIC, the flags, then JOB:STDOUT:STDERR per job (decimal
-offsets), NUL-separated. beoserv sends b"J" + job (8 bytes, big-endian) + node: a job of this bpsh;
+is a closed pipe. A reattach request is REATTACH_MAGIC, the flags, then JOB:STDOUT:STDERR:NODE per job
+(decimal offsets, and the node beoserv named for it), NUL-separated. beoserv sends b"J" + job (8 bytes, big-endian) + node: a job of this bpsh;
 b"O" + stream (1 byte) + job (8) + the offset the job's stream reaches with this data (8) + data: output
 (job 0: not a job's, e.g. an error line); b"E" + job (8) + status: a job's end; b"X" + status: the end.
 """
@@ -198,7 +198,7 @@ class Client:
         self.options = options
         self.fds = fds
         self.sock = None
-        self.jobs = {}  # job id -> [stdout offset, stderr offset]: how far its output got, while it runs
+        self.jobs = {}  # job id -> [stdout offset, stderr offset, node]: how far its output got, while it runs
         self.statuses = []  # of the jobs that ended
         self.pending = []  # signals to forward once beoserv is back
         self.broken = set()  # descriptors that took no more (a closed pipe): the rest for them is dropped
@@ -254,7 +254,7 @@ class Client:
             if kind == b"O":
                 self._output(record)
             elif kind == b"J":
-                self.jobs[int.from_bytes(record[1:9], "big")] = [0, 0]
+                self.jobs[int.from_bytes(record[1:9], "big")] = [0, 0, int(record[9:])]
             elif kind == b"E":
                 self.jobs.pop(int.from_bytes(record[1:9], "big"), None)
                 self.statuses.append(int(record[9:]))
@@ -288,7 +288,7 @@ class Client:
         self._say(f"bpsh: beoserv went away; waiting up to {timeout:g} s for it to reattach to {len(self.jobs)} jobs\n")
         flags = b"".join(letter for letter, on in ((b"n", self.options.no_stdin), (b"p", self.options.prefix)) if on)
         record = b"\0".join(
-            [REATTACH_MAGIC, flags, *(b"%d:%d:%d" % (job, out, err) for job, (out, err) in self.jobs.items())]
+            [REATTACH_MAGIC, flags, *(b"%d:%d:%d:%d" % (job, *offsets) for job, offsets in self.jobs.items())]
         )
         ancillary = [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)]
         self.sock.close()

@@ -139,18 +139,18 @@ def decode_request(data: bytes, uid: int, gid: int, groups: tuple[int, ...] = ()
     return request, letters
 
 
-def decode_reattach(data: bytes) -> tuple[str, list[tuple[int, int, int]]]:
-    """A bpsh reattach record -> (its option letters, [(job id, stdout offset, stderr offset)])."""
+def decode_reattach(data: bytes) -> tuple[str, list[tuple[int, int, int, int]]]:
+    """A bpsh reattach record -> (its option letters, [(job id, stdout offset, stderr offset, node)])."""
     fields = data.split(b"\0")
     if len(fields) < 3 or fields[0] != bpsh.REATTACH_MAGIC:
         raise RequestError("not a bpsh reattach request (another version of bpsh?)")
     wanted = []
     for field in fields[2:]:
         parts = field.split(b":")
-        if len(parts) != 3 or not all(part.isdigit() and len(part) <= 20 for part in parts):
+        if len(parts) != 4 or not all(part.isdigit() and len(part) <= 20 for part in parts):
             raise RequestError(f"a malformed job in a bpsh reattach request: {field[:40]!r}")
-        job, stdout, stderr = map(int, parts)
-        wanted.append((job, stdout, stderr))
+        job, stdout, stderr, node = map(int, parts)
+        wanted.append((job, stdout, stderr, node))
     if not wanted or len(wanted) > MAX_REATTACH_JOBS:
         raise RequestError(f"a bpsh reattach request names {len(wanted)} jobs: 1 to {MAX_REATTACH_JOBS} expected")
     return fields[1].decode("ascii", "replace"), wanted

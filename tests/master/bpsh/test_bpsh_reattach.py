@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 from master_helpers import MasterProcess, bpsh_argv, start_simnodes
@@ -22,10 +23,18 @@ LINES = 20  # a line every 0.5 s for 10 s
 TICKER = f"i=0; while [ $i -lt {LINES} ]; do echo line $i; i=$((i+1)); sleep 0.5; done"
 
 
+def fast_heartbeats(work) -> Path:
+    """A beoserv config with heartbeats every 0.5 s: a node's master_timeout of 2 s then means 4 missed."""
+    config = work / "beoserv.toml"
+    config.write_text("heartbeat_interval = 0.5\n")
+    return config
+
+
 @pytest.fixture
 def cluster(tmp_path):
     (tmp_path / "boot").mkdir()
-    master = MasterProcess(tmp_path / "boot", tmp_path / "nodes.db", tmp_path / "beoserv.log").start()
+    config = fast_heartbeats(tmp_path)
+    master = MasterProcess(tmp_path / "boot", tmp_path / "nodes.db", tmp_path / "beoserv.log", config).start()
     master.port = int(master.url.rsplit(":", 1)[1])  # a restart listens where the nodes look for it
     sim = None
     try:
@@ -170,3 +179,26 @@ def test_sighup_reopens_the_listening_sockets_and_drops_no_link_or_session(clust
     assert again.returncode == 0
     with urllib.request.urlopen(master.url + "/api/v1/nodes", timeout=10) as answer:  # and the port, HTTP
         assert answer.status == 200
+
+
+def test_a_node_that_reboots_without_its_master_ends_its_jobs_for_their_bpsh(tmp_path):
+    """master_lost = "reboot": the simulated node ends its jobs and boots again once the master is back;
+    its new link holds no job, so bpsh, reattached, gets 255 and why."""
+    (tmp_path / "boot").mkdir()
+    config = fast_heartbeats(tmp_path)
+    master = MasterProcess(tmp_path / "boot", tmp_path / "nodes.db", tmp_path / "beoserv.log", config).start()
+    master.port = int(master.url.rsplit(":", 1)[1])
+    sim = start_simnodes(master.url, tmp_path, 1, extra=("--master-lost", "reboot", "--master-timeout", "2"))
+    try:
+        master.wait_for_log(r"node 0 \(\S+\) job link up")
+        job = start_job(master, "sh", "-c", "echo ready; sleep 30")
+        wait_for_line(job, b"ready\n")
+        restart(master, 4.0, signal.SIGKILL)
+        rest, err = job.communicate(timeout=60)
+        assert job.returncode == 255 and b"linked again without job" in err, err
+        log = (tmp_path / "simnode.log").read_text()
+        assert log.count("master lost for 2 s: reboot") == 1 and log.count("node 0 up again") == 1, log
+    finally:
+        sim.terminate()
+        sim.wait(10)
+        master.stop()

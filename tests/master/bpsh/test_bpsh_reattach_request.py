@@ -18,18 +18,18 @@ def test_reattach_timeout_is_seconds_from_0_to_a_day():
 
 
 def test_a_reattach_request_names_its_jobs_and_their_offsets():
-    record = b"\0".join([client.REATTACH_MAGIC, b"p", b"7:120:0", b"9:0:33"])
-    assert decode_reattach(record) == ("p", [(7, 120, 0), (9, 0, 33)])
+    record = b"\0".join([client.REATTACH_MAGIC, b"p", b"7:120:0:3", b"9:0:33:4"])
+    assert decode_reattach(record) == ("p", [(7, 120, 0, 3), (9, 0, 33, 4)])
 
 
 @pytest.mark.parametrize(
     "record",
     [
-        b"bpsh1\0\0" + b"1:0:0",  # another magic
+        b"bpsh1\0\0" + b"1:0:0:0",  # another magic
         client.REATTACH_MAGIC + b"\0",  # no job
-        client.REATTACH_MAGIC + b"\0\0" + b"1:0",  # an offset short
-        client.REATTACH_MAGIC + b"\0\0" + b"1:-5:0",
-        client.REATTACH_MAGIC + b"\0\0" + b"1:0:" + b"9" * 40,  # an offset no stream reaches
+        client.REATTACH_MAGIC + b"\0\0" + b"1:0:0",  # the node missing
+        client.REATTACH_MAGIC + b"\0\0" + b"1:-5:0:0",
+        client.REATTACH_MAGIC + b"\0\0" + b"1:0:0:" + b"9" * 40,  # a number past any
     ],
 )
 def test_a_malformed_reattach_request_is_refused_by_name(record):
@@ -43,4 +43,4 @@ def test_any_bytes_are_a_request_or_a_request_error(data):
         letters, wanted = decode_reattach(client.REATTACH_MAGIC + b"\0" + data)
     except RequestError:
         return
-    assert all(job >= 0 and out >= 0 and err >= 0 for job, out, err in wanted)
+    assert all(min(fields) >= 0 for fields in wanted)
