@@ -168,7 +168,9 @@ class JobHub:
         self._by_token: dict[bytes, NodeLink] = {}
         self.jobs: dict[int, Job] = {}
         self.finished: list[p.JobRow] = []
-        self._finished_uid: dict[int, int] = {}  # who ran each finished job: only they hear its status again
+        # who ran each finished job, and why it failed if it did: only they hear its status again (a bpsh
+        # reattaching to a job that ended while no bpsh was there)
+        self._finished_by: dict[int, tuple[int, str]] = {}
         self.link_wait, self.reattach_wait = link_wait, reattach_wait
         self._exit_acks: dict[int, tuple[NodeLink | None, p.JobAck]] = {}  # exits on their way to bpsh
         self.duplicate_bytes = 0  # output nodes sent again that the sessions had: dropped
@@ -179,7 +181,7 @@ class JobHub:
             if row.state in (p.JobState.STARTING, p.JobState.RUNNING):
                 self.jobs[row.job] = Job(row, None, None, uid=uid)
             else:
-                self._keep_finished(row, uid)
+                self._keep_finished(row, uid, "")
         if self.jobs:
             log.info("%d jobs of the last beoserv wait for their nodes and their bpsh", len(self.jobs))
 
@@ -473,7 +475,7 @@ class JobHub:
             job.link.jobs.discard(job_id)
         state = p.JobState.FAILED if message.error and message.status in (127, LINK_LOST) else p.JobState.EXITED
         row = replace(job.row, state=state, status=message.status)
-        self._keep_finished(row, job.uid)
+        self._keep_finished(row, job.uid, message.error)
         self.registry.record_job(row, job.uid)
         ack = p.JobAck(job_id, EVERYTHING, EVERYTHING, exit=True)
         if job.session is None:
@@ -489,11 +491,11 @@ class JobHub:
     def _never_ended(self, job_id: int) -> bool:
         return not any(row.job == job_id for row in self.finished)
 
-    def _keep_finished(self, row: p.JobRow, uid: int) -> None:
+    def _keep_finished(self, row: p.JobRow, uid: int, error: str) -> None:
         self.finished.append(row)
-        self._finished_uid[row.job] = uid
+        self._finished_by[row.job] = (uid, error)
         for gone in self.finished[:-FINISHED_KEPT]:
-            self._finished_uid.pop(gone.job, None)
+            self._finished_by.pop(gone.job, None)
         del self.finished[:-FINISHED_KEPT]
 
     # --- bpsh side ----------------------------------------------------------------------------------------
@@ -654,8 +656,9 @@ class JobHub:
                 job = self.jobs[job_id] = Job(row, None, None, uid=uid, claimed=True)
             if job is None or job.uid != uid or job.session is not None:
                 ended = next((row for row in self.finished if row.job == job_id), None)
-                if ended is not None and ended.status is not None and self._finished_uid.get(job_id) == uid:
-                    session.job_exit(p.JobExit(job_id, ended.status, node=ended.node))
+                by, why = self._finished_by.get(job_id, (-1, ""))
+                if ended is not None and ended.status is not None and by == uid:
+                    session.job_exit(p.JobExit(job_id, ended.status, node=ended.node, error=why))
                 elif job is None and node in self.links and self._never_ended(job_id):
                     error = f"node {node} linked again without job {job_id}: it rebooted, or ended it unseen"
                     session.job_exit(p.JobExit(job_id, LINK_LOST, node=node, error=error))
