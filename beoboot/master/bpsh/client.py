@@ -43,7 +43,7 @@ REQUEST_MAGIC = b"bpsh2"  # 2: output comes as records, which bpsh writes
 REATTACH_MAGIC = b"bpsh2r"
 REATTACH_TIMEOUT = 300.0  # s: how long bpsh waits for a beoserv that went away to come back
 REATTACH_POLL = 0.5  # s between attempts to reach it
-RECORD_MAX = 1 << 17  # beoserv's records hold at most 60 KiB of output
+RECORD_MAX = 1 << 18  # beoserv's records hold at most 128 KiB of output (localjobs.RECORD_DATA_MAX)
 EPIPE = 32
 SOCKET_ENV = "BEOSERV_SOCKET"
 DEFAULT_SOCKET = "/run/beoserv/bpsh.sock"
@@ -250,15 +250,16 @@ class Client:
                 record = self.sock.recv(RECORD_MAX)
             except ConnectionError:
                 return None
-            kind = record[:1]
-            if kind == b"O":
-                self._output(record)
-            elif kind == b"J":
+            kind = record[0] if record else 0
+            if kind == 79:  # b"O"
+                self._output(memoryview(record))
+                continue
+            if kind == 74:  # b"J"
                 self.jobs[int.from_bytes(record[1:9], "big")] = [0, 0, int(record[9:])]
-            elif kind == b"E":
+            elif kind == 69:  # b"E"
                 self.jobs.pop(int.from_bytes(record[1:9], "big"), None)
                 self.statuses.append(int(record[9:]))
-            elif kind == b"X":
+            elif kind == 88:  # b"X"
                 return max([int(record[1:]), *self.statuses])
             elif not record:
                 return None
@@ -273,7 +274,7 @@ class Client:
         fd = self.fds[2] if stream == 2 else self.fds[1]
         if fd in self.broken:
             return
-        view = memoryview(record)[18:]
+        view = record[18:]
         try:
             while view:
                 view = view[posix.write(fd, view) :]

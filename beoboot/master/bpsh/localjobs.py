@@ -31,6 +31,8 @@ import struct
 import threading
 from dataclasses import replace
 from pathlib import Path
+from queue import Empty
+from typing import cast
 
 from agent import protocol as p
 from beoboot.errors import BeobootError
@@ -51,7 +53,10 @@ PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux 4.13; Python 3.11's socket module lacks the name
 GETSOCKOPT_MAX = 1024  # the largest buffer Python's getsockopt takes: 256 groups
 DEV_NULL = os.makedev(1, 3)
-RECORD_DATA_MAX = 60 << 10  # output bytes per record: a SEQPACKET record must fit the socket's send buffer
+# output bytes per record: a node's chunk (64 KiB) fits whole; a SEQPACKET record must fit the socket's send
+# buffer (net.core.wmem_default, 208 KiB), and bpsh reads records of up to client.RECORD_MAX
+RECORD_DATA_MAX = 128 << 10
+OUTPUT_RECORD_HEADER = 18  # b"O", stream, job, end: output_head()
 ACK_EVERY = 256 << 10  # output bytes per job delivered between acks to its node (stage3.outputlog.WINDOW: 1 MiB)
 MAX_REATTACH_JOBS = 1 << 20  # jobs in one reattach request: as many as a node list holds (jobhub.MAX_NODES)
 SEND_POLL = 1.0  # s: how long the writer waits at a time for room in a full socket
@@ -72,10 +77,27 @@ def marked(data: bytes, mark: tuple[int, int, int] | None) -> bytes:
     return chunk
 
 
-def output_record(stream: int, job: int, end: int, data: bytes) -> bytes:
-    """b"O", the stream, the job and the offset its stream reaches with this data (0 and 0: no job's, e.g.
-    an error line), then the data."""
-    return b"O" + bytes((stream,)) + job.to_bytes(8, "big") + end.to_bytes(8, "big") + data
+_END = object()  # the end of the queue, met while joining records
+
+
+Queued = tuple[bytes, bytes, object]  # a record's head, its data (output), what its delivery means
+
+
+def _joins(then: object, following: Queued, size: int) -> bool:
+    """Whether the queued item `following` is output of the same job and stream as `then`, that fits."""
+    _, data, after = following
+    return (
+        isinstance(after, tuple)
+        and isinstance(then, tuple)
+        and after[:2] == then[:2]
+        and size + len(data) <= RECORD_DATA_MAX
+    )
+
+
+def output_head(stream: int, job: int, end: int) -> bytes:
+    """An output record's head: b"O", the stream, the job and the offset its stream reaches with the data
+    that follows (0 and 0: no job's, e.g. an error line)."""
+    return b"O" + bytes((stream,)) + job.to_bytes(8, "big") + end.to_bytes(8, "big")
 
 
 class RequestError(Exception):
@@ -219,7 +241,7 @@ class LocalSession(Session):
         self._turn_came: asyncio.Event | None = None  # set when a node's held output was written (-s)
         self.stdin_fd, self.stdout_fd, self.stderr_fd = fds
         self.statuses: list[int] = []
-        self._writes: queue.SimpleQueue[tuple[bytes, object] | None] | None = None
+        self._writes: queue.SimpleQueue[Queued | None] | None = None
         self._queued = 0  # output bytes handed to the writer and not yet written
         self._queued_lock = threading.Lock()
         self._drained: asyncio.Event | None = None  # set when the writer got below QUEUE_LOW
@@ -283,7 +305,7 @@ class LocalSession(Session):
         if self._writes is None:
             self._send_status(status)
         else:
-            self._writes.put((b"X%d" % status, None))  # after the output: the client exits on it
+            self._writes.put((b"X%d" % status, b"", None))  # after the output: the client exits on it
             self._writes.put(None)
 
     # --- output -------------------------------------------------------------------------------------------
@@ -321,17 +343,33 @@ class LocalSession(Session):
             # a piece of the job's bytes as they came ends at a known offset; of prefixed lines, only the last
             if mark is not None and (after == 0 or self.prefixes is None):
                 job, end = mark[0], mark[2] - after
-            self._send_record(output_record(stream, job, end, piece), (job, stream, end) if job else None)
+            self._send_record(output_head(stream, job, end), (job, stream, end) if job else None, piece)
 
-    def _send_record(self, record: bytes, then: object) -> None:
-        """Queue a record for bpsh; `then` is what its delivery means: an output mark (job, stream, end),
-        or a job id whose exit it carries. An empty record only delivers its mark."""
+    def _send_record(self, record: bytes, then: object, data: bytes = b"") -> None:
+        """Queue a record for bpsh (its head, and output data if any); `then` is what its delivery means: an
+        output mark (job, stream, end), or a job id whose exit it carries."""
+        if self._writes is None and not data and not isinstance(then, tuple) and self._send_now(record, then):
+            return
         if self._writes is None:
             self._writes = queue.SimpleQueue()
             threading.Thread(target=self._writer, name="bpsh-output", daemon=True).start()
         with self._queued_lock:
-            self._queued += len(record)
-        self._writes.put((record, then))
+            self._queued += len(record) + len(data)
+        self._writes.put((record, data, then))
+
+    def _send_now(self, record: bytes, then: object) -> bool:
+        """A small record (a job's id, its exit) sent from the loop while no output has come: a job that
+        writes nothing (`bpsh 0 true`) starts no writer thread, which would cost it a tenth of a millisecond.
+        False if the socket is full: the writer sends it."""
+        try:
+            self.conn.send(record)
+        except BlockingIOError:
+            return False
+        except OSError:
+            pass  # bpsh is gone: nothing more will reach it, and its jobs' exits count as delivered
+        if isinstance(then, int):
+            self.hub.exit_delivered(then)
+        return True
 
     def _written(self, size: int) -> None:
         """In the writer thread."""
@@ -347,10 +385,33 @@ class LocalSession(Session):
         assert self._writes is not None
         broken = False
         delivered: dict[int, list[int]] = {}  # job -> [stdout, stderr, bytes since the last ack]
-        while (item := self._writes.get()) is not None:
-            record, then = item
-            if record and not broken:
-                broken = not self._send_whole(record)
+        queued = self._writes
+        held: Queued | None = None  # an item taken while joining records, sent next
+        while True:
+            item, held = (held, None) if held is not None else (queued.get(), None)
+            if item is None:
+                break
+            head, data, then = item
+            parts, size = [head, data], len(data)
+            if isinstance(then, tuple):  # output: join what follows of the same job and stream (many short
+                while size < RECORD_DATA_MAX:  # lines are one record, one recv and one write for bpsh)
+                    try:
+                        following = queued.get_nowait()
+                    except Empty:
+                        break
+                    if following is None or not _joins(then, following, size):
+                        held = following if following is not None else (b"", b"", _END)
+                        break
+                    parts.append(following[1])
+                    size += len(following[1])
+                    then = following[2]
+                if len(parts) > 2:
+                    last = cast(tuple[int, int, int], then)
+                    parts[0] = output_head(last[1], last[0], last[2])
+            if then is _END:
+                break
+            if head and not broken:
+                broken = not self._send_whole(parts)
             if isinstance(then, tuple):
                 job, stream, end = then
                 offsets = delivered.setdefault(job, [0, 0, 0])
@@ -362,18 +423,21 @@ class LocalSession(Session):
             elif isinstance(then, int):
                 delivered.pop(then, None)
                 self.loop.call_soon_threadsafe(self.hub.exit_delivered, then)
-            self._written(len(record))
+            self._written(sum(map(len, parts)) + (len(parts) - 2) * OUTPUT_RECORD_HEADER)
         self.loop.call_soon_threadsafe(self._close_output)
 
-    def _send_whole(self, record: bytes) -> bool:
-        """One record to bpsh, waiting while its socket is full; False if bpsh is gone."""
-        room = select.poll()  # not select(): beoserv's descriptors go far past FD_SETSIZE
-        room.register(self.conn, select.POLLOUT)
+    def _send_whole(self, parts: list[bytes]) -> bool:
+        """One record to bpsh, from its parts (no copy to join them), waiting while its socket is full;
+        False if bpsh is gone."""
+        room = None
         while True:
             try:
-                self.conn.send(record)
+                self.conn.sendmsg(parts)
                 return True
             except BlockingIOError:
+                if room is None:
+                    room = select.poll()  # not select(): beoserv's descriptors go far past FD_SETSIZE
+                    room.register(self.conn, select.POLLOUT)
                 room.poll(SEND_POLL * 1000)
             except OSError:
                 return False
