@@ -98,14 +98,16 @@ def main() -> int:
             log = work / "beoserv.log"
             offset = len(log.read_text(errors="replace"))
             master, started = start_beoserv(work, port)
-            while links_up(log, offset) < args.nodes:
-                if time.monotonic() - started > 600:
+            all_back = reattached = 0.0
+            while not (all_back and reattached):  # whichever comes first, each timed on its own
+                now = time.monotonic() - started
+                if now > 600:
                     raise SystemExit(f"only {links_up(log, offset)} of {args.nodes} links back after 600 s")
+                if not reattached and b"reattached" in (work / "err").read_bytes():
+                    reattached = now
+                if not all_back and links_up(log, offset) >= args.nodes:
+                    all_back = now
                 time.sleep(0.05)
-            all_back = time.monotonic() - started
-            while b"reattached" not in (work / "err").read_bytes():
-                time.sleep(0.05)
-            reattached = time.monotonic() - started
             status = bpsh.wait(1800)
             ended = time.monotonic() - started
         finally:
@@ -120,7 +122,7 @@ def main() -> int:
         dropped = DROPPED.search((work / "beoserv.log").read_text(errors="replace"))
         print(f"nodes {args.nodes}, beoserv SIG{args.signal} and down {args.down:g} s, jobs of {args.run:g} s")
         print(f"  every link back     {all_back:7.2f} s after the new beoserv started")
-        print(f"  bpsh reattached     {reattached:7.2f} s after;  all jobs ended {ended:7.2f} s after")
+        print(f"  bpsh reattached     {reattached:7.2f} s after it;  all jobs ended {ended:7.2f} s after")
         print(f"  bytes sent again    {sent_again} (by the nodes on resume, from what bpsh had)")
         print(f"  duplicates dropped  {dropped.group(1) if dropped else '?'} bytes (by beoserv)")
         missing, extra = expected - got, got - expected
