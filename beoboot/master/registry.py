@@ -1,4 +1,6 @@
-"""The node registry in SQLite: MAC -> node number, state, last seen, hardware, and every boot's timeline.
+"""The node registry in SQLite: MAC -> node number, state, last seen, hardware, and every boot's timeline;
+and the bpsh jobs (id, node, user, command, state), so that a restarted beoserv knows the jobs still
+running on the nodes, and never gives an id twice.
 
 Numbers are handed out in order of first registration (0, 1, 2, ...) and never reused or changed, so a
 node keeps its number, and with it its BeoNSS name and address, across reboots and master restarts.
