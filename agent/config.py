@@ -18,6 +18,9 @@ AGENT_CONFIG_PATH = "/etc/beoboot/agent.json"
 LIBCACHE_FORMATS = ("blank", "never")
 MKE2FS_PATH = "/sbin/mke2fs"
 MKE2FS_FSTYPES = ("ext2", "ext3", "ext4")
+# What stage 3 does when the master has not answered for master_timeout seconds (Scyld's "configurable
+# behavior"): reboot (as Scyld did), halt, or keep running its jobs and wait for the master for ever.
+MASTER_LOST = ("reboot", "halt", "keep")
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,7 @@ class AgentConfig:
     master_url: str | None = None
     # Stage 3 reboots the node when the master has not answered for this long (Scyld: 30 s).
     master_timeout: float = 30.0
+    master_lost: str = "reboot"  # one of MASTER_LOST
     # Stage 3's libcache: least recently used objects no running job holds are evicted past this size.
     libcache_max_bytes: int = 512 << 20
     # "" keeps the environment root and its libcache in RAM (tmpfs); a block device ("/dev/vdb") holding an
@@ -74,6 +78,7 @@ class AgentConfig:
         for key, check in (
             ("master_timeout", lambda v: values.number(v, 1, 86400)),
             ("master_url", lambda v: v is None or values.http_url(v)),
+            ("master_lost", _master_lost),
             ("libcache_max_bytes", lambda v: values.whole(v, 1, 1 << 50, "a number of bytes")),
         ):
             value = getattr(self, key)
@@ -81,3 +86,9 @@ class AgentConfig:
                 check(value)
             except ValueError as exc:
                 raise ValueError(f"{key} = {value!r}: expected {exc}") from None
+
+
+def _master_lost(value: object) -> str:
+    if value not in MASTER_LOST:
+        raise ValueError("one of " + ", ".join(map(repr, MASTER_LOST)))
+    return str(value)

@@ -103,6 +103,7 @@ class MasterLink:
         self._http_lock = threading.Lock()  # one request at a time on self.http
         self._failures = 0
         self._next_attempt = 0.0  # clock() before which buffered items are not retried
+        self.last_answer = clock()  # when the master last answered: how long it has been lost
         self._stop = threading.Event()
 
     # --- plumbing ----------------------------------------------------------------------------------------
@@ -182,6 +183,7 @@ class MasterLink:
     def _note_success(self) -> None:
         self._failures = 0
         self._next_attempt = 0.0
+        self.last_answer = self.clock()
 
     # --- register and heartbeat --------------------------------------------------------------------------
 

@@ -592,8 +592,13 @@ LINK_TOKEN_HEADER = (
 JOBS_PATH = f"{API}/jobs"  # GET -> JobList
 OBJECTS_PATH = "/objects/sha256/{digest}"  # GET a libcache object by the sha256 of its content
 
-IO_HEADER = "!BI"  # struct format: stream number, job id
+IO_HEADER = "!BI"  # struct format: stream number, job id (stdin, master -> node)
 IO_HEADER_SIZE = 5  # struct.calcsize(IO_HEADER), without importing struct here
+# output, node -> master: stream number, job id, and the offset of the chunk's first byte in that stream of
+# that job. The offsets make output exactly-once across a lost link or a master restart: the master drops
+# what it has (a resent chunk) and asks again from where a gap begins (JobResume)
+OUTPUT_HEADER = "!BIQ"
+OUTPUT_HEADER_SIZE = 13
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
@@ -709,6 +714,51 @@ class JobFlow:
     flowing: bool
 
 
+@dataclass(frozen=True)
+class JobAck:
+    """master -> node: the job's output up to these offsets (per stream) reached its bpsh, so the node may
+    forget it; with `exit`, the exit status did too, and the node forgets the job. Cumulative: one ack
+    stands for every earlier one, so the master sends few (every ACK_EVERY bytes, and at the exit)."""
+
+    job: int
+    stdout: int
+    stderr: int
+    exit: bool = False
+
+
+@dataclass(frozen=True)
+class JobResume:
+    """master -> node: send the job's output from these offsets on, then its exit if it ended. Sent for
+    each job the node reports on a new link (JobHeld), and again from the first missing byte when the
+    master sees a gap. Output before the offsets is acknowledged by it (as JobAck)."""
+
+    job: int
+    stdout: int
+    stderr: int
+
+
+@dataclass(frozen=True)
+class JobHeld:
+    """One job a node still holds when its link opens: running, or ended with its exit not acknowledged.
+    `stdout` and `stderr` are the offsets its output has reached (what it read from the job's pipes)."""
+
+    job: int
+    pid: int
+    stdout: int
+    stderr: int
+    ended: bool = False
+    uid: int = -1  # whose job it is, and its command: a master whose record of it was lost can take it back
+    command: str = ""
+
+
+@dataclass(frozen=True)
+class JobReport:
+    """node -> master, the first frame on every job link: the jobs the node holds. The master takes them
+    back (JobResume), or hangs up those it has no record of (JobSignal SIGHUP, then JobResume)."""
+
+    jobs: tuple[JobHeld, ...] = ()
+
+
 class PowerAction(enum.StrEnum):
     REBOOT = "reboot"  # the node boots again, from the network
     HALT = "halt"  # the CPUs stop; the machine stays powered
@@ -742,7 +792,19 @@ class JobList:
 
 
 FRAME_TYPES: dict[str, type] = {
-    cls.__name__: cls for cls in (JobRequest, JobStart, JobStarted, JobExit, JobSignal, JobFlow, NodePower)
+    cls.__name__: cls
+    for cls in (
+        JobRequest,
+        JobStart,
+        JobStarted,
+        JobExit,
+        JobSignal,
+        JobFlow,
+        JobAck,
+        JobResume,
+        JobReport,
+        NodePower,
+    )
 }
 
 

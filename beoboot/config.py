@@ -16,7 +16,7 @@ from importlib import resources
 from typing import Any
 
 from agent import cmdline, values
-from agent.config import LIBCACHE_FORMATS, MKE2FS_FSTYPES
+from agent.config import LIBCACHE_FORMATS, MASTER_LOST, MKE2FS_FSTYPES
 from agent.schema import Stage
 from beoboot import stages
 from beoboot.configfile import (
@@ -229,7 +229,10 @@ class Config:
     source_date_epoch: int = setting(values.epoch, "mtime of every file in every image")
     master_url: str = setting(parse_url, "where nodes find the master")
     master_timeout: float = setting(
-        partial(values.number, low=1, high=86400), "seconds without the master before a node reboots"
+        partial(values.number, low=1, high=86400), "seconds without the master before a node acts (master_lost)"
+    )
+    master_lost: str = setting(
+        one_of(*MASTER_LOST), '"reboot" or "halt" after master_timeout; "keep": jobs run on, the node waits'
     )
     debug_shell: bool = setting(boolean, "add the sysroot's busybox and /bin/sh to the stage images")
     dlopen: tuple[str, ...] = setting(parse_names, "libraries loaded with dlopen(), added with their closure")

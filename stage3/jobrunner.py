@@ -9,6 +9,12 @@
 # children), chrooted into the environment root, with the job's gid and uid. This side pumps stdout and
 # stderr to the master until both close, then sends the exit status the launcher collected. The jobs are the
 # launcher's children, so PID 1's SIGCHLD reaper never takes a job's status.
+#
+# A job outlives its link. Its output is kept (stage3.outputlog, bounded: past it the job blocks on its
+# pipe) until the master acknowledges it, and its exit until the master acknowledges that; when the link
+# breaks the job runs on, and the next link (to the same beoserv, or a restarted one) opens with a JobReport
+# of every job held. The master answers each with a JobResume from the offsets its bpsh has, and the node
+# sends the rest, then the exit.
 
 from __future__ import annotations
 
@@ -31,14 +37,16 @@ from agent import protocol as p
 from stage3.accounts import AccountError, Accounts
 from stage3.launcher import Launcher, LaunchError
 from stage3.libcache import LIBCACHE_DIR, LibCache, LibCacheError
+from stage3.outputlog import OutputLog
 from stage3.wsclient import OP_TEXT, WebSocket, WebSocketError
 
+EVERYTHING = 1 << 62  # an offset past any output: the master forgets a job's output with it (JobResume)
 EXEC_FAILED = 127  # what a shell answers for a command it could not run
 READ_SIZE = 65536
 KILLED_WAIT = 5.0  # after SIGKILL: how long the exits of the killed jobs may take to reach the master
-# The launcher's ids for jobs. The master's ids start from 1 again when the master restarts, while a job
-# that ignored SIGHUP runs on; one count for the process, since Launcher.shared gives every runner on a
-# root (a simnode's reboot makes a new one) the same launcher.
+# The launcher's ids for jobs: the master's ids are the master's (a master that lost its registry starts
+# them from 1 again); one count for the process, since Launcher.shared gives every runner on a root (a
+# simnode's reboot makes a new one) the same launcher.
 _local_ids = itertools.count(1)
 
 
@@ -52,11 +60,23 @@ class JobSlot:
     pending: list[int] = field(default_factory=list)  # signals that came before the pid
     lock: threading.Lock = field(default_factory=threading.Lock)
     # set while the master takes the job's output (p.JobFlow): cleared, the pump waits and the job blocks on
-    # its pipe; set again whenever the link goes, so that the output drains and the job's end is seen
+    # its pipe; set again whenever the link goes, so that the output goes into the log until it is full
     flowing: threading.Event = field(default_factory=threading.Event)
+    output: OutputLog = field(default_factory=OutputLog)
+    # the link the job's frames go to; None while there is none, or a new link has not resumed the job yet
+    ws: WebSocket | None = None
+    exit: p.JobExit | None = None  # its end, kept until the master acknowledges it (p.JobAck exit)
+    uid: int = -1  # the manifest's, for the report a new link opens with
+    command: str = ""
+    # held across deciding where a frame goes and sending it: a resend and the pump's next chunk never cross
+    wire: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         self.flowing.set()
+
+    def held(self) -> p.JobHeld:
+        stdout, stderr = self.output.next[1], self.output.next[2]
+        return p.JobHeld(self.job, self.pid, stdout, stderr, self.exit is not None, self.uid, self.command)
 
     def signal(self, signum: int) -> None:
         """Signal the job now, or as soon as it starts: a Ctrl-C or a hang-up while its files are still
@@ -111,8 +131,8 @@ class Workers:
                 self._idle += 1
 
 
-def io_frame(stream: p.Stream, job: int, data: bytes) -> bytes:
-    return struct.pack(p.IO_HEADER, stream, job) + data
+def output_frame(stream: int, job: int, offset: int, data: bytes) -> bytes:
+    return struct.pack(p.OUTPUT_HEADER, stream, job, offset) + data
 
 
 class JobRunner:
@@ -175,6 +195,7 @@ class JobRunner:
             failures = 0
             self.connected.set()
             try:
+                self._report(self._ws)
                 self._serve(self._ws)
             except WebSocketError:
                 pass
@@ -182,7 +203,7 @@ class JobRunner:
                 self.log(f"beoboot: job link to {self.master_url} closed: a frame it sent is not valid: {exc}")
                 self._ws.close()
             self.connected.clear()
-            self._hang_up()
+            self._detach_all()
             if not self._stop.is_set():
                 self.log(f"beoboot: job link to {self.master_url} lost; reconnecting")
                 self._stop.wait(0.2)
@@ -198,17 +219,29 @@ class JobRunner:
             if slot is not None and stream == p.Stream.STDIN:
                 slot.stdin.put(payload[p.IO_HEADER_SIZE :])
 
+    def _report(self, ws: WebSocket) -> None:
+        """A new link's first frame: the jobs this node holds, for the master to take back."""
+        with self._lock:
+            held = tuple(slot.held() for slot in self._slots.values())
+        if held:
+            self.log(f"beoboot: job link up: {len(held)} jobs held for the master to take back")
+        ws.send_text(p.encode_frame(p.JobReport(held)))
+
     def _control(self, ws: WebSocket, message: object) -> None:
         if isinstance(message, p.JobStart):
             if self._going_down is not None:
                 refused = f"the node is going down ({self._going_down})"
-                self._send_exit(ws, p.JobExit(message.job, EXEC_FAILED, error=refused))
+                slot = JobSlot(message.job, ws=ws)
+                with self._lock:
+                    self._slots[message.job] = slot  # its exit is kept until acknowledged, as any job's
+                self._send_exit(slot, p.JobExit(message.job, EXEC_FAILED, error=refused))
                 return
-            slot = JobSlot(message.job)
+            argv = message.manifest.argv
+            slot = JobSlot(message.job, ws=ws, uid=message.manifest.uid, command=" ".join(argv))
             with self._lock:
                 self._slots[message.job] = slot
                 self._running[slot.local_id] = slot
-            self._workers.submit(self._run, ws, slot, message.manifest)
+            self._workers.submit(self._run, slot, message.manifest)
         elif isinstance(message, p.JobSignal):
             signalled = self._slots.get(message.job)
             if signalled is not None:
@@ -217,6 +250,16 @@ class JobRunner:
             paced = self._slots.get(message.job)
             if paced is not None:
                 paced.flowing.set() if message.flowing else paced.flowing.clear()
+        elif isinstance(message, p.JobAck):
+            acked = self._slots.get(message.job)
+            if acked is not None:
+                acked.output.ack(message.stdout, message.stderr)
+                if message.exit and acked.exit is not None:
+                    self._forget(acked)
+        elif isinstance(message, p.JobResume):
+            resumed = self._slots.get(message.job)
+            if resumed is not None:
+                self._resume(ws, resumed, message)
         elif isinstance(message, p.NodePower) and self._going_down is None:
             self._going_down = message.action
             self._workers.submit(self._power, message)
@@ -262,44 +305,73 @@ class JobRunner:
         with self._lock:
             return bool(self._running)
 
-    def _hang_up(self) -> None:
-        """The link is gone, and with it every job's bpsh: the jobs get SIGHUP, as a terminal's would. A job
-        that ignores it runs on, but leaves the master's ids: the next link's jobs may reuse them."""
+    def _detach_all(self) -> None:
+        """The link is gone, not the jobs' bpsh: a beoserv restart or a network break must end no job. Each
+        runs on, its output kept until a new link resumes it (up to its log's bound, then it blocks)."""
+        with self._lock:
+            slots = list(self._slots.values())
+        for slot in slots:
+            with slot.wire:
+                slot.ws = None
+            slot.flowing.set()  # the master that paused it is gone; the log bounds what is read now
+
+    def _resume(self, ws: WebSocket, slot: JobSlot, resume: p.JobResume) -> None:
+        """Send the job's output from the master's offsets on, then its exit if it ended; later output goes
+        to this link as it comes."""
+        again = 0
+        with slot.wire:
+            was = slot.ws
+            slot.ws = ws
+            slot.flowing.set()
+            for stream, offset, data in slot.output.since(resume.stdout, resume.stderr):
+                _send_output(ws, stream, slot.job, offset, data)
+                again += len(data)
+            if slot.exit is not None:
+                _send_frame(ws, slot.exit)
+        if was is not ws and resume.stdout < EVERYTHING:  # a job taken back (not one asked again, or let go)
+            self.log(f"beoboot: job {slot.job} resumed on a new link: {again} bytes of output it held sent")
+
+    def forget_all(self) -> None:
+        """The node goes down without its master (master_lost): no one will take what the jobs left, and
+        their pumps must not wait for room in their logs."""
         with self._lock:
             slots = list(self._slots.values())
             self._slots.clear()
         for slot in slots:
-            slot.signal(signal.SIGHUP)
-            slot.stdin.put(b"")
-            slot.flowing.set()  # no one paces its output now: let it drain
+            slot.output.release()
+
+    def _forget(self, slot: JobSlot) -> None:
+        """The master has the job's end: nothing of it is kept any longer."""
+        slot.output.release()
+        with self._lock:
+            if self._slots.get(slot.job) is slot:
+                del self._slots[slot.job]
 
     # --- one job ------------------------------------------------------------------------------------------
 
-    def _run(self, ws: WebSocket, slot: JobSlot, manifest: p.JobManifest) -> None:
+    def _run(self, slot: JobSlot, manifest: p.JobManifest) -> None:
         held: list[str] = []
         try:
             try:
                 fetched, held = self.cache.ensure_held(manifest.files)
                 self.cache.materialise(manifest.files)
             except (LibCacheError, OSError) as exc:
-                self._send_exit(ws, p.JobExit(slot.job, EXEC_FAILED, error=f"cannot cache the job's files: {exc}"))
+                self._send_exit(slot, p.JobExit(slot.job, EXEC_FAILED, error=f"cannot cache the job's files: {exc}"))
                 return
             try:
                 self.accounts.ensure(manifest.passwd_entry, manifest.group_entries)
             except (AccountError, OSError) as exc:
-                self._send_exit(ws, p.JobExit(slot.job, EXEC_FAILED, error=f"cannot name the job's user: {exc}"))
+                self._send_exit(slot, p.JobExit(slot.job, EXEC_FAILED, error=f"cannot name the job's user: {exc}"))
                 return
-            self._execute(ws, slot, manifest, fetched)
+            self._execute(slot, manifest, fetched)
         finally:
-            with self._lock:
+            with self._lock:  # in _slots still, until the master acknowledges its exit
                 self._running.pop(slot.local_id, None)
-                if self._slots.get(slot.job) is slot:  # not a newer link's job of the same id
-                    del self._slots[slot.job]
             slot.stdin.put(b"")
             if held:
                 self.cache.release(held)
 
-    def _execute(self, ws: WebSocket, slot: JobSlot, manifest: p.JobManifest, fetched: int) -> None:
+    def _execute(self, slot: JobSlot, manifest: p.JobManifest, fetched: int) -> None:
         launcher = self._live_launcher()
         stdin_r, stdin_w = os.pipe()
         out_r, out_w = os.pipe()
@@ -315,24 +387,26 @@ class JobRunner:
         }  # the launcher is in the root already
 
         def started(pid: int) -> None:  # in the launcher's reply thread
-            self._send(ws, p.JobStarted(slot.job, pid, fetched=fetched))
-            slot.start(pid)
+            slot.start(pid)  # before the frame: a link opened meanwhile reports the pid
+            with slot.wire:
+                if slot.ws is not None:
+                    _send_frame(slot.ws, p.JobStarted(slot.job, pid, fetched=fetched))
 
         try:
             launcher.start(slot.local_id, spec, (stdin_r, out_w, err_w), started)
         except LaunchError as exc:
             for fd in (stdin_r, stdin_w, out_r, out_w, err_r, err_w):
                 os.close(fd)
-            self._send_exit(ws, p.JobExit(slot.job, EXEC_FAILED, error=str(exc)))
+            self._send_exit(slot, p.JobExit(slot.job, EXEC_FAILED, error=str(exc)))
             return
         for fd in (stdin_r, out_w, err_w):
             os.close(fd)
         _start_stdin(slot.stdin, stdin_w)
-        self._pump(ws, slot, out_r, err_r)
+        self._pump(slot, out_r, err_r)
         wait_status, error = launcher.wait(slot.local_id)
         status, signum = p.shell_status(wait_status)
         slot.end()
-        self._send_exit(ws, p.JobExit(slot.job, status, signum, error=error))
+        self._send_exit(slot, p.JobExit(slot.job, status, signum, error=error))
 
     def _live_launcher(self) -> Launcher:
         """The launcher, or a new one if its helper died (a root job's `kill -9 -1`, the OOM killer): the
@@ -342,13 +416,14 @@ class JobRunner:
             launcher = self.launcher = Launcher.shared(self.env_root)
         return launcher
 
-    def _pump(self, ws: WebSocket, slot: JobSlot, out_r: int, err_r: int) -> None:
+    def _pump(self, slot: JobSlot, out_r: int, err_r: int) -> None:
         job = slot.job
         streams = {out_r: p.Stream.STDOUT, err_r: p.Stream.STDERR}
         with selectors.DefaultSelector() as selector:
             for fd in streams:
                 selector.register(fd, selectors.EVENT_READ)
             while streams:
+                slot.output.wait_for_room()  # past the log's bound the job blocks on its pipe, never loses output
                 for key, _ in selector.select():
                     data = os.read(key.fd, READ_SIZE)
                     if not data:
@@ -356,22 +431,35 @@ class JobRunner:
                         os.close(key.fd)
                         del streams[key.fd]
                         continue
+                    stream = streams[key.fd]
+                    offset = slot.output.append(stream, data)
                     slot.flowing.wait()  # the master paused this job's output (a slow bpsh reader)
-                    try:
-                        ws.send_binary(io_frame(streams[key.fd], job, data))
-                    except WebSocketError:
-                        pass  # the link broke: keep draining so the job is not blocked on a full pipe
+                    with slot.wire:
+                        if slot.ws is not None:  # else the next link's JobResume sends it
+                            _send_output(slot.ws, stream, job, offset, data)
 
-    def _send(self, ws: WebSocket, message: object) -> None:
-        try:
-            ws.send_text(p.encode_frame(message))
-        except WebSocketError:
-            pass
-
-    def _send_exit(self, ws: WebSocket, message: p.JobExit) -> None:
+    def _send_exit(self, slot: JobSlot, message: p.JobExit) -> None:
+        """The job's end: to the master now if the link is up, and kept until the master acknowledges it."""
         if message.error:
             self.log(f"beoboot: job {message.job}: {message.error}")
-        self._send(ws, message)
+        with slot.wire:
+            slot.exit = message
+            if slot.ws is not None:
+                _send_frame(slot.ws, message)
+
+
+def _send_output(ws: WebSocket, stream: int, job: int, offset: int, data: bytes) -> None:
+    try:
+        ws.send_binary(output_frame(stream, job, offset, data))
+    except WebSocketError:
+        pass  # the link broke: the output is in the job's log, for the next link
+
+
+def _send_frame(ws: WebSocket, message: object) -> None:
+    try:
+        ws.send_text(p.encode_frame(message))
+    except WebSocketError:
+        pass
 
 
 def _start_stdin(chunks: queue.Queue[bytes], fd: int) -> None:

@@ -26,6 +26,7 @@ from collections.abc import Callable
 
 from agent import bootfiles, hwprobe
 from agent import protocol as p
+from agent.config import MASTER_LOST
 from agent.masterlink import MasterLink
 from agent.schema import Stage
 from agent.system.mounts import ENV_ROOT_MOUNTS
@@ -136,6 +137,8 @@ class SimNode:
         self.scheduler, self.load = heartbeats, load
         self.booted: dict[str, str] = {}  # image -> sha256, of the images boot() fetched (with --boot)
         self.follow_hosts = False  # take the host table's changes (FOLLOW_HOSTS_UP_TO)
+        self._kept = False  # said that the master is lost and the node keeps on
+        self._booting_again = False  # master_lost rebooted it: not lost again until it is up
         self._beat_lock = threading.Lock()  # held across a scheduled heartbeat: power() waits for one under way
         # durable=False: a booted node's cache is in RAM by default, where fsync is a no-op; this scratch
         # directory on the host's disk stands for it and must not pay for a disk's fsync per object
@@ -218,6 +221,38 @@ class SimNode:
         self.runner.stop()
         self.link.stop()
 
+    def master_lost(self, timeout: float, lost: str) -> None:
+        """A booted node's master_lost, checked now and then: "keep" runs on and says so; "reboot" and
+        "halt" end the jobs (the kernel would) and say so, and a reboot boots again once the master
+        answers (registers, which it retries meanwhile)."""
+        silent = time.monotonic() - self.link.last_answer
+        if self._booting_again or self.link.stopped or silent <= timeout:
+            self._kept = False
+            return
+        if lost == "keep":
+            if not self._kept:
+                print(f"simnode: {self.mac}: master lost for {timeout:g} s: keep (jobs run on)", flush=True)
+                self._kept = True
+            return
+        print(f"simnode: {self.mac}: master lost for {timeout:g} s: {lost}", flush=True)
+        self._stop_heartbeats()
+        self.runner.forget_all()
+        self.runner.end_jobs(0.0)
+        self.runner.stop()
+        if lost == "reboot":
+            self._booting_again = True
+            threading.Thread(target=self._boot_again, daemon=True).start()
+
+    def _boot_again(self) -> None:
+        while True:
+            try:
+                print(f"simnode: {self.mac}: node {self.start()} up again", flush=True)
+                break
+            except Exception as exc:  # the master is still away: a real node's stage 1 would retry too
+                print(f"simnode: {self.mac}: booting again: {exc}", flush=True)
+                time.sleep(1.0)
+        self._booting_again = False
+
     def power(self, order: p.NodePower) -> None:
         """bpctl's order, as a booted node carries it out (stage3.supervisor.act_on) minus the kernel: the
         heartbeats stop, the link closes; a reboot then boots again, with the libcache kept as a local
@@ -267,8 +302,9 @@ def run_worker(args: argparse.Namespace, first: int, count: int, report: int, pr
         node.follow_hosts = True
         node.take_hosts()  # so that a small cluster's nodes name each other as soon as it is up
     send_report(report, "up", figures_json([node.figures for node in nodes]))
-    while not stop.wait(1):
-        pass
+    while not stop.wait(min(1.0, args.master_timeout / 4)):
+        for node in nodes:
+            node.master_lost(args.master_timeout, args.master_lost)
     for node in nodes:
         node.stop()
     if scheduler is not None:
@@ -317,6 +353,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=1, help="how many nodes to simulate")
     parser.add_argument("--first", type=int, default=0, help="index of the first node's MAC")
     parser.add_argument("--libcache-max-bytes", type=int, default=512 << 20)
+    parser.add_argument(
+        "--master-timeout", type=_seconds, default=30.0, help="seconds without the master before master_lost"
+    )
+    parser.add_argument(
+        "--master-lost", choices=MASTER_LOST, default="reboot", help="then: reboot, halt, or keep the jobs running"
+    )
     parser.add_argument(
         "--processes",
         type=int,
@@ -378,6 +420,16 @@ def collect(workers: list[tuple[int, int]]) -> tuple[list[dict], float]:
     for pid, _ in workers:
         os.waitpid(pid, 0)
     return figures, cpu
+
+
+def _seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0.1 <= seconds <= 86400:  # NaN fails this too
+        raise argparse.ArgumentTypeError(f"{text!r}: expected seconds from 0.1 to 86400")
+    return seconds
 
 
 def _kill(pid: int, signum: int) -> None:

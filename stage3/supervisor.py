@@ -320,7 +320,14 @@ def run(config: AgentConfig, *, dry_run: bool) -> None:
         say(f"beoboot: the environment root's /etc/hosts now names {len(table.splitlines())} nodes")
         return True
 
-    order = supervise(link, master_timeout(config), dry_run=dry_run, hosts_changed=take_host_table, orders=orders)
+    order = supervise(
+        link,
+        master_timeout(config),
+        dry_run=dry_run,
+        hosts_changed=take_host_table,
+        orders=orders,
+        lost=config.master_lost,
+    )
     if order is not None:
         act_on(order, link, runner, dry_run=dry_run)
 
@@ -349,25 +356,37 @@ def supervise(
     dry_run: bool,
     hosts_changed: Callable[[int], bool] = lambda version: True,
     orders: queue.SimpleQueue[p.NodePower] | None = None,
+    lost: str = "reboot",
 ) -> p.NodePower | None:
-    """Heartbeat; reboot when the master has not answered for `timeout` seconds. A heartbeat reply with a
-    new host table version calls `hosts_changed`, which says whether it took the new table. Returns the
-    first power order from `orders`, with the heartbeats stopped, or None after a dry-run reboot."""
+    """Heartbeat; when the master has not answered for `timeout` seconds, do what `lost` says: "reboot",
+    "halt", or "keep" (the jobs run on, the heartbeats go on until the master answers again). A heartbeat
+    reply with a new host table version calls `hosts_changed`, which says whether it took the new table.
+    Returns the first power order from `orders`, with the heartbeats stopped, or None after a dry run's
+    reboot or halt."""
     if orders is None:
         orders = queue.SimpleQueue()
     last_answer = time.monotonic()
+    kept_since = 0.0  # while the master is lost and the node keeps on: since when
     hosts_version = 0  # the empty table's: a cluster with no addresses needs no fetch
     while True:
         interval = link.registration.heartbeat_interval if link.registration else 5.0
         if (reply := link.heartbeat(hwprobe.uptime(), hwprobe.load())) is not None:
             last_answer = time.monotonic()
+            if kept_since:
+                say(f"beoboot: master {link.base_url} back after {last_answer - kept_since + timeout:.0f} s")
+                kept_since = 0.0
             link.flush()
             if reply.hosts_version != hosts_version and hosts_changed(reply.hosts_version):
                 hosts_version = reply.hosts_version
-        elif time.monotonic() - last_answer > timeout:
-            say(f"beoboot: master {link.base_url} lost for {timeout:.0f} s: rebooting", "error")
-            say(f"beoboot: {syscalls.restart(dry_run=dry_run)}")
-            return None
+        elif time.monotonic() - last_answer > timeout and not kept_since:
+            if lost == "keep":
+                say(f"beoboot: master {link.base_url} lost for {timeout:.0f} s: jobs run on, waiting for it", "error")
+                kept_since = time.monotonic()
+            else:
+                act = syscalls.halt if lost == "halt" else syscalls.restart
+                say(f"beoboot: master {link.base_url} lost for {timeout:.0f} s: {lost}", "error")
+                say(f"beoboot: {act(dry_run=dry_run)}")
+                return None
         try:
             return orders.get(timeout=min(interval, max(timeout / 4, 0.5)))
         except queue.Empty:

@@ -106,6 +106,7 @@ def assemble(spec: StageSpec, image: ImageConfig, ctx: BuildContext) -> FileList
             modules_at_start=tuple(modules_at_start),
             master_url=ctx.config.master_url,
             master_timeout=ctx.config.master_timeout,
+            master_lost=ctx.config.master_lost,
             libcache_max_bytes=ctx.config.libcache_max,
             libcache_disk=ctx.config.libcache_disk,
             libcache_fstype=ctx.config.libcache_fstype,

@@ -135,6 +135,18 @@ class MasterConfig:
         _seconds(0.1, 3600), "seconds a client has to send a request's head, then its body", 30.0
     )
 
+    # beoboot.master.jobhub: jobs outlive their node's link and beoserv itself, for so long
+    job_link_wait: float = setting(
+        _seconds(1, 86400),
+        "seconds a job whose node link dropped waits for the node to link again before it ends (255)",
+        120.0,
+    )
+    job_reattach_wait: float = setting(
+        _seconds(1, 86400),
+        "seconds a job a restarted beoserv took back waits for its bpsh to reattach before it is hung up",
+        330.0,
+    )
+
     # beoboot.master.fdlimit: the descriptors these need must fit the hard open-files limit, or beoserv does
     # not start. Both are set when beoserv starts (its limit is checked then); a reload keeps them
     max_nodes: int = setting(

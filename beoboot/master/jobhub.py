@@ -4,8 +4,15 @@ Every node keeps one WebSocket open to the master (the node opens it; nodes list
 comes in on beoserv's local socket (beoboot.master.bpsh.localjobs) as a Session with a JobRequest; the hub builds
 the manifest once (beoboot.master.manifest.describe), pushes a JobStart to each node, and from then on relays: stdin
 and signals from the session to the jobs, output, JobStarted and JobExit from the jobs to the session. A
-bpsh that goes away takes its jobs with it (SIGHUP, as a terminal would); a node link that drops ends its
-jobs with status 255 (as ssh does for a lost connection).
+bpsh that goes away takes its jobs with it (SIGHUP, as a terminal would).
+
+Jobs outlive their links and beoserv itself. A node link that drops leaves its jobs waiting for the node to
+link again (LINK_WAIT; then they end with status 255, as ssh's do for a lost connection); the node keeps
+their output and exits meanwhile. Each job is in the registry's jobs table, so a restarted beoserv knows
+them: a node's new link opens with a JobReport of the jobs it holds, and each waits there for its bpsh to
+reattach (bpsh waits for the new beoserv), which says how far its output got; the node sends the rest
+(JobResume). Output is counted by offset (beoboot.master.jobstream), so each byte and each exit reaches
+bpsh once: the node forgets output and exits only once bpsh's socket has them (JobAck).
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from beoboot.errors import BeobootError
 from beoboot.master import selection, transfers
 from beoboot.master.config import MasterConfig
 from beoboot.master.exhaustion import exhausted
+from beoboot.master.jobstream import StreamCursor
 from beoboot.master.manifest.describe import JobError, ManifestBuilder
 from beoboot.master.manifest.describer import Describer
 from beoboot.master.objects import ObjectStore, stat_key
@@ -52,6 +60,17 @@ ENDING_SIGNALS = frozenset({1, 2, 3, 9, 13, 15})  # HUP, INT, QUIT, KILL, PIPE, 
 # bpctl: beyond its jobs' grace time (SIGTERM to SIGKILL), how long a node may take to close its link:
 # the killed jobs' exits (stage3.jobrunner.KILLED_WAIT), the last log lines, a slow link
 POWER_ANSWER_TIME = 15.0
+# how long a job whose node link dropped waits for the node to link again before it ends with LINK_LOST: a
+# node whose master went away reconnects within its backoff (30 s at most); a node that rebooted
+# registers again first, which ends its jobs at once
+LINK_WAIT = 120.0
+# how long a job a restarted beoserv took back waits for its bpsh to reattach (bpsh waits 300 s by default
+# for the new beoserv) before it is hung up (SIGHUP) as a job whose bpsh went away
+REATTACH_WAIT = 330.0
+# job ids after a restart start this far past the last one recorded: the registry writes behind, so a
+# killed beoserv may have given out ids it had not written yet, whose jobs still run on their nodes
+ID_GAP_AFTER_RESTART = 1 << 16
+EVERYTHING = 1 << 62  # an output offset past any job's: "forget all of it" in a JobAck or JobResume
 
 
 class Session:
@@ -68,8 +87,13 @@ class Session:
         self.waiting: list[tuple[int, NodeLink]] = []
         self.stdin_open = True
 
-    def output(self, stream: int, data: bytes, node: int) -> None:
+    def output(self, stream: int, data: bytes, node: int, job: int = 0, end: int = 0) -> None:
+        """Output of `job` on `node`; `end` is the offset in that stream after `data`. Once the session has
+        delivered it, it calls JobHub.delivered (now and then) so that the node may forget it."""
         raise NotImplementedError
+
+    def job_added(self, job: int, node: int) -> None:
+        """Job `job` of this session is about to start on `node`."""
 
     def starting(self, nodes: list[int]) -> None:
         """The session's jobs are about to start on these nodes."""
@@ -82,6 +106,7 @@ class Session:
         """Return when the session can take more output from `node`."""
 
     def job_exit(self, message: p.JobExit) -> None:
+        """A job's end; once delivered, the session calls JobHub.exit_delivered."""
         raise NotImplementedError
 
     def all_ended(self) -> None:
@@ -92,8 +117,9 @@ class Session:
 @dataclass
 class Job:
     row: p.JobRow
-    session: Session
-    link: NodeLink
+    session: Session | None  # None: its bpsh is yet to reattach (after a restart), or went away
+    link: NodeLink | None  # None: its node link dropped and the node has not linked again yet
+    uid: int = -1  # who ran it: only they may reattach to it
     paused: bool = False  # its output is held on the node (p.JobFlow) until the session can take more
     pacer: asyncio.Task[None] | None = None  # what resumes it
     objects: frozenset[str] = frozenset()  # the sha256 of each file of its manifest: what its node may fetch
@@ -101,8 +127,13 @@ class Job:
     # at once, or when its turn comes (--fanout)
     start: Callable[[int], str] | None = None
     timeout: float = 0.0  # bpsh -t: seconds from its start to its kill
-    timer: asyncio.TimerHandle | None = None  # the -t deadline, then the wait for the killed job's end
+    deadline: asyncio.TimerHandle | None = None  # the -t deadline, then the wait for the killed job's end
     timed_out: bool = False
+    cursor: StreamCursor = field(default_factory=StreamCursor)  # how far its output reached the session
+    signals: list[int] = field(default_factory=list)  # sent while its node had no link: delivered on its return
+    timer: asyncio.TimerHandle | None = None  # ends it if its node, or its bpsh, does not come back in time
+    orphan: bool = False  # no bpsh will take its output: the node forgets it as it comes
+    claimed: bool = False  # known only from its bpsh (the last beoserv had not recorded it): its node will say
 
 
 @dataclass
@@ -116,7 +147,15 @@ class NodeLink:
 
 
 class JobHub:
-    def __init__(self, registry: Registry, gate: transfers.TransferGate, root: str = "/") -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        gate: transfers.TransferGate,
+        root: str = "/",
+        *,
+        link_wait: float = LINK_WAIT,
+        reattach_wait: float = REATTACH_WAIT,
+    ) -> None:
         self.registry = registry
         self.config = MasterConfig()  # beoserv's, set again on SIGHUP: groups and the hostname prefix
         self.transfers = gate
@@ -130,7 +169,22 @@ class JobHub:
         self._by_token: dict[bytes, NodeLink] = {}
         self.jobs: dict[int, Job] = {}
         self.finished: list[p.JobRow] = []
-        self._ids = itertools.count(1)
+        # who ran each finished job, and why it failed if it did: only they hear its status again (a bpsh
+        # reattaching to a job that ended while no bpsh was there)
+        self._finished_by: dict[int, tuple[int, str]] = {}
+        self.link_wait, self.reattach_wait = link_wait, reattach_wait
+        self._exit_acks: dict[int, tuple[NodeLink | None, p.JobAck]] = {}  # exits on their way to bpsh
+        self.duplicate_bytes = 0  # output nodes sent again that the sessions had: dropped
+        restarted = bool(registry.jobs_at_start)
+        self._recorded_upto = registry.last_job_id  # ids past it a killed beoserv may have given unrecorded
+        self._ids = itertools.count(registry.last_job_id + 1 + (ID_GAP_AFTER_RESTART if restarted else 0))
+        for row, uid in registry.jobs_at_start:  # what the last beoserv left: its running jobs wait for reattach
+            if row.state in (p.JobState.STARTING, p.JobState.RUNNING):
+                self.jobs[row.job] = Job(row, None, None, uid=uid)
+            else:
+                self._keep_finished(row, uid, "")
+        if self.jobs:
+            log.info("%d jobs of the last beoserv wait for their nodes and their bpsh", len(self.jobs))
 
     def add_routes(self, app: web.Application) -> None:
         """Before the boot tree's catch-all GET route."""
@@ -138,10 +192,17 @@ class JobHub:
         app.router.add_get(p.JOBS_PATH, self.list_jobs)
         app.router.add_get(p.OBJECTS_PATH.replace("{digest}", "{digest:[0-9a-f]{64}}"), self.serve_object)
         app.on_shutdown.append(self.close_all)
+        app.on_startup.append(self._start_waiting)
+
+    async def _start_waiting(self, app: web.Application) -> None:
+        """The jobs taken from the registry: each waits so long for its node and its bpsh."""
+        for job_id, job in self.jobs.items():
+            self._wait_for_bpsh(job_id, job)
 
     async def close_all(self, app: web.Application) -> None:
         """Close every link and session at shutdown: aiohttp would otherwise wait for these long-lived
         handlers for its whole shutdown timeout."""
+        log.info("jobs: %d output bytes sent again by nodes were dropped as duplicates", self.duplicate_bytes)
         for link in list(self.links.values()):
             await link.ws.close()
 
@@ -231,49 +292,178 @@ class JobHub:
                         break
                     await self._from_node(link, frame)
                 elif msg.type == WSMsgType.BINARY:
-                    if len(msg.data) < p.IO_HEADER_SIZE:
+                    stream, job_id, offset = _output_header(msg.data)
+                    if stream not in (p.Stream.STDOUT, p.Stream.STDERR):
                         await _refuse_frame(ws, node.number, mac, f"an output frame of {len(msg.data)} bytes")
                         break
-                    stream, job_id = struct.unpack_from(p.IO_HEADER, msg.data)
                     job = self.jobs.get(job_id)
                     if job is not None and job.link is link:  # another node cannot write to this job
-                        job.session.output(stream, msg.data[p.IO_HEADER_SIZE :], link.number)
-                        if not job.paused and job.session.congested(link.number):
-                            self._pace(job_id, job)
+                        await self._output(job_id, job, stream, offset, msg.data[p.OUTPUT_HEADER_SIZE :])
         finally:
             link.closed.set()
             if self.links.get(node.number) is link:
                 del self.links[node.number]
             if self._by_token.get(_token_key(link.token)) is link:
                 del self._by_token[_token_key(link.token)]
-            for job_id in list(link.jobs):
-                error = f"node {node.number} job link lost"
-                await self._finish(job_id, p.JobExit(job_id, LINK_LOST, node=node.number, error=error))
+            for job_id in list(link.jobs):  # they run on: their node keeps their output until it links again
+                job = self.jobs.get(job_id)
+                if job is not None and job.link is link and job.start is not None:  # never sent (--fanout)
+                    gone = p.JobExit(job_id, LINK_LOST, node=node.number, error=f"node {node.number} job link lost")
+                    asyncio.ensure_future(self._finish(job_id, gone))
+                elif job is not None and job.link is link:
+                    self._unlink(job_id, job)
+            link.jobs.clear()
             log.info("node %d (%s) job link down", node.number, mac)
         return ws
+
+    def _unlink(self, job_id: int, job: Job) -> None:
+        job.link = None
+        if job.pacer is not None:
+            job.pacer.cancel()
+        job.paused = False
+        if job.timer is not None:
+            job.timer.cancel()
+
+        def give_up() -> None:
+            if self.jobs.get(job_id) is job and job.link is None:
+                error = f"node {job.row.node} job link lost, and not back within {self.link_wait:g} s"
+                asyncio.ensure_future(
+                    self._finish(job_id, p.JobExit(job_id, LINK_LOST, node=job.row.node, error=error))
+                )
+
+        job.timer = asyncio.get_running_loop().call_later(self.link_wait, give_up)
+
+    def _wait_for_bpsh(self, job_id: int, job: Job) -> None:
+        """A job with no bpsh (a restarted beoserv's): hung up if none reattaches in time."""
+        if job.timer is not None:
+            job.timer.cancel()
+
+        def give_up() -> None:
+            if self.jobs.get(job_id) is job and job.session is None:
+                log.info("job %d: no bpsh reattached within %g s: hung up", job_id, self.reattach_wait)
+                self._orphan(job_id, job)
+
+        job.timer = asyncio.get_running_loop().call_later(self.reattach_wait, give_up)
+
+    def _orphan(self, job_id: int, job: Job) -> None:
+        """No one will take the job's output: SIGHUP, as a closed terminal's job gets, and let it drain."""
+        job.orphan = True
+        job.signals.append(SIGHUP)
+        if job.link is not None:
+            self._resume(job_id, job)
+
+    def _resume(self, job_id: int, job: Job) -> None:
+        """Its node is linked and someone takes its output: ask the node for the rest of it."""
+        assert job.link is not None
+        offsets = (EVERYTHING, EVERYTHING) if job.orphan else job.cursor.offsets()
+        _post(job.link.ws, p.JobResume(job_id, *offsets))
+        for signum in job.signals:
+            _post(job.link.ws, p.JobSignal(job_id, signum))
+        job.signals.clear()
+
+    async def _output(self, job_id: int, job: Job, stream: int, offset: int, data: bytes) -> None:
+        assert job.link is not None
+        if job.session is None:
+            if job.orphan:  # no one reads it: forget it on the node as it comes
+                _post(job.link.ws, p.JobAck(job_id, EVERYTHING, EVERYTHING))
+            return
+        taken = job.cursor.take(stream, offset, data)
+        self.duplicate_bytes += len(data) - len(taken.data)
+        if taken.ask_from:
+            log.info("job %d: output from %d on stream %d missing: asked again", job_id, taken.end, stream)
+            await _send(job.link.ws, p.JobResume(job_id, *job.cursor.offsets()))
+        if not taken.data:
+            return
+        job.session.output(stream, taken.data, job.link.number, job_id, taken.end)
+        if not job.paused and job.session.congested(job.link.number):
+            self._pace(job_id, job)
+
+    def delivered(self, job_id: int, stdout: int, stderr: int) -> None:
+        """The session has the job's output up to these offsets where nothing can take it back (bpsh's
+        socket): its node may forget it."""
+        job = self.jobs.get(job_id)
+        if job is not None and job.link is not None:
+            _post(job.link.ws, p.JobAck(job_id, stdout, stderr))
+
+    def exit_delivered(self, job_id: int) -> None:
+        """The session has the job's exit where nothing can take it back: its node may forget the job."""
+        link, ack = self._exit_acks.pop(job_id, (None, None))
+        if link is not None and ack is not None:
+            _post(link.ws, ack)
+
+    async def _take_back(self, link: NodeLink, report: p.JobReport) -> None:
+        """A new link's report: the node's jobs are linked to it again, and resumed where their bpsh is (or
+        wait for it); jobs of that node missing from the report ended unseen (the node rebooted)."""
+        held_ids = set()
+        for held in report.jobs:
+            held_ids.add(held.job)
+            job = self.jobs.get(held.job)
+            if job is not None and job.claimed and job.row.node == link.number:  # its bpsh came back first
+                if job.uid == held.uid:
+                    job.claimed = False
+                    job.row = replace(job.row, pid=held.pid, command=held.command)
+                    self.registry.record_job(job.row, job.uid)
+                else:
+                    error = f"job {held.job} is not uid {job.uid}'s"
+                    await self._finish(held.job, p.JobExit(held.job, LINK_LOST, error=error))
+                    job = None
+            if job is None and held.uid >= 0:
+                # a job the last beoserv started and had not recorded yet: the node's word for it
+                row = p.JobRow(held.job, link.number, held.pid, held.command, p.JobState.RUNNING, time.time())
+                job = self.jobs[held.job] = Job(row, None, None, uid=held.uid)
+                self.registry.record_job(row, held.uid)
+            if job is None or job.row.node != link.number:
+                # another node's id, or no one's: the node forgets it (and hangs it up if it runs)
+                await _send(link.ws, p.JobSignal(held.job, SIGHUP))
+                await _send(link.ws, p.JobResume(held.job, EVERYTHING, EVERYTHING))  # drains, then ends
+                await _send(link.ws, p.JobAck(held.job, EVERYTHING, EVERYTHING, exit=True))
+                continue
+            if job.timer is not None:  # the wait for its node is over
+                job.timer.cancel()
+                job.timer = None
+            job.link = link
+            link.jobs.add(held.job)
+            if held.pid and (job.row.pid, job.row.state) != (held.pid, p.JobState.RUNNING):
+                job.row = replace(job.row, pid=held.pid, state=p.JobState.RUNNING)
+                self.registry.record_job(job.row, job.uid)
+            if job.session is not None or job.orphan:
+                self._resume(held.job, job)
+            else:
+                self._wait_for_bpsh(held.job, job)
+        for job_id, job in list(self.jobs.items()):
+            if job.row.node == link.number and job.link is None and job_id not in held_ids:
+                error = f"node {link.number} linked again without job {job_id}: it rebooted, or ended it unseen"
+                await self._finish(job_id, p.JobExit(job_id, LINK_LOST, node=link.number, error=error))
 
     def _pace(self, job_id: int, job: Job) -> None:
         """Hold this job's output on its node until its session can take more: the link goes on being read,
         so the node's other jobs (other users' among them) are not held up by one slow reader."""
         job.paused = True
+        link, session = job.link, job.session
+        assert link is not None and session is not None  # a job's output came from its link, for its session
 
         async def pause_until_drained() -> None:
-            await _send(job.link.ws, p.JobFlow(job_id, False))
-            await job.session.backpressure(job.link.number)
+            await _send(link.ws, p.JobFlow(job_id, False))
+            await session.backpressure(link.number)
             job.paused = False
             if job_id in self.jobs:
-                await _send(job.link.ws, p.JobFlow(job_id, True))
+                await _send(link.ws, p.JobFlow(job_id, True))
 
         job.pacer = asyncio.get_running_loop().create_task(pause_until_drained())
 
     async def _from_node(self, link: NodeLink, message: object) -> None:
         """A node speaks only for its own jobs: an id of another node's job is ignored."""
-        if isinstance(message, (p.JobStarted, p.JobExit)):
+        if isinstance(message, p.JobReport):
+            await self._take_back(link, message)
+        elif isinstance(message, (p.JobStarted, p.JobExit)):
             job = self.jobs.get(message.job)
             if job is None or job.link is not link:
+                if isinstance(message, p.JobExit):  # an end already counted (a resend): the node may forget it
+                    await _send(link.ws, p.JobAck(message.job, EVERYTHING, EVERYTHING, exit=True))
                 return
             if isinstance(message, p.JobStarted):
                 job.row = replace(job.row, pid=message.pid, state=p.JobState.RUNNING)
+                self.registry.record_job(job.row, job.uid)
             else:
                 await self._finish(message.job, replace(message, node=link.number))
 
@@ -285,20 +475,40 @@ class JobHub:
             job.pacer.cancel()
         if job.timer is not None:
             job.timer.cancel()
+        if job.deadline is not None:
+            job.deadline.cancel()
         if job.timed_out:
             message = replace(
                 message, status=TIMED_OUT, error=f"command timeout: still running after -t {job.timeout:g} s, killed"
             )
-        job.link.jobs.discard(job_id)
-        job.session.jobs.discard(job_id)
+        if job.link is not None:
+            job.link.jobs.discard(job_id)
         state = p.JobState.FAILED if message.error and message.status in (127, LINK_LOST) else p.JobState.EXITED
-        self.finished.append(replace(job.row, state=state, status=message.status))
-        del self.finished[:-FINISHED_KEPT]
+        row = replace(job.row, state=state, status=message.status)
+        self._keep_finished(row, job.uid, message.error)
+        self.registry.record_job(row, job.uid)
+        ack = p.JobAck(job_id, EVERYTHING, EVERYTHING, exit=True)
+        if job.session is None:
+            if job.link is not None:
+                await _send(job.link.ws, ack)
+            return
+        self._exit_acks[job_id] = (job.link, ack)  # sent once the session delivered the exit
+        job.session.jobs.discard(job_id)
         job.session.job_exit(message)
         if job.start is None:  # it ran: its place goes to the next waiting job (--fanout)
             await self._send_next(job.session)
         if not job.session.jobs:
             job.session.all_ended()
+
+    def _never_ended(self, job_id: int) -> bool:
+        return not any(row.job == job_id for row in self.finished)
+
+    def _keep_finished(self, row: p.JobRow, uid: int, error: str) -> None:
+        self.finished.append(row)
+        self._finished_by[row.job] = (uid, error)
+        for gone in self.finished[:-FINISHED_KEPT]:
+            self._finished_by.pop(gone.job, None)
+        del self.finished[:-FINISHED_KEPT]
 
     # --- bpsh side ----------------------------------------------------------------------------------------
 
@@ -326,7 +536,7 @@ class JobHub:
         """Input for every job of the session (each node gets the same bytes); b"" is end of file."""
         for job_id in list(session.jobs):
             job = self.jobs.get(job_id)
-            if job is not None and job.start is None and not job.link.ws.closed:
+            if job is not None and job.start is None and job.link is not None and not job.link.ws.closed:
                 try:
                     await job.link.ws.send_bytes(struct.pack(p.IO_HEADER, p.Stream.STDIN, job_id) + data)
                 except ConnectionError:
@@ -338,7 +548,7 @@ class JobHub:
         await self.signal(session, SIGHUP)
         for job_id in list(session.jobs):
             job = self.jobs.get(job_id)
-            if job is not None and job.pacer is not None:
+            if job is not None and job.pacer is not None and job.link is not None:
                 job.pacer.cancel()
                 await _send(job.link.ws, p.JobFlow(job_id, True))
 
@@ -390,8 +600,12 @@ class JobHub:
                 session.job_exit(p.JobExit(job_id, LINK_LOST, node=number, error=f"node {number} job link lost"))
                 continue
             row = p.JobRow(job_id, number, 0, command, p.JobState.STARTING, now)
-            self.jobs[job_id] = Job(row, session, link, objects=objects, start=start, timeout=request.timeout)
+            self.jobs[job_id] = Job(
+                row, session, link, uid=request.uid, objects=objects, start=start, timeout=request.timeout
+            )
+            self.registry.record_job(row, request.uid)
             session.jobs.add(job_id)
+            session.job_added(job_id, number)
             link.jobs.add(job_id)
             starts.append((job_id, link))
         if not starts:
@@ -417,16 +631,17 @@ class JobHub:
         if not session.stdin_open:
             await _send_bytes(link.ws, struct.pack(p.IO_HEADER, p.Stream.STDIN, job_id))
         if job.timeout:
-            job.timer = asyncio.get_running_loop().call_later(job.timeout, self._time_out, job_id)
+            job.deadline = asyncio.get_running_loop().call_later(job.timeout, self._time_out, job_id)
 
     async def _send_next(self, session: Session) -> None:
         """--fanout: a job ended, so the next waiting one starts. (One whose link was lost meanwhile has ended
         with the link, taking no place.)"""
         while session.waiting:
-            job_id, link = session.waiting.pop(0)
-            if job_id not in self.jobs:
+            job_id, _ = session.waiting.pop(0)
+            job = self.jobs.get(job_id)
+            if job is None or job.link is None:
                 continue
-            await self._send_start(session, job_id, link)
+            await self._send_start(session, job_id, job.link)
             return
 
     def _time_out(self, job_id: int) -> None:
@@ -436,10 +651,13 @@ class JobHub:
         if job is None:
             return
         job.timed_out = True
-        log.info("job %d on node %d: killed at its -t deadline of %g s", job_id, job.link.number, job.timeout)
-        asyncio.ensure_future(_send(job.link.ws, p.JobSignal(job_id, SIGKILL)))
-        gone = p.JobExit(job_id, TIMED_OUT, node=job.link.number)
-        job.timer = asyncio.get_running_loop().call_later(
+        log.info("job %d on node %d: killed at its -t deadline of %g s", job_id, job.row.node, job.timeout)
+        if job.link is None:
+            job.signals.append(SIGKILL)  # its node is away: delivered if it comes back in time
+        else:
+            asyncio.ensure_future(_send(job.link.ws, p.JobSignal(job_id, SIGKILL)))
+        gone = p.JobExit(job_id, TIMED_OUT, node=job.row.node)
+        job.deadline = asyncio.get_running_loop().call_later(
             KILL_ANSWER_TIME, lambda: asyncio.ensure_future(self._finish(job_id, gone))
         )
 
@@ -480,8 +698,51 @@ class JobHub:
                 await self._finish(job_id, p.JobExit(job_id, 128 + signum, signal=signum, node=link.number))
         for job_id in list(session.jobs):
             job = self.jobs.get(job_id)
-            if job is not None and job.start is None and not job.link.ws.closed:
+            if job is None or job.start is not None:
+                continue  # ended, or not started yet (--fanout): nothing to signal
+            if job.link is None or job.link.ws.closed:
+                job.signals.append(signum)  # delivered when its node links again
+            else:
                 await _send(job.link.ws, p.JobSignal(job_id, signum))
+
+    def reattach(self, session: Session, uid: int, wanted: list[tuple[int, int, int, int]]) -> None:
+        """A bpsh came back (after a beoserv restart) for its jobs: (id, stdout offset, stderr offset, node)
+        each, the offsets being how far their output reached it. A job that is not the user's, or unknown,
+        ends for it with 255; one that ended meanwhile gives its status."""
+        session.sent = True
+        for job_id, stdout, stderr, node in wanted:
+            job = self.jobs.get(job_id)
+            unrecorded = self._recorded_upto < job_id <= self._recorded_upto + ID_GAP_AFTER_RESTART
+            if job is None and unrecorded and node not in self.links and self._never_ended(job_id):
+                # a job the last beoserv had not recorded when it went: its node's report will say whose (a
+                # node linked already did not hold it)
+                row = p.JobRow(job_id, node, 0, "", p.JobState.RUNNING, time.time())
+                job = self.jobs[job_id] = Job(row, None, None, uid=uid, claimed=True)
+            if job is None or job.uid != uid or job.session is not None:
+                ended = next((row for row in self.finished if row.job == job_id), None)
+                by, why = self._finished_by.get(job_id, (-1, ""))
+                if ended is not None and ended.status is not None and by == uid:
+                    session.job_exit(p.JobExit(job_id, ended.status, node=ended.node, error=why))
+                elif job is None and node in self.links and self._never_ended(job_id):
+                    error = f"node {node} linked again without job {job_id}: it rebooted, or ended it unseen"
+                    session.job_exit(p.JobExit(job_id, LINK_LOST, node=node, error=error))
+                else:
+                    error = f"beoserv has no running job {job_id} of uid {uid} to reattach to"
+                    session.job_exit(p.JobExit(job_id, LINK_LOST, error=error))
+                continue
+            if job.timer is not None:
+                job.timer.cancel()  # the wait for a bpsh is over
+                job.timer = None
+            job.session, job.orphan = session, False
+            job.cursor = StreamCursor.at(stdout, stderr)
+            session.jobs.add(job_id)
+            if job.link is not None:
+                self._resume(job_id, job)
+            else:
+                self._unlink(job_id, job)  # now the wait for its node
+            log.info("job %d: bpsh reattached at output offsets %d, %d", job_id, stdout, stderr)
+        if not session.jobs:
+            session.all_ended()
 
 
 def _token_key(token: str) -> bytes:
@@ -508,6 +769,19 @@ async def _send_bytes(ws: web.WebSocketResponse, data: bytes) -> None:
             await ws.send_bytes(data)
         except ConnectionError:
             pass
+
+
+def _output_header(frame: bytes) -> tuple[int, int, int]:
+    """(stream, job, offset) of an output frame; stream 0 (never output) for one too short to hold them."""
+    if len(frame) < p.OUTPUT_HEADER_SIZE:
+        return 0, 0, 0
+    stream, job, offset = struct.unpack_from(p.OUTPUT_HEADER, frame)
+    return stream, job, offset
+
+
+def _post(ws: web.WebSocketResponse, message: object) -> None:
+    """_send from code that cannot wait (a callback): queued on the loop."""
+    asyncio.ensure_future(_send(ws, message))
 
 
 async def _send(ws: web.WebSocketResponse, message: object) -> None:

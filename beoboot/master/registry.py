@@ -1,4 +1,6 @@
-"""The node registry in SQLite: MAC -> node number, state, last seen, hardware, and every boot's timeline.
+"""The node registry in SQLite: MAC -> node number, state, last seen, hardware, and every boot's timeline;
+and the bpsh jobs (id, node, user, command, state), so that a restarted beoserv knows the jobs still
+running on the nodes, and never gives an id twice.
 
 Numbers are handed out in order of first registration (0, 1, 2, ...) and never reused or changed, so a
 node keeps its number, and with it its BeoNSS name and address, across reboots and master restarts.
@@ -28,6 +30,8 @@ from agent.protocol import (
     Booted,
     BootEvent,
     Hardware,
+    JobRow,
+    JobState,
     Load,
     LogLine,
     NodeState,
@@ -77,6 +81,16 @@ CREATE TABLE IF NOT EXISTS logs (
     message TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS logs_by_node ON logs(number, t);
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY,               -- the master's job id: never given twice, across restarts too
+    node INTEGER NOT NULL,
+    uid INTEGER NOT NULL,                 -- the user who ran it: only they may reattach to it
+    command TEXT NOT NULL,
+    state TEXT NOT NULL,
+    started REAL NOT NULL,
+    pid INTEGER NOT NULL DEFAULT 0,
+    status INTEGER                        -- once it ended
+);
 """
 # columns added since the first release: (table, column, definition), added to an older database on open
 ADDED_COLUMNS = (
@@ -150,6 +164,10 @@ NODE_COLUMNS = (
 )
 WRITE_NODE = f"INSERT OR REPLACE INTO nodes ({NODE_COLUMNS}) VALUES ({', '.join('?' * 16)})"
 WRITE_EVENT = "INSERT INTO events (number, boot, t, event, stage, detail) VALUES (?, ?, ?, ?, ?, ?)"
+WRITE_JOB = (
+    "INSERT OR REPLACE INTO jobs (id, node, uid, command, state, started, pid, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+JOBS_KEPT = 10000  # ended jobs kept in the table; older ones are dropped when beoserv starts
 WRITE_LOG = "INSERT INTO logs (number, boot, t, stage, level, message) VALUES (?, ?, ?, ?, ?, ?)"
 
 
@@ -195,6 +213,8 @@ class Registry:
                     self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
             self._db.row_factory = sqlite3.Row
             rows = self._db.execute("SELECT * FROM nodes ORDER BY number").fetchall()
+            self._db.execute("DELETE FROM jobs WHERE id <= (SELECT MAX(id) FROM jobs) - ?", (JOBS_KEPT,))
+            job_rows = self._db.execute("SELECT * FROM jobs ORDER BY id").fetchall()
             writer = _connect(path)
         except (sqlite3.Error, OSError) as exc:
             raise RegistryError(f"cannot open node registry {path}: {exc}", hint="check the --db path") from None
@@ -202,6 +222,15 @@ class Registry:
         self._by_mac: dict[str, NodeRecord] = {}
         for row in rows:
             self._keep(self._record(row))
+        self.jobs_at_start: list[tuple[JobRow, int]] = []  # (row, uid): what the last beoserv left
+        for job in job_rows:
+            try:
+                state = JobState(job["state"])
+            except ValueError:
+                continue  # a state this version does not know: a row it cannot take back
+            started = JobRow(job["id"], job["node"], job["pid"], job["command"], state, job["started"], job["status"])
+            self.jobs_at_start.append((started, job["uid"]))
+        self.last_job_id = job_rows[-1]["id"] if job_rows else 0
         self._writes = WriteBehind(writer)
         self.path = Path(path)
         self.generation = 0  # counts registrations and address moves: what the host table is built from changed
@@ -372,6 +401,14 @@ class Registry:
         if node.boot == boot:
             self._changed(replace(node, state=NodeState.DOWN))
         return True
+
+    def record_job(self, row: JobRow, uid: int) -> None:
+        """A job as it is now (started, running, ended), for a restarted beoserv to take it back."""
+        self._writes.upsert(
+            ("job", row.job),
+            WRITE_JOB,
+            (row.job, row.node, uid, row.command, row.state, row.started, row.pid, row.status),
+        )
 
     # --- reads -------------------------------------------------------------------------------------------
 

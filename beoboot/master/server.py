@@ -201,7 +201,12 @@ class Beoserv:
         self.transfer_refusals = exhaustion.Tally()  # requests refused for want of a transfer slot
         self.transfers = transfers.TransferGate(config.max_transfers)
         self.open_files_limit: int | None = None  # what serve() raised it to (None: not known, in a test)
-        self.jobs = JobHub(self.registry, self.transfers)
+        self.jobs = JobHub(
+            self.registry,
+            self.transfers,
+            link_wait=self.config.job_link_wait,
+            reattach_wait=self.config.job_reattach_wait,
+        )
         self.jobs.config = config
         self._hosts = HostTable({})
         self._hosts_due: asyncio.TimerHandle | None = None
@@ -407,6 +412,7 @@ class Beoserv:
         config = dataclasses.replace(config, **{key: getattr(self.config, key) for key in STARTUP_KEYS})
         self.config = self.jobs.config = config
         self.config_loads += 1
+        self.jobs.link_wait, self.jobs.reattach_wait = config.job_link_wait, config.job_reattach_wait
         log.info("config reloaded from %s: %s", self.options.config_path, config)
         self._build_host_table()  # a new address plan or hosts_file takes effect now, not at the next heartbeat
 
@@ -729,6 +735,40 @@ def raise_open_files_limit(config: MasterConfig) -> int:
     return limit
 
 
+REOPEN_ATTEMPTS = 20  # SIGHUP: binds of the HTTP port again, backing off up to 5 s
+
+
+class Listening:
+    """beoserv's listening sockets, which SIGHUP opens again (a socket file removed by a cleanup of /run, a
+    listener in a bad state) without closing any connection made through them: node links, downloads and
+    bpsh sessions go on. The bpsh socket is replaced by a rename, with no moment without one; the HTTP port
+    is closed, then bound again at once (a node that connects in between is refused and retries)."""
+
+    def __init__(self, runner: web.AppRunner, site: web.SockSite, local: LocalListener | None, host: str) -> None:
+        self.runner, self.site, self.local, self.host = runner, site, local, host
+
+    async def reopen(self) -> None:
+        if self.local is not None:
+            try:
+                self.local.reopen()
+            except BeobootError as exc:
+                log.error("bpsh socket not reopened, keeping the open one: %s", exc)
+        port = self.runner.addresses[0][1]
+        await self.site.stop()  # the listening socket only: asyncio leaves the connections open
+        for attempt in range(REOPEN_ATTEMPTS):
+            try:
+                site = web.SockSite(self.runner, listen(self.host, port), backlog=BACKLOG)
+                await site.start()
+            except OSError as exc:
+                log.error("cannot listen on %s:%d again (%s): retrying", self.host, port, exc.strerror or exc)
+                await asyncio.sleep(min(5.0, 0.1 * 2**attempt))
+                continue
+            self.site = site
+            log.info("listening sockets reopened: http://%s:%d/", self.host or "0.0.0.0", port)
+            return
+        log.error("cannot listen on %s:%d again: beoserv takes no new connection; restart it", self.host, port)
+
+
 async def serve(options: ServerOptions, config: MasterConfig, stop: asyncio.Event | None = None) -> None:
     limit = raise_open_files_limit(config)
     asyncio.get_running_loop().set_exception_handler(exhaustion.LoopExceptionLog())  # before accept() can fail
@@ -762,7 +802,13 @@ async def serve(options: ServerOptions, config: MasterConfig, stop: asyncio.Even
     log.info("listening on http://%s:%d/ serving %s, registry %s", host, port, options.root, options.db)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGHUP, server.reload)
+    listening = Listening(runner, site, listener, options.host)
+
+    def hang_up() -> None:
+        server.reload()
+        asyncio.ensure_future(listening.reopen())
+
+    loop.add_signal_handler(signal.SIGHUP, hang_up)
     loop.add_signal_handler(signal.SIGUSR1, server.dump_state)
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)

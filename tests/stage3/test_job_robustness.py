@@ -1,5 +1,5 @@
-"""The node's job runner when something goes wrong around a job: its launcher dies or cannot fork, the master
-restarts and numbers its jobs from 1 again while an old job runs on, a job's thread meets a bug. The real
+"""The node's job runner when something goes wrong around a job: its launcher dies or cannot fork, the link
+to the master breaks while a job runs on (and a new link takes it back), a job's thread meets a bug. The real
 launcher helper process starts real jobs (busybox) chrooted in a scratch environment root."""
 
 import contextlib
@@ -42,8 +42,8 @@ class Link:
         self.messages.append(p.decode_frame(text))
 
     def send_binary(self, frame: bytes) -> None:
-        _, job = struct.unpack_from(p.IO_HEADER, frame)
-        self.output.append((job, frame[p.IO_HEADER_SIZE :]))
+        _, job, _ = struct.unpack_from(p.OUTPUT_HEADER, frame)
+        self.output.append((job, frame[p.OUTPUT_HEADER_SIZE :]))
 
     def started(self, job: int) -> bool:
         return any(isinstance(m, p.JobStarted) and m.job == job for m in self.messages)
@@ -180,38 +180,43 @@ def test_a_job_the_launcher_cannot_fork_fails_alone(runner, starve):
     assert sorted(os.listdir(f"/proc/{launcher.process.pid}/fd")) == sorted(descriptors), "descriptors kept"
 
 
-# --- job ids across a master's restart ------------------------------------------------------------------
+# --- a link lost while jobs run ------------------------------------------------------------------------
 
 
-def hung_up_job_ignoring_sighup(runner: JobRunner, script: str) -> Link:
-    """Job 1 of a master that then went away: its link hung up, and the job, ignoring SIGHUP, runs on."""
+def job_left_by_a_lost_link(runner: JobRunner, script: str) -> Link:
+    """Job 1 of a master that then went away (a restart, a broken switch): its link is gone, the job runs on."""
     old = Link()
-    runner._control(old, p.JobStart(1, sh(f"trap '' HUP; echo ready; {script}")))
-    wait_for(lambda: old.printed(b"ready\n"), 10, "the old job to ignore SIGHUP")
-    runner._hang_up()
+    runner._control(old, p.JobStart(1, sh(f"echo ready; {script}")))
+    wait_for(lambda: old.printed(b"ready\n"), 10, "the job to start")
+    runner._detach_all()
     return old
 
 
-def test_a_new_masters_job_with_an_old_id_gets_its_own_signal_and_exit(runner, env_root):
-    old = hung_up_job_ignoring_sighup(runner, "while [ ! -e /tmp/go ]; do sleep 0.05; done; exit 7")
-    new = Link()
-    runner._control(new, p.JobStart(1, sh("sleep 30")))  # the restarted master numbers from 1 again
-    wait_for(lambda: new.started(1), 10, "the new job 1 to start")
+def test_a_lost_link_ends_no_job_and_a_new_link_gets_exactly_the_rest_of_its_output(runner, env_root):
+    old = job_left_by_a_lost_link(runner, "while [ ! -e /tmp/go ]; do sleep 0.05; done; echo after; exit 7")
     (env_root / "tmp" / "go").touch()
-    assert old.exit_of(1).status == 7
-    runner._control(new, p.JobSignal(1, signal.SIGTERM))  # bpsh's Ctrl-C, for the new job
-    ended = new.exit_of(1)
-    assert (ended.signal, ended.error) == (signal.SIGTERM, "")
+    time.sleep(0.5)  # it ends with no link: its last line and its exit are kept
+    assert old.output == [(1, b"ready\n")] and old._exit(1) is None
+    new = Link()
+    runner._report(new)
+    [report] = new.messages
+    assert report == p.JobReport((p.JobHeld(1, 0, 12, 0, True, 0, report.jobs[0].command),))
+    runner._control(new, p.JobResume(1, len(b"ready\n"), 0))  # what the job's bpsh has
+    assert new.output == [(1, b"after\n")]
+    assert new.exit_of(1).status == 7
+    runner._control(new, p.JobAck(1, 12, 0, exit=True))
+    assert 1 not in runner._slots  # acknowledged: forgotten
 
 
 def test_jobs_left_by_a_lost_link_still_end_when_the_node_powers_off(runner):
-    old = hung_up_job_ignoring_sighup(runner, "sleep 30")
+    old = job_left_by_a_lost_link(runner, "sleep 30")
     new = Link()
-    runner._control(new, p.JobStart(1, sh("sleep 30")))
-    wait_for(lambda: new.started(1), 10, "the new job 1 to start")
+    runner._control(new, p.JobStart(2, sh("sleep 30")))
+    wait_for(lambda: new.started(2), 10, "the new job 2 to start")
     assert runner.end_jobs(5.0) == 0
-    assert old.exit_of(1, timeout=1).signal == signal.SIGTERM
-    assert new.exit_of(1, timeout=1).signal == signal.SIGTERM
+    runner._control(new, p.JobResume(1, 0, 0))
+    assert old._exit(1) is None and new.exit_of(1, timeout=1).signal == signal.SIGTERM
+    assert new.exit_of(2, timeout=1).signal == signal.SIGTERM
 
 
 # --- the worker threads ---------------------------------------------------------------------------------

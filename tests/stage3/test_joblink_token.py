@@ -42,7 +42,9 @@ def open_link(url: str, token: str | None) -> WebSocket:
 
 def test_only_the_last_registration_gets_the_nodes_jobs(tmp_path):
     (tmp_path / "boot").mkdir()
-    master = MasterProcess(tmp_path / "boot", tmp_path / "nodes.db", tmp_path / "beoserv.log").start()
+    config = tmp_path / "beoserv.toml"
+    config.write_text("job_link_wait = 1\n")  # a job whose link is lost waits so long for its node to come back
+    master = MasterProcess(tmp_path / "boot", tmp_path / "nodes.db", tmp_path / "beoserv.log", config).start()
     sim = None
     try:
         sim = start_simnodes(master.url, tmp_path)
@@ -73,7 +75,7 @@ def test_only_the_last_registration_gets_the_nodes_jobs(tmp_path):
             assert isinstance(start, p.JobStart) and start.manifest.argv == ("/bin/true",)
         finally:
             impostor.close()
-        assert job.wait(30) == 255  # the link it ran on was lost
+        assert job.wait(30) == 255  # the link it ran on was lost, and its node did not link again
         assert b"link lost" in job.stderr.read()
     finally:
         if sim is not None:

@@ -8,35 +8,50 @@ more than the job. Everything else, finding the command, its closure and hashes,
 is done by beoserv, which is already running and has it all cached.
 
 The client connects to beoserv's local socket (SOCK_SEQPACKET, $BEOSERV_SOCKET or DEFAULT_SOCKET) and
-sends one request together with its own stdin, stdout and stderr (SCM_RIGHTS): beoserv writes the jobs'
-output straight to this terminal or pipe and reads stdin from it (forwarded to every node the job runs
-on; -n: none). beoserv takes the user and group from the socket (SO_PEERCRED), not from anything the
-client says, so a user can run jobs only as themself. Then the client waits for one message, the exit
-status: a job's exit code, 128+N for a job killed by signal N (as a shell says), the highest when several
-nodes ran it (the worst node's, as `clush -S` gives), 255 when beoserv went away first (as ssh does for a
-lost connection) or a node's job ran past -t (as clush's command timeout), 2 for a bad command line, a
-node set that is not one, or a request too big to send.
+sends one request together with its own stdin, stdout and stderr (SCM_RIGHTS): beoserv reads stdin from it
+(forwarded to every node the job runs on; -n: none). beoserv takes the user and group from the socket
+(SO_PEERCRED), not from anything the client says, so a user can run jobs only as themself. Then the
+client writes the jobs' output as it comes and waits for the exit status: a job's exit code, 128+N for a
+job killed by signal N (as a shell says), the highest when several nodes ran it (the worst node's, as
+`clush -S` gives), 255 when beoserv went away for good first (as ssh does for a lost connection) or a
+node's job ran past -t (as clush's command timeout), 2 for a bad command line, a node set that is not
+one, or a request too big to send.
 
 The node set is sent as typed: beoserv parses it (beoboot.master.nodeset) and resolves @up, @all and its
 config's groups, so the client needs no parser (and no config) of its own.
+
+Reattach: when beoserv goes away (a restart, an upgrade, a crash) the jobs run on, on their nodes. The
+client keeps its jobs' ids and how far each one's output got (per stream), waits for beoserv to come
+back (--reattach-timeout, 300 s), connects again and sends those; the new beoserv has the nodes send
+the rest, so each byte is written once. Signals sent meanwhile are forwarded once it is back.
 
 Signals: SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 sent to bpsh are forwarded to the jobs'
 process groups. Ctrl-Z stops the remote jobs and then bpsh; `fg`/`bg` (SIGCONT) continues both. A plain
 SIGSTOP cannot be caught, so it stops only bpsh; the SIGCONT that resumes it is forwarded.
 
-Wire format (one SEQPACKET record each way): the request is NUL-separated fields, REQUEST_MAGIC, nodes,
-cwd, flags (letters: n for -n, p for -p, s for -s, d for -d, b for -b; then ";x=NODESET" for -x,
-";f=N" for --fanout, ";t=SECONDS" for -t), the number of argv entries, argv, the number of --cache paths,
-the paths, then the environment as NAME=VALUE; later records from the client are b"S" + signal number.
-beoserv answers b"X" + status.
+Wire format (SEQPACKET records): the request is NUL-separated fields, REQUEST_MAGIC, nodes, cwd, flags
+(letters: n for -n, p for -p, s for -s, d for -d, b for -b; then ";x=NODESET" for -x, ";f=N" for
+--fanout, ";t=SECONDS" for -t), the number of argv entries, argv, the number of --cache paths, the paths,
+then the environment as NAME=VALUE; later records from the client are b"S" + signal number, or b"P" when
+its stdout is a closed pipe. A reattach request is REATTACH_MAGIC, the flags, then JOB:STDOUT:STDERR:NODE
+per job (decimal offsets, and the node beoserv named for it), NUL-separated. beoserv sends b"J" + job
+(8 bytes, big-endian) + node: a job of this bpsh; b"O" + stream (1 byte) + job (8) + the offset the job's
+stream reaches with this data (8) + data: output (job 0: not a job's, e.g. an error line or -b's folded
+output); b"E" + job (8) + status: a job's end; b"X" + status: the end.
 """
 
 import _signal
 import _socket
 import posix
 import sys
+import time
 
-REQUEST_MAGIC = b"bpsh1"
+REQUEST_MAGIC = b"bpsh2"  # 2: output comes as records, which bpsh writes
+REATTACH_MAGIC = b"bpsh2r"
+REATTACH_TIMEOUT = 300.0  # s: how long bpsh waits for a beoserv that went away to come back
+REATTACH_POLL = 0.5  # s between attempts to reach it
+RECORD_MAX = 1 << 18  # beoserv's records hold at most 128 KiB of output (localjobs.RECORD_DATA_MAX)
+EPIPE = 32
 SOCKET_ENV = "BEOSERV_SOCKET"
 DEFAULT_SOCKET = "/run/beoserv/bpsh.sock"
 NO_EXIT = 255  # beoserv went away before the status came back (ssh answers 255 likewise)
@@ -44,7 +59,16 @@ MAX_REQUEST = 1 << 20
 USAGE_EXIT = 2  # a bad command line, or a request too big to send
 EMSGSIZE = 90  # Linux's errno value; the errno module is not among the client's imports
 FLAG_LETTERS = "anpsdbh"  # the one-letter options without a value, which may be given together (-ap)
-VALUED = ("--socket", "--cache", "-x", "--exclude", "--fanout", "-t", "--timeout")  # options with a value
+VALUED = (
+    "--socket",
+    "--cache",
+    "-x",
+    "--exclude",
+    "--fanout",
+    "-t",
+    "--timeout",
+    "--reattach-timeout",
+)  # options with a value
 MAX_TIMEOUT = 1e7  # seconds (115 days): a larger -t is a typo, and none at all is no -t
 # ssh's options that launchers pass (Open MPI's and Hydra's -x, which is bpsh's own -x NODESET only when a
 # node set follows its value (_excludes), clush's -oConnectTimeout=N -oBatchMode=yes,
@@ -72,6 +96,7 @@ USAGE = """usage: bpsh [OPTIONS] NODESET COMMAND [ARGS...]
   --fanout N: run on N nodes at a time, the next one starting as one ends
   -t SECONDS: kill a node's job after SECONDS (reported; status 255, as clush -u)
   --cache PATH: also bring PATH (a file or a tree)
+  --reattach-timeout SECONDS: how long to wait for a beoserv that went away (300; 0: do not wait)
   COMMAND as ssh takes it: one word of shell syntax (bpsh 0 'ls | wc -l'), or after any ssh option (-x, -o
   OPT, -l USER, ...), runs as /bin/sh -c 'the words joined by spaces'; otherwise the words are the argv"""
 
@@ -111,6 +136,7 @@ class BpshOptions:
         "fold",
         "fanout",
         "timeout",
+        "reattach_timeout",
     )
 
     def __init__(
@@ -127,10 +153,12 @@ class BpshOptions:
         fold=False,
         fanout=0,
         timeout=0.0,
+        reattach_timeout=REATTACH_TIMEOUT,
     ):
         self.socket, self.nodes, self.argv, self.cache = socket, nodes, tuple(argv), tuple(cache)
         self.no_stdin, self.prefix, self.sequential, self.divider = no_stdin, prefix, sequential or divider, divider
         self.exclude, self.fold, self.fanout, self.timeout = exclude, fold, fanout, timeout
+        self.reattach_timeout = reattach_timeout
 
     def __eq__(self, other):
         return isinstance(other, BpshOptions) and all(getattr(self, n) == getattr(other, n) for n in self.__slots__)
@@ -147,6 +175,7 @@ def parse_args(args, environ=None):
     cache = []
     no_stdin = every = prefix = sequential = divider = fold = as_ssh = False
     exclude, fanout, timeout = "", 0, 0.0
+    reattach_timeout = REATTACH_TIMEOUT
     rest = list(args)
     while rest and rest[0].startswith("-"):
         option = rest.pop(0)
@@ -172,6 +201,8 @@ def parse_args(args, environ=None):
                 value = rest.pop(0)
             if name == "--socket":
                 socket = value
+            elif name == "--reattach-timeout":
+                reattach_timeout = parse_seconds(name, value)
             elif name == "--cache":
                 cache.append(value)
             elif name in ("-x", "--exclude"):
@@ -214,7 +245,19 @@ def parse_args(args, environ=None):
         raise BpshUsageError(f"{nodes!r} is not a node set (e.g. n3, n[0-7], @up)")
     command = remote_command(rest, as_ssh)
     return BpshOptions(
-        socket, nodes, command, cache, no_stdin, prefix, sequential, divider, exclude, fold, fanout, timeout
+        socket,
+        nodes,
+        command,
+        cache,
+        no_stdin,
+        prefix,
+        sequential,
+        divider,
+        exclude,
+        fold,
+        fanout,
+        timeout,
+        reattach_timeout,
     )
 
 
@@ -269,6 +312,17 @@ def check_login(user):
         raise BpshUsageError(f"-l {user}: jobs run as the user who runs bpsh ({own}); run bpsh as {user} instead")
 
 
+def parse_seconds(name, text):
+    """--reattach-timeout: a number of seconds from 0 to a day: not NaN, not infinite, not negative."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= 86400:  # NaN fails this too
+        raise BpshUsageError(f"{name} {text!r}: expected seconds from 0 to 86400, e.g. {name} 600")
+    return seconds
+
+
 def encode_request(options, cwd, environ):
     """The request record; `environ` maps bytes to bytes (posix.environ)."""
 
@@ -311,9 +365,13 @@ class Client:
         self.options = options
         self.fds = fds
         self.sock = None
+        self.jobs = {}  # job id -> [stdout offset, stderr offset, node]: how far its output got, while it runs
+        self.statuses = []  # of the jobs that ended
+        self.pending = []  # signals to forward once beoserv is back
+        self.broken = set()  # descriptors that took no more (a closed pipe): the rest for them is dropped
 
     def run(self, signals=False):
-        """Send the request, wait for the status; the exit status bpsh should have."""
+        """Send the request, write the output, wait for the status; the exit status bpsh should have."""
         sock = self.sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
         try:
             sock.connect(self.options.socket)
@@ -335,11 +393,13 @@ class Client:
             if signals:
                 self._install_signals()
             while True:
-                reply = sock.recv(4096)
-                if reply[:1] == b"X":
-                    return int(reply[1:])
-                if not reply:
+                status = self._relay()
+                if status is not None:
+                    return status
+                if not self.jobs or self.options.reattach_timeout <= 0:
                     self._say("bpsh: beoserv closed the connection before the job ended\n")
+                    return NO_EXIT
+                if not self._reattach(fds):
                     return NO_EXIT
         except OSError as exc:
             self._say(f"bpsh: talking to beoserv at {self.options.socket}: {exc}\n")
@@ -348,7 +408,80 @@ class Client:
             if signals:
                 for signum in (*FORWARDED_SIGNALS, SIGTSTP, SIGCONT):
                     _signal.signal(signum, _signal.SIG_DFL)
-            sock.close()
+            self.sock.close()
+
+    def _relay(self):
+        """beoserv's records until the status (returned), or None when beoserv went away first."""
+        while True:
+            try:
+                record = self.sock.recv(RECORD_MAX)
+            except ConnectionError:
+                return None
+            kind = record[0] if record else 0
+            if kind == 79:  # b"O"
+                self._output(memoryview(record))
+                continue
+            if kind == 74:  # b"J"
+                self.jobs[int.from_bytes(record[1:9], "big")] = [0, 0, int(record[9:])]
+            elif kind == 69:  # b"E"
+                self.jobs.pop(int.from_bytes(record[1:9], "big"), None)
+                self.statuses.append(int(record[9:]))
+            elif kind == 88:  # b"X"
+                return max([int(record[1:]), *self.statuses])
+            elif not record:
+                return None
+
+    def _output(self, record):
+        stream, job, end = record[1], int.from_bytes(record[2:10], "big"), int.from_bytes(record[10:18], "big")
+        offsets = self.jobs.get(job)
+        if offsets is not None:
+            if end <= offsets[stream - 1]:
+                return  # written already (beoserv resends nothing bpsh told it it has: this is only a guard)
+            offsets[stream - 1] = end
+        fd = self.fds[2] if stream == 2 else self.fds[1]
+        if fd in self.broken:
+            return
+        view = record[18:]
+        try:
+            while view:
+                view = view[posix.write(fd, view) :]
+        except OSError as exc:
+            self.broken.add(fd)
+            if exc.errno == EPIPE and stream == 1:  # `bpsh 0 cat big | head`: the job gets SIGPIPE, as at a shell
+                self._send(b"P")
+
+    def _reattach(self, fds):
+        """Wait for beoserv to come back and take the running jobs again; False if it did not in time."""
+        timeout = self.options.reattach_timeout
+        self._say(f"bpsh: beoserv went away; waiting up to {timeout:g} s for it to reattach to {len(self.jobs)} jobs\n")
+        flags = b"".join(
+            letter
+            for letter, on in ((b"n", self.options.no_stdin), (b"p", self.options.prefix or self.options.fold))
+            if on
+        )
+        record = b"\0".join(
+            [REATTACH_MAGIC, flags, *(b"%d:%d:%d:%d" % (job, *offsets) for job, offsets in self.jobs.items())]
+        )
+        ancillary = [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)]
+        self.sock.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            time.sleep(REATTACH_POLL)
+            sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
+            try:
+                sock.connect(self.options.socket)
+                sock.sendmsg([record], ancillary)
+            except OSError:
+                sock.close()
+                continue
+            self.sock = sock
+            pending, self.pending = self.pending, []
+            for signum in pending:
+                self._send_signal(signum)
+            self._say("bpsh: reattached\n")
+            return True
+        self._say(f"bpsh: beoserv did not come back within {timeout:g} s\n")
+        return False
 
     def _send_request(self, request, fds):
         """One record with the descriptors; False (said why) if it is too big for this system's sockets."""
@@ -377,11 +510,16 @@ class Client:
         _signal.signal(SIGTSTP, self._stop)
         _signal.signal(SIGCONT, self._forward)
 
-    def _send_signal(self, signum):
+    def _send(self, record):
         try:
-            self.sock.send(b"S%d" % signum)
+            self.sock.send(record)
+            return True
         except OSError:
-            pass
+            return False
+
+    def _send_signal(self, signum):
+        if not self._send(b"S%d" % signum):
+            self.pending.append(signum)  # beoserv is away: forwarded when bpsh reattaches
 
     def _forward(self, signum, frame):
         self._send_signal(signum)

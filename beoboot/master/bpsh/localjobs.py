@@ -3,11 +3,16 @@
 # Why a local socket and not the HTTP port: the kernel tells beoserv who is asking (SO_PEERCRED), so a job
 # runs as the user who typed bpsh and nobody can claim another user's identity or reach it from a node;
 # and the client can hand over its own stdin, stdout and stderr (SCM_RIGHTS), which keeps the client
-# small enough to start in a few milliseconds, because beoserv writes the jobs' output straight to them.
+# small enough to start in a few milliseconds.
 #
-# Writes to the client's stdout and stderr may block (a pipe to a slow reader, a terminal stopped with
-# Ctrl-S), so they are done by a writer thread per session, started on the first output; the event loop
-# never writes to them. stdin is read on the loop when the kernel can poll it (a terminal, a pipe, a
+# The jobs' output goes to bpsh as records on its socket, and bpsh writes it: the one that writes it is the
+# one that knows what it wrote, which a restarted beoserv asks when bpsh reattaches (its offsets per job
+# and stream). What beoserv has put into bpsh's socket cannot be lost by a beoserv that dies after (bpsh
+# reads it first), so that is when the node may forget it (JobHub.delivered, every ACK_EVERY bytes).
+#
+# Sends to the client may block (a pipe to a slow reader behind it, a terminal stopped with Ctrl-S), so
+# they are done by a writer thread per session, started on the first record; the event loop never blocks
+# on them. stdin is read on the loop when the kernel can poll it (a terminal, a pipe, a
 # socket), by a thread when it cannot (a regular file), and not at all when it is /dev/null; either way at
 # most STDIN_AHEAD chunks ahead of what the nodes took (`bpsh 0 cat </dev/zero` would fill beoserv's memory).
 
@@ -18,6 +23,7 @@ import errno
 import logging
 import os
 import queue
+import select
 import signal
 import socket
 import stat
@@ -25,6 +31,8 @@ import struct
 import threading
 from dataclasses import replace
 from pathlib import Path
+from queue import Empty
+from typing import cast
 
 from agent import protocol as p
 from beoboot.errors import BeobootError
@@ -46,6 +54,51 @@ PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux 4.13; Python 3.11's socket module lacks the name
 GETSOCKOPT_MAX = 1024  # the largest buffer Python's getsockopt takes: 256 groups
 DEV_NULL = os.makedev(1, 3)
+# output bytes per record: a node's chunk (64 KiB) fits whole; a SEQPACKET record must fit the socket's send
+# buffer (net.core.wmem_default, 208 KiB), and bpsh reads records of up to client.RECORD_MAX
+RECORD_DATA_MAX = 128 << 10
+OUTPUT_RECORD_HEADER = 18  # b"O", stream, job, end: output_head()
+ACK_EVERY = 256 << 10  # output bytes per job delivered between acks to its node (stage3.outputlog.WINDOW: 1 MiB)
+MAX_REATTACH_JOBS = 1 << 20  # jobs in one reattach request: as many as a node list holds (jobhub.MAX_NODES)
+SEND_POLL = 1.0  # s: how long the writer waits at a time for room in a full socket
+
+
+class Marked(bytes):
+    """Output bytes that, once delivered, take their job's stream to an offset: mark = (job, stream, end).
+    A bytes, so that it passes through SequentialOutput, which holds and reorders output, unchanged."""
+
+    mark: tuple[int, int, int] | None = None
+
+
+def marked(data: bytes, mark: tuple[int, int, int] | None) -> bytes:
+    if mark is None:
+        return data
+    chunk = Marked(data)
+    chunk.mark = mark
+    return chunk
+
+
+_END = object()  # the end of the queue, met while joining records
+
+
+Queued = tuple[bytes, bytes, object]  # a record's head, its data (output), what its delivery means
+
+
+def _joins(then: object, following: Queued, size: int) -> bool:
+    """Whether the queued item `following` is output of the same job and stream as `then`, that fits."""
+    _, data, after = following
+    return (
+        isinstance(after, tuple)
+        and isinstance(then, tuple)
+        and after[:2] == then[:2]
+        and size + len(data) <= RECORD_DATA_MAX
+    )
+
+
+def output_head(stream: int, job: int, end: int) -> bytes:
+    """An output record's head: b"O", the stream, the job and the offset its stream reaches with the data
+    that follows (0 and 0: no job's, e.g. an error line)."""
+    return b"O" + bytes((stream,)) + job.to_bytes(8, "big") + end.to_bytes(8, "big")
 
 
 class RequestError(Exception):
@@ -132,6 +185,23 @@ def decode_request(data: bytes, uid: int, gid: int, groups: tuple[int, ...] = ()
     return request, letters
 
 
+def decode_reattach(data: bytes) -> tuple[str, list[tuple[int, int, int, int]]]:
+    """A bpsh reattach record -> (its option letters, [(job id, stdout offset, stderr offset, node)])."""
+    fields = data.split(b"\0")
+    if len(fields) < 3 or fields[0] != bpsh.REATTACH_MAGIC:
+        raise RequestError("not a bpsh reattach request (another version of bpsh?)")
+    wanted = []
+    for field in fields[2:]:
+        parts = field.split(b":")
+        if len(parts) != 4 or not all(part.isdigit() and len(part) <= 20 for part in parts):
+            raise RequestError(f"a malformed job in a bpsh reattach request: {field[:40]!r}")
+        job, stdout, stderr, node = map(int, parts)
+        wanted.append((job, stdout, stderr, node))
+    if not wanted or len(wanted) > MAX_REATTACH_JOBS:
+        raise RequestError(f"a bpsh reattach request names {len(wanted)} jobs: 1 to {MAX_REATTACH_JOBS} expected")
+    return fields[1].decode("ascii", "replace"), wanted
+
+
 class LinePrefixer:
     """bpsh -p: whole lines only, each led by its node's number, so the output of many nodes interleaves
     by line and says where it came from."""
@@ -159,6 +229,10 @@ class LinePrefixer:
         elif partial:
             self._partial[key] = partial
         return written
+
+    def holding(self, node: int, stream: int) -> int:
+        """Bytes of a partial line held for its newline."""
+        return len(self._partial.get((node, stream), b""))
 
     def rest(self, node: int, stream: int) -> bytes:
         """The last line of a job that ended without a newline."""
@@ -193,7 +267,7 @@ class LocalSession(Session):
         self._turn_came: asyncio.Event | None = None  # set when a node's held output was written (-s)
         self.stdin_fd, self.stdout_fd, self.stderr_fd = fds
         self.statuses: list[int] = []
-        self._writes: queue.SimpleQueue[tuple[int, bytes] | None] | None = None
+        self._writes: queue.SimpleQueue[Queued | None] | None = None
         self._queued = 0  # output bytes handed to the writer and not yet written
         self._queued_lock = threading.Lock()
         self._drained: asyncio.Event | None = None  # set when the writer got below QUEUE_LOW
@@ -210,14 +284,27 @@ class LocalSession(Session):
         if self.sequential is not None:
             self._write_chunks(self.sequential.start(nodes))
 
-    def output(self, stream: int, data: bytes, node: int) -> None:
+    def job_added(self, job: int, node: int) -> None:
+        self._send_record(b"J" + job.to_bytes(8, "big") + b"%d" % node, None)  # bpsh keeps its jobs' ids
+
+    def output(self, stream: int, data: bytes, node: int, job: int = 0, end: int = 0) -> None:
         if self.folded is not None and stream == p.Stream.STDOUT:
             self._write_chunks(self.folded.output(node, data, self._stdout_lines))
+            if job:
+                self._folded_taken(job, end)
             return
         if self.prefixes is not None:
             data = self.prefixes.lines(node, stream, data)
+            end -= self.prefixes.holding(node, stream)  # a partial line comes again, whole, after a restart
         if data:
-            self._output_unprefixed(stream, data, node)
+            self._output_unprefixed(stream, marked(data, (job, stream, end) if job else None), node)
+
+    def _folded_taken(self, job: int, end: int) -> None:
+        """-b holds standard output here until every node has ended, so bpsh gets only where the job's
+        stream reached (a record without data): its node may then forget it, as for output bpsh wrote (a
+        job with more than the node's window, 1 MiB, would block for good otherwise), and a bpsh that
+        reattaches after a restart asks for what came after. What -b held dies with its beoserv (README)."""
+        self._send_record(output_head(p.Stream.STDOUT, job, end), (job, p.Stream.STDOUT, end))
 
     def _stdout_lines(self, node: int, data: bytes) -> bytes:
         assert self.prefixes is not None  # set with -b
@@ -241,20 +328,19 @@ class LocalSession(Session):
             if self._turn_came is not None:
                 self._turn_came.set()
                 self._turn_came = None
+        if message.job:  # after the job's output: bpsh counts its status, then the node may forget it
+            self._send_record(b"E" + message.job.to_bytes(8, "big") + b"%d" % message.status, message.job)
 
     def _output_unprefixed(self, stream: int, data: bytes, node: int) -> None:
         """Output already in lines (-p) or needing none: written now, or held for its turn (-s)."""
         if self.sequential is not None:
             self._write_chunks(self.sequential.output(node, stream, data))
         else:
-            self._write(self._fd_for(stream), data)
+            self._write(stream, data)
 
     def _write_chunks(self, chunks: list[tuple[int, bytes]]) -> None:
         for stream, data in chunks:
-            self._write(self._fd_for(stream), data)
-
-    def _fd_for(self, stream: int) -> int:
-        return self.stderr_fd if stream == p.Stream.STDERR else self.stdout_fd
+            self._write(stream, data)
 
     def all_ended(self) -> None:
         if self.folded is not None:
@@ -265,7 +351,7 @@ class LocalSession(Session):
         if self._writes is None:
             self._send_status(status)
         else:
-            self._writes.put((-1, str(status).encode()))  # after the output: the client exits on it
+            self._writes.put((b"X%d" % status, b"", None))  # after the output: the client exits on it
             self._writes.put(None)
 
     # --- output -------------------------------------------------------------------------------------------
@@ -293,13 +379,43 @@ class LocalSession(Session):
             drained = self._drained
         await drained.wait()
 
-    def _write(self, fd: int, data: bytes) -> None:
+    def _write(self, stream: int, data: bytes) -> None:
+        """Output for bpsh's stdout or stderr, in records small enough for its socket."""
+        mark = getattr(data, "mark", None)
+        for start in range(0, len(data), RECORD_DATA_MAX):
+            piece = data[start : start + RECORD_DATA_MAX]
+            after = len(data) - start - len(piece)
+            job = end = 0
+            # a piece of the job's bytes as they came ends at a known offset; of prefixed lines, only the last
+            if mark is not None and (after == 0 or self.prefixes is None):
+                job, end = mark[0], mark[2] - after
+            self._send_record(output_head(stream, job, end), (job, stream, end) if job else None, piece)
+
+    def _send_record(self, record: bytes, then: object, data: bytes = b"") -> None:
+        """Queue a record for bpsh (its head, and output data if any); `then` is what its delivery means: an
+        output mark (job, stream, end), or a job id whose exit it carries."""
+        if self._writes is None and not data and not isinstance(then, tuple) and self._send_now(record, then):
+            return
         if self._writes is None:
             self._writes = queue.SimpleQueue()
             threading.Thread(target=self._writer, name="bpsh-output", daemon=True).start()
         with self._queued_lock:
-            self._queued += len(data)
-        self._writes.put((fd, data))
+            self._queued += len(record) + len(data)
+        self._writes.put((record, data, then))
+
+    def _send_now(self, record: bytes, then: object) -> bool:
+        """A small record (a job's id, its exit) sent from the loop while no output has come: a job that
+        writes nothing (`bpsh 0 true`) starts no writer thread, which would cost it a tenth of a millisecond.
+        False if the socket is full: the writer sends it."""
+        try:
+            self.conn.send(record)
+        except BlockingIOError:
+            return False
+        except OSError:
+            pass  # bpsh is gone: nothing more will reach it, and its jobs' exits count as delivered
+        if isinstance(then, int):
+            self.hub.exit_delivered(then)
+        return True
 
     def _written(self, size: int) -> None:
         """In the writer thread."""
@@ -310,31 +426,75 @@ class LocalSession(Session):
                 self._drained = None
 
     def _writer(self) -> None:
+        """Send the records in order. A bpsh gone (killed, its terminal closed) takes nothing more; its
+        jobs' output counts as delivered, so that their nodes forget it and the jobs, hung up, never block."""
         assert self._writes is not None
-        broken: set[int] = set()
-        while (item := self._writes.get()) is not None:
-            fd, data = item
-            if fd < 0:
-                self.loop.call_soon_threadsafe(self._send_status, int(data))
-                continue
-            try:
-                view = memoryview(data)
-                while view and fd not in broken:
-                    view = view[os.write(fd, view) :]
-            except OSError as exc:
-                broken.add(fd)  # drop the rest
-                if exc.errno == errno.EPIPE:  # `bpsh 0 cat big | head`: the job gets SIGPIPE, as at a shell
-                    self.loop.call_soon_threadsafe(self._signal_jobs, signal.SIGPIPE)
-            self._written(len(data))
+        broken = False
+        delivered: dict[int, list[int]] = {}  # job -> [stdout, stderr, bytes since the last ack]
+        queued = self._writes
+        held: Queued | None = None  # an item taken while joining records, sent next
+        while True:
+            item, held = (held, None) if held is not None else (queued.get(), None)
+            if item is None:
+                break
+            head, data, then = item
+            parts, size = [head, data], len(data)
+            if isinstance(then, tuple):  # output: join what follows of the same job and stream (many short
+                while size < RECORD_DATA_MAX:  # lines are one record, one recv and one write for bpsh)
+                    try:
+                        following = queued.get_nowait()
+                    except Empty:
+                        break
+                    if following is None or not _joins(then, following, size):
+                        held = following if following is not None else (b"", b"", _END)
+                        break
+                    parts.append(following[1])
+                    size += len(following[1])
+                    then = following[2]
+                if len(parts) > 2:
+                    last = cast(tuple[int, int, int], then)
+                    parts[0] = output_head(last[1], last[0], last[2])
+            if then is _END:
+                break
+            if head and not broken:
+                broken = not self._send_whole(parts)
+            if isinstance(then, tuple):
+                job, stream, end = then
+                offsets = delivered.setdefault(job, [0, 0, 0])
+                offsets[2] += max(0, end - offsets[stream - 1])
+                offsets[stream - 1] = max(offsets[stream - 1], end)
+                if offsets[2] >= ACK_EVERY:
+                    offsets[2] = 0
+                    self.loop.call_soon_threadsafe(self.hub.delivered, job, offsets[0], offsets[1])
+            elif isinstance(then, int):
+                delivered.pop(then, None)
+                self.loop.call_soon_threadsafe(self.hub.exit_delivered, then)
+            self._written(sum(map(len, parts)) + (len(parts) - 2) * OUTPUT_RECORD_HEADER)
         self.loop.call_soon_threadsafe(self._close_output)
 
+    def _send_whole(self, parts: list[bytes]) -> bool:
+        """One record to bpsh, from its parts (no copy to join them), waiting while its socket is full;
+        False if bpsh is gone."""
+        room = None
+        while True:
+            try:
+                self.conn.sendmsg(parts)
+                return True
+            except BlockingIOError:
+                if room is None:
+                    room = select.poll()  # not select(): beoserv's descriptors go far past FD_SETSIZE
+                    room.register(self.conn, select.POLLOUT)
+                room.poll(SEND_POLL * 1000)
+            except OSError:
+                return False
+
     def _send_status(self, status: int) -> None:
+        """The last word, when no output ever came (a refused request): from the loop, not the writer."""
         try:
             self.conn.send(b"X%d" % status)
         except OSError:
             pass
-        if self._writes is None:
-            self._close_output()
+        self._close_output()
 
     def _close_output(self) -> None:
         if self._closed:
@@ -365,7 +525,9 @@ class LocalSession(Session):
             self._stop_stdin()
             asyncio.ensure_future(self.hub.hang_up(self))
             return
-        if data[:1] == b"S" and data[1:].isdigit():
+        if data[:1] == b"P":  # bpsh's stdout is a closed pipe: the jobs get SIGPIPE, as at a shell
+            self._signal_jobs(signal.SIGPIPE)
+        elif data[:1] == b"S" and data[1:].isdigit():
             signum = int(data[1:])
             if signum == signal.SIGSTOP:  # Ctrl-Z: a stopped bpsh reads nothing, so neither does beoserv for it
                 self._stopped = True
@@ -515,6 +677,31 @@ class LocalListener:
         asyncio.get_running_loop().add_reader(sock.fileno(), self._accept)
         log.info("bpsh socket %s", self.path)
 
+    def reopen(self) -> None:
+        """SIGHUP: a new listening socket at the path, put in place by a rename, so that a bpsh never finds
+        none; the old one closes, and with it no session (each has its own connection)."""
+        if self.sock is None:
+            return
+        fresh = self.path.with_name(f".{self.path.name}.{os.getpid()}")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            fresh.unlink(missing_ok=True)
+            sock.bind(str(fresh))
+            os.chmod(fresh, 0o666)
+            sock.listen(128)
+            os.rename(fresh, self.path)
+        except OSError as exc:
+            sock.close()
+            fresh.unlink(missing_ok=True)
+            raise BeobootError(f"cannot make the bpsh socket {self.path} again: {exc.strerror or exc}") from None
+        sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(self.sock.fileno())
+        self.sock.close()
+        self.sock, self._inode = sock, os.stat(self.path).st_ino
+        loop.add_reader(sock.fileno(), self._accept)
+        log.info("bpsh socket %s reopened", self.path)
+
     def close(self) -> None:
         if self.sock is None:
             return
@@ -565,6 +752,9 @@ class LocalListener:
         if data.startswith(bpctl.REQUEST_MAGIC + b"\0"):
             asyncio.ensure_future(self._control(conn, fds, data, uid))
             return
+        if data.startswith(bpsh.REATTACH_MAGIC + b"\0"):
+            self._reattach(conn, fds, data, uid, pid)
+            return
         try:
             request, letters = decode_request(data, uid, gid, peer_groups(conn, pid, uid))
         except RequestError as exc:
@@ -582,6 +772,21 @@ class LocalListener:
         )
         session.listen()
         asyncio.ensure_future(self._run(session, request))
+
+    def _reattach(self, conn: socket.socket, fds: list[int], data: bytes, uid: int, pid: int) -> None:
+        """A bpsh whose beoserv went away, back for its jobs: only its own (the kernel says whose it is)."""
+        try:
+            letters, wanted = decode_reattach(data)
+        except RequestError as exc:
+            _say(fds[2], f"bpsh: {exc}\n")
+            _answer(conn, fds, USAGE_STATUS)
+            return
+        session = LocalSession(self.hub, asyncio.get_running_loop(), conn, fds, prefix="p" in letters, client_pid=pid)
+        session.listen()
+        self.hub.reattach(session, uid, wanted)
+        st = os.fstat(fds[0])
+        if "n" not in letters and session.jobs and not (stat.S_ISCHR(st.st_mode) and st.st_rdev == DEV_NULL):
+            asyncio.ensure_future(session.forward_stdin())
 
     async def _run(self, session: LocalSession, request: p.JobRequest) -> None:
         await self.hub.run(session, request)
