@@ -106,7 +106,14 @@ def master(tmp_path_factory):
     server.stop()
 
 
-def test_a_node_behind_the_master_is_set_at_registration_and_bpstat_shows_its_offset(master):
+def bpstat_json(master, number: int) -> str:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert bpstat_main(["--master", master.url, "--json", str(number)]) == 0
+    return out.getvalue()
+
+
+def test_a_node_behind_the_master_is_set_at_registration_and_past_the_drift_bound_and_bpstat_shows_it(master):
     """A real beoserv's replies: the node's (fake) wall clock an hour behind is stepped at registration by
     the master's time, and what the heartbeats measure after that is within a round trip of zero."""
     clock = HostClockBehind(3600.0)
@@ -118,10 +125,7 @@ def test_a_node_behind_the_master_is_set_at_registration_and_bpstat_shows_its_of
     for _ in range(2):  # the first reports the registration's measurement, the second the first's
         assert link.heartbeat(1.0) is not None
     assert len(clock.steps) == 1 and abs(keeper.offset) < 0.2
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        assert bpstat_main(["--master", master.url, "--json", str(reply.number)]) == 0
-    (row,) = json.loads(out.getvalue())
+    (row,) = json.loads(bpstat_json(master, reply.number))
     assert abs(row["clock_offset"]) < 0.2 and abs(row["clock_residual"]) < 0.2
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
@@ -129,6 +133,13 @@ def test_a_node_behind_the_master_is_set_at_registration_and_bpstat_shows_its_of
     header, line = out.getvalue().splitlines()[:2]
     assert header.split()[-1] == "clock" and line.split()[-1].endswith("s")
     assert abs(float(line.split()[-1][:-1])) < 0.2
+
+    clock.behind += 2.0  # the node's clock drifts two seconds: the next heartbeat's reply sets it again
+    assert link.heartbeat(1.0) is not None
+    assert clock.steps[1:] == [pytest.approx(2.0, abs=0.2)] and abs(clock.behind) < 0.2
+    assert link.heartbeat(1.0) is not None  # which reports it: 2 s measured, nothing left
+    row = json.loads(bpstat_json(master, reply.number))
+    assert row[0]["clock_offset"] == pytest.approx(2.0, abs=0.2) and row[0]["clock_residual"] == 0.0
 
 
 def test_a_link_without_a_setter_measures_and_leaves_the_clock(master):
