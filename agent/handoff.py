@@ -29,6 +29,8 @@ class Handoff:
     # time.monotonic() when the lease was asked for: stage 2 and stage 3 run on the same kernel
     # (switch_root, not kexec), so it is the same clock in both
     lease_obtained_at: float | None = None
+    # the last /dev/kmsg record stage 2 shipped (agent.kmsg): stage 3, on the same kernel, goes on after it
+    kmsg_seq: int | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, sort_keys=True) + "\n"

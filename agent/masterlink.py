@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 from agent import __version__
 from agent import protocol as p
+from agent.clocksync import ClockKeeper
 from agent.download import Backoff
 from agent.httpclient import Connection, HttpError, Response, retry_after
 from agent.schema import Stage
@@ -76,6 +77,7 @@ class MasterLink:
         max_buffered_lines: int = 5000,
         batch_lines: int = 200,
         log: Callable[[str], None] | None = None,
+        clock_keeper: ClockKeeper | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.mac = p.normalise_mac(mac)
@@ -90,6 +92,8 @@ class MasterLink:
         self.max_buffered_lines = max_buffered_lines
         self.batch_lines = batch_lines
         self.log = log  # told about each retry, so a node waiting for its master says so
+        # the wall clock, set from the master's (a booted node) or only measured (simulated, dry run)
+        self.clock_keeper = clock_keeper or ClockKeeper()
         self.registration: p.RegisterReply | None = None
         self.hardware = p.Hardware()
         # what this boot runs, sent with every registration: the stage sets the images it knows of
@@ -193,28 +197,42 @@ class MasterLink:
         if hardware is not None:
             self.hardware = hardware
         request = p.RegisterRequest(self.mac, self.stage, self.hardware, __version__, self.address, self.booted)
-        reply = self._with_retry("register", lambda: self._post(p.REGISTER_PATH, request, p.RegisterReply), attempts)
+        sent = [0.0]
+
+        def post() -> p.RegisterReply | None:
+            sent[0] = time.monotonic()  # the last try's: the one answered
+            return self._post(p.REGISTER_PATH, request, p.RegisterReply)
+
+        reply = self._with_retry("register", post, attempts)
+        received = time.monotonic()
         assert reply is not None
         self.registration = reply
+        self.clock_keeper.max_drift = reply.max_clock_drift
+        self.clock_keeper.observe(reply.master_time, sent[0], received, first=True)
         self._note_success()
         self.flush()
         return reply
 
     def heartbeat(self, uptime: float | None = None, load: p.Load | None = None) -> p.HeartbeatReply | None:
         """One heartbeat; None if the master did not answer. A master that forgot us gets a new registration."""
-        message = p.Heartbeat(self.mac, self.stage, uptime, self.address, load)
+        keeper = self.clock_keeper
+        message = p.Heartbeat(self.mac, self.stage, uptime, self.address, load, keeper.offset, keeper.residual)
         try:
             try:
+                sent = time.monotonic()
                 reply = self._post(p.HEARTBEAT_PATH, message, p.HeartbeatReply)
             except _Unregistered:
                 self.register(attempts=1)
+                sent = time.monotonic()
                 reply = self._post(p.HEARTBEAT_PATH, message, p.HeartbeatReply)
+            received = time.monotonic()
         except (HttpError, MasterLinkError, _Unregistered):
             self._note_failure()
             return None
         self._note_success()
         if reply is not None:
             self.hosts_version = reply.hosts_version
+            keeper.observe(reply.master_time, sent, received)
         return reply
 
     def hosts(self) -> str | None:
@@ -264,8 +282,12 @@ class MasterLink:
             self._events.append(item)
         self.flush()
 
-    def queue_log(self, level: str, message: str) -> None:
-        line = p.LogLine(self.clock(), self.stage, level, message)
+    def queue_log(self, level: str, message: str, *, source: str = "agent", kernel_time: float | None = None) -> None:
+        """Buffer a line for the master. A kernel record (agent.kmsg) is stamped with its own time: the kernel
+        stamps records on the clock time.monotonic() reads, from the same boot (not later than now)."""
+        now = self.clock()
+        mono = now if kernel_time is None else min(kernel_time, now)
+        line = p.LogLine(mono, self.stage, level, message, source, kernel_time)
         with self._queue_lock:
             self._lines.append(line)
             self._trim_lines()

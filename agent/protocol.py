@@ -34,6 +34,7 @@ NODES_PATH = f"{API}/nodes"  # GET -> NodeList
 HOSTS_PATH = f"{API}/hosts"  # GET -> text/plain, /etc/hosts lines: "ADDRESS nN .N" for every node with an address
 TIMELINE_PATH = f"{API}/nodes/{{node}}/timeline"  # GET -> Timeline; node: 3, ".3", "n3" or a MAC
 STATUS_PATH = f"{API}/status"  # GET -> ServerStatus
+NODE_LOG_PATH = f"{API}/nodes/{{node}}/log"  # GET -> NodeLog; query source=kernel|agent, limit=N
 BOOT_PREFIX = "/"  # GET/HEAD the builder's output tree, at the root as nginx serves it (images, kernel, manifest.json); Range, If-Range
 
 # A node the master does not know (its registry was lost) gets 404 on heartbeat/events/logs: register again.
@@ -170,6 +171,9 @@ class RegisterReply:
     # the master's own host name, which nodes then resolve to the master: launchers on the master give it
     # to what they start on nodes to call back (Hydra's `--control-port vm:PORT`)
     master_hostname: str = ""
+    # the master's wall time as it answered (agent.clocksync: the node sets its clock by it; 0: not sent)
+    master_time: float = 0.0
+    max_clock_drift: float = 0.5  # seconds the node's clock may drift from the master's before it is set again
 
 
 @dataclass(frozen=True)
@@ -189,6 +193,10 @@ class Heartbeat:
     uptime: float | None = None  # /proc/uptime of the node, seconds
     address: str | None = None  # as in RegisterRequest: changes when a new DHCP lease moves the node
     load: Load | None = None
+    # seconds the master's clock was ahead of the node's at the last reply (agent.clocksync), and what is
+    # left of it after the node set its clock; None: not measured yet
+    clock_offset: float | None = None
+    clock_residual: float | None = None
 
 
 @dataclass(frozen=True)
@@ -198,6 +206,7 @@ class HeartbeatReply:
     heartbeat_interval: float
     # changes when the cluster's host table (HOSTS_PATH) does: a node fetches it again only then
     hosts_version: int = 0
+    master_time: float = 0.0  # as in RegisterReply: the node checks its clock's drift by it
 
 
 @dataclass(frozen=True)
@@ -221,6 +230,11 @@ class LogLine:
     stage: Stage
     level: str  # "INFO", "WARNING", ...
     message: str
+    source: str = "agent"  # LOG_SOURCES: the agent's own line, or a record of the kernel's (/dev/kmsg)
+    kernel_time: float | None = None  # a kernel record's own time stamp: seconds since its kernel booted
+
+
+LOG_SOURCES = ("agent", "kernel")
 
 
 @dataclass(frozen=True)
@@ -255,6 +269,10 @@ class NodeRow:
     # what the node's next boot would change: the names (kernel, stage3, envroot) whose published build
     # differs from what it booted; () none; None: not known (it reported nothing to compare)
     next_boot_changes: tuple[str, ...] | None = None
+    # the node's clock, seconds behind the master's, as it last measured (Heartbeat.clock_offset), and what
+    # was left after it set its clock then: what bpstat shows
+    clock_offset: float | None = None
+    clock_residual: float | None = None
 
 
 @dataclass(frozen=True)
@@ -277,6 +295,22 @@ class Timeline:
     mac: str
     boot: int
     entries: tuple[TimelineEntry, ...]
+
+
+@dataclass(frozen=True)
+class NodeLogEntry:
+    t: float  # master wall-clock time (epoch seconds)
+    stage: Stage
+    level: str
+    message: str
+    source: str = "agent"
+    kernel_time: float | None = None
+
+
+@dataclass(frozen=True)
+class NodeLog:
+    number: int
+    entries: tuple[NodeLogEntry, ...]
 
 
 @dataclass(frozen=True)

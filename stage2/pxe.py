@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import time
 
-from agent import bootfiles, cmdline, cpio, hwprobe
+from agent import bootfiles, clocksync, cmdline, cpio, hwprobe, kmsg
 from agent import protocol as p
 from agent.config import AgentConfig
 from agent.handoff import HANDOFF_PATH, Handoff
@@ -33,10 +33,13 @@ def main(config: AgentConfig, *, dry_run: bool) -> None:
 def run(config: AgentConfig, net: NetworkState, *, dhcp_started: float, dry_run: bool) -> None:
     master = net.master_url or ""
     mac = nicdetect.mac_text(net.interface)
-    link = MasterLink(master, mac, Stage.PXE, log=say)
+    # the master sets this node's clock at registration (a dry run only measures: it runs on the build host)
+    keeper = clocksync.ClockKeeper(None if dry_run else clocksync.set_wall_clock, log=say)
+    link = MasterLink(master, mac, Stage.PXE, log=say, clock_keeper=keeper)
     link.event(p.BootEvent.STAGE2_START, at=dhcp_started)
     link.event(p.BootEvent.DHCP, f"{net.interface} {net.lease.cidr}", at=dhcp_started)
     reporter.attach(link)  # from here on every line also goes to the master
+    kernel_log = None if dry_run else kmsg.ship(link.queue_log, say)  # and the kernel's, from its first
     say(f"beoboot: registering with the master {master}")
     link.register(hwprobe.probe())  # retries until the master answers
     pins = bootfiles.pins_from_cmdline(cmdline.read())
@@ -49,6 +52,7 @@ def run(config: AgentConfig, net: NetworkState, *, dhcp_started: float, dry_run:
     count = cpio.extract_image(download, NEW_ROOT)
     os.unlink(download)
     say(f"beoboot: unpacked stage 3: {count} entries in {time.monotonic() - started:.1f} s")
+    kmsg_seq = kernel_log.stop() if kernel_log is not None else None  # stage 3 goes on after it
     handoff = Handoff(
         master,
         mac,
@@ -61,6 +65,7 @@ def run(config: AgentConfig, net: NetworkState, *, dhcp_started: float, dry_run:
         renewal_seconds=net.lease.renewal_seconds,
         rebinding_seconds=net.lease.rebinding_seconds,
         lease_obtained_at=net.lease_obtained_at,
+        kmsg_seq=kmsg_seq,
     )
     os.makedirs(os.path.dirname(NEW_ROOT + HANDOFF_PATH), exist_ok=True)
     with open(NEW_ROOT + HANDOFF_PATH, "w") as f:

@@ -17,7 +17,7 @@ import subprocess
 import time
 from collections.abc import Callable
 
-from agent import bootfiles, cmdline, cpio, hwprobe
+from agent import bootfiles, clocksync, cmdline, cpio, hwprobe, kmsg
 from agent import protocol as p
 from agent.config import MKE2FS_FSTYPES, MKE2FS_PATH, AgentConfig
 from agent.handoff import HANDOFF_PATH, Handoff
@@ -266,12 +266,15 @@ def main(config: AgentConfig, *, dry_run: bool) -> None:
 def run(config: AgentConfig, *, dry_run: bool) -> None:
     signal.signal(signal.SIGCHLD, reap_children)
     handoff = read_handoff()
-    link = MasterLink(handoff.master_url, handoff.mac, Stage.SUPERVISOR, log=say)
+    keeper = clocksync.ClockKeeper(None if dry_run else clocksync.set_wall_clock, log=say)
+    link = MasterLink(handoff.master_url, handoff.mac, Stage.SUPERVISOR, log=say, clock_keeper=keeper)
     link.address = handoff.address  # the DHCP address; with an address plan the master uses its own
     # stage 3 as stage 2 checked it, and the environment root by its pin: the only one it takes
     images = {**handoff.booted, **{k: v for k, v in handoff.pins.items() if k == Stage.ENVROOT}}
     link.booted = p.Booted(link.booted.kernel, images)
     reporter.attach(link)
+    if not dry_run:  # the kernel's log, after what stage 2 sent of it
+        kmsg.ship(link.queue_log, say, after_seq=handoff.kmsg_seq)
     try:
         with open(MEMORY_REPORT) as f:
             memory = json.load(f)

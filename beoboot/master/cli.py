@@ -16,6 +16,7 @@ import requests
 from agent import protocol as p
 from beoboot.configfile import render
 from beoboot.errors import BeobootError, UsageError
+from beoboot.master import nodelog
 from beoboot.master import timeline as tl
 from beoboot.master.bpsh import client as bpsh
 from beoboot.master.config import MasterConfig, load_config
@@ -103,6 +104,11 @@ def bpstat_parser() -> argparse.ArgumentParser:
     parser.add_argument("--svg", type=Path, metavar="FILE", help="with --timeline: draw a waterfall SVG to FILE")
     parser.add_argument("--jobs", action="store_true", help="the bpsh jobs running on the nodes (as bps)")
     parser.add_argument("--all", action="store_true", help="with --jobs: recently ended jobs too")
+    parser.add_argument("--log", metavar="NODE", help="the log lines NODE sent (its agent's and its kernel's)")
+    parser.add_argument("--kernel", action="store_true", help="with --log: only the kernel's (/dev/kmsg)")
+    parser.add_argument(
+        "--lines", type=int, default=1000, metavar="N", help="with --log: the last N (default %(default)s)"
+    )
     return parser
 
 
@@ -150,6 +156,11 @@ def format_next_boot(changes: tuple[str, ...] | None) -> str:
     return "new " + ",".join(changes) if changes else "same"
 
 
+def format_clock(offset: float | None) -> str:
+    """How far the node's clock is behind the master's ('+0.004s'), or '-' when it measured none."""
+    return "-" if offset is None else f"{offset:+.3f}s"
+
+
 def format_nodes(nodes: p.NodeList) -> str:
     header = (
         "node",
@@ -165,6 +176,7 @@ def format_nodes(nodes: p.NodeList) -> str:
         "kernel",
         "booted",
         "next boot",
+        "clock",
     )
     rows = [header]
     for n in nodes.nodes:
@@ -188,6 +200,7 @@ def format_nodes(nodes: p.NodeList) -> str:
                 printable(n.booted.kernel or "-"),
                 format_booted(n.booted),
                 format_next_boot(n.next_boot_changes),
+                format_clock(n.clock_residual if n.clock_residual is not None else n.clock_offset),
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
@@ -226,8 +239,12 @@ def _jobs(args: argparse.Namespace) -> int:
 
 
 def _bpstat(args: argparse.Namespace) -> int:
-    if (args.nodes or args.exclude) and (args.timeline or args.jobs):
-        raise UsageError("a NODESET or -x goes with the node table, not with --timeline or --jobs")
+    if (args.nodes or args.exclude) and (args.timeline or args.jobs or args.log):
+        raise UsageError("a NODESET or -x goes with the node table, not with --timeline, --jobs or --log")
+    if args.kernel and not args.log:
+        raise UsageError("--kernel needs --log NODE")
+    if args.log:
+        return _log(args)
     if args.jobs:
         return _jobs(args)
     if args.all:
@@ -254,6 +271,16 @@ def _bpstat(args: argparse.Namespace) -> int:
         print(json.dumps([asdict(n) for n in nodes.nodes], indent=1))
     else:
         sys.stdout.write(format_nodes(nodes))
+    return 0
+
+
+def _log(args: argparse.Namespace) -> int:
+    params = {"limit": str(args.lines), **({"source": "kernel"} if args.kernel else {})}
+    node_log = p.from_json(p.NodeLog, _get(args.master, p.NODE_LOG_PATH.format(node=args.log), params))
+    if args.json:
+        print(json.dumps([asdict(e) for e in node_log.entries], indent=1))
+    else:
+        sys.stdout.write(nodelog.format_text(node_log))
     return 0
 
 

@@ -106,6 +106,10 @@ class MasterConfig:
     first_node_address: str | None = setting(
         _typed(str, then=_first_node_address), "BeoNSS: node N's address is this IPv4 address + N", None
     )
+    # agent.clocksync: the node sets its clock to the master's at registration, and again past this drift
+    max_clock_drift: float = setting(
+        _seconds(0.001, 3600), "seconds a node's clock may drift from the master's before it is set again", 0.5
+    )
     hostname_prefix: str = setting(_typed(str, then=_hostname_prefix), 'node N is named PREFIX + N, e.g. "n3"', "n")
     reap_interval: float = setting(
         _seconds(0, 3600), "how often to look for lost nodes; 0: heartbeat_timeout / 4, at most 1 s", 0.0

@@ -99,6 +99,10 @@ ADDED_COLUMNS = (
     ("nodes", "load", "TEXT"),
     ("nodes", "agent_version", "TEXT NOT NULL DEFAULT ''"),
     ("nodes", "booted", "TEXT NOT NULL DEFAULT '{}'"),  # what its last registration said it runs
+    ("nodes", "clock_offset", "REAL"),  # the node's clock, behind the master's, as it last measured ...
+    ("nodes", "clock_residual", "REAL"),  # ... and after it set its clock then
+    ("logs", "source", "TEXT NOT NULL DEFAULT 'agent'"),  # agent, or kernel (/dev/kmsg)
+    ("logs", "kernel_time", "REAL"),  # a kernel record's time stamp, seconds since its kernel booted
 )
 
 
@@ -124,6 +128,8 @@ class NodeRecord:
     first_seen: float = 0.0
     agent_version: str = ""  # as its last registration said
     booted: Booted = field(default_factory=Booted)  # as its last registration said: its kernel and images
+    clock_offset: float | None = None  # as its last heartbeat said (agent.clocksync)
+    clock_residual: float | None = None
     # the hardware as stored, kept so that a heartbeat's row write does not encode it again
     hardware_json: str = field(default="{}", repr=False, compare=False)
 
@@ -160,15 +166,17 @@ def _alive_state(ready: bool) -> NodeState:
 # every column of a node's row, in the order _row() gives them
 NODE_COLUMNS = (
     "number, mac, state, stage, boot, ready, first_seen, last_seen, uptime, uptime_at, hardware, link_token,"
-    " address, load, agent_version, booted"
+    " address, load, agent_version, booted, clock_offset, clock_residual"
 )
-WRITE_NODE = f"INSERT OR REPLACE INTO nodes ({NODE_COLUMNS}) VALUES ({', '.join('?' * 16)})"
+WRITE_NODE = f"INSERT OR REPLACE INTO nodes ({NODE_COLUMNS}) VALUES ({', '.join('?' * 18)})"
 WRITE_EVENT = "INSERT INTO events (number, boot, t, event, stage, detail) VALUES (?, ?, ?, ?, ?, ?)"
 WRITE_JOB = (
     "INSERT OR REPLACE INTO jobs (id, node, uid, command, state, started, pid, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 JOBS_KEPT = 10000  # ended jobs kept in the table; older ones are dropped when beoserv starts
-WRITE_LOG = "INSERT INTO logs (number, boot, t, stage, level, message) VALUES (?, ?, ?, ?, ?, ?)"
+WRITE_LOG = (
+    "INSERT INTO logs (number, boot, t, stage, level, message, source, kernel_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
 
 
 def _row(node: NodeRecord) -> tuple[object, ...]:
@@ -190,6 +198,8 @@ def _row(node: NodeRecord) -> tuple[object, ...]:
         load,
         node.agent_version,
         json.dumps(asdict(node.booted), sort_keys=True),
+        node.clock_offset,
+        node.clock_residual,
     )
 
 
@@ -332,10 +342,12 @@ class Registry:
         now: float,
         address: str | None = None,
         load: Load | None = None,
+        clock: tuple[float | None, float | None] = (None, None),
     ) -> NodeRecord | None:
         """None: the MAC is not registered (the node must register again). `address`, when given, is the
         node's address now: a node whose DHCP lease moved it reports the new one here, between
-        registrations, and the host table changes with it."""
+        registrations, and the host table changes with it. `clock`: the offset the node measured, and
+        what was left after it set its clock (None, None: it measured none yet)."""
         old = self._by_mac.get(normalise_mac(mac))
         if old is None:
             return None
@@ -352,6 +364,8 @@ class Registry:
                 state=_alive_state(old.ready),
                 load=load if load is not None else old.load,
                 address=address if moved else old.address,
+                clock_offset=clock[0] if clock[0] is not None else old.clock_offset,
+                clock_residual=clock[1] if clock[0] is not None else old.clock_residual,
             )
         )
 
@@ -372,7 +386,10 @@ class Registry:
         old = self._by_mac.get(normalise_mac(mac))
         if old is None:
             return None
-        rows = [(old.number, old.boot, t, line.stage, line.level, line.message) for t, line in lines]
+        rows = [
+            (old.number, old.boot, t, line.stage, line.level, line.message, line.source, line.kernel_time)
+            for t, line in lines
+        ]
         self._writes.execute(WRITE_LOG, rows, droppable=True)
         if now > old.last_seen:
             self._changed(replace(old, last_seen=now))
@@ -443,6 +460,8 @@ class Registry:
             hardware_json=row["hardware"],
             agent_version=row["agent_version"],
             booted=booted,
+            clock_offset=row["clock_offset"],
+            clock_residual=row["clock_residual"],
         )
 
     def node_by_mac(self, mac: str) -> NodeRecord | None:
@@ -502,9 +521,18 @@ class Registry:
         return [(node.number, node.address) for node in self._by_number.values()]
 
     def logs(self, number: int, limit: int = 1000) -> list[tuple[float, str, str, str]]:
+        return [(t, stage, level, message) for t, stage, level, message, _, _ in self.log_entries(number, limit)]
+
+    def log_entries(
+        self, number: int, limit: int = 1000, source: str | None = None
+    ) -> list[tuple[float, str, str, str, str, float | None]]:
+        """The node's last `limit` log lines, of every boot kept, oldest first: (t, stage, level, message,
+        source, kernel_time); only those of `source` (agent, kernel) when given."""
         self.flush()
+        where = "number = ?" + (" AND source = ?" if source is not None else "")
         rows = self._db.execute(
-            "SELECT t, stage, level, message FROM logs WHERE number = ? ORDER BY t DESC, id DESC LIMIT ?",
-            (number, limit),
+            f"SELECT t, stage, level, message, source, kernel_time FROM logs WHERE {where}"
+            " ORDER BY t DESC, id DESC LIMIT ?",
+            (number, source, limit) if source is not None else (number, limit),
         ).fetchall()
         return [tuple(r) for r in reversed(rows)]

@@ -33,6 +33,7 @@ from typing import Any
 from aiohttp import web
 
 from agent import protocol as p
+from agent.schema import Stage
 from beoboot.errors import BeobootError, ConfigError
 from beoboot.master import admission, exhaustion, fdlimit, hostsfile, nextboot, transfers
 from beoboot.master.bpsh.localjobs import LocalListener
@@ -53,6 +54,7 @@ node_log = logging.getLogger("beoserv.node")
 NAME_MAX = 255  # bytes in one name of a path (Linux): a longer one names nothing here
 CONTROL = re.compile("[\x00-\x1f\x7f]")
 BOOT_NUMBER = re.compile("[0-9]{1,18}")  # within SQLite's 64-bit INTEGER
+NODE_LOG_LIMIT = 10000  # lines of a node's log in one answer (bpstat --log)
 # The host table is published to the nodes, and the hosts file rewritten (and synced to disk), at most this
 # often: when a thousand nodes register at once the table is joined, and nodes told of it, a few times, not a
 # thousand (beoboot.master.hosttable)
@@ -228,6 +230,7 @@ class Beoserv:
         app.router.add_get(p.NODES_PATH, self.nodes)
         app.router.add_get(p.HOSTS_PATH, self.hosts)
         app.router.add_get(p.TIMELINE_PATH, self.timeline)
+        app.router.add_get(p.NODE_LOG_PATH, self.node_log)
         app.router.add_get(p.STATUS_PATH, self.status)
         self.jobs.add_routes(app)  # before the boot tree's catch-all
         app.router.add_get(p.BOOT_PREFIX + "{path:.+}", self.boot_file)
@@ -495,6 +498,8 @@ class Beoserv:
             agent_version=node.agent_version,
             booted=node.booted,
             next_boot_changes=nextboot.changes(node.booted, published),
+            clock_offset=node.clock_offset,
+            clock_residual=node.clock_residual,
         )
 
     def _registration_refused(self, request: web.Request) -> web.Response | None:
@@ -545,6 +550,8 @@ class Beoserv:
                 heartbeat_timeout=self.config.heartbeat_timeout,
                 link_token=node.link_token,
                 master_hostname=MASTER_HOSTNAME,
+                master_time=time.time(),  # as late as can be: the node takes it for now + half the round trip
+                max_clock_drift=self.config.max_clock_drift,
             )
         )
 
@@ -568,14 +575,19 @@ class Beoserv:
         if (refused := self._not_from(request, msg.mac)) is not None:
             return refused
         generation = self.registry.generation
-        node = self.registry.heartbeat(msg.mac, msg.stage, msg.uptime, time.time(), _plain_ipv4(msg.address), msg.load)
+        clock = (msg.clock_offset, msg.clock_residual)
+        node = self.registry.heartbeat(
+            msg.mac, msg.stage, msg.uptime, time.time(), _plain_ipv4(msg.address), msg.load, clock
+        )
         if node is None:
             return self._unknown(msg.mac)
         if self.registry.generation != generation:
             log.info("node %d (%s) now at %s: its DHCP lease moved it", node.number, node.mac, node.address)
             self._host_changed(node)
         version = self._hosts.published.version
-        return json_response(p.HeartbeatReply(node.number, node.state, self.config.heartbeat_interval, version))
+        return json_response(
+            p.HeartbeatReply(node.number, node.state, self.config.heartbeat_interval, version, time.time())
+        )
 
     def _address_of(self, node: NodeRecord) -> str | None:
         """Where the node is reached: its address plan's address, else the one it last reported."""
@@ -641,6 +653,11 @@ class Beoserv:
         msg = p.from_json(p.LogBatch, await request.read())
         if (refused := self._not_from(request, msg.mac)) is not None:
             return refused
+        for line in msg.lines:
+            if line.source not in p.LOG_SOURCES:
+                raise p.ProtocolError(
+                    f"LogBatch.lines: source {printable(line.source)[:40]!r} is not one of {p.LOG_SOURCES}"
+                )
         now = time.time()
         timed = [(master_time(now, msg.sent_mono, line.mono), line) for line in msg.lines]
         number = self.registry.record_logs(msg.mac, timed, now)
@@ -648,7 +665,8 @@ class Beoserv:
             return self._unknown(msg.mac)
         mac = printable(msg.mac)
         for t, line in timed:
-            node_log.info("%s %s %s %s %s", iso(t), mac, line.stage, printable(line.level), printable(line.message))
+            stage = f"{line.stage} kernel" if line.source == "kernel" else line.stage
+            node_log.info("%s %s %s %s %s", iso(t), mac, stage, printable(line.level), printable(line.message))
         if msg.dropped:
             node_log.warning("%s %s node dropped %d log lines (buffer full)", iso(now), mac, msg.dropped)
         return json_response(p.Accepted(len(timed)))
@@ -676,6 +694,24 @@ class Beoserv:
         boot, entries = self.registry.timeline(node.number, int(boot_arg) if boot_arg else None)
         rows = tuple(p.TimelineEntry(e.t, e.event, e.stage, e.detail) for e in entries)
         return json_response(p.Timeline(node.number, node.mac, boot, rows))
+
+    async def node_log(self, request: web.Request) -> web.Response:
+        """A node's log lines (bpstat --log), oldest first: every source, or the one `source` names."""
+        node = self.registry.find(request.match_info["node"])
+        source = request.query.get("source")
+        if source is not None and source not in p.LOG_SOURCES:
+            raise p.ProtocolError(f"source='{printable(source)[:40]}' must be one of {', '.join(p.LOG_SOURCES)}")
+        limit_arg = request.query.get("limit", str(NODE_LOG_LIMIT))
+        if not BOOT_NUMBER.fullmatch(limit_arg) or not 0 < int(limit_arg) <= NODE_LOG_LIMIT:
+            raise p.ProtocolError(
+                f"limit='{printable(limit_arg)[:40]}' must be a number of lines, 1 to {NODE_LOG_LIMIT}"
+            )
+        await self.registry.committed()  # the lines sent so far are in the database
+        rows = self.registry.log_entries(node.number, int(limit_arg), source)
+        entries = tuple(
+            p.NodeLogEntry(t, Stage(stage), level, message, src, kt) for t, stage, level, message, src, kt in rows
+        )
+        return json_response(p.NodeLog(node.number, entries))
 
     async def status(self, request: web.Request) -> web.Response:
         return json_response(self.server_status())
