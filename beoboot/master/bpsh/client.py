@@ -1,6 +1,7 @@
 """`bpsh NODESET|-a COMMAND [ARGS...]`: run the master's COMMAND on nodes, as if it ran here.
 
-This is the whole client (beoboot/master/bpsh/executable.py is the executable that loads it), kept tiny on purpose: a cached job runs on a node in a few
+This is the whole client (beoboot/master/bpsh/executable.py is the executable that loads it; fast/bpsh.c is
+its common path compiled, which runs this for what it does not handle itself), kept tiny on purpose: a cached job runs on a node in a few
 milliseconds, so the client's own start-up is most of what a user waits for. It runs as `python3 -IS`
 (no site, no venv, no environment) and imports only modules built into the interpreter or loaded by its
 start-up anyway (_socket, _signal, posix, sys): no json, no enum, no dataclasses, which would each cost
@@ -41,6 +42,7 @@ SOCKET_ENV = "BEOSERV_SOCKET"
 DEFAULT_SOCKET = "/run/beoserv/bpsh.sock"
 NO_EXIT = 255  # beoserv went away before the status came back (ssh answers 255 likewise)
 MAX_REQUEST = 1 << 20
+CLOSED_EARLY = "bpsh: beoserv closed the connection before the job ended\n"
 USAGE_EXIT = 2  # a bad command line, or a request too big to send
 EMSGSIZE = 90  # Linux's errno value; the errno module is not among the client's imports
 FLAG_LETTERS = "anpsdbh"  # the one-letter options without a value, which may be given together (-ap)
@@ -339,7 +341,7 @@ class Client:
                 if reply[:1] == b"X":
                     return int(reply[1:])
                 if not reply:
-                    self._say("bpsh: beoserv closed the connection before the job ended\n")
+                    self._say(CLOSED_EARLY)
                     return NO_EXIT
         except OSError as exc:
             self._say(f"bpsh: talking to beoserv at {self.options.socket}: {exc}\n")
