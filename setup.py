@@ -15,7 +15,7 @@ except ImportError:  # setuptools before 69.1 (Debian's 66): its distutils' own,
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # this tree's compile.py, under pip's build isolation
 
-from beoboot.master.bpsh.fast.compile import SOURCE, compile_client, installed_fallback  # noqa: E402
+from beoboot.master.bpsh.fast.compile import BESIDE, SOURCE, compile_client, installed_fallback  # noqa: E402
 
 
 class BuildCompiledBpsh(build_scripts):
@@ -23,7 +23,7 @@ class BuildCompiledBpsh(build_scripts):
 
     def run(self) -> None:
         # sys.executable: the interpreter pip installs for, whose beoboot the fallback imports
-        compile_client(Path(self.build_dir) / "bpsh", installed_fallback(sys.executable))
+        compile_client(Path(self.build_dir) / "bpsh", installed_fallback(sys.executable), BESIDE)
 
 
 class CompiledDistribution(Distribution):

@@ -436,6 +436,3 @@ def main(argv=None):
         posix.write(1, f"{USAGE}\n".encode())
         return 0
     return Client(options).run(signals=True)
-
-
-bpsh_main = main  # the console-script entry point

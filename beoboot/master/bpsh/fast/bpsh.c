@@ -63,6 +63,18 @@ _Noreturn static void fall_back(void)
             argv[i] = (char *)prefix[i];
         for (int i = 1; i < given_argc; i++)
             argv[n + (size_t)i - 1] = given_argv[i];
+#ifdef FALLBACK_BESIDE
+        /* installed by pip: the interpreter beside this executable (a virtualenv's), whose site-packages
+         * hold this beoboot, rather than the one that built the wheel; else that one */
+        static char beside[4096];
+        ssize_t len = readlink("/proc/self/exe", beside, sizeof beside - sizeof FALLBACK_BESIDE);
+        char *slash = len > 0 ? memrchr(beside, '/', (size_t)len) : 0;
+        if (slash) {
+            memcpy(slash + 1, FALLBACK_BESIDE, sizeof FALLBACK_BESIDE);
+            if (access(beside, X_OK) == 0)
+                argv[0] = beside;
+        }
+#endif
         execv(argv[0], argv);
     }
     dprintf(2, "bpsh: cannot run the Python client %s: %s\n  hint: reinstall beoboot (python3 build.py setup)\n",

@@ -33,8 +33,13 @@ def venv_fallback(python: str = sys.executable) -> list[str]:
 
 
 def installed_fallback(python: str = sys.executable) -> list[str]:
-    """The Python client of the beoboot that `python` imports (a pip install, wherever it put it)."""
+    """The Python client of the beoboot that `python` imports (a pip install, wherever it put it). bpsh.c
+    runs it with the python3 beside the executable instead, when there is one (BESIDE): a wheel is built
+    by one interpreter and may be installed for another's virtualenv."""
     return [python, "-I", "-c", "import posix; from beoboot.master.bpsh.client import main; posix._exit(main())"]
+
+
+BESIDE = "python3"
 
 
 def c_string(text: str | bytes) -> str:
@@ -48,9 +53,10 @@ def c_strings(items: Sequence[str]) -> str:
     return "{" + "".join(c_string(item) + ", " for item in items) + "0}"
 
 
-def rules_header(fallback: Sequence[str]) -> str:
+def rules_header(fallback: Sequence[str], beside: str | None = None) -> str:
     """What bpsh.c shares with client.py, as client.py declares it; and the Python client to run for the
-    rest (its argv, to which the command line's arguments are added)."""
+    rest (its argv, to which the command line's arguments are added; with `beside`, the interpreter of that
+    name beside the executable, if there is one, instead of fallback[0])."""
     assert "\0" not in client.SHELL_SYNTAX
     lines = {
         "REQUEST_MAGIC": c_string(client.REQUEST_MAGIC),
@@ -67,14 +73,16 @@ def rules_header(fallback: Sequence[str]) -> str:
         "MAX_REQUEST": str(client.MAX_REQUEST),
         "FALLBACK_ARGV": "{" + ", ".join(c_string(word) for word in fallback) + "}",
     }
+    if beside is not None:
+        lines["FALLBACK_BESIDE"] = c_string(beside)
     return "/* written by beoboot/master/bpsh/fast/compile.py from client.py */\n" + "".join(
         f"#define {name} {value}\n" for name, value in lines.items()
     )
 
 
-def compile_client(output: Path, fallback: Sequence[str], cc: str | None = None) -> Path:
+def compile_client(output: Path, fallback: Sequence[str], beside: str | None = None, cc: str | None = None) -> Path:
     """Compile bpsh.c to `output` (written under a temporary name, then renamed), falling back to the
-    Python client `fallback` names for what it does not handle."""
+    Python client `fallback` names for what it does not handle (see rules_header for `beside`)."""
     cc = cc or os.environ.get("CC") or "cc"
     if not shutil.which(cc):
         raise CompileError(f"no C compiler {cc!r} to compile {SOURCE}: install gcc and libc6-dev (build.py does)")
@@ -83,7 +91,7 @@ def compile_client(output: Path, fallback: Sequence[str], cc: str | None = None)
     building = output.with_name(f".{output.name}.beoboot-tmp-{os.getpid()}")
     with tempfile.TemporaryDirectory(prefix="bpsh-compile-") as scratch:
         header = Path(scratch) / "bpsh_rules.h"
-        header.write_text(rules_header(fallback))
+        header.write_text(rules_header(fallback, beside))
         argv = [cc, *CFLAGS, *STATIC, "-include", str(header), "-o", str(building), str(SOURCE)]
         done = subprocess.run(argv, capture_output=True, text=True)
         if done.returncode != 0:
