@@ -33,13 +33,13 @@
 
 /* FAST_PATH: the options this client reads itself. Any other word that starts with '-' before the node
  * set sends the whole command line to the Python client:
- *   the flags of FLAG_LETTERS but 'h' (-n -p -s -d -b -a), alone or together (-np), and --all;
+ *   the flags FAST_LETTERS (-n -p -s -d -b -a), alone or together (-np), and --all;
  *   --socket PATH, --cache PATH (or --socket=PATH, --cache=PATH); --;
  *   ssh's options, ignored as client.py ignores them (SSH_FLAGS but -x, whose meaning depends on the
  *   words after it; SSH_VALUED but -l, which must name the caller).
  * The command words: as they are, or SHELL -c 'the words joined by spaces' when an ssh option came or the
  * first word is shell syntax (client.py's SSH_COMMAND_RULE). */
-static const char NOT_FAST_LETTERS[] = "h";
+static const char FAST_LETTERS[] = "npsdba"; /* of client.py's FLAG_LETTERS, all but -h */
 static const char *const NOT_FAST_SSH[] = {"-x", "-l", 0};
 
 extern char **environ;
@@ -196,6 +196,7 @@ int main(int argc, char **argv)
 {
     given_argc = argc;
     given_argv = argv;
+    signal(SIGPIPE, SIG_IGN); /* as Python ignores it: an error for a closed stderr is EPIPE, not death */
     fill_closed_stdio();
 
     const char *socket_path = getenv(SOCKET_ENV);
@@ -229,7 +230,7 @@ int main(int argc, char **argv)
         }
         if (option[1] && option[1] != '-') { /* -n, or several together: -np */
             for (const char *letter = option + 1; *letter; letter++) {
-                if (!strchr(FLAG_LETTERS, *letter) || strchr(NOT_FAST_LETTERS, *letter))
+                if (!strchr(FAST_LETTERS, *letter))
                     fall_back();
                 no_stdin |= *letter == 'n';
                 prefix |= *letter == 'p';

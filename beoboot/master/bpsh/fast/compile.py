@@ -64,7 +64,6 @@ def rules_header(fallback: Sequence[str], beside: str | None = None) -> str:
         "DEFAULT_SOCKET": c_string(client.DEFAULT_SOCKET),
         "SHELL": c_string(client.SHELL),
         "SHELL_SYNTAX": c_string("".join(sorted(client.SHELL_SYNTAX))),
-        "FLAG_LETTERS": c_string(client.FLAG_LETTERS),
         "SSH_FLAGS": f"((const char *const[]){c_strings(sorted(client.SSH_FLAGS))})",
         "SSH_VALUED": f"((const char *const[]){c_strings(sorted(client.SSH_VALUED))})",
         "FORWARDED_SIGNALS": "{" + ", ".join(str(int(s)) for s in client.FORWARDED_SIGNALS) + "}",
