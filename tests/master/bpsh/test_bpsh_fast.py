@@ -195,8 +195,7 @@ def test_the_table_tries_every_option_the_python_client_knows():
 
 def test_a_long_request_and_the_whole_environment_go_as_the_python_client_sends_them(stand_in, tmp_path):
     env = {f"VAR_{i}": "v" * (i * 37 % 500) for i in range(300)}
-    # LANG: else the Python client's interpreter adds LC_CTYPE=C.UTF-8 (PEP 538), which the compiled one does not
-    env |= {"BEOSERV_SOCKET": stand_in.path, "LANG": "C.UTF-8", "EMPTY": "", "UTF": "\u2603", "TAB": "a\tb\nc"}
+    env |= {"BEOSERV_SOCKET": stand_in.path, "EMPTY": "", "UTF": "\u2603", "TAB": "a\tb\nc"}
     requests = []
     for argv in clients().values():
         got = subprocess.run([*argv, "0", "env"], env=env, cwd=tmp_path, capture_output=True, timeout=30)
@@ -204,6 +203,27 @@ def test_a_long_request_and_the_whole_environment_go_as_the_python_client_sends_
         requests.append(stand_in.request())
     python, compiled = requests
     assert python is not None and compiled == python and len(python[0]) > 70_000
+
+
+@pytest.mark.parametrize(
+    "locale",
+    [{}, {"LANG": "C"}, {"LC_CTYPE": "C.UTF-8"}, {"LC_ALL": "C"}, {"LANG": "C.UTF-8"}],
+    ids=["none", "LANG=C", "LC_CTYPE=C.UTF-8", "LC_ALL=C", "LANG=C.UTF-8"],
+)
+def test_the_jobs_get_the_callers_locale_not_the_one_python_coerces_to(stand_in, tmp_path, locale):
+    """In the C locale Python sets LC_CTYPE=C.UTF-8 in its own environment (PEP 538): the job must not
+    get it from the Python client, as it does not from the compiled one."""
+    requests = []
+    for argv in clients().values():
+        env = {"BEOSERV_SOCKET": stand_in.path, **locale}
+        got = subprocess.run([*argv, "0", "env"], env=env, cwd=tmp_path, capture_output=True, timeout=30)
+        assert got.returncode == STATUS
+        requests.append(stand_in.request())
+    python, compiled = requests
+    assert python is not None and compiled == python
+    sent = python[0].split(b"\0")
+    given = [f"{name}={value}".encode() for name, value in locale.items() if name.startswith("LC_")]
+    assert [entry for entry in sent if entry.startswith(b"LC_")] == given
 
 
 def test_a_request_over_the_limit_is_the_python_clients_to_refuse(stand_in, tmp_path):
