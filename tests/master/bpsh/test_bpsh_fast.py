@@ -50,9 +50,20 @@ CASES = [
     (("-i", "key", "-F", "cfg", "-c", "aes", "-m", "mac", "-E", "log", "-J", "jump", "0", "id"), True),
     (("-X", "-Y", "-6", "-A", "-C", "-K", "-k", "-g", "0", "id"), True),
     ((b"0", b"printf", b"\xff\xfe-not-utf-8"), True),
+    # ssh's -x, as client.py's _excludes tells it from bpsh's -x NODESET by the words after it
+    (("-x", "n1", '"/usr/bin/hydra_pmi_proxy"', "--control-port", "vm:4000"), True),  # Hydra
+    (("-x", "n1", "hostname"), True),
+    (("-x", "-q", "n1", "hostname"), True),
+    (("-x", "n1", ""), True),
     # what the Python client decides
-    (("-x", "n1", '"/usr/bin/hydra_pmi_proxy"', "--control-port", "vm:4000"), False),  # Hydra: ssh's -x
     (("-x", "n1", "@up", "true"), False),  # bpsh's -x NODESET
+    (("-x", "0,2", "0-3", "true"), False),
+    (("-x", "n1", "-a", "true"), False),
+    (("-x", "n1", "all", "true"), False),
+    (("-x", "@gpu", "n1", "true"), False),
+    (("-a", "-x", "n1", "true"), False),
+    (("-x", "n1"), False),
+    (("-x",), False),
     (("--exclude=n1", "-a", "true"), False),
     (("-l", "root", "0", "true"), False),
     (("-lsomeone", "0", "true"), False),

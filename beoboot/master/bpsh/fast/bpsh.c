@@ -35,12 +35,13 @@
  * set sends the whole command line to the Python client:
  *   the flags FAST_LETTERS (-n -p -s -d -b -a), alone or together (-np), and --all;
  *   --socket PATH, --cache PATH (or --socket=PATH, --cache=PATH); --;
- *   ssh's options, ignored as client.py ignores them (SSH_FLAGS but -x, whose meaning depends on the
- *   words after it; SSH_VALUED but -l, which must name the caller).
+ *   ssh's options, ignored as client.py ignores them (SSH_FLAGS, and -x when the words after it say it is
+ *   ssh's, as client.py's _excludes reads them: Hydra's; SSH_VALUED but -l, which must name the caller).
+ *   bpsh's own -x NODESET is the Python client's.
  * The command words: as they are, or SHELL -c 'the words joined by spaces' when an ssh option came or the
  * first word is shell syntax (client.py's SSH_COMMAND_RULE). */
 static const char FAST_LETTERS[] = "npsdba"; /* of client.py's FLAG_LETTERS, all but -h */
-static const char *const NOT_FAST_SSH[] = {"-x", "-l", 0};
+static const char *const NOT_FAST_SSH[] = {"-l", 0};
 
 extern char **environ;
 
@@ -88,6 +89,20 @@ static int listed(const char *const *list, const char *word)
         if (strcmp(*list, word) == 0)
             return 1;
     return 0;
+}
+
+/* client.py's _excludes: whether -x, followed by `rest` (count words), is bpsh's -x NODESET rather than
+ * ssh's -x (no X11), which Hydra passes before the host */
+static int excludes(char **rest, int count)
+{
+    if (count > 0 && rest[0][0] == '-')
+        return 0; /* another option follows: ssh's flag */
+    if (count < 2 || rest[0][0] == '@')
+        return 1;
+    const char *after = rest[1];
+    if (after[0] == '-' || after[0] == '@' || strcmp(after, "all") == 0)
+        return 1;
+    return after[0] && after[strspn(after, NODE_SET_CHARS)] == 0; /* node-set characters only */
 }
 
 /* client.py's `option[:2] in SSH_VALUED` */
@@ -223,8 +238,8 @@ int main(int argc, char **argv)
             continue;
         }
         if (listed(SSH_FLAGS, option)) {
-            if (listed(NOT_FAST_SSH, option))
-                fall_back();
+            if (strcmp(option, "-x") == 0 && (every || excludes(argv + i, argc - i)))
+                fall_back(); /* bpsh's -x NODESET */
             as_ssh = 1;
             continue;
         }

@@ -64,6 +64,7 @@ def rules_header(fallback: Sequence[str], beside: str | None = None) -> str:
         "DEFAULT_SOCKET": c_string(client.DEFAULT_SOCKET),
         "SHELL": c_string(client.SHELL),
         "SHELL_SYNTAX": c_string("".join(sorted(client.SHELL_SYNTAX))),
+        "NODE_SET_CHARS": c_string(client.NODE_SET_CHARS),
         "SSH_FLAGS": f"((const char *const[]){c_strings(sorted(client.SSH_FLAGS))})",
         "SSH_VALUED": f"((const char *const[]){c_strings(sorted(client.SSH_VALUED))})",
         "FORWARDED_SIGNALS": "{" + ", ".join(str(int(s)) for s in client.FORWARDED_SIGNALS) + "}",
