@@ -9,6 +9,7 @@
 #   * /bin/true alone: the floor, what starting any program costs here;
 #   * the compiled client (what build.py makes .venv/bin/bpsh, and `pip install` makes bpsh);
 #   * the compiled client given an ssh-style command line (clush's -oBatchMode=yes: /bin/sh -c on the node);
+#   * the compiled client given a line it leaves to the Python client (-t 60): the exec's cost on top;
 #   * the Python client as build.py's .venv/bin/bpsh ran it before (python3 -IS executable.py);
 #   * the Python client as pip's console-script wrapper runs it (the venv's python, site and all);
 # and the ratio of each to the compiled client's median.
@@ -45,6 +46,7 @@ def main() -> int:
                 "/bin/true alone (the floor)": ["/bin/true"],
                 "bpsh compiled": [str(compiled), *job],
                 "bpsh compiled, ssh-style": [str(compiled), "-oBatchMode=yes", *job],
+                "bpsh compiled, passed on (-t 60)": [str(compiled), "-t", "60", *job],
                 "bpsh python3 -IS (the old .venv/bin/bpsh)": [PYTHON, "-IS", str(EXECUTABLE_PY), *job],
                 "bpsh pip console script (the old pip install)": [sys.executable, "-c", CONSOLE_SCRIPT, *job],
             }
