@@ -5,6 +5,7 @@ client it execs for everything else. Against a stand-in beoserv on a scratch soc
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import queue
 import signal
@@ -293,3 +294,28 @@ def wait_for(predicate, timeout=10.0):
 def process_state(pid: int) -> str:
     with open(f"/proc/{pid}/stat") as f:
         return f.read().rsplit(")", 1)[1].split()[0]
+
+
+def test_build_py_installs_the_compiled_client_and_compiles_it_again_only_when_needed(tmp_path, monkeypatch):
+    """.venv/bin/bpsh: the compiled client, falling back to this checkout's client file; a link an older
+    setup left is replaced, not written through; a current one is kept."""
+    spec = importlib.util.spec_from_file_location("beoboot_build", Path(BPSH_SCRIPT).parents[3] / "build.py")
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    monkeypatch.setattr(build, "VENV", tmp_path)
+    (tmp_path / "bin").mkdir()
+    target = tmp_path / "old-client"
+    target.write_text("the file an older setup's link points at\n")
+    (tmp_path / "bin" / "bpsh").symlink_to(target)
+    build.install_fast_bpsh()
+    executable = tmp_path / "bin" / "bpsh"
+    assert not executable.is_symlink() and executable.read_bytes()[:4] == b"\x7fELF"
+    assert os.fsencode(BPSH_SCRIPT) in executable.read_bytes()
+    assert target.read_text() == "the file an older setup's link points at\n"
+    built = executable.stat()
+    build.install_fast_bpsh()
+    assert executable.stat().st_ino == built.st_ino  # current: kept
+    source = Path(client.__file__)
+    os.utime(executable, (built.st_atime, source.stat().st_mtime - 1))  # older than client.py
+    build.install_fast_bpsh()
+    assert executable.stat().st_ino != built.st_ino
