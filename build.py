@@ -118,11 +118,13 @@ def install_venv() -> None:
     stamp = VENV / ".beoboot-installed"
     project = (ROOT / "pyproject.toml").read_bytes()
     if stamp.exists() and stamp.read_bytes() == project:
+        install_fast_bpsh()
         return
     print("build.py: creating the virtualenv .venv with the project", flush=True)
     if not VENV_PYTHON.exists():
         subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-    # pip writes its wrapper through an existing link, which would overwrite the client file it points at
+    # pip writes its bpsh through an existing link, which would overwrite the client file an older setup's
+    # link points at
     (VENV / "bin" / "bpsh").unlink(missing_ok=True)
     subprocess.run([str(VENV_PYTHON), "-m", "pip", "install", "-q", "-e", f"{ROOT}[test]"], check=True)
     install_fast_bpsh()
@@ -130,14 +132,23 @@ def install_venv() -> None:
 
 
 def install_fast_bpsh() -> None:
-    """pip's wrapper for `bpsh` starts the venv's Python with site and the editable-install finder: 20 ms
-    before bpsh runs, for a job that takes 3. The client needs nothing outside the interpreter, so
-    .venv/bin/bpsh is the client file itself (it runs as python3 -IS)."""
-    wrapper = VENV / "bin" / "bpsh"
-    tmp = wrapper.with_name("bpsh.beoboot-tmp")
-    tmp.unlink(missing_ok=True)
-    tmp.symlink_to(ROOT / "beoboot" / "master" / "bpsh" / "executable.py")
-    tmp.replace(wrapper)
+    """.venv/bin/bpsh is the compiled client (beoboot/master/bpsh/fast/bpsh.c): launchers start bpsh once
+    per node, and Python's own start is longer than a cached job. pip's install (setup.py) compiles one
+    too; this one falls back to the client file under python3 -IS, which starts faster than through site.
+    Compiled again when its source or the constants it takes from client.py changed."""
+    sys.path.insert(0, str(ROOT))
+    from beoboot.master.bpsh.fast import compile as fast
+
+    executable = VENV / "bin" / "bpsh"
+    sources = (fast.SOURCE, Path(fast.__file__), Path(fast.client.__file__))
+    if not executable.is_symlink() and executable.exists():
+        built = executable.stat().st_mtime
+        falls_back_here = os.fsencode(fast.venv_fallback()[2]) in executable.read_bytes()  # not a moved checkout's
+        if falls_back_here and all(source.stat().st_mtime < built for source in sources):
+            return
+    print(f"build.py: compiling {fast.SOURCE.relative_to(ROOT)} into {executable}", flush=True)
+    executable.unlink(missing_ok=True)  # a link from an older setup: replace it, not what it points at
+    fast.compile_client(executable, fast.venv_fallback())
 
 
 def sysroot_recipe(suite: str) -> dict[str, object]:

@@ -5,7 +5,7 @@
 # Starts its own beoserv (loopback, free port), `python -m stage3.simnode` nodes, and an OpenSSH sshd on a
 # loopback port with a generated host key and an authorized key (Debian's openssh-server), and stops them
 # all at the end. Needs root (simulated nodes chroot their jobs). Figures:
-#   * a cached /bin/true: the `bpsh` command as users run it (beoboot/master/bpsh/executable.py, python3 -IS), against
+#   * a cached /bin/true: the `bpsh` command as users run it (the compiled client, beoboot/master/bpsh/fast), against
 #     `ssh 127.0.0.1 /bin/true`; and the job alone (the client called in-process: connect, manifest, node,
 #     exit status, without the interpreter's start);
 #   * the first run of a job on a node with a cold cache (/bin/true, then python3);
@@ -28,8 +28,9 @@ import time
 from pathlib import Path
 
 from beoboot.master.bpsh.client import Client, parse_args
+from beoboot.master.bpsh.fast.compile import compile_client, venv_fallback
 
-BPSH = Path(__file__).resolve().parent.parent / "beoboot" / "master" / "bpsh" / "executable.py"  # .venv/bin/bpsh
+BPSH = Path(__file__).resolve().parent.parent / "beoboot" / "master" / "bpsh" / "executable.py"  # the Python client
 PYTHON = "/usr/bin/python3"  # bpsh's interpreter (its #! line)
 
 
@@ -99,6 +100,11 @@ def start_simnodes(work: Path, url: str, count: int, first: int) -> subprocess.P
     )
     wait_for(log, f"simnode: {count} nodes up", proc, timeout=120)
     return proc
+
+
+def compiled_bpsh(work: Path) -> Path:
+    """The compiled client, as build.py makes .venv/bin/bpsh and pip installs bpsh, in `work`."""
+    return compile_client(work / "bin" / "bpsh", venv_fallback(PYTHON))
 
 
 def cpu_seconds(pid: int) -> float:
@@ -220,7 +226,7 @@ def main() -> int:
             cached = time_library(sock, ["0", "/bin/true"], args.runs)
             cached_cli, interpreter = time_commands(
                 [
-                    [str(BPSH), "--socket", str(sock), "0", "/bin/true"],
+                    [str(compiled_bpsh(work)), "--socket", str(sock), "0", "/bin/true"],
                     [PYTHON, "-IS", "-c", "import posix; posix._exit(0)"],
                 ],
                 args.runs,

@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bpsh_vs_ssh import BPSH, start_master, start_simnodes, start_sshd, stop
+from bpsh_vs_ssh import compiled_bpsh, start_master, start_simnodes, start_sshd, stop
 
 HELLO = r"""
 #include <mpi.h>
@@ -84,9 +84,7 @@ def main() -> int:
         work = Path(tmp)
         (work / "hello.c").write_text(HELLO)
         subprocess.run(["mpicc.openmpi", "-o", "hello", "hello.c"], cwd=work, check=True)
-        bin_dir = work / "bin"
-        bin_dir.mkdir()
-        (bin_dir / "bpsh").symlink_to(BPSH)
+        bin_dir = compiled_bpsh(work).parent
         hosts = work / "hosts"
         targets = "".join(f"127.2.{(i + 1) >> 8}.{(i + 1) & 0xFF} t{i}\n" for i in range(args.nodes))
         hosts.write_text(Path("/etc/hosts").read_text() + targets)

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from master_helpers import BPSH_SCRIPT, MasterProcess, start_simnodes
+from master_helpers import MasterProcess, compiled_bpsh, start_simnodes
 from mpi_programs import DIES, RING
 
 pytestmark = [
@@ -52,11 +52,12 @@ def cluster(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def env(cluster):
-    """`bpsh` on the PATH as launchers look for it, at this master's socket."""
+    """`bpsh` on the PATH as launchers look for it, at this master's socket: the compiled client, as
+    installed (Open MPI's command lines are its own; Hydra's -x goes on to the Python client)."""
     master, work = cluster
     bin_dir = work / "bin"
     bin_dir.mkdir()
-    (bin_dir / "bpsh").symlink_to(BPSH_SCRIPT)
+    (bin_dir / "bpsh").symlink_to(compiled_bpsh())
     return {
         **os.environ,
         "PATH": f"{bin_dir}:/usr/bin:/bin",

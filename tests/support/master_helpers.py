@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import functools
 import importlib.util
 import json
 import os
 import re
 import resource
+import shutil
 import signal
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,9 +24,37 @@ LISTENING = re.compile(r"listening on (http://127\.0\.0\.1:\d+)/")
 BPSH_SCRIPT = str(Path(__file__).resolve().parents[2] / "beoboot" / "master" / "bpsh" / "executable.py")
 
 
-def bpsh_argv(socket: Path | str, *args: str) -> list[str]:
-    """The bpsh command as users run it: the client file under `python -IS`, at this master's socket."""
+# The two bpsh clients, which tests of the common path run alike: the Python one (client.py) and the
+# compiled one (fast/bpsh.c), which build.py and pip install as `bpsh`
+CLIENTS = ("python", "compiled")
+
+
+def bpsh_argv(socket: Path | str, *args: str, client: str = "python") -> list[str]:
+    """The bpsh command as users run it, at this master's socket: the client file under `python -IS`, or
+    the compiled client (compiled once per test run from the checkout's source)."""
+    if client == "compiled":
+        return [compiled_bpsh(), "--socket", str(socket), *args]
+    assert client == "python", client
     return [sys.executable, "-IS", BPSH_SCRIPT, "--socket", str(socket), *args]
+
+
+def bpsh_argv_for_anyone(socket: Path | str, *args: str, client: str = "python") -> list[str]:
+    """bpsh_argv for a test that runs bpsh as another user: the system's python3 (the venv's may be under
+    /root); the compiled client is in a directory anyone may search."""
+    argv = bpsh_argv(socket, *args, client=client)
+    return ["/usr/bin/python3", *argv[1:]] if client == "python" else argv
+
+
+@functools.cache
+def compiled_bpsh() -> str:
+    """bpsh.c compiled into a scratch directory anyone may search, falling back to the system's python3
+    with the checkout's client (as .venv/bin/bpsh does), so that it runs as other users too."""
+    from beoboot.master.bpsh.fast.compile import compile_client, venv_fallback
+
+    scratch = tempfile.mkdtemp(prefix="beoboot-bpsh-", dir="/tmp")
+    os.chmod(scratch, 0o755)
+    atexit.register(shutil.rmtree, scratch, True)
+    return str(compile_client(Path(scratch) / "bpsh", venv_fallback("/usr/bin/python3")))
 
 
 def stdlib_zip_member(relative: str) -> str:

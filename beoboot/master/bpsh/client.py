@@ -1,6 +1,7 @@
 """`bpsh NODESET|-a COMMAND [ARGS...]`: run the master's COMMAND on nodes, as if it ran here.
 
-This is the whole client (beoboot/master/bpsh/executable.py is the executable that loads it), kept tiny on purpose: a cached job runs on a node in a few
+This is the whole client (beoboot/master/bpsh/executable.py is the executable that loads it; fast/bpsh.c is
+its common path compiled, which runs this for what it does not handle itself), kept tiny on purpose: a cached job runs on a node in a few
 milliseconds, so the client's own start-up is most of what a user waits for. It runs as `python3 -IS`
 (no site, no venv, no environment) and imports only modules built into the interpreter or loaded by its
 start-up anyway (_socket, _signal, posix, sys): no json, no enum, no dataclasses, which would each cost
@@ -56,6 +57,7 @@ SOCKET_ENV = "BEOSERV_SOCKET"
 DEFAULT_SOCKET = "/run/beoserv/bpsh.sock"
 NO_EXIT = 255  # beoserv went away before the status came back (ssh answers 255 likewise)
 MAX_REQUEST = 1 << 20
+CLOSED_EARLY = "bpsh: beoserv closed the connection before the job ended\n"
 USAGE_EXIT = 2  # a bad command line, or a request too big to send
 EMSGSIZE = 90  # Linux's errno value; the errno module is not among the client's imports
 FLAG_LETTERS = "anpsdbh"  # the one-letter options without a value, which may be given together (-ap)
@@ -384,9 +386,10 @@ class Client:
             return NO_EXIT
         try:
             fds = b"".join(fd.to_bytes(4, sys.byteorder) for fd in self.fds)
-            request = encode_request(self.options, posix.getcwdb(), posix.environ)
+            environ = callers_environ()
+            request = encode_request(self.options, posix.getcwdb(), environ)
             if len(request) > MAX_REQUEST:
-                self._say(too_big(len(request), MAX_REQUEST, self.options, posix.environ))
+                self._say(too_big(len(request), MAX_REQUEST, self.options, environ))
                 return USAGE_EXIT
             if not self._send_request(request, fds):
                 return USAGE_EXIT
@@ -397,7 +400,7 @@ class Client:
                 if status is not None:
                     return status
                 if not self.jobs or self.options.reattach_timeout <= 0:
-                    self._say("bpsh: beoserv closed the connection before the job ended\n")
+                    self._say(CLOSED_EARLY)
                     return NO_EXIT
                 if not self._reattach(fds):
                     return NO_EXIT
@@ -495,7 +498,7 @@ class Client:
         # a record must fit the socket's send buffer (net.core.wmem_default, 208 KiB). A bigger buffer here
         # would not help: the node's launcher passes the job on over a socket of that default size too
         limit = self.sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_SNDBUF) - 32  # less the kernel's overhead
-        self._say(too_big(len(request), limit, self.options, posix.environ))
+        self._say(too_big(len(request), limit, self.options, callers_environ()))
         return False
 
     def _say(self, text):
@@ -530,6 +533,32 @@ class Client:
         _signal.signal(SIGTSTP, _signal.SIG_DFL)
         posix.kill(posix.getpid(), SIGTSTP)
         _signal.signal(SIGTSTP, self._stop)
+
+
+COERCED_LOCALES = (b"C.UTF-8", b"C.utf8", b"UTF-8")  # what Python sets LC_CTYPE to for a caller in the C locale
+
+
+def callers_environ():
+    """The environment bpsh was started with, which the jobs get: posix.environ, less the LC_CTYPE that the
+    interpreter sets itself when the caller's locale is C (PEP 538; -I leaves it on). The compiled client
+    sends the environment as it is; so must this one. Only then is /proc/self/environ read: it is the
+    environment as exec gave it, which the interpreter's setenv does not change."""
+    environ = posix.environ
+    if environ.get(b"LC_CTYPE") not in COERCED_LOCALES or environ.get(b"LC_ALL"):
+        return environ
+    try:
+        fd = posix.open("/proc/self/environ", posix.O_RDONLY)
+    except OSError:
+        return environ
+    try:
+        given = b""
+        while chunk := posix.read(fd, 1 << 16):
+            given += chunk
+    finally:
+        posix.close(fd)
+    if any(entry.startswith(b"LC_CTYPE=") for entry in given.split(b"\0")):
+        return environ  # the caller's own
+    return {name: value for name, value in environ.items() if name != b"LC_CTYPE"}
 
 
 def too_big(size, limit, options, environ):
@@ -572,6 +601,3 @@ def main(argv=None):
         posix.write(1, f"{USAGE}\n".encode())
         return 0
     return Client(options).run(signals=True)
-
-
-bpsh_main = main  # the console-script entry point

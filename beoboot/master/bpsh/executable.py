@@ -1,5 +1,6 @@
 #!/usr/bin/python3 -IS
-"""The `bpsh` executable (.venv/bin/bpsh links here): load the client from its compiled .pyc and run it.
+"""The Python `bpsh` executable: load the client from its compiled .pyc and run it. The compiled bpsh
+(fast/bpsh.c, which build.py and pip install as `bpsh`) runs this for the command lines it leaves to it.
 
 A script is compiled from source on every run, which for the whole client costs as much as the job it
 starts; a module imported from beside it is compiled once. Under -I the script's directory is not on

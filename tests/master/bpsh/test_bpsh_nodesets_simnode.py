@@ -10,7 +10,7 @@ import sys
 import time
 
 import pytest
-from master_helpers import MasterProcess, bpsh_argv, running_job, start_simnodes
+from master_helpers import CLIENTS, MasterProcess, bpsh_argv, running_job, start_simnodes
 
 pytestmark = pytest.mark.skipif(os.getuid() != 0, reason="simulated nodes chroot their jobs: needs root")
 
@@ -46,8 +46,12 @@ def cluster(tmp_path_factory):
     master.stop()
 
 
-def bpsh(master, *args, **kwargs):
-    return subprocess.run(bpsh_argv(master.bpsh_socket, *args), capture_output=True, text=True, timeout=60, **kwargs)
+def bpsh(master, *args, client="python", **kwargs):
+    argv = bpsh_argv(master.bpsh_socket, *args, client=client)
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, **kwargs)
+
+
+with_each_client = pytest.mark.parametrize("client", CLIENTS)  # the compiled client must behave as the Python one
 
 
 def run(*argv):
@@ -71,8 +75,9 @@ def run(*argv):
         (["n[0-3]!n2"], "n0 n1 n3"),
     ],
 )
-def test_node_sets_choose_the_nodes(cluster, selection, names):
-    result = bpsh(cluster, "-s", *selection, *HOSTNAME)
+@with_each_client
+def test_node_sets_choose_the_nodes(cluster, selection, names, client):
+    result = bpsh(cluster, "-s", *selection, *HOSTNAME, client=client)
     assert (result.returncode, result.stdout.split(), result.stderr) == (0, names.split(), "")
 
 
@@ -85,25 +90,29 @@ def test_node_sets_choose_the_nodes(cluster, selection, names):
         ("n1x", "node set 'n1x': not a node"),
     ],
 )
-def test_a_bad_node_set_is_a_usage_error_naming_it(cluster, selection, complaint):
-    result = bpsh(cluster, selection, "true")
+@with_each_client
+def test_a_bad_node_set_is_a_usage_error_naming_it(cluster, selection, complaint, client):
+    result = bpsh(cluster, selection, "true", client=client)
     assert result.returncode == 2 and complaint in result.stderr, result.stderr
     assert "hint: write nodes as" in result.stderr
 
 
-def test_a_node_that_is_not_there_is_named(cluster):
-    result = bpsh(cluster, "n[2-5]", "true")
+@with_each_client
+def test_a_node_that_is_not_there_is_named(cluster, client):
+    result = bpsh(cluster, "n[2-5]", "true", client=client)
     assert result.returncode == 127 and "node 4, 5 are not up" in result.stderr, result.stderr
 
 
-def test_the_status_is_the_worst_nodes(cluster):
-    result = bpsh(cluster, "n[0-3]", "sh", "-c", "exit $(cut -c2 /tmp/who)")
+@with_each_client
+def test_the_status_is_the_worst_nodes(cluster, client):
+    result = bpsh(cluster, "n[0-3]", "sh", "-c", "exit $(cut -c2 /tmp/who)", client=client)
     assert result.returncode == 3
 
 
-def test_fold_groups_identical_output(cluster):
+@with_each_client
+def test_fold_groups_identical_output(cluster, client):
     script = "case $(cat /tmp/who) in n0|n2) echo even;; *) echo odd; echo on >&2;; esac"
-    result = bpsh(cluster, "-b", "@up", "sh", "-c", script)
+    result = bpsh(cluster, "-b", "@up", "sh", "-c", script, client=client)
     assert result.returncode == 0
     assert result.stdout == (
         "---------------\nn[0,2] (2)\n---------------\neven\n---------------\nn[1,3] (2)\n---------------\nodd\n"

@@ -10,11 +10,12 @@ import subprocess
 import time
 
 import pytest
-from master_helpers import bpsh_argv, simulated_cluster
+from master_helpers import CLIENTS, bpsh_argv, simulated_cluster
 
 from beoboot.master.bpsh.localjobs import PARTIAL_LINE_MAX, LinePrefixer
 
 needs_root = pytest.mark.skipif(os.getuid() != 0, reason="simulated nodes chroot their jobs: needs root")
+with_each_client = pytest.mark.parametrize("client", CLIENTS)  # the compiled client must behave as the Python one
 
 
 @pytest.fixture(scope="module")
@@ -23,40 +24,46 @@ def master(tmp_path_factory):
         yield master
 
 
-def bpsh_with(redirect, master, *args, **kwargs):
+def bpsh_with(redirect, master, *args, client="python", **kwargs):
     """bpsh started by a shell with `redirect` (e.g. `<&-`) applied to it alone."""
-    argv = ["sh", "-c", f'exec "$@" {redirect}', "sh", *bpsh_argv(master.bpsh_socket, *args)]
+    argv = ["sh", "-c", f'exec "$@" {redirect}', "sh", *bpsh_argv(master.bpsh_socket, *args, client=client)]
     return subprocess.run(argv, capture_output=True, timeout=30, **kwargs)
 
 
 @needs_root
-def test_closed_stdin_reads_as_end_of_file(master):
+@with_each_client
+def test_closed_stdin_reads_as_end_of_file(master, client):
     """Else the client's socket took descriptor 0 and beoserv forwarded it as stdin: cat never ended."""
-    result = bpsh_with("<&-", master, "0", "cat")
+    result = bpsh_with("<&-", master, "0", "cat", client=client)
     assert (result.returncode, result.stdout, result.stderr) == (0, b"", b"")
 
 
 @needs_root
-def test_closed_stdout_discards_the_output_and_keeps_the_status(master):
+@with_each_client
+def test_closed_stdout_discards_the_output_and_keeps_the_status(master, client):
     """Else the job's output went into the client's socket, where "S15" read as a request for SIGTERM."""
-    result = bpsh_with(">&-", master, "0", "sh", "-c", "printf S15; sleep 1; echo done >&2; exit 3")
+    script = "printf S15; sleep 1; echo done >&2; exit 3"
+    result = bpsh_with(">&-", master, "0", "sh", "-c", script, client=client)
     assert (result.returncode, result.stderr) == (3, b"done\n")
 
 
 @needs_root
-def test_closed_stderr_leaves_stdout_alone(master):
-    result = bpsh_with("2>&-", master, "0", "sh", "-c", "echo out; echo err >&2")
+@with_each_client
+def test_closed_stderr_leaves_stdout_alone(master, client):
+    result = bpsh_with("2>&-", master, "0", "sh", "-c", "echo out; echo err >&2", client=client)
     assert (result.returncode, result.stdout) == (0, b"out\n")
 
 
 @needs_root
-def test_a_request_too_big_for_the_socket_says_so_and_names_its_largest_part(master):
+@with_each_client
+def test_a_request_too_big_for_the_socket_says_so_and_names_its_largest_part(master, client):
     with open("/proc/sys/net/core/wmem_default") as f:
         if int(f.read()) > 215_000:  # the request below is 220 KB
             pytest.skip("this system's sockets take a 220 KB request")
     # one variable may hold at most 128 KiB (MAX_ARG_STRLEN): two make the request
     env = {**os.environ, "BIG_A": "a" * 100_000, "BIG_B": "b" * 120_000}
-    result = subprocess.run(bpsh_argv(master.bpsh_socket, "0", "true"), env=env, capture_output=True, timeout=30)
+    argv = bpsh_argv(master.bpsh_socket, "0", "true", client=client)
+    result = subprocess.run(argv, env=env, capture_output=True, timeout=30)
     assert result.returncode == 2
     message = result.stderr.decode()
     assert "at most" in message and "environment variable BIG_B (120006 bytes)" in message, message
@@ -75,11 +82,12 @@ def test_stdin_that_never_ends_is_read_only_as_fast_as_the_nodes_take_it(master)
 
 
 @needs_root
+@with_each_client
 @pytest.mark.parametrize("source", ["file", "pipe"])
-def test_all_of_a_long_stdin_arrives(master, tmp_path, source):
+def test_all_of_a_long_stdin_arrives(master, tmp_path, source, client):
     """Reading stops and resumes as the nodes take stdin: no chunk is lost or repeated on the way."""
     data = os.urandom(5 << 20)
-    argv = bpsh_argv(master.bpsh_socket, "0", "sha256sum")
+    argv = bpsh_argv(master.bpsh_socket, "0", "sha256sum", client=client)
     if source == "file":
         (tmp_path / "input").write_bytes(data)
         with open(tmp_path / "input", "rb") as f:

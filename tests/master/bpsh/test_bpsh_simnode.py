@@ -14,7 +14,15 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from master_helpers import MasterProcess, bpsh_argv, let_others_reach, start_simnodes, stdlib_zip_member
+from master_helpers import (
+    CLIENTS,
+    MasterProcess,
+    bpsh_argv,
+    bpsh_argv_for_anyone,
+    let_others_reach,
+    start_simnodes,
+    stdlib_zip_member,
+)
 
 BPCP = [sys.executable, "-m", "beoboot.master.bpsh.bpcp"]
 
@@ -42,8 +50,13 @@ def cluster(tmp_path_factory):
     master.stop()
 
 
-def bpsh(socket, *args, **kwargs):
-    return subprocess.run(bpsh_argv(socket, *args), capture_output=True, text=True, timeout=60, **kwargs)
+def bpsh(socket, *args, client="python", **kwargs):
+    argv = bpsh_argv(socket, *args, client=client)
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, **kwargs)
+
+
+# the tests of the common path run with both clients (CLIENTS): the compiled one must behave as the Python one
+with_each_client = pytest.mark.parametrize("client", CLIENTS)
 
 
 def test_env_root_starts_empty_and_ls_shows_only_what_jobs_brought(cluster):
@@ -56,10 +69,11 @@ def test_env_root_starts_empty_and_ls_shows_only_what_jobs_brought(cluster):
     assert SKELETON <= listed and "usr" in listed and listed - SKELETON <= BROUGHT_BY_LS
 
 
-def test_exit_status_stdout_and_stderr(cluster):
+@with_each_client
+def test_exit_status_stdout_and_stderr(cluster, client):
     url, sock, _ = cluster
-    assert bpsh(sock, "0", "/bin/true").returncode == 0
-    result = bpsh(sock, "0", "sh", "-c", "echo out; echo err >&2; exit 3")
+    assert bpsh(sock, "0", "/bin/true", client=client).returncode == 0
+    result = bpsh(sock, "0", "sh", "-c", "echo out; echo err >&2; exit 3", client=client)
     assert (result.returncode, result.stdout, result.stderr) == (3, "out\n", "err\n")
 
 
@@ -74,9 +88,10 @@ def test_a_job_starts_with_no_signal_ignored_or_blocked(cluster):
     assert int(masks["SigIgn"], 16) & 0x7FFFFFFF == 0, result.stdout
 
 
-def test_stdin_is_forwarded(cluster):
+@with_each_client
+def test_stdin_is_forwarded(cluster, client):
     url, sock, _ = cluster
-    result = bpsh(sock, "0", "cat", input="hello\nworld\n")
+    result = bpsh(sock, "0", "cat", input="hello\nworld\n", client=client)
     assert result.stdout == "hello\nworld\n"
 
 
@@ -244,9 +259,10 @@ def test_a_shell_jobs_commands_come_along(cluster, tmp_path):
     assert (result.returncode, result.stdout.strip()) == (0, "2"), result.stderr
 
 
-def test_sigint_reaches_the_job_and_bps_lists_it(cluster):
+@with_each_client
+def test_sigint_reaches_the_job_and_bps_lists_it(cluster, client):
     url, sock, _ = cluster
-    job = subprocess.Popen(bpsh_argv(sock, "0", "sleep", "100"))
+    job = subprocess.Popen(bpsh_argv(sock, "0", "sleep", "100", client=client))
     deadline = time.monotonic() + 10
     while True:
         with urllib.request.urlopen(url + "/api/v1/jobs") as response:
@@ -266,19 +282,21 @@ def test_sigint_reaches_the_job_and_bps_lists_it(cluster):
     assert job.wait(10) == 130
 
 
-def test_every_node_runs_it(cluster):
+@with_each_client
+def test_every_node_runs_it(cluster, client):
     url, sock, _ = cluster
-    result = bpsh(sock, "-a", "uptime")
+    result = bpsh(sock, "-a", "uptime", client=client)
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("load average") == 2
-    result = bpsh(sock, "-p", "-a", "sh", "-c", "echo one; printf two")
+    result = bpsh(sock, "-p", "-a", "sh", "-c", "echo one; printf two", client=client)
     assert sorted(result.stdout.splitlines()) == ["0: one", "0: two", "1: one", "1: two"]
 
 
-def test_unknown_node_and_command(cluster):
+@with_each_client
+def test_unknown_node_and_command(cluster, client):
     url, sock, _ = cluster
-    assert bpsh(sock, "7", "true").returncode == 127
-    result = bpsh(sock, "0", "no-such-command-here")
+    assert bpsh(sock, "7", "true", client=client).returncode == 127
+    result = bpsh(sock, "0", "no-such-command-here", client=client)
     assert result.returncode == 127 and "not found on the master's PATH" in result.stderr
 
 
@@ -355,29 +373,32 @@ def test_a_new_library_earlier_in_the_search_path_is_used_at_once(cluster, tmp_p
     assert bpsh(sock, "0", str(tmp_path / "hello")).stdout == "from first\n"
 
 
-def test_stdin_goes_to_every_node(cluster):
+@with_each_client
+def test_stdin_goes_to_every_node(cluster, client):
     url, sock, _ = cluster
-    result = bpsh(sock, "-a", "cat", input="to all\n")
+    result = bpsh(sock, "-a", "cat", input="to all\n", client=client)
     assert (result.returncode, result.stdout) == (0, "to all\n" * 2), result.stderr
-    assert bpsh(sock, "-n", "0", "cat", input="not read\n").stdout == ""
+    assert bpsh(sock, "-n", "0", "cat", input="not read\n", client=client).stdout == ""
 
 
-def test_the_job_runs_as_the_user_the_kernel_names_not_one_bpsh_claims(cluster):
+@with_each_client
+def test_the_job_runs_as_the_user_the_kernel_names_not_one_bpsh_claims(cluster, client):
     """beoserv takes uid and gid from SO_PEERCRED: nobody's bpsh runs nobody's job, whatever it sends."""
     url, sock, _ = cluster
     let_others_reach(sock)
-    argv = ["/usr/bin/python3", *bpsh_argv(sock, "0", "id", "-u")[1:]]  # the venv's may be under /root
+    argv = bpsh_argv_for_anyone(sock, "0", "id", "-u", client=client)
     result = subprocess.run(argv, capture_output=True, text=True, timeout=60, user=65534, group=65534, cwd="/")
     assert (result.returncode, result.stdout) == (0, "65534\n"), result.stderr
-    assert bpsh(sock, "0", "id", "-u").stdout == "0\n"
+    assert bpsh(sock, "0", "id", "-u", client=client).stdout == "0\n"
 
 
-def test_the_job_has_the_supplementary_groups_of_bpsh(cluster):
+@with_each_client
+def test_the_job_has_the_supplementary_groups_of_bpsh(cluster, client):
     """From SO_PEERGROUPS: a project group that owns the data works on the node as here; more than the 256
     groups getsockopt can return come from the client's /proc entry."""
     url, sock, _ = cluster
     let_others_reach(sock)
-    argv = ["/usr/bin/python3", *bpsh_argv(sock, "0", "id", "-G")[1:]]
+    argv = bpsh_argv_for_anyone(sock, "0", "id", "-G", client=client)
     for groups in ([100, 4, 27], list(range(2000, 2300))):
         result = subprocess.run(
             argv, capture_output=True, text=True, timeout=60, user=65534, group=65534, extra_groups=groups, cwd="/"
@@ -385,7 +406,7 @@ def test_the_job_has_the_supplementary_groups_of_bpsh(cluster):
         assert result.returncode == 0, result.stderr
         primary, *supplementary = map(int, result.stdout.split())
         assert (primary, sorted(supplementary)) == (65534, sorted(groups))
-    assert bpsh(sock, "0", "id", "-G").stdout == "0\n"  # root with no other group: the posix_spawn path
+    assert bpsh(sock, "0", "id", "-G", client=client).stdout == "0\n"  # root with no other group: the posix_spawn path
 
 
 def test_the_job_knows_its_user_and_groups_by_name(cluster):
@@ -416,8 +437,9 @@ def test_bpstat_shows_each_nodes_load_and_memory(cluster):
     assert "load" in table[0].split() and "mem avail" in table[0] and f"/{total >> 10} MiB  " in table[1]
 
 
-def test_no_beoserv_is_a_clear_error(tmp_path):
-    result = bpsh(tmp_path / "nothing.sock", "0", "true")
+@with_each_client
+def test_no_beoserv_is_a_clear_error(tmp_path, client):
+    result = bpsh(tmp_path / "nothing.sock", "0", "true", client=client)
     assert result.returncode == 255
     assert "cannot reach beoserv" in result.stderr and "--socket" in result.stderr
 
@@ -439,7 +461,7 @@ def open_dir():
 
 
 def as_nobody(sock, *args):
-    argv = ["/usr/bin/python3", *bpsh_argv(sock, *args)[1:]]  # the venv's python may be under /root
+    argv = bpsh_argv_for_anyone(sock, *args)
     return subprocess.run(argv, capture_output=True, text=True, timeout=60, user=65534, group=65534, cwd="/")
 
 
@@ -508,14 +530,17 @@ def process_state(pid: int) -> str:
         return f.read().rsplit(")", 1)[1].split()[0]
 
 
-def test_ctrl_z_stops_the_remote_job_and_bg_continues_it(cluster, tmp_path):
+@with_each_client
+def test_ctrl_z_stops_the_remote_job_and_bg_continues_it(cluster, tmp_path, client):
     url, sock, _ = cluster
     out = tmp_path / "out"
     counter = "i=0; while [ $i -lt 600 ]; do echo $i; i=$((i+1)); sleep 0.05; done"
     with open(out, "wb") as stdout:
         # its own process group, as a shell's job: a stop signal is not discarded as for an orphaned group
         job = subprocess.Popen(
-            bpsh_argv(sock, "--cache", "/usr/bin/sleep", "0", "sh", "-c", counter), stdout=stdout, process_group=0
+            bpsh_argv(sock, "--cache", "/usr/bin/sleep", "0", "sh", "-c", counter, client=client),
+            stdout=stdout,
+            process_group=0,
         )
 
     def lines_after(seconds: float) -> int:
@@ -553,9 +578,11 @@ def wait_until(predicate, timeout: float = 10) -> bool:
     return True
 
 
-def test_a_reader_that_goes_away_ends_the_job_by_sigpipe(cluster):
+@with_each_client
+def test_a_reader_that_goes_away_ends_the_job_by_sigpipe(cluster, client):
     url, sock, _ = cluster
-    bpsh_proc = subprocess.Popen(bpsh_argv(sock, "--cache", "/usr/bin/yes", "0", "yes"), stdout=subprocess.PIPE)
+    argv = bpsh_argv(sock, "--cache", "/usr/bin/yes", "0", "yes", client=client)
+    bpsh_proc = subprocess.Popen(argv, stdout=subprocess.PIPE)
     assert bpsh_proc.stdout.read(4) == b"y\ny\n"
     bpsh_proc.stdout.close()  # as `| head` does
     assert bpsh_proc.wait(10) == 128 + signal.SIGPIPE
@@ -585,9 +612,10 @@ def starting_jobs(url: str, command: str) -> list[dict]:
         return [j for j in json.load(response)["jobs"] if j["command"] == command and j["state"] == "starting"]
 
 
-def test_a_killed_bpsh_hangs_up_its_jobs(cluster):
+@with_each_client
+def test_a_killed_bpsh_hangs_up_its_jobs(cluster, client):
     url, sock, _ = cluster
-    bpsh_proc = subprocess.Popen(bpsh_argv(sock, "0", "sleep", "101"))
+    bpsh_proc = subprocess.Popen(bpsh_argv(sock, "0", "sleep", "101", client=client))
     assert wait_until(lambda: running_jobs(url, "sleep 101"))
     bpsh_proc.kill()
     bpsh_proc.wait()
