@@ -29,6 +29,7 @@ class Handoff:
     # time.monotonic() when the lease was asked for: stage 2 and stage 3 run on the same kernel
     # (switch_root, not kexec), so it is the same clock in both
     lease_obtained_at: float | None = None
+    dns: list[str] = field(default_factory=list)  # the lease's name servers (option 6), for resolv.conf
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, sort_keys=True) + "\n"

@@ -153,6 +153,25 @@ class RegisterRequest:
     agent_version: str = ""
     address: str | None = None  # the node's IPv4 address, once it has one: how other nodes reach it by name
     booted: Booted = field(default_factory=Booted)  # what this boot runs; a node from before it sends none
+    # /proc/sys/kernel/random/boot_id: the same for stage 2 and 3 and for a registration again of the same
+    # boot (after the master lost its registry), new at every kernel boot; the master's node-up hook runs
+    # once per boot by it (beoboot.master.nodehooks)
+    boot_id: str = ""
+
+
+@dataclass(frozen=True)
+class NodeMount:
+    """A file system the node mounts into its environment root before it takes jobs ([[mounts]] in
+    beoserv's config; stage3.sitemounts carries it out)."""
+
+    type: str  # "nfs", "tmpfs", or a local file system type ("ext4", "xfs")
+    source: str  # "master:/home", "server:/export", "LABEL=scratch", "tmpfs"
+    target: str  # absolute, inside the environment root
+    options: str = ""  # mount options as mount(8) takes them: "vers=4.2", "size=1g,ro"
+
+
+# The event a node posts for each of its mounts that failed: detail "TARGET: why" (bpstat shows them).
+MOUNT_FAILED = "mount_failed"
 
 
 @dataclass(frozen=True)
@@ -170,6 +189,10 @@ class RegisterReply:
     # the master's own host name, which nodes then resolve to the master: launchers on the master give it
     # to what they start on nodes to call back (Hydra's `--control-port vm:PORT`)
     master_hostname: str = ""
+    mounts: tuple[NodeMount, ...] = ()  # what the node mounts into its environment root before it takes jobs
+    # name servers and search domains for the node's resolv.conf; none: those of its DHCP lease
+    dns_servers: tuple[str, ...] = ()
+    dns_search: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -255,6 +278,8 @@ class NodeRow:
     # what the node's next boot would change: the names (kernel, stage3, envroot) whose published build
     # differs from what it booted; () none; None: not known (it reported nothing to compare)
     next_boot_changes: tuple[str, ...] | None = None
+    # the mounts ([[mounts]]) that failed in this boot, "TARGET: why", as the node's MOUNT_FAILED events said
+    mount_failures: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

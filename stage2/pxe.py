@@ -61,6 +61,7 @@ def run(config: AgentConfig, net: NetworkState, *, dhcp_started: float, dry_run:
         renewal_seconds=net.lease.renewal_seconds,
         rebinding_seconds=net.lease.rebinding_seconds,
         lease_obtained_at=net.lease_obtained_at,
+        dns=list(net.lease.dns),
     )
     os.makedirs(os.path.dirname(NEW_ROOT + HANDOFF_PATH), exist_ok=True)
     with open(NEW_ROOT + HANDOFF_PATH, "w") as f:

@@ -40,7 +40,9 @@ from beoboot.master.config import MasterConfig, load_config
 from beoboot.master.hosttable import HostTable
 from beoboot.master.jobhub import JobHub
 from beoboot.master.listener import BACKLOG, listen
+from beoboot.master.mountreports import MountReports
 from beoboot.master.nextboot import PublishedBoot
+from beoboot.master.nodehooks import NodeHooks
 from beoboot.master.printable import printable
 from beoboot.master.published import NotPublished, PublishedTree
 from beoboot.master.rates import SAMPLE_EVERY, WINDOW, Rates
@@ -211,6 +213,9 @@ class Beoserv:
         self._reaper: asyncio.Task[None] | None = None
         self._sampler: asyncio.Task[None] | None = None
         self.refusals = admission.RefusalLog()
+        self.hooks = NodeHooks(lambda: self.config)  # on_node_up, on_node_down
+        self.jobs.node_down = self.hooks.node_down  # bpctl's power orders take nodes down there
+        self.mount_reports = MountReports()
 
     # --- application -------------------------------------------------------------------------------------
 
@@ -357,6 +362,7 @@ class Beoserv:
                 task.cancel()
         if self._hosts_due is not None:
             self._publish_hosts()  # the last registrations' names are not left out of the file
+        await self.hooks.close()
         self.registry.close()
 
     async def _sample_forever(self) -> None:
@@ -386,6 +392,7 @@ class Beoserv:
             log.warning(
                 "node %d (%s) down: no heartbeat for %.1fs", node.number, node.mac, self.config.heartbeat_timeout
             )
+            self.hooks.node_down(node.number)
 
     # --- signals -----------------------------------------------------------------------------------------
 
@@ -489,6 +496,7 @@ class Beoserv:
             agent_version=node.agent_version,
             booted=node.booted,
             next_boot_changes=nextboot.changes(node.booted, published),
+            mount_failures=self.mount_reports.failures(node.number, node.boot),
         )
 
     def _registration_refused(self, request: web.Request) -> web.Response | None:
@@ -527,6 +535,7 @@ class Beoserv:
             request.remote,
         )
         await self.jobs.drop_link(node.number, f"node {node.number} registered again from {request.remote}")
+        self.hooks.registered(node.number, printable(msg.boot_id)[:64], node.boot)
         self._host_changed(node)
         return json_response(
             p.RegisterReply(
@@ -539,6 +548,9 @@ class Beoserv:
                 heartbeat_timeout=self.config.heartbeat_timeout,
                 link_token=node.link_token,
                 master_hostname=MASTER_HOSTNAME,
+                mounts=tuple(mount.for_node() for mount in self.config.mounts),
+                dns_servers=self.config.dns_servers,
+                dns_search=self.config.dns_search,
             )
         )
 
@@ -624,9 +636,15 @@ class Beoserv:
             p.check_event_name(event.name)
         now = time.time()
         timed = [(master_time(now, msg.sent_mono, e.mono), e) for e in msg.events]
+        before = self.registry.node_by_mac(msg.mac)
         number = self.registry.record_events(msg.mac, timed, now)
-        if number is None:
+        if number is None or before is None:
             return self._unknown(msg.mac)
+        for _, e in timed:
+            if e.name == p.MOUNT_FAILED:
+                self.mount_reports.failed(number, before.boot, printable(e.detail))
+        if not before.ready and any(e.name == p.BootEvent.STAGE3_READY for _, e in timed):
+            self.hooks.node_up(number)
         for _, e in timed:
             log.info("node %d (%s) %s %s %s", number, printable(msg.mac), e.stage, e.name, printable(e.detail))
         return json_response(p.Accepted(len(timed)))
