@@ -178,7 +178,7 @@ def _timed_mount(call: MountCall, path: str, wait: float, *, dry_run: bool) -> N
     thread.start()
     thread.join(wait)
     if not outcome:
-        raise MountError(f"no answer within {wait:.0f} s")
+        raise MountError(f"no answer within {wait:g} s")
     if outcome[0] is not None:
         raise MountError(str(outcome[0]))
 

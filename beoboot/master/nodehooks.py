@@ -20,7 +20,7 @@ from collections.abc import Callable
 from beoboot.master.config import MasterConfig
 from beoboot.master.printable import printable
 
-log = logging.getLogger("beoboot.master.hooks")
+log = logging.getLogger("beoserv")
 OUTPUT_LIMIT = 64 << 10  # bytes of a hook's output logged; the rest is read and dropped
 WHEN_UP, WHEN_DOWN = "up", "down"
 
