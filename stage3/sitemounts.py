@@ -206,7 +206,7 @@ def mount_all(
         try:
             call = mount_call(mount, master_host=master_host, client_address=client_address)
             _timed_mount(call, target_dir(env_root, mount.target), wait, dry_run=dry_run)
-        except (MountError, OSError) as exc:
+        except (MountError, OSError, ValueError) as exc:  # ValueError: a NUL in a path
             say(f"beoboot: mount {name} failed: {exc}", "error")
             failed(f"{mount.target}: {exc}")
             continue
