@@ -36,8 +36,11 @@ class NodeHooks:
         self.ran = 0  # hooks started since beoserv did (tests, status)
 
     def registered(self, number: int, boot_id: str, boot: int) -> None:
-        """A registration: which boot the node is in (its kernel's boot_id, else the master's count)."""
+        """A registration: which boot the node is in (its kernel's boot_id, else the master's count). A
+        node up in an earlier boot went down in between, even if too briefly to be found silent."""
         self._boot_ids[number] = boot_id or f"boot {boot}"
+        if self._up.get(number, self._boot_ids[number]) != self._boot_ids[number]:
+            self.node_down(number)
 
     def node_up(self, number: int) -> None:
         boot = self._boot_ids.get(number, "")
