@@ -55,6 +55,10 @@ APT_PACKAGES = [
     "lz4",
     "gzip",
     "dnsmasq-base",
+    # the NFS server of tests/integration/test_site_qemu.py: nfs-ganesha runs in user space, where the
+    # kernel's nfsd may be missing (a container's or a VM's kernel without it)
+    "nfs-ganesha",
+    "nfs-ganesha-vfs",
     "nginx-light",
     "systemd",  # systemd-analyze verifies the beoserv.service a build writes
     "iproute2",

@@ -31,6 +31,7 @@ class Handoff:
     lease_obtained_at: float | None = None
     # the last /dev/kmsg record stage 2 shipped (agent.kmsg): stage 3, on the same kernel, goes on after it
     kmsg_seq: int | None = None
+    dns: list[str] = field(default_factory=list)  # the lease's name servers (option 6), for resolv.conf
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, sort_keys=True) + "\n"

@@ -98,6 +98,7 @@ class MasterLink:
         self.hardware = p.Hardware()
         # what this boot runs, sent with every registration: the stage sets the images it knows of
         self.booted = p.Booted(kernel=os.uname().release)
+        self.boot_id = boot_id()  # sent at registration: which kernel boot this is
         self.address: str | None = None  # sent at registration and with heartbeats, for the cluster's host table
         self.hosts_version = 0  # of the host table, as the last heartbeat's reply said
         self.dropped_lines = 0
@@ -196,7 +197,9 @@ class MasterLink:
         default: a node without its master has nothing else to do). Then sends anything buffered."""
         if hardware is not None:
             self.hardware = hardware
-        request = p.RegisterRequest(self.mac, self.stage, self.hardware, __version__, self.address, self.booted)
+        request = p.RegisterRequest(
+            self.mac, self.stage, self.hardware, __version__, self.address, self.booted, self.boot_id
+        )
         sent = [0.0]
 
         def post() -> p.RegisterReply | None:
@@ -351,6 +354,15 @@ class MasterLink:
 
     def log_handler(self, level: int = logging.INFO) -> MasterLogHandler:
         return MasterLogHandler(self, level)
+
+
+def boot_id(path: str = "/proc/sys/kernel/random/boot_id") -> str:
+    """The kernel's id of this boot (new at every boot, kexec included), or "" where it cannot be read."""
+    try:
+        with open(path) as f:
+            return f.read(64).strip()
+    except OSError:
+        return ""
 
 
 def _error_text(response: Response) -> str:

@@ -154,6 +154,25 @@ class RegisterRequest:
     agent_version: str = ""
     address: str | None = None  # the node's IPv4 address, once it has one: how other nodes reach it by name
     booted: Booted = field(default_factory=Booted)  # what this boot runs; a node from before it sends none
+    # /proc/sys/kernel/random/boot_id: the same for stage 2 and 3 and for a registration again of the same
+    # boot (after the master lost its registry), new at every kernel boot; the master's node-up hook runs
+    # once per boot by it (beoboot.master.nodehooks)
+    boot_id: str = ""
+
+
+@dataclass(frozen=True)
+class NodeMount:
+    """A file system the node mounts into its environment root before it takes jobs ([[mounts]] in
+    beoserv's config; stage3.sitemounts carries it out)."""
+
+    type: str  # "nfs", "tmpfs", or a local file system type ("ext4", "xfs")
+    source: str  # "master:/home", "server:/export", "LABEL=scratch", "tmpfs"
+    target: str  # absolute, inside the environment root
+    options: str = ""  # mount options as mount(8) takes them: "vers=4.2", "size=1g,ro"
+
+
+# The event a node posts for each of its mounts that failed: detail "TARGET: why" (bpstat shows them).
+MOUNT_FAILED = "mount_failed"
 
 
 @dataclass(frozen=True)
@@ -174,6 +193,10 @@ class RegisterReply:
     # the master's wall time as it answered (agent.clocksync: the node sets its clock by it; 0: not sent)
     master_time: float = 0.0
     max_clock_drift: float = 0.5  # seconds the node's clock may drift from the master's before it is set again
+    mounts: tuple[NodeMount, ...] = ()  # what the node mounts into its environment root before it takes jobs
+    # name servers and search domains for the node's resolv.conf; none: those of its DHCP lease
+    dns_servers: tuple[str, ...] = ()
+    dns_search: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -273,6 +296,8 @@ class NodeRow:
     # was left after it set its clock then: what bpstat shows
     clock_offset: float | None = None
     clock_residual: float | None = None
+    # the mounts ([[mounts]]) that failed in this boot, "TARGET: why", as the node's MOUNT_FAILED events said
+    mount_failures: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

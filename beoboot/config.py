@@ -8,6 +8,7 @@ lives in beoboot.image.builder, never here.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -148,6 +149,29 @@ def parse_program(value: Any) -> str:
     return path
 
 
+def parse_dns_servers(value: Any) -> tuple[str, ...]:
+    """Name servers as dnsmasq's server= takes them: an address, or ADDRESS#PORT."""
+    expected = 'a list of name server addresses, each "10.0.0.53" or "10.0.0.53#5353"'
+    if not isinstance(value, list) or len(value) > 16:
+        raise ValueError(expected)
+    for item in value:
+        address, _, port = item.partition("#") if isinstance(item, str) else ("", "", "")
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            raise ValueError(expected) from None
+        if port and not (port.isdigit() and 0 < int(port) < 65536):
+            raise ValueError(expected)
+    return tuple(value)
+
+
+def parse_absolute_dir(value: Any) -> str:
+    text = values.one_line(value, "an absolute path")
+    if not text.startswith("/") or not text.isprintable() or " " in text:
+        raise ValueError("an absolute path without spaces")
+    return text
+
+
 def parse_words(value: Any) -> str:
     words = values.kernel_words(value)
     try:  # a beoboot.* word the agent would refuse at boot is refused now
@@ -220,6 +244,13 @@ class ArtifactsConfig:
     )
     append: str = setting(parse_words, "more kernel command-line words for every node kernel")
     beoserv: str = setting(parse_program, "where beoserv is on the master, for server/beoserv.service")
+    dns: bool = setting(boolean, "dnsmasq answers DNS: the node names from beoserv's hosts file, the rest forwarded")
+    dns_forward: tuple[str, ...] = setting(
+        parse_dns_servers, "with dns: the site's name servers for every other name, e.g. ['10.0.0.53']"
+    )
+    dns_hosts_dir: str = setting(
+        parse_absolute_dir, "with dns: the directory dnsmasq reads host files from (beoserv's hosts_file is in it)"
+    )
 
 
 @dataclass(frozen=True)

@@ -66,6 +66,7 @@ def run(config: AgentConfig, net: NetworkState, *, dhcp_started: float, dry_run:
         rebinding_seconds=net.lease.rebinding_seconds,
         lease_obtained_at=net.lease_obtained_at,
         kmsg_seq=kmsg_seq,
+        dns=list(net.lease.dns),
     )
     os.makedirs(os.path.dirname(NEW_ROOT + HANDOFF_PATH), exist_ok=True)
     with open(NEW_ROOT + HANDOFF_PATH, "w") as f:

@@ -46,14 +46,14 @@ from agent.download import sha256_of
 from agent.httpclient import HttpError, Pool
 from agent.masterlink import MasterBusy, busy_wait
 from stage3.accounts import ACCOUNT_FILES
-from stage3.names import NAME_FILES
+from stage3.names import NAME_FILES, RESOLV_CONF
 from stage3.rootpaths import AgentPathError, RootDirectories, RootPathError, is_not_a_directory, stat_at, unlink_at
 
 LIBCACHE_DIR = ".libcache"  # in the environment root
 # The environment root's files that the agent writes itself (the job's users and groups, the node's names),
 # or that decide for every job what it loads (ld.so.preload) and where names resolve (resolv.conf): one of
 # a job's, however reached, would be that job's user's choice for all later jobs
-AGENT_FILES = frozenset({*ACCOUNT_FILES.values(), *NAME_FILES, "etc/resolv.conf", "etc/ld.so.preload"})
+AGENT_FILES = frozenset({*ACCOUNT_FILES.values(), *NAME_FILES, RESOLV_CONF, "etc/ld.so.preload"})
 
 CHUNK = 1 << 20
 ACL_XATTR = "system.posix_acl_access"

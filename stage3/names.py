@@ -1,10 +1,12 @@
-"""The node's names: /etc/hostname and /etc/hosts in stage 3's root and in the environment root jobs see.
+"""The node's names: /etc/hostname, /etc/hosts and /etc/resolv.conf in stage 3's root and in the environment
+root jobs see.
 
-Jobs resolve names from files only (the environment root's nsswitch.conf), so these files are how a job
+Jobs resolve names from files first, then DNS (the environment root's nsswitch.conf), so these files are how a job
 finds its own host (Java's getLocalHost, MPI start-up), the master (`master`, Scyld's `.-1`) and the other
 nodes (`n3`, `.3`, from the master's host table). They are kept true while the node runs: the table
 changes when nodes register, and without an address plan the node's own address changes when a new DHCP
-lease moves it.
+lease moves it. Other names (a licence server, a file server) go to the name servers of resolv.conf: the
+master's config's (dns_servers, dns_search), else the DHCP lease's.
 """
 
 from __future__ import annotations
@@ -19,6 +21,22 @@ from agent import protocol as p
 from stage3.rootpaths import replace_file
 
 NAME_FILES = ("etc/hostname", "etc/hosts")  # under each root
+RESOLV_CONF = "etc/resolv.conf"  # under each root too
+# glibc's resolver: a name server that does not answer is given up on after 2 s, twice, not 5 s
+RESOLVER_OPTIONS = "options timeout:2 attempts:2"
+
+
+def resolv_conf(reply: p.RegisterReply, lease_dns: tuple[str, ...] | list[str] = ()) -> str:
+    """/etc/resolv.conf: the master's name servers and search domains, else the DHCP lease's servers."""
+    servers, origin = reply.dns_servers, "the master's config (dns_servers)"
+    if not servers:
+        servers, origin = tuple(lease_dns), "the DHCP lease"
+    lines = [f"# written by beoboot from {origin}" if servers else "# no name servers: names resolve from /etc/hosts"]
+    if reply.dns_search:
+        lines.append("search " + " ".join(reply.dns_search))
+    lines += [f"nameserver {server}" for server in servers[:3]]  # glibc reads three (MAXNS)
+    lines.append(RESOLVER_OPTIONS)
+    return "\n".join(lines) + "\n"
 
 
 def hosts_file(reply: p.RegisterReply, address: str, master_url: str) -> str:
@@ -78,6 +96,7 @@ class NodeNames:
         self.env_root = env_root
         self.root = root  # stage 3's own; another in tests
         self.dry_run = dry_run
+        self.resolv = ""  # resolv.conf's text (resolv_conf); "": not written
         self.table = ""
         self._lock = threading.Lock()
 
@@ -85,6 +104,7 @@ class NodeNames:
         """Stage 3's own root, and the hostname."""
         with self._lock:
             set_identity(self.reply, self.address, self.master_url, root=self.root, dry_run=self.dry_run)
+            self._write_resolv(self.root)
 
     def write_env_root(self) -> None:
         with self._lock:
@@ -106,7 +126,12 @@ class NodeNames:
             self._write_env_root()
         return True
 
+    def _write_resolv(self, root: str) -> None:
+        if self.resolv:
+            _replace(os.path.join(root, RESOLV_CONF), self.resolv)
+
     def _write_env_root(self) -> None:
         set_identity(self.reply, self.address, self.master_url, root=self.env_root, dry_run=self.dry_run)
+        self._write_resolv(self.env_root)
         if self.table:
             write_env_hosts(hosts_file(self.reply, self.address, self.master_url), self.table, self.env_root)

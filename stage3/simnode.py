@@ -22,7 +22,9 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable
+from urllib.parse import urlsplit
 
 from agent import bootfiles, hwprobe
 from agent import protocol as p
@@ -30,9 +32,9 @@ from agent.config import MASTER_LOST
 from agent.masterlink import MasterLink
 from agent.schema import Stage
 from agent.system.mounts import ENV_ROOT_MOUNTS
-from stage3 import jobrunner
+from stage3 import jobrunner, sitemounts
 from stage3.libcache import LIBCACHE_DIR, LibCache
-from stage3.names import NodeNames
+from stage3.names import NodeNames, resolv_conf
 from stage3.simfleet import (
     DOWNLOADS_PER_PROCESS,
     NODES_PER_PROCESS,
@@ -53,7 +55,7 @@ MS_REC, MS_PRIVATE = 0x4000, 0x40000
 SKELETON_FILES = {
     "etc/passwd": "root:x:0:0:root:/:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
     "etc/group": "root:x:0:\nnogroup:x:65534:\n",
-    "etc/nsswitch.conf": "passwd: files\ngroup: files\nhosts: files\n",  # the envroot image's (templates/envroot)
+    "etc/nsswitch.conf": "passwd: files\ngroup: files\nhosts: files dns\n",  # the envroot image's (templates/envroot)
 }
 # Every simulated node runs on this host, so its own names, the master's and (from the host table) the
 # other nodes' resolve to loopback, where the others' jobs listen too: MPI daemons and ranks reach each
@@ -65,6 +67,7 @@ SKELETON_FILES = {
 # fetching a thousand lines at each change), not the master's that its benchmarks measure, and its
 # nodes know their own and the master's names only
 FOLLOW_HOSTS_UP_TO = 64
+SIMULATED_MOUNT_TYPES = ("tmpfs",)  # what a simulated node mounts of [[mounts]]: the others need its own kernel
 
 
 def private_mounts() -> bool:
@@ -135,6 +138,7 @@ class SimNode:
         os.makedirs(self.env_root, exist_ok=True)
         make_env_root(self.env_root, proc=proc)
         self.scheduler, self.load = heartbeats, load
+        self.private_mounts = proc  # root, in a mount namespace of its own: it may mount in its root
         self.booted: dict[str, str] = {}  # image -> sha256, of the images boot() fetched (with --boot)
         self.follow_hosts = False  # take the host table's changes (FOLLOW_HOSTS_UP_TO)
         self._kept = False  # said that the master is lost and the node keeps on
@@ -176,9 +180,12 @@ class SimNode:
             self.master, self.mac, self.env_root, self.cache, log=print, token=self._token, power=self.power
         )
         self.link.address = self.address  # for the cluster's host table
+        self.link.boot_id = str(uuid.uuid4())  # each start is a boot
         reply = self.link.register(p.Hardware(cpu_model="simulated", cpus=1), attempts=20)
         self.names = NodeNames(reply, self.address, self.master, self.env_root, dry_run=True, root=self.directory)
+        self.names.resolv = resolv_conf(reply)
         self.names.write_env_root()
+        self.mount_site(reply)
         self.hosts_version = 0
         self.link.event(p.BootEvent.STAGE3_READY)
         if self.scheduler is None:
@@ -191,6 +198,21 @@ class SimNode:
         if since is not None:
             self.figures.up = time.monotonic() - since
         return reply.number
+
+    def mount_site(self, reply: p.RegisterReply) -> None:
+        """The site's [[mounts]] as a booted node mounts them, but tmpfs only (in its own mount namespace,
+        as root); the others are said and left. Failures are reported as a booted node reports them."""
+        sitemounts.mount_all(
+            reply.mounts,
+            self.env_root,
+            master_host=urlsplit(self.master).hostname or "",
+            client_address=self.address,
+            say=lambda message, level: print(f"simnode: {self.mac}: {message}", flush=True),
+            failed=lambda detail: self.link.event(p.MOUNT_FAILED, detail),
+            dry_run=False,
+            types=SIMULATED_MOUNT_TYPES if self.private_mounts else (),
+            wait=5.0,
+        )
 
     def beat(self) -> float | None:
         """One scheduled heartbeat; None once the link is stopped. A new host table is taken at once."""

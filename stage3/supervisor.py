@@ -16,6 +16,7 @@ import stat
 import subprocess
 import time
 from collections.abc import Callable
+from urllib.parse import urlsplit
 
 from agent import bootfiles, clocksync, cmdline, cpio, hwprobe, kmsg
 from agent import protocol as p
@@ -26,9 +27,9 @@ from agent.net.netlink import Netlink
 from agent.report import reporter, say
 from agent.schema import Stage
 from agent.system import mounts, syscalls
-from stage3 import jobrunner, leasekeeper
+from stage3 import jobrunner, leasekeeper, sitemounts
 from stage3.libcache import LIBCACHE_DIR
-from stage3.names import NodeNames
+from stage3.names import NodeNames, resolv_conf
 
 ENV_ROOT = "/env"
 DISK_WAIT = 10.0  # seconds for the libcache disk's device node to appear
@@ -287,10 +288,20 @@ def run(config: AgentConfig, *, dry_run: bool) -> None:
     reply = link.register(hwprobe.probe())
     take_permanent_address(reply, handoff, dry_run=dry_run)
     names = NodeNames(reply, reply.address or handoff.address, handoff.master_url, ENV_ROOT, dry_run=dry_run)
+    names.resolv = resolv_conf(reply, handoff.dns)
     names.write_root()
     say(f"beoboot: node {reply.number} ({reply.name}), hostname {reply.hostname}, boot {reply.boot}")
     on_disk = build_env_root(handoff.master_url, handoff.pins, config, dry_run=dry_run)
     names.write_env_root()
+    sitemounts.mount_all(  # before the job link opens: a job sees /home as the master does, or not at all
+        reply.mounts,
+        ENV_ROOT,
+        master_host=urlsplit(handoff.master_url).hostname or "",
+        client_address=reply.address or handoff.address,
+        say=say,
+        failed=lambda detail: link.event(p.MOUNT_FAILED, detail),
+        dry_run=dry_run,
+    )
     orders: queue.SimpleQueue[p.NodePower] = queue.SimpleQueue()  # bpctl's, put once the jobs have ended
     runner = jobrunner.start_runner(
         handoff.master_url,

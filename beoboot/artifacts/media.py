@@ -19,7 +19,13 @@ from beoboot.artifacts import BootPayload
 from beoboot.artifacts.floppy import write_floppy
 from beoboot.artifacts.iso import write_iso
 from beoboot.artifacts.pxe import write_pxe_tree
-from beoboot.artifacts.servers import NGINX_STATE_DIR, parse_node_range, write_beoserv_unit, write_server_configs
+from beoboot.artifacts.servers import (
+    NGINX_STATE_DIR,
+    DnsService,
+    parse_node_range,
+    write_beoserv_unit,
+    write_server_configs,
+)
 from beoboot.config import Config
 from beoboot.log import log
 
@@ -106,6 +112,7 @@ def write_all(
             interface=art.interface,
             state_dir=NGINX_STATE_DIR,
             installed_dir=Path(SERVER_ROOT_PLACEHOLDER) / SERVER_DIR,
+            dns=DnsService(art.dns_forward, art.dns_hosts_dir) if art.dns else None,
         )
         files.append(
             write_beoserv_unit(

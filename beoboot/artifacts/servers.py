@@ -155,6 +155,23 @@ def listen_address(master_url: str) -> str:
 # -- the files
 
 
+@dataclass(frozen=True)
+class DnsService:
+    """dnsmasq's DNS ([artifacts] dns): the node names from the host files in `hosts_dir` (beoserv keeps
+    its hosts_file there), `master` as the nodes reach it, every other name forwarded to `forward`."""
+
+    forward: tuple[str, ...] = ()
+    hosts_dir: str = "/var/lib/beoboot/hosts.d"
+
+
+def master_address(master_url: str) -> str | None:
+    """The master's IPv4 address in its URL, as the nodes reach it; None when the URL names it by name."""
+    try:
+        return str(ipaddress.IPv4Address(urlsplit(master_url).hostname or ""))
+    except ValueError:
+        return None
+
+
 def write_server_configs(
     outdir: Path,
     *,
@@ -171,6 +188,7 @@ def write_server_configs(
     state_dir: Path | None = None,
     nginx_user: str | None = None,
     installed_dir: Path | None = None,
+    dns: DnsService | None = None,
 ) -> list[Path]:
     """dnsmasq.conf and nginx.conf in `outdir`, in that order, for `nodes` with leases of `lease_time` (None:
     the embedded default config's). `state_dir` holds nginx's pid, logs and temp files; `nginx_user` is the
@@ -203,6 +221,8 @@ def write_server_configs(
         tftp_max=tftp_max(nodes),
         master_url=master_url,
         script_url=f"{master_url.rstrip('/')}/{BOOT_SCRIPT}",
+        dns=dns,
+        master_address=master_address(master_url),
     )
     nginx = render(
         "nginx.conf.j2",

@@ -177,6 +177,7 @@ def format_nodes(nodes: p.NodeList) -> str:
         "booted",
         "next boot",
         "clock",
+        "mounts",
     )
     rows = [header]
     for n in nodes.nodes:
@@ -201,13 +202,21 @@ def format_nodes(nodes: p.NodeList) -> str:
                 format_booted(n.booted),
                 format_next_boot(n.next_boot_changes),
                 format_clock(n.clock_residual if n.clock_residual is not None else n.clock_offset),
+                format_mounts(n.mount_failures),
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     table = "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows) + "\n"
     if any(n.next_boot_changes for n in nodes.nodes):
         table += f"{STALE_MARK} booted what the published build has changed since: its next boot brings the new one\n"
+    for n in nodes.nodes:
+        table += "".join(f"{n.name}: mount {printable(failure)}\n" for failure in n.mount_failures)
     return table
+
+
+def format_mounts(failures: tuple[str, ...]) -> str:
+    """'-', or the targets of the [[mounts]] that failed this boot: 'failed:/home,/scratch'."""
+    return "failed:" + ",".join(printable(f.split(":")[0]) for f in failures) if failures else "-"
 
 
 def format_jobs(jobs: p.JobList) -> str:

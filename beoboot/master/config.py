@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -15,6 +16,7 @@ from agent import values
 from beoboot.configfile import Refused, parse, parse_toml, read_toml, setting
 from beoboot.errors import ConfigError
 from beoboot.master import nodeset
+from beoboot.master.mountspec import MountConfig, mounts_problem, toml_tables
 from beoboot.master.selection import check_group_name
 
 KEEP_BOOTS_MAX = 10000
@@ -23,6 +25,10 @@ LOCAL_NODES = ("root", "none")
 MAX_NODES_MAX = 1 << 20  # a million nodes: beyond any cluster one beoserv serves
 MAX_TRANSFERS_MAX = 65536
 MAX_GROUPS = 4096  # [groups] entries: racks, switches, partitions; not one per node
+MAX_HOOK_WORDS = 256
+MAX_DNS_SERVERS = 3  # glibc's resolver reads the first three nameserver lines (MAXNS)
+MAX_DNS_SEARCH = 6
+DOMAIN = r"[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*"
 
 
 def _typed(*kinds: type, then: Callable[[Any], Any] = lambda value: value) -> Callable[[Any], Any]:
@@ -95,6 +101,35 @@ def _groups(value: Any) -> tuple[tuple[str, str], ...]:
         except ValueError as exc:
             raise Refused(f"has {name!r}, which {exc}") from None
     return tuple(sorted(value.items()))
+
+
+def _argv(value: Any) -> tuple[str, ...]:
+    """A hook's command: a program and its arguments, run without a shell."""
+    if not isinstance(value, list) or not all(isinstance(word, str) and "\0" not in word for word in value):
+        raise Refused("must be a list of strings, a program and its arguments", hint='["/usr/local/sbin/node-up"]')
+    if value and not value[0] or len(value) > MAX_HOOK_WORDS:
+        raise Refused(f"must name a program first, and hold at most {MAX_HOOK_WORDS} words")
+    return tuple(value)
+
+
+def _dns_servers(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or len(value) > MAX_DNS_SERVERS:
+        raise Refused(f"must be a list of at most {MAX_DNS_SERVERS} addresses", hint='["10.54.0.1"]')
+    for item in value:
+        try:
+            ipaddress.ip_address(item)
+        except (ValueError, TypeError):
+            raise Refused(f"holds {item!r}, which is not an IP address") from None
+    return tuple(value)
+
+
+def _dns_search(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or len(value) > MAX_DNS_SEARCH:
+        raise Refused(f"must be a list of at most {MAX_DNS_SEARCH} domains", hint='["cluster.example.org"]')
+    for item in value:
+        if not isinstance(item, str) or len(item) > 253 or not re.fullmatch(DOMAIN, item):
+            raise Refused(f"holds {item!r}, which is not a domain name")
+    return tuple(value)
 
 
 @dataclass(frozen=True)
@@ -171,6 +206,32 @@ class MasterConfig:
     groups: tuple[tuple[str, str], ...] = setting(
         _groups, 'named node sets: [groups] rack1 = "n[0-31]"; used as @rack1', (), toml=dict
     )
+    # beoboot.master.mountspec, carried out by stage3.sitemounts before the node takes jobs
+    mounts: tuple[MountConfig, ...] = setting(
+        [MountConfig],
+        'file systems each node mounts into its environment root: [[mounts]] type = "nfs", source = "master:/home", '
+        'target = "/home"',
+        (),
+        toml=toml_tables,
+    )
+    # stage3.names: the nodes' resolv.conf; none here: the name servers of each node's DHCP lease
+    dns_servers: tuple[str, ...] = setting(
+        _dns_servers, "name servers for the nodes' resolv.conf; []: those of their DHCP leases", (), toml=list
+    )
+    dns_search: tuple[str, ...] = setting(_dns_search, "search domains for the nodes' resolv.conf", (), toml=list)
+    # beoboot.master.nodehooks: run once per boot, BEOBOOT_NODE=N in their environment, never holding the node
+    on_node_up: tuple[str, ...] = setting(
+        _argv, "a command run when a node comes up (BEOBOOT_NODE=N): a program and its arguments", (), toml=list
+    )
+    on_node_down: tuple[str, ...] = setting(
+        _argv, "a command run when a node goes down (BEOBOOT_NODE=N)", (), toml=list
+    )
+    hook_timeout: float = setting(_seconds(0.1, 86400), "seconds a hook may run before it is killed", 300.0)
+    hook_concurrency: int = setting(
+        _typed(int, then=lambda value: values.whole(value, 1, 1024, "a number of hooks")),
+        "hooks running at once; more wait their turn",
+        8,
+    )
     # the groups' nodes, from `groups` and hostname_prefix (config_from_dict): not a key of the file
     group_nodes: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
@@ -205,6 +266,8 @@ def config_from_dict(raw: dict[str, Any], source: str) -> MasterConfig:
                 hint=f"a group lists nodes, not other groups: {nodeset.SYNTAX.split('; @')[0]}",
             ) from None
     config = replace(config, group_nodes=tuple(group_nodes))
+    if (problem := mounts_problem(config.mounts)) is not None:
+        raise ConfigError(f"{source}: {problem}", hint="see beoserv --help for the keys of [[mounts]]")
     if config.heartbeat_timeout <= config.heartbeat_interval:
         raise ConfigError(
             f"{source}: heartbeat_timeout = {config.heartbeat_timeout} must exceed "

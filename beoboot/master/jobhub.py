@@ -163,6 +163,7 @@ class JobHub:
         self.manifests = ManifestBuilder(self.objects, root)
         self.describer = Describer(self.manifests.build, self.manifests.budget)
         self.links: dict[int, NodeLink] = {}
+        self.node_down: Callable[[int], None] = lambda number: None  # told of the nodes bpctl took down
         # the links by a hash of their token: a node's object request finds its link in one lookup, not by
         # comparing its token with every link's (that was O(nodes) per object: O(nodes^2) per job). The
         # lookup's timing depends on the token's hash, which tells a guesser nothing of any token.
@@ -686,6 +687,7 @@ class JobHub:
         except asyncio.TimeoutError:
             return f"node {number} did not close its job link within {wait:g} s of the {order.action} order"
         self.registry.mark_down(number, node.boot, time.time(), order.action, f"bpctl, as {order.by} asked")
+        self.node_down(number)
         return ""
 
     async def signal(self, session: Session, signum: int) -> None:

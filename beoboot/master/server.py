@@ -41,7 +41,9 @@ from beoboot.master.config import MasterConfig, load_config
 from beoboot.master.hosttable import HostTable
 from beoboot.master.jobhub import JobHub
 from beoboot.master.listener import BACKLOG, listen
+from beoboot.master.mountreports import MountReports
 from beoboot.master.nextboot import PublishedBoot
+from beoboot.master.nodehooks import NodeHooks
 from beoboot.master.printable import printable
 from beoboot.master.published import NotPublished, PublishedTree
 from beoboot.master.rates import SAMPLE_EVERY, WINDOW, Rates
@@ -218,6 +220,9 @@ class Beoserv:
         self._reaper: asyncio.Task[None] | None = None
         self._sampler: asyncio.Task[None] | None = None
         self.refusals = admission.RefusalLog()
+        self.hooks = NodeHooks(lambda: self.config)  # on_node_up, on_node_down
+        self.jobs.node_down = self.hooks.node_down  # bpctl's power orders take nodes down there
+        self.mount_reports = MountReports()
 
     # --- application -------------------------------------------------------------------------------------
 
@@ -365,6 +370,7 @@ class Beoserv:
                 task.cancel()
         if self._hosts_due is not None:
             self._publish_hosts()  # the last registrations' names are not left out of the file
+        await self.hooks.close()
         self.registry.close()
 
     async def _sample_forever(self) -> None:
@@ -394,6 +400,7 @@ class Beoserv:
             log.warning(
                 "node %d (%s) down: no heartbeat for %.1fs", node.number, node.mac, self.config.heartbeat_timeout
             )
+            self.hooks.node_down(node.number)
 
     # --- signals -----------------------------------------------------------------------------------------
 
@@ -500,6 +507,7 @@ class Beoserv:
             next_boot_changes=nextboot.changes(node.booted, published),
             clock_offset=node.clock_offset,
             clock_residual=node.clock_residual,
+            mount_failures=self.mount_reports.failures(node.number, node.boot),
         )
 
     def _registration_refused(self, request: web.Request) -> web.Response | None:
@@ -538,6 +546,7 @@ class Beoserv:
             request.remote,
         )
         await self.jobs.drop_link(node.number, f"node {node.number} registered again from {request.remote}")
+        self.hooks.registered(node.number, printable(msg.boot_id)[:64], node.boot)
         self._host_changed(node)
         return json_response(
             p.RegisterReply(
@@ -550,6 +559,9 @@ class Beoserv:
                 heartbeat_timeout=self.config.heartbeat_timeout,
                 link_token=node.link_token,
                 master_hostname=MASTER_HOSTNAME,
+                mounts=tuple(mount.for_node() for mount in self.config.mounts),
+                dns_servers=self.config.dns_servers,
+                dns_search=self.config.dns_search,
                 master_time=time.time(),  # as late as can be: the node takes it for now + half the round trip
                 max_clock_drift=self.config.max_clock_drift,
             )
@@ -642,9 +654,15 @@ class Beoserv:
             p.check_event_name(event.name)
         now = time.time()
         timed = [(master_time(now, msg.sent_mono, e.mono), e) for e in msg.events]
+        before = self.registry.node_by_mac(msg.mac)
         number = self.registry.record_events(msg.mac, timed, now)
-        if number is None:
+        if number is None or before is None:
             return self._unknown(msg.mac)
+        for _, e in timed:
+            if e.name == p.MOUNT_FAILED:
+                self.mount_reports.failed(number, before.boot, printable(e.detail))
+        if not before.ready and any(e.name == p.BootEvent.STAGE3_READY for _, e in timed):
+            self.hooks.node_up(number)
         for _, e in timed:
             log.info("node %d (%s) %s %s %s", number, printable(msg.mac), e.stage, e.name, printable(e.detail))
         return json_response(p.Accepted(len(timed)))

@@ -77,3 +77,22 @@ def test_the_master_is_known_by_its_own_host_name_too():
     for odd in ("master", "localhost", "bad name", "a\nb"):
         reply = p.RegisterReply(3, ".3", "n3", "10.54.0.13", 1, 5.0, 30.0, master_hostname=odd)
         assert hosts_file(reply, "10.54.0.13/24", "http://10.54.0.1:8080/").endswith("10.54.0.1 master master0 .-1\n")
+
+
+def test_resolv_conf_takes_the_masters_servers_over_the_leases(tmp_path):
+    from stage3.names import resolv_conf
+
+    configured = p.RegisterReply(3, ".3", "n3", None, 1, 5.0, 30.0, dns_servers=("10.0.0.53",), dns_search=("c.org",))
+    assert resolv_conf(configured, ["10.0.2.3"]) == (
+        "# written by beoboot from the master's config (dns_servers)\nsearch c.org\nnameserver 10.0.0.53\n"
+        "options timeout:2 attempts:2\n"
+    )
+    assert "nameserver 10.0.2.3\n" in resolv_conf(REPLY, ["10.0.2.3"])
+    assert "nameserver" not in resolv_conf(REPLY, [])
+    names = NodeNames(REPLY, "10.54.0.13/24", "http://10.54.0.1:8080/", str(tmp_path / "env"), dry_run=True)
+    names.root = str(tmp_path / "root")
+    names.resolv = resolv_conf(REPLY, ["10.0.2.3"])
+    names.write_root()
+    names.write_env_root()
+    for root in ("root", "env"):
+        assert (tmp_path / root / "etc/resolv.conf").read_text() == names.resolv

@@ -72,6 +72,12 @@ def stdlib_zip_member(relative: str) -> str:
     return relative + "c" if current else relative
 
 
+# QEMU's user networking hands its nodes a name server (10.0.2.3) that forwards to this host's resolver,
+# and so to the outside world: a test master without a config of its own names the node's loopback, where
+# nothing answers, for its nodes' resolv.conf (stage3.names). A test with a config names its own servers.
+SAFE_DNS = 'dns_servers = ["127.0.0.1"]\n'
+
+
 class MasterProcess:
     def __init__(self, root: Path, db: Path, log: Path, config: Path | None = None, port: int = 0) -> None:
         self.root, self.db, self.log_path, self.config, self.port = root, db, log, config, port
@@ -98,8 +104,11 @@ class MasterProcess:
             "--bpsh-socket",
             str(self.bpsh_socket),
         ]
-        if self.config:
-            args += ["--config", str(self.config)]
+        config = self.config
+        if config is None:  # QEMU nodes must not take their user network's name server (SAFE_DNS)
+            config = self.log_path.parent / "beoserv-default.toml"
+            config.write_text(SAFE_DNS)
+        args += ["--config", str(config)]
         # stderr to a file, not a pipe: an undrained pipe would block the server once 64 KiB of log piled up
         self._log_file = open(self.log_path, "ab")
         self._offset = self.log_path.stat().st_size
