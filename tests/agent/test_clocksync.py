@@ -131,9 +131,9 @@ def test_a_node_behind_the_master_is_set_at_registration_and_past_the_drift_boun
     with contextlib.redirect_stdout(out):
         assert bpstat_main(["--master", master.url, str(reply.number)]) == 0
     header, line = out.getvalue().splitlines()[:2]
-    clock = header.split().index("clock") - len(header.split())  # from the end: earlier columns hold spaces
-    assert line.split()[clock].endswith("s")
-    assert abs(float(line.split()[clock][:-1])) < 0.2
+    column = header.split().index("clock") - len(header.split())  # from the end: earlier columns hold spaces
+    assert line.split()[column].endswith("s")
+    assert abs(float(line.split()[column][:-1])) < 0.2
 
     clock.behind += 2.0  # the node's clock drifts two seconds: the next heartbeat's reply sets it again
     assert link.heartbeat(1.0) is not None
