@@ -12,9 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-from master_helpers import MasterProcess, bpsh_argv, build_for_master
+from master_helpers import MasterProcess, bpsh_argv, build_for_master, shared_port
 from nodes import node_row, stage2_node
-from servers import free_port
 
 from agent import __version__ as agent_version
 from stage3.names import is_host_name
@@ -24,7 +23,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def port():
-    return free_port()
+    return shared_port()  # the session's one build for it serves this module too
 
 
 @pytest.fixture(scope="module")

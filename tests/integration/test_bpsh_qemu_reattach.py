@@ -6,9 +6,8 @@ import subprocess
 import time
 
 import pytest
-from master_helpers import MasterProcess, bpsh_argv, build_for_master
+from master_helpers import MasterProcess, bpsh_argv, build_for_master, shared_port
 from nodes import stage2_node
-from servers import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -16,7 +15,7 @@ LINES = 30  # a line a second: the job outlasts the master's absence
 
 
 def test_a_qemu_nodes_job_outlives_15_s_without_its_master(tmp_path_factory):
-    port = free_port()
+    port = shared_port()  # the session's one build for it serves this test too
     out = build_for_master(tmp_path_factory, port)
     work = tmp_path_factory.mktemp("qemu-reattach")
     master = MasterProcess(out, work / "nodes.db", work / "beoserv.log", port=port).start()

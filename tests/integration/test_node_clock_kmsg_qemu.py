@@ -9,9 +9,8 @@ import sys
 import time
 
 import pytest
-from master_helpers import MasterProcess, bpsh_argv, build_for_master
+from master_helpers import MasterProcess, bpsh_argv, build_for_master, shared_port
 from nodes import node_row, stage2_node
-from servers import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -22,7 +21,7 @@ LOG_WAIT = 60  # seconds for a line to reach the master: the next heartbeat's fl
 
 @pytest.fixture(scope="module")
 def port():
-    return free_port()
+    return shared_port()  # the session's one build for it serves this module too
 
 
 @pytest.fixture(scope="module")

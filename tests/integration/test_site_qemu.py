@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from master_helpers import BPSH_SCRIPT, MasterProcess, build_for_master, let_others_reach
+from master_helpers import BPSH_SCRIPT, MasterProcess, build_for_master, let_others_reach, shared_port
 from nodes import node_row, stage2_node
 from servers import free_port
 
@@ -49,7 +49,7 @@ def wait_for_text(path, text, process, timeout=30):
 
 @pytest.fixture(scope="module")
 def port():
-    return free_port()
+    return shared_port()  # the session's one build for it serves this module too
 
 
 @pytest.fixture(scope="module")

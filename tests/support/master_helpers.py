@@ -8,10 +8,12 @@ import functools
 import importlib.util
 import json
 import os
+import random
 import re
 import resource
 import shutil
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -163,8 +165,32 @@ class MasterProcess:
         return fds, rss
 
 
+# Builds made for QEMU tests, by (port, settings): a build takes most of a minute, and test modules that ask
+# for the same one (at shared_port(), each starting its own master there in turn) share it
+_BUILDS: dict[tuple[int, str], Path] = {}
+_SHARED_PORT: list[int] = []
+SHARED_PORTS = range(20000, 32768)  # below the kernel's ephemeral ports: no socket bound to port 0 takes it
+
+
+def shared_port() -> int:
+    """The port the session's shared build names for its master (127.0.0.1, 10.0.2.2 from QEMU)."""
+    if not _SHARED_PORT:
+        for port in random.Random().sample(SHARED_PORTS, 50):
+            with socket.socket() as probe:
+                try:
+                    probe.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            _SHARED_PORT.append(port)
+            break
+        else:
+            raise RuntimeError(f"no free port in {SHARED_PORTS}")
+    return _SHARED_PORT[0]
+
+
 def build_for_master(tmp_path_factory, port: int, build_settings: str = "") -> Path:
-    """A build whose nodes look for their master at the host's 127.0.0.1:PORT (10.0.2.2 from QEMU)."""
+    """A build whose nodes look for their master at the host's 127.0.0.1:PORT (10.0.2.2 from QEMU); built
+    once per session for each port and settings (its output is read, never changed, by the tests)."""
     import pytest
 
     from beoboot import config
@@ -172,10 +198,13 @@ def build_for_master(tmp_path_factory, port: int, build_settings: str = "") -> P
 
     if not list(Path("/boot").glob("vmlinuz-*")):
         pytest.skip("needs a kernel: python3 build.py setup")
+    if (port, build_settings) in _BUILDS:
+        return _BUILDS[(port, build_settings)]
     site = tmp_path_factory.mktemp("site") / "site.toml"
     site.write_text(f'[build]\nmaster_url = "http://10.0.2.2:{port}/"\n{build_settings}')
     outdir = tmp_path_factory.mktemp("out")
     builder.build(config.load(site), outdir)
+    _BUILDS[(port, build_settings)] = outdir
     return outdir
 
 
