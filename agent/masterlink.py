@@ -92,6 +92,7 @@ class MasterLink:
         self.log = log  # told about each retry, so a node waiting for its master says so
         self.registration: p.RegisterReply | None = None
         self.hardware = p.Hardware()
+        self._hardware_due = False  # report_hardware: the next heartbeat carries it
         # what this boot runs, sent with every registration: the stage sets the images it knows of
         self.booted = p.Booted(kernel=os.uname().release)
         self.address: str | None = None  # sent at registration and with heartbeats, for the cluster's host table
@@ -200,7 +201,10 @@ class MasterLink:
 
     def heartbeat(self, uptime: float | None = None, load: p.Load | None = None) -> p.HeartbeatReply | None:
         """One heartbeat; None if the master did not answer. A master that forgot us gets a new registration."""
-        message = p.Heartbeat(self.mac, self.stage, uptime, self.address, load)
+        sent_hardware = self._hardware_due
+        message = p.Heartbeat(
+            self.mac, self.stage, uptime, self.address, load, self.hardware if sent_hardware else None
+        )
         try:
             try:
                 reply = self._post(p.HEARTBEAT_PATH, message, p.HeartbeatReply)
@@ -213,7 +217,13 @@ class MasterLink:
         self._note_success()
         if reply is not None:
             self.hosts_version = reply.hosts_version
+            self._hardware_due = self._hardware_due and not sent_hardware
         return reply
+
+    def report_hardware(self, hardware: p.Hardware) -> None:
+        """What the node has now (drivers loaded since it registered): sent with the next heartbeat."""
+        self.hardware = hardware
+        self._hardware_due = True
 
     def hosts(self) -> str | None:
         """The cluster's host table (HOSTS_PATH), or None when the master did not answer."""

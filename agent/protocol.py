@@ -98,6 +98,16 @@ class PciDevice:
     device: str  # "0x100e"
     pci_class: str  # "0x020000"
     driver: str | None = None
+    modalias: str = ""  # "pci:v00008086d0000100Esv...": what modules.alias patterns match (agent.hwprobe)
+
+
+@dataclass(frozen=True)
+class VirtioDevice:
+    """A device on the virtio bus (its PCI function is virtio_pci's): virtio_blk, virtio_net... bind it."""
+
+    name: str  # "virtio0"
+    modalias: str  # "virtio:d00000002v00001AF4"
+    driver: str | None = None
 
 
 @dataclass(frozen=True)
@@ -114,6 +124,21 @@ class Hardware:
     memory_kib: int = 0
     pci: tuple[PciDevice, ...] = ()
     disks: tuple[Disk, ...] = ()
+    virtio: tuple[VirtioDevice, ...] = ()
+    modules: tuple[str, ...] = ()  # loaded, as /proc/modules names them: what the master need not send
+
+
+@dataclass(frozen=True)
+class DriverModule:
+    """A kernel module the master sends a node for its hardware (beoboot.master.hwdrivers), in load order:
+    `module` is the .ko (its path names the file on the master), `firmware` the files it may ask the
+    kernel for, each with its path under /lib/firmware."""
+
+    name: str
+    module: JobFile
+    firmware: tuple[JobFile, ...] = ()
+    compressed: bool = False  # a .ko.xz/.ko.zst the kernel decompresses itself (finit_module flag)
+    device: str = ""  # the device (PCI slot or virtio name) it was sent for, for the node's log
 
 
 @dataclass(frozen=True)
@@ -170,6 +195,8 @@ class RegisterReply:
     # the master's own host name, which nodes then resolve to the master: launchers on the master give it
     # to what they start on nodes to call back (Hydra's `--control-port vm:PORT`)
     master_hostname: str = ""
+    # the modules (with their dependencies before them) that drive the node's devices it had no driver for
+    drivers: tuple[DriverModule, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -189,6 +216,7 @@ class Heartbeat:
     uptime: float | None = None  # /proc/uptime of the node, seconds
     address: str | None = None  # as in RegisterRequest: changes when a new DHCP lease moves the node
     load: Load | None = None
+    hardware: Hardware | None = None  # once the drivers the master sent are loaded: what is bound now
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from agent.net.netlink import Netlink
 from agent.report import reporter, say
 from agent.schema import Stage
 from agent.system import mounts, syscalls
-from stage3 import jobrunner, leasekeeper
+from stage3 import drivers, jobrunner, leasekeeper
 from stage3.libcache import LIBCACHE_DIR
 from stage3.names import NodeNames
 
@@ -286,6 +286,10 @@ def run(config: AgentConfig, *, dry_run: bool) -> None:
     names = NodeNames(reply, reply.address or handoff.address, handoff.master_url, ENV_ROOT, dry_run=dry_run)
     names.write_root()
     say(f"beoboot: node {reply.number} ({reply.name}), hostname {reply.hostname}, boot {reply.boot}")
+    if reply.drivers:  # before the environment root: its disk may be one of the devices they drive
+        token = reply.link_token
+        drivers.load(reply.drivers, handoff.master_url, say, token=lambda: token, dry_run=dry_run)
+        link.report_hardware(drivers.wait_bound({d.device for d in reply.drivers}))
     on_disk = build_env_root(handoff.master_url, handoff.pins, config, dry_run=dry_run)
     names.write_env_root()
     orders: queue.SimpleQueue[p.NodePower] = queue.SimpleQueue()  # bpctl's, put once the jobs have ended

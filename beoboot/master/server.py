@@ -38,6 +38,7 @@ from beoboot.master import admission, exhaustion, fdlimit, hostsfile, nextboot, 
 from beoboot.master.bpsh.localjobs import LocalListener
 from beoboot.master.config import MasterConfig, load_config
 from beoboot.master.hosttable import HostTable
+from beoboot.master.hwdrivers import DriverPlanner
 from beoboot.master.jobhub import JobHub
 from beoboot.master.listener import BACKLOG, listen
 from beoboot.master.nextboot import PublishedBoot
@@ -211,6 +212,7 @@ class Beoserv:
         self._reaper: asyncio.Task[None] | None = None
         self._sampler: asyncio.Task[None] | None = None
         self.refusals = admission.RefusalLog()
+        self._drivers: DriverPlanner | None = None
 
     # --- application -------------------------------------------------------------------------------------
 
@@ -528,6 +530,10 @@ class Beoserv:
         )
         await self.jobs.drop_link(node.number, f"node {node.number} registered again from {request.remote}")
         self._host_changed(node)
+        drivers = await self._drivers_for(node.number, msg.hardware, booted.kernel)
+        self.jobs.grant(
+            node.number, node.link_token, frozenset(f.sha256 for d in drivers for f in (d.module, *d.firmware))
+        )
         return json_response(
             p.RegisterReply(
                 number=node.number,
@@ -539,8 +545,24 @@ class Beoserv:
                 heartbeat_timeout=self.config.heartbeat_timeout,
                 link_token=node.link_token,
                 master_hostname=MASTER_HOSTNAME,
+                drivers=drivers,
             )
         )
+
+    async def _drivers_for(self, number: int, hardware: p.Hardware, kernel: str) -> tuple[p.DriverModule, ...]:
+        """The modules for the node's devices that no driver bound (beoboot.master.hwdrivers)."""
+        if not self.config.drivers_sysroot:
+            return ()
+        try:
+            if self._drivers is None or self._drivers.sysroot.root != Path(self.config.drivers_sysroot).resolve():
+                self._drivers = DriverPlanner(self.config.drivers_sysroot, self.jobs.objects)
+            drivers = await asyncio.to_thread(self._drivers.plan, hardware, kernel)
+        except (OSError, BeobootError) as exc:
+            log.warning("node %d: no drivers sent for its hardware: %s", number, exc)
+            return ()
+        if drivers:
+            log.info("node %d: sending drivers %s", number, " ".join(d.name for d in drivers))
+        return drivers
 
     def _unknown(self, mac: str) -> web.Response:
         return error_response(p.UNKNOWN_NODE_STATUS, f"node {printable(mac)} is not registered", register=True)
@@ -562,7 +584,9 @@ class Beoserv:
         if (refused := self._not_from(request, msg.mac)) is not None:
             return refused
         generation = self.registry.generation
-        node = self.registry.heartbeat(msg.mac, msg.stage, msg.uptime, time.time(), _plain_ipv4(msg.address), msg.load)
+        node = self.registry.heartbeat(
+            msg.mac, msg.stage, msg.uptime, time.time(), _plain_ipv4(msg.address), msg.load, msg.hardware
+        )
         if node is None:
             return self._unknown(msg.mac)
         if self.registry.generation != generation:
