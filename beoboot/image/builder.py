@@ -105,6 +105,10 @@ def build(config: Config, outdir: Path) -> BuildResult:
             log.info("  %s: %d files, %.1f MiB", name, len(files), artifact.size / 2**20)
             manifest.artifacts.append(artifact)
             manifest.images[spec.stage] = file_records(files, sysroot)
+            if files.missing_firmware:
+                manifest.missing_firmware[spec.stage] = [
+                    {"module": fw.module, "name": fw.name, "package": fw.package} for fw in files.missing_firmware
+                ]
             inputs.update(_sysroot_sources(files))
         with step("write boot artifacts"):
             images = {a.name: staging.path / a.path for a in manifest.artifacts}

@@ -43,7 +43,7 @@ def node(out, port, tmp_path_factory):
     with vm:
         vm.wait_for("beoboot: stage 3 ready: node 0 up")
         master.wait_for_log(r"node 0 \(\S+\) job link up", timeout=60)
-        master.console = vm.console  # type: ignore[attr-defined]
+        master.vm = vm  # its console, for what the node said
         yield master
     master.stop()
 
@@ -60,8 +60,8 @@ def test_nvme_is_a_module_that_stage3_does_not_carry(out):
 def test_the_master_sends_nvme_and_its_dependencies_in_order(node):
     sent = node.wait_for_log(r"node 0: sending drivers (.*)", timeout=5)[1].split()
     assert "nvme" in sent and "nvme_core" in sent and sent.index("nvme_core") < sent.index("nvme")
-    loaded = re.search(r"beoboot: drivers from the master loaded: (.*) \(", node.console).group(1).split()
-    assert "nvme" in loaded and "cannot load driver nvme" not in node.console
+    loaded = re.search(r"beoboot: drivers from the master loaded: (.*) \(", node.vm.console()).group(1).split()
+    assert "nvme" in loaded and "cannot load driver nvme" not in node.vm.console()
 
 
 def test_a_job_sees_the_nvme_disk(node):
