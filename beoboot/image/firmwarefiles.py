@@ -21,7 +21,6 @@ def add_firmware(files: FileList, kmods: KernelModules, modules: Iterable[str]) 
     missing = []
     for fw in firmware.of_modules(kmods, list(dict.fromkeys(modules))):
         if fw.path is None:
-            log.warning("module %s asks for firmware %s, which the sysroot lacks (%s)", fw.module, fw.name, fw.package)
             missing.append(fw)
             continue
         reason = Reason(f"firmware of {fw.module}")
@@ -38,4 +37,15 @@ def add_firmware(files: FileList, kmods: KernelModules, modules: Iterable[str]) 
             )
         else:
             files.add_from_sysroot(sysroot, fw.path, reason)
+    if missing:  # one line, not one per file: "all" NIC drivers name a few hundred
+        drivers = sorted({fw.module for fw in missing})
+        packages = sorted({fw.package for fw in missing})
+        log.warning(
+            "%d firmware files missing from the sysroot for %d drivers (%s); Debian: %s. "
+            "`beoboot-build inspect IMAGE` names them",
+            len(missing),
+            len(drivers),
+            " ".join(drivers[:8]) + (" ..." if len(drivers) > 8 else ""),
+            " ".join(packages),
+        )
     return missing

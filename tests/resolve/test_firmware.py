@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import lzma
 import shutil
 from pathlib import Path
 
@@ -26,9 +25,9 @@ _spec = importlib.util.spec_from_file_location("kmodtree", DATA / "kmodtree.py")
 kmodtree = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(kmodtree)
 
-E1000E = "lib/modules/{v}/kernel/drivers/net/ethernet/intel/e1000e/e1000e.ko"
-PLAIN, PACKED, ABSENT = "e1000e/plain.bin", "e1000e/packed.bin", "bnx2x/bnx2x-e2-7.13.21.0.fw"
-PLAIN_BYTES, PACKED_BYTES = b"plain firmware", b"packed firmware " * 64
+E1000E = "lib/modules/{v}/" + kmodtree.E1000E_PATH
+PLAIN, PACKED, ABSENT = kmodtree.FIRMWARE_PLAIN, kmodtree.FIRMWARE_PACKED, kmodtree.FIRMWARE_ABSENT
+PACKED_BYTES = kmodtree.FIRMWARE_PACKED_BYTES
 E1000E_DEVICE = "pci:v00008086d000010D3sv00001AF4sd00001100bc02sc00i00"
 
 
@@ -37,14 +36,7 @@ def tree(tmp_path: Path) -> Path:
     """The fake kernel, whose e1000e asks for three firmware files: one plain, one .xz, one the sysroot lacks."""
     if shutil.which("zstd") is None:
         pytest.skip("zstd program not installed")
-    root = kmodtree.make_tree(tmp_path / "sysroot")
-    info = {"name": ["e1000e"], "alias": ["pci:v00008086d000010D3sv*sd*bc*sc*i*"], "firmware": [PLAIN, PACKED, ABSENT]}
-    (root / E1000E.format(v=kmodtree.VERSION)).write_bytes(kmodtree.fake_module(info))
-    fw = root / "lib/firmware/e1000e"
-    fw.mkdir(parents=True)
-    (fw / "plain.bin").write_bytes(PLAIN_BYTES)
-    (fw / "packed.bin.xz").write_bytes(lzma.compress(PACKED_BYTES, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32))
-    return root
+    return kmodtree.add_firmware(kmodtree.make_tree(tmp_path / "sysroot"))
 
 
 def kernel_config(root: Path, *options: str) -> None:
