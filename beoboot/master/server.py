@@ -33,12 +33,13 @@ from typing import Any
 from aiohttp import web
 
 from agent import protocol as p
+from agent.schema import Stage
 from beoboot.errors import BeobootError, ConfigError
 from beoboot.master import admission, exhaustion, fdlimit, hostsfile, nextboot, transfers
 from beoboot.master.bpsh.localjobs import LocalListener
 from beoboot.master.config import MasterConfig, load_config
 from beoboot.master.hosttable import HostTable
-from beoboot.master.hwdrivers import DriverPlanner
+from beoboot.master.hwdrivers import DriverPlanner, unbound
 from beoboot.master.jobhub import JobHub
 from beoboot.master.listener import BACKLOG, listen
 from beoboot.master.nextboot import PublishedBoot
@@ -530,7 +531,10 @@ class Beoserv:
         )
         await self.jobs.drop_link(node.number, f"node {node.number} registered again from {request.remote}")
         self._host_changed(node)
-        drivers = await self._drivers_for(node.number, msg.hardware, booted.kernel)
+        # stage 3 loads them; stages 1 and 2 carry their own NIC drivers and move on
+        drivers = (
+            await self._drivers_for(node.number, msg.hardware, booted.kernel) if msg.stage == Stage.SUPERVISOR else ()
+        )
         self.jobs.grant(
             node.number, node.link_token, frozenset(f.sha256 for d in drivers for f in (d.module, *d.firmware))
         )
@@ -551,7 +555,7 @@ class Beoserv:
 
     async def _drivers_for(self, number: int, hardware: p.Hardware, kernel: str) -> tuple[p.DriverModule, ...]:
         """The modules for the node's devices that no driver bound (beoboot.master.hwdrivers)."""
-        if not self.config.drivers_sysroot:
+        if not self.config.drivers_sysroot or not unbound(hardware):
             return ()
         try:
             if self._drivers is None or self._drivers.sysroot.root != Path(self.config.drivers_sysroot).resolve():

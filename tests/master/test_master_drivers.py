@@ -47,8 +47,8 @@ def master(tmp_path):
     server.stop()
 
 
-def node(master, mac: str) -> MasterLink:
-    link = MasterLink(master.url, mac, "stage3", timeout=5)
+def node(master, mac: str, stage: str = "stage3") -> MasterLink:
+    link = MasterLink(master.url, mac, stage, timeout=5)
     link.booted = p.Booted(kmodtree.VERSION)
     return link
 
@@ -98,3 +98,9 @@ def test_bpstat_hardware_lists_a_device_without_a_driver(master):
     table = bpstat(master, "--hardware", "0")
     assert "1 devices, 1 without a driver" in table.splitlines()[0]
     assert table.splitlines()[1].endswith("(no driver)")
+
+
+def test_stage_2_gets_no_drivers_stage_3_does(master):
+    """Stage 2 carries its own NIC drivers and leaves the kernel to stage 3, which loads what it is sent."""
+    assert node(master, "52:54:00:00:07:04", "stage2").register(p.Hardware(pci=(device(None),))).drivers == ()
+    assert node(master, "52:54:00:00:07:04").register(p.Hardware(pci=(device(None),))).drivers != ()
