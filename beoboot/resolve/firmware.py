@@ -26,6 +26,9 @@ FIRMWARE_PACKAGES = (
     ("qed/", "firmware-qlogic"),
     ("ql2", "firmware-qlogic"),
     ("qlogic/", "firmware-qlogic"),
+    ("phanfw", "firmware-qlogic"),  # netxen_nic, qlcnic
+    ("ctfw-", "firmware-qlogic"),  # bna (Brocade, now QLogic)
+    ("ct2fw-", "firmware-qlogic"),
     ("myri10ge", "firmware-myricom"),
     ("netronome/", "firmware-netronome"),
     ("liquidio/", "firmware-cavium"),
@@ -39,6 +42,7 @@ FIRMWARE_PACKAGES = (
     ("mellanox/", "firmware-misc-nonfree"),
     ("nvidia/", "firmware-misc-nonfree"),
     ("cxgb4/", "firmware-misc-nonfree"),
+    ("cxgb3/", "firmware-misc-nonfree"),
 )
 UNKNOWN_PACKAGE = "firmware-misc-nonfree?"  # most of the rest; `apt-file search NAME` tells for sure
 

@@ -155,3 +155,18 @@ def test_the_master_sends_nothing_for_bound_or_loaded_drivers(tree: Path) -> Non
         "ptp",
         "e1000e",
     ]
+
+
+def test_inspect_names_the_missing_firmware_of_an_image(tmp_path: Path, capsys) -> None:
+    from beoboot.commands import inspect as inspect_command
+    from beoboot.image.manifest import Artifact, Manifest
+
+    manifest = Manifest("0", kmodtree.VERSION, 0, [Artifact("image", "stage2", "stage2.cpio.xz", 10, "0" * 64)])
+    manifest.missing_firmware["stage2"] = [{"module": "bnx2x", "name": ABSENT, "package": "firmware-bnx2x"}]
+    (tmp_path / "manifest.json").write_text(manifest.to_json())
+    parser = argparse.ArgumentParser()
+    inspect_command.register(parser.add_subparsers(required=True))
+    args = parser.parse_args(["inspect", "--summary", str(tmp_path / "stage2.cpio.xz")])
+    assert args.func(args) == 0
+    line = f"missing firmware: bnx2x asks for {ABSENT}, not in the sysroot (Debian: firmware-bnx2x)"
+    assert line in capsys.readouterr().out.splitlines()
