@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from agent.protocol import Disk, Hardware, Load, PciDevice, VirtioDevice
+from agent.protocol import BusDevice, Disk, Hardware, Load, PciDevice
 
 # Block devices that are not disks: nothing to report to the master about them.
 VIRTUAL_BLOCK_PREFIXES = ("loop", "ram", "zram", "dm-", "md", "sr", "nbd")
@@ -70,10 +70,12 @@ def pci_devices(sys_root: Path = Path("/sys")) -> tuple[PciDevice, ...]:
     return tuple(devices)
 
 
-def virtio_devices(sys_root: Path = Path("/sys")) -> tuple[VirtioDevice, ...]:
-    base = sys_root / "bus/virtio/devices"
+def bus_devices(bus: str, sys_root: Path = Path("/sys")) -> tuple[BusDevice, ...]:
+    """The devices on a bus that have a modalias (SCSI hosts and targets have none: no driver binds them)."""
+    base = sys_root / "bus" / bus / "devices"
     names = sorted(os.listdir(base), key=lambda name: (len(name), name)) if base.is_dir() else ()
-    return tuple(VirtioDevice(name, _read(base / name / "modalias"), _driver(base / name)) for name in names)
+    found = ((name, _read(base / name / "modalias")) for name in names)
+    return tuple(BusDevice(name, alias, _driver(base / name)) for name, alias in found if alias)
 
 
 def loaded_modules(proc_root: Path = Path("/proc")) -> tuple[str, ...]:
@@ -101,8 +103,9 @@ def probe(proc_root: Path = Path("/proc"), sys_root: Path = Path("/sys")) -> Har
         memory_kib=parse_meminfo(_read(proc_root / "meminfo")),
         pci=pci_devices(sys_root),
         disks=disks(sys_root),
-        virtio=virtio_devices(sys_root),
+        virtio=bus_devices("virtio", sys_root),
         modules=loaded_modules(proc_root),
+        scsi=bus_devices("scsi", sys_root),
     )
 
 

@@ -220,6 +220,14 @@ class MasterLink:
             self._hardware_due = self._hardware_due and not sent_hardware
         return reply
 
+    def drivers(self, hardware: p.Hardware) -> tuple[p.DriverModule, ...]:
+        """The drivers for what `hardware` has unbound now; () if the master did not answer."""
+        try:
+            reply = self._post(p.DRIVERS_PATH, p.DriversRequest(self.mac, hardware), p.DriversReply)
+        except (HttpError, MasterLinkError, _Unregistered):
+            return ()
+        return reply.drivers if reply is not None else ()
+
     def report_hardware(self, hardware: p.Hardware) -> None:
         """What the node has now (drivers loaded since it registered): sent with the next heartbeat."""
         self.hardware = hardware

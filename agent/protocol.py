@@ -34,6 +34,7 @@ NODES_PATH = f"{API}/nodes"  # GET -> NodeList
 HOSTS_PATH = f"{API}/hosts"  # GET -> text/plain, /etc/hosts lines: "ADDRESS nN .N" for every node with an address
 TIMELINE_PATH = f"{API}/nodes/{{node}}/timeline"  # GET -> Timeline; node: 3, ".3", "n3" or a MAC
 STATUS_PATH = f"{API}/status"  # GET -> ServerStatus
+DRIVERS_PATH = f"{API}/drivers"  # POST DriversRequest -> DriversReply: what drives devices that appeared since
 BOOT_PREFIX = "/"  # GET/HEAD the builder's output tree, at the root as nginx serves it (images, kernel, manifest.json); Range, If-Range
 
 # A node the master does not know (its registry was lost) gets 404 on heartbeat/events/logs: register again.
@@ -102,11 +103,12 @@ class PciDevice:
 
 
 @dataclass(frozen=True)
-class VirtioDevice:
-    """A device on the virtio bus (its PCI function is virtio_pci's): virtio_blk, virtio_net... bind it."""
+class BusDevice:
+    """A device on the virtio bus (its PCI function is virtio_pci's: virtio_blk, virtio_net... bind it), or
+    on the SCSI bus (a SATA disk behind ahci: sd_mod binds it)."""
 
-    name: str  # "virtio0"
-    modalias: str  # "virtio:d00000002v00001AF4"
+    name: str  # "virtio0", "0:0:0:0"
+    modalias: str  # "virtio:d00000002v00001AF4", "scsi:t-0x00"
     driver: str | None = None
 
 
@@ -124,8 +126,15 @@ class Hardware:
     memory_kib: int = 0
     pci: tuple[PciDevice, ...] = ()
     disks: tuple[Disk, ...] = ()
-    virtio: tuple[VirtioDevice, ...] = ()
+    virtio: tuple[BusDevice, ...] = ()
     modules: tuple[str, ...] = ()  # loaded, as /proc/modules names them: what the master need not send
+    scsi: tuple[BusDevice, ...] = ()
+
+    def unbound(self) -> list[tuple[str, str]]:
+        """(device, modalias) of the devices that no driver has bound."""
+        devices = [(d.slot, d.modalias, d.driver) for d in self.pci]
+        devices += [(d.name, d.modalias, d.driver) for d in (*self.virtio, *self.scsi)]
+        return [(name, alias) for name, alias, driver in devices if alias and not driver]
 
 
 @dataclass(frozen=True)
@@ -196,6 +205,19 @@ class RegisterReply:
     # to what they start on nodes to call back (Hydra's `--control-port vm:PORT`)
     master_hostname: str = ""
     # the modules (with their dependencies before them) that drive the node's devices it had no driver for
+    drivers: tuple[DriverModule, ...] = ()
+
+
+@dataclass(frozen=True)
+class DriversRequest:
+    """After loading drivers, new devices may appear (a SATA controller's disks): the node asks again."""
+
+    mac: str
+    hardware: Hardware
+
+
+@dataclass(frozen=True)
+class DriversReply:
     drivers: tuple[DriverModule, ...] = ()
 
 

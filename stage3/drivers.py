@@ -5,7 +5,8 @@ it may ask for. Their files are fetched by content hash through a libcache of th
 DRIVERS_DIR: this runs before the environment root exists, whose local disk may be one these drivers
 drive. Firmware goes to /lib/firmware (where the kernel's loader looks; PID 1 shares its root with the
 kernel's own threads) before any module loads, and modules load with finit_module(2), as stage 1 and 2 load
-theirs. A module that fails is said and the rest still load.
+theirs. A module that fails is said and the rest still load. The drivers loaded may find more devices (a
+SATA controller's disks, on the SCSI bus): once the buses settle, the node asks the master for theirs.
 
 Standard library only: runs in the node image.
 """
@@ -20,12 +21,15 @@ from pathlib import Path
 
 from agent import hwprobe
 from agent import protocol as p
+from agent.masterlink import MasterLink
 from agent.system import kmodload
 from stage3.libcache import LibCache, LibCacheError, object_name
 
 DRIVERS_DIR = "/run/beoboot/drivers"
 FIRMWARE_DIR = "/lib/firmware"
-BIND_WAIT = 5.0  # seconds for the devices the drivers were sent for to be bound (probing may be async)
+SETTLE = 1.5  # seconds without a new device or binding: the drivers loaded have probed and scanned
+SETTLE_MAX = 10.0
+ROUNDS = 3  # registration's drivers, then those of the devices they bring (disks), and once more
 
 Say = Callable[..., None]
 
@@ -99,12 +103,39 @@ def load(
     return loaded
 
 
-def wait_bound(devices: set[str], wait: float = BIND_WAIT, sys_root: str = "/sys") -> p.Hardware:
-    """The node's hardware once the devices named have a driver, or after `wait` seconds."""
-    deadline = time.monotonic() + wait
-    while True:
+def settle(settle: float = SETTLE, wait: float = SETTLE_MAX, sys_root: str = "/sys") -> p.Hardware:
+    """The node's hardware once no device has appeared or been bound for `settle` seconds (the drivers just
+    loaded probe, and scan the buses they drive), or after `wait` seconds."""
+    start = time.monotonic()
+    hardware = hwprobe.probe(sys_root=Path(sys_root))
+    state, since = _state(hardware), start
+    while time.monotonic() - since < settle and time.monotonic() - start < wait:
+        time.sleep(0.25)
         hardware = hwprobe.probe(sys_root=Path(sys_root))
-        bound = {d.slot for d in hardware.pci if d.driver} | {d.name for d in hardware.virtio if d.driver}
-        if devices <= bound or time.monotonic() > deadline:
-            return hardware
-        time.sleep(0.2)
+        if _state(hardware) != state:
+            state, since = _state(hardware), time.monotonic()
+    return hardware
+
+
+def _state(hardware: p.Hardware) -> set[tuple[str, str | None]]:
+    return {(d.slot, d.driver) for d in hardware.pci} | {(d.name, d.driver) for d in (*hardware.virtio, *hardware.scsi)}
+
+
+def load_all(
+    first: tuple[p.DriverModule, ...], link: MasterLink, say: Say, *, token: Callable[[], str], dry_run: bool
+) -> p.Hardware:
+    """Load the drivers the registration brought; while new devices without a driver appear (the disks
+    of a SATA controller just driven), ask the master for theirs. The node's hardware at the end."""
+    asked = {name for name, _alias in link.hardware.unbound()}
+    drivers = first
+    for _ in range(ROUNDS):
+        load(drivers, link.base_url, say, token=token, dry_run=dry_run)
+        hardware = settle()
+        new = {name for name, _alias in hardware.unbound()} - asked
+        if not new:
+            break
+        asked |= new
+        drivers = link.drivers(hardware)
+        if not drivers:
+            break
+    return hardware

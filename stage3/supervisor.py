@@ -288,8 +288,7 @@ def run(config: AgentConfig, *, dry_run: bool) -> None:
     say(f"beoboot: node {reply.number} ({reply.name}), hostname {reply.hostname}, boot {reply.boot}")
     if reply.drivers:  # before the environment root: its disk may be one of the devices they drive
         token = reply.link_token
-        drivers.load(reply.drivers, handoff.master_url, say, token=lambda: token, dry_run=dry_run)
-        link.report_hardware(drivers.wait_bound({d.device for d in reply.drivers}))
+        link.report_hardware(drivers.load_all(reply.drivers, link, say, token=lambda: token, dry_run=dry_run))
     on_disk = build_env_root(handoff.master_url, handoff.pins, config, dry_run=dry_run)
     names.write_env_root()
     orders: queue.SimpleQueue[p.NodePower] = queue.SimpleQueue()  # bpctl's, put once the jobs have ended

@@ -1,12 +1,13 @@
 """Drivers for a node's hardware: the modules that drive the devices it registered without a driver.
 
-The node reports each PCI and virtio device's modalias, the driver bound to it, and its loaded modules
+The node reports each PCI, virtio and SCSI device's modalias, the driver bound to it, and its loaded modules
 (agent.hwprobe). For each device with no driver, the kernel's own tables in the sysroot (modules.alias,
 matched as libkmod does, then modules.dep for the order) name the modules; those neither built in nor
 loaded go back in the registration's answer, dependencies first, with the firmware files they name
 (beoboot.resolve.firmware) in a form the node's kernel reads. Their files are hashed into the job hub's
 object store, so the node fetches them through its libcache like any job's file; only the node they
-were planned for may fetch them (JobHub.grant).
+were planned for may fetch them (JobHub.grant). Stage 3 asks again (DRIVERS_PATH) for the devices the
+first drivers brought (a SATA disk behind ahci needs sd_mod).
 
 A cluster's nodes are alike: a plan is kept per (kernel, devices without a driver, loaded modules).
 """
@@ -32,13 +33,6 @@ MODULE_MODE = 0o644
 FIRMWARE_DIR = "/lib/firmware"
 
 
-def unbound(hardware: p.Hardware) -> list[tuple[str, str]]:
-    """(device, modalias) of the devices that no driver has bound."""
-    devices = [(d.slot, d.modalias, d.driver) for d in hardware.pci]
-    devices += [(d.name, d.modalias, d.driver) for d in hardware.virtio]
-    return [(name, alias) for name, alias, driver in devices if alias and not driver]
-
-
 class DriverPlanner:
     def __init__(self, sysroot: str, objects: ObjectStore) -> None:
         self.sysroot = Sysroot(sysroot)
@@ -49,7 +43,7 @@ class DriverPlanner:
 
     def plan(self, hardware: p.Hardware, kernel: str) -> tuple[p.DriverModule, ...]:
         """The modules to send, in load order. Blocking (reads and hashes files): run it off the event loop."""
-        devices = unbound(hardware)
+        devices = hardware.unbound()
         if not devices or not kernel:
             return ()
         loaded = frozenset(normalise_module_name(m) for m in hardware.modules)

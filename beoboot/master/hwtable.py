@@ -9,13 +9,13 @@ NO_DRIVER = "(no driver)"
 
 
 def device_rows(hardware: p.Hardware) -> list[tuple[str, str, str]]:
-    """(device, what it is, its driver or NO_DRIVER): PCI functions, then virtio devices. printable: every
+    """(device, what it is, its driver or NO_DRIVER): PCI functions, then virtio and SCSI devices. printable: every
     word here is the node's own, and a node may be an impostor writing to the admin's terminal."""
     rows = [
         (d.slot, f"pci {_hex(d.vendor)}:{_hex(d.device)} class {_hex(d.pci_class)}", d.driver or NO_DRIVER)
         for d in hardware.pci
     ]
-    rows += [(d.name, d.modalias, d.driver or NO_DRIVER) for d in hardware.virtio]
+    rows += [(d.name, d.modalias, d.driver or NO_DRIVER) for d in (*hardware.virtio, *hardware.scsi)]
     return [(printable(a), printable(b), printable(c)) for a, b, c in rows]
 
 
@@ -37,7 +37,11 @@ def format_hardware(nodes: p.NodeList) -> str:
         what_width = max((len(what) for _, what, _ in rows), default=0)
         out += [f"  {name:<{width}}  {what:<{what_width}}  {driver}" for name, what, driver in rows]
         out += [
-            f"  disk {printable(d.name)}: {d.size_bytes / 1e9:.1f} GB{f' ({printable(d.model)})' if d.model else ''}"
+            f"  disk {printable(d.name)}: {_size(d.size_bytes)}{f' ({printable(d.model)})' if d.model else ''}"
             for d in hw.disks
         ]
     return "\n".join(out) + "\n" if out else "no nodes\n"
+
+
+def _size(size: int) -> str:
+    return f"{size / 2**30:.1f} GiB" if size >= 2**30 else f"{size >> 20} MiB"

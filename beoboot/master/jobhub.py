@@ -152,10 +152,12 @@ class JobHub:
     # --- objects ------------------------------------------------------------------------------------------
 
     def grant(self, number: int, token: str, digests: frozenset[str]) -> None:
-        """Node `number`, registered with `token`, may fetch these objects (the drivers sent to it)."""
+        """Node `number`, registered with `token`, may fetch these objects (the drivers sent to it), besides
+        what it was granted before with the same token; a new registration's token drops the old grant."""
         old = self._grant_of.pop(number, None)
         if old is not None:
-            self._granted.pop(old, None)
+            _, before = self._granted.pop(old)
+            digests |= before if old == _token_key(token) else frozenset()
         if digests:
             self._granted[_token_key(token)] = (number, digests)
             self._grant_of[number] = _token_key(token)

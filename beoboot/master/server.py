@@ -39,7 +39,7 @@ from beoboot.master import admission, exhaustion, fdlimit, hostsfile, nextboot, 
 from beoboot.master.bpsh.localjobs import LocalListener
 from beoboot.master.config import MasterConfig, load_config
 from beoboot.master.hosttable import HostTable
-from beoboot.master.hwdrivers import DriverPlanner, unbound
+from beoboot.master.hwdrivers import DriverPlanner
 from beoboot.master.jobhub import JobHub
 from beoboot.master.listener import BACKLOG, listen
 from beoboot.master.nextboot import PublishedBoot
@@ -223,6 +223,7 @@ class Beoserv:
         app.router.add_post(p.HEARTBEAT_PATH, self.heartbeat)
         app.router.add_post(p.EVENTS_PATH, self.events)
         app.router.add_post(p.LOGS_PATH, self.logs)
+        app.router.add_post(p.DRIVERS_PATH, self.drivers)
         app.router.add_get(p.NODES_PATH, self.nodes)
         app.router.add_get(p.HOSTS_PATH, self.hosts)
         app.router.add_get(p.TIMELINE_PATH, self.timeline)
@@ -553,9 +554,23 @@ class Beoserv:
             )
         )
 
+    async def drivers(self, request: web.Request) -> web.Response:
+        """Drivers for the devices that appeared once the first ones were loaded (a SATA disk behind ahci)."""
+        msg = p.from_json(p.DriversRequest, await request.read())
+        if (refused := self._not_from(request, msg.mac)) is not None:
+            return refused
+        node = self.registry.node_by_mac(msg.mac)
+        if node is None:
+            return self._unknown(msg.mac)
+        drivers = await self._drivers_for(node.number, msg.hardware, node.booted.kernel)
+        self.jobs.grant(
+            node.number, node.link_token, frozenset(f.sha256 for d in drivers for f in (d.module, *d.firmware))
+        )
+        return json_response(p.DriversReply(drivers))
+
     async def _drivers_for(self, number: int, hardware: p.Hardware, kernel: str) -> tuple[p.DriverModule, ...]:
         """The modules for the node's devices that no driver bound (beoboot.master.hwdrivers)."""
-        if not self.config.drivers_sysroot or not unbound(hardware):
+        if not self.config.drivers_sysroot or not hardware.unbound():
             return ()
         try:
             if self._drivers is None or self._drivers.sysroot.root != Path(self.config.drivers_sysroot).resolve():

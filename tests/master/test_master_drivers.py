@@ -104,3 +104,19 @@ def test_stage_2_gets_no_drivers_stage_3_does(master):
     """Stage 2 carries its own NIC drivers and leaves the kernel to stage 3, which loads what it is sent."""
     assert node(master, "52:54:00:00:07:04", "stage2").register(p.Hardware(pci=(device(None),))).drivers == ()
     assert node(master, "52:54:00:00:07:04").register(p.Hardware(pci=(device(None),))).drivers != ()
+
+
+def test_a_node_asks_again_for_devices_that_appeared_and_may_fetch_both(master):
+    """A SATA controller's disks appear once ahci is loaded: the node asks for theirs (DRIVERS_PATH)."""
+    link = node(master, "52:54:00:00:07:05")
+    reply = link.register(
+        p.Hardware(pci=(device("e1000e"),), virtio=(p.BusDevice("virtio0", "virtio:d00000001v00001AF4"),))
+    )
+    assert [d.name for d in reply.drivers][-1] == "virtio_net"
+    later = link.drivers(p.Hardware(pci=(device(None),)))
+    assert [d.name for d in later] == ["pps_core", "ptp", "e1000e"]
+    for sent in (reply.drivers[-1], later[-1]):  # the second grant adds to the first
+        url = master.url.rstrip("/") + p.OBJECTS_PATH.format(digest=sent.module.sha256)
+        assert requests.get(url, headers={p.LINK_TOKEN_HEADER: reply.link_token}, timeout=5).status_code == 200
+    stranger = MasterLink(master.url, "52:54:00:00:07:05", "stage3", timeout=5)  # no token: not registered
+    assert stranger.drivers(p.Hardware(pci=(device(None),))) == ()
