@@ -97,3 +97,16 @@ def decompress_for(sysroot: Sysroot, version: str) -> frozenset[str]:
     text = sysroot.host(sysroot.resolve(path).real).read_text(errors="replace")
     enabled = {line.partition("=")[0] for line in text.splitlines() if line.endswith("=y")}
     return frozenset(suffix for suffix, option in COMPRESSED_FORMS.items() if option in enabled)
+
+
+def watched_directories(sysroot: Sysroot, missing: list[Firmware]) -> set[str]:
+    """Build-host directories whose listing changes when a missing file is installed (the nearest one that
+    exists on the way to it): inputs of the rebuild cache, so that installing the package rebuilds."""
+    found = set()
+    for fw in missing:
+        for directory in FIRMWARE_DIRS:
+            path = sysroot.host(f"{directory}/{fw.name}").parent
+            while not path.is_dir() and path != path.parent:
+                path = path.parent
+            found.add(str(path))
+    return found

@@ -170,3 +170,12 @@ def test_inspect_names_the_missing_firmware_of_an_image(tmp_path: Path, capsys) 
     assert args.func(args) == 0
     line = f"missing firmware: bnx2x asks for {ABSENT}, not in the sysroot (Debian: firmware-bnx2x)"
     assert line in capsys.readouterr().out.splitlines()
+
+
+def test_installing_missing_firmware_changes_what_the_rebuild_cache_watches(kmods: KernelModules) -> None:
+    """The nearest existing directory on the way to each missing file: its listing changes on install."""
+    missing = [f for f in firmware.of_modules(kmods, ["e1000e"]) if f.path is None]
+    root = kmods.sysroot.root
+    assert firmware.watched_directories(kmods.sysroot, missing) == {str(root / "lib/firmware"), str(root)}
+    (root / "lib/firmware/bnx2x").mkdir()
+    assert str(root / "lib/firmware/bnx2x") in firmware.watched_directories(kmods.sysroot, missing)
