@@ -2,10 +2,10 @@
 
 libkmod looks an alias up with glibc's fnmatch(pattern, key, 0): `*` and `?` match any characters (a `/`
 or a leading `.` too), `[...]` a set (`!` or `^` first negates it, `]` first is a member, `a-z` a range
-in byte order), `\\` makes the next character literal, a `[` that is never closed is a plain `[`, and a
-pattern ending in a lone `\\` matches nothing. Python's fnmatch differs on `[^...]` (a literal `^` there),
-on `\\`, and on backward ranges (`[z-a]`, an error in re): hence this matcher. Character classes
-(`[:alpha:]`, `[.x.]`, `[=x=]`) are in no modules.alias and not supported.
+in byte order; `[z-a]` holds nothing), `\\` makes the next character literal, a `[` that is never closed
+is a plain `[`, and a pattern that ends in a lone `\\` or inside a set's range matches nothing. Python's
+fnmatch differs on `[^...]` (a literal `^` there), on `\\` (always literal) and on those endings: hence
+this matcher. Character classes (`[:alpha:]`, `[.x.]`, `[=x=]`) are in no modules.alias and not supported.
 
 tests/resolve/test_fuzz_modalias.py checks it against glibc's own fnmatch(3).
 """
@@ -31,7 +31,7 @@ class CharSet:
 
 
 Token = str | CharSet  # "*", "?", a literal as a one-character string prefixed by "=", or a set
-NEVER: tuple[Token, ...] = ("never",)  # a pattern ending in a lone backslash
+NEVER: tuple[Token, ...] = ("never",)  # a pattern glibc matches nothing with (see above)
 
 
 @functools.lru_cache(maxsize=65536)
