@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from agent.protocol import Disk, Hardware, Load, PciDevice
+from agent.protocol import BusDevice, Disk, Hardware, Load, PciDevice
 
 # Block devices that are not disks: nothing to report to the master about them.
 VIRTUAL_BLOCK_PREFIXES = ("loop", "ram", "zram", "dm-", "md", "sr", "nbd")
@@ -46,22 +46,41 @@ def _read(path: Path) -> str:
         return ""
 
 
+def _driver(dev: Path) -> str | None:
+    """The module name of the driver bound to a device (its `driver` link), or None when none is."""
+    driver = dev / "driver"
+    return os.path.basename(os.readlink(driver)) if driver.is_symlink() else None
+
+
 def pci_devices(sys_root: Path = Path("/sys")) -> tuple[PciDevice, ...]:
     devices = []
     base = sys_root / "bus/pci/devices"
     for slot in sorted(os.listdir(base)) if base.is_dir() else ():
         dev = base / slot
-        driver = dev / "driver"
         devices.append(
             PciDevice(
                 slot=slot,
                 vendor=_read(dev / "vendor"),
                 device=_read(dev / "device"),
                 pci_class=_read(dev / "class"),
-                driver=os.path.basename(os.readlink(driver)) if driver.is_symlink() else None,
+                driver=_driver(dev),
+                modalias=_read(dev / "modalias"),
             )
         )
     return tuple(devices)
+
+
+def bus_devices(bus: str, sys_root: Path = Path("/sys")) -> tuple[BusDevice, ...]:
+    """The devices on a bus that have a modalias (SCSI hosts and targets have none: no driver binds them)."""
+    base = sys_root / "bus" / bus / "devices"
+    names = sorted(os.listdir(base), key=lambda name: (len(name), name)) if base.is_dir() else ()
+    found = ((name, _read(base / name / "modalias")) for name in names)
+    return tuple(BusDevice(name, alias, _driver(base / name)) for name, alias in found if alias)
+
+
+def loaded_modules(proc_root: Path = Path("/proc")) -> tuple[str, ...]:
+    """Names of the loaded modules (/proc/modules), sorted; built-in ones are not listed there."""
+    return tuple(sorted(line.split()[0] for line in _read(proc_root / "modules").splitlines() if line.split()))
 
 
 def disks(sys_root: Path = Path("/sys")) -> tuple[Disk, ...]:
@@ -84,6 +103,9 @@ def probe(proc_root: Path = Path("/proc"), sys_root: Path = Path("/sys")) -> Har
         memory_kib=parse_meminfo(_read(proc_root / "meminfo")),
         pci=pci_devices(sys_root),
         disks=disks(sys_root),
+        virtio=bus_devices("virtio", sys_root),
+        modules=loaded_modules(proc_root),
+        scsi=bus_devices("scsi", sys_root),
     )
 
 

@@ -96,6 +96,7 @@ class MasterLink:
         self.clock_keeper = clock_keeper or ClockKeeper()
         self.registration: p.RegisterReply | None = None
         self.hardware = p.Hardware()
+        self._hardware_due = False  # report_hardware: the next heartbeat carries it
         # what this boot runs, sent with every registration: the stage sets the images it knows of
         self.booted = p.Booted(kernel=os.uname().release)
         self.boot_id = boot_id()  # sent at registration: which kernel boot this is
@@ -219,7 +220,17 @@ class MasterLink:
     def heartbeat(self, uptime: float | None = None, load: p.Load | None = None) -> p.HeartbeatReply | None:
         """One heartbeat; None if the master did not answer. A master that forgot us gets a new registration."""
         keeper = self.clock_keeper
-        message = p.Heartbeat(self.mac, self.stage, uptime, self.address, load, keeper.offset, keeper.residual)
+        sent_hardware = self._hardware_due
+        message = p.Heartbeat(
+            self.mac,
+            self.stage,
+            uptime,
+            self.address,
+            load,
+            keeper.offset,
+            keeper.residual,
+            hardware=self.hardware if sent_hardware else None,
+        )
         try:
             try:
                 sent = time.monotonic()
@@ -236,7 +247,21 @@ class MasterLink:
         if reply is not None:
             self.hosts_version = reply.hosts_version
             keeper.observe(reply.master_time, sent, received)
+            self._hardware_due = self._hardware_due and not sent_hardware
         return reply
+
+    def drivers(self, hardware: p.Hardware) -> tuple[p.DriverModule, ...]:
+        """The drivers for what `hardware` has unbound now; () if the master did not answer."""
+        try:
+            reply = self._post(p.DRIVERS_PATH, p.DriversRequest(self.mac, hardware), p.DriversReply)
+        except (HttpError, MasterLinkError, _Unregistered):
+            return ()
+        return reply.drivers if reply is not None else ()
+
+    def report_hardware(self, hardware: p.Hardware) -> None:
+        """What the node has now (drivers loaded since it registered): sent with the next heartbeat."""
+        self.hardware = hardware
+        self._hardware_due = True
 
     def hosts(self) -> str | None:
         """The cluster's host table (HOSTS_PATH), or None when the master did not answer."""

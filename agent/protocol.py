@@ -35,6 +35,7 @@ HOSTS_PATH = f"{API}/hosts"  # GET -> text/plain, /etc/hosts lines: "ADDRESS nN 
 TIMELINE_PATH = f"{API}/nodes/{{node}}/timeline"  # GET -> Timeline; node: 3, ".3", "n3" or a MAC
 STATUS_PATH = f"{API}/status"  # GET -> ServerStatus
 NODE_LOG_PATH = f"{API}/nodes/{{node}}/log"  # GET -> NodeLog; query source=kernel|agent, limit=N
+DRIVERS_PATH = f"{API}/drivers"  # POST DriversRequest -> DriversReply: what drives devices that appeared since
 BOOT_PREFIX = "/"  # GET/HEAD the builder's output tree, at the root as nginx serves it (images, kernel, manifest.json); Range, If-Range
 
 # A node the master does not know (its registry was lost) gets 404 on heartbeat/events/logs: register again.
@@ -99,6 +100,17 @@ class PciDevice:
     device: str  # "0x100e"
     pci_class: str  # "0x020000"
     driver: str | None = None
+    modalias: str = ""  # "pci:v00008086d0000100Esv...": what modules.alias patterns match (agent.hwprobe)
+
+
+@dataclass(frozen=True)
+class BusDevice:
+    """A device on the virtio bus (its PCI function is virtio_pci's: virtio_blk, virtio_net... bind it), or
+    on the SCSI bus (a SATA disk behind ahci: sd_mod binds it)."""
+
+    name: str  # "virtio0", "0:0:0:0"
+    modalias: str  # "virtio:d00000002v00001AF4", "scsi:t-0x00"
+    driver: str | None = None
 
 
 @dataclass(frozen=True)
@@ -115,6 +127,28 @@ class Hardware:
     memory_kib: int = 0
     pci: tuple[PciDevice, ...] = ()
     disks: tuple[Disk, ...] = ()
+    virtio: tuple[BusDevice, ...] = ()
+    modules: tuple[str, ...] = ()  # loaded, as /proc/modules names them: what the master need not send
+    scsi: tuple[BusDevice, ...] = ()
+
+    def unbound(self) -> list[tuple[str, str]]:
+        """(device, modalias) of the devices that no driver has bound."""
+        devices = [(d.slot, d.modalias, d.driver) for d in self.pci]
+        devices += [(d.name, d.modalias, d.driver) for d in (*self.virtio, *self.scsi)]
+        return [(name, alias) for name, alias, driver in devices if alias and not driver]
+
+
+@dataclass(frozen=True)
+class DriverModule:
+    """A kernel module the master sends a node for its hardware (beoboot.master.hwdrivers), in load order:
+    `module` is the .ko (its path names the file on the master), `firmware` the files it may ask the
+    kernel for, each with its path under /lib/firmware."""
+
+    name: str
+    module: JobFile
+    firmware: tuple[JobFile, ...] = ()
+    compressed: bool = False  # a .ko.xz/.ko.zst the kernel decompresses itself (finit_module flag)
+    device: str = ""  # the device (PCI slot or virtio name) it was sent for, for the node's log
 
 
 @dataclass(frozen=True)
@@ -197,6 +231,21 @@ class RegisterReply:
     # name servers and search domains for the node's resolv.conf; none: those of its DHCP lease
     dns_servers: tuple[str, ...] = ()
     dns_search: tuple[str, ...] = ()
+    # the modules (with their dependencies before them) that drive the node's devices it had no driver for
+    drivers: tuple[DriverModule, ...] = ()
+
+
+@dataclass(frozen=True)
+class DriversRequest:
+    """After loading drivers, new devices may appear (a SATA controller's disks): the node asks again."""
+
+    mac: str
+    hardware: Hardware
+
+
+@dataclass(frozen=True)
+class DriversReply:
+    drivers: tuple[DriverModule, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -220,6 +269,7 @@ class Heartbeat:
     # left of it after the node set its clock; None: not measured yet
     clock_offset: float | None = None
     clock_residual: float | None = None
+    hardware: Hardware | None = None  # once the drivers the master sent are loaded: what is bound now
 
 
 @dataclass(frozen=True)

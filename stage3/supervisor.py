@@ -27,7 +27,7 @@ from agent.net.netlink import Netlink
 from agent.report import reporter, say
 from agent.schema import Stage
 from agent.system import mounts, syscalls
-from stage3 import jobrunner, leasekeeper, sitemounts
+from stage3 import drivers, jobrunner, leasekeeper, sitemounts
 from stage3.libcache import LIBCACHE_DIR
 from stage3.names import NodeNames, resolv_conf
 
@@ -291,6 +291,9 @@ def run(config: AgentConfig, *, dry_run: bool) -> None:
     names.resolv = resolv_conf(reply, handoff.dns)
     names.write_root()
     say(f"beoboot: node {reply.number} ({reply.name}), hostname {reply.hostname}, boot {reply.boot}")
+    if reply.drivers:  # before the environment root: its disk may be one of the devices they drive
+        token = reply.link_token
+        link.report_hardware(drivers.load_all(reply.drivers, link, say, token=lambda: token, dry_run=dry_run))
     on_disk = build_env_root(handoff.master_url, handoff.pins, config, dry_run=dry_run)
     names.write_env_root()
     sitemounts.mount_all(  # before the job link opens: a job sees /home as the master does, or not at all

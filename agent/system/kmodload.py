@@ -36,9 +36,12 @@ def syscall_number(machine: str | None = None) -> int:
         ) from None
 
 
-def finit_module(path: str, params: str = "") -> bool:
-    """Load one .ko file. True if loaded now, False if it was already there (EEXIST)."""
-    flags = MODULE_INIT_COMPRESSED_FILE if path.endswith(COMPRESSED_SUFFIXES) else 0
+def finit_module(path: str, params: str = "", compressed: bool | None = None) -> bool:
+    """Load one .ko file. True if loaded now, False if it was already there (EEXIST). `compressed`: whether
+    the kernel must decompress it (by default, from its name)."""
+    if compressed is None:
+        compressed = path.endswith(COMPRESSED_SUFFIXES)
+    flags = MODULE_INIT_COMPRESSED_FILE if compressed else 0
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         libc = syscalls.libc()

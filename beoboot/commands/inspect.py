@@ -41,4 +41,6 @@ def run(args: argparse.Namespace) -> int:
             for record in sorted(group.files, key=lambda r: r.path):
                 extra = f" -> {record.target}" if record.target else ""
                 print(f"{record.size / 1024:16.1f} KiB  {record.path}{extra}")
+    for fw in manifest.missing_firmware.get(artifact.name, []):
+        print(f"missing firmware: {fw['module']} asks for {fw['name']}, not in the sysroot (Debian: {fw['package']})")
     return 0

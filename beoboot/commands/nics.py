@@ -10,7 +10,8 @@ from pathlib import Path
 from agent.config import NicAlias
 from beoboot.commands.modules import add_kernel_arguments, open_kernel
 from beoboot.errors import UsageError
-from beoboot.resolve import nics
+from beoboot.resolve import firmware, nics
+from beoboot.resolve.kmod import KernelModules
 
 EXIT_NOT_COVERED = 3  # distinct from usage (2) and other errors (1), so scripts can tell them apart
 
@@ -33,7 +34,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="PATTERN",
         help="module names or globs ('e1000*'), or 'all' for every Ethernet driver (default: every network driver)",
     )
-    parser.add_argument("--check", metavar="LSPCI_TXT", help="`lspci -n` dump; exit 3 if a NIC is not covered")
+    parser.add_argument(
+        "--check",
+        metavar="LSPCI_TXT",
+        help="`lspci -n` dump; exit 3 if a NIC is not covered or its driver's firmware is missing",
+    )
     parser.set_defaults(func=run)
 
 
@@ -42,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     drivers = nics.select_drivers(kmods, args.drivers) if args.drivers else None
     table = nics.nic_table(kmods, drivers)
     if args.check:
-        return _check(args, table)
+        return _check(args, table, kmods)
     if args.json:
         print(json.dumps({"kernel": kmods.version, "nic_table": [asdict(row) for row in table]}, indent=1))
     else:
@@ -51,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check(args: argparse.Namespace, table: list[NicAlias]) -> int:
+def _check(args: argparse.Namespace, table: list[NicAlias], kmods: KernelModules) -> int:
     try:
         text = Path(args.check).read_text(errors="replace")
     except OSError as exc:
@@ -59,14 +64,31 @@ def _check(args: argparse.Namespace, table: list[NicAlias]) -> int:
             f"cannot read lspci dump {args.check}: {exc.strerror}", hint="make one with `lspci -n > FILE`"
         ) from None
     coverage = nics.check_devices(nics.parse_lspci(text, args.check), table)
+    # a driver without its firmware loads, but its NIC gets no link: as good as none
+    missing = {
+        c.device.slot: [fw for fw in firmware.of_modules(kmods, list(c.modules)) if fw.path is None] for c in coverage
+    }
     if args.json:
-        rows = [{**asdict(c.device), "modules": list(c.modules), "covered": c.covered} for c in coverage]
+        rows = [
+            {
+                **asdict(c.device),
+                "modules": list(c.modules),
+                "covered": c.covered,
+                "missing_firmware": [
+                    {"module": fw.module, "name": fw.name, "package": fw.package} for fw in missing[c.device.slot]
+                ],
+            }
+            for c in coverage
+        ]
         print(json.dumps(rows, indent=1))
     else:
         for c in coverage:
             d = c.device
             what = " + ".join(c.modules) if c.covered else "NOT COVERED"
             print(f"{d.slot} {d.class_code}: {d.vendor}:{d.device}  {what}")
+            for fw in missing[d.slot]:
+                print(f"  {fw.module}: firmware {fw.name} missing from the sysroot (Debian: {fw.package})")
         if not coverage:
             print(f"no network devices (class 02xx) in {args.check}")
-    return EXIT_NOT_COVERED if any(not c.covered for c in coverage) else 0
+    lacking = any(not c.covered for c in coverage) or any(missing.values())
+    return EXIT_NOT_COVERED if lacking else 0

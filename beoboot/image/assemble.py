@@ -18,7 +18,8 @@ from beoboot.config import DEFAULT_CONFIG_NAME, Config, ImageConfig
 from beoboot.errors import ConfigError, ModuleError, UsageError
 from beoboot.image.compress import decompress
 from beoboot.image.filelist import FileList, Reason
-from beoboot.resolve.kmod import KernelModules, ModuleNeed
+from beoboot.image.firmwarefiles import add_firmware
+from beoboot.resolve.kmod import KernelModules, ModuleNeed, module_name_from_path
 from beoboot.resolve.ldso import LibraryResolver
 from beoboot.resolve.nics import TRANSPORTS, lspci_dumps, nic_table, select_drivers
 from beoboot.resolve.pyruntime import PythonRuntime, RuntimeCache, build_runtime
@@ -85,6 +86,10 @@ def assemble(spec: StageSpec, image: ImageConfig, ctx: BuildContext) -> FileList
     if image.modules:
         with _config_key(ctx.config, f"images.{spec.stage.value}.modules"):
             modules_at_start = _add_modules(files, ctx, list(image.modules), load_order, nic_reason={})
+    # a NIC such as bnx2x or r8169 gets no link without its firmware
+    files.missing_firmware = add_firmware(
+        files, ctx.kernel, (module_name_from_path(path) for paths in load_order.values() for path in paths)
+    )
     if spec.program and ctx.config.debug_shell:
         _add_debug_shell(files, ctx, elf_roots)
     for binary in spec.binaries:

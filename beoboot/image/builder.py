@@ -22,6 +22,7 @@ from beoboot.image.filelist import Entry, FileList, Kind
 from beoboot.image.manifest import MANIFEST_NAME, Artifact, Manifest, file_records, load_manifest, sha256_file
 from beoboot.image.outputs import Staging, remove_stale_unfinished
 from beoboot.log import log, step
+from beoboot.resolve import firmware
 from beoboot.resolve.kmod import KernelModules
 from beoboot.resolve.ldso import LibraryResolver
 from beoboot.resolve.nics import lspci_dumps
@@ -105,6 +106,11 @@ def build(config: Config, outdir: Path) -> BuildResult:
             log.info("  %s: %d files, %.1f MiB", name, len(files), artifact.size / 2**20)
             manifest.artifacts.append(artifact)
             manifest.images[spec.stage] = file_records(files, sysroot)
+            if files.missing_firmware:
+                inputs.update(firmware.watched_directories(sysroot, files.missing_firmware))
+                manifest.missing_firmware[spec.stage] = [
+                    {"module": fw.module, "name": fw.name, "package": fw.package} for fw in files.missing_firmware
+                ]
             inputs.update(_sysroot_sources(files))
         with step("write boot artifacts"):
             images = {a.name: staging.path / a.path for a in manifest.artifacts}

@@ -13,9 +13,13 @@ import posixpath
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from beoboot.errors import ConflictError
 from beoboot.resolve.sysroot import Sysroot
+
+if TYPE_CHECKING:
+    from beoboot.resolve.firmware import Firmware
 
 
 class Kind(enum.StrEnum):
@@ -79,6 +83,8 @@ def normalise(path: str) -> str:
 class FileList:
     def __init__(self) -> None:
         self._entries: dict[str, Entry] = {}
+        # firmware the image's modules ask for that the sysroot lacks (beoboot.image.firmwarefiles)
+        self.missing_firmware: list[Firmware] = []
 
     def __len__(self) -> int:
         return len(self._entries)

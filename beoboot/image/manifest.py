@@ -47,6 +47,8 @@ class Manifest:
     images: dict[str, list[FileRecord]] = field(default_factory=dict)
     inputs_key: str = ""
     inputs: list[str] = field(default_factory=list)  # build-host paths read, for the rebuild cache
+    # image -> firmware its modules ask for that the sysroot lacks: {"module", "name", "package"}
+    missing_firmware: dict[str, list[dict[str, str]]] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, sort_keys=True) + "\n"

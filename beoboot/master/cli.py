@@ -16,7 +16,7 @@ import requests
 from agent import protocol as p
 from beoboot.configfile import render
 from beoboot.errors import BeobootError, UsageError
-from beoboot.master import nodelog
+from beoboot.master import hwtable, nodelog
 from beoboot.master import timeline as tl
 from beoboot.master.bpsh import client as bpsh
 from beoboot.master.config import MasterConfig, load_config
@@ -103,6 +103,9 @@ def bpstat_parser() -> argparse.ArgumentParser:
     parser.add_argument("--boot", type=int, help="with --timeline: which boot (default: the latest)")
     parser.add_argument("--svg", type=Path, metavar="FILE", help="with --timeline: draw a waterfall SVG to FILE")
     parser.add_argument("--jobs", action="store_true", help="the bpsh jobs running on the nodes (as bps)")
+    parser.add_argument(
+        "--hardware", action="store_true", help="each node's devices with their drivers, and those with none"
+    )
     parser.add_argument("--all", action="store_true", help="with --jobs: recently ended jobs too")
     parser.add_argument("--log", metavar="NODE", help="the log lines NODE sent (its agent's and its kernel's)")
     parser.add_argument("--kernel", action="store_true", help="with --log: only the kernel's (/dev/kmsg)")
@@ -248,8 +251,8 @@ def _jobs(args: argparse.Namespace) -> int:
 
 
 def _bpstat(args: argparse.Namespace) -> int:
-    if (args.nodes or args.exclude) and (args.timeline or args.jobs or args.log):
-        raise UsageError("a NODESET or -x goes with the node table, not with --timeline, --jobs or --log")
+    if (args.nodes or args.exclude or args.hardware) and (args.timeline or args.jobs or args.log):
+        raise UsageError("a NODESET, -x or --hardware goes with the node table, not with --timeline, --jobs or --log")
     if args.kernel and not args.log:
         raise UsageError("--kernel needs --log NODE")
     if args.log:
@@ -279,7 +282,7 @@ def _bpstat(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([asdict(n) for n in nodes.nodes], indent=1))
     else:
-        sys.stdout.write(format_nodes(nodes))
+        sys.stdout.write(hwtable.format_hardware(nodes) if args.hardware else format_nodes(nodes))
     return 0
 
 

@@ -202,6 +202,14 @@ class MasterConfig:
         64,
     )
 
+    # beoboot.master.hwdrivers: a node's devices that no driver bound get the modules that drive them from
+    # this sysroot's kernel module tree (the one the images were built from), with their firmware
+    drivers_sysroot: str = setting(
+        _typed(str),
+        'the sysroot whose kernel modules and firmware drive the nodes\' hardware; "": send none',
+        "/",
+    )
+
     # beoboot.master.selection: @NAME in every command that takes nodes (bpsh, bpstat, bpctl, bpcp)
     groups: tuple[tuple[str, str], ...] = setting(
         _groups, 'named node sets: [groups] rack1 = "n[0-31]"; used as @rack1', (), toml=dict

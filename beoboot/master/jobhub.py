@@ -168,6 +168,10 @@ class JobHub:
         # comparing its token with every link's (that was O(nodes) per object: O(nodes^2) per job). The
         # lookup's timing depends on the token's hash, which tells a guesser nothing of any token.
         self._by_token: dict[bytes, NodeLink] = {}
+        # what a node may fetch outside its jobs (the drivers its registration was answered with), by its
+        # registration's token, so before its job link is up: token key -> (node number, sha256s)
+        self._granted: dict[bytes, tuple[int, frozenset[str]]] = {}
+        self._grant_of: dict[int, bytes] = {}  # node number -> its token key in _granted
         self.jobs: dict[int, Job] = {}
         self.finished: list[p.JobRow] = []
         # who ran each finished job, and why it failed if it did: only they hear its status again (a bpsh
@@ -209,19 +213,34 @@ class JobHub:
 
     # --- objects ------------------------------------------------------------------------------------------
 
+    def grant(self, number: int, token: str, digests: frozenset[str]) -> None:
+        """Node `number`, registered with `token`, may fetch these objects (the drivers sent to it), besides
+        what it was granted before with the same token; a new registration's token drops the old grant."""
+        old = self._grant_of.pop(number, None)
+        if old is not None:
+            _, before = self._granted.pop(old)
+            digests |= before if old == _token_key(token) else frozenset()
+        if digests:
+            self._granted[_token_key(token)] = (number, digests)
+            self._grant_of[number] = _token_key(token)
+
     async def serve_object(self, request: web.Request) -> web.StreamResponse:
-        """An object of one of its live jobs, to a node whose job link is up (its registration's token): not
+        """An object of one of its live jobs, to a node whose job link is up (its registration's token), or a
+        driver its registration was answered with (grant), to the node with that registration's token: not
         to anyone who can reach the port, nor to a node for another node's job, either of which could
         otherwise fetch another user's file by its hash, or test guesses of its content. A big one waits for
         a transfer slot (beoboot.master.transfers)."""
         token = request.headers.get(p.LINK_TOKEN_HEADER, "")
-        link = self._by_token.get(_token_key(token)) if token else None
-        if link is None or self.links.get(link.number) is not link:
-            raise web.HTTPForbidden(text=f"objects go to nodes with a job link up: {p.LINK_TOKEN_HEADER} of one\n")
         digest = request.match_info["digest"]
-        # the same answer as for an object the master does not have: a node learns nothing of other jobs
-        if not any(digest in self.jobs[job_id].objects for job_id in link.jobs if job_id in self.jobs):
-            raise web.HTTPNotFound(text="no such object in this node's jobs\n")
+        number, granted = self._granted.get(_token_key(token), (-1, frozenset())) if token else (-1, frozenset())
+        link = self._by_token.get(_token_key(token)) if token else None
+        if digest not in granted:
+            if link is None or self.links.get(link.number) is not link:
+                raise web.HTTPForbidden(text=f"objects go to nodes with a job link up: {p.LINK_TOKEN_HEADER} of one\n")
+            number = link.number
+            # the same answer as for an object the master does not have: a node learns nothing of other jobs
+            if not any(digest in self.jobs[job_id].objects for job_id in link.jobs if job_id in self.jobs):
+                raise web.HTTPNotFound(text="no such object in this node's jobs\n")
         gone = web.HTTPNotFound(text="no such object: it was never in a manifest, or the file changed since\n")
         found = self.objects.find(digest)
         if found is None:
@@ -229,7 +248,7 @@ class JobHub:
         try:
             return await send_file(
                 self.transfers,
-                transfers.node_key(link.number),
+                transfers.node_key(number),
                 found.path,
                 request,
                 lambda st: stat_key(st) == found.key,

@@ -343,14 +343,18 @@ class Registry:
         address: str | None = None,
         load: Load | None = None,
         clock: tuple[float | None, float | None] = (None, None),
+        hardware: Hardware | None = None,
     ) -> NodeRecord | None:
         """None: the MAC is not registered (the node must register again). `address`, when given, is the
         node's address now: a node whose DHCP lease moved it reports the new one here, between
         registrations, and the host table changes with it. `clock`: the offset the node measured, and
-        what was left after it set its clock (None, None: it measured none yet)."""
+        what was left after it set its clock (None, None: it measured none yet). `hardware`, when given, is
+        what the node has bound since it registered (the drivers the master sent it)."""
         old = self._by_mac.get(normalise_mac(mac))
         if old is None:
             return None
+        if hardware is not None:
+            old = replace(old, hardware=hardware, hardware_json=json.dumps(asdict(hardware), sort_keys=True))
         moved = address is not None and address != old.address
         if moved:
             self.generation += 1

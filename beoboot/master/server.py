@@ -39,6 +39,7 @@ from beoboot.master import admission, exhaustion, fdlimit, hostsfile, nextboot, 
 from beoboot.master.bpsh.localjobs import LocalListener
 from beoboot.master.config import MasterConfig, load_config
 from beoboot.master.hosttable import HostTable
+from beoboot.master.hwdrivers import DriverPlanner
 from beoboot.master.jobhub import JobHub
 from beoboot.master.listener import BACKLOG, listen
 from beoboot.master.mountreports import MountReports
@@ -223,6 +224,7 @@ class Beoserv:
         self.hooks = NodeHooks(lambda: self.config)  # on_node_up, on_node_down
         self.jobs.node_down = self.hooks.node_down  # bpctl's power orders take nodes down there
         self.mount_reports = MountReports()
+        self._drivers: DriverPlanner | None = None
 
     # --- application -------------------------------------------------------------------------------------
 
@@ -232,6 +234,7 @@ class Beoserv:
         app.router.add_post(p.HEARTBEAT_PATH, self.heartbeat)
         app.router.add_post(p.EVENTS_PATH, self.events)
         app.router.add_post(p.LOGS_PATH, self.logs)
+        app.router.add_post(p.DRIVERS_PATH, self.drivers)
         app.router.add_get(p.NODES_PATH, self.nodes)
         app.router.add_get(p.HOSTS_PATH, self.hosts)
         app.router.add_get(p.TIMELINE_PATH, self.timeline)
@@ -548,6 +551,13 @@ class Beoserv:
         await self.jobs.drop_link(node.number, f"node {node.number} registered again from {request.remote}")
         self.hooks.registered(node.number, printable(msg.boot_id)[:64], node.boot)
         self._host_changed(node)
+        # stage 3 loads them; stages 1 and 2 carry their own NIC drivers and move on
+        drivers = (
+            await self._drivers_for(node.number, msg.hardware, booted.kernel) if msg.stage == Stage.SUPERVISOR else ()
+        )
+        self.jobs.grant(
+            node.number, node.link_token, frozenset(f.sha256 for d in drivers for f in (d.module, *d.firmware))
+        )
         return json_response(
             p.RegisterReply(
                 number=node.number,
@@ -559,6 +569,7 @@ class Beoserv:
                 heartbeat_timeout=self.config.heartbeat_timeout,
                 link_token=node.link_token,
                 master_hostname=MASTER_HOSTNAME,
+                drivers=drivers,
                 mounts=tuple(mount.for_node() for mount in self.config.mounts),
                 dns_servers=self.config.dns_servers,
                 dns_search=self.config.dns_search,
@@ -566,6 +577,35 @@ class Beoserv:
                 max_clock_drift=self.config.max_clock_drift,
             )
         )
+
+    async def drivers(self, request: web.Request) -> web.Response:
+        """Drivers for the devices that appeared once the first ones were loaded (a SATA disk behind ahci)."""
+        msg = p.from_json(p.DriversRequest, await request.read())
+        if (refused := self._not_from(request, msg.mac)) is not None:
+            return refused
+        node = self.registry.node_by_mac(msg.mac)
+        if node is None:
+            return self._unknown(msg.mac)
+        drivers = await self._drivers_for(node.number, msg.hardware, node.booted.kernel)
+        self.jobs.grant(
+            node.number, node.link_token, frozenset(f.sha256 for d in drivers for f in (d.module, *d.firmware))
+        )
+        return json_response(p.DriversReply(drivers))
+
+    async def _drivers_for(self, number: int, hardware: p.Hardware, kernel: str) -> tuple[p.DriverModule, ...]:
+        """The modules for the node's devices that no driver bound (beoboot.master.hwdrivers)."""
+        if not self.config.drivers_sysroot or not hardware.unbound():
+            return ()
+        try:
+            if self._drivers is None or self._drivers.sysroot.root != Path(self.config.drivers_sysroot).resolve():
+                self._drivers = DriverPlanner(self.config.drivers_sysroot, self.jobs.objects)
+            drivers = await asyncio.to_thread(self._drivers.plan, hardware, kernel)
+        except (OSError, BeobootError) as exc:
+            log.warning("node %d: no drivers sent for its hardware: %s", number, exc)
+            return ()
+        if drivers:
+            log.info("node %d: sending drivers %s", number, " ".join(d.name for d in drivers))
+        return drivers
 
     def _unknown(self, mac: str) -> web.Response:
         return error_response(p.UNKNOWN_NODE_STATUS, f"node {printable(mac)} is not registered", register=True)
@@ -589,7 +629,7 @@ class Beoserv:
         generation = self.registry.generation
         clock = (msg.clock_offset, msg.clock_residual)
         node = self.registry.heartbeat(
-            msg.mac, msg.stage, msg.uptime, time.time(), _plain_ipv4(msg.address), msg.load, clock
+            msg.mac, msg.stage, msg.uptime, time.time(), _plain_ipv4(msg.address), msg.load, clock, msg.hardware
         )
         if node is None:
             return self._unknown(msg.mac)

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from beoboot.errors import ModuleError, SysrootError, ToolError
 from beoboot.regularfile import open_regular
+from beoboot.resolve import modalias
 from beoboot.resolve.sysroot import Sysroot
 
 log = logging.getLogger("beoboot.resolve.kmod")
@@ -192,11 +193,12 @@ def read_modinfo(elf: bytes, name: str) -> dict[str, list[str]]:
 
 # -- alias lookup -----------------------------------------------------------------------------------
 
-_WILDCARD = re.compile(r"[*?\[]")
+_WILDCARD = re.compile(r"[*?\[\\]")
 
 
 class AliasIndex:
-    """fnmatch patterns (case-sensitive, like the kernel's index) looked up quickly by their literal prefix.
+    """fnmatch patterns (glibc's, as libkmod's index: beoboot.resolve.modalias) looked up quickly by their
+    literal prefix.
 
     Matching every one of ~30000 patterns per lookup would take seconds for a few thousand NIC aliases;
     bucketing by the text before the first wildcard leaves a handful of candidates per key.
@@ -218,7 +220,7 @@ class AliasIndex:
         hits: list[int] = []
         for length, buckets in self._by_prefix.items():
             for i in buckets.get(key[:length], ()) if length <= len(key) else ():
-                if fnmatch.fnmatchcase(key, self._normalised[i]):
+                if modalias.matches(self._normalised[i], key):
                     hits.append(i)
         return list(dict.fromkeys(self.rows[i][1] for i in sorted(hits)))
 

@@ -108,3 +108,31 @@ def make_tree(root: Path, version: str = VERSION, with_kernel: bool = True) -> P
         (root / "boot").mkdir(exist_ok=True)
         (root / f"boot/vmlinuz-{version}").write_bytes(b"kernel")
     return root
+
+
+# e1000e asks for three firmware files: one plain, one .xz, one the sysroot lacks (tests of firmware)
+FIRMWARE_PLAIN, FIRMWARE_PACKED, FIRMWARE_ABSENT = (
+    "e1000e/plain.bin",
+    "e1000e/packed.bin",
+    "bnx2x/bnx2x-e2-7.13.21.0.fw",
+)
+FIRMWARE_PLAIN_BYTES, FIRMWARE_PACKED_BYTES = b"plain firmware", b"packed firmware " * 64
+E1000E_PATH = "kernel/drivers/net/ethernet/intel/e1000e/e1000e.ko"
+
+
+def add_firmware(root: Path, version: str = VERSION) -> Path:
+    """Give the tree's e1000e `firmware:` entries, and the sysroot the plain and the .xz file."""
+    import lzma
+
+    info = {
+        "name": ["e1000e"],
+        "alias": ["pci:v00008086d000010D3sv*sd*bc*sc*i*"],
+        "firmware": [FIRMWARE_PLAIN, FIRMWARE_PACKED, FIRMWARE_ABSENT],
+    }
+    (root / "lib/modules" / version / E1000E_PATH).write_bytes(fake_module(info))
+    fw = root / "lib/firmware"
+    (fw / FIRMWARE_PLAIN).parent.mkdir(parents=True)
+    (fw / FIRMWARE_PLAIN).write_bytes(FIRMWARE_PLAIN_BYTES)
+    packed = lzma.compress(FIRMWARE_PACKED_BYTES, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32)
+    (fw / f"{FIRMWARE_PACKED}.xz").write_bytes(packed)
+    return root

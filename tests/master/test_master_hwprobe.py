@@ -46,6 +46,32 @@ def test_probe_from_a_fake_sysfs(tmp_path):
     assert hwprobe.uptime(proc) == 12.34
 
 
+def test_probe_reports_modaliases_virtio_devices_and_loaded_modules(tmp_path):
+    """What the master matches drivers by: each device's modalias, whether a driver has it, the modules loaded."""
+    proc, sys = tmp_path / "proc", tmp_path / "sys"
+    proc.mkdir()
+    (proc / "modules").write_text("virtio_net 65536 0 - Live 0x0\nnet_failover 20480 1 virtio_net, Live 0x0\n")
+    nvme = sys / "bus/pci/devices/0000:00:04.0"
+    nvme.mkdir(parents=True)
+    (nvme / "modalias").write_text("pci:v00001B36d00000010sv00001AF4sd00001100bc01sc08i02\n")
+    for name, bound in [("virtio10", None), ("virtio2", "virtio_net")]:
+        dev = sys / "bus/virtio/devices" / name
+        dev.mkdir(parents=True)
+        (dev / "modalias").write_text(f"virtio:d0000000{len(name)}v00001AF4\n")
+        if bound:
+            (sys / "bus/virtio/drivers" / bound).mkdir(parents=True)
+            (dev / "driver").symlink_to(sys / "bus/virtio/drivers" / bound)
+    hw = hwprobe.probe(proc, sys)
+    assert [(d.slot, d.modalias, d.driver) for d in hw.pci] == [
+        ("0000:00:04.0", "pci:v00001B36d00000010sv00001AF4sd00001100bc01sc08i02", None)
+    ]
+    assert [(d.name, d.modalias, d.driver) for d in hw.virtio] == [
+        ("virtio2", "virtio:d00000007v00001AF4", "virtio_net"),
+        ("virtio10", "virtio:d00000008v00001AF4", None),
+    ]
+    assert hw.modules == ("net_failover", "virtio_net")
+
+
 def test_probe_this_host_does_not_fail():
     hw = hwprobe.probe()
     assert hw.cpus >= 1 and hw.memory_kib > 0
