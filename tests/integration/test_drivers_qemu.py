@@ -9,9 +9,8 @@ import subprocess
 import time
 
 import pytest
-from master_helpers import MasterProcess, bpsh_argv, build_for_master
+from master_helpers import MasterProcess, bpsh_argv, build_for_master, shared_port
 from nodes import bpstat, node_row, stage2_node
-from servers import free_port
 
 from beoboot import config
 from beoboot.resolve.kmod import KernelModules
@@ -26,7 +25,7 @@ NVME_CLASS = "0x010802"  # mass storage, non-volatile memory, NVM Express
 
 @pytest.fixture(scope="module")
 def port():
-    return free_port()
+    return shared_port()  # the session's one build for it serves this module too
 
 
 @pytest.fixture(scope="module")
