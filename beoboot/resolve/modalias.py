@@ -3,7 +3,8 @@
 libkmod looks an alias up with glibc's fnmatch(pattern, key, 0): `*` and `?` match any characters (a `/`
 or a leading `.` too), `[...]` a set (`!` or `^` first negates it, `]` first is a member, `a-z` a range
 in byte order; `[z-a]` holds nothing), `\\` makes the next character literal, a `[` that is never closed
-is a plain `[`, and a pattern that ends in a lone `\\` or inside a set's range matches nothing. Python's
+is a plain `[` (unless glibc's scan of it for a `[` meets a range or a `\\` cut off by the pattern's end:
+then nothing matches, _unclosed_is_plain), and a pattern that ends in a lone `\\` matches nothing. Python's
 fnmatch differs on `[^...]` (a literal `^` there), on `\\` (always literal) and on those endings: hence
 this matcher. Character classes (`[:alpha:]`, `[.x.]`, `[=x=]`) are in no modules.alias and not supported.
 
@@ -54,11 +55,11 @@ def compile_pattern(pattern: str) -> tuple[Token, ...]:
             i += 2
         elif ch == "[":
             found = _char_set(pattern, i + 1)
-            if found is None:  # never closed: a plain "["
+            if found is None or isinstance(found, str):  # never closed
+                if not _unclosed_is_plain(pattern, i + 1):
+                    return NEVER
                 tokens.append("=[")
                 i += 1
-            elif isinstance(found, str):  # "never"
-                return NEVER
             else:
                 charset, i = found
                 tokens.append(charset)
@@ -104,6 +105,48 @@ def _char_set(pattern: str, start: int) -> tuple[CharSet, int] | str | None:
             ranges.append((ch, high))  # a backward range holds nothing, as in glibc's C locale
         else:
             chars.add(ch)
+
+
+def _unclosed_is_plain(pattern: str, start: int) -> bool:
+    """A set that never closes is a plain `[`, so only a key's `[` can match it. glibc learns that the set
+    is open only by scanning it for the key's character: it answers no match when it meets a range running
+    to the pattern's end, or a lone `\\` there, before that character matched. This scan, for `[`, says
+    whether the `[` stays (True) or the whole pattern matches nothing (False)."""
+
+    def at(index: int) -> str:
+        return pattern[index] if index < len(pattern) else "\0"
+
+    p = start + (at(start) in "!^")
+    c, p = at(p), p + 1
+    while c != "\0":
+        if c == "\\":
+            if at(p) == "\0":
+                return False
+            c, p = at(p), p + 1
+        is_range = at(p) == "-" and at(p + 1) not in ("\0", "]")
+        if not is_range and c == "[":
+            return _rest_is_plain(pattern, p)
+        low, c, p = c, at(p), p + 1
+        if c == "-" and at(p) != "]":
+            high, p = at(p), p + 1
+            if high == "\\":
+                high, p = at(p), p + 1
+            if high == "\0":
+                return False
+            if low <= "[" <= high:
+                return _rest_is_plain(pattern, p)
+            c, p = at(p), p + 1
+    return True
+
+
+def _rest_is_plain(pattern: str, p: int) -> bool:
+    """After the key's `[` matched a member: glibc skips the rest of the set, and finds it open (True)
+    unless it ends in a lone `\\` (False)."""
+    while p < len(pattern):
+        if pattern[p] == "\\" and p + 1 == len(pattern):
+            return False
+        p += 2 if pattern[p] == "\\" else 1
+    return True
 
 
 def matches(pattern: str, key: str) -> bool:

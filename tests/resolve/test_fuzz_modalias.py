@@ -43,6 +43,9 @@ def test_glibc_compares_in_byte_order():
 @example("[a-", "[a-")
 @example("[\\]]", "]")
 @example("*[", "x[")
+@example("[[-", "[[-")
+@example("a[[-\\", "a[")
+@example("[x-[b", "[b")
 def test_same_answer_as_glibc(pattern, key):
     assert matches(pattern, key) == glibc_fnmatch(pattern, key), (pattern, key)
 
