@@ -16,16 +16,17 @@
  * not reachable) goes to the Python client, exec'd with the same arguments: it says what is wrong, or
  * runs the job, as it always did. The constants the two share (the request's magic, the socket's
  * variable and default path, ssh's options, what makes a word shell syntax, the exit statuses, the
- * signals forwarded, the records' size, reattach's magic, poll and timeout) are client.py's, written into the header compile.py makes (-include); so is the
- * command line of the Python client to fall back to (FALLBACK_ARGV). */
+ * signals forwarded, the records' size, reattach's magic, poll and timeout) are client.py's, written into
+ * the header compile.py makes (-include); so is the command line of the Python client to fall back to
+ * (FALLBACK_ARGV). */
 
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <limits.h>
 #include <stdint.h>
 #include <stdio.h>
-#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -246,8 +247,12 @@ static void install_signals(void)
     static const int forwarded[] = FORWARDED_SIGNALS;
     struct sigaction action = {.sa_handler = forward, .sa_flags = SA_RESTART};
     for (size_t i = 0; i < sizeof forwarded / sizeof forwarded[0]; i++)
+        sigaddset(&action.sa_mask, forwarded[i]); /* one at a time: each has its place in `pending` */
+    sigaddset(&action.sa_mask, SIGCONT);
+    for (size_t i = 0; i < sizeof forwarded / sizeof forwarded[0]; i++)
         sigaction(forwarded[i], &action, 0);
     sigaction(SIGCONT, &action, 0);
+    sigemptyset(&action.sa_mask);
     action.sa_handler = stop;
     sigaction(SIGTSTP, &action, 0);
 }
