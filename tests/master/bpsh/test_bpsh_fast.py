@@ -347,24 +347,28 @@ def test_both_clients_reattach_alike_and_forward_a_signal_sent_meanwhile(stand_i
     args = ("-n", "-b", "--reattach-timeout", "20", "0", "true")
     seen = []
     stand_in.records = RECORDS[len(BEGUN) :]  # the rest, from a record the client has already
-    for argv in clients().values():
-        stand_in.drop, stand_in.later = BEGUN, []
-        stand_in.served.clear()
-        stand_in.gone.clear()
-        stand_in.back.clear()
-        proc = subprocess.Popen([*argv, *args], env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        try:
-            assert stand_in.gone.wait(10)
-            time.sleep(0.3)  # the handlers are set once the request is sent
-            proc.send_signal(signal.SIGUSR1)
-            time.sleep(0.7)  # at least one attempt to reach it fails
-        finally:
-            stand_in.back.set()
-        out, err = proc.communicate(timeout=30)
-        assert stand_in.served.wait(10)
-        first, reattach = stand_in.request(), stand_in.request()
-        seen.append((proc.returncode, out, err, first and first[1], reattach, stand_in.later))
-    stand_in.records = RECORDS
+    try:
+        for argv in clients().values():
+            stand_in.drop, stand_in.later = BEGUN, []
+            stand_in.served.clear()
+            stand_in.gone.clear()
+            stand_in.back.clear()
+            proc = subprocess.Popen(
+                [*argv, *args], env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            )
+            try:
+                assert stand_in.gone.wait(10)
+                time.sleep(0.3)  # the handlers are set once the request is sent
+                proc.send_signal(signal.SIGUSR1)
+                time.sleep(0.7)  # at least one attempt to reach it fails
+            finally:
+                stand_in.back.set()
+            out, err = proc.communicate(timeout=30)
+            assert stand_in.served.wait(10)
+            first, reattach = stand_in.request(), stand_in.request()
+            seen.append((proc.returncode, out, err, first and first[1], reattach, stand_in.later))
+    finally:
+        stand_in.records = RECORDS
     python, compiled = seen
     assert compiled == python
     assert python == (
