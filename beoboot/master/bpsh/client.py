@@ -51,6 +51,7 @@ REQUEST_MAGIC = b"bpsh2"  # 2: output comes as records, which bpsh writes
 REATTACH_MAGIC = b"bpsh2r"
 REATTACH_TIMEOUT = 300.0  # s: how long bpsh waits for a beoserv that went away to come back
 REATTACH_POLL = 0.5  # s between attempts to reach it
+MAX_REATTACH_TIMEOUT = 86400  # s: a day; a longer --reattach-timeout is a typo
 RECORD_MAX = 1 << 18  # beoserv's records hold at most 128 KiB of output (localjobs.RECORD_DATA_MAX)
 EPIPE = 32
 SOCKET_ENV = "BEOSERV_SOCKET"
@@ -320,8 +321,8 @@ def parse_seconds(name, text):
         seconds = float(text)
     except ValueError:
         seconds = -1.0
-    if not 0 <= seconds <= 86400:  # NaN fails this too
-        raise BpshUsageError(f"{name} {text!r}: expected seconds from 0 to 86400, e.g. {name} 600")
+    if not 0 <= seconds <= MAX_REATTACH_TIMEOUT:  # NaN fails this too
+        raise BpshUsageError(f"{name} {text!r}: expected seconds from 0 to {MAX_REATTACH_TIMEOUT}, e.g. {name} 600")
     return seconds
 
 

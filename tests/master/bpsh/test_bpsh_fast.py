@@ -1,7 +1,9 @@
 """The compiled bpsh (beoboot/master/bpsh/fast/bpsh.c) against the Python one (client.py), on one table of
 command lines: the same request bytes to beoserv, the same descriptors, the same exit status, output and
 errors; and for each line, which of the two decided it: the compiled client's FAST_PATH, or the Python
-client it execs for everything else. Against a stand-in beoserv on a scratch socket: no root needed."""
+client it execs for everything else. Then the records beoserv relays output in (J, O, E, X, the "P" for a
+closed stdout) and a reattach after beoserv went away, byte for byte alike. Against a stand-in beoserv on a
+scratch socket: no root needed."""
 
 from __future__ import annotations
 
@@ -21,8 +23,38 @@ from master_helpers import BPSH_SCRIPT, compiled_bpsh
 from beoboot.master.bpsh import client
 from beoboot.master.bpsh.fast.compile import compile_client
 
-STATUS = 7  # what the stand-in answers: any status the clients must pass on
+STATUS = 7  # the highest status of the stand-in's jobs: any status the clients must pass on
 SOCK = "{sock}"  # in a case: the stand-in's socket path
+
+
+def job_started(job: int, node: int) -> bytes:
+    return b"J" + job.to_bytes(8, "big") + b"%d" % node
+
+
+def output(stream: int, job: int, end: int, data: bytes) -> bytes:
+    return b"O" + bytes([stream]) + job.to_bytes(8, "big") + end.to_bytes(8, "big") + data
+
+
+def job_ended(job: int, status: int) -> bytes:
+    return b"E" + job.to_bytes(8, "big") + b"%d" % status
+
+
+# What the stand-in relays for a request: two jobs, one line in two records, one of them again (the guard
+# drops it), a record that only moves an offset, beoserv's own line (job 0), the jobs' ends; then X
+BEGUN = [job_started(41, 0), job_started(42, 3), output(1, 41, 4, b"to s"), output(2, 0, 0, b"from beoserv\n")]
+RECORDS = [
+    *BEGUN,
+    output(1, 41, 4, b"to s"),
+    output(1, 41, 10, b"tdout\n"),
+    output(2, 42, 10, b"to stderr\n"),
+    output(2, 42, 15, b""),
+    output(2, 42, 12, b"er\n"),
+    job_ended(41, STATUS),
+    job_ended(42, 0),
+]
+ANSWER = b"X3"  # lower than job 41's: the clients exit with the highest
+STDOUT = b"to stdout\n"
+STDERR = b"from beoserv\nto stderr\n"
 
 # (the arguments, whether the compiled client runs them itself); the socket comes from $BEOSERV_SOCKET
 CASES = [
@@ -42,6 +74,10 @@ CASES = [
     (("--socket=" + SOCK, "0", "true"), True),
     (("--", "0", "true"), True),
     (("--", "-odd", "true"), True),  # after --, a node set that starts with '-'
+    (("--reattach-timeout", "30", "0", "true"), True),
+    (("--reattach-timeout=0.5", "-n", "0", "true"), True),
+    (("--reattach-timeout=0", "0", "true"), True),
+    (("--reattach-timeout", "86400.", "0", "true"), True),
     # ssh's command rule: shell syntax in the first word, or an ssh option given
     (("0", "echo a; echo b | tr b c"), True),
     (("n3", " orted", "-mca", "ess", '"env"'), True),  # Open MPI's plm_rsh
@@ -71,6 +107,11 @@ CASES = [
     (("-t", "5", "0", "true"), False),
     (("--timeout=0.5", "0", "true"), False),
     (("--fanout", "2", "0", "true"), False),
+    (("--reattach-timeout", "1e2", "0", "true"), False),  # not plainly written: the Python client reads it
+    (("--reattach-timeout", "-1", "0", "true"), False),
+    (("--reattach-timeout=86401", "0", "true"), False),
+    (("--reattach-timeout=nan", "0", "true"), False),
+    (("--reattach-timeout",), False),
     (("-h",), False),
     (("--help",), False),
     (("-nh", "0", "true"), False),
@@ -95,9 +136,11 @@ CASES = [
 
 
 class StandIn:
-    """A beoserv for one request at a time: it takes the request and its descriptors, writes to the
-    client's stdout and stderr through them, records what the client sends after, and answers
-    X<status> (or, with answer None, closes the connection without one)."""
+    """A beoserv for one request at a time: it takes the request and its descriptors, relays `records`,
+    then answers `answer` (or, with answer None, closes the connection without one) and records what the
+    client sends until it closes. With `drop` set, it relays those records instead, closes the connection
+    and is away (its socket renamed) until `back` is set: the client's reattach record is the next
+    request."""
 
     def __init__(self, path: Path) -> None:
         self.path = str(path)
@@ -106,9 +149,14 @@ class StandIn:
         self.listener.listen(8)
         self.requests: queue.Queue[tuple[bytes, int]] = queue.Queue()
         self.later: list[bytes] = []
-        self.answer: bytes | None = b"X%d" % STATUS
+        self.records = RECORDS
+        self.answer: bytes | None = ANSWER
+        self.drop: list[bytes] | None = None
+        self.gone = threading.Event()
+        self.back = threading.Event()
         self.hold = threading.Event()  # while clear, the answer waits (the client sends signals meanwhile)
         self.hold.set()
+        self.served = threading.Event()  # set when a client that got records closed its connection
         threading.Thread(target=self._serve, daemon=True).start()
 
     def _serve(self) -> None:
@@ -122,11 +170,16 @@ class StandIn:
                 if not data and not fds:
                     continue  # the Python client connects, then finds its request too big to send
                 self.requests.put((data, len(fds)))
-                if len(fds) == 3:
-                    os.write(fds[1], b"to stdout\n")
-                    os.write(fds[2], b"to stderr\n")
                 for fd in fds:
                     os.close(fd)
+                if self.drop is not None:
+                    self._go_away(conn, self.drop)
+                    continue
+                try:
+                    for record in self.records:
+                        conn.send(record)
+                except OSError:  # the client was killed
+                    continue
                 conn.settimeout(0.05)
                 while not self.hold.is_set():
                     try:
@@ -136,8 +189,25 @@ class StandIn:
                 if self.answer is not None:
                     try:
                         conn.send(self.answer)
-                    except OSError:  # the client was killed
+                    except OSError:
                         pass
+                conn.settimeout(10)
+                try:
+                    while record := conn.recv(64):  # until the client closes: a "P" sent late is seen
+                        self.later.append(record)
+                except OSError:
+                    pass
+                self.served.set()
+
+    def _go_away(self, conn: socket.socket, records: list[bytes]) -> None:
+        for record in records:
+            conn.send(record)
+        conn.close()
+        os.rename(self.path, self.path + ".away")
+        self.drop = None
+        self.gone.set()
+        self.back.wait()
+        os.rename(self.path + ".away", self.path)
 
     def request(self) -> tuple[bytes, int] | None:
         """What the last client sent, or None if it sent nothing."""
@@ -187,7 +257,7 @@ def test_both_clients_send_the_same_request_and_end_alike(stand_in, probe, tmp_p
     assert compiled == python
     if fast:
         status, stdout, stderr, request = python
-        assert status == STATUS and stdout == b"to stdout\n" and stderr == b"to stderr\n"
+        assert (status, stdout, stderr) == (STATUS, STDOUT, STDERR)
         assert request is not None and request[1] == 3  # stdin, stdout, stderr
         assert run([probe], args, stand_in, tmp_path) == python  # decided by the compiled client itself
     else:
@@ -249,12 +319,108 @@ def test_a_request_over_the_limit_is_the_python_clients_to_refuse(stand_in, tmp_
 
 @pytest.mark.parametrize("name", ["python", "compiled"])
 def test_a_lost_connection_is_status_255_with_the_same_words(stand_in, tmp_path, name):
-    stand_in.answer = None
+    """Lost with no job running (none was named, or all ended): nothing to reattach to."""
+    stand_in.answer, stand_in.records = None, [output(2, 0, 0, b"to stderr\n"), *RECORDS[:2], *RECORDS[-2:]]
     try:
         status, stdout, stderr, _ = run(clients()[name], ("0", "true"), stand_in, tmp_path)
     finally:
-        stand_in.answer = b"X%d" % STATUS
+        stand_in.answer, stand_in.records = ANSWER, RECORDS
     assert (status, stderr) == (client.NO_EXIT, b"to stderr\n" + client.CLOSED_EARLY.encode())
+
+
+def test_a_lost_connection_with_a_reattach_timeout_of_0_is_status_255_alike(stand_in, tmp_path):
+    stand_in.answer, stand_in.records = None, BEGUN
+    try:
+        got = [run(argv, ("--reattach-timeout", "0", "0", "true"), stand_in, tmp_path) for argv in clients().values()]
+    finally:
+        stand_in.answer, stand_in.records = ANSWER, RECORDS
+    python, compiled = got
+    assert compiled == python
+    assert python[:3] == (client.NO_EXIT, b"to s", b"from beoserv\n" + client.CLOSED_EARLY.encode())
+
+
+def test_both_clients_reattach_alike_and_forward_a_signal_sent_meanwhile(stand_in, tmp_path):
+    """beoserv goes away after the jobs' first records; each client waits, reattaches with the jobs and
+    offsets it had (REATTACH_MAGIC; -n and -b: flags "np"), forwards the SIGUSR1 it got while beoserv was
+    away, and writes the rest once (the records a new beoserv sends again are dropped)."""
+    env = {"BEOSERV_SOCKET": stand_in.path, "PATH": "/usr/bin:/bin"}
+    args = ("-n", "-b", "--reattach-timeout", "20", "0", "true")
+    seen = []
+    stand_in.records = RECORDS[len(BEGUN) :]  # the rest, from a record the client has already
+    try:
+        for argv in clients().values():
+            stand_in.drop, stand_in.later = BEGUN, []
+            stand_in.served.clear()
+            stand_in.gone.clear()
+            stand_in.back.clear()
+            proc = subprocess.Popen(
+                [*argv, *args], env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            )
+            try:
+                assert stand_in.gone.wait(10)
+                time.sleep(0.3)  # the handlers are set once the request is sent
+                proc.send_signal(signal.SIGUSR1)
+                time.sleep(0.7)  # at least one attempt to reach it fails
+            finally:
+                stand_in.back.set()
+            out, err = proc.communicate(timeout=30)
+            assert stand_in.served.wait(10)
+            first, reattach = stand_in.request(), stand_in.request()
+            seen.append((proc.returncode, out, err, first and first[1], reattach, stand_in.later))
+    finally:
+        stand_in.records = RECORDS
+    python, compiled = seen
+    assert compiled == python
+    assert python == (
+        STATUS,
+        STDOUT,
+        b"from beoserv\nbpsh: beoserv went away; waiting up to 20 s for it to reattach to 2 jobs\n"
+        + b"bpsh: reattached\nto stderr\n",
+        3,
+        (client.REATTACH_MAGIC + b"\0np\x0041:4:0:0\x0042:0:0:3", 3),
+        [b"S%d" % signal.SIGUSR1],
+    )
+
+
+def test_both_clients_give_up_alike_when_beoserv_does_not_come_back(stand_in, tmp_path):
+    seen = []
+    for argv in clients().values():
+        stand_in.drop = BEGUN
+        stand_in.gone.clear()
+        stand_in.back.clear()
+        try:
+            seen.append(run(argv, ("--reattach-timeout", "1.2", "0", "true"), stand_in, tmp_path)[:3])
+        finally:
+            stand_in.back.set()
+        stand_in.request()
+    python, compiled = seen
+    assert compiled == python
+    assert python == (
+        client.NO_EXIT,
+        b"to s",
+        b"from beoserv\nbpsh: beoserv went away; waiting up to 1.2 s for it to reattach to 2 jobs\n"
+        + b"bpsh: beoserv did not come back within 1.2 s\n",
+    )
+
+
+@pytest.mark.parametrize("name", ["python", "compiled"])
+def test_a_closed_stdout_is_said_once_and_the_rest_still_ends_alike(stand_in, tmp_path, name):
+    """`bpsh 0 cat big | head`: the first write to stdout finds a closed pipe; the client sends "P" once
+    (beoserv has the job get SIGPIPE), drops the rest of stdout, and still writes stderr and ends."""
+    stand_in.later = []
+    stand_in.served.clear()
+    read, write = os.pipe()
+    os.close(read)
+    env = {"BEOSERV_SOCKET": stand_in.path}
+    try:
+        done = subprocess.run(
+            [*clients()[name], "0", "true"], env=env, cwd=tmp_path, stdout=write, stderr=subprocess.PIPE, timeout=30
+        )
+    finally:
+        os.close(write)
+    stand_in.request()
+    assert stand_in.served.wait(10)
+    assert (done.returncode, done.stderr, stand_in.later) == (STATUS, STDERR, [b"P"])
 
 
 @pytest.mark.parametrize("name", ["python", "compiled"])

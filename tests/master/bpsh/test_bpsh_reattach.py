@@ -1,5 +1,6 @@
 """Jobs survive their master: beoserv killed or stopped and started again while a job runs on a simulated
-node; bpsh waits, reattaches and gets every output line once, in order, and the job's exit status."""
+node; bpsh waits, reattaches and gets every output line once, in order, and the job's exit status. Each
+with both clients (CLIENTS): the compiled one reattaches as the Python one does."""
 
 import json
 import os
@@ -12,12 +13,14 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from master_helpers import MasterProcess, bpsh_argv, start_simnodes
+from master_helpers import CLIENTS, MasterProcess, bpsh_argv, start_simnodes
 
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(os.getuid() != 0, reason="simulated nodes chroot their jobs: needs root"),
 ]
+
+with_each_client = pytest.mark.parametrize("client", CLIENTS)
 
 LINES = 20  # a line every 0.5 s for 10 s
 TICKER = f"i=0; while [ $i -lt {LINES} ]; do echo line $i; i=$((i+1)); sleep 0.5; done"
@@ -48,9 +51,9 @@ def cluster(tmp_path):
         master.stop()
 
 
-def start_job(master, *command, options=()):
+def start_job(master, *command, options=(), client="python"):
     return subprocess.Popen(
-        bpsh_argv(master.bpsh_socket, *options, "--cache", "/usr/bin/sleep", "0", *command),
+        bpsh_argv(master.bpsh_socket, *options, "--cache", "/usr/bin/sleep", "0", *command, client=client),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
@@ -75,9 +78,10 @@ def restart(master, down_for: float, signum: int) -> None:
 
 
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM], ids=["killed", "stopped"])
-def test_every_line_arrives_once_in_order_across_a_beoserv_restart(cluster, signum):
+@with_each_client
+def test_every_line_arrives_once_in_order_across_a_beoserv_restart(cluster, signum, client):
     master, _ = cluster
-    job = start_job(master, "sh", "-c", TICKER)
+    job = start_job(master, "sh", "-c", TICKER, client=client)
     before = wait_for_line(job, b"line 5\n")  # 3 s in
     restart(master, 4.0, signum)
     rest, err = job.communicate(timeout=60)
@@ -87,9 +91,10 @@ def test_every_line_arrives_once_in_order_across_a_beoserv_restart(cluster, sign
     master.wait_for_log(r"job \d+: bpsh reattached")
 
 
-def test_an_exit_while_beoserv_is_down_reaches_bpsh_after_the_restart(cluster):
+@with_each_client
+def test_an_exit_while_beoserv_is_down_reaches_bpsh_after_the_restart(cluster, client):
     master, _ = cluster
-    job = start_job(master, "sh", "-c", "echo started; sleep 1; echo done; exit 7")
+    job = start_job(master, "sh", "-c", "echo started; sleep 1; echo done; exit 7", client=client)
     assert wait_for_line(job, b"started\n") == b"started\n"
     master.signal(signal.SIGKILL)
     master.proc.wait(10)
@@ -100,9 +105,12 @@ def test_an_exit_while_beoserv_is_down_reaches_bpsh_after_the_restart(cluster):
     assert (job.returncode, rest) == (7, b"done\n"), err
 
 
-def test_ctrl_c_while_beoserv_is_away_reaches_the_job_once_it_is_back(cluster):
+@with_each_client
+def test_ctrl_c_while_beoserv_is_away_reaches_the_job_once_it_is_back(cluster, client):
     master, _ = cluster
-    job = start_job(master, "sh", "-c", "trap 'echo got INT; exit 3' INT; echo ready; while :; do sleep 0.1; done")
+    job = start_job(
+        master, "sh", "-c", "trap 'echo got INT; exit 3' INT; echo ready; while :; do sleep 0.1; done", client=client
+    )
     wait_for_line(job, b"ready\n")
     master.signal(signal.SIGKILL)
     master.proc.wait(10)
@@ -114,9 +122,10 @@ def test_ctrl_c_while_beoserv_is_away_reaches_the_job_once_it_is_back(cluster):
     assert (job.returncode, rest) == (3, b"got INT\n"), err
 
 
-def test_bps_lists_the_jobs_a_restarted_beoserv_took_back(cluster):
+@with_each_client
+def test_bps_lists_the_jobs_a_restarted_beoserv_took_back(cluster, client):
     master, _ = cluster
-    job = start_job(master, "sh", "-c", "echo ready; sleep 30")
+    job = start_job(master, "sh", "-c", "echo ready; sleep 30", client=client)
     wait_for_line(job, b"ready\n")
     first = jobs(master)
     restart(master, 0.5, signal.SIGKILL)
@@ -128,16 +137,17 @@ def test_bps_lists_the_jobs_a_restarted_beoserv_took_back(cluster):
     job.send_signal(signal.SIGTERM)  # forwarded to the job once bpsh reattached
     job.communicate(timeout=60)
     # a new job after the restart gets an id of its own, never one the last beoserv gave
-    again = subprocess.run(bpsh_argv(master.bpsh_socket, "0", "true"), timeout=60)
+    again = subprocess.run(bpsh_argv(master.bpsh_socket, "0", "true", client=client), timeout=60)
     assert again.returncode == 0
     newest = max(row["job"] for row in jobs(master))
     assert newest > max(row["job"] for row in first)
 
 
-def test_a_node_that_keeps_its_jobs_outlives_the_master_timeout_and_takes_up_its_number(cluster):
+@with_each_client
+def test_a_node_that_keeps_its_jobs_outlives_the_master_timeout_and_takes_up_its_number(cluster, client):
     """master_lost = "keep" with a 2 s master_timeout: beoserv away 6 s, three times the timeout."""
     master, work = cluster
-    job = start_job(master, "sh", "-c", "echo ready; sleep 8; echo still here")
+    job = start_job(master, "sh", "-c", "echo ready; sleep 8; echo still here", client=client)
     wait_for_line(job, b"ready\n")
     restart(master, 6.0, signal.SIGTERM)
     master.wait_for_log(r"node 0 \(\S+\) job link up", timeout=30)
@@ -164,9 +174,10 @@ def bpstat(master) -> list[dict]:
         time.sleep(0.2)
 
 
-def test_sighup_reopens_the_listening_sockets_and_drops_no_link_or_session(cluster):
+@with_each_client
+def test_sighup_reopens_the_listening_sockets_and_drops_no_link_or_session(cluster, client):
     master, _ = cluster
-    job = start_job(master, "sh", "-c", "echo ready; sleep 2; echo done")
+    job = start_job(master, "sh", "-c", "echo ready; sleep 2; echo done", client=client)
     wait_for_line(job, b"ready\n")
     socket_inode = master.bpsh_socket.stat().st_ino
     master.signal(signal.SIGHUP)
@@ -175,13 +186,16 @@ def test_sighup_reopens_the_listening_sockets_and_drops_no_link_or_session(clust
     rest, err = job.communicate(timeout=30)
     assert (job.returncode, rest, err) == (0, b"done\n", b"")  # its session went on: no reattach
     assert len(re.findall(r"node 0 \(\S+\) job link up", master.log_text())) == 1  # the link was never dropped
-    again = subprocess.run(bpsh_argv(master.bpsh_socket, "0", "true"), timeout=60)  # the new socket takes bpsh
+    again = subprocess.run(
+        bpsh_argv(master.bpsh_socket, "0", "true", client=client), timeout=60
+    )  # the new socket takes bpsh
     assert again.returncode == 0
     with urllib.request.urlopen(master.url + "/api/v1/nodes", timeout=10) as answer:  # and the port, HTTP
         assert answer.status == 200
 
 
-def test_a_node_that_reboots_without_its_master_ends_its_jobs_for_their_bpsh(tmp_path):
+@with_each_client
+def test_a_node_that_reboots_without_its_master_ends_its_jobs_for_their_bpsh(tmp_path, client):
     """master_lost = "reboot": the simulated node ends its jobs and boots again once the master is back;
     its new link holds no job, so bpsh, reattached, gets 255 and why."""
     (tmp_path / "boot").mkdir()
@@ -191,7 +205,7 @@ def test_a_node_that_reboots_without_its_master_ends_its_jobs_for_their_bpsh(tmp
     sim = start_simnodes(master.url, tmp_path, 1, extra=("--master-lost", "reboot", "--master-timeout", "2"))
     try:
         master.wait_for_log(r"node 0 \(\S+\) job link up")
-        job = start_job(master, "sh", "-c", "echo ready; sleep 30")
+        job = start_job(master, "sh", "-c", "echo ready; sleep 30", client=client)
         wait_for_line(job, b"ready\n")
         restart(master, 4.0, signal.SIGKILL)
         rest, err = job.communicate(timeout=60)
@@ -209,9 +223,10 @@ def test_a_node_that_reboots_without_its_master_ends_its_jobs_for_their_bpsh(tmp
 BIG = "i=0; while [ $i -lt 40000 ]; do echo line $i of some seventy bytes of folded output, padded; i=$((i+1)); done"
 
 
-def test_folded_output_past_the_nodes_window_does_not_block_the_job(cluster):
+@with_each_client
+def test_folded_output_past_the_nodes_window_does_not_block_the_job(cluster, client):
     master, _ = cluster
-    job = start_job(master, "sh", "-c", BIG, options=["-b"])
+    job = start_job(master, "sh", "-c", BIG, options=["-b"], client=client)
     out, err = job.communicate(timeout=120)
     assert job.returncode == 0, err
     lines = out.decode().splitlines()
@@ -219,9 +234,10 @@ def test_folded_output_past_the_nodes_window_does_not_block_the_job(cluster):
     assert lines[3:] == [f"line {i} of some seventy bytes of folded output, padded" for i in range(40000)]
 
 
-def test_folded_output_goes_on_led_by_node_after_a_restart(cluster):
+@with_each_client
+def test_folded_output_goes_on_led_by_node_after_a_restart(cluster, client):
     master, _ = cluster
-    job = start_job(master, "sh", "-c", "echo before; sleep 4; echo after; exit 5", options=["-b"])
+    job = start_job(master, "sh", "-c", "echo before; sleep 4; echo after; exit 5", options=["-b"], client=client)
     deadline = time.monotonic() + 30
     while not any(row["state"] == "running" for row in jobs(master)):
         assert time.monotonic() < deadline, jobs(master)

@@ -5,26 +5,34 @@
  *
  * It speaks the same local-socket protocol, byte for byte (client.py's docstring has the wire format):
  * connect to beoserv's SOCK_SEQPACKET socket, send one record with stdin, stdout and stderr (SCM_RIGHTS),
- * forward signals as "S<number>", exit with the status in beoserv's "X<status>".
+ * write the jobs' output records (O) to stdout and stderr, keeping each job's offsets (J, E), send "P"
+ * when stdout is a closed pipe, forward signals as "S<number>", exit with the highest of the status in
+ * beoserv's "X<status>" and the jobs' (E). When beoserv goes away with jobs running it reattaches as
+ * Client._reattach does: the same words, the same record, the same poll and timeout, the signals sent
+ * meanwhile forwarded once it is back.
  *
  * One implementation decides each thing. This file decides only the command lines of FAST_PATH below and
  * anything else (an unknown option, -x, -t, --fanout, -h, -l, a usage error, a request too big, beoserv
  * not reachable) goes to the Python client, exec'd with the same arguments: it says what is wrong, or
  * runs the job, as it always did. The constants the two share (the request's magic, the socket's
  * variable and default path, ssh's options, what makes a word shell syntax, the exit statuses, the
- * signals forwarded) are client.py's, written into the header compile.py makes (-include); so is the
- * command line of the Python client to fall back to (FALLBACK_ARGV). */
+ * signals forwarded, the records' size, reattach's magic, poll and timeout) are client.py's, written into
+ * the header compile.py makes (-include); so is the command line of the Python client to fall back to
+ * (FALLBACK_ARGV). */
 
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <limits.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #ifndef REQUEST_MAGIC
@@ -35,6 +43,8 @@
  * set sends the whole command line to the Python client:
  *   the flags FAST_LETTERS (-n -p -s -d -b -a), alone or together (-np), and --all;
  *   --socket PATH, --cache PATH (or --socket=PATH, --cache=PATH); --;
+ *   --reattach-timeout SECONDS (or =SECONDS) written as digits with at most one '.' (30, 0.5), from 0 to
+ *   MAX_REATTACH_TIMEOUT: any other spelling (1e2, -1, nan) is the Python client's to take or refuse;
  *   ssh's options, ignored as client.py ignores them (SSH_FLAGS, and -x when the words after it say it is
  *   ssh's, as client.py's _excludes reads them: Hydra's; SSH_VALUED but -l, which must name the caller).
  *   bpsh's own -x NODESET is the Python client's.
@@ -48,8 +58,26 @@ extern char **environ;
 static char **given_argv;
 static int given_argc;
 static int sock = -1;
+static struct sockaddr_un address = {.sun_family = AF_UNIX};
 static char request[MAX_REQUEST];
 static size_t request_len;
+static char record[RECORD_MAX];
+
+/* Client.jobs: each running job of this bpsh, in the order beoserv named them, with how far its output
+ * got per stream (what a reattach asks the rest from) */
+struct job {
+    uint64_t id;
+    uint64_t offsets[2]; /* stdout, stderr */
+    long long node;
+};
+static struct job *jobs;
+static size_t njobs, jobs_room;
+static long long worst = LLONG_MIN; /* the highest status of the jobs that ended (E) */
+static int broken[3];               /* a descriptor that took no more: the rest for it is dropped */
+
+/* Client.pending: signals that came while beoserv was away, forwarded once it is back */
+static volatile sig_atomic_t pending[256];
+static volatile sig_atomic_t npending;
 
 /* The Python client, with this command line: it decides what this client does not. */
 _Noreturn static void fall_back(void)
@@ -105,6 +133,20 @@ static int excludes(char **rest, int count)
     return after[0] && after[strspn(after, NODE_SET_CHARS)] == 0; /* node-set characters only */
 }
 
+/* --reattach-timeout's value when written plainly (30, 0.5, 300.) and in client.parse_seconds's range;
+ * anything else goes to the Python client, which takes it (1e2) or refuses it (-1, nan) */
+static double plain_seconds(const char *text)
+{
+    size_t digits = strspn(text, "0123456789"), point = text[digits] == '.';
+    size_t more = strspn(text + digits + point, "0123456789");
+    if (digits + more == 0 || text[digits + point + more])
+        fall_back();
+    double seconds = strtod(text, 0);
+    if (!(seconds >= 0 && seconds <= MAX_REATTACH_TIMEOUT))
+        fall_back();
+    return seconds;
+}
+
 /* client.py's `option[:2] in SSH_VALUED` */
 static int starts_ssh_valued(const char *option)
 {
@@ -114,8 +156,20 @@ static int starts_ssh_valued(const char *option)
     return 0;
 }
 
+static void say(const char *text)
+{
+    ssize_t ignored = write(2, text, strlen(text));
+    (void)ignored;
+}
+
+static int reattaching; /* the request is sent: too big now is not the Python client's to say */
+
 static void add(const char *data, size_t len)
 {
+    if (len > sizeof request - request_len && reattaching) {
+        say("bpsh: too many jobs to reattach to\n");
+        _exit(NO_EXIT);
+    }
     if (len > sizeof request - request_len)
         fall_back(); /* too big: the Python client names the culprit */
     memcpy(request + request_len, data, len);
@@ -152,18 +206,19 @@ static void environment(void)
     }
 }
 
-static void say(const char *text)
-{
-    ssize_t ignored = write(2, text, strlen(text));
-    (void)ignored;
-}
 
+/* Client._send_signal; runs in a handler: only async-signal-safe calls */
 static void send_signal(int signum)
 {
-    char text[16];
-    int len = snprintf(text, sizeof text, "S%d", signum);
+    char text[16] = "S", digits[12];
+    size_t len = 1, n = 0;
+    for (unsigned value = (unsigned)signum; n == 0 || value; value /= 10)
+        digits[n++] = (char)('0' + value % 10);
+    while (n)
+        text[len++] = digits[--n];
     int saved = errno;
-    send(sock, text, (size_t)len, MSG_NOSIGNAL);
+    if (send(sock, text, len, MSG_NOSIGNAL) < 0 && npending < (sig_atomic_t)(sizeof pending / sizeof pending[0]))
+        pending[npending++] = signum; /* beoserv is away: forwarded when bpsh reattaches */
     errno = saved;
 }
 
@@ -192,8 +247,12 @@ static void install_signals(void)
     static const int forwarded[] = FORWARDED_SIGNALS;
     struct sigaction action = {.sa_handler = forward, .sa_flags = SA_RESTART};
     for (size_t i = 0; i < sizeof forwarded / sizeof forwarded[0]; i++)
+        sigaddset(&action.sa_mask, forwarded[i]); /* one at a time: each has its place in `pending` */
+    sigaddset(&action.sa_mask, SIGCONT);
+    for (size_t i = 0; i < sizeof forwarded / sizeof forwarded[0]; i++)
         sigaction(forwarded[i], &action, 0);
     sigaction(SIGCONT, &action, 0);
+    sigemptyset(&action.sa_mask);
     action.sa_handler = stop;
     sigaction(SIGTSTP, &action, 0);
 }
@@ -205,6 +264,196 @@ static void fill_closed_stdio(void)
     for (int fd = 0; fd < 3; fd++)
         if (fstat(fd, &st) < 0)
             open("/dev/null", O_RDWR);
+}
+
+static uint64_t big_endian(const char *bytes)
+{
+    uint64_t value = 0;
+    for (int i = 0; i < 8; i++)
+        value = value << 8 | (unsigned char)bytes[i];
+    return value;
+}
+
+/* Python's int() of a record's decimal text (it is beoserv's: no need to refuse what int() would) */
+static long long decimal(const char *text, size_t len)
+{
+    char copy[32];
+    if (len >= sizeof copy)
+        len = sizeof copy - 1;
+    memcpy(copy, text, len);
+    copy[len] = 0;
+    return strtoll(copy, 0, 10);
+}
+
+static struct job *find_job(uint64_t id)
+{
+    for (size_t j = 0; j < njobs; j++)
+        if (jobs[j].id == id)
+            return &jobs[j];
+    return 0;
+}
+
+/* Client._output: an O record's data to stdout or stderr, once */
+static void output(const char *data, size_t len)
+{
+    int stream = (unsigned char)data[1];
+    struct job *job = find_job(big_endian(data + 2));
+    uint64_t end = big_endian(data + 10);
+    int which = stream == 2 ? 1 : 0;
+    if (job) {
+        if (end <= job->offsets[which])
+            return; /* written already (beoserv resends nothing bpsh told it it has: this is only a guard) */
+        job->offsets[which] = end;
+    }
+    int fd = stream == 2 ? 2 : 1;
+    if (broken[fd])
+        return;
+    for (size_t done = 18; done < len;) {
+        ssize_t wrote = write(fd, data + done, len - done);
+        if (wrote < 0 && errno == EINTR)
+            continue;
+        if (wrote < 0) {
+            broken[fd] = 1;
+            if (errno == EPIPE && stream == 1) /* `bpsh 0 cat big | head`: the job gets SIGPIPE, as at a shell */
+                send(sock, "P", 1, MSG_NOSIGNAL);
+            return;
+        }
+        done += (size_t)wrote;
+    }
+}
+
+/* Client._relay: beoserv's records until the status (1, in *status), or 0 when beoserv went away first */
+static int relay(long long *status, const char *socket_path)
+{
+    for (;;) {
+        ssize_t got = recv(sock, record, sizeof record, 0);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got < 0 && (errno == ECONNRESET || errno == ECONNABORTED || errno == EPIPE || errno == ECONNREFUSED))
+            return 0; /* Python's ConnectionError */
+        if (got < 0) {
+            char error[512];
+            snprintf(error, sizeof error, "bpsh: talking to beoserv at %s: [Errno %d] %s\n", socket_path, errno,
+                     strerror(errno));
+            say(error);
+            _exit(NO_EXIT);
+        }
+        if (got == 0)
+            return 0;
+        size_t len = (size_t)got;
+        if (record[0] == 'O' && len >= 18) {
+            output(record, len);
+        } else if (record[0] == 'J' && len >= 9) {
+            if (njobs == jobs_room) {
+                jobs_room = jobs_room ? 2 * jobs_room : 64;
+                jobs = realloc(jobs, jobs_room * sizeof *jobs);
+                if (!jobs) {
+                    say("bpsh: out of memory\n");
+                    _exit(NO_EXIT);
+                }
+            }
+            jobs[njobs++] = (struct job){.id = big_endian(record + 1), .node = decimal(record + 9, len - 9)};
+        } else if (record[0] == 'E' && len >= 9) {
+            struct job *job = find_job(big_endian(record + 1));
+            if (job) {
+                memmove(job, job + 1, (size_t)(jobs + njobs - (job + 1)) * sizeof *job);
+                njobs--;
+            }
+            long long ended = decimal(record + 9, len - 9);
+            if (ended > worst)
+                worst = ended;
+        } else if (record[0] == 'X') {
+            long long given = decimal(record + 1, len - 1);
+            *status = given > worst ? given : worst;
+            return 1;
+        }
+    }
+}
+
+static const int fds[3] = {0, 1, 2};
+
+/* One record with stdin, stdout and stderr (SCM_RIGHTS) */
+static ssize_t send_with_fds(int to, const char *data, size_t len)
+{
+    union {
+        struct cmsghdr header;
+        char space[CMSG_SPACE(sizeof fds)];
+    } control;
+    memset(&control, 0, sizeof control);
+    struct iovec iov = {.iov_base = (void *)data, .iov_len = len};
+    struct msghdr message = {
+        .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.space, .msg_controllen = sizeof control.space};
+    struct cmsghdr *rights = CMSG_FIRSTHDR(&message);
+    rights->cmsg_level = SOL_SOCKET;
+    rights->cmsg_type = SCM_RIGHTS;
+    rights->cmsg_len = CMSG_LEN(sizeof fds);
+    memcpy(CMSG_DATA(rights), fds, sizeof fds);
+    return sendmsg(to, &message, MSG_NOSIGNAL);
+}
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void pause_for(double seconds)
+{
+    struct timespec left = {.tv_sec = (time_t)seconds, .tv_nsec = (long)((seconds - (double)(time_t)seconds) * 1e9)};
+    while (nanosleep(&left, &left) < 0 && errno == EINTR)
+        ;
+}
+
+/* Client._reattach: wait for beoserv to come back and take the running jobs again; 0 if it did not in time */
+static int reattach(double timeout, int no_stdin, int prefix)
+{
+    char text[256];
+    snprintf(text, sizeof text, "bpsh: beoserv went away; waiting up to %g s for it to reattach to %zu jobs\n",
+             timeout, njobs);
+    say(text);
+    request_len = 0;
+    reattaching = 1;
+    field(REATTACH_MAGIC);
+    field(no_stdin && prefix ? "np" : no_stdin ? "n" : prefix ? "p" : "");
+    for (size_t j = 0; j < njobs; j++) {
+        snprintf(text, sizeof text, "%llu:%llu:%llu:%lld", (unsigned long long)jobs[j].id,
+                 (unsigned long long)jobs[j].offsets[0], (unsigned long long)jobs[j].offsets[1], jobs[j].node);
+        field(text);
+    }
+    sigset_t forwarded, before;
+    static const int signals[] = FORWARDED_SIGNALS;
+    sigemptyset(&forwarded);
+    for (size_t i = 0; i < sizeof signals / sizeof signals[0]; i++)
+        sigaddset(&forwarded, signals[i]);
+    sigaddset(&forwarded, SIGCONT);
+    sigaddset(&forwarded, SIGTSTP);
+    close(sock);
+    sock = -1; /* a signal meanwhile is pending */
+    double deadline = now() + timeout;
+    while (now() < deadline) {
+        pause_for(REATTACH_POLL);
+        int again = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+        if (again < 0)
+            continue;
+        if (connect(again, (struct sockaddr *)&address, sizeof address) < 0 ||
+            send_with_fds(again, request, request_len) < 0) {
+            close(again);
+            continue;
+        }
+        sigprocmask(SIG_BLOCK, &forwarded, &before); /* the ones pending go first */
+        sock = again;
+        sig_atomic_t count = npending;
+        npending = 0;
+        for (sig_atomic_t p = 0; p < count; p++)
+            send_signal(pending[p]);
+        sigprocmask(SIG_SETMASK, &before, 0);
+        say("bpsh: reattached\n");
+        return 1;
+    }
+    snprintf(text, sizeof text, "bpsh: beoserv did not come back within %g s\n", timeout);
+    say(text);
+    return 0;
 }
 
 int main(int argc, char **argv)
@@ -219,6 +468,7 @@ int main(int argc, char **argv)
         socket_path = DEFAULT_SOCKET;
     int no_stdin = 0, prefix = 0, sequential = 0, divider = 0, fold = 0, every = 0, as_ssh = 0;
     int ncache = 0;
+    double reattach_timeout = REATTACH_TIMEOUT;
     const char **cache = calloc((size_t)argc + 1, sizeof *cache);
     if (!cache)
         fall_back();
@@ -270,14 +520,17 @@ int main(int argc, char **argv)
             value = argv[i];
         int is_socket = name_len == 8 && strncmp(option, "--socket", 8) == 0;
         int is_cache = name_len == 7 && strncmp(option, "--cache", 7) == 0;
-        if (!(is_socket || is_cache) || !value)
+        int is_reattach = name_len == 18 && strncmp(option, "--reattach-timeout", 18) == 0;
+        if (!(is_socket || is_cache || is_reattach) || !value)
             fall_back();
         if (option[name_len] != '=')
             i++;
         if (is_socket)
             socket_path = value;
-        else
+        else if (is_cache)
             cache[ncache++] = value;
+        else
+            reattach_timeout = plain_seconds(value);
     }
     const char *nodes = "all";
     if (!every) {
@@ -327,7 +580,6 @@ int main(int argc, char **argv)
         field(cache[c]);
     environment();
 
-    struct sockaddr_un address = {.sun_family = AF_UNIX};
     if (strlen(socket_path) >= sizeof address.sun_path)
         fall_back();
     strcpy(address.sun_path, socket_path);
@@ -335,22 +587,8 @@ int main(int argc, char **argv)
     if (sock < 0 || connect(sock, (struct sockaddr *)&address, sizeof address) < 0)
         fall_back(); /* it says that beoserv cannot be reached, and why */
 
-    int fds[3] = {0, 1, 2};
-    union {
-        struct cmsghdr header;
-        char space[CMSG_SPACE(sizeof fds)];
-    } control;
-    memset(&control, 0, sizeof control);
-    struct iovec data = {.iov_base = request, .iov_len = request_len};
-    struct msghdr message = {
-        .msg_iov = &data, .msg_iovlen = 1, .msg_control = control.space, .msg_controllen = sizeof control.space};
-    struct cmsghdr *rights = CMSG_FIRSTHDR(&message);
-    rights->cmsg_level = SOL_SOCKET;
-    rights->cmsg_type = SCM_RIGHTS;
-    rights->cmsg_len = CMSG_LEN(sizeof fds);
-    memcpy(CMSG_DATA(rights), fds, sizeof fds);
     char error[512];
-    if (sendmsg(sock, &message, MSG_NOSIGNAL) < 0) {
+    if (send_with_fds(sock, request, request_len) < 0) {
         if (errno == EMSGSIZE)
             fall_back(); /* too big for this system's sockets: it says which part */
         snprintf(error, sizeof error, "bpsh: talking to beoserv at %s: [Errno %d] %s\n", socket_path, errno,
@@ -359,24 +597,15 @@ int main(int argc, char **argv)
         return NO_EXIT;
     }
     install_signals();
-    char reply[4096];
     for (;;) {
-        ssize_t got = recv(sock, reply, sizeof reply - 1, 0);
-        if (got < 0 && errno == EINTR)
-            continue;
-        if (got < 0) {
-            snprintf(error, sizeof error, "bpsh: talking to beoserv at %s: [Errno %d] %s\n", socket_path, errno,
-                     strerror(errno));
-            say(error);
-            _exit(NO_EXIT);
-        }
-        if (got == 0) {
+        long long status;
+        if (relay(&status, socket_path))
+            _exit((int)status);
+        if (!njobs || reattach_timeout <= 0) {
             say(CLOSED_EARLY);
             _exit(NO_EXIT);
         }
-        if (reply[0] == 'X') {
-            reply[got] = 0;
-            _exit(atoi(reply + 1));
-        }
+        if (!reattach(reattach_timeout, no_stdin, prefix || fold))
+            _exit(NO_EXIT);
     }
 }

@@ -71,6 +71,11 @@ def rules_header(fallback: Sequence[str], beside: str | None = None) -> str:
         "CLOSED_EARLY": c_string(client.CLOSED_EARLY),
         "NO_EXIT": str(client.NO_EXIT),
         "MAX_REQUEST": str(client.MAX_REQUEST),
+        "RECORD_MAX": str(client.RECORD_MAX),
+        "REATTACH_MAGIC": c_string(client.REATTACH_MAGIC),
+        "REATTACH_TIMEOUT": repr(float(client.REATTACH_TIMEOUT)),
+        "MAX_REATTACH_TIMEOUT": repr(float(client.MAX_REATTACH_TIMEOUT)),
+        "REATTACH_POLL": repr(float(client.REATTACH_POLL)),
         "FALLBACK_ARGV": "{" + ", ".join(c_string(word) for word in fallback) + "}",
     }
     if beside is not None:
