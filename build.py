@@ -59,6 +59,7 @@ APT_PACKAGES = [
     # kernel's nfsd may be missing (a container's or a VM's kernel without it)
     "nfs-ganesha",
     "nfs-ganesha-vfs",
+    "rpcbind",  # nfs-ganesha registers NFSv3 with it, and will not start without one
     "nginx-light",
     "systemd",  # systemd-analyze verifies the beoserv.service a build writes
     "iproute2",

@@ -8,10 +8,21 @@ The node reaches the host at 10.0.2.2 through QEMU's user networking, which forw
 loopback from unprivileged ports: the export allows 127.0.0.1 with PrivilegedPort = false ("insecure").
 The node runs no NFSv4 id mapper (nfsidmap): owners must travel as numbers, as the kernel's nfsd sends
 them for sec=sys by default and nfs-ganesha with Only_Numeric_Owners. Nothing on the host is changed: the
-export is a directory of the test's, the servers its own processes."""
+export is a directory of the test's, the servers its own processes.
+
+The same export is mounted again over NFSv3, at the fixed ports given in the mount's options (port=,
+mountport=, mountproto=tcp), so the node's kernel asks no portmapper; nfs-ganesha still registers v3 with
+rpcbind when it starts, and will not start without one: the test starts rpcbind if none answers on
+127.0.0.1:111, and stops the one it started.
+
+A local disk, virtio-blk, has an MBR partition table and an ext4 partition labelled "beoscratch", made as
+an image file by the test (no loop device): stage 3 finds it by the label in its superblock and mounts it
+at /scratch; its driver comes from the master (a device without one), ext4 with stage 3."""
 
 import os
 import shutil
+import socket
+import struct
 import subprocess
 import sys
 import time
@@ -27,12 +38,17 @@ pytestmark = pytest.mark.integration
 TINYDNS = str(Path(__file__).resolve().parents[1] / "support" / "tinydns.py")
 USER, UID = "nobody", 65534  # the job's user, the same on the master and (stage 3's accounts) on the node
 OUTSIDE, OUTSIDE_ADDRESS = "licence.example.org", "10.20.30.40"  # an answer only, never a destination
+SCRATCH_LABEL, SCRATCH_FILE = "beoscratch", "put there when the disk was made\n"
+SCRATCH_START, SCRATCH_SECTORS = 2048, 16 * 2048  # the partition: from 1 MiB, 16 MiB long
 GANESHA = """
-NFS_CORE_PARAM {{ Protocols = 4; NFS_Port = {port}; Bind_Addr = 127.0.0.1; Enable_NLM = false; Enable_RQUOTA = false; }}
+NFS_CORE_PARAM {{
+    Protocols = 3, 4; NFS_Port = {port}; MNT_Port = {mount_port}; Bind_Addr = 127.0.0.1; Mount_Path_Pseudo = true;
+    Enable_NLM = false; Enable_RQUOTA = false; Enable_UDP = false;
+}}
 NFSV4 {{ Graceless = true; RecoveryRoot = {state}; Only_Numeric_Owners = true; }}
 EXPORT {{
     Export_Id = 1; Path = {export}; Pseudo = /home;
-    Access_Type = NONE; Squash = No_Root_Squash; SecType = sys; Protocols = 4; Transports = TCP;
+    Access_Type = NONE; Squash = No_Root_Squash; SecType = sys; Protocols = 3, 4; Transports = TCP;
     CLIENT {{ Clients = 127.0.0.1; Access_Type = RW; }}
     PrivilegedPort = false;
     FSAL {{ Name = VFS; }}
@@ -52,10 +68,37 @@ def port():
     return shared_port()  # the session's one build for it serves this module too
 
 
+def portmapper_answers():
+    with socket.socket() as probe:
+        probe.settimeout(1)
+        return probe.connect_ex(("127.0.0.1", 111)) == 0
+
+
 @pytest.fixture(scope="module")
-def nfs_server(tmp_path_factory):
-    """nfs-ganesha serving an export of the test's own as /home, on a free loopback port; its home for
-    the job's user owned by that user."""
+def portmapper():
+    """rpcbind, which nfs-ganesha registers NFSv3 with: the host's if one runs, else one of the test's."""
+    if portmapper_answers():
+        yield
+        return
+    if shutil.which("rpcbind") is None:
+        pytest.skip("needs rpcbind (python3 build.py setup)")
+    # -f: in the foreground, a child of the test's (its -h, to bind UDP to loopback only, crashes in 1.2.6)
+    server = subprocess.Popen(["rpcbind", "-f"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 10
+    while not portmapper_answers():
+        assert server.poll() is None and time.monotonic() < deadline, "rpcbind did not start"
+        time.sleep(0.1)
+    try:
+        yield
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+@pytest.fixture(scope="module")
+def nfs_server(tmp_path_factory, portmapper):
+    """nfs-ganesha serving an export of the test's own as /home (NFSv4.1 and v3), on free loopback ports;
+    its home for the job's user owned by that user."""
     if shutil.which("ganesha.nfsd") is None:
         pytest.skip("needs nfs-ganesha and nfs-ganesha-vfs (python3 build.py setup)")
     work = tmp_path_factory.mktemp("nfs")
@@ -64,9 +107,10 @@ def nfs_server(tmp_path_factory):
     (export / USER).mkdir(parents=True)
     state.mkdir()
     os.chown(export / USER, UID, UID)
-    nfs_port = free_port()
+    (export / "motd").write_text("served over NFSv3\n")
+    nfs_port, mount_port = free_port(), free_port()
     conf = work / "ganesha.conf"
-    conf.write_text(GANESHA.format(port=nfs_port, export=export, state=state))
+    conf.write_text(GANESHA.format(port=nfs_port, mount_port=mount_port, export=export, state=state))
     log = work / "ganesha.log"
     server = subprocess.Popen(
         ["ganesha.nfsd", "-F", "-f", str(conf), "-L", str(log), "-p", str(work / "ganesha.pid")],
@@ -75,7 +119,7 @@ def nfs_server(tmp_path_factory):
     )
     try:
         wait_for_text(log, "NFS SERVER INITIALIZED", server)
-        yield export, nfs_port
+        yield export, nfs_port, mount_port
     finally:
         server.terminate()
         server.wait(20)
@@ -100,22 +144,49 @@ def name_server():
 
 @pytest.fixture(scope="module")
 def out(tmp_path_factory, port):
-    return build_for_master(tmp_path_factory, port)
+    # ext4 for the local partition; its disk's driver, virtio_blk, the master sends
+    return build_for_master(tmp_path_factory, port, '[images.stage3]\nmodules = ["nfsv4", "nfsv3", "ext4"]\n')
+
+
+def partitioned_disk(work):
+    """A disk image with an MBR partition table (one Linux partition) and, on that partition, an ext4 file
+    system labelled SCRATCH_LABEL holding a file: made by mke2fs at the partition's offset, no loop device."""
+    if shutil.which("mke2fs") is None:
+        pytest.skip("needs e2fsprogs (python3 build.py setup)")
+    disk, content = work / "scratch.img", work / "scratch"
+    content.mkdir()
+    (content / "hello").write_text(SCRATCH_FILE)
+    with open(disk, "wb") as image:
+        image.truncate((SCRATCH_START + SCRATCH_SECTORS) * 512)
+        # status, first CHS (unused: LBA), type 0x83 Linux, last CHS, first sector, sectors
+        entry = struct.pack("<B3sB3sII", 0, b"\xfe\xff\xff", 0x83, b"\xfe\xff\xff", SCRATCH_START, SCRATCH_SECTORS)
+        image.seek(446)
+        image.write(entry + bytes(48) + b"\x55\xaa")
+    subprocess.run(
+        ["mke2fs", "-q", "-F", "-t", "ext4", "-L", SCRATCH_LABEL, "-d", str(content)]
+        + ["-E", f"offset={SCRATCH_START * 512}", str(disk), f"{SCRATCH_SECTORS // 2}k"],
+        check=True,
+    )
+    return disk
 
 
 @pytest.fixture(scope="module")
 def node(out, port, nfs_server, name_server, tmp_path_factory):
-    export, nfs_port = nfs_server
+    export, nfs_port, mount_port = nfs_server
     work = tmp_path_factory.mktemp("qemu-site")
     config = work / "beoserv.toml"
     config.write_text(
         'dns_servers = ["10.0.2.2"]\n'
         '[[mounts]]\ntype = "nfs"\nsource = "master:/home"\ntarget = "/home"\n'
         f'options = "vers=4.1,port={nfs_port}"\n'
+        '[[mounts]]\ntype = "nfs"\nsource = "master:/home"\ntarget = "/home-v3"\n'
+        f'options = "vers=3,port={nfs_port},mountport={mount_port},mountproto=tcp,ro"\n'
+        f'[[mounts]]\ntype = "ext4"\nsource = "LABEL={SCRATCH_LABEL}"\ntarget = "/scratch"\n'
         '[[mounts]]\ntype = "ext4"\nsource = "LABEL=nowhere"\ntarget = "/data"\n'
     )
     master = MasterProcess(out, work / "nodes.db", work / "beoserv.log", config=config, port=port).start()
-    vm = stage2_node(out, work)
+    disk = partitioned_disk(work)
+    vm = stage2_node(out, work, extra=["-drive", f"file={disk},if=virtio,format=raw"])
     with vm:
         vm.wait_for("beoboot: stage 3 ready: node 0 up")
         master.wait_for_log(r"node 0 \(\S+\) job link up", timeout=60)
@@ -149,6 +220,29 @@ def test_a_job_writes_into_home_over_nfs_as_its_user_and_the_master_reads_it(nod
     assert written.stat().st_uid == UID  # as the user, not root: the server saw the job's uid
     refused = bpsh_as_user(master, "0", "sh", "-c", "echo x > /home/not-mine")
     assert refused.returncode != 0 and not (export / "not-mine").exists()  # the export's root is root's
+
+
+def test_a_job_reads_the_export_over_nfsv3(node):
+    master, _, vm = node
+    assert "mounted /home-v3 (nfs master:/home) at /home-v3" in vm.console()
+    done = bpsh_as_user(master, "0", "sh", "-c", "cat /home-v3/motd; grep ' /home-v3 ' /proc/self/mounts")
+    assert done.returncode == 0, done.stderr
+    motd, mounted = done.stdout.splitlines()
+    assert motd == "served over NFSv3"
+    fields = mounted.split()
+    assert fields[2] == "nfs" and "vers=3" in fields[3].split(","), mounted  # v3, not nfs4
+    assert "ro" in fields[3].split(","), mounted
+
+
+def test_a_job_reads_a_local_partition_found_by_its_label(node):
+    master, _, vm = node
+    console = vm.console()
+    assert f"mounted /scratch (ext4 LABEL={SCRATCH_LABEL}) at /scratch" in console
+    done = bpsh_as_user(master, "0", "sh", "-c", "cat /scratch/hello; grep ' /scratch ' /proc/self/mounts")
+    assert done.returncode == 0, done.stderr
+    text, mounted = done.stdout.split("\n", 1)
+    assert text + "\n" == SCRATCH_FILE
+    assert mounted.split()[:3] == ["/dev/vda1", "/scratch", "ext4"], mounted  # the partition, not the disk
 
 
 def test_a_missing_partition_is_reported_by_name(node):
