@@ -10,10 +10,11 @@ The node runs no NFSv4 id mapper (nfsidmap): owners must travel as numbers, as t
 them for sec=sys by default and nfs-ganesha with Only_Numeric_Owners. Nothing on the host is changed: the
 export is a directory of the test's, the servers its own processes.
 
-The same export is mounted again over NFSv3, at the fixed ports given in the mount's options (port=,
-mountport=, mountproto=tcp), so the node's kernel asks no portmapper; nfs-ganesha still registers v3 with
-rpcbind when it starts, and will not start without one: the test starts rpcbind if none answers on
-127.0.0.1:111, and stops the one it started.
+The same export is mounted twice more over NFSv3: at the fixed ports given in the mount's options (port=,
+mountport=, mountproto=tcp: the node's kernel asks no portmapper), and with "vers=3" alone (the kernel asks
+the portmapper at 10.0.2.2:111, the host's). nfs-ganesha registers v3 with rpcbind when it starts, and will
+not start without one: the test starts rpcbind if none answers on 127.0.0.1:111, and stops the one it
+started.
 
 A local disk, virtio-blk, has an MBR partition table and an ext4 partition labelled "beoscratch", made as
 an image file by the test (no loop device): stage 3 finds it by the label in its superblock and mounts it
@@ -181,6 +182,7 @@ def node(out, port, nfs_server, name_server, tmp_path_factory):
         f'options = "vers=4.1,port={nfs_port}"\n'
         '[[mounts]]\ntype = "nfs"\nsource = "master:/home"\ntarget = "/home-v3"\n'
         f'options = "vers=3,port={nfs_port},mountport={mount_port},mountproto=tcp,ro"\n'
+        '[[mounts]]\ntype = "nfs"\nsource = "master:/home"\ntarget = "/home-v3-portmapper"\noptions = "vers=3,ro"\n'
         f'[[mounts]]\ntype = "ext4"\nsource = "LABEL={SCRATCH_LABEL}"\ntarget = "/scratch"\n'
         '[[mounts]]\ntype = "ext4"\nsource = "LABEL=nowhere"\ntarget = "/data"\n'
     )
@@ -222,16 +224,18 @@ def test_a_job_writes_into_home_over_nfs_as_its_user_and_the_master_reads_it(nod
     assert refused.returncode != 0 and not (export / "not-mine").exists()  # the export's root is root's
 
 
-def test_a_job_reads_the_export_over_nfsv3(node):
+@pytest.mark.parametrize("target", ["/home-v3", "/home-v3-portmapper"])
+def test_a_job_reads_the_export_over_nfsv3(node, target):
+    """At the ports the options name, and at those the node's kernel asked the server's portmapper for."""
     master, _, vm = node
-    assert "mounted /home-v3 (nfs master:/home) at /home-v3" in vm.console()
-    done = bpsh_as_user(master, "0", "sh", "-c", "cat /home-v3/motd; grep ' /home-v3 ' /proc/self/mounts")
+    assert f"mounted {target} (nfs master:/home) at {target}" in vm.console()
+    done = bpsh_as_user(master, "0", "sh", "-c", f"cat {target}/motd; grep ' {target} ' /proc/self/mounts")
     assert done.returncode == 0, done.stderr
     motd, mounted = done.stdout.splitlines()
     assert motd == "served over NFSv3"
     fields = mounted.split()
-    assert fields[2] == "nfs" and "vers=3" in fields[3].split(","), mounted  # v3, not nfs4
-    assert "ro" in fields[3].split(","), mounted
+    options = fields[3].split(",")
+    assert fields[2] == "nfs" and "vers=3" in options and "ro" in options, mounted  # v3, not nfs4
 
 
 def test_a_job_reads_a_local_partition_found_by_its_label(node):

@@ -39,6 +39,13 @@ def test_nfs_v3_asks_for_no_locks_as_no_statd_runs_on_the_node():
     assert call(nfs("10.1.2.3:/x", "nfsvers=3,lock")).data == "nfsvers=3,lock,addr=10.1.2.3"
 
 
+def test_nfs_v3_ports_named_in_the_options_reach_the_kernel_as_given():
+    # the kernel then asks no portmapper (tests/integration/test_site_qemu.py mounts nfs-ganesha so)
+    made = call(nfs(options="vers=3,port=20049,mountport=20050,mountproto=tcp,ro"))
+    assert (made.source, made.fstype, made.flags) == ("10.0.2.2:/home", "nfs", MS_RDONLY)
+    assert made.data == "vers=3,port=20049,mountport=20050,mountproto=tcp,addr=10.0.2.2,nolock"
+
+
 def test_a_server_named_by_name_is_resolved_first():
     looked_up = []
 
