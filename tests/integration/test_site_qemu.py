@@ -14,7 +14,7 @@ The same export is mounted twice more over NFSv3: at the fixed ports given in th
 mountport=, mountproto=tcp: the node's kernel asks no portmapper), and with "vers=3" alone (the kernel asks
 the portmapper at 10.0.2.2:111, the host's). nfs-ganesha registers v3 with rpcbind when it starts, and will
 not start without one: the test starts rpcbind if none answers on 127.0.0.1:111, and stops the one it
-started.
+started (which leaves in /run what rpcbind leaves on any stop: its lock, socket and warm-start files).
 
 A local disk, virtio-blk, has an MBR partition table and an ext4 partition labelled "beoscratch", made as
 an image file by the test (no loop device): stage 3 finds it by the label in its superblock and mounts it
