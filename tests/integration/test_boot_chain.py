@@ -124,7 +124,7 @@ def test_lost_master_reboots_the_node_which_comes_back_with_its_number(out, mast
     with stage2_node(out, tmp_path, reboot=True) as node:
         up = node.wait_for("beoboot: stage 3 ready: node 0 up")
         master.stop()
-        lost = node.wait_for(f"lost for {MASTER_TIMEOUT} s: rebooting", after=up.end(), timeout=MASTER_TIMEOUT + 60)
+        lost = node.wait_for(rf"lost for {MASTER_TIMEOUT} s: reboot\b", after=up.end(), timeout=MASTER_TIMEOUT + 60)
         again = node.wait_for("beoboot: stage 2 agent up", after=lost.end())  # rebooted, PXE again
         node.wait_for("unreachable; retry", after=again.end())
         master.start()
