@@ -1,5 +1,3 @@
-import sys
+from beoboot.cli import run
 
-from beoboot.cli import main
-
-sys.exit(main())
+run()

@@ -6,6 +6,7 @@ import argparse
 import importlib
 import signal
 import sys
+from typing import NoReturn
 
 from beoboot import __version__, log
 from beoboot.errors import BeobootError
@@ -41,10 +42,18 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = make_parser().parse_args(argv)
+def run(argv: list[str] | None = None) -> NoReturn:
+    """The command's entry point: main() with the process's signals set as a command-line tool wants.
+
+    Kept apart from main() so that calling main() in-process (tests) leaves the caller's signals alone:
+    a test process with SIGPIPE at its default dies silently on its next write to a closed socket."""
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `beoboot-build nics | head` ends quietly, as cat would
+    sys.exit(main(argv))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
     log.setup(quiet=args.quiet, debug=args.debug)
     try:
         return int(args.func(args) or 0)
@@ -59,4 +68,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -1,5 +1,6 @@
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +36,31 @@ def run_beoboot(*args, check=True, cwd=None, env=None, **kwargs):
     if check and result.returncode != 0:
         raise AssertionError(f"beoboot-build {' '.join(map(str, args))} failed ({result.returncode}):\n{result.stderr}")
     return result
+
+
+# Dispositions a test may change in-process by calling a program's main(). They are put back after each
+# test; SIGPIPE at its default is an error of the test's, as pytest would then die without a word (exit
+# -13) on its next write to a closed socket, far from the test that did it.
+GUARDED_SIGNALS = (
+    signal.SIGPIPE,
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGHUP,
+    signal.SIGCHLD,
+    signal.SIGTTIN,
+    signal.SIGTTOU,
+)
+
+
+@pytest.fixture(autouse=True)
+def signals_put_back():
+    before = {signum: signal.getsignal(signum) for signum in GUARDED_SIGNALS}
+    yield
+    pipe_changed = signal.getsignal(signal.SIGPIPE) != before[signal.SIGPIPE]
+    for signum, handler in before.items():
+        if handler is not None:
+            signal.signal(signum, handler)
+    assert not pipe_changed, "the test changed pytest's SIGPIPE disposition: call the program in a child process"
 
 
 def have_kernel():

@@ -39,8 +39,8 @@ def stop_before_each_change(event, args):
 sys.addaudithook(stop_before_each_change)
 mode, *rest = sys.argv[1:]
 if mode == "build":
-    from beoboot.cli import main
-    sys.exit(main(sys.argv[1:]))
+    from beoboot.cli import run
+    run(sys.argv[1:])
 from beoboot.image.outputs import Staging
 with Staging(Path(rest[1])) as staging:
     shutil.copytree(rest[0], staging.path, dirs_exist_ok=True, copy_function=os.link)
