@@ -4,7 +4,9 @@ A thousand nodes booting, or fetching a cold job's libraries with eight workers 
 transfers than a master has descriptors for, and a few transfers already fill any link. So each transfer
 takes a slot; a request finding none waits for one (at most MAX_WAIT; one request per node, WAITING_PER_SLOT
 per slot in all) or is told to come back (Busy: 503 with a jittered Retry-After, which nodes wait out
-without counting a failure). A freed slot goes to the waiting node with the fewest transfers under way,
+without counting a failure). Once transfers have ended, Retry-After is when the node's turn should come:
+the requests ahead of it (waiting, and told to come back before it) over the rate slots are freed, so
+a storm's refused nodes come back spread out as slots free, not all after the same guess. A freed slot goes to the waiting node with the fewest transfers under way,
 oldest first: a node that has one waits behind nodes that have none, so eight workers on one node cannot
 starve another's single download.
 
@@ -16,9 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import heapq
 import math
 import os
 import random
+import time
+from collections import deque
 from collections.abc import Callable
 
 from aiohttp import web
@@ -32,6 +37,8 @@ WAITING_PER_SLOT = 1  # requests waiting, per slot: each holds a connection (beo
 MAX_WAIT = 10.0
 RETRY_AFTER = (1.0, 3.0)  # seconds, jittered, then scaled by how full the queue is
 RETRY_AFTER_MAX = 60  # what agent.download waits at most
+RATE_WINDOW = 5.0  # seconds of ended transfers the rate slots are freed at is measured over
+RATE_SAMPLES = 8  # ended transfers needed before that rate is trusted
 
 
 def node_key(number: int) -> str:
@@ -62,10 +69,17 @@ class Slot:
 
 
 class TransferGate:
-    def __init__(self, limit: int, max_wait: float = MAX_WAIT, rand: Callable[[], float] = random.random) -> None:
+    def __init__(
+        self,
+        limit: int,
+        max_wait: float = MAX_WAIT,
+        rand: Callable[[], float] = random.random,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.limit = limit
         self.max_wait = max_wait
         self.rand = rand
+        self.clock = clock
         self.active = 0
         self.refused = 0  # requests told to retry, ever (figures)
         # set by beoserv from its count of open files: nodes hold more connections than their budget (a
@@ -73,6 +87,8 @@ class TransferGate:
         self.crowded = False
         self._active_by_node: dict[str, int] = {}
         self._queue: dict[str, asyncio.Future[Slot]] = {}  # node -> its one waiting request, oldest first
+        self._ended: deque[float] = deque()  # when transfers ended, within RATE_WINDOW
+        self._due: list[float] = []  # heap: when the nodes told to come back are due
 
     @property
     def waiting(self) -> int:
@@ -112,10 +128,29 @@ class TransferGate:
 
     def _busy(self, why: str) -> Busy:
         self.refused += 1
-        fullness = 1 + len(self._queue) / self.queue_limit
-        low, high = RETRY_AFTER
-        seconds = min(RETRY_AFTER_MAX, math.ceil((low + (high - low) * self.rand()) * fullness))
-        return Busy(f"beoserv is sending all the files it may at once ({why}): retry shortly", seconds)
+        now = self.clock()
+        rate = self._free_rate(now)
+        if rate is None:  # nothing has ended yet: a guess, longer the fuller the queue
+            fullness = 1 + len(self._queue) / self.queue_limit
+            low, high = RETRY_AFTER
+            seconds = (low + (high - low) * self.rand()) * fullness
+            delay = min(RETRY_AFTER_MAX, math.ceil(seconds))
+        else:
+            while self._due and self._due[0] <= now:
+                heapq.heappop(self._due)
+            ahead = len(self._queue) + len(self._due)
+            seconds = (ahead + 1) / rate * (0.9 + 0.2 * self.rand())
+            delay = max(1, min(RETRY_AFTER_MAX, int(seconds)))  # whole seconds, rounded down: early is cheap
+        heapq.heappush(self._due, now + delay)
+        return Busy(f"beoserv is sending all the files it may at once ({why}): retry shortly", delay)
+
+    def _free_rate(self, now: float) -> float | None:
+        """Slots freed per second lately, or None before RATE_SAMPLES transfers have ended."""
+        while self._ended and self._ended[0] < now - RATE_WINDOW:
+            self._ended.popleft()
+        if len(self._ended) < RATE_SAMPLES:
+            return None
+        return len(self._ended) / max(now - self._ended[0], 0.1)
 
     def _grant(self, node: str) -> Slot:
         self.active += 1
@@ -129,6 +164,7 @@ class TransferGate:
 
     def _released(self, node: str) -> None:
         self.active -= 1
+        self._ended.append(self.clock())
         left = self._active_by_node[node] - 1
         if left:
             self._active_by_node[node] = left

@@ -109,3 +109,30 @@ def test_retry_after_grows_with_the_queue():
             (await waiter).release()
 
     run(scenario())
+
+
+def test_once_transfers_end_retry_after_is_the_nodes_turn_at_the_rate_slots_free():
+    """Ten transfers ended in the last second: 10 slots a second. A node refused with 19 ahead of it (two
+    waiting, 17 told to come back before it) comes back in 2 s, the next after it no sooner; once those are
+    due they count no more."""
+
+    async def scenario():
+        now = [100.0]
+        gate = TransferGate(2, rand=lambda: 0.5, clock=lambda: now[0])
+        for n in range(10):
+            now[0] = 100.0 + n / 10
+            (await gate.admit(f"done{n}")).release()
+        now[0] = 101.0
+        slots = [await gate.admit(f"busy{n}") for n in range(2)]
+        waiters = [asyncio.create_task(gate.admit(f"w{n}")) for n in range(2)]
+        await settle()
+        delays = [gate._busy("x").retry_after for _ in range(20)]
+        assert delays[0] == 1 and delays[17] == 2 and delays == sorted(delays)  # (2 + 1) / 10 s, then (19 + 1) / 10
+        now[0] = 104.0  # every one of them is due: only the waiting count again
+        assert gate._busy("x").retry_after == 1
+        for slot in slots:
+            slot.release()
+        for waiter in waiters:
+            (await waiter).release()
+
+    run(scenario())
