@@ -40,8 +40,9 @@ from libarchive.exception import ArchiveError
 
 from agent.cpio import HEADER_LEN, TRAILER, CpioError, parse_header
 from beoboot.errors import BeobootError, ImageError, SysrootError
-from beoboot.image.compress import Compression, compress, decompress
+from beoboot.image.compress import Compression, check_level, compress, decompress
 from beoboot.image.filelist import Entry, FileList, Kind, normalise
+from beoboot.image.partcache import PartCache
 
 _FILETYPE = {
     Kind.FILE: FileType.REGULAR_FILE,
@@ -335,24 +336,31 @@ def image_parts(filelist: FileList, shared: Callable[[Entry], bool]) -> list[Fil
 
 
 class PartCompressor:
-    """Compresses each distinct part once per build: a second image with the same bytes waits for the
-    first one's job. Without a pool, compresses in the caller's thread."""
+    """Compresses each distinct part once per build, and through `cache` once across builds: a second
+    image with the same bytes waits for the first one's job. Without a pool, compresses in the caller's
+    thread."""
 
-    def __init__(self, pool: Executor | None) -> None:
+    def __init__(self, pool: Executor | None, cache: PartCache | None = None) -> None:
         self._pool = pool
+        self._cache = cache or PartCache(None)
         self._jobs: dict[tuple[bytes, Compression, int | None], Future[bytes]] = {}
         self._lock = threading.Lock()
 
     def submit(self, cpio: bytes, compression: Compression, level: int | None) -> Future[bytes]:
-        key = (hashlib.sha256(cpio).digest(), compression, level)
+        digest = hashlib.sha256(cpio).digest()
+        key = (digest, compression, level)
         with self._lock:
             job = self._jobs.get(key)
             if job is None:
+                work = functools.partial(compress, cpio, compression, level)
+                if compression != Compression.NONE:  # nothing to save
+                    name = f"{digest.hex()}-{compression.value}-{check_level(compression, level)}"
+                    work = functools.partial(self._cache.compressed, name, work)
                 if self._pool is None:
                     job = Future()
-                    job.set_result(compress(cpio, compression, level))
+                    job.set_result(work())
                 else:
-                    job = self._pool.submit(compress, cpio, compression, level)
+                    job = self._pool.submit(work)
                 self._jobs[key] = job
         return job
 

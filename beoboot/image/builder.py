@@ -21,6 +21,7 @@ from beoboot.image.compress import Compression
 from beoboot.image.filelist import Entry, FileList, Kind
 from beoboot.image.manifest import MANIFEST_NAME, Artifact, Manifest, file_records, load_manifest, sha256_file
 from beoboot.image.outputs import Staging, remove_stale_unfinished
+from beoboot.image.partcache import PartCache, cache_dir
 from beoboot.log import log, step
 from beoboot.resolve import firmware
 from beoboot.resolve.kmod import KernelModules
@@ -83,7 +84,7 @@ def build(config: Config, outdir: Path) -> BuildResult:
             ThreadPoolExecutor(cores) as compressing,
             ThreadPoolExecutor(len(planned)) as writing,
         ):
-            compressor = PartCompressor(compressing)
+            compressor = PartCompressor(compressing, PartCache(cache_dir()))
             writes = [
                 writing.submit(
                     write_image,
