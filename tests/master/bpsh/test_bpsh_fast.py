@@ -430,7 +430,11 @@ def test_signals_are_forwarded_as_the_python_client_forwards_them(stand_in, tmp_
     stand_in.hold.clear()
     stand_in.later = []
     env = {"BEOSERV_SOCKET": stand_in.path}
-    proc = subprocess.Popen([*clients()[name], "0", "sleep"], env=env, cwd=tmp_path, stdout=subprocess.DEVNULL)
+    # its own process group, as a shell's job: in pytest's, which is orphaned when pytest was started in the
+    # background of a shell that has exited (nohup, CI), the kernel discards the stop that Ctrl-Z asks for
+    proc = subprocess.Popen(
+        [*clients()[name], "0", "sleep"], env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, process_group=0
+    )
     try:
         assert stand_in.requests.get(timeout=10)
         time.sleep(0.3)  # the request is sent before the handlers are set: let them be
