@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-from master_helpers import MasterProcess, bpsh_argv, build_for_master, shared_port
-from nodes import node_row, stage2_node
+from master_helpers import bpsh_argv, run_bpsh, shared_port
+from nodes import node_row, node_up
 
 from agent import __version__ as agent_version
 from stage3.names import is_host_name
@@ -22,31 +22,12 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def port():
-    return shared_port()  # the session's one build for it serves this module too
-
-
-@pytest.fixture(scope="module")
-def out(tmp_path_factory, port):
-    return build_for_master(tmp_path_factory, port)
-
-
-@pytest.fixture(scope="module")
-def node(out, port, tmp_path_factory):
-    work = tmp_path_factory.mktemp("qemu-bpsh")
-    master = MasterProcess(out, work / "nodes.db", work / "beoserv.log", port=port).start()
-    vm = stage2_node(out, work)
-    with vm:
-        vm.wait_for("beoboot: stage 3 ready: node 0 up")
-        master.wait_for_log(r"node 0 \(\S+\) job link up", timeout=60)
+def node(shared_out, tmp_path_factory):
+    with node_up(shared_out, shared_port(), tmp_path_factory.mktemp("qemu-bpsh")) as (master, _):
         yield master
-    master.stop()
 
 
-def bpsh(master, *args, timeout=300, **kwargs):
-    return subprocess.run(
-        bpsh_argv(master.bpsh_socket, *args), capture_output=True, text=True, timeout=timeout, **kwargs
-    )
+bpsh = run_bpsh
 
 
 def envroot_skeleton(out: Path) -> set[str]:
@@ -57,8 +38,8 @@ def envroot_skeleton(out: Path) -> set[str]:
     return {line.split("/")[0] for line in listing.split()} - {"."}
 
 
-def test_first_job_sees_only_what_jobs_brought(node, out):
-    skeleton = envroot_skeleton(out)
+def test_first_job_sees_only_what_jobs_brought(node, shared_out):
+    skeleton = envroot_skeleton(shared_out)
     assert not skeleton & {"usr", "bin", "lib", "lib64"}  # no programs before the first job
     result = bpsh(node, "0", "ls", "-a", "/")
     assert result.returncode == 0, result.stderr
@@ -159,9 +140,9 @@ def test_bpstat_shows_the_nodes_load_and_memory(node):
     assert load["load1"] >= 0
 
 
-def test_bpstat_shows_what_the_node_booted(node, out):
+def test_bpstat_shows_what_the_node_booted(node, shared_out):
     """Its kernel, stage 3 as stage 2 fetched it and the environment root by its pin: the build's own."""
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = json.loads((shared_out / "manifest.json").read_text())
     hashes = {a["name"]: a["sha256"] for a in manifest["artifacts"]}
     row = node_row(node, 0)
     assert row["booted"] == {

@@ -9,8 +9,8 @@ import subprocess
 import time
 
 import pytest
-from master_helpers import MasterProcess, bpsh_argv, build_for_master, shared_port
-from nodes import bpstat, node_row, stage2_node
+from master_helpers import bpsh_argv, shared_port
+from nodes import bpstat, node_row, node_up
 
 from beoboot import config
 from beoboot.resolve.kmod import KernelModules
@@ -24,17 +24,7 @@ NVME_CLASS = "0x010802"  # mass storage, non-volatile memory, NVM Express
 
 
 @pytest.fixture(scope="module")
-def port():
-    return shared_port()  # the session's one build for it serves this module too
-
-
-@pytest.fixture(scope="module")
-def out(tmp_path_factory, port):
-    return build_for_master(tmp_path_factory, port)
-
-
-@pytest.fixture(scope="module")
-def node(out, port, tmp_path_factory):
+def node(shared_out, tmp_path_factory):
     work = tmp_path_factory.mktemp("qemu-drivers")
     disk = work / "nvme.img"
     with open(disk, "wb") as f:
@@ -42,19 +32,14 @@ def node(out, port, tmp_path_factory):
     sata = work / "sata.img"
     with open(sata, "wb") as f:
         f.truncate(SATA_MIB << 20)
-    master = MasterProcess(out, work / "nodes.db", work / "beoserv.log", port=port).start()
     nvme = ["-drive", f"file={disk},if=none,id=d,format=raw", "-device", "nvme,drive=d,serial=beoboot1"]
     ahci = ["-drive", f"file={sata},if=none,id=s,format=raw", "-device", "ide-hd,drive=s,bus=ide.0"]
-    vm = stage2_node(out, work, extra=[*nvme, *ahci])
-    with vm:
-        vm.wait_for("beoboot: stage 3 ready: node 0 up")
-        master.wait_for_log(r"node 0 \(\S+\) job link up", timeout=60)
+    with node_up(shared_out, shared_port(), work, extra=[*nvme, *ahci]) as (master, vm):
         master.vm = vm  # its console, for what the node said
         yield master
-    master.stop()
 
 
-def test_nvme_is_a_module_that_stage3_does_not_carry(out):
+def test_nvme_is_a_module_that_stage3_does_not_carry(shared_out):
     """The premise: were nvme built in or in stage 3's modules, the master would have nothing to send."""
     build = config.load()
     kmods = KernelModules.latest(Sysroot(build.sysroot))

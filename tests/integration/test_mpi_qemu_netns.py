@@ -203,8 +203,8 @@ def test_mpich_ring_closes_across_two_qemu_nodes(launch):
     """Hydra's proxies call back to its control port on the bridge's address (-iface), and the ranks find
     each other by the nodes' addresses."""
     hydra = ["mpiexec.mpich", "-launcher", "ssh", "-launcher-exec", "bpsh", "-iface", BRIDGE]
-    # Debian's MPICH runs over UCX 1.13, whose default transports hang in MPI_Finalize about one run in
-    # three on these nodes: the ring closes, rank 1 waits in the PMI barrier and rank 0 spins in UCX for
+    # Debian's MPICH runs over UCX 1.13, whose default transports hung in MPI_Finalize in 5 runs of 29 on
+    # these nodes: the ring closes, rank 1 waits in the PMI barrier and rank 0 spins in UCX for
     # good, with both jobs and Hydra's control links still up. With TCP alone it passed 25 runs of 25.
     hydra += ["-genv", "UCX_TLS", "tcp,self"]
     result = launch(*hydra, "-hosts", "n0,n1", "-np", "2", "./ring.mpich")

@@ -9,8 +9,8 @@ import sys
 import time
 
 import pytest
-from master_helpers import MasterProcess, bpsh_argv, build_for_master, shared_port
-from nodes import node_row, stage2_node
+from master_helpers import run_bpsh, shared_port
+from nodes import node_row, node_up
 
 pytestmark = pytest.mark.integration
 
@@ -20,29 +20,13 @@ LOG_WAIT = 60  # seconds for a line to reach the master: the next heartbeat's fl
 
 
 @pytest.fixture(scope="module")
-def port():
-    return shared_port()  # the session's one build for it serves this module too
-
-
-@pytest.fixture(scope="module")
-def out(tmp_path_factory, port):
-    return build_for_master(tmp_path_factory, port)
-
-
-@pytest.fixture(scope="module")
-def node(out, port, tmp_path_factory):
+def node(shared_out, tmp_path_factory):
     work = tmp_path_factory.mktemp("qemu-clock")
-    master = MasterProcess(out, work / "nodes.db", work / "beoserv.log", port=port).start()
-    vm = stage2_node(out, work, extra=("-rtc", f"base={RTC}"))
-    with vm:
-        vm.wait_for("beoboot: stage 3 ready: node 0 up")
-        master.wait_for_log(r"node 0 \(\S+\) job link up", timeout=60)
+    with node_up(shared_out, shared_port(), work, extra=("-rtc", f"base={RTC}")) as (master, vm):
         yield master, vm
-    master.stop()
 
 
-def bpsh(master, *args, timeout=300):
-    return subprocess.run(bpsh_argv(master.bpsh_socket, *args), capture_output=True, text=True, timeout=timeout)
+bpsh = run_bpsh
 
 
 def node_log(master, *args):

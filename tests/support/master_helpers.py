@@ -40,6 +40,13 @@ def bpsh_argv(socket: Path | str, *args: str, client: str = "python") -> list[st
     return [sys.executable, "-IS", BPSH_SCRIPT, "--socket", str(socket), *args]
 
 
+def run_bpsh(master, *args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess[str]:
+    """bpsh at `master`'s socket, its output captured as text."""
+    return subprocess.run(
+        bpsh_argv(master.bpsh_socket, *args), capture_output=True, text=True, timeout=timeout, **kwargs
+    )
+
+
 def bpsh_argv_for_anyone(socket: Path | str, *args: str, client: str = "python") -> list[str]:
     """bpsh_argv for a test that runs bpsh as another user: the system's python3 (the venv's may be under
     /root); the compiled client is in a directory anyone may search."""

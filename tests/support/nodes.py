@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from contextlib import contextmanager
 
 from vm import BackgroundVM
 
@@ -25,6 +26,22 @@ def stage2_node(out, tmp_path, name="node", mac="52:54:00:12:34:56", nic="virtio
         extra=["-nic", f"user,model={nic},mac={mac}", *extra],
     )
     return BackgroundVM(cmd, tmp_path / f"{name}.console")
+
+
+@contextmanager
+def node_up(out, port, work, extra=()):
+    """beoserv on `out` at `port`, and one node PXE-booted from it with QEMU's `extra` arguments, until its
+    job link is up: (master, vm). Both are stopped after."""
+    from master_helpers import MasterProcess
+
+    master = MasterProcess(out, work / "nodes.db", work / "beoserv.log", port=port).start()
+    try:
+        with stage2_node(out, work, extra=extra) as vm:
+            vm.wait_for("beoboot: stage 3 ready: node 0 up")
+            master.wait_for_log(r"node 0 \(\S+\) job link up", timeout=60)
+            yield master, vm
+    finally:
+        master.stop()
 
 
 def bpstat(master, *args):
