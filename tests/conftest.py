@@ -75,3 +75,11 @@ def built(tmp_path_factory):
     outdir = tmp_path_factory.mktemp("out")
     run_beoboot("build", "-q", "-o", outdir)
     return outdir
+
+
+@pytest.fixture(scope="module")
+def shared_out(tmp_path_factory):
+    """The session's one build whose master is at shared_port(), for the QEMU modules that only read it."""
+    from master_helpers import build_for_master, shared_port
+
+    return build_for_master(tmp_path_factory, shared_port())
