@@ -4,10 +4,10 @@ A thousand nodes booting, or fetching a cold job's libraries with eight workers 
 transfers than a master has descriptors for, and a few transfers already fill any link. So each transfer
 takes a slot; a request finding none waits for one (at most MAX_WAIT; one request per node, WAITING_PER_SLOT
 per slot in all) or is told to come back (Busy: 503 with a jittered Retry-After, which nodes wait out
-without counting a failure). Once transfers have ended, Retry-After is when the node's turn should come:
-the requests ahead of it (waiting, and told to come back before it) over the rate slots are freed, so
-a storm's refused nodes come back spread out as slots free, not all after the same guess. A freed slot goes to the waiting node with the fewest transfers under way,
-oldest first: a node that has one waits behind nodes that have none, so eight workers on one node cannot
+without counting a failure). Once transfers have ended, Retry-After is when the node's turn should
+come: the requests ahead of it (waiting, and told to come back before it) over the rate slots are freed
+at, so a storm's refused nodes come back spread out as slots free, not all after the same guess. A freed
+slot goes to the waiting node with the fewest transfers under way, oldest first: a node that has one waits behind nodes that have none, so eight workers on one node cannot
 starve another's single download.
 
 A file that fits a socket's send buffer (SMALL_FILE) is sent at once and takes no slot, nor do the JSON
@@ -129,6 +129,8 @@ class TransferGate:
     def _busy(self, why: str) -> Busy:
         self.refused += 1
         now = self.clock()
+        while self._due and self._due[0] <= now:
+            heapq.heappop(self._due)
         rate = self._free_rate(now)
         if rate is None:  # nothing has ended yet: a guess, longer the fuller the queue
             fullness = 1 + len(self._queue) / self.queue_limit
@@ -136,8 +138,6 @@ class TransferGate:
             seconds = (low + (high - low) * self.rand()) * fullness
             delay = min(RETRY_AFTER_MAX, math.ceil(seconds))
         else:
-            while self._due and self._due[0] <= now:
-                heapq.heappop(self._due)
             ahead = len(self._queue) + len(self._due)
             seconds = (ahead + 1) / rate * (0.9 + 0.2 * self.rand())
             delay = max(1, min(RETRY_AFTER_MAX, int(seconds)))  # whole seconds, rounded down: early is cheap
@@ -146,11 +146,14 @@ class TransferGate:
 
     def _free_rate(self, now: float) -> float | None:
         """Slots freed per second lately, or None before RATE_SAMPLES transfers have ended."""
-        while self._ended and self._ended[0] < now - RATE_WINDOW:
-            self._ended.popleft()
+        self._forget_ended(now)
         if len(self._ended) < RATE_SAMPLES:
             return None
         return len(self._ended) / max(now - self._ended[0], 0.1)
+
+    def _forget_ended(self, now: float) -> None:
+        while self._ended and self._ended[0] < now - RATE_WINDOW:
+            self._ended.popleft()
 
     def _grant(self, node: str) -> Slot:
         self.active += 1
@@ -164,7 +167,9 @@ class TransferGate:
 
     def _released(self, node: str) -> None:
         self.active -= 1
-        self._ended.append(self.clock())
+        now = self.clock()
+        self._ended.append(now)
+        self._forget_ended(now)  # also when no one is refused: a long-running beoserv keeps only RATE_WINDOW
         left = self._active_by_node[node] - 1
         if left:
             self._active_by_node[node] = left

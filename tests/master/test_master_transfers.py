@@ -136,3 +136,17 @@ def test_once_transfers_end_retry_after_is_the_nodes_turn_at_the_rate_slots_free
             (await waiter).release()
 
     run(scenario())
+
+
+def test_what_the_rate_is_measured_over_stays_bounded_when_no_one_is_refused():
+    """A beoserv up for weeks ends millions of transfers, most with no one refused."""
+
+    async def scenario():
+        now = [0.0]
+        gate = TransferGate(4, clock=lambda: now[0])
+        for n in range(10_000):
+            now[0] = n * 0.01
+            (await gate.admit("a")).release()
+        assert len(gate._ended) <= 501  # RATE_WINDOW (5 s) of them, at 100 a second
+
+    run(scenario())
