@@ -62,7 +62,7 @@ def storm(url: str, work: Path, nodes: int, boot_only: bool) -> tuple[float, dic
     report = work / "report.json"
     log_path = work / "simnode.log"
     argv = [sys.executable, "-m", "stage3.simnode", "--master", url, "--dir", str(work / "nodes")]
-    argv += ["--count", str(nodes), "--report", str(report), "--boot-only" if boot_only else "--boot"]
+    argv += ["--count", str(nodes), "--report", str(report), "--boot-only" if boot_only else "--boot", "--in-ram"]
     start = time.monotonic()
     sim = subprocess.Popen(argv, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT)
     if boot_only:

@@ -8,22 +8,41 @@ Starts beoserv (loopback, free port) and `python -m stage3.simnode --count N`, t
 the libc is cached by then) and warm; with beoserv's and the simulator's CPU seconds for each. Beside it,
 ClusterShell's `clush -f 64` runs the same commands over ssh on --ssh-targets names that all lead to one
 OpenSSH sshd on 127.0.0.1 (as many loopback targets as ssh reaches here), and the ratio per target is
-printed. Targets: warm `bpsh -a /bin/true` on 1000 nodes < 1 s; 0 failures. Needs root.
+printed. Then Debian's nginx serves each cold job's libcache objects (the master's manifest of the command)
+and the same simulator downloads them on N fresh nodes with the same code and concurrency
+(`--fetch-only`): the wire's ceiling for a cold fan-out. Targets: warm `bpsh -a /bin/true` on 1000 nodes
+< 1 s; a cold fan-out within 2x of nginx serving the same bytes (ratio >= 0.5); 0 failures. Needs root.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
+from boot_storm import start_nginx
 from bpsh_vs_ssh import BPSH, PYTHON, cpu_seconds, start_master, start_sshd, stop, wait_for
 
+from agent import protocol as p
+from beoboot.master.manifest.describe import ManifestBuilder
+from beoboot.master.objects import ObjectStore
+
+NODE_BYTES = 32 << 20  # what a node's cache holds after both cold jobs
 COMMANDS = {"/bin/true": ["/bin/true"], "python3 -c pass": [PYTHON, "-c", "pass"]}
+
+
+def nodes_fit_in_ram(nodes: int) -> bool:
+    """Whether every node's cache fits in RAM (simnode --in-ram, as a booted node holds it): python3's
+    objects are some 30 MiB a node, so a thousand nodes' are kept on the disk instead."""
+    available = int(Path("/proc/meminfo").read_text().split("MemAvailable:")[1].split()[0]) << 10
+    return nodes * NODE_BYTES <= available // 2
 
 
 def simulator_cpu(sim: subprocess.Popen) -> float:
@@ -36,6 +55,52 @@ def timed(argv: list[str]) -> tuple[float, int, str]:
     start = time.monotonic()
     done = subprocess.run(argv, capture_output=True, text=True, timeout=3600)
     return time.monotonic() - start, done.returncode, done.stderr
+
+
+def cold_objects(builder: ManifestBuilder) -> dict[str, list[p.JobFile]]:
+    """Each command's objects a cold node fetches, from the master's manifest of it (root's, as bpsh runs
+    here): python3's without those /bin/true's job cached already. The builder's store has the files behind
+    them while it lives (the stdlib zip it derives is in its own directory)."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    cached: set[str] = set()
+    objects = {}
+    for name, command in COMMANDS.items():
+        files = builder.build(p.JobRequest("all", tuple(command), env, "/", 0, 0)).files
+        objects[name] = [f for f in files if f.sha256 and f.sha256 not in cached]
+        cached |= {f.sha256 for f in files if f.sha256}
+    return objects
+
+
+def nginx_fetches(work: Path, nodes: int, in_ram: list[str]) -> dict[str, tuple[float, int, int]]:
+    """nginx serves each command's cold objects as beoserv lays them out, and N fresh simulated nodes fetch
+    them: (seconds from the first node's start to the last one's end, bytes per node, nodes that failed)."""
+    store = ObjectStore()
+    builder = ManifestBuilder(store)
+    objects = cold_objects(builder)
+    root = work / "nginx-root"
+    for files in objects.values():
+        for entry in files:
+            served = root / p.OBJECTS_PATH.format(digest=entry.sha256).lstrip("/")
+            served.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(str(store.lookup(entry.sha256)), served)
+            served.chmod(0o644)
+    nginx, url = start_nginx(root, work)
+    took = {}
+    try:
+        for name, files in objects.items():
+            listing, report = work / f"{len(took)}.json", work / f"{len(took)}-report.json"
+            listing.write_text(json.dumps([asdict(f) for f in files]))
+            argv = [sys.executable, "-m", "stage3.simnode", "--master", url, "--dir", str(work / f"fetch{len(took)}")]
+            argv += ["--count", str(nodes), *in_ram, "--fetch-only", str(listing), "--report", str(report)]
+            subprocess.run(argv, stdout=subprocess.DEVNULL, timeout=3600)
+            figures = json.loads(report.read_text())["nodes"]
+            spans = [f["fetch"] for f in figures if f["fetch"]]
+            failed = sum(1 for f in figures if f["error"])
+            span = max(end for _, end in spans) - min(start for start, _ in spans)
+            took[name] = (span, sum(f.size for f in files), failed)
+    finally:
+        stop(nginx)
+    return took
 
 
 def clush_config(work: Path, ssh: list[str]) -> list[str]:
@@ -54,14 +119,17 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="fanout-") as tmp:
         work = Path(tmp)
+        work.chmod(0o755)  # nginx's workers (www-data) read the objects in it
         master, url = start_master(work)
         log_path = work / "simnode.log"
         argv = [sys.executable, "-m", "stage3.simnode", "--master", url, "--dir", str(work / "nodes")]
-        sim = subprocess.Popen([*argv, "--count", str(args.nodes)], stdout=open(log_path, "wb"), stderr=2)
+        in_ram = ["--in-ram"] if nodes_fit_in_ram(args.nodes) else []
+        sim = subprocess.Popen([*argv, "--count", str(args.nodes), *in_ram], stdout=open(log_path, "wb"), stderr=2)
         try:
             start = time.monotonic()
             wait_for(log_path, f"simnode: {args.nodes} nodes up", sim, timeout=1800)
-            print(f"{args.nodes} simulated nodes up in {time.monotonic() - start:.1f} s")
+            where = "in RAM" if in_ram else "on the disk"
+            print(f"{args.nodes} simulated nodes up in {time.monotonic() - start:.1f} s, their files {where}")
             for name, command in COMMANDS.items():
                 for state in ("cold", "warm"):
                     master_cpu, sim_cpu = cpu_seconds(master.pid), simulator_cpu(sim)
@@ -101,6 +169,8 @@ def main() -> int:
                     theirs[name] = (took, max(run[1] for run in runs))
             finally:
                 stop(sshd)
+        (work / "nginx").mkdir()
+        fetches = nginx_fetches(work / "nginx", args.nodes, in_ram)
     print(f"{'':34s}{'seconds':>9s}{'exit':>6s}{'failed':>8s}{'beoserv cpu':>13s}{'sim cpu':>9s}")
     for label, took, status, failed, mcpu, scpu in rows:
         print(f"{label:34s}{took:9.2f}{status:6d}{failed:8d}{mcpu:13.1f}{scpu:9.1f}")
@@ -111,9 +181,15 @@ def main() -> int:
             f"{'clush -f 64 ' + name:34s}{took:9.2f}{status:6d}   on {args.ssh_targets} targets; per target "
             f"{per_theirs * 1000:.1f} ms vs bpsh warm {per_ours * 1000:.2f} ms: {per_theirs / per_ours:.0f}x"
         )
+    for name, (took, size, failed) in fetches.items():
+        ours = next(row[1] for row in rows if row[0] == f"bpsh -a {name} (cold)")
+        print(
+            f"{'nginx, ' + name + ' cold objects':34s}{took:9.2f}{'':6s}{failed:8d}   {size / 2**20:.2f} MiB per node; "
+            f"ratio to bpsh cold {took / ours:.3f}   target >= 0.5"
+        )
     warm_true = next(row[1] for row in rows if row[0] == "bpsh -a /bin/true (warm)")
     print(f"warm bpsh -a /bin/true on {args.nodes} nodes: {warm_true:.2f} s   target < 1 s")
-    return 0 if all(row[2] == 0 for row in rows) else 1
+    return 0 if all(row[2] == 0 for row in rows) and not any(f[2] for f in fetches.values()) else 1
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ class NodeFigures:
     number: int = -1
     booted: float | None = None  # stage 2's downloads done (--boot)
     up: float | None = None  # registered, stage 3 ready, job link open
+    fetch: list[float] | None = None  # --fetch-only: when its downloads started and ended
     error: str = ""
 
 
