@@ -291,11 +291,13 @@ class Pool:
         self._lock = threading.Lock()
 
     @contextlib.contextmanager
-    def stream(self, method: str, url: str, *, headers: Mapping[str, str] | None = None) -> Iterator[Response]:
+    def stream(
+        self, method: str, url: str, *, body: bytes | None = None, headers: Mapping[str, str] | None = None
+    ) -> Iterator[Response]:
         with self._lock:
             connection = self._idle.pop() if self._idle else Connection(self.timeout)
         try:
-            with connection.stream(method, url, headers=headers) as response:
+            with connection.stream(method, url, body=body, headers=headers) as response:
                 yield response
         finally:
             with self._lock:  # a closed one is given back too: it opens again when next used

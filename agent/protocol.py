@@ -700,6 +700,13 @@ LINK_TOKEN_HEADER = (
 )
 JOBS_PATH = f"{API}/jobs"  # GET -> JobList
 OBJECTS_PATH = "/objects/sha256/{digest}"  # GET a libcache object by the sha256 of its content
+# POST ObjectBatch: many small objects in one answer, their bytes one after another in the order asked (the
+# node knows each one's size from its manifest). A cold job's dozen locale and terminfo files would
+# otherwise be a dozen requests from each of a thousand nodes
+OBJECTS_BATCH_PATH = "/objects/sha256"
+BATCH_OBJECT_MAX = 64 << 10  # bytes: an object this small may come in a batch
+BATCH_BYTES_MAX = 1 << 20  # bytes of objects in one batch
+BATCH_COUNT_MAX = 1024  # objects in one batch
 
 IO_HEADER = "!BI"  # struct format: stream number, job id (stdin, master -> node)
 IO_HEADER_SIZE = 5  # struct.calcsize(IO_HEADER), without importing struct here
@@ -774,6 +781,13 @@ class JobRequest:
     # the bpsh process (SO_PEERCRED; 0: unknown): an MPI daemon's job brings what its launcher, the
     # process that ran bpsh, will have it run (beoboot.master.manifest.launchers)
     client_pid: int = 0
+
+
+@dataclass(frozen=True)
+class ObjectBatch:
+    """node -> master (OBJECTS_BATCH_PATH): the sha256 of each small object wanted."""
+
+    sha256: tuple[str, ...]
 
 
 @dataclass(frozen=True)

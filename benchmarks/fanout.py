@@ -61,7 +61,7 @@ def cold_objects(builder: ManifestBuilder) -> dict[str, list[p.JobFile]]:
     """Each command's objects a cold node fetches, from the master's manifest of it (root's, as bpsh runs
     here): python3's without those /bin/true's job cached already. The builder's store has the files behind
     them while it lives (the stdlib zip it derives is in its own directory)."""
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    env = dict(os.environ)  # bpsh sends its environment: the locale it names brings the locale's files
     cached: set[str] = set()
     objects = {}
     for name, command in COMMANDS.items():

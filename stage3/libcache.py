@@ -212,7 +212,14 @@ class LibCache:
         if not missing:
             return 0
         try:
-            self._fetch_all(missing)
+            small = [entry for entry in missing if entry.size <= p.BATCH_OBJECT_MAX]
+            if len(small) > 1:
+                self._fetch_batches(small)
+                left = self.missing(missing)  # what no batch brought: one by one, as the master answers them
+            else:
+                left = missing
+            if left:
+                self._fetch_all(left)
         finally:
             # an idle node keeps no download connection open: a thousand of them would hold the master's
             # descriptors for nothing (its heartbeat and job link are the two it needs)
@@ -296,18 +303,78 @@ class LibCache:
                 problem = f"content hash {digest} does not match the manifest"
                 _unlink(tmp)
                 continue
-            try:
-                give_owner_and_mode(tmp, entry)
-                st = os.stat(tmp)
-                os.rename(tmp, os.path.join(self.objects_dir, name))
-            except OSError:
-                _unlink(tmp)
-                raise
-            with self._lock:
-                self._objects[name] = CachedObject(name, size, self.clock(), inode=(st.st_dev, st.st_ino))
-                self.fetched += 1
+            self._keep(tmp, entry, name, size)
             return
         raise LibCacheError(f"cannot cache {entry.path} (sha256 {entry.sha256}) from {url}: {problem}")
+
+    def _keep(self, tmp: str, entry: p.JobFile, name: str, size: int) -> None:
+        """The object downloaded whole and checked into `tmp`: given its owner and mode, and in the cache."""
+        try:
+            give_owner_and_mode(tmp, entry)
+            st = os.stat(tmp)
+            os.rename(tmp, os.path.join(self.objects_dir, name))
+        except OSError:
+            _unlink(tmp)
+            raise
+        with self._lock:
+            self._objects[name] = CachedObject(name, size, self.clock(), inode=(st.st_dev, st.st_ino))
+            self.fetched += 1
+
+    def _fetch_batches(self, small: list[p.JobFile]) -> None:
+        """Small objects in as few requests as batches hold them (p.OBJECTS_BATCH_PATH). Best effort: what a
+        batch does not bring (the master said no, or is busy, or an object's hash is wrong) is left out of
+        the cache, for the one-by-one fetch that follows to fetch, retry and report."""
+        batch: list[p.JobFile] = []
+        for entry in small:
+            if len(batch) == p.BATCH_COUNT_MAX or sum(e.size for e in batch) + entry.size > p.BATCH_BYTES_MAX:
+                self._fetch_batch(batch)
+                batch = []
+            batch.append(entry)
+        if len(batch) > 1:
+            self._fetch_batch(batch)
+
+    def _fetch_batch(self, entries: list[p.JobFile]) -> None:
+        claimed: dict[str, p.JobFile] = {}
+        with self._lock:  # objects another thread fetches meanwhile are its to fetch (_fetch_once)
+            for entry in entries:
+                name = object_name(entry)
+                if name not in self._objects and name not in self._fetching and name not in claimed:
+                    self._fetching[name] = threading.Event()
+                    claimed[name] = entry
+        try:
+            if not claimed:
+                return
+            body = p.to_json(p.ObjectBatch(tuple(entry.sha256 for entry in claimed.values()))).encode()
+            headers = {p.LINK_TOKEN_HEADER: self.token(), "Content-Type": "application/json"}
+            size = sum(entry.size for entry in claimed.values())
+            with (
+                self.download_slots,
+                self.http.stream(
+                    "POST", self.master_url + p.OBJECTS_BATCH_PATH, body=body, headers=headers
+                ) as response,
+            ):
+                data = response.read(size) if response.status == 200 else b""
+            if len(data) != size:
+                return
+            at = 0
+            for name, entry in claimed.items():
+                part = data[at : at + entry.size]
+                at += entry.size
+                if hashlib.sha256(part).hexdigest() != entry.sha256:
+                    continue
+                tmp = os.path.join(self.tmp_dir, f"{name}.{threading.get_ident()}")
+                with open(tmp, "xb") as out:
+                    out.write(part)
+                    if self.durable:
+                        out.flush()
+                        os.fsync(out.fileno())
+                self._keep(tmp, entry, name, entry.size)
+        except (HttpError, OSError):
+            pass  # fetched one by one next
+        finally:
+            with self._lock:
+                for name in claimed:
+                    self._fetching.pop(name).set()
 
     def _download(self, url: str, tmp: str, size: int) -> tuple[str, int]:
         """The object at `url` into `tmp`: (its sha256, its size). No more than `size` bytes (the manifest's)

@@ -40,6 +40,7 @@ from beoboot.master.manifest.describer import Describer
 from beoboot.master.objects import ObjectStore, stat_key
 from beoboot.master.printable import printable
 from beoboot.master.registry import Registry, RegistryError
+from beoboot.master.smallobjects import SmallObjects
 from beoboot.master.transfers import send_file
 
 log = logging.getLogger("beoserv")
@@ -160,6 +161,7 @@ class JobHub:
         self.config = MasterConfig()  # beoserv's, set again on SIGHUP: groups and the hostname prefix
         self.transfers = gate
         self.objects = ObjectStore()
+        self.small_objects = SmallObjects()
         self.manifests = ManifestBuilder(self.objects, root)
         self.describer = Describer(self.manifests.build, self.manifests.budget)
         self.links: dict[int, NodeLink] = {}
@@ -196,6 +198,7 @@ class JobHub:
         app.router.add_get(p.JOBS_LINK_PATH, self.node_link)
         app.router.add_get(p.JOBS_PATH, self.list_jobs)
         app.router.add_get(p.OBJECTS_PATH.replace("{digest}", "{digest:[0-9a-f]{64}}"), self.serve_object)
+        app.router.add_post(p.OBJECTS_BATCH_PATH, self.serve_objects)
         app.on_shutdown.append(self.close_all)
         app.on_startup.append(self._start_waiting)
 
@@ -225,26 +228,13 @@ class JobHub:
             self._grant_of[number] = _token_key(token)
 
     async def serve_object(self, request: web.Request) -> web.StreamResponse:
-        """An object of one of its live jobs, to a node whose job link is up (its registration's token), or a
-        driver its registration was answered with (grant), to the node with that registration's token: not
-        to anyone who can reach the port, nor to a node for another node's job, either of which could
-        otherwise fetch another user's file by its hash, or test guesses of its content. A big one waits for
-        a transfer slot (beoboot.master.transfers)."""
-        token = request.headers.get(p.LINK_TOKEN_HEADER, "")
+        """OBJECTS_PATH: an object, to a node that may have it (_reader_of). A big one waits for a transfer
+        slot (beoboot.master.transfers)."""
         digest = request.match_info["digest"]
-        number, granted = self._granted.get(_token_key(token), (-1, frozenset())) if token else (-1, frozenset())
-        link = self._by_token.get(_token_key(token)) if token else None
-        if digest not in granted:
-            if link is None or self.links.get(link.number) is not link:
-                raise web.HTTPForbidden(text=f"objects go to nodes with a job link up: {p.LINK_TOKEN_HEADER} of one\n")
-            number = link.number
-            # the same answer as for an object the master does not have: a node learns nothing of other jobs
-            if not any(digest in self.jobs[job_id].objects for job_id in link.jobs if job_id in self.jobs):
-                raise web.HTTPNotFound(text="no such object in this node's jobs\n")
-        gone = web.HTTPNotFound(text="no such object: it was never in a manifest, or the file changed since\n")
+        number = self._reader_of(request.headers.get(p.LINK_TOKEN_HEADER, ""), digest)
         found = self.objects.find(digest)
         if found is None:
-            raise gone
+            raise _gone()
         try:
             return await send_file(
                 self.transfers,
@@ -256,7 +246,60 @@ class JobHub:
         except OSError as exc:
             if exhausted(exc):
                 raise  # a 503 (beoboot.master.server): the node retries, as it would not after a 404
-            raise gone from None
+            raise _gone() from None
+
+    async def serve_objects(self, request: web.Request) -> web.Response:
+        """OBJECTS_BATCH_PATH: small objects (at most BATCH_OBJECT_MAX bytes each), as many as a batch holds,
+        each to a node that may have it (serve_object's rule), their bytes one after another, from memory
+        (beoboot.master.smallobjects). No transfer slot: the answer is as small as a heartbeat's few times
+        over. One object the node may not have, or that is gone, answers the whole batch as serve_object
+        would have answered it; the node then fetches them one by one."""
+        token = request.headers.get(p.LINK_TOKEN_HEADER, "")
+        try:
+            batch = p.from_json(p.ObjectBatch, await request.read())
+        except p.ProtocolError as exc:
+            raise web.HTTPBadRequest(text=f"not an object batch: {exc}\n") from None
+        if len(batch.sha256) > p.BATCH_COUNT_MAX or not all(p.SHA256_HEX.fullmatch(d) for d in batch.sha256):
+            raise web.HTTPBadRequest(text=f"a batch is at most {p.BATCH_COUNT_MAX} sha256 digests in hex\n")
+        parts = []
+        size = 0
+        for digest in batch.sha256:
+            self._reader_of(token, digest)
+            found = self.objects.find(digest)
+            if found is None:
+                raise _gone()
+            size += found.size
+            if found.size > p.BATCH_OBJECT_MAX or size > p.BATCH_BYTES_MAX:
+                raise web.HTTPBadRequest(
+                    text=f"a batch holds objects of {p.BATCH_OBJECT_MAX} bytes at most, "
+                    f"{p.BATCH_BYTES_MAX} in all: fetch {digest} alone\n"
+                )
+            try:
+                data = self.small_objects.read(found)
+            except OSError as exc:
+                if exhausted(exc):
+                    raise
+                data = None
+            if data is None:
+                raise _gone()
+            parts.append(data)
+        return web.Response(body=b"".join(parts), content_type="application/octet-stream")
+
+    def _reader_of(self, token: str, digest: str) -> int:
+        """The number of the node whose link token is `token`, if it may have the object `digest`: an
+        object of one of its live jobs, or a driver its registration was answered with (grant). Not anyone
+        who can reach the port, nor a node for another node's job, either of which could otherwise fetch
+        another user's file by its hash, or test guesses of its content. 403, or 404 as for an object the
+        master does not have: a node learns nothing of other jobs."""
+        number, granted = self._granted.get(_token_key(token), (-1, frozenset())) if token else (-1, frozenset())
+        if digest in granted:
+            return number
+        link = self._by_token.get(_token_key(token)) if token else None
+        if link is None or self.links.get(link.number) is not link:
+            raise web.HTTPForbidden(text=f"objects go to nodes with a job link up: {p.LINK_TOKEN_HEADER} of one\n")
+        if not any(digest in self.jobs[job_id].objects for job_id in link.jobs if job_id in self.jobs):
+            raise web.HTTPNotFound(text="no such object in this node's jobs\n")
+        return link.number
 
     # --- listing ------------------------------------------------------------------------------------------
 
@@ -764,6 +807,10 @@ class JobHub:
             log.info("job %d: bpsh reattached at output offsets %d, %d", job_id, stdout, stderr)
         if not session.jobs:
             session.all_ended()
+
+
+def _gone() -> web.HTTPNotFound:
+    return web.HTTPNotFound(text="no such object: it was never in a manifest, or the file changed since\n")
 
 
 def _token_key(token: str) -> bytes:

@@ -324,3 +324,61 @@ def test_a_refused_registration_is_retried_with_backoff_and_logged_once(tmp_path
         assert master.log_text().count("registration refused") == 1
     finally:
         master.stop()
+
+
+def post_batch(url: str, body: bytes, token: str | None) -> tuple[int, bytes]:
+    headers = {"Content-Type": "application/json", **({p.LINK_TOKEN_HEADER: token} if token is not None else {})}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, body, headers), timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def test_a_batch_of_small_objects_follows_the_same_rule(cluster, tmp_path):
+    """OBJECTS_BATCH_PATH: node 1's token gets its job's small files in one answer, their bytes one after
+    another in the order asked. Node 0's token, no token, or one digest not in the job refuses the whole
+    batch, as one by one; a body that is not a batch is a 400, and a FIFO put in a file's place is not
+    waited on."""
+    files = [tmp_path / name for name in ("a", "b", "c")]
+    for size, path in zip((100, 3000, 1), files):
+        path.write_bytes(os.urandom(size))
+        path.chmod(0o600)
+    digests = [__import__("hashlib").sha256(path.read_bytes()).hexdigest() for path in files]
+    url = cluster.url + p.OBJECTS_BATCH_PATH
+    job = running_job(cluster, *(arg for path in files for arg in ("--cache", str(path))), "1", "sleep", "30")
+    try:
+        asked = p.to_json(p.ObjectBatch((digests[2], digests[0], digests[1]))).encode()
+        assert post_batch(url, asked, token_of(cluster, 1)) == (200, b"".join(files[i].read_bytes() for i in (2, 0, 1)))
+        assert post_batch(url, asked, token_of(cluster, 0))[0] == 404
+        assert post_batch(url, asked, None)[0] == 403
+        stranger = p.to_json(p.ObjectBatch((digests[0], "0" * 64))).encode()
+        assert post_batch(url, stranger, token_of(cluster, 1))[0] == 404
+        for bad in (b'{"sha256": "x"}', b"[", p.to_json(p.ObjectBatch(("X" * 64,))).encode()):
+            status, answer = post_batch(url, bad, token_of(cluster, 1))
+            assert status == 400 and b"batch" in answer, (bad, answer)
+        files[1].unlink()
+        os.mkfifo(files[1])  # the file's stat key is gone with it: not served, and not opened
+        assert post_batch(url, asked, token_of(cluster, 1))[0] == 404
+    finally:
+        job.terminate()
+        job.wait(30)
+
+
+def test_a_cold_jobs_small_files_come_in_one_request(cluster, tmp_path):
+    """Forty small files brought to a node by --cache: its libcache asks for them in one batch, so the
+    master answers a handful of requests (the batch, heartbeats), not forty."""
+    files = []
+    for index in range(40):
+        path = tmp_path / f"small{index}"
+        path.write_text(f"file {index}\n" * (10 + index))
+        files.append(path)
+
+    def requests() -> int:
+        return json.loads(urllib.request.urlopen(cluster.url + p.STATUS_PATH).read())["requests"]
+
+    before = requests()
+    result = bpsh(cluster, *(arg for path in files for arg in ("--cache", str(path))), "1", "cat", str(files[7]))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == files[7].read_text()
+    assert requests() - before < 10
