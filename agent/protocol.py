@@ -704,7 +704,7 @@ OBJECTS_PATH = "/objects/sha256/{digest}"  # GET a libcache object by the sha256
 # node knows each one's size from its manifest). A cold job's dozen locale and terminfo files would
 # otherwise be a dozen requests from each of a thousand nodes
 OBJECTS_BATCH_PATH = "/objects/sha256"
-BATCH_OBJECT_MAX = 64 << 10  # bytes: an object this small may come in a batch
+BATCH_OBJECT_MAX = 256 << 10  # bytes: an object this small may come in a batch (python3's modules)
 BATCH_BYTES_MAX = 1 << 20  # bytes of objects in one batch
 BATCH_COUNT_MAX = 1024  # objects in one batch
 

@@ -321,9 +321,10 @@ class LibCache:
             self.fetched += 1
 
     def _fetch_batches(self, small: list[p.JobFile]) -> None:
-        """Small objects in as few requests as batches hold them (p.OBJECTS_BATCH_PATH). Best effort: what a
-        batch does not bring (the master said no, or is busy, or an object's hash is wrong) is left out of
-        the cache, for the one-by-one fetch that follows to fetch, retry and report."""
+        """Small objects in as few requests as batches hold them (p.OBJECTS_BATCH_PATH), a busy master's
+        Retry-After waited out. Best effort: what a batch does not bring (the master said no, or stayed
+        busy, or an object's hash is wrong) is left out of the cache, for the one-by-one fetch that follows
+        to fetch, retry and report."""
         batch: list[p.JobFile] = []
         for entry in small:
             if len(batch) == p.BATCH_COUNT_MAX or sum(e.size for e in batch) + entry.size > p.BATCH_BYTES_MAX:
@@ -347,13 +348,17 @@ class LibCache:
             body = p.to_json(p.ObjectBatch(tuple(entry.sha256 for entry in claimed.values()))).encode()
             headers = {p.LINK_TOKEN_HEADER: self.token(), "Content-Type": "application/json"}
             size = sum(entry.size for entry in claimed.values())
-            with (
-                self.download_slots,
-                self.http.stream(
-                    "POST", self.master_url + p.OBJECTS_BATCH_PATH, body=body, headers=headers
-                ) as response,
-            ):
-                data = response.read(size) if response.status == 200 else b""
+            url = self.master_url + p.OBJECTS_BATCH_PATH
+            busy_until = self.clock() + BUSY_PATIENCE
+            while True:
+                with self.download_slots, self.http.stream("POST", url, body=body, headers=headers) as response:
+                    busy = busy_wait(response.header("Retry-After")) if response.status == 503 else None
+                    data = response.read(size) if response.status == 200 else b""
+                if busy is None:
+                    break
+                if self.clock() + busy > busy_until:  # the master's admission queue, waited out as _fetch does
+                    return
+                self.sleep(busy * (0.75 + random.random() / 2))
             if len(data) != size:
                 return
             at = 0

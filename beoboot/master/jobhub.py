@@ -248,12 +248,13 @@ class JobHub:
                 raise  # a 503 (beoboot.master.server): the node retries, as it would not after a 404
             raise _gone() from None
 
-    async def serve_objects(self, request: web.Request) -> web.Response:
-        """OBJECTS_BATCH_PATH: small objects (at most BATCH_OBJECT_MAX bytes each), as many as a batch holds,
-        each to a node that may have it (serve_object's rule), their bytes one after another, from memory
-        (beoboot.master.smallobjects). No transfer slot: the answer is as small as a heartbeat's few times
-        over. One object the node may not have, or that is gone, answers the whole batch as serve_object
-        would have answered it; the node then fetches them one by one."""
+    async def serve_objects(self, request: web.Request) -> web.StreamResponse:
+        """OBJECTS_BATCH_PATH: small objects (at most BATCH_OBJECT_MAX bytes each, BATCH_BYTES_MAX in all),
+        each to a node that may have it (_reader_of), their bytes one after another, from memory
+        (beoboot.master.smallobjects). One object the node may not have, or that is gone, answers the
+        whole batch as serve_object would have answered it; the node then fetches them one by one. A batch
+        bigger than a socket's buffer takes a transfer slot, as a file would: the bytes beoserv holds for
+        answers being sent stay bounded by the slots."""
         token = request.headers.get(p.LINK_TOKEN_HEADER, "")
         try:
             batch = p.from_json(p.ObjectBatch, await request.read())
@@ -263,16 +264,16 @@ class JobHub:
             raise web.HTTPBadRequest(text=f"a batch is at most {p.BATCH_COUNT_MAX} sha256 digests in hex\n")
         parts = []
         size = 0
+        number = -1
         for digest in batch.sha256:
-            self._reader_of(token, digest)
+            number = self._reader_of(token, digest)
             found = self.objects.find(digest)
             if found is None:
                 raise _gone()
             size += found.size
             if found.size > p.BATCH_OBJECT_MAX or size > p.BATCH_BYTES_MAX:
                 raise web.HTTPBadRequest(
-                    text=f"a batch holds objects of {p.BATCH_OBJECT_MAX} bytes at most, "
-                    f"{p.BATCH_BYTES_MAX} in all: fetch {digest} alone\n"
+                    text=f"a batch holds objects of at most {p.BATCH_OBJECT_MAX} bytes, {p.BATCH_BYTES_MAX} in all\n"
                 )
             try:
                 data = self.small_objects.read(found)
@@ -283,7 +284,21 @@ class JobHub:
             if data is None:
                 raise _gone()
             parts.append(data)
-        return web.Response(body=b"".join(parts), content_type="application/octet-stream")
+        slot = await self.transfers.admit(transfers.node_key(number)) if size > transfers.SMALL_FILE else None
+        try:
+            response = web.StreamResponse()
+            response.content_type = "application/octet-stream"
+            response.content_length = size
+            if slot is not None and self.transfers.contended:
+                response.force_close()  # its descriptor goes to the next transfer, as send_file's
+            await response.prepare(request)
+            for data in parts:
+                await response.write(data)  # waits while the socket is full: no answer piles up in memory
+            await response.write_eof()
+            return response
+        finally:
+            if slot is not None:
+                slot.release()
 
     def _reader_of(self, token: str, digest: str) -> int:
         """The number of the node whose link token is `token`, if it may have the object `digest`: an

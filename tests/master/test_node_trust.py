@@ -340,16 +340,17 @@ def test_a_batch_of_small_objects_follows_the_same_rule(cluster, tmp_path):
     another in the order asked. Node 0's token, no token, or one digest not in the job refuses the whole
     batch, as one by one; a body that is not a batch is a 400, and a FIFO put in a file's place is not
     waited on."""
-    files = [tmp_path / name for name in ("a", "b", "c")]
-    for size, path in zip((100, 3000, 1), files):
+    files = [tmp_path / name for name in ("a", "b", "c", "d")]
+    for size, path in zip((100, 3000, 1, 200_000), files):  # d makes the batch big enough to take a slot
         path.write_bytes(os.urandom(size))
         path.chmod(0o600)
     digests = [__import__("hashlib").sha256(path.read_bytes()).hexdigest() for path in files]
     url = cluster.url + p.OBJECTS_BATCH_PATH
     job = running_job(cluster, *(arg for path in files for arg in ("--cache", str(path))), "1", "sleep", "30")
     try:
-        asked = p.to_json(p.ObjectBatch((digests[2], digests[0], digests[1]))).encode()
-        assert post_batch(url, asked, token_of(cluster, 1)) == (200, b"".join(files[i].read_bytes() for i in (2, 0, 1)))
+        asked = p.to_json(p.ObjectBatch((digests[2], digests[0], digests[3], digests[1]))).encode()
+        expected = b"".join(files[i].read_bytes() for i in (2, 0, 3, 1))
+        assert post_batch(url, asked, token_of(cluster, 1)) == (200, expected)
         assert post_batch(url, asked, token_of(cluster, 0))[0] == 404
         assert post_batch(url, asked, None)[0] == 403
         stranger = p.to_json(p.ObjectBatch((digests[0], "0" * 64))).encode()
