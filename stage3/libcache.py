@@ -161,7 +161,8 @@ class LibCache:
         self._lock = threading.Lock()
         self._objects: dict[str, CachedObject] = {}
         self._fetching: dict[str, threading.Event] = {}
-        # manifests placed whole, with the inode and ctime each path was left with (_unchanged_since_placed)
+        # manifests placed whole, with the inode and ctime each path (absolute, so a cached job's check joins
+        # none) was left with (_unchanged_since_placed)
         self._placed: dict[tuple[p.JobFile, ...], list[tuple[str, tuple[int, int, int]]]] = {}
         self.fetched = 0  # objects fetched since start
         os.makedirs(self.objects_dir, mode=0o700, exist_ok=True)
@@ -495,7 +496,10 @@ class LibCache:
                 if len(self._placed) >= PLACED_KEPT:
                     self._placed.clear()
                 self._placed[files] = [
-                    _placed_as(relative, os.stat(name, dir_fd=parent, follow_symlinks=False))
+                    (
+                        os.path.join(self.env_root, relative),
+                        _placed_as(os.stat(name, dir_fd=parent, follow_symlinks=False)),
+                    )
                     for relative, parent, name in where
                 ]
 
@@ -508,12 +512,12 @@ class LibCache:
         proof = self._placed.get(files)
         if proof is None:
             return False
-        for relative, placed in proof:
+        for path, placed in proof:
             try:
-                st = os.lstat(os.path.join(self.env_root, relative))
+                st = os.lstat(path)
             except OSError:
                 return False
-            if _placed_as(relative, st)[1] != placed:
+            if _placed_as(st) != placed:
                 return False
         return True
 
@@ -682,8 +686,8 @@ def _make_symlink(parent: int, name: str, entry: p.JobFile) -> None:
         raise
 
 
-def _placed_as(relative: str, st: os.stat_result) -> tuple[str, tuple[int, int, int]]:
-    return relative, (st.st_dev, st.st_ino, st.st_ctime_ns)
+def _placed_as(st: os.stat_result) -> tuple[int, int, int]:
+    return st.st_dev, st.st_ino, st.st_ctime_ns
 
 
 def _unlink(path: str) -> None:
