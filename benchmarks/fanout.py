@@ -92,11 +92,11 @@ def nginx_fetches(work: Path, nodes: int, in_ram: list[str]) -> dict[str, tuple[
             listing.write_text(json.dumps([asdict(f) for f in files]))
             argv = [sys.executable, "-m", "stage3.simnode", "--master", url, "--dir", str(work / f"fetch{len(took)}")]
             argv += ["--count", str(nodes), *in_ram, "--fetch-only", str(listing), "--report", str(report)]
-            subprocess.run(argv, stdout=subprocess.DEVNULL, timeout=3600)
+            subprocess.run(argv, stdout=subprocess.DEVNULL, timeout=3600)  # its failures are in the report
             figures = json.loads(report.read_text())["nodes"]
             spans = [f["fetch"] for f in figures if f["fetch"]]
-            failed = sum(1 for f in figures if f["error"])
-            span = max(end for _, end in spans) - min(start for start, _ in spans)
+            failed = sum(1 for f in figures if f["error"] or not f["fetch"])
+            span = max(end for _, end in spans) - min(start for start, _ in spans) if spans else float("nan")
             took[name] = (span, sum(f.size for f in files), failed)
     finally:
         stop(nginx)

@@ -158,6 +158,7 @@ class LibCache:
         # downloads at once: FETCH_WORKERS for a node of its own; a simulator's nodes share a few, as each
         # real node has its own CPU (hundreds of threads in one process would spend the time on the GIL)
         self.download_slots = download_slots or threading.Semaphore(FETCH_WORKERS)
+        self.batches = True  # small objects in batches (p.OBJECTS_BATCH_PATH); False for a plain web server
         self._lock = threading.Lock()
         self._objects: dict[str, CachedObject] = {}
         self._fetching: dict[str, threading.Event] = {}
@@ -213,7 +214,7 @@ class LibCache:
         if not missing:
             return 0
         try:
-            small = [entry for entry in missing if entry.size <= p.BATCH_OBJECT_MAX]
+            small = [entry for entry in missing if entry.size <= p.BATCH_OBJECT_MAX] if self.batches else []
             if len(small) > 1:
                 self._fetch_batches(small)
                 left = self.missing(missing)  # what no batch brought: one by one, as the master answers them
@@ -257,19 +258,19 @@ class LibCache:
             raise errors[0]
 
     def _fetch_once(self, entry: p.JobFile) -> None:
-        """Fetch one object, or wait for the thread already fetching it (two jobs wanting the same library)."""
+        """Fetch one object, or wait for the thread already fetching it (two jobs wanting the same library).
+        When that other fetch did not bring it (a batch, which is best effort, or a fetch that failed),
+        this one fetches it itself: another job's failure is not this job's."""
         name = object_name(entry)
-        with self._lock:
-            if name in self._objects:
-                return
-            busy = self._fetching.get(name)
-            if busy is None:
-                self._fetching[name] = threading.Event()
-        if busy is not None:
+        while True:
+            with self._lock:
+                if name in self._objects:
+                    return
+                busy = self._fetching.get(name)
+                if busy is None:
+                    self._fetching[name] = threading.Event()
+                    break
             busy.wait()
-            if name not in self._objects:
-                raise LibCacheError(f"object {name} for {entry.path}: the other fetch of it failed")
-            return
         try:
             self._fetch(entry, name)
         finally:
@@ -369,11 +370,15 @@ class LibCache:
                 if hashlib.sha256(part).hexdigest() != entry.sha256:
                     continue
                 tmp = os.path.join(self.tmp_dir, f"{name}.{threading.get_ident()}")
-                with open(tmp, "xb") as out:
-                    out.write(part)
-                    if self.durable:
-                        out.flush()
-                        os.fsync(out.fileno())
+                try:
+                    with open(tmp, "xb") as out:
+                        out.write(part)
+                        if self.durable:
+                            out.flush()
+                            os.fsync(out.fileno())
+                except OSError:
+                    _unlink(tmp)  # ENOSPC in a RAM cache: no part of it stays
+                    raise
                 self._keep(tmp, entry, name, entry.size)
         except (HttpError, OSError):
             pass  # fetched one by one next

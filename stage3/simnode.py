@@ -79,14 +79,15 @@ def private_mounts() -> bool:
     return libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) == 0
 
 
-def mount_in_ram(directory: str) -> bool:
+def mount_in_ram(directory: str) -> None:
     """A tmpfs over `directory`, in this process's mount namespace: the nodes' files in RAM, as a booted node
     holds its environment root. On the host's disk a thousand nodes' downloads, written and deleted, measure
     the disk's file system (ext4 searching its inode tables past recently deleted inodes for each new file
-    took a sixth of a cold fan-out's CPU), not the master. False if it cannot be mounted."""
+    took a sixth of a cold fan-out's CPU), not the master. OSError if it cannot be mounted."""
     os.makedirs(directory, exist_ok=True)
     libc = ctypes.CDLL(None, use_errno=True)
-    return libc.mount(b"tmpfs", directory.encode(), b"tmpfs", 0, b"mode=0755") == 0
+    if libc.mount(b"tmpfs", directory.encode(), b"tmpfs", 0, b"mode=0755") != 0:
+        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()), directory)
 
 
 def mount_kernel_filesystems(root: str) -> None:
@@ -176,6 +177,7 @@ class SimNode:
         """A cold job's downloads alone (--fetch-only): its objects into this node's libcache, as the job
         path fetches them (LibCache.ensure), from any web server that lays them out as beoserv does."""
         started = time.monotonic() - since
+        self.cache.batches = False  # one GET per object, the best a plain web server answers
         self.cache.ensure(files)
         self.figures.fetch = [started, time.monotonic() - since]
 
@@ -432,8 +434,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--count must be at least 1")
     processes = args.processes or processes_for(args.count, os.cpu_count() or 1)
     proc = os.getuid() == 0 and private_mounts()  # before the fork: the workers share the namespace
-    if args.in_ram and not (proc and mount_in_ram(os.path.abspath(args.dir))):
-        parser.error(f"--in-ram: cannot mount a tmpfs on {args.dir}: it needs root (a mount namespace of its own)")
+    if args.in_ram:
+        if not proc:
+            parser.error(f"--in-ram: cannot mount a tmpfs on {args.dir}: it needs root (a mount namespace of its own)")
+        try:
+            mount_in_ram(os.path.abspath(args.dir))
+        except OSError as exc:
+            parser.error(f"--in-ram: cannot mount a tmpfs on {args.dir}: {exc.strerror}")
     workers = fork_workers(
         split(args.count, args.first, processes),
         lambda first, count, report: run_worker(args, first, count, report, proc),

@@ -40,7 +40,7 @@ from beoboot.master.manifest.describer import Describer
 from beoboot.master.objects import ObjectStore, stat_key
 from beoboot.master.printable import printable
 from beoboot.master.registry import Registry, RegistryError
-from beoboot.master.smallobjects import SmallObjects
+from beoboot.master.smallobjects import SmallObjects, read_object
 from beoboot.master.transfers import send_file
 
 log = logging.getLogger("beoserv")
@@ -260,8 +260,8 @@ class JobHub:
             batch = p.from_json(p.ObjectBatch, await request.read())
         except p.ProtocolError as exc:
             raise web.HTTPBadRequest(text=f"not an object batch: {exc}\n") from None
-        if len(batch.sha256) > p.BATCH_COUNT_MAX or not all(p.SHA256_HEX.fullmatch(d) for d in batch.sha256):
-            raise web.HTTPBadRequest(text=f"a batch is at most {p.BATCH_COUNT_MAX} sha256 digests in hex\n")
+        if not 0 < len(batch.sha256) <= p.BATCH_COUNT_MAX or not all(p.SHA256_HEX.fullmatch(d) for d in batch.sha256):
+            raise web.HTTPBadRequest(text=f"a batch is 1 to {p.BATCH_COUNT_MAX} sha256 digests in hex\n")
         parts = []
         size = 0
         number = -1
@@ -275,14 +275,17 @@ class JobHub:
                 raise web.HTTPBadRequest(
                     text=f"a batch holds objects of at most {p.BATCH_OBJECT_MAX} bytes, {p.BATCH_BYTES_MAX} in all\n"
                 )
-            try:
-                data = self.small_objects.read(found)
-            except OSError as exc:
-                if exhausted(exc):
-                    raise
-                data = None
+            data = self.small_objects.cached(found)
             if data is None:
-                raise _gone()
+                try:
+                    data = await asyncio.to_thread(read_object, found)  # not on the loop: NFS may be slow
+                except OSError as exc:
+                    if exhausted(exc):
+                        raise
+                    data = None
+                if data is None:
+                    raise _gone()
+                self.small_objects.keep(found, data)
             parts.append(data)
         slot = await self.transfers.admit(transfers.node_key(number)) if size > transfers.SMALL_FILE else None
         try:

@@ -9,6 +9,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -44,9 +45,17 @@ class ObjectServer:
         self.lie: dict[str, bytes] = {}
         self.busy = 0  # answer this many requests 503 (busy) with Retry-After: 1, first
         self.requests = 0
+        self.batch_asked = threading.Event()  # a batch (POST) came: it fails, as from a master without them,
+        self.batch_fails = threading.Event()  # once this is set
+        self.batch_fails.set()
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                outer.batch_asked.set()
+                outer.batch_fails.wait(30)
+                self.send_error(501)
+
             def do_GET(self) -> None:  # noqa: N802
                 outer.requests += 1
                 if outer.busy > 0:
@@ -118,6 +127,34 @@ def test_objects_are_fetched_once_verified_and_hard_linked(server, env_root):
     assert cache.ensure(files) == 0 and server.requests == before
     # a second cache over the same directory finds the objects already there (agent restart)
     assert cache_for(env_root, server).missing(files) == []
+
+
+def test_a_job_waiting_for_a_batch_that_fails_fetches_the_object_itself(server, env_root):
+    """Job A's batch holds two small objects while it is asked; job B wants one of them and waits for it.
+    The batch fails (a master without batches): A fetches its objects one by one, and so does B, instead of
+    failing on another job's best-effort batch."""
+    first, second = server.add("/usr/lib/a", b"a" * 100), server.add("/usr/lib/b", b"b" * 200)
+    cache = cache_for(env_root, server)
+    server.batch_fails.clear()
+    failures = []
+
+    def job(files):
+        try:
+            cache.ensure(files)
+        except LibCacheError as exc:
+            failures.append(exc)
+
+    a = threading.Thread(target=job, args=([first, second],))
+    a.start()
+    assert server.batch_asked.wait(10)
+    b = threading.Thread(target=job, args=([first],))
+    b.start()
+    time.sleep(0.3)  # B is waiting on A's batch now
+    server.batch_fails.set()
+    a.join(10)
+    b.join(10)
+    assert failures == []
+    assert cache.missing([first, second]) == []
 
 
 def test_a_master_that_says_busy_is_waited_for_and_no_connection_is_kept(server, env_root):
