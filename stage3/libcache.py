@@ -290,10 +290,9 @@ class LibCache:
             except MasterBusy as busy:
                 # the master's admission queue: a wait it asked for, not a failure, for as long as it takes
                 _unlink(tmp)
-                if self.clock() + busy.retry_after > busy_until:
+                if not self._waited_out(busy.retry_after, busy_until):
                     problem = f"the master stayed busy for {BUSY_PATIENCE:.0f} s: {busy}"
                     break
-                self.sleep(busy.retry_after * (0.75 + random.random() / 2))
                 continue
             except (HttpError, OSError) as exc:
                 failures += 1
@@ -308,6 +307,14 @@ class LibCache:
             self._keep(tmp, entry, name, size)
             return
         raise LibCacheError(f"cannot cache {entry.path} (sha256 {entry.sha256}) from {url}: {problem}")
+
+    def _waited_out(self, retry_after: float, busy_until: float) -> bool:
+        """A busy master's Retry-After, slept (jittered, so refused nodes do not all come back at once); False
+        without sleeping when it would end past `busy_until` (the fetch's BUSY_PATIENCE)."""
+        if self.clock() + retry_after > busy_until:
+            return False
+        self.sleep(retry_after * (0.75 + random.random() / 2))
+        return True
 
     def _keep(self, tmp: str, entry: p.JobFile, name: str, size: int) -> None:
         """The object downloaded whole and checked into `tmp`: given its owner and mode, and in the cache."""
@@ -328,11 +335,13 @@ class LibCache:
         busy, or an object's hash is wrong) is left out of the cache, for the one-by-one fetch that follows
         to fetch, retry and report."""
         batch: list[p.JobFile] = []
+        size = 0
         for entry in small:
-            if len(batch) == p.BATCH_COUNT_MAX or sum(e.size for e in batch) + entry.size > p.BATCH_BYTES_MAX:
+            if len(batch) == p.BATCH_COUNT_MAX or size + entry.size > p.BATCH_BYTES_MAX:
                 self._fetch_batch(batch)
-                batch = []
+                batch, size = [], 0
             batch.append(entry)
+            size += entry.size
         if len(batch) > 1:
             self._fetch_batch(batch)
 
@@ -358,9 +367,8 @@ class LibCache:
                     data = response.read(size) if response.status == 200 else b""
                 if busy is None:
                     break
-                if self.clock() + busy > busy_until:  # the master's admission queue, waited out as _fetch does
+                if not self._waited_out(busy, busy_until):
                     return
-                self.sleep(busy * (0.75 + random.random() / 2))
             if len(data) != size:
                 return
             at = 0

@@ -32,6 +32,7 @@ from agent import protocol as p
 from agent.config import MASTER_LOST
 from agent.masterlink import MasterLink
 from agent.schema import Stage
+from agent.system import syscalls
 from agent.system.mounts import ENV_ROOT_MOUNTS
 from stage3 import jobrunner, sitemounts
 from stage3.libcache import LIBCACHE_DIR, LibCache
@@ -85,9 +86,7 @@ def mount_in_ram(directory: str) -> None:
     the disk's file system (ext4 searching its inode tables past recently deleted inodes for each new file
     took a sixth of a cold fan-out's CPU), not the master. OSError if it cannot be mounted."""
     os.makedirs(directory, exist_ok=True)
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.mount(b"tmpfs", directory.encode(), b"tmpfs", 0, b"mode=0755") != 0:
-        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()), directory)
+    syscalls.mount("tmpfs", directory, "tmpfs", data="mode=0755", dry_run=False)
 
 
 def mount_kernel_filesystems(root: str) -> None:
