@@ -58,7 +58,7 @@ AGENT_FILES = frozenset({*ACCOUNT_FILES.values(), *NAME_FILES, RESOLV_CONF, "etc
 CHUNK = 1 << 20
 ACL_XATTR = "system.posix_acl_access"
 FETCH_ATTEMPTS = 3
-BUSY_PATIENCE = 600.0  # seconds a fetch waits out a master that answers 503 (busy), Retry-After by Retry-After
+BUSY_PATIENCE = 600.0  # seconds a job's fetches wait out a master that answers 503 (busy), Retry-After by Retry-After
 FETCH_WORKERS = 8  # parallel object downloads per job: enough to hide latency, few enough for a busy master
 FETCH_TIMEOUT = 30.0  # seconds for the connect, and for each wait for the master's next bytes
 HOLD_ATTEMPTS = 3
@@ -213,24 +213,27 @@ class LibCache:
         missing = self.missing(files)
         if not missing:
             return 0
+        # one patience for the whole job, batches and single objects alike: a master that stays busy fails
+        # the job after BUSY_PATIENCE, not after that once per way of asking
+        busy_until = self.clock() + BUSY_PATIENCE
         try:
             small = [entry for entry in missing if entry.size <= p.BATCH_OBJECT_MAX] if self.batches else []
             if len(small) > 1:
-                self._fetch_batches(small)
+                self._fetch_batches(small, busy_until)
                 left = self.missing(missing)  # what no batch brought: one by one, as the master answers them
             else:
                 left = missing
             if left:
-                self._fetch_all(left)
+                self._fetch_all(left, busy_until)
         finally:
             # an idle node keeps no download connection open: a thousand of them would hold the master's
             # descriptors for nothing (its heartbeat and job link are the two it needs)
             self.http.close()
         return len(missing)
 
-    def _fetch_all(self, missing: list[p.JobFile]) -> None:
+    def _fetch_all(self, missing: list[p.JobFile], busy_until: float) -> None:
         if len(missing) == 1:
-            self._fetch_once(missing[0])
+            self._fetch_once(missing[0], busy_until)
             return
         # plain threads, not concurrent.futures: that would pull multiprocessing into the node image
         todo = list(missing)
@@ -244,7 +247,7 @@ class LibCache:
                         return
                     entry = todo.pop()
                 try:
-                    self._fetch_once(entry)
+                    self._fetch_once(entry, busy_until)
                 except (LibCacheError, OSError) as exc:
                     with lock:
                         errors.append(LibCacheError(f"{entry.path}: {exc}"))
@@ -257,7 +260,7 @@ class LibCache:
         if errors:
             raise errors[0]
 
-    def _fetch_once(self, entry: p.JobFile) -> None:
+    def _fetch_once(self, entry: p.JobFile, busy_until: float) -> None:
         """Fetch one object, or wait for the thread already fetching it (two jobs wanting the same library).
         When that other fetch did not bring it (a batch, which is best effort, or a fetch that failed),
         this one fetches it itself: another job's failure is not this job's."""
@@ -272,16 +275,15 @@ class LibCache:
                     break
             busy.wait()
         try:
-            self._fetch(entry, name)
+            self._fetch(entry, name, busy_until)
         finally:
             with self._lock:
                 self._fetching.pop(name).set()
 
-    def _fetch(self, entry: p.JobFile, name: str) -> None:
+    def _fetch(self, entry: p.JobFile, name: str, busy_until: float) -> None:
         url = self.master_url + p.OBJECTS_PATH.format(digest=entry.sha256)
         problem = ""
         failures = 0
-        busy_until = self.clock() + BUSY_PATIENCE
         while failures < FETCH_ATTEMPTS:
             tmp = os.path.join(self.tmp_dir, f"{name}.{threading.get_ident()}")
             try:
@@ -310,7 +312,7 @@ class LibCache:
 
     def _waited_out(self, retry_after: float, busy_until: float) -> bool:
         """A busy master's Retry-After, slept (jittered, so refused nodes do not all come back at once); False
-        without sleeping when it would end past `busy_until` (the fetch's BUSY_PATIENCE)."""
+        without sleeping when it would end past `busy_until` (the job's BUSY_PATIENCE)."""
         if self.clock() + retry_after > busy_until:
             return False
         self.sleep(retry_after * (0.75 + random.random() / 2))
@@ -329,7 +331,7 @@ class LibCache:
             self._objects[name] = CachedObject(name, size, self.clock(), inode=(st.st_dev, st.st_ino))
             self.fetched += 1
 
-    def _fetch_batches(self, small: list[p.JobFile]) -> None:
+    def _fetch_batches(self, small: list[p.JobFile], busy_until: float) -> None:
         """Small objects in as few requests as batches hold them (p.OBJECTS_BATCH_PATH), a busy master's
         Retry-After waited out. Best effort: what a batch does not bring (the master said no, or stayed
         busy, or an object's hash is wrong) is left out of the cache, for the one-by-one fetch that follows
@@ -338,14 +340,14 @@ class LibCache:
         size = 0
         for entry in small:
             if len(batch) == p.BATCH_COUNT_MAX or size + entry.size > p.BATCH_BYTES_MAX:
-                self._fetch_batch(batch)
+                self._fetch_batch(batch, busy_until)
                 batch, size = [], 0
             batch.append(entry)
             size += entry.size
         if len(batch) > 1:
-            self._fetch_batch(batch)
+            self._fetch_batch(batch, busy_until)
 
-    def _fetch_batch(self, entries: list[p.JobFile]) -> None:
+    def _fetch_batch(self, entries: list[p.JobFile], busy_until: float) -> None:
         claimed: dict[str, p.JobFile] = {}
         with self._lock:  # objects another thread fetches meanwhile are its to fetch (_fetch_once)
             for entry in entries:
@@ -360,7 +362,6 @@ class LibCache:
             headers = {p.LINK_TOKEN_HEADER: self.token(), "Content-Type": "application/json"}
             size = sum(entry.size for entry in claimed.values())
             url = self.master_url + p.OBJECTS_BATCH_PATH
-            busy_until = self.clock() + BUSY_PATIENCE
             while True:
                 with self.download_slots, self.http.stream("POST", url, body=body, headers=headers) as response:
                     busy = busy_wait(response.header("Retry-After")) if response.status == 503 else None

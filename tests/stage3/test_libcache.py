@@ -53,18 +53,14 @@ class ObjectServer:
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802
                 outer.batch_asked.set()
-                outer.batch_fails.wait(30)
-                self.send_error(501)
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if not self.said_busy():
+                    outer.batch_fails.wait(30)
+                    self.send_error(501)
 
             def do_GET(self) -> None:  # noqa: N802
                 outer.requests += 1
-                if outer.busy > 0:
-                    outer.busy -= 1
-                    self.send_response(503)
-                    self.send_header("Retry-After", "1")
-                    self.send_header("Content-Length", "4")
-                    self.end_headers()
-                    self.wfile.write(b"busy")
+                if self.said_busy():
                     return
                 digest = self.path.rsplit("/", 1)[-1]
                 body = outer.lie.get(digest, outer.objects.get(digest))
@@ -75,6 +71,17 @@ class ObjectServer:
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
+
+            def said_busy(self) -> bool:
+                if outer.busy <= 0:
+                    return False
+                outer.busy -= 1
+                self.send_response(503)
+                self.send_header("Retry-After", "1")
+                self.send_header("Content-Length", "4")
+                self.end_headers()
+                self.wfile.write(b"busy")
+                return True
 
             def log_message(self, *args: object) -> None:
                 pass
@@ -178,6 +185,20 @@ def test_a_master_busy_past_the_fetchs_patience_fails_it_naming_why(server, env_
     with pytest.raises(LibCacheError, match="stayed busy for 3 s"):
         cache.ensure(files)
     assert 2 <= server.requests <= 6
+
+
+def test_a_busy_master_is_waited_out_once_per_job_batch_and_single_fetches_together(server, env_root, monkeypatch):
+    """Small objects go in a batch first, then one by one: a master busy all along fails the job after
+    BUSY_PATIENCE in all, not after it once for the batch and again for the objects."""
+    monkeypatch.setattr(libcache, "BUSY_PATIENCE", 3.0)
+    now = [0.0]
+    files = [server.add(f"/usr/lib/libsmall{i}.so", bytes([i]) * 100, 0o644) for i in range(2)]
+    server.busy = 1000
+    cache = cache_for(env_root, server, sleep=lambda s: now.__setitem__(0, now[0] + s), clock=lambda: now[0])
+    with pytest.raises(LibCacheError, match="stayed busy for 3 s"):
+        cache.ensure(files)
+    assert server.batch_asked.is_set()
+    assert now[0] <= 3.0 * 1.25, now[0]
 
 
 @pytest.mark.skipif(os.getuid() != 0, reason="chown needs root, as the node's agent is")
