@@ -186,11 +186,13 @@ class StandIn:
                         self.later.append(conn.recv(64))
                     except TimeoutError:
                         pass
-                if self.answer is not None:
-                    try:
-                        conn.send(self.answer)
-                    except OSError:
-                        pass
+                if self.answer is None:  # lost: closed now, not after the client gives up on it
+                    self.served.set()
+                    continue
+                try:
+                    conn.send(self.answer)
+                except OSError:
+                    pass
                 conn.settimeout(10)
                 try:
                     while record := conn.recv(64):  # until the client closes: a "P" sent late is seen
