@@ -41,38 +41,6 @@ def master(out, port, tmp_path):
     server.stop()
 
 
-def test_pxe_boot_reaches_stage3_and_the_master_knows_the_node(out, port, tmp_path):
-    beonss = tmp_path / "beoserv.toml"
-    beonss.write_text('first_node_address = "10.0.2.50"\n')  # BeoNSS: node N gets 10.0.2.50 + N
-    master = MasterProcess(out, tmp_path / "nodes.db", tmp_path / "beoserv.log", beonss, port=port).start()
-    try:
-        with stage2_node(out, tmp_path) as node:
-            node.wait_for("beoboot: stage 3 ready: node 0 up")
-            assert "beoboot: permanent address 10.0.2.50/24 on eth0 (node 0)" in node.console()
-            console = node.console()
-            assert "beoboot: listening sockets: none" in console  # no port listens on a node
-            # stage 3 keeps the lease stage 2 got (QEMU's DHCP gives a day), counted from stage 2's DHCP
-            kept = node.wait_for(r"beoboot: dhcp eth0: lease on 10\.0\.2\.15 for 86400 s: renewing in (\d+) s")
-            assert 42000 < int(kept.group(1)) < 43200  # T1 is half the day, less the time since stage 2
-            row = node_row(master, 0)
-            assert row["state"] == "up" and row["mac"] == "52:54:00:12:34:56" and row["address"] == "10.0.2.50"
-            # stage 2 logged to the master at once, tagged with the MAC and the stage
-            log = master.log_text()
-            assert "52:54:00:12:34:56 stage2 info beoboot: dhcp eth0 10.0.2.15/24" in log
-            assert "52:54:00:12:34:56 stage3 info beoboot: stage 2 ramdisk freed" in log
-            freed = next(line for line in console.splitlines() if "MemAvailable" in line and "before" in line)
-            before, after = [int(w) for w in freed.replace(",", " ").split() if w.isdigit()][-2:]
-            assert after > before, freed  # the stage-2 ramdisk's memory came back
-            timeline = bpstat(master, "--timeline", "0")
-            for event in ("stage2_start", "dhcp", "download", "switch", "stage3_ready"):
-                assert event in timeline
-            svg = tmp_path / "boot.svg"
-            bpstat(master, "--timeline", "0", "--svg", svg)
-            assert ET.parse(svg).getroot().tag.endswith("svg")
-    finally:
-        master.stop()
-
-
 def test_iso_boots_stage1_which_kexecs_into_stage2_then_stage3(out, master, tmp_path):
     master.start()
     cmd = qemu.qemu_command(extra=["-cdrom", str(out / "beoboot.iso"), "-nic", "user,model=e1000"])
@@ -94,13 +62,6 @@ def test_iso_boots_stage1_which_kexecs_into_stage2_then_stage3(out, master, tmp_
         assert "stage1_start" in timeline and "kexec" in timeline and "stage3_ready" in timeline
 
 
-def test_node_waits_for_a_master_that_is_not_up_yet(out, master, tmp_path):
-    with stage2_node(out, tmp_path) as node:
-        node.wait_for(r"register: master http://10\.0\.2\.2:\d+/? unreachable; retry 2")
-        master.start()
-        node.wait_for("beoboot: stage 3 ready: node 0 up")
-
-
 def test_stage3_altered_by_one_byte_is_refused(out, port, tmp_path):
     altered = tmp_path / "altered"
     shutil.copytree(out, altered, symlinks=True)  # the image is changed through its link
@@ -119,17 +80,48 @@ def test_stage3_altered_by_one_byte_is_refused(out, port, tmp_path):
         server.stop()
 
 
-def test_lost_master_reboots_the_node_which_comes_back_with_its_number(out, master, tmp_path):
+def check_first_boot(node, master, tmp_path) -> None:
+    """What a PXE boot to stage 3 leaves on the node's console, in the registry, the log and the timeline."""
+    assert "beoboot: permanent address 10.0.2.50/24 on eth0 (node 0)" in node.console()
+    console = node.console()
+    assert "beoboot: listening sockets: none" in console  # no port listens on a node
+    # stage 3 keeps the lease stage 2 got (QEMU's DHCP gives a day), counted from stage 2's DHCP
+    kept = node.wait_for(r"beoboot: dhcp eth0: lease on 10\.0\.2\.15 for 86400 s: renewing in (\d+) s")
+    assert 42000 < int(kept.group(1)) < 43200  # T1 is half the day, less the time since stage 2
+    row = node_row(master, 0)
+    assert row["state"] == "up" and row["mac"] == "52:54:00:12:34:56" and row["address"] == "10.0.2.50"
+    # stage 2 logged to the master at once, tagged with the MAC and the stage
+    log = master.log_text()
+    assert "52:54:00:12:34:56 stage2 info beoboot: dhcp eth0 10.0.2.15/24" in log
+    assert "52:54:00:12:34:56 stage3 info beoboot: stage 2 ramdisk freed" in log
+    freed = next(line for line in console.splitlines() if "MemAvailable" in line and "before" in line)
+    before, after = [int(w) for w in freed.replace(",", " ").split() if w.isdigit()][-2:]
+    assert after > before, freed  # the stage-2 ramdisk's memory came back
+    timeline = bpstat(master, "--timeline", "0")
+    for event in ("stage2_start", "dhcp", "download", "switch", "stage3_ready"):
+        assert event in timeline
+    svg = tmp_path / "boot.svg"
+    bpstat(master, "--timeline", "0", "--svg", svg)
+    assert ET.parse(svg).getroot().tag.endswith("svg")
+
+
+def test_pxe_boot_reaches_stage3_then_a_lost_master_reboots_the_node_which_waits_for_it(out, master, tmp_path):
+    """One node's life, on one QEMU (each boot costs the suite half a minute): PXE to stage 3, known to the
+    master; the master goes, the node reboots, finds no master, retries, and comes back with its number."""
+    master.config = tmp_path / "beoserv.toml"
+    master.config.write_text('first_node_address = "10.0.2.50"\n')  # BeoNSS: node N gets 10.0.2.50 + N
     master.start()
     with stage2_node(out, tmp_path, reboot=True) as node:
         up = node.wait_for("beoboot: stage 3 ready: node 0 up")
+        check_first_boot(node, master, tmp_path)
         master.stop()
         lost = node.wait_for(rf"lost for {MASTER_TIMEOUT} s: reboot\b", after=up.end(), timeout=MASTER_TIMEOUT + 60)
         again = node.wait_for("beoboot: stage 2 agent up", after=lost.end())  # rebooted, PXE again
-        node.wait_for("unreachable; retry", after=again.end())
+        node.wait_for(r"register: master http://10\.0\.2\.2:\d+/? unreachable; retry 2", after=again.end())
         master.start()
         node.wait_for("beoboot: stage 3 ready: node 0 up", after=again.end())
-        assert node_row(master, 0)["state"] == "up"
+        row = node_row(master, 0)
+        assert (row["state"], row["boot"], row["address"]) == ("up", 2, "10.0.2.50")
 
 
 def bpctl(master, *args):

@@ -22,8 +22,8 @@ pytestmark = [
 
 with_each_client = pytest.mark.parametrize("client", CLIENTS)
 
-LINES = 20  # a line every 0.5 s for 10 s
-TICKER = f"i=0; while [ $i -lt {LINES} ]; do echo line $i; i=$((i+1)); sleep 0.5; done"
+LINES = 24  # a line every 0.25 s for 6 s: beoserv goes after 1.25 s and is away for about 2 s of it
+TICKER = f"i=0; while [ $i -lt {LINES} ]; do echo line $i; i=$((i+1)); sleep 0.25; done"
 
 
 def fast_heartbeats(work) -> Path:
@@ -82,8 +82,8 @@ def restart(master, down_for: float, signum: int) -> None:
 def test_every_line_arrives_once_in_order_across_a_beoserv_restart(cluster, signum, client):
     master, _ = cluster
     job = start_job(master, "sh", "-c", TICKER, client=client)
-    before = wait_for_line(job, b"line 5\n")  # 3 s in
-    restart(master, 4.0, signum)
+    before = wait_for_line(job, b"line 5\n")
+    restart(master, 1.5, signum)
     rest, err = job.communicate(timeout=60)
     assert job.returncode == 0, err
     assert (before + rest).decode().splitlines() == [f"line {i}" for i in range(LINES)]
