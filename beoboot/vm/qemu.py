@@ -48,6 +48,9 @@ def qemu_command(
         QEMU,
         "-machine",
         "q35,accel=tcg",
+        # none of the CD-ROM, floppy and parallel port QEMU adds by itself: a diskless node has none, and the
+        # CD-ROM made stage 3 ask the master for its driver in a second round, 2 s of every boot
+        "-nodefaults",
         "-cpu",
         "max",
         "-m",
