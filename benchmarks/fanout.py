@@ -11,8 +11,9 @@ OpenSSH sshd on 127.0.0.1 (as many loopback targets as ssh reaches here), and th
 printed. "host busy" is how busy all the host's cores were over each run (the nodes' launchers and jobs
 count there, in no process named here). Then Debian's nginx serves each cold job's libcache objects (the
 master's manifest of the command) and the same simulator downloads them on N fresh nodes with the same
-code and concurrency (`--fetch-only`): the wire's ceiling for a cold fan-out. Targets: warm `bpsh -a /bin/true` on 1000 nodes
-< 1 s; a cold fan-out within 2x of nginx serving the same bytes (ratio >= 0.5); 0 failures. Needs root.
+code and concurrency (`--fetch-only`): the wire's ceiling for a cold fan-out. Targets: warm
+`bpsh -a /bin/true` on 1000 nodes < 1 s; a cold fan-out within 2x of nginx serving the same bytes
+(ratio >= 0.5); 0 failures. Needs root.
 """
 
 from __future__ import annotations

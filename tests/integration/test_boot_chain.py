@@ -82,8 +82,8 @@ def test_stage3_altered_by_one_byte_is_refused(out, port, tmp_path):
 
 def check_first_boot(node, master, tmp_path) -> None:
     """What a PXE boot to stage 3 leaves on the node's console, in the registry, the log and the timeline."""
-    assert "beoboot: permanent address 10.0.2.50/24 on eth0 (node 0)" in node.console()
     console = node.console()
+    assert "beoboot: permanent address 10.0.2.50/24 on eth0 (node 0)" in console
     assert "beoboot: listening sockets: none" in console  # no port listens on a node
     # stage 3 keeps the lease stage 2 got (QEMU's DHCP gives a day), counted from stage 2's DHCP
     kept = node.wait_for(r"beoboot: dhcp eth0: lease on 10\.0\.2\.15 for 86400 s: renewing in (\d+) s")

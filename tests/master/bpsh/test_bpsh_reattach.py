@@ -231,7 +231,8 @@ def test_folded_output_past_the_nodes_window_does_not_block_the_job(cluster, cli
     assert job.returncode == 0, err
     lines = out.decode().splitlines()
     # seen once in a full run, compiled client: status 0 and no output at all; what the logs said, if again
-    why = f"stderr {err[-2000:]!r}\nbeoserv:\n{master.log_text()[-4000:]}\nnode:\n{(work / 'simnode.log').read_text()[-3000:]}"
+    node_log = (work / "simnode.log").read_text()
+    why = f"stderr {err[-2000:]!r}\nbeoserv:\n{master.log_text()[-4000:]}\nnode:\n{node_log[-3000:]}"
     assert lines[:3] == ["-" * 15, "n0", "-" * 15], why
     assert lines[3:] == [f"line {i} of some seventy bytes of folded output, padded" for i in range(40000)]
 

@@ -110,9 +110,7 @@ def test_a_long_run_of_distinct_scripts_stays_within_the_bound(tmp_path, monkeyp
         after = tracemalloc.take_snapshot().filter_traces(ours)
     finally:
         tracemalloc.stop()
-    grown = sum(stat.size for stat in after.statistics("filename")) - sum(
-        stat.size for stat in before.statistics("filename")
-    )
+    grown = sum(trace.size for trace in after.traces) - sum(trace.size for trace in before.traces)
     assert builder._scripts.weight <= 64 << 10 and len(builder._scripts) < 20
     assert builder._words.weight <= 64 << 10
     assert grown < 256 << 10, f"{grown} bytes more after 1000 more scripts"
