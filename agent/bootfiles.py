@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from urllib.parse import quote
 
 from agent import download
 
@@ -39,8 +40,18 @@ def expected(manifest: dict, name: str, pins: dict[str, str]) -> str:
     return pins.get(name) or listed(manifest, name)[1]
 
 
-def fetch(master: str, manifest: dict, name: str, dest: str, pins: dict[str, str], say: Callable[[str], None]) -> str:
-    """Download artifact `name` to `dest`; refuse it (and retry) unless its sha256 is the pinned one."""
+def fetch(
+    master: str,
+    manifest: dict,
+    name: str,
+    dest: str,
+    pins: dict[str, str],
+    say: Callable[[str], None],
+    mac: str | None = None,
+) -> str:
+    """Download artifact `name` to `dest`; refuse it (and retry) unless its sha256 is the pinned one. A
+    registered node names itself (`mac`): the master's transfer slots then go round-robin by node, not by
+    address, which many nodes can share (behind a NAT or a relay, or simulated on one host)."""
     path, sha256 = listed(manifest, name)
     pin = pins.get(name)
     if pin is None:
@@ -49,5 +60,6 @@ def fetch(master: str, manifest: dict, name: str, dest: str, pins: dict[str, str
         say(f"beoboot: the master's manifest lists {name} as {sha256[:16]}..., not the pinned {pin[:16]}...")
     expected = pin or sha256
     say(f"beoboot: download {master}{path} (sha256 {expected[:16]}...)")
-    download.fetch(master + path, dest, expected, log=say)
+    query = f"?mac={quote(mac)}" if mac else ""
+    download.fetch(master + path + query, dest, expected, log=say)
     return dest

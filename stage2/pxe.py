@@ -47,7 +47,7 @@ def run(config: AgentConfig, net: NetworkState, *, dhcp_started: float, dry_run:
     syscalls.mount("tmpfs", NEW_ROOT, "tmpfs", 0, "mode=0755", dry_run=dry_run)
     link.event(p.BootEvent.DOWNLOAD)
     download = os.path.join(NEW_ROOT, f".{Stage.SUPERVISOR}.download")
-    bootfiles.fetch(master, manifest, Stage.SUPERVISOR, download, pins, say)
+    bootfiles.fetch(master, manifest, Stage.SUPERVISOR, download, pins, say, mac)
     started = time.monotonic()
     count = cpio.extract_image(download, NEW_ROOT)
     os.unlink(download)

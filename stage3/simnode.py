@@ -151,6 +151,7 @@ class SimNode:
         self.scheduler, self.load = heartbeats, load
         self.private_mounts = proc  # root, in a mount namespace of its own: it may mount in its root
         self.booted: dict[str, str] = {}  # image -> sha256, of the images boot() fetched (with --boot)
+        self._boot_id = str(uuid.uuid4())  # the kernel's, as boot() (stage 2) and start() (stage 3) send it
         self.follow_hosts = False  # take the host table's changes (FOLLOW_HOSTS_UP_TO)
         self._kept = False  # said that the master is lost and the node keeps on
         self._booting_again = False  # master_lost rebooted it: not lost again until it is up
@@ -180,14 +181,22 @@ class SimNode:
         self.cache.ensure(files)
         self.figures.fetch = [started, time.monotonic() - since]
 
-    def boot(self, manifest: dict, pins: dict[str, str], since: float) -> None:
-        """Stage 2's downloads, on the wire as a booted stage 2 does them (pinned, resumed, retried with
-        backoff): stage 3 and the environment root. The files are checked, then dropped (nothing unpacks them)."""
+    def boot(self, manifest: dict, pins: dict[str, str], since: float, register: bool) -> None:
+        """Stage 2's part on the wire, as a booted stage 2 does it: register (`register`: not with a plain web
+        server), then download stage 3 and the environment root naming itself (pinned, resumed, retried with
+        backoff). The files are checked, then dropped (nothing unpacks them)."""
+        mac = None
+        if register:
+            link = MasterLink(self.master, self.mac, Stage.PXE, timeout=10)
+            link.address, link.boot_id = self.address, self._boot_id
+            link.register(p.Hardware(cpu_model="simulated", cpus=1), attempts=20)
+            link.http.close()  # stage 2's link ends with its ramdisk
+            mac = self.mac
         boot_dir = os.path.join(self.directory, "boot")
         os.makedirs(boot_dir, exist_ok=True)
         for stage in BOOT_FILES:
             dest = os.path.join(boot_dir, stage.value)
-            bootfiles.fetch(self.master.rstrip("/") + "/", manifest, stage.value, dest, pins, lambda _: None)
+            bootfiles.fetch(self.master.rstrip("/") + "/", manifest, stage.value, dest, pins, lambda _: None, mac)
             os.unlink(dest)
             self.booted[stage.value] = bootfiles.expected(manifest, stage.value, pins)
         self.figures.booted = time.monotonic() - since
@@ -200,7 +209,8 @@ class SimNode:
             self.master, self.mac, self.env_root, self.cache, log=print, token=self._token, power=self.power
         )
         self.link.address = self.address  # for the cluster's host table
-        self.link.boot_id = str(uuid.uuid4())  # each start is a boot
+        self.link.boot_id = self._boot_id
+        self._boot_id = str(uuid.uuid4())  # the next start is another boot
         reply = self.link.register(p.Hardware(cpu_model="simulated", cpus=1), attempts=20)
         self.names = NodeNames(reply, self.address, self.master, self.env_root, dry_run=True, root=self.directory)
         self.names.resolv = resolv_conf(reply)
@@ -330,7 +340,7 @@ def run_worker(args: argparse.Namespace, first: int, count: int, report: int, pr
     since = args.since
     if args.boot or args.boot_only:
         manifest, pins = _published(args.master)
-        _each(nodes, lambda node: node.boot(manifest, pins, since), threads=len(nodes))
+        _each(nodes, lambda node: node.boot(manifest, pins, since, register=args.boot), threads=len(nodes))
     if args.fetch_only:
         files = args.fetch_only
         _each(nodes, lambda node: node.fetch(files, since), threads=len(nodes))

@@ -87,11 +87,11 @@ def take_permanent_address(reply: p.RegisterReply, handoff: Handoff, *, dry_run:
     say(f"beoboot: permanent address {reply.address}/{prefix} on {handoff.interface} (node {reply.number})")
 
 
-def build_env_root(master: str, pins: dict[str, str], config: AgentConfig, *, dry_run: bool) -> bool:
+def build_env_root(master: str, mac: str, pins: dict[str, str], config: AgentConfig, *, dry_run: bool) -> bool:
     """The environment root: the envroot image unpacked into its own tmpfs, or onto the local disk of
     config.libcache_disk, with agent.system.mounts.ENV_ROOT_MOUNTS. True when it is on the disk."""
     manifest = bootfiles.fetch_manifest(master, "/run/beoboot/manifest.json", say)
-    image = bootfiles.fetch(master, manifest, Stage.ENVROOT, f"/run/beoboot/{Stage.ENVROOT}.img", pins, say)
+    image = bootfiles.fetch(master, manifest, Stage.ENVROOT, f"/run/beoboot/{Stage.ENVROOT}.img", pins, say, mac)
     on_disk = bool(config.libcache_disk) and mount_local_disk(
         config.libcache_disk, config.libcache_fstype, format_blank=config.libcache_format == "blank", dry_run=dry_run
     )
@@ -294,7 +294,7 @@ def run(config: AgentConfig, *, dry_run: bool) -> None:
     if reply.drivers:  # before the environment root: its disk may be one of the devices they drive
         token = reply.link_token
         link.report_hardware(drivers.load_all(reply.drivers, link, say, token=lambda: token, dry_run=dry_run))
-    on_disk = build_env_root(handoff.master_url, handoff.pins, config, dry_run=dry_run)
+    on_disk = build_env_root(handoff.master_url, handoff.mac, handoff.pins, config, dry_run=dry_run)
     names.write_env_root()
     sitemounts.mount_all(  # before the job link opens: a job sees /home as the master does, or not at all
         reply.mounts,

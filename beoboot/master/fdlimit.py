@@ -14,14 +14,13 @@ from __future__ import annotations
 import resource
 
 from beoboot.errors import BeobootError
-from beoboot.master.transfers import WAITING_PER_SLOT
 
 # an idle node holds two connections: the kept-alive one for its heartbeats, events and log lines, and its
-# job link (stage 2 holds its download's instead of the link)
-FDS_PER_NODE = 2
-# a transfer (a boot file or a libcache object) holds its connection and the file it sends, and the requests
-# waiting for its slot hold their connections
-FDS_PER_TRANSFER = 2 + WAITING_PER_SLOT
+# job link (stage 2 holds its download's instead of the link); and a node may have one request waiting for a
+# transfer slot (beoboot.master.transfers queues one per node)
+FDS_PER_NODE = 3
+# a transfer (a boot file or a libcache object) holds its connection and the file it sends
+FDS_PER_TRANSFER = 2
 # the rest: standard streams, the listening sockets, epoll, the signal pipe, two SQLite connections (the
 # database, its WAL and shared memory each), the hosts file being rewritten, bpsh sessions (a socket and
 # three terminals each), the describer's threads reading job files, and connections accepted in one burst

@@ -35,6 +35,7 @@ from aiohttp import web
 from agent import protocol as p
 from agent.schema import Stage
 from beoboot.errors import BeobootError, ConfigError
+from beoboot.image.manifest import MANIFEST_NAME
 from beoboot.master import admission, exhaustion, fdlimit, hostsfile, nextboot, transfers
 from beoboot.master.bpsh.localjobs import LocalListener
 from beoboot.master.config import MasterConfig, load_config
@@ -204,7 +205,7 @@ class Beoserv:
         self.bodies = BodyBudget(BODY_BUDGET)
         self.exhausted = exhaustion.Tally()  # requests refused for want of descriptors or memory
         self.transfer_refusals = exhaustion.Tally()  # requests refused for want of a transfer slot
-        self.transfers = transfers.TransferGate(config.max_transfers)
+        self.transfers = transfers.TransferGate(config.max_transfers, config.max_nodes)
         self.open_files_limit: int | None = None  # what serve() raised it to (None: not known, in a test)
         self.jobs = JobHub(
             self.registry,
@@ -782,8 +783,11 @@ class Beoserv:
         from the descriptor opened now, so it is this build's even if another is published meanwhile."""
         relative = request.match_info["path"]
         path = resolve_boot_path(self.published, relative)
+        # the manifest takes no slot: every node reads it before it asks for anything else (stage 1 before it
+        # is a node), and it is a few hundred KiB beside the images it names
+        gated = path.name != MANIFEST_NAME or path.parent != self.published.build_dir()
         try:
-            return await transfers.send_file(self.transfers, self._transfer_node(request), path, request)
+            return await transfers.send_file(self.transfers, self._transfer_node(request), path, request, gated=gated)
         except OSError as exc:
             if exhaustion.exhausted(exc):
                 raise
@@ -791,7 +795,8 @@ class Beoserv:
 
     def _transfer_node(self, request: web.Request) -> str:
         """Which node a boot file goes to, for the transfer gate's round robin: the node its `mac` query
-        names, else the address it asks from (stages 1 and 2 fetch before they are anyone)."""
+        names (agent.bootfiles: stages 2 and 3 have registered), else the address it asks from (stage 1 fetches
+        before it is anyone)."""
         mac = request.query.get("mac", "")
         try:
             node = self.registry.node_by_mac(mac) if mac else None

@@ -2,9 +2,9 @@
 
 A thousand nodes booting, or fetching a cold job's libraries with eight workers each, ask for far more
 transfers than a master has descriptors for, and a few transfers already fill any link. So each transfer
-takes a slot; a request finding none waits for one (at most MAX_WAIT; one request per node, WAITING_PER_SLOT
-per slot in all) or is told to come back (Busy: 503 with a jittered Retry-After, which nodes wait out
-without counting a failure). Once transfers have ended, Retry-After is when the node's turn should
+takes a slot; a request finding none waits for one (at most MAX_WAIT; one request per node, so a storm of
+every node waits in line as it would at a web server, each on the connection its node is budgeted) or is
+told to come back (Busy: 503 with a jittered Retry-After, which nodes wait out without counting a failure). Once transfers have ended, Retry-After is when the node's turn should
 come: the requests ahead of it (waiting, and told to come back before it) over the rate slots are freed
 at, so a storm's refused nodes come back spread out as slots free, not all after the same guess. A freed
 slot goes to the waiting node with the fewest transfers under way, oldest first: a node that has one waits behind nodes that have none, so eight workers on one node cannot
@@ -31,7 +31,6 @@ from aiohttp import web
 from beoboot.master.filesend import FileSend, open_to_send
 
 SMALL_FILE = 64 << 10  # bytes: sent in one go, so its descriptor is held for no time
-WAITING_PER_SLOT = 1  # requests waiting, per slot: each holds a connection (beoboot.master.fdlimit)
 # seconds a request waits for a slot before it is told to retry: well within the agent's wait for the
 # first byte (agent.download.TIMEOUT, 20 s), so a waiting node never takes the wait for a dead master
 MAX_WAIT = 10.0
@@ -72,11 +71,15 @@ class TransferGate:
     def __init__(
         self,
         limit: int,
+        queue_limit: int,
         max_wait: float = MAX_WAIT,
         rand: Callable[[], float] = random.random,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.limit = limit
+        # requests waiting at most: one per node (beoserv's max_nodes), each on a connection of its node's
+        # budget (beoboot.master.fdlimit.FDS_PER_NODE)
+        self.queue_limit = queue_limit
         self.max_wait = max_wait
         self.rand = rand
         self.clock = clock
@@ -93,10 +96,6 @@ class TransferGate:
     @property
     def waiting(self) -> int:
         return len(self._queue)
-
-    @property
-    def queue_limit(self) -> int:
-        return self.limit * WAITING_PER_SLOT
 
     @property
     def contended(self) -> bool:
@@ -190,12 +189,14 @@ async def send_file(
     path: str | os.PathLike[str],
     request: web.BaseRequest,
     same: Callable[[os.stat_result], bool] = lambda st: True,
+    gated: bool = True,
 ) -> FileSend:
-    """The response sending the file at `path` to `node`, with a slot of `gate` unless the file is small or
-    only its head is asked for. Busy when there is no slot; OSError as open() raises it, and ENOENT when
-    what was opened is not what `same` expects (the file was replaced since it was looked up)."""
+    """The response sending the file at `path` to `node`, with a slot of `gate` unless the file is small,
+    only its head is asked for, or it is not `gated`. Busy when there is no slot; OSError as open() raises
+    it, and ENOENT when what was opened is not what `same` expects (the file was replaced since it was
+    looked up)."""
     size = os.stat(path).st_size  # no descriptor yet: only what is opened needs the slot
-    slot = await gate.admit(node) if size > SMALL_FILE and request.method != "HEAD" else None
+    slot = await gate.admit(node) if gated and size > SMALL_FILE and request.method != "HEAD" else None
     try:
         file, st = open_to_send(path)
         if not same(st):

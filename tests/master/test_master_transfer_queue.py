@@ -3,16 +3,20 @@ nodes, or are told to retry (503, Retry-After), never 404; small files and JSON 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
+import threading
 import time
 
 import pytest
 import requests
 from master_helpers import MasterProcess, publish_files
 
+from agent import bootfiles
 from agent import protocol as p
 from beoboot.master import fdlimit
+from beoboot.master.transfers import SMALL_FILE
 
 MACS = {name: f"52:54:00:00:0e:0{i}" for i, name in enumerate("abc")}
 BIG = 32 << 20  # more than the socket buffers hold: a client that does not read stalls its transfer
@@ -56,9 +60,11 @@ def wait_for_transfers(master: MasterProcess, active: int, waiting: int) -> None
 
 @pytest.fixture
 def master(tmp_path):
-    publish_files(tmp_path / "boot", {"big": os.urandom(BIG), "small": b"a small file"})
+    # many files: a manifest bigger than a socket's send buffer, as a real build's is (some 200 KiB)
+    many = {f"part{n}": b"" for n in range(600)}
+    publish_files(tmp_path / "boot", {"big": os.urandom(BIG), "small": b"a small file", **many})
     config = tmp_path / "beoserv.toml"
-    config.write_text("max_transfers = 2\n")
+    config.write_text("max_nodes = 2\nmax_transfers = 2\n")  # a queue of one request per node: 2
     server = MasterProcess(tmp_path / "boot", tmp_path / "nodes.db", tmp_path / "beoserv.log", config).start()
     for mac in MACS.values():
         requests.post(server.url + p.REGISTER_PATH, json={"mac": mac, "stage": "stage2"}, timeout=5).raise_for_status()
@@ -85,6 +91,8 @@ def test_transfers_beyond_the_bound_wait_round_robin_or_are_told_to_retry(master
             assert answer.status_code == 503 and 1 <= int(answer.headers["Retry-After"]) <= 6, answer.text
             assert "retry shortly" in answer.json()["error"]
         assert requests.get(master.url + "/small", timeout=5).content == b"a small file"  # no slot needed
+        manifest = requests.get(master.url + "/manifest.json", timeout=5)  # every node's first: never queued
+        assert manifest.status_code == 200 and len(manifest.content) > SMALL_FILE
         assert requests.get(master.url + p.NODES_PATH, timeout=5).status_code == 200
 
         stalled[0].close()  # a slot frees: node b has none under way, so it goes first
@@ -129,3 +137,35 @@ def test_short_of_descriptors_a_finished_transfer_does_not_keep_its_connection(t
         for conn in idle:
             conn.close()
         master.stop()
+
+
+def test_nodes_sharing_an_address_wait_each_for_its_turn_as_their_downloads_name_them(master, tmp_path):
+    """Nodes behind one address (a NAT, a relay, or simulated on one host) are one peer to beoserv: their
+    downloads (agent.bootfiles, as stages 2 and 3 fetch) name their MACs, so each waits in line for a slot
+    rather than being told to retry as the same node's second request."""
+    data = (tmp_path / "boot" / "big").read_bytes()
+    manifest = {"artifacts": [{"name": "big", "path": "big", "sha256": hashlib.sha256(data).hexdigest()}]}
+    stalled = [ask(master, f"/big?mac={MACS['a']}") for _ in range(2)]
+    try:
+        wait_for_transfers(master, 2, 0)
+        results: dict[str, BaseException | None] = {}
+
+        def fetch(name: str) -> None:
+            try:
+                bootfiles.fetch(master.url + "/", manifest, "big", str(tmp_path / name), {}, lambda _: None, MACS[name])
+                results[name] = None
+            except BaseException as exc:
+                results[name] = exc
+
+        threads = [threading.Thread(target=fetch, args=(name,), daemon=True) for name in "bc"]
+        for thread in threads:
+            thread.start()
+        wait_for_transfers(master, 2, 2)  # both in line: no 503 for the second
+    finally:
+        for conn in stalled:
+            conn.close()
+    for thread in threads:
+        thread.join(30)
+    assert results == {"b": None, "c": None}
+    assert (tmp_path / "b").read_bytes() == data and (tmp_path / "c").read_bytes() == data
+    assert "told to retry" not in master.log_text()

@@ -21,14 +21,14 @@ async def settle() -> None:
 
 def test_slots_up_to_the_limit_then_a_bounded_queue_then_busy():
     async def scenario():
-        gate = TransferGate(2)
+        gate = TransferGate(2, queue_limit=2)
         first, second = await gate.admit("a"), await gate.admit("b")
         waiting = asyncio.create_task(gate.admit("c"))
         other = asyncio.create_task(gate.admit("d"))
         await settle()
         assert (gate.active, gate.waiting) == (2, 2) and gate.contended
         with pytest.raises(Busy) as refused:
-            await gate.admit("e")  # the queue holds one request per slot
+            await gate.admit("e")  # the queue is full
         assert 1 <= refused.value.retry_after <= RETRY_AFTER_MAX and "retry shortly" in str(refused.value)
         first.release()
         first.release()  # a second release gives nothing back twice
@@ -44,7 +44,7 @@ def test_slots_up_to_the_limit_then_a_bounded_queue_then_busy():
 
 def test_a_node_waits_behind_nodes_with_no_transfer_under_way():
     async def scenario():
-        gate = TransferGate(2)
+        gate = TransferGate(2, queue_limit=100)
         busy = [await gate.admit("busy"), await gate.admit("busy")]
         again = asyncio.create_task(gate.admit("busy"))  # waits first...
         await settle()
@@ -64,7 +64,7 @@ def test_a_node_waits_behind_nodes_with_no_transfer_under_way():
 
 def test_a_request_waits_at_most_max_wait_and_leaves_the_queue():
     async def scenario():
-        gate = TransferGate(1, max_wait=0.05, rand=lambda: 1.0)
+        gate = TransferGate(1, queue_limit=1, max_wait=0.05, rand=lambda: 1.0)
         held = await gate.admit("a")
         with pytest.raises(Busy, match="no transfer slot within 0.05 s") as refused:
             await gate.admit("b")
@@ -78,7 +78,7 @@ def test_a_request_waits_at_most_max_wait_and_leaves_the_queue():
 
 def test_a_cancelled_waiter_leaves_no_slot_taken_and_no_queue_entry():
     async def scenario():
-        gate = TransferGate(1)
+        gate = TransferGate(1, queue_limit=1)
         held = await gate.admit("a")
         waiter = asyncio.create_task(gate.admit("b"))
         await settle()
@@ -97,7 +97,7 @@ def test_a_cancelled_waiter_leaves_no_slot_taken_and_no_queue_entry():
 
 def test_retry_after_grows_with_the_queue():
     async def scenario():
-        gate = TransferGate(4, rand=lambda: 0.0)
+        gate = TransferGate(4, queue_limit=4, rand=lambda: 0.0)
         slots = [await gate.admit(str(n)) for n in range(4)]
         assert gate._busy("x").retry_after == 1
         waiters = [asyncio.create_task(gate.admit(f"w{n}")) for n in range(4)]
@@ -118,7 +118,7 @@ def test_once_transfers_end_retry_after_is_the_nodes_turn_at_the_rate_slots_free
 
     async def scenario():
         now = [100.0]
-        gate = TransferGate(2, rand=lambda: 0.5, clock=lambda: now[0])
+        gate = TransferGate(2, queue_limit=2, rand=lambda: 0.5, clock=lambda: now[0])
         for n in range(10):
             now[0] = 100.0 + n / 10
             (await gate.admit(f"done{n}")).release()
@@ -143,10 +143,27 @@ def test_what_the_rate_is_measured_over_stays_bounded_when_no_one_is_refused():
 
     async def scenario():
         now = [0.0]
-        gate = TransferGate(4, clock=lambda: now[0])
+        gate = TransferGate(4, queue_limit=4, clock=lambda: now[0])
         for n in range(10_000):
             now[0] = n * 0.01
             (await gate.admit("a")).release()
         assert len(gate._ended) <= 501  # RATE_WINDOW (5 s) of them, at 100 a second
+
+    run(scenario())
+
+
+def test_a_storm_of_every_node_waits_in_line_and_none_is_refused():
+    """A queue of one request per node: a hundred nodes asking at once for two slots are all served, in the
+    order they asked, none told to come back."""
+
+    async def scenario():
+        gate = TransferGate(2, queue_limit=100)
+        asks = [asyncio.create_task(gate.admit(f"n{n}")) for n in range(100)]
+        served = []
+        for ask in asks:
+            slot = await ask
+            served.append(slot.node)
+            slot.release()
+        assert served == [f"n{n}" for n in range(100)] and gate.refused == 0
 
     run(scenario())
