@@ -4,14 +4,16 @@ A thousand nodes booting, or fetching a cold job's libraries with eight workers 
 transfers than a master has descriptors for, and a few transfers already fill any link. So each transfer
 takes a slot; a request finding none waits for one (at most MAX_WAIT; one request per node, so a storm of
 every node waits in line as it would at a web server, each on the connection its node is budgeted) or is
-told to come back (Busy: 503 with a jittered Retry-After, which nodes wait out without counting a failure). Once transfers have ended, Retry-After is when the node's turn should
-come: the requests ahead of it (waiting, and told to come back before it) over the rate slots are freed
-at, so a storm's refused nodes come back spread out as slots free, not all after the same guess. A freed
-slot goes to the waiting node with the fewest transfers under way, oldest first: a node that has one waits behind nodes that have none, so eight workers on one node cannot
-starve another's single download.
+told to come back (Busy: 503 with a jittered Retry-After, which nodes wait out without counting a failure).
+Once transfers have ended, Retry-After is when the node's turn should come: the requests ahead of it
+(waiting, and told to come back before it) over the rate slots are freed at, so a storm's refused nodes come
+back spread out as slots free, not all after the same guess. A freed slot goes to the waiting node with the
+fewest transfers under way, oldest first: a node that has one waits behind nodes that have none, so eight
+workers on one node cannot starve another's single download.
 
 A file that fits a socket's send buffer (SMALL_FILE) is sent at once and takes no slot, nor do the JSON
-answers (registration, heartbeats, manifests).
+answers (registration, heartbeats, manifests), nor what is not `gated` (the build's manifest.json, which every
+node reads before anything else).
 """
 
 from __future__ import annotations
